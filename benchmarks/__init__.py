@@ -1,0 +1,1 @@
+"""Benchmarks of cute_kernels against torch, run on the GPU machine."""

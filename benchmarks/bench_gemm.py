@@ -1,0 +1,118 @@
+"""Benchmark of fc1_srelu and fc2 (dense and grouped) against torch in the same run.
+
+    python -m benchmarks.bench_gemm [--out results.md] [--config '{"tile_n": 128}']
+
+Prints a markdown table: time, TFLOP/s and speedups over the torch baselines:
+FC1: torch `x @ w.T` alone and `relu(x @ w.T).square()`; grouped: `torch._grouped_mm`
+with and without relu^2 after it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+
+import torch
+
+from benchmarks.shapes import GEMM_SHAPES, even_splits, shape_label
+from benchmarks.timing import time_ms, tflops
+
+
+def _grouped_mm(x, w_t, offs):
+    return torch._grouped_mm(x, w_t, offs=offs)
+
+
+def bench_shape(s: dict, config=None) -> dict:
+    import cute_kernels as ck
+
+    m, n, k, experts = s["m"], s["n"], s["k"], s.get("experts")
+    dt = torch.bfloat16
+    x = torch.randn(m, k, device="cuda", dtype=dt) / k ** 0.25
+    w = torch.randn(*((experts, n, k) if experts else (n, k)), device="cuda", dtype=dt) / k ** 0.25
+    flops = 2.0 * m * n * k
+    row = {"shape": shape_label(s)}
+    if experts:
+        splits = even_splits(m, experts)
+        offs = torch.tensor(splits, device="cuda").cumsum(0).to(torch.int32)
+        w_t = w.transpose(-2, -1)
+        mm = lambda: _grouped_mm(x, w_t, offs)
+        if s["kernel"] == "fc1_srelu":
+            ours = lambda: ck.fc1_srelu(x, w, m_splits=splits, config=config)
+            ref_act = lambda: torch.relu(_grouped_mm(x, w_t, offs)).square()
+        else:
+            ours = lambda: ck.fc2(x, w, m_splits=splits, config=config)
+            ref_act = None
+    else:
+        mm = lambda: x @ w.t()
+        if s["kernel"] == "fc1_srelu":
+            ours = lambda: ck.fc1_srelu(x, w, config=config)
+            ref_act = lambda: torch.relu(x @ w.t()).square()
+        else:
+            ours = lambda: ck.fc2(x, w, config=config)
+            ref_act = None
+    # correctness spot check on the benchmark data itself
+    got = ours()
+    got = got[1] if isinstance(got, tuple) else got
+    ref = mm().float()
+    if s["kernel"] == "fc1_srelu":
+        ref = torch.relu(ref).square()
+    err = ((got.float() - ref).norm() / ref.norm()).item()
+    row["rel_err"] = err
+    row["ours_ms"] = time_ms(ours)
+    row["torch_mm_ms"] = time_ms(mm)
+    row["ours_tflops"] = tflops(flops, row["ours_ms"])
+    row["torch_mm_tflops"] = tflops(flops, row["torch_mm_ms"])
+    row["vs_torch_mm"] = row["torch_mm_ms"] / row["ours_ms"]
+    if ref_act is not None:
+        row["torch_act_ms"] = time_ms(ref_act)
+        row["vs_torch_act"] = row["torch_act_ms"] / row["ours_ms"]
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| shape | ours ms | TFLOP/s | torch mm ms | torch mm TFLOP/s | vs torch mm | torch mm+relu^2 ms | vs torch mm+relu^2 | rel err |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | ERROR: {r['error']} |||||||")
+            continue
+        act = f"{r['torch_act_ms']:.3f}" if "torch_act_ms" in r else "-"
+        vs_act = f"{r['vs_torch_act']:.2f}x" if "vs_torch_act" in r else "-"
+        lines.append(f"| {r['shape']} | {r['ours_ms']:.3f} | {r['ours_tflops']:.0f} | {r['torch_mm_ms']:.3f} | "
+                     f"{r['torch_mm_tflops']:.0f} | {r['vs_torch_mm']:.2f}x | {act} | {vs_act} | {r['rel_err']:.1e} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="write the markdown table here too")
+    p.add_argument("--config", help="GemmConfig fields as JSON, applied to every shape")
+    p.add_argument("--only", help="substring of the shape label to run")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_gemm needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from cute_kernels import GemmConfig
+
+    config = GemmConfig(**json.loads(args.config)) if args.config else None
+    rows = []
+    for s in GEMM_SHAPES:
+        if args.only and args.only not in shape_label(s):
+            continue
+        try:
+            rows.append(bench_shape(s, config))
+        except Exception as e:  # a failing shape is reported, the rest still run
+            rows.append({"shape": shape_label(s), "error": f"{type(e).__name__}: {e}"[:300]})
+        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    head = f"GEMM benchmark, {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, bf16, L2 flushed, median of 30"
+    table = head + "\n\n" + format_table(rows)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Compiling GEMM kernels: fake-tensor signatures, the in-process cache, artifacts.
+
+Kernels are compiled once per (arch, config, epilogue, grouped, dtypes, operand
+majorness) with M, N, K, E and leading dimensions symbolic, so a new shape reuses the
+compiled kernel.  Compiling needs no GPU: the arch comes from `CUTE_DSL_ARCH` (set
+here from the requested arch when absent).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from .config import GemmConfig, resolved_ab_stages, validate
+from .epilogue import EpilogueSpec
+
+ARCH_TO_DSL = {"sm90": "sm_90a", "sm100": "sm_100a"}
+
+
+@dataclass(frozen=True)
+class KernelKey:
+    arch: str
+    cfg: GemmConfig
+    epi: EpilogueSpec
+    grouped: bool
+    dtype: str  # "bfloat16" | "float16"
+    a_major: str  # "k" | "m"
+    b_major: str  # "k" | "n"
+
+
+_cache: dict[KernelKey, object] = {}
+_lock = threading.Lock()
+
+
+def _cutlass_dtype(name: str):
+    import cutlass
+
+    return {"bfloat16": cutlass.BFloat16, "float16": cutlass.Float16}[name]
+
+
+def fake_arguments(key: KernelKey):
+    """Symbolic-shape stand-ins for the kernel's tensors (what `cute.compile` needs)."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_fake_tensor
+
+    dt = _cutlass_dtype(key.dtype)
+    m, n, k = cute.sym_int32(symbol="M"), cute.sym_int32(symbol="N"), cute.sym_int32(symbol="K")
+    lda, ldb, ldd = (cute.sym_int64(divisibility=8, symbol=s) for s in ("lda", "ldb", "ldd"))
+    batch_a, batch_b = cute.sym_int64(divisibility=8), cute.sym_int64(divisibility=8)
+    a_stride = (lda, 1, batch_a) if key.a_major == "k" else (1, lda, batch_a)
+    a = make_fake_tensor(dt, (m, k, 1), a_stride, assumed_align=16)
+    lb = cute.sym_int32(symbol="L") if key.grouped else 1
+    b_stride = (ldb, 1, batch_b) if key.b_major == "k" else (1, ldb, batch_b)
+    b = make_fake_tensor(dt, (n, k, lb), b_stride, assumed_align=16)
+    d0 = make_fake_tensor(dt, (m, n, 1), (ldd, 1, cute.sym_int64(divisibility=8)), assumed_align=16)
+    d1 = make_fake_tensor(dt, (m, n, 1), (ldd, 1, cute.sym_int64(divisibility=8)), assumed_align=16) if key.epi.num_outputs == 2 else None
+    scale = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if key.epi.row_scale else None
+    cu_rows = cu_tiles = None
+    if key.grouped:
+        e1 = cute.sym_int32(symbol="E1")
+        cu_rows = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
+        cu_tiles = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
+    return a, b, d0, d1, scale, cu_rows, cu_tiles
+
+
+def build_kernel(key: KernelKey):
+    """The kernel object for `key` (config validated first)."""
+    validate(key.cfg, arch=key.arch, num_outputs=key.epi.num_outputs, grouped=key.grouped)
+    if key.arch == "sm90":
+        from .sm90.gemm import Sm90Gemm
+
+        stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch)
+        return Sm90Gemm(key.cfg, key.epi, grouped=key.grouped, ab_stages=stages)
+    raise NotImplementedError(f"no GEMM kernel for arch {key.arch!r} yet")
+
+
+def compile_kernel(key: KernelKey, *, options: str = ""):
+    """Compile `key` (uncached).  Returns the DSL's compiled callable."""
+    import cutlass
+    import cutlass.cute as cute
+
+    os.environ.setdefault("CUTE_DSL_ARCH", ARCH_TO_DSL[key.arch])
+    kernel = build_kernel(key)
+    args = fake_arguments(key)
+    stream = cute.runtime.make_fake_stream()
+    return cute.compile(kernel, *args, cutlass.Int32(132), stream, options=options)
+
+
+def get_compiled(key: KernelKey):
+    """Compiled kernel for `key`, from the in-process cache when present."""
+    fn = _cache.get(key)
+    if fn is None:
+        with _lock:
+            fn = _cache.get(key)
+            if fn is None:
+                fn = compile_kernel(key)
+                _cache[key] = fn
+    return fn
+
+
+def cache_size() -> int:
+    return len(_cache)

@@ -1,0 +1,184 @@
+"""GEMM kernel configuration: the knobs the kernels take and the autotuner searches.
+
+`GemmConfig` is the one config type of the GEMM family (dense and grouped, every
+epilogue).  `validate` rejects impossible configs with a reason before anything is
+compiled; `default_config` is the heuristic used when nothing is tuned.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# Hopper: 227 KiB of dynamic shared memory per CTA (232448 bytes).
+SMEM_CAPACITY = {"sm90": 232448, "sm100": 232448}
+# mbarriers, scheduler scratch and alignment slack.
+SMEM_RESERVED = 1024
+# Registers a consumer thread may spend on accumulators (of the 232 it owns after setmaxnreg).
+MAX_ACC_REGS_PER_THREAD = 128
+
+TILE_M_CHOICES = (64, 128)
+TILE_N_CHOICES = (64, 128, 192, 256)
+TILE_K_CHOICES = (64, 128)
+CLUSTER_CHOICES = (1, 2)
+SCHEDULES = ("cooperative", "pingpong")
+RASTERS = ("n", "m")
+SWIZZLES = (1, 2, 4, 8)
+EPI_N_CHOICES = (32, 64)
+EPI_STAGE_CHOICES = (2, 3, 4)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run on the given problem or architecture."""
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Tile shape, cluster, schedule and pipelining of one GEMM launch.
+
+    tile_m: rows of C per CTA tile. Cooperative: 128 (two consumer warpgroups of 64
+        rows). Ping-pong: 64 (each consumer warpgroup owns a whole tile).
+    tile_n, tile_k: columns of C and depth of one pipeline stage.
+    cluster_m, cluster_n: CTAs per cluster; A is multicast along cluster_n, B along
+        cluster_m.  Grouped problems need cluster_m == 1 (neighbouring M tiles may
+        belong to different experts, so they cannot share B).
+    schedule: "cooperative" (two warpgroups split one tile) or "pingpong" (the two
+        warpgroups alternate tiles so one's epilogue overlaps the other's mainloop).
+    raster: "n" walks a band of `swizzle` M tiles along N; "m" walks a band of
+        `swizzle` N tiles along M.
+    ab_stages: operand pipeline depth; 0 takes as many as fit in shared memory.
+    epi_n: columns per epilogue sub-tile; epi_stages: epilogue smem buffers.
+    """
+
+    tile_m: int = 128
+    tile_n: int = 256
+    tile_k: int = 64
+    cluster_m: int = 1
+    cluster_n: int = 2
+    schedule: str = "cooperative"
+    raster: str = "n"
+    swizzle: int = 8
+    ab_stages: int = 0
+    epi_n: int = 32
+    epi_stages: int = 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GemmConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown GemmConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    @property
+    def num_consumer_warpgroups(self) -> int:
+        return 2
+
+    @property
+    def warpgroup_tile_m(self) -> int:
+        """Rows of the accumulator one consumer warpgroup holds."""
+        return self.tile_m // 2 if self.schedule == "cooperative" else self.tile_m
+
+    @property
+    def epi_m(self) -> int:
+        """Rows of one epilogue sub-tile (a whole CTA tile for cooperative, a warpgroup's tile for ping-pong)."""
+        return self.tile_m
+
+    @property
+    def cluster_size(self) -> int:
+        return self.cluster_m * self.cluster_n
+
+
+def smem_bytes(cfg: GemmConfig, *, ab_stages: int, num_outputs: int, elem_bytes: int = 2) -> int:
+    """Shared memory a launch needs: operand stages plus epilogue buffers plus reserve."""
+    ab = ab_stages * (cfg.tile_m + cfg.tile_n) * cfg.tile_k * elem_bytes
+    epi_buffers = num_outputs * cfg.epi_stages * (2 if cfg.schedule == "pingpong" else 1)
+    epi = epi_buffers * cfg.epi_m * cfg.epi_n * elem_bytes
+    return ab + epi + SMEM_RESERVED
+
+
+def max_ab_stages(cfg: GemmConfig, *, num_outputs: int, arch: str = "sm90", elem_bytes: int = 2) -> int:
+    per_stage = (cfg.tile_m + cfg.tile_n) * cfg.tile_k * elem_bytes
+    fixed = smem_bytes(cfg, ab_stages=0, num_outputs=num_outputs, elem_bytes=elem_bytes)
+    return (SMEM_CAPACITY[arch] - fixed) // per_stage
+
+
+def resolved_ab_stages(cfg: GemmConfig, *, num_outputs: int, arch: str = "sm90") -> int:
+    """The pipeline depth a launch uses: cfg.ab_stages, or as many as fit (at most 8)."""
+    if cfg.ab_stages:
+        return cfg.ab_stages
+    return min(8, max_ab_stages(cfg, num_outputs=num_outputs, arch=arch))
+
+
+def validation_errors(
+    cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False
+) -> list[str]:
+    """Every reason `cfg` cannot run; empty when it can."""
+    errs: list[str] = []
+    if arch not in SMEM_CAPACITY:
+        errs.append(f"unknown arch {arch!r} (known: {sorted(SMEM_CAPACITY)})")
+        return errs
+    if cfg.schedule not in SCHEDULES:
+        errs.append(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    if cfg.raster not in RASTERS:
+        errs.append(f"raster must be one of {RASTERS}, got {cfg.raster!r}")
+    if cfg.swizzle not in SWIZZLES:
+        errs.append(f"swizzle must be one of {SWIZZLES}, got {cfg.swizzle}")
+    if cfg.tile_n not in TILE_N_CHOICES:
+        errs.append(f"tile_n must be one of {TILE_N_CHOICES}, got {cfg.tile_n}")
+    if cfg.tile_k not in TILE_K_CHOICES:
+        errs.append(f"tile_k must be one of {TILE_K_CHOICES}, got {cfg.tile_k}")
+    if cfg.cluster_m not in CLUSTER_CHOICES or cfg.cluster_n not in CLUSTER_CHOICES:
+        errs.append(f"cluster_m and cluster_n must be in {CLUSTER_CHOICES}, got ({cfg.cluster_m}, {cfg.cluster_n})")
+    if grouped and cfg.cluster_m != 1:
+        errs.append("grouped GEMM needs cluster_m == 1: neighbouring M tiles may belong to different experts and cannot share B")
+    if cfg.epi_n not in EPI_N_CHOICES:
+        errs.append(f"epi_n must be one of {EPI_N_CHOICES}, got {cfg.epi_n}")
+    elif cfg.tile_n % cfg.epi_n:
+        errs.append(f"tile_n {cfg.tile_n} is not a multiple of epi_n {cfg.epi_n}")
+    if cfg.epi_stages not in EPI_STAGE_CHOICES:
+        errs.append(f"epi_stages must be one of {EPI_STAGE_CHOICES}, got {cfg.epi_stages}")
+    # The epilogue walks accumulator registers in sub-tile order; that order matches
+    # one 64-row WGMMA atom per consumer warpgroup, so each warpgroup holds 64 rows.
+    if cfg.schedule == "cooperative" and cfg.tile_m != 128:
+        errs.append(f"cooperative schedule needs tile_m == 128 (two warpgroups of 64 rows), got {cfg.tile_m}")
+    if cfg.schedule == "pingpong" and cfg.tile_m != 64:
+        errs.append(f"ping-pong schedule needs tile_m == 64 (one 64-row warpgroup per tile), got {cfg.tile_m}")
+    if errs:
+        return errs
+    acc_regs = cfg.warpgroup_tile_m * cfg.tile_n // 128
+    if acc_regs > MAX_ACC_REGS_PER_THREAD:
+        errs.append(f"accumulator needs {acc_regs} registers per thread (> {MAX_ACC_REGS_PER_THREAD}): tile too large for one warpgroup")
+    max_stages = max_ab_stages(cfg, num_outputs=num_outputs, arch=arch)
+    if cfg.ab_stages and cfg.ab_stages < 2:
+        errs.append(f"ab_stages must be >= 2 (or 0 for automatic), got {cfg.ab_stages}")
+    if cfg.ab_stages > max_stages or max_stages < 2:
+        need = smem_bytes(cfg, ab_stages=max(cfg.ab_stages, 2), num_outputs=num_outputs)
+        errs.append(f"shared memory: {need} bytes needed, {SMEM_CAPACITY[arch]} available on {arch}")
+    return errs
+
+
+def validate(cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False) -> GemmConfig:
+    """Return `cfg` if it can run, else raise ConfigError listing every reason."""
+    errs = validation_errors(cfg, arch=arch, num_outputs=num_outputs, grouped=grouped)
+    if errs:
+        raise ConfigError(f"invalid GemmConfig {cfg}: " + "; ".join(errs))
+    return cfg
+
+
+def default_config(m: int, n: int, k: int, *, grouped: bool = False, num_experts: int = 1, num_outputs: int = 1) -> GemmConfig:
+    """Heuristic config for a problem when no tuned entry exists.
+
+    Large N: 128x256 cooperative tiles, A multicast over a 1x2 cluster.  Narrow N or
+    few tiles: 128x128 so more CTAs have work.
+    """
+    tiles_256 = -(-m // 128) * -(-n // 256)
+    if n >= 2048 and tiles_256 >= 264:
+        cfg = GemmConfig(tile_m=128, tile_n=256, cluster_m=1, cluster_n=2)
+    elif n >= 256:
+        cfg = GemmConfig(tile_m=128, tile_n=128, cluster_m=1, cluster_n=2)
+    else:
+        cfg = GemmConfig(tile_m=128, tile_n=64 if n <= 64 else 128, cluster_m=1, cluster_n=1)
+    return cfg

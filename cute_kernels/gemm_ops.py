@@ -1,0 +1,181 @@
+"""Torch entry points of the GEMM family: `fc1_srelu` and `fc2`, dense and grouped.
+
+They check inputs (cute_kernels.checks), pick a config (the `config=` argument, else
+the tuned/default lookup), fetch the compiled kernel from the in-process cache and
+launch it on the current CUDA stream.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+from . import checks
+from .compile import ARCH_TO_DSL, KernelKey, build_kernel
+from .config import ConfigError, GemmConfig, validate
+from .config_lookup import lookup_config
+from .epilogue import EpilogueSpec
+
+log = logging.getLogger("cute_kernels")
+
+_compiled: dict = {}
+
+
+def device_arch(device: torch.device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    if major == 9:
+        return "sm90"
+    if major == 10:
+        return "sm100"
+    raise checks.InputError(f"no CuTe kernel for compute capability {major}.{minor} on {device}; use backend='torch'")
+
+
+@functools.lru_cache(maxsize=None)
+def _max_clusters(device_index: int, cluster_size: int) -> int:
+    import cutlass.utils as cu
+
+    try:
+        return max(1, cu.HardwareInfo(device_id=device_index).get_max_active_clusters(cluster_size))
+    except TypeError:  # older signature without device_id
+        return max(1, cu.HardwareInfo().get_max_active_clusters(cluster_size))
+
+
+def _to_cute(t: torch.Tensor, leading_dim: int):
+    from cutlass.cute.runtime import from_dlpack
+
+    return from_dlpack(t, assumed_align=16).mark_layout_dynamic(leading_dim=leading_dim)
+
+
+def _as_mkl(t: torch.Tensor) -> torch.Tensor:
+    """(M, K) -> (M, K, 1) view with a batch stride the TMA accepts."""
+    return t.as_strided((t.size(0), t.size(1), 1), (t.stride(0), t.stride(1), max(t.numel(), 8)))
+
+
+def _as_nkl(w: torch.Tensor) -> torch.Tensor:
+    """(N, K) -> (N, K, 1); (E, N, K) -> (N, K, E)."""
+    if w.dim() == 2:
+        return w.as_strided((w.size(0), w.size(1), 1), (w.stride(0), w.stride(1), max(w.numel(), 8)))
+    return w.permute(1, 2, 0)
+
+
+def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cu_rows (E+1) and cu_tiles (E+1) as int32 on `device`, without a host sync."""
+    if isinstance(m_splits, torch.Tensor):
+        s = m_splits.to(torch.int32)
+        meta = torch.zeros((2, s.numel() + 1), dtype=torch.int32, device=device)
+        torch.cumsum(s, 0, out=meta[0, 1:])
+        torch.cumsum((s + (tile_m - 1)) // tile_m, 0, out=meta[1, 1:])
+        return meta[0], meta[1]
+    rows, tiles = [0], [0]
+    for s in m_splits:
+        rows.append(rows[-1] + s)
+        tiles.append(tiles[-1] + -(-s // tile_m))
+    meta = torch.tensor([rows, tiles], dtype=torch.int32).pin_memory().to(device, non_blocking=True)
+    return meta[0], meta[1]
+
+
+def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config):
+    grouped = m_splits is not None
+    m, k = a.shape
+    n = w.size(-2)
+    arch = device_arch(a.device)
+    num_experts = w.size(0) if grouped else 1
+    if config is None:
+        config = lookup_config(kernel_name, arch=arch, dtype=a.dtype, m=m, n=n, k=k,
+                               num_experts=num_experts, num_outputs=epi.num_outputs, grouped=grouped)
+    elif not isinstance(config, GemmConfig):
+        raise checks.InputError(f"config must be a GemmConfig, got {type(config).__name__}")
+    try:
+        validate(config, arch=arch, num_outputs=epi.num_outputs, grouped=grouped)
+    except ConfigError as e:
+        raise checks.InputError(f"config: {e}") from None
+    dtype_name = "bfloat16" if a.dtype == torch.bfloat16 else "float16"
+    key = KernelKey(arch, config, epi, grouped, dtype_name, "k", "k")
+
+    a3 = _to_cute(_as_mkl(a), 1)
+    b3 = _to_cute(_as_nkl(w), 1)
+    d = [_to_cute(_as_mkl(o), 1) for o in outs]
+    d0, d1 = d[0], (d[1] if len(d) > 1 else None)
+    scale = None
+    if prob is not None:
+        from cutlass.cute.runtime import from_dlpack
+
+        scale = from_dlpack(prob, assumed_align=4).mark_layout_dynamic()
+    cu_rows = cu_tiles = None
+    if grouped:
+        from cutlass.cute.runtime import from_dlpack
+
+        r, t = _splits_metadata(m_splits, config.tile_m, a.device)
+        cu_rows = from_dlpack(r, assumed_align=4).mark_layout_dynamic()
+        cu_tiles = from_dlpack(t, assumed_align=4).mark_layout_dynamic()
+
+    import cuda.bindings.driver as cuda
+    import cutlass
+    import cutlass.cute as cute
+
+    stream = cuda.CUstream(torch.cuda.current_stream(a.device).cuda_stream)
+    max_clusters = cutlass.Int32(_max_clusters(a.device.index or 0, config.cluster_size))
+    fn = _compiled.get(key)
+    if fn is None:
+        import os
+
+        os.environ.setdefault("CUTE_DSL_ARCH", ARCH_TO_DSL[arch])
+        log.debug("compiling %s", key)
+        fn = cute.compile(build_kernel(key), a3, b3, d0, d1, scale, cu_rows, cu_tiles, max_clusters, stream)
+        _compiled[key] = fn
+    fn(a3, b3, d0, d1, scale, cu_rows, cu_tiles, max_clusters, stream)
+
+
+def _output(name: str, out, m: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return torch.empty((m, n), dtype=like.dtype, device=like.device)
+    checks.check_matrix(name, out, ndim=2, dtype=like.dtype, device=like.device)
+    if tuple(out.shape) != (m, n):
+        raise checks.InputError(f"{name} must have shape {(m, n)}, got {tuple(out.shape)}")
+    return out
+
+
+def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, config: GemmConfig | None = None,
+              out: tuple | None = None):
+    """FC1 with squared ReLU fused: preact = x @ w1^T, postact = prob * relu(preact)^2.
+
+    x: (M, K) bf16/fp16 CUDA; w1: (N, K), or (E, N, K) with `m_splits` (per-expert row
+    counts: list of ints or int tensor on the GPU; tokens sorted by expert).
+    prob: optional (M,) per-row scale (router probability).
+    out: optional preallocated (preact or None, postact) to write into.
+    Returns (preact or None, postact), both (M, N) in x's dtype.
+    """
+    grouped = m_splits is not None
+    checks.check_gemm_operands("x", x, "w1", w1, grouped=grouped)
+    m = x.size(0)
+    if grouped:
+        checks.check_m_splits(m_splits, num_experts=w1.size(0), m_total=m, device=x.device)
+    if prob is not None:
+        checks.check_prob(prob, m_total=m, device=x.device)
+        prob = prob.reshape(-1).to(torch.float32).contiguous()
+    n = w1.size(-2)
+    out_pre, out_post = out if out is not None else (None, None)
+    postact = _output("out[1] (postact)", out_post, m, n, x)
+    preact = _output("out[0] (preact)", out_pre, m, n, x) if store_preact else None
+    if m == 0 or n == 0:
+        return preact, postact
+    epi = EpilogueSpec("srelu", store_preact=store_preact, row_scale=prob is not None)
+    outs = [preact, postact] if store_preact else [postact]
+    _launch("fc1_srelu", x, w1, outs, epi=epi, m_splits=m_splits, prob=prob, config=config)
+    return preact, postact
+
+
+def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Tensor | None = None):
+    """FC2: y = h @ w2^T.  h: (M, K); w2: (N, K) or (E, N, K) with `m_splits`."""
+    grouped = m_splits is not None
+    checks.check_gemm_operands("h", h, "w2", w2, grouped=grouped)
+    m = h.size(0)
+    if grouped:
+        checks.check_m_splits(m_splits, num_experts=w2.size(0), m_total=m, device=h.device)
+    n = w2.size(-2)
+    y = _output("out", out, m, n, h)
+    if m == 0 or n == 0:
+        return y
+    _launch("fc2", h, w2, [y], epi=EpilogueSpec("identity"), m_splits=m_splits, prob=None, config=config)
+    return y

@@ -1,0 +1,456 @@
+"""Hopper (sm_90a) GEMM kernel family in CuTe DSL: D_i = epilogue(A @ B^T).
+
+One kernel class serves dense and grouped (per-expert) problems, every epilogue in
+`cute_kernels.epilogue`, cooperative and ping-pong consumer schedules, and any operand
+majorness (A: (M, K) with K or M contiguous; B: (N, K, L) with K or N contiguous).
+
+Structure of a CTA (384 threads, one CTA per SM, persistent):
+- warpgroup 0: warp 0 issues TMA loads of A and B tiles into a ring of shared-memory
+  stages (multicast across the cluster: A along cluster N, B along cluster M);
+  the warpgroup gives its registers away (setmaxnreg 40).
+- warpgroups 1-2: WGMMA consumers (setmaxnreg 232).  Cooperative: both split one
+  128-row tile.  Ping-pong: each owns a 64-row tile, they alternate tiles, and an
+  mbarrier pair orders their mainloops so one's epilogue overlaps the other's math.
+- epilogue: accumulator -> epilogue op (fp32) -> dtype -> stmatrix to smem -> TMA store.
+
+Grouped problems: tokens are sorted by expert; `cu_rows` (E+1) holds row offsets and
+`cu_tiles` (E+1) the prefix of M tiles per expert, both int32 on the GPU (no host
+sync).  A tile reads A rows [row_start, row_start + tile_m) (rows past the expert's
+end are computed and thrown away), B from expert e, and stores through a ragged view
+of D whose row extent ends at the expert's last row, so TMA clips the store there.
+
+Preconditions (checked on the host by `cute_kernels.checks`): bf16/fp16 A and B of
+the same dtype, 16-byte aligned base pointers and leading dimensions, D row-major,
+K >= 1; grouped: cluster_m == 1.
+"""
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass import Float32, Int32, const_expr
+from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.memory import SmemAllocator
+from cutlass.pipeline import pipeline_init_arrive, pipeline_init_wait
+from cutlass.tensor_utils import LayoutEnum
+
+from ..config import GemmConfig
+from ..epilogue import EpilogueSpec
+from ..tile_scheduler import banded_coord_device, expert_of_tile
+
+THREADS_PER_WG = 128
+PRODUCER_REGS = 40
+CONSUMER_REGS = 232
+EPI_BARRIER_ID = 1  # ping-pong uses ids 1 and 2, one per consumer warpgroup
+
+
+class Sm90Gemm:
+    """A compiled-once GEMM: `cute.compile(Sm90Gemm(...), a, b, d0, d1, scale, cu_rows, cu_tiles, max_clusters, stream)`."""
+
+    def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int):
+        self.cfg = cfg
+        self.epi = epi
+        self.grouped = grouped
+        self.ab_stages = ab_stages
+        self.pingpong = cfg.schedule == "pingpong"
+        self.tile_m, self.tile_n, self.tile_k = cfg.tile_m, cfg.tile_n, cfg.tile_k
+        self.cluster_shape_mn = (cfg.cluster_m, cfg.cluster_n)
+        self.atom_layout_mnk = (1, 1, 1) if self.pingpong else (2, 1, 1)
+        self.mma_threads = THREADS_PER_WG * (1 if self.pingpong else 2)  # threads sharing one tile
+        self.threads_per_cta = 3 * THREADS_PER_WG
+        # Each smem stage is read by one (ping-pong) or two (cooperative) warpgroups.
+        self.consumer_warps_per_stage = self.mma_threads // 32
+        self.epi_tile = (cfg.tile_m, cfg.epi_n)
+        self.epi_slots = 2 if self.pingpong else 1
+        self.num_outputs = epi.num_outputs
+
+    # ------------------------------------------------------------------ host side
+    @cute.jit
+    def __call__(
+        self,
+        mA: cute.Tensor,  # (M, K, 1)
+        mB: cute.Tensor,  # (N, K, L)
+        mD0: cute.Tensor,  # (M, N, 1)
+        mD1,  # (M, N, 1) or None
+        mScale,  # (M,) fp32 or None
+        mCuRows,  # (E+1,) int32 or None
+        mCuTiles,  # (E+1,) int32 or None
+        max_clusters: Int32,
+        stream,
+    ):
+        self.ab_dtype = mA.element_type
+        self.d_dtype = mD0.element_type
+        a_layout = LayoutEnum.from_tensor(mA)
+        b_layout = LayoutEnum.from_tensor(mB)
+        self.d_layout = LayoutEnum.from_tensor(mD0)
+
+        tiled_mma = sm90_utils.make_trivial_tiled_mma(
+            self.ab_dtype,
+            mB.element_type,
+            a_layout.sm90_mma_major_mode(),
+            b_layout.sm90_mma_major_mode(),
+            Float32,
+            self.atom_layout_mnk,
+            tiler_mn=(64, self.tile_n),
+        )
+        a_smem_staged = self._operand_smem_layout(a_layout, (self.tile_m, self.tile_k))
+        b_smem_staged = self._operand_smem_layout(b_layout, (self.tile_n, self.tile_k))
+        epi_smem_staged = self._epi_smem_layout(self.epi_slots * self.cfg.epi_stages)
+
+        a_op = cpasync.CopyBulkTensorTileG2SOp() if self.cfg.cluster_n == 1 else cpasync.CopyBulkTensorTileG2SMulticastOp()
+        b_op = cpasync.CopyBulkTensorTileG2SOp() if self.cfg.cluster_m == 1 else cpasync.CopyBulkTensorTileG2SMulticastOp()
+        tma_a, tma_mA = cpasync.make_tiled_tma_atom(
+            a_op, mA, cute.slice_(a_smem_staged, (None, None, 0)), (self.tile_m, self.tile_k), num_multicast=self.cfg.cluster_n
+        )
+        tma_b, tma_mB = cpasync.make_tiled_tma_atom(
+            b_op, mB, cute.slice_(b_smem_staged, (None, None, 0)), (self.tile_n, self.tile_k), num_multicast=self.cfg.cluster_m
+        )
+        epi_smem_one = cute.slice_(epi_smem_staged, (None, None, 0))
+        tma_d0, tma_mD0 = cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileS2GOp(), self._store_view(mD0), epi_smem_one, self.epi_tile
+        )
+        tma_d1, tma_mD1 = tma_d0, tma_mD0
+        if const_expr(mD1 is not None):
+            tma_d1, tma_mD1 = cpasync.make_tiled_tma_atom(
+                cpasync.CopyBulkTensorTileS2GOp(), self._store_view(mD1), epi_smem_one, self.epi_tile
+            )
+
+        m_total = cute.size(mA, mode=[0])
+        n_total = cute.size(mB, mode=[0])
+        k_total = cute.size(mA, mode=[1])
+        num_m_tiles = (m_total + self.tile_m - 1) // self.tile_m
+        num_n_tiles = (n_total + self.tile_n - 1) // self.tile_n
+        num_experts = Int32(1)
+        if const_expr(self.grouped):
+            num_experts = cute.size(mCuRows, mode=[0]) - 1
+            # Upper bound: each expert adds at most one partial tile.
+            num_m_tiles = num_m_tiles + num_experts
+        clusters_m = (num_m_tiles + self.cfg.cluster_m - 1) // self.cfg.cluster_m
+        clusters_n = (num_n_tiles + self.cfg.cluster_n - 1) // self.cfg.cluster_n
+        num_clusters = cutlass.min(clusters_m * clusters_n, max_clusters)
+
+        ab_bytes = self.ab_stages * 2
+        epi_elems = cute.cosize(epi_smem_staged)
+
+        @cute.struct
+        class SharedStorage:
+            ab_bars: cute.struct.MemRange[cutlass.Int64, ab_bytes]
+            order_bars: cute.struct.MemRange[cutlass.Int64, 2]
+            sA: cute.struct.Align[cute.struct.MemRange[self.ab_dtype, cute.cosize(a_smem_staged)], 1024]
+            sB: cute.struct.Align[cute.struct.MemRange[self.ab_dtype, cute.cosize(b_smem_staged)], 1024]
+            sD0: cute.struct.Align[cute.struct.MemRange[self.d_dtype, epi_elems], 1024]
+            sD1: cute.struct.Align[cute.struct.MemRange[self.d_dtype, epi_elems if self.num_outputs == 2 else 8], 1024]
+
+        self.shared_storage = SharedStorage
+
+        self.kernel(
+            tma_a, tma_mA, tma_b, tma_mB, tma_d0, tma_mD0, tma_d1, tma_mD1,
+            mScale, mCuRows, mCuTiles, tiled_mma,
+            cute.make_layout((*self.cluster_shape_mn, 1)),
+            a_smem_staged, b_smem_staged, epi_smem_staged,
+            m_total, k_total, num_m_tiles, num_n_tiles, num_experts,
+        ).launch(
+            grid=(self.cfg.cluster_m, self.cfg.cluster_n, num_clusters),
+            block=[self.threads_per_cta, 1, 1],
+            cluster=(self.cfg.cluster_m, self.cfg.cluster_n, 1),
+            min_blocks_per_mp=1,
+            stream=stream,
+        )
+
+    def _operand_smem_layout(self, layout: LayoutEnum, shape_mn_k):
+        k_major = layout.sm90_mma_major_mode() == cute.nvgpu.OperandMajorMode.K
+        major_size = shape_mn_k[1] if k_major else shape_mn_k[0]
+        atom = warpgroup.make_smem_layout_atom(
+            sm90_utils.get_smem_layout_atom(layout, self.ab_dtype, major_size), self.ab_dtype
+        )
+        return cute.tile_to_shape(atom, (*shape_mn_k, self.ab_stages), order=(0, 1, 2) if k_major else (1, 0, 2))
+
+    def _epi_smem_layout(self, stages: int):
+        atom = warpgroup.make_smem_layout_atom(
+            sm90_utils.get_smem_layout_atom(self.d_layout, self.d_dtype, self.cfg.epi_n), self.d_dtype
+        )
+        return cute.tile_to_shape(atom, (*self.epi_tile, stages), order=(0, 1, 2))
+
+    def _store_view(self, mD: cute.Tensor):
+        """Dense: D itself.  Grouped: a ragged (R, N, R+1) view; slicing mode 2 at an
+        expert's end row e gives a tensor whose row r maps to D row r + e - R, so rows at
+        or past e are out of bounds and TMA drops them."""
+        if const_expr(not self.grouped):
+            return mD
+        rows = cute.size(mD, mode=[0])
+        ld = mD.stride[0]
+        base = mD.iterator + (-(cutlass.Int64(rows) * ld))
+        layout = cute.make_layout((rows, cute.size(mD, mode=[1]), rows + 1), stride=(ld, 1, ld))
+        return cute.make_tensor(base, layout)
+
+    # ---------------------------------------------------------------- device side
+    def _tile_coords(self, t, cluster_coord, mCuRows, mCuTiles, m_total, num_n_tiles, num_m_clusters, num_experts):
+        """Cluster work index -> (row_start, row_end, n_tile, expert) of this CTA's tile."""
+        clusters_n = (num_n_tiles + self.cfg.cluster_n - 1) // self.cfg.cluster_n
+        cm, cn = banded_coord_device(t, num_m_clusters, clusters_n, self.cfg.swizzle, self.cfg.raster == "n")
+        m_tile = cm * self.cfg.cluster_m + cluster_coord[0]
+        n_tile = cn * self.cfg.cluster_n + cluster_coord[1]
+        if const_expr(self.grouped):
+            e = expert_of_tile(mCuTiles, m_tile, num_experts)
+            row_start = mCuRows[e] + (m_tile - mCuTiles[e]) * self.tile_m
+            row_end = mCuRows[e + 1]
+            return row_start, row_end, n_tile, e
+        return m_tile * self.tile_m, m_total, n_tile, Int32(0)
+
+    @cute.kernel
+    def kernel(
+        self,
+        tma_a: cute.CopyAtom, mA: cute.Tensor,
+        tma_b: cute.CopyAtom, mB: cute.Tensor,
+        tma_d0: cute.CopyAtom, mD0: cute.Tensor,
+        tma_d1: cute.CopyAtom, mD1: cute.Tensor,
+        mScale, mCuRows, mCuTiles,
+        tiled_mma: cute.TiledMma,
+        cta_layout_mnk: cute.Layout,
+        a_smem_staged: cute.ComposedLayout,
+        b_smem_staged: cute.ComposedLayout,
+        epi_smem_staged: cute.ComposedLayout,
+        m_total: Int32, k_total: Int32, num_m_tiles: Int32, num_n_tiles: Int32, num_experts: Int32,
+    ):
+        cfg = self.cfg
+        tidx, _, _ = cute.arch.thread_idx()
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        wg_idx = cute.arch.make_warp_uniform(tidx // THREADS_PER_WG)
+        two_outputs = const_expr(self.num_outputs == 2)
+
+        if warp_idx == 0:
+            cpasync.prefetch_descriptor(tma_a)
+            cpasync.prefetch_descriptor(tma_b)
+            cpasync.prefetch_descriptor(tma_d0)
+            if const_expr(two_outputs):
+                cpasync.prefetch_descriptor(tma_d1)
+
+        cta_rank = cute.arch.make_warp_uniform(cute.arch.block_idx_in_cluster())
+        cluster_coord = cta_layout_mnk.get_flat_coord(cta_rank)
+        a_mcast_mask = cute.make_layout_image_mask(cta_layout_mnk, cluster_coord, mode=1)
+        b_mcast_mask = cute.make_layout_image_mask(cta_layout_mnk, cluster_coord, mode=0)
+        a_mcast_mask = a_mcast_mask if const_expr(cfg.cluster_n > 1) else 0
+        b_mcast_mask = b_mcast_mask if const_expr(cfg.cluster_m > 1) else 0
+
+        storage = SmemAllocator().allocate(self.shared_storage)
+        a_smem_one = cute.slice_(a_smem_staged, (None, None, 0))
+        b_smem_one = cute.slice_(b_smem_staged, (None, None, 0))
+        tx_bytes = cute.size_in_bytes(self.ab_dtype, a_smem_one) + cute.size_in_bytes(self.ab_dtype, b_smem_one)
+        mcast_peers = cfg.cluster_m + cfg.cluster_n - 1
+        ab_pipeline = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.ab_bars.data_ptr(),
+            num_stages=self.ab_stages,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, mcast_peers * self.consumer_warps_per_stage),
+            tx_count=tx_bytes,
+            cta_layout_vmnk=cute.make_layout((1, *cta_layout_mnk.shape)),
+            defer_sync=True,
+        )
+        order_bars = storage.order_bars.data_ptr()
+        if const_expr(self.pingpong):
+            if warp_idx == 0:
+                cute.arch.mbarrier_init(order_bars, THREADS_PER_WG)
+                cute.arch.mbarrier_init(order_bars + 1, THREADS_PER_WG)
+        pipeline_init_arrive(cluster_shape_mn=self.cluster_shape_mn, is_relaxed=True)
+
+        sA = storage.sA.get_tensor(a_smem_staged.outer, swizzle=a_smem_staged.inner)
+        sB = storage.sB.get_tensor(b_smem_staged.outer, swizzle=b_smem_staged.inner)
+        sD0 = storage.sD0.get_tensor(epi_smem_staged.outer, swizzle=epi_smem_staged.inner)
+        sD1 = storage.sD1.get_tensor(epi_smem_staged.outer, swizzle=epi_smem_staged.inner) if const_expr(two_outputs) else sD0
+
+        k_tiles = (k_total + self.tile_k - 1) // self.tile_k
+        total_m_tiles = num_m_tiles
+        if const_expr(self.grouped):
+            total_m_tiles = mCuTiles[num_experts]
+        num_m_clusters = (total_m_tiles + cfg.cluster_m - 1) // cfg.cluster_m
+        num_work = num_m_clusters * ((num_n_tiles + cfg.cluster_n - 1) // cfg.cluster_n)
+        cluster_id = cute.arch.block_idx()[2]
+        num_launched = cute.arch.grid_dim()[2]
+
+        pipeline_init_wait(cluster_shape_mn=self.cluster_shape_mn)
+
+        if wg_idx == 0:
+            # ------------------------------------------------------------ producer
+            cute.arch.setmaxregister_decrease(PRODUCER_REGS)
+            if warp_idx == 0:
+                a_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (0, None, 0)).shape)
+                b_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (None, 0, 0)).shape)
+                state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.ab_stages)
+                t = cluster_id
+                while t < num_work:
+                    row_start, row_end, n_tile, expert = self._tile_coords(
+                        t, cluster_coord, mCuRows, mCuTiles, m_total, num_n_tiles, num_m_clusters, num_experts
+                    )
+                    gA = cute.local_tile(
+                        cute.domain_offset((row_start, 0), mA[None, None, 0]), (self.tile_m, self.tile_k), (0, None)
+                    )
+                    gB = cute.local_tile(mB[None, None, expert], (self.tile_n, self.tile_k), (n_tile, None))
+                    tAsA, tAgA = cpasync.tma_partition(
+                        tma_a, cluster_coord[1], a_cta_layout, cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2)
+                    )
+                    tBsB, tBgB = cpasync.tma_partition(
+                        tma_b, cluster_coord[0], b_cta_layout, cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
+                    )
+                    for kt in range(k_tiles):
+                        ab_pipeline.producer_acquire(state)
+                        bar = ab_pipeline.producer_get_barrier(state)
+                        cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar, mcast_mask=a_mcast_mask)
+                        cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar, mcast_mask=b_mcast_mask)
+                        ab_pipeline.producer_commit(state)
+                        state.advance()
+                    t += num_launched
+                ab_pipeline.producer_tail(state)
+        else:
+            # ------------------------------------------------------------ consumers
+            cute.arch.setmaxregister_increase(CONSUMER_REGS)
+            consumer_wg = wg_idx - 1
+            mma_tid = tidx - THREADS_PER_WG
+            epi_slot = Int32(0)
+            epi_barrier_id = EPI_BARRIER_ID
+            store_warp = 4
+            t = cluster_id
+            t_step = num_launched
+            if const_expr(self.pingpong):
+                mma_tid = tidx % THREADS_PER_WG
+                epi_slot = consumer_wg
+                epi_barrier_id = EPI_BARRIER_ID + consumer_wg
+                store_warp = 4 + 4 * consumer_wg
+                t = cluster_id + consumer_wg * num_launched
+                t_step = 2 * num_launched
+            epi_barrier = pipeline.NamedBarrier(barrier_id=epi_barrier_id, num_threads=self.mma_threads)
+
+            thr_mma = tiled_mma.get_slice(mma_tid)
+            tCsA = thr_mma.partition_A(sA)
+            tCsB = thr_mma.partition_B(sB)
+            tCrA = tiled_mma.make_fragment_A(tCsA)
+            tCrB = tiled_mma.make_fragment_B(tCsB)
+            cTile = cute.make_identity_tensor((self.tile_m, self.tile_n))
+            tCcTile = thr_mma.partition_C(cTile)
+            acc = cute.make_rmem_tensor(tCcTile.shape, Float32)
+            num_k_blocks = cute.size(tCrA, mode=[2])
+
+            # Epilogue partitioning: registers -> smem (stmatrix) -> TMA store.
+            r2s_atom = sm90_utils.get_smem_store_op(self.d_layout, elem_ty_d=self.d_dtype, elem_ty_acc=Float32)
+            stmatrix_atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(False, 4), self.d_dtype)
+            tiled_r2s = cute.make_tiled_copy_S(r2s_atom, cute.make_tiled_copy_C_atom(stmatrix_atom, tiled_mma))
+            thr_r2s = tiled_r2s.get_slice(mma_tid)
+            tRS_sD0 = thr_r2s.partition_D(sD0)
+            tRS_sD1 = thr_r2s.partition_D(sD1)
+            tRS_acc = tiled_r2s.retile(acc)
+            frag_shape = cute.shape(thr_r2s.partition_S(sD0))[:3]
+            frag_size = cute.size(frag_shape)
+            num_epi = self.tile_n // cfg.epi_n
+            rScale = cute.make_rmem_tensor(tCcTile.shape, Float32)
+            tRS_scale = tiled_r2s.retile(rScale)
+
+            store_pipeline = pipeline.PipelineTmaStore.create(
+                num_stages=cfg.epi_stages,
+                producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.mma_threads),
+            )
+            read_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.ab_stages)
+            release_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.ab_stages)
+            local_tile_idx = Int32(0)
+            order_phase = Int32(0)
+
+            while t < num_work:
+                row_start, row_end, n_tile, expert = self._tile_coords(
+                    t, cluster_coord, mCuRows, mCuTiles, m_total, num_n_tiles, num_m_clusters, num_experts
+                )
+                if const_expr(self.pingpong):
+                    # Skip the stages of the other warpgroup's tile, then wait for our turn.
+                    if consumer_wg == 1 or local_tile_idx > 0:
+                        for _ in range(k_tiles):
+                            read_state.advance()
+                            release_state.advance()
+                    if consumer_wg == 1 or local_tile_idx > 0:
+                        cute.arch.mbarrier_wait(order_bars + consumer_wg, order_phase)
+                        order_phase = order_phase ^ 1
+
+                # ---- mainloop
+                ab_pipeline.consumer_wait(read_state)
+                warpgroup.fence()
+                for kb in cutlass.range_constexpr(num_k_blocks):
+                    tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
+                    cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
+                warpgroup.commit_group()
+                read_state.advance()
+                tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
+                for kt in range(1, k_tiles):
+                    ab_pipeline.consumer_wait(read_state)
+                    warpgroup.fence()
+                    for kb in cutlass.range_constexpr(num_k_blocks):
+                        cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
+                    warpgroup.commit_group()
+                    warpgroup.wait_group(1)
+                    ab_pipeline.consumer_release(release_state)
+                    release_state.advance()
+                    read_state.advance()
+                warpgroup.wait_group(0)
+                ab_pipeline.consumer_release(release_state)
+                release_state.advance()
+                if const_expr(self.pingpong):
+                    # Hand the tensor cores to the other warpgroup.
+                    cute.arch.mbarrier_arrive(order_bars + (1 - consumer_wg))
+
+                # ---- epilogue
+                if const_expr(self.epi.row_scale):
+                    for i in cutlass.range_constexpr(cute.size(rScale)):
+                        row = cutlass.min(row_start + tCcTile[i][0], row_end - 1)
+                        rScale[i] = Float32(mScale[row])
+                gD_tile0, gD_tile1 = self._output_tiles(mD0, mD1, row_start, row_end, n_tile, m_total)
+                bSG_sD0, bSG_gD0 = cpasync.tma_partition(
+                    tma_d0, 0, cute.make_layout(1), cute.group_modes(sD0, 0, 2), cute.zipped_divide(gD_tile0, self.epi_tile)
+                )
+                bSG_sD1, bSG_gD1 = bSG_sD0, bSG_gD0
+                if const_expr(two_outputs):
+                    bSG_sD1, bSG_gD1 = cpasync.tma_partition(
+                        tma_d1, 0, cute.make_layout(1), cute.group_modes(sD1, 0, 2), cute.zipped_divide(gD_tile1, self.epi_tile)
+                    )
+                for e in cutlass.range_constexpr(num_epi):
+                    frag = cute.make_rmem_tensor(frag_shape, Float32)
+                    for v in cutlass.range_constexpr(frag_size):
+                        frag[v] = tRS_acc[e * frag_size + v]
+                    scale_vec = None
+                    if const_expr(self.epi.row_scale):
+                        sfrag = cute.make_rmem_tensor(frag_shape, Float32)
+                        for v in cutlass.range_constexpr(frag_size):
+                            sfrag[v] = tRS_scale[e * frag_size + v]
+                        scale_vec = sfrag.load()
+                    outs = self.epi.apply(frag.load(), scale_vec)
+                    buf = (local_tile_idx * num_epi + e) % cfg.epi_stages + epi_slot * cfg.epi_stages
+                    out0 = cute.make_rmem_tensor(frag_shape, self.d_dtype)
+                    out0.store(outs[0].to(self.d_dtype))
+                    cute.copy(tiled_r2s, out0, tRS_sD0[(None, None, None, buf)])
+                    if const_expr(two_outputs):
+                        out1 = cute.make_rmem_tensor(frag_shape, self.d_dtype)
+                        out1.store(outs[1].to(self.d_dtype))
+                        cute.copy(tiled_r2s, out1, tRS_sD1[(None, None, None, buf)])
+                    cute.arch.fence_proxy("async.shared", space="cta")
+                    epi_barrier.arrive_and_wait()
+                    if warp_idx == store_warp:
+                        cute.copy(tma_d0, bSG_sD0[(None, buf)], bSG_gD0[(None, e)])
+                        if const_expr(two_outputs):
+                            cute.copy(tma_d1, bSG_sD1[(None, buf)], bSG_gD1[(None, e)])
+                        store_pipeline.producer_commit()
+                        store_pipeline.producer_acquire()
+                    epi_barrier.arrive_and_wait()
+
+                local_tile_idx += 1
+                t += t_step
+            if warp_idx == store_warp:
+                store_pipeline.producer_tail()
+
+    def _output_tiles(self, mD0, mD1, row_start, row_end, n_tile, m_total):
+        """The (tile_m, tile_n) TMA-coordinate tiles of each output for this tile."""
+        tiles = []
+        for mD in (mD0, mD1):
+            if const_expr(self.grouped):
+                # Ragged view: slice at the expert's end row; local row r = row - row_end + R.
+                view = mD[None, None, row_end]
+                origin = (row_start - row_end + m_total, n_tile * self.tile_n)
+            else:
+                view = mD[None, None, 0]
+                origin = (row_start, n_tile * self.tile_n)
+            tiles.append(cute.local_tile(cute.domain_offset(origin, view), (self.tile_m, self.tile_n), (0, 0)))
+        return tiles[0], tiles[1]

@@ -1,0 +1,2 @@
+"""Activation offload scheduler and selective-offload policy (its own issue; nothing
+here yet beyond the package)."""

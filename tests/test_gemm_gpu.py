@@ -1,0 +1,137 @@
+"""GPU numerics of fc1_srelu and fc2 (dense and grouped) against float32 torch.
+
+Fresh random inputs every run, outputs poisoned with NaN before the call and every
+element checked, odd sizes, 1 to 128 experts with empty and skewed experts.
+"""
+import pytest
+import torch
+
+from cute_kernels import GemmConfig, fc1_srelu, fc2
+from reference import grouped_ref, rel_err, random_splits
+
+pytestmark = pytest.mark.gpu
+TOL = {torch.bfloat16: 1e-2, torch.float16: 5e-3}
+
+CONFIGS = {
+    "coop_128x256_c12": GemmConfig(),
+    "coop_128x128_c21": GemmConfig(tile_n=128, cluster_m=2, cluster_n=1, raster="m", swizzle=1),
+    "coop_128x192_c22": GemmConfig(tile_n=192, cluster_m=2, cluster_n=2, swizzle=2),
+    "coop_128x64_c11_k128": GemmConfig(tile_n=64, tile_k=128, cluster_n=1, epi_n=64, epi_stages=3),
+    "pingpong_64x256_c12": GemmConfig(tile_m=64, schedule="pingpong"),
+    "pingpong_64x128_c11": GemmConfig(tile_m=64, tile_n=128, cluster_n=1, schedule="pingpong", raster="m", swizzle=4),
+}
+GROUPED_CONFIGS = {k: v for k, v in CONFIGS.items() if v.cluster_m == 1}
+
+
+def _gen():
+    g = torch.Generator()
+    g.seed()
+    return g
+
+
+def _inputs(m, n, k, dtype, gen, experts=None):
+    x = (torch.randn(m, k, generator=gen) / k ** 0.25).to(dtype).cuda()
+    shape = (experts, n, k) if experts else (n, k)
+    w = (torch.randn(*shape, generator=gen) / k ** 0.25).to(dtype).cuda()
+    return x, w
+
+
+def _poisoned(m, n, dtype):
+    return torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+
+
+def _check(out, ref, dtype, what):
+    assert torch.isfinite(out).all(), f"{what}: unwritten (NaN) or non-finite elements"
+    err = rel_err(out, ref)
+    assert err < TOL[dtype], f"{what}: relative error {err:.3e}"
+
+
+@pytest.mark.parametrize("cfg_name", list(CONFIGS))
+@pytest.mark.parametrize("mnk", [(1, 256, 64), (333, 384, 136), (1000, 1000, 512), (2048, 2048, 4096)])
+def test_fc1_srelu_dense(cfg_name, mnk):
+    m, n, k = mnk
+    dtype = torch.bfloat16
+    gen = _gen()
+    x, w = _inputs(m, n, k, dtype, gen)
+    prob = torch.rand(m, generator=gen).cuda()
+    pre, post = _poisoned(m, n, dtype), _poisoned(m, n, dtype)
+    fc1_srelu(x, w, prob=prob, config=CONFIGS[cfg_name], out=(pre, post))
+    ref = x.float() @ w.float().t()
+    _check(pre, ref, dtype, "preact")
+    _check(post, torch.relu(ref).square() * prob[:, None], dtype, "postact")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("store_preact", [True, False])
+def test_fc1_srelu_default_config(dtype, store_preact):
+    gen = _gen()
+    m, n, k = 777, 1536, 1024
+    x, w = _inputs(m, n, k, dtype, gen)
+    pre, post = fc1_srelu(x, w, store_preact=store_preact)
+    ref = x.float() @ w.float().t()
+    assert (pre is not None) == store_preact
+    if store_preact:
+        _check(pre, ref, dtype, "preact")
+    _check(post, torch.relu(ref).square(), dtype, "postact")
+
+
+@pytest.mark.parametrize("cfg_name", list(CONFIGS))
+@pytest.mark.parametrize("mnk", [(1, 128, 64), (517, 640, 264), (4096, 1024, 2048)])
+def test_fc2_dense(cfg_name, mnk):
+    m, n, k = mnk
+    gen = _gen()
+    x, w = _inputs(m, n, k, torch.bfloat16, gen)
+    y = _poisoned(m, n, torch.bfloat16)
+    fc2(x, w, config=CONFIGS[cfg_name], out=y)
+    _check(y, x.float() @ w.float().t(), torch.bfloat16, "fc2")
+
+
+@pytest.mark.parametrize("cfg_name", list(GROUPED_CONFIGS))
+@pytest.mark.parametrize("experts,m,empty,skew", [(1, 300, 0, False), (8, 2000, 2, False), (8, 4096, 0, True),
+                                                  (128, 8192, 17, True), (16, 5, 11, False)])
+@pytest.mark.parametrize("splits_as_tensor", [False, True])
+def test_fc1_srelu_grouped(cfg_name, experts, m, empty, skew, splits_as_tensor):
+    n, k = 384, 256
+    dtype = torch.bfloat16
+    gen = _gen()
+    x, w = _inputs(m, n, k, dtype, gen, experts)
+    splits = random_splits(m, experts, gen, empty=empty, skew=skew)
+    prob = torch.rand(m, generator=gen).cuda()
+    m_splits = torch.tensor(splits, device="cuda") if splits_as_tensor else splits
+    pre, post = _poisoned(m, n, dtype), _poisoned(m, n, dtype)
+    fc1_srelu(x, w, m_splits=m_splits, prob=prob, config=GROUPED_CONFIGS[cfg_name], out=(pre, post))
+    ref = grouped_ref(x, w, splits)
+    _check(pre, ref, dtype, "grouped preact")
+    _check(post, torch.relu(ref).square() * prob[:, None], dtype, "grouped postact")
+
+
+@pytest.mark.parametrize("experts,m", [(8, 3000), (128, 10000)])
+def test_fc2_grouped(experts, m):
+    n, k = 2688, 1856
+    gen = _gen()
+    x, w = _inputs(m, n, k, torch.bfloat16, gen, experts)
+    splits = random_splits(m, experts, gen, empty=experts // 8, skew=True)
+    y = _poisoned(m, n, torch.bfloat16)
+    fc2(x, w, m_splits=splits, out=y)
+    _check(y, grouped_ref(x, w, splits), torch.bfloat16, "grouped fc2")
+
+
+def test_grouped_all_rows_in_one_expert_and_empty_rest():
+    gen = _gen()
+    x, w = _inputs(513, 256, 128, torch.bfloat16, gen, 4)
+    splits = [0, 0, 513, 0]
+    _, post = fc1_srelu(x, w, m_splits=splits, store_preact=False)
+    _check(post, torch.relu(grouped_ref(x, w, splits)).square(), torch.bfloat16, "one expert")
+
+
+def test_large_k_and_new_shape_no_recompile():
+    from cute_kernels import gemm_ops
+
+    gen = _gen()
+    cfg = GemmConfig(tile_n=128)
+    for m, n, k in [(256, 512, 8192), (640, 768, 4104)]:
+        x, w = _inputs(m, n, k, torch.bfloat16, gen)
+        before = len(gemm_ops._compiled)
+        y = fc2(x, w, config=cfg)
+        _check(y, x.float() @ w.float().t(), torch.bfloat16, f"k={k}")
+    assert len(gemm_ops._compiled) == before, "a new shape recompiled the kernel"
