@@ -16,14 +16,14 @@ import sys
 import torch
 
 from benchmarks.shapes import GEMM_SHAPES, even_splits, shape_label
-from benchmarks.timing import time_ms, tflops
+from benchmarks.timing import host_us, time_ms, tflops
 
 
 def _grouped_mm(x, w_t, offs):
     return torch._grouped_mm(x, w_t, offs=offs)
 
 
-def bench_shape(s: dict, config=None) -> dict:
+def bench_shape(s: dict, config=None, baselines: bool = True) -> dict:
     import cute_kernels as ck
 
     m, n, k, experts = s["m"], s["n"], s["k"], s.get("experts")
@@ -60,6 +60,10 @@ def bench_shape(s: dict, config=None) -> dict:
     err = ((got.float() - ref).norm() / ref.norm()).item()
     row["rel_err"] = err
     row["ours_ms"] = time_ms(ours)
+    row["host_us"] = host_us(ours)
+    if not baselines:
+        row["ours_tflops"] = tflops(flops, row["ours_ms"])
+        return row
     row["torch_mm_ms"] = time_ms(mm)
     row["ours_tflops"] = tflops(flops, row["ours_ms"])
     row["torch_mm_tflops"] = tflops(flops, row["torch_mm_ms"])
@@ -71,8 +75,8 @@ def bench_shape(s: dict, config=None) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| shape | ours ms | TFLOP/s | torch mm ms | torch mm TFLOP/s | vs torch mm | torch mm+relu^2 ms | vs torch mm+relu^2 | rel err |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| shape | ours ms | TFLOP/s | torch mm ms | torch mm TFLOP/s | vs torch mm | torch mm+relu^2 ms | vs torch mm+relu^2 | rel err | host us/call |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['shape']} | ERROR: {r['error']} |||||||")
@@ -80,8 +84,43 @@ def format_table(rows: list[dict]) -> str:
         act = f"{r['torch_act_ms']:.3f}" if "torch_act_ms" in r else "-"
         vs_act = f"{r['vs_torch_act']:.2f}x" if "vs_torch_act" in r else "-"
         lines.append(f"| {r['shape']} | {r['ours_ms']:.3f} | {r['ours_tflops']:.0f} | {r['torch_mm_ms']:.3f} | "
-                     f"{r['torch_mm_tflops']:.0f} | {r['vs_torch_mm']:.2f}x | {act} | {vs_act} | {r['rel_err']:.1e} |")
+                     f"{r['torch_mm_tflops']:.0f} | {r['vs_torch_mm']:.2f}x | {act} | {vs_act} | {r['rel_err']:.1e} | {r['host_us']:.0f} |")
     return "\n".join(lines)
+
+
+SWEEP_CONFIGS = [
+    {},
+    {"swizzle": 1}, {"swizzle": 4}, {"raster": "m"}, {"raster": "m", "swizzle": 1},
+    {"cluster_m": 2, "cluster_n": 1}, {"cluster_n": 1}, {"epi_n": 64}, {"epi_stages": 3},
+    {"tile_n": 128}, {"tile_n": 192},
+    {"schedule": "pingpong", "tile_m": 64}, {"schedule": "pingpong", "tile_m": 64, "cluster_m": 2, "cluster_n": 1},
+    {"schedule": "pingpong", "tile_m": 64, "tile_n": 128},
+]
+
+
+def sweep(args):
+    """Time SWEEP_CONFIGS (fields over the shape's default config) on the selected shapes."""
+    import dataclasses
+
+    import cute_kernels as ck
+    from cute_kernels.config import ConfigError
+
+    for s in GEMM_SHAPES:
+        if args.only and args.only not in shape_label(s):
+            continue
+        base = ck.default_config(s["m"], s["n"], s["k"], grouped=bool(s.get("experts")))
+        print(f"## sweep {shape_label(s)} (default {base})", flush=True)
+        for fields in SWEEP_CONFIGS:
+            cfg = dataclasses.replace(base, **fields)
+            try:
+                ck.validate(cfg, num_outputs=2 if s["kernel"] == "fc1_srelu" else 1, grouped=bool(s.get("experts")))
+                r = bench_shape(s, cfg, baselines=False)
+                print(f"{json.dumps(fields):70s} {r['ours_ms']:.3f} ms {r['ours_tflops']:.0f} TFLOP/s err {r['rel_err']:.1e}", flush=True)
+            except ConfigError as e:
+                print(f"{json.dumps(fields):70s} invalid: {e}"[:160])
+            except Exception as e:
+                print(f"{json.dumps(fields):70s} ERROR {type(e).__name__}: {e}"[:300], flush=True)
+    return 0
 
 
 def main(argv=None):
@@ -89,6 +128,7 @@ def main(argv=None):
     p.add_argument("--out", help="write the markdown table here too")
     p.add_argument("--config", help="GemmConfig fields as JSON, applied to every shape")
     p.add_argument("--only", help="substring of the shape label to run")
+    p.add_argument("--sweep", action="store_true", help="time a fixed list of configs on each selected shape")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_gemm needs a CUDA GPU", file=sys.stderr)
@@ -96,6 +136,8 @@ def main(argv=None):
     from cute_kernels import GemmConfig
 
     config = GemmConfig(**json.loads(args.config)) if args.config else None
+    if args.sweep:
+        return sweep(args)
     rows = []
     for s in GEMM_SHAPES:
         if args.only and args.only not in shape_label(s):

@@ -1,8 +1,14 @@
-"""Timing helpers: CUDA events around each call, warm-up, L2 flushed before every
-timed call, median of many."""
+"""Timing helpers: CUDA events, warm-up, L2 flushed, median of many.
+
+`time_ms(fn)` measures GPU time per call: each sample flushes L2, then times a batch
+of `batch` back-to-back calls between two events, so the GPU queue stays ahead of
+the host and the figure is kernel time, not launch overhead.  `host_us(fn)` measures
+the host cost of one call (what a GPU-starved caller would see).
+"""
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
 
@@ -16,21 +22,38 @@ def flush_l2():
     _flush_buf.zero_()
 
 
-def time_ms(fn, *, warmup: int = 5, iters: int = 30) -> float:
-    """Median milliseconds of `fn()` over `iters` calls, L2 flushed before each."""
+def time_ms(fn, *, warmup: int = 5, iters: int = 20, batch: int = 4) -> float:
+    """Median GPU milliseconds per call of `fn()`."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(iters):
         flush_l2()
+        # queue work ahead so the timed calls are not waiting on the host
+        torch.cuda._sleep(2_000_000)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(batch):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / batch)
     return statistics.median(times)
+
+
+def host_us(fn, *, iters: int = 50) -> float:
+    """Median host microseconds of one call (the GPU is kept busy so launches never block)."""
+    fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(iters):
+        torch.cuda._sleep(1_000_000)
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(samples)
 
 
 def tflops(flops: float, ms: float) -> float:

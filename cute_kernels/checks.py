@@ -29,13 +29,13 @@ def check_matrix(name: str, t, *, ndim: int, dtype=None, device=None):
     if t.numel() and t.stride(-1) != 1:
         _fail(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
     elem = t.element_size()
+    if (t.size(-1) * elem) % 16:
+        _fail(f"{name} last dimension {t.size(-1)} must be a multiple of {16 // elem} elements (16-byte rows)")
     for d in range(t.dim() - 1):
         if t.size(d) > 1 and (t.stride(d) * elem) % 16:
             _fail(f"{name} stride {t.stride(d)} of dim {d} is not a multiple of 16 bytes")
     if t.numel() and t.data_ptr() % 16:
         _fail(f"{name} data pointer is not 16-byte aligned")
-    if (t.size(-1) * elem) % 16:
-        _fail(f"{name} last dimension {t.size(-1)} must be a multiple of {16 // elem} elements (16-byte rows)")
 
 
 def check_cuda(name: str, t):
@@ -45,13 +45,12 @@ def check_cuda(name: str, t):
 
 def check_gemm_operands(a_name: str, a, w_name: str, w, *, grouped: bool):
     """a: (M, K); w: (N, K) dense or (E, N, K) grouped, nn.Linear layout."""
+    if isinstance(a, torch.Tensor) and a.dim() == 2 and a.size(1) == 0:
+        _fail(f"{a_name} has K=0: nothing to multiply")
     check_matrix(a_name, a, ndim=2)
-    check_cuda(a_name, a)
     check_matrix(w_name, w, ndim=3 if grouped else 2, dtype=a.dtype, device=a.device)
     if w.size(-1) != a.size(1):
         _fail(f"{w_name} has K={w.size(-1)} but {a_name} has K={a.size(1)} (shapes {tuple(w.shape)} and {tuple(a.shape)})")
-    if a.size(1) == 0:
-        _fail(f"{a_name} has K=0: nothing to multiply")
     if grouped and w.size(0) == 0:
         _fail(f"{w_name} has 0 experts")
 

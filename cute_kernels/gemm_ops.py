@@ -23,12 +23,57 @@ _compiled: dict = {}
 
 
 def device_arch(device: torch.device) -> str:
-    major, minor = torch.cuda.get_device_capability(device)
+    return _arch_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_of(device_index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(device_index)
     if major == 9:
         return "sm90"
     if major == 10:
         return "sm100"
-    raise checks.InputError(f"no CuTe kernel for compute capability {major}.{minor} on {device}; use backend='torch'")
+    raise checks.InputError(f"no CuTe kernel for compute capability {major}.{minor} on cuda:{device_index}; use backend='torch'")
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_config(config: GemmConfig, arch: str, num_outputs: int, grouped: bool) -> GemmConfig:
+    try:
+        return validate(config, arch=arch, num_outputs=num_outputs, grouped=grouped)
+    except ConfigError as e:
+        raise checks.InputError(f"config: {e}") from None
+
+
+class _PinnedRing:
+    """Reusable pinned host buffers for the per-call m_splits metadata, so a list of
+    splits reaches the GPU with an async copy and no fresh pinned allocation."""
+
+    def __init__(self, slots: int = 16):
+        self.slots = slots
+        self.bufs: list = [None] * slots
+        self.events: list = [None] * slots
+        self.next = 0
+
+    def upload(self, rows: list[int], tiles: list[int], device) -> torch.Tensor:
+        i = self.next
+        self.next = (i + 1) % self.slots
+        n = len(rows)
+        buf = self.bufs[i]
+        if buf is None or buf.size(1) < n:
+            buf = torch.empty((2, max(n, 256)), dtype=torch.int32, pin_memory=True)
+            self.bufs[i] = buf
+        elif self.events[i] is not None:
+            self.events[i].synchronize()  # the copy from this slot 16 calls ago
+        buf[0, :n] = torch.tensor(rows, dtype=torch.int32)
+        buf[1, :n] = torch.tensor(tiles, dtype=torch.int32)
+        out = buf[:, :n].to(device, non_blocking=True)
+        ev = self.events[i] or torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(device))
+        self.events[i] = ev
+        return out
+
+
+_pinned = _PinnedRing()
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,7 +116,7 @@ def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch
     for s in m_splits:
         rows.append(rows[-1] + s)
         tiles.append(tiles[-1] + -(-s // tile_m))
-    meta = torch.tensor([rows, tiles], dtype=torch.int32).pin_memory().to(device, non_blocking=True)
+    meta = _pinned.upload(rows, tiles, device)
     return meta[0], meta[1]
 
 
@@ -86,10 +131,7 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
                                num_experts=num_experts, num_outputs=epi.num_outputs, grouped=grouped)
     elif not isinstance(config, GemmConfig):
         raise checks.InputError(f"config must be a GemmConfig, got {type(config).__name__}")
-    try:
-        validate(config, arch=arch, num_outputs=epi.num_outputs, grouped=grouped)
-    except ConfigError as e:
-        raise checks.InputError(f"config: {e}") from None
+    _checked_config(config, arch, epi.num_outputs, grouped)
     dtype_name = "bfloat16" if a.dtype == torch.bfloat16 else "float16"
     key = KernelKey(arch, config, epi, grouped, dtype_name, "k", "k")
 
@@ -154,6 +196,7 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     if prob is not None:
         checks.check_prob(prob, m_total=m, device=x.device)
         prob = prob.reshape(-1).to(torch.float32).contiguous()
+    checks.check_cuda("x", x)
     n = w1.size(-2)
     out_pre, out_post = out if out is not None else (None, None)
     postact = _output("out[1] (postact)", out_post, m, n, x)
@@ -173,6 +216,7 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
     m = h.size(0)
     if grouped:
         checks.check_m_splits(m_splits, num_experts=w2.size(0), m_total=m, device=h.device)
+    checks.check_cuda("h", h)
     n = w2.size(-2)
     y = _output("out", out, m, n, h)
     if m == 0 or n == 0:

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The one GPU run: GPU tests, then the benchmark table.  On the device machine, from
-# the repo root, after the wheels are installed (see README.md):
+# The one GPU run: GPU tests, then the benchmark table (and, with SWEEP=1, a config
+# sweep on the benchmark shapes).  On the device machine, from the repo root, after
+# the wheels are installed (see README.md):
 #   bash scripts/gpu_check.sh [extra pytest args]
 # Logs and tables go to $OUT (or ./gpu_out).
 set -uo pipefail
 out="${OUT:-gpu_out}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/device.txt"
-python3 -m pytest -m gpu tests -q -x --tb=short -p no:cacheprovider "$@" 2>&1 | tee "$out/gpu_tests.log"
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  python3 -m pytest -m gpu tests -q -x --tb=short -p no:cacheprovider "$@" 2>&1 | tee "$out/gpu_tests.log"
+fi
 python3 -m benchmarks.bench_gemm --out "$out/bench_gemm.md" 2>&1 | tee "$out/bench_gemm.log"
+if [ "${SWEEP:-0}" = 1 ]; then
+  python3 -m benchmarks.bench_gemm --sweep --only "${SWEEP_ONLY:-}" 2>&1 | tee "$out/sweep.log"
+fi

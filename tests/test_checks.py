@@ -1,0 +1,55 @@
+"""Input validation of the torch API (CPU): each bad input raises InputError naming the argument."""
+import pytest
+import torch
+
+from cute_kernels import GemmConfig, InputError, fc1_srelu, fc2
+
+
+def _x(m=64, k=128, dtype=torch.bfloat16):
+    return torch.randn(m, k).to(dtype)
+
+
+def _w(n=256, k=128, experts=None, dtype=torch.bfloat16):
+    return torch.randn(*((experts, n, k) if experts else (n, k))).to(dtype)
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda: fc1_srelu(_x(dtype=torch.float32), _w()), "x dtype must be bfloat16 or float16"),
+    (lambda: fc1_srelu(_x(), _w(dtype=torch.float16)), "w1 dtype torch.float16 does not match"),
+    (lambda: fc1_srelu(_x(), _w(k=64)), "w1 has K=64 but x has K=128"),
+    (lambda: fc1_srelu(_x(k=12), _w(k=12)), "x last dimension 12 must be a multiple of 8"),
+    (lambda: fc1_srelu(_x()[:, ::2], _w(k=64)), "x must have a contiguous last dimension"),
+    (lambda: fc1_srelu(torch.randn(4, 64, 128).bfloat16(), _w()), "x must have 2 dimensions"),
+    (lambda: fc1_srelu(_x(), "w"), "w1 must be a torch.Tensor"),
+    (lambda: fc1_srelu(_x(), _w()), "x is a CPU tensor"),
+    (lambda: fc2(_x(), _w()), "h is a CPU tensor"),
+    (lambda: fc1_srelu(_x(), _w(experts=4), m_splits=[10, 10, 10, 10]), "m_splits sum to 40 but the input has M=64"),
+    (lambda: fc1_srelu(_x(), _w(experts=4), m_splits=[32, 32]), "m_splits has 2 entries but the weights have 4 experts"),
+    (lambda: fc1_srelu(_x(), _w(experts=2), m_splits=[65, -1]), "m_splits[1] must be a non-negative int"),
+    (lambda: fc1_srelu(_x(), _w(experts=2), m_splits=torch.tensor([32, 32.0])), "m_splits dtype must be int32 or int64"),
+    (lambda: fc1_srelu(_x(), _w(experts=2), m_splits=torch.tensor([64])), "m_splits must have one entry per expert (2)"),
+    (lambda: fc1_srelu(_x(), _w(experts=2), m_splits=7), "m_splits must be a list of ints or an int tensor"),
+    (lambda: fc1_srelu(_x(), _w(), m_splits=[64]), "w1 must have 3 dimensions"),
+    (lambda: fc1_srelu(_x(), _w(experts=2)), "w1 must have 2 dimensions"),
+    (lambda: fc1_srelu(_x(), _w(), prob=torch.rand(63)), "prob must have shape (M,) or (M, 1) with M=64"),
+    (lambda: fc1_srelu(_x(), _w(), prob=torch.ones(64, dtype=torch.int32)), "prob must be floating point"),
+    (lambda: fc2(_x(), torch.randn(0, 256, 128).bfloat16(), m_splits=[]), "w2 has 0 experts"),
+    (lambda: fc1_srelu(_x(k=0), _w(k=0)), "x has K=0"),
+])
+def test_bad_input_names_the_argument(call, needle):
+    with pytest.raises(InputError) as ei:
+        call()
+    assert needle in str(ei.value), str(ei.value)
+
+
+def test_misaligned_pointer_rejected():
+    buf = torch.randn(64 * 128 + 1).bfloat16()
+    x = buf[1:].view(64, 128)  # 2-byte offset
+    with pytest.raises(InputError, match="x data pointer is not 16-byte aligned"):
+        fc1_srelu(x, _w())
+
+
+def test_unaligned_row_stride_rejected():
+    x = torch.randn(64, 132).bfloat16()[:, :128]
+    with pytest.raises(InputError, match="x stride 132 of dim 0 is not a multiple of 16 bytes"):
+        fc1_srelu(x, _w())
