@@ -90,11 +90,11 @@ def format_table(rows: list[dict]) -> str:
 
 SWEEP_CONFIGS = [
     {},
-    {"swizzle": 1}, {"swizzle": 4}, {"raster": "m"}, {"raster": "m", "swizzle": 1},
-    {"cluster_m": 2, "cluster_n": 1}, {"cluster_n": 1}, {"epi_n": 64}, {"epi_stages": 3},
-    {"tile_n": 128}, {"tile_n": 192},
-    {"schedule": "pingpong", "tile_m": 64}, {"schedule": "pingpong", "tile_m": 64, "cluster_m": 2, "cluster_n": 1},
-    {"schedule": "pingpong", "tile_m": 64, "tile_n": 128},
+    {"swizzle": 1}, {"swizzle": 2}, {"swizzle": 4}, {"raster": "m"},
+    {"cluster_m": 1, "cluster_n": 2}, {"cluster_m": 1, "cluster_n": 1},
+    {"epi_n": 64}, {"epi_stages": 3}, {"epi_stages": 4},
+    {"tile_n": 128}, {"tile_n": 192}, {"tile_n": 256},
+    {"schedule": "pingpong", "tile_m": 64},
 ]
 
 

@@ -7,6 +7,8 @@ here from the requested arch when absent).
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import threading
 from dataclasses import dataclass
@@ -32,6 +34,14 @@ _cache: dict[KernelKey, object] = {}
 _lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=None)
+def use_tvm_ffi() -> bool:
+    """Launch through TVM-FFI (torch tensors passed straight in, a few microseconds of
+    host time per call) when apache-tvm-ffi is installed; CUTE_KERNELS_TVM_FFI=0 turns
+    it off and falls back to the DSL's DLPack path."""
+    return os.environ.get("CUTE_KERNELS_TVM_FFI", "1") != "0" and importlib.util.find_spec("tvm_ffi") is not None
+
+
 def _cutlass_dtype(name: str):
     import cutlass
 
@@ -45,6 +55,8 @@ def fake_arguments(key: KernelKey):
     from cutlass.cute.runtime import make_fake_tensor
 
     dt = _cutlass_dtype(key.dtype)
+    # One SymInt per quantity, reused wherever it appears: the launcher then checks
+    # that every tensor agrees on M, N and K.
     m, n, k = cute.sym_int32(symbol="M"), cute.sym_int32(symbol="N"), cute.sym_int32(symbol="K")
     lda, ldb, ldd = (cute.sym_int64(divisibility=8, symbol=s) for s in ("lda", "ldb", "ldd"))
     batch_a, batch_b = cute.sym_int64(divisibility=8), cute.sym_int64(divisibility=8)
@@ -75,15 +87,23 @@ def build_kernel(key: KernelKey):
     raise NotImplementedError(f"no GEMM kernel for arch {key.arch!r} yet")
 
 
-def compile_kernel(key: KernelKey, *, options: str = ""):
-    """Compile `key` (uncached).  Returns the DSL's compiled callable."""
+def compile_kernel(key: KernelKey, *, options: str = "", tvm_ffi: bool = False):
+    """Compile `key` (uncached).  Returns the DSL's compiled callable.
+
+    With `tvm_ffi` the callable takes torch tensors and uses the current torch stream:
+    fn(a, b, d0, d1, scale, cu_rows, cu_tiles, Int32(max_clusters)).
+    """
+    os.environ.setdefault("CUTE_DSL_ARCH", ARCH_TO_DSL[key.arch])
     import cutlass
     import cutlass.cute as cute
 
-    os.environ.setdefault("CUTE_DSL_ARCH", ARCH_TO_DSL[key.arch])
     kernel = build_kernel(key)
     args = fake_arguments(key)
-    stream = cute.runtime.make_fake_stream()
+    if tvm_ffi:
+        stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
+        options = (options + " --enable-tvm-ffi").strip()
+    else:
+        stream = cute.runtime.make_fake_stream()
     return cute.compile(kernel, *args, cutlass.Int32(132), stream, options=options)
 
 
@@ -94,7 +114,7 @@ def get_compiled(key: KernelKey):
         with _lock:
             fn = _cache.get(key)
             if fn is None:
-                fn = compile_kernel(key)
+                fn = compile_kernel(key, tvm_ffi=use_tvm_ffi())
                 _cache[key] = fn
     return fn
 

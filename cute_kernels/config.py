@@ -168,17 +168,28 @@ def validate(cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, group
     return cfg
 
 
-def default_config(m: int, n: int, k: int, *, grouped: bool = False, num_experts: int = 1, num_outputs: int = 1) -> GemmConfig:
-    """Heuristic config for a problem when no tuned entry exists.
+def _tile_n_for(n: int) -> int:
+    """The widest tile_n whose padding waste on N is within 1% of the least waste."""
+    waste = {t: (-(-n // t) * t - n) / n for t in (256, 192, 128)}
+    best = min(waste.values())
+    return max(t for t, w in waste.items() if w <= best + 0.01)
 
-    Large N: 128x256 cooperative tiles, A multicast over a 1x2 cluster.  Narrow N or
-    few tiles: 128x128 so more CTAs have work.
+
+def default_config(m: int, n: int, k: int, *, grouped: bool = False, num_experts: int = 1, num_outputs: int = 1) -> GemmConfig:
+    """Heuristic config for a problem when no tuned entry exists (from the H100 sweep
+    in benchmarks/results/2026-11-24-h100-sweep-run2.log).
+
+    128-row cooperative tiles, tile_n as wide as the padding of N allows.  Dense:
+    B multicast over a 2x1 cluster (best on the large FC1 shapes).  Grouped: A
+    multicast over 1x2 (clusters along M could straddle experts).  Small N or few
+    tiles: narrower tiles, no cluster.
     """
-    tiles_256 = -(-m // 128) * -(-n // 256)
-    if n >= 2048 and tiles_256 >= 264:
-        cfg = GemmConfig(tile_m=128, tile_n=256, cluster_m=1, cluster_n=2)
-    elif n >= 256:
-        cfg = GemmConfig(tile_m=128, tile_n=128, cluster_m=1, cluster_n=2)
-    else:
-        cfg = GemmConfig(tile_m=128, tile_n=64 if n <= 64 else 128, cluster_m=1, cluster_n=1)
-    return cfg
+    if n <= 64:
+        return GemmConfig(tile_m=128, tile_n=64, cluster_m=1, cluster_n=1)
+    tile_n = _tile_n_for(n) if n > 128 else 128
+    tiles = -(-m // 128) * -(-n // tile_n)
+    if tiles < 132:
+        return GemmConfig(tile_m=128, tile_n=tile_n if tiles >= 66 else 128, cluster_m=1, cluster_n=1)
+    if grouped:
+        return GemmConfig(tile_m=128, tile_n=tile_n, cluster_m=1, cluster_n=2)
+    return GemmConfig(tile_m=128, tile_n=tile_n, cluster_m=2, cluster_n=1)

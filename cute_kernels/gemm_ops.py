@@ -12,7 +12,7 @@ import logging
 import torch
 
 from . import checks
-from .compile import ARCH_TO_DSL, KernelKey, build_kernel
+from .compile import ARCH_TO_DSL, KernelKey, build_kernel, get_compiled, use_tvm_ffi
 from .config import ConfigError, GemmConfig, validate
 from .config_lookup import lookup_config
 from .epilogue import EpilogueSpec
@@ -135,38 +135,50 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
     dtype_name = "bfloat16" if a.dtype == torch.bfloat16 else "float16"
     key = KernelKey(arch, config, epi, grouped, dtype_name, "k", "k")
 
-    a3 = _to_cute(_as_mkl(a), 1)
-    b3 = _to_cute(_as_nkl(w), 1)
-    d = [_to_cute(_as_mkl(o), 1) for o in outs]
-    d0, d1 = d[0], (d[1] if len(d) > 1 else None)
-    scale = None
-    if prob is not None:
-        from cutlass.cute.runtime import from_dlpack
-
-        scale = from_dlpack(prob, assumed_align=4).mark_layout_dynamic()
+    a3, b3 = _as_mkl(a), _as_nkl(w)
+    d0 = _as_mkl(outs[0])
+    d1 = _as_mkl(outs[1]) if len(outs) > 1 else None
     cu_rows = cu_tiles = None
     if grouped:
-        from cutlass.cute.runtime import from_dlpack
+        cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device)
+    import cutlass
 
-        r, t = _splits_metadata(m_splits, config.tile_m, a.device)
-        cu_rows = from_dlpack(r, assumed_align=4).mark_layout_dynamic()
-        cu_tiles = from_dlpack(t, assumed_align=4).mark_layout_dynamic()
+    max_clusters = cutlass.Int32(_max_clusters(a.device.index or 0, config.cluster_size))
+    if use_tvm_ffi():
+        fn = get_compiled(key)
+        fn(a3, b3, d0, d1, prob, cu_rows, cu_tiles, max_clusters)
+        return
+    _launch_dlpack(key, arch, a3, b3, d0, d1, prob, cu_rows, cu_tiles, max_clusters)
+
+
+def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, cu_rows, cu_tiles, max_clusters):
+    """Fallback launch through the DSL's DLPack conversion (no apache-tvm-ffi)."""
+    import os
 
     import cuda.bindings.driver as cuda
-    import cutlass
     import cutlass.cute as cute
+    from cutlass.cute.runtime import from_dlpack
 
-    stream = cuda.CUstream(torch.cuda.current_stream(a.device).cuda_stream)
-    max_clusters = cutlass.Int32(_max_clusters(a.device.index or 0, config.cluster_size))
+    def vec(t):
+        return None if t is None else from_dlpack(t, assumed_align=4).mark_layout_dynamic()
+
+    args = (_to_cute(a3, 1), _to_cute(b3, 1), _to_cute(d0, 1), None if d1 is None else _to_cute(d1, 1),
+            vec(prob), vec(cu_rows), vec(cu_tiles))
+    stream = cuda.CUstream(torch.cuda.current_stream(a3.device).cuda_stream)
     fn = _compiled.get(key)
     if fn is None:
-        import os
-
         os.environ.setdefault("CUTE_DSL_ARCH", ARCH_TO_DSL[arch])
         log.debug("compiling %s", key)
-        fn = cute.compile(build_kernel(key), a3, b3, d0, d1, scale, cu_rows, cu_tiles, max_clusters, stream)
+        fn = cute.compile(build_kernel(key), *args, max_clusters, stream)
         _compiled[key] = fn
-    fn(a3, b3, d0, d1, scale, cu_rows, cu_tiles, max_clusters, stream)
+    fn(*args, max_clusters, stream)
+
+
+def compiled_count() -> int:
+    """Kernels compiled in this process (both launch paths)."""
+    from .compile import cache_size
+
+    return cache_size() + len(_compiled)
 
 
 def _output(name: str, out, m: int, n: int, like: torch.Tensor) -> torch.Tensor:

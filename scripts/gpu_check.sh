@@ -15,3 +15,4 @@ python3 -m benchmarks.bench_gemm --out "$out/bench_gemm.md" 2>&1 | tee "$out/ben
 if [ "${SWEEP:-0}" = 1 ]; then
   python3 -m benchmarks.bench_gemm --sweep --only "${SWEEP_ONLY:-}" 2>&1 | tee "$out/sweep.log"
 fi
+if [ -f .ref/compare.py ]; then python3 .ref/compare.py 2>&1 | grep -v Warn | tee "$out/compare.log"; fi
