@@ -64,11 +64,6 @@ class Sm90Gemm:
         self.epi_tile = (cfg.tile_m, cfg.epi_n)
         self.epi_slots = 2 if self.pingpong else 1
         self.num_outputs = epi.num_outputs
-        # Experiment switch (H100 A/B): zero-filled accumulator with one wgmma.fence per
-        # tile, versus a peeled first k-tile with accumulate off and a fence per k-tile.
-        import os
-
-        self.zero_fill_acc = os.environ.get("CUTE_KERNELS_MAINLOOP", "fill") == "fill"
 
     # ------------------------------------------------------------------ host side
     @cute.jit
@@ -373,44 +368,24 @@ class Sm90Gemm:
                         order_phase = order_phase ^ 1
 
                 # ---- mainloop
-                if const_expr(self.zero_fill_acc):
-                    # zero the accumulator and always accumulate; one fence per tile
-                    acc.fill(0.0)
-                    tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
-                    warpgroup.fence()
+                # zero the accumulator and always accumulate; one wgmma.fence per tile
+                acc.fill(0.0)
+                tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
+                warpgroup.fence()
+                ab_pipeline.consumer_wait(read_state)
+                for kb in cutlass.range_constexpr(num_k_blocks):
+                    cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
+                warpgroup.commit_group()
+                read_state.advance()
+                for kt in range(1, k_tiles):
                     ab_pipeline.consumer_wait(read_state)
                     for kb in cutlass.range_constexpr(num_k_blocks):
                         cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
                     warpgroup.commit_group()
+                    warpgroup.wait_group(1)
+                    ab_pipeline.consumer_release(release_state)
+                    release_state.advance()
                     read_state.advance()
-                    for kt in range(1, k_tiles):
-                        ab_pipeline.consumer_wait(read_state)
-                        for kb in cutlass.range_constexpr(num_k_blocks):
-                            cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
-                        warpgroup.commit_group()
-                        warpgroup.wait_group(1)
-                        ab_pipeline.consumer_release(release_state)
-                        release_state.advance()
-                        read_state.advance()
-                else:
-                    ab_pipeline.consumer_wait(read_state)
-                    warpgroup.fence()
-                    for kb in cutlass.range_constexpr(num_k_blocks):
-                        tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
-                        cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
-                    warpgroup.commit_group()
-                    read_state.advance()
-                    tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
-                    for kt in range(1, k_tiles):
-                        ab_pipeline.consumer_wait(read_state)
-                        warpgroup.fence()
-                        for kb in cutlass.range_constexpr(num_k_blocks):
-                            cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
-                        warpgroup.commit_group()
-                        warpgroup.wait_group(1)
-                        ab_pipeline.consumer_release(release_state)
-                        release_state.advance()
-                        read_state.advance()
                 warpgroup.wait_group(0)
                 ab_pipeline.consumer_release(release_state)
                 release_state.advance()
