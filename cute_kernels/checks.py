@@ -15,7 +15,9 @@ def _fail(msg: str):
     raise InputError(msg)
 
 
-def check_matrix(name: str, t, *, ndim: int, dtype=None, device=None):
+def check_matrix(name: str, t, *, ndim: int, dtype=None, device=None, allow_transposed: bool = False) -> str:
+    """Checks a matrix (or stack of matrices) and returns its majorness: "row" when the
+    last dimension is contiguous, "col" when the one before it is (operands only)."""
     if not isinstance(t, torch.Tensor):
         _fail(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != ndim:
@@ -26,16 +28,25 @@ def check_matrix(name: str, t, *, ndim: int, dtype=None, device=None):
         _fail(f"{name} dtype {t.dtype} does not match the input dtype {dtype}")
     if device is not None and t.device != device:
         _fail(f"{name} is on {t.device}, expected {device} (all tensors on one CUDA device)")
+    major = "row"
     if t.numel() and t.stride(-1) != 1:
-        _fail(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
+        if allow_transposed and t.stride(-2) == 1:
+            major = "col"
+        elif allow_transposed:
+            _fail(f"{name} must be contiguous along one of its last two dimensions, got strides {t.stride()}")
+        else:
+            _fail(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
     elem = t.element_size()
-    if (t.size(-1) * elem) % 16:
-        _fail(f"{name} last dimension {t.size(-1)} must be a multiple of {16 // elem} elements (16-byte rows)")
-    for d in range(t.dim() - 1):
-        if t.size(d) > 1 and (t.stride(d) * elem) % 16:
+    contiguous_dim = t.dim() - 1 if major == "row" else t.dim() - 2
+    if (t.size(contiguous_dim) * elem) % 16:
+        which = "last dimension" if major == "row" else "contiguous dimension (dim -2)"
+        _fail(f"{name} {which} {t.size(contiguous_dim)} must be a multiple of {16 // elem} elements (16-byte rows)")
+    for d in range(t.dim()):
+        if d != contiguous_dim and t.size(d) > 1 and (t.stride(d) * elem) % 16:
             _fail(f"{name} stride {t.stride(d)} of dim {d} is not a multiple of 16 bytes")
     if t.numel() and t.data_ptr() % 16:
         _fail(f"{name} data pointer is not 16-byte aligned")
+    return major
 
 
 def check_cuda(name: str, t):
@@ -43,16 +54,19 @@ def check_cuda(name: str, t):
         _fail(f"{name} is a CPU tensor; the CuTe kernels need CUDA tensors (use backend='torch' on CPU)")
 
 
-def check_gemm_operands(a_name: str, a, w_name: str, w, *, grouped: bool):
-    """a: (M, K); w: (N, K) dense or (E, N, K) grouped, nn.Linear layout."""
+def check_gemm_operands(a_name: str, a, w_name: str, w, *, grouped: bool) -> tuple[str, str]:
+    """a: (M, K); w: (N, K) dense or (E, N, K) grouped, nn.Linear layout.  Either may be
+    a transposed view (contiguous along M, resp. N).  Returns the GEMM majorness of A
+    ("k" or "m") and of B ("k" or "n")."""
     if isinstance(a, torch.Tensor) and a.dim() == 2 and a.size(1) == 0:
         _fail(f"{a_name} has K=0: nothing to multiply")
-    check_matrix(a_name, a, ndim=2)
-    check_matrix(w_name, w, ndim=3 if grouped else 2, dtype=a.dtype, device=a.device)
+    a_major = check_matrix(a_name, a, ndim=2, allow_transposed=True)
+    b_major = check_matrix(w_name, w, ndim=3 if grouped else 2, dtype=a.dtype, device=a.device, allow_transposed=True)
     if w.size(-1) != a.size(1):
         _fail(f"{w_name} has K={w.size(-1)} but {a_name} has K={a.size(1)} (shapes {tuple(w.shape)} and {tuple(a.shape)})")
     if grouped and w.size(0) == 0:
         _fail(f"{w_name} has 0 experts")
+    return ("k" if a_major == "row" else "m"), ("k" if b_major == "row" else "n")
 
 
 def check_m_splits(m_splits, *, num_experts: int, m_total: int, device):

@@ -121,7 +121,7 @@ def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch
     return meta[0], meta[1]
 
 
-def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config):
+def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config, majors=("k", "k")):
     grouped = m_splits is not None
     m, k = a.shape
     n = w.size(-2)
@@ -130,11 +130,9 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
     if config is None:
         config = lookup_config(kernel_name, arch=arch, dtype=a.dtype, m=m, n=n, k=k,
                                num_experts=num_experts, num_outputs=epi.num_outputs, grouped=grouped)
-    elif not isinstance(config, GemmConfig):
-        raise checks.InputError(f"config must be a GemmConfig, got {type(config).__name__}")
     _checked_config(config, arch, epi.num_outputs, grouped)
     dtype_name = "bfloat16" if a.dtype == torch.bfloat16 else "float16"
-    key = KernelKey(arch, config, epi, grouped, dtype_name, "k", "k")
+    key = KernelKey(arch, config, epi, grouped, dtype_name, *majors)
 
     a3, b3 = _as_mkl(a), _as_nkl(w)
     d0 = _as_mkl(outs[0])
@@ -182,6 +180,11 @@ def compiled_count() -> int:
     return cache_size() + len(_compiled)
 
 
+def _check_config_type(config):
+    if config is not None and not isinstance(config, GemmConfig):
+        raise checks.InputError(f"config must be a GemmConfig, got {type(config).__name__}")
+
+
 def _output(name: str, out, m: int, n: int, like: torch.Tensor) -> torch.Tensor:
     if out is None:
         return torch.empty((m, n), dtype=like.dtype, device=like.device)
@@ -202,37 +205,42 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     Returns (preact or None, postact), both (M, N) in x's dtype.
     """
     grouped = m_splits is not None
-    checks.check_gemm_operands("x", x, "w1", w1, grouped=grouped)
+    majors = checks.check_gemm_operands("x", x, "w1", w1, grouped=grouped)
     m = x.size(0)
     if grouped:
         checks.check_m_splits(m_splits, num_experts=w1.size(0), m_total=m, device=x.device)
     if prob is not None:
         checks.check_prob(prob, m_total=m, device=x.device)
         prob = prob.reshape(-1).to(torch.float32).contiguous()
-    checks.check_cuda("x", x)
+    _check_config_type(config)
     n = w1.size(-2)
     out_pre, out_post = out if out is not None else (None, None)
     postact = _output("out[1] (postact)", out_post, m, n, x)
     preact = _output("out[0] (preact)", out_pre, m, n, x) if store_preact else None
+    checks.check_cuda("x", x)
     if m == 0 or n == 0:
         return preact, postact
     epi = EpilogueSpec("srelu", store_preact=store_preact, row_scale=prob is not None)
     outs = [preact, postact] if store_preact else [postact]
-    _launch("fc1_srelu", x, w1, outs, epi=epi, m_splits=m_splits, prob=prob, config=config)
+    _launch("fc1_srelu", x, w1, outs, epi=epi, m_splits=m_splits, prob=prob, config=config, majors=majors)
     return preact, postact
 
 
 def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Tensor | None = None):
-    """FC2: y = h @ w2^T.  h: (M, K); w2: (N, K) or (E, N, K) with `m_splits`."""
+    """FC2: y = h @ w2^T.  h: (M, K); w2: (N, K) or (E, N, K) with `m_splits`.
+
+    Operands may be transposed views (h contiguous along M, w2 along N): the kernel
+    takes either majorness, so no copy is made.  The output is row-major."""
     grouped = m_splits is not None
-    checks.check_gemm_operands("h", h, "w2", w2, grouped=grouped)
+    majors = checks.check_gemm_operands("h", h, "w2", w2, grouped=grouped)
     m = h.size(0)
     if grouped:
         checks.check_m_splits(m_splits, num_experts=w2.size(0), m_total=m, device=h.device)
-    checks.check_cuda("h", h)
+    _check_config_type(config)
     n = w2.size(-2)
     y = _output("out", out, m, n, h)
+    checks.check_cuda("h", h)
     if m == 0 or n == 0:
         return y
-    _launch("fc2", h, w2, [y], epi=EpilogueSpec("identity"), m_splits=m_splits, prob=None, config=config)
+    _launch("fc2", h, w2, [y], epi=EpilogueSpec("identity"), m_splits=m_splits, prob=None, config=config, majors=majors)
     return y

@@ -18,7 +18,11 @@ def _w(n=256, k=128, experts=None, dtype=torch.bfloat16):
     (lambda: fc1_srelu(_x(), _w(dtype=torch.float16)), "w1 dtype torch.float16 does not match"),
     (lambda: fc1_srelu(_x(), _w(k=64)), "w1 has K=64 but x has K=128"),
     (lambda: fc1_srelu(_x(k=12), _w(k=12)), "x last dimension 12 must be a multiple of 8"),
-    (lambda: fc1_srelu(_x()[:, ::2], _w(k=64)), "x must have a contiguous last dimension"),
+    (lambda: fc1_srelu(_x()[:, ::2], _w(k=64)), "x must be contiguous along one of its last two dimensions"),
+    (lambda: fc1_srelu(_x(m=60).t().contiguous().t(), _w()), "x contiguous dimension (dim -2) 60 must be a multiple of 8"),
+    (lambda: fc1_srelu(_x(), _w(), out=(None, torch.empty(64, 256).bfloat16().t().contiguous().t())), "out[1] (postact) must have a contiguous last dimension"),
+    (lambda: fc1_srelu(_x(), _w(), out=(None, torch.empty(64, 255).bfloat16())), "out[1] (postact) last dimension 255 must be a multiple of 8"),
+    (lambda: fc2(_x(), _w(), config="fast"), "config must be a GemmConfig, got str"),
     (lambda: fc1_srelu(torch.randn(4, 64, 128).bfloat16(), _w()), "x must have 2 dimensions"),
     (lambda: fc1_srelu(_x(), "w"), "w1 must be a torch.Tensor"),
     (lambda: fc1_srelu(_x(), _w()), "x is a CPU tensor"),
@@ -53,3 +57,18 @@ def test_unaligned_row_stride_rejected():
     x = torch.randn(64, 132).bfloat16()[:, :128]
     with pytest.raises(InputError, match="x stride 132 of dim 0 is not a multiple of 16 bytes"):
         fc1_srelu(x, _w())
+
+
+def test_transposed_operands_are_accepted_and_detected():
+    from cute_kernels.checks import check_gemm_operands
+
+    x, w = _x(), _w()
+    assert check_gemm_operands("x", x, "w", w, grouped=False) == ("k", "k")
+    xt = x.t().contiguous().t()  # same values, contiguous along M
+    wt = w.t().contiguous().t()  # contiguous along N
+    assert check_gemm_operands("x", xt, "w", wt, grouped=False) == ("m", "n")
+    we = _w(experts=3)
+    assert check_gemm_operands("x", x, "w", we.transpose(1, 2).contiguous().transpose(1, 2), grouped=True) == ("k", "n")
+    # reaches the device check, i.e. passes every layout check
+    with pytest.raises(InputError, match="x is a CPU tensor"):
+        fc1_srelu(xt, wt)

@@ -135,3 +135,31 @@ def test_large_k_and_new_shape_no_recompile():
         y = fc2(x, w, config=cfg)
         _check(y, x.float() @ w.float().t(), torch.bfloat16, f"k={k}")
     assert gemm_ops.compiled_count() == before, "a new shape recompiled the kernel"
+
+
+@pytest.mark.parametrize("a_t,b_t", [(True, False), (False, True), (True, True)])
+def test_transposed_operands(a_t, b_t):
+    """Operands contiguous along M (A) or N (B): the kernel reads them as they are."""
+    gen = _gen()
+    m, n, k = 264, 392, 328
+    x, w = _inputs(m, n, k, torch.bfloat16, gen)
+    xa = x.t().contiguous().t() if a_t else x
+    wb = w.t().contiguous().t() if b_t else w
+    y = _poisoned(m, n, torch.bfloat16)
+    fc2(xa, wb, config=GemmConfig(tile_n=128), out=y)
+    _check(y, x.float() @ w.float().t(), torch.bfloat16, f"fc2 a_t={a_t} b_t={b_t}")
+    pre, post = _poisoned(m, n, torch.bfloat16), _poisoned(m, n, torch.bfloat16)
+    fc1_srelu(xa, wb, out=(pre, post))
+    ref = x.float() @ w.float().t()
+    _check(post, torch.relu(ref).square(), torch.bfloat16, "fc1 transposed")
+
+
+def test_grouped_transposed_weights():
+    gen = _gen()
+    experts, m, n, k = 6, 1500, 384, 256
+    x, w = _inputs(m, n, k, torch.bfloat16, gen, experts)
+    wt = w.transpose(1, 2).contiguous().transpose(1, 2)  # (E, N, K) contiguous along N
+    splits = random_splits(m, experts, gen, empty=1)
+    y = _poisoned(m, n, torch.bfloat16)
+    fc2(x, wt, m_splits=splits, out=y)
+    _check(y, grouped_ref(x, w, splits), torch.bfloat16, "grouped fc2 with N-major weights")
