@@ -15,8 +15,8 @@ import sys
 
 import torch
 
-from benchmarks.shapes import GEMM_SHAPES, even_splits, shape_label
-from benchmarks.timing import host_us, time_ms, tflops
+from autotune.shapes import GEMM_SHAPES, even_splits, shape_label
+from autotune.timing import host_us, time_ms, tflops
 
 
 def _grouped_mm(x, w_t, offs):

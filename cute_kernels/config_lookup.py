@@ -1,20 +1,85 @@
 """Which config a launch uses when the caller gives none.
 
-For now: the heuristic `default_config`.  The tuned-config store (tuned_configs/) plugs
-in here, so the ops never change when it lands.
+Order: (1) the tuned entry for exactly this (kernel, arch, dtype, M, N, K, E);
+(2) else the tuned entry with the same dtype, N, K and E whose M is nearest, when its
+M lies in the same power-of-two bucket as this M or an adjacent one (token counts
+vary every step; N, K and E must match exactly); (3) else `default_config`.
+Results are cached per shape, so the hot path is one dict lookup.  A corrupt or
+invalid YAML entry is logged (file and entry named) and skipped, so a bad file falls
+back to the default instead of failing a training run.  Logger "cute_kernels.config"
+at DEBUG says which source each new shape used.
 """
 from __future__ import annotations
 
 import functools
+import logging
+import math
+import os
 
 from .config import GemmConfig, default_config
+from .tuned_store import ShapeKey, TunedConfigError, file_path, parse_entry, read_file
+
+log = logging.getLogger("cute_kernels.config")
+
+
+def m_bucket(m: int) -> int:
+    """log2 of the power-of-two bucket holding m (1 -> 0, 2 -> 1, 3..4 -> 2, 5..8 -> 3, ...)."""
+    return max(0, math.ceil(math.log2(max(m, 1))))
+
+
+@functools.lru_cache(maxsize=64)
+def tuned_entries(arch: str, kernel: str, root: str | None = None) -> dict:
+    """(dtype, n, k, experts) -> sorted [(m, config)] from one YAML file; bad entries skipped with a warning."""
+    path = file_path(arch, kernel, root)
+    table: dict = {}
+    try:
+        raw = read_file(path)
+    except TunedConfigError as e:
+        log.warning("ignoring tuned configs: %s", e)
+        return table
+    for key, record in raw.items():
+        try:
+            sk, cfg = parse_entry(path, key, record, num_outputs=2 if kernel == "fc1_srelu" else 1)
+        except TunedConfigError as e:
+            log.warning("ignoring tuned config: %s", e)
+            continue
+        table.setdefault((sk.dtype, sk.n, sk.k, sk.experts), []).append((sk.m, cfg))
+    for v in table.values():
+        v.sort(key=lambda t: t[0])
+    return table
+
+
+def resolve(kernel: str, *, arch: str, dtype: str, m: int, n: int, k: int, num_experts: int = 0,
+            num_outputs: int = 1, grouped: bool = False, root: str | None = None) -> tuple[GemmConfig, str]:
+    """(config, source) where source is "tuned", "tuned-nearest m=<M>" or "default"."""
+    experts = num_experts if grouped else 0
+    cands = tuned_entries(arch, kernel, root).get((dtype, n, k, experts), [])
+    for tm, cfg in cands:
+        if tm == m:
+            return cfg, "tuned"
+    b = m_bucket(m)
+    near = [(abs(math.log2(tm) - math.log2(max(m, 1))), tm, cfg) for tm, cfg in cands if abs(m_bucket(tm) - b) <= 1]
+    if near:
+        _, tm, cfg = min(near, key=lambda t: (t[0], t[1]))
+        return cfg, f"tuned-nearest m={tm}"
+    return default_config(m, n, k, grouped=grouped, num_experts=num_experts, num_outputs=num_outputs), "default"
 
 
 @functools.lru_cache(maxsize=4096)
-def _cached(kernel: str, arch: str, dtype: str, m: int, n: int, k: int, num_experts: int, num_outputs: int, grouped: bool) -> GemmConfig:
-    return default_config(m, n, k, grouped=grouped, num_experts=num_experts, num_outputs=num_outputs)
+def _cached(kernel, arch, dtype, m, n, k, num_experts, num_outputs, grouped, root):
+    cfg, source = resolve(kernel, arch=arch, dtype=dtype, m=m, n=n, k=k, num_experts=num_experts,
+                          num_outputs=num_outputs, grouped=grouped, root=root)
+    log.debug("%s %s %s m=%d n=%d k=%d e=%d: %s config %s", kernel, arch, dtype, m, n, k, num_experts, source, cfg)
+    return cfg
 
 
 def lookup_config(kernel: str, *, arch: str, dtype, m: int, n: int, k: int, num_experts: int = 1,
                   num_outputs: int = 1, grouped: bool = False) -> GemmConfig:
-    return _cached(kernel, arch, str(dtype), m, n, k, num_experts, num_outputs, grouped)
+    dtype_name = str(dtype).replace("torch.", "")
+    root = os.environ.get("CUTE_KERNELS_TUNED_CONFIGS")
+    return _cached(kernel, arch, dtype_name, m, n, k, num_experts if grouped else 0, num_outputs, grouped, root)
+
+
+def clear_cache():
+    tuned_entries.cache_clear()
+    _cached.cache_clear()

@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from benchmarks.shapes import GEMM_SHAPES
+from autotune.shapes import GEMM_SHAPES
 from cute_kernels.config import (ConfigError, GemmConfig, default_config, max_ab_stages, resolved_ab_stages,
                                  smem_bytes, validate, validation_errors)
 

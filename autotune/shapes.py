@@ -1,4 +1,4 @@
-"""The benchmark problem shapes, one list the benchmarks and the autotuner share.
+"""The benchmark problem shapes: one list the benchmarks and the autotuner share.
 
 Each entry: kernel name, M (tokens), N, K, and for grouped problems the number of
 experts (tokens split evenly unless `splits` says otherwise).
@@ -27,3 +27,21 @@ def even_splits(m: int, experts: int) -> list[int]:
 def shape_label(s: dict) -> str:
     g = f" E={s['experts']}" if s.get("experts") else ""
     return f"{s['kernel']} M={s['m']} N={s['n']} K={s['k']}{g}"
+
+
+# Model presets for `python -m autotune sweep --preset NAME`: MLP sizes and token counts.
+MODEL_PRESETS = {
+    "dense-4096x16384": {"hidden": 4096, "ffn": 16384, "experts": 0, "tokens": [8192]},
+    "dense-2688x14848": {"hidden": 2688, "ffn": 14848, "experts": 0, "tokens": [16384]},
+    "moe-e8": {"hidden": 2688, "ffn": 1856, "experts": 8, "tokens": [16384]},
+    "moe-e128": {"hidden": 2688, "ffn": 1856, "experts": 128, "tokens": [32768]},
+}
+
+
+def model_shapes(hidden: int, ffn: int, experts: int, tokens: list[int]) -> list[dict]:
+    """The forward GEMMs of an SReLU MLP: FC1 (M=tokens, N=ffn, K=hidden) and FC2 (N=hidden, K=ffn)."""
+    out = []
+    for m in tokens:
+        out.append({"kernel": "fc1_srelu", "m": m, "n": ffn, "k": hidden, "experts": experts})
+        out.append({"kernel": "fc2", "m": m, "n": hidden, "k": ffn, "experts": experts})
+    return out

@@ -1,4 +1,4 @@
-"""Timing helpers: CUDA events, warm-up, L2 flushed, median of many.
+"""Timing helpers shared by the benchmarks and the autotuner: CUDA events, warm-up, L2 flushed, median of many.
 
 `time_ms(fn)` measures GPU time per call: each sample flushes L2, then times a batch
 of `batch` back-to-back calls between two events, so the GPU queue stays ahead of
@@ -22,8 +22,12 @@ def flush_l2():
     _flush_buf.zero_()
 
 
-def time_ms(fn, *, warmup: int = 5, iters: int = 20, batch: int = 4) -> float:
-    """Median GPU milliseconds per call of `fn()`."""
+def time_ms(fn, *, warmup: int = 5, iters: int = 20, batch: int = 4, lead_ms: float = 1.0) -> float:
+    """Median GPU milliseconds per call of `fn()`.
+
+    `lead_ms` of GPU sleep is queued before each timed batch so the host can enqueue
+    the batch before the GPU reaches it (raise it when other host threads compete
+    for the GIL, as the autotuner's compile-ahead thread does)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -31,7 +35,7 @@ def time_ms(fn, *, warmup: int = 5, iters: int = 20, batch: int = 4) -> float:
     for _ in range(iters):
         flush_l2()
         # queue work ahead so the timed calls are not waiting on the host
-        torch.cuda._sleep(2_000_000)
+        torch.cuda._sleep(int(lead_ms * 2_000_000))
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(batch):

@@ -1,0 +1,43 @@
+"""PNG of one study: time per trial with the best so far, and parameter importances."""
+from __future__ import annotations
+
+
+def plot_study(study_name: str, storage: str, out: str) -> str:
+    import optuna
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("plotting needs matplotlib: pip install 'cute-kernels[plot]'") from None
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    xs = [t.number for t in done]
+    ys = [t.value for t in done]
+    best, run = [], float("inf")
+    for y in ys:
+        run = min(run, y)
+        best.append(run)
+    ax1.scatter(xs, ys, s=14, label="trial")
+    ax1.step(xs, best, where="post", color="C3", label="best so far")
+    pruned = [t.number for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    if pruned and ys:
+        ax1.scatter(pruned, [max(ys)] * len(pruned), marker="x", color="grey", s=12, label="pruned")
+    ax1.set_xlabel("trial")
+    ax1.set_ylabel("time (ms)")
+    ax1.set_title(study_name, fontsize=9)
+    ax1.legend()
+    try:
+        imp = optuna.importance.get_param_importances(study) if len(done) >= 2 else {}
+    except Exception:  # too few or constant trials
+        imp = {}
+    names = list(imp)[::-1]
+    ax2.barh(names, [imp[n] for n in names])
+    ax2.set_title("parameter importance (fANOVA)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

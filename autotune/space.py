@@ -1,0 +1,72 @@
+"""The search space of the GEMM config (`cute_kernels.GemmConfig`) for Optuna.
+
+Parameters are the config's real knobs.  `tile_m` follows from the schedule
+(cooperative 128, ping-pong 64) and grouped problems only cluster along N, so those
+are not searched.  `GRID` lists the values of each parameter; TPE samples from the
+same lists and `--grid` times their full product.
+"""
+from __future__ import annotations
+
+import itertools
+
+from cute_kernels.config import GemmConfig
+
+GRID = {
+    "tile_n": [128, 192, 256],
+    "cluster": ["1x1", "1x2", "2x1"],
+    "schedule": ["cooperative", "pingpong"],
+    "raster": ["n", "m"],
+    "swizzle": [1, 4, 8],
+    "epi_stages": [2, 4],
+}
+
+
+def space(grouped: bool) -> dict:
+    s = dict(GRID)
+    if grouped:
+        s["cluster"] = [c for c in GRID["cluster"] if c.startswith("1x")]
+    return s
+
+
+def to_config(params: dict) -> GemmConfig:
+    cm, cn = (int(v) for v in params["cluster"].split("x"))
+    schedule = params["schedule"]
+    return GemmConfig(
+        tile_m=128 if schedule == "cooperative" else 64,
+        tile_n=int(params["tile_n"]),
+        cluster_m=cm,
+        cluster_n=cn,
+        schedule=schedule,
+        raster=params["raster"],
+        swizzle=int(params["swizzle"]),
+        epi_stages=int(params["epi_stages"]),
+    )
+
+
+def to_params(cfg: GemmConfig) -> dict:
+    """The parameters of `cfg` (for enqueuing the default config as the first trial)."""
+    return {
+        "tile_n": cfg.tile_n,
+        "cluster": f"{cfg.cluster_m}x{cfg.cluster_n}",
+        "schedule": cfg.schedule,
+        "raster": cfg.raster,
+        "swizzle": cfg.swizzle,
+        "epi_stages": cfg.epi_stages,
+    }
+
+
+def in_space(cfg: GemmConfig, grouped: bool) -> bool:
+    p = to_params(cfg)
+    s = space(grouped)
+    return all(p[k] in s[k] for k in s) and to_config(p) == cfg
+
+
+def suggest(trial, grouped: bool) -> GemmConfig:
+    s = space(grouped)
+    return to_config({name: trial.suggest_categorical(name, values) for name, values in s.items()})
+
+
+def grid(grouped: bool) -> list[dict]:
+    s = space(grouped)
+    names = list(s)
+    return [dict(zip(names, vals)) for vals in itertools.product(*(s[n] for n in names))]

@@ -1,0 +1,201 @@
+"""One Optuna study per (kernel, arch, dtype, shape): search, prune, re-measure, store.
+
+Trials: the default config is enqueued first; each sampled config is validated
+(invalid -> pruned with the reason), compiled (failure -> pruned with the error),
+checked against a torch reference on small random data (wrong -> pruned), then timed.
+Pruned reasons land in the trial's user attribute "pruned".  Compiles run ahead on a
+thread pool while the GPU times earlier candidates.  The winner is re-measured with
+the default config and written to tuned_configs/ only when it is faster.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime
+import logging
+import time
+from dataclasses import dataclass, field
+
+import optuna
+
+from cute_kernels.config import default_config, validation_errors
+from cute_kernels.tuned_store import file_path, make_record, merge_write
+
+from . import space
+from .problem import Problem
+
+log = logging.getLogger("autotune")
+DEFAULT_TRIALS = 24
+
+
+@dataclass
+class SweepResult:
+    problem: Problem
+    arch: str
+    trials: int
+    complete: int
+    pruned: int
+    best_params: dict | None
+    best_ms: float | None
+    default_ms: float | None
+    accepted: bool
+    wall_s: float
+    pruned_reasons: dict = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def speedup(self) -> float | None:
+        if self.best_ms and self.default_ms:
+            return self.default_ms / self.best_ms
+        return None
+
+
+def make_sampler(grid: bool, grouped: bool, seed: int):
+    if grid:  # the grid points are enqueued; the sampler only fills the (absent) rest
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
+
+
+def open_study(problem: Problem, arch: str, storage: str | None, *, grid: bool, seed: int):
+    name = problem.study_name(arch) + ("/grid" if grid else "")
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
+                                sampler=make_sampler(grid, problem.shape.grouped, seed), load_if_exists=True)
+    if grid:
+        seen = {tuple(sorted(t.params.items())) for t in study.trials if t.state.is_finished()}
+        for params in space.grid(problem.shape.grouped):
+            if tuple(sorted(params.items())) not in seen:
+                study.enqueue_trial(params, skip_if_exists=True)
+    elif len(study.trials) == 0:
+        dflt = default_config(problem.shape.m, problem.shape.n, problem.shape.k, grouped=problem.shape.grouped,
+                              num_experts=problem.shape.experts, num_outputs=problem.num_outputs)
+        if space.in_space(dflt, problem.shape.grouped):
+            study.enqueue_trial(space.to_params(dflt), user_attrs={"default": True})
+    return study
+
+
+def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: str, progress: bool = True,
+               compile_workers: int = 1, check_tol: float = 1e-2):
+    """Ask/tell loop: compile the next candidates on threads while timing the current one."""
+    grouped = problem.shape.grouped
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, compile_workers))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_trials, desc=problem.label(), leave=True)
+    default_ms = None
+    pending: list = []  # (trial, cfg, future or reason)
+
+    def ask_one():
+        trial = study.ask()
+        cfg = space.suggest(trial, grouped)
+        errs = validation_errors(cfg, arch=arch, num_outputs=problem.num_outputs, grouped=grouped)
+        if errs:
+            return trial, cfg, "invalid: " + "; ".join(errs)
+        return trial, cfg, pool.submit(runner.prepare, cfg)
+
+    asked = 0
+    try:
+        while asked < n_trials or pending:
+            # keep `compile_workers` candidates compiling while the oldest one is timed
+            while asked < n_trials and len(pending) <= compile_workers:
+                pending.append(ask_one())
+                asked += 1
+            trial, cfg, job = pending.pop(0)
+            reason = job if isinstance(job, str) else None
+            if reason is None:
+                try:
+                    job.result()
+                except Exception as e:  # compile failure: prune, keep the message
+                    reason = f"compile failed: {type(e).__name__}: {str(e)[:300]}"
+            if reason is None:
+                try:
+                    err = runner.check(cfg)
+                    if not err < check_tol:
+                        reason = f"wrong result: relative error {err:.3e}"
+                except Exception as e:
+                    reason = f"check failed: {type(e).__name__}: {str(e)[:300]}"
+            if reason is not None:
+                trial.set_user_attr("pruned", reason)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                ms = timer(runner.timed(cfg))
+                study.tell(trial, ms)
+                if trial.user_attrs.get("default"):
+                    default_ms = ms
+            if bar is not None:
+                bar.update(1)
+                try:
+                    best = study.best_value
+                    post = {"best_ms": f"{best:.4f}"}
+                    if default_ms:
+                        post["vs_default"] = f"{default_ms / best:.3f}x"
+                    bar.set_postfix(post)
+                except ValueError:
+                    pass
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
+
+
+def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, root: str | None,
+           device: str, dsl_version: str, wall_s: float) -> SweepResult:
+    """Re-measure the best trial and the default config; store the winner if it is faster."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    reasons: dict = {}
+    for t in pruned:
+        r = t.user_attrs.get("pruned", "?").split(":")[0]
+        reasons[r] = reasons.get(r, 0) + 1
+    res = SweepResult(problem, arch, len(trials), len(complete), len(pruned), None, None, None, False, wall_s, reasons)
+    if not complete:
+        res.note = "no trial completed"
+        return res
+    best = min(complete, key=lambda t: t.value)
+    res.best_params = dict(best.params)
+    cfg = space.to_config(best.params)
+    dflt = default_config(problem.shape.m, problem.shape.n, problem.shape.k, grouped=problem.shape.grouped,
+                          num_experts=problem.shape.experts, num_outputs=problem.num_outputs)
+    runner.prepare(dflt)
+    # fresh re-measurement, interleaved so clock drift hits both alike
+    best_ms = min(timer(runner.timed(cfg)), timer(runner.timed(cfg)))
+    default_ms = min(timer(runner.timed(dflt)), timer(runner.timed(dflt)))
+    res.best_ms, res.default_ms = best_ms, default_ms
+    if cfg == dflt:
+        res.note = "default config is the best"
+    elif best_ms < default_ms:
+        res.accepted = True
+        if write:
+            rec = make_record(problem.shape, cfg, time_ms=best_ms, default_time_ms=default_ms, device=device,
+                              dsl_version=dsl_version, date=datetime.date.today().isoformat(), trials=len(trials))
+            merge_write(file_path(arch, problem.kernel, root), {problem.shape.key(): rec})
+    else:
+        res.note = "winner not faster than the default on re-measurement"
+    return res
+
+
+def sweep(problem: Problem, runner, timer, *, arch: str, storage: str | None, n_trials: int = DEFAULT_TRIALS,
+          grid: bool = False, seed: int = 0, write: bool = True, root: str | None = None, device: str = "",
+          dsl_version: str = "", progress: bool = True, compile_workers: int = 1) -> SweepResult:
+    t0 = time.time()
+    study = open_study(problem, arch, storage, grid=grid, seed=seed)
+    if grid:
+        done = sum(1 for t in study.trials if t.state.is_finished())
+        n_trials = max(0, len(space.grid(problem.shape.grouped)) - done)
+    run_trials(study, problem, runner, timer, n_trials, arch=arch, progress=progress, compile_workers=compile_workers)
+    return finish(study, problem, runner, timer, arch=arch, write=write, root=root, device=device,
+                  dsl_version=dsl_version, wall_s=time.time() - t0)
+
+
+def format_results(results: list[SweepResult]) -> str:
+    lines = ["| problem | trials (done/pruned) | best ms | default ms | tuned/default | stored | wall s | best config |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        best = f"{r.best_ms:.4f}" if r.best_ms else "-"
+        dflt = f"{r.default_ms:.4f}" if r.default_ms else "-"
+        sp = f"{r.speedup:.3f}x" if r.speedup else "-"
+        stored = "yes" if r.accepted else f"no ({r.note})" if r.note else "no"
+        lines.append(f"| {r.problem.label()} | {r.trials} ({r.complete}/{r.pruned}) | {best} | {dflt} | {sp} | {stored} | "
+                     f"{r.wall_s:.1f} | {r.best_params} |")
+    return "\n".join(lines)

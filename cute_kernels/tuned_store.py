@@ -1,0 +1,133 @@
+"""The tuned-config files: `tuned_configs/<arch>/<kernel>.yaml`.
+
+One file per (arch, kernel); inside, `entries` maps an entry key
+"<dtype>/<dense|grouped>/m<M>_n<N>_k<K>[_e<E>]" to a record: the config, the shape,
+dtype, measured time, default-config time, speedup, device, DSL version, date.
+Written by `python -m autotune sweep`, read by `cute_kernels.config_lookup`.
+Files are YAML with sorted keys so diffs stay small; merging keeps other entries.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from .config import ConfigError, GemmConfig, validation_errors
+
+FORMAT_VERSION = 1
+RECORD_FIELDS = ("config", "shape", "dtype", "time_ms", "default_time_ms", "speedup", "device", "dsl_version", "date")
+
+
+class TunedConfigError(ValueError):
+    """A tuned-config file or entry that cannot be used; the message names both."""
+
+
+@dataclass(frozen=True)
+class ShapeKey:
+    dtype: str  # "bfloat16" | "float16"
+    m: int
+    n: int
+    k: int
+    experts: int = 0  # 0: dense
+
+    @property
+    def grouped(self) -> bool:
+        return self.experts > 0
+
+    def key(self) -> str:
+        e = f"_e{self.experts}" if self.experts else ""
+        return f"{self.dtype}/{'grouped' if self.grouped else 'dense'}/m{self.m}_n{self.n}_k{self.k}{e}"
+
+    def shape_dict(self) -> dict:
+        return {"m": self.m, "n": self.n, "k": self.k, "experts": self.experts}
+
+
+def default_root() -> str:
+    """tuned_configs/ of the installed package (or the checkout)."""
+    env = os.environ.get("CUTE_KERNELS_TUNED_CONFIGS")
+    if env:
+        return env
+    import tuned_configs
+
+    return str(tuned_configs.root())
+
+
+def file_path(arch: str, kernel: str, root: str | None = None) -> str:
+    return os.path.join(root or default_root(), arch, f"{kernel}.yaml")
+
+
+def read_file(path: str) -> dict:
+    """The `entries` of one file ({} when absent). Raises TunedConfigError naming the file."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise TunedConfigError(f"{path}: not valid YAML: {e}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries", {}), dict):
+        raise TunedConfigError(f"{path}: expected a mapping with an 'entries' mapping at the top level")
+    return doc.get("entries") or {}
+
+
+def parse_entry(path: str, key: str, record, *, num_outputs: int = 1) -> tuple[ShapeKey, GemmConfig]:
+    """Check one record and return its shape and config; TunedConfigError names file and entry."""
+    where = f"{path}: entry {key!r}"
+    if not isinstance(record, dict):
+        raise TunedConfigError(f"{where}: expected a mapping, got {type(record).__name__}")
+    missing = [f for f in ("config", "shape", "dtype") if f not in record]
+    if missing:
+        raise TunedConfigError(f"{where}: missing field(s) {missing}")
+    shape = record["shape"]
+    try:
+        sk = ShapeKey(str(record["dtype"]), int(shape["m"]), int(shape["n"]), int(shape["k"]), int(shape.get("experts", 0)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise TunedConfigError(f"{where}: bad shape {shape!r} ({e})") from None
+    if sk.key() != key:
+        raise TunedConfigError(f"{where}: key does not match its shape/dtype (expected {sk.key()!r})")
+    try:
+        cfg = GemmConfig.from_dict(dict(record["config"]))
+    except (ConfigError, TypeError, ValueError) as e:
+        raise TunedConfigError(f"{where}: bad config: {e}") from None
+    arch = os.path.basename(os.path.dirname(path)) or "sm90"
+    errs = validation_errors(cfg, arch=arch if arch.startswith("sm") else "sm90", num_outputs=num_outputs, grouped=sk.grouped)
+    if errs:
+        raise TunedConfigError(f"{where}: config cannot run: {'; '.join(errs)}")
+    return sk, cfg
+
+
+def merge_write(path: str, new_entries: dict) -> dict:
+    """Merge `new_entries` (key -> record) into the file at `path`, keeping the others."""
+    entries = read_file(path)
+    entries.update(new_entries)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    doc = {"format": FORMAT_VERSION, "entries": {k: _ordered(v) for k, v in sorted(entries.items())}}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("# Tuned GEMM configs, written by `python -m autotune sweep`; one entry per shape.\n")
+        yaml.safe_dump(doc, f, sort_keys=True, default_flow_style=False)
+    os.replace(tmp, path)
+    return entries
+
+
+def _ordered(record: dict) -> dict:
+    return {k: record[k] for k in sorted(record)}
+
+
+def make_record(sk: ShapeKey, cfg: GemmConfig, *, time_ms: float, default_time_ms: float, device: str,
+                dsl_version: str, date: str, trials: int) -> dict:
+    return {
+        "config": cfg.to_dict(),
+        "shape": sk.shape_dict(),
+        "dtype": sk.dtype,
+        "time_ms": round(float(time_ms), 5),
+        "default_time_ms": round(float(default_time_ms), 5),
+        "speedup": round(float(default_time_ms) / float(time_ms), 4),
+        "device": device,
+        "dsl_version": dsl_version,
+        "date": date,
+        "trials": int(trials),
+    }

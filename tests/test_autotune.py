@@ -1,0 +1,176 @@
+"""Autotuner on CPU with an injected runner and timer: search space, pruning with
+reasons, default-first, resumable storage, grid mode, YAML writing/merging, CLI."""
+import logging
+import os
+
+import optuna
+import pytest
+import yaml
+
+from autotune import space, tuner
+from autotune.__main__ import main
+from autotune.problem import Problem
+from cute_kernels.config import GemmConfig, default_config, validation_errors
+from cute_kernels.tuned_store import ShapeKey, file_path, read_file
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def cost_ms(cfg: GemmConfig) -> float:
+    """A synthetic cost model: wider tiles, 2x1 clusters and swizzle 4 are faster."""
+    t = 1.0 + {128: 0.3, 192: 0.1, 256: 0.0}[cfg.tile_n]
+    t += 0.2 if cfg.schedule == "pingpong" else 0.0
+    t += {(1, 1): 0.15, (1, 2): 0.05, (2, 1): 0.0}[(cfg.cluster_m, cfg.cluster_n)]
+    t += abs(cfg.swizzle - 4) * 0.01 + (0.02 if cfg.raster == "m" else 0.0) + (cfg.epi_stages - 2) * 0.005
+    return t
+
+
+class FakeRunner:
+    """prepare fails for tile_n=192 with a 1x1 cluster; check fails for ping-pong with swizzle 8."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.prepared = []
+
+    def prepare(self, cfg):
+        if cfg.tile_n == 192 and cfg.cluster_size == 1:
+            raise RuntimeError("simulated DSL compile error")
+        self.prepared.append(cfg)
+
+    def check(self, cfg):
+        return 0.5 if (cfg.schedule == "pingpong" and cfg.swizzle == 8) else 1e-3
+
+    def timed(self, cfg):
+        return cfg
+
+
+def timer(fn):
+    return cost_ms(fn)
+
+
+DENSE = Problem("fc1_srelu", ShapeKey("bfloat16", 8192, 16384, 4096))
+GROUPED = Problem("fc2", ShapeKey("bfloat16", 16384, 2688, 1856, 8))
+
+
+def test_space_round_trip_and_grid():
+    for grouped in (False, True):
+        g = space.grid(grouped)
+        assert len(g) == (216 if not grouped else 144)
+        for params in g[:50]:
+            assert space.to_params(space.to_config(params)) == params
+    # every grouped grid point has cluster_m == 1
+    assert all(space.to_config(p).cluster_m == 1 for p in space.grid(True))
+
+
+def test_default_configs_of_benchmark_shapes_are_in_space():
+    from autotune.shapes import GEMM_SHAPES
+
+    for s in GEMM_SHAPES:
+        g = bool(s.get("experts"))
+        assert space.in_space(default_config(s["m"], s["n"], s["k"], grouped=g), g)
+
+
+def test_sweep_prunes_with_reasons_and_writes_winner(tmp_path):
+    root = str(tmp_path)
+    runner = FakeRunner(DENSE)
+    res = tuner.sweep(DENSE, runner, timer, arch="sm90", storage=None, n_trials=40, seed=1, root=root,
+                      device="FakeGPU", dsl_version="4.8.1", progress=False)
+    study_trials = res.trials
+    assert study_trials == 40 and res.complete + res.pruned == 40
+    assert res.pruned_reasons, "some trials must be pruned"
+    assert set(res.pruned_reasons) <= {"invalid", "compile failed", "wrong result"}
+    # the default config was the first trial
+    dflt = default_config(8192, 16384, 4096, num_outputs=2)
+    assert runner.prepared[0] == dflt
+    assert res.accepted and res.best_ms < res.default_ms
+    entries = read_file(file_path("sm90", "fc1_srelu", root))
+    rec = entries[DENSE.shape.key()]
+    for f in ("config", "shape", "dtype", "time_ms", "default_time_ms", "speedup", "device", "dsl_version", "date"):
+        assert f in rec
+    cfg = GemmConfig.from_dict(rec["config"])
+    assert validation_errors(cfg, num_outputs=2) == []
+    assert rec["speedup"] == pytest.approx(res.default_ms / res.best_ms, rel=1e-3)
+    # the winner is never a config the runner failed to compile or check
+    assert not (cfg.tile_n == 192 and cfg.cluster_size == 1)
+    assert not (cfg.schedule == "pingpong" and cfg.swizzle == 8)
+
+
+def test_pruned_trials_record_their_reason():
+    study = tuner.open_study(DENSE, "sm90", None, grid=False, seed=0)
+    tuner.run_trials(study, DENSE, FakeRunner(DENSE), timer, 60, arch="sm90", progress=False)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    reasons = [t.user_attrs["pruned"] for t in pruned]
+    assert all(r.split(":")[0] in {"invalid", "compile failed", "wrong result"} for r in reasons)
+    assert any("simulated DSL compile error" in r for r in reasons) or any(r.startswith("wrong result") for r in reasons)
+
+
+def test_grid_finds_the_cost_model_optimum_and_tpe_gets_close():
+    grid_res = tuner.sweep(GROUPED, FakeRunner(GROUPED), timer, arch="sm90", storage=None, grid=True, write=False, progress=False)
+    valid = [space.to_config(p) for p in space.grid(True)]
+    valid = [c for c in valid if not validation_errors(c, grouped=True)
+             and not (c.tile_n == 192 and c.cluster_size == 1) and not (c.schedule == "pingpong" and c.swizzle == 8)]
+    assert grid_res.best_ms == pytest.approx(min(cost_ms(c) for c in valid))
+    assert grid_res.trials == len(space.grid(True))
+    tpe = tuner.sweep(GROUPED, FakeRunner(GROUPED), timer, arch="sm90", storage=None, n_trials=36, seed=0, write=False, progress=False)
+    assert tpe.best_ms <= grid_res.best_ms * 1.03
+
+
+def test_storage_is_resumable(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = tuner.open_study(DENSE, "sm90", url, grid=False, seed=0)
+    tuner.run_trials(study, DENSE, FakeRunner(DENSE), timer, 6, arch="sm90", progress=False)
+    again = tuner.open_study(DENSE, "sm90", url, grid=False, seed=0)
+    assert len(again.trials) == 6
+    tuner.run_trials(again, DENSE, FakeRunner(DENSE), timer, 4, arch="sm90", progress=False)
+    final = optuna.load_study(study_name=DENSE.study_name("sm90"), storage=url)
+    assert len(final.trials) == 10
+    assert sum(1 for t in final.trials if t.user_attrs.get("default")) == 1
+
+
+def test_merge_keeps_other_entries_and_is_stable(tmp_path):
+    root = str(tmp_path)
+    for prob in (DENSE, Problem("fc1_srelu", ShapeKey("bfloat16", 16384, 14848, 2688))):
+        res = tuner.sweep(prob, FakeRunner(prob), timer, arch="sm90", storage=None, n_trials=40, root=root, progress=False)
+        assert res.accepted, res.note
+    path = file_path("sm90", "fc1_srelu", root)
+    first = open(path).read()
+    assert len(read_file(path)) == 2
+    from cute_kernels.tuned_store import merge_write
+
+    merge_write(path, {})
+    assert open(path).read() == first, "rewriting the same entries changes nothing"
+    assert list(yaml.safe_load(first)["entries"]) == sorted(read_file(path))
+
+
+def test_cli_sweep_show_and_plot(tmp_path, capsys):
+    root = str(tmp_path / "tc")
+    rc = main(["sweep", "--kernel", "fc2", "--m", "4096", "--n", "4096", "--k", "1024", "--trials", "40",
+               "--root", root, "--quiet", "--out", str(tmp_path / "table.md")],
+              runner_factory=FakeRunner, timer=timer, arch="sm90", device="FakeGPU", dsl_version="4.8.1")
+    assert rc == 0
+    assert "fc2 bfloat16 M=4096 N=4096 K=1024" in open(tmp_path / "table.md").read()
+    assert main(["show", "--root", root]) == 0
+    assert "dense/m4096_n4096_k1024" in capsys.readouterr().out
+    url = f"sqlite:///{tmp_path}/p.db"
+    main(["sweep", "--preset", "moe-e8", "--only", "fc2", "--trials", "8", "--storage", url, "--no-write", "--quiet"],
+         runner_factory=FakeRunner, timer=timer, arch="sm90")
+    png = tmp_path / "study.png"
+    assert main(["plot", "--study", "fc2/sm90/bfloat16/grouped/m16384_n2688_k1856_e8", "--storage", url, "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_sweep_without_gpu_says_so(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    assert main(["sweep", "--kernel", "fc2", "--m", "64", "--n", "64", "--k", "64", "--no-write"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_show_reports_a_corrupt_file(tmp_path, capsys):
+    d = tmp_path / "sm90"
+    d.mkdir()
+    (d / "fc2.yaml").write_text("entries: [this, is, not, a, mapping")
+    assert main(["show", "--root", str(tmp_path)]) == 1
+    assert "fc2.yaml" in capsys.readouterr().out
