@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+from . import space
 from .problem import KERNELS, Problem
 from .shapes import GEMM_SHAPES, MODEL_PRESETS, model_shapes
 
@@ -56,6 +57,11 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
     from . import tuner
 
     problems = problems_from_args(args)
+    if args.simulate and runner_factory is None:
+        from .simulate import SimulatedRunner, simulated_timer
+
+        runner_factory, timer, arch, device = SimulatedRunner, simulated_timer, arch or "sm90", "simulated"
+        args.no_write = True
     if runner_factory is None:
         try:
             import torch
@@ -84,12 +90,16 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
     for prob in problems:
         runner = runner_factory(prob)
         if args.workers > 1 and not args.worker:
-            _run_workers(args, prob, storage)
+            # create the study (schema, enqueued default/grid points) before the workers attach
             study = tuner.open_study(prob, arch, storage, grid=args.grid, seed=args.seed)
+            _run_workers(args, prob, storage)
             res = tuner.finish(study, prob, runner, timer, arch=arch, write=not args.no_write, root=args.root,
                                device=device, dsl_version=dsl_version, wall_s=0.0)
         elif args.worker:
             study = tuner.open_study(prob, arch, storage, grid=args.grid, seed=args.seed + args.worker)
+            if args.grid:  # the grid is shared: each worker takes enqueued points until none are left
+                left = len(space.grid(prob.shape.grouped)) - sum(1 for t in study.trials if t.state.is_finished())
+                args.trials = max(0, -(-left // max(1, args.workers_total)))
             tuner.run_trials(study, prob, runner, timer, args.trials, arch=arch, progress=False)
             continue
         else:
@@ -116,7 +126,8 @@ def _run_workers(args, prob: Problem, storage: str):
         cmd = [sys.executable, "-m", "autotune", "sweep", "--kernel", prob.kernel, "--m", str(prob.shape.m),
                "--n", str(prob.shape.n), "--k", str(prob.shape.k), "--experts", str(prob.shape.experts),
                "--dtype", prob.shape.dtype, "--trials", str(per), "--storage", storage, "--seed", str(args.seed),
-               "--worker", str(i + 1)] + (["--grid"] if args.grid else [])
+               "--workers-total", str(args.workers),
+               "--worker", str(i + 1)] + (["--grid"] if args.grid else []) + (["--simulate"] if args.simulate else [])
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     if any(codes):
@@ -185,12 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", default=None, help=f"Optuna storage URL (default {DEFAULT_STORAGE}); resumable")
     s.add_argument("--workers", type=int, default=1, help="worker processes, one per GPU, sharing --storage")
     s.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    s.add_argument("--workers-total", type=int, default=1, help=argparse.SUPPRESS)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--compile-ahead", type=int, default=1, help="configs compiled ahead on threads while timing")
     s.add_argument("--no-write", action="store_true", help="do not write tuned_configs/")
     s.add_argument("--root", help="tuned_configs folder to write (default: the package's)")
     s.add_argument("--out", help="also write the final table here")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--simulate", action="store_true", help="no GPU: synthetic times from a cost model; writes nothing")
     sh = sub.add_parser("show", help="list tuned configs")
     sh.add_argument("--root")
     pl = sub.add_parser("plot", help="PNG of a study: time per trial, best so far, parameter importances")

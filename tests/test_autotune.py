@@ -174,3 +174,21 @@ def test_show_reports_a_corrupt_file(tmp_path, capsys):
     (d / "fc2.yaml").write_text("entries: [this, is, not, a, mapping")
     assert main(["show", "--root", str(tmp_path)]) == 1
     assert "fc2.yaml" in capsys.readouterr().out
+
+
+def test_workers_share_one_study_through_storage(tmp_path):
+    """--workers 2 starts two processes against one SQLite study; the parent then re-measures."""
+    url = f"sqlite:///{tmp_path}/w.db"
+    rc = main(["sweep", "--kernel", "fc2", "--m", "2048", "--n", "2048", "--k", "512", "--trials", "10",
+               "--workers", "2", "--storage", url, "--simulate", "--quiet"])
+    assert rc == 0
+    study = optuna.load_study(study_name="fc2/sm90/bfloat16/dense/m2048_n2048_k512", storage=url)
+    assert len(study.trials) == 10
+    assert sum(1 for t in study.trials if t.user_attrs.get("default")) == 1
+
+
+def test_simulated_sweep_writes_nothing(tmp_path):
+    root = tmp_path / "tc"
+    assert main(["sweep", "--kernel", "fc2", "--m", "64", "--n", "64", "--k", "64", "--trials", "30", "--simulate",
+                 "--root", str(root), "--quiet"]) == 0
+    assert not root.exists()
