@@ -16,3 +16,6 @@ if [ "${SWEEP:-0}" = 1 ]; then
   python3 -m benchmarks.bench_gemm --sweep --only "${SWEEP_ONLY:-}" 2>&1 | tee "$out/sweep.log"
 fi
 if [ -f .ref/compare.py ]; then python3 .ref/compare.py 2>&1 | grep -v Warn | tee "$out/compare.log"; fi
+if [ "${OFFLOAD_BENCH:-0}" = 1 ]; then
+  python3 -m benchmarks.bench_offload --out "$out/bench_offload.md" --timeline "$out/offload_timeline.png" 2>&1 | tee "$out/bench_offload.log"
+fi

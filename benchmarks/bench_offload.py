@@ -1,0 +1,185 @@
+"""Offload benchmark: a stack of 8 SReLU MLP layers, one training step under each policy.
+
+    python -m benchmarks.bench_offload [--out results.md] [--timeline timeline.png]
+
+Policies: no offload, offload everything (but the last layer), a hand-picked policy
+(preact + postact), and auto.  Reports step time, peak memory of the step above the
+weights and inputs, bytes offloaded, and the achieved copy bandwidth against the
+measured link bandwidth; writes a PNG timeline of one step (compute vs copy streams).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+
+import torch
+
+from cute_kernels.mlp import srelu_mlp
+from offload import OffloadPolicy, OffloadScheduler
+from offload.bandwidth import measure_link
+
+SHAPES = {
+    "dense": {"layers": 8, "m": 8192, "h": 4096, "f": 16384, "experts": 0},
+    "moe-e8": {"layers": 8, "m": 16384, "h": 2688, "f": 1856, "experts": 8},
+}
+POLICIES = {
+    "none": lambda: None,
+    "all": lambda: OffloadPolicy(),
+    "preact+postact": lambda: OffloadPolicy(roles=("preact", "postact")),
+    "auto": lambda: OffloadPolicy(auto=True),
+}
+
+
+def build(shape):
+    torch.manual_seed(0)
+    L, m, h, f, e = (shape[k] for k in ("layers", "m", "h", "f", "experts"))
+    ws = []
+    for _ in range(L):
+        w1 = torch.nn.Parameter((torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16())
+        w2 = torch.nn.Parameter((torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16())
+        ws.append((w1, w2))
+    x0 = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
+    prob = torch.rand(m, device="cuda").requires_grad_() if e else None
+    splits = [m // e] * e if e else None
+    dy = torch.randn(m, h, device="cuda").bfloat16()
+    return ws, x0, prob, splits, dy
+
+
+def step(model, sched):
+    ws, x0, prob, splits, dy = model
+    x = x0
+    for i, (w1, w2) in enumerate(ws):
+        if sched is None:
+            x = srelu_mlp(x, w1, w2, m_splits=splits, prob=prob)
+        else:
+            with sched.layer(i):
+                x = srelu_mlp(x, w1, w2, m_splits=splits, prob=prob)
+    x.backward(dy)
+    for p in [x0, prob] + [w for pair in ws for w in pair]:
+        if p is not None:
+            p.grad = None
+    if sched is not None:
+        sched.end_step()
+
+
+def run_policy(model, name, iters=8):
+    pol = POLICIES[name]()
+    sched = None if pol is None else OffloadScheduler(pol, num_layers=len(model[0]))
+    for _ in range(3):  # warm-up; auto calibrates on the first
+        step(model, sched)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    times, peaks = [], []
+    for _ in range(iters):
+        torch.cuda.reset_peak_memory_stats()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        step(model, sched)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+    off = sched.offloaded_bytes() if sched else 0
+    ms = statistics.median(times)
+    chosen = ""
+    if sched is not None:
+        plans = {tuple(st.plan.roles) for st in sched.stats.values() if st.plan is not None}
+        chosen = "; ".join(",".join(p) or "-" for p in sorted(plans))
+    return {"policy": name, "step_ms": ms, "peak_mib": statistics.median(peaks) / 2**20, "offloaded_mib": off / 2**20,
+            "chosen": chosen, "sched": sched}
+
+
+def copy_bandwidth(sched):
+    """Achieved GB/s of the D2H and H2D streams over one traced step."""
+    out = {}
+    for kind in ("t_d2h", "t_h2d"):
+        spans = [getattr(h, kind) for h in sched.timeline if getattr(h, kind) is not None and getattr(h, kind)[0] is not None]
+        nbytes = sum(h.nbytes for h in sched.timeline if getattr(h, kind) is not None)
+        busy = sum(s.elapsed_time(e) for s, e in spans)
+        out[kind] = nbytes / (busy * 1e6) if busy else 0.0
+    return out
+
+
+def timeline_png(model, policy_name, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sched = OffloadScheduler(POLICIES[policy_name](), num_layers=len(model[0]), record_timeline=True)
+    step(model, sched)
+    sched.timeline.clear()
+    sched.bwd_marks.clear()
+    t0 = torch.cuda.Event(enable_timing=True)
+    t0.record()
+    step(model, sched)
+    t1 = torch.cuda.Event(enable_timing=True)
+    t1.record()
+    t1.synchronize()
+    rel = lambda ev: t0.elapsed_time(ev)
+    fig, ax = plt.subplots(figsize=(13, 3.2))
+    fwd = [(rel(st.fwd_events[0]), rel(st.fwd_events[1]) - rel(st.fwd_events[0])) for st in sched.stats.values()]
+    ax.broken_barh(fwd, (20, 8), facecolors="C0", edgecolors="white", label="compute: layer forward")
+    marks = sorted(rel(ev) for _, ev in sched.bwd_marks)
+    end = rel(t1)
+    bwd = [(a, b - a) for a, b in zip(marks, marks[1:] + [end])]
+    ax.broken_barh(bwd, (20, 8), facecolors="C2", edgecolors="white", label="compute: backward (from first reload)")
+    d2h = [(rel(h.t_d2h[0]), h.t_d2h[0].elapsed_time(h.t_d2h[1])) for h in sched.timeline if h.t_d2h]
+    h2d = [(rel(h.t_h2d[0]), h.t_h2d[0].elapsed_time(h.t_h2d[1])) for h in sched.timeline if h.t_h2d]
+    ax.broken_barh(d2h, (10, 8), facecolors="C1", label="D2H copies")
+    ax.broken_barh(h2d, (0, 8), facecolors="C3", label="H2D copies")
+    ax.set_yticks([4, 14, 24], ["H2D stream", "D2H stream", "compute"])
+    ax.set_xlabel("ms since step start")
+    ax.set_title(f"offload timeline, policy '{policy_name}', {torch.cuda.get_device_name()}")
+    ax.legend(loc="upper right", fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return copy_bandwidth(sched)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out")
+    ap.add_argument("--timeline", help="PNG of one step of the dense stack with the 'all' policy")
+    ap.add_argument("--only", choices=list(SHAPES))
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_offload needs a CUDA GPU", file=sys.stderr)
+        return 2
+    d2h, h2d = measure_link()
+    lines = [f"Offload benchmark, {torch.cuda.get_device_name()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+             f"bf16, cute forward + torch backward; link measured {d2h:.1f} GB/s to CPU, {h2d:.1f} GB/s back", ""]
+    for sname, shape in SHAPES.items():
+        if args.only and args.only != sname:
+            continue
+        model = build(shape)
+        rows = [run_policy(model, p) for p in POLICIES]
+        base = rows[0]
+        lines += [f"### {sname}: {shape}", "",
+                  "| policy | step ms | vs none | peak MiB | peak vs none | offloaded MiB/step | roles chosen |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['policy']} | {r['step_ms']:.2f} | {r['step_ms'] / base['step_ms']:.3f}x | {r['peak_mib']:.0f} | "
+                         f"{r['peak_mib'] / base['peak_mib']:.2f}x | {r['offloaded_mib']:.0f} | {r['chosen']} |")
+        lines.append("")
+        print("\n".join(lines[-len(rows) - 4:]), flush=True)
+        if sname == "dense" and args.timeline:
+            bw = timeline_png(model, "all", args.timeline)
+            lines.append(f"Achieved copy bandwidth in the traced 'all' step: D2H {bw['t_d2h']:.1f} GB/s "
+                         f"({bw['t_d2h'] / d2h:.0%} of link), H2D {bw['t_h2d']:.1f} GB/s ({bw['t_h2d'] / h2d:.0%} of link)")
+            lines.append("")
+        del model
+        torch.cuda.empty_cache()
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

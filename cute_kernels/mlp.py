@@ -1,0 +1,133 @@
+"""The squared-ReLU MLP as one autograd op: y = FC2(p * relu(FC1 x)^2), dense or grouped.
+
+`srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact=False, backend="auto")`
+- backend "cute": forward through the CuTe kernels (fc1_srelu, fc2); "torch": plain
+  torch; "auto": cute on a supported CUDA GPU, else torch.  The backward is torch math
+  on both paths for now (the fused backward kernels are their own issue).
+- What the op saves for backward is explicit and tagged by role for the offload
+  policy (offload.roles): the FC1 input ("fc1_input"), the pre-activation
+  ("preact"), the post-activation ("postact", not saved when `recompute_postact`)
+  and the router probability ("prob").  Both backends save the same roles.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger("cute_kernels")
+_announced: set = set()
+
+
+def _tag(t, role):
+    from offload.roles import tag
+
+    return tag(t, role)
+
+
+def _splits_list(m_splits):
+    if m_splits is None:
+        return None
+    if isinstance(m_splits, torch.Tensor):
+        return [int(v) for v in m_splits.tolist()]
+    return list(m_splits)
+
+
+def _per_expert_mm(a, w, splits, *, transpose_w: bool):
+    """Concatenated per-expert a_e @ w_e^T (transpose_w) or a_e @ w_e."""
+    outs, start = [], 0
+    for e, n in enumerate(splits):
+        we = w[e]
+        outs.append(a[start:start + n] @ (we.t() if transpose_w else we))
+        start += n
+    return torch.cat(outs, 0) if outs else a.new_empty((0, w.size(-2) if transpose_w else w.size(-1)))
+
+
+def _per_expert_wgrad(dy, x, splits, num_experts):
+    """Stack of dy_e^T @ x_e, zeros for empty experts."""
+    out = dy.new_zeros((num_experts, dy.size(1), x.size(1)))
+    start = 0
+    for e, n in enumerate(splits):
+        if n:
+            out[e] = dy[start:start + n].t() @ x[start:start + n]
+        start += n
+    return out
+
+
+def _elementwise_dtype(x):
+    """Elementwise math in fp32 for half inputs, else in the input precision."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _use_cute(x, backend: str) -> bool:
+    if backend == "torch":
+        return False
+    ok = x.is_cuda and torch.cuda.get_device_capability(x.device)[0] == 9 and x.dtype in (torch.bfloat16, torch.float16)
+    if backend == "cute" and not ok:
+        raise ValueError("backend='cute' needs bf16/fp16 CUDA tensors on a Hopper (sm90) GPU")
+    return ok
+
+
+class SReLUMLPFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w1, w2, prob, splits, recompute_postact, use_cute):
+        grouped = splits is not None
+        if use_cute:
+            from .gemm_ops import fc1_srelu, fc2
+
+            ms = splits if grouped else None
+            preact, postact = fc1_srelu(x, w1, m_splits=ms, prob=prob, store_preact=True)
+            y = fc2(postact, w2, m_splits=ms)
+        else:
+            preact = _per_expert_mm(x, w1, splits, transpose_w=True) if grouped else x @ w1.t()
+            f = _elementwise_dtype(x)
+            act = torch.relu(preact.to(f))
+            post = act * act
+            if prob is not None:
+                post = post * prob.to(f).reshape(-1, 1)
+            postact = post.to(x.dtype)
+            y = _per_expert_mm(postact, w2, splits, transpose_w=True) if grouped else postact @ w2.t()
+        ctx.splits = splits
+        ctx.recompute_postact = recompute_postact
+        ctx.has_prob = prob is not None
+        saved = [_tag(x, "fc1_input"), _tag(preact, "preact"), None if recompute_postact else _tag(postact, "postact"),
+                 _tag(prob, "prob") if prob is not None else None, w1, w2]
+        ctx.save_for_backward(*saved)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, preact, postact, prob, w1, w2 = ctx.saved_tensors
+        splits = ctx.splits
+        grouped = splits is not None
+        f = _elementwise_dtype(x)
+        act = torch.relu(preact.to(f))
+        p = prob.to(f).reshape(-1, 1) if prob is not None else None
+        if postact is None:
+            post = act * act
+            postact = (post * p if p is not None else post).to(x.dtype)
+        dy = dy.contiguous()
+        dpost = _per_expert_mm(dy, w2, splits, transpose_w=False) if grouped else dy @ w2
+        dw2 = _per_expert_wgrad(dy, postact, splits, w2.size(0)) if grouped else dy.t() @ postact
+        dpost_f = dpost.to(f)
+        dpre = dpost_f * 2.0 * act
+        dprob = None
+        if p is not None:
+            dprob = (dpost_f * act * act).sum(-1).to(prob.dtype).reshape(prob.shape)
+            dpre = dpre * p
+        dpre = dpre.to(x.dtype)
+        dx = _per_expert_mm(dpre, w1, splits, transpose_w=False) if grouped else dpre @ w1
+        dw1 = _per_expert_wgrad(dpre, x, splits, w1.size(0)) if grouped else dpre.t() @ x
+        return dx, dw1, dw2, dprob, None, None, None
+
+
+def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = False, backend: str = "auto"):
+    """y = (p * relu(x @ w1^T)^2) @ w2^T; grouped when `m_splits` is given (w1 (E, F, H), w2 (E, H, F))."""
+    if backend not in ("auto", "cute", "torch"):
+        raise ValueError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
+    use_cute = _use_cute(x, backend)
+    path = "cute" if use_cute else "torch"
+    if path not in _announced:
+        _announced.add(path)
+        log.info("srelu_mlp: using the %s path", path)
+    return SReLUMLPFunction.apply(x, w1, w2, prob, _splits_list(m_splits), recompute_postact, use_cute)
