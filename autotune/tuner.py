@@ -55,8 +55,16 @@ def make_sampler(grid: bool, grouped: bool, seed: int):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
 
 
+def make_storage(storage: str | None):
+    """An Optuna storage; SQLite files wait on each other's locks (several worker processes)."""
+    if storage and storage.startswith("sqlite:"):
+        return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 120}})
+    return storage
+
+
 def open_study(problem: Problem, arch: str, storage: str | None, *, grid: bool, seed: int):
     name = problem.study_name(arch) + ("/grid" if grid else "")
+    storage = make_storage(storage)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
                                 sampler=make_sampler(grid, problem.shape.grouped, seed), load_if_exists=True)
     if grid:
