@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import statistics
 import sys
 
@@ -102,12 +103,8 @@ def copy_bandwidth(sched):
     return out
 
 
-def timeline_png(model, policy_name, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def trace_step(model, policy_name):
+    """One traced step: spans (ms since step start) of compute, D2H and H2D work."""
     sched = OffloadScheduler(POLICIES[policy_name](), num_layers=len(model[0]), record_timeline=True)
     step(model, sched)
     sched.timeline.clear()
@@ -119,25 +116,46 @@ def timeline_png(model, policy_name, path):
     t1.record()
     t1.synchronize()
     rel = lambda ev: t0.elapsed_time(ev)
-    fig, ax = plt.subplots(figsize=(13, 3.2))
-    fwd = [(rel(st.fwd_events[0]), rel(st.fwd_events[1]) - rel(st.fwd_events[0])) for st in sched.stats.values()]
-    ax.broken_barh(fwd, (20, 8), facecolors="C0", edgecolors="white", label="compute: layer forward")
     marks = sorted(rel(ev) for _, ev in sched.bwd_marks)
     end = rel(t1)
-    bwd = [(a, b - a) for a, b in zip(marks, marks[1:] + [end])]
-    ax.broken_barh(bwd, (20, 8), facecolors="C2", edgecolors="white", label="compute: backward (from first reload)")
-    d2h = [(rel(h.t_d2h[0]), h.t_d2h[0].elapsed_time(h.t_d2h[1])) for h in sched.timeline if h.t_d2h]
-    h2d = [(rel(h.t_h2d[0]), h.t_h2d[0].elapsed_time(h.t_h2d[1])) for h in sched.timeline if h.t_h2d]
-    ax.broken_barh(d2h, (10, 8), facecolors="C1", label="D2H copies")
-    ax.broken_barh(h2d, (0, 8), facecolors="C3", label="H2D copies")
+    return {
+        "policy": policy_name,
+        "device": torch.cuda.get_device_name(),
+        "fwd": [(rel(st.fwd_events[0]), st.fwd_events[0].elapsed_time(st.fwd_events[1])) for st in sched.stats.values()],
+        "bwd": [(a, b - a) for a, b in zip(marks, marks[1:] + [end])],
+        "d2h": [(rel(h.t_d2h[0]), h.t_d2h[0].elapsed_time(h.t_d2h[1]), h.nbytes) for h in sched.timeline if h.t_d2h],
+        "h2d": [(rel(h.t_h2d[0]), h.t_h2d[0].elapsed_time(h.t_h2d[1]), h.nbytes) for h in sched.timeline if h.t_h2d],
+        "step_ms": end,
+    }
+
+
+def achieved_bandwidth(trace) -> dict:
+    out = {}
+    for kind in ("d2h", "h2d"):
+        busy = sum(d for _, d, _ in trace[kind])
+        out[kind] = sum(n for _, _, n in trace[kind]) / (busy * 1e6) if busy else 0.0
+    return out
+
+
+def render_timeline(trace, path):
+    """PNG of a trace (needs matplotlib; `python -m benchmarks.bench_offload --render trace.json out.png`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(13, 3.2))
+    ax.broken_barh([tuple(x) for x in trace["fwd"]], (20, 8), facecolors="C0", edgecolors="white", label="compute: layer forward")
+    ax.broken_barh([tuple(x) for x in trace["bwd"]], (20, 8), facecolors="C2", edgecolors="white", label="compute: layer backward")
+    ax.broken_barh([(s, d) for s, d, _ in trace["d2h"]], (10, 8), facecolors="C1", label="D2H copies")
+    ax.broken_barh([(s, d) for s, d, _ in trace["h2d"]], (0, 8), facecolors="C3", label="H2D copies")
     ax.set_yticks([4, 14, 24], ["H2D stream", "D2H stream", "compute"])
     ax.set_xlabel("ms since step start")
-    ax.set_title(f"offload timeline, policy '{policy_name}', {torch.cuda.get_device_name()}")
+    ax.set_title(f"offload timeline of one step, policy '{trace['policy']}', {trace['device']}")
     ax.legend(loc="upper right", fontsize=7, ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return copy_bandwidth(sched)
 
 
 def main(argv=None):
@@ -145,7 +163,12 @@ def main(argv=None):
     ap.add_argument("--out")
     ap.add_argument("--timeline", help="PNG of one step of the dense stack with the 'all' policy")
     ap.add_argument("--only", choices=list(SHAPES))
+    ap.add_argument("--render", nargs=2, metavar=("TRACE_JSON", "PNG"), help="render a saved trace and exit")
     args = ap.parse_args(argv)
+    if args.render:
+        with open(args.render[0]) as f:
+            render_timeline(json.load(f), args.render[1])
+        return 0
     if not torch.cuda.is_available():
         print("bench_offload needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -166,10 +189,19 @@ def main(argv=None):
                          f"{r['peak_mib'] / base['peak_mib']:.2f}x | {r['offloaded_mib']:.0f} | {r['chosen']} |")
         lines.append("")
         print("\n".join(lines[-len(rows) - 4:]), flush=True)
-        if sname == "dense" and args.timeline:
-            bw = timeline_png(model, "all", args.timeline)
-            lines.append(f"Achieved copy bandwidth in the traced 'all' step: D2H {bw['t_d2h']:.1f} GB/s "
-                         f"({bw['t_d2h'] / d2h:.0%} of link), H2D {bw['t_h2d']:.1f} GB/s ({bw['t_h2d'] / h2d:.0%} of link)")
+        if args.timeline:
+            for pol in ("all", "auto"):
+                trace = trace_step(model, pol)
+                bw = achieved_bandwidth(trace)
+                lines.append(f"{sname}, traced '{pol}' step: achieved copy bandwidth D2H {bw['d2h']:.1f} GB/s "
+                             f"({bw['d2h'] / d2h:.0%} of link), H2D {bw['h2d']:.1f} GB/s ({bw['h2d'] / h2d:.0%} of link)")
+                base_path = args.timeline.rsplit(".", 1)[0] + f"-{sname}-{pol}"
+                with open(base_path + ".json", "w") as f:
+                    json.dump(trace, f)
+                try:
+                    render_timeline(trace, base_path + ".png")
+                except ImportError:
+                    lines.append(f"(matplotlib missing here: render with --render {base_path}.json)")
             lines.append("")
         del model
         torch.cuda.empty_cache()
