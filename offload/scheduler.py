@@ -50,6 +50,15 @@ class _Offloaded:
 
 
 @dataclass
+class _Kept:
+    """A saved tensor that stays on the GPU, remembered with its layer so its first use
+    in backward can start the next layers' reloads."""
+
+    layer: int
+    tensor: torch.Tensor
+
+
+@dataclass
 class LayerStats:
     layer: int
     plan: OffloadPlan | None = None
@@ -73,6 +82,7 @@ class OffloadScheduler:
         self._h2d: dict = {}
         self._handles: dict[int, list[_Offloaded]] = {}
         self._prefetched: set[int] = set()
+        self._bwd_started: set[int] = set()
         self._layer: int | None = None
         self._layer_plan: OffloadPlan | None = None
         self._layer_used = 0
@@ -148,6 +158,7 @@ class OffloadScheduler:
         leftover = {i: len(h) for i, h in self._handles.items() if h}
         self._handles.clear()
         self._prefetched.clear()
+        self._bwd_started.clear()
         return leftover
 
     def offloaded_bytes(self) -> int:
@@ -155,20 +166,22 @@ class OffloadScheduler:
 
     # ------------------------------------------------------------------ hooks
     def _pack(self, t: torch.Tensor):
-        if self._layer is None or not isinstance(t, torch.Tensor) or not t.is_cuda or is_protected(t):
+        if self._layer is None or not isinstance(t, torch.Tensor) or not t.is_cuda:
             return t
+        if is_protected(t):
+            return _Kept(self._layer, t)
         role = role_of(t) or "other"
         nbytes = t.numel() * t.element_size()
         st = self.stats[self._layer]
         st.saved_bytes[role] = st.saved_bytes.get(role, 0) + nbytes
         plan = self._layer_plan
         if role not in plan.roles or nbytes < self.policy.min_tensor_bytes:
-            return t
+            return _Kept(self._layer, t)
         budget = self.policy.layer_budget_bytes
         if budget is not None and self._layer_used + nbytes > budget:
-            return t
+            return _Kept(self._layer, t)
         if not t.is_contiguous():
-            return t
+            return _Kept(self._layer, t)
         self._layer_used += nbytes
         st.offloaded_bytes[role] = st.offloaded_bytes.get(role, 0) + nbytes
         return self._offload(t, role, nbytes)
@@ -219,20 +232,30 @@ class OffloadScheduler:
             h.t_h2d = (ev0, done)
         self.pool.release(h.host, done)
 
+    def _start_layer_backward(self, layer: int, device):
+        """First use of a layer's saved tensors in backward: reload it and the next
+        `prefetch_layers` layers (the ones backward reaches after it)."""
+        if self.record_timeline:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record(torch.cuda.current_stream(device))
+            self.bwd_marks.append((layer, ev))
+        self._bwd_started.add(layer)
+        for idx in range(layer, layer - self.prefetch_layers - 1, -1):
+            if idx in self._prefetched or idx not in self._handles:
+                continue
+            self._prefetched.add(idx)
+            for other in self._handles[idx]:
+                self._reload(other)
+
     def _unpack(self, h):
+        if isinstance(h, _Kept):
+            if h.layer not in self._bwd_started:
+                self._start_layer_backward(h.layer, h.tensor.device)
+            return h.tensor
         if not isinstance(h, _Offloaded):
             return h
-        if h.layer not in self._prefetched:
-            if self.record_timeline:
-                ev = torch.cuda.Event(enable_timing=True)
-                ev.record(torch.cuda.current_stream(h.device))
-                self.bwd_marks.append((h.layer, ev))
-            for layer in range(h.layer, h.layer - self.prefetch_layers - 1, -1):
-                if layer in self._prefetched or layer not in self._handles:
-                    continue
-                self._prefetched.add(layer)
-                for other in self._handles[layer]:
-                    self._reload(other)
+        if h.layer not in self._bwd_started:
+            self._start_layer_backward(h.layer, h.device)
         self._reload(h)
         compute = torch.cuda.current_stream(h.device)
         compute.wait_event(h.h2d_done)
