@@ -106,7 +106,9 @@ def copy_bandwidth(sched):
 def trace_step(model, policy_name):
     """One traced step: spans (ms since step start) of compute, D2H and H2D work."""
     sched = OffloadScheduler(POLICIES[policy_name](), num_layers=len(model[0]), record_timeline=True)
-    step(model, sched)
+    for _ in range(3):  # auto calibrates; the pinned pool fills
+        step(model, sched)
+    torch.cuda.synchronize()
     sched.timeline.clear()
     sched.bwd_marks.clear()
     t0 = torch.cuda.Event(enable_timing=True)
