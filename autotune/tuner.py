@@ -122,14 +122,18 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
                         reason = f"wrong result: relative error {err:.3e}"
                 except Exception as e:
                     reason = f"check failed: {type(e).__name__}: {str(e)[:300]}"
-            if reason is not None:
-                trial.set_user_attr("pruned", reason)
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                ms = timer(runner.timed(cfg))
-                study.tell(trial, ms)
-                if trial.user_attrs.get("default"):
-                    default_ms = ms
+            try:
+                if reason is not None:
+                    trial.set_user_attr("pruned", reason)
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    ms = timer(runner.timed(cfg))
+                    study.tell(trial, ms)
+                    if trial.user_attrs.get("default"):
+                        default_ms = ms
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # another worker process claimed the same enqueued trial and finished it first
+                log.info("trial %d was finished by another worker", trial.number)
             if bar is not None:
                 bar.update(1)
                 try:

@@ -183,7 +183,10 @@ def test_workers_share_one_study_through_storage(tmp_path):
                "--workers", "2", "--storage", url, "--simulate", "--quiet"])
     assert rc == 0
     study = optuna.load_study(study_name="fc2/sm90/bfloat16/dense/m2048_n2048_k512", storage=url)
-    assert len(study.trials) == 10
+    # 2 workers x 5 trials; with SQLite both may claim the enqueued default trial, which
+    # one of them then finishes (the other skips it), so 9 or 10 trials
+    assert 9 <= len(study.trials) <= 10
+    assert all(t.state.is_finished() for t in study.trials)
     assert sum(1 for t in study.trials if t.user_attrs.get("default")) == 1
 
 
