@@ -1,0 +1,69 @@
+"""srelu_mlp and modules on the GPU: the cute path (CuTe forward kernels) against the
+torch path, and a short training run on each path from the same seed."""
+import pytest
+import torch
+
+from cute_kernels import GroupedSReLUMLP, SReLUMLP, srelu_mlp
+
+pytestmark = pytest.mark.gpu
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_cute_path_matches_torch_path(grouped, recompute):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    m, h, f, e = 1000, 512, 1536, 6
+    x = torch.randn(m, h, device="cuda", generator=g).bfloat16()
+    w1 = (torch.randn(*((e, f, h) if grouped else (f, h)), device="cuda", generator=g) / h ** 0.5).bfloat16()
+    w2 = (torch.randn(*((e, h, f) if grouped else (h, f)), device="cuda", generator=g) / f ** 0.5).bfloat16()
+    prob = torch.rand(m, device="cuda", generator=g) if grouped else None
+    splits = [400, 0, 123, 250, 27, 200] if grouped else None
+    dy = torch.randn(m, h, device="cuda", generator=g).bfloat16()
+    outs = {}
+    for backend in ("torch", "cute"):
+        leaves = [t.clone().requires_grad_() for t in (x, w1, w2)] + ([prob.clone().requires_grad_()] if grouped else [])
+        y = srelu_mlp(leaves[0], leaves[1], leaves[2], m_splits=splits, prob=leaves[3] if grouped else None,
+                      recompute_postact=recompute, backend=backend)
+        y.backward(dy)
+        outs[backend] = [y] + [t.grad for t in leaves]
+    for name, a, b in zip(["y", "dx", "dw1", "dw2", "dprob"], outs["cute"], outs["torch"]):
+        assert torch.isfinite(a).all(), name
+        assert _rel(a, b) < 2e-2, (name, _rel(a, b))
+
+
+def _train(backend, grouped, steps=200):
+    torch.manual_seed(0)
+    h, f, m = 256, 1024, 512
+    if grouped:
+        layers = torch.nn.ModuleList([GroupedSReLUMLP(4, h, f, backend=backend, device="cuda", dtype=torch.bfloat16) for _ in range(2)])
+    else:
+        layers = torch.nn.ModuleList([SReLUMLP(h, f, backend=backend, device="cuda", dtype=torch.bfloat16) for _ in range(2)])
+    opt = torch.optim.AdamW(layers.parameters(), lr=3e-4)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    target_w = torch.randn(h, h, device="cuda", generator=g) / h ** 0.5
+    splits = [200, 56, 0, 256]
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(m, h, device="cuda", generator=g)
+        y = x.bfloat16()
+        for layer in layers:
+            y = y + (layer(y, splits) if grouped else layer(y))
+        loss = (y.float() - x @ target_w).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_training_curves_match(grouped):
+    a = _train("cute", grouped)
+    b = _train("torch", grouped)
+    assert b[-1] < 0.8 * b[0], "the model learns"
+    rel = [abs(x - y) / y for x, y in zip(a, b)]
+    assert max(rel) < 0.05 and sum(rel) / len(rel) < 0.02, (max(rel), sum(rel) / len(rel))

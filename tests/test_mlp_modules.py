@@ -1,0 +1,74 @@
+"""srelu_mlp and its modules on CPU: gradients against float64, nn.Linear compatibility."""
+import pytest
+import torch
+
+from cute_kernels import GroupedSReLUMLP, SReLUMLP, srelu_mlp
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("with_prob", [False, True])
+def test_gradcheck_float64(grouped, recompute, with_prob):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(23, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    shape1, shape2 = ((3, 12, 8), (3, 8, 12)) if grouped else ((12, 8), (8, 12))
+    w1 = torch.randn(*shape1, dtype=torch.float64, generator=g, requires_grad=True)
+    w2 = torch.randn(*shape2, dtype=torch.float64, generator=g, requires_grad=True)
+    p = torch.rand(23, dtype=torch.float64, generator=g, requires_grad=True) if with_prob else None
+    splits = [7, 0, 16] if grouped else None
+    args = (x, w1, w2) + ((p,) if with_prob else ())
+
+    def f(x, w1, w2, p=None):
+        return srelu_mlp(x, w1, w2, m_splits=splits, prob=p, recompute_postact=recompute, backend="torch")
+
+    assert torch.autograd.gradcheck(f, args)
+
+
+def test_matches_reference_composition():
+    torch.manual_seed(1)
+    x = torch.randn(16, 8, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(8, 12, dtype=torch.float64, requires_grad=True)
+    y = srelu_mlp(x, w1, w2, backend="torch")
+    ref = torch.relu(x @ w1.t()).square() @ w2.t()
+    assert torch.allclose(y, ref)
+
+
+def test_dense_module_is_nn_linear_compatible():
+    torch.manual_seed(0)
+    m = SReLUMLP(16, 64)
+    sd = m.state_dict()
+    assert set(sd) == {"fc1.weight", "fc2.weight"}
+    assert sd["fc1.weight"].shape == (64, 16) and sd["fc2.weight"].shape == (16, 64)
+    lin1, lin2 = torch.nn.Linear(16, 64, bias=False), torch.nn.Linear(64, 16, bias=False)
+    lin1.load_state_dict({"weight": sd["fc1.weight"]})
+    lin2.load_state_dict({"weight": sd["fc2.weight"]})
+    x = torch.randn(2, 5, 16)
+    assert torch.allclose(m(x), lin2(torch.relu(lin1(x)).square()), atol=1e-6)
+    bound = 1 / 16 ** 0.5  # nn.Linear's kaiming-uniform bound for fan_in 16
+    assert m.fc1.weight.abs().max() <= bound
+
+
+def test_grouped_module_init_state_dict_and_forward():
+    torch.manual_seed(0)
+    m = GroupedSReLUMLP(4, 16, 32)
+    assert m.fc1_weight.shape == (4, 32, 16) and m.fc2_weight.shape == (4, 16, 32)
+    assert m.fc1_weight.abs().max() <= 1 / 16 ** 0.5 and m.fc2_weight.abs().max() <= 1 / 32 ** 0.5
+    m2 = GroupedSReLUMLP(4, 16, 32)
+    m2.load_state_dict(m.state_dict())
+    x = torch.randn(10, 16)
+    splits = [3, 0, 5, 2]
+    y = m(x, splits)
+    parts, s = [], 0
+    for e, n in enumerate(splits):
+        parts.append(torch.relu(x[s:s + n] @ m.fc1_weight[e].t()).square() @ m.fc2_weight[e].t())
+        s += n
+    assert torch.allclose(y, torch.cat(parts), atol=1e-5)
+    assert torch.equal(m2(x, splits), y)
+
+
+def test_bad_backend_rejected():
+    with pytest.raises(ValueError, match="backend must be"):
+        srelu_mlp(torch.randn(2, 8), torch.randn(8, 8), torch.randn(8, 8), backend="triton")
+    with pytest.raises(ValueError, match="backend='cute' needs"):
+        srelu_mlp(torch.randn(2, 8), torch.randn(8, 8), torch.randn(8, 8), backend="cute")
