@@ -20,6 +20,10 @@ _announced: set = set()
 
 
 def _tag(t, role):
+    """Name a saved tensor for the offload policy (eager only: under torch.compile the
+    compiled graph owns its saved tensors and nothing is tagged)."""
+    if torch.compiler.is_compiling():
+        return t
     from offload.roles import tag
 
     return tag(t, role)
@@ -54,6 +58,11 @@ def _per_expert_wgrad(dy, x, splits, num_experts):
     return out
 
 
+@torch.compiler.assume_constant_result
+def _is_sm90(device_index) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] == 9
+
+
 def _elementwise_dtype(x):
     """Elementwise math in fp32 for half inputs, else in the input precision."""
     return torch.promote_types(x.dtype, torch.float32)
@@ -62,7 +71,7 @@ def _elementwise_dtype(x):
 def _use_cute(x, backend: str) -> bool:
     if backend == "torch":
         return False
-    ok = x.is_cuda and torch.cuda.get_device_capability(x.device)[0] == 9 and x.dtype in (torch.bfloat16, torch.float16)
+    ok = x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and _is_sm90(x.device.index)
     if backend == "cute" and not ok:
         raise ValueError("backend='cute' needs bf16/fp16 CUDA tensors on a Hopper (sm90) GPU")
     return ok
@@ -73,11 +82,10 @@ class SReLUMLPFunction(torch.autograd.Function):
     def forward(ctx, x, w1, w2, prob, splits, recompute_postact, use_cute):
         grouped = splits is not None
         if use_cute:
-            from .gemm_ops import fc1_srelu, fc2
+            from . import torch_ops
 
-            ms = splits if grouped else None
-            preact, postact = fc1_srelu(x, w1, m_splits=ms, prob=prob, store_preact=True)
-            y = fc2(postact, w2, m_splits=ms)
+            preact, postact = torch_ops.fc1_srelu_fwd(x, w1, splits, prob, True)
+            y = torch_ops.fc2_fwd(postact, w2, splits)
         else:
             preact = _per_expert_mm(x, w1, splits, transpose_w=True) if grouped else x @ w1.t()
             f = _elementwise_dtype(x)
@@ -126,8 +134,9 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     if backend not in ("auto", "cute", "torch"):
         raise ValueError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
     use_cute = _use_cute(x, backend)
-    path = "cute" if use_cute else "torch"
-    if path not in _announced:
-        _announced.add(path)
-        log.info("srelu_mlp: using the %s path", path)
+    if not torch.compiler.is_compiling():
+        path = "cute" if use_cute else "torch"
+        if path not in _announced:
+            _announced.add(path)
+            log.info("srelu_mlp: using the %s path", path)
     return SReLUMLPFunction.apply(x, w1, w2, prob, _splits_list(m_splits), recompute_postact, use_cute)

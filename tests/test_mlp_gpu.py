@@ -67,3 +67,24 @@ def test_training_curves_match(grouped):
     assert b[-1] < 0.8 * b[0], "the model learns"
     rel = [abs(x - y) / y for x, y in zip(a, b)]
     assert max(rel) < 0.05 and sum(rel) / len(rel) < 0.02, (max(rel), sum(rel) / len(rel))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_cute_path_compiles_fullgraph(grouped):
+    torch._dynamo.reset()
+    g = torch.Generator(device="cuda").manual_seed(3)
+    m, h, f = 512, 256, 768
+    x = torch.randn(m, h, device="cuda", generator=g).bfloat16()
+    w1 = (torch.randn(*((4, f, h) if grouped else (f, h)), device="cuda", generator=g) / h ** 0.5).bfloat16()
+    w2 = (torch.randn(*((4, h, f) if grouped else (h, f)), device="cuda", generator=g) / f ** 0.5).bfloat16()
+    splits = [100, 0, 312, 100] if grouped else None
+    eager = lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute")
+    compiled = torch.compile(eager, fullgraph=True)
+    outs = []
+    for fn in (compiled, eager):
+        leaves = [t.clone().requires_grad_() for t in (x, w1, w2)]
+        y = fn(*leaves)
+        y.float().square().mean().backward()
+        outs.append([y] + [t.grad for t in leaves])
+    for a, b in zip(*outs):
+        assert _rel(a, b) < 1e-2

@@ -1,0 +1,63 @@
+"""The CuTe GEMM kernels as torch custom ops (torch.library), with fake implementations,
+so torch.compile traces through them without graph breaks.
+
+    torch.ops.cute_kernels.fc1_srelu_fwd(x, w1, m_splits, prob, store_preact) -> (preact, postact)
+    torch.ops.cute_kernels.fc2_fwd(h, w2, m_splits) -> y
+
+`m_splits` is a list of ints or None.  With store_preact=False the preact output is an
+empty tensor.  CUDA runs the CuTe kernels; CPU runs the same math in torch (so the ops
+are usable, and checkable with torch.library.opcheck, anywhere).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def _mm_rows(a, w, splits):
+    if splits is None:
+        return a @ w.t()
+    outs, start = [], 0
+    for e, n in enumerate(splits):
+        outs.append(a[start:start + n] @ w[e].t())
+        start += n
+    return torch.cat(outs, 0) if outs else a.new_empty((0, w.size(-2)))
+
+
+@torch.library.custom_op("cute_kernels::fc1_srelu_fwd", mutates_args=())
+def fc1_srelu_fwd(x: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[int]], prob: Optional[torch.Tensor],
+                  store_preact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.is_cuda:
+        from .gemm_ops import fc1_srelu
+
+        pre, post = fc1_srelu(x, w1, m_splits=m_splits, prob=prob, store_preact=store_preact)
+        return (pre if pre is not None else x.new_empty((0,))), post
+    pre = _mm_rows(x, w1, m_splits)
+    f = torch.promote_types(x.dtype, torch.float32)
+    act = torch.relu(pre.to(f))
+    post = act * act
+    if prob is not None:
+        post = post * prob.to(f).reshape(-1, 1)
+    return (pre if store_preact else x.new_empty((0,))), post.to(x.dtype)
+
+
+@fc1_srelu_fwd.register_fake
+def _(x, w1, m_splits, prob, store_preact):
+    n = w1.size(-2)
+    pre = x.new_empty((x.size(0), n)) if store_preact else x.new_empty((0,))
+    return pre, x.new_empty((x.size(0), n))
+
+
+@torch.library.custom_op("cute_kernels::fc2_fwd", mutates_args=())
+def fc2_fwd(h: torch.Tensor, w2: torch.Tensor, m_splits: Optional[list[int]]) -> torch.Tensor:
+    if h.is_cuda:
+        from .gemm_ops import fc2
+
+        return fc2(h, w2, m_splits=m_splits)
+    return _mm_rows(h, w2, m_splits)
+
+
+@fc2_fwd.register_fake
+def _(h, w2, m_splits):
+    return h.new_empty((h.size(0), w2.size(-2)))
