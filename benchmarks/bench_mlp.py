@@ -1,0 +1,100 @@
+"""Forward+backward step of the SReLU MLP: srelu_mlp's cute path against torch eager.
+
+    python -m benchmarks.bench_mlp [--out results.md]
+
+Shapes: dense M=8192, 4096 -> 16384; grouped E=8 (16384 tokens) and E=128 (32768
+tokens), 2688 -> 1856, tokens split evenly.  Reports step time (CUDA events, median,
+L2 flushed) and the step's peak memory above its inputs and weights.  The cute path
+runs the CuTe forward kernels; its backward is still torch math (fused backward
+kernels are their own issue), so this measures where the op stands today.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+
+import torch
+
+from autotune.timing import flush_l2
+from cute_kernels.mlp import srelu_mlp
+
+SHAPES = [
+    {"name": "dense 8192x4096->16384", "m": 8192, "h": 4096, "f": 16384, "e": 0},
+    {"name": "grouped E=8 16384x2688->1856", "m": 16384, "h": 2688, "f": 1856, "e": 8},
+    {"name": "grouped E=128 32768x2688->1856", "m": 32768, "h": 2688, "f": 1856, "e": 128},
+]
+
+
+def torch_eager(x, w1, w2, splits):
+    if splits is None:
+        return torch.relu(x @ w1.t()).square() @ w2.t()
+    outs, s = [], 0
+    for e, n in enumerate(splits):
+        outs.append(torch.relu(x[s:s + n] @ w1[e].t()).square() @ w2[e].t())
+        s += n
+    return torch.cat(outs)
+
+
+def measure(fn, x, w1, w2, dy, iters=10):
+    def step():
+        y = fn(x, w1, w2)
+        y.backward(dy)
+        x.grad = w1.grad = w2.grad = None
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    times, peaks = [], []
+    for _ in range(iters):
+        flush_l2()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        step()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+    return statistics.median(times), statistics.median(peaks) / 2**20
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_mlp needs a CUDA GPU", file=sys.stderr)
+        return 2
+    lines = [f"SReLU MLP forward+backward, {torch.cuda.get_device_name()}, "
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, bf16, L2 flushed, median of 10", "",
+             "| shape | torch eager ms | torch peak MiB | cute path ms | vs torch | cute peak MiB | recompute ms | recompute peak MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in SHAPES:
+        torch.manual_seed(0)
+        m, h, f, e = s["m"], s["h"], s["f"], s["e"]
+        x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
+        w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
+        w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
+        dy = torch.randn(m, h, device="cuda").bfloat16()
+        splits = [m // e] * e if e else None
+        t_ms, t_mib = measure(lambda a, b, c: torch_eager(a, b, c, splits), x, w1, w2, dy)
+        c_ms, c_mib = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute"), x, w1, w2, dy)
+        r_ms, r_mib = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute", recompute_postact=True), x, w1, w2, dy)
+        lines.append(f"| {s['name']} | {t_ms:.2f} | {t_mib:.0f} | {c_ms:.2f} | {t_ms / c_ms:.2f}x | {c_mib:.0f} | {r_ms:.2f} | {r_mib:.0f} |")
+        print(lines[-1], flush=True)
+        del x, w1, w2, dy
+        torch.cuda.empty_cache()
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
