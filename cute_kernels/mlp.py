@@ -37,8 +37,21 @@ def _splits_list(m_splits):
     return list(m_splits)
 
 
+def _grouped_mm_ok(a, w) -> bool:
+    return (a.is_cuda and hasattr(torch, "_grouped_mm") and a.dtype == torch.bfloat16 and w.dtype == torch.bfloat16
+            and not torch.compiler.is_compiling())
+
+
 def _per_expert_mm(a, w, splits, *, transpose_w: bool):
-    """Concatenated per-expert a_e @ w_e^T (transpose_w) or a_e @ w_e."""
+    """Concatenated per-expert a_e @ w_e^T (transpose_w) or a_e @ w_e.
+
+    On CUDA (bf16) one torch._grouped_mm call; elsewhere a loop over experts."""
+    if _grouped_mm_ok(a, w):
+        offs = torch.tensor(splits, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(a.device, non_blocking=True)
+        try:
+            return torch._grouped_mm(a, w.transpose(-2, -1) if transpose_w else w, offs=offs)
+        except (RuntimeError, ValueError):  # shapes or alignment _grouped_mm does not take
+            pass
     outs, start = [], 0
     for e, n in enumerate(splits):
         we = w[e]
@@ -117,13 +130,15 @@ class SReLUMLPFunction(torch.autograd.Function):
         dy = dy.contiguous()
         dpost = _per_expert_mm(dy, w2, splits, transpose_w=False) if grouped else dy @ w2
         dw2 = _per_expert_wgrad(dy, postact, splits, w2.size(0)) if grouped else dy.t() @ postact
-        dpost_f = dpost.to(f)
-        dpre = dpost_f * 2.0 * act
+        # fp32 elementwise math with two full-size temporaries (act, dpre), updated in place
+        dpre = dpost.to(f) if dpost.dtype != f else dpost.clone()
+        dpre.mul_(act)
         dprob = None
         if p is not None:
-            dprob = (dpost_f * act * act).sum(-1).to(prob.dtype).reshape(prob.shape)
-            dpre = dpre * p
-        dpre = dpre.to(x.dtype)
+            # rowsum(dpost * act^2) without another full-size temporary
+            dprob = torch.einsum("ij,ij->i", dpre, act).to(prob.dtype).reshape(prob.shape)
+            dpre.mul_(p)
+        dpre = dpre.mul_(2.0).to(x.dtype)
         dx = _per_expert_mm(dpre, w1, splits, transpose_w=False) if grouped else dpre @ w1
         dw1 = _per_expert_wgrad(dpre, x, splits, w1.size(0)) if grouped else dpre.t() @ x
         return dx, dw1, dw2, dprob, None, None, None
