@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from cute_kernels.tuned_store import ShapeKey
 
+from .shapes import even_splits
+
 KERNELS = ("fc1_srelu", "fc2")
 
 
@@ -33,11 +35,6 @@ class Problem:
     def label(self) -> str:
         s = self.shape
         return f"{self.kernel} {s.dtype} M={s.m} N={s.n} K={s.k}" + (f" E={s.experts}" if s.experts else "")
-
-
-def even_splits(m: int, experts: int) -> list[int]:
-    base, rem = divmod(m, experts)
-    return [base + (1 if e < rem else 0) for e in range(experts)]
 
 
 class GpuRunner:

@@ -51,13 +51,3 @@ class EpilogueSpec:
         if self.row_scale:
             post = post * scale
         return [acc, post] if self.store_preact else [post]
-
-
-def srelu_reference(acc, scale=None):
-    """Host reference of the srelu epilogue on a torch tensor (any float dtype)."""
-    import torch
-
-    post = torch.relu(acc).square()
-    if scale is not None:
-        post = post * scale.reshape(-1, *([1] * (acc.dim() - 1))).to(post.dtype)
-    return post

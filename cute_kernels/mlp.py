@@ -90,6 +90,16 @@ def _use_cute(x, backend: str) -> bool:
     return ok
 
 
+def srelu_torch(preact, prob, out_dtype):
+    """postact = prob * relu(preact)^2 in torch (fp32 math for half inputs)."""
+    f = _elementwise_dtype(preact)
+    act = torch.relu(preact.to(f))
+    post = act * act
+    if prob is not None:
+        post = post * prob.to(f).reshape(-1, 1)
+    return post.to(out_dtype)
+
+
 class SReLUMLPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, w2, prob, splits, recompute_postact, use_cute):
@@ -101,12 +111,7 @@ class SReLUMLPFunction(torch.autograd.Function):
             y = torch_ops.fc2_fwd(postact, w2, splits)
         else:
             preact = _per_expert_mm(x, w1, splits, transpose_w=True) if grouped else x @ w1.t()
-            f = _elementwise_dtype(x)
-            act = torch.relu(preact.to(f))
-            post = act * act
-            if prob is not None:
-                post = post * prob.to(f).reshape(-1, 1)
-            postact = post.to(x.dtype)
+            postact = srelu_torch(preact, prob, x.dtype)
             y = _per_expert_mm(postact, w2, splits, transpose_w=True) if grouped else postact @ w2.t()
         ctx.splits = splits
         ctx.recompute_postact = recompute_postact

@@ -16,13 +16,9 @@ import torch
 
 
 def _mm_rows(a, w, splits):
-    if splits is None:
-        return a @ w.t()
-    outs, start = [], 0
-    for e, n in enumerate(splits):
-        outs.append(a[start:start + n] @ w[e].t())
-        start += n
-    return torch.cat(outs, 0) if outs else a.new_empty((0, w.size(-2)))
+    from .mlp import _per_expert_mm
+
+    return a @ w.t() if splits is None else _per_expert_mm(a, w, splits, transpose_w=True)
 
 
 @torch.library.custom_op("cute_kernels::fc1_srelu_fwd", mutates_args=())
@@ -33,13 +29,10 @@ def fc1_srelu_fwd(x: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[int
 
         pre, post = fc1_srelu(x, w1, m_splits=m_splits, prob=prob, store_preact=store_preact)
         return (pre if pre is not None else x.new_empty((0,))), post
+    from .mlp import srelu_torch
+
     pre = _mm_rows(x, w1, m_splits)
-    f = torch.promote_types(x.dtype, torch.float32)
-    act = torch.relu(pre.to(f))
-    post = act * act
-    if prob is not None:
-        post = post * prob.to(f).reshape(-1, 1)
-    return (pre if store_preact else x.new_empty((0,))), post.to(x.dtype)
+    return (pre if store_preact else x.new_empty((0,))), srelu_torch(pre, prob, x.dtype)
 
 
 @fc1_srelu_fwd.register_fake
