@@ -61,7 +61,19 @@ def _per_expert_mm(a, w, splits, *, transpose_w: bool):
 
 
 def _per_expert_wgrad(dy, x, splits, num_experts):
-    """Stack of dy_e^T @ x_e, zeros for empty experts."""
+    """Stack of dy_e^T @ x_e, zeros for empty experts.
+
+    On CUDA (bf16) one torch._grouped_mm call grouped along the token dimension."""
+    if _grouped_mm_ok(dy, x):
+        offs = torch.tensor(splits, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(dy.device, non_blocking=True)
+        try:
+            out = torch._grouped_mm(dy.t(), x, offs=offs)
+            empty = [e for e, n in enumerate(splits) if n == 0]
+            if empty:  # an empty group's gradient is zero whatever the library leaves there
+                out[empty] = 0
+            return out
+        except (RuntimeError, ValueError):
+            pass
     out = dy.new_zeros((num_experts, dy.size(1), x.size(1)))
     start = 0
     for e, n in enumerate(splits):
