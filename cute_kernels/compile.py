@@ -68,12 +68,14 @@ def fake_arguments(key: KernelKey):
     d0 = make_fake_tensor(dt, (m, n, 1), (ldd, 1, cute.sym_int64(divisibility=8)), assumed_align=16)
     d1 = make_fake_tensor(dt, (m, n, 1), (ldd, 1, cute.sym_int64(divisibility=8)), assumed_align=16) if key.epi.num_outputs == 2 else None
     scale = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if key.epi.row_scale else None
+    aux = make_fake_tensor(dt, (m, n, 1), (cute.sym_int64(divisibility=8), 1, cute.sym_int64(divisibility=8)),
+                           assumed_align=16) if key.epi.aux_input else None
     cu_rows = cu_tiles = None
     if key.grouped:
         e1 = cute.sym_int32(symbol="E1")
         cu_rows = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
         cu_tiles = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
-    return a, b, d0, d1, scale, cu_rows, cu_tiles
+    return a, b, d0, d1, scale, aux, cu_rows, cu_tiles
 
 
 def build_kernel(key: KernelKey):
@@ -91,7 +93,7 @@ def compile_kernel(key: KernelKey, *, options: str = "", tvm_ffi: bool = False):
     """Compile `key` (uncached).  Returns the DSL's compiled callable.
 
     With `tvm_ffi` the callable takes torch tensors and uses the current torch stream:
-    fn(a, b, d0, d1, scale, cu_rows, cu_tiles, Int32(max_clusters)).
+    fn(a, b, d0, d1, scale, aux, cu_rows, cu_tiles, Int32(max_clusters)).
     """
     os.environ.setdefault("CUTE_DSL_ARCH", ARCH_TO_DSL[key.arch])
     import cutlass

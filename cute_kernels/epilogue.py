@@ -1,35 +1,49 @@
 """Epilogues of the GEMM family: what is computed from the fp32 accumulator and stored.
 
 An epilogue is a compile-time piece the kernel calls once per epilogue sub-tile with
-the accumulator values (and the per-row scale when it has one); it returns one fp32
-fragment per output, in the order of `outputs`.  The kernel converts and stores them.
+the accumulator values (plus the per-row scale and the auxiliary input when it has
+them); it returns one fp32 fragment per output, in the order of `outputs`.  The
+kernel converts and stores them.
 
 - `identity`: D = acc (FC2, plain GEMM).
-- `srelu`: postact = scale * relu(acc)^2 and optionally preact = acc (FC1).
+- `srelu`: postact = scale * relu(acc)^2 and optionally preact = acc (FC1 forward).
+- `dsrelu`: the FC2 dgrad epilogue.  acc = dy @ W2 = d(postact); with the saved
+  pre-activation as auxiliary input: dpreact = 2 * acc * relu(preact), and optionally
+  the recomputed postact = relu(preact)^2 for FC2's weight gradient.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("identity", "srelu")
+KINDS = ("identity", "srelu", "dsrelu")
 
 
 @dataclass(frozen=True)
 class EpilogueSpec:
     kind: str = "identity"
-    store_preact: bool = False
-    row_scale: bool = False
+    store_preact: bool = False  # srelu: also store acc
+    row_scale: bool = False  # srelu: multiply postact by a per-row scale
+    store_postact: bool = False  # dsrelu: also store the recomputed postact
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"epilogue kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind == "identity" and (self.store_preact or self.row_scale):
-            raise ValueError("the identity epilogue has no preact output and no row scale")
+        if self.kind != "srelu" and (self.store_preact or self.row_scale):
+            raise ValueError(f"the {self.kind} epilogue has no preact output and no row scale")
+        if self.kind != "dsrelu" and self.store_postact:
+            raise ValueError("store_postact belongs to the dsrelu epilogue")
+
+    @property
+    def aux_input(self) -> bool:
+        """Whether the epilogue reads a tensor of the output's shape (dsrelu: preact)."""
+        return self.kind == "dsrelu"
 
     @property
     def outputs(self) -> tuple[str, ...]:
         if self.kind == "identity":
             return ("out",)
+        if self.kind == "dsrelu":
+            return ("dpreact", "postact") if self.store_postact else ("dpreact",)
         return ("preact", "postact") if self.store_preact else ("postact",)
 
     @property
@@ -37,15 +51,21 @@ class EpilogueSpec:
         return len(self.outputs)
 
     def key(self) -> str:
-        return f"{self.kind}{'+preact' if self.store_preact else ''}{'+scale' if self.row_scale else ''}"
+        flags = "".join(f"+{n}" for n, on in (("preact", self.store_preact), ("scale", self.row_scale),
+                                              ("postact", self.store_postact)) if on)
+        return self.kind + flags
 
     # ---- device side (traced inside the kernel) ----
-    def apply(self, acc, scale=None):
-        """acc: fp32 TensorSSA of one sub-tile; scale: fp32 TensorSSA of the same shape or None."""
+    def apply(self, acc, scale=None, aux=None):
+        """acc: fp32 TensorSSA of one sub-tile; scale, aux: fp32 TensorSSA of the same shape or None."""
         if self.kind == "identity":
             return [acc]
         import cutlass.cute as cute
 
+        if self.kind == "dsrelu":
+            act = cute.where(aux > 0.0, aux, 0.0)
+            dpre = acc * act * 2.0
+            return [dpre, act * act] if self.store_postact else [dpre]
         pos = cute.where(acc > 0.0, acc, 0.0)
         post = pos * pos
         if self.row_scale:

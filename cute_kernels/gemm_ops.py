@@ -121,7 +121,7 @@ def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch
     return meta[0], meta[1]
 
 
-def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config, majors=("k", "k")):
+def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config, majors=("k", "k"), aux=None):
     grouped = m_splits is not None
     m, k = a.shape
     n = w.size(-2)
@@ -137,6 +137,7 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
     a3, b3 = _as_mkl(a), _as_nkl(w)
     d0 = _as_mkl(outs[0])
     d1 = _as_mkl(outs[1]) if len(outs) > 1 else None
+    aux3 = _as_mkl(aux) if aux is not None else None
     cu_rows = cu_tiles = None
     if grouped:
         cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device)
@@ -145,12 +146,12 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
     max_clusters = cutlass.Int32(_max_clusters(a.device.index or 0, config.cluster_size))
     if use_tvm_ffi():
         fn = get_compiled(key)
-        fn(a3, b3, d0, d1, prob, cu_rows, cu_tiles, max_clusters)
+        fn(a3, b3, d0, d1, prob, aux3, cu_rows, cu_tiles, max_clusters)
         return
-    _launch_dlpack(key, arch, a3, b3, d0, d1, prob, cu_rows, cu_tiles, max_clusters)
+    _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, cu_rows, cu_tiles, max_clusters)
 
 
-def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, cu_rows, cu_tiles, max_clusters):
+def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, cu_rows, cu_tiles, max_clusters):
     """Fallback launch through the DSL's DLPack conversion (no apache-tvm-ffi)."""
     import os
 
@@ -162,7 +163,7 @@ def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, cu_rows, cu_tiles, max_clust
         return None if t is None else from_dlpack(t, assumed_align=4).mark_layout_dynamic()
 
     args = (_to_cute(a3, 1), _to_cute(b3, 1), _to_cute(d0, 1), None if d1 is None else _to_cute(d1, 1),
-            vec(prob), vec(cu_rows), vec(cu_tiles))
+            vec(prob), None if aux3 is None else _to_cute(aux3, 1), vec(cu_rows), vec(cu_tiles))
     stream = cuda.CUstream(torch.cuda.current_stream(a3.device).cuda_stream)
     fn = _compiled.get(key)
     if fn is None:
@@ -244,3 +245,35 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
         return y
     _launch("fc2", h, w2, [y], epi=EpilogueSpec("identity"), m_splits=m_splits, prob=None, config=config, majors=majors)
     return y
+
+
+def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, store_postact: bool = False, config: GemmConfig | None = None):
+    """FC2 data gradient with the squared-ReLU derivative fused into its epilogue.
+
+    dpreact = 2 * (dy @ w2) * relu(preact), and with `store_postact` the recomputed
+    postact = relu(preact)^2 (for FC2's weight gradient), from one GEMM pass.
+    dy: (M, H); w2: (H, F) dense or (E, H, F) with `m_splits` (nn.Linear layout of FC2);
+    preact: (M, F) as saved by `fc1_srelu`.  Returns (dpreact, postact or None).
+    """
+    grouped = m_splits is not None
+    if not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3):
+        raise checks.InputError(f"w2 must be a 2-D or 3-D torch.Tensor, got {getattr(w2, 'shape', type(w2).__name__)}")
+    # the GEMM is dy (M, K=H) @ B^T with B = w2^T (N=F, K=H): a transposed (N-major) view
+    b = w2.transpose(-2, -1)
+    majors = checks.check_gemm_operands("dy", dy, "w2 (as its transpose)", b, grouped=grouped)
+    m, n = dy.size(0), b.size(-2)
+    if grouped:
+        checks.check_m_splits(m_splits, num_experts=w2.size(0), m_total=m, device=dy.device)
+    checks.check_matrix("preact", preact, ndim=2, dtype=dy.dtype, device=dy.device)
+    if tuple(preact.shape) != (m, n):
+        raise checks.InputError(f"preact must have shape {(m, n)}, got {tuple(preact.shape)}")
+    _check_config_type(config)
+    checks.check_cuda("dy", dy)
+    dpre = torch.empty((m, n), dtype=dy.dtype, device=dy.device)
+    post = torch.empty((m, n), dtype=dy.dtype, device=dy.device) if store_postact else None
+    if m == 0:
+        return dpre, post
+    outs = [dpre, post] if store_postact else [dpre]
+    _launch("fc2_dgrad_dsrelu", dy, b, outs, epi=EpilogueSpec("dsrelu", store_postact=store_postact),
+            m_splits=m_splits, prob=None, config=config, majors=majors, aux=preact)
+    return dpre, post

@@ -1,9 +1,10 @@
 """The squared-ReLU MLP as one autograd op: y = FC2(p * relu(FC1 x)^2), dense or grouped.
 
 `srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact=False, backend="auto")`
-- backend "cute": forward through the CuTe kernels (fc1_srelu, fc2); "torch": plain
-  torch; "auto": cute on a supported CUDA GPU, else torch.  The backward is torch math
-  on both paths for now (the fused backward kernels are their own issue).
+- backend "cute": forward through the CuTe kernels (fc1_srelu, fc2) and, without a
+  router probability, backward through the fused FC2-dgrad + dSReLU kernel and the
+  CuTe GEMM for FC1's dgrad (weight gradients in torch); "torch": plain torch;
+  "auto": cute on a supported CUDA GPU, else torch.
 - What the op saves for backward is explicit and tagged by role for the offload
   policy (offload.roles): the FC1 input ("fc1_input"), the pre-activation
   ("preact"), the post-activation ("postact", not saved when `recompute_postact`)
@@ -126,6 +127,7 @@ class SReLUMLPFunction(torch.autograd.Function):
             postact = srelu_torch(preact, prob, x.dtype)
             y = _per_expert_mm(postact, w2, splits, transpose_w=True) if grouped else postact @ w2.t()
         ctx.splits = splits
+        ctx.use_cute = use_cute
         ctx.recompute_postact = recompute_postact
         ctx.has_prob = prob is not None
         saved = [_tag(x, "fc1_input"), _tag(preact, "preact"), None if recompute_postact else _tag(postact, "postact"),
@@ -138,6 +140,8 @@ class SReLUMLPFunction(torch.autograd.Function):
         x, preact, postact, prob, w1, w2 = ctx.saved_tensors
         splits = ctx.splits
         grouped = splits is not None
+        if ctx.use_cute and prob is None:
+            return SReLUMLPFunction._backward_cute(ctx, dy.contiguous(), x, preact, postact, w1, w2, splits)
         f = _elementwise_dtype(x)
         act = torch.relu(preact.to(f))
         p = prob.to(f).reshape(-1, 1) if prob is not None else None
@@ -159,6 +163,22 @@ class SReLUMLPFunction(torch.autograd.Function):
         dx = _per_expert_mm(dpre, w1, splits, transpose_w=False) if grouped else dpre @ w1
         dw1 = _per_expert_wgrad(dpre, x, splits, w1.size(0)) if grouped else dpre.t() @ x
         return dx, dw1, dw2, dprob, None, None, None
+
+    @staticmethod
+    def _backward_cute(ctx, dy, x, preact, postact, w1, w2, splits):
+        """FC2 dgrad with the SReLU derivative (and the postact recompute) fused in one
+        CuTe GEMM; FC1 dgrad on the CuTe GEMM with w1 read transposed; weight
+        gradients in torch for now."""
+        from . import torch_ops
+
+        grouped = splits is not None
+        dpre, post_re = torch_ops.fc2_dgrad_dsrelu_op(dy, w2, preact, splits, postact is None)
+        if postact is None:
+            postact = post_re
+        dw2 = _per_expert_wgrad(dy, postact, splits, w2.size(0)) if grouped else dy.t() @ postact
+        dx = torch_ops.fc2_fwd(dpre, w1.transpose(-2, -1), splits)
+        dw1 = _per_expert_wgrad(dpre, x, splits, w1.size(0)) if grouped else dpre.t() @ x
+        return dx, dw1, dw2, None, None, None, None
 
 
 def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = False, backend: str = "auto"):

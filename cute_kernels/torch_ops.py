@@ -54,3 +54,26 @@ def fc2_fwd(h: torch.Tensor, w2: torch.Tensor, m_splits: Optional[list[int]]) ->
 @fc2_fwd.register_fake
 def _(h, w2, m_splits):
     return h.new_empty((h.size(0), w2.size(-2)))
+
+
+@torch.library.custom_op("cute_kernels::fc2_dgrad_dsrelu", mutates_args=())
+def fc2_dgrad_dsrelu_op(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor, m_splits: Optional[list[int]],
+                        store_postact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dpreact, postact or empty): dpreact = 2 (dy @ w2) relu(preact); postact = relu(preact)^2."""
+    if dy.is_cuda:
+        from .gemm_ops import fc2_dgrad_dsrelu
+
+        dpre, post = fc2_dgrad_dsrelu(dy, w2, preact, m_splits=m_splits, store_postact=store_postact)
+        return dpre, (post if post is not None else dy.new_empty((0,)))
+    from .mlp import _per_expert_mm
+
+    dpost = dy @ w2 if m_splits is None else _per_expert_mm(dy, w2, m_splits, transpose_w=False)
+    f = torch.promote_types(dy.dtype, torch.float32)
+    act = torch.relu(preact.to(f))
+    dpre = (dpost.to(f) * act * 2.0).to(dy.dtype)
+    return dpre, ((act * act).to(dy.dtype) if store_postact else dy.new_empty((0,)))
+
+
+@fc2_dgrad_dsrelu_op.register_fake
+def _(dy, w2, preact, m_splits, store_postact):
+    return preact.new_empty(preact.shape), (preact.new_empty(preact.shape) if store_postact else dy.new_empty((0,)))

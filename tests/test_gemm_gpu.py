@@ -163,3 +163,35 @@ def test_grouped_transposed_weights():
     y = _poisoned(m, n, torch.bfloat16)
     fc2(x, wt, m_splits=splits, out=y)
     _check(y, grouped_ref(x, w, splits), torch.bfloat16, "grouped fc2 with N-major weights")
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("store_postact", [False, True])
+@pytest.mark.parametrize("cfg_name", ["coop_128x256_c12", "pingpong_64x128_c11", "coop_128x128_c21"])
+def test_fc2_dgrad_dsrelu(grouped, store_postact, cfg_name):
+    from cute_kernels import fc2_dgrad_dsrelu
+
+    cfg = CONFIGS[cfg_name]
+    if grouped and cfg.cluster_m != 1:
+        pytest.skip("grouped needs cluster_m == 1")
+    gen = _gen()
+    m, h, f, e = 1111, 264, 1000, 5
+    dy = torch.randn(m, h, generator=gen).bfloat16().cuda()
+    w2 = (torch.randn(*((e, h, f) if grouped else (h, f)), generator=gen) / h ** 0.5).bfloat16().cuda()
+    pre = torch.randn(m, f, generator=gen).bfloat16().cuda()
+    splits = random_splits(m, e, gen, empty=1) if grouped else None
+    dpre, post = fc2_dgrad_dsrelu(dy, w2, pre, m_splits=splits, store_postact=store_postact, config=cfg)
+    if grouped:
+        dpost, s = [], 0
+        for i, n in enumerate(splits):
+            dpost.append(dy[s:s + n].float() @ w2[i].float())
+            s += n
+        dpost = torch.cat(dpost)
+    else:
+        dpost = dy.float() @ w2.float()
+    act = torch.relu(pre.float())
+    _check(dpre, 2 * dpost * act, torch.bfloat16, "dpreact")
+    if store_postact:
+        _check(post, act * act, torch.bfloat16, "recomputed postact")
+    else:
+        assert post is None

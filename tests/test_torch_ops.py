@@ -70,3 +70,18 @@ def test_srelu_mlp_compiles_fullgraph_with_gradients(grouped):
     compiled = torch.compile(eager, fullgraph=True, backend="eager")
     for a, b in zip(run(compiled), run(eager)):
         assert torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("store_postact", [False, True])
+def test_opcheck_fc2_dgrad_dsrelu(grouped, store_postact):
+    g = torch.Generator().manual_seed(3)
+    dy = torch.randn(12, 16, generator=g)
+    w2 = torch.randn(*((3, 16, 24) if grouped else (16, 24)), generator=g)
+    pre = torch.randn(12, 24, generator=g)
+    args = (dy, w2, pre, [5, 0, 7] if grouped else None, store_postact)
+    torch.library.opcheck(torch.ops.cute_kernels.fc2_dgrad_dsrelu.default, args)
+    dpre, post = torch.ops.cute_kernels.fc2_dgrad_dsrelu(*args)
+    if not grouped:
+        assert torch.allclose(dpre, 2 * (dy @ w2) * torch.relu(pre), atol=1e-5)
+    assert post.numel() == (12 * 24 if store_postact else 0)

@@ -74,6 +74,7 @@ class Sm90Gemm:
         mD0: cute.Tensor,  # (M, N, 1)
         mD1,  # (M, N, 1) or None
         mScale,  # (M,) fp32 or None
+        mAux,  # (M, N, 1) epilogue input (dsrelu: preact) or None
         mCuRows,  # (E+1,) int32 or None
         mCuTiles,  # (E+1,) int32 or None
         max_clusters: Int32,
@@ -146,10 +147,10 @@ class Sm90Gemm:
 
         self.kernel(
             tma_a, tma_mA, tma_b, tma_mB, tma_d0, tma_mD0, tma_d1, tma_mD1,
-            mScale, mCuRows, mCuTiles, tiled_mma,
+            mScale, mAux, mCuRows, mCuTiles, tiled_mma,
             cute.make_layout((*self.cluster_shape_mn, 1)),
             a_smem_staged, b_smem_staged, epi_smem_staged,
-            m_total, k_total, num_m_tiles, num_n_tiles, num_experts,
+            m_total, n_total, k_total, num_m_tiles, num_n_tiles, num_experts,
         ).launch(
             grid=(self.cfg.cluster_m, self.cfg.cluster_n, num_clusters),
             block=[self.threads_per_cta, 1, 1],
@@ -205,13 +206,13 @@ class Sm90Gemm:
         tma_b: cute.CopyAtom, mB: cute.Tensor,
         tma_d0: cute.CopyAtom, mD0: cute.Tensor,
         tma_d1: cute.CopyAtom, mD1: cute.Tensor,
-        mScale, mCuRows, mCuTiles,
+        mScale, mAux, mCuRows, mCuTiles,
         tiled_mma: cute.TiledMma,
         cta_layout_mnk: cute.Layout,
         a_smem_staged: cute.ComposedLayout,
         b_smem_staged: cute.ComposedLayout,
         epi_smem_staged: cute.ComposedLayout,
-        m_total: Int32, k_total: Int32, num_m_tiles: Int32, num_n_tiles: Int32, num_experts: Int32,
+        m_total: Int32, n_total: Int32, k_total: Int32, num_m_tiles: Int32, num_n_tiles: Int32, num_experts: Int32,
     ):
         cfg = self.cfg
         tidx, _, _ = cute.arch.thread_idx()
@@ -343,6 +344,9 @@ class Sm90Gemm:
             num_epi = self.tile_n // cfg.epi_n
             rScale = cute.make_rmem_tensor(tCcTile.shape, Float32)
             tRS_scale = tiled_r2s.retile(rScale)
+            # (row, col) inside the epilogue sub-tile of each fragment element, in the
+            # order the stmatrix copy writes them: where to read the auxiliary input
+            tRS_cEpi = thr_r2s.partition_D(cute.make_identity_tensor(self.epi_tile))
 
             store_pipeline = pipeline.PipelineTmaStore.create(
                 num_stages=cfg.epi_stages,
@@ -368,17 +372,19 @@ class Sm90Gemm:
                         order_phase = order_phase ^ 1
 
                 # ---- mainloop
-                # zero the accumulator and always accumulate; one wgmma.fence per tile
-                acc.fill(0.0)
-                tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
-                warpgroup.fence()
+                # The first k-block runs with accumulate off (no zero fill, so ptxas injects
+                # no extra warpgroup.arrive); a wgmma.fence per k-tile as in CUTLASS's mainloops.
                 ab_pipeline.consumer_wait(read_state)
+                warpgroup.fence()
                 for kb in cutlass.range_constexpr(num_k_blocks):
+                    tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
                     cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
                 warpgroup.commit_group()
                 read_state.advance()
+                tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
                 for kt in range(1, k_tiles):
                     ab_pipeline.consumer_wait(read_state)
+                    warpgroup.fence()
                     for kb in cutlass.range_constexpr(num_k_blocks):
                         cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
                     warpgroup.commit_group()
@@ -417,7 +423,17 @@ class Sm90Gemm:
                         for v in cutlass.range_constexpr(frag_size):
                             sfrag[v] = tRS_scale[e * frag_size + v]
                         scale_vec = sfrag.load()
-                    outs = self.epi.apply(frag.load(), scale_vec)
+                    aux_vec = None
+                    if const_expr(self.epi.aux_input):
+                        afrag = cute.make_rmem_tensor(frag_shape, Float32)
+                        for v in cutlass.range_constexpr(frag_size):
+                            coord = tRS_cEpi[v]
+                            # clamped: rows past the tile's end and columns past N are never stored
+                            arow = cutlass.min(row_start + coord[0], row_end - 1)
+                            acol = cutlass.min(n_tile * self.tile_n + e * cfg.epi_n + coord[1], n_total - 1)
+                            afrag[v] = Float32(mAux[(arow, acol, 0)])
+                        aux_vec = afrag.load()
+                    outs = self.epi.apply(frag.load(), scale_vec, aux_vec)
                     buf = (local_tile_idx * num_epi + e) % cfg.epi_stages + epi_slot * cfg.epi_stages
                     out0 = cute.make_rmem_tensor(frag_shape, self.d_dtype)
                     out0.store(outs[0].to(self.d_dtype))
