@@ -344,9 +344,10 @@ class Sm90Gemm:
             num_epi = self.tile_n // cfg.epi_n
             rScale = cute.make_rmem_tensor(tCcTile.shape, Float32)
             tRS_scale = tiled_r2s.retile(rScale)
-            # (row, col) inside the epilogue sub-tile of each fragment element, in the
-            # order the stmatrix copy writes them: where to read the auxiliary input
-            tRS_cEpi = thr_r2s.partition_D(cute.make_identity_tensor(self.epi_tile))
+            # (row, col) inside the epilogue sub-tile of each register fragment element:
+            # where to read the auxiliary input.  The *source* partition: stmatrix moves
+            # values between threads, so the destination partition names other elements.
+            tRS_cEpi = thr_r2s.partition_S(cute.make_identity_tensor(self.epi_tile))
 
             store_pipeline = pipeline.PipelineTmaStore.create(
                 num_stages=cfg.epi_stages,
