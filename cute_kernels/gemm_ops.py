@@ -250,6 +250,10 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
 def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, store_postact: bool = False, config: GemmConfig | None = None):
     """FC2 data gradient with the squared-ReLU derivative fused into its epilogue.
 
+    Experimental: its GPU tests (tests/test_gemm_gpu.py::test_fc2_dgrad_dsrelu) failed
+    on the H100 before the fix to the auxiliary-input coordinates and have not run
+    since; do not rely on it until they pass.
+
     dpreact = 2 * (dy @ w2) * relu(preact), and with `store_postact` the recomputed
     postact = relu(preact)^2 (for FC2's weight gradient), from one GEMM pass.
     dy: (M, H); w2: (H, F) dense or (E, H, F) with `m_splits` (nn.Linear layout of FC2);

@@ -1,10 +1,11 @@
 """The squared-ReLU MLP as one autograd op: y = FC2(p * relu(FC1 x)^2), dense or grouped.
 
 `srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact=False, backend="auto")`
-- backend "cute": forward through the CuTe kernels (fc1_srelu, fc2) and, without a
-  router probability, backward through the fused FC2-dgrad + dSReLU kernel and the
-  CuTe GEMM for FC1's dgrad (weight gradients in torch); "torch": plain torch;
-  "auto": cute on a supported CUDA GPU, else torch.
+- backend "cute": forward through the CuTe kernels (fc1_srelu, fc2); backward in
+  torch math.  CUTE_KERNELS_FUSED_DGRAD=1 switches the backward (without a router
+  probability) to the fused FC2-dgrad + dSReLU kernel and the CuTe GEMM for FC1's
+  dgrad: experimental until its GPU tests pass (see notes/issue-3-progress.md).
+  "torch": plain torch; "auto": cute on a supported CUDA GPU, else torch.
 - What the op saves for backward is explicit and tagged by role for the offload
   policy (offload.roles): the FC1 input ("fc1_input"), the pre-activation
   ("preact"), the post-activation ("postact", not saved when `recompute_postact`)
@@ -89,6 +90,12 @@ def _is_sm90(device_index) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] == 9
 
 
+def fused_dgrad_enabled() -> bool:
+    import os
+
+    return os.environ.get("CUTE_KERNELS_FUSED_DGRAD", "0") == "1"
+
+
 def _elementwise_dtype(x):
     """Elementwise math in fp32 for half inputs, else in the input precision."""
     return torch.promote_types(x.dtype, torch.float32)
@@ -140,7 +147,7 @@ class SReLUMLPFunction(torch.autograd.Function):
         x, preact, postact, prob, w1, w2 = ctx.saved_tensors
         splits = ctx.splits
         grouped = splits is not None
-        if ctx.use_cute and prob is None:
+        if ctx.use_cute and prob is None and fused_dgrad_enabled():
             return SReLUMLPFunction._backward_cute(ctx, dy.contiguous(), x, preact, postact, w1, w2, splits)
         f = _elementwise_dtype(x)
         act = torch.relu(preact.to(f))

@@ -119,3 +119,11 @@ def test_gradients_against_float32_reference(backend, grouped):
     for name, a, b in zip(["dx", "dw1", "dw2", "dprob"], leaves, ref):
         assert torch.isfinite(a.grad).all(), name
         assert _rel(a.grad, b.grad) < 2e-2, (name, _rel(a.grad, b.grad))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_fused_dgrad_backward_matches_torch_path(grouped, recompute, monkeypatch):
+    """The experimental fused backward (CUTE_KERNELS_FUSED_DGRAD=1) against the torch path."""
+    monkeypatch.setenv("CUTE_KERNELS_FUSED_DGRAD", "1")
+    test_cute_path_matches_torch_path(grouped, recompute)
