@@ -111,6 +111,10 @@ class OffloadScheduler:
         """Mark one layer's forward; tensors it saves are offloaded per the policy."""
         self._layer = index
         self._layer_used = 0
+        # a new forward of this layer: its previous backward is over (also when the
+        # caller skipped end_step), so its reload bookkeeping starts afresh
+        self._bwd_started.discard(index)
+        self._prefetched.discard(index)
         st = self.stats.setdefault(index, LayerStats(index))
         st.saved_bytes, st.offloaded_bytes = {}, {}
         self._layer_plan = self._plan_for(index)
@@ -150,7 +154,8 @@ class OffloadScheduler:
         return self.plans[index]
 
     def end_step(self):
-        """Call after backward: records calibration for `auto` and checks every reload was used."""
+        """Call after backward: records the calibration `auto` plans from, and returns
+        {layer: count} of offloaded tensors that backward never reloaded (normally {})."""
         for idx, st in self.stats.items():
             if idx not in self._calib and st.fwd_events is not None:
                 st.fwd_events[1].synchronize()
