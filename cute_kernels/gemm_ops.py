@@ -1,4 +1,4 @@
-"""Torch entry points of the GEMM family: `fc1_srelu` and `fc2`, dense and grouped.
+"""Torch entry points of the GEMM family: `fc1_srelu`, `fc2` and `fc2_dgrad_dsrelu`, dense and grouped.
 
 They check inputs (cute_kernels.checks), pick a config (the `config=` argument, else
 the tuned/default lookup), fetch the compiled kernel from the in-process cache and
