@@ -17,6 +17,7 @@ import torch
 
 from autotune.shapes import GEMM_SHAPES, even_splits, shape_label
 from autotune.timing import host_us, time_ms, tflops
+from benchmarks.report import emit
 
 
 def _grouped_mm(x, w_t, offs):
@@ -148,11 +149,7 @@ def main(argv=None):
             rows.append({"shape": shape_label(s), "error": f"{type(e).__name__}: {e}"[:300]})
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     head = f"GEMM benchmark, {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, bf16, L2 flushed, median of 30"
-    table = head + "\n\n" + format_table(rows)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    emit(head + "\n\n" + format_table(rows), args.out)
     return 0
 
 

@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from benchmarks.report import emit
 from autotune.timing import flush_l2
 from cute_kernels.mlp import srelu_mlp
 
@@ -93,11 +94,7 @@ def main(argv=None):
         print(lines[-1], flush=True)
         del x, w1, w2, dy
         torch.cuda.empty_cache()
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit("\n".join(lines), args.out)
     return 0
 
 

@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from benchmarks.report import emit
 from cute_kernels.mlp import srelu_mlp
 from offload import OffloadPolicy, OffloadScheduler
 from offload.bandwidth import measure_link
@@ -90,17 +91,6 @@ def run_policy(model, name, iters=8):
         chosen = "; ".join(",".join(p) or "-" for p in sorted(plans))
     return {"policy": name, "step_ms": ms, "peak_mib": statistics.median(peaks) / 2**20, "offloaded_mib": off / 2**20,
             "chosen": chosen, "sched": sched}
-
-
-def copy_bandwidth(sched):
-    """Achieved GB/s of the D2H and H2D streams over one traced step."""
-    out = {}
-    for kind in ("t_d2h", "t_h2d"):
-        spans = [getattr(h, kind) for h in sched.timeline if getattr(h, kind) is not None and getattr(h, kind)[0] is not None]
-        nbytes = sum(h.nbytes for h in sched.timeline if getattr(h, kind) is not None)
-        busy = sum(s.elapsed_time(e) for s, e in spans)
-        out[kind] = nbytes / (busy * 1e6) if busy else 0.0
-    return out
 
 
 def trace_step(model, policy_name):
@@ -207,11 +197,7 @@ def main(argv=None):
             lines.append("")
         del model
         torch.cuda.empty_cache()
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit("\n".join(lines), args.out)
     return 0
 
 

@@ -16,7 +16,6 @@ SMEM_RESERVED = 1024
 # Registers a consumer thread may spend on accumulators (of the 232 it owns after setmaxnreg).
 MAX_ACC_REGS_PER_THREAD = 128
 
-TILE_M_CHOICES = (64, 128)
 TILE_N_CHOICES = (64, 128, 192, 256)
 TILE_K_CHOICES = (64, 128)
 CLUSTER_CHOICES = (1, 2)
@@ -71,10 +70,6 @@ class GemmConfig:
         if unknown:
             raise ConfigError(f"unknown GemmConfig fields: {sorted(unknown)}")
         return cls(**d)
-
-    @property
-    def num_consumer_warpgroups(self) -> int:
-        return 2
 
     @property
     def warpgroup_tile_m(self) -> int:

@@ -16,7 +16,6 @@ import yaml
 from .config import ConfigError, GemmConfig, validation_errors
 
 FORMAT_VERSION = 1
-RECORD_FIELDS = ("config", "shape", "dtype", "time_ms", "default_time_ms", "speedup", "device", "dsl_version", "date")
 
 
 class TunedConfigError(ValueError):

@@ -65,7 +65,6 @@ class LayerStats:
     saved_bytes: dict = field(default_factory=dict)  # role -> bytes autograd saved (CUDA, unprotected)
     offloaded_bytes: dict = field(default_factory=dict)  # role -> bytes copied out
     fwd_events: tuple | None = None
-    bwd_first: float | None = None
 
 
 class OffloadScheduler:
