@@ -5,8 +5,9 @@
 Shapes: dense M=8192, 4096 -> 16384; grouped E=8 (16384 tokens) and E=128 (32768
 tokens), 2688 -> 1856, tokens split evenly.  Reports step time (CUDA events, median,
 L2 flushed) and the step's peak memory above its inputs and weights.  The cute path
-runs the CuTe forward kernels; its backward is still torch math (fused backward
-kernels are their own issue), so this measures where the op stands today.
+runs all six GEMMs on the CuTe kernels (forward: FC1+SReLU, FC2; backward: FC2
+dgrad+dSReLU, both weight gradients, FC1 dgrad).  A second table times each backward
+GEMM of the dense shape on its own against the torch ops it replaces.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sys
 import torch
 
 from benchmarks.report import emit
-from autotune.timing import flush_l2
+from autotune.timing import flush_l2, time_ms
 from cute_kernels.mlp import srelu_mlp
 
 SHAPES = [
@@ -94,8 +95,47 @@ def main(argv=None):
         print(lines[-1], flush=True)
         del x, w1, w2, dy
         torch.cuda.empty_cache()
+    lines += ["", *backward_breakdown()]
     emit("\n".join(lines), args.out)
     return 0
+
+
+def backward_breakdown():
+    """Each backward GEMM of the dense shape: CuTe kernel vs the torch ops it replaces."""
+    from cute_kernels import fc2, fc2_dgrad_dsrelu, weight_grad
+
+    m, h, f = 8192, 4096, 16384
+    torch.manual_seed(0)
+    x = torch.randn(m, h, device="cuda").bfloat16()
+    w1 = (torch.randn(f, h, device="cuda") / h ** 0.5).bfloat16()
+    w2 = (torch.randn(h, f, device="cuda") / f ** 0.5).bfloat16()
+    dy = torch.randn(m, h, device="cuda").bfloat16()
+    pre = torch.randn(m, f, device="cuda").bfloat16()
+    post = torch.relu(pre).square()
+    dpre = torch.randn(m, f, device="cuda").bfloat16()
+    main_grad = torch.zeros(h, f, device="cuda")
+    tf = 2 * m * h * f / 1e9
+
+    def torch_dgrad():
+        d = (dy @ w2).float()
+        return (2 * d * torch.relu(pre.float())).bfloat16()
+
+    rows = [
+        ("FC2 dgrad + dSReLU (+ postact recompute)", torch_dgrad,
+         lambda: fc2_dgrad_dsrelu(dy, w2, pre, store_postact=True)),
+        ("FC2 wgrad dy^T postact (bf16 out)", lambda: dy.t() @ post, lambda: weight_grad(dy, post)),
+        ("FC2 wgrad into fp32 main_grad", lambda: main_grad.add_(dy.t() @ post),
+         lambda: weight_grad(dy, post, out=main_grad, accumulate=True)),
+        ("FC1 dgrad dpre w1", lambda: dpre @ w1, lambda: fc2(dpre, w1.t())),
+        ("FC1 wgrad dpre^T x (bf16 out)", lambda: dpre.t() @ x, lambda: weight_grad(dpre, x)),
+    ]
+    out = [f"Backward GEMMs, dense M={m} H={h} F={f} (CUDA events, L2 flushed, median)", "",
+           "| GEMM | torch ms | cute ms | cute TFLOP/s | vs torch |", "|---|---|---|---|---|"]
+    for name, t_fn, c_fn in rows:
+        t, c = time_ms(t_fn), time_ms(c_fn)
+        out.append(f"| {name} | {t:.3f} | {c:.3f} | {tf / c:.0f} | {t / c:.2f}x |")
+        print(out[-1], flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Compiling GEMM kernels: fake-tensor signatures, the in-process cache, artifacts.
 
-Kernels are compiled once per (arch, config, epilogue, grouped, dtypes, operand
+Kernels are compiled once per (arch, config, epilogue, grouping, dtypes, operand
 majorness) with M, N, K, E and leading dimensions symbolic, so a new shape reuses the
-compiled kernel.  Compiling needs no GPU: the arch comes from `CUTE_DSL_ARCH` (set
+compiled kernel.  Grouping: `grouped` (per-expert row ranges of A and D, one B per
+expert: grouped FC1/FC2 and their data gradients) or `grouped_k` (per-expert ranges
+of the reduction dimension, one D per expert: grouped weight gradients).  Compiling needs no GPU: the arch comes from `CUTE_DSL_ARCH` (set
 here from the requested arch when absent).
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from .config import GemmConfig, resolved_ab_stages, validate
+from .config import ROW_SUM_MAX_ACC_REGS, ConfigError, GemmConfig, resolved_ab_stages, row_sum_fits, validate
 from .epilogue import EpilogueSpec
 
 ARCH_TO_DSL = {"sm90": "sm_90a", "sm100": "sm_100a"}
@@ -28,6 +30,16 @@ class KernelKey:
     dtype: str  # "bfloat16" | "float16"
     a_major: str  # "k" | "m"
     b_major: str  # "k" | "n"
+    out_dtype: str = ""  # "" (the operands' dtype) | "float32"
+    grouped_k: bool = False
+
+    @property
+    def d_dtype(self) -> str:
+        return self.out_dtype or self.dtype
+
+    @property
+    def out_bytes(self) -> int:
+        return 4 if self.d_dtype == "float32" else 2
 
 
 _cache: dict[KernelKey, object] = {}
@@ -45,7 +57,7 @@ def use_tvm_ffi() -> bool:
 def _cutlass_dtype(name: str):
     import cutlass
 
-    return {"bfloat16": cutlass.BFloat16, "float16": cutlass.Float16}[name]
+    return {"bfloat16": cutlass.BFloat16, "float16": cutlass.Float16, "float32": cutlass.Float32}[name]
 
 
 def fake_arguments(key: KernelKey):
@@ -55,6 +67,7 @@ def fake_arguments(key: KernelKey):
     from cutlass.cute.runtime import make_fake_tensor
 
     dt = _cutlass_dtype(key.dtype)
+    dd = _cutlass_dtype(key.d_dtype)
     # One SymInt per quantity, reused wherever it appears: the launcher then checks
     # that every tensor agrees on M, N and K.
     m, n, k = cute.sym_int32(symbol="M"), cute.sym_int32(symbol="N"), cute.sym_int32(symbol="K")
@@ -65,27 +78,42 @@ def fake_arguments(key: KernelKey):
     lb = cute.sym_int32(symbol="L") if key.grouped else 1
     b_stride = (ldb, 1, batch_b) if key.b_major == "k" else (1, ldb, batch_b)
     b = make_fake_tensor(dt, (n, k, lb), b_stride, assumed_align=16)
-    d0 = make_fake_tensor(dt, (m, n, 1), (ldd, 1, cute.sym_int64(divisibility=8)), assumed_align=16)
-    d1 = make_fake_tensor(dt, (m, n, 1), (ldd, 1, cute.sym_int64(divisibility=8)), assumed_align=16) if key.epi.num_outputs == 2 else None
+    ld_ = cute.sym_int32(symbol="E") if key.grouped_k else 1  # one output per expert
+
+    def out_like(dtype):
+        return make_fake_tensor(dtype, (m, n, ld_), (ldd, 1, cute.sym_int64(divisibility=8)), assumed_align=16)
+
+    d0 = out_like(dd)
+    d1 = out_like(dd) if key.epi.num_outputs == 2 else None
     scale = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if key.epi.row_scale else None
-    aux = make_fake_tensor(dt, (m, n, 1), (cute.sym_int64(divisibility=8), 1, cute.sym_int64(divisibility=8)),
-                           assumed_align=16) if key.epi.aux_input else None
+    aux = None
+    if key.epi.aux_input:  # accumulate: D's previous value; dsrelu: preact (operand dtype)
+        aux = make_fake_tensor(dd if key.epi.accumulate else dt, (m, n, ld_),
+                               (cute.sym_int64(divisibility=8), 1, cute.sym_int64(divisibility=8)), assumed_align=16)
+    rowsum = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if key.epi.row_sum else None
     cu_rows = cu_tiles = None
-    if key.grouped:
+    if key.grouped or key.grouped_k:
         e1 = cute.sym_int32(symbol="E1")
         cu_rows = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
+    if key.grouped:
         cu_tiles = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
-    return a, b, d0, d1, scale, aux, cu_rows, cu_tiles
+    return a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles
 
 
 def build_kernel(key: KernelKey):
     """The kernel object for `key` (config validated first)."""
-    validate(key.cfg, arch=key.arch, num_outputs=key.epi.num_outputs, grouped=key.grouped)
+    if key.grouped and key.grouped_k:
+        raise ValueError("a kernel is grouped along M or along K, not both")
+    if key.epi.row_sum and not row_sum_fits(key.cfg):
+        raise ConfigError(f"the row-sum epilogue needs at most {ROW_SUM_MAX_ACC_REGS} accumulator registers per "
+                          f"thread (it spills above): {key.cfg}")
+    validate(key.cfg, arch=key.arch, num_outputs=key.epi.num_outputs, grouped=key.grouped, grouped_k=key.grouped_k,
+             out_bytes=key.out_bytes)
     if key.arch == "sm90":
         from .sm90.gemm import Sm90Gemm
 
-        stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch)
-        return Sm90Gemm(key.cfg, key.epi, grouped=key.grouped, ab_stages=stages)
+        stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
+        return Sm90Gemm(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages)
     raise NotImplementedError(f"no GEMM kernel for arch {key.arch!r} yet")
 
 
@@ -93,7 +121,7 @@ def compile_kernel(key: KernelKey, *, options: str = "", tvm_ffi: bool = False):
     """Compile `key` (uncached).  Returns the DSL's compiled callable.
 
     With `tvm_ffi` the callable takes torch tensors and uses the current torch stream:
-    fn(a, b, d0, d1, scale, aux, cu_rows, cu_tiles, Int32(max_clusters)).
+    fn(a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, Int32(max_clusters)).
     """
     os.environ.setdefault("CUTE_DSL_ARCH", ARCH_TO_DSL[key.arch])
     import cutlass

@@ -26,6 +26,15 @@ EPI_N_CHOICES = (32, 64)
 EPI_STAGE_CHOICES = (2, 3, 4)
 
 
+# The dsrelu row sum (router gradient) keeps two partials and the aux input live next to
+# the accumulator; above this many accumulator registers per thread ptxas spills.
+ROW_SUM_MAX_ACC_REGS = 96
+
+
+def row_sum_fits(cfg: "GemmConfig") -> bool:
+    return cfg.warpgroup_tile_m * cfg.tile_n // 128 <= ROW_SUM_MAX_ACC_REGS
+
+
 class ConfigError(ValueError):
     """A config that cannot run on the given problem or architecture."""
 
@@ -86,29 +95,31 @@ class GemmConfig:
         return self.cluster_m * self.cluster_n
 
 
-def smem_bytes(cfg: GemmConfig, *, ab_stages: int, num_outputs: int, elem_bytes: int = 2) -> int:
-    """Shared memory a launch needs: operand stages plus epilogue buffers plus reserve."""
+def smem_bytes(cfg: GemmConfig, *, ab_stages: int, num_outputs: int, elem_bytes: int = 2, out_bytes: int = 2) -> int:
+    """Shared memory a launch needs: operand stages plus epilogue buffers plus reserve
+    (`elem_bytes`: operand element size; `out_bytes`: output element size)."""
     ab = ab_stages * (cfg.tile_m + cfg.tile_n) * cfg.tile_k * elem_bytes
     epi_buffers = num_outputs * cfg.epi_stages * (2 if cfg.schedule == "pingpong" else 1)
-    epi = epi_buffers * cfg.epi_m * cfg.epi_n * elem_bytes
+    epi = epi_buffers * cfg.epi_m * cfg.epi_n * out_bytes
     return ab + epi + SMEM_RESERVED
 
 
-def max_ab_stages(cfg: GemmConfig, *, num_outputs: int, arch: str = "sm90", elem_bytes: int = 2) -> int:
+def max_ab_stages(cfg: GemmConfig, *, num_outputs: int, arch: str = "sm90", elem_bytes: int = 2, out_bytes: int = 2) -> int:
     per_stage = (cfg.tile_m + cfg.tile_n) * cfg.tile_k * elem_bytes
-    fixed = smem_bytes(cfg, ab_stages=0, num_outputs=num_outputs, elem_bytes=elem_bytes)
+    fixed = smem_bytes(cfg, ab_stages=0, num_outputs=num_outputs, elem_bytes=elem_bytes, out_bytes=out_bytes)
     return (SMEM_CAPACITY[arch] - fixed) // per_stage
 
 
-def resolved_ab_stages(cfg: GemmConfig, *, num_outputs: int, arch: str = "sm90") -> int:
+def resolved_ab_stages(cfg: GemmConfig, *, num_outputs: int, arch: str = "sm90", out_bytes: int = 2) -> int:
     """The pipeline depth a launch uses: cfg.ab_stages, or as many as fit (at most 8)."""
     if cfg.ab_stages:
         return cfg.ab_stages
-    return min(8, max_ab_stages(cfg, num_outputs=num_outputs, arch=arch))
+    return min(8, max_ab_stages(cfg, num_outputs=num_outputs, arch=arch, out_bytes=out_bytes))
 
 
 def validation_errors(
-    cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False
+    cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False,
+    grouped_k: bool = False, out_bytes: int = 2,
 ) -> list[str]:
     """Every reason `cfg` cannot run; empty when it can."""
     errs: list[str] = []
@@ -129,6 +140,9 @@ def validation_errors(
         errs.append(f"cluster_m and cluster_n must be in {CLUSTER_CHOICES}, got ({cfg.cluster_m}, {cfg.cluster_n})")
     if grouped and cfg.cluster_m != 1:
         errs.append("grouped GEMM needs cluster_m == 1: neighbouring M tiles may belong to different experts and cannot share B")
+    if grouped_k and cfg.schedule != "cooperative":
+        errs.append("the K-grouped (per-expert weight gradient) GEMM needs the cooperative schedule: "
+                    "ping-pong tiles would need each other's per-expert K extent")
     if cfg.epi_n not in EPI_N_CHOICES:
         errs.append(f"epi_n must be one of {EPI_N_CHOICES}, got {cfg.epi_n}")
     elif cfg.tile_n % cfg.epi_n:
@@ -146,18 +160,20 @@ def validation_errors(
     acc_regs = cfg.warpgroup_tile_m * cfg.tile_n // 128
     if acc_regs > MAX_ACC_REGS_PER_THREAD:
         errs.append(f"accumulator needs {acc_regs} registers per thread (> {MAX_ACC_REGS_PER_THREAD}): tile too large for one warpgroup")
-    max_stages = max_ab_stages(cfg, num_outputs=num_outputs, arch=arch)
+    max_stages = max_ab_stages(cfg, num_outputs=num_outputs, arch=arch, out_bytes=out_bytes)
     if cfg.ab_stages and cfg.ab_stages < 2:
         errs.append(f"ab_stages must be >= 2 (or 0 for automatic), got {cfg.ab_stages}")
     if cfg.ab_stages > max_stages or max_stages < 2:
-        need = smem_bytes(cfg, ab_stages=max(cfg.ab_stages, 2), num_outputs=num_outputs)
+        need = smem_bytes(cfg, ab_stages=max(cfg.ab_stages, 2), num_outputs=num_outputs, out_bytes=out_bytes)
         errs.append(f"shared memory: {need} bytes needed, {SMEM_CAPACITY[arch]} available on {arch}")
     return errs
 
 
-def validate(cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False) -> GemmConfig:
+def validate(cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False,
+             grouped_k: bool = False, out_bytes: int = 2) -> GemmConfig:
     """Return `cfg` if it can run, else raise ConfigError listing every reason."""
-    errs = validation_errors(cfg, arch=arch, num_outputs=num_outputs, grouped=grouped)
+    errs = validation_errors(cfg, arch=arch, num_outputs=num_outputs, grouped=grouped, grouped_k=grouped_k,
+                             out_bytes=out_bytes)
     if errs:
         raise ConfigError(f"invalid GemmConfig {cfg}: " + "; ".join(errs))
     return cfg

@@ -1,4 +1,5 @@
-"""Torch entry points of the GEMM family: `fc1_srelu`, `fc2` and `fc2_dgrad_dsrelu`, dense and grouped.
+"""Torch entry points of the GEMM family, dense and grouped: `fc1_srelu`, `fc2`,
+`fc2_dgrad_dsrelu` and `weight_grad`.
 
 They check inputs (cute_kernels.checks), pick a config (the `config=` argument, else
 the tuned/default lookup), fetch the compiled kernel from the in-process cache and
@@ -6,6 +7,7 @@ launch it on the current CUDA stream.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 
@@ -13,7 +15,7 @@ import torch
 
 from . import checks
 from .compile import ARCH_TO_DSL, KernelKey, build_kernel, get_compiled, use_tvm_ffi
-from .config import ConfigError, GemmConfig, validate
+from .config import ROW_SUM_MAX_ACC_REGS, ConfigError, GemmConfig, row_sum_fits, validate
 from .config_lookup import lookup_config
 from .epilogue import EpilogueSpec
 
@@ -37,9 +39,11 @@ def _arch_of(device_index: int) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _checked_config(config: GemmConfig, arch: str, num_outputs: int, grouped: bool) -> GemmConfig:
+def _checked_config(config: GemmConfig, arch: str, num_outputs: int, grouped: bool, grouped_k: bool = False,
+                    out_bytes: int = 2) -> GemmConfig:
     try:
-        return validate(config, arch=arch, num_outputs=num_outputs, grouped=grouped)
+        return validate(config, arch=arch, num_outputs=num_outputs, grouped=grouped, grouped_k=grouped_k,
+                        out_bytes=out_bytes)
     except ConfigError as e:
         raise checks.InputError(f"config: {e}") from None
 
@@ -121,37 +125,49 @@ def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch
     return meta[0], meta[1]
 
 
-def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config, majors=("k", "k"), aux=None):
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}[dtype]
+
+
+def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config, majors=("k", "k"), aux=None,
+            rowsum=None):
     grouped = m_splits is not None
     m, k = a.shape
     n = w.size(-2)
     arch = device_arch(a.device)
     num_experts = w.size(0) if grouped else 1
+    explicit_config = config is not None
     if config is None:
         config = lookup_config(kernel_name, arch=arch, dtype=a.dtype, m=m, n=n, k=k,
                                num_experts=num_experts, num_outputs=epi.num_outputs, grouped=grouped)
+    if epi.row_sum and not row_sum_fits(config):
+        if explicit_config:
+            raise checks.InputError(f"config: the router-gradient row sum needs at most {ROW_SUM_MAX_ACC_REGS} "
+                                    f"accumulator registers per thread (tile_n <= 192 for 128-row tiles), got {config}")
+        config = dataclasses.replace(config, tile_n=128 if config.tile_n in (128, 256) else config.tile_n)
     _checked_config(config, arch, epi.num_outputs, grouped)
-    dtype_name = "bfloat16" if a.dtype == torch.bfloat16 else "float16"
-    key = KernelKey(arch, config, epi, grouped, dtype_name, *majors)
+    key = KernelKey(arch, config, epi, grouped, _dtype_name(a.dtype), *majors)
 
-    a3, b3 = _as_mkl(a), _as_nkl(w)
-    d0 = _as_mkl(outs[0])
     d1 = _as_mkl(outs[1]) if len(outs) > 1 else None
     aux3 = _as_mkl(aux) if aux is not None else None
     cu_rows = cu_tiles = None
     if grouped:
         cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device)
+    _run(key, _as_mkl(a), _as_nkl(w), _as_mkl(outs[0]), d1, prob, aux3, rowsum, cu_rows, cu_tiles)
+
+
+def _run(key: KernelKey, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles):
     import cutlass
 
-    max_clusters = cutlass.Int32(_max_clusters(a.device.index or 0, config.cluster_size))
+    max_clusters = cutlass.Int32(_max_clusters(a3.device.index or 0, key.cfg.cluster_size))
     if use_tvm_ffi():
         fn = get_compiled(key)
-        fn(a3, b3, d0, d1, prob, aux3, cu_rows, cu_tiles, max_clusters)
+        fn(a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, max_clusters)
         return
-    _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, cu_rows, cu_tiles, max_clusters)
+    _launch_dlpack(key, key.arch, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, max_clusters)
 
 
-def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, cu_rows, cu_tiles, max_clusters):
+def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, max_clusters):
     """Fallback launch through the DSL's DLPack conversion (no apache-tvm-ffi)."""
     import os
 
@@ -163,7 +179,7 @@ def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, cu_rows, cu_tiles, max
         return None if t is None else from_dlpack(t, assumed_align=4).mark_layout_dynamic()
 
     args = (_to_cute(a3, 1), _to_cute(b3, 1), _to_cute(d0, 1), None if d1 is None else _to_cute(d1, 1),
-            vec(prob), None if aux3 is None else _to_cute(aux3, 1), vec(cu_rows), vec(cu_tiles))
+            vec(prob), None if aux3 is None else _to_cute(aux3, 1), vec(rowsum), vec(cu_rows), vec(cu_tiles))
     stream = cuda.CUstream(torch.cuda.current_stream(a3.device).cuda_stream)
     fn = _compiled.get(key)
     if fn is None:
@@ -247,17 +263,19 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
     return y
 
 
-def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, store_postact: bool = False, config: GemmConfig | None = None):
+def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact: bool = False,
+                     prob_grad: bool | None = None, config: GemmConfig | None = None):
     """FC2 data gradient with the squared-ReLU derivative fused into its epilogue.
 
-    Experimental: its GPU tests (tests/test_gemm_gpu.py::test_fc2_dgrad_dsrelu) failed
-    on the H100 before the fix to the auxiliary-input coordinates and have not run
-    since; do not rely on it until they pass.
-
-    dpreact = 2 * (dy @ w2) * relu(preact), and with `store_postact` the recomputed
-    postact = relu(preact)^2 (for FC2's weight gradient), from one GEMM pass.
+    With d = dy @ w2 (the gradient of postact) and p the router probability (1 when
+    `prob` is None), one GEMM pass gives
+      dpreact = 2 * p * d * relu(preact),
+      postact = p * relu(preact)^2 (recomputed for FC2's weight gradient; `store_postact`),
+      dprob   = rowsum(d * relu(preact)^2) (fp32, reduced in the kernel; `prob_grad`,
+                on by default when `prob` is given).
     dy: (M, H); w2: (H, F) dense or (E, H, F) with `m_splits` (nn.Linear layout of FC2);
-    preact: (M, F) as saved by `fc1_srelu`.  Returns (dpreact, postact or None).
+    preact: (M, F) as saved by `fc1_srelu`; prob: (M,) or (M, 1).
+    Returns (dpreact, postact or None, dprob (M,) fp32 or None).
     """
     grouped = m_splits is not None
     if not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3):
@@ -271,13 +289,99 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, store_postact: bool = Fal
     checks.check_matrix("preact", preact, ndim=2, dtype=dy.dtype, device=dy.device)
     if tuple(preact.shape) != (m, n):
         raise checks.InputError(f"preact must have shape {(m, n)}, got {tuple(preact.shape)}")
+    if prob is not None:
+        checks.check_prob(prob, m_total=m, device=dy.device)
+        prob = prob.reshape(-1).to(torch.float32).contiguous()
+    if prob_grad is None:
+        prob_grad = prob is not None
     _check_config_type(config)
     checks.check_cuda("dy", dy)
     dpre = torch.empty((m, n), dtype=dy.dtype, device=dy.device)
     post = torch.empty((m, n), dtype=dy.dtype, device=dy.device) if store_postact else None
+    dprob = torch.zeros((m,), dtype=torch.float32, device=dy.device) if prob_grad else None
     if m == 0:
-        return dpre, post
+        return dpre, post, dprob
     outs = [dpre, post] if store_postact else [dpre]
-    _launch("fc2_dgrad_dsrelu", dy, b, outs, epi=EpilogueSpec("dsrelu", store_postact=store_postact),
-            m_splits=m_splits, prob=None, config=config, majors=majors, aux=preact)
-    return dpre, post
+    epi = EpilogueSpec("dsrelu", store_postact=store_postact, row_scale=prob is not None, row_sum=prob_grad)
+    _launch("fc2_dgrad_dsrelu", dy, b, outs, epi=epi, m_splits=m_splits, prob=prob, config=config, majors=majors,
+            aux=preact, rowsum=dprob)
+    return dpre, post, dprob
+
+
+def _wgrad_config(n: int, k: int, tokens: int, num_experts: int) -> GemmConfig:
+    """Default config of the weight-gradient GEMM (M=n, N=k output, K=tokens): 128x256
+    cooperative tiles with A multicast over a 1x2 cluster when there are enough tiles."""
+    tiles = -(-n // 128) * -(-k // 256) * num_experts
+    if tiles < 132:
+        return GemmConfig(tile_m=128, tile_n=128, cluster_m=1, cluster_n=1)
+    return GemmConfig(tile_m=128, tile_n=256, cluster_m=1, cluster_n=2)
+
+
+def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumulate: bool = False,
+                out_dtype: torch.dtype | None = None, config: GemmConfig | None = None):
+    """Weight gradient of a linear layer y = x @ w^T: dw = dy^T @ x, fp32 accumulation.
+
+    dy: (T, N), x: (T, K), tokens along dim 0 (either may be a transposed view of a
+    column-major buffer).  Dense: dw (N, K).  Grouped (`m_splits`, tokens sorted by
+    expert): dw (E, N, K) with dw[e] = dy_e^T @ x_e over expert e's tokens only, zeros
+    for an empty expert.  `out`: write there (e.g. a parameter's fp32 `main_grad`);
+    with `accumulate`, dw is added to out's values (out = out + dy^T x) in the same
+    pass.  out_dtype: dtype of a new output (default dy's dtype; float32 allowed).
+    Returns dw.
+    """
+    grouped = m_splits is not None
+    for name, t in (("dy", dy), ("x", x)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise checks.InputError(f"{name} must be a 2-D torch.Tensor (tokens, features), "
+                                    f"got {getattr(t, 'shape', type(t).__name__)}")
+    if dy.size(0) != x.size(0):
+        raise checks.InputError(f"dy has {dy.size(0)} tokens but x has {x.size(0)}")
+    # GEMM: A = dy^T (M=N_out, K=T), B = x^T (N=K_out, K=T); both contiguous along M / N
+    a, b = dy.t(), x.t()
+    majors = checks.check_gemm_operands("dy (as its transpose)", a, "x (as its transpose)", b, grouped=False)
+    n_out, k_out, tokens = a.size(0), b.size(0), a.size(1)
+    num_experts = 1
+    if grouped:
+        num_experts = len(m_splits) if not isinstance(m_splits, torch.Tensor) else m_splits.numel()
+        checks.check_m_splits(m_splits, num_experts=num_experts, m_total=tokens, device=dy.device)
+    _check_config_type(config)
+    shape = (num_experts, n_out, k_out) if grouped else (n_out, k_out)
+    if out is None:
+        if accumulate:
+            raise checks.InputError("accumulate=True needs out= (the tensor to add the gradient into)")
+        dt = out_dtype or dy.dtype
+        if dt not in (torch.bfloat16, torch.float16, torch.float32):
+            raise checks.InputError(f"out_dtype must be bfloat16, float16 or float32, got {dt}")
+        out = torch.empty(shape, dtype=dt, device=dy.device)
+    else:
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+            raise checks.InputError(f"out must have shape {shape}, got {tuple(getattr(out, 'shape', ()))}")
+        if out.dtype not in (torch.float32, dy.dtype):
+            raise checks.InputError(f"out dtype must be float32 or {dy.dtype}, got {out.dtype}")
+        if out.device != dy.device:
+            raise checks.InputError(f"out is on {out.device}, expected {dy.device}")
+        if out.stride(-1) != 1 or (out.stride(-2) * out.element_size()) % 16 or out.data_ptr() % 16 or (
+                grouped and (out.stride(0) * out.element_size()) % 16):
+            raise checks.InputError(f"out must be row-major with 16-byte aligned rows, got strides {out.stride()}")
+    checks.check_cuda("dy", dy)
+    if out.numel() == 0:
+        return out
+    if tokens == 0:
+        if not accumulate:
+            out.zero_()
+        return out
+    arch = device_arch(dy.device)
+    if config is None:
+        config = _wgrad_config(n_out, k_out, tokens, num_experts)
+    out_bytes = out.element_size()
+    _checked_config(config, arch, 1, False, grouped, out_bytes)
+    key = KernelKey(arch, config, EpilogueSpec("identity", accumulate=accumulate), False, _dtype_name(dy.dtype),
+                    *majors, out_dtype="float32" if out.dtype == torch.float32 else "", grouped_k=grouped)
+    if grouped:
+        d3 = out.permute(1, 2, 0)
+        cu_rows, _ = _splits_metadata(m_splits, config.tile_m, dy.device)
+    else:
+        d3 = _as_mkl(out)
+        cu_rows = None
+    _run(key, _as_mkl(a), _as_mkl(b), d3, None, None, d3 if accumulate else None, None, cu_rows, None)
+    return out

@@ -1,11 +1,17 @@
 """The squared-ReLU MLP as one autograd op: y = FC2(p * relu(FC1 x)^2), dense or grouped.
 
-`srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact=False, backend="auto")`
-- backend "cute": forward through the CuTe kernels (fc1_srelu, fc2); backward in
-  torch math.  CUTE_KERNELS_FUSED_DGRAD=1 switches the backward (without a router
-  probability) to the fused FC2-dgrad + dSReLU kernel and the CuTe GEMM for FC1's
-  dgrad: experimental until its GPU tests pass (see notes/issue-3-progress.md).
+`srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact=False,
+           fuse_wgrad_accumulation=False, backend="auto")`
+- backend "cute": every GEMM on the CuTe kernels.  Forward: fc1_srelu, fc2.
+  Backward: FC2 dgrad with the SReLU derivative, the postact recompute and the router
+  gradient fused in its epilogue (fc2_dgrad_dsrelu), FC1 dgrad (the FC2 kernel reading
+  w1 transposed in place), and both weight gradients (weight_grad, per expert when
+  grouped).  CUTE_KERNELS_BACKWARD=torch keeps the CuTe forward and does the
+  backward in torch math.
   "torch": plain torch; "auto": cute on a supported CUDA GPU, else torch.
+- fuse_wgrad_accumulation: w1 and w2 carry an fp32 `main_grad` of their shape (as in
+  Megatron-style training); the weight gradients are added into it (in the GEMM's
+  epilogue on the cute path) and the op returns no .grad for w1 and w2.
 - What the op saves for backward is explicit and tagged by role for the offload
   policy (offload.roles): the FC1 input ("fc1_input"), the pre-activation
   ("preact"), the post-activation ("postact", not saved when `recompute_postact`)
@@ -90,10 +96,18 @@ def _is_sm90(device_index) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] == 9
 
 
-def fused_dgrad_enabled() -> bool:
+def cute_backward_enabled() -> bool:
     import os
 
-    return os.environ.get("CUTE_KERNELS_FUSED_DGRAD", "0") == "1"
+    return os.environ.get("CUTE_KERNELS_BACKWARD", "cute") != "torch"
+
+
+def _main_grad(w, name):
+    mg = getattr(w, "main_grad", None)
+    if not isinstance(mg, torch.Tensor) or mg.shape != w.shape or mg.device != w.device:
+        raise ValueError(f"fuse_wgrad_accumulation=True needs {name}.main_grad: a tensor of {name}'s shape "
+                         f"{tuple(w.shape)} on {w.device}, got {getattr(mg, 'shape', mg)}")
+    return mg
 
 
 def _elementwise_dtype(x):
@@ -122,7 +136,7 @@ def srelu_torch(preact, prob, out_dtype):
 
 class SReLUMLPFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w1, w2, prob, splits, recompute_postact, use_cute):
+    def forward(ctx, x, w1, w2, prob, splits, recompute_postact, use_cute, fuse_wgrad):
         grouped = splits is not None
         if use_cute:
             from . import torch_ops
@@ -137,6 +151,7 @@ class SReLUMLPFunction(torch.autograd.Function):
         ctx.use_cute = use_cute
         ctx.recompute_postact = recompute_postact
         ctx.has_prob = prob is not None
+        ctx.fuse_wgrad = fuse_wgrad
         saved = [_tag(x, "fc1_input"), _tag(preact, "preact"), None if recompute_postact else _tag(postact, "postact"),
                  _tag(prob, "prob") if prob is not None else None, w1, w2]
         ctx.save_for_backward(*saved)
@@ -147,8 +162,8 @@ class SReLUMLPFunction(torch.autograd.Function):
         x, preact, postact, prob, w1, w2 = ctx.saved_tensors
         splits = ctx.splits
         grouped = splits is not None
-        if ctx.use_cute and prob is None and fused_dgrad_enabled():
-            return SReLUMLPFunction._backward_cute(ctx, dy.contiguous(), x, preact, postact, w1, w2, splits)
+        if ctx.use_cute and cute_backward_enabled():
+            return SReLUMLPFunction._backward_cute(ctx, dy.contiguous(), x, preact, postact, prob, w1, w2, splits)
         f = _elementwise_dtype(x)
         act = torch.relu(preact.to(f))
         p = prob.to(f).reshape(-1, 1) if prob is not None else None
@@ -158,6 +173,7 @@ class SReLUMLPFunction(torch.autograd.Function):
         dy = dy.contiguous()
         dpost = _per_expert_mm(dy, w2, splits, transpose_w=False) if grouped else dy @ w2
         dw2 = _per_expert_wgrad(dy, postact, splits, w2.size(0)) if grouped else dy.t() @ postact
+        dw2 = _accumulate_main_grad(ctx, w2, "w2", dw2)
         # fp32 elementwise math with two full-size temporaries (act, dpre), updated in place
         dpre = dpost.to(f) if dpost.dtype != f else dpost.clone()
         dpre.mul_(act)
@@ -169,26 +185,48 @@ class SReLUMLPFunction(torch.autograd.Function):
         dpre = dpre.mul_(2.0).to(x.dtype)
         dx = _per_expert_mm(dpre, w1, splits, transpose_w=False) if grouped else dpre @ w1
         dw1 = _per_expert_wgrad(dpre, x, splits, w1.size(0)) if grouped else dpre.t() @ x
-        return dx, dw1, dw2, dprob, None, None, None
+        dw1 = _accumulate_main_grad(ctx, w1, "w1", dw1)
+        return dx, dw1, dw2, dprob, None, None, None, None
 
     @staticmethod
-    def _backward_cute(ctx, dy, x, preact, postact, w1, w2, splits):
-        """FC2 dgrad with the SReLU derivative (and the postact recompute) fused in one
-        CuTe GEMM; FC1 dgrad on the CuTe GEMM with w1 read transposed; weight
-        gradients in torch for now."""
+    def _backward_cute(ctx, dy, x, preact, postact, prob, w1, w2, splits):
+        """Four CuTe GEMMs: FC2 dgrad with the SReLU derivative, the postact recompute
+        and the router gradient in its epilogue; FC2's weight gradient; FC1's dgrad
+        (w1 read transposed in place); FC1's weight gradient."""
         from . import torch_ops
 
-        grouped = splits is not None
-        dpre, post_re = torch_ops.fc2_dgrad_dsrelu_op(dy, w2, preact, splits, postact is None)
+        dpre, post_re, dprob = torch_ops.fc2_dgrad_dsrelu_op(dy, w2, preact, splits, prob, postact is None)
         if postact is None:
             postact = post_re
-        dw2 = _per_expert_wgrad(dy, postact, splits, w2.size(0)) if grouped else dy.t() @ postact
+        dw2 = _cute_wgrad(ctx, dy, postact, splits, w2, "w2")
+        del postact, post_re
         dx = torch_ops.fc2_fwd(dpre, w1.transpose(-2, -1), splits)
-        dw1 = _per_expert_wgrad(dpre, x, splits, w1.size(0)) if grouped else dpre.t() @ x
-        return dx, dw1, dw2, None, None, None, None
+        dw1 = _cute_wgrad(ctx, dpre, x, splits, w1, "w1")
+        dprob = dprob.to(prob.dtype).reshape(prob.shape) if prob is not None else None
+        return dx, dw1, dw2, dprob, None, None, None, None
 
 
-def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = False, backend: str = "auto"):
+def _accumulate_main_grad(ctx, w, name, dw):
+    """torch path: add dw into w.main_grad (fuse_wgrad_accumulation) and return no grad."""
+    if not ctx.fuse_wgrad:
+        return dw
+    mg = _main_grad(w, name)
+    mg.add_(dw.to(mg.dtype))
+    return None
+
+
+def _cute_wgrad(ctx, dy, x, splits, w, name):
+    """cute path: dw = dy^T x per expert, or added into w.main_grad in the GEMM's epilogue."""
+    from . import torch_ops
+
+    if ctx.fuse_wgrad:
+        torch_ops.weight_grad_accumulate_op(dy, x, splits, _main_grad(w, name))
+        return None
+    return torch_ops.weight_grad_op(dy, x, splits)
+
+
+def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = False,
+              fuse_wgrad_accumulation: bool = False, backend: str = "auto"):
     """y = (p * relu(x @ w1^T)^2) @ w2^T; grouped when `m_splits` is given (w1 (E, F, H), w2 (E, H, F))."""
     if backend not in ("auto", "cute", "torch"):
         raise ValueError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
@@ -198,4 +236,8 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
         if path not in _announced:
             _announced.add(path)
             log.info("srelu_mlp: using the %s path", path)
-    return SReLUMLPFunction.apply(x, w1, w2, prob, _splits_list(m_splits), recompute_postact, use_cute)
+    if fuse_wgrad_accumulation:
+        for w, name in ((w1, "w1"), (w2, "w2")):
+            _main_grad(w, name)
+    return SReLUMLPFunction.apply(x, w1, w2, prob, _splits_list(m_splits), recompute_postact, use_cute,
+                                  fuse_wgrad_accumulation)

@@ -4,6 +4,9 @@
 bias-free nn.Linear, so weight layout, initialization and state_dict keys are those of
 nn.Linear.  `GroupedSReLUMLP(num_experts, hidden, ffn)` holds `fc1_weight` (E, ffn,
 hidden) and `fc2_weight` (E, hidden, ffn), each expert initialized like nn.Linear.
+With `fuse_wgrad_accumulation=True` the weights' gradients are added into an fp32
+`main_grad` attribute the training loop gives each weight (Megatron style) instead of
+being returned as .grad.
 """
 from __future__ import annotations
 
@@ -17,29 +20,32 @@ from .mlp import srelu_mlp
 
 class SReLUMLP(nn.Module):
     def __init__(self, hidden: int, ffn: int, *, recompute_postact: bool = False, backend: str = "auto",
-                 device=None, dtype=None):
+                 fuse_wgrad_accumulation: bool = False, device=None, dtype=None):
         super().__init__()
         self.fc1 = nn.Linear(hidden, ffn, bias=False, device=device, dtype=dtype)
         self.fc2 = nn.Linear(ffn, hidden, bias=False, device=device, dtype=dtype)
         self.recompute_postact = recompute_postact
         self.backend = backend
+        self.fuse_wgrad_accumulation = fuse_wgrad_accumulation
 
     def forward(self, x: torch.Tensor, prob: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
         y = srelu_mlp(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc2.weight, prob=prob,
-                      recompute_postact=self.recompute_postact, backend=self.backend)
+                      recompute_postact=self.recompute_postact, backend=self.backend,
+                      fuse_wgrad_accumulation=self.fuse_wgrad_accumulation)
         return y.reshape(shape)
 
 
 class GroupedSReLUMLP(nn.Module):
     def __init__(self, num_experts: int, hidden: int, ffn: int, *, recompute_postact: bool = False,
-                 backend: str = "auto", device=None, dtype=None):
+                 backend: str = "auto", fuse_wgrad_accumulation: bool = False, device=None, dtype=None):
         super().__init__()
         self.num_experts, self.hidden, self.ffn = num_experts, hidden, ffn
         self.fc1_weight = nn.Parameter(torch.empty(num_experts, ffn, hidden, device=device, dtype=dtype))
         self.fc2_weight = nn.Parameter(torch.empty(num_experts, hidden, ffn, device=device, dtype=dtype))
         self.recompute_postact = recompute_postact
         self.backend = backend
+        self.fuse_wgrad_accumulation = fuse_wgrad_accumulation
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -51,7 +57,8 @@ class GroupedSReLUMLP(nn.Module):
     def forward(self, x: torch.Tensor, m_splits, prob: torch.Tensor | None = None) -> torch.Tensor:
         """x: (tokens, hidden) sorted by expert; m_splits: tokens per expert."""
         return srelu_mlp(x, self.fc1_weight, self.fc2_weight, m_splits=m_splits, prob=prob,
-                         recompute_postact=self.recompute_postact, backend=self.backend)
+                         recompute_postact=self.recompute_postact, backend=self.backend,
+                      fuse_wgrad_accumulation=self.fuse_wgrad_accumulation)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden={self.hidden}, ffn={self.ffn}"

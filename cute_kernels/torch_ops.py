@@ -3,9 +3,12 @@ so torch.compile traces through them without graph breaks.
 
     torch.ops.cute_kernels.fc1_srelu_fwd(x, w1, m_splits, prob, store_preact) -> (preact, postact)
     torch.ops.cute_kernels.fc2_fwd(h, w2, m_splits) -> y
+    torch.ops.cute_kernels.fc2_dgrad_dsrelu(dy, w2, preact, m_splits, prob, store_postact) -> (dpreact, postact, dprob)
+    torch.ops.cute_kernels.weight_grad(dy, x, m_splits) -> dw
+    torch.ops.cute_kernels.weight_grad_accumulate(dy, x, m_splits, main_grad)  (main_grad += dw, in place)
 
-`m_splits` is a list of ints or None.  With store_preact=False the preact output is an
-empty tensor.  CUDA runs the CuTe kernels; CPU runs the same math in torch (so the ops
+`m_splits` is a list of ints or None.  Outputs a call does not produce (preact with
+store_preact=False, postact without store_postact, dprob without prob) are empty tensors.  CUDA runs the CuTe kernels; CPU runs the same math in torch (so the ops
 are usable, and checkable with torch.library.opcheck, anywhere).
 """
 from __future__ import annotations
@@ -56,24 +59,79 @@ def _(h, w2, m_splits):
     return h.new_empty((h.size(0), w2.size(-2)))
 
 
+def _empty(like):
+    return like.new_empty((0,))
+
+
 @torch.library.custom_op("cute_kernels::fc2_dgrad_dsrelu", mutates_args=())
 def fc2_dgrad_dsrelu_op(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor, m_splits: Optional[list[int]],
-                        store_postact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dpreact, postact or empty): dpreact = 2 (dy @ w2) relu(preact); postact = relu(preact)^2."""
+                        prob: Optional[torch.Tensor], store_postact: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dpreact, postact or empty, dprob or empty) with d = dy @ w2 and p = prob (or 1):
+    dpreact = 2 p d relu(preact); postact = p relu(preact)^2; dprob = rowsum(d relu(preact)^2) (fp32)."""
     if dy.is_cuda:
         from .gemm_ops import fc2_dgrad_dsrelu
 
-        dpre, post = fc2_dgrad_dsrelu(dy, w2, preact, m_splits=m_splits, store_postact=store_postact)
-        return dpre, (post if post is not None else dy.new_empty((0,)))
+        dpre, post, dprob = fc2_dgrad_dsrelu(dy, w2, preact, m_splits=m_splits, prob=prob, store_postact=store_postact)
+        return dpre, (post if post is not None else _empty(dy)), (dprob if dprob is not None else _empty(preact).float())
     from .mlp import _per_expert_mm
 
     dpost = dy @ w2 if m_splits is None else _per_expert_mm(dy, w2, m_splits, transpose_w=False)
     f = torch.promote_types(dy.dtype, torch.float32)
     act = torch.relu(preact.to(f))
-    dpre = (dpost.to(f) * act * 2.0).to(dy.dtype)
-    return dpre, ((act * act).to(dy.dtype) if store_postact else dy.new_empty((0,)))
+    d = dpost.to(f)
+    p = prob.to(f).reshape(-1, 1) if prob is not None else None
+    dpre = d * act * 2.0
+    post = act * act
+    dprob = (d * post).sum(1).float() if p is not None else _empty(preact).float()
+    if p is not None:
+        dpre, post = dpre * p, post * p
+    return dpre.to(dy.dtype), (post.to(dy.dtype) if store_postact else _empty(dy)), dprob
 
 
 @fc2_dgrad_dsrelu_op.register_fake
-def _(dy, w2, preact, m_splits, store_postact):
-    return preact.new_empty(preact.shape), (preact.new_empty(preact.shape) if store_postact else dy.new_empty((0,)))
+def _(dy, w2, preact, m_splits, prob, store_postact):
+    dprob = preact.new_empty((preact.size(0),), dtype=torch.float32) if prob is not None else preact.new_empty((0,), dtype=torch.float32)
+    return (preact.new_empty(preact.shape), (preact.new_empty(preact.shape) if store_postact else dy.new_empty((0,))),
+            dprob)
+
+
+def _wgrad_torch(dy, x, m_splits, num_experts):
+    from .mlp import _per_expert_wgrad
+
+    if m_splits is None:
+        return dy.t() @ x
+    return _per_expert_wgrad(dy, x, m_splits, num_experts)
+
+
+@torch.library.custom_op("cute_kernels::weight_grad", mutates_args=())
+def weight_grad_op(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]]) -> torch.Tensor:
+    """dw = dy^T x (dense (N, K)) or per expert (E, N, K), in dy's dtype."""
+    if dy.is_cuda:
+        from .gemm_ops import weight_grad
+
+        return weight_grad(dy, x, m_splits=m_splits)
+    return _wgrad_torch(dy, x, m_splits, len(m_splits) if m_splits is not None else 1)
+
+
+@weight_grad_op.register_fake
+def _(dy, x, m_splits):
+    if m_splits is None:
+        return dy.new_empty((dy.size(1), x.size(1)))
+    return dy.new_empty((len(m_splits), dy.size(1), x.size(1)))
+
+
+@torch.library.custom_op("cute_kernels::weight_grad_accumulate", mutates_args=("main_grad",))
+def weight_grad_accumulate_op(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]],
+                              main_grad: torch.Tensor) -> None:
+    """main_grad += dy^T x (per expert when grouped), in main_grad's precision (fp32)."""
+    if dy.is_cuda:
+        from .gemm_ops import weight_grad
+
+        weight_grad(dy, x, m_splits=m_splits, out=main_grad, accumulate=True)
+        return
+    main_grad.add_(_wgrad_torch(dy.to(main_grad.dtype), x.to(main_grad.dtype), m_splits, main_grad.size(0)))
+
+
+@weight_grad_accumulate_op.register_fake
+def _(dy, x, m_splits, main_grad):
+    return None

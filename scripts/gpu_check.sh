@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU run: GPU tests, then the benchmark table (and, with SWEEP=1, a config
-# sweep on the benchmark shapes).  On the device machine, from the repo root, after
+# sweep on the benchmark shapes; MLP_BENCH=1 adds the MLP step benchmark,
+# SKIP_GEMM_BENCH=1 / SKIP_TESTS=1 leave parts out).  On the device machine, from the repo root, after
 # the wheels are installed (see README.md):
 #   bash scripts/gpu_check.sh [extra pytest args]
 # Logs and tables go to $OUT (or ./gpu_out).
@@ -11,7 +12,12 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | t
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   python3 -m pytest -m gpu tests -q -x --tb=short -p no:cacheprovider "$@" 2>&1 | tee "$out/gpu_tests.log"
 fi
-python3 -m benchmarks.bench_gemm --out "$out/bench_gemm.md" 2>&1 | tee "$out/bench_gemm.log"
+if [ "${SKIP_GEMM_BENCH:-0}" != 1 ]; then
+  python3 -m benchmarks.bench_gemm --out "$out/bench_gemm.md" 2>&1 | tee "$out/bench_gemm.log"
+fi
+if [ "${MLP_BENCH:-0}" = 1 ]; then
+  python3 -m benchmarks.bench_mlp --out "$out/bench_mlp.md" 2>&1 | tee "$out/bench_mlp.log"
+fi
 if [ "${SWEEP:-0}" = 1 ]; then
   python3 -m benchmarks.bench_gemm --sweep --only "${SWEEP_ONLY:-}" 2>&1 | tee "$out/sweep.log"
 fi

@@ -80,3 +80,67 @@ def test_other_dtypes_and_operand_majorness_compile(dtype, a_major, b_major):
 def test_compiled_kernels_are_cached():
     key = _key(False, "identity", "coop128x256", (1, 2))
     assert get_compiled(key) is get_compiled(key)
+
+
+BACKWARD_VARIANTS = {
+    # FC2 dgrad with router probability: row scale + row sum (router gradient), <= 192-wide tiles
+    "dsrelu_prob_rowsum_128x192": KernelKey("sm90", GemmConfig(tile_n=192, cluster_m=2, cluster_n=1),
+                                            EpilogueSpec("dsrelu", store_postact=True, row_scale=True, row_sum=True),
+                                            False, "bfloat16", "k", "n"),
+    "dsrelu_prob_rowsum_grouped_128x128": KernelKey("sm90", GemmConfig(tile_n=128, cluster_n=2),
+                                                    EpilogueSpec("dsrelu", row_scale=True, row_sum=True),
+                                                    True, "bfloat16", "k", "n"),
+    "dsrelu_prob_rowsum_pingpong_64x192": KernelKey("sm90", GemmConfig(tile_m=64, tile_n=192, schedule="pingpong"),
+                                                    EpilogueSpec("dsrelu", row_scale=True, row_sum=True),
+                                                    True, "bfloat16", "k", "n"),
+    # weight gradients: A = dy^T (M-major), B = x^T (N-major)
+    "wgrad_dense_bf16": KernelKey("sm90", GemmConfig(), EpilogueSpec("identity"), False, "bfloat16", "m", "n"),
+    "wgrad_dense_fp32_accumulate": KernelKey("sm90", GemmConfig(), EpilogueSpec("identity", accumulate=True),
+                                             False, "bfloat16", "m", "n", out_dtype="float32"),
+    "wgrad_grouped_k_fp32": KernelKey("sm90", GemmConfig(cluster_m=2, cluster_n=1), EpilogueSpec("identity"),
+                                      False, "bfloat16", "m", "n", out_dtype="float32", grouped_k=True),
+    "wgrad_grouped_k_bf16_accumulate": KernelKey("sm90", GemmConfig(tile_n=128, cluster_n=1),
+                                                 EpilogueSpec("identity", accumulate=True),
+                                                 False, "float16", "m", "n", grouped_k=True),
+}
+
+
+@pytest.mark.parametrize("name", list(BACKWARD_VARIANTS))
+def test_backward_variant_compiles_and_ptx_is_as_designed(name):
+    key = BACKWARD_VARIANTS[name]
+    ptx = kernel_ptx(key)
+    cfg, epi = key.cfg, key.epi
+    dt = "bf16" if key.dtype == "bfloat16" else "f16"
+    assert f"wgmma.mma_async.sync.aligned.m64n{cfg.tile_n}k16.f32.{dt}.{dt}" in ptx
+    stores = len([l for l in ptx.splitlines() if "cp.async.bulk.tensor" in l and ".global.shared::cta" in l])
+    assert stores == epi.num_outputs * cfg.tile_n // cfg.epi_n
+    if key.grouped_k:
+        # operands through the ragged 3-D view: 3-D TMA loads
+        assert re.search(r"cp\.async\.bulk\.tensor\.3d\.shared::(cta|cluster)\.global", ptx)
+    if key.d_dtype == "float32":
+        assert "stmatrix" not in ptx, "fp32 outputs go to smem with plain stores"
+    else:
+        assert "stmatrix.sync.aligned" in ptx
+    if epi.row_sum:
+        assert "atom.global.add.f32" in ptx and "shfl.sync.bfly" in ptx
+    assert ".local" not in ptx
+    if find_ptxas() is not None:
+        info = ptxas_info(ptx)
+        assert info.spill_store_bytes == 0 and info.spill_load_bytes == 0, info.raw[-600:]
+        assert info.stack_bytes == 0, info.raw[-600:]
+
+
+def test_row_sum_rejects_wide_tiles():
+    from cute_kernels.compile import build_kernel
+    from cute_kernels.config import ConfigError
+
+    key = KernelKey("sm90", GemmConfig(), EpilogueSpec("dsrelu", row_sum=True), False, "bfloat16", "k", "n")
+    with pytest.raises(ConfigError, match="row-sum"):
+        build_kernel(key)
+
+
+def test_grouped_k_needs_cooperative():
+    from cute_kernels.config import validation_errors
+
+    errs = validation_errors(GemmConfig(tile_m=64, schedule="pingpong"), grouped_k=True)
+    assert any("cooperative" in e for e in errs)

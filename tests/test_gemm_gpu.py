@@ -167,20 +167,25 @@ def test_grouped_transposed_weights():
 
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("store_postact", [False, True])
+@pytest.mark.parametrize("with_prob", [False, True])
 @pytest.mark.parametrize("cfg_name", ["coop_128x256_c12", "pingpong_64x128_c11", "coop_128x128_c21"])
-def test_fc2_dgrad_dsrelu(grouped, store_postact, cfg_name):
+def test_fc2_dgrad_dsrelu(grouped, store_postact, with_prob, cfg_name):
     from cute_kernels import fc2_dgrad_dsrelu
 
     cfg = CONFIGS[cfg_name]
     if grouped and cfg.cluster_m != 1:
         pytest.skip("grouped needs cluster_m == 1")
+    if with_prob and cfg.tile_n > 192:
+        cfg = None  # the row sum takes at most 192-wide tiles; let the op choose
     gen = _gen()
     m, h, f, e = 1111, 264, 1000, 5
     dy = torch.randn(m, h, generator=gen).bfloat16().cuda()
     w2 = (torch.randn(*((e, h, f) if grouped else (h, f)), generator=gen) / h ** 0.5).bfloat16().cuda()
     pre = torch.randn(m, f, generator=gen).bfloat16().cuda()
+    prob = torch.rand(m, 1, generator=gen).cuda() if with_prob else None
     splits = random_splits(m, e, gen, empty=1) if grouped else None
-    dpre, post = fc2_dgrad_dsrelu(dy, w2, pre, m_splits=splits, store_postact=store_postact, config=cfg)
+    dpre, post, dprob = fc2_dgrad_dsrelu(dy, w2, pre, m_splits=splits, prob=prob, store_postact=store_postact,
+                                         config=cfg)
     if grouped:
         dpost, s = [], 0
         for i, n in enumerate(splits):
@@ -190,8 +195,99 @@ def test_fc2_dgrad_dsrelu(grouped, store_postact, cfg_name):
     else:
         dpost = dy.float() @ w2.float()
     act = torch.relu(pre.float())
-    _check(dpre, 2 * dpost * act, torch.bfloat16, "dpreact")
+    p = prob.float() if with_prob else torch.ones(m, 1, device="cuda")
+    _check(dpre, 2 * dpost * act * p, torch.bfloat16, "dpreact")
     if store_postact:
-        _check(post, act * act, torch.bfloat16, "recomputed postact")
+        _check(post, act * act * p, torch.bfloat16, "recomputed postact")
     else:
         assert post is None
+    if with_prob:
+        assert dprob.dtype == torch.float32 and dprob.shape == (m,)
+        _check(dprob, (dpost * act * act).sum(1), torch.bfloat16, "dprob (row sum)")
+    else:
+        assert dprob is None
+
+
+def test_fc2_dgrad_dsrelu_rowsum_rejects_wide_tiles():
+    from cute_kernels import InputError, fc2_dgrad_dsrelu
+
+    dy = torch.randn(64, 64, device="cuda").bfloat16()
+    w2 = torch.randn(64, 256, device="cuda").bfloat16()
+    pre = torch.randn(64, 256, device="cuda").bfloat16()
+    with pytest.raises(InputError, match="row sum"):
+        fc2_dgrad_dsrelu(dy, w2, pre, prob=torch.rand(64, device="cuda"), config=GemmConfig())
+
+
+WGRAD_CONFIGS = {
+    "default": None,
+    "coop_128x256_c12": GemmConfig(),
+    "coop_128x128_c21": GemmConfig(tile_n=128, cluster_m=2, cluster_n=1),
+    "coop_128x192_c11_k128": GemmConfig(tile_n=192, tile_k=128, cluster_n=1),
+}
+
+
+def _wgrad_ref(dy, x, splits, experts):
+    if splits is None:
+        return dy.float().t() @ x.float()
+    out, s = [], 0
+    for n in splits:
+        out.append(dy[s:s + n].float().t() @ x[s:s + n].float())
+        s += n
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("cfg_name", list(WGRAD_CONFIGS))
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("tnk", [(1, 264, 136), (1111, 264, 1000), (4096, 1024, 2048)])
+def test_weight_grad(cfg_name, grouped, out_dtype, tnk):
+    from cute_kernels import weight_grad
+
+    t, n, k = tnk
+    e = 6
+    gen = _gen()
+    dy = torch.randn(t, n, generator=gen).bfloat16().cuda()
+    x = torch.randn(t, k, generator=gen).bfloat16().cuda()
+    splits = random_splits(t, e, gen, empty=min(2, e - 1)) if grouped else None
+    if grouped and t > 1:
+        splits[0] = 0  # an empty first expert too
+        splits[-1] = t - sum(splits[:-1])
+    shape = (e, n, k) if grouped else (n, k)
+    out = torch.full(shape, float("nan"), dtype=out_dtype, device="cuda")
+    weight_grad(dy, x, m_splits=splits, out=out, config=WGRAD_CONFIGS[cfg_name])
+    ref = _wgrad_ref(dy, x, splits, e)
+    _check(out, ref, torch.bfloat16, f"dw ({out_dtype})")
+    if grouped:
+        for i, cnt in enumerate(splits):
+            if cnt == 0:
+                assert (out[i] == 0).all(), f"expert {i} is empty: its gradient must be zeros"
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_weight_grad_accumulates_into_main_grad(grouped):
+    from cute_kernels import weight_grad
+
+    gen = _gen()
+    t, n, k, e = 3000, 512, 776, 5
+    dy = torch.randn(t, n, generator=gen).bfloat16().cuda()
+    x = torch.randn(t, k, generator=gen).bfloat16().cuda()
+    splits = random_splits(t, e, gen, empty=1) if grouped else None
+    main_grad = torch.randn(*((e, n, k) if grouped else (n, k)), generator=gen).cuda() * 30
+    before = main_grad.clone()
+    for _ in range(2):
+        weight_grad(dy, x, m_splits=splits, out=main_grad, accumulate=True)
+    ref = before + 2 * _wgrad_ref(dy, x, splits, e)
+    err = rel_err(main_grad, ref)
+    assert err < 1e-5, f"main_grad accumulation relative error {err:.3e} (fp32 accumulate expected)"
+
+
+def test_weight_grad_tensor_splits_and_transposed_inputs():
+    from cute_kernels import weight_grad
+
+    gen = _gen()
+    t, n, k, e = 2000, 256, 384, 4
+    dy = torch.randn(n, t, generator=gen).bfloat16().cuda().t()  # column-major views
+    x = torch.randn(k, t, generator=gen).bfloat16().cuda().t()
+    splits = random_splits(t, e, gen, empty=1)
+    dw = weight_grad(dy, x, m_splits=torch.tensor(splits, device="cuda"))
+    _check(dw, _wgrad_ref(dy, x, splits, e), torch.bfloat16, "dw from transposed inputs and tensor splits")

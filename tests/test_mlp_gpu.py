@@ -123,7 +123,36 @@ def test_gradients_against_float32_reference(backend, grouped):
 
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("recompute", [False, True])
-def test_fused_dgrad_backward_matches_torch_path(grouped, recompute, monkeypatch):
-    """The experimental fused backward (CUTE_KERNELS_FUSED_DGRAD=1) against the torch path."""
-    monkeypatch.setenv("CUTE_KERNELS_FUSED_DGRAD", "1")
+def test_cute_forward_with_torch_backward_matches(grouped, recompute, monkeypatch):
+    """CUTE_KERNELS_BACKWARD=torch (CuTe forward, torch-math backward) against the torch path."""
+    monkeypatch.setenv("CUTE_KERNELS_BACKWARD", "torch")
     test_cute_path_matches_torch_path(grouped, recompute)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cute"])
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_main_grad_accumulation(backend, grouped, recompute):
+    """fuse_wgrad_accumulation: two backward passes add dw1/dw2 into fp32 main_grad
+    (starting from random values), .grad stays None, and the sums match float32."""
+    g = torch.Generator(device="cuda").manual_seed(7)
+    m, h, f, e = 700, 256, 768, 4
+    x = torch.randn(m, h, device="cuda", generator=g).bfloat16()
+    w1 = (torch.randn(*((e, f, h) if grouped else (f, h)), device="cuda", generator=g) / h ** 0.5).bfloat16()
+    w2 = (torch.randn(*((e, h, f) if grouped else (h, f)), device="cuda", generator=g) / f ** 0.5).bfloat16()
+    prob = torch.rand(m, device="cuda", generator=g) if grouped else None
+    splits = [300, 0, 250, 150] if grouped else None
+    dys = [torch.randn(m, h, device="cuda", generator=g).bfloat16() for _ in range(2)]
+    w1p, w2p = w1.clone().requires_grad_(), w2.clone().requires_grad_()
+    start = [torch.randn(w.shape, device="cuda", generator=g) for w in (w1, w2)]
+    w1p.main_grad, w2p.main_grad = start[0].clone(), start[1].clone()
+    for dy in dys:
+        srelu_mlp(x, w1p, w2p, m_splits=splits, prob=prob, recompute_postact=recompute,
+                  fuse_wgrad_accumulation=True, backend=backend).backward(dy)
+    assert w1p.grad is None and w2p.grad is None
+    ref = [w1.float().requires_grad_(), w2.float().requires_grad_()]
+    for dy in dys:
+        srelu_mlp(x.float(), ref[0], ref[1], m_splits=splits, prob=prob, backend="torch").backward(dy.float())
+    for name, mg, s0, r in (("w1", w1p.main_grad, start[0], ref[0]), ("w2", w2p.main_grad, start[1], ref[1])):
+        assert mg.dtype == torch.float32
+        assert _rel(mg - s0, r.grad) < 2e-2, (name, _rel(mg - s0, r.grad))

@@ -72,3 +72,42 @@ def test_bad_backend_rejected():
         srelu_mlp(torch.randn(2, 8), torch.randn(8, 8), torch.randn(8, 8), backend="triton")
     with pytest.raises(ValueError, match="backend='cute' needs"):
         srelu_mlp(torch.randn(2, 8), torch.randn(8, 8), torch.randn(8, 8), backend="cute")
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_fuse_wgrad_accumulation_adds_into_main_grad(grouped):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(19, 8, dtype=torch.float64, generator=g)
+    shape1, shape2 = ((3, 12, 8), (3, 8, 12)) if grouped else ((12, 8), (8, 12))
+    w1 = torch.randn(*shape1, dtype=torch.float64, generator=g)
+    w2 = torch.randn(*shape2, dtype=torch.float64, generator=g)
+    splits = [6, 0, 13] if grouped else None
+    dy = torch.randn(19, 8, dtype=torch.float64, generator=g)
+    ref = [w1.clone().requires_grad_(), w2.clone().requires_grad_()]
+    srelu_mlp(x, *ref, m_splits=splits, backend="torch").backward(dy)
+    w1p, w2p = w1.clone().requires_grad_(), w2.clone().requires_grad_()
+    start = [torch.randn(w.shape, dtype=torch.float64, generator=g) for w in (w1, w2)]
+    w1p.main_grad, w2p.main_grad = start[0].clone(), start[1].clone()
+    for _ in range(2):
+        srelu_mlp(x, w1p, w2p, m_splits=splits, fuse_wgrad_accumulation=True, backend="torch").backward(dy)
+    assert w1p.grad is None and w2p.grad is None
+    assert torch.allclose(w1p.main_grad, start[0] + 2 * ref[0].grad)
+    assert torch.allclose(w2p.main_grad, start[1] + 2 * ref[1].grad)
+
+
+def test_fuse_wgrad_accumulation_needs_main_grad():
+    w1 = torch.randn(12, 8, requires_grad=True)
+    w2 = torch.randn(8, 12, requires_grad=True)
+    with pytest.raises(ValueError, match="w1.main_grad"):
+        srelu_mlp(torch.randn(4, 8), w1, w2, fuse_wgrad_accumulation=True, backend="torch")
+    w1.main_grad = torch.zeros(12, 8)
+    with pytest.raises(ValueError, match="w2.main_grad"):
+        srelu_mlp(torch.randn(4, 8), w1, w2, fuse_wgrad_accumulation=True, backend="torch")
+
+
+def test_module_fuse_wgrad_accumulation():
+    mlp = SReLUMLP(8, 12, fuse_wgrad_accumulation=True, dtype=torch.float64)
+    for p in mlp.parameters():
+        p.main_grad = torch.zeros_like(p)
+    mlp(torch.randn(5, 8, dtype=torch.float64)).sum().backward()
+    assert all(p.grad is None and p.main_grad.abs().sum() > 0 for p in mlp.parameters())

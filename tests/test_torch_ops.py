@@ -74,14 +74,48 @@ def test_srelu_mlp_compiles_fullgraph_with_gradients(grouped):
 
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("store_postact", [False, True])
-def test_opcheck_fc2_dgrad_dsrelu(grouped, store_postact):
+@pytest.mark.parametrize("with_prob", [False, True])
+def test_opcheck_fc2_dgrad_dsrelu(grouped, store_postact, with_prob):
     g = torch.Generator().manual_seed(3)
     dy = torch.randn(12, 16, generator=g)
     w2 = torch.randn(*((3, 16, 24) if grouped else (16, 24)), generator=g)
     pre = torch.randn(12, 24, generator=g)
-    args = (dy, w2, pre, [5, 0, 7] if grouped else None, store_postact)
+    prob = torch.rand(12, generator=g) if with_prob else None
+    args = (dy, w2, pre, [5, 0, 7] if grouped else None, prob, store_postact)
     torch.library.opcheck(torch.ops.cute_kernels.fc2_dgrad_dsrelu.default, args)
-    dpre, post = torch.ops.cute_kernels.fc2_dgrad_dsrelu(*args)
-    if not grouped:
-        assert torch.allclose(dpre, 2 * (dy @ w2) * torch.relu(pre), atol=1e-5)
-    assert post.numel() == (12 * 24 if store_postact else 0)
+    dpre, post, dprob = torch.ops.cute_kernels.fc2_dgrad_dsrelu(*args)
+    if grouped:
+        d = torch.cat([dy[:5] @ w2[0], dy[5:5] @ w2[1], dy[5:] @ w2[2]])
+    else:
+        d = dy @ w2
+    act = torch.relu(pre)
+    p = prob.reshape(-1, 1) if with_prob else torch.ones(12, 1)
+    assert torch.allclose(dpre, 2 * d * act * p, atol=1e-4)
+    if store_postact:
+        assert torch.allclose(post, act * act * p, atol=1e-5)
+    else:
+        assert post.numel() == 0
+    if with_prob:
+        assert torch.allclose(dprob, (d * act * act).sum(1), atol=1e-3)
+    else:
+        assert dprob.numel() == 0
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_opcheck_weight_grad(grouped):
+    g = torch.Generator().manual_seed(4)
+    dy = torch.randn(12, 16, generator=g)
+    x = torch.randn(12, 24, generator=g)
+    splits = [5, 0, 7] if grouped else None
+    torch.library.opcheck(torch.ops.cute_kernels.weight_grad.default, (dy, x, splits))
+    dw = torch.ops.cute_kernels.weight_grad(dy, x, splits)
+    if grouped:
+        ref = torch.stack([dy[:5].t() @ x[:5], torch.zeros(16, 24), dy[5:].t() @ x[5:]])
+    else:
+        ref = dy.t() @ x
+    assert torch.allclose(dw, ref, atol=1e-4)
+    main_grad = torch.randn(ref.shape, generator=g)
+    before = main_grad.clone()
+    torch.library.opcheck(torch.ops.cute_kernels.weight_grad_accumulate.default, (dy, x, splits, main_grad.clone()))
+    torch.ops.cute_kernels.weight_grad_accumulate(dy, x, splits, main_grad)
+    assert torch.allclose(main_grad, before + ref, atol=1e-4)

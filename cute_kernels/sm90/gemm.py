@@ -19,9 +19,18 @@ sync).  A tile reads A rows [row_start, row_start + tile_m) (rows past the exper
 end are computed and thrown away), B from expert e, and stores through a ragged view
 of D whose row extent ends at the expert's last row, so TMA clips the store there.
 
+K-grouped problems (`grouped_k`, per-expert weight gradients dW_e = dY_e^T X_e):
+A (M, K_total) and B (N, K_total) hold every expert's tokens along K, `cu_rows` (E+1)
+the token offsets, and D is (M, N, E).  Work is E x tiles_m x tiles_n; a tile reads K
+through a ragged (., K, K+1) view whose K extent ends at its expert's last token, so
+TMA zero-fills the last partial K block instead of reading the next expert's tokens.
+An empty expert runs one all-out-of-bounds (zero) K block, so its D is 0 (or, with an
+accumulating epilogue, its previous value) without a branch around the mainloop.
+
 Preconditions (checked on the host by `cute_kernels.checks`): bf16/fp16 A and B of
-the same dtype, 16-byte aligned base pointers and leading dimensions, D row-major,
-K >= 1; grouped: cluster_m == 1.
+the same dtype, 16-byte aligned base pointers and leading dimensions, D row-major
+(bf16/fp16 or fp32), K >= 1; grouped: cluster_m == 1; grouped_k: cooperative.
+Row sums (dsrelu `row_sum`) need the output vector zeroed: tiles add into it.
 """
 from __future__ import annotations
 
@@ -45,13 +54,24 @@ CONSUMER_REGS = 232
 EPI_BARRIER_ID = 1  # ping-pong uses ids 1 and 2, one per consumer warpgroup
 
 
+def _fragment_row_offsets(coords, size: int) -> list:
+    """Static row offset of each epilogue fragment element from the thread's first row
+    (trace time).  The row sum keeps one partial per row and expects the WGMMA
+    accumulator layout: rows r0 and r0 + 8 per thread."""
+    offsets = [coords.layout(v)[0] for v in range(size)]
+    if sorted(set(offsets)) != [0, 8]:
+        raise NotImplementedError(f"row_sum expects rows r0 and r0 + 8 per thread, got offsets {offsets}")
+    return offsets
+
+
 class Sm90Gemm:
     """A compiled-once GEMM: `cute.compile(Sm90Gemm(...), a, b, d0, d1, scale, cu_rows, cu_tiles, max_clusters, stream)`."""
 
-    def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int):
+    def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False):
         self.cfg = cfg
         self.epi = epi
         self.grouped = grouped
+        self.grouped_k = grouped_k
         self.ab_stages = ab_stages
         self.pingpong = cfg.schedule == "pingpong"
         self.tile_m, self.tile_n, self.tile_k = cfg.tile_m, cfg.tile_n, cfg.tile_k
@@ -74,7 +94,8 @@ class Sm90Gemm:
         mD0: cute.Tensor,  # (M, N, 1)
         mD1,  # (M, N, 1) or None
         mScale,  # (M,) fp32 or None
-        mAux,  # (M, N, 1) epilogue input (dsrelu: preact) or None
+        mAux,  # (M, N, 1) epilogue input (dsrelu: preact; accumulate: D's previous value) or None
+        mRowSum,  # (M,) fp32, zeroed, for the dsrelu row sum, or None
         mCuRows,  # (E+1,) int32 or None
         mCuTiles,  # (E+1,) int32 or None
         max_clusters: Int32,
@@ -95,6 +116,10 @@ class Sm90Gemm:
             self.atom_layout_mnk,
             tiler_mn=(64, self.tile_n),
         )
+        k_total = cute.size(mA, mode=[1])
+        if const_expr(self.grouped_k):
+            mA = self._ragged_k_view(mA)
+            mB = self._ragged_k_view(mB)
         a_smem_staged = self._operand_smem_layout(a_layout, (self.tile_m, self.tile_k))
         b_smem_staged = self._operand_smem_layout(b_layout, (self.tile_n, self.tile_k))
         epi_smem_staged = self._epi_smem_layout(self.epi_slots * self.cfg.epi_stages)
@@ -119,7 +144,6 @@ class Sm90Gemm:
 
         m_total = cute.size(mA, mode=[0])
         n_total = cute.size(mB, mode=[0])
-        k_total = cute.size(mA, mode=[1])
         num_m_tiles = (m_total + self.tile_m - 1) // self.tile_m
         num_n_tiles = (n_total + self.tile_n - 1) // self.tile_n
         num_experts = Int32(1)
@@ -127,9 +151,12 @@ class Sm90Gemm:
             num_experts = cute.size(mCuRows, mode=[0]) - 1
             # Upper bound: each expert adds at most one partial tile.
             num_m_tiles = num_m_tiles + num_experts
+        if const_expr(self.grouped_k):
+            num_experts = cute.size(mCuRows, mode=[0]) - 1
         clusters_m = (num_m_tiles + self.cfg.cluster_m - 1) // self.cfg.cluster_m
         clusters_n = (num_n_tiles + self.cfg.cluster_n - 1) // self.cfg.cluster_n
-        num_clusters = cutlass.min(clusters_m * clusters_n, max_clusters)
+        num_clusters = cutlass.min(clusters_m * clusters_n * (num_experts if const_expr(self.grouped_k) else 1),
+                                   max_clusters)
 
         ab_bytes = self.ab_stages * 2
         epi_elems = cute.cosize(epi_smem_staged)
@@ -147,7 +174,7 @@ class Sm90Gemm:
 
         self.kernel(
             tma_a, tma_mA, tma_b, tma_mB, tma_d0, tma_mD0, tma_d1, tma_mD1,
-            mScale, mAux, mCuRows, mCuTiles, tiled_mma,
+            mScale, mAux, mRowSum, mCuRows, mCuTiles, tiled_mma,
             cute.make_layout((*self.cluster_shape_mn, 1)),
             a_smem_staged, b_smem_staged, epi_smem_staged,
             m_total, n_total, k_total, num_m_tiles, num_n_tiles, num_experts,
@@ -173,6 +200,24 @@ class Sm90Gemm:
         )
         return cute.tile_to_shape(atom, (*self.epi_tile, stages), order=(0, 1, 2))
 
+    def _ragged_k_view(self, mX: cute.Tensor):
+        """(R, K, 1) -> a ragged (R, K, K+1) view: slicing mode 2 at token c gives a
+        tensor whose K index j maps to token j + c - K, so tokens at or past c are out
+        of bounds and TMA fills them with zeros."""
+        k = cute.size(mX, mode=[1])
+        sk = mX.stride[1]
+        base = mX.iterator + (-(cutlass.Int64(k) * sk))
+        layout = cute.make_layout((cute.size(mX, mode=[0]), k, k + 1), stride=(mX.stride[0], sk, sk))
+        return cute.make_tensor(base, layout)
+
+    def _k_range(self, mCuRows, expert, k_total):
+        """(first K index in the ragged view, number of K tiles) of an expert's tile;
+        at least one K tile, so an empty expert computes zeros."""
+        k_lo = mCuRows[expert]
+        k_hi = mCuRows[expert + 1]
+        k_tiles = cutlass.max((k_hi - k_lo + self.tile_k - 1) // self.tile_k, 1)
+        return k_lo - k_hi + k_total, k_hi, k_tiles
+
     def _store_view(self, mD: cute.Tensor):
         """Dense: D itself.  Grouped: a ragged (R, N, R+1) view; slicing mode 2 at an
         expert's end row e gives a tensor whose row r maps to D row r + e - R, so rows at
@@ -189,6 +234,14 @@ class Sm90Gemm:
     def _tile_coords(self, t, cluster_coord, mCuRows, mCuTiles, m_total, num_n_tiles, num_m_clusters, num_experts):
         """Cluster work index -> (row_start, row_end, n_tile, expert) of this CTA's tile."""
         clusters_n = (num_n_tiles + self.cfg.cluster_n - 1) // self.cfg.cluster_n
+        if const_expr(self.grouped_k):
+            per_expert = num_m_clusters * clusters_n
+            e = t // per_expert
+            cm, cn = banded_coord_device(t - e * per_expert, num_m_clusters, clusters_n, self.cfg.swizzle,
+                                         self.cfg.raster == "n")
+            m_tile = cm * self.cfg.cluster_m + cluster_coord[0]
+            n_tile = cn * self.cfg.cluster_n + cluster_coord[1]
+            return m_tile * self.tile_m, m_total, n_tile, e
         cm, cn = banded_coord_device(t, num_m_clusters, clusters_n, self.cfg.swizzle, self.cfg.raster == "n")
         m_tile = cm * self.cfg.cluster_m + cluster_coord[0]
         n_tile = cn * self.cfg.cluster_n + cluster_coord[1]
@@ -206,7 +259,7 @@ class Sm90Gemm:
         tma_b: cute.CopyAtom, mB: cute.Tensor,
         tma_d0: cute.CopyAtom, mD0: cute.Tensor,
         tma_d1: cute.CopyAtom, mD1: cute.Tensor,
-        mScale, mAux, mCuRows, mCuTiles,
+        mScale, mAux, mRowSum, mCuRows, mCuTiles,
         tiled_mma: cute.TiledMma,
         cta_layout_mnk: cute.Layout,
         a_smem_staged: cute.ComposedLayout,
@@ -266,6 +319,8 @@ class Sm90Gemm:
             total_m_tiles = mCuTiles[num_experts]
         num_m_clusters = (total_m_tiles + cfg.cluster_m - 1) // cfg.cluster_m
         num_work = num_m_clusters * ((num_n_tiles + cfg.cluster_n - 1) // cfg.cluster_n)
+        if const_expr(self.grouped_k):
+            num_work = num_work * num_experts
         cluster_id = cute.arch.block_idx()[2]
         num_launched = cute.arch.grid_dim()[2]
 
@@ -283,17 +338,25 @@ class Sm90Gemm:
                     row_start, row_end, n_tile, expert = self._tile_coords(
                         t, cluster_coord, mCuRows, mCuTiles, m_total, num_n_tiles, num_m_clusters, num_experts
                     )
-                    gA = cute.local_tile(
-                        cute.domain_offset((row_start, 0), mA[None, None, 0]), (self.tile_m, self.tile_k), (0, None)
-                    )
-                    gB = cute.local_tile(mB[None, None, expert], (self.tile_n, self.tile_k), (n_tile, None))
+                    tile_k_tiles = k_tiles
+                    if const_expr(self.grouped_k):
+                        k_first, k_hi, tile_k_tiles = self._k_range(mCuRows, expert, k_total)
+                        gA = cute.local_tile(cute.domain_offset((row_start, k_first), mA[None, None, k_hi]),
+                                             (self.tile_m, self.tile_k), (0, None))
+                        gB = cute.local_tile(cute.domain_offset((0, k_first), mB[None, None, k_hi]),
+                                             (self.tile_n, self.tile_k), (n_tile, None))
+                    else:
+                        gA = cute.local_tile(
+                            cute.domain_offset((row_start, 0), mA[None, None, 0]), (self.tile_m, self.tile_k), (0, None)
+                        )
+                        gB = cute.local_tile(mB[None, None, expert], (self.tile_n, self.tile_k), (n_tile, None))
                     tAsA, tAgA = cpasync.tma_partition(
                         tma_a, cluster_coord[1], a_cta_layout, cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2)
                     )
                     tBsB, tBgB = cpasync.tma_partition(
                         tma_b, cluster_coord[0], b_cta_layout, cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
                     )
-                    for kt in range(k_tiles):
+                    for kt in range(tile_k_tiles):
                         ab_pipeline.producer_acquire(state)
                         bar = ab_pipeline.producer_get_barrier(state)
                         cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar, mcast_mask=a_mcast_mask)
@@ -348,6 +411,7 @@ class Sm90Gemm:
             # where to read the auxiliary input.  The *source* partition: stmatrix moves
             # values between threads, so the destination partition names other elements.
             tRS_cEpi = thr_r2s.partition_S(cute.make_identity_tensor(self.epi_tile))
+            row_offsets = _fragment_row_offsets(tRS_cEpi, frag_size) if const_expr(self.epi.row_sum) else None
 
             store_pipeline = pipeline.PipelineTmaStore.create(
                 num_stages=cfg.epi_stages,
@@ -362,6 +426,9 @@ class Sm90Gemm:
                 row_start, row_end, n_tile, expert = self._tile_coords(
                     t, cluster_coord, mCuRows, mCuTiles, m_total, num_n_tiles, num_m_clusters, num_experts
                 )
+                tile_k_tiles = k_tiles
+                if const_expr(self.grouped_k):
+                    _, _, tile_k_tiles = self._k_range(mCuRows, expert, k_total)
                 if const_expr(self.pingpong):
                     # Skip the stages of the other warpgroup's tile, then wait for our turn.
                     if consumer_wg == 1 or local_tile_idx > 0:
@@ -383,7 +450,7 @@ class Sm90Gemm:
                 warpgroup.commit_group()
                 read_state.advance()
                 tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
-                for kt in range(1, k_tiles):
+                for kt in range(1, tile_k_tiles):
                     ab_pipeline.consumer_wait(read_state)
                     warpgroup.fence()
                     for kb in cutlass.range_constexpr(num_k_blocks):
@@ -405,7 +472,9 @@ class Sm90Gemm:
                     for i in cutlass.range_constexpr(cute.size(rScale)):
                         row = cutlass.min(row_start + tCcTile[i][0], row_end - 1)
                         rScale[i] = Float32(mScale[row])
-                gD_tile0, gD_tile1 = self._output_tiles(mD0, mD1, row_start, row_end, n_tile, m_total)
+                gD_tile0, gD_tile1 = self._output_tiles(mD0, mD1, row_start, row_end, n_tile, m_total, expert)
+                row_sum0 = Float32(0.0)
+                row_sum1 = Float32(0.0)
                 bSG_sD0, bSG_gD0 = cpasync.tma_partition(
                     tma_d0, 0, cute.make_layout(1), cute.group_modes(sD0, 0, 2), cute.zipped_divide(gD_tile0, self.epi_tile)
                 )
@@ -432,8 +501,16 @@ class Sm90Gemm:
                             # clamped: rows past the tile's end and columns past N are never stored
                             arow = cutlass.min(row_start + coord[0], row_end - 1)
                             acol = cutlass.min(n_tile * self.tile_n + e * cfg.epi_n + coord[1], n_total - 1)
-                            afrag[v] = Float32(mAux[(arow, acol, 0)])
+                            afrag[v] = Float32(mAux[(arow, acol, expert if const_expr(self.grouped_k) else 0)])
                         aux_vec = afrag.load()
+                    if const_expr(self.epi.row_sum):
+                        # A thread's accumulator rows in a 64-row WGMMA atom are r0 and r0 + 8.
+                        for v in cutlass.range_constexpr(frag_size):
+                            term = self.epi.row_term(frag[v], afrag[v])
+                            if const_expr(row_offsets[v] == 0):
+                                row_sum0 = row_sum0 + term
+                            else:
+                                row_sum1 = row_sum1 + term
                     outs = self.epi.apply(frag.load(), scale_vec, aux_vec)
                     buf = (local_tile_idx * num_epi + e) % cfg.epi_stages + epi_slot * cfg.epi_stages
                     out0 = cute.make_rmem_tensor(frag_shape, self.d_dtype)
@@ -453,16 +530,31 @@ class Sm90Gemm:
                         store_pipeline.producer_acquire()
                     epi_barrier.arrive_and_wait()
 
+                if const_expr(self.epi.row_sum):
+                    # Sum each row's partials over the 4 lanes that share it, then one
+                    # atomic add per row (rows r0 and r0 + 8 of this thread).
+                    for off in cutlass.range_constexpr(1, 3):
+                        row_sum0 = row_sum0 + cute.arch.shuffle_sync_bfly(row_sum0, offset=off)
+                        row_sum1 = row_sum1 + cute.arch.shuffle_sync_bfly(row_sum1, offset=off)
+                    row0 = row_start + tRS_cEpi[0][0]
+                    if cute.arch.lane_idx() % 4 == 0:
+                        if row0 < row_end:
+                            cute.arch.atomic_add(mRowSum.iterator + row0, row_sum0)
+                        if row0 + 8 < row_end:
+                            cute.arch.atomic_add(mRowSum.iterator + (row0 + 8), row_sum1)
                 local_tile_idx += 1
                 t += t_step
             if warp_idx == store_warp:
                 store_pipeline.producer_tail()
 
-    def _output_tiles(self, mD0, mD1, row_start, row_end, n_tile, m_total):
+    def _output_tiles(self, mD0, mD1, row_start, row_end, n_tile, m_total, expert):
         """The (tile_m, tile_n) TMA-coordinate tiles of each output for this tile."""
         tiles = []
         for mD in (mD0, mD1):
-            if const_expr(self.grouped):
+            if const_expr(self.grouped_k):
+                view = mD[None, None, expert]
+                origin = (row_start, n_tile * self.tile_n)
+            elif const_expr(self.grouped):
                 # Ragged view: slice at the expert's end row; local row r = row - row_end + R.
                 view = mD[None, None, row_end]
                 origin = (row_start - row_end + m_total, n_tile * self.tile_n)
