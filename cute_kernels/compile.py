@@ -104,6 +104,8 @@ def build_kernel(key: KernelKey):
     """The kernel object for `key` (config validated first)."""
     if key.grouped and key.grouped_k:
         raise ValueError("a kernel is grouped along M or along K, not both")
+    if key.grouped_k and (key.a_major, key.b_major) != ("m", "n"):
+        raise ValueError("the K-grouped GEMM reads K through a ragged TMA view: A must be M-major and B N-major")
     if key.epi.row_sum and not row_sum_fits(key.cfg):
         raise ConfigError(f"the row-sum epilogue needs at most {ROW_SUM_MAX_ACC_REGS} accumulator registers per "
                           f"thread (it spills above): {key.cfg}")

@@ -336,6 +336,12 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
                                     f"got {getattr(t, 'shape', type(t).__name__)}")
     if dy.size(0) != x.size(0):
         raise checks.InputError(f"dy has {dy.size(0)} tokens but x has {x.size(0)}")
+    if grouped:
+        # The per-expert token ranges are cut by a ragged TMA view along the token
+        # dimension, whose stride must be a 16-byte multiple: tokens cannot be the
+        # contiguous dimension, so column-major inputs are copied to row-major.
+        dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+        x = x if x.stride(-1) == 1 else x.contiguous()
     # GEMM: A = dy^T (M=N_out, K=T), B = x^T (N=K_out, K=T); both contiguous along M / N
     a, b = dy.t(), x.t()
     majors = checks.check_gemm_operands("dy (as its transpose)", a, "x (as its transpose)", b, grouped=False)

@@ -203,7 +203,8 @@ class Sm90Gemm:
     def _ragged_k_view(self, mX: cute.Tensor):
         """(R, K, 1) -> a ragged (R, K, K+1) view: slicing mode 2 at token c gives a
         tensor whose K index j maps to token j + c - K, so tokens at or past c are out
-        of bounds and TMA fills them with zeros."""
+        of bounds and TMA fills them with zeros.  Precondition: K is not the contiguous
+        mode (TMA strides must be 16-byte multiples), i.e. A is M-major, B N-major."""
         k = cute.size(mX, mode=[1])
         sk = mX.stride[1]
         base = mX.iterator + (-(cutlass.Int64(k) * sk))
