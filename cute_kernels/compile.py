@@ -90,7 +90,10 @@ def fake_arguments(key: KernelKey):
     if key.epi.aux_input:  # accumulate: D's previous value; dsrelu: preact (operand dtype)
         aux = make_fake_tensor(dd if key.epi.accumulate else dt, (m, n, ld_),
                                (cute.sym_int64(divisibility=8), 1, cute.sym_int64(divisibility=8)), assumed_align=16)
-    rowsum = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if key.epi.row_sum else None
+    rowsum = None
+    if key.epi.row_sum:  # (M, N tiles) partials, column per N tile
+        rowsum = make_fake_tensor(cutlass.Float32, (m, cute.sym_int32(symbol="NT")), (1, cute.sym_int64()),
+                                  assumed_align=4)
     cu_rows = cu_tiles = None
     if key.grouped or key.grouped_k:
         e1 = cute.sym_int32(symbol="E1")

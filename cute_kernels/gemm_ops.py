@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 
 import torch
 
@@ -130,7 +131,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config, majors=("k", "k"), aux=None,
-            rowsum=None):
+            row_sum_out: bool = False):
+    """Launch one M-grouped or dense GEMM; returns the row sums (dsrelu row_sum) or None."""
     grouped = m_splits is not None
     m, k = a.shape
     n = w.size(-2)
@@ -147,6 +149,10 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
         config = dataclasses.replace(config, tile_n=128 if config.tile_n in (128, 256) else config.tile_n)
     _checked_config(config, arch, epi.num_outputs, grouped)
     key = KernelKey(arch, config, epi, grouped, _dtype_name(a.dtype), *majors)
+    rowsum = None
+    if epi.row_sum:  # one fp32 partial per (row, N tile), summed here: no atomics, reproducible
+        partials = torch.empty((-(-n // config.tile_n), m), dtype=torch.float32, device=a.device)
+        rowsum = partials.t()
 
     d1 = _as_mkl(outs[1]) if len(outs) > 1 else None
     aux3 = _as_mkl(aux) if aux is not None else None
@@ -154,6 +160,7 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
     if grouped:
         cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device)
     _run(key, _as_mkl(a), _as_nkl(w), _as_mkl(outs[0]), d1, prob, aux3, rowsum, cu_rows, cu_tiles)
+    return rowsum.sum(1) if epi.row_sum else None
 
 
 def _run(key: KernelKey, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles):
@@ -298,13 +305,12 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     checks.check_cuda("dy", dy)
     dpre = torch.empty((m, n), dtype=dy.dtype, device=dy.device)
     post = torch.empty((m, n), dtype=dy.dtype, device=dy.device) if store_postact else None
-    dprob = torch.zeros((m,), dtype=torch.float32, device=dy.device) if prob_grad else None
     if m == 0:
-        return dpre, post, dprob
+        return dpre, post, (torch.zeros((0,), dtype=torch.float32, device=dy.device) if prob_grad else None)
     outs = [dpre, post] if store_postact else [dpre]
     epi = EpilogueSpec("dsrelu", store_postact=store_postact, row_scale=prob is not None, row_sum=prob_grad)
-    _launch("fc2_dgrad_dsrelu", dy, b, outs, epi=epi, m_splits=m_splits, prob=prob, config=config, majors=majors,
-            aux=preact, rowsum=dprob)
+    dprob = _launch("fc2_dgrad_dsrelu", dy, b, outs, epi=epi, m_splits=m_splits, prob=prob, config=config,
+                    majors=majors, aux=preact)
     return dpre, post, dprob
 
 
@@ -336,6 +342,12 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
                                     f"got {getattr(t, 'shape', type(t).__name__)}")
     if dy.size(0) != x.size(0):
         raise checks.InputError(f"dy has {dy.size(0)} tokens but x has {x.size(0)}")
+    if grouped and os.environ.get("CUTE_KERNELS_EXPERIMENTAL_GROUPED_WGRAD", "0") != "1":
+        raise NotImplementedError(
+            "weight_grad with m_splits (the K-grouped kernel) is experimental: on the H100 it intermittently "
+            "faults with an illegal address on a first launch (notes/issue-3-progress.md); set "
+            "CUTE_KERNELS_EXPERIMENTAL_GROUPED_WGRAD=1 to run it anyway.  srelu_mlp uses torch._grouped_mm for "
+            "grouped weight gradients meanwhile.")
     if grouped:
         # The per-expert token ranges are cut by a ragged TMA view along the token
         # dimension, whose stride must be a 16-byte multiple: tokens cannot be the

@@ -237,10 +237,36 @@ def _wgrad_ref(dy, x, splits, experts):
 
 
 @pytest.mark.parametrize("cfg_name", list(WGRAD_CONFIGS))
-@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("tnk", [(1, 264, 136), (1111, 264, 1000), (4096, 1024, 2048)])
-def test_weight_grad(cfg_name, grouped, out_dtype, tnk):
+def test_weight_grad_dense(cfg_name, out_dtype, tnk):
+    check_weight_grad(cfg_name, False, out_dtype, tnk)
+
+
+def test_weight_grad_dense_accumulates_into_main_grad():
+    check_weight_grad_accumulate(False)
+
+
+def test_weight_grad_dense_transposed_inputs():
+    from cute_kernels import weight_grad
+
+    gen = _gen()
+    t, n, k = 2000, 256, 384
+    dy = torch.randn(n, t, generator=gen).bfloat16().cuda().t()  # column-major views
+    x = torch.randn(k, t, generator=gen).bfloat16().cuda().t()
+    _check(weight_grad(dy, x), _wgrad_ref(dy, x, None, 1), torch.bfloat16, "dw from transposed inputs")
+
+
+def test_weight_grad_grouped_is_gated(monkeypatch):
+    from cute_kernels import weight_grad
+
+    monkeypatch.delenv("CUTE_KERNELS_EXPERIMENTAL_GROUPED_WGRAD", raising=False)
+    dy = torch.randn(64, 64, device="cuda").bfloat16()
+    with pytest.raises(NotImplementedError, match="experimental"):
+        weight_grad(dy, dy, m_splits=[32, 32])
+
+
+def check_weight_grad(cfg_name, grouped, out_dtype, tnk):
     from cute_kernels import weight_grad
 
     t, n, k = tnk
@@ -263,8 +289,7 @@ def test_weight_grad(cfg_name, grouped, out_dtype, tnk):
                 assert (out[i] == 0).all(), f"expert {i} is empty: its gradient must be zeros"
 
 
-@pytest.mark.parametrize("grouped", [False, True])
-def test_weight_grad_accumulates_into_main_grad(grouped):
+def check_weight_grad_accumulate(grouped):
     from cute_kernels import weight_grad
 
     gen = _gen()
@@ -279,15 +304,3 @@ def test_weight_grad_accumulates_into_main_grad(grouped):
     ref = before + 2 * _wgrad_ref(dy, x, splits, e)
     err = rel_err(main_grad, ref)
     assert err < 1e-5, f"main_grad accumulation relative error {err:.3e} (fp32 accumulate expected)"
-
-
-def test_weight_grad_tensor_splits_and_transposed_inputs():
-    from cute_kernels import weight_grad
-
-    gen = _gen()
-    t, n, k, e = 2000, 256, 384, 4
-    dy = torch.randn(n, t, generator=gen).bfloat16().cuda().t()  # column-major views
-    x = torch.randn(k, t, generator=gen).bfloat16().cuda().t()
-    splits = random_splits(t, e, gen, empty=1)
-    dw = weight_grad(dy, x, m_splits=torch.tensor(splits, device="cuda"))
-    _check(dw, _wgrad_ref(dy, x, splits, e), torch.bfloat16, "dw from transposed inputs and tensor splits")

@@ -30,7 +30,9 @@ accumulating epilogue, its previous value) without a branch around the mainloop.
 Preconditions (checked on the host by `cute_kernels.checks`): bf16/fp16 A and B of
 the same dtype, 16-byte aligned base pointers and leading dimensions, D row-major
 (bf16/fp16 or fp32), K >= 1; grouped: cluster_m == 1; grouped_k: cooperative.
-Row sums (dsrelu `row_sum`) need the output vector zeroed: tiles add into it.
+Row sums (dsrelu `row_sum`) are written as one partial per (row, N tile) into an
+(M, ceil(N / tile_n)) fp32 tensor (every element written once, no atomics, so the
+result is bitwise reproducible); the host sums the partials.
 """
 from __future__ import annotations
 
@@ -95,7 +97,7 @@ class Sm90Gemm:
         mD1,  # (M, N, 1) or None
         mScale,  # (M,) fp32 or None
         mAux,  # (M, N, 1) epilogue input (dsrelu: preact; accumulate: D's previous value) or None
-        mRowSum,  # (M,) fp32, zeroed, for the dsrelu row sum, or None
+        mRowSum,  # (M, n_tiles) fp32: the dsrelu row sum's partial per N tile, or None
         mCuRows,  # (E+1,) int32 or None
         mCuTiles,  # (E+1,) int32 or None
         max_clusters: Int32,
@@ -532,17 +534,17 @@ class Sm90Gemm:
                     epi_barrier.arrive_and_wait()
 
                 if const_expr(self.epi.row_sum):
-                    # Sum each row's partials over the 4 lanes that share it, then one
-                    # atomic add per row (rows r0 and r0 + 8 of this thread).
+                    # Sum each row's partials over the 4 lanes that share it; one lane
+                    # stores the tile's partial of rows r0 and r0 + 8 (deterministic).
                     for off in cutlass.range_constexpr(1, 3):
                         row_sum0 = row_sum0 + cute.arch.shuffle_sync_bfly(row_sum0, offset=off)
                         row_sum1 = row_sum1 + cute.arch.shuffle_sync_bfly(row_sum1, offset=off)
                     row0 = row_start + tRS_cEpi[0][0]
                     if cute.arch.lane_idx() % 4 == 0:
                         if row0 < row_end:
-                            cute.arch.atomic_add(mRowSum.iterator + row0, row_sum0)
+                            mRowSum[(row0, n_tile)] = row_sum0
                         if row0 + 8 < row_end:
-                            cute.arch.atomic_add(mRowSum.iterator + (row0 + 8), row_sum1)
+                            mRowSum[(row0 + 8, n_tile)] = row_sum1
                 local_tile_idx += 1
                 t += t_step
             if warp_idx == store_warp:
