@@ -13,8 +13,8 @@ kernel converts and stores them.
   pre-activation as auxiliary input and the router probability p as the optional
   row scale: dpreact = 2 * p * acc * relu(preact), optionally the recomputed
   postact = p * relu(preact)^2 for FC2's weight gradient, and optionally (`row_sum`)
-  the router gradient dp = rowsum(acc * relu(preact)^2), reduced in the kernel and
-  added atomically into an fp32 vector.
+  the router gradient dp = rowsum(acc * relu(preact)^2), reduced in the kernel to one
+  fp32 partial per (row, N tile) that the host sums (no atomics: reproducible).
 """
 from __future__ import annotations
 

@@ -8,6 +8,14 @@ from cute_kernels import GroupedSReLUMLP, SReLUMLP, srelu_mlp
 pytestmark = pytest.mark.gpu
 
 
+def _mlp_weights(m, h, f, e, grouped, g):
+    """Random bf16 x (m, h), w1, w2 (per expert when grouped), scaled for O(1) activations."""
+    x = torch.randn(m, h, device="cuda", generator=g).bfloat16()
+    w1 = (torch.randn(*((e, f, h) if grouped else (f, h)), device="cuda", generator=g) / h ** 0.5).bfloat16()
+    w2 = (torch.randn(*((e, h, f) if grouped else (h, f)), device="cuda", generator=g) / f ** 0.5).bfloat16()
+    return x, w1, w2
+
+
 def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -17,9 +25,7 @@ def _rel(a, b):
 def test_cute_path_matches_torch_path(grouped, recompute):
     g = torch.Generator(device="cuda").manual_seed(0)
     m, h, f, e = 1000, 512, 1536, 6
-    x = torch.randn(m, h, device="cuda", generator=g).bfloat16()
-    w1 = (torch.randn(*((e, f, h) if grouped else (f, h)), device="cuda", generator=g) / h ** 0.5).bfloat16()
-    w2 = (torch.randn(*((e, h, f) if grouped else (h, f)), device="cuda", generator=g) / f ** 0.5).bfloat16()
+    x, w1, w2 = _mlp_weights(m, h, f, e, grouped, g)
     prob = torch.rand(m, device="cuda", generator=g) if grouped else None
     splits = [400, 0, 123, 250, 27, 200] if grouped else None
     dy = torch.randn(m, h, device="cuda", generator=g).bfloat16()
@@ -96,9 +102,7 @@ def test_gradients_against_float32_reference(backend, grouped):
     """Every gradient (x, w1, w2, prob) against autograd of plain float32 ops."""
     g = torch.Generator(device="cuda").manual_seed(4)
     m, h, f, e = 777, 384, 640, 5
-    x = torch.randn(m, h, device="cuda", generator=g).bfloat16()
-    w1 = (torch.randn(*((e, f, h) if grouped else (f, h)), device="cuda", generator=g) / h ** 0.5).bfloat16()
-    w2 = (torch.randn(*((e, h, f) if grouped else (h, f)), device="cuda", generator=g) / f ** 0.5).bfloat16()
+    x, w1, w2 = _mlp_weights(m, h, f, e, grouped, g)
     prob = torch.rand(m, device="cuda", generator=g)
     splits = [300, 0, 177, 200, 100] if grouped else None
     dy = torch.randn(m, h, device="cuda", generator=g).bfloat16()
@@ -137,9 +141,7 @@ def test_main_grad_accumulation(backend, grouped, recompute):
     (starting from random values), .grad stays None, and the sums match float32."""
     g = torch.Generator(device="cuda").manual_seed(7)
     m, h, f, e = 700, 256, 768, 4
-    x = torch.randn(m, h, device="cuda", generator=g).bfloat16()
-    w1 = (torch.randn(*((e, f, h) if grouped else (f, h)), device="cuda", generator=g) / h ** 0.5).bfloat16()
-    w2 = (torch.randn(*((e, h, f) if grouped else (h, f)), device="cuda", generator=g) / f ** 0.5).bfloat16()
+    x, w1, w2 = _mlp_weights(m, h, f, e, grouped, g)
     prob = torch.rand(m, device="cuda", generator=g) if grouped else None
     splits = [300, 0, 250, 150] if grouped else None
     dys = [torch.randn(m, h, device="cuda", generator=g).bfloat16() for _ in range(2)]
