@@ -80,6 +80,14 @@ def open_study(problem: Problem, arch: str, storage: str | None, *, grid: bool, 
     return study
 
 
+def _finished_elsewhere(study, trial) -> bool:
+    """True when the storage already holds `trial` as finished (another worker told it)."""
+    for t in study.get_trials(deepcopy=False):
+        if t.number == trial.number:
+            return t.state.is_finished()
+    return False
+
+
 def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: str, progress: bool = True,
                compile_workers: int = 1, check_tol: float = 1e-2):
     """Ask/tell loop: compile the next candidates on threads while timing the current one."""
@@ -94,8 +102,15 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
     pending: list = []  # (trial, cfg, future or reason)
 
     def ask_one():
-        trial = study.ask()
-        cfg = space.suggest(trial, grouped)
+        while True:
+            trial = study.ask()
+            try:
+                cfg = space.suggest(trial, grouped)
+                break
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # with shared storage two workers can pop the same enqueued trial; the
+                # other one finished it already: take the next trial instead
+                log.info("trial %d was taken by another worker", trial.number)
         errs = validation_errors(cfg, arch=arch, num_outputs=problem.num_outputs, grouped=grouped)
         if errs:
             return trial, cfg, "invalid: " + "; ".join(errs)
@@ -131,8 +146,12 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
                     study.tell(trial, ms)
                     if trial.user_attrs.get("default"):
                         default_ms = ms
-            except optuna.exceptions.UpdateFinishedTrialError:
-                # another worker process claimed the same enqueued trial and finished it first
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                # another worker process claimed the same enqueued trial and finished it first;
+                # optuna reports that as UpdateFinishedTrialError or, when it sees the finished
+                # state before writing, as ValueError("Cannot tell a COMPLETE trial.")
+                if not _finished_elsewhere(study, trial):
+                    raise
                 log.info("trial %d was finished by another worker", trial.number)
             if bar is not None:
                 bar.update(1)
