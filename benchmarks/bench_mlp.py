@@ -95,7 +95,7 @@ def main(argv=None):
         print(lines[-1], flush=True)
         del x, w1, w2, dy
         torch.cuda.empty_cache()
-    lines += ["", *backward_breakdown()]
+    lines += ["", *backward_breakdown(), "", *grouped_backward_breakdown()]
     emit("\n".join(lines), args.out)
     return 0
 
@@ -135,6 +135,41 @@ def backward_breakdown():
         t, c = time_ms(t_fn), time_ms(c_fn)
         out.append(f"| {name} | {t:.3f} | {c:.3f} | {tf / c:.0f} | {t / c:.2f}x |")
         print(out[-1], flush=True)
+    return out
+
+
+
+def grouped_backward_breakdown():
+    """Grouped backward GEMMs of the E=8 and E=128 shapes: CuTe kernels vs torch._grouped_mm."""
+    from cute_kernels import fc2_dgrad_dsrelu, weight_grad
+
+    out = ["Grouped backward GEMMs (tokens split evenly; CUDA events, L2 flushed, median)", "",
+           "| shape | GEMM | torch ms | cute ms | vs torch |", "|---|---|---|---|---|"]
+    for s in SHAPES:
+        if not s["e"] or not hasattr(torch, "_grouped_mm"):
+            continue
+        m, h, f, e = s["m"], s["h"], s["f"], s["e"]
+        torch.manual_seed(0)
+        splits = [m // e] * e
+        offs = torch.tensor(splits, device="cuda").cumsum(0).to(torch.int32)
+        dy = torch.randn(m, h, device="cuda").bfloat16()
+        w2 = (torch.randn(e, h, f, device="cuda") / f ** 0.5).bfloat16()
+        pre = torch.randn(m, f, device="cuda").bfloat16()
+        post = torch.relu(pre).square()
+
+        def torch_dgrad():
+            d = torch._grouped_mm(dy, w2, offs=offs).float()
+            return (2 * d * torch.relu(pre.float())).bfloat16()
+
+        rows = [
+            ("FC2 dgrad + dSReLU", torch_dgrad, lambda: fc2_dgrad_dsrelu(dy, w2, pre, m_splits=splits)),
+            ("FC2 wgrad per expert", lambda: torch._grouped_mm(dy.t(), post, offs=offs),
+             lambda: weight_grad(dy, post, m_splits=splits)),
+        ]
+        for name, t_fn, c_fn in rows:
+            t, c = time_ms(t_fn), time_ms(c_fn)
+            out.append(f"| E={e} | {name} | {t:.3f} | {c:.3f} | {t / c:.2f}x |")
+            print(out[-1], flush=True)
     return out
 
 

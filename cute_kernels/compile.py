@@ -42,6 +42,15 @@ class KernelKey:
         return 4 if self.d_dtype == "float32" else 2
 
 
+def desc_workspace_words(key: "KernelKey", max_clusters: int) -> int:
+    """Int64 words of the grouped_k TMA-descriptor workspace for a launch of at most
+    `max_clusters` clusters: per CTA, A and B descriptors (128 B each) in every slot."""
+    from .sm90.gemm import DESC_WORDS, desc_slots
+
+    stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
+    return max_clusters * key.cfg.cluster_size * 2 * desc_slots(stages) * DESC_WORDS
+
+
 _cache: dict[KernelKey, object] = {}
 _lock = threading.Lock()
 
@@ -100,7 +109,10 @@ def fake_arguments(key: KernelKey):
         cu_rows = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
     if key.grouped:
         cu_tiles = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
-    return a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles
+    desc_ws = None
+    if key.grouped_k:  # per-CTA TMA descriptors (desc_workspace_words)
+        desc_ws = make_fake_tensor(cutlass.Int64, (cute.sym_int32(symbol="W"),), (1,), assumed_align=128)
+    return a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws
 
 
 def build_kernel(key: KernelKey):
@@ -108,7 +120,7 @@ def build_kernel(key: KernelKey):
     if key.grouped and key.grouped_k:
         raise ValueError("a kernel is grouped along M or along K, not both")
     if key.grouped_k and (key.a_major, key.b_major) != ("m", "n"):
-        raise ValueError("the K-grouped GEMM reads K through a ragged TMA view: A must be M-major and B N-major")
+        raise ValueError("the K-grouped GEMM takes tokens (K) as the strided dimension: A must be M-major and B N-major")
     if key.epi.row_sum and not row_sum_fits(key.cfg):
         raise ConfigError(f"the row-sum epilogue needs at most {ROW_SUM_MAX_ACC_REGS} accumulator registers per "
                           f"thread (it spills above): {key.cfg}")
@@ -126,7 +138,7 @@ def compile_kernel(key: KernelKey, *, options: str = "", tvm_ffi: bool = False):
     """Compile `key` (uncached).  Returns the DSL's compiled callable.
 
     With `tvm_ffi` the callable takes torch tensors and uses the current torch stream:
-    fn(a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, Int32(max_clusters)).
+    fn(a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws, Int32(max_clusters)).
     """
     os.environ.setdefault("CUTE_DSL_ARCH", ARCH_TO_DSL[key.arch])
     import cutlass

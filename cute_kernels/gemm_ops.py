@@ -7,6 +7,7 @@ launch it on the current CUDA stream.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -15,7 +16,7 @@ import os
 import torch
 
 from . import checks
-from .compile import ARCH_TO_DSL, KernelKey, build_kernel, get_compiled, use_tvm_ffi
+from .compile import ARCH_TO_DSL, KernelKey, build_kernel, desc_workspace_words, get_compiled, use_tvm_ffi
 from .config import ROW_SUM_MAX_ACC_REGS, ConfigError, GemmConfig, row_sum_fits, validate
 from .config_lookup import lookup_config
 from .epilogue import EpilogueSpec
@@ -49,37 +50,17 @@ def _checked_config(config: GemmConfig, arch: str, num_outputs: int, grouped: bo
         raise checks.InputError(f"config: {e}") from None
 
 
-class _PinnedRing:
-    """Reusable pinned host buffers for the per-call m_splits metadata, so a list of
-    splits reaches the GPU with an async copy and no fresh pinned allocation."""
+def _upload_int32(rows: list[int], cols: list[int], device) -> torch.Tensor:
+    """(2, n) int32 on `device` from two host lists, by an async copy from pinned memory.
 
-    def __init__(self, slots: int = 16):
-        self.slots = slots
-        self.bufs: list = [None] * slots
-        self.events: list = [None] * slots
-        self.next = 0
-
-    def upload(self, rows: list[int], tiles: list[int], device) -> torch.Tensor:
-        i = self.next
-        self.next = (i + 1) % self.slots
-        n = len(rows)
-        buf = self.bufs[i]
-        if buf is None or buf.size(1) < n:
-            buf = torch.empty((2, max(n, 256)), dtype=torch.int32, pin_memory=True)
-            self.bufs[i] = buf
-        elif self.events[i] is not None:
-            self.events[i].synchronize()  # the copy from this slot 16 calls ago
-        host = buf.numpy()
-        host[0, :n] = rows
-        host[1, :n] = tiles
-        out = buf[:, :n].to(device, non_blocking=True)
-        ev = self.events[i] or torch.cuda.Event()
-        ev.record(torch.cuda.current_stream(device))
-        self.events[i] = ev
-        return out
-
-
-_pinned = _PinnedRing()
+    torch's pinned (caching host) allocator keeps the host block alive until the copy
+    has run, so the host never waits for the GPU here; a copy from pageable memory
+    would make it wait for all queued work."""
+    host = torch.empty((2, len(rows)), dtype=torch.int32, pin_memory=True)
+    view = host.numpy()
+    view[0] = rows
+    view[1] = cols
+    return host.to(device, non_blocking=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,19 +91,34 @@ def _as_nkl(w: torch.Tensor) -> torch.Tensor:
     return w.permute(1, 2, 0)
 
 
+_META_CACHE_SIZE = 64
+_meta_cache: "collections.OrderedDict[tuple, torch.Tensor]" = collections.OrderedDict()
+
+
 def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cu_rows (E+1) and cu_tiles (E+1) as int32 on `device`, without a host sync."""
+    """cu_rows (E+1) and cu_tiles (E+1) as int32 on `device`, without a host sync.
+
+    A list's metadata is uploaded once and kept (LRU, keyed by the splits, tile_m and
+    device): the GEMMs of one MoE layer's step (FC1, FC2 and their gradients) share it."""
     if isinstance(m_splits, torch.Tensor):
         s = m_splits.to(torch.int32)
         meta = torch.zeros((2, s.numel() + 1), dtype=torch.int32, device=device)
         torch.cumsum(s, 0, out=meta[0, 1:])
         torch.cumsum((s + (tile_m - 1)) // tile_m, 0, out=meta[1, 1:])
         return meta[0], meta[1]
+    key = (tuple(m_splits), tile_m, device)
+    meta = _meta_cache.get(key)
+    if meta is not None:
+        _meta_cache.move_to_end(key)
+        return meta[0], meta[1]
     rows, tiles = [0], [0]
     for s in m_splits:
         rows.append(rows[-1] + s)
         tiles.append(tiles[-1] + -(-s // tile_m))
-    meta = _pinned.upload(rows, tiles, device)
+    meta = _upload_int32(rows, tiles, device)
+    _meta_cache[key] = meta
+    if len(_meta_cache) > _META_CACHE_SIZE:
+        _meta_cache.popitem(last=False)
     return meta[0], meta[1]
 
 
@@ -166,15 +162,19 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
 def _run(key: KernelKey, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles):
     import cutlass
 
-    max_clusters = cutlass.Int32(_max_clusters(a3.device.index or 0, key.cfg.cluster_size))
+    n_clusters = _max_clusters(a3.device.index or 0, key.cfg.cluster_size)
+    max_clusters = cutlass.Int32(n_clusters)
+    desc_ws = None
+    if key.grouped_k:  # scratch for the per-CTA TMA descriptors, written by the kernel
+        desc_ws = torch.empty(desc_workspace_words(key, n_clusters), dtype=torch.int64, device=a3.device)
     if use_tvm_ffi():
         fn = get_compiled(key)
-        fn(a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, max_clusters)
+        fn(a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, desc_ws, max_clusters)
         return
-    _launch_dlpack(key, key.arch, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, max_clusters)
+    _launch_dlpack(key, key.arch, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, desc_ws, max_clusters)
 
 
-def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, max_clusters):
+def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, desc_ws, max_clusters):
     """Fallback launch through the DSL's DLPack conversion (no apache-tvm-ffi)."""
     import os
 
@@ -185,8 +185,11 @@ def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_ti
     def vec(t):
         return None if t is None else from_dlpack(t, assumed_align=4).mark_layout_dynamic()
 
-    args = (_to_cute(a3, 1), _to_cute(b3, 1), _to_cute(d0, 1), None if d1 is None else _to_cute(d1, 1),
-            vec(prob), None if aux3 is None else _to_cute(aux3, 1), vec(rowsum), vec(cu_rows), vec(cu_tiles))
+    def mat(t):  # leading (contiguous) dimension: 1 for K-major / row-major, 0 for M- or N-major
+        return None if t is None else _to_cute(t, 1 if t.stride(1) == 1 else 0)
+
+    args = (mat(a3), mat(b3), mat(d0), mat(d1), vec(prob), mat(aux3), vec(rowsum), vec(cu_rows), vec(cu_tiles),
+            None if desc_ws is None else from_dlpack(desc_ws, assumed_align=128).mark_layout_dynamic())
     stream = cuda.CUstream(torch.cuda.current_stream(a3.device).cuda_stream)
     fn = _compiled.get(key)
     if fn is None:
@@ -315,12 +318,20 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
 
 
 def _wgrad_config(n: int, k: int, tokens: int, num_experts: int) -> GemmConfig:
-    """Default config of the weight-gradient GEMM (M=n, N=k output, K=tokens): 128x256
-    cooperative tiles with A multicast over a 1x2 cluster when there are enough tiles."""
-    tiles = -(-n // 128) * -(-k // 256) * num_experts
+    """Default config of the weight-gradient GEMM (M=n, N=k output, K=tokens), from a
+    six-config sweep on the H100 (2026-11-24, benchmarks/results/mlp/): cooperative
+    128x256 tiles with B multicast over a 2x1 cluster (dense 8192x4096x16384: 1.40 and
+    1.50 ms, 1.01-1.03x cuBLAS; grouped E=8 with 2048 tokens per expert: 0.253-0.258 ms),
+    but 128x192 tiles on a 1x2 cluster when experts have few tokens (E=128, 256 tokens
+    each: 0.77 ms vs 0.80 for 128x256); one 128x128 CTA per tile when tiles are scarce."""
+    short_k = num_experts > 1 and tokens < 1024 * num_experts  # few tokens per expert
+    tile_n = 192 if short_k else 256
+    tiles = -(-n // 128) * -(-k // tile_n) * num_experts
     if tiles < 132:
         return GemmConfig(tile_m=128, tile_n=128, cluster_m=1, cluster_n=1)
-    return GemmConfig(tile_m=128, tile_n=256, cluster_m=1, cluster_n=2)
+    if short_k:
+        return GemmConfig(tile_m=128, tile_n=192, cluster_m=1, cluster_n=2)
+    return GemmConfig(tile_m=128, tile_n=256, cluster_m=2, cluster_n=1)
 
 
 def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumulate: bool = False,
@@ -342,16 +353,9 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
                                     f"got {getattr(t, 'shape', type(t).__name__)}")
     if dy.size(0) != x.size(0):
         raise checks.InputError(f"dy has {dy.size(0)} tokens but x has {x.size(0)}")
-    if grouped and os.environ.get("CUTE_KERNELS_EXPERIMENTAL_GROUPED_WGRAD", "0") != "1":
-        raise NotImplementedError(
-            "weight_grad with m_splits (the K-grouped kernel) is experimental: on the H100 it intermittently "
-            "faults with an illegal address on a first launch (notes/issue-3-progress.md); set "
-            "CUTE_KERNELS_EXPERIMENTAL_GROUPED_WGRAD=1 to run it anyway.  srelu_mlp uses torch._grouped_mm for "
-            "grouped weight gradients meanwhile.")
     if grouped:
-        # The per-expert token ranges are cut by a ragged TMA view along the token
-        # dimension, whose stride must be a 16-byte multiple: tokens cannot be the
-        # contiguous dimension, so column-major inputs are copied to row-major.
+        # The K-grouped kernel takes tokens as the strided dimension of both operands
+        # (A M-major, B N-major): column-major inputs are copied to row-major.
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
         x = x if x.stride(-1) == 1 else x.contiguous()
     # GEMM: A = dy^T (M=N_out, K=T), B = x^T (N=K_out, K=T); both contiguous along M / N

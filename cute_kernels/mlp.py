@@ -5,9 +5,9 @@
 - backend "cute": every GEMM on the CuTe kernels.  Forward: fc1_srelu, fc2.
   Backward: FC2 dgrad with the SReLU derivative, the postact recompute and the router
   gradient fused in its epilogue (fc2_dgrad_dsrelu), FC1 dgrad (the FC2 kernel reading
-  w1 transposed in place), and both weight gradients (weight_grad; grouped weight
-  gradients use torch._grouped_mm while the K-grouped kernel is experimental).  CUTE_KERNELS_BACKWARD=torch keeps the CuTe forward and does the
-  backward in torch math.
+  w1 transposed in place), and both weight gradients (weight_grad; grouped: the
+  K-grouped kernel, one (N, K) gradient per expert).  CUTE_KERNELS_BACKWARD=torch keeps
+  the CuTe forward and does the backward in torch math.
   "torch": plain torch; "auto": cute on a supported CUDA GPU, else torch.
 - fuse_wgrad_accumulation: w1 and w2 carry an fp32 `main_grad` of their shape (as in
   Megatron-style training); the weight gradients are added into it (in the GEMM's
@@ -216,13 +216,10 @@ def _accumulate_main_grad(ctx, w, name, dw):
 
 
 def _cute_wgrad(ctx, dy, x, splits, w, name):
-    """cute path: dw = dy^T x, or added into w.main_grad in the GEMM's epilogue.  Grouped
-    weight gradients go through torch._grouped_mm until the K-grouped CuTe kernel is
-    cleared (see gemm_ops.weight_grad)."""
+    """cute path: dw = dy^T x (per expert when grouped: the K-grouped kernel), or added
+    into w.main_grad in the GEMM's epilogue."""
     from . import torch_ops
 
-    if splits is not None:
-        return _accumulate_main_grad(ctx, w, name, _per_expert_wgrad(dy, x, splits, w.size(0)))
     if ctx.fuse_wgrad:
         torch_ops.weight_grad_accumulate_op(dy, x, splits, _main_grad(w, name))
         return None

@@ -115,8 +115,15 @@ def test_backward_variant_compiles_and_ptx_is_as_designed(name):
     stores = len([l for l in ptx.splitlines() if "cp.async.bulk.tensor" in l and ".global.shared::cta" in l])
     assert stores == epi.num_outputs * cfg.tile_n // cfg.epi_n
     if key.grouped_k:
-        # operands through the ragged 3-D view: 3-D TMA loads
-        assert re.search(r"cp\.async\.bulk\.tensor\.3d\.shared::(cta|cluster)\.global", ptx)
+        # per-CTA descriptors rewritten in global memory when the expert changes (K extent
+        # and base address), released and acquired through the tensormap proxy, and every
+        # operand load goes through such a descriptor held in a register (not a kernel parameter)
+        assert "tensormap.replace.tile.global_dim.global" in ptx
+        assert "tensormap.replace.tile.global_address.global" in ptx
+        assert "fence.proxy.tensormap::generic.release" in ptx
+        assert "fence.proxy.tensormap::generic.acquire" in ptx
+        loads = [ln for ln in ptx.splitlines() if re.search(r"cp\.async\.bulk\.tensor\.\dd\.shared::(cta|cluster)\.global", ln)]
+        assert loads and all(re.search(r"\[%rd\d+, \{", ln) for ln in loads), loads[:2]
     if key.d_dtype == "float32":
         assert "stmatrix" not in ptx, "fp32 outputs go to smem with plain stores"
     else:

@@ -257,15 +257,6 @@ def test_weight_grad_dense_transposed_inputs():
     _check(weight_grad(dy, x), _wgrad_ref(dy, x, None, 1), torch.bfloat16, "dw from transposed inputs")
 
 
-def test_weight_grad_grouped_is_gated(monkeypatch):
-    from cute_kernels import weight_grad
-
-    monkeypatch.delenv("CUTE_KERNELS_EXPERIMENTAL_GROUPED_WGRAD", raising=False)
-    dy = torch.randn(64, 64, device="cuda").bfloat16()
-    with pytest.raises(NotImplementedError, match="experimental"):
-        weight_grad(dy, dy, m_splits=[32, 32])
-
-
 def check_weight_grad(cfg_name, grouped, out_dtype, tnk):
     from cute_kernels import weight_grad
 
@@ -304,3 +295,18 @@ def check_weight_grad_accumulate(grouped):
     ref = before + 2 * _wgrad_ref(dy, x, splits, e)
     err = rel_err(main_grad, ref)
     assert err < 1e-5, f"main_grad accumulation relative error {err:.3e} (fp32 accumulate expected)"
+
+
+def test_list_splits_upload_does_not_wait_for_the_gpu():
+    """A list m_splits reaches the GPU by an async copy from pinned memory: the host
+    does not wait for queued work (a pageable copy would serialize CPU and GPU)."""
+    from cute_kernels.gemm_ops import _splits_metadata
+
+    splits = [5, 0, 300, 17]
+    torch.cuda.synchronize()
+    torch.cuda._sleep(200_000_000)  # keep the stream busy for a while
+    rows, tiles = _splits_metadata(splits, 128, torch.device("cuda"))
+    assert not torch.cuda.current_stream().query(), "the upload waited for the queued GPU work"
+    torch.cuda.synchronize()
+    assert rows.tolist() == [0, 5, 5, 305, 322]
+    assert tiles.tolist() == [0, 1, 1, 4, 5]

@@ -1,9 +1,17 @@
-"""The experimental K-grouped weight-gradient kernel (weight_grad with m_splits) on the GPU.
+"""The K-grouped weight-gradient kernel (weight_grad with m_splits) on the GPU.
 
-Kept in its own file, which pytest runs last: the kernel intermittently faults with an
-illegal address on a first launch (notes/issue-3-progress.md), and a fault poisons the
-CUDA context for every test after it.
+Its first design cut each expert's token range with a 3-D TMA view whose base address
+lay below the operand's allocation; TMA loads through it faulted with an illegal
+address whenever that address was unmapped (every time when the operand was the
+process's first GPU allocation).  The fresh-process tests below reproduce exactly
+that situation.  Kept in its own file, which pytest runs last, because a fault
+poisons the CUDA context for every test after it.
 """
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -11,11 +19,20 @@ from test_gemm_gpu import WGRAD_CONFIGS, _check, _gen, _wgrad_ref, check_weight_
 from reference import random_splits
 
 pytestmark = pytest.mark.gpu
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def _enable(monkeypatch):
-    monkeypatch.setenv("CUTE_KERNELS_EXPERIMENTAL_GROUPED_WGRAD", "1")
+@pytest.mark.parametrize("variant", ["list", "tensor", "accum"])
+def test_weight_grad_grouped_fresh_process_moe_shape(variant):
+    """E=16 MoE weight gradient as the first GPU work of a new process (operands at the
+    start of the GPU heap), checked per expert against fp32 inside that process."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "stress_grouped_wgrad.py"), "--worker",
+                           "--variant", variant, "--shape", "e16", "--seed", "7"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, f"worker printed no result (rc {proc.returncode}): {proc.stdout[-800:]} {proc.stderr[-800:]}"
+    res = json.loads(lines[-1][len("RESULT "):])
+    assert res["ok"], res
 
 
 @pytest.mark.parametrize("cfg_name", list(WGRAD_CONFIGS))

@@ -21,9 +21,14 @@ of D whose row extent ends at the expert's last row, so TMA clips the store ther
 
 K-grouped problems (`grouped_k`, per-expert weight gradients dW_e = dY_e^T X_e):
 A (M, K_total) and B (N, K_total) hold every expert's tokens along K, `cu_rows` (E+1)
-the token offsets, and D is (M, N, E).  Work is E x tiles_m x tiles_n; a tile reads K
-through a ragged (., K, K+1) view whose K extent ends at its expert's last token, so
-TMA zero-fills the last partial K block instead of reading the next expert's tokens.
+the token offsets, and D is (M, N, E).  Work is E x tiles_m x tiles_n.  When its
+expert changes, the producer warp rewrites this CTA's own copy of the A and B TMA
+descriptors (in a global-memory workspace; ab_stages + 1 slots used in turn, so a slot
+is rewritten only after every load that used it has landed) so that their K extent
+ends at the expert's last token: TMA then zero-fills the last
+partial K block instead of reading the next expert's tokens.  The base address stays
+the operand's own (an earlier design moved it below the allocation to cut K with a
+3-D view; TMA loads through such a descriptor fault when that address is unmapped).
 An empty expert runs one all-out-of-bounds (zero) K block, so its D is 0 (or, with an
 accumulating epilogue, its previous value) without a branch around the mainloop.
 
@@ -44,7 +49,7 @@ from cutlass import Float32, Int32, const_expr
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.memory import SmemAllocator
 from cutlass.pipeline import pipeline_init_arrive, pipeline_init_wait
-from cutlass.tensor_utils import LayoutEnum
+from cutlass.tensor_utils import LayoutEnum, TensorMapManager, TensorMapUpdateMode
 
 from ..config import GemmConfig
 from ..epilogue import EpilogueSpec
@@ -54,6 +59,14 @@ THREADS_PER_WG = 128
 PRODUCER_REGS = 40
 CONSUMER_REGS = 232
 EPI_BARRIER_ID = 1  # ping-pong uses ids 1 and 2, one per consumer warpgroup
+DESC_BYTES = 128  # one TMA descriptor
+DESC_WORDS = DESC_BYTES // 8
+_DESC_MANAGER = TensorMapManager(TensorMapUpdateMode.GMEM, DESC_BYTES)
+
+
+def desc_slots(ab_stages: int) -> int:
+    """grouped_k: TMA descriptor slots per operand and CTA (see the module docstring)."""
+    return ab_stages + 1
 
 
 def _fragment_row_offsets(coords, size: int) -> list:
@@ -67,13 +80,14 @@ def _fragment_row_offsets(coords, size: int) -> list:
 
 
 class Sm90Gemm:
-    """A compiled-once GEMM: `cute.compile(Sm90Gemm(...), a, b, d0, d1, scale, cu_rows, cu_tiles, max_clusters, stream)`."""
+    """A compiled-once GEMM: `cute.compile(Sm90Gemm(...), a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws, max_clusters, stream)`."""
 
     def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False):
         self.cfg = cfg
         self.epi = epi
         self.grouped = grouped
         self.grouped_k = grouped_k
+        self.desc_slots = desc_slots(ab_stages)
         self.ab_stages = ab_stages
         self.pingpong = cfg.schedule == "pingpong"
         self.tile_m, self.tile_n, self.tile_k = cfg.tile_m, cfg.tile_n, cfg.tile_k
@@ -100,6 +114,7 @@ class Sm90Gemm:
         mRowSum,  # (M, n_tiles) fp32: the dsrelu row sum's partial per N tile, or None
         mCuRows,  # (E+1,) int32 or None
         mCuTiles,  # (E+1,) int32 or None
+        mDescWs,  # grouped_k: (CTAs x 4 x 16,) int64 workspace for per-CTA TMA descriptors, else None
         max_clusters: Int32,
         stream,
     ):
@@ -119,9 +134,6 @@ class Sm90Gemm:
             tiler_mn=(64, self.tile_n),
         )
         k_total = cute.size(mA, mode=[1])
-        if const_expr(self.grouped_k):
-            mA = self._ragged_k_view(mA)
-            mB = self._ragged_k_view(mB)
         a_smem_staged = self._operand_smem_layout(a_layout, (self.tile_m, self.tile_k))
         b_smem_staged = self._operand_smem_layout(b_layout, (self.tile_n, self.tile_k))
         epi_smem_staged = self._epi_smem_layout(self.epi_slots * self.cfg.epi_stages)
@@ -176,7 +188,9 @@ class Sm90Gemm:
 
         self.kernel(
             tma_a, tma_mA, tma_b, tma_mB, tma_d0, tma_mD0, tma_d1, tma_mD1,
-            mScale, mAux, mRowSum, mCuRows, mCuTiles, tiled_mma,
+            mScale, mAux, mRowSum, mCuRows, mCuTiles,
+            mA if const_expr(self.grouped_k) else None, mB if const_expr(self.grouped_k) else None, mDescWs,
+            tiled_mma,
             cute.make_layout((*self.cluster_shape_mn, 1)),
             a_smem_staged, b_smem_staged, epi_smem_staged,
             m_total, n_total, k_total, num_m_tiles, num_n_tiles, num_experts,
@@ -202,24 +216,29 @@ class Sm90Gemm:
         )
         return cute.tile_to_shape(atom, (*self.epi_tile, stages), order=(0, 1, 2))
 
-    def _ragged_k_view(self, mX: cute.Tensor):
-        """(R, K, 1) -> a ragged (R, K, K+1) view: slicing mode 2 at token c gives a
-        tensor whose K index j maps to token j + c - K, so tokens at or past c are out
-        of bounds and TMA fills them with zeros.  Precondition: K is not the contiguous
-        mode (TMA strides must be 16-byte multiples), i.e. A is M-major, B N-major."""
-        k = cute.size(mX, mode=[1])
-        sk = mX.stride[1]
-        base = mX.iterator + (-(cutlass.Int64(k) * sk))
-        layout = cute.make_layout((cute.size(mX, mode=[0]), k, k + 1), stride=(mX.stride[0], sk, sk))
-        return cute.make_tensor(base, layout)
-
-    def _k_range(self, mCuRows, expert, k_total):
-        """(first K index in the ragged view, number of K tiles) of an expert's tile;
-        at least one K tile, so an empty expert computes zeros."""
+    def _k_range(self, mCuRows, expert):
+        """(first K coordinate, K extent of the expert's descriptor, number of K tiles).
+        The extent ends at the expert's last token (at least 1: TMA dims are >= 1); an
+        empty expert starts at the extent, so its single K tile is all out of bounds
+        and reads as zeros."""
         k_lo = mCuRows[expert]
         k_hi = mCuRows[expert + 1]
+        k_extent = cutlass.max(k_hi, 1)
+        # empty experts: k_lo == k_hi == k_extent, except k_hi == 0, which starts at 1
+        k_start = k_lo + cutlass.max(1 - k_hi, 0)
         k_tiles = cutlass.max((k_hi - k_lo + self.tile_k - 1) // self.tile_k, 1)
-        return k_lo - k_hi + k_total, k_hi, k_tiles
+        return k_start, k_extent, k_tiles
+
+    def _desc_ptr(self, mDescWs, word, generic: bool = False):
+        """Pointer to the 128-byte TMA descriptor at int64 index `word` of the workspace
+        (global address space to write it; generic to hand it to a TMA copy)."""
+        space = cute.AddressSpace.generic if generic else cute.AddressSpace.gmem
+        return _DESC_MANAGER.get_tensormap_ptr(mDescWs.iterator + word, space)
+
+    def _expert_k_view(self, mX: cute.Tensor, k_extent):
+        """(R, K, 1) operand with its K extent cut to `k_extent` (same base address)."""
+        layout = cute.make_layout((cute.size(mX, mode=[0]), k_extent, 1), stride=mX.stride)
+        return cute.make_tensor(mX.iterator, layout)
 
     def _store_view(self, mD: cute.Tensor):
         """Dense: D itself.  Grouped: a ragged (R, N, R+1) view; slicing mode 2 at an
@@ -263,6 +282,7 @@ class Sm90Gemm:
         tma_d0: cute.CopyAtom, mD0: cute.Tensor,
         tma_d1: cute.CopyAtom, mD1: cute.Tensor,
         mScale, mAux, mRowSum, mCuRows, mCuTiles,
+        mA_gmem, mB_gmem, mDescWs,  # grouped_k: raw operands and the descriptor workspace
         tiled_mma: cute.TiledMma,
         cta_layout_mnk: cute.Layout,
         a_smem_staged: cute.ComposedLayout,
@@ -336,6 +356,18 @@ class Sm90Gemm:
                 a_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (0, None, 0)).shape)
                 b_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (None, 0, 0)).shape)
                 state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.ab_stages)
+                desc_slot = Int32(0)
+                prev_expert = Int32(-1)
+                if const_expr(self.grouped_k):
+                    # This CTA's descriptor slots: [slot 0: A, B | slot 1: A, B | ...], 128 B each.
+                    cta_linear = cluster_id * cute.size(cta_layout_mnk) + cta_rank
+                    desc_base = cta_linear * (2 * self.desc_slots * DESC_WORDS)
+                    for slot in cutlass.range_constexpr(self.desc_slots):
+                        with cute.arch.elect_one():
+                            cpasync.copy_tensormap(tma_a, self._desc_ptr(mDescWs, desc_base + (2 * slot) * DESC_WORDS))
+                            cpasync.copy_tensormap(tma_b, self._desc_ptr(mDescWs, desc_base + (2 * slot + 1) * DESC_WORDS))
+                    cute.arch.sync_warp()
+                    cute.arch.fence_acq_rel_cta()
                 t = cluster_id
                 while t < num_work:
                     row_start, row_end, n_tile, expert = self._tile_coords(
@@ -343,10 +375,29 @@ class Sm90Gemm:
                     )
                     tile_k_tiles = k_tiles
                     if const_expr(self.grouped_k):
-                        k_first, k_hi, tile_k_tiles = self._k_range(mCuRows, expert, k_total)
-                        gA = cute.local_tile(cute.domain_offset((row_start, k_first), mA[None, None, k_hi]),
+                        k_start, k_extent, tile_k_tiles = self._k_range(mCuRows, expert)
+                        if expert != prev_expert:
+                            # New expert: rewrite the next slot's descriptors with K cut at the
+                            # expert's last token.  At least one load per tile, and a stage is
+                            # reacquired only after its load landed, so after ab_stages + 1
+                            # slots no load in flight still reads the slot being rewritten.
+                            desc_slot = desc_slot + 1
+                            if desc_slot == self.desc_slots:
+                                desc_slot = Int32(0)
+                            pa = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot) * DESC_WORDS)
+                            pb = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS)
+                            cpasync.update_tma_descriptor(tma_a, self._expert_k_view(mA_gmem, k_extent), pa)
+                            cpasync.update_tma_descriptor(tma_b, self._expert_k_view(mB_gmem, k_extent), pb)
+                            cute.arch.sync_warp()
+                            cpasync.fence_tma_desc_release()
+                            cpasync.fence_tma_desc_acquire(pa)
+                            cpasync.fence_tma_desc_acquire(pb)
+                            prev_expert = expert
+                        desc_a = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot) * DESC_WORDS, generic=True)
+                        desc_b = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS, generic=True)
+                        gA = cute.local_tile(cute.domain_offset((row_start, k_start), mA[None, None, 0]),
                                              (self.tile_m, self.tile_k), (0, None))
-                        gB = cute.local_tile(cute.domain_offset((0, k_first), mB[None, None, k_hi]),
+                        gB = cute.local_tile(cute.domain_offset((0, k_start), mB[None, None, 0]),
                                              (self.tile_n, self.tile_k), (n_tile, None))
                     else:
                         gA = cute.local_tile(
@@ -362,8 +413,16 @@ class Sm90Gemm:
                     for kt in range(tile_k_tiles):
                         ab_pipeline.producer_acquire(state)
                         bar = ab_pipeline.producer_get_barrier(state)
-                        cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar, mcast_mask=a_mcast_mask)
-                        cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar, mcast_mask=b_mcast_mask)
+                        if const_expr(self.grouped_k):
+                            cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar,
+                                      mcast_mask=a_mcast_mask, tma_desc_ptr=desc_a)
+                            cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar,
+                                      mcast_mask=b_mcast_mask, tma_desc_ptr=desc_b)
+                        else:
+                            cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar,
+                                      mcast_mask=a_mcast_mask)
+                            cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar,
+                                      mcast_mask=b_mcast_mask)
                         ab_pipeline.producer_commit(state)
                         state.advance()
                     t += num_launched
@@ -431,7 +490,7 @@ class Sm90Gemm:
                 )
                 tile_k_tiles = k_tiles
                 if const_expr(self.grouped_k):
-                    _, _, tile_k_tiles = self._k_range(mCuRows, expert, k_total)
+                    _, _, tile_k_tiles = self._k_range(mCuRows, expert)
                 if const_expr(self.pingpong):
                     # Skip the stages of the other warpgroup's tile, then wait for our turn.
                     if consumer_wg == 1 or local_tile_idx > 0:
