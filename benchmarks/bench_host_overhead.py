@@ -1,0 +1,39 @@
+"""Host time of one srelu_mlp forward+backward step on the cute path.
+
+    python -m benchmarks.bench_host_overhead
+
+A long sleep kernel is queued first, so the host never waits for the GPU while it
+enqueues 10 steps: the wall time per step is the host's own cost (Python, dispatch,
+launches).  If it exceeds the step's kernel time, the step is host-bound.  Also reports
+whether the GPU was still busy when the host finished (False means something made the
+host wait, e.g. a copy from pageable memory).
+"""
+import time, torch
+from cute_kernels.mlp import srelu_mlp
+
+
+def main():
+    for (m, h, f, e) in [(16384, 2688, 1856, 8), (8192, 4096, 16384, 0)]:
+        torch.manual_seed(0)
+        x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
+        w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
+        w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
+        dy = torch.randn(m, h, device="cuda").bfloat16()
+        splits = [m // e] * e if e else None
+        def step():
+            y = srelu_mlp(x, w1, w2, m_splits=splits, backend="cute")
+            y.backward(dy)
+            x.grad = w1.grad = w2.grad = None
+        for _ in range(3): step()
+        torch.cuda.synchronize()
+        torch.cuda._sleep(3_000_000_000)  # ~1.5 s of GPU work queued ahead
+        t0 = time.perf_counter()
+        for _ in range(10): step()
+        t1 = time.perf_counter()
+        busy = not torch.cuda.current_stream().query()
+        torch.cuda.synchronize()
+        print(f"E={e}: host time per step {1e3 * (t1 - t0) / 10:.3f} ms; GPU still busy after enqueue: {busy}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
