@@ -13,13 +13,16 @@ from cute_kernels.mlp import srelu_mlp
 
 
 def main():
-    for (m, h, f, e) in [(16384, 2688, 1856, 8), (8192, 4096, 16384, 0)]:
+    for (m, h, f, e, as_tensor) in [(16384, 2688, 1856, 8, False), (16384, 2688, 1856, 8, True),
+                                    (8192, 4096, 16384, 0, False)]:
         torch.manual_seed(0)
         x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
         w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
         w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
         dy = torch.randn(m, h, device="cuda").bfloat16()
         splits = [m // e] * e if e else None
+        if as_tensor:
+            splits = torch.tensor(splits, device="cuda")
         def step():
             y = srelu_mlp(x, w1, w2, m_splits=splits, backend="cute")
             y.backward(dy)
@@ -32,7 +35,7 @@ def main():
         t1 = time.perf_counter()
         busy = not torch.cuda.current_stream().query()
         torch.cuda.synchronize()
-        print(f"E={e}: host time per step {1e3 * (t1 - t0) / 10:.3f} ms; GPU still busy after enqueue: {busy}", flush=True)
+        print(f"E={e}{' (m_splits a CUDA tensor)' if as_tensor else ''}: host time per step {1e3 * (t1 - t0) / 10:.3f} ms; GPU still busy after enqueue: {busy}", flush=True)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,14 @@ def _splits_list(m_splits):
     return list(m_splits)
 
 
+def _op_splits(splits):
+    """(list or None, GPU tensor or None): how the custom ops take the splits.  The cute
+    path keeps a CUDA m_splits tensor as is (the kernels read it, no host sync)."""
+    if isinstance(splits, torch.Tensor):
+        return None, splits
+    return splits, None
+
+
 def _grouped_mm_ok(a, w) -> bool:
     return (a.is_cuda and hasattr(torch, "_grouped_mm") and a.dtype == torch.bfloat16 and w.dtype == torch.bfloat16
             and not torch.compiler.is_compiling())
@@ -141,8 +149,9 @@ class SReLUMLPFunction(torch.autograd.Function):
         if use_cute:
             from . import torch_ops
 
-            preact, postact = torch_ops.fc1_srelu_fwd(x, w1, splits, prob, True)
-            y = torch_ops.fc2_fwd(postact, w2, splits)
+            sl, st = _op_splits(splits)
+            preact, postact = torch_ops.fc1_srelu_fwd(x, w1, sl, prob, True, splits_t=st)
+            y = torch_ops.fc2_fwd(postact, w2, sl, splits_t=st)
         else:
             preact = _per_expert_mm(x, w1, splits, transpose_w=True) if grouped else x @ w1.t()
             postact = srelu_torch(preact, prob, x.dtype)
@@ -164,6 +173,7 @@ class SReLUMLPFunction(torch.autograd.Function):
         grouped = splits is not None
         if ctx.use_cute and cute_backward_enabled():
             return SReLUMLPFunction._backward_cute(ctx, dy.contiguous(), x, preact, postact, prob, w1, w2, splits)
+        splits = _splits_list(splits)  # torch math takes a list (a GPU tensor costs one sync here)
         f = _elementwise_dtype(x)
         act = torch.relu(preact.to(f))
         p = prob.to(f).reshape(-1, 1) if prob is not None else None
@@ -195,12 +205,13 @@ class SReLUMLPFunction(torch.autograd.Function):
         (w1 read transposed in place); FC1's weight gradient."""
         from . import torch_ops
 
-        dpre, post_re, dprob = torch_ops.fc2_dgrad_dsrelu_op(dy, w2, preact, splits, prob, postact is None)
+        sl, st = _op_splits(splits)
+        dpre, post_re, dprob = torch_ops.fc2_dgrad_dsrelu_op(dy, w2, preact, sl, prob, postact is None, splits_t=st)
         if postact is None:
             postact = post_re
         dw2 = _cute_wgrad(ctx, dy, postact, splits, w2, "w2")
         del postact, post_re
-        dx = torch_ops.fc2_fwd(dpre, w1.transpose(-2, -1), splits)
+        dx = torch_ops.fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st)
         dw1 = _cute_wgrad(ctx, dpre, x, splits, w1, "w1")
         dprob = dprob.to(prob.dtype).reshape(prob.shape) if prob is not None else None
         return dx, dw1, dw2, dprob, None, None, None, None
@@ -220,15 +231,20 @@ def _cute_wgrad(ctx, dy, x, splits, w, name):
     into w.main_grad in the GEMM's epilogue."""
     from . import torch_ops
 
+    sl, st = _op_splits(splits)
     if ctx.fuse_wgrad:
-        torch_ops.weight_grad_accumulate_op(dy, x, splits, _main_grad(w, name))
+        torch_ops.weight_grad_accumulate_op(dy, x, sl, _main_grad(w, name), splits_t=st)
         return None
-    return torch_ops.weight_grad_op(dy, x, splits)
+    return torch_ops.weight_grad_op(dy, x, sl, splits_t=st)
 
 
 def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = False,
               fuse_wgrad_accumulation: bool = False, backend: str = "auto"):
-    """y = (p * relu(x @ w1^T)^2) @ w2^T; grouped when `m_splits` is given (w1 (E, F, H), w2 (E, H, F))."""
+    """y = (p * relu(x @ w1^T)^2) @ w2^T; grouped when `m_splits` is given (w1 (E, F, H), w2 (E, H, F)).
+
+    m_splits: per-expert token counts (tokens sorted by expert), a list of ints or an
+    integer tensor; on the cute path a CUDA tensor is read by the kernels on the GPU, so
+    the step has no host sync (the torch path converts it to a list)."""
     if backend not in ("auto", "cute", "torch"):
         raise ValueError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
     use_cute = _use_cute(x, backend)
@@ -240,5 +256,8 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     if fuse_wgrad_accumulation:
         for w, name in ((w1, "w1"), (w2, "w2")):
             _main_grad(w, name)
-    return SReLUMLPFunction.apply(x, w1, w2, prob, _splits_list(m_splits), recompute_postact, use_cute,
-                                  fuse_wgrad_accumulation)
+    if use_cute and isinstance(m_splits, torch.Tensor) and m_splits.is_cuda:
+        splits = m_splits  # read on the GPU by the kernels: no host sync
+    else:
+        splits = _splits_list(m_splits)
+    return SReLUMLPFunction.apply(x, w1, w2, prob, splits, recompute_postact, use_cute, fuse_wgrad_accumulation)

@@ -7,7 +7,9 @@ so torch.compile traces through them without graph breaks.
     torch.ops.cute_kernels.weight_grad(dy, x, m_splits) -> dw
     torch.ops.cute_kernels.weight_grad_accumulate(dy, x, m_splits, main_grad)  (main_grad += dw, in place)
 
-`m_splits` is a list of ints or None.  Outputs a call does not produce (preact with
+`m_splits` is a list of ints or None; `splits_t` (keyword, default None) gives the
+per-expert counts as an int tensor on the GPU instead, read by the kernels without a host
+sync (the CPU implementations convert it to a list).  Outputs a call does not produce (preact with
 store_preact=False, postact without store_postact, dprob without prob) are empty tensors.  CUDA runs the CuTe kernels; CPU runs the same math in torch (so the ops
 are usable, and checkable with torch.library.opcheck, anywhere).
 """
@@ -18,6 +20,16 @@ from typing import Optional
 import torch
 
 
+def _kernel_splits(m_splits, splits_t):
+    """What the CUDA kernels take: the GPU tensor when given, else the list (or None)."""
+    return splits_t if splits_t is not None else m_splits
+
+
+def _host_splits(m_splits, splits_t):
+    """A list for the CPU implementations."""
+    return [int(v) for v in splits_t.tolist()] if splits_t is not None else m_splits
+
+
 def _mm_rows(a, w, splits):
     from .mlp import _per_expert_mm
 
@@ -26,36 +38,37 @@ def _mm_rows(a, w, splits):
 
 @torch.library.custom_op("cute_kernels::fc1_srelu_fwd", mutates_args=())
 def fc1_srelu_fwd(x: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[int]], prob: Optional[torch.Tensor],
-                  store_preact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                  store_preact: bool, splits_t: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     if x.is_cuda:
         from .gemm_ops import fc1_srelu
 
-        pre, post = fc1_srelu(x, w1, m_splits=m_splits, prob=prob, store_preact=store_preact)
+        pre, post = fc1_srelu(x, w1, m_splits=_kernel_splits(m_splits, splits_t), prob=prob, store_preact=store_preact)
         return (pre if pre is not None else x.new_empty((0,))), post
     from .mlp import srelu_torch
 
-    pre = _mm_rows(x, w1, m_splits)
+    pre = _mm_rows(x, w1, _host_splits(m_splits, splits_t))
     return (pre if store_preact else x.new_empty((0,))), srelu_torch(pre, prob, x.dtype)
 
 
 @fc1_srelu_fwd.register_fake
-def _(x, w1, m_splits, prob, store_preact):
+def _(x, w1, m_splits, prob, store_preact, splits_t=None):
     n = w1.size(-2)
     pre = x.new_empty((x.size(0), n)) if store_preact else x.new_empty((0,))
     return pre, x.new_empty((x.size(0), n))
 
 
 @torch.library.custom_op("cute_kernels::fc2_fwd", mutates_args=())
-def fc2_fwd(h: torch.Tensor, w2: torch.Tensor, m_splits: Optional[list[int]]) -> torch.Tensor:
+def fc2_fwd(h: torch.Tensor, w2: torch.Tensor, m_splits: Optional[list[int]],
+            splits_t: Optional[torch.Tensor] = None) -> torch.Tensor:
     if h.is_cuda:
         from .gemm_ops import fc2
 
-        return fc2(h, w2, m_splits=m_splits)
-    return _mm_rows(h, w2, m_splits)
+        return fc2(h, w2, m_splits=_kernel_splits(m_splits, splits_t))
+    return _mm_rows(h, w2, _host_splits(m_splits, splits_t))
 
 
 @fc2_fwd.register_fake
-def _(h, w2, m_splits):
+def _(h, w2, m_splits, splits_t=None):
     return h.new_empty((h.size(0), w2.size(-2)))
 
 
@@ -65,16 +78,19 @@ def _empty(like):
 
 @torch.library.custom_op("cute_kernels::fc2_dgrad_dsrelu", mutates_args=())
 def fc2_dgrad_dsrelu_op(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor, m_splits: Optional[list[int]],
-                        prob: Optional[torch.Tensor], store_postact: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        prob: Optional[torch.Tensor], store_postact: bool,
+                        splits_t: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dpreact, postact or empty, dprob or empty) with d = dy @ w2 and p = prob (or 1):
     dpreact = 2 p d relu(preact); postact = p relu(preact)^2; dprob = rowsum(d relu(preact)^2) (fp32)."""
     if dy.is_cuda:
         from .gemm_ops import fc2_dgrad_dsrelu
 
-        dpre, post, dprob = fc2_dgrad_dsrelu(dy, w2, preact, m_splits=m_splits, prob=prob, store_postact=store_postact)
+        dpre, post, dprob = fc2_dgrad_dsrelu(dy, w2, preact, m_splits=_kernel_splits(m_splits, splits_t), prob=prob,
+                                             store_postact=store_postact)
         return dpre, (post if post is not None else _empty(dy)), (dprob if dprob is not None else _empty(preact).float())
     from .mlp import _per_expert_mm
 
+    m_splits = _host_splits(m_splits, splits_t)
     dpost = dy @ w2 if m_splits is None else _per_expert_mm(dy, w2, m_splits, transpose_w=False)
     f = torch.promote_types(dy.dtype, torch.float32)
     act = torch.relu(preact.to(f))
@@ -89,7 +105,7 @@ def fc2_dgrad_dsrelu_op(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor
 
 
 @fc2_dgrad_dsrelu_op.register_fake
-def _(dy, w2, preact, m_splits, prob, store_postact):
+def _(dy, w2, preact, m_splits, prob, store_postact, splits_t=None):
     dprob = preact.new_empty((preact.size(0),), dtype=torch.float32) if prob is not None else preact.new_empty((0,), dtype=torch.float32)
     return (preact.new_empty(preact.shape), (preact.new_empty(preact.shape) if store_postact else dy.new_empty((0,))),
             dprob)
@@ -104,34 +120,38 @@ def _wgrad_torch(dy, x, m_splits, num_experts):
 
 
 @torch.library.custom_op("cute_kernels::weight_grad", mutates_args=())
-def weight_grad_op(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]]) -> torch.Tensor:
+def weight_grad_op(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]],
+                   splits_t: Optional[torch.Tensor] = None) -> torch.Tensor:
     """dw = dy^T x (dense (N, K)) or per expert (E, N, K), in dy's dtype."""
     if dy.is_cuda:
         from .gemm_ops import weight_grad
 
-        return weight_grad(dy, x, m_splits=m_splits)
+        return weight_grad(dy, x, m_splits=_kernel_splits(m_splits, splits_t))
+    m_splits = _host_splits(m_splits, splits_t)
     return _wgrad_torch(dy, x, m_splits, len(m_splits) if m_splits is not None else 1)
 
 
 @weight_grad_op.register_fake
-def _(dy, x, m_splits):
-    if m_splits is None:
+def _(dy, x, m_splits, splits_t=None):
+    if m_splits is None and splits_t is None:
         return dy.new_empty((dy.size(1), x.size(1)))
-    return dy.new_empty((len(m_splits), dy.size(1), x.size(1)))
+    experts = splits_t.numel() if splits_t is not None else len(m_splits)
+    return dy.new_empty((experts, dy.size(1), x.size(1)))
 
 
 @torch.library.custom_op("cute_kernels::weight_grad_accumulate", mutates_args=("main_grad",))
 def weight_grad_accumulate_op(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]],
-                              main_grad: torch.Tensor) -> None:
+                              main_grad: torch.Tensor, splits_t: Optional[torch.Tensor] = None) -> None:
     """main_grad += dy^T x (per expert when grouped), in main_grad's precision (fp32)."""
     if dy.is_cuda:
         from .gemm_ops import weight_grad
 
-        weight_grad(dy, x, m_splits=m_splits, out=main_grad, accumulate=True)
+        weight_grad(dy, x, m_splits=_kernel_splits(m_splits, splits_t), out=main_grad, accumulate=True)
         return
+    m_splits = _host_splits(m_splits, splits_t)
     main_grad.add_(_wgrad_torch(dy.to(main_grad.dtype), x.to(main_grad.dtype), m_splits, main_grad.size(0)))
 
 
 @weight_grad_accumulate_op.register_fake
-def _(dy, x, m_splits, main_grad):
+def _(dy, x, m_splits, main_grad, splits_t=None):
     return None

@@ -158,3 +158,31 @@ def test_main_grad_accumulation(backend, grouped, recompute):
     for name, mg, s0, r in (("w1", w1p.main_grad, start[0], ref[0]), ("w2", w2p.main_grad, start[1], ref[1])):
         assert mg.dtype == torch.float32
         assert _rel(mg - s0, r.grad) < 2e-2, (name, _rel(mg - s0, r.grad))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_tensor_splits_match_list_and_do_not_sync(recompute):
+    """m_splits as a CUDA tensor: the same results as the list (the same kernels and
+    configs: bitwise equal), and the whole step is enqueued without waiting for the GPU."""
+    from reference import random_splits
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    m, h, f, e = 1000, 256, 384, 6
+    x, w1, w2 = _mlp_weights(m, h, f, e, True, g)
+    prob = torch.rand(m, device="cuda", generator=g)
+    dy = torch.randn(m, h, device="cuda", generator=g).bfloat16()
+    splits = random_splits(m, e, torch.Generator().manual_seed(3), empty=1)
+    results = []
+    for ms in (splits, torch.tensor(splits, device="cuda")):
+        leaves = [t.clone().requires_grad_() for t in (x, w1, w2, prob)]
+        torch.cuda.synchronize()
+        torch.cuda._sleep(100_000_000)  # the GPU is busy while the step is enqueued
+        y = srelu_mlp(*leaves[:3], m_splits=ms, prob=leaves[3], recompute_postact=recompute, backend="cute")
+        y.backward(dy)
+        still_busy = not torch.cuda.current_stream().query()
+        if isinstance(ms, torch.Tensor):
+            assert still_busy, "a step with GPU m_splits waited for the GPU (host sync)"
+        torch.cuda.synchronize()
+        results.append([y] + [t.grad for t in leaves])
+    for name, a, b in zip(("y", "dx", "dw1", "dw2", "dprob"), *results):
+        assert torch.equal(a, b), f"{name} differs between list and tensor m_splits"

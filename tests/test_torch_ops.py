@@ -119,3 +119,18 @@ def test_opcheck_weight_grad(grouped):
     torch.library.opcheck(torch.ops.cute_kernels.weight_grad_accumulate.default, (dy, x, splits, main_grad.clone()))
     torch.ops.cute_kernels.weight_grad_accumulate(dy, x, splits, main_grad)
     assert torch.allclose(main_grad, before + ref, atol=1e-4)
+
+
+def test_opcheck_with_splits_tensor():
+    """The splits as a tensor (splits_t): fake shapes from its length, same results as the list."""
+    g = torch.Generator().manual_seed(5)
+    dy = torch.randn(12, 16, generator=g)
+    x = torch.randn(12, 24, generator=g)
+    w = torch.randn(3, 16, 24, generator=g)
+    st = torch.tensor([5, 0, 7])
+    torch.library.opcheck(torch.ops.cute_kernels.weight_grad.default, (dy, x, None), {"splits_t": st})
+    torch.library.opcheck(torch.ops.cute_kernels.fc2_fwd.default, (x, w, None), {"splits_t": st})
+    assert torch.equal(torch.ops.cute_kernels.weight_grad(dy, x, None, splits_t=st),
+                       torch.ops.cute_kernels.weight_grad(dy, x, [5, 0, 7]))
+    assert torch.equal(torch.ops.cute_kernels.fc2_fwd(x, w, None, splits_t=st),
+                       torch.ops.cute_kernels.fc2_fwd(x, w, [5, 0, 7]))
