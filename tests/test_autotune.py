@@ -16,6 +16,15 @@ from cute_kernels.tuned_store import ShapeKey, file_path, read_file
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path, monkeypatch):
+    """The CLI's default study storage is ./autotune_studies.db: keep it out of the repo
+    (worker subprocesses still import the project through PYTHONPATH)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.chdir(tmp_path)
+
+
 def cost_ms(cfg: GemmConfig) -> float:
     """A synthetic cost model: wider tiles, 2x1 clusters and swizzle 4 are faster."""
     t = 1.0 + {128: 0.3, 192: 0.1, 256: 0.0}[cfg.tile_n]
