@@ -4,7 +4,8 @@
 
 Shapes: dense M=8192, 4096 -> 16384; grouped E=8 (16384 tokens) and E=128 (32768
 tokens), 2688 -> 1856, tokens split evenly.  Reports step time (CUDA events, median,
-L2 flushed) and the step's peak memory above its inputs and weights.  The cute path
+L2 flushed) and the step's peak memory above its inputs and weights; grouped shapes also
+with m_splits as a CUDA tensor (as a router produces it: no host sync in the step).  The cute path
 runs all six GEMMs on the CuTe kernels (forward: FC1+SReLU, FC2; backward: FC2
 dgrad+dSReLU, both weight gradients, FC1 dgrad).  A second table times each backward
 GEMM of the dense shape on its own against the torch ops it replaces.
@@ -78,8 +79,9 @@ def main(argv=None):
         return 2
     lines = [f"SReLU MLP forward+backward, {torch.cuda.get_device_name()}, "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, bf16, L2 flushed, median of 10", "",
-             "| shape | torch eager ms | torch peak MiB | cute path ms | vs torch | cute peak MiB | recompute ms | recompute peak MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| shape | torch eager ms | torch peak MiB | cute path ms | vs torch | cute peak MiB | recompute ms | recompute peak MiB "
+             "| cute, GPU m_splits ms | vs torch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in SHAPES:
         torch.manual_seed(0)
         m, h, f, e = s["m"], s["h"], s["f"], s["e"]
@@ -91,7 +93,13 @@ def main(argv=None):
         t_ms, t_mib = measure(lambda a, b, c: torch_eager(a, b, c, splits), x, w1, w2, dy)
         c_ms, c_mib = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute"), x, w1, w2, dy)
         r_ms, r_mib = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute", recompute_postact=True), x, w1, w2, dy)
-        lines.append(f"| {s['name']} | {t_ms:.2f} | {t_mib:.0f} | {c_ms:.2f} | {t_ms / c_ms:.2f}x | {c_mib:.0f} | {r_ms:.2f} | {r_mib:.0f} |")
+        gpu_cols = "| - | - |"
+        if splits is not None:  # the router's counts as a CUDA tensor: read on the GPU, no host sync
+            st = torch.tensor(splits, device="cuda")
+            g_ms, _ = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=st, backend="cute"), x, w1, w2, dy)
+            gpu_cols = f"| {g_ms:.2f} | {t_ms / g_ms:.2f}x |"
+        lines.append(f"| {s['name']} | {t_ms:.2f} | {t_mib:.0f} | {c_ms:.2f} | {t_ms / c_ms:.2f}x | {c_mib:.0f} | {r_ms:.2f} "
+                     f"| {r_mib:.0f} {gpu_cols}")
         print(lines[-1], flush=True)
         del x, w1, w2, dy
         torch.cuda.empty_cache()
