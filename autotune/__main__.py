@@ -1,6 +1,7 @@
 """Command line of the autotuner.
 
     python -m autotune sweep --kernel fc1_srelu --m 8192 --n 16384 --k 4096
+    python -m autotune sweep --kernel weight_grad --m 16384 --n 4096 --k 8192 [--experts 8]  # dW (M, N) over K tokens
     python -m autotune sweep --benchmark-shapes [--only fc2]
     python -m autotune sweep --preset moe-e8 | --hidden 2688 --ffn 1856 --experts 8 --tokens 16384,32768
     python -m autotune sweep ... --grid            # time the whole space (checks the sampler)
@@ -98,7 +99,7 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
         elif args.worker:
             study = tuner.open_study(prob, arch, storage, grid=args.grid, seed=args.seed + args.worker)
             if args.grid:  # the grid is shared: each worker takes enqueued points until none are left
-                left = len(space.grid(prob.shape.grouped)) - sum(1 for t in study.trials if t.state.is_finished())
+                left = len(space.grid(prob.space_grouped)) - sum(1 for t in study.trials if t.state.is_finished())
                 args.trials = max(0, -(-left // max(1, args.workers_total)))
             tuner.run_trials(study, prob, runner, timer, args.trials, arch=arch, progress=False)
             continue
@@ -156,7 +157,7 @@ def cmd_show(args) -> int:
                 continue
             for key, rec in entries.items():
                 try:
-                    parse_entry(path, key, rec, num_outputs=2 if kernel == "fc1_srelu" else 1)
+                    parse_entry(path, key, rec, kernel=kernel)
                     rows.append(f"{arch:6s} {kernel:10s} {key:45s} {rec.get('time_ms', '?'):>9} ms  "
                                 f"x{rec.get('speedup', '?')} vs default  {rec.get('device', '?')}  {rec.get('date', '?')}")
                 except TunedConfigError as e:

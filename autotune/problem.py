@@ -1,5 +1,8 @@
 """A tuning problem (kernel and shape) and the GPU runner that checks and times a config on it.
 
+Shapes: fc1_srelu / fc2 are (M tokens, N out, K in[, E]); weight_grad is the gradient
+(M, N) summed over K tokens (per expert with E: M, N = one expert's gradient).
+
 The tuner only needs three things of a runner: `prepare(cfg)` (compile; raises on
 failure), `check(cfg)` (rel. error vs a float32 torch reference on small random data)
 and `timed(cfg)` (a zero-argument callable launching the kernel on full-size inputs).
@@ -13,7 +16,7 @@ from cute_kernels.tuned_store import ShapeKey
 
 from .shapes import even_splits
 
-KERNELS = ("fc1_srelu", "fc2")
+KERNELS = ("fc1_srelu", "fc2", "weight_grad")
 
 
 @dataclass(frozen=True)
@@ -26,8 +29,27 @@ class Problem:
             raise ValueError(f"unknown kernel {self.kernel!r} (tunable: {KERNELS})")
 
     @property
+    def constraints(self) -> dict:
+        """validation_errors keywords: outputs and how experts are grouped (M or K)."""
+        from cute_kernels.config import kernel_constraints
+
+        return kernel_constraints(self.kernel, self.shape.experts)
+
+    @property
     def num_outputs(self) -> int:
-        return 2 if self.kernel == "fc1_srelu" else 1
+        return self.constraints["num_outputs"]
+
+    @property
+    def space_grouped(self) -> bool:
+        """Search the M-grouped space (no clusters along M)?  Not for the K-grouped
+        weight gradient, whose clusters never straddle experts."""
+        return self.constraints["grouped"]
+
+    def default_config(self):
+        from cute_kernels.config import kernel_default_config
+
+        s = self.shape
+        return kernel_default_config(self.kernel, s.m, s.n, s.k, s.experts)
 
     def study_name(self, arch: str) -> str:
         return f"{self.kernel}/{arch}/{self.shape.key()}"
@@ -50,6 +72,9 @@ class GpuRunner:
         self.dtype = getattr(torch, s.dtype)
         g = torch.Generator(device="cuda")
         g.manual_seed(seed)
+        if problem.kernel == "weight_grad":
+            self._init_wgrad(s, g)
+            return
         wshape = (s.experts, s.n, s.k) if s.experts else (s.n, s.k)
         self.x = (torch.randn(s.m, s.k, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
         self.w = (torch.randn(*wshape, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
@@ -66,9 +91,23 @@ class GpuRunner:
         else:
             self.splits_small = None
 
+    def _init_wgrad(self, s, g):
+        """dy (K tokens, M) and x (K tokens, N); small data: 389 (or 3E) tokens, uneven experts."""
+        import torch
+
+        self.x = (torch.randn(s.k, s.m, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
+        self.w = (torch.randn(s.k, s.n, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
+        self.splits = torch.tensor(even_splits(s.k, s.experts), device="cuda") if s.experts else None
+        t_small = 389 if not s.experts else max(389, 3 * s.experts)
+        self.xs = torch.randn(t_small, s.m, device="cuda", generator=g).to(self.dtype)
+        self.ws = torch.randn(t_small, s.n, device="cuda", generator=g).to(self.dtype)
+        self.splits_small = _random_splits(t_small, s.experts, g) if s.experts else None
+
     def _call(self, x, w, splits, cfg):
         import cute_kernels as ck
 
+        if self.problem.kernel == "weight_grad":  # x: dy, w: the layer input
+            return ck.weight_grad(x, w, m_splits=splits, config=cfg)
         if self.problem.kernel == "fc1_srelu":
             return ck.fc1_srelu(x, w, m_splits=splits, config=cfg)[1]
         return ck.fc2(x, w, m_splits=splits, config=cfg)
@@ -80,13 +119,21 @@ class GpuRunner:
         epi = EpilogueSpec("srelu", store_preact=True) if self.problem.kernel == "fc1_srelu" else EpilogueSpec("identity")
         from cute_kernels.gemm_ops import device_arch
 
-        key = cc.KernelKey(device_arch(self.x.device), cfg, epi, bool(self.problem.shape.experts), self.problem.shape.dtype, "k", "k")
+        c = self.problem.constraints
+        majors = ("m", "n") if self.problem.kernel == "weight_grad" else ("k", "k")
+        key = cc.KernelKey(device_arch(self.x.device), cfg, epi, c["grouped"], self.problem.shape.dtype, *majors,
+                           grouped_k=c["grouped_k"])
         cc.get_compiled(key)
 
     def check(self, cfg) -> float:
         import torch
 
         out = self._call(self.xs, self.ws, self.splits_small, cfg)
+        if self.problem.kernel == "weight_grad":
+            ref = _wgrad_reference(self.xs, self.ws, self.splits_small)
+            if not torch.isfinite(out).all():
+                return float("inf")
+            return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
         if self.splits_small is None:
             ref = self.xs.float() @ self.ws.float().t()
         else:
@@ -103,3 +150,25 @@ class GpuRunner:
 
     def timed(self, cfg):
         return lambda: self._call(self.x, self.w, self.splits, cfg)
+
+
+def _random_splits(total: int, experts: int, g) -> list[int]:
+    """Uneven per-expert counts summing to `total` (empty experts likely)."""
+    import torch
+
+    cuts = torch.randint(0, total + 1, (experts - 1,), generator=g, device="cuda").sort().values.tolist()
+    bounds = [0] + cuts + [total]
+    return [bounds[i + 1] - bounds[i] for i in range(experts)]
+
+
+def _wgrad_reference(dy, x, splits):
+    """fp32 dy^T x, or per expert (zeros for an empty one)."""
+    import torch
+
+    if splits is None:
+        return dy.float().t() @ x.float()
+    out, start = [], 0
+    for n in splits:
+        out.append(dy[start:start + n].float().t() @ x[start:start + n].float())
+        start += n
+    return torch.stack(out)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from cute_kernels.config import default_config, validation_errors
+from cute_kernels.config import validation_errors
 from cute_kernels.tuned_store import file_path, make_record, merge_write
 
 from . import space
@@ -66,16 +66,15 @@ def open_study(problem: Problem, arch: str, storage: str | None, *, grid: bool, 
     name = problem.study_name(arch) + ("/grid" if grid else "")
     storage = make_storage(storage)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
-                                sampler=make_sampler(grid, problem.shape.grouped, seed), load_if_exists=True)
+                                sampler=make_sampler(grid, problem.space_grouped, seed), load_if_exists=True)
     if grid:
         seen = {tuple(sorted(t.params.items())) for t in study.trials if t.state.is_finished()}
-        for params in space.grid(problem.shape.grouped):
+        for params in space.grid(problem.space_grouped):
             if tuple(sorted(params.items())) not in seen:
                 study.enqueue_trial(params, skip_if_exists=True)
     elif len(study.trials) == 0:
-        dflt = default_config(problem.shape.m, problem.shape.n, problem.shape.k, grouped=problem.shape.grouped,
-                              num_experts=problem.shape.experts, num_outputs=problem.num_outputs)
-        if space.in_space(dflt, problem.shape.grouped):
+        dflt = problem.default_config()
+        if space.in_space(dflt, problem.space_grouped):
             study.enqueue_trial(space.to_params(dflt), user_attrs={"default": True})
     return study
 
@@ -91,7 +90,7 @@ def _finished_elsewhere(study, trial) -> bool:
 def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: str, progress: bool = True,
                compile_workers: int = 1, check_tol: float = 1e-2):
     """Ask/tell loop: compile the next candidates on threads while timing the current one."""
-    grouped = problem.shape.grouped
+    grouped = problem.space_grouped
     pool = cf.ThreadPoolExecutor(max_workers=max(1, compile_workers))
     bar = None
     if progress:
@@ -111,7 +110,7 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
                 # with shared storage two workers can pop the same enqueued trial; the
                 # other one finished it already: take the next trial instead
                 log.info("trial %d was taken by another worker", trial.number)
-        errs = validation_errors(cfg, arch=arch, num_outputs=problem.num_outputs, grouped=grouped)
+        errs = validation_errors(cfg, arch=arch, **problem.constraints)
         if errs:
             return trial, cfg, "invalid: " + "; ".join(errs)
         return trial, cfg, pool.submit(runner.prepare, cfg)
@@ -186,8 +185,7 @@ def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, ro
     best = min(complete, key=lambda t: t.value)
     res.best_params = dict(best.params)
     cfg = space.to_config(best.params)
-    dflt = default_config(problem.shape.m, problem.shape.n, problem.shape.k, grouped=problem.shape.grouped,
-                          num_experts=problem.shape.experts, num_outputs=problem.num_outputs)
+    dflt = problem.default_config()
     runner.prepare(dflt)
     # fresh re-measurement, interleaved so clock drift hits both alike
     best_ms = min(timer(runner.timed(cfg)), timer(runner.timed(cfg)))
@@ -213,7 +211,7 @@ def sweep(problem: Problem, runner, timer, *, arch: str, storage: str | None, n_
     study = open_study(problem, arch, storage, grid=grid, seed=seed)
     if grid:
         done = sum(1 for t in study.trials if t.state.is_finished())
-        n_trials = max(0, len(space.grid(problem.shape.grouped)) - done)
+        n_trials = max(0, len(space.grid(problem.space_grouped)) - done)
     run_trials(study, problem, runner, timer, n_trials, arch=arch, progress=progress, compile_workers=compile_workers)
     return finish(study, problem, runner, timer, arch=arch, write=write, root=root, device=device,
                   dsl_version=dsl_version, wall_s=time.time() - t0)

@@ -204,3 +204,41 @@ def default_config(m: int, n: int, k: int, *, grouped: bool = False, num_experts
     if grouped:
         return GemmConfig(tile_m=128, tile_n=tile_n, cluster_m=1, cluster_n=2)
     return GemmConfig(tile_m=128, tile_n=tile_n, cluster_m=2, cluster_n=1)
+
+
+def wgrad_default_config(n: int, k: int, tokens: int, num_experts: int = 1) -> GemmConfig:
+    """Default config of the weight-gradient GEMM (M=n, N=k output, K=tokens), from a
+    six-config sweep on the H100 (2026-11-24, benchmarks/results/mlp/): cooperative
+    128x256 tiles with B multicast over a 2x1 cluster (dense 8192x4096x16384: 1.40 and
+    1.50 ms, 1.01-1.03x cuBLAS; grouped E=8 with 2048 tokens per expert: 0.253-0.258 ms),
+    but 128x192 tiles on a 1x2 cluster when experts have few tokens (E=128, 256 tokens
+    each: 0.77 ms vs 0.80 for 128x256); one 128x128 CTA per tile when tiles are scarce."""
+    short_k = num_experts > 1 and tokens < 1024 * num_experts  # few tokens per expert
+    tile_n = 192 if short_k else 256
+    tiles = -(-n // 128) * -(-k // tile_n) * num_experts
+    if tiles < 132:
+        return GemmConfig(tile_m=128, tile_n=128, cluster_m=1, cluster_n=1)
+    if short_k:
+        return GemmConfig(tile_m=128, tile_n=192, cluster_m=1, cluster_n=2)
+    return GemmConfig(tile_m=128, tile_n=256, cluster_m=2, cluster_n=1)
+
+
+# How each tunable kernel groups its experts: "m" (row ranges of A and D, one B per
+# expert) or "k" (token ranges along the reduction, one D per expert).
+KERNEL_GROUPING = {"fc1_srelu": "m", "fc2": "m", "fc2_dgrad_dsrelu": "m", "weight_grad": "k"}
+
+
+def kernel_constraints(kernel: str, num_experts: int) -> dict:
+    """validation_errors keywords for `kernel` on a problem with `num_experts` (0: dense)."""
+    grouping = KERNEL_GROUPING.get(kernel, "m")
+    return {"num_outputs": 2 if kernel == "fc1_srelu" else 1,
+            "grouped": bool(num_experts) and grouping == "m",
+            "grouped_k": bool(num_experts) and grouping == "k"}
+
+
+def kernel_default_config(kernel: str, m: int, n: int, k: int, num_experts: int = 0) -> GemmConfig:
+    """The untuned config of `kernel` on an (M, N, K[, E]) problem."""
+    if KERNEL_GROUPING.get(kernel) == "k":
+        return wgrad_default_config(m, n, k, max(num_experts, 1))
+    return default_config(m, n, k, grouped=bool(num_experts), num_experts=max(num_experts, 1),
+                          num_outputs=kernel_constraints(kernel, num_experts)["num_outputs"])

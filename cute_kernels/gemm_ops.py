@@ -17,7 +17,8 @@ import torch
 
 from . import checks
 from .compile import ARCH_TO_DSL, KernelKey, build_kernel, desc_workspace_words, get_compiled, use_tvm_ffi
-from .config import ROW_SUM_MAX_ACC_REGS, ConfigError, GemmConfig, row_sum_fits, validate
+from .config import (ROW_SUM_MAX_ACC_REGS, ConfigError, GemmConfig, row_sum_fits, validate, validation_errors,
+                     wgrad_default_config)
 from .config_lookup import lookup_config
 from .epilogue import EpilogueSpec
 
@@ -317,23 +318,6 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     return dpre, post, dprob
 
 
-def _wgrad_config(n: int, k: int, tokens: int, num_experts: int) -> GemmConfig:
-    """Default config of the weight-gradient GEMM (M=n, N=k output, K=tokens), from a
-    six-config sweep on the H100 (2026-11-24, benchmarks/results/mlp/): cooperative
-    128x256 tiles with B multicast over a 2x1 cluster (dense 8192x4096x16384: 1.40 and
-    1.50 ms, 1.01-1.03x cuBLAS; grouped E=8 with 2048 tokens per expert: 0.253-0.258 ms),
-    but 128x192 tiles on a 1x2 cluster when experts have few tokens (E=128, 256 tokens
-    each: 0.77 ms vs 0.80 for 128x256); one 128x128 CTA per tile when tiles are scarce."""
-    short_k = num_experts > 1 and tokens < 1024 * num_experts  # few tokens per expert
-    tile_n = 192 if short_k else 256
-    tiles = -(-n // 128) * -(-k // tile_n) * num_experts
-    if tiles < 132:
-        return GemmConfig(tile_m=128, tile_n=128, cluster_m=1, cluster_n=1)
-    if short_k:
-        return GemmConfig(tile_m=128, tile_n=192, cluster_m=1, cluster_n=2)
-    return GemmConfig(tile_m=128, tile_n=256, cluster_m=2, cluster_n=1)
-
-
 def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumulate: bool = False,
                 out_dtype: torch.dtype | None = None, config: GemmConfig | None = None):
     """Weight gradient of a linear layer y = x @ w^T: dw = dy^T @ x, fp32 accumulation.
@@ -393,9 +377,14 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
             out.zero_()
         return out
     arch = device_arch(dy.device)
-    if config is None:
-        config = _wgrad_config(n_out, k_out, tokens, num_experts)
     out_bytes = out.element_size()
+    if config is None:
+        # tuned entry (M, N = the gradient's shape, K = tokens), else the default; a tuned
+        # config (timed with a bf16 output) that cannot take this output falls back too
+        config = lookup_config("weight_grad", arch=arch, dtype=dy.dtype, m=n_out, n=k_out, k=tokens,
+                               num_experts=num_experts, grouped=grouped)
+        if validation_errors(config, arch=arch, grouped_k=grouped, out_bytes=out_bytes):
+            config = wgrad_default_config(n_out, k_out, tokens, num_experts)
     _checked_config(config, arch, 1, False, grouped, out_bytes)
     key = KernelKey(arch, config, EpilogueSpec("identity", accumulate=accumulate), False, _dtype_name(dy.dtype),
                     *majors, out_dtype="float32" if out.dtype == torch.float32 else "", grouped_k=grouped)

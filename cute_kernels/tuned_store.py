@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from .config import ConfigError, GemmConfig, validation_errors
+from .config import ConfigError, GemmConfig, kernel_constraints, validation_errors
 
 FORMAT_VERSION = 1
 
@@ -72,7 +72,7 @@ def read_file(path: str) -> dict:
     return doc.get("entries") or {}
 
 
-def parse_entry(path: str, key: str, record, *, num_outputs: int = 1) -> tuple[ShapeKey, GemmConfig]:
+def parse_entry(path: str, key: str, record, *, kernel: str = "fc2") -> tuple[ShapeKey, GemmConfig]:
     """Check one record and return its shape and config; TunedConfigError names file and entry."""
     where = f"{path}: entry {key!r}"
     if not isinstance(record, dict):
@@ -92,7 +92,8 @@ def parse_entry(path: str, key: str, record, *, num_outputs: int = 1) -> tuple[S
     except (ConfigError, TypeError, ValueError) as e:
         raise TunedConfigError(f"{where}: bad config: {e}") from None
     arch = os.path.basename(os.path.dirname(path)) or "sm90"
-    errs = validation_errors(cfg, arch=arch if arch.startswith("sm") else "sm90", num_outputs=num_outputs, grouped=sk.grouped)
+    errs = validation_errors(cfg, arch=arch if arch.startswith("sm") else "sm90",
+                             **kernel_constraints(kernel, sk.experts))
     if errs:
         raise TunedConfigError(f"{where}: config cannot run: {'; '.join(errs)}")
     return sk, cfg

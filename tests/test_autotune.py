@@ -204,3 +204,34 @@ def test_simulated_sweep_writes_nothing(tmp_path):
     assert main(["sweep", "--kernel", "fc2", "--m", "64", "--n", "64", "--k", "64", "--trials", "30", "--simulate",
                  "--root", str(root), "--quiet"]) == 0
     assert not root.exists()
+
+
+def test_weight_grad_sweep_is_k_grouped():
+    """weight_grad problems: the default enqueued first is the weight-gradient default; the
+    grouped space keeps 2x1 clusters (K-grouped tiles never straddle experts) and prunes
+    ping-pong with the K-grouped reason."""
+    from cute_kernels.config import wgrad_default_config
+
+    prob = Problem("weight_grad", ShapeKey("bfloat16", 1856, 2688, 16384, 8))
+    assert not prob.space_grouped and prob.constraints["grouped_k"]
+    assert prob.default_config() == wgrad_default_config(1856, 2688, 16384, 8)
+    res = tuner.sweep(prob, FakeRunner(prob), timer, arch="sm90", storage=None, grid=True, write=False, progress=False)
+    assert res.trials == len(space.grid(False)) == 216
+    pingpong = [p for p in space.grid(False) if p["schedule"] == "pingpong"]
+    assert res.pruned_reasons.get("invalid") == len(pingpong) == 108  # exactly the ping-pong half
+    assert any("cooperative schedule" in e for e in validation_errors(space.to_config(pingpong[0]), **prob.constraints))
+    assert space.to_config(res.best_params).cluster_m == 2  # the cost model's favourite, allowed here
+    assert space.to_config(res.best_params).schedule == "cooperative"
+
+
+def test_model_shapes_include_weight_gradients():
+    from autotune.shapes import model_shapes
+
+    shapes = model_shapes(2688, 1856, 8, [16384])
+    wg = [(s["m"], s["n"], s["k"]) for s in shapes if s["kernel"] == "weight_grad"]
+    assert wg == [(1856, 2688, 16384), (2688, 1856, 16384)]
+
+
+def test_cli_sweeps_weight_grad(tmp_path):
+    assert main(["sweep", "--kernel", "weight_grad", "--m", "1856", "--n", "2688", "--k", "16384", "--experts", "8",
+                 "--trials", "12", "--simulate", "--root", str(tmp_path / "tc"), "--quiet"]) == 0
