@@ -1,7 +1,9 @@
 """A tuning problem (kernel and shape) and the GPU runner that checks and times a config on it.
 
-Shapes: fc1_srelu / fc2 are (M tokens, N out, K in[, E]); weight_grad is the gradient
-(M, N) summed over K tokens (per expert with E: M, N = one expert's gradient).
+Shapes: fc1_srelu / fc2 are (M tokens, N out, K in[, E]); fc2_dgrad_dsrelu is FC2's
+data gradient (M tokens, N = ffn, K = hidden), timed in its plain form (no router
+probability, no postact recompute); weight_grad is the gradient (M, N) summed over K
+tokens (per expert with E: M, N = one expert's gradient).
 
 The tuner only needs three things of a runner: `prepare(cfg)` (compile; raises on
 failure), `check(cfg)` (rel. error vs a float32 torch reference on small random data)
@@ -16,7 +18,7 @@ from cute_kernels.tuned_store import ShapeKey
 
 from .shapes import even_splits
 
-KERNELS = ("fc1_srelu", "fc2", "weight_grad")
+KERNELS = ("fc1_srelu", "fc2", "fc2_dgrad_dsrelu", "weight_grad")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class GpuRunner:
         if problem.kernel == "weight_grad":
             self._init_wgrad(s, g)
             return
+        if problem.kernel == "fc2_dgrad_dsrelu":
+            self._init_dgrad(s, g)
+            return
         wshape = (s.experts, s.n, s.k) if s.experts else (s.n, s.k)
         self.x = (torch.randn(s.m, s.k, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
         self.w = (torch.randn(*wshape, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
@@ -103,11 +108,29 @@ class GpuRunner:
         self.ws = torch.randn(t_small, s.n, device="cuda", generator=g).to(self.dtype)
         self.splits_small = _random_splits(t_small, s.experts, g) if s.experts else None
 
+    def _init_dgrad(self, s, g):
+        """dy (M, K=hidden), w2 ([E,] K, N=ffn) in nn.Linear layout, preact (M, N)."""
+        import torch
+
+        wshape = (s.experts, s.k, s.n) if s.experts else (s.k, s.n)
+        self.x = (torch.randn(s.m, s.k, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
+        self.w = (torch.randn(*wshape, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
+        self.pre = torch.randn(s.m, s.n, device="cuda", generator=g).to(self.dtype)
+        self.splits = torch.tensor(even_splits(s.m, s.experts), device="cuda") if s.experts else None
+        m_small = 389 if not s.experts else max(389, 3 * s.experts)
+        self.xs = (torch.randn(m_small, s.k, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
+        self.ws = (torch.randn(*wshape, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
+        self.pre_small = torch.randn(m_small, s.n, device="cuda", generator=g).to(self.dtype)
+        self.splits_small = _random_splits(m_small, s.experts, g) if s.experts else None
+
     def _call(self, x, w, splits, cfg):
         import cute_kernels as ck
 
         if self.problem.kernel == "weight_grad":  # x: dy, w: the layer input
             return ck.weight_grad(x, w, m_splits=splits, config=cfg)
+        if self.problem.kernel == "fc2_dgrad_dsrelu":
+            pre = self.pre_small if x is self.xs else self.pre
+            return ck.fc2_dgrad_dsrelu(x, w, pre, m_splits=splits, config=cfg)[0]
         if self.problem.kernel == "fc1_srelu":
             return ck.fc1_srelu(x, w, m_splits=splits, config=cfg)[1]
         return ck.fc2(x, w, m_splits=splits, config=cfg)
@@ -116,11 +139,14 @@ class GpuRunner:
         import cute_kernels.compile as cc
         from cute_kernels.epilogue import EpilogueSpec
 
-        epi = EpilogueSpec("srelu", store_preact=True) if self.problem.kernel == "fc1_srelu" else EpilogueSpec("identity")
+        epi = {"fc1_srelu": EpilogueSpec("srelu", store_preact=True),
+               "fc2_dgrad_dsrelu": EpilogueSpec("dsrelu")}.get(self.problem.kernel, EpilogueSpec("identity"))
         from cute_kernels.gemm_ops import device_arch
 
         c = self.problem.constraints
-        majors = ("m", "n") if self.problem.kernel == "weight_grad" else ("k", "k")
+        # operand majorness as the ops pass them: weight_grad reads dy^T, x^T (M-, N-major);
+        # the dgrad reads w2 transposed (N-major)
+        majors = {"weight_grad": ("m", "n"), "fc2_dgrad_dsrelu": ("k", "n")}.get(self.problem.kernel, ("k", "k"))
         key = cc.KernelKey(device_arch(self.x.device), cfg, epi, c["grouped"], self.problem.shape.dtype, *majors,
                            grouped_k=c["grouped_k"])
         cc.get_compiled(key)
@@ -129,8 +155,11 @@ class GpuRunner:
         import torch
 
         out = self._call(self.xs, self.ws, self.splits_small, cfg)
-        if self.problem.kernel == "weight_grad":
-            ref = _wgrad_reference(self.xs, self.ws, self.splits_small)
+        if self.problem.kernel in ("weight_grad", "fc2_dgrad_dsrelu"):
+            if self.problem.kernel == "weight_grad":
+                ref = _wgrad_reference(self.xs, self.ws, self.splits_small)
+            else:  # d = dy @ w2 per expert, dpreact = 2 d relu(preact)
+                ref = 2 * _rows_reference(self.xs, self.ws, self.splits_small) * torch.relu(self.pre_small.float())
             if not torch.isfinite(out).all():
                 return float("inf")
             return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -172,3 +201,16 @@ def _wgrad_reference(dy, x, splits):
         out.append(dy[start:start + n].float().t() @ x[start:start + n].float())
         start += n
     return torch.stack(out)
+
+
+def _rows_reference(x, w, splits):
+    """fp32 x @ w, or per expert (rows of expert e times w[e])."""
+    import torch
+
+    if splits is None:
+        return x.float() @ w.float()
+    out, start = [], 0
+    for e, n in enumerate(splits):
+        out.append(x[start:start + n].float() @ w[e].float())
+        start += n
+    return torch.cat(out)

@@ -40,12 +40,14 @@ MODEL_PRESETS = {
 
 def model_shapes(hidden: int, ffn: int, experts: int, tokens: list[int]) -> list[dict]:
     """The GEMMs of an SReLU MLP step: FC1 (M=tokens, N=ffn, K=hidden), FC2 (N=hidden,
-    K=ffn), and the weight gradients dW1 (M=ffn, N=hidden) and dW2 (M=hidden, N=ffn),
-    each summed over K=tokens.  (The data gradients reuse the fc2 kernel and configs.)"""
+    K=ffn), FC2's data gradient with dSReLU (N=ffn, K=hidden), and the weight gradients
+    dW1 (M=ffn, N=hidden) and dW2 (M=hidden, N=ffn), each summed over K=tokens.  (FC1's
+    data gradient runs the fc2 kernel on FC2's shape and takes its config.)"""
     out = []
     for m in tokens:
         out.append({"kernel": "fc1_srelu", "m": m, "n": ffn, "k": hidden, "experts": experts})
         out.append({"kernel": "fc2", "m": m, "n": hidden, "k": ffn, "experts": experts})
+        out.append({"kernel": "fc2_dgrad_dsrelu", "m": m, "n": ffn, "k": hidden, "experts": experts})
         out.append({"kernel": "weight_grad", "m": ffn, "n": hidden, "k": m, "experts": experts})
         out.append({"kernel": "weight_grad", "m": hidden, "n": ffn, "k": m, "experts": experts})
     return out

@@ -230,6 +230,7 @@ def test_model_shapes_include_weight_gradients():
     shapes = model_shapes(2688, 1856, 8, [16384])
     wg = [(s["m"], s["n"], s["k"]) for s in shapes if s["kernel"] == "weight_grad"]
     assert wg == [(1856, 2688, 16384), (2688, 1856, 16384)]
+    assert [(s["m"], s["n"], s["k"]) for s in shapes if s["kernel"] == "fc2_dgrad_dsrelu"] == [(16384, 1856, 2688)]
 
 
 def test_cli_sweeps_weight_grad(tmp_path):

@@ -12,6 +12,8 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("kernel,shape", [
     ("fc2", ShapeKey("bfloat16", 1000, 384, 256)),
     ("fc1_srelu", ShapeKey("bfloat16", 1000, 384, 256, 4)),
+    ("fc2_dgrad_dsrelu", ShapeKey("bfloat16", 1000, 384, 256)),
+    ("fc2_dgrad_dsrelu", ShapeKey("bfloat16", 1000, 384, 256, 5)),
     ("weight_grad", ShapeKey("bfloat16", 384, 256, 2000)),
     ("weight_grad", ShapeKey("bfloat16", 384, 256, 2000, 6)),
 ])
