@@ -42,6 +42,7 @@ class KernelKey:
         return 4 if self.d_dtype == "float32" else 2
 
 
+@functools.lru_cache(maxsize=256)
 def desc_workspace_words(key: "KernelKey", max_clusters: int) -> int:
     """Int64 words of the grouped_k TMA-descriptor workspace for a launch of at most
     `max_clusters` clusters: per CTA, A and B descriptors (128 B each) in every slot."""

@@ -318,6 +318,12 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     return dpre, post, dprob
 
 
+@functools.lru_cache(maxsize=1024)
+def _wgrad_fits(config: GemmConfig, arch: str, grouped: bool, out_bytes: int) -> bool:
+    """Can weight_grad run `config` with this output size (cached: the hot path)?"""
+    return not validation_errors(config, arch=arch, grouped_k=grouped, out_bytes=out_bytes)
+
+
 def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumulate: bool = False,
                 out_dtype: torch.dtype | None = None, config: GemmConfig | None = None):
     """Weight gradient of a linear layer y = x @ w^T: dw = dy^T @ x, fp32 accumulation.
@@ -380,10 +386,10 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
     out_bytes = out.element_size()
     if config is None:
         # tuned entry (M, N = the gradient's shape, K = tokens), else the default; a tuned
-        # config (timed with a bf16 output) that cannot take this output falls back too
+        # config (timed with a bf16 output) that cannot take an fp32 main_grad falls back too
         config = lookup_config("weight_grad", arch=arch, dtype=dy.dtype, m=n_out, n=k_out, k=tokens,
                                num_experts=num_experts, grouped=grouped)
-        if validation_errors(config, arch=arch, grouped_k=grouped, out_bytes=out_bytes):
+        if not _wgrad_fits(config, arch, grouped, out_bytes):
             config = wgrad_default_config(n_out, k_out, tokens, num_experts)
     _checked_config(config, arch, 1, False, grouped, out_bytes)
     key = KernelKey(arch, config, EpilogueSpec("identity", accumulate=accumulate), False, _dtype_name(dy.dtype),

@@ -27,7 +27,9 @@ def _kernel_splits(m_splits, splits_t):
 
 def _host_splits(m_splits, splits_t):
     """A list for the CPU implementations."""
-    return [int(v) for v in splits_t.tolist()] if splits_t is not None else m_splits
+    from .mlp import _splits_list
+
+    return _splits_list(splits_t) if splits_t is not None else m_splits
 
 
 def _mm_rows(a, w, splits):

@@ -114,7 +114,7 @@ class Sm90Gemm:
         mRowSum,  # (M, n_tiles) fp32: the dsrelu row sum's partial per N tile, or None
         mCuRows,  # (E+1,) int32 or None
         mCuTiles,  # (E+1,) int32 or None
-        mDescWs,  # grouped_k: (CTAs x 4 x 16,) int64 workspace for per-CTA TMA descriptors, else None
+        mDescWs,  # grouped_k: int64 workspace, per CTA 2 x desc_slots TMA descriptors (compile.desc_workspace_words)
         max_clusters: Int32,
         stream,
     ):
