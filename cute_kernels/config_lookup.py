@@ -22,6 +22,8 @@ from .config import GemmConfig, kernel_default_config
 from .tuned_store import ShapeKey, TunedConfigError, file_path, parse_entry, read_file
 
 log = logging.getLogger("cute_kernels.config")
+TUNED_ROOT_ENV = "CUTE_KERNELS_TUNED_CONFIGS"
+_on_clear: list = []
 
 
 def m_bucket(m: int) -> int:
@@ -78,10 +80,17 @@ def _cached(kernel, arch, dtype, m, n, k, num_experts, num_outputs, grouped, roo
 def lookup_config(kernel: str, *, arch: str, dtype, m: int, n: int, k: int, num_experts: int = 1,
                   num_outputs: int = 1, grouped: bool = False) -> GemmConfig:
     dtype_name = str(dtype).replace("torch.", "")
-    root = os.environ.get("CUTE_KERNELS_TUNED_CONFIGS")
+    root = os.environ.get(TUNED_ROOT_ENV)
     return _cached(kernel, arch, dtype_name, m, n, k, num_experts if grouped else 0, num_outputs, grouped, root)
+
+
+def on_clear(fn):
+    """Register `fn` to run on clear_cache (caches built on top of the lookup)."""
+    _on_clear.append(fn)
 
 
 def clear_cache():
     tuned_entries.cache_clear()
     _cached.cache_clear()
+    for fn in _on_clear:
+        fn()

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import logging
 import os
+import weakref
 
 import torch
 
@@ -19,7 +20,7 @@ from . import checks
 from .compile import ARCH_TO_DSL, KernelKey, build_kernel, desc_workspace_words, get_compiled, use_tvm_ffi
 from .config import (ROW_SUM_MAX_ACC_REGS, ConfigError, GemmConfig, row_sum_fits, validate, validation_errors,
                      wgrad_default_config)
-from .config_lookup import lookup_config
+from .config_lookup import TUNED_ROOT_ENV, lookup_config, on_clear
 from .epilogue import EpilogueSpec
 
 log = logging.getLogger("cute_kernels")
@@ -57,11 +58,22 @@ def _upload_int32(rows: list[int], cols: list[int], device) -> torch.Tensor:
     torch's pinned (caching host) allocator keeps the host block alive until the copy
     has run, so the host never waits for the GPU here; a copy from pageable memory
     would make it wait for all queued work."""
+    if torch.device(device).type != "cuda":
+        return torch.tensor([rows, cols], dtype=torch.int32, device=device)
     host = torch.empty((2, len(rows)), dtype=torch.int32, pin_memory=True)
     view = host.numpy()
     view[0] = rows
     view[1] = cols
     return host.to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _max_clusters_arg(device_index: int, cluster_size: int):
+    """(count, the same as the kernel's Int32 argument), made once per device and cluster size."""
+    import cutlass
+
+    n = _max_clusters(device_index, cluster_size)
+    return n, cutlass.Int32(n)
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,17 +108,19 @@ _META_CACHE_SIZE = 64
 _meta_cache: "collections.OrderedDict[tuple, torch.Tensor]" = collections.OrderedDict()
 
 
+_TENSOR_META_CACHE_SIZE = 16
+_tensor_meta_cache: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+
+
 def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """cu_rows (E+1) and cu_tiles (E+1) as int32 on `device`, without a host sync.
 
-    A list's metadata is uploaded once and kept (LRU, keyed by the splits, tile_m and
-    device): the GEMMs of one MoE layer's step (FC1, FC2 and their gradients) share it."""
+    Kept per splits and tile_m, so the GEMMs of one MoE layer's step (FC1, FC2 and their
+    gradients) share one upload or one computation: a list's by its values (LRU); a GPU
+    tensor's by identity and version (its values are not read on the host), so an
+    in-place change of the tensor computes it again."""
     if isinstance(m_splits, torch.Tensor):
-        s = m_splits.to(torch.int32)
-        meta = torch.zeros((2, s.numel() + 1), dtype=torch.int32, device=device)
-        torch.cumsum(s, 0, out=meta[0, 1:])
-        torch.cumsum((s + (tile_m - 1)) // tile_m, 0, out=meta[1, 1:])
-        return meta[0], meta[1]
+        return _tensor_splits_metadata(m_splits, tile_m, device)
     key = (tuple(m_splits), tile_m, device)
     meta = _meta_cache.get(key)
     if meta is not None:
@@ -123,8 +137,46 @@ def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch
     return meta[0], meta[1]
 
 
+def _tensor_splits_metadata(m_splits: torch.Tensor, tile_m: int, device):
+    key = (id(m_splits), m_splits._version, tile_m, device)
+    hit = _tensor_meta_cache.get(key)
+    if hit is not None and hit[0]() is m_splits:
+        _tensor_meta_cache.move_to_end(key)
+        return hit[1][0], hit[1][1]
+    s = m_splits.to(torch.int32)
+    meta = torch.zeros((2, s.numel() + 1), dtype=torch.int32, device=device)
+    torch.cumsum(torch.stack((s, torch.div(s + (tile_m - 1), tile_m, rounding_mode="floor"))), 1, out=meta[:, 1:])
+    _tensor_meta_cache[key] = (weakref.ref(m_splits), meta)
+    if len(_tensor_meta_cache) > _TENSOR_META_CACHE_SIZE:
+        _tensor_meta_cache.popitem(last=False)
+    return meta[0], meta[1]
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}[dtype]
+
+
+@functools.lru_cache(maxsize=4096)
+def _kernel_key(kernel_name: str, arch: str, dtype, m: int, n: int, k: int, num_experts: int, epi: EpilogueSpec,
+                grouped: bool, majors: tuple, config: GemmConfig | None, tuned_root: str | None) -> KernelKey:
+    """The compiled-kernel key of one M-grouped or dense launch: the config (given, else
+    looked up), narrowed for the row-sum epilogue and validated.  Cached: the hot path
+    (config_lookup.clear_cache clears it too; tuned_root is the tuned-configs directory
+    the lookup reads, part of the key)."""
+    explicit_config = config is not None
+    if config is None:
+        config = lookup_config(kernel_name, arch=arch, dtype=dtype, m=m, n=n, k=k,
+                               num_experts=num_experts, num_outputs=epi.num_outputs, grouped=grouped)
+    if epi.row_sum and not row_sum_fits(config):
+        if explicit_config:
+            raise checks.InputError(f"config: the router-gradient row sum needs at most {ROW_SUM_MAX_ACC_REGS} "
+                                    f"accumulator registers per thread (tile_n <= 192 for 128-row tiles), got {config}")
+        config = dataclasses.replace(config, tile_n=128 if config.tile_n in (128, 256) else config.tile_n)
+    _checked_config(config, arch, epi.num_outputs, grouped)
+    return KernelKey(arch, config, epi, grouped, _dtype_name(dtype), *majors)
+
+
+on_clear(_kernel_key.cache_clear)
 
 
 def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config, majors=("k", "k"), aux=None,
@@ -134,18 +186,9 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
     m, k = a.shape
     n = w.size(-2)
     arch = device_arch(a.device)
-    num_experts = w.size(0) if grouped else 1
-    explicit_config = config is not None
-    if config is None:
-        config = lookup_config(kernel_name, arch=arch, dtype=a.dtype, m=m, n=n, k=k,
-                               num_experts=num_experts, num_outputs=epi.num_outputs, grouped=grouped)
-    if epi.row_sum and not row_sum_fits(config):
-        if explicit_config:
-            raise checks.InputError(f"config: the router-gradient row sum needs at most {ROW_SUM_MAX_ACC_REGS} "
-                                    f"accumulator registers per thread (tile_n <= 192 for 128-row tiles), got {config}")
-        config = dataclasses.replace(config, tile_n=128 if config.tile_n in (128, 256) else config.tile_n)
-    _checked_config(config, arch, epi.num_outputs, grouped)
-    key = KernelKey(arch, config, epi, grouped, _dtype_name(a.dtype), *majors)
+    key = _kernel_key(kernel_name, arch, a.dtype, m, n, k, w.size(0) if grouped else 1, epi, grouped, majors, config,
+                      os.environ.get(TUNED_ROOT_ENV))
+    config = key.cfg
     rowsum = None
     if epi.row_sum:  # one fp32 partial per (row, N tile), summed here: no atomics, reproducible
         partials = torch.empty((-(-n // config.tile_n), m), dtype=torch.float32, device=a.device)
@@ -161,10 +204,7 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
 
 
 def _run(key: KernelKey, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles):
-    import cutlass
-
-    n_clusters = _max_clusters(a3.device.index or 0, key.cfg.cluster_size)
-    max_clusters = cutlass.Int32(n_clusters)
+    n_clusters, max_clusters = _max_clusters_arg(a3.device.index or 0, key.cfg.cluster_size)
     desc_ws = None
     if key.grouped_k:  # scratch for the per-CTA TMA descriptors, written by the kernel
         desc_ws = torch.empty(desc_workspace_words(key, n_clusters), dtype=torch.int64, device=a3.device)
@@ -324,6 +364,26 @@ def _wgrad_fits(config: GemmConfig, arch: str, grouped: bool, out_bytes: int) ->
     return not validation_errors(config, arch=arch, grouped_k=grouped, out_bytes=out_bytes)
 
 
+@functools.lru_cache(maxsize=1024)
+def _wgrad_key(arch: str, dtype, n_out: int, k_out: int, tokens: int, num_experts: int, grouped: bool, out_dtype,
+               accumulate: bool, majors: tuple, config: GemmConfig | None, tuned_root: str | None) -> KernelKey:
+    """weight_grad's compiled-kernel key (cached like _kernel_key)."""
+    out_bytes = 4 if out_dtype == torch.float32 else 2
+    if config is None:
+        # tuned entry (M, N = the gradient's shape, K = tokens), else the default; a tuned
+        # config (timed with a bf16 output) that cannot take an fp32 main_grad falls back too
+        config = lookup_config("weight_grad", arch=arch, dtype=dtype, m=n_out, n=k_out, k=tokens,
+                               num_experts=num_experts, grouped=grouped)
+        if not _wgrad_fits(config, arch, grouped, out_bytes):
+            config = wgrad_default_config(n_out, k_out, tokens, num_experts)
+    _checked_config(config, arch, 1, False, grouped, out_bytes)
+    return KernelKey(arch, config, EpilogueSpec("identity", accumulate=accumulate), False, _dtype_name(dtype),
+                     *majors, out_dtype="float32" if out_dtype == torch.float32 else "", grouped_k=grouped)
+
+
+on_clear(_wgrad_key.cache_clear)
+
+
 def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumulate: bool = False,
                 out_dtype: torch.dtype | None = None, config: GemmConfig | None = None):
     """Weight gradient of a linear layer y = x @ w^T: dw = dy^T @ x, fp32 accumulation.
@@ -382,18 +442,9 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
         if not accumulate:
             out.zero_()
         return out
-    arch = device_arch(dy.device)
-    out_bytes = out.element_size()
-    if config is None:
-        # tuned entry (M, N = the gradient's shape, K = tokens), else the default; a tuned
-        # config (timed with a bf16 output) that cannot take an fp32 main_grad falls back too
-        config = lookup_config("weight_grad", arch=arch, dtype=dy.dtype, m=n_out, n=k_out, k=tokens,
-                               num_experts=num_experts, grouped=grouped)
-        if not _wgrad_fits(config, arch, grouped, out_bytes):
-            config = wgrad_default_config(n_out, k_out, tokens, num_experts)
-    _checked_config(config, arch, 1, False, grouped, out_bytes)
-    key = KernelKey(arch, config, EpilogueSpec("identity", accumulate=accumulate), False, _dtype_name(dy.dtype),
-                    *majors, out_dtype="float32" if out.dtype == torch.float32 else "", grouped_k=grouped)
+    key = _wgrad_key(device_arch(dy.device), dy.dtype, n_out, k_out, tokens, num_experts, grouped, out.dtype,
+                     accumulate, majors, config, os.environ.get(TUNED_ROOT_ENV))
+    config = key.cfg
     if grouped:
         d3 = out.permute(1, 2, 0)
         cu_rows, _ = _splits_metadata(m_splits, config.tile_m, dy.device)

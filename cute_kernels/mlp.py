@@ -147,9 +147,10 @@ class SReLUMLPFunction(torch.autograd.Function):
     def forward(ctx, x, w1, w2, prob, splits, recompute_postact, use_cute, fuse_wgrad):
         grouped = splits is not None
         if use_cute:
-            from . import torch_ops
+            from .torch_ops import ops
 
             sl, st = _op_splits(splits)
+            torch_ops = ops()
             preact, postact = torch_ops.fc1_srelu_fwd(x, w1, sl, prob, True, splits_t=st)
             y = torch_ops.fc2_fwd(postact, w2, sl, splits_t=st)
         else:
@@ -203,9 +204,10 @@ class SReLUMLPFunction(torch.autograd.Function):
         """Four CuTe GEMMs: FC2 dgrad with the SReLU derivative, the postact recompute
         and the router gradient in its epilogue; FC2's weight gradient; FC1's dgrad
         (w1 read transposed in place); FC1's weight gradient."""
-        from . import torch_ops
+        from .torch_ops import ops
 
         sl, st = _op_splits(splits)
+        torch_ops = ops()
         dpre, post_re, dprob = torch_ops.fc2_dgrad_dsrelu_op(dy, w2, preact, sl, prob, postact is None, splits_t=st)
         if postact is None:
             postact = post_re
@@ -229,9 +231,10 @@ def _accumulate_main_grad(ctx, w, name, dw):
 def _cute_wgrad(ctx, dy, x, splits, w, name):
     """cute path: dw = dy^T x (per expert when grouped: the K-grouped kernel), or added
     into w.main_grad in the GEMM's epilogue."""
-    from . import torch_ops
+    from .torch_ops import ops
 
     sl, st = _op_splits(splits)
+    torch_ops = ops()
     if ctx.fuse_wgrad:
         torch_ops.weight_grad_accumulate_op(dy, x, sl, _main_grad(w, name), splits_t=st)
         return None

@@ -38,8 +38,7 @@ def _mm_rows(a, w, splits):
     return a @ w.t() if splits is None else _per_expert_mm(a, w, splits, transpose_w=True)
 
 
-@torch.library.custom_op("cute_kernels::fc1_srelu_fwd", mutates_args=())
-def fc1_srelu_fwd(x: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[int]], prob: Optional[torch.Tensor],
+def _fc1_srelu_fwd(x: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[int]], prob: Optional[torch.Tensor],
                   store_preact: bool, splits_t: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     if x.is_cuda:
         from .gemm_ops import fc1_srelu
@@ -52,6 +51,9 @@ def fc1_srelu_fwd(x: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[int
     return (pre if store_preact else x.new_empty((0,))), srelu_torch(pre, prob, x.dtype)
 
 
+fc1_srelu_fwd = torch.library.custom_op("cute_kernels::fc1_srelu_fwd", _fc1_srelu_fwd, mutates_args=())
+
+
 @fc1_srelu_fwd.register_fake
 def _(x, w1, m_splits, prob, store_preact, splits_t=None):
     n = w1.size(-2)
@@ -59,14 +61,16 @@ def _(x, w1, m_splits, prob, store_preact, splits_t=None):
     return pre, x.new_empty((x.size(0), n))
 
 
-@torch.library.custom_op("cute_kernels::fc2_fwd", mutates_args=())
-def fc2_fwd(h: torch.Tensor, w2: torch.Tensor, m_splits: Optional[list[int]],
+def _fc2_fwd(h: torch.Tensor, w2: torch.Tensor, m_splits: Optional[list[int]],
             splits_t: Optional[torch.Tensor] = None) -> torch.Tensor:
     if h.is_cuda:
         from .gemm_ops import fc2
 
         return fc2(h, w2, m_splits=_kernel_splits(m_splits, splits_t))
     return _mm_rows(h, w2, _host_splits(m_splits, splits_t))
+
+
+fc2_fwd = torch.library.custom_op("cute_kernels::fc2_fwd", _fc2_fwd, mutates_args=())
 
 
 @fc2_fwd.register_fake
@@ -78,8 +82,7 @@ def _empty(like):
     return like.new_empty((0,))
 
 
-@torch.library.custom_op("cute_kernels::fc2_dgrad_dsrelu", mutates_args=())
-def fc2_dgrad_dsrelu_op(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor, m_splits: Optional[list[int]],
+def _fc2_dgrad_dsrelu(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor, m_splits: Optional[list[int]],
                         prob: Optional[torch.Tensor], store_postact: bool,
                         splits_t: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dpreact, postact or empty, dprob or empty) with d = dy @ w2 and p = prob (or 1):
@@ -106,6 +109,9 @@ def fc2_dgrad_dsrelu_op(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor
     return dpre.to(dy.dtype), (post.to(dy.dtype) if store_postact else _empty(dy)), dprob
 
 
+fc2_dgrad_dsrelu_op = torch.library.custom_op("cute_kernels::fc2_dgrad_dsrelu", _fc2_dgrad_dsrelu, mutates_args=())
+
+
 @fc2_dgrad_dsrelu_op.register_fake
 def _(dy, w2, preact, m_splits, prob, store_postact, splits_t=None):
     dprob = preact.new_empty((preact.size(0),), dtype=torch.float32) if prob is not None else preact.new_empty((0,), dtype=torch.float32)
@@ -121,8 +127,7 @@ def _wgrad_torch(dy, x, m_splits, num_experts):
     return _per_expert_wgrad(dy, x, m_splits, num_experts)
 
 
-@torch.library.custom_op("cute_kernels::weight_grad", mutates_args=())
-def weight_grad_op(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]],
+def _weight_grad(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]],
                    splits_t: Optional[torch.Tensor] = None) -> torch.Tensor:
     """dw = dy^T x (dense (N, K)) or per expert (E, N, K), in dy's dtype."""
     if dy.is_cuda:
@@ -133,6 +138,9 @@ def weight_grad_op(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[in
     return _wgrad_torch(dy, x, m_splits, len(m_splits) if m_splits is not None else 1)
 
 
+weight_grad_op = torch.library.custom_op("cute_kernels::weight_grad", _weight_grad, mutates_args=())
+
+
 @weight_grad_op.register_fake
 def _(dy, x, m_splits, splits_t=None):
     if m_splits is None and splits_t is None:
@@ -141,8 +149,7 @@ def _(dy, x, m_splits, splits_t=None):
     return dy.new_empty((experts, dy.size(1), x.size(1)))
 
 
-@torch.library.custom_op("cute_kernels::weight_grad_accumulate", mutates_args=("main_grad",))
-def weight_grad_accumulate_op(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]],
+def _weight_grad_accumulate(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]],
                               main_grad: torch.Tensor, splits_t: Optional[torch.Tensor] = None) -> None:
     """main_grad += dy^T x (per expert when grouped), in main_grad's precision (fp32)."""
     if dy.is_cuda:
@@ -154,6 +161,32 @@ def weight_grad_accumulate_op(dy: torch.Tensor, x: torch.Tensor, m_splits: Optio
     main_grad.add_(_wgrad_torch(dy.to(main_grad.dtype), x.to(main_grad.dtype), m_splits, main_grad.size(0)))
 
 
+weight_grad_accumulate_op = torch.library.custom_op("cute_kernels::weight_grad_accumulate", _weight_grad_accumulate,
+                                                    mutates_args=("main_grad",))
+
+
 @weight_grad_accumulate_op.register_fake
 def _(dy, x, m_splits, main_grad, splits_t=None):
     return None
+
+
+class _Eager:
+    """The same five ops as plain Python calls, for eager mode: a custom op's dispatch
+    costs more host time than the kernel launch itself (~60 us a call on the H100 host),
+    which made small grouped steps host-bound.  Same signatures, same code."""
+    fc1_srelu_fwd = staticmethod(_fc1_srelu_fwd)
+    fc2_fwd = staticmethod(_fc2_fwd)
+    fc2_dgrad_dsrelu_op = staticmethod(_fc2_dgrad_dsrelu)
+    weight_grad_op = staticmethod(_weight_grad)
+    weight_grad_accumulate_op = staticmethod(_weight_grad_accumulate)
+
+
+eager = _Eager()
+
+
+def ops():
+    """The custom ops while torch.compile traces (so the graph holds them, no breaks),
+    else the plain calls."""
+    import sys
+
+    return sys.modules[__name__] if torch.compiler.is_compiling() else eager

@@ -174,6 +174,10 @@ def test_tensor_splits_match_list_and_do_not_sync(recompute):
     splits = random_splits(m, e, torch.Generator().manual_seed(3), empty=1)
     results = []
     for ms in (splits, torch.tensor(splits, device="cuda")):
+        # a first step of each form first: CUDA loads a kernel on its first use (lazy
+        # module loading), which may wait for the GPU; the steady state must not
+        warm = [t.clone().requires_grad_() for t in (x, w1, w2, prob)]
+        srelu_mlp(*warm[:3], m_splits=ms, prob=warm[3], recompute_postact=recompute, backend="cute").backward(dy)
         leaves = [t.clone().requires_grad_() for t in (x, w1, w2, prob)]
         torch.cuda.synchronize()
         torch.cuda._sleep(100_000_000)  # the GPU is busy while the step is enqueued
