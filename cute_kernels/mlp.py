@@ -1,4 +1,7 @@
-"""The squared-ReLU MLP as one autograd op: y = FC2(p * relu(FC1 x)^2), dense or grouped.
+"""The squared-ReLU MLP as an autograd op: y = FC2(p * relu(FC1 x)^2), dense or grouped.
+
+Two autograd nodes (FC1+SReLU, FC2 with the SReLU derivative in its backward), so that
+the activations FC2's backward reads are freed before FC1's gradients are computed.
 
 `srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact=False,
            fuse_wgrad_accumulation=False, backend="auto")`
@@ -142,81 +145,118 @@ def srelu_torch(preact, prob, out_dtype):
     return post.to(out_dtype)
 
 
-class SReLUMLPFunction(torch.autograd.Function):
+# The op is two autograd nodes, FC1+SReLU and FC2, so that autograd frees what FC2's
+# backward needs (preact, postact, prob) as soon as that backward is done, before FC1's
+# data and weight gradients are computed (one node would hold them to the end of the
+# whole backward).  FC2's backward runs the fused dgrad, whose output is already the
+# gradient of preact: it hands that to the FC1 node as the gradient of postact (an
+# internal tensor nothing else reads), and the FC1 node treats it as such.
+
+
+class FC1SReLUFunction(torch.autograd.Function):
+    """(x, w1, prob) -> (postact, preact); backward receives dpreact (see above)."""
+
     @staticmethod
-    def forward(ctx, x, w1, w2, prob, splits, recompute_postact, use_cute, fuse_wgrad):
-        grouped = splits is not None
+    def forward(ctx, x, w1, prob, splits, use_cute, fuse_wgrad):
         if use_cute:
             from .torch_ops import ops
 
             sl, st = _op_splits(splits)
-            torch_ops = ops()
-            preact, postact = torch_ops.fc1_srelu_fwd(x, w1, sl, prob, True, splits_t=st)
-            y = torch_ops.fc2_fwd(postact, w2, sl, splits_t=st)
+            preact, postact = ops().fc1_srelu_fwd(x, w1, sl, prob, True, splits_t=st)
         else:
-            preact = _per_expert_mm(x, w1, splits, transpose_w=True) if grouped else x @ w1.t()
+            preact = _per_expert_mm(x, w1, splits, transpose_w=True) if splits is not None else x @ w1.t()
             postact = srelu_torch(preact, prob, x.dtype)
-            y = _per_expert_mm(postact, w2, splits, transpose_w=True) if grouped else postact @ w2.t()
         ctx.splits = splits
         ctx.use_cute = use_cute
-        ctx.recompute_postact = recompute_postact
-        ctx.has_prob = prob is not None
         ctx.fuse_wgrad = fuse_wgrad
-        saved = [_tag(x, "fc1_input"), _tag(preact, "preact"), None if recompute_postact else _tag(postact, "postact"),
-                 _tag(prob, "prob") if prob is not None else None, w1, w2]
-        ctx.save_for_backward(*saved)
+        # preact stays a (formally) differentiable output: ctx keeps a reference to outputs
+        # marked non-differentiable until the node dies (end of backward), which would hold
+        # preact through FC1's gradients.  FC2's node returns no gradient for it, and
+        # without materialized grads none is allocated.
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(_tag(x, "fc1_input"), w1)
+        return postact, preact
+
+    @staticmethod
+    def backward(ctx, dpre, _no_grad_preact):
+        x, w1 = ctx.saved_tensors
+        if dpre is None:  # y was not part of what is differentiated
+            return None, None, None, None, None, None
+        splits = ctx.splits
+        dpre = dpre.contiguous()
+        if ctx.use_cute and cute_backward_enabled():
+            from .torch_ops import ops
+
+            sl, st = _op_splits(splits)
+            dx = ops().fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st) if ctx.needs_input_grad[0] else None
+            dw1 = _cute_wgrad(ctx, dpre, x, splits, w1, "w1")
+            return dx, dw1, None, None, None, None
+        splits = _splits_list(splits)
+        grouped = splits is not None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = _per_expert_mm(dpre, w1, splits, transpose_w=False) if grouped else dpre @ w1
+        dw1 = _per_expert_wgrad(dpre, x, splits, w1.size(0)) if grouped else dpre.t() @ x
+        return dx, _accumulate_main_grad(ctx, w1, "w1", dw1), None, None, None, None
+
+
+class FC2DSReLUFunction(torch.autograd.Function):
+    """(postact, preact, prob, w2) -> y; backward returns dpreact as postact's gradient,
+    the router gradient and dw2."""
+
+    @staticmethod
+    def forward(ctx, postact, preact, prob, w2, splits, recompute_postact, use_cute, fuse_wgrad):
+        if use_cute:
+            from .torch_ops import ops
+
+            sl, st = _op_splits(splits)
+            y = ops().fc2_fwd(postact, w2, sl, splits_t=st)
+        else:
+            y = _per_expert_mm(postact, w2, splits, transpose_w=True) if splits is not None else postact @ w2.t()
+        ctx.splits = splits
+        ctx.use_cute = use_cute
+        ctx.fuse_wgrad = fuse_wgrad
+        ctx.save_for_backward(_tag(preact, "preact"), None if recompute_postact else _tag(postact, "postact"),
+                              _tag(prob, "prob") if prob is not None else None, w2)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, preact, postact, prob, w1, w2 = ctx.saved_tensors
+        preact, postact, prob, w2 = ctx.saved_tensors
         splits = ctx.splits
-        grouped = splits is not None
+        dy = dy.contiguous()
         if ctx.use_cute and cute_backward_enabled():
-            return SReLUMLPFunction._backward_cute(ctx, dy.contiguous(), x, preact, postact, prob, w1, w2, splits)
+            from .torch_ops import ops
+
+            sl, st = _op_splits(splits)
+            dpre, post_re, dprob = ops().fc2_dgrad_dsrelu_op(dy, w2, preact, sl, prob, postact is None, splits_t=st)
+            dw2 = _cute_wgrad(ctx, dy, postact if postact is not None else post_re, splits, w2, "w2")
+            dprob = dprob.to(prob.dtype).reshape(prob.shape) if prob is not None else None
+            return dpre, None, dprob, dw2, None, None, None, None
         splits = _splits_list(splits)  # torch math takes a list (a GPU tensor costs one sync here)
-        f = _elementwise_dtype(x)
+        grouped = splits is not None
+        f = _elementwise_dtype(dy)
         act = torch.relu(preact.to(f))
         p = prob.to(f).reshape(-1, 1) if prob is not None else None
         if postact is None:
             post = act * act
-            postact = (post * p if p is not None else post).to(x.dtype)
-        dy = dy.contiguous()
+            postact = (post * p if p is not None else post).to(dy.dtype)
         dpost = _per_expert_mm(dy, w2, splits, transpose_w=False) if grouped else dy @ w2
         dw2 = _per_expert_wgrad(dy, postact, splits, w2.size(0)) if grouped else dy.t() @ postact
         dw2 = _accumulate_main_grad(ctx, w2, "w2", dw2)
+        del postact
         # fp32 elementwise math with two full-size temporaries (act, dpre), updated in place
         dpre = dpost.to(f) if dpost.dtype != f else dpost.clone()
+        del dpost
         dpre.mul_(act)
         dprob = None
         if p is not None:
             # rowsum(dpost * act^2) without another full-size temporary
             dprob = torch.einsum("ij,ij->i", dpre, act).to(prob.dtype).reshape(prob.shape)
             dpre.mul_(p)
-        dpre = dpre.mul_(2.0).to(x.dtype)
-        dx = _per_expert_mm(dpre, w1, splits, transpose_w=False) if grouped else dpre @ w1
-        dw1 = _per_expert_wgrad(dpre, x, splits, w1.size(0)) if grouped else dpre.t() @ x
-        dw1 = _accumulate_main_grad(ctx, w1, "w1", dw1)
-        return dx, dw1, dw2, dprob, None, None, None, None
-
-    @staticmethod
-    def _backward_cute(ctx, dy, x, preact, postact, prob, w1, w2, splits):
-        """Four CuTe GEMMs: FC2 dgrad with the SReLU derivative, the postact recompute
-        and the router gradient in its epilogue; FC2's weight gradient; FC1's dgrad
-        (w1 read transposed in place); FC1's weight gradient."""
-        from .torch_ops import ops
-
-        sl, st = _op_splits(splits)
-        torch_ops = ops()
-        dpre, post_re, dprob = torch_ops.fc2_dgrad_dsrelu_op(dy, w2, preact, sl, prob, postact is None, splits_t=st)
-        if postact is None:
-            postact = post_re
-        dw2 = _cute_wgrad(ctx, dy, postact, splits, w2, "w2")
-        del postact, post_re
-        dx = torch_ops.fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st)
-        dw1 = _cute_wgrad(ctx, dpre, x, splits, w1, "w1")
-        dprob = dprob.to(prob.dtype).reshape(prob.shape) if prob is not None else None
-        return dx, dw1, dw2, dprob, None, None, None, None
+        del act
+        dpre = dpre.mul_(2.0).to(dy.dtype)
+        return dpre, None, dprob, dw2, None, None, None, None
 
 
 def _accumulate_main_grad(ctx, w, name, dw):
@@ -263,4 +303,6 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
         splits = m_splits  # read on the GPU by the kernels: no host sync
     else:
         splits = _splits_list(m_splits)
-    return SReLUMLPFunction.apply(x, w1, w2, prob, splits, recompute_postact, use_cute, fuse_wgrad_accumulation)
+    postact, preact = FC1SReLUFunction.apply(x, w1, prob, splits, use_cute, fuse_wgrad_accumulation)
+    return FC2DSReLUFunction.apply(postact, preact, prob, w2, splits, recompute_postact, use_cute,
+                                   fuse_wgrad_accumulation)

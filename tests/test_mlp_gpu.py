@@ -190,3 +190,34 @@ def test_tensor_splits_match_list_and_do_not_sync(recompute):
         results.append([y] + [t.grad for t in leaves])
     for name, a, b in zip(("y", "dx", "dw1", "dw2", "dprob"), *results):
         assert torch.equal(a, b), f"{name} differs between list and tensor m_splits"
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_step_peak_memory_is_what_each_node_needs(grouped):
+    """The step's peak is the larger of FC2's backward (y, preact, postact, dpreact, dw2)
+    and FC1's (y, dpreact, dx, dw1, dw2): FC2's activations are freed in between."""
+    g = torch.Generator(device="cuda").manual_seed(7)
+    m, h, f, e = 4096, 512, 1024, 4
+    x, w1, w2 = _mlp_weights(m, h, f, e, grouped, g)
+    x.requires_grad_()
+    w1.requires_grad_()
+    w2.requires_grad_()
+    dy = torch.randn(m, h, device="cuda", generator=g).bfloat16()
+    splits = [1000, 0, 2000, 1096] if grouped else None
+
+    def step():
+        y = srelu_mlp(x, w1, w2, m_splits=splits, backend="cute")
+        y.backward(dy)
+        x.grad = w1.grad = w2.grad = None
+
+    step()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    mf, mh, wbytes = m * f * 2, m * h * 2, w1.numel() * 2
+    fc2_phase = mh + 3 * mf + wbytes
+    fc1_phase = mh + mf + mh + 2 * wbytes
+    assert peak <= max(fc2_phase, fc1_phase) + (1 << 20), (peak, fc2_phase, fc1_phase)

@@ -111,3 +111,43 @@ def test_module_fuse_wgrad_accumulation():
         p.main_grad = torch.zeros_like(p)
     mlp(torch.randn(5, 8, dtype=torch.float64)).sum().backward()
     assert all(p.grad is None and p.main_grad.abs().sum() > 0 for p in mlp.parameters())
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_fc2_activations_are_freed_before_fc1_gradients(grouped, recompute, monkeypatch):
+    """preact, postact and prob are released once FC2's backward has run, so they do not
+    add to the memory peak of FC1's gradients (the op is two autograd nodes)."""
+    import weakref
+
+    from cute_kernels import mlp
+    from offload import role_of
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(20, 8, generator=g, requires_grad=True)
+    w1 = torch.randn(*((3, 16, 8) if grouped else (16, 8)), generator=g, requires_grad=True)
+    w2 = torch.randn(*((3, 8, 16) if grouped else (8, 16)), generator=g, requires_grad=True)
+    prob = torch.rand(20, generator=g, requires_grad=True)
+    refs = {}
+
+    def pack(t):
+        role = role_of(t)
+        if role in ("preact", "postact"):
+            refs[role] = weakref.ref(t)
+        return t
+
+    alive_at_fc1 = {}
+    fc1_backward = mlp.FC1SReLUFunction.backward
+
+    def spy(ctx, *grads):
+        alive_at_fc1.update({role: r() is not None for role, r in refs.items()})
+        return fc1_backward(ctx, *grads)
+
+    monkeypatch.setattr(mlp.FC1SReLUFunction, "backward", staticmethod(spy))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = srelu_mlp(x, w1, w2, m_splits=[5, 0, 15] if grouped else None, prob=prob,
+                      recompute_postact=recompute, backend="torch")
+    y.square().sum().backward()
+    assert set(alive_at_fc1) == ({"preact"} if recompute else {"preact", "postact"})
+    assert not any(alive_at_fc1.values()), alive_at_fc1
+    assert x.grad is not None and w1.grad is not None and prob.grad is not None
