@@ -22,6 +22,7 @@ the activations FC2's backward reads are freed before FC1's gradients are comput
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -104,7 +105,12 @@ def _per_expert_wgrad(dy, x, splits, num_experts):
 
 @torch.compiler.assume_constant_result
 def _is_sm90(device_index) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] == 9
+    return _capability_major(device_index) == 9
+
+
+@functools.lru_cache(maxsize=None)
+def _capability_major(device_index) -> int:
+    return torch.cuda.get_device_capability(device_index)[0]
 
 
 def cute_backward_enabled() -> bool:
