@@ -6,9 +6,16 @@ A long sleep kernel is queued first, so the host never waits for the GPU while i
 enqueues 10 steps: the wall time per step is the host's own cost (Python, dispatch,
 launches).  If it exceeds the step's kernel time, the step is host-bound.  Also reports
 whether the GPU was still busy when the host finished (False means something made the
-host wait, e.g. a copy from pageable memory).
+host wait, e.g. a copy from pageable memory).  Then the E=8 step run eagerly against
+the same step captured once in a CUDA graph and replayed (no host work per step):
+the difference is what host overhead costs that step.
 """
-import time, torch
+import statistics
+import time
+
+import torch
+
+from autotune.timing import flush_l2
 from cute_kernels.mlp import srelu_mlp
 
 
@@ -38,5 +45,48 @@ def main():
         print(f"E={e}{' (m_splits a CUDA tensor)' if as_tensor else ''}: host time per step {1e3 * (t1 - t0) / 10:.3f} ms; GPU still busy after enqueue: {busy}", flush=True)
 
 
+def graph_vs_eager(m=16384, h=2688, f=1856, e=8, iters=20):
+    torch.manual_seed(0)
+    x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
+    w1 = (torch.randn(e, f, h, device="cuda") / h ** 0.5).bfloat16().requires_grad_()
+    w2 = (torch.randn(e, h, f, device="cuda") / f ** 0.5).bfloat16().requires_grad_()
+    dy = torch.randn(m, h, device="cuda").bfloat16()
+    splits = [m // e] * e
+
+    def step():
+        srelu_mlp(x, w1, w2, m_splits=splits, backend="cute").backward(dy)
+
+    def timed(run):
+        times = []
+        for _ in range(iters):
+            flush_l2()
+            torch.cuda.synchronize()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            run()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        return statistics.median(times)
+
+    def eager():
+        step()
+        x.grad = w1.grad = w2.grad = None
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            eager()
+    torch.cuda.current_stream().wait_stream(side)
+    eager_ms = timed(eager)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph_ms = timed(graph.replay)
+    print(f"E={e} step, eager: {eager_ms:.3f} ms; the same step replayed from a CUDA graph: {graph_ms:.3f} ms", flush=True)
+
+
 if __name__ == "__main__":
     main()
+    graph_vs_eager()

@@ -57,14 +57,21 @@ def _upload_int32(rows: list[int], cols: list[int], device) -> torch.Tensor:
 
     torch's pinned (caching host) allocator keeps the host block alive until the copy
     has run, so the host never waits for the GPU here; a copy from pageable memory
-    would make it wait for all queued work."""
+    would make it wait for all queued work.  While a CUDA graph is being captured the
+    copy is recorded, not run: every replay reads the host block again, so that block is
+    kept for the life of the process (a few bytes per captured grouped launch)."""
     if torch.device(device).type != "cuda":
         return torch.tensor([rows, cols], dtype=torch.int32, device=device)
     host = torch.empty((2, len(rows)), dtype=torch.int32, pin_memory=True)
     view = host.numpy()
     view[0] = rows
     view[1] = cols
+    if torch.cuda.is_current_stream_capturing():
+        _graph_host_blocks.append(host)
     return host.to(device, non_blocking=True)
+
+
+_graph_host_blocks: list = []
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,6 +126,11 @@ def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch
     gradients) share one upload or one computation: a list's by its values (LRU); a GPU
     tensor's by identity and version (its values are not read on the host), so an
     in-place change of the tensor computes it again."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # In a CUDA graph: computed inside the graph and not cached, so a replay reads
+        # memory the graph owns (a cached tensor could be evicted and reused) and sees
+        # the current values of an m_splits tensor changed in place between replays.
+        return _fresh_splits_metadata(m_splits, tile_m, device)
     if isinstance(m_splits, torch.Tensor):
         return _tensor_splits_metadata(m_splits, tile_m, device)
     key = (tuple(m_splits), tile_m, device)
@@ -126,15 +138,27 @@ def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch
     if meta is not None:
         _meta_cache.move_to_end(key)
         return meta[0], meta[1]
-    rows, tiles = [0], [0]
-    for s in m_splits:
-        rows.append(rows[-1] + s)
-        tiles.append(tiles[-1] + -(-s // tile_m))
-    meta = _upload_int32(rows, tiles, device)
+    meta = _fresh_splits_metadata(m_splits, tile_m, device)
     _meta_cache[key] = meta
     if len(_meta_cache) > _META_CACHE_SIZE:
         _meta_cache.popitem(last=False)
     return meta[0], meta[1]
+
+
+def _fresh_splits_metadata(m_splits, tile_m: int, device) -> torch.Tensor:
+    """(2, E+1) int32: row offsets and tile offsets, from a list (uploaded) or a tensor
+    (computed on its device)."""
+    if isinstance(m_splits, torch.Tensor):
+        s = m_splits.to(torch.int32)
+        meta = torch.zeros((2, s.numel() + 1), dtype=torch.int32, device=device)
+        torch.cumsum(torch.stack((s, torch.div(s + (tile_m - 1), tile_m, rounding_mode="floor"))), 1,
+                     out=meta[:, 1:])
+        return meta
+    rows, tiles = [0], [0]
+    for s in m_splits:
+        rows.append(rows[-1] + s)
+        tiles.append(tiles[-1] + -(-s // tile_m))
+    return _upload_int32(rows, tiles, device)
 
 
 def _tensor_splits_metadata(m_splits: torch.Tensor, tile_m: int, device):
@@ -143,9 +167,7 @@ def _tensor_splits_metadata(m_splits: torch.Tensor, tile_m: int, device):
     if hit is not None and hit[0]() is m_splits:
         _tensor_meta_cache.move_to_end(key)
         return hit[1][0], hit[1][1]
-    s = m_splits.to(torch.int32)
-    meta = torch.zeros((2, s.numel() + 1), dtype=torch.int32, device=device)
-    torch.cumsum(torch.stack((s, torch.div(s + (tile_m - 1), tile_m, rounding_mode="floor"))), 1, out=meta[:, 1:])
+    meta = _fresh_splits_metadata(m_splits, tile_m, device)
     _tensor_meta_cache[key] = (weakref.ref(m_splits), meta)
     if len(_tensor_meta_cache) > _TENSOR_META_CACHE_SIZE:
         _tensor_meta_cache.popitem(last=False)

@@ -221,3 +221,57 @@ def test_step_peak_memory_is_what_each_node_needs(grouped):
     fc2_phase = mh + 3 * mf + wbytes
     fc1_phase = mh + mf + mh + 2 * wbytes
     assert peak <= max(fc2_phase, fc1_phase) + (1 << 20), (peak, fc2_phase, fc1_phase)
+
+
+@pytest.mark.parametrize("splits_kind", ["dense", "list", "tensor"])
+def test_step_replays_in_a_cuda_graph(splits_kind):
+    """Forward and backward captured in a CUDA graph (how host-bound MoE layers are run)
+    replay to the eager results bit for bit, for new input values; with a GPU m_splits
+    tensor also after the splits change in place between replays."""
+    g = torch.Generator(device="cuda").manual_seed(8)
+    m, h, f, e = 1024, 256, 512, 4
+    grouped = splits_kind != "dense"
+    x, w1, w2 = _mlp_weights(m, h, f, e, grouped, g)
+    w1.requires_grad_()
+    w2.requires_grad_()
+    prob = torch.rand(m, device="cuda", generator=g).requires_grad_() if grouped else None
+    splits = [300, 0, 524, 200] if grouped else None
+    ms = torch.tensor(splits, device="cuda") if splits_kind == "tensor" else splits
+    sx = x.clone().requires_grad_()
+    sdy = torch.randn(m, h, device="cuda", generator=g).bfloat16()
+
+    def step():
+        y = srelu_mlp(sx, w1, w2, m_splits=ms, prob=prob, backend="cute")
+        y.backward(sdy)
+        return y
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as torch.cuda.graphs asks
+        for _ in range(2):
+            step()
+            sx.grad = w1.grad = w2.grad = None
+            if prob is not None:
+                prob.grad = None
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sy = step()
+    new_splits = [[300, 0, 524, 200], [0, 700, 24, 300]]
+    for trial in range(2):
+        with torch.no_grad():
+            sx.copy_(torch.randn(m, h, device="cuda", generator=g).bfloat16())
+            sdy.copy_(torch.randn(m, h, device="cuda", generator=g).bfloat16())
+            if splits_kind == "tensor":
+                ms.copy_(torch.tensor(new_splits[trial], device="cuda"))
+        graph.replay()
+        torch.cuda.synchronize()
+        leaves = [t.detach().clone().requires_grad_() for t in (sx, w1, w2)]
+        p_ref = prob.detach().clone().requires_grad_() if prob is not None else None
+        ref_splits = new_splits[trial] if splits_kind == "tensor" else splits
+        y_ref = srelu_mlp(*leaves, m_splits=ref_splits, prob=p_ref, backend="cute")
+        y_ref.backward(sdy)
+        got = [sy, sx.grad, w1.grad, w2.grad] + ([prob.grad] if prob is not None else [])
+        want = [y_ref] + [t.grad for t in leaves] + ([p_ref.grad] if p_ref is not None else [])
+        for name, a, b in zip(("y", "dx", "dw1", "dw2", "dprob"), got, want):
+            assert torch.equal(a, b), f"{name} differs after replay {trial} ({splits_kind})"
