@@ -59,6 +59,8 @@ THREADS_PER_WG = 128
 PRODUCER_REGS = 40
 CONSUMER_REGS = 232
 EPI_BARRIER_ID = 1  # ping-pong uses ids 1 and 2, one per consumer warpgroup
+# Widest tile whose epilogue input is prefetched before the mainloop (register budget).
+AUX_PREFETCH_MAX_TILE_N = 192
 DESC_BYTES = 128  # one TMA descriptor
 DESC_WORDS = DESC_BYTES // 8
 _DESC_MANAGER = TensorMapManager(TensorMapUpdateMode.GMEM, DESC_BYTES)
@@ -501,6 +503,16 @@ class Sm90Gemm:
                         cute.arch.mbarrier_wait(order_bars + consumer_wg, order_phase)
                         order_phase = order_phase ^ 1
 
+                # The epilogue input of the first sub-tile is loaded now, so its global-memory
+                # latency hides behind the mainloop (raw values; converted at use).  Not with
+                # 256-wide tiles (128 accumulator registers per thread) nor ping-pong (whose
+                # epilogue already overlaps the other warpgroup's mainloop): holding it through
+                # the mainloop makes ptxas spill there.  They load it after the mainloop.
+                aux_next = None
+                if const_expr(self._aux_before_mainloop()):
+                    aux_next = self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, 0,
+                                              n_total, expert)
+
                 # ---- mainloop
                 # The first k-block runs with accumulate off (no zero fill, so ptxas injects
                 # no extra warpgroup.arrive); a wgmma.fence per k-tile as in CUTLASS's mainloops.
@@ -557,13 +569,18 @@ class Sm90Gemm:
                         scale_vec = sfrag.load()
                     aux_vec = None
                     if const_expr(self.epi.aux_input):
+                        if const_expr((e == 0 and not self._aux_before_mainloop()) or self.pingpong):
+                            aux_next = self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end,
+                                                      n_tile, e, n_total, expert)
+                        aux_cur = aux_next
+                        if const_expr(e + 1 < num_epi and not self.pingpong):
+                            # the next sub-tile's input, in flight during this one (cooperative only:
+                            # ping-pong's epilogue overlaps the other warpgroup's mainloop, and the
+                            # extra registers make ptxas spill there)
+                            aux_next = self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end,
+                                                      n_tile, e + 1, n_total, expert)
                         afrag = cute.make_rmem_tensor(frag_shape, Float32)
-                        for v in cutlass.range_constexpr(frag_size):
-                            coord = tRS_cEpi[v]
-                            # clamped: rows past the tile's end and columns past N are never stored
-                            arow = cutlass.min(row_start + coord[0], row_end - 1)
-                            acol = cutlass.min(n_tile * self.tile_n + e * cfg.epi_n + coord[1], n_total - 1)
-                            afrag[v] = Float32(mAux[(arow, acol, expert if const_expr(self.grouped_k) else 0)])
+                        afrag.store(aux_cur.load().to(Float32))
                         aux_vec = afrag.load()
                     if const_expr(self.epi.row_sum):
                         # A thread's accumulator rows in a 64-row WGMMA atom are r0 and r0 + 8.
@@ -608,6 +625,21 @@ class Sm90Gemm:
                 t += t_step
             if warp_idx == store_warp:
                 store_pipeline.producer_tail()
+
+    def _aux_before_mainloop(self) -> bool:
+        return self.epi.aux_input and self.tile_n <= AUX_PREFETCH_MAX_TILE_N and not self.pingpong
+
+    def _load_aux(self, mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, e, n_total, expert):
+        """This thread's elements of the epilogue input for sub-tile `e`, in the input's own
+        dtype (the loads are issued here; nothing waits for them until the values are used).
+        Rows past the tile's end and columns past N are clamped: they are never stored."""
+        raw = cute.make_rmem_tensor(frag_shape, mAux.element_type)
+        for v in range(frag_size):  # plain Python: unrolled while tracing (no DSL preprocessing here)
+            coord = tRS_cEpi[v]
+            arow = cutlass.min(row_start + coord[0], row_end - 1)
+            acol = cutlass.min(n_tile * self.tile_n + e * self.cfg.epi_n + coord[1], n_total - 1)
+            raw[v] = mAux[(arow, acol, expert if self.grouped_k else 0)]
+        return raw
 
     def _output_tiles(self, mD0, mD1, row_start, row_end, n_tile, m_total, expert):
         """The (tile_m, tile_n) TMA-coordinate tiles of each output for this tile."""
