@@ -236,3 +236,21 @@ def test_model_shapes_include_weight_gradients():
 def test_cli_sweeps_weight_grad(tmp_path):
     assert main(["sweep", "--kernel", "weight_grad", "--m", "1856", "--n", "2688", "--k", "16384", "--experts", "8",
                  "--trials", "12", "--simulate", "--root", str(tmp_path / "tc"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("gain,stored", [(0.005, False), (0.05, True)])
+def test_noise_level_winner_is_not_stored(tmp_path, gain, stored):
+    """A winner that beats the default by less than MIN_GAIN on re-measurement is noise:
+    the default is kept and nothing is written."""
+    dflt = default_config(8192, 16384, 4096, num_outputs=2)
+
+    def flat_timer(cfg):  # every config costs the same, except one a little faster
+        return 1.0 - gain if (cfg.tile_n, cfg.swizzle) != (dflt.tile_n, dflt.swizzle) and cfg.tile_n == 128 else 1.0
+
+    res = tuner.sweep(DENSE, FakeRunner(DENSE), flat_timer, arch="sm90", storage=None, n_trials=12, seed=3,
+                      root=str(tmp_path), device="FakeGPU", dsl_version="4.8.1", progress=False, grid=True)
+    assert res.accepted is stored, res.note
+    path = file_path("sm90", "fc1_srelu", str(tmp_path))
+    assert os.path.exists(path) is stored
+    if not stored:
+        assert "noise" in res.note
