@@ -195,13 +195,15 @@ class FC1SReLUFunction(torch.autograd.Function):
 
             sl, st = _op_splits(splits)
             dx = ops().fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st) if ctx.needs_input_grad[0] else None
-            dw1 = _cute_wgrad(ctx, dpre, x, splits, w1, "w1")
+            dw1 = _cute_wgrad(ctx, dpre, x, splits, w1, "w1") if ctx.needs_input_grad[1] else None
             return dx, dw1, None, None, None, None
         splits = _splits_list(splits)
         grouped = splits is not None
         dx = None
         if ctx.needs_input_grad[0]:
             dx = _per_expert_mm(dpre, w1, splits, transpose_w=False) if grouped else dpre @ w1
+        if not ctx.needs_input_grad[1]:  # frozen w1
+            return dx, None, None, None, None, None
         dw1 = _per_expert_wgrad(dpre, x, splits, w1.size(0)) if grouped else dpre.t() @ x
         return dx, _accumulate_main_grad(ctx, w1, "w1", dw1), None, None, None, None
 
@@ -236,7 +238,9 @@ class FC2DSReLUFunction(torch.autograd.Function):
 
             sl, st = _op_splits(splits)
             dpre, post_re, dprob = ops().fc2_dgrad_dsrelu_op(dy, w2, preact, sl, prob, postact is None, splits_t=st)
-            dw2 = _cute_wgrad(ctx, dy, postact if postact is not None else post_re, splits, w2, "w2")
+            dw2 = None
+            if ctx.needs_input_grad[3]:
+                dw2 = _cute_wgrad(ctx, dy, postact if postact is not None else post_re, splits, w2, "w2")
             dprob = dprob.to(prob.dtype).reshape(prob.shape) if prob is not None else None
             return dpre, None, dprob, dw2, None, None, None, None
         splits = _splits_list(splits)  # torch math takes a list (a GPU tensor costs one sync here)
@@ -244,12 +248,15 @@ class FC2DSReLUFunction(torch.autograd.Function):
         f = _elementwise_dtype(dy)
         act = torch.relu(preact.to(f))
         p = prob.to(f).reshape(-1, 1) if prob is not None else None
-        if postact is None:
-            post = act * act
-            postact = (post * p if p is not None else post).to(dy.dtype)
         dpost = _per_expert_mm(dy, w2, splits, transpose_w=False) if grouped else dy @ w2
-        dw2 = _per_expert_wgrad(dy, postact, splits, w2.size(0)) if grouped else dy.t() @ postact
-        dw2 = _accumulate_main_grad(ctx, w2, "w2", dw2)
+        dw2 = None
+        if ctx.needs_input_grad[3]:  # else w2 is frozen
+            if postact is None:
+                post = act * act
+                postact = (post * p if p is not None else post).to(dy.dtype)
+                del post
+            dw2 = _per_expert_wgrad(dy, postact, splits, w2.size(0)) if grouped else dy.t() @ postact
+            dw2 = _accumulate_main_grad(ctx, w2, "w2", dw2)
         del postact
         # fp32 elementwise math with two full-size temporaries (act, dpre), updated in place
         dpre = dpost.to(f) if dpost.dtype != f else dpost.clone()

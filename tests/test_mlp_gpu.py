@@ -275,3 +275,25 @@ def test_step_replays_in_a_cuda_graph(splits_kind):
         want = [y_ref] + [t.grad for t in leaves] + ([p_ref.grad] if p_ref is not None else [])
         for name, a, b in zip(("y", "dx", "dw1", "dw2", "dprob"), got, want):
             assert torch.equal(a, b), f"{name} differs after replay {trial} ({splits_kind})"
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_frozen_weights_skip_their_gradients(grouped):
+    """Weights that do not require grad get no gradient (their GEMMs are skipped); the
+    input and router gradients are the same as with trainable weights."""
+    g = torch.Generator(device="cuda").manual_seed(10)
+    m, h, f, e = 512, 256, 384, 4
+    x, w1, w2 = _mlp_weights(m, h, f, e, grouped, g)
+    prob = torch.rand(m, device="cuda", generator=g)
+    dy = torch.randn(m, h, device="cuda", generator=g).bfloat16()
+    splits = [100, 0, 312, 100] if grouped else None
+
+    def run(train_weights):
+        xs, ps = x.clone().requires_grad_(), prob.clone().requires_grad_()
+        a, b = w1.clone().requires_grad_(train_weights), w2.clone().requires_grad_(train_weights)
+        srelu_mlp(xs, a, b, m_splits=splits, prob=ps, backend="cute").backward(dy)
+        return xs.grad, ps.grad, a.grad, b.grad
+
+    full, frozen = run(True), run(False)
+    assert frozen[2] is None and frozen[3] is None and full[2] is not None
+    assert torch.equal(full[0], frozen[0]) and torch.equal(full[1], frozen[1])

@@ -151,3 +151,30 @@ def test_fc2_activations_are_freed_before_fc1_gradients(grouped, recompute, monk
     assert set(alive_at_fc1) == ({"preact"} if recompute else {"preact", "postact"})
     assert not any(alive_at_fc1.values()), alive_at_fc1
     assert x.grad is not None and w1.grad is not None and prob.grad is not None
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("frozen", ["w1", "w2", "both"])
+def test_frozen_weights_get_no_gradient_and_inputs_still_do(grouped, frozen):
+    g = torch.Generator().manual_seed(9)
+    x0 = torch.randn(20, 8, dtype=torch.float64, generator=g)
+    w10 = torch.randn(*((3, 16, 8) if grouped else (16, 8)), dtype=torch.float64, generator=g)
+    w20 = torch.randn(*((3, 8, 16) if grouped else (8, 16)), dtype=torch.float64, generator=g)
+    p0 = torch.rand(20, dtype=torch.float64, generator=g)
+    splits = [5, 0, 15] if grouped else None
+
+    def run(freeze):
+        x, w1, w2, p = (t.clone().requires_grad_() for t in (x0, w10, w20, p0))
+        if freeze in ("w1", "both"):
+            w1.requires_grad_(False)
+        if freeze in ("w2", "both"):
+            w2.requires_grad_(False)
+        srelu_mlp(x, w1, w2, m_splits=splits, prob=p, backend="torch").square().sum().backward()
+        return x.grad, w1.grad, w2.grad, p.grad
+
+    full, part = run(None), run(frozen)
+    for name, a, b in zip(("x", "w1", "w2", "prob"), full, part):
+        if (name == "w1" and frozen in ("w1", "both")) or (name == "w2" and frozen in ("w2", "both")):
+            assert b is None
+        else:
+            assert torch.allclose(a, b), name
