@@ -42,9 +42,9 @@ def _arch_of(device_index: int) -> str:
     raise checks.InputError(f"no CuTe kernel for compute capability {major}.{minor} on cuda:{device_index}; use backend='torch'")
 
 
-@functools.lru_cache(maxsize=1024)
 def _checked_config(config: GemmConfig, arch: str, num_outputs: int, grouped: bool, grouped_k: bool = False,
                     out_bytes: int = 2) -> GemmConfig:
+    """`config` validated for this launch (called from the cached key builders below)."""
     try:
         return validate(config, arch=arch, num_outputs=num_outputs, grouped=grouped, grouped_k=grouped_k,
                         out_bytes=out_bytes)
@@ -201,8 +201,7 @@ def _kernel_key(kernel_name: str, arch: str, dtype, m: int, n: int, k: int, num_
 on_clear(_kernel_key.cache_clear)
 
 
-def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config, majors=("k", "k"), aux=None,
-            row_sum_out: bool = False):
+def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config, majors=("k", "k"), aux=None):
     """Launch one M-grouped or dense GEMM; returns the row sums (dsrelu row_sum) or None."""
     grouped = m_splits is not None
     m, k = a.shape
@@ -381,12 +380,6 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
 
 
 @functools.lru_cache(maxsize=1024)
-def _wgrad_fits(config: GemmConfig, arch: str, grouped: bool, out_bytes: int) -> bool:
-    """Can weight_grad run `config` with this output size (cached: the hot path)?"""
-    return not validation_errors(config, arch=arch, grouped_k=grouped, out_bytes=out_bytes)
-
-
-@functools.lru_cache(maxsize=1024)
 def _wgrad_key(arch: str, dtype, n_out: int, k_out: int, tokens: int, num_experts: int, grouped: bool, out_dtype,
                accumulate: bool, majors: tuple, config: GemmConfig | None, tuned_root: str | None) -> KernelKey:
     """weight_grad's compiled-kernel key (cached like _kernel_key)."""
@@ -396,7 +389,7 @@ def _wgrad_key(arch: str, dtype, n_out: int, k_out: int, tokens: int, num_expert
         # config (timed with a bf16 output) that cannot take an fp32 main_grad falls back too
         config = lookup_config("weight_grad", arch=arch, dtype=dtype, m=n_out, n=k_out, k=tokens,
                                num_experts=num_experts, grouped=grouped)
-        if not _wgrad_fits(config, arch, grouped, out_bytes):
+        if validation_errors(config, arch=arch, grouped_k=grouped, out_bytes=out_bytes):
             config = wgrad_default_config(n_out, k_out, tokens, num_experts)
     _checked_config(config, arch, 1, False, grouped, out_bytes)
     return KernelKey(arch, config, EpilogueSpec("identity", accumulate=accumulate), False, _dtype_name(dtype),
