@@ -2,8 +2,9 @@
 
 `time_ms(fn)` measures GPU time per call: each sample flushes L2, then times a batch
 of `batch` back-to-back calls between two events, so the GPU queue stays ahead of
-the host and the figure is kernel time, not launch overhead.  `host_us(fn)` measures
-the host cost of one call (what a GPU-starved caller would see).
+the host and the figure is kernel time, not launch overhead.  `step_ms(fn)` times one
+whole call from an idle GPU (a training step as it runs: host latency included).
+`host_us(fn)` measures the host cost of one call (what a GPU-starved caller would see).
 """
 from __future__ import annotations
 
@@ -43,6 +44,28 @@ def time_ms(fn, *, warmup: int = 5, iters: int = 20, batch: int = 4, lead_ms: fl
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / batch)
+    return statistics.median(times)
+
+
+def step_ms(fn, *, iters: int = 10, before=None, after=None) -> float:
+    """Median milliseconds of one call of `fn()` started on an idle GPU with L2 flushed
+    (unlike time_ms, the host's enqueue latency counts).  `before()` runs after the GPU
+    is idle and `after()` once the call has finished, around every sample (e.g. to
+    track peak memory)."""
+    times = []
+    for _ in range(iters):
+        flush_l2()
+        torch.cuda.synchronize()
+        if before is not None:
+            before()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+        if after is not None:
+            after()
     return statistics.median(times)
 
 

@@ -10,12 +10,11 @@ host wait, e.g. a copy from pageable memory).  Then the E=8 step run eagerly aga
 the same step captured once in a CUDA graph and replayed (no host work per step):
 the difference is what host overhead costs that step.
 """
-import statistics
 import time
 
 import torch
 
-from autotune.timing import flush_l2
+from autotune.timing import step_ms
 from cute_kernels.mlp import srelu_mlp
 
 
@@ -56,19 +55,6 @@ def graph_vs_eager(m=16384, h=2688, f=1856, e=8, iters=20):
     def step():
         srelu_mlp(x, w1, w2, m_splits=splits, backend="cute").backward(dy)
 
-    def timed(run):
-        times = []
-        for _ in range(iters):
-            flush_l2()
-            torch.cuda.synchronize()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            run()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        return statistics.median(times)
-
     def eager():
         step()
         x.grad = w1.grad = w2.grad = None
@@ -79,11 +65,11 @@ def graph_vs_eager(m=16384, h=2688, f=1856, e=8, iters=20):
         for _ in range(3):
             eager()
     torch.cuda.current_stream().wait_stream(side)
-    eager_ms = timed(eager)
+    eager_ms = step_ms(eager, iters=iters)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    graph_ms = timed(graph.replay)
+    graph_ms = step_ms(graph.replay, iters=iters)
     print(f"E={e} step, eager: {eager_ms:.3f} ms; the same step replayed from a CUDA graph: {graph_ms:.3f} ms", flush=True)
 
 

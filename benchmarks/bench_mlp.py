@@ -20,7 +20,7 @@ import sys
 import torch
 
 from benchmarks.report import emit
-from autotune.timing import flush_l2, time_ms
+from autotune.timing import step_ms, time_ms
 from cute_kernels.mlp import srelu_mlp
 
 SHAPES = [
@@ -55,19 +55,10 @@ def measure(fn, x, w1, w2, dy, iters=10):
         step()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
-    times, peaks = [], []
-    for _ in range(iters):
-        flush_l2()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        step()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-        peaks.append(torch.cuda.max_memory_allocated() - base)
-    return statistics.median(times), statistics.median(peaks) / 2**20
+    peaks = []
+    ms = step_ms(step, iters=iters, before=torch.cuda.reset_peak_memory_stats,
+                 after=lambda: peaks.append(torch.cuda.max_memory_allocated() - base))
+    return ms, statistics.median(peaks) / 2**20
 
 
 def main(argv=None):
