@@ -1,8 +1,8 @@
 """The search space of the GEMM config (`cute_kernels.GemmConfig`) for Optuna.
 
 Parameters are the config's real knobs.  `tile_m` follows from the schedule
-(cooperative 128, ping-pong 64) and grouped problems only cluster along N, so those
-are not searched.  `GRID` lists the values of each parameter; TPE samples from the
+(cooperative 128, ping-pong 64), so it is not searched.  Grouped problems search the
+same space as dense ones (a 2x1 cluster keeps both CTAs on one expert).  `GRID` lists the values of each parameter; TPE samples from the
 same lists and `--grid` times their full product.
 """
 from __future__ import annotations
@@ -22,10 +22,7 @@ GRID = {
 
 
 def space(grouped: bool) -> dict:
-    s = dict(GRID)
-    if grouped:
-        s["cluster"] = [c for c in GRID["cluster"] if c.startswith("1x")]
-    return s
+    return dict(GRID)
 
 
 def to_config(params: dict) -> GemmConfig:

@@ -47,8 +47,8 @@ class GemmConfig:
         rows). Ping-pong: 64 (each consumer warpgroup owns a whole tile).
     tile_n, tile_k: columns of C and depth of one pipeline stage.
     cluster_m, cluster_n: CTAs per cluster; A is multicast along cluster_n, B along
-        cluster_m.  Grouped problems need cluster_m == 1 (neighbouring M tiles may
-        belong to different experts, so they cannot share B).
+        cluster_m.  Grouped problems round each expert's M tiles up to a multiple of
+        cluster_m, so the CTAs sharing B always work on one expert.
     schedule: "cooperative" (two warpgroups split one tile) or "pingpong" (the two
         warpgroups alternate tiles so one's epilogue overlaps the other's mainloop).
     raster: "n" walks a band of `swizzle` M tiles along N; "m" walks a band of
@@ -138,11 +138,6 @@ def validation_errors(
         errs.append(f"tile_k must be one of {TILE_K_CHOICES}, got {cfg.tile_k}")
     if cfg.cluster_m not in CLUSTER_CHOICES or cfg.cluster_n not in CLUSTER_CHOICES:
         errs.append(f"cluster_m and cluster_n must be in {CLUSTER_CHOICES}, got ({cfg.cluster_m}, {cfg.cluster_n})")
-    if grouped and cfg.cluster_m != 1:
-        errs.append("grouped GEMM needs cluster_m == 1: neighbouring M tiles may belong to different experts and cannot share B")
-    if grouped_k and cfg.schedule != "cooperative":
-        errs.append("the K-grouped (per-expert weight gradient) GEMM needs the cooperative schedule: "
-                    "ping-pong tiles would need each other's per-expert K extent")
     if cfg.epi_n not in EPI_N_CHOICES:
         errs.append(f"epi_n must be one of {EPI_N_CHOICES}, got {cfg.epi_n}")
     elif cfg.tile_n % cfg.epi_n:

@@ -119,8 +119,12 @@ _TENSOR_META_CACHE_SIZE = 16
 _tensor_meta_cache: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 
 
-def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _splits_metadata(m_splits, tile_m: int, device, cluster_m: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """cu_rows (E+1) and cu_tiles (E+1) as int32 on `device`, without a host sync.
+
+    Each expert's M tile count is rounded up to a multiple of `cluster_m`, so the CTAs
+    of one cluster (which share B through multicast) always work on the same expert;
+    a rounded-up tile lies past its expert's rows and stores nothing.
 
     Kept per splits and tile_m, so the GEMMs of one MoE layer's step (FC1, FC2 and their
     gradients) share one upload or one computation: a list's by its values (LRU); a GPU
@@ -130,44 +134,47 @@ def _splits_metadata(m_splits, tile_m: int, device) -> tuple[torch.Tensor, torch
         # In a CUDA graph: computed inside the graph and not cached, so a replay reads
         # memory the graph owns (a cached tensor could be evicted and reused) and sees
         # the current values of an m_splits tensor changed in place between replays.
-        return _fresh_splits_metadata(m_splits, tile_m, device)
+        return _fresh_splits_metadata(m_splits, tile_m, device, cluster_m)
     if isinstance(m_splits, torch.Tensor):
-        return _tensor_splits_metadata(m_splits, tile_m, device)
-    key = (tuple(m_splits), tile_m, device)
+        return _tensor_splits_metadata(m_splits, tile_m, device, cluster_m)
+    key = (tuple(m_splits), tile_m, cluster_m, device)
     meta = _meta_cache.get(key)
     if meta is not None:
         _meta_cache.move_to_end(key)
         return meta[0], meta[1]
-    meta = _fresh_splits_metadata(m_splits, tile_m, device)
+    meta = _fresh_splits_metadata(m_splits, tile_m, device, cluster_m)
     _meta_cache[key] = meta
     if len(_meta_cache) > _META_CACHE_SIZE:
         _meta_cache.popitem(last=False)
     return meta[0], meta[1]
 
 
-def _fresh_splits_metadata(m_splits, tile_m: int, device) -> torch.Tensor:
-    """(2, E+1) int32: row offsets and tile offsets, from a list (uploaded) or a tensor
-    (computed on its device)."""
+def _fresh_splits_metadata(m_splits, tile_m: int, device, cluster_m: int = 1) -> torch.Tensor:
+    """(2, E+1) int32: row offsets and tile offsets (per expert cluster_m * ceil(rows /
+    (tile_m * cluster_m)) tiles), from a list (uploaded) or a tensor (computed on its device)."""
+    span = tile_m * cluster_m
     if isinstance(m_splits, torch.Tensor):
         s = m_splits.to(torch.int32)
         meta = torch.zeros((2, s.numel() + 1), dtype=torch.int32, device=device)
-        torch.cumsum(torch.stack((s, torch.div(s + (tile_m - 1), tile_m, rounding_mode="floor"))), 1,
-                     out=meta[:, 1:])
+        tiles = torch.div(s + (span - 1), span, rounding_mode="floor")
+        if cluster_m > 1:
+            tiles = tiles * cluster_m
+        torch.cumsum(torch.stack((s, tiles)), 1, out=meta[:, 1:])
         return meta
     rows, tiles = [0], [0]
     for s in m_splits:
         rows.append(rows[-1] + s)
-        tiles.append(tiles[-1] + -(-s // tile_m))
+        tiles.append(tiles[-1] + cluster_m * -(-s // span))
     return _upload_int32(rows, tiles, device)
 
 
-def _tensor_splits_metadata(m_splits: torch.Tensor, tile_m: int, device):
-    key = (id(m_splits), m_splits._version, tile_m, device)
+def _tensor_splits_metadata(m_splits: torch.Tensor, tile_m: int, device, cluster_m: int = 1):
+    key = (id(m_splits), m_splits._version, tile_m, cluster_m, device)
     hit = _tensor_meta_cache.get(key)
     if hit is not None and hit[0]() is m_splits:
         _tensor_meta_cache.move_to_end(key)
         return hit[1][0], hit[1][1]
-    meta = _fresh_splits_metadata(m_splits, tile_m, device)
+    meta = _fresh_splits_metadata(m_splits, tile_m, device, cluster_m)
     _tensor_meta_cache[key] = (weakref.ref(m_splits), meta)
     if len(_tensor_meta_cache) > _TENSOR_META_CACHE_SIZE:
         _tensor_meta_cache.popitem(last=False)
@@ -219,7 +226,7 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
     aux3 = _as_mkl(aux) if aux is not None else None
     cu_rows = cu_tiles = None
     if grouped:
-        cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device)
+        cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device, config.cluster_m)
     _run(key, _as_mkl(a), _as_nkl(w), _as_mkl(outs[0]), d1, prob, aux3, rowsum, cu_rows, cu_tiles)
     return rowsum.sum(1) if epi.row_sum else None
 

@@ -23,7 +23,7 @@ SCHEDULES = {
     "coop128x256": dict(tile_m=128, tile_n=256, schedule="cooperative"),
     "pingpong64x256": dict(tile_m=64, tile_n=256, schedule="pingpong"),
 }
-CLUSTERS = {False: [(1, 2), (2, 1)], True: [(1, 1), (1, 2)]}
+CLUSTERS = {False: [(1, 2), (2, 1)], True: [(1, 1), (1, 2), (2, 1)]}
 
 VARIANTS = [
     (grouped, epi, sched, cl)
@@ -102,6 +102,10 @@ BACKWARD_VARIANTS = {
     "wgrad_grouped_k_bf16_accumulate": KernelKey("sm90", GemmConfig(tile_n=128, cluster_n=1),
                                                  EpilogueSpec("identity", accumulate=True),
                                                  False, "float16", "m", "n", grouped_k=True),
+    # ping-pong: each warpgroup skips the other's tile by that tile's own per-expert K tiles
+    "wgrad_grouped_k_pingpong_64x256": KernelKey("sm90", GemmConfig(tile_m=64, schedule="pingpong"),
+                                                 EpilogueSpec("identity"), False, "bfloat16", "m", "n",
+                                                 grouped_k=True),
 }
 
 
@@ -147,8 +151,9 @@ def test_row_sum_rejects_wide_tiles():
         build_kernel(key)
 
 
-def test_grouped_k_needs_cooperative():
+def test_grouped_configs_accept_every_schedule_and_cluster():
     from cute_kernels.config import validation_errors
 
-    errs = validation_errors(GemmConfig(tile_m=64, schedule="pingpong"), grouped_k=True)
-    assert any("cooperative" in e for e in errs)
+    for cfg in (GemmConfig(tile_m=64, schedule="pingpong"), GemmConfig(cluster_m=2, cluster_n=1)):
+        assert validation_errors(cfg, grouped_k=True) == []
+        assert validation_errors(cfg, grouped=True) == []

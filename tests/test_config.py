@@ -30,7 +30,6 @@ def test_default_config_valid_for_odd_shapes(m, n, k, grouped):
 
 
 @pytest.mark.parametrize("fields,needle", [
-    ({"cluster_m": 2}, "grouped GEMM needs cluster_m == 1"),
     ({"tile_m": 64}, "cooperative schedule needs tile_m == 128"),
     ({"schedule": "pingpong"}, "ping-pong schedule needs tile_m == 64"),
     ({"tile_n": 96}, "tile_n must be one of"),

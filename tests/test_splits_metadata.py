@@ -5,11 +5,13 @@ import torch
 from cute_kernels.gemm_ops import _splits_metadata
 
 
-def _expected(splits, tile_m):
+def _expected(splits, tile_m, cluster_m=1):
+    """Row offsets, and tile offsets with each expert's tiles rounded up to whole clusters."""
     rows, tiles = [0], [0]
     for s in splits:
         rows.append(rows[-1] + s)
-        tiles.append(tiles[-1] + -(-s // tile_m))
+        t = -(-s // tile_m)
+        tiles.append(tiles[-1] + t + (-t) % cluster_m)
     return rows, tiles
 
 
@@ -18,10 +20,18 @@ def test_list_and_tensor_give_the_same_metadata():
     splits = torch.randint(0, 400, (9,), generator=g)
     splits[3] = 0
     for tile_m in (64, 128):
-        want = _expected(splits.tolist(), tile_m)
-        for given in (splits.tolist(), splits, splits.to(torch.int32)):
-            rows, tiles = _splits_metadata(given, tile_m, torch.device("cpu"))
-            assert (rows.tolist(), tiles.tolist()) == want, (type(given), tile_m)
+        for cluster_m in (1, 2):
+            want = _expected(splits.tolist(), tile_m, cluster_m)
+            for given in (splits.tolist(), splits, splits.to(torch.int32)):
+                rows, tiles = _splits_metadata(given, tile_m, torch.device("cpu"), cluster_m)
+                assert (rows.tolist(), tiles.tolist()) == want, (type(given), tile_m, cluster_m)
+
+
+def test_cluster_rounding_keeps_each_cluster_on_one_expert():
+    splits = [5, 0, 300, 17, 256]
+    _, tiles = _splits_metadata(splits, 128, torch.device("cpu"), 2)
+    assert tiles.tolist() == [0, 2, 2, 6, 8, 10]
+    assert all(t % 2 == 0 for t in tiles.tolist())  # every expert starts a cluster
 
 
 def test_tensor_metadata_is_cached_per_version_and_tile():

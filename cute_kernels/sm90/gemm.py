@@ -34,7 +34,11 @@ accumulating epilogue, its previous value) without a branch around the mainloop.
 
 Preconditions (checked on the host by `cute_kernels.checks`): bf16/fp16 A and B of
 the same dtype, 16-byte aligned base pointers and leading dimensions, D row-major
-(bf16/fp16 or fp32), K >= 1; grouped: cluster_m == 1; grouped_k: cooperative.
+(bf16/fp16 or fp32), K >= 1; grouped: cu_tiles counts each expert's M tiles rounded
+up to a multiple of cluster_m (the CTAs of a cluster share B, so they must be on one
+expert; a rounded-up tile starts at or past its expert's end and stores nothing);
+grouped_k: any schedule (a ping-pong warpgroup skips the other's tile by that tile's
+own per-expert K tile count).
 Row sums (dsrelu `row_sum`) are written as one partial per (row, N tile) into an
 (M, ceil(N / tile_n)) fp32 tensor (every element written once, no atomics, so the
 result is bitwise reproducible); the host sums the partials.
@@ -165,8 +169,9 @@ class Sm90Gemm:
         num_experts = Int32(1)
         if const_expr(self.grouped):
             num_experts = cute.size(mCuRows, mode=[0]) - 1
-            # Upper bound: each expert adds at most one partial tile.
-            num_m_tiles = num_m_tiles + num_experts
+            # Upper bound: each expert adds at most one partial tile and cluster_m - 1
+            # tiles of rounding to whole clusters.
+            num_m_tiles = num_m_tiles + num_experts * self.cfg.cluster_m
         if const_expr(self.grouped_k):
             num_experts = cute.size(mCuRows, mode=[0]) - 1
         clusters_m = (num_m_tiles + self.cfg.cluster_m - 1) // self.cfg.cluster_m
@@ -255,12 +260,17 @@ class Sm90Gemm:
         return cute.make_tensor(base, layout)
 
     # ---------------------------------------------------------------- device side
+    def _expert_of_work(self, t, num_m_clusters, num_n_tiles):
+        """grouped_k: the expert of cluster work index t (work is expert-major)."""
+        clusters_n = (num_n_tiles + self.cfg.cluster_n - 1) // self.cfg.cluster_n
+        return t // (num_m_clusters * clusters_n)
+
     def _tile_coords(self, t, cluster_coord, mCuRows, mCuTiles, m_total, num_n_tiles, num_m_clusters, num_experts):
         """Cluster work index -> (row_start, row_end, n_tile, expert) of this CTA's tile."""
         clusters_n = (num_n_tiles + self.cfg.cluster_n - 1) // self.cfg.cluster_n
         if const_expr(self.grouped_k):
             per_expert = num_m_clusters * clusters_n
-            e = t // per_expert
+            e = self._expert_of_work(t, num_m_clusters, num_n_tiles)
             cm, cn = banded_coord_device(t - e * per_expert, num_m_clusters, clusters_n, self.cfg.swizzle,
                                          self.cfg.raster == "n")
             m_tile = cm * self.cfg.cluster_m + cluster_coord[0]
@@ -494,9 +504,14 @@ class Sm90Gemm:
                 if const_expr(self.grouped_k):
                     _, _, tile_k_tiles = self._k_range(mCuRows, expert)
                 if const_expr(self.pingpong):
-                    # Skip the stages of the other warpgroup's tile, then wait for our turn.
+                    # Skip the stages of the other warpgroup's tile (work index t - num_launched,
+                    # loaded just before ours), then wait for our turn.
                     if consumer_wg == 1 or local_tile_idx > 0:
-                        for _ in range(k_tiles):
+                        skip = k_tiles
+                        if const_expr(self.grouped_k):
+                            _, _, skip = self._k_range(
+                                mCuRows, self._expert_of_work(t - num_launched, num_m_clusters, num_n_tiles))
+                        for _ in range(skip):
                             read_state.advance()
                             release_state.advance()
                     if consumer_wg == 1 or local_tile_idx > 0:
