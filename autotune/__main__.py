@@ -5,6 +5,7 @@
     python -m autotune sweep --benchmark-shapes [--only fc2]
     python -m autotune sweep --preset moe-e8 | --hidden 2688 --ffn 1856 --experts 8 --tokens 16384,32768
     python -m autotune sweep ... --grid            # time the whole space (checks the sampler)
+    python -m autotune sweep ... --try cluster=2x1 --trials 3   # the default, this override, one sampled
     python -m autotune sweep ... --storage sqlite:///studies.db --workers 4   # one process per GPU
     python -m autotune show
     python -m autotune plot --study NAME --storage sqlite:///studies.db --out study.png
@@ -58,6 +59,10 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
     from . import tuner
 
     problems = problems_from_args(args)
+    try:
+        tries = [space.parse_overrides(t) for t in args.tries]
+    except ValueError as exc:
+        raise SystemExit(f"--try: {exc}")
     if args.simulate and runner_factory is None:
         from .simulate import SimulatedRunner, simulated_timer
 
@@ -106,7 +111,8 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
         else:
             res = tuner.sweep(prob, runner, timer, arch=arch, storage=storage, n_trials=args.trials, grid=args.grid,
                               seed=args.seed, write=not args.no_write, root=args.root, device=device,
-                              dsl_version=dsl_version, progress=not args.quiet, compile_workers=args.compile_ahead)
+                              dsl_version=dsl_version, progress=not args.quiet, compile_workers=args.compile_ahead,
+                              tries=tries)
         results.append(res)
         print(tuner.format_results([res]).splitlines()[-1], flush=True)
     if results:
@@ -194,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     s.add_argument("--trials", type=int, default=None, help="trials per shape (default 24)")
     s.add_argument("--grid", action="store_true", help="time every config of the space")
+    s.add_argument("--try", dest="tries", action="append", default=[], metavar="PARAMS",
+                   help="also try this override of the default first, e.g. 'tile_n=256,cluster=2x1' (repeatable)")
     s.add_argument("--storage", default=None, help=f"Optuna storage URL (default {DEFAULT_STORAGE}); resumable")
     s.add_argument("--workers", type=int, default=1, help="worker processes, one per GPU, sharing --storage")
     s.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)

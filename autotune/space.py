@@ -52,6 +52,21 @@ def to_params(cfg: GemmConfig) -> dict:
     }
 
 
+def parse_overrides(text: str) -> dict:
+    """'tile_n=256,cluster=2x1' -> parameters of the space (each name and value checked)."""
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in GRID:
+            raise ValueError(f"unknown parameter {name!r} in {text!r}; known: {sorted(GRID)}")
+        choices = GRID[name]
+        typed = type(choices[0])(value)
+        if typed not in choices:
+            raise ValueError(f"{name}={value} is not in the space {choices}")
+        out[name] = typed
+    return out
+
+
 def in_space(cfg: GemmConfig, grouped: bool) -> bool:
     p = to_params(cfg)
     s = space(grouped)

@@ -65,7 +65,9 @@ def make_storage(storage: str | None):
     return storage
 
 
-def open_study(problem: Problem, arch: str, storage: str | None, *, grid: bool, seed: int):
+def open_study(problem: Problem, arch: str, storage: str | None, *, grid: bool, seed: int, tries=()):
+    """Create or load the problem's study.  A new one gets the default config as its
+    first trial, then `tries` (parameter overrides of the default, e.g. {"cluster": "2x1"})."""
     name = problem.study_name(arch) + ("/grid" if grid else "")
     storage = make_storage(storage)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
@@ -79,6 +81,8 @@ def open_study(problem: Problem, arch: str, storage: str | None, *, grid: bool, 
         dflt = problem.default_config()
         if space.in_space(dflt, problem.space_grouped):
             study.enqueue_trial(space.to_params(dflt), user_attrs={"default": True})
+        for overrides in tries:
+            study.enqueue_trial({**space.to_params(dflt), **overrides}, skip_if_exists=True)
     return study
 
 
@@ -211,9 +215,9 @@ def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, ro
 
 def sweep(problem: Problem, runner, timer, *, arch: str, storage: str | None, n_trials: int = DEFAULT_TRIALS,
           grid: bool = False, seed: int = 0, write: bool = True, root: str | None = None, device: str = "",
-          dsl_version: str = "", progress: bool = True, compile_workers: int = 1) -> SweepResult:
+          dsl_version: str = "", progress: bool = True, compile_workers: int = 1, tries=()) -> SweepResult:
     t0 = time.time()
-    study = open_study(problem, arch, storage, grid=grid, seed=seed)
+    study = open_study(problem, arch, storage, grid=grid, seed=seed, tries=tries)
     if grid:
         done = sum(1 for t in study.trials if t.state.is_finished())
         n_trials = max(0, len(space.grid(problem.space_grouped)) - done)

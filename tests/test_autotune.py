@@ -205,9 +205,9 @@ def test_simulated_sweep_writes_nothing(tmp_path):
 
 
 def test_weight_grad_sweep_is_k_grouped():
-    """weight_grad problems: the default enqueued first is the weight-gradient default; the
-    grouped space keeps 2x1 clusters (K-grouped tiles never straddle experts) and prunes
-    ping-pong with the K-grouped reason."""
+    """weight_grad problems: the default enqueued first is the weight-gradient default, and
+    the whole space is valid (2x1 clusters: K-grouped tiles never straddle experts;
+    ping-pong: each warpgroup skips the other's tile by that tile's own K extent)."""
     from cute_kernels.config import wgrad_default_config
 
     prob = Problem("weight_grad", ShapeKey("bfloat16", 1856, 2688, 16384, 8))
@@ -215,11 +215,31 @@ def test_weight_grad_sweep_is_k_grouped():
     assert prob.default_config() == wgrad_default_config(1856, 2688, 16384, 8)
     res = tuner.sweep(prob, FakeRunner(prob), timer, arch="sm90", storage=None, grid=True, write=False, progress=False)
     assert res.trials == len(space.grid(False)) == 216
-    pingpong = [p for p in space.grid(False) if p["schedule"] == "pingpong"]
-    assert res.pruned_reasons.get("invalid") == len(pingpong) == 108  # exactly the ping-pong half
-    assert any("cooperative schedule" in e for e in validation_errors(space.to_config(pingpong[0]), **prob.constraints))
+    assert not res.pruned_reasons.get("invalid"), res.pruned_reasons
+    assert all(validation_errors(space.to_config(p), **prob.constraints) == [] for p in space.grid(False))
     assert space.to_config(res.best_params).cluster_m == 2  # the cost model's favourite, allowed here
     assert space.to_config(res.best_params).schedule == "cooperative"
+
+
+def test_tries_are_enqueued_after_the_default(tmp_path):
+    """--try puts overrides of the default at the front of a new study (after the default)."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    assert main(["sweep", "--kernel", "fc2", "--m", "4096", "--n", "2048", "--k", "512", "--experts", "8",
+                 "--trials", "3", "--try", "tile_n=128,cluster=2x1", "--try", "schedule=pingpong",
+                 "--storage", url, "--simulate", "--quiet"]) == 0
+    study = optuna.load_study(study_name="fc2/sm90/bfloat16/grouped/m4096_n2048_k512_e8", storage=url)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert trials[0].user_attrs.get("default")
+    assert (trials[1].params["tile_n"], trials[1].params["cluster"]) == (128, "2x1")
+    assert trials[2].params["schedule"] == "pingpong"
+    assert {k: v for k, v in trials[1].params.items() if k not in ("tile_n", "cluster")} == \
+        {k: v for k, v in trials[0].params.items() if k not in ("tile_n", "cluster")}
+
+
+@pytest.mark.parametrize("text,needle", [("tile_n=96", "not in the space"), ("tiles=128", "unknown parameter")])
+def test_bad_try_is_refused_by_name(text, needle):
+    with pytest.raises(ValueError, match=needle):
+        space.parse_overrides(text)
 
 
 def test_model_shapes_include_weight_gradients():
