@@ -1,6 +1,6 @@
 """Host time of one srelu_mlp forward+backward step on the cute path.
 
-    python -m benchmarks.bench_host_overhead
+    python -m benchmarks.bench_host_overhead [--profile N]
 
 A long sleep kernel is queued first, so the host never waits for the GPU while it
 enqueues 10 steps: the wall time per step is the host's own cost (Python, dispatch,
@@ -8,8 +8,12 @@ launches).  If it exceeds the step's kernel time, the step is host-bound.  Also 
 whether the GPU was still busy when the host finished (False means something made the
 host wait, e.g. a copy from pageable memory).  Then the E=8 step run eagerly against
 the same step captured once in a CUDA graph and replayed (no host work per step):
-the difference is what host overhead costs that step.
+the difference is what host overhead costs that step.  `--profile N` instead prints
+cProfile's N most expensive functions (own time) over 20 enqueued E=8 steps.
 """
+import argparse
+import cProfile
+import pstats
 import time
 
 import torch
@@ -73,6 +77,38 @@ def graph_vs_eager(m=16384, h=2688, f=1856, e=8, iters=20):
     print(f"E={e} step, eager: {eager_ms:.3f} ms; the same step replayed from a CUDA graph: {graph_ms:.3f} ms", flush=True)
 
 
+def profile(top: int, m=16384, h=2688, f=1856, e=8):
+    torch.manual_seed(0)
+    x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
+    w1 = (torch.randn(e, f, h, device="cuda") / h ** 0.5).bfloat16().requires_grad_()
+    w2 = (torch.randn(e, h, f, device="cuda") / f ** 0.5).bfloat16().requires_grad_()
+    dy = torch.randn(m, h, device="cuda").bfloat16()
+    splits = [m // e] * e
+
+    def steps(n):
+        for _ in range(n):
+            srelu_mlp(x, w1, w2, m_splits=splits, backend="cute").backward(dy)
+            x.grad = w1.grad = w2.grad = None
+
+    steps(3)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(3_000_000_000)
+    prof = cProfile.Profile()
+    prof.enable()
+    steps(20)
+    prof.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(prof).strip_dirs()
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+
+
 if __name__ == "__main__":
-    main()
-    graph_vs_eager()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions instead")
+    args = ap.parse_args()
+    if args.profile:
+        profile(args.profile)
+    else:
+        main()
+        graph_vs_eager()
