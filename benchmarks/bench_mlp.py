@@ -4,7 +4,11 @@
 
 Shapes: dense M=8192, 4096 -> 16384; grouped E=8 (16384 tokens) and E=128 (32768
 tokens), 2688 -> 1856, tokens split evenly.  Reports step time (CUDA events, median,
-L2 flushed) and the step's peak memory above its inputs and weights; grouped shapes also
+L2 flushed) and the step's peak memory above its inputs and weights.  Two step times:
+"step" starts each step on an idle GPU (the host's latency to its first launch and any
+host-bound gap count, as for a lone step), "back-to-back" runs steps one after another
+with the host ahead of the GPU (as in training, where earlier layers keep the GPU busy
+while the host enqueues; GPU time per step, L2 flushed before each batch of 3); grouped shapes also
 with m_splits as a CUDA tensor (as a router produces it: no host sync in the step).  The cute path
 runs all six GEMMs on the CuTe kernels (forward: FC1+SReLU, FC2; backward: FC2
 dgrad+dSReLU, both weight gradients, FC1 dgrad).  A second table times each backward
@@ -45,7 +49,8 @@ def torch_eager(x, w1, w2, splits):
     return torch.cat(outs)
 
 
-def measure(fn, x, w1, w2, dy, iters=10):
+def measure(fn, x, w1, w2, dy, iters=20):
+    """(isolated step ms, back-to-back step ms, peak MiB above the inputs)."""
     def step():
         y = fn(x, w1, w2)
         y.backward(dy)
@@ -58,7 +63,8 @@ def measure(fn, x, w1, w2, dy, iters=10):
     peaks = []
     ms = step_ms(step, iters=iters, before=torch.cuda.reset_peak_memory_stats,
                  after=lambda: peaks.append(torch.cuda.max_memory_allocated() - base))
-    return ms, statistics.median(peaks) / 2**20
+    b2b = time_ms(step, warmup=2, iters=10, batch=3, lead_ms=4.0)
+    return ms, b2b, statistics.median(peaks) / 2**20
 
 
 def main(argv=None):
@@ -69,10 +75,11 @@ def main(argv=None):
         print("bench_mlp needs a CUDA GPU", file=sys.stderr)
         return 2
     lines = [f"SReLU MLP forward+backward, {torch.cuda.get_device_name()}, "
-             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, bf16, L2 flushed, median of 10", "",
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, bf16, L2 flushed, median of 20 steps "
+             "(back-to-back: of 10 batches of 3)", "",
              "| shape | torch eager ms | torch peak MiB | cute path ms | vs torch | cute peak MiB | recompute ms | recompute peak MiB "
-             "| cute, GPU m_splits ms | vs torch |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| cute, GPU m_splits ms | vs torch | back-to-back torch ms | back-to-back cute ms | vs torch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in SHAPES:
         torch.manual_seed(0)
         m, h, f, e = s["m"], s["h"], s["f"], s["e"]
@@ -81,16 +88,17 @@ def main(argv=None):
         w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
         dy = torch.randn(m, h, device="cuda").bfloat16()
         splits = [m // e] * e if e else None
-        t_ms, t_mib = measure(lambda a, b, c: torch_eager(a, b, c, splits), x, w1, w2, dy)
-        c_ms, c_mib = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute"), x, w1, w2, dy)
-        r_ms, r_mib = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute", recompute_postact=True), x, w1, w2, dy)
+        t_ms, t_b2b, t_mib = measure(lambda a, b, c: torch_eager(a, b, c, splits), x, w1, w2, dy)
+        c_ms, c_b2b, c_mib = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute"), x, w1, w2, dy)
+        r_ms, _, r_mib = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute",
+                                                           recompute_postact=True), x, w1, w2, dy)
         gpu_cols = "| - | - |"
         if splits is not None:  # the router's counts as a CUDA tensor: read on the GPU, no host sync
             st = torch.tensor(splits, device="cuda")
-            g_ms, _ = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=st, backend="cute"), x, w1, w2, dy)
+            g_ms, _, _ = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=st, backend="cute"), x, w1, w2, dy)
             gpu_cols = f"| {g_ms:.2f} | {t_ms / g_ms:.2f}x |"
         lines.append(f"| {s['name']} | {t_ms:.2f} | {t_mib:.0f} | {c_ms:.2f} | {t_ms / c_ms:.2f}x | {c_mib:.0f} | {r_ms:.2f} "
-                     f"| {r_mib:.0f} {gpu_cols}")
+                     f"| {r_mib:.0f} {gpu_cols} {t_b2b:.2f} | {c_b2b:.2f} | {t_b2b / c_b2b:.2f}x |")
         print(lines[-1], flush=True)
         del x, w1, w2, dy
         torch.cuda.empty_cache()
