@@ -5,7 +5,8 @@ Trials: the default config is enqueued first; each sampled config is validated
 checked against a torch reference on small random data (wrong -> pruned), then timed.
 Pruned reasons land in the trial's user attribute "pruned".  Compiles run ahead on a
 thread pool while the GPU times earlier candidates.  The winner is re-measured with
-the default config and written to tuned_configs/ only when it is faster.
+the default config (and with the entry already stored for the shape, if any) and
+written to tuned_configs/ only when it beats both by MIN_GAIN.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from cute_kernels.config import validation_errors
-from cute_kernels.tuned_store import file_path, make_record, merge_write
+from cute_kernels.tuned_store import TunedConfigError, file_path, make_record, merge_write, parse_entry, read_file
 
 from . import space
 from .problem import Problem
@@ -177,7 +178,8 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
 
 def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, root: str | None,
            device: str, dsl_version: str, wall_s: float) -> SweepResult:
-    """Re-measure the best trial and the default config; store the winner if it is faster."""
+    """Re-measure the best trial, the default config and the stored entry (if any); store
+    the winner only if it beats the default and the stored entry by MIN_GAIN."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
@@ -198,6 +200,14 @@ def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, ro
     best_ms = min(timer(runner.timed(cfg)), timer(runner.timed(cfg)))
     default_ms = min(timer(runner.timed(dflt)), timer(runner.timed(dflt)))
     res.best_ms, res.default_ms = best_ms, default_ms
+    stored = _stored_config(problem, arch, root)
+    if stored is not None and stored not in (cfg, dflt):
+        runner.prepare(stored)
+        stored_ms = min(timer(runner.timed(stored)), timer(runner.timed(stored)))
+        if not best_ms < stored_ms * (1.0 - MIN_GAIN):
+            res.note = (f"the stored entry ({stored_ms:.4f} ms) is within {MIN_GAIN:.0%} of the winner or faster: "
+                        "stored entry kept")
+            return res
     if cfg == dflt:
         res.note = "default config is the best"
     elif best_ms < default_ms * (1.0 - MIN_GAIN):
@@ -211,6 +221,17 @@ def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, ro
     else:
         res.note = "winner not faster than the default on re-measurement"
     return res
+
+
+def _stored_config(problem: Problem, arch: str, root: str | None):
+    """The config tuned_configs/ already holds for this problem's shape, or None."""
+    path = file_path(arch, problem.kernel, root)
+    try:
+        record = read_file(path).get(problem.shape.key())
+        return None if record is None else parse_entry(path, problem.shape.key(), record, kernel=problem.kernel)[1]
+    except TunedConfigError as exc:
+        log.warning("ignoring the stored entry: %s", exc)
+        return None
 
 
 def sweep(problem: Problem, runner, timer, *, arch: str, storage: str | None, n_trials: int = DEFAULT_TRIALS,

@@ -272,3 +272,32 @@ def test_noise_level_winner_is_not_stored(tmp_path, gain, stored):
     assert os.path.exists(path) is stored
     if not stored:
         assert "noise" in res.note
+
+
+@pytest.mark.parametrize("stored_cost,overwritten", [(0.5, False), (0.995, False), (2.0, True)])
+def test_sweep_keeps_a_stored_entry_it_does_not_beat(tmp_path, stored_cost, overwritten):
+    """A sweep's winner replaces the stored entry for its shape only if it beats that entry
+    (not just the default) by MIN_GAIN on re-measurement."""
+    from cute_kernels.tuned_store import make_record, merge_write, read_file
+
+    dflt = default_config(8192, 16384, 4096, num_outputs=2)
+    stored = GemmConfig(tile_n=128, cluster_m=1, cluster_n=1, swizzle=1, raster="m")
+    winner = GemmConfig(tile_n=256, cluster_m=1, cluster_n=2, swizzle=1, raster="m")
+    assert len({dflt, stored, winner}) == 3
+    path = file_path("sm90", "fc1_srelu", str(tmp_path))
+    merge_write(path, {DENSE.shape.key(): make_record(DENSE.shape, stored, time_ms=stored_cost, default_time_ms=1.0,
+                                                      device="FakeGPU", dsl_version="4.8.1", date="2026-01-01",
+                                                      trials=1)})
+
+    def timer(cfg):
+        return {winner: 0.9, stored: stored_cost * 0.9}.get(cfg, 1.0)
+
+    res = tuner.sweep(DENSE, FakeRunner(DENSE), timer, arch="sm90", storage=None, n_trials=2, seed=0,
+                      root=str(tmp_path), device="FakeGPU", dsl_version="4.8.1", progress=False,
+                      tries=[space.to_params(winner)])
+    assert space.to_config(res.best_params) == winner
+    kept = read_file(path)[DENSE.shape.key()]["config"]
+    assert (GemmConfig.from_dict(kept) == winner) is overwritten, res.note
+    assert res.accepted is overwritten
+    if not overwritten:
+        assert "stored entry kept" in res.note
