@@ -76,7 +76,8 @@ def test_bad_yaml_falls_back_with_named_warning(root, caplog, text, needle):
 
 def test_weight_grad_lookup_default_and_k_grouped_validation(root, caplog):
     """weight_grad: M, N the gradient, K the tokens; untuned -> wgrad_default_config; its
-    grouped entries are validated as K-grouped (2x1 clusters fine, ping-pong rejected)."""
+    grouped entries are validated as K-grouped (2x1 clusters and ping-pong fine, a config
+    that cannot run rejected with its reason)."""
     from cute_kernels.config import wgrad_default_config
 
     def look(m, n, k, e=0):
@@ -88,10 +89,14 @@ def test_weight_grad_lookup_default_and_k_grouped_validation(root, caplog):
     clustered_m = GemmConfig(tile_n=256, cluster_m=2, cluster_n=1, swizzle=4)
     _write(root, "weight_grad", ShapeKey("bfloat16", 1856, 2688, 16384, 8), clustered_m)
     cl.clear_cache()
-    assert look(1856, 2688, 16384, 8) == clustered_m  # an M-grouped kernel could not take cluster_m=2
+    assert look(1856, 2688, 16384, 8) == clustered_m
+    pingpong = GemmConfig(tile_m=64, tile_n=256, cluster_m=1, cluster_n=1, schedule="pingpong")
+    _write(root, "weight_grad", ShapeKey("bfloat16", 2688, 1856, 16384, 8), pingpong)
+    cl.clear_cache()
+    assert look(2688, 1856, 16384, 8) == pingpong
     _write(root, "weight_grad", ShapeKey("bfloat16", 2688, 1856, 16384, 8),
-           GemmConfig(tile_m=64, tile_n=256, cluster_m=1, cluster_n=1, schedule="pingpong"))
+           GemmConfig(tile_m=128, tile_n=256, cluster_m=1, cluster_n=1, schedule="pingpong"))
     cl.clear_cache()
     with caplog.at_level(logging.WARNING, logger="cute_kernels.config"):
         assert look(2688, 1856, 16384, 8) == wgrad_default_config(2688, 1856, 16384, 8)
-    assert "cooperative" in caplog.text
+    assert "tile_m == 64" in caplog.text
