@@ -104,7 +104,7 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
         elif args.worker:
             study = tuner.open_study(prob, arch, storage, grid=args.grid, seed=args.seed + args.worker)
             if args.grid:  # the grid is shared: each worker takes enqueued points until none are left
-                left = len(space.grid(prob.space_grouped)) - sum(1 for t in study.trials if t.state.is_finished())
+                left = len(space.grid()) - sum(1 for t in study.trials if t.state.is_finished())
                 args.trials = max(0, -(-left // max(1, args.workers_total)))
             tuner.run_trials(study, prob, runner, timer, args.trials, arch=arch, progress=False)
             continue

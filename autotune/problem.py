@@ -41,12 +41,6 @@ class Problem:
     def num_outputs(self) -> int:
         return self.constraints["num_outputs"]
 
-    @property
-    def space_grouped(self) -> bool:
-        """Search the M-grouped space (no clusters along M)?  Not for the K-grouped
-        weight gradient, whose clusters never straddle experts."""
-        return self.constraints["grouped"]
-
     def default_config(self):
         from cute_kernels.config import kernel_default_config
 

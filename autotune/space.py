@@ -1,9 +1,10 @@
 """The search space of the GEMM config (`cute_kernels.GemmConfig`) for Optuna.
 
 Parameters are the config's real knobs.  `tile_m` follows from the schedule
-(cooperative 128, ping-pong 64), so it is not searched.  Grouped problems search the
-same space as dense ones (a 2x1 cluster keeps both CTAs on one expert).  `GRID` lists the values of each parameter; TPE samples from the
-same lists and `--grid` times their full product.
+(cooperative 128, ping-pong 64), so it is not searched.  Dense and grouped problems
+search one space (a grouped 2x1 cluster keeps both CTAs on one expert).  `GRID` lists
+the values of each parameter; TPE samples from the same lists and `--grid` times their
+full product.
 """
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ GRID = {
 }
 
 
-def space(grouped: bool) -> dict:
-    return dict(GRID)
 
 
 def to_config(params: dict) -> GemmConfig:
@@ -67,18 +66,15 @@ def parse_overrides(text: str) -> dict:
     return out
 
 
-def in_space(cfg: GemmConfig, grouped: bool) -> bool:
+def in_space(cfg: GemmConfig) -> bool:
     p = to_params(cfg)
-    s = space(grouped)
-    return all(p[k] in s[k] for k in s) and to_config(p) == cfg
+    return all(p[k] in GRID[k] for k in GRID) and to_config(p) == cfg
 
 
-def suggest(trial, grouped: bool) -> GemmConfig:
-    s = space(grouped)
-    return to_config({name: trial.suggest_categorical(name, values) for name, values in s.items()})
+def suggest(trial) -> GemmConfig:
+    return to_config({name: trial.suggest_categorical(name, values) for name, values in GRID.items()})
 
 
-def grid(grouped: bool) -> list[dict]:
-    s = space(grouped)
-    names = list(s)
-    return [dict(zip(names, vals)) for vals in itertools.product(*(s[n] for n in names))]
+def grid() -> list[dict]:
+    names = list(GRID)
+    return [dict(zip(names, vals)) for vals in itertools.product(*(GRID[n] for n in names))]

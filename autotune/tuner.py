@@ -53,7 +53,7 @@ class SweepResult:
         return None
 
 
-def make_sampler(grid: bool, grouped: bool, seed: int):
+def make_sampler(grid: bool, seed: int):
     if grid:  # the grid points are enqueued; the sampler only fills the (absent) rest
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
@@ -72,15 +72,15 @@ def open_study(problem: Problem, arch: str, storage: str | None, *, grid: bool, 
     name = problem.study_name(arch) + ("/grid" if grid else "")
     storage = make_storage(storage)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
-                                sampler=make_sampler(grid, problem.space_grouped, seed), load_if_exists=True)
+                                sampler=make_sampler(grid, seed), load_if_exists=True)
     if grid:
         seen = {tuple(sorted(t.params.items())) for t in study.trials if t.state.is_finished()}
-        for params in space.grid(problem.space_grouped):
+        for params in space.grid():
             if tuple(sorted(params.items())) not in seen:
                 study.enqueue_trial(params, skip_if_exists=True)
     elif len(study.trials) == 0:
         dflt = problem.default_config()
-        if space.in_space(dflt, problem.space_grouped):
+        if space.in_space(dflt):
             study.enqueue_trial(space.to_params(dflt), user_attrs={"default": True})
         for overrides in tries:
             study.enqueue_trial({**space.to_params(dflt), **overrides}, skip_if_exists=True)
@@ -98,7 +98,6 @@ def _finished_elsewhere(study, trial) -> bool:
 def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: str, progress: bool = True,
                compile_workers: int = 1, check_tol: float = 1e-2):
     """Ask/tell loop: compile the next candidates on threads while timing the current one."""
-    grouped = problem.space_grouped
     pool = cf.ThreadPoolExecutor(max_workers=max(1, compile_workers))
     bar = None
     if progress:
@@ -112,7 +111,7 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
         while True:
             trial = study.ask()
             try:
-                cfg = space.suggest(trial, grouped)
+                cfg = space.suggest(trial)
                 break
             except optuna.exceptions.UpdateFinishedTrialError:
                 # with shared storage two workers can pop the same enqueued trial; the
@@ -241,7 +240,7 @@ def sweep(problem: Problem, runner, timer, *, arch: str, storage: str | None, n_
     study = open_study(problem, arch, storage, grid=grid, seed=seed, tries=tries)
     if grid:
         done = sum(1 for t in study.trials if t.state.is_finished())
-        n_trials = max(0, len(space.grid(problem.space_grouped)) - done)
+        n_trials = max(0, len(space.grid()) - done)
     run_trials(study, problem, runner, timer, n_trials, arch=arch, progress=progress, compile_workers=compile_workers)
     return finish(study, problem, runner, timer, arch=arch, write=write, root=root, device=device,
                   dsl_version=dsl_version, wall_s=time.time() - t0)

@@ -62,11 +62,10 @@ GROUPED = Problem("fc2", ShapeKey("bfloat16", 16384, 2688, 1856, 8))
 
 
 def test_space_round_trip_and_grid():
-    for grouped in (False, True):
-        g = space.grid(grouped)
-        assert len(g) == 216
-        for params in g[:50]:
-            assert space.to_params(space.to_config(params)) == params
+    g = space.grid()
+    assert len(g) == 216
+    for params in g[:50]:
+        assert space.to_params(space.to_config(params)) == params
 
 
 def test_default_configs_of_benchmark_shapes_are_in_space():
@@ -74,7 +73,7 @@ def test_default_configs_of_benchmark_shapes_are_in_space():
 
     for s in GEMM_SHAPES:
         g = bool(s.get("experts"))
-        assert space.in_space(default_config(s["m"], s["n"], s["k"], grouped=g), g)
+        assert space.in_space(default_config(s["m"], s["n"], s["k"], grouped=g))
 
 
 def test_sweep_prunes_with_reasons_and_writes_winner(tmp_path):
@@ -113,11 +112,11 @@ def test_pruned_trials_record_their_reason():
 
 def test_grid_finds_the_cost_model_optimum_and_tpe_gets_close():
     grid_res = tuner.sweep(GROUPED, FakeRunner(GROUPED), timer, arch="sm90", storage=None, grid=True, write=False, progress=False)
-    valid = [space.to_config(p) for p in space.grid(True)]
+    valid = [space.to_config(p) for p in space.grid()]
     valid = [c for c in valid if not validation_errors(c, grouped=True)
              and not (c.tile_n == 192 and c.cluster_size == 1) and not (c.schedule == "pingpong" and c.swizzle == 8)]
     assert grid_res.best_ms == pytest.approx(min(cost_ms(c) for c in valid))
-    assert grid_res.trials == len(space.grid(True))
+    assert grid_res.trials == len(space.grid())
     tpe = tuner.sweep(GROUPED, FakeRunner(GROUPED), timer, arch="sm90", storage=None, n_trials=36, seed=0, write=False, progress=False)
     assert tpe.best_ms <= grid_res.best_ms * 1.03
 
@@ -211,12 +210,12 @@ def test_weight_grad_sweep_is_k_grouped():
     from cute_kernels.config import wgrad_default_config
 
     prob = Problem("weight_grad", ShapeKey("bfloat16", 1856, 2688, 16384, 8))
-    assert not prob.space_grouped and prob.constraints["grouped_k"]
+    assert prob.constraints["grouped_k"] and not prob.constraints["grouped"]
     assert prob.default_config() == wgrad_default_config(1856, 2688, 16384, 8)
     res = tuner.sweep(prob, FakeRunner(prob), timer, arch="sm90", storage=None, grid=True, write=False, progress=False)
-    assert res.trials == len(space.grid(False)) == 216
+    assert res.trials == len(space.grid()) == 216
     assert not res.pruned_reasons.get("invalid"), res.pruned_reasons
-    assert all(validation_errors(space.to_config(p), **prob.constraints) == [] for p in space.grid(False))
+    assert all(validation_errors(space.to_config(p), **prob.constraints) == [] for p in space.grid())
     assert space.to_config(res.best_params).cluster_m == 2  # the cost model's favourite, allowed here
     assert space.to_config(res.best_params).schedule == "cooperative"
 
