@@ -22,15 +22,20 @@ from autotune.timing import step_ms
 from cute_kernels.mlp import srelu_mlp
 
 
+def _mlp_inputs(m, h, f, e):
+    """x, w1, w2 (requiring grad), dy and even splits (None when dense) of one MLP step."""
+    torch.manual_seed(0)
+    x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
+    w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
+    w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
+    dy = torch.randn(m, h, device="cuda").bfloat16()
+    return x, w1, w2, dy, ([m // e] * e if e else None)
+
+
 def main():
     for (m, h, f, e, as_tensor) in [(16384, 2688, 1856, 8, False), (16384, 2688, 1856, 8, True),
                                     (8192, 4096, 16384, 0, False)]:
-        torch.manual_seed(0)
-        x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
-        w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
-        w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
-        dy = torch.randn(m, h, device="cuda").bfloat16()
-        splits = [m // e] * e if e else None
+        x, w1, w2, dy, splits = _mlp_inputs(m, h, f, e)
         if as_tensor:
             splits = torch.tensor(splits, device="cuda")
         def step():
@@ -49,12 +54,7 @@ def main():
 
 
 def graph_vs_eager(m=16384, h=2688, f=1856, e=8, iters=20):
-    torch.manual_seed(0)
-    x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
-    w1 = (torch.randn(e, f, h, device="cuda") / h ** 0.5).bfloat16().requires_grad_()
-    w2 = (torch.randn(e, h, f, device="cuda") / f ** 0.5).bfloat16().requires_grad_()
-    dy = torch.randn(m, h, device="cuda").bfloat16()
-    splits = [m // e] * e
+    x, w1, w2, dy, splits = _mlp_inputs(m, h, f, e)
 
     def step():
         srelu_mlp(x, w1, w2, m_splits=splits, backend="cute").backward(dy)
@@ -78,12 +78,7 @@ def graph_vs_eager(m=16384, h=2688, f=1856, e=8, iters=20):
 
 
 def profile(top: int, m=16384, h=2688, f=1856, e=8):
-    torch.manual_seed(0)
-    x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
-    w1 = (torch.randn(e, f, h, device="cuda") / h ** 0.5).bfloat16().requires_grad_()
-    w2 = (torch.randn(e, h, f, device="cuda") / f ** 0.5).bfloat16().requires_grad_()
-    dy = torch.randn(m, h, device="cuda").bfloat16()
-    splits = [m // e] * e
+    x, w1, w2, dy, splits = _mlp_inputs(m, h, f, e)
 
     def steps(n):
         for _ in range(n):
