@@ -21,12 +21,14 @@ of D whose row extent ends at the expert's last row, so TMA clips the store ther
 
 K-grouped problems (`grouped_k`, per-expert weight gradients dW_e = dY_e^T X_e):
 A (M, K_total) and B (N, K_total) hold every expert's tokens along K, `cu_rows` (E+1)
-the token offsets, and D is (M, N, E).  Work is E x tiles_m x tiles_n.  When its
-expert changes, the producer warp rewrites this CTA's own copy of the A and B TMA
+the token offsets, and D is (M, N, E).  Work is E x tiles_m x tiles_n.  An expert's
+whole K blocks are read through the launch's own descriptors (TMA coordinates need no
+block alignment).  Only an expert whose last K block is partial (or that is empty)
+needs more: the producer warp rewrites this CTA's own copy of the A and B TMA
 descriptors (in a global-memory workspace; ab_stages + 1 slots used in turn, so a slot
 is rewritten only after every load that used it has landed) so that their K extent
-ends at the expert's last token: TMA then zero-fills the last
-partial K block instead of reading the next expert's tokens.  The base address stays
+ends at the expert's last token, and loads that block through them: TMA then
+zero-fills it past the expert's end instead of reading the next expert's tokens.  The base address stays
 the operand's own (an earlier design moved it below the allocation to cut K with a
 3-D view; TMA loads through such a descriptor fault when that address is unmapped).
 An empty expert runs one all-out-of-bounds (zero) K block, so its D is 0 (or, with an
@@ -386,27 +388,13 @@ class Sm90Gemm:
                         t, cluster_coord, mCuRows, mCuTiles, m_total, num_n_tiles, num_m_clusters, num_experts
                     )
                     tile_k_tiles = k_tiles
+                    full_k_tiles = k_tiles  # grouped_k: K blocks read through the launch's own descriptors
                     if const_expr(self.grouped_k):
                         k_start, k_extent, tile_k_tiles = self._k_range(mCuRows, expert)
-                        if expert != prev_expert:
-                            # New expert: rewrite the next slot's descriptors with K cut at the
-                            # expert's last token.  At least one load per tile, and a stage is
-                            # reacquired only after its load landed, so after ab_stages + 1
-                            # slots no load in flight still reads the slot being rewritten.
-                            desc_slot = desc_slot + 1
-                            if desc_slot == self.desc_slots:
-                                desc_slot = Int32(0)
-                            pa = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot) * DESC_WORDS)
-                            pb = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS)
-                            cpasync.update_tma_descriptor(tma_a, self._expert_k_view(mA_gmem, k_extent), pa)
-                            cpasync.update_tma_descriptor(tma_b, self._expert_k_view(mB_gmem, k_extent), pb)
-                            cute.arch.sync_warp()
-                            cpasync.fence_tma_desc_release()
-                            cpasync.fence_tma_desc_acquire(pa)
-                            cpasync.fence_tma_desc_acquire(pb)
-                            prev_expert = expert
-                        desc_a = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot) * DESC_WORDS, generic=True)
-                        desc_b = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS, generic=True)
+                        # Only a last K block that would run into the next expert's tokens (or the
+                        # all-out-of-bounds block of an empty expert) needs a descriptor whose K
+                        # extent ends at this expert; whole blocks read through the launch's own.
+                        full_k_tiles = (mCuRows[expert + 1] - mCuRows[expert]) // self.tile_k
                         gA = cute.local_tile(cute.domain_offset((row_start, k_start), mA[None, None, 0]),
                                              (self.tile_m, self.tile_k), (0, None))
                         gB = cute.local_tile(cute.domain_offset((0, k_start), mB[None, None, 0]),
@@ -423,18 +411,39 @@ class Sm90Gemm:
                         tma_b, cluster_coord[0], b_cta_layout, cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
                     )
                     for kt in range(tile_k_tiles):
+                        if const_expr(self.grouped_k):
+                            if kt == full_k_tiles and expert != prev_expert:
+                                # This expert's cut descriptors, written into the next slot after its
+                                # whole blocks were issued (so the fences' latency hides behind them).
+                                # A slot is used by at least one load per rewrite, and a stage is
+                                # reacquired only after its load landed, so after ab_stages + 1 slots
+                                # no load in flight still reads the slot being rewritten.
+                                desc_slot = desc_slot + 1
+                                if desc_slot == self.desc_slots:
+                                    desc_slot = Int32(0)
+                                pa = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot) * DESC_WORDS)
+                                pb = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS)
+                                cpasync.update_tma_descriptor(tma_a, self._expert_k_view(mA_gmem, k_extent), pa)
+                                cpasync.update_tma_descriptor(tma_b, self._expert_k_view(mB_gmem, k_extent), pb)
+                                cute.arch.sync_warp()
+                                cpasync.fence_tma_desc_release()
+                                cpasync.fence_tma_desc_acquire(pa)
+                                cpasync.fence_tma_desc_acquire(pb)
+                                prev_expert = expert
                         ab_pipeline.producer_acquire(state)
                         bar = ab_pipeline.producer_get_barrier(state)
+                        a_src, a_dst = tAgA[(None, kt)], tAsA[(None, state.index)]
+                        b_src, b_dst = tBgB[(None, kt)], tBsB[(None, state.index)]
                         if const_expr(self.grouped_k):
-                            cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar,
-                                      mcast_mask=a_mcast_mask, tma_desc_ptr=desc_a)
-                            cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar,
-                                      mcast_mask=b_mcast_mask, tma_desc_ptr=desc_b)
+                            if kt < full_k_tiles:
+                                self._load_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
+                            else:
+                                self._load_stage(
+                                    tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar,
+                                    self._desc_ptr(mDescWs, desc_base + (2 * desc_slot) * DESC_WORDS, generic=True),
+                                    self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS, generic=True))
                         else:
-                            cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar,
-                                      mcast_mask=a_mcast_mask)
-                            cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar,
-                                      mcast_mask=b_mcast_mask)
+                            self._load_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
                         ab_pipeline.producer_commit(state)
                         state.advance()
                     t += num_launched
@@ -607,6 +616,13 @@ class Sm90Gemm:
                                 row_sum1 = row_sum1 + term
                     outs = self.epi.apply(frag.load(), scale_vec, aux_vec)
                     buf = (local_tile_idx * num_epi + e) % cfg.epi_stages + epi_slot * cfg.epi_stages
+                    # Wait for this buffer's previous store to have left shared memory only now,
+                    # just before it is rewritten (not right after each store is issued): when the
+                    # buffers hold a whole tile, the stores drain during the next tile's mainloop
+                    # and the epilogue never waits for them.
+                    if warp_idx == store_warp:
+                        store_pipeline.producer_acquire()
+                    epi_barrier.arrive_and_wait()
                     out0 = cute.make_rmem_tensor(frag_shape, self.d_dtype)
                     out0.store(outs[0].to(self.d_dtype))
                     cute.copy(tiled_r2s, out0, tRS_sD0[(None, None, None, buf)])
@@ -621,8 +637,6 @@ class Sm90Gemm:
                         if const_expr(two_outputs):
                             cute.copy(tma_d1, bSG_sD1[(None, buf)], bSG_gD1[(None, e)])
                         store_pipeline.producer_commit()
-                        store_pipeline.producer_acquire()
-                    epi_barrier.arrive_and_wait()
 
                 if const_expr(self.epi.row_sum):
                     # Sum each row's partials over the 4 lanes that share it; one lane
@@ -640,6 +654,16 @@ class Sm90Gemm:
                 t += t_step
             if warp_idx == store_warp:
                 store_pipeline.producer_tail()
+
+    def _load_stage(self, tma_a, a_src, a_dst, a_mask, tma_b, b_src, b_dst, b_mask, bar, desc_a=None, desc_b=None):
+        """TMA loads of one stage's A and B blocks (through the given descriptors if any,
+        else the launch's own), both completing on the stage barrier `bar`."""
+        if const_expr(desc_a is None):
+            cute.copy(tma_a, a_src, a_dst, tma_bar_ptr=bar, mcast_mask=a_mask)
+            cute.copy(tma_b, b_src, b_dst, tma_bar_ptr=bar, mcast_mask=b_mask)
+        else:
+            cute.copy(tma_a, a_src, a_dst, tma_bar_ptr=bar, mcast_mask=a_mask, tma_desc_ptr=desc_a)
+            cute.copy(tma_b, b_src, b_dst, tma_bar_ptr=bar, mcast_mask=b_mask, tma_desc_ptr=desc_b)
 
     def _aux_before_mainloop(self) -> bool:
         return self.epi.aux_input and self.tile_n <= AUX_PREFETCH_MAX_TILE_N and not self.pingpong
