@@ -18,7 +18,8 @@ GRID = {
     "schedule": ["cooperative", "pingpong"],
     "raster": ["n", "m"],
     "swizzle": [1, 4, 8],
-    "epi_stages": [2, 4],
+    "epi_n": [32, 64],
+    "epi_stages": [2, 3, 4],
 }
 
 
@@ -35,6 +36,7 @@ def to_config(params: dict) -> GemmConfig:
         schedule=schedule,
         raster=params["raster"],
         swizzle=int(params["swizzle"]),
+        epi_n=int(params["epi_n"]),
         epi_stages=int(params["epi_stages"]),
     )
 
@@ -47,6 +49,7 @@ def to_params(cfg: GemmConfig) -> dict:
         "schedule": cfg.schedule,
         "raster": cfg.raster,
         "swizzle": cfg.swizzle,
+        "epi_n": cfg.epi_n,
         "epi_stages": cfg.epi_stages,
     }
 

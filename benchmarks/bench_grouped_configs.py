@@ -6,9 +6,10 @@ For each MoE shape (2688 -> 1856, tokens split evenly) and each of the step's fi
 grouped GEMM kinds (forward FC1+SReLU and FC2, FC2 dgrad+dSReLU, FC1 dgrad, the
 per-expert weight gradient) it times the config the op would use (tuned or default)
 and a few candidates: B multicast over 2x1 clusters for the M-grouped kernels (each
-expert's tiles rounded up to whole clusters) and ping-pong schedules for the K-grouped
-weight gradient.  Every candidate's output is checked against the op's own config
-first (relative error), so a wrong kernel cannot post a time.
+expert's tiles rounded up to whole clusters) and, for the K-grouped weight gradient,
+tile shapes whose epilogue buffers hold a whole tile.  Every candidate's output is
+checked against the op's own config first (relative error), so a wrong kernel cannot
+post a time.   times only the GEMMs whose name holds that word.
 CUDA events, L2 flushed, median (autotune.timing.time_ms).
 """
 from __future__ import annotations
@@ -31,11 +32,18 @@ M_GROUPED_CANDIDATES = {
     "128x256 c2x1": GemmConfig(tile_n=256, cluster_m=2, cluster_n=1),
     "128x192 c2x2": GemmConfig(tile_n=192, cluster_m=2, cluster_n=2),
 }
+# The weight gradient's K (tokens per expert) is short, so its epilogue weighs: these
+# vary how much of the tile the epilogue buffers hold (epi_n x epi_stages columns; a
+# whole tile lets the stores drain during the next tile's mainloop).
 WGRAD_CANDIDATES = {
-    "pingpong 64x256 c1x2": GemmConfig(tile_m=64, tile_n=256, schedule="pingpong"),
-    "pingpong 64x256 c2x1": GemmConfig(tile_m=64, tile_n=256, schedule="pingpong", cluster_m=2, cluster_n=1),
-    "pingpong 64x192 c1x2": GemmConfig(tile_m=64, tile_n=192, schedule="pingpong"),
-    "128x192 c2x2": GemmConfig(tile_n=192, cluster_m=2, cluster_n=2),
+    "128x192 c1x2 epi 32x4": GemmConfig(tile_n=192, cluster_m=1, cluster_n=2, epi_n=32, epi_stages=4),
+    "128x192 c1x2 epi 64x3 (whole tile)": GemmConfig(tile_n=192, cluster_m=1, cluster_n=2, epi_n=64, epi_stages=3),
+    "128x192 c2x1 epi 64x3 (whole tile)": GemmConfig(tile_n=192, cluster_m=2, cluster_n=1, epi_n=64, epi_stages=3),
+    "128x192 c2x2 epi 64x3 (whole tile)": GemmConfig(tile_n=192, cluster_m=2, cluster_n=2, epi_n=64, epi_stages=3),
+    "128x128 c1x2 epi 64x2 (whole tile)": GemmConfig(tile_n=128, cluster_m=1, cluster_n=2, epi_n=64, epi_stages=2),
+    "128x128 c2x2 epi 64x2 (whole tile)": GemmConfig(tile_n=128, cluster_m=2, cluster_n=2, epi_n=64, epi_stages=2),
+    "128x256 c1x2 epi 64x4 (whole tile)": GemmConfig(tile_n=256, cluster_m=1, cluster_n=2, epi_n=64, epi_stages=4),
+    "128x256 c2x1 epi 64x4 (whole tile)": GemmConfig(tile_n=256, cluster_m=2, cluster_n=1, epi_n=64, epi_stages=4),
 }
 
 
@@ -74,6 +82,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None)
     ap.add_argument("--experts", type=int, nargs="+", default=[8, 128])
+    ap.add_argument("--gemms", nargs="+", default=None,
+                    help="only the GEMMs whose name contains one of these words (e.g. wgrad dgrad)")
     args = ap.parse_args(argv)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"Grouped GEMM configs, {torch.cuda.get_device_name()}, {now}, bf16, tokens split evenly, "
@@ -82,6 +92,8 @@ def main(argv=None) -> int:
              "|---|---|---|---|---|---|---|---|"]
     for e in args.experts:
         for name, fl, torch_fn, op, candidates in problems(e):
+            if args.gemms and not any(g in name for g in args.gemms):
+                continue
             t_torch = time_ms(torch_fn)
             ref = op(None)
             t_op = time_ms(lambda: op(None))
