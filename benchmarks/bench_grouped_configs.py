@@ -9,7 +9,7 @@ and a few candidates: B multicast over 2x1 clusters for the M-grouped kernels (e
 expert's tiles rounded up to whole clusters) and, for the K-grouped weight gradient,
 tile shapes whose epilogue buffers hold a whole tile.  Every candidate's output is
 checked against the op's own config first (relative error), so a wrong kernel cannot
-post a time.   times only the GEMMs whose name holds that word.
+post a time.  `--gemms wgrad` times only the GEMMs whose name holds that word.
 CUDA events, L2 flushed, median (autotune.timing.time_ms).
 """
 from __future__ import annotations
