@@ -7,7 +7,8 @@ majorness (A: (M, K) with K or M contiguous; B: (N, K, L) with K or N contiguous
 Structure of a CTA (384 threads, one CTA per SM, persistent):
 - warpgroup 0: warp 0 issues TMA loads of A and B tiles into a ring of shared-memory
   stages (multicast across the cluster: A along cluster N, B along cluster M);
-  the warpgroup gives its registers away (setmaxnreg 40).
+  the warpgroup gives its registers away (setmaxnreg 40).  K-grouped problems: warp 1
+  writes per-expert TMA descriptors ahead of warp 0 (below).
 - warpgroups 1-2: WGMMA consumers (setmaxnreg 232).  Cooperative: both split one
   128-row tile.  Ping-pong: each owns a 64-row tile, they alternate tiles, and an
   mbarrier pair orders their mainloops so one's epilogue overlaps the other's math.
@@ -24,11 +25,13 @@ A (M, K_total) and B (N, K_total) hold every expert's tokens along K, `cu_rows` 
 the token offsets, and D is (M, N, E).  Work is E x tiles_m x tiles_n.  An expert's
 whole K blocks are read through the launch's own descriptors (TMA coordinates need no
 block alignment).  Only an expert whose last K block is partial (or that is empty)
-needs more: the producer warp rewrites this CTA's own copy of the A and B TMA
-descriptors (in a global-memory workspace; ab_stages + 1 slots used in turn, so a slot
-is rewritten only after every load that used it has landed) so that their K extent
-ends at the expert's last token, and loads that block through them: TMA then
-zero-fills it past the expert's end instead of reading the next expert's tokens.  The base address stays
+needs more: a writer warp (warp 1, otherwise idle) writes this CTA's own copy of the A
+and B TMA descriptors with the K extent ending at the expert's last token, into a ring
+of ab_stages + DESC_LEAD slots in a global-memory workspace, up to DESC_LEAD slots ahead
+of the TMA warp, which loads that block through them: TMA then zero-fills it past the
+expert's end instead of reading the next expert's tokens.  The two warps hand slots
+over through mbarriers; the TMA warp frees a slot ab_stages loads after its use, when
+that load has landed.  The base address stays
 the operand's own (an earlier design moved it below the allocation to cut K with a
 3-D view; TMA loads through such a descriptor fault when that address is unmapped).
 An empty expert runs one all-out-of-bounds (zero) K block, so its D is 0 (or, with an
@@ -72,9 +75,14 @@ DESC_WORDS = DESC_BYTES // 8
 _DESC_MANAGER = TensorMapManager(TensorMapUpdateMode.GMEM, DESC_BYTES)
 
 
+# grouped_k: how many cut descriptors the writer warp may prepare ahead of the producer.
+DESC_LEAD = 2
+
+
 def desc_slots(ab_stages: int) -> int:
-    """grouped_k: TMA descriptor slots per operand and CTA (see the module docstring)."""
-    return ab_stages + 1
+    """grouped_k: TMA descriptor slots per operand and CTA (see the module docstring): a slot
+    is free again once ab_stages later loads were issued, plus DESC_LEAD slots of lead."""
+    return ab_stages + DESC_LEAD
 
 
 def _fragment_row_offsets(coords, size: int) -> list:
@@ -188,6 +196,7 @@ class Sm90Gemm:
         class SharedStorage:
             ab_bars: cute.struct.MemRange[cutlass.Int64, ab_bytes]
             order_bars: cute.struct.MemRange[cutlass.Int64, 2]
+            desc_bars: cute.struct.MemRange[cutlass.Int64, 2 * self.desc_slots]
             sA: cute.struct.Align[cute.struct.MemRange[self.ab_dtype, cute.cosize(a_smem_staged)], 1024]
             sB: cute.struct.Align[cute.struct.MemRange[self.ab_dtype, cute.cosize(b_smem_staged)], 1024]
             sD0: cute.struct.Align[cute.struct.MemRange[self.d_dtype, epi_elems], 1024]
@@ -338,6 +347,16 @@ class Sm90Gemm:
             cta_layout_vmnk=cute.make_layout((1, *cta_layout_mnk.shape)),
             defer_sync=True,
         )
+        # grouped_k: the writer warp hands cut descriptors to the producer warp through these.
+        desc_pipeline = None
+        if const_expr(self.grouped_k):
+            desc_pipeline = pipeline.PipelineAsync.create(
+                barrier_storage=storage.desc_bars.data_ptr(),
+                num_stages=self.desc_slots,
+                producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 32),
+                consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 32),
+                defer_sync=True,
+            )
         order_bars = storage.order_bars.data_ptr()
         if const_expr(self.pingpong):
             if warp_idx == 0:
@@ -372,16 +391,10 @@ class Sm90Gemm:
                 state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.ab_stages)
                 desc_slot = Int32(0)
                 prev_expert = Int32(-1)
-                if const_expr(self.grouped_k):
-                    # This CTA's descriptor slots: [slot 0: A, B | slot 1: A, B | ...], 128 B each.
-                    cta_linear = cluster_id * cute.size(cta_layout_mnk) + cta_rank
-                    desc_base = cta_linear * (2 * self.desc_slots * DESC_WORDS)
-                    for slot in cutlass.range_constexpr(self.desc_slots):
-                        with cute.arch.elect_one():
-                            cpasync.copy_tensormap(tma_a, self._desc_ptr(mDescWs, desc_base + (2 * slot) * DESC_WORDS))
-                            cpasync.copy_tensormap(tma_b, self._desc_ptr(mDescWs, desc_base + (2 * slot + 1) * DESC_WORDS))
-                    cute.arch.sync_warp()
-                    cute.arch.fence_acq_rel_cta()
+                desc_uses = Int32(0)
+                desc_base = self._desc_base(cluster_id, cta_layout_mnk, cta_rank)
+                desc_read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
+                desc_free = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
                 t = cluster_id
                 while t < num_work:
                     row_start, row_end, n_tile, expert = self._tile_coords(
@@ -411,26 +424,30 @@ class Sm90Gemm:
                         tma_b, cluster_coord[0], b_cta_layout, cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
                     )
                     for kt in range(tile_k_tiles):
+                        new_desc = cutlass.Boolean(False)
                         if const_expr(self.grouped_k):
                             if kt == full_k_tiles and expert != prev_expert:
-                                # This expert's cut descriptors, written into the next slot after its
-                                # whole blocks were issued (so the fences' latency hides behind them).
-                                # A slot is used by at least one load per rewrite, and a stage is
-                                # reacquired only after its load landed, so after ab_stages + 1 slots
-                                # no load in flight still reads the slot being rewritten.
-                                desc_slot = desc_slot + 1
-                                if desc_slot == self.desc_slots:
-                                    desc_slot = Int32(0)
-                                pa = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot) * DESC_WORDS)
-                                pb = self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS)
-                                cpasync.update_tma_descriptor(tma_a, self._expert_k_view(mA_gmem, k_extent), pa)
-                                cpasync.update_tma_descriptor(tma_b, self._expert_k_view(mB_gmem, k_extent), pb)
-                                cute.arch.sync_warp()
-                                cpasync.fence_tma_desc_release()
-                                cpasync.fence_tma_desc_acquire(pa)
-                                cpasync.fence_tma_desc_acquire(pb)
+                                # The writer warp prepared this expert's cut descriptors (same
+                                # tile walk, same rule); wait for them.
+                                desc_pipeline.consumer_wait(desc_read)
+                                desc_slot = desc_read.index
+                                cpasync.fence_tma_desc_acquire(
+                                    self._desc_ptr(mDescWs, desc_base + (2 * desc_slot) * DESC_WORDS))
+                                cpasync.fence_tma_desc_acquire(
+                                    self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS))
+                                desc_read.advance()
                                 prev_expert = expert
+                                desc_uses += 1
+                                new_desc = cutlass.Boolean(True)
                         ab_pipeline.producer_acquire(state)
+                        if const_expr(self.grouped_k):
+                            if new_desc:
+                                if desc_uses > self.ab_stages:
+                                    # Each use issues one load; with this stage acquired, every load
+                                    # ab_stages back has landed, so the slot of the use ab_stages
+                                    # back is no longer read: hand it back to the writer.
+                                    desc_pipeline.consumer_release(desc_free)
+                                    desc_free.advance()
                         bar = ab_pipeline.producer_get_barrier(state)
                         a_src, a_dst = tAgA[(None, kt)], tAsA[(None, state.index)]
                         b_src, b_dst = tBgB[(None, kt)], tBsB[(None, state.index)]
@@ -448,6 +465,40 @@ class Sm90Gemm:
                         state.advance()
                     t += num_launched
                 ab_pipeline.producer_tail(state)
+            if const_expr(self.grouped_k):
+                if warp_idx == 1:
+                    # Writer warp: walk this CTA's tiles as the producer does and, for each expert
+                    # whose last K block is partial (or that is empty) and differs from the previous
+                    # such expert, write A and B descriptors whose K extent ends at the expert's
+                    # last token into the next free slot.  It runs up to DESC_LEAD slots ahead, so
+                    # the writes and their release fence stay off the producer's path.
+                    desc_base = self._desc_base(cluster_id, cta_layout_mnk, cta_rank)
+                    for slot in cutlass.range_constexpr(self.desc_slots):  # templates for update_tma_descriptor
+                        with cute.arch.elect_one():
+                            cpasync.copy_tensormap(tma_a, self._desc_ptr(mDescWs, desc_base + (2 * slot) * DESC_WORDS))
+                            cpasync.copy_tensormap(tma_b, self._desc_ptr(mDescWs, desc_base + (2 * slot + 1) * DESC_WORDS))
+                    cute.arch.sync_warp()
+                    cute.arch.fence_acq_rel_cta()
+                    write_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.desc_slots)
+                    prev_expert = Int32(-1)
+                    t = cluster_id
+                    while t < num_work:
+                        expert = self._expert_of_work(t, num_m_clusters, num_n_tiles)
+                        _, k_extent, expert_k_tiles = self._k_range(mCuRows, expert)
+                        # the producer's rule: a K block past the expert's whole ones, from a new expert
+                        whole_k_tiles = (mCuRows[expert + 1] - mCuRows[expert]) // self.tile_k
+                        if expert_k_tiles != whole_k_tiles and expert != prev_expert:
+                            desc_pipeline.producer_acquire(write_state)
+                            pa = self._desc_ptr(mDescWs, desc_base + (2 * write_state.index) * DESC_WORDS)
+                            pb = self._desc_ptr(mDescWs, desc_base + (2 * write_state.index + 1) * DESC_WORDS)
+                            cpasync.update_tma_descriptor(tma_a, self._expert_k_view(mA_gmem, k_extent), pa)
+                            cpasync.update_tma_descriptor(tma_b, self._expert_k_view(mB_gmem, k_extent), pb)
+                            cute.arch.sync_warp()
+                            cpasync.fence_tma_desc_release()
+                            desc_pipeline.producer_commit(write_state)
+                            write_state.advance()
+                            prev_expert = expert
+                        t += num_launched
         else:
             # ------------------------------------------------------------ consumers
             cute.arch.setmaxregister_increase(CONSUMER_REGS)
@@ -654,6 +705,12 @@ class Sm90Gemm:
                 t += t_step
             if warp_idx == store_warp:
                 store_pipeline.producer_tail()
+
+    def _desc_base(self, cluster_id, cta_layout_mnk, cta_rank):
+        """grouped_k: this CTA's first descriptor word in the workspace; its slots are laid out
+        [slot 0: A, B | slot 1: A, B | ...], 128 B each."""
+        cta_linear = cluster_id * cute.size(cta_layout_mnk) + cta_rank
+        return cta_linear * (2 * self.desc_slots * DESC_WORDS)
 
     def _load_stage(self, tma_a, a_src, a_dst, a_mask, tma_b, b_src, b_dst, b_mask, bar, desc_a=None, desc_b=None):
         """TMA loads of one stage's A and B blocks (through the given descriptors if any,
