@@ -17,34 +17,40 @@ def _fail(msg: str):
 
 def check_matrix(name: str, t, *, ndim: int, dtype=None, device=None, allow_transposed: bool = False) -> str:
     """Checks a matrix (or stack of matrices) and returns its majorness: "row" when the
-    last dimension is contiguous, "col" when the one before it is (operands only)."""
+    last dimension is contiguous, "col" when the one before it is (operands only).
+    (Runs on every launch: shape and strides are read once, the device as an index.)"""
     if not isinstance(t, torch.Tensor):
         _fail(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != ndim:
-        _fail(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        _fail(f"{name} dtype must be bfloat16 or float16, got {t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        _fail(f"{name} dtype {t.dtype} does not match the input dtype {dtype}")
-    if device is not None and t.device != device:
+    shape = t.shape
+    if len(shape) != ndim:
+        _fail(f"{name} must have {ndim} dimensions, got shape {tuple(shape)}")
+    t_dtype = t.dtype
+    if t_dtype not in SUPPORTED_DTYPES:
+        _fail(f"{name} dtype must be bfloat16 or float16, got {t_dtype}")
+    if dtype is not None and t_dtype != dtype:
+        _fail(f"{name} dtype {t_dtype} does not match the input dtype {dtype}")
+    if device is not None and (t.get_device(), t.is_cuda) != (
+            device.index if device.type == "cuda" else -1, device.type == "cuda"):
         _fail(f"{name} is on {t.device}, expected {device} (all tensors on one CUDA device)")
+    strides = t.stride()
+    numel = t.numel()
     major = "row"
-    if t.numel() and t.stride(-1) != 1:
-        if allow_transposed and t.stride(-2) == 1:
+    if numel and strides[-1] != 1:
+        if allow_transposed and strides[-2] == 1:
             major = "col"
         elif allow_transposed:
-            _fail(f"{name} must be contiguous along one of its last two dimensions, got strides {t.stride()}")
+            _fail(f"{name} must be contiguous along one of its last two dimensions, got strides {strides}")
         else:
-            _fail(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
+            _fail(f"{name} must have a contiguous last dimension (stride 1), got strides {strides}")
     elem = t.element_size()
-    contiguous_dim = t.dim() - 1 if major == "row" else t.dim() - 2
-    if (t.size(contiguous_dim) * elem) % 16:
+    contiguous_dim = ndim - 1 if major == "row" else ndim - 2
+    if (shape[contiguous_dim] * elem) % 16:
         which = "last dimension" if major == "row" else "contiguous dimension (dim -2)"
-        _fail(f"{name} {which} {t.size(contiguous_dim)} must be a multiple of {16 // elem} elements (16-byte rows)")
-    for d in range(t.dim()):
-        if d != contiguous_dim and t.size(d) > 1 and (t.stride(d) * elem) % 16:
-            _fail(f"{name} stride {t.stride(d)} of dim {d} is not a multiple of 16 bytes")
-    if t.numel() and t.data_ptr() % 16:
+        _fail(f"{name} {which} {shape[contiguous_dim]} must be a multiple of {16 // elem} elements (16-byte rows)")
+    for d in range(ndim):
+        if d != contiguous_dim and shape[d] > 1 and (strides[d] * elem) % 16:
+            _fail(f"{name} stride {strides[d]} of dim {d} is not a multiple of 16 bytes")
+    if numel and t.data_ptr() % 16:
         _fail(f"{name} data pointer is not 16-byte aligned")
     return major
 
@@ -82,6 +88,11 @@ def check_m_splits(m_splits, *, num_experts: int, m_total: int, device):
         return
     if not isinstance(m_splits, (list, tuple)):
         _fail(f"m_splits must be a list of ints or an int tensor, got {type(m_splits).__name__}")
+    # The same splits reach every GEMM of an MoE step (six per step): remember the ones
+    # already checked instead of walking E entries in Python each time.
+    key = m_splits if isinstance(m_splits, tuple) else tuple(m_splits)
+    if _checked_splits.get(key) == (num_experts, m_total) and set(map(type, key)) == _INT_ONLY:
+        return  # (the type test: equal tuples may hold bools or numpy ints, which the walk rejects)
     if len(m_splits) != num_experts:
         _fail(f"m_splits has {len(m_splits)} entries but the weights have {num_experts} experts")
     for i, s in enumerate(m_splits):
@@ -89,6 +100,14 @@ def check_m_splits(m_splits, *, num_experts: int, m_total: int, device):
             _fail(f"m_splits[{i}] must be a non-negative int, got {s!r}")
     if sum(m_splits) != m_total:
         _fail(f"m_splits sum to {sum(m_splits)} but the input has M={m_total} rows")
+    if len(_checked_splits) >= _CHECKED_SPLITS_SIZE:
+        _checked_splits.pop(next(iter(_checked_splits)))
+    _checked_splits[key] = (num_experts, m_total)
+
+
+_CHECKED_SPLITS_SIZE = 64
+_INT_ONLY = {int}
+_checked_splits: dict = {}  # splits tuple -> (num_experts, m_total) it passed with
 
 
 def check_prob(prob, *, m_total: int, device):

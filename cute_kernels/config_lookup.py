@@ -9,7 +9,8 @@ vary every step; N, K and E must match exactly); (3) else the kernel's default
 Results are cached per shape, so the hot path is one dict lookup.  A corrupt or
 invalid YAML entry is logged (file and entry named) and skipped, so a bad file falls
 back to the default instead of failing a training run.  Logger "cute_kernels.config"
-at DEBUG says which source each new shape used.
+at DEBUG says which source each new shape used.  $CUTE_KERNELS_TUNED_CONFIGS (another
+tuned-configs directory) is read on first use and again after `clear_cache()`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ from .tuned_store import ShapeKey, TunedConfigError, file_path, parse_entry, rea
 log = logging.getLogger("cute_kernels.config")
 TUNED_ROOT_ENV = "CUTE_KERNELS_TUNED_CONFIGS"
 _on_clear: list = []
+_root_cache: list = []  # [value of $CUTE_KERNELS_TUNED_CONFIGS] once read
+
+
+def tuned_root() -> str | None:
+    """The tuned-configs directory override, from the environment (read once: reading
+    os.environ costs microseconds on every launch; clear_cache() reads it again)."""
+    if not _root_cache:
+        _root_cache.append(os.environ.get(TUNED_ROOT_ENV))
+    return _root_cache[0]
 
 
 def m_bucket(m: int) -> int:
@@ -80,7 +90,7 @@ def _cached(kernel, arch, dtype, m, n, k, num_experts, num_outputs, grouped, roo
 def lookup_config(kernel: str, *, arch: str, dtype, m: int, n: int, k: int, num_experts: int = 1,
                   num_outputs: int = 1, grouped: bool = False) -> GemmConfig:
     dtype_name = str(dtype).replace("torch.", "")
-    root = os.environ.get(TUNED_ROOT_ENV)
+    root = tuned_root()
     return _cached(kernel, arch, dtype_name, m, n, k, num_experts if grouped else 0, num_outputs, grouped, root)
 
 
@@ -90,6 +100,7 @@ def on_clear(fn):
 
 
 def clear_cache():
+    _root_cache.clear()
     tuned_entries.cache_clear()
     _cached.cache_clear()
     for fn in _on_clear:

@@ -20,7 +20,7 @@ from . import checks
 from .compile import ARCH_TO_DSL, KernelKey, build_kernel, desc_workspace_words, get_compiled, use_tvm_ffi
 from .config import (ROW_SUM_MAX_ACC_REGS, ConfigError, GemmConfig, row_sum_fits, validate, validation_errors,
                      wgrad_default_config)
-from .config_lookup import TUNED_ROOT_ENV, lookup_config, on_clear
+from .config_lookup import lookup_config, on_clear, tuned_root
 from .epilogue import EpilogueSpec
 
 log = logging.getLogger("cute_kernels")
@@ -100,14 +100,17 @@ def _to_cute(t: torch.Tensor, leading_dim: int):
 
 
 def _as_mkl(t: torch.Tensor) -> torch.Tensor:
-    """(M, K) -> (M, K, 1) view with a batch stride the TMA accepts."""
-    return t.as_strided((t.size(0), t.size(1), 1), (t.stride(0), t.stride(1), max(t.numel(), 8)))
+    """(M, K) -> (M, K, 1) view with a batch stride the TMA accepts (a multiple of 8
+    elements: K, the row length, is one)."""
+    r, c = t.shape
+    s0, s1 = t.stride()
+    return t.as_strided((r, c, 1), (s0, s1, max(r * c, 8)))
 
 
 def _as_nkl(w: torch.Tensor) -> torch.Tensor:
     """(N, K) -> (N, K, 1); (E, N, K) -> (N, K, E)."""
     if w.dim() == 2:
-        return w.as_strided((w.size(0), w.size(1), 1), (w.stride(0), w.stride(1), max(w.numel(), 8)))
+        return _as_mkl(w)
     return w.permute(1, 2, 0)
 
 
@@ -130,14 +133,14 @@ def _splits_metadata(m_splits, tile_m: int, device, cluster_m: int = 1) -> tuple
     gradients) share one upload or one computation: a list's by its values (LRU); a GPU
     tensor's by identity and version (its values are not read on the host), so an
     in-place change of the tensor computes it again."""
-    if torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         # In a CUDA graph: computed inside the graph and not cached, so a replay reads
         # memory the graph owns (a cached tensor could be evicted and reused) and sees
         # the current values of an m_splits tensor changed in place between replays.
         return _fresh_splits_metadata(m_splits, tile_m, device, cluster_m)
     if isinstance(m_splits, torch.Tensor):
         return _tensor_splits_metadata(m_splits, tile_m, device, cluster_m)
-    key = (tuple(m_splits), tile_m, cluster_m, device)
+    key = (m_splits if isinstance(m_splits, tuple) else tuple(m_splits), tile_m, cluster_m, device.type, device.index)
     meta = _meta_cache.get(key)
     if meta is not None:
         _meta_cache.move_to_end(key)
@@ -169,7 +172,7 @@ def _fresh_splits_metadata(m_splits, tile_m: int, device, cluster_m: int = 1) ->
 
 
 def _tensor_splits_metadata(m_splits: torch.Tensor, tile_m: int, device, cluster_m: int = 1):
-    key = (id(m_splits), m_splits._version, tile_m, cluster_m, device)
+    key = (id(m_splits), m_splits._version, tile_m, cluster_m, device.type, device.index)
     hit = _tensor_meta_cache.get(key)
     if hit is not None and hit[0]() is m_splits:
         _tensor_meta_cache.move_to_end(key)
@@ -215,7 +218,7 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
     n = w.size(-2)
     arch = device_arch(a.device)
     key = _kernel_key(kernel_name, arch, a.dtype, m, n, k, w.size(0) if grouped else 1, epi, grouped, majors, config,
-                      os.environ.get(TUNED_ROOT_ENV))
+                      tuned_root())
     config = key.cfg
     rowsum = None
     if epi.row_sum:  # one fp32 partial per (row, N tile), summed here: no atomics, reproducible
@@ -231,11 +234,29 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
     return rowsum.sum(1) if epi.row_sum else None
 
 
+_desc_ws_cache: dict = {}
+
+
+def _desc_workspace(words: int, device: torch.device) -> torch.Tensor:
+    """Scratch for the K-grouped kernel's per-CTA TMA descriptors (each launch writes its
+    own before reading them).  One buffer per device and stream, grown as needed: the
+    launches of one stream run in order, so they can share it.  Inside a CUDA graph
+    capture a fresh one (from the graph's pool), so no replay shares it."""
+    if torch.cuda.is_current_stream_capturing():
+        return torch.empty(words, dtype=torch.int64, device=device)
+    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    buf = _desc_ws_cache.get(key)
+    if buf is None or buf.numel() < words:
+        buf = torch.empty(words, dtype=torch.int64, device=device)
+        _desc_ws_cache[key] = buf
+    return buf
+
+
 def _run(key: KernelKey, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles):
     n_clusters, max_clusters = _max_clusters_arg(a3.device.index or 0, key.cfg.cluster_size)
     desc_ws = None
     if key.grouped_k:  # scratch for the per-CTA TMA descriptors, written by the kernel
-        desc_ws = torch.empty(desc_workspace_words(key, n_clusters), dtype=torch.int64, device=a3.device)
+        desc_ws = _desc_workspace(desc_workspace_words(key, n_clusters), a3.device)
     if use_tvm_ffi():
         fn = get_compiled(key)
         fn(a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, desc_ws, max_clusters)
@@ -465,7 +486,7 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
             out.zero_()
         return out
     key = _wgrad_key(device_arch(dy.device), dy.dtype, n_out, k_out, tokens, num_experts, grouped, out.dtype,
-                     accumulate, majors, config, os.environ.get(TUNED_ROOT_ENV))
+                     accumulate, majors, config, tuned_root())
     config = key.cfg
     if grouped:
         d3 = out.permute(1, 2, 0)
