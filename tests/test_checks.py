@@ -72,3 +72,30 @@ def test_transposed_operands_are_accepted_and_detected():
     # reaches the device check, i.e. passes every layout check
     with pytest.raises(InputError, match="x is a CPU tensor"):
         fc1_srelu(xt, wt)
+
+
+def test_checked_splits_are_remembered_but_not_trusted_blindly():
+    """check_m_splits remembers splits that passed (each MoE step checks the same splits
+    six times); a tuple equal to one that passed but holding a bool, or the same splits
+    against another row count or expert count, is still checked in full."""
+    from cute_kernels import checks
+
+    dev = torch.device("cpu")
+    ok = [3, 0, 5]
+    checks.check_m_splits(ok, num_experts=3, m_total=8, device=dev)
+    checks.check_m_splits(tuple(ok), num_experts=3, m_total=8, device=dev)  # remembered
+    with pytest.raises(InputError, match=r"m_splits\[1\] must be a non-negative int"):
+        checks.check_m_splits([3, False, 5], num_experts=3, m_total=8, device=dev)
+    with pytest.raises(InputError, match="sum to 8 but the input has M=9"):
+        checks.check_m_splits(ok, num_experts=3, m_total=9, device=dev)
+    with pytest.raises(InputError, match="3 entries but the weights have 4 experts"):
+        checks.check_m_splits(ok, num_experts=4, m_total=8, device=dev)
+
+
+def test_device_mismatch_names_both_devices():
+    from cute_kernels import checks
+
+    a = torch.empty(4, 8, dtype=torch.bfloat16)
+    with pytest.raises(InputError, match=r"w is on cpu, expected cuda:0"):
+        checks.check_matrix("w", a, ndim=2, device=torch.device("cuda", 0))
+    checks.check_matrix("w", a, ndim=2, device=torch.device("cpu"))

@@ -100,3 +100,17 @@ def test_weight_grad_lookup_default_and_k_grouped_validation(root, caplog):
     with caplog.at_level(logging.WARNING, logger="cute_kernels.config"):
         assert look(2688, 1856, 16384, 8) == wgrad_default_config(2688, 1856, 16384, 8)
     assert "tile_m == 64" in caplog.text
+
+
+def test_tuned_root_env_is_read_once_and_again_after_clear_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUTE_KERNELS_TUNED_CONFIGS", str(tmp_path / "a"))
+    cl.clear_cache()
+    assert cl.tuned_root() == str(tmp_path / "a")
+    monkeypatch.setenv("CUTE_KERNELS_TUNED_CONFIGS", str(tmp_path / "b"))
+    assert cl.tuned_root() == str(tmp_path / "a")  # cached: os.environ is not read per launch
+    cl.clear_cache()
+    assert cl.tuned_root() == str(tmp_path / "b")
+    monkeypatch.delenv("CUTE_KERNELS_TUNED_CONFIGS")
+    cl.clear_cache()
+    assert cl.tuned_root() is None
+    cl.clear_cache()  # read again (lazily) once monkeypatch has restored the environment
