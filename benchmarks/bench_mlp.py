@@ -11,8 +11,11 @@ with the host ahead of the GPU (as in training, where earlier layers keep the GP
 while the host enqueues; GPU time per step, L2 flushed before each batch of 3); grouped shapes also
 with m_splits as a CUDA tensor (as a router produces it: no host sync in the step).  The cute path
 runs all six GEMMs on the CuTe kernels (forward: FC1+SReLU, FC2; backward: FC2
-dgrad+dSReLU, both weight gradients, FC1 dgrad).  A second table times each backward
-GEMM of the dense shape on its own against the torch ops it replaces.
+dgrad+dSReLU, both weight gradients, FC1 dgrad).  A second table runs the step as
+Megatron-style training does, with fp32 `main_grad` buffers that the weight gradients
+are added into (fuse_wgrad_accumulation=True; the torch side is the op's own torch path,
+which adds torch's gradient into main_grad).  The last tables time each backward GEMM
+on its own against the torch ops it replaces.
 """
 from __future__ import annotations
 
@@ -102,9 +105,41 @@ def main(argv=None):
         print(lines[-1], flush=True)
         del x, w1, w2, dy
         torch.cuda.empty_cache()
-    lines += ["", *backward_breakdown(), "", *grouped_backward_breakdown()]
+    lines += ["", *main_grad_steps(), "", *backward_breakdown(), "", *grouped_backward_breakdown()]
     emit("\n".join(lines), args.out)
     return 0
+
+
+def main_grad_steps():
+    """The step with fuse_wgrad_accumulation: weight gradients added into fp32 main_grad
+    (allocated before the step, so not part of its peak), cute path against the op's
+    torch path (torch's gradient, then main_grad.add_)."""
+    out = ["Step with the weight gradients accumulated into fp32 main_grad (fuse_wgrad_accumulation=True), "
+           "same timing; torch = srelu_mlp(backend='torch'): torch GEMMs, then main_grad.add_", "",
+           "| shape | torch ms | torch peak MiB | cute ms | vs torch | cute peak MiB | peak cute / torch "
+           "| back-to-back torch ms | back-to-back cute ms | vs torch |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in SHAPES:
+        torch.manual_seed(0)
+        m, h, f, e = s["m"], s["h"], s["f"], s["e"]
+        x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
+        w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
+        w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
+        w1.main_grad = torch.zeros(w1.shape, device="cuda")
+        w2.main_grad = torch.zeros(w2.shape, device="cuda")
+        dy = torch.randn(m, h, device="cuda").bfloat16()
+        splits = [m // e] * e if e else None
+        res = {}
+        for backend in ("torch", "cute"):
+            res[backend] = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend=backend,
+                                                             fuse_wgrad_accumulation=True), x, w1, w2, dy)
+        (t_ms, t_b2b, t_mib), (c_ms, c_b2b, c_mib) = res["torch"], res["cute"]
+        out.append(f"| {s['name']} | {t_ms:.2f} | {t_mib:.0f} | {c_ms:.2f} | {t_ms / c_ms:.2f}x | {c_mib:.0f} "
+                   f"| {c_mib / t_mib:.2f}x | {t_b2b:.2f} | {c_b2b:.2f} | {t_b2b / c_b2b:.2f}x |")
+        print(out[-1], flush=True)
+        del x, w1, w2, dy
+        torch.cuda.empty_cache()
+    return out
 
 
 def backward_breakdown():
