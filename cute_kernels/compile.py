@@ -53,7 +53,12 @@ def desc_workspace_words(key: "KernelKey", max_clusters: int) -> int:
 
 
 _cache: dict[KernelKey, object] = {}
-_lock = threading.Lock()
+# The DSL keeps the state of a compile (its options among them: TVM-FFI or not) in one
+# process-wide object and resets it when a compile ends, so two compiles on two threads
+# corrupt each other (the autotuner compiles ahead on threads while the main thread
+# runs kernels; cutlass.utils.HardwareInfo compiles a probe kernel too).  Every DSL
+# compile in this package holds this lock.
+dsl_lock = threading.RLock()
 
 
 @functools.lru_cache(maxsize=None)
@@ -145,21 +150,22 @@ def compile_kernel(key: KernelKey, *, options: str = "", tvm_ffi: bool = False):
     import cutlass
     import cutlass.cute as cute
 
-    kernel = build_kernel(key)
-    args = fake_arguments(key)
-    if tvm_ffi:
-        stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
-        options = (options + " --enable-tvm-ffi").strip()
-    else:
-        stream = cute.runtime.make_fake_stream()
-    return cute.compile(kernel, *args, cutlass.Int32(132), stream, options=options)
+    with dsl_lock:
+        kernel = build_kernel(key)
+        args = fake_arguments(key)
+        if tvm_ffi:
+            stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
+            options = (options + " --enable-tvm-ffi").strip()
+        else:
+            stream = cute.runtime.make_fake_stream()
+        return cute.compile(kernel, *args, cutlass.Int32(132), stream, options=options)
 
 
 def get_compiled(key: KernelKey):
     """Compiled kernel for `key`, from the in-process cache when present."""
     fn = _cache.get(key)
     if fn is None:
-        with _lock:
+        with dsl_lock:
             fn = _cache.get(key)
             if fn is None:
                 fn = compile_kernel(key, tvm_ffi=use_tvm_ffi())

@@ -17,7 +17,7 @@ import weakref
 import torch
 
 from . import checks
-from .compile import ARCH_TO_DSL, KernelKey, build_kernel, desc_workspace_words, get_compiled, use_tvm_ffi
+from .compile import ARCH_TO_DSL, KernelKey, build_kernel, desc_workspace_words, dsl_lock, get_compiled, use_tvm_ffi
 from .config import (ROW_SUM_MAX_ACC_REGS, ConfigError, GemmConfig, row_sum_fits, validate, validation_errors,
                      wgrad_default_config)
 from .config_lookup import lookup_config, on_clear, tuned_root
@@ -87,10 +87,11 @@ def _max_clusters_arg(device_index: int, cluster_size: int):
 def _max_clusters(device_index: int, cluster_size: int) -> int:
     import cutlass.utils as cu
 
-    try:
-        return max(1, cu.HardwareInfo(device_id=device_index).get_max_active_clusters(cluster_size))
-    except TypeError:  # older signature without device_id
-        return max(1, cu.HardwareInfo().get_max_active_clusters(cluster_size))
+    with dsl_lock:  # the occupancy query compiles a probe kernel (see compile.dsl_lock)
+        try:
+            return max(1, cu.HardwareInfo(device_id=device_index).get_max_active_clusters(cluster_size))
+        except TypeError:  # older signature without device_id
+            return max(1, cu.HardwareInfo().get_max_active_clusters(cluster_size))
 
 
 def _to_cute(t: torch.Tensor, leading_dim: int):
@@ -285,7 +286,8 @@ def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_ti
     if fn is None:
         os.environ.setdefault("CUTE_DSL_ARCH", ARCH_TO_DSL[arch])
         log.debug("compiling %s", key)
-        fn = cute.compile(build_kernel(key), *args, max_clusters, stream)
+        with dsl_lock:
+            fn = cute.compile(build_kernel(key), *args, max_clusters, stream)
         _compiled[key] = fn
     fn(*args, max_clusters, stream)
 

@@ -157,3 +157,54 @@ def test_grouped_configs_accept_every_schedule_and_cluster():
     for cfg in (GemmConfig(tile_m=64, schedule="pingpong"), GemmConfig(cluster_m=2, cluster_n=1)):
         assert validation_errors(cfg, grouped_k=True) == []
         assert validation_errors(cfg, grouped=True) == []
+
+
+def _held_by_another_thread(lock) -> bool:
+    import threading
+
+    got = []
+
+    def probe():
+        got.append(lock.acquire(blocking=False))
+        if got[0]:
+            lock.release()
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return not got[0]
+
+
+def test_every_dsl_compile_holds_the_dsl_lock(monkeypatch):
+    """The DSL keeps a compile's options in one process-wide object, so compiles on two
+    threads corrupt each other (an autotuner sweep got a kernel compiled without TVM-FFI
+    that way: 'Missing required arguments: stream').  Our compiles and the occupancy
+    query (HardwareInfo compiles a probe kernel) hold compile.dsl_lock."""
+    import cutlass.cute as cute
+    import cutlass.utils as cu
+
+    from cute_kernels import compile as cc
+    from cute_kernels import gemm_ops
+
+    seen = []
+
+    def fake_compile(*args, **kwargs):
+        seen.append(_held_by_another_thread(cc.dsl_lock))
+        return "compiled"
+
+    monkeypatch.setattr(cute, "compile", fake_compile)
+    assert cc.compile_kernel(KernelKey("sm90", GemmConfig(), EpilogueSpec("identity"), False, "bfloat16",
+                                       "k", "k"), tvm_ffi=True) == "compiled"
+
+    class FakeHardwareInfo:
+        def __init__(self, device_id=0):
+            pass
+
+        def get_max_active_clusters(self, cluster_size):
+            seen.append(_held_by_another_thread(cc.dsl_lock))
+            return 66
+
+    monkeypatch.setattr(cu, "HardwareInfo", FakeHardwareInfo)
+    assert gemm_ops._max_clusters.__wrapped__(0, 2) == 66
+    assert seen == [True, True]
+    assert not _held_by_another_thread(cc.dsl_lock)
