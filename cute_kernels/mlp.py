@@ -277,7 +277,7 @@ def _accumulate_main_grad(ctx, w, name, dw):
     if not ctx.fuse_wgrad:
         return dw
     mg = _main_grad(w, name)
-    mg.add_(dw.to(mg.dtype))
+    mg.add_(dw)  # mixed-dtype in-place add: no full-size fp32 copy of dw
     return None
 
 
