@@ -1,5 +1,6 @@
-"""cu_rows / cu_tiles metadata of grouped launches (gemm_ops._splits_metadata), on CPU:
-values, and that a GPU-style tensor's metadata is computed once per tensor version."""
+"""Per-launch metadata of grouped launches, on CPU: cu_rows / cu_tiles
+(gemm_ops._splits_metadata; values, and that a GPU-style tensor's metadata is computed
+once per tensor version) and the K-grouped descriptor workspace's reuse rules."""
 import torch
 
 from cute_kernels.gemm_ops import _splits_metadata
@@ -47,3 +48,29 @@ def test_tensor_metadata_is_cached_per_version_and_tile():
     other = torch.tensor([5, 0, 300, 17])  # equal values, another tensor: its own entry
     rows3, _ = _splits_metadata(other, 128, torch.device("cpu"))
     assert rows3.tolist() == [0, 5, 5, 305, 322]
+
+
+def test_descriptor_workspace_is_kept_per_stream_and_fresh_in_a_capture(monkeypatch):
+    """The K-grouped kernel's descriptor scratch: one buffer per (device, stream), reused by
+    the launches of that stream (they run in order) and grown when a launch needs more; a
+    fresh one while a CUDA graph is captured (no replay may share it)."""
+    from types import SimpleNamespace
+
+    from cute_kernels import gemm_ops
+
+    stream = {"id": 1}
+    capturing = {"on": False}
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: SimpleNamespace(cuda_stream=stream["id"]))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing["on"])
+    monkeypatch.setattr(gemm_ops, "_desc_ws_cache", {})
+    dev = torch.device("cpu")
+    a = gemm_ops._desc_workspace(64, dev)
+    assert a.dtype == torch.int64 and a.numel() == 64
+    assert gemm_ops._desc_workspace(32, dev) is a  # same stream, fits: reused
+    b = gemm_ops._desc_workspace(128, dev)  # needs more: grown
+    assert b is not a and b.numel() == 128 and gemm_ops._desc_workspace(64, dev) is b
+    stream["id"] = 2
+    c = gemm_ops._desc_workspace(64, dev)  # another stream: its own
+    assert c is not b
+    capturing["on"] = True
+    assert gemm_ops._desc_workspace(64, dev) is not c  # inside a capture: always fresh
