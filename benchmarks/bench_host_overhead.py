@@ -19,23 +19,14 @@ import time
 import torch
 
 from autotune.timing import step_ms
+from benchmarks.bench_mlp import mlp_inputs
 from cute_kernels.mlp import srelu_mlp
-
-
-def _mlp_inputs(m, h, f, e):
-    """x, w1, w2 (requiring grad), dy and even splits (None when dense) of one MLP step."""
-    torch.manual_seed(0)
-    x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
-    w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
-    w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
-    dy = torch.randn(m, h, device="cuda").bfloat16()
-    return x, w1, w2, dy, ([m // e] * e if e else None)
 
 
 def main():
     for (m, h, f, e, as_tensor) in [(16384, 2688, 1856, 8, False), (16384, 2688, 1856, 8, True),
                                     (8192, 4096, 16384, 0, False)]:
-        x, w1, w2, dy, splits = _mlp_inputs(m, h, f, e)
+        x, w1, w2, dy, splits = mlp_inputs(m, h, f, e)
         if as_tensor:
             splits = torch.tensor(splits, device="cuda")
         def step():
@@ -54,7 +45,7 @@ def main():
 
 
 def graph_vs_eager(m=16384, h=2688, f=1856, e=8, iters=20):
-    x, w1, w2, dy, splits = _mlp_inputs(m, h, f, e)
+    x, w1, w2, dy, splits = mlp_inputs(m, h, f, e)
 
     def step():
         srelu_mlp(x, w1, w2, m_splits=splits, backend="cute").backward(dy)
@@ -78,7 +69,7 @@ def graph_vs_eager(m=16384, h=2688, f=1856, e=8, iters=20):
 
 
 def profile(top: int, m=16384, h=2688, f=1856, e=8):
-    x, w1, w2, dy, splits = _mlp_inputs(m, h, f, e)
+    x, w1, w2, dy, splits = mlp_inputs(m, h, f, e)
 
     def steps(n):
         for _ in range(n):

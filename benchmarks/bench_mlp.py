@@ -37,6 +37,17 @@ SHAPES = [
 ]
 
 
+def mlp_inputs(m, h, f, e):
+    """x, w1, w2 (requiring grad), dy and even splits (None when dense) of one MLP step,
+    from seed 0 (nn.Linear-scaled weights, bf16, on the GPU)."""
+    torch.manual_seed(0)
+    x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
+    w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
+    w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
+    dy = torch.randn(m, h, device="cuda").bfloat16()
+    return x, w1, w2, dy, ([m // e] * e if e else None)
+
+
 def torch_eager(x, w1, w2, splits):
     """torch's own MLP: matmuls (grouped: torch._grouped_mm) and relu^2, autograd backward."""
     if splits is None:
@@ -84,13 +95,7 @@ def main(argv=None):
              "| cute, GPU m_splits ms | vs torch | back-to-back torch ms | back-to-back cute ms | vs torch |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in SHAPES:
-        torch.manual_seed(0)
-        m, h, f, e = s["m"], s["h"], s["f"], s["e"]
-        x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
-        w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
-        w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
-        dy = torch.randn(m, h, device="cuda").bfloat16()
-        splits = [m // e] * e if e else None
+        x, w1, w2, dy, splits = mlp_inputs(s["m"], s["h"], s["f"], s["e"])
         t_ms, t_b2b, t_mib = measure(lambda a, b, c: torch_eager(a, b, c, splits), x, w1, w2, dy)
         c_ms, c_b2b, c_mib = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute"), x, w1, w2, dy)
         r_ms, _, r_mib = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute",
@@ -120,15 +125,9 @@ def main_grad_steps():
            "| back-to-back torch ms | back-to-back cute ms | vs torch |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for s in SHAPES:
-        torch.manual_seed(0)
-        m, h, f, e = s["m"], s["h"], s["f"], s["e"]
-        x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
-        w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
-        w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
+        x, w1, w2, dy, splits = mlp_inputs(s["m"], s["h"], s["f"], s["e"])
         w1.main_grad = torch.zeros(w1.shape, device="cuda")
         w2.main_grad = torch.zeros(w2.shape, device="cuda")
-        dy = torch.randn(m, h, device="cuda").bfloat16()
-        splits = [m // e] * e if e else None
         res = {}
         for backend in ("torch", "cute"):
             res[backend] = measure(lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend=backend,
