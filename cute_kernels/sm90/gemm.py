@@ -247,6 +247,11 @@ class Sm90Gemm:
         k_tiles = cutlass.max((k_hi - k_lo + self.tile_k - 1) // self.tile_k, 1)
         return k_start, k_extent, k_tiles
 
+    def _whole_k_tiles(self, mCuRows, expert):
+        """The expert's K blocks that lie wholly inside its tokens (read through the launch's
+        own descriptors); one more block, if _k_range counts one, needs a cut descriptor."""
+        return (mCuRows[expert + 1] - mCuRows[expert]) // self.tile_k
+
     def _desc_ptr(self, mDescWs, word, generic: bool = False):
         """Pointer to the 128-byte TMA descriptor at int64 index `word` of the workspace
         (global address space to write it; generic to hand it to a TMA copy)."""
@@ -403,11 +408,11 @@ class Sm90Gemm:
                     tile_k_tiles = k_tiles
                     full_k_tiles = k_tiles  # grouped_k: K blocks read through the launch's own descriptors
                     if const_expr(self.grouped_k):
-                        k_start, k_extent, tile_k_tiles = self._k_range(mCuRows, expert)
+                        k_start, _, tile_k_tiles = self._k_range(mCuRows, expert)
                         # Only a last K block that would run into the next expert's tokens (or the
                         # all-out-of-bounds block of an empty expert) needs a descriptor whose K
                         # extent ends at this expert; whole blocks read through the launch's own.
-                        full_k_tiles = (mCuRows[expert + 1] - mCuRows[expert]) // self.tile_k
+                        full_k_tiles = self._whole_k_tiles(mCuRows, expert)
                         gA = cute.local_tile(cute.domain_offset((row_start, k_start), mA[None, None, 0]),
                                              (self.tile_m, self.tile_k), (0, None))
                         gB = cute.local_tile(cute.domain_offset((0, k_start), mB[None, None, 0]),
@@ -486,8 +491,7 @@ class Sm90Gemm:
                         expert = self._expert_of_work(t, num_m_clusters, num_n_tiles)
                         _, k_extent, expert_k_tiles = self._k_range(mCuRows, expert)
                         # the producer's rule: a K block past the expert's whole ones, from a new expert
-                        whole_k_tiles = (mCuRows[expert + 1] - mCuRows[expert]) // self.tile_k
-                        if expert_k_tiles != whole_k_tiles and expert != prev_expert:
+                        if expert_k_tiles != self._whole_k_tiles(mCuRows, expert) and expert != prev_expert:
                             desc_pipeline.producer_acquire(write_state)
                             pa = self._desc_ptr(mDescWs, desc_base + (2 * write_state.index) * DESC_WORDS)
                             pb = self._desc_ptr(mDescWs, desc_base + (2 * write_state.index + 1) * DESC_WORDS)
