@@ -121,7 +121,12 @@ def validation_errors(
     cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False,
     grouped_k: bool = False, out_bytes: int = 2,
 ) -> list[str]:
-    """Every reason `cfg` cannot run; empty when it can."""
+    """Every reason `cfg` cannot run; empty when it can.
+
+    `grouped` / `grouped_k` describe the launch (see `kernel_constraints`); today no config
+    is invalid for either grouping alone (grouped tiles are rounded up to whole clusters,
+    and a K-grouped ping-pong warpgroup skips by the other tile's own K extent), so they
+    change nothing here."""
     errs: list[str] = []
     if arch not in SMEM_CAPACITY:
         errs.append(f"unknown arch {arch!r} (known: {sorted(SMEM_CAPACITY)})")
