@@ -128,6 +128,13 @@ def test_backward_variant_compiles_and_ptx_is_as_designed(name):
         assert "fence.proxy.tensormap::generic.acquire" in ptx
         loads = [ln for ln in ptx.splitlines() if re.search(r"cp\.async\.bulk\.tensor\.\dd\.shared::(cta|cluster)\.global", ln)]
         assert loads and all(re.search(r"\[%rd\d+, \{", ln) for ln in loads), loads[:2]
+    # the epilogue input (preact, or the accumulated output) is TMA-prefetched into L2 by one
+    # elected producer lane, one box per epilogue sub-tile
+    prefetch_at = [i for i, ln in enumerate(ptx.splitlines()) if "cp.async.bulk.prefetch.tensor" in ln]
+    assert bool(prefetch_at) == epi.aux_input
+    if prefetch_at:
+        assert "elect.sync" in "\n".join(ptx.splitlines()[max(prefetch_at[0] - 8, 0):prefetch_at[0]])
+        assert len(prefetch_at) % (cfg.tile_n // cfg.epi_n) == 0
     if key.d_dtype == "float32":
         assert "stmatrix" not in ptx, "fp32 outputs go to smem with plain stores"
     else:

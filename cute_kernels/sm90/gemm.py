@@ -70,6 +70,10 @@ CONSUMER_REGS = 232
 EPI_BARRIER_ID = 1  # ping-pong uses ids 1 and 2, one per consumer warpgroup
 # Widest tile whose epilogue input is prefetched before the mainloop (register budget).
 AUX_PREFETCH_MAX_TILE_N = 192
+# The epilogue input of a tile is prefetched into L2 by TMA this many K blocks before the
+# producer's last load of the tile (so, with the operand ring ahead of the consumers,
+# about AUX_L2_LEAD + ab_stages K blocks before the epilogue reads it).
+AUX_L2_LEAD = 8
 DESC_BYTES = 128  # one TMA descriptor
 DESC_WORDS = DESC_BYTES // 8
 _DESC_MANAGER = TensorMapManager(TensorMapUpdateMode.GMEM, DESC_BYTES)
@@ -116,6 +120,8 @@ class Sm90Gemm:
         self.epi_tile = (cfg.tile_m, cfg.epi_n)
         self.epi_slots = 2 if self.pingpong else 1
         self.num_outputs = epi.num_outputs
+        # Set while tracing (__call__): the producer prefetches the epilogue input into L2.
+        self.aux_l2 = False
 
     # ------------------------------------------------------------------ host side
     @cute.jit
@@ -172,6 +178,15 @@ class Sm90Gemm:
                 cpasync.CopyBulkTensorTileS2GOp(), self._store_view(mD1), epi_smem_one, self.epi_tile
             )
 
+        # TMA atom for the epilogue input, used only to prefetch it into L2 (never into smem):
+        # its box is one epilogue sub-tile, so the output's sub-tile smem layout describes it.
+        self.aux_l2 = self.epi.aux_input and mAux is not None and mAux.element_type == mD0.element_type
+        tma_aux, tma_mAux = tma_d0, tma_mD0
+        if const_expr(self.aux_l2):
+            tma_aux, tma_mAux = cpasync.make_tiled_tma_atom(
+                cpasync.CopyBulkTensorTileG2SOp(), mAux, epi_smem_one, self.epi_tile
+            )
+
         m_total = cute.size(mA, mode=[0])
         n_total = cute.size(mB, mode=[0])
         num_m_tiles = (m_total + self.tile_m - 1) // self.tile_m
@@ -205,7 +220,7 @@ class Sm90Gemm:
         self.shared_storage = SharedStorage
 
         self.kernel(
-            tma_a, tma_mA, tma_b, tma_mB, tma_d0, tma_mD0, tma_d1, tma_mD1,
+            tma_a, tma_mA, tma_b, tma_mB, tma_d0, tma_mD0, tma_d1, tma_mD1, tma_aux, tma_mAux,
             mScale, mAux, mRowSum, mCuRows, mCuTiles,
             mA if const_expr(self.grouped_k) else None, mB if const_expr(self.grouped_k) else None, mDescWs,
             tiled_mma,
@@ -309,6 +324,7 @@ class Sm90Gemm:
         tma_b: cute.CopyAtom, mB: cute.Tensor,
         tma_d0: cute.CopyAtom, mD0: cute.Tensor,
         tma_d1: cute.CopyAtom, mD1: cute.Tensor,
+        tma_aux: cute.CopyAtom, mAuxTma: cute.Tensor,  # epilogue input, for its L2 prefetch
         mScale, mAux, mRowSum, mCuRows, mCuTiles,
         mA_gmem, mB_gmem, mDescWs,  # grouped_k: raw operands and the descriptor workspace
         tiled_mma: cute.TiledMma,
@@ -330,6 +346,8 @@ class Sm90Gemm:
             cpasync.prefetch_descriptor(tma_d0)
             if const_expr(two_outputs):
                 cpasync.prefetch_descriptor(tma_d1)
+            if const_expr(self.aux_l2):
+                cpasync.prefetch_descriptor(tma_aux)
 
         cta_rank = cute.arch.make_warp_uniform(cute.arch.block_idx_in_cluster())
         cluster_coord = cta_layout_mnk.get_flat_coord(cta_rank)
@@ -428,7 +446,11 @@ class Sm90Gemm:
                     tBsB, tBgB = cpasync.tma_partition(
                         tma_b, cluster_coord[0], b_cta_layout, cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
                     )
+                    aux_l2_at = cutlass.max(tile_k_tiles - AUX_L2_LEAD, 0)
                     for kt in range(tile_k_tiles):
+                        if const_expr(self.aux_l2):
+                            if kt == aux_l2_at:
+                                self._prefetch_aux_l2(tma_aux, mAuxTma, sD0, row_start, n_tile, expert)
                         new_desc = cutlass.Boolean(False)
                         if const_expr(self.grouped_k):
                             if kt == full_k_tiles and expert != prev_expert:
@@ -725,6 +747,19 @@ class Sm90Gemm:
         else:
             cute.copy(tma_a, a_src, a_dst, tma_bar_ptr=bar, mcast_mask=a_mask, tma_desc_ptr=desc_a)
             cute.copy(tma_b, b_src, b_dst, tma_bar_ptr=bar, mcast_mask=b_mask, tma_desc_ptr=desc_b)
+
+    def _prefetch_aux_l2(self, tma_aux, mAuxTma, sD0, row_start, n_tile, expert):
+        """TMA-prefetch this tile's (tile_m, tile_n) block of the epilogue input into L2, one
+        sub-tile box at a time (rows past the expert's end are the next expert's, or out of
+        bounds and skipped by TMA).  The epilogue's loads of it then hit L2."""
+        view = mAuxTma[None, None, expert if const_expr(self.grouped_k) else 0]
+        g_tile = cute.local_tile(cute.domain_offset((row_start, n_tile * self.tile_n), view),
+                                 (self.tile_m, self.tile_n), (0, 0))
+        _, tAux_g = cpasync.tma_partition(
+            tma_aux, 0, cute.make_layout(1), cute.group_modes(sD0, 0, 2), cute.zipped_divide(g_tile, self.epi_tile)
+        )
+        with cute.arch.elect_one():  # one lane issues them (TMA copies elect their lane themselves)
+            cute.prefetch(tma_aux, tAux_g)
 
     def _aux_before_mainloop(self) -> bool:
         return self.epi.aux_input and self.tile_n <= AUX_PREFETCH_MAX_TILE_N and not self.pingpong
