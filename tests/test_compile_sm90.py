@@ -10,6 +10,7 @@ from cute_kernels.compile import KernelKey, get_compiled
 from cute_kernels.config import GemmConfig
 from cute_kernels.epilogue import EpilogueSpec
 from cute_kernels.inspect_ptx import find_ptxas, kernel_ptx, ptxas_info
+from cute_kernels.sm90.gemm import prefetches_aux_into_l2
 
 EPILOGUES = {
     "identity": EpilogueSpec("identity"),
@@ -93,6 +94,9 @@ BACKWARD_VARIANTS = {
     "dsrelu_prob_rowsum_pingpong_64x192": KernelKey("sm90", GemmConfig(tile_m=64, tile_n=192, schedule="pingpong"),
                                                     EpilogueSpec("dsrelu", row_scale=True, row_sum=True),
                                                     True, "bfloat16", "k", "n"),
+    # the dense default: 256-wide tiles, preact prefetched into L2 (not registers)
+    "dsrelu_dense_128x256": KernelKey("sm90", GemmConfig(tile_n=256, cluster_m=2, cluster_n=1),
+                                      EpilogueSpec("dsrelu"), False, "bfloat16", "k", "n"),
     # weight gradients: A = dy^T (M-major), B = x^T (N-major)
     "wgrad_dense_bf16": KernelKey("sm90", GemmConfig(), EpilogueSpec("identity"), False, "bfloat16", "m", "n"),
     "wgrad_dense_fp32_accumulate": KernelKey("sm90", GemmConfig(), EpilogueSpec("identity", accumulate=True),
@@ -131,7 +135,7 @@ def test_backward_variant_compiles_and_ptx_is_as_designed(name):
     # the epilogue input (preact, or the accumulated output) is TMA-prefetched into L2 by one
     # elected producer lane, one box per epilogue sub-tile
     prefetch_at = [i for i, ln in enumerate(ptx.splitlines()) if "cp.async.bulk.prefetch.tensor" in ln]
-    assert bool(prefetch_at) == epi.aux_input
+    assert bool(prefetch_at) == prefetches_aux_into_l2(cfg, epi, grouped=key.grouped, grouped_k=key.grouped_k)
     if prefetch_at:
         assert "elect.sync" in "\n".join(ptx.splitlines()[max(prefetch_at[0] - 8, 0):prefetch_at[0]])
         assert len(prefetch_at) % (cfg.tile_n // cfg.epi_n) == 0

@@ -70,10 +70,15 @@ CONSUMER_REGS = 232
 EPI_BARRIER_ID = 1  # ping-pong uses ids 1 and 2, one per consumer warpgroup
 # Widest tile whose epilogue input is prefetched before the mainloop (register budget).
 AUX_PREFETCH_MAX_TILE_N = 192
-# The epilogue input of a tile is prefetched into L2 by TMA this many K blocks before the
-# producer's last load of the tile (so, with the operand ring ahead of the consumers,
-# about AUX_L2_LEAD + ab_stages K blocks before the epilogue reads it).
+# Dense one-output epilogues whose input is not prefetched into registers before the
+# mainloop (tiles wider than AUX_PREFETCH_MAX_TILE_N) prefetch it into L2 by TMA instead,
+# AUX_L2_LEAD K blocks before the producer's last load of the tile (so, with the operand ring
+# ahead of the consumers, about AUX_L2_LEAD + ab_stages K blocks before the epilogue reads
+# it).  Measured on the H100 (A/B in one process, 2026-11-25): the dense 128x256 dgrad+dSReLU
+# 1.037x faster; with it on where the inputs already are in registers, on grouped problems
+# (E=128 fp32 main_grad wgrad 0.94x) or with two outputs, 0.94-0.98x, so it is off there.
 AUX_L2_LEAD = 8
+AUX_L2_PREFETCH = True  # read at trace time (off only to measure what the prefetch is worth)
 DESC_BYTES = 128  # one TMA descriptor
 DESC_WORDS = DESC_BYTES // 8
 _DESC_MANAGER = TensorMapManager(TensorMapUpdateMode.GMEM, DESC_BYTES)
@@ -81,6 +86,19 @@ _DESC_MANAGER = TensorMapManager(TensorMapUpdateMode.GMEM, DESC_BYTES)
 
 # grouped_k: how many cut descriptors the writer warp may prepare ahead of the producer.
 DESC_LEAD = 2
+
+
+def aux_in_registers_before_mainloop(cfg: GemmConfig, epi: EpilogueSpec) -> bool:
+    """Whether a tile's first epilogue-input sub-tile is loaded into registers before its
+    mainloop (cooperative tiles up to AUX_PREFETCH_MAX_TILE_N wide)."""
+    return epi.aux_input and cfg.tile_n <= AUX_PREFETCH_MAX_TILE_N and cfg.schedule != "pingpong"
+
+
+def prefetches_aux_into_l2(cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, grouped_k: bool) -> bool:
+    """Whether the producer TMA-prefetches each tile's epilogue input into L2 (see AUX_L2_LEAD;
+    the kernel also needs the input in the output's dtype)."""
+    return (AUX_L2_PREFETCH and epi.aux_input and not grouped and not grouped_k and epi.num_outputs == 1
+            and not aux_in_registers_before_mainloop(cfg, epi))
 
 
 def desc_slots(ab_stages: int) -> int:
@@ -180,7 +198,8 @@ class Sm90Gemm:
 
         # TMA atom for the epilogue input, used only to prefetch it into L2 (never into smem):
         # its box is one epilogue sub-tile, so the output's sub-tile smem layout describes it.
-        self.aux_l2 = self.epi.aux_input and mAux is not None and mAux.element_type == mD0.element_type
+        self.aux_l2 = (prefetches_aux_into_l2(self.cfg, self.epi, grouped=self.grouped, grouped_k=self.grouped_k)
+                       and mAux is not None and mAux.element_type == mD0.element_type)
         tma_aux, tma_mAux = tma_d0, tma_mD0
         if const_expr(self.aux_l2):
             tma_aux, tma_mAux = cpasync.make_tiled_tma_atom(
@@ -762,7 +781,7 @@ class Sm90Gemm:
             cute.prefetch(tma_aux, tAux_g)
 
     def _aux_before_mainloop(self) -> bool:
-        return self.epi.aux_input and self.tile_n <= AUX_PREFETCH_MAX_TILE_N and not self.pingpong
+        return aux_in_registers_before_mainloop(self.cfg, self.epi)
 
     def _load_aux(self, mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, e, n_total, expert):
         """This thread's elements of the epilogue input for sub-tile `e`, in the input's own
