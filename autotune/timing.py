@@ -47,6 +47,47 @@ def time_ms(fn, *, warmup: int = 5, iters: int = 20, batch: int = 4, lead_ms: fl
     return statistics.median(times)
 
 
+def sustained_ms(fn, *, seconds: float = 1.5, warm_s: float = 0.5) -> tuple[float, float, float]:
+    """(GPU ms per call, mean board power W, mean SM clock MHz) of `fn()` run back to back for
+    about `seconds` after `warm_s` of the same: the steady state of a training loop, where the
+    GPU runs at its power limit and clocks settle (short timed bursts after an idle GPU run
+    faster than that).  Power and clock are sampled through NVML every 20 ms."""
+    import threading
+    import time
+
+    t0 = time.perf_counter()
+    n_warm = 0
+    while time.perf_counter() - t0 < warm_s or n_warm < 2:
+        fn()
+        n_warm += 1
+    torch.cuda.synchronize()
+    per_call_s = (time.perf_counter() - t0) / n_warm
+    n = max(3, int(seconds / per_call_s))
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                samples.append((torch.cuda.power_draw() / 1000.0, torch.cuda.clock_rate()))
+            except Exception:  # no NVML here
+                return
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    sampler.start()
+    for _ in range(n):
+        fn()
+    end.record()
+    end.synchronize()
+    stop.set()
+    sampler.join()
+    watts = statistics.mean(p for p, _ in samples) if samples else float("nan")
+    mhz = statistics.mean(c for _, c in samples) if samples else float("nan")
+    return start.elapsed_time(end) / n, watts, mhz
+
+
 def step_ms(fn, *, iters: int = 10, before=None, after=None) -> float:
     """Median milliseconds of one call of `fn()` started on an idle GPU with L2 flushed
     (unlike time_ms, the host's enqueue latency counts).  `before()` runs after the GPU

@@ -28,7 +28,7 @@ import sys
 import torch
 
 from benchmarks.report import emit
-from autotune.timing import step_ms, time_ms
+from autotune.timing import step_ms, sustained_ms, time_ms
 from cute_kernels.mlp import srelu_mlp
 
 SHAPES = [
@@ -86,10 +86,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out")
     ap.add_argument("--only", default="", help="comma-separated tables to run (default all): "
-                    "step, quack, main_grad, gemms, grouped")
+                    "step, sustained, quack, main_grad, gemms, grouped")
     args = ap.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
-    unknown = only - {"step", "quack", "main_grad", "gemms", "grouped"}
+    unknown = only - {"step", "sustained", "quack", "main_grad", "gemms", "grouped"}
     if unknown:
         ap.error(f"unknown --only tables {sorted(unknown)}")
     want = lambda name: not only or name in only
@@ -118,12 +118,52 @@ def main(argv=None):
         print(lines[-1], flush=True)
         del x, w1, w2, dy
         torch.cuda.empty_cache()
-    for name, table in (("quack", quack_steps), ("main_grad", main_grad_steps), ("gemms", dense_gemms),
+    for name, table in (("sustained", sustained_steps), ("quack", quack_steps), ("main_grad", main_grad_steps), ("gemms", dense_gemms),
                         ("grouped", grouped_backward_breakdown)):
         if want(name):
             lines += ["", *table()]
     emit("\n".join(lines), args.out)
     return 0
+
+
+def sustained_steps(rounds: int = 3):
+    """Steps run back to back for 1.5 s each (after 0.5 s of the same), as a training loop runs
+    them: the GPU at its power limit with settled clocks.  torch, QuACK (dense, when
+    importable) and ours alternate in `rounds` rounds; medians over rounds, with the mean
+    board power and SM clock while each ran (NVML)."""
+    impls = [("torch", lambda splits: (lambda a, b, c: torch_eager(a, b, c, splits)))]
+    try:
+        _quack_compat()
+        from quack.mlp import mlp_func
+        impls.append(("QuACK", lambda splits: None if splits is not None else
+                      (lambda a, b, c: mlp_func(a, b, c, activation="relu_sq", tuned=False))))
+    except Exception:
+        pass
+    impls.append(("cute", lambda splits: (lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute"))))
+    out = [f"Sustained steps: back to back for 1.5 s each after 0.5 s warm-up, {rounds} alternating rounds, "
+           "median ms per step; mean board power and SM clock while each ran", "",
+           "| shape | " + " | ".join(f"{n} ms (W, MHz)" for n, _ in impls) + " | cute vs torch | cute vs QuACK |",
+           "|---|" + "---|" * len(impls) + "---|---|"]
+    for s in SHAPES:
+        x, w1, w2, dy, splits = mlp_inputs(s["m"], s["h"], s["f"], s["e"])
+        fns = {n: make(splits) for n, make in impls}
+        res = {n: [] for n, f in fns.items() if f is not None}
+        for _ in range(rounds):
+            for n in res:
+                def step(f=fns[n]):
+                    y = f(x, w1, w2)
+                    y.backward(dy)
+                    x.grad = w1.grad = w2.grad = None
+                res[n].append(sustained_ms(step))
+        med = {n: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
+                   statistics.median(r[2] for r in v)) for n, v in res.items()}
+        cells = [f"{med[n][0]:.2f} ({med[n][1]:.0f} W, {med[n][2]:.0f})" if n in med else "-" for n, _ in impls]
+        vs_q = f"{med['QuACK'][0] / med['cute'][0]:.2f}x" if "QuACK" in med else "-"
+        out.append(f"| {s['name']} | " + " | ".join(cells) + f" | {med['torch'][0] / med['cute'][0]:.2f}x | {vs_q} |")
+        print(out[-1], flush=True)
+        del x, w1, w2, dy
+        torch.cuda.empty_cache()
+    return out
 
 
 def quack_steps():

@@ -70,6 +70,9 @@ CONSUMER_REGS = 232
 EPI_BARRIER_ID = 1  # ping-pong uses ids 1 and 2, one per consumer warpgroup
 # Widest tile whose epilogue input is prefetched before the mainloop (register budget).
 AUX_PREFETCH_MAX_TILE_N = 192
+# Wider tiles keep two epilogue-input sub-tiles in flight when one takes at most this many
+# bytes per thread (epi_n 32 in bf16), else one.
+AUX_INFLIGHT_BYTES = 32
 # Dense one-output epilogues whose input is not prefetched into registers before the
 # mainloop (tiles wider than AUX_PREFETCH_MAX_TILE_N) prefetch it into L2 by TMA instead,
 # AUX_L2_LEAD K blocks before the producer's last load of the tile (so, with the operand ring
@@ -623,15 +626,15 @@ class Sm90Gemm:
                         cute.arch.mbarrier_wait(order_bars + consumer_wg, order_phase)
                         order_phase = order_phase ^ 1
 
-                # The epilogue input of the first sub-tile is loaded now, so its global-memory
-                # latency hides behind the mainloop (raw values; converted at use).  Not with
-                # 256-wide tiles (128 accumulator registers per thread) nor ping-pong (whose
-                # epilogue already overlaps the other warpgroup's mainloop): holding it through
-                # the mainloop makes ptxas spill there.  They load it after the mainloop.
-                aux_next = None
+                # Epilogue-input fragments in flight, next sub-tile first (a trace-time list; raw
+                # values, converted at use).  Tiles up to AUX_PREFETCH_MAX_TILE_N wide load the
+                # first one now, so its latency hides behind the whole mainloop.  Wider tiles (128
+                # accumulator registers per thread) would spill holding it that long: they issue
+                # theirs while the last k-block's WGMMAs run, below.
+                aux_q = []
                 if const_expr(self._aux_before_mainloop()):
-                    aux_next = self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, 0,
-                                              n_total, expert)
+                    aux_q = [self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, 0,
+                                            n_total, expert)]
 
                 # ---- mainloop
                 # The first k-block runs with accumulate off (no zero fill, so ptxas injects
@@ -654,6 +657,12 @@ class Sm90Gemm:
                     ab_pipeline.consumer_release(release_state)
                     release_state.advance()
                     read_state.advance()
+                if const_expr(self.epi.aux_input and not self.pingpong and not self._aux_before_mainloop()):
+                    # a 128x256x64 k-block is ~2K tensor-core cycles: enough to cover an L2 hit
+                    # (the producer prefetched the input into L2) for the first sub-tiles
+                    aux_q = [self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, i,
+                                            n_total, expert)
+                             for i in range(min(self._aux_depth(mAux, frag_size), num_epi))]
                 warpgroup.wait_group(0)
                 ab_pipeline.consumer_release(release_state)
                 release_state.advance()
@@ -689,16 +698,19 @@ class Sm90Gemm:
                         scale_vec = sfrag.load()
                     aux_vec = None
                     if const_expr(self.epi.aux_input):
-                        if const_expr((e == 0 and not self._aux_before_mainloop()) or self.pingpong):
-                            aux_next = self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end,
-                                                      n_tile, e, n_total, expert)
-                        aux_cur = aux_next
-                        if const_expr(e + 1 < num_epi and not self.pingpong):
-                            # the next sub-tile's input, in flight during this one (cooperative only:
-                            # ping-pong's epilogue overlaps the other warpgroup's mainloop, and the
-                            # extra registers make ptxas spill there)
-                            aux_next = self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end,
-                                                      n_tile, e + 1, n_total, expert)
+                        if const_expr(self.pingpong):
+                            # ping-pong's epilogue overlaps the other warpgroup's mainloop, and
+                            # inputs in flight make ptxas spill there
+                            aux_cur = self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end,
+                                                     n_tile, e, n_total, expert)
+                        else:
+                            # keep as many sub-tiles in flight as were issued first: the one
+                            # `depth` ahead loads while this one is computed and stored
+                            depth = len(aux_q)
+                            aux_cur = aux_q.pop(0)
+                            if const_expr(e + depth < num_epi):
+                                aux_q.append(self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start,
+                                                            row_end, n_tile, e + depth, n_total, expert))
                         afrag = cute.make_rmem_tensor(frag_shape, Float32)
                         afrag.store(aux_cur.load().to(Float32))
                         aux_vec = afrag.load()
@@ -779,6 +791,12 @@ class Sm90Gemm:
         )
         with cute.arch.elect_one():  # one lane issues them (TMA copies elect their lane themselves)
             cute.prefetch(tma_aux, tAux_g)
+
+    def _aux_depth(self, mAux, frag_size: int) -> int:
+        """Epilogue-input sub-tiles in flight after a wide tile's mainloop: two while a
+        fragment is at most AUX_INFLIGHT_BYTES per thread, else one (register budget)."""
+        frag_bytes = frag_size * mAux.element_type.width // 8
+        return 2 if frag_bytes <= AUX_INFLIGHT_BYTES else 1
 
     def _aux_before_mainloop(self) -> bool:
         return aux_in_registers_before_mainloop(self.cfg, self.epi)
