@@ -139,6 +139,10 @@ def test_backward_variant_compiles_and_ptx_is_as_designed(name):
     if prefetch_at:
         assert "elect.sync" in "\n".join(ptx.splitlines()[max(prefetch_at[0] - 8, 0):prefetch_at[0]])
         assert len(prefetch_at) % (cfg.tile_n // cfg.epi_n) == 0
+    if epi.aux_input:
+        # the epilogue input is read two adjacent columns per load, never element by element
+        assert "ld.global.b16" not in ptx
+        assert re.search(r"ld\.global(\.\w+)*\.b(32|64)", ptx)
     if key.d_dtype == "float32":
         assert "stmatrix" not in ptx, "fp32 outputs go to smem with plain stores"
     else:

@@ -804,14 +804,33 @@ class Sm90Gemm:
     def _load_aux(self, mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, e, n_total, expert):
         """This thread's elements of the epilogue input for sub-tile `e`, in the input's own
         dtype (the loads are issued here; nothing waits for them until the values are used).
-        Rows past the tile's end and columns past N are clamped: they are never stored."""
-        raw = cute.make_rmem_tensor(frag_shape, mAux.element_type)
-        for v in range(frag_size):  # plain Python: unrolled while tracing (no DSL preprocessing here)
-            coord = tRS_cEpi[v]
+        Rows past the tile's end and columns past N are clamped: they are never stored.
+        A thread's fragment holds pairs of adjacent columns (WGMMA accumulator layout), so each
+        pair is one load twice the element's width (N is even: the host checks D's alignment)."""
+        layer = expert if const_expr(self.grouped_k) else 0
+        col0 = n_tile * self.tile_n + e * self.cfg.epi_n
+        offs = [tRS_cEpi.layout(v) for v in range(frag_size)]
+        paired = frag_size % 2 == 0 and mAux.element_type.width in (16, 32) and all(
+            offs[v + 1][0] == offs[v][0] and offs[v + 1][1] == offs[v][1] + 1 for v in range(0, frag_size, 2))
+        if const_expr(not paired):
+            raw = cute.make_rmem_tensor(frag_shape, mAux.element_type)
+            for v in range(frag_size):  # plain Python: unrolled while tracing (no DSL preprocessing here)
+                coord = tRS_cEpi[v]
+                arow = cutlass.min(row_start + coord[0], row_end - 1)
+                acol = cutlass.min(col0 + coord[1], n_total - 1)
+                raw[v] = mAux[(arow, acol, layer)]
+            return raw
+        wide = cutlass.Int32 if mAux.element_type.width == 16 else cutlass.Int64
+        pairs = cute.make_rmem_tensor((frag_size // 2,), wide)
+        for p in range(frag_size // 2):
+            coord = tRS_cEpi[2 * p]
             arow = cutlass.min(row_start + coord[0], row_end - 1)
-            acol = cutlass.min(n_tile * self.tile_n + e * self.cfg.epi_n + coord[1], n_total - 1)
-            raw[v] = mAux[(arow, acol, expert if self.grouped_k else 0)]
-        return raw
+            acol = cutlass.min(col0 + coord[1], n_total - 2)
+            ptr = mAux.iterator + cute.crd2idx((arow, acol, layer), mAux.layout)
+            # the pair starts at an even column of an even-length row: aligned to its width
+            pair_ptr = cute.make_ptr(wide, ptr.toint(), cute.AddressSpace.gmem, assumed_align=wide.width // 8)
+            pairs[p] = cute.make_tensor(pair_ptr, cute.make_layout(1))[0]
+        return cute.make_tensor(cute.recast_ptr(pairs.iterator, dtype=mAux.element_type), cute.make_layout(frag_shape))
 
     def _output_tiles(self, mD0, mD1, row_start, row_end, n_tile, m_total, expert):
         """The (tile_m, tile_n) TMA-coordinate tiles of each output for this tile."""
