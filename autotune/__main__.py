@@ -82,10 +82,10 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
         from cute_kernels.gemm_ops import device_arch
 
         from .problem import GpuRunner
-        from .timing import time_ms
+        from .timing import make_timer
 
         runner_factory = GpuRunner
-        timer = lambda fn: time_ms(fn, warmup=3, iters=15, batch=3, lead_ms=10.0)
+        timer = make_timer(args.timing)
         arch = device_arch(torch.device("cuda"))
         device = torch.cuda.get_device_name()
         dsl_version = getattr(cutlass, "__version__", "?")
@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="worker processes, one per GPU, sharing --storage")
     s.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     s.add_argument("--workers-total", type=int, default=1, help=argparse.SUPPRESS)
+    s.add_argument("--timing", choices=["burst", "sustained"], default="burst",
+                   help="burst: short L2-flushed batches (boost clocks); sustained: 0.4 s back to back "
+                        "at the power limit, as training runs (slower sweeps; the tuned entry records it)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--compile-ahead", type=int, default=1, help="configs compiled ahead on threads while timing")
     s.add_argument("--no-write", action="store_true", help="do not write tuned_configs/")

@@ -126,3 +126,24 @@ def host_us(fn, *, iters: int = 50) -> float:
 
 def tflops(flops: float, ms: float) -> float:
     return flops / (ms * 1e-3) / 1e12
+
+
+TIMINGS = ("burst", "sustained")
+
+
+def make_timer(mode: str = "burst"):
+    """The autotuner's timer, fn -> ms, with the mode as its `.mode`.  "burst": median of
+    short L2-flushed batches, which run at boost clocks after the GPU idles (the default,
+    fast).  "sustained": `sustained_ms` over 0.4 s of back-to-back calls, at the power limit
+    where a training loop runs and where config rankings can differ (about 10x the time
+    per trial)."""
+    if mode == "burst":
+        def timer(fn):
+            return time_ms(fn, warmup=3, iters=15, batch=3, lead_ms=10.0)
+    elif mode == "sustained":
+        def timer(fn):
+            return sustained_ms(fn, seconds=0.4, warm_s=0.15)[0]
+    else:
+        raise ValueError(f"timing must be one of {TIMINGS}, got {mode!r}")
+    timer.mode = mode
+    return timer

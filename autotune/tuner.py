@@ -213,7 +213,8 @@ def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, ro
         res.accepted = True
         if write:
             rec = make_record(problem.shape, cfg, time_ms=best_ms, default_time_ms=default_ms, device=device,
-                              dsl_version=dsl_version, date=datetime.date.today().isoformat(), trials=len(trials))
+                              dsl_version=dsl_version, date=datetime.date.today().isoformat(), trials=len(trials),
+                              timing=getattr(timer, "mode", "burst"))
             merge_write(file_path(arch, problem.kernel, root), {problem.shape.key(): rec})
     elif best_ms < default_ms:
         res.note = f"winner within {MIN_GAIN:.0%} of the default on re-measurement (noise): default kept"

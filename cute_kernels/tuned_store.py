@@ -2,7 +2,8 @@
 
 One file per (arch, kernel); inside, `entries` maps an entry key
 "<dtype>/<dense|grouped>/m<M>_n<N>_k<K>[_e<E>]" to a record: the config, the shape,
-dtype, measured time, default-config time, speedup, device, DSL version, date.
+dtype, measured time, default-config time, speedup, how they were timed (burst or
+sustained), device, DSL version, date.
 Written by `python -m autotune sweep`, read by `cute_kernels.config_lookup`.
 Files are YAML with sorted keys so diffs stay small; merging keeps other entries.
 """
@@ -118,8 +119,11 @@ def _ordered(record: dict) -> dict:
 
 
 def make_record(sk: ShapeKey, cfg: GemmConfig, *, time_ms: float, default_time_ms: float, device: str,
-                dsl_version: str, date: str, trials: int) -> dict:
+                dsl_version: str, date: str, trials: int, timing: str = "burst") -> dict:
+    """One entry.  `timing` says how the times were taken (autotune.timing.make_timer): "burst"
+    (short batches at boost clocks) or "sustained" (back to back at the power limit)."""
     return {
+        "timing": timing,
         "config": cfg.to_dict(),
         "shape": sk.shape_dict(),
         "dtype": sk.dtype,

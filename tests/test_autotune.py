@@ -300,3 +300,44 @@ def test_sweep_keeps_a_stored_entry_it_does_not_beat(tmp_path, stored_cost, over
     assert res.accepted is overwritten
     if not overwritten:
         assert "stored entry kept" in res.note
+
+
+def test_timer_modes_call_their_timing(monkeypatch):
+    """make_timer: burst -> time_ms, sustained -> sustained_ms (ms only); the mode rides on
+    the timer; an unknown mode is refused."""
+    import autotune.timing as timing
+
+    calls = []
+    monkeypatch.setattr(timing, "time_ms", lambda fn, **kw: calls.append(("burst", kw)) or 1.5)
+    monkeypatch.setattr(timing, "sustained_ms", lambda fn, **kw: calls.append(("sustained", kw)) or (2.5, 700.0, 1400.0))
+    burst, sustained = timing.make_timer("burst"), timing.make_timer("sustained")
+    assert (burst.mode, sustained.mode) == ("burst", "sustained")
+    assert burst(lambda: None) == 1.5 and sustained(lambda: None) == 2.5
+    assert [c[0] for c in calls] == ["burst", "sustained"]
+    assert calls[1][1]["seconds"] > calls[1][1]["warm_s"] > 0
+    with pytest.raises(ValueError, match="timing must be one of"):
+        timing.make_timer("fast")
+
+
+@pytest.mark.parametrize("mode", [None, "sustained"])
+def test_sweep_records_how_it_timed(tmp_path, mode):
+    """The written entry says whether its times are bursts or sustained (power-limit) runs."""
+    dflt = default_config(8192, 16384, 4096, num_outputs=2)
+
+    def timer(cfg):
+        return 0.9 if cfg.tile_n == 128 and cfg != dflt else 1.0
+
+    if mode is not None:
+        timer.mode = mode
+    res = tuner.sweep(DENSE, FakeRunner(DENSE), timer, arch="sm90", storage=None, n_trials=12, seed=3,
+                      root=str(tmp_path), device="FakeGPU", dsl_version="4.8.1", progress=False, grid=True)
+    assert res.accepted, res.note
+    rec = read_file(file_path("sm90", "fc1_srelu", str(tmp_path)))[DENSE.shape.key()]
+    assert rec["timing"] == (mode or "burst")
+
+
+def test_cli_accepts_sustained_timing(tmp_path):
+    assert main(["sweep", "--kernel", "fc2", "--m", "64", "--n", "64", "--k", "64", "--trials", "4", "--simulate",
+                 "--timing", "sustained", "--quiet"]) == 0
+    with pytest.raises(SystemExit):
+        main(["sweep", "--kernel", "fc2", "--m", "64", "--n", "64", "--k", "64", "--simulate", "--timing", "fast"])
