@@ -64,12 +64,19 @@ def torch_eager(x, w1, w2, splits):
     return torch.cat(outs)
 
 
+def run_step(fn, x, w1, w2, dy):
+    """One forward+backward of `fn(x, w1, w2)` with output gradient dy; the gradients are
+    dropped (as zero_grad(set_to_none=True) does), so each step allocates its own.  Returns y."""
+    y = fn(x, w1, w2)
+    y.backward(dy)
+    x.grad = w1.grad = w2.grad = None
+    return y
+
+
 def measure(fn, x, w1, w2, dy, iters=20):
     """(isolated step ms, back-to-back step ms, peak MiB above the inputs)."""
     def step():
-        y = fn(x, w1, w2)
-        y.backward(dy)
-        x.grad = w1.grad = w2.grad = None
+        run_step(fn, x, w1, w2, dy)
 
     for _ in range(3):
         step()
@@ -131,33 +138,25 @@ def sustained_steps(rounds: int = 3):
     them: the GPU at its power limit with settled clocks.  torch, QuACK (dense, when
     importable) and ours alternate in `rounds` rounds; medians over rounds, with the mean
     board power and SM clock while each ran (NVML)."""
-    impls = [("torch", lambda splits: (lambda a, b, c: torch_eager(a, b, c, splits)))]
-    try:
-        _quack_compat()
-        from quack.mlp import mlp_func
-        impls.append(("QuACK", lambda splits: None if splits is not None else
-                      (lambda a, b, c: mlp_func(a, b, c, activation="relu_sq", tuned=False))))
-    except Exception:
-        pass
-    impls.append(("cute", lambda splits: (lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute"))))
+    quack, _ = quack_mlp()
+    names = ["torch", "QuACK", "cute"] if quack else ["torch", "cute"]
     out = [f"Sustained steps: back to back for 1.5 s each after 0.5 s warm-up, {rounds} alternating rounds, "
            "median ms per step; mean board power and SM clock while each ran", "",
-           "| shape | " + " | ".join(f"{n} ms (W, MHz)" for n, _ in impls) + " | cute vs torch | cute vs QuACK |",
-           "|---|" + "---|" * len(impls) + "---|---|"]
+           "| shape | " + " | ".join(f"{n} ms (W, MHz)" for n in names) + " | cute vs torch | cute vs QuACK |",
+           "|---|" + "---|" * len(names) + "---|---|"]
     for s in SHAPES:
         x, w1, w2, dy, splits = mlp_inputs(s["m"], s["h"], s["f"], s["e"])
-        fns = {n: make(splits) for n, make in impls}
-        res = {n: [] for n, f in fns.items() if f is not None}
+        fns = {"torch": lambda a, b, c: torch_eager(a, b, c, splits)}
+        if quack and splits is None:  # QuACK's MLP has no grouped form
+            fns["QuACK"] = quack
+        fns["cute"] = lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute")
+        res = {n: [] for n in fns}
         for _ in range(rounds):
-            for n in res:
-                def step(f=fns[n]):
-                    y = f(x, w1, w2)
-                    y.backward(dy)
-                    x.grad = w1.grad = w2.grad = None
-                res[n].append(sustained_ms(step))
+            for n, f in fns.items():
+                res[n].append(sustained_ms(lambda f=f: run_step(f, x, w1, w2, dy)))
         med = {n: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
                    statistics.median(r[2] for r in v)) for n, v in res.items()}
-        cells = [f"{med[n][0]:.2f} ({med[n][1]:.0f} W, {med[n][2]:.0f})" if n in med else "-" for n, _ in impls]
+        cells = [f"{med[n][0]:.2f} ({med[n][1]:.0f} W, {med[n][2]:.0f})" if n in med else "-" for n in names]
         vs_q = f"{med['QuACK'][0] / med['cute'][0]:.2f}x" if "QuACK" in med else "-"
         out.append(f"| {s['name']} | " + " | ".join(cells) + f" | {med['torch'][0] / med['cute'][0]:.2f}x | {vs_q} |")
         print(out[-1], flush=True)
@@ -171,15 +170,24 @@ def quack_steps():
     default configs: tuned=False) and torch, all three in this run, when QuACK is importable.
     QuACK's MLP has no grouped form, so only the dense shape.  Its gradients are checked
     against ours first (relative error), so the comparison is of the same computation."""
+    quack, why_not = quack_mlp()
+    if quack is None:
+        return [f"QuACK not importable here ({why_not}); no QuACK comparison in this run."]
+    try:
+        return _quack_table(quack)
+    except Exception as exc:
+        return [f"QuACK failed in this run ({type(exc).__name__}: {str(exc)[:300]}); no QuACK comparison."]
+
+
+def quack_mlp():
+    """(QuACK's fused MLP as fn(x, w1, w2), None) with relu_sq and its default configs
+    (tuned=False), or (None, why) when QuACK cannot be imported here."""
     try:
         _quack_compat()
         from quack.mlp import mlp_func
     except Exception as exc:  # not installed, or built for another cutlass-dsl
-        return [f"QuACK not importable here ({type(exc).__name__}: {exc}); no QuACK comparison in this run."]
-    try:
-        return _quack_table(mlp_func)
-    except Exception as exc:
-        return [f"QuACK failed in this run ({type(exc).__name__}: {str(exc)[:300]}); no QuACK comparison."]
+        return None, f"{type(exc).__name__}: {exc}"
+    return (lambda a, b, c: mlp_func(a, b, c, activation="relu_sq", tuned=False)), None
 
 
 def _quack_compat():
@@ -204,7 +212,7 @@ def _quack_compat():
     qid.semantic_value_key = semantic_value_key
 
 
-def _quack_table(mlp_func):
+def _quack_table(qf):
     import importlib.metadata as md
     try:
         version = md.version("quack-kernels")
@@ -227,7 +235,6 @@ def _quack_table(mlp_func):
             x.grad = w1.grad = w2.grad = None
             return g
 
-        qf = lambda a, b, c: mlp_func(a, b, c, activation="relu_sq", tuned=False)
         cf = lambda a, b, c: srelu_mlp(a, b, c, backend="cute")
         errs = [((q - c).norm() / c.norm()).item() for q, c in zip(grads(qf), grads(cf))]
         t_ms, t_b2b, t_mib = measure(lambda a, b, c: torch_eager(a, b, c, None), x, w1, w2, dy)
