@@ -472,7 +472,7 @@ class Sm90Gemm:
                     for kt in range(tile_k_tiles):
                         if const_expr(self.aux_l2):
                             if kt == aux_l2_at:
-                                self._prefetch_aux_l2(tma_aux, mAuxTma, sD0, row_start, n_tile, expert)
+                                self._prefetch_aux_l2(tma_aux, mAuxTma, sD0, row_start, n_tile)
                         new_desc = cutlass.Boolean(False)
                         if const_expr(self.grouped_k):
                             if kt == full_k_tiles and expert != prev_expert:
@@ -779,12 +779,11 @@ class Sm90Gemm:
             cute.copy(tma_a, a_src, a_dst, tma_bar_ptr=bar, mcast_mask=a_mask, tma_desc_ptr=desc_a)
             cute.copy(tma_b, b_src, b_dst, tma_bar_ptr=bar, mcast_mask=b_mask, tma_desc_ptr=desc_b)
 
-    def _prefetch_aux_l2(self, tma_aux, mAuxTma, sD0, row_start, n_tile, expert):
+    def _prefetch_aux_l2(self, tma_aux, mAuxTma, sD0, row_start, n_tile):
         """TMA-prefetch this tile's (tile_m, tile_n) block of the epilogue input into L2, one
-        sub-tile box at a time (rows past the expert's end are the next expert's, or out of
-        bounds and skipped by TMA).  The epilogue's loads of it then hit L2."""
-        view = mAuxTma[None, None, expert if const_expr(self.grouped_k) else 0]
-        g_tile = cute.local_tile(cute.domain_offset((row_start, n_tile * self.tile_n), view),
+        sub-tile box at a time (dense problems only: prefetches_aux_into_l2; boxes past M or N
+        are skipped by TMA).  The epilogue's loads of it then hit L2."""
+        g_tile = cute.local_tile(cute.domain_offset((row_start, n_tile * self.tile_n), mAuxTma[None, None, 0]),
                                  (self.tile_m, self.tile_n), (0, 0))
         _, tAux_g = cpasync.tma_partition(
             tma_aux, 0, cute.make_layout(1), cute.group_modes(sD0, 0, 2), cute.zipped_divide(g_tile, self.epi_tile)
