@@ -1,7 +1,8 @@
 """The search space of the GEMM config (`cute_kernels.GemmConfig`) for Optuna.
 
-Parameters are the config's real knobs.  `tile_m` follows from the schedule
-(cooperative 128, ping-pong 64), so it is not searched.  Dense and grouped problems
+Parameters are the config's real knobs.  `tile_m` follows from the schedule value
+(cooperative 128; "pingpong" 64-row and "pingpong128" 128-row ping-pong tiles), so it is
+not searched on its own.  Dense and grouped problems
 search one space (a grouped 2x1 cluster keeps both CTAs on one expert).  `GRID` lists
 the values of each parameter; TPE samples from the same lists and `--grid` times their
 full product.
@@ -15,21 +16,22 @@ from cute_kernels.config import GemmConfig
 GRID = {
     "tile_n": [128, 192, 256],
     "cluster": ["1x1", "1x2", "2x1"],
-    "schedule": ["cooperative", "pingpong"],
+    "schedule": ["cooperative", "pingpong", "pingpong128"],
     "raster": ["n", "m"],
     "swizzle": [1, 4, 8],
     "epi_n": [32, 64],
     "epi_stages": [2, 3, 4],
 }
 
-
+# schedule value -> (GemmConfig.schedule, tile_m)
+SCHEDULE_VALUES = {"cooperative": ("cooperative", 128), "pingpong": ("pingpong", 64), "pingpong128": ("pingpong", 128)}
 
 
 def to_config(params: dict) -> GemmConfig:
     cm, cn = (int(v) for v in params["cluster"].split("x"))
-    schedule = params["schedule"]
+    schedule, tile_m = SCHEDULE_VALUES[params["schedule"]]
     return GemmConfig(
-        tile_m=128 if schedule == "cooperative" else 64,
+        tile_m=tile_m,
         tile_n=int(params["tile_n"]),
         cluster_m=cm,
         cluster_n=cn,
@@ -46,7 +48,7 @@ def to_params(cfg: GemmConfig) -> dict:
     return {
         "tile_n": cfg.tile_n,
         "cluster": f"{cfg.cluster_m}x{cfg.cluster_n}",
-        "schedule": cfg.schedule,
+        "schedule": next((v for v, st in SCHEDULE_VALUES.items() if st == (cfg.schedule, cfg.tile_m)), cfg.schedule),
         "raster": cfg.raster,
         "swizzle": cfg.swizzle,
         "epi_n": cfg.epi_n,

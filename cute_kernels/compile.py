@@ -15,7 +15,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from .config import ROW_SUM_MAX_ACC_REGS, ConfigError, GemmConfig, resolved_ab_stages, row_sum_fits, validate
+from .config import ConfigError, GemmConfig, epilogue_misfit, resolved_ab_stages, validate
 from .epilogue import EpilogueSpec
 
 ARCH_TO_DSL = {"sm90": "sm_90a", "sm100": "sm_100a"}
@@ -127,9 +127,9 @@ def build_kernel(key: KernelKey):
         raise ValueError("a kernel is grouped along M or along K, not both")
     if key.grouped_k and (key.a_major, key.b_major) != ("m", "n"):
         raise ValueError("the K-grouped GEMM takes tokens (K) as the strided dimension: A must be M-major and B N-major")
-    if key.epi.row_sum and not row_sum_fits(key.cfg):
-        raise ConfigError(f"the row-sum epilogue needs at most {ROW_SUM_MAX_ACC_REGS} accumulator registers per "
-                          f"thread (it spills above): {key.cfg}")
+    misfit = epilogue_misfit(key.cfg, key.epi)
+    if misfit:
+        raise ConfigError(misfit)
     validate(key.cfg, arch=key.arch, num_outputs=key.epi.num_outputs, grouped=key.grouped, grouped_k=key.grouped_k,
              out_bytes=key.out_bytes)
     if key.arch == "sm90":

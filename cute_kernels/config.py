@@ -13,26 +13,52 @@ from dataclasses import dataclass
 SMEM_CAPACITY = {"sm90": 232448, "sm100": 232448}
 # mbarriers, scheduler scratch and alignment slack.
 SMEM_RESERVED = 1024
-# Registers a consumer thread may spend on accumulators (of the 232 it owns after setmaxnreg).
-MAX_ACC_REGS_PER_THREAD = 128
+# Registers a consumer thread may spend on accumulators (of the 232 it owns after setmaxnreg):
+# a 128x192 ping-pong tile (192) compiles spill-free with every epilogue; 128x256 (256) cannot.
+MAX_ACC_REGS_PER_THREAD = 192
 
 TILE_N_CHOICES = (64, 128, 192, 256)
 TILE_K_CHOICES = (64, 128)
 CLUSTER_CHOICES = (1, 2)
 SCHEDULES = ("cooperative", "pingpong")
+PINGPONG_TILE_M = (64, 128)
 RASTERS = ("n", "m")
 SWIZZLES = (1, 2, 4, 8)
 EPI_N_CHOICES = (32, 64)
 EPI_STAGE_CHOICES = (2, 3, 4)
 
 
-# The dsrelu row sum (router gradient) keeps two partials and the aux input live next to
-# the accumulator; above this many accumulator registers per thread ptxas spills.
+# Epilogues that keep per-row values next to the accumulator need headroom: above this many
+# accumulator registers per thread ptxas spills (sm_90a, checked by tests/test_compile_sm90.py).
+# The dsrelu row sum (router gradient) keeps its partials and the aux input live; a row scale
+# (router probability) its scales, which a 128x192 ping-pong tile (192 registers) cannot afford.
 ROW_SUM_MAX_ACC_REGS = 96
+ROW_SCALE_MAX_ACC_REGS = 128
 
 
-def row_sum_fits(cfg: "GemmConfig") -> bool:
-    return cfg.warpgroup_tile_m * cfg.tile_n // 128 <= ROW_SUM_MAX_ACC_REGS
+def acc_regs(cfg: "GemmConfig") -> int:
+    """Accumulator registers per consumer thread."""
+    return cfg.warpgroup_tile_m * cfg.tile_n // 128
+
+
+def epilogue_misfit(cfg: "GemmConfig", epi) -> str | None:
+    """Why `cfg`'s accumulator leaves `epi` too few registers, or None when it fits."""
+    for wanted, name, limit in ((epi.row_sum, "row-sum", ROW_SUM_MAX_ACC_REGS),
+                                (epi.row_scale, "row-scale", ROW_SCALE_MAX_ACC_REGS)):
+        if wanted and acc_regs(cfg) > limit:
+            return (f"the {name} epilogue needs at most {limit} accumulator registers per thread "
+                    f"(it spills above), {cfg} has {acc_regs(cfg)}")
+    return None
+
+
+def narrowed_for_epilogue(cfg: "GemmConfig", epi) -> "GemmConfig":
+    """`cfg` with the widest tile_n dividing its own (so the tuned tile grid is kept) whose
+    accumulator fits `epi` (for looked-up configs, tuned without the per-row epilogue)."""
+    for tile_n in sorted((t for t in TILE_N_CHOICES if cfg.tile_n % t == 0), reverse=True):
+        narrowed = dataclasses.replace(cfg, tile_n=tile_n, epi_n=min(cfg.epi_n, tile_n))
+        if tile_n % narrowed.epi_n == 0 and epilogue_misfit(narrowed, epi) is None:
+            return narrowed
+    raise ConfigError(epilogue_misfit(cfg, epi))
 
 
 class ConfigError(ValueError):
@@ -44,7 +70,8 @@ class GemmConfig:
     """Tile shape, cluster, schedule and pipelining of one GEMM launch.
 
     tile_m: rows of C per CTA tile. Cooperative: 128 (two consumer warpgroups of 64
-        rows). Ping-pong: 64 (each consumer warpgroup owns a whole tile).
+        rows). Ping-pong: 64 or 128 (each consumer warpgroup owns a whole tile, so 128
+        rows take as many accumulator registers as a 128x(2 tile_n) cooperative tile).
     tile_n, tile_k: columns of C and depth of one pipeline stage.
     cluster_m, cluster_n: CTAs per cluster; A is multicast along cluster_n, B along
         cluster_m.  Grouped problems round each expert's M tiles up to a multiple of
@@ -149,17 +176,16 @@ def validation_errors(
         errs.append(f"tile_n {cfg.tile_n} is not a multiple of epi_n {cfg.epi_n}")
     if cfg.epi_stages not in EPI_STAGE_CHOICES:
         errs.append(f"epi_stages must be one of {EPI_STAGE_CHOICES}, got {cfg.epi_stages}")
-    # The epilogue walks accumulator registers in sub-tile order; that order matches
-    # one 64-row WGMMA atom per consumer warpgroup, so each warpgroup holds 64 rows.
+    # A consumer warpgroup holds whole 64-row WGMMA blocks: cooperative tiles split 128 rows
+    # into two of them; a ping-pong warpgroup owns a whole tile of one or two blocks.
     if cfg.schedule == "cooperative" and cfg.tile_m != 128:
         errs.append(f"cooperative schedule needs tile_m == 128 (two warpgroups of 64 rows), got {cfg.tile_m}")
-    if cfg.schedule == "pingpong" and cfg.tile_m != 64:
-        errs.append(f"ping-pong schedule needs tile_m == 64 (one 64-row warpgroup per tile), got {cfg.tile_m}")
+    if cfg.schedule == "pingpong" and cfg.tile_m not in PINGPONG_TILE_M:
+        errs.append(f"ping-pong schedule needs tile_m in {PINGPONG_TILE_M} (one warpgroup per tile), got {cfg.tile_m}")
     if errs:
         return errs
-    acc_regs = cfg.warpgroup_tile_m * cfg.tile_n // 128
-    if acc_regs > MAX_ACC_REGS_PER_THREAD:
-        errs.append(f"accumulator needs {acc_regs} registers per thread (> {MAX_ACC_REGS_PER_THREAD}): tile too large for one warpgroup")
+    if acc_regs(cfg) > MAX_ACC_REGS_PER_THREAD:
+        errs.append(f"accumulator needs {acc_regs(cfg)} registers per thread (> {MAX_ACC_REGS_PER_THREAD}): tile too large for one warpgroup")
     max_stages = max_ab_stages(cfg, num_outputs=num_outputs, arch=arch, out_bytes=out_bytes)
     if cfg.ab_stages and cfg.ab_stages < 2:
         errs.append(f"ab_stages must be >= 2 (or 0 for automatic), got {cfg.ab_stages}")

@@ -8,7 +8,6 @@ launch it on the current CUDA stream.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import logging
 import os
@@ -18,7 +17,7 @@ import torch
 
 from . import checks
 from .compile import ARCH_TO_DSL, KernelKey, build_kernel, desc_workspace_words, dsl_lock, get_compiled, use_tvm_ffi
-from .config import (ROW_SUM_MAX_ACC_REGS, ConfigError, GemmConfig, row_sum_fits, validate, validation_errors,
+from .config import (ConfigError, GemmConfig, epilogue_misfit, narrowed_for_epilogue, validate, validation_errors,
                      wgrad_default_config)
 from .config_lookup import lookup_config, on_clear, tuned_root
 from .epilogue import EpilogueSpec
@@ -200,11 +199,11 @@ def _kernel_key(kernel_name: str, arch: str, dtype, m: int, n: int, k: int, num_
     if config is None:
         config = lookup_config(kernel_name, arch=arch, dtype=dtype, m=m, n=n, k=k,
                                num_experts=num_experts, num_outputs=epi.num_outputs, grouped=grouped)
-    if epi.row_sum and not row_sum_fits(config):
+    misfit = epilogue_misfit(config, epi)
+    if misfit:
         if explicit_config:
-            raise checks.InputError(f"config: the router-gradient row sum needs at most {ROW_SUM_MAX_ACC_REGS} "
-                                    f"accumulator registers per thread (tile_n <= 192 for 128-row tiles), got {config}")
-        config = dataclasses.replace(config, tile_n=128 if config.tile_n in (128, 256) else config.tile_n)
+            raise checks.InputError(f"config: {misfit}")
+        config = narrowed_for_epilogue(config, epi)
     _checked_config(config, arch, epi.num_outputs, grouped)
     return KernelKey(arch, config, epi, grouped, _dtype_name(dtype), *majors)
 

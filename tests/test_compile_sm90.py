@@ -7,7 +7,7 @@ import re
 import pytest
 
 from cute_kernels.compile import KernelKey, get_compiled
-from cute_kernels.config import GemmConfig
+from cute_kernels.config import GemmConfig, epilogue_misfit, narrowed_for_epilogue
 from cute_kernels.epilogue import EpilogueSpec
 from cute_kernels.inspect_ptx import find_ptxas, kernel_ptx, ptxas_info
 from cute_kernels.sm90.gemm import prefetches_aux_into_l2
@@ -23,6 +23,8 @@ EPILOGUES = {
 SCHEDULES = {
     "coop128x256": dict(tile_m=128, tile_n=256, schedule="cooperative"),
     "pingpong64x256": dict(tile_m=64, tile_n=256, schedule="pingpong"),
+    # a 128-row ping-pong tile: two 64-row WGMMA blocks per warpgroup, 192 accumulator registers
+    "pingpong128x192": dict(tile_m=128, tile_n=192, schedule="pingpong"),
 }
 CLUSTERS = {False: [(1, 2), (2, 1)], True: [(1, 1), (1, 2), (2, 1)]}
 
@@ -30,6 +32,8 @@ VARIANTS = [
     (grouped, epi, sched, cl)
     for grouped in (False, True)
     for epi, sched, cl in itertools.product(EPILOGUES, SCHEDULES, CLUSTERS[grouped])
+    # a row scale next to 192 accumulator registers spills: rejected (test_per_row_epilogues_reject_wide_tiles)
+    if epilogue_misfit(GemmConfig(**SCHEDULES[sched]), EPILOGUES[epi]) is None
 ]
 
 
@@ -94,6 +98,18 @@ BACKWARD_VARIANTS = {
     "dsrelu_prob_rowsum_pingpong_64x192": KernelKey("sm90", GemmConfig(tile_m=64, tile_n=192, schedule="pingpong"),
                                                     EpilogueSpec("dsrelu", row_scale=True, row_sum=True),
                                                     True, "bfloat16", "k", "n"),
+    # 128-row ping-pong: the row sum keeps four rows per thread (r0, r0 + 8, r0 + 64, r0 + 72)
+    "dsrelu_prob_rowsum_pingpong_128x64": KernelKey("sm90", GemmConfig(tile_m=128, tile_n=64, schedule="pingpong"),
+                                                    EpilogueSpec("dsrelu", store_postact=True, row_scale=True,
+                                                                 row_sum=True),
+                                                    True, "bfloat16", "k", "n"),
+    "dsrelu_dense_pingpong_128x128": KernelKey("sm90", GemmConfig(tile_m=128, tile_n=128, schedule="pingpong",
+                                                                  cluster_m=2, cluster_n=1),
+                                               EpilogueSpec("dsrelu"), False, "bfloat16", "k", "n"),
+    "wgrad_grouped_k_pingpong_128x128": KernelKey("sm90", GemmConfig(tile_m=128, tile_n=128, schedule="pingpong",
+                                                                     cluster_m=2, cluster_n=1),
+                                                  EpilogueSpec("identity"), False, "bfloat16", "m", "n",
+                                                  out_dtype="float32", grouped_k=True),
     # the dense default: 256-wide tiles, preact prefetched into L2 (not registers)
     "dsrelu_dense_128x256": KernelKey("sm90", GemmConfig(tile_n=256, cluster_m=2, cluster_n=1),
                                       EpilogueSpec("dsrelu"), False, "bfloat16", "k", "n"),
@@ -157,13 +173,27 @@ def test_backward_variant_compiles_and_ptx_is_as_designed(name):
         assert info.stack_bytes == 0, info.raw[-600:]
 
 
-def test_row_sum_rejects_wide_tiles():
+@pytest.mark.parametrize("cfg,epi,what", [
+    (GemmConfig(), EpilogueSpec("dsrelu", row_sum=True), "row-sum"),
+    (GemmConfig(tile_m=128, tile_n=192, schedule="pingpong"), EpilogueSpec("srelu", row_scale=True), "row-scale"),
+])
+def test_per_row_epilogues_reject_wide_tiles(cfg, epi, what):
     from cute_kernels.compile import build_kernel
     from cute_kernels.config import ConfigError
 
-    key = KernelKey("sm90", GemmConfig(), EpilogueSpec("dsrelu", row_sum=True), False, "bfloat16", "k", "n")
-    with pytest.raises(ConfigError, match="row-sum"):
-        build_kernel(key)
+    with pytest.raises(ConfigError, match=what):
+        build_kernel(KernelKey("sm90", cfg, epi, False, "bfloat16", "k", "n"))
+
+
+def test_looked_up_configs_narrow_to_fit_per_row_epilogues():
+    """A looked-up config too wide for a per-row epilogue keeps a tile_n dividing its own."""
+    rowsum = EpilogueSpec("dsrelu", row_sum=True, row_scale=True)
+    assert narrowed_for_epilogue(GemmConfig(tile_n=256), rowsum).tile_n == 128
+    assert narrowed_for_epilogue(GemmConfig(tile_n=192), rowsum).tile_n == 192
+    pp = GemmConfig(tile_m=128, tile_n=192, schedule="pingpong", epi_n=64)
+    assert narrowed_for_epilogue(pp, EpilogueSpec("srelu", row_scale=True)) == GemmConfig(
+        tile_m=128, tile_n=64, schedule="pingpong", epi_n=64)
+    assert narrowed_for_epilogue(pp, EpilogueSpec("srelu")) == pp
 
 
 def test_grouped_configs_accept_every_schedule_and_cluster():

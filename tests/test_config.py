@@ -31,7 +31,9 @@ def test_default_config_valid_for_odd_shapes(m, n, k, grouped):
 
 @pytest.mark.parametrize("fields,needle", [
     ({"tile_m": 64}, "cooperative schedule needs tile_m == 128"),
-    ({"schedule": "pingpong"}, "ping-pong schedule needs tile_m == 64"),
+    ({"schedule": "pingpong", "tile_m": 96}, "ping-pong schedule needs tile_m in (64, 128)"),
+    ({"schedule": "pingpong", "tile_m": 128, "tile_n": 192}, None),
+    ({"schedule": "pingpong", "tile_m": 128}, "accumulator needs 256 registers"),
     ({"tile_n": 96}, "tile_n must be one of"),
     ({"epi_n": 64, "tile_n": 192}, None),
     ({"tile_n": 192, "epi_n": 48}, "epi_n must be one of"),
@@ -65,8 +67,10 @@ def test_smem_budget_counts_outputs_and_schedule():
 
 
 def test_accumulator_register_limit():
-    # a 64x256 ping-pong tile needs 128 accumulator registers per thread: allowed
+    # a 64x256 ping-pong tile needs 128 accumulator registers per thread, 128x192 192: allowed
     assert validation_errors(GemmConfig(tile_m=64, schedule="pingpong", tile_n=256)) == []
+    assert validation_errors(GemmConfig(tile_m=128, schedule="pingpong", tile_n=192)) == []
+    assert any("256 registers" in e for e in validation_errors(GemmConfig(tile_m=128, schedule="pingpong")))
 
 
 def test_unknown_arch_rejected():

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from cute_kernels import GemmConfig, fc1_srelu, fc2
+from cute_kernels.config import epilogue_misfit, narrowed_for_epilogue
+from cute_kernels.epilogue import EpilogueSpec
 from reference import grouped_ref, rel_err, random_splits
 
 pytestmark = pytest.mark.gpu
@@ -19,7 +21,14 @@ CONFIGS = {
     "coop_128x64_c11_k128": GemmConfig(tile_n=64, tile_k=128, cluster_n=1, epi_n=64, epi_stages=3),
     "pingpong_64x256_c12": GemmConfig(tile_m=64, schedule="pingpong"),
     "pingpong_64x128_c11": GemmConfig(tile_m=64, tile_n=128, cluster_n=1, schedule="pingpong", raster="m", swizzle=4),
+    # 128-row ping-pong tiles: two 64-row WGMMA blocks per warpgroup
+    "pingpong_128x128_c21": GemmConfig(tile_m=128, tile_n=128, cluster_m=2, cluster_n=1, schedule="pingpong"),
+    "pingpong_128x192_c21_e64": GemmConfig(tile_m=128, tile_n=192, cluster_m=2, cluster_n=1, schedule="pingpong",
+                                           epi_n=64),
 }
+# The router probability (a row scale) does not fit next to 192 accumulator registers: such
+# configs run without it here (tests/test_compile_sm90.py checks they are rejected with it).
+SCALE_FITS = {name: epilogue_misfit(cfg, EpilogueSpec("srelu", row_scale=True)) is None for name, cfg in CONFIGS.items()}
 GROUPED_CONFIGS = CONFIGS  # cluster_m 2: each expert's tiles are rounded up to whole clusters
 
 
@@ -53,12 +62,12 @@ def test_fc1_srelu_dense(cfg_name, mnk):
     dtype = torch.bfloat16
     gen = _gen()
     x, w = _inputs(m, n, k, dtype, gen)
-    prob = torch.rand(m, generator=gen).cuda()
+    prob = torch.rand(m, generator=gen).cuda() if SCALE_FITS[cfg_name] else None
     pre, post = _poisoned(m, n, dtype), _poisoned(m, n, dtype)
     fc1_srelu(x, w, prob=prob, config=CONFIGS[cfg_name], out=(pre, post))
     ref = x.float() @ w.float().t()
     _check(pre, ref, dtype, "preact")
-    _check(post, torch.relu(ref).square() * prob[:, None], dtype, "postact")
+    _check(post, torch.relu(ref).square() * (prob[:, None] if prob is not None else 1), dtype, "postact")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -96,13 +105,13 @@ def test_fc1_srelu_grouped(cfg_name, experts, m, empty, skew, splits_as_tensor):
     gen = _gen()
     x, w = _inputs(m, n, k, dtype, gen, experts)
     splits = random_splits(m, experts, gen, empty=empty, skew=skew)
-    prob = torch.rand(m, generator=gen).cuda()
+    prob = torch.rand(m, generator=gen).cuda() if SCALE_FITS[cfg_name] else None
     m_splits = torch.tensor(splits, device="cuda") if splits_as_tensor else splits
     pre, post = _poisoned(m, n, dtype), _poisoned(m, n, dtype)
     fc1_srelu(x, w, m_splits=m_splits, prob=prob, config=GROUPED_CONFIGS[cfg_name], out=(pre, post))
     ref = grouped_ref(x, w, splits)
     _check(pre, ref, dtype, "grouped preact")
-    _check(post, torch.relu(ref).square() * prob[:, None], dtype, "grouped postact")
+    _check(post, torch.relu(ref).square() * (prob[:, None] if prob is not None else 1), dtype, "grouped postact")
 
 
 @pytest.mark.parametrize("experts,m", [(8, 3000), (128, 10000)])
@@ -168,13 +177,15 @@ def test_grouped_transposed_weights():
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("store_postact", [False, True])
 @pytest.mark.parametrize("with_prob", [False, True])
-@pytest.mark.parametrize("cfg_name", ["coop_128x256_c12", "pingpong_64x128_c11", "coop_128x128_c21"])
+@pytest.mark.parametrize("cfg_name", ["coop_128x256_c12", "pingpong_64x128_c11", "coop_128x128_c21",
+                                      "pingpong_128x128_c21", "pingpong_128x192_c21_e64"])
 def test_fc2_dgrad_dsrelu(grouped, store_postact, with_prob, cfg_name):
     from cute_kernels import fc2_dgrad_dsrelu
 
     cfg = CONFIGS[cfg_name]
-    if with_prob and cfg.tile_n > 192:
-        cfg = None  # the row sum takes at most 192-wide tiles; let the op choose
+    if with_prob:
+        # the row sum needs narrower tiles: as the op narrows a looked-up config
+        cfg = narrowed_for_epilogue(cfg, EpilogueSpec("dsrelu", row_scale=True, row_sum=True))
     gen = _gen()
     m, h, f, e = 1111, 264, 1000, 5
     dy = torch.randn(m, h, generator=gen).bfloat16().cuda()
@@ -212,7 +223,7 @@ def test_fc2_dgrad_dsrelu_rowsum_rejects_wide_tiles():
     dy = torch.randn(64, 64, device="cuda").bfloat16()
     w2 = torch.randn(64, 256, device="cuda").bfloat16()
     pre = torch.randn(64, 256, device="cuda").bfloat16()
-    with pytest.raises(InputError, match="row sum"):
+    with pytest.raises(InputError, match="row-sum"):
         fc2_dgrad_dsrelu(dy, w2, pre, prob=torch.rand(64, device="cuda"), config=GemmConfig())
 
 
@@ -222,6 +233,7 @@ WGRAD_CONFIGS = {
     "coop_128x128_c21": GemmConfig(tile_n=128, cluster_m=2, cluster_n=1),
     "coop_128x192_c11_k128": GemmConfig(tile_n=192, tile_k=128, cluster_n=1),
     "pingpong_64x256_c21": GemmConfig(tile_m=64, schedule="pingpong", cluster_m=2, cluster_n=1),
+    "pingpong_128x128_c21": GemmConfig(tile_m=128, tile_n=128, schedule="pingpong", cluster_m=2, cluster_n=1),
 }
 
 

@@ -112,12 +112,37 @@ def desc_slots(ab_stages: int) -> int:
 
 def _fragment_row_offsets(coords, size: int) -> list:
     """Static row offset of each epilogue fragment element from the thread's first row
-    (trace time).  The row sum keeps one partial per row and expects the WGMMA
-    accumulator layout: rows r0 and r0 + 8 per thread."""
-    offsets = [coords.layout(v)[0] for v in range(size)]
-    if sorted(set(offsets)) != [0, 8]:
-        raise NotImplementedError(f"row_sum expects rows r0 and r0 + 8 per thread, got offsets {offsets}")
+    (trace time).  The row sum keeps one partial per distinct offset and expects the
+    WGMMA accumulator layout: rows r0 and r0 + 8 of each 64-row MMA block a warpgroup
+    holds (r0, r0 + 8, r0 + 64, r0 + 72 for a 128-row ping-pong tile)."""
+    offsets = [int(coords.layout(v)[0]) for v in range(size)]
+    blocks = sorted({o - o % 64 for o in offsets})
+    if sorted(set(offsets)) != sorted(b + r for b in blocks for r in (0, 8)):
+        raise NotImplementedError(f"row_sum expects rows r0 and r0 + 8 per 64-row block, got offsets {offsets}")
     return offsets
+
+
+def _fragment_order(tRS_cTile, tRS_cEpi, frag_size: int, num_epi: int, epi_n: int) -> list:
+    """Which element of the retiled accumulator feeds element v of epilogue sub-tile e
+    (trace time): order[e][v] is the index whose tile coordinate is that of element v of a
+    sub-tile shifted by e * epi_n columns.  With one 64-row WGMMA block per warpgroup this is
+    e * frag_size + v; a 128-row ping-pong tile interleaves its two blocks differently.  A
+    coordinate the accumulator does not hold fails here, at compile time."""
+    where = {}
+    for i in range(frag_size * num_epi):
+        c = tRS_cTile.layout(i)
+        where[(c[0], c[1])] = i
+    order = []
+    for e in range(num_epi):
+        row = []
+        for v in range(frag_size):
+            c = tRS_cEpi.layout(v)
+            key = (c[0], c[1] + e * epi_n)
+            if key not in where:
+                raise NotImplementedError(f"epilogue sub-tile {e} element {v} at {key} is not in the accumulator")
+            row.append(where[key])
+        order.append(row)
+    return order
 
 
 class Sm90Gemm:
@@ -587,13 +612,17 @@ class Sm90Gemm:
             frag_shape = cute.shape(thr_r2s.partition_S(sD0))[:3]
             frag_size = cute.size(frag_shape)
             num_epi = self.tile_n // cfg.epi_n
-            rScale = cute.make_rmem_tensor(tCcTile.shape, Float32)
-            tRS_scale = tiled_r2s.retile(rScale)
             # (row, col) inside the epilogue sub-tile of each register fragment element:
             # where to read the auxiliary input.  The *source* partition: stmatrix moves
             # values between threads, so the destination partition names other elements.
             tRS_cEpi = thr_r2s.partition_S(cute.make_identity_tensor(self.epi_tile))
-            row_offsets = _fragment_row_offsets(tRS_cEpi, frag_size) if const_expr(self.epi.row_sum) else None
+            # The thread's distinct rows (offsets from its first), and which one each fragment
+            # element is on: one row scale and one row-sum partial per row (2 or 4 rows).
+            per_row = self.epi.row_sum or self.epi.row_scale
+            row_offsets = _fragment_row_offsets(tRS_cEpi, frag_size) if const_expr(per_row) else []
+            frag_rows = sorted(set(row_offsets))
+            row_of = [frag_rows.index(o) for o in row_offsets]
+            acc_order = _fragment_order(tiled_r2s.retile(tCcTile), tRS_cEpi, frag_size, num_epi, cfg.epi_n)
 
             store_pipeline = pipeline.PipelineTmaStore.create(
                 num_stages=cfg.epi_stages,
@@ -671,13 +700,13 @@ class Sm90Gemm:
                     cute.arch.mbarrier_arrive(order_bars + (1 - consumer_wg))
 
                 # ---- epilogue
+                first_row = row_start
+                if const_expr(per_row):
+                    first_row = row_start + tRS_cEpi[0][0] - row_offsets[0]  # the thread's first row
                 if const_expr(self.epi.row_scale):
-                    for i in cutlass.range_constexpr(cute.size(rScale)):
-                        row = cutlass.min(row_start + tCcTile[i][0], row_end - 1)
-                        rScale[i] = Float32(mScale[row])
+                    row_scales = [Float32(mScale[cutlass.min(first_row + r, row_end - 1)]) for r in frag_rows]
                 gD_tile0, gD_tile1 = self._output_tiles(mD0, mD1, row_start, row_end, n_tile, m_total, expert)
-                row_sum0 = Float32(0.0)
-                row_sum1 = Float32(0.0)
+                row_sums = [Float32(0.0) for _ in frag_rows]
                 bSG_sD0, bSG_gD0 = cpasync.tma_partition(
                     tma_d0, 0, cute.make_layout(1), cute.group_modes(sD0, 0, 2), cute.zipped_divide(gD_tile0, self.epi_tile)
                 )
@@ -689,12 +718,12 @@ class Sm90Gemm:
                 for e in cutlass.range_constexpr(num_epi):
                     frag = cute.make_rmem_tensor(frag_shape, Float32)
                     for v in cutlass.range_constexpr(frag_size):
-                        frag[v] = tRS_acc[e * frag_size + v]
+                        frag[v] = tRS_acc[acc_order[e][v]]
                     scale_vec = None
                     if const_expr(self.epi.row_scale):
                         sfrag = cute.make_rmem_tensor(frag_shape, Float32)
                         for v in cutlass.range_constexpr(frag_size):
-                            sfrag[v] = tRS_scale[e * frag_size + v]
+                            sfrag[v] = row_scales[row_of[v]]
                         scale_vec = sfrag.load()
                     aux_vec = None
                     if const_expr(self.epi.aux_input):
@@ -715,13 +744,9 @@ class Sm90Gemm:
                         afrag.store(aux_cur.load().to(Float32))
                         aux_vec = afrag.load()
                     if const_expr(self.epi.row_sum):
-                        # A thread's accumulator rows in a 64-row WGMMA atom are r0 and r0 + 8.
+                        # A thread's accumulator rows: r0 and r0 + 8 of each 64-row WGMMA block.
                         for v in cutlass.range_constexpr(frag_size):
-                            term = self.epi.row_term(frag[v], afrag[v])
-                            if const_expr(row_offsets[v] == 0):
-                                row_sum0 = row_sum0 + term
-                            else:
-                                row_sum1 = row_sum1 + term
+                            row_sums[row_of[v]] = row_sums[row_of[v]] + self.epi.row_term(frag[v], afrag[v])
                     outs = self.epi.apply(frag.load(), scale_vec, aux_vec)
                     buf = (local_tile_idx * num_epi + e) % cfg.epi_stages + epi_slot * cfg.epi_stages
                     # Wait for this buffer's previous store to have left shared memory only now,
@@ -748,16 +773,14 @@ class Sm90Gemm:
 
                 if const_expr(self.epi.row_sum):
                     # Sum each row's partials over the 4 lanes that share it; one lane
-                    # stores the tile's partial of rows r0 and r0 + 8 (deterministic).
-                    for off in cutlass.range_constexpr(1, 3):
-                        row_sum0 = row_sum0 + cute.arch.shuffle_sync_bfly(row_sum0, offset=off)
-                        row_sum1 = row_sum1 + cute.arch.shuffle_sync_bfly(row_sum1, offset=off)
-                    row0 = row_start + tRS_cEpi[0][0]
+                    # stores the tile's partial of each of its rows (deterministic).
+                    for i in cutlass.range_constexpr(len(frag_rows)):
+                        for off in cutlass.range_constexpr(1, 3):
+                            row_sums[i] = row_sums[i] + cute.arch.shuffle_sync_bfly(row_sums[i], offset=off)
                     if cute.arch.lane_idx() % 4 == 0:
-                        if row0 < row_end:
-                            mRowSum[(row0, n_tile)] = row_sum0
-                        if row0 + 8 < row_end:
-                            mRowSum[(row0 + 8, n_tile)] = row_sum1
+                        for i in cutlass.range_constexpr(len(frag_rows)):
+                            if first_row + frag_rows[i] < row_end:
+                                mRowSum[(first_row + frag_rows[i], n_tile)] = row_sums[i]
                 local_tile_idx += 1
                 t += t_step
             if warp_idx == store_warp:
