@@ -11,8 +11,10 @@ written to tuned_configs/ only when it beats both by MIN_GAIN.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import datetime
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -97,8 +99,19 @@ def _finished_elsewhere(study, trial) -> bool:
 
 def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: str, progress: bool = True,
                compile_workers: int = 1, check_tol: float = 1e-2):
-    """Ask/tell loop: compile the next candidates on threads while timing the current one."""
+    """Ask/tell loop: compile the next candidates on threads while timing the current one.
+
+    Sustained timing paces its calls from the host, and a DSL compile holds the GIL for long
+    stretches of C++ (H100, 2026-11-25: calls timed next to a compile read 17-240x slow), so
+    under that timer no compile runs while a trial is timed (`quiet`); burst timing queues
+    GPU sleep ahead of each batch and takes a median, and keeps the overlap."""
     pool = cf.ThreadPoolExecutor(max_workers=max(1, compile_workers))
+    quiet = threading.Lock() if getattr(timer, "mode", "burst") == "sustained" else contextlib.nullcontext()
+
+    def prepare(cfg):
+        with quiet:
+            runner.prepare(cfg)
+
     bar = None
     if progress:
         from tqdm import tqdm
@@ -120,7 +133,7 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
         errs = validation_errors(cfg, arch=arch, **problem.constraints)
         if errs:
             return trial, cfg, "invalid: " + "; ".join(errs)
-        return trial, cfg, pool.submit(runner.prepare, cfg)
+        return trial, cfg, pool.submit(prepare, cfg)
 
     asked = 0
     try:
@@ -148,7 +161,8 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
                     trial.set_user_attr("pruned", reason)
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 else:
-                    ms = timer(runner.timed(cfg))
+                    with quiet:
+                        ms = timer(runner.timed(cfg))
                     study.tell(trial, ms)
                     if trial.user_attrs.get("default"):
                         default_ms = ms

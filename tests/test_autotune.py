@@ -344,3 +344,38 @@ def test_cli_accepts_sustained_timing(tmp_path):
                  "--timing", "sustained", "--quiet"]) == 0
     with pytest.raises(SystemExit):
         main(["sweep", "--kernel", "fc2", "--m", "64", "--n", "64", "--k", "64", "--simulate", "--timing", "fast"])
+
+
+def test_sustained_timing_never_overlaps_a_compile():
+    """A compile holds the GIL for long stretches; sustained timing is paced by the host, so
+    under it no compile may run while a trial is timed."""
+    import threading
+    import time as _time
+
+    events, lock = [], threading.Lock()
+
+    class SlowCompiles(FakeRunner):
+        def prepare(self, cfg):
+            with lock:
+                events.append(("compile", _time.perf_counter(), None))
+            _time.sleep(0.03)
+            with lock:
+                events[-1] = (events[-1][0], events[-1][1], _time.perf_counter())
+            super().prepare(cfg)
+
+    def slow_timer(cfg):
+        t0 = _time.perf_counter()
+        _time.sleep(0.03)
+        with lock:
+            events.append(("time", t0, _time.perf_counter()))
+        return cost_ms(cfg)
+
+    slow_timer.mode = "sustained"
+    study = tuner.open_study(DENSE, "sm90", None, grid=False, seed=0)
+    tuner.run_trials(study, DENSE, SlowCompiles(DENSE), slow_timer, 8, arch="sm90", progress=False,
+                     compile_workers=2)
+    compiles = [(a, b) for k, a, b in events if k == "compile" and b is not None]
+    timings = [(a, b) for k, a, b in events if k == "time"]
+    assert compiles and timings
+    overlaps = sum(1 for c in compiles for t in timings if c[0] < t[1] and t[0] < c[1])
+    assert overlaps == 0, overlaps
