@@ -52,12 +52,15 @@ def epilogue_misfit(cfg: "GemmConfig", epi) -> str | None:
 
 
 def narrowed_for_epilogue(cfg: "GemmConfig", epi) -> "GemmConfig":
-    """`cfg` with the widest tile_n dividing its own (so the tuned tile grid is kept) whose
-    accumulator fits `epi` (for looked-up configs, tuned without the per-row epilogue)."""
+    """`cfg` narrowed until its accumulator fits `epi` (for looked-up configs, tuned without the
+    per-row epilogue): the widest tile_n dividing its own (so the tuned tile grid is kept), a
+    128-row ping-pong tile first trying 64 rows at the same tile_n."""
+    rows = (cfg.tile_m, 64) if cfg.schedule == "pingpong" and cfg.tile_m == 128 else (cfg.tile_m,)
     for tile_n in sorted((t for t in TILE_N_CHOICES if cfg.tile_n % t == 0), reverse=True):
-        narrowed = dataclasses.replace(cfg, tile_n=tile_n, epi_n=min(cfg.epi_n, tile_n))
-        if tile_n % narrowed.epi_n == 0 and epilogue_misfit(narrowed, epi) is None:
-            return narrowed
+        for tile_m in rows:
+            narrowed = dataclasses.replace(cfg, tile_m=tile_m, tile_n=tile_n, epi_n=min(cfg.epi_n, tile_n))
+            if tile_n % narrowed.epi_n == 0 and epilogue_misfit(narrowed, epi) is None:
+                return narrowed
     raise ConfigError(epilogue_misfit(cfg, epi))
 
 

@@ -1,6 +1,7 @@
 """Every SM90 GEMM variant compiles for sm_90a without a GPU, and the PTX holds what
 the design says: WGMMA, TMA loads (multicast when clustered) and stores, setmaxnreg,
 stmatrix, no local memory; ptxas (where installed) reports no spills."""
+import dataclasses
 import itertools
 import re
 
@@ -192,7 +193,9 @@ def test_looked_up_configs_narrow_to_fit_per_row_epilogues():
     assert narrowed_for_epilogue(GemmConfig(tile_n=192), rowsum).tile_n == 192
     pp = GemmConfig(tile_m=128, tile_n=192, schedule="pingpong", epi_n=64)
     assert narrowed_for_epilogue(pp, EpilogueSpec("srelu", row_scale=True)) == GemmConfig(
-        tile_m=128, tile_n=64, schedule="pingpong", epi_n=64)
+        tile_m=64, tile_n=192, schedule="pingpong", epi_n=64)
+    assert narrowed_for_epilogue(dataclasses.replace(pp, tile_n=128), rowsum) == GemmConfig(
+        tile_m=64, tile_n=128, schedule="pingpong", epi_n=64)
     assert narrowed_for_epilogue(pp, EpilogueSpec("srelu")) == pp
 
 
