@@ -16,6 +16,10 @@ SMEM_RESERVED = 1024
 # Registers a consumer thread may spend on accumulators (of the 232 it owns after setmaxnreg):
 # a 128x192 ping-pong tile (192) compiles spill-free with every epilogue; 128x256 (256) cannot.
 MAX_ACC_REGS_PER_THREAD = 192
+# Above this many accumulator registers only 32-column epilogue sub-tiles fit: at epi_n 64 a
+# 128x192 ping-pong dgrad spills 44 bytes (260 with postact), and its FC1 ran at 0.63x of
+# epi_n 32 on the H100 (2.66 vs 1.71 ms, 2026-11-25).
+WIDE_EPI_MAX_ACC_REGS = 128
 
 TILE_N_CHOICES = (64, 128, 192, 256)
 TILE_K_CHOICES = (64, 128)
@@ -189,6 +193,9 @@ def validation_errors(
         return errs
     if acc_regs(cfg) > MAX_ACC_REGS_PER_THREAD:
         errs.append(f"accumulator needs {acc_regs(cfg)} registers per thread (> {MAX_ACC_REGS_PER_THREAD}): tile too large for one warpgroup")
+    elif acc_regs(cfg) > WIDE_EPI_MAX_ACC_REGS and cfg.epi_n > 32:
+        errs.append(f"epi_n {cfg.epi_n} next to {acc_regs(cfg)} accumulator registers per thread spills (epi_n 32 only "
+                    f"above {WIDE_EPI_MAX_ACC_REGS})")
     max_stages = max_ab_stages(cfg, num_outputs=num_outputs, arch=arch, out_bytes=out_bytes)
     if cfg.ab_stages and cfg.ab_stages < 2:
         errs.append(f"ab_stages must be >= 2 (or 0 for automatic), got {cfg.ab_stages}")

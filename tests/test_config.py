@@ -34,6 +34,8 @@ def test_default_config_valid_for_odd_shapes(m, n, k, grouped):
     ({"schedule": "pingpong", "tile_m": 96}, "ping-pong schedule needs tile_m in (64, 128)"),
     ({"schedule": "pingpong", "tile_m": 128, "tile_n": 192}, None),
     ({"schedule": "pingpong", "tile_m": 128}, "accumulator needs 256 registers"),
+    ({"schedule": "pingpong", "tile_m": 128, "tile_n": 192, "epi_n": 64}, "epi_n 64 next to 192 accumulator"),
+    ({"schedule": "pingpong", "tile_m": 128, "tile_n": 128, "epi_n": 64}, None),
     ({"tile_n": 96}, "tile_n must be one of"),
     ({"epi_n": 64, "tile_n": 192}, None),
     ({"tile_n": 192, "epi_n": 48}, "epi_n must be one of"),

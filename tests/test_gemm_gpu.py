@@ -23,8 +23,8 @@ CONFIGS = {
     "pingpong_64x128_c11": GemmConfig(tile_m=64, tile_n=128, cluster_n=1, schedule="pingpong", raster="m", swizzle=4),
     # 128-row ping-pong tiles: two 64-row WGMMA blocks per warpgroup
     "pingpong_128x128_c21": GemmConfig(tile_m=128, tile_n=128, cluster_m=2, cluster_n=1, schedule="pingpong"),
-    "pingpong_128x192_c21_e64": GemmConfig(tile_m=128, tile_n=192, cluster_m=2, cluster_n=1, schedule="pingpong",
-                                           epi_n=64),
+    "pingpong_128x192_c21_m": GemmConfig(tile_m=128, tile_n=192, cluster_m=2, cluster_n=1, schedule="pingpong",
+                                         raster="m", swizzle=4),
 }
 # The router probability (a row scale) does not fit next to 192 accumulator registers: such
 # configs run without it here (tests/test_compile_sm90.py checks they are rejected with it).
@@ -178,7 +178,7 @@ def test_grouped_transposed_weights():
 @pytest.mark.parametrize("store_postact", [False, True])
 @pytest.mark.parametrize("with_prob", [False, True])
 @pytest.mark.parametrize("cfg_name", ["coop_128x256_c12", "pingpong_64x128_c11", "coop_128x128_c21",
-                                      "pingpong_128x128_c21", "pingpong_128x192_c21_e64"])
+                                      "pingpong_128x128_c21", "pingpong_128x192_c21_m"])
 def test_fc2_dgrad_dsrelu(grouped, store_postact, with_prob, cfg_name):
     from cute_kernels import fc2_dgrad_dsrelu
 
