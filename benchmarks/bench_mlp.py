@@ -275,23 +275,49 @@ def main_grad_steps():
     return out
 
 
+DENSE = {"m": 8192, "h": 4096, "f": 16384}
+
+
+def dense_operands(m=DENSE["m"], h=DENSE["h"], f=DENSE["f"]) -> dict:
+    """Seed-0 bf16 operands of the dense step's GEMMs: x, w1, w2, dy, preact, postact, dpreact."""
+    torch.manual_seed(0)
+    t = {"x": torch.randn(m, h, device="cuda").bfloat16(),
+         "w1": (torch.randn(f, h, device="cuda") / h ** 0.5).bfloat16(),
+         "w2": (torch.randn(h, f, device="cuda") / f ** 0.5).bfloat16(),
+         "dy": torch.randn(m, h, device="cuda").bfloat16(),
+         "pre": torch.randn(m, f, device="cuda").bfloat16()}
+    t["post"] = torch.relu(t["pre"]).square()
+    t["dpre"] = torch.randn(m, f, device="cuda").bfloat16()
+    return t
+
+
+def dense_step_gemms(t: dict) -> list:
+    """The six GEMMs of the dense step as the default step runs them, on `dense_operands()`:
+    (name, cuBLAS matmul of its shape, ours as fn(config=None) -> its main output)."""
+    from cute_kernels import fc1_srelu, fc2, fc2_dgrad_dsrelu, weight_grad
+
+    x, w1, w2, dy, pre, post, dpre = (t[k] for k in ("x", "w1", "w2", "dy", "pre", "post", "dpre"))
+    return [
+        ("FC1 + SReLU (preact and postact out)", lambda: x @ w1.t(), lambda c=None: fc1_srelu(x, w1, config=c)[1]),
+        ("FC2", lambda: post @ w2.t(), lambda c=None: fc2(post, w2, config=c)),
+        ("FC2 dgrad + dSReLU (dpreact out)", lambda: dy @ w2, lambda c=None: fc2_dgrad_dsrelu(dy, w2, pre, config=c)[0]),
+        ("FC2 wgrad dy^T postact", lambda: dy.t() @ post, lambda c=None: weight_grad(dy, post, config=c)),
+        ("FC1 dgrad dpre w1", lambda: dpre @ w1, lambda c=None: fc2(dpre, w1.t(), config=c)),
+        ("FC1 wgrad dpre^T x", lambda: dpre.t() @ x, lambda c=None: weight_grad(dpre, x, config=c)),
+    ]
+
+
 def dense_gemms():
     """The six GEMMs of the dense step, each against the cuBLAS matmul of the same shape
     (torch, no elementwise work), then their sums: torch's step minus its six matmuls is what
     torch spends outside cuBLAS, the most a fused op can win back with GEMMs at cuBLAS's
     speed.  Extra rows: the dgrad with postact recompute and the fp32 main_grad wgrad against
     the torch ops they replace."""
-    from cute_kernels import fc1_srelu, fc2, fc2_dgrad_dsrelu, weight_grad
+    from cute_kernels import fc2_dgrad_dsrelu, weight_grad
 
-    m, h, f = 8192, 4096, 16384
-    torch.manual_seed(0)
-    x = torch.randn(m, h, device="cuda").bfloat16()
-    w1 = (torch.randn(f, h, device="cuda") / h ** 0.5).bfloat16()
-    w2 = (torch.randn(h, f, device="cuda") / f ** 0.5).bfloat16()
-    dy = torch.randn(m, h, device="cuda").bfloat16()
-    pre = torch.randn(m, f, device="cuda").bfloat16()
-    post = torch.relu(pre).square()
-    dpre = torch.randn(m, f, device="cuda").bfloat16()
+    m, h, f = DENSE["m"], DENSE["h"], DENSE["f"]
+    t = dense_operands(m, h, f)
+    dy, w2, pre, post = t["dy"], t["w2"], t["pre"], t["post"]
     main_grad = torch.zeros(h, f, device="cuda")
     tf = 2 * m * h * f / 1e9
 
@@ -299,22 +325,14 @@ def dense_gemms():
         d = (dy @ w2).float()
         return (2 * d * torch.relu(pre.float())).bfloat16()
 
-    step = [  # (GEMM, cuBLAS matmul of its shape, ours as the default step runs it)
-        ("FC1 + SReLU (preact and postact out)", lambda: x @ w1.t(), lambda: fc1_srelu(x, w1)),
-        ("FC2", lambda: post @ w2.t(), lambda: fc2(post, w2)),
-        ("FC2 dgrad + dSReLU (dpreact out)", lambda: dy @ w2, lambda: fc2_dgrad_dsrelu(dy, w2, pre)),
-        ("FC2 wgrad dy^T postact", lambda: dy.t() @ post, lambda: weight_grad(dy, post)),
-        ("FC1 dgrad dpre w1", lambda: dpre @ w1, lambda: fc2(dpre, w1.t())),
-        ("FC1 wgrad dpre^T x", lambda: dpre.t() @ x, lambda: weight_grad(dpre, x)),
-    ]
     out = [f"The six GEMMs of the dense step, M={m} H={h} F={f} (CUDA events, L2 flushed, median): "
            "ours against cuBLAS (torch matmul of the same shape, no elementwise work)", "",
            "| GEMM | cuBLAS ms | cute ms | cute TFLOP/s | vs cuBLAS |", "|---|---|---|---|---|"]
     t_sum = c_sum = 0.0
-    for name, t_fn, c_fn in step:
-        t, c = time_ms(t_fn), time_ms(c_fn)
-        t_sum, c_sum = t_sum + t, c_sum + c
-        out.append(f"| {name} | {t:.3f} | {c:.3f} | {tf / c:.0f} | {t / c:.2f}x |")
+    for name, t_fn, c_fn in dense_step_gemms(t):
+        tt, c = time_ms(t_fn), time_ms(c_fn)
+        t_sum, c_sum = t_sum + tt, c_sum + c
+        out.append(f"| {name} | {tt:.3f} | {c:.3f} | {tf / c:.0f} | {tt / c:.2f}x |")
         print(out[-1], flush=True)
     out.append(f"| sum of the six | {t_sum:.3f} | {c_sum:.3f} | {6 * tf / c_sum:.0f} | {t_sum / c_sum:.2f}x |")
     out += ["", "Other backward variants against the torch ops they replace", "",
@@ -327,8 +345,8 @@ def dense_gemms():
          lambda: weight_grad(dy, post, out=main_grad, accumulate=True)),
     ]
     for name, t_fn, c_fn in rows:
-        t, c = time_ms(t_fn), time_ms(c_fn)
-        out.append(f"| {name} | {t:.3f} | {c:.3f} | {tf / c:.0f} | {t / c:.2f}x |")
+        tt, c = time_ms(t_fn), time_ms(c_fn)
+        out.append(f"| {name} | {tt:.3f} | {c:.3f} | {tf / c:.0f} | {tt / c:.2f}x |")
         print(out[-1], flush=True)
     return out
 
