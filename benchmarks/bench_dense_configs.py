@@ -11,7 +11,8 @@ op's own config first (relative error), so a wrong kernel cannot post a time; a 
 the op rejects is listed with the reason.  Timing: `autotune.timing.sustained_ms`, calls
 back to back at the power limit as a training step runs them, in `--rounds` rounds that
 alternate between the configs; the best round is shown with the mean board power and SM
-clock while it ran.  Short bursts after an idle GPU run at boost clocks and rank configs
+clock while it ran.  Each config and round takes about 2.5 s on an H200 at the defaults
+(the warm-up drains a full launch queue), besides the compiles; progress goes to stderr.  Short bursts after an idle GPU run at boost clocks and rank configs
 differently (benchmarks/results/2026-11-25-h100-dense-power-limit-and-quack.md).
 """
 from __future__ import annotations
@@ -83,10 +84,12 @@ def main(argv=None) -> int:
     torch.cuda.synchronize()
 
     best = {}
-    for _ in range(args.rounds):
+    for rnd in range(args.rounds):
         for name, fns in rows.items():
             for col, fn in fns.items():
                 r = sustained_ms(fn, seconds=args.seconds, warm_s=0.2)
+                print(f"round {rnd + 1}: {name} | {col}: {r[0]:.3f} ms ({r[1]:.0f} W, {r[2]:.0f} MHz)",
+                      file=sys.stderr, flush=True)
                 if (name, col) not in best or r[0] < best[(name, col)][0]:
                     best[(name, col)] = r
 
