@@ -127,7 +127,7 @@ def build_kernel(key: KernelKey):
         raise ValueError("a kernel is grouped along M or along K, not both")
     if key.grouped_k and (key.a_major, key.b_major) != ("m", "n"):
         raise ValueError("the K-grouped GEMM takes tokens (K) as the strided dimension: A must be M-major and B N-major")
-    misfit = epilogue_misfit(key.cfg, key.epi)
+    misfit = epilogue_misfit(key.cfg, key.epi, out_bytes=key.out_bytes, grouped_k=key.grouped_k)
     if misfit:
         raise ConfigError(misfit)
     validate(key.cfg, arch=key.arch, num_outputs=key.epi.num_outputs, grouped=key.grouped, grouped_k=key.grouped_k,

@@ -38,6 +38,10 @@ EPI_STAGE_CHOICES = (2, 3, 4)
 # (router probability) its scales, which a 128x192 ping-pong tile (192 registers) cannot afford.
 ROW_SUM_MAX_ACC_REGS = 96
 ROW_SCALE_MAX_ACC_REGS = 128
+# The K-grouped weight gradient adding into an fp32 main_grad loads a 64-column fp32 sub-tile of
+# it next to the accumulator: above this many accumulator registers ptxas spills at epi_n 64
+# (4 + 12 bytes for the 128x256 c2x1 tuned E=8 entry, sm_90a, 2026-12-01), never at epi_n 32.
+FP32_ACCUMULATE_WIDE_EPI_MAX_ACC_REGS = 96
 
 
 def acc_regs(cfg: "GemmConfig") -> int:
@@ -45,27 +49,40 @@ def acc_regs(cfg: "GemmConfig") -> int:
     return cfg.warpgroup_tile_m * cfg.tile_n // 128
 
 
-def epilogue_misfit(cfg: "GemmConfig", epi) -> str | None:
-    """Why `cfg`'s accumulator leaves `epi` too few registers, or None when it fits."""
+def epilogue_misfit(cfg: "GemmConfig", epi, *, out_bytes: int = 2, grouped_k: bool = False) -> str | None:
+    """Why `cfg`'s accumulator leaves `epi` too few registers, or None when it fits
+    (`out_bytes` of the output, `grouped_k` for the K-grouped weight gradient)."""
     for wanted, name, limit in ((epi.row_sum, "row-sum", ROW_SUM_MAX_ACC_REGS),
                                 (epi.row_scale, "row-scale", ROW_SCALE_MAX_ACC_REGS)):
         if wanted and acc_regs(cfg) > limit:
             return (f"the {name} epilogue needs at most {limit} accumulator registers per thread "
                     f"(it spills above), {cfg} has {acc_regs(cfg)}")
+    if (epi.accumulate and out_bytes == 4 and grouped_k and cfg.epi_n > 32
+            and acc_regs(cfg) > FP32_ACCUMULATE_WIDE_EPI_MAX_ACC_REGS):
+        return (f"the K-grouped fp32 accumulating epilogue takes epi_n 32 above {FP32_ACCUMULATE_WIDE_EPI_MAX_ACC_REGS} "
+                f"accumulator registers per thread (it spills at epi_n {cfg.epi_n}), {cfg} has {acc_regs(cfg)}")
     return None
 
 
-def narrowed_for_epilogue(cfg: "GemmConfig", epi) -> "GemmConfig":
+def narrowed_for_epilogue(cfg: "GemmConfig", epi, **where) -> "GemmConfig":
     """`cfg` narrowed until its accumulator fits `epi` (for looked-up configs, tuned without the
-    per-row epilogue): the widest tile_n dividing its own (so the tuned tile grid is kept), a
-    128-row ping-pong tile first trying 64 rows at the same tile_n."""
+    per-row or accumulating epilogue; `where`: epilogue_misfit's keywords): first 32-column
+    epilogue sub-tiles buffering as many columns, then the widest tile_n dividing its own (so
+    the tuned tile grid is kept), a 128-row ping-pong tile first trying 64 rows at the same tile_n."""
+    if epilogue_misfit(cfg, epi, **where) is None:
+        return cfg
+    if cfg.epi_n > 32:
+        stages = min(max(EPI_STAGE_CHOICES), cfg.epi_stages * cfg.epi_n // 32)
+        narrowed = dataclasses.replace(cfg, epi_n=32, epi_stages=stages)
+        if epilogue_misfit(narrowed, epi, **where) is None:
+            return narrowed
     rows = (cfg.tile_m, 64) if cfg.schedule == "pingpong" and cfg.tile_m == 128 else (cfg.tile_m,)
     for tile_n in sorted((t for t in TILE_N_CHOICES if cfg.tile_n % t == 0), reverse=True):
         for tile_m in rows:
             narrowed = dataclasses.replace(cfg, tile_m=tile_m, tile_n=tile_n, epi_n=min(cfg.epi_n, tile_n))
-            if tile_n % narrowed.epi_n == 0 and epilogue_misfit(narrowed, epi) is None:
+            if tile_n % narrowed.epi_n == 0 and epilogue_misfit(narrowed, epi, **where) is None:
                 return narrowed
-    raise ConfigError(epilogue_misfit(cfg, epi))
+    raise ConfigError(epilogue_misfit(cfg, epi, **where))
 
 
 class ConfigError(ValueError):

@@ -413,6 +413,7 @@ def _wgrad_key(arch: str, dtype, n_out: int, k_out: int, tokens: int, num_expert
                accumulate: bool, majors: tuple, config: GemmConfig | None, tuned_root: str | None) -> KernelKey:
     """weight_grad's compiled-kernel key (cached like _kernel_key)."""
     out_bytes = 4 if out_dtype == torch.float32 else 2
+    explicit_config = config is not None
     if config is None:
         # tuned entry (M, N = the gradient's shape, K = tokens), else the default; a tuned
         # config (timed with a bf16 output) that cannot take an fp32 main_grad falls back too
@@ -420,8 +421,14 @@ def _wgrad_key(arch: str, dtype, n_out: int, k_out: int, tokens: int, num_expert
                                num_experts=num_experts, grouped=grouped)
         if validation_errors(config, arch=arch, grouped_k=grouped, out_bytes=out_bytes):
             config = wgrad_default_config(n_out, k_out, tokens, num_experts)
+    epi = EpilogueSpec("identity", accumulate=accumulate)
+    misfit = epilogue_misfit(config, epi, out_bytes=out_bytes, grouped_k=grouped)
+    if misfit:  # a tuned entry timed without main_grad accumulation: narrow its epilogue sub-tiles
+        if explicit_config:
+            raise checks.InputError(f"config: {misfit}")
+        config = narrowed_for_epilogue(config, epi, out_bytes=out_bytes, grouped_k=grouped)
     _checked_config(config, arch, 1, False, grouped, out_bytes)
-    return KernelKey(arch, config, EpilogueSpec("identity", accumulate=accumulate), False, _dtype_name(dtype),
+    return KernelKey(arch, config, epi, False, _dtype_name(dtype),
                      *majors, out_dtype="float32" if out_dtype == torch.float32 else "", grouped_k=grouped)
 
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from cute_kernels.compile import KernelKey, get_compiled
-from cute_kernels.config import GemmConfig, epilogue_misfit, narrowed_for_epilogue
+from cute_kernels.compile import KernelKey, build_kernel, get_compiled
+from cute_kernels.config import ConfigError, GemmConfig, epilogue_misfit, narrowed_for_epilogue
 from cute_kernels.epilogue import EpilogueSpec
 from cute_kernels.inspect_ptx import find_ptxas, kernel_ptx, ptxas_info
 from cute_kernels.sm90.gemm import prefetches_aux_into_l2
@@ -197,6 +197,22 @@ def test_looked_up_configs_narrow_to_fit_per_row_epilogues():
     assert narrowed_for_epilogue(dataclasses.replace(pp, tile_n=128, epi_n=64), rowsum) == GemmConfig(
         tile_m=64, tile_n=128, schedule="pingpong", epi_n=64)
     assert narrowed_for_epilogue(pp, EpilogueSpec("srelu")) == pp
+
+
+def test_fp32_accumulating_k_grouped_epilogue_narrows_its_sub_tiles():
+    """The K-grouped weight gradient adding into fp32 main_grad spills at epi_n 64 next to 128
+    accumulator registers: a looked-up config keeps its tile and buffered columns at epi_n 32,
+    the kernel builder refuses the wide form, and the other outputs keep it."""
+    acc = EpilogueSpec("identity", accumulate=True)
+    wide = GemmConfig(tile_n=256, cluster_m=2, cluster_n=1, epi_n=64, epi_stages=2)
+    assert "epi_n 32" in epilogue_misfit(wide, acc, out_bytes=4, grouped_k=True)
+    assert narrowed_for_epilogue(wide, acc, out_bytes=4, grouped_k=True) == dataclasses.replace(
+        wide, epi_n=32, epi_stages=4)
+    for where in (dict(out_bytes=2, grouped_k=True), dict(out_bytes=4, grouped_k=False)):
+        assert epilogue_misfit(wide, acc, **where) is None
+    assert epilogue_misfit(dataclasses.replace(wide, tile_n=192, epi_stages=3), acc, out_bytes=4, grouped_k=True) is None
+    with pytest.raises(ConfigError, match="epi_n 32"):
+        build_kernel(KernelKey("sm90", wide, acc, False, "bfloat16", "m", "n", out_dtype="float32", grouped_k=True))
 
 
 def test_grouped_configs_accept_every_schedule_and_cluster():
