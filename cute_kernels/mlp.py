@@ -4,7 +4,7 @@ Two autograd nodes (FC1+SReLU, FC2 with the SReLU derivative in its backward), s
 the activations FC2's backward reads are freed before FC1's gradients are computed.
 
 `srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact=False,
-           fuse_wgrad_accumulation=False, backend="auto")`
+           fuse_wgrad_accumulation=False, backend="auto", offload=None)`
 - backend "cute": every GEMM on the CuTe kernels.  Forward: fc1_srelu, fc2.
   Backward: FC2 dgrad with the SReLU derivative, the postact recompute and the router
   gradient fused in its epilogue (fc2_dgrad_dsrelu), FC1 dgrad (the FC2 kernel reading
@@ -19,6 +19,7 @@ the activations FC2's backward reads are freed before FC1's gradients are comput
   policy (offload.roles): the FC1 input ("fc1_input"), the pre-activation
   ("preact"), the post-activation ("postact", not saved when `recompute_postact`)
   and the router probability ("prob").  Both backends save the same roles.
+- offload: an OffloadScheduler; the call is marked as the step's next layer for it.
 """
 from __future__ import annotations
 
@@ -295,14 +296,27 @@ def _cute_wgrad(ctx, dy, x, splits, w, name):
 
 
 def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = False,
-              fuse_wgrad_accumulation: bool = False, backend: str = "auto"):
+              fuse_wgrad_accumulation: bool = False, backend: str = "auto", offload=None):
     """y = (p * relu(x @ w1^T)^2) @ w2^T; grouped when `m_splits` is given (w1 (E, F, H), w2 (E, H, F)).
 
     m_splits: per-expert token counts (tokens sorted by expert), a list of ints or an
     integer tensor; on the cute path a CUDA tensor is read by the kernels on the GPU, so
-    the step has no host sync (the torch path converts it to a list)."""
+    the step has no host sync (the torch path converts it to a list).
+    offload: an `offload.OffloadScheduler`: this call is the next layer of the step's
+    forward (`sched.layer()`), so what it saves is offloaded as the scheduler's policy
+    says, by role; inside a `with sched.layer(i)` the call belongs to layer i.  Under
+    torch.compile the op tags no roles (see `_tag`), so a role policy offloads nothing there."""
     if backend not in ("auto", "cute", "torch"):
         raise ValueError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
+    if offload is not None:
+        from offload import OffloadScheduler
+
+        if not isinstance(offload, OffloadScheduler):
+            raise TypeError(f"offload must be an offload.OffloadScheduler or None, got {type(offload).__name__}")
+        if offload.current_layer is None:
+            with offload.layer():
+                return srelu_mlp(x, w1, w2, m_splits=m_splits, prob=prob, recompute_postact=recompute_postact,
+                                 fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend)
     use_cute = _use_cute(x, backend)
     if not torch.compiler.is_compiling():
         path = "cute" if use_cute else "torch"

@@ -5,6 +5,10 @@
         with sched.layer(i):
             x = layer(x)
     loss.backward()          # reloads run ahead of need
+    sched.end_step()
+
+or, for the SReLU MLP, `srelu_mlp(x, w1, w2, offload=sched)` / `SReLUMLP(..., offload=sched)`:
+each call is the next layer of the step.
 
 During a layer's forward, saved_tensors_hooks route every tensor autograd saves
 through `_pack`: a CUDA tensor that is not protected, whose role the policy chose and
@@ -83,6 +87,7 @@ class OffloadScheduler:
         self._prefetched: set[int] = set()
         self._bwd_started: set[int] = set()
         self._layer: int | None = None
+        self._next_layer = 0  # the number layer() gives a layer without one, in forward order
         self._layer_plan: OffloadPlan | None = None
         self._layer_used = 0
         self.stats: dict[int, LayerStats] = {}
@@ -105,9 +110,22 @@ class OffloadScheduler:
                 torch.cuda._sleep(self._rng.randint(0, self.debug_delay_cycles))
 
     # ------------------------------------------------------------------ layers
+    @property
+    def current_layer(self) -> int | None:
+        """The layer whose forward is being marked, or None outside layer()."""
+        return self._layer
+
     @contextlib.contextmanager
-    def layer(self, index: int):
-        """Mark one layer's forward; tensors it saves are offloaded per the policy."""
+    def layer(self, index: int | None = None):
+        """Mark one layer's forward; tensors it saves are offloaded per the policy.  Without
+        `index` the layer takes the next number in this step's forward order (one past the
+        last layer marked; end_step starts again at 0), as `srelu_mlp(..., offload=sched)` and
+        the modules' `offload=` do.  Backward prefetches by these numbers, highest first."""
+        if self._layer is not None:
+            raise RuntimeError(f"offload: layer {index} marked inside layer {self._layer}; layers do not nest")
+        if index is None:
+            index = self._next_layer
+        self._next_layer = index + 1
         self._layer = index
         self._layer_used = 0
         # a new forward of this layer: its previous backward is over (also when the
@@ -160,6 +178,7 @@ class OffloadScheduler:
                 st.fwd_events[1].synchronize()
                 self._calib[idx] = {"bytes": dict(st.saved_bytes), "fwd_ms": st.fwd_events[0].elapsed_time(st.fwd_events[1])}
         leftover = {i: len(h) for i, h in self._handles.items() if h}
+        self._next_layer = 0
         self._handles.clear()
         self._prefetched.clear()
         self._bwd_started.clear()

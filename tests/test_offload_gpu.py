@@ -142,3 +142,31 @@ def test_peak_memory_lowered_by_offloaded_bytes():
     # `prefetch_layers` layers after it are back
     assert off > 0
     assert peak_plain - peak_off >= off - (sched.prefetch_layers + 1) * per_layer, (peak_plain, peak_off, off, per_layer)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cute"])
+def test_offload_argument_marks_each_call_as_the_next_layer(backend):
+    """srelu_mlp(..., offload=sched): the same offload, layer numbers and gradients as marking
+    the layers with `with sched.layer(i)`, step after step."""
+    model = _model(3, 1024, 512, 1024, 4, seed=8)
+    ws, x0, prob, splits, dy = model
+    ref = _step(model, None, backend)
+    policy = OffloadPolicy(roles=("preact", "postact"), min_tensor_bytes=0)
+    marked = OffloadScheduler(policy, num_layers=3)
+    _step(model, marked, backend)
+    sched = OffloadScheduler(policy, num_layers=3)
+    for _ in range(2):
+        x = x0
+        for w1, w2 in ws:
+            x = srelu_mlp(x, w1, w2, m_splits=splits, prob=prob, backend=backend, offload=sched)
+        x.backward(dy)
+        params = [x0, prob] + [w for pair in ws for w in pair]
+        got = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        assert sched.end_step() == {}, "every offloaded tensor was reloaded"
+        assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    assert sorted(sched.stats) == [0, 1, 2]
+    assert sched.offloaded_bytes() == marked.offloaded_bytes() > 0
+    assert {i: st.offloaded_bytes for i, st in sched.stats.items()} == {
+        i: st.offloaded_bytes for i, st in marked.stats.items()}
