@@ -12,8 +12,9 @@ the op rejects is listed with the reason.  Timing: `autotune.timing.sustained_ms
 back to back at the power limit as a training step runs them, in `--rounds` rounds that
 alternate between the configs; the best round is shown with the mean board power and SM
 clock while it ran.  Each config and round takes about 2.5 s on an H200 at the defaults
-(the warm-up drains a full launch queue), besides the compiles; progress goes to stderr.  Short bursts after an idle GPU run at boost clocks and rank configs
-differently (benchmarks/results/2026-11-25-h100-dense-power-limit-and-quack.md).
+(the warm-up drains a full launch queue), besides the compiles; progress goes to stderr.
+Short bursts after an idle GPU run at boost clocks and rank configs differently
+(benchmarks/results/2026-11-25-h100-dense-power-limit-and-quack.md).
 """
 from __future__ import annotations
 
