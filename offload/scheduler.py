@@ -122,7 +122,8 @@ class OffloadScheduler:
         last layer marked; end_step starts again at 0), as `srelu_mlp(..., offload=sched)` and
         the modules' `offload=` do.  Backward prefetches by these numbers, highest first."""
         if self._layer is not None:
-            raise RuntimeError(f"offload: layer {index} marked inside layer {self._layer}; layers do not nest")
+            what = "a layer" if index is None else f"layer {index}"
+            raise RuntimeError(f"offload: {what} marked inside layer {self._layer}; layers do not nest")
         if index is None:
             index = self._next_layer
         self._next_layer = index + 1

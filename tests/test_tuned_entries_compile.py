@@ -1,11 +1,12 @@
 """Every shipped tuned entry, as the op resolves it (looked up by its exact shape, then
-narrowed for a router probability's per-row epilogue), compiles for sm_90a without spills.
+narrowed where its epilogue needs it), compiles for sm_90a without spills.
 
-A sweep times an entry with one epilogue (no router probability); the op also runs it with
-the row scale and the router gradient's row sum, which need registers a wide tile lacks, so
-the op narrows it (`config.narrowed_for_epilogue`).  This checks those forms too, for the
-entries in tuned_configs/sm90 (CPU: compile, PTX without local memory, ptxas spill figures
-where ptxas exists)."""
+A sweep times an entry with one epilogue (no router probability, a bf16 weight gradient);
+the op also runs it with the row scale and the router gradient's row sum, or adding into an
+fp32 main_grad, which need registers a wide tile or sub-tile lacks, so the op narrows it
+(`config.narrowed_for_epilogue`).  This checks those forms too, for the entries in
+tuned_configs/sm90 (CPU: compile, PTX without local memory, ptxas spill figures where
+ptxas exists)."""
 import pytest
 import torch
 
