@@ -46,10 +46,10 @@ class KernelKey:
 def desc_workspace_words(key: "KernelKey", max_clusters: int) -> int:
     """Int64 words of the grouped_k TMA-descriptor workspace for a launch of at most
     `max_clusters` clusters: per CTA, A and B descriptors (128 B each) in every slot."""
-    from .sm90.gemm import DESC_WORDS, desc_slots
+    from .gemm_base.descriptors import workspace_words
 
     stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
-    return max_clusters * key.cfg.cluster_size * 2 * desc_slots(stages) * DESC_WORDS
+    return workspace_words(max_clusters * key.cfg.cluster_size, stages)
 
 
 _cache: dict[KernelKey, object] = {}

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from .config import ConfigError, GemmConfig, kernel_constraints, validation_errors
+from .config import ConfigError, GemmConfig, validation_errors
+from .registry import kernel_constraints
 
 FORMAT_VERSION = 1
 
