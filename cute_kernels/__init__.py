@@ -10,12 +10,14 @@ Public API:
   backend="auto")`
 - `SReLUMLP`, `GroupedSReLUMLP` (nn.Modules)
 - `GemmConfig`, `validate`, `default_config`, `ConfigError`, `InputError`
+- `SReLU`, `ScaledTanhSReLU` (activations: `activation=` of the ops, srelu_mlp and the modules)
 """
+from .activations import ScaledTanhSReLU, SReLU
 from .checks import InputError
 from .config import ConfigError, GemmConfig, default_config, validate
 from .gemm_ops import fc1_srelu, fc2, fc2_dgrad_dsrelu, weight_grad
 from .mlp import srelu_mlp
 from .modules import GroupedSReLUMLP, SReLUMLP
 
-__all__ = ["fc1_srelu", "fc2", "fc2_dgrad_dsrelu", "weight_grad", "srelu_mlp", "SReLUMLP", "GroupedSReLUMLP", "GemmConfig", "validate", "default_config",
+__all__ = ["SReLU", "ScaledTanhSReLU", "fc1_srelu", "fc2", "fc2_dgrad_dsrelu", "weight_grad", "srelu_mlp", "SReLUMLP", "GroupedSReLUMLP", "GemmConfig", "validate", "default_config",
            "ConfigError", "InputError"]

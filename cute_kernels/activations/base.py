@@ -22,6 +22,10 @@ class Activation:
         """A short stable name of the activation and its parameters (kernel keys, logs)."""
         return self.name
 
+    def spec(self) -> str:
+        """The name `resolve_activation` turns back into this activation (custom ops take it)."""
+        return self.name
+
     # ---- device side (traced inside an epilogue, fp32)
     def forward(self, x):
         """f(x) of an fp32 fragment."""

@@ -39,6 +39,9 @@ class ScaledTanhSReLU(Activation):
     def key(self) -> str:
         return f"tanh_srelu(s={self.s!r})"
 
+    def spec(self) -> str:
+        return f"tanh_srelu:{self.s!r}"
+
     def _z(self, x):
         import cutlass
         from cutlass import Float32
