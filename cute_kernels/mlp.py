@@ -317,6 +317,10 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
             with offload.layer():
                 return srelu_mlp(x, w1, w2, m_splits=m_splits, prob=prob, recompute_postact=recompute_postact,
                                  fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend)
+    if not recompute_postact:  # an offload plan may choose to recompute postact rather than save it
+        from offload.scheduler import recompute_requested
+
+        recompute_postact = recompute_requested("postact")
     use_cute = _use_cute(x, backend)
     if not torch.compiler.is_compiling():
         path = "cute" if use_cute else "torch"
