@@ -17,9 +17,10 @@ most bytes by the deadline; the tensor that crosses the deadline is offloaded in
 (a leading chunk of at least 1/16 of it and `min_tensor_bytes`) so the window is filled.
 
 Reloads.  Reloads run in backward order on the other stream; layer i's must be back
-before its backward starts (planned at `overlap_fraction` of the link bandwidth).  Going from layer 0 up, each reload gets the latest start
-that keeps it and the ones after it on time; it is issued at the backward start of
-the last layer to begin at or before that time (as late as possible: least memory).
+before its backward starts (planned at `overlap_fraction` of the link bandwidth).
+Going from layer 0 up, each reload gets the latest start that keeps it and the ones
+after it on time; it is issued at the backward start of the last layer to begin at or
+before that time (as late as possible: least memory).
 A reload that could not be on time even if issued when the backward starts is cut
 back (its layer offloads less) and the window is filled again.
 
