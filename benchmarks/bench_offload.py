@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 
 import torch
 
@@ -268,8 +269,10 @@ def main(argv=None):
         t0 = time.time()
         try:
             block, s = bench_stack(name, STACKS[name], backend, link, out_dir, notes)
-        except torch.cuda.OutOfMemoryError as e:
-            notes.append(f"{name}: out of memory ({str(e).splitlines()[0][:120]})")
+        except Exception as e:  # noqa: BLE001 - one shot on the GPU: report the stack's failure, go on
+            first = str(e).splitlines()[0][:160] if str(e) else ""
+            notes.append(f"{name}: failed, {type(e).__name__}: {first}")
+            print(traceback.format_exc(), file=sys.stderr, flush=True)
             torch.cuda.empty_cache()
             continue
         lines += block

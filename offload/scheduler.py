@@ -236,21 +236,22 @@ class OffloadScheduler:
         self._layer_plan = self._plan_for(idx)
         st.plan = self._layer_plan
         self._handles.setdefault(idx, [])
-        step = self._step
+        step = self._step if self.policy.auto else self._new_step()  # kept across the step only for auto
         step["order"].append(idx)
         step["tensors"][idx] = []
         step["asked"][idx] = set()
-        step["start"][idx] = self._mark() if (self.policy.auto or torch.cuda.is_available()) else None
+        start = self._mark() if (self.policy.auto or self._use_events) else None
         _active.append(self)
         try:
             with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
                 yield self
         finally:
             _active.remove(self)
-            if step["start"][idx] is not None:
-                step["end"][idx] = self._mark()
-                if not isinstance(step["start"][idx], float):
-                    st.fwd_events = (step["start"][idx], step["end"][idx])
+            if start is not None:
+                end = self._mark()
+                step["start"][idx], step["end"][idx] = start, end
+                if not isinstance(start, float):
+                    st.fwd_events = (start, end)
             self._layer = None
 
     def _plan_for(self, index: int):
