@@ -55,7 +55,7 @@ def recompute_requested(role: str) -> bool:
     """Asked by an op before it saves a tensor of `role` it could recompute in backward
     instead (srelu_mlp: postact): True when the active scheduler's plan says recompute.
     An op that asks and gets False saves the tensor as usual."""
-    if not _active or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not _active:
         return False
     return _active[-1]._recompute_requested(role)
 
