@@ -255,6 +255,10 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
         from .checks import InputError
 
         raise InputError(f"activation: {e}") from None
+    if not recompute_postact:  # an offload plan may choose to recompute postact rather than save it
+        from offload.scheduler import recompute_requested
+
+        recompute_postact = recompute_requested("postact")
     use_cute = _use_cute(x, backend)
     if not torch.compiler.is_compiling():
         path = "cute" if use_cute else "torch"
