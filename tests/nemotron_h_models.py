@@ -1,0 +1,35 @@
+"""Small random Nemotron-H models for the tests (no download; attention, MLP and MoE
+layers only, so no Mamba kernel is needed)."""
+import torch
+
+
+def small_config(layers=("full_attention", "moe", "mlp", "moe"), **over):
+    from transformers import NemotronHConfig
+
+    kw = dict(vocab_size=101, hidden_size=64, layers_block_type=list(layers), num_attention_heads=4,
+              num_key_value_heads=2, head_dim=16, intermediate_size=96, n_routed_experts=8, num_experts_per_tok=2,
+              moe_intermediate_size=48, moe_shared_expert_intermediate_size=80, n_group=2, topk_group=1,
+              routed_scaling_factor=2.5, max_position_embeddings=64)
+    kw.update(over)
+    return NemotronHConfig(**kw)
+
+
+def small_model(config, *, seed=0, dtype=torch.float32, device="cpu"):
+    from transformers import NemotronHForCausalLM
+
+    torch.manual_seed(seed)
+    model = NemotronHForCausalLM(config).to(device=device, dtype=dtype)
+    with torch.no_grad():  # a non-zero score correction bias, so the router's full path is exercised
+        for mod in model.modules():
+            if hasattr(mod, "e_score_correction_bias"):
+                mod.e_score_correction_bias.copy_(torch.rand_like(mod.e_score_correction_bias) * 0.1)
+    return model
+
+
+def step(model, ids):
+    """Logits and every parameter's gradient of one forward/backward (next-token loss)."""
+    model.zero_grad(set_to_none=True)
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach().clone(), out.loss.detach().clone(), grads
