@@ -100,8 +100,8 @@ class Worker:
                 warnings.simplefilter("ignore", UserWarning)
                 trial = study.ask()
             self.store.heartbeat.hold_trial(study, trial._trial_id)
-        trial.set_user_attr("worker", worker_id())
-        trial.set_user_attr("gpu", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+            trial.set_user_attr("worker", worker_id())
+            trial.set_user_attr("gpu", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         return trial
 
     def next_step(self, study) -> str:
