@@ -18,17 +18,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class GemmConfig:
-    """Tile shape, cluster, schedule and pipelining of one GEMM launch.
+    """Tile shape, cluster, schedule and pipelining of one GEMM launch (the values each
+    field may take, and what they mean for the hardware, are the arch's: e.g.
+    cute_kernels/sm90/config.py).
 
-    tile_m: rows of C per CTA tile. Cooperative: 128 (two consumer warpgroups of 64
-        rows). Ping-pong: 64 or 128 (each consumer warpgroup owns a whole tile, so 128
-        rows take as many accumulator registers as a 128x(2 tile_n) cooperative tile).
-    tile_n, tile_k: columns of C and depth of one pipeline stage.
+    tile_m, tile_n: rows and columns of C per CTA tile; tile_k: depth of one pipeline stage.
     cluster_m, cluster_n: CTAs per cluster; A is multicast along cluster_n, B along
         cluster_m.  Grouped problems round each expert's M tiles up to a multiple of
         cluster_m, so the CTAs sharing B always work on one expert.
-    schedule: "cooperative" (two warpgroups split one tile) or "pingpong" (the two
-        warpgroups alternate tiles so one's epilogue overlaps the other's mainloop).
+    schedule: how the MMA threads share tiles: "cooperative" (they split one tile) or
+        "pingpong" (two groups alternate tiles so one's epilogue overlaps the other's mainloop).
     raster: "n" walks a band of `swizzle` M tiles along N; "m" walks a band of
         `swizzle` N tiles along M.
     ab_stages: operand pipeline depth; 0 takes as many as fit in shared memory.
@@ -57,16 +56,6 @@ class GemmConfig:
         if unknown:
             raise ConfigError(f"unknown GemmConfig fields: {sorted(unknown)}")
         return cls(**d)
-
-    @property
-    def warpgroup_tile_m(self) -> int:
-        """Rows of the accumulator one consumer warpgroup holds."""
-        return self.tile_m // 2 if self.schedule == "cooperative" else self.tile_m
-
-    @property
-    def epi_m(self) -> int:
-        """Rows of one epilogue sub-tile (a whole CTA tile for cooperative, a warpgroup's tile for ping-pong)."""
-        return self.tile_m
 
     @property
     def cluster_size(self) -> int:

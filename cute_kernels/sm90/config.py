@@ -47,7 +47,14 @@ FP32_ACCUMULATE_WIDE_EPI_MAX_ACC_REGS = 96
 
 def acc_regs(cfg: GemmConfig) -> int:
     """Accumulator registers per consumer thread."""
-    return cfg.warpgroup_tile_m * cfg.tile_n // 128
+    return warpgroup_tile_m(cfg) * cfg.tile_n // 128
+
+
+def warpgroup_tile_m(cfg: GemmConfig) -> int:
+    """Rows of the accumulator one consumer warpgroup holds: a cooperative tile splits its
+    128 rows between two warpgroups of 64; a ping-pong warpgroup owns its whole tile (64 or
+    128 rows: 128 take as many accumulator registers as a 128x(2 tile_n) cooperative tile)."""
+    return cfg.tile_m // 2 if cfg.schedule == "cooperative" else cfg.tile_m
 
 
 def epilogue_misfit(cfg: GemmConfig, epi, *, out_bytes: int = 2, grouped_k: bool = False) -> str | None:
@@ -93,7 +100,7 @@ def smem_bytes(cfg: GemmConfig, *, ab_stages: int, num_outputs: int, elem_bytes:
     (`elem_bytes`: operand element size; `out_bytes`: output element size)."""
     ab = ab_stages * (cfg.tile_m + cfg.tile_n) * cfg.tile_k * elem_bytes
     epi_buffers = num_outputs * cfg.epi_stages * (2 if cfg.schedule == "pingpong" else 1)
-    epi = epi_buffers * cfg.epi_m * cfg.epi_n * out_bytes
+    epi = epi_buffers * cfg.tile_m * cfg.epi_n * out_bytes  # a sub-tile spans the tile's (or warpgroup's) rows
     return ab + epi + SMEM_RESERVED
 
 
