@@ -57,14 +57,16 @@ class ScaledTanhSReLU(Activation):
         q = cute.arch.rcp_approx(e + Float32(1.0))
         return (Float32(1.0) - Float32(2.0) * q) * Float32(self.s), q
 
-    def forward(self, x):
+    def _value(self, v):
+        """f of one Float32 as the forward computes it (tanh.approx)."""
         import cutlass.cute as cute
         from cutlass import Float32
 
-        def f(v):
-            u = cute.math.tanh(self._z(v), approx=True) * Float32(self.s)
-            return u * u
-        return map_elements(f, x)
+        u = cute.math.tanh(self._z(v), approx=True) * Float32(self.s)
+        return u * u
+
+    def forward(self, x):
+        return map_elements(self._value, x)
 
     def backward(self, d, x):
         from cutlass import Float32
@@ -76,6 +78,8 @@ class ScaledTanhSReLU(Activation):
         def value(v):
             u, _ = self._uq(v)
             return u * u
+        # the forward's tanh.approx here as well spills (16-24 bytes at 96-128 accumulator
+        # registers, sm_90a 2026-12-02): a recomputed postact agrees with FC1's to ~2^-11, not bitwise
         return map_elements(grad, d, x), map_elements(value, x)
 
     def row_term(self, d, x):

@@ -52,14 +52,19 @@ def aux_depth(mAux, frag_size: int, inflight_bytes: int) -> int:
     return 2 if frag_bytes <= inflight_bytes else 1
 
 
-def visit_subtile(epi, frag, frag_shape, frag_size: int, *, row_scales=None, row_of=None, aux=None, row_sums=None):
+def visit_subtile(epi, frag, frag_shape, frag_size: int, *, row_scales=None, row_of=None, aux=None, row_sums=None,
+                  out_dtype=None):
     """One epilogue sub-tile through the epilogue's hooks.
 
     frag: the fp32 accumulator fragment (registers); row_scales: the thread's per-row
     scales (epilogues reading `row_scale`), row_of[v] the row index of element v; aux: the
     epilogue input (`aux_input`), any dtype, or a zero-argument callable returning it (called
     where the input is first needed, so the caller's next loads issue in the same place); row_sums: the thread's per-row partials
-    (`row_sum`), updated in place.  Returns the fp32 output fragments, in `epi.outputs` order."""
+    (`row_sum`), updated in place; out_dtype: the outputs' dtype.  The forward activation
+    epilogue applies f to the accumulator rounded to out_dtype, i.e. to the pre-activation
+    as it is stored: a later recompute of postact from the saved preact (the fused dgrad's,
+    or torch's) then gives the same bits as this forward.  Returns the fp32 output
+    fragments, in `epi.outputs` order."""
     scale_vec = None
     if const_expr(epi.row_scale):
         sfrag = cute.make_rmem_tensor(frag_shape, Float32)
@@ -76,4 +81,7 @@ def visit_subtile(epi, frag, frag_shape, frag_size: int, *, row_scales=None, row
     if const_expr(epi.row_sum):
         for v in range(frag_size):
             row_sums[row_of[v]] = row_sums[row_of[v]] + epi.row_term(frag[v], afrag[v])
-    return epi.apply(frag.load(), scale_vec, aux_vec)
+    acc = frag.load()
+    if const_expr(epi.kind == "act" and out_dtype is not None and out_dtype != Float32):
+        acc = acc.to(out_dtype).to(Float32)
+    return epi.apply(acc, scale_vec, aux_vec)

@@ -576,7 +576,7 @@ class Sm90Gemm:
                         frag[v] = tRS_acc[acc_order[e][v]]
                     outs = visit_subtile(self.epi, frag, frag_shape, frag_size,
                                          row_scales=row_scales if const_expr(self.epi.row_scale) else None,
-                                         row_of=row_of, row_sums=row_sums,
+                                         row_of=row_of, row_sums=row_sums, out_dtype=self.d_dtype,
                                          aux=functools.partial(self._next_aux, aux_q, e, num_epi, mAux, tRS_cEpi,
                                                                frag_shape, frag_size, row_start, row_end, n_tile,
                                                                n_total, expert))
