@@ -17,5 +17,12 @@ from .gemm_ops import fc1_srelu, fc2, fc2_dgrad_dsrelu, weight_grad
 from .mlp import srelu_mlp
 from .modules import GroupedSReLUMLP, SReLUMLP
 
+import logging as _logging
+
+# A library logs, the application decides where to: without a handler of its own, the
+# "cute_kernels" logger would reach Python's last-resort stderr printer when nothing is
+# configured.  logging.basicConfig() (or a handler on this logger) shows its warnings.
+_logging.getLogger("cute_kernels").addHandler(_logging.NullHandler())
+
 __all__ = ["fc1_srelu", "fc2", "fc2_dgrad_dsrelu", "weight_grad", "srelu_mlp", "SReLUMLP", "GroupedSReLUMLP", "GemmConfig", "validate", "default_config",
            "ConfigError", "InputError"]

@@ -125,6 +125,8 @@ class GemmConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GemmConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a GemmConfig is read from a mapping of its fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -168,6 +170,24 @@ def resolved_ab_stages(cfg: GemmConfig, *, num_outputs: int, arch: str = "sm90",
     return min(8, max_ab_stages(cfg, num_outputs=num_outputs, arch=arch, out_bytes=out_bytes))
 
 
+def type_errors(cfg, arch="sm90", **ints) -> list[str]:
+    """What is not of its type: `cfg` must be a GemmConfig whose fields hold ints (not
+    bools or floats) and strs as declared, `arch` a str, `ints` (name -> value) ints.  The
+    value checks of validation_errors assume these types."""
+    if not isinstance(cfg, GemmConfig):
+        return [f"expected a GemmConfig, got {type(cfg).__name__}"]
+    errs = [] if isinstance(arch, str) else [f"arch must be a str, got {type(arch).__name__} {arch!r}"]
+    for f in dataclasses.fields(GemmConfig):
+        v = getattr(cfg, f.name)
+        want = str if f.type in (str, "str") else int
+        if type(v) is not want:  # bool is an int subclass; 256.0 is not an int
+            errs.append(f"{f.name} must be {'a str' if want is str else 'an int'}, got {type(v).__name__} {v!r}")
+    for name, v in ints.items():
+        if type(v) is not int:
+            errs.append(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    return errs
+
+
 def validation_errors(
     cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False,
     grouped_k: bool = False, out_bytes: int = 2,
@@ -178,7 +198,9 @@ def validation_errors(
     is invalid for either grouping alone (grouped tiles are rounded up to whole clusters,
     and a K-grouped ping-pong warpgroup skips by the other tile's own K extent), so they
     change nothing here."""
-    errs: list[str] = []
+    errs = type_errors(cfg, arch, num_outputs=num_outputs, out_bytes=out_bytes)
+    if errs:
+        return errs
     if arch not in SMEM_CAPACITY:
         errs.append(f"unknown arch {arch!r} (known: {sorted(SMEM_CAPACITY)})")
         return errs
