@@ -28,6 +28,8 @@ import logging
 
 import torch
 
+from .mlp_checks import check_mlp_inputs, checked_host_splits
+
 log = logging.getLogger("cute_kernels")
 _announced: set = set()
 
@@ -308,6 +310,9 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     torch.compile the op tags no roles (see `_tag`), so a role policy offloads nothing there."""
     if backend not in ("auto", "cute", "torch"):
         raise ValueError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
+    # the same errors on both paths, before the call counts as a layer for `offload`
+    m_splits = check_mlp_inputs(x, w1, w2, m_splits=m_splits, prob=prob,
+                                fuse_wgrad_accumulation=fuse_wgrad_accumulation)
     if offload is not None:
         from offload import OffloadScheduler
 
@@ -323,13 +328,10 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
         if path not in _announced:
             _announced.add(path)
             log.info("srelu_mlp: using the %s path", path)
-    if fuse_wgrad_accumulation:
-        for w, name in ((w1, "w1"), (w2, "w2")):
-            _main_grad(w, name)
-    if use_cute and isinstance(m_splits, torch.Tensor) and m_splits.is_cuda:
-        splits = m_splits  # read on the GPU by the kernels: no host sync
-    else:
-        splits = _splits_list(m_splits)
+    if use_cute or not isinstance(m_splits, torch.Tensor):
+        splits = m_splits  # a CUDA tensor is read on the GPU by the kernels: no host sync
+    else:  # the torch path reads a CUDA tensor on the host: one sync, so its values are checked
+        splits = checked_host_splits(m_splits, num_experts=w1.size(0), m_total=x.size(0))
     postact, preact = FC1SReLUFunction.apply(x, w1, prob, splits, use_cute, fuse_wgrad_accumulation)
     return FC2DSReLUFunction.apply(postact, preact, prob, w2, splits, recompute_postact, use_cute,
                                    fuse_wgrad_accumulation)
