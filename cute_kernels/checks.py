@@ -120,3 +120,16 @@ def check_prob(prob, *, m_total: int, device):
         _fail(f"prob must be floating point, got {prob.dtype}")
     if prob.device != device:
         _fail(f"prob is on {prob.device}, expected {device}")
+
+
+def check_config(config):
+    """`config=` of a GEMM entry point: None or a GemmConfig whose fields have their types
+    (checked before the config becomes part of a cached kernel key: a list field is
+    unhashable, a float one would reach the DSL)."""
+    if config is None:
+        return
+    from .config import type_errors
+
+    errs = type_errors(config)
+    if errs:
+        _fail(f"config: {'; '.join(errs)}")

@@ -303,3 +303,33 @@ def test_the_fallback_warning_does_not_reach_the_last_resort_printer(root):
     quiet, shown = r.stderr.split("--configured--\n")
     assert quiet == ""
     assert shown.startswith("cute_kernels.config WARNING ignoring tuned configs") and "fc2.yaml" in shown
+
+
+# ----- config= of the GEMM entry points -------------------------------------------------------
+
+@pytest.mark.parametrize("name,value", [(n, v) for n, v in _bad_configs() if isinstance(v, (list, dict, float, str))][:24],
+                         ids=lambda v: repr(v)[:20])
+def test_gemm_config_argument_of_a_wrong_type_is_an_input_error(name, value):
+    from cute_kernels import InputError, checks
+
+    with pytest.raises(InputError, match=f"config: {name}"):
+        checks.check_config(dataclasses.replace(GemmConfig(), **{name: value}))
+    with pytest.raises(InputError, match="expected a GemmConfig"):
+        checks.check_config({"tile_n": 128})
+    checks.check_config(None)
+    checks.check_config(GemmConfig())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [GemmConfig(tile_n=[128]), GemmConfig(tile_n=128.0), "GemmConfig()"], ids=repr)
+def test_gemm_entry_points_reject_a_wrongly_typed_config(cfg):
+    import torch
+
+    from cute_kernels import InputError, fc1_srelu, fc2, weight_grad
+
+    x = torch.randn(256, 128, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(256, 128, device="cuda", dtype=torch.bfloat16)
+    for call in (lambda: fc2(x, w, config=cfg), lambda: fc1_srelu(x, w, config=cfg),
+                 lambda: weight_grad(x, x, config=cfg)):
+        with pytest.raises(InputError, match="config"):
+            call()
