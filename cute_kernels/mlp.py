@@ -28,6 +28,7 @@ import logging
 
 import torch
 
+from .checks import InputError
 from .mlp_checks import check_mlp_inputs, checked_host_splits
 
 log = logging.getLogger("cute_kernels")
@@ -140,7 +141,7 @@ def _use_cute(x, backend: str) -> bool:
         return False
     ok = x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and _is_sm90(x.device.index)
     if backend == "cute" and not ok:
-        raise ValueError("backend='cute' needs bf16/fp16 CUDA tensors on a Hopper (sm90) GPU")
+        raise InputError("backend='cute' needs bf16/fp16 CUDA tensors on a Hopper (sm90) GPU")
     return ok
 
 
@@ -309,7 +310,7 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     says, by role; inside a `with sched.layer(i)` the call belongs to layer i.  Under
     torch.compile the op tags no roles (see `_tag`), so a role policy offloads nothing there."""
     if backend not in ("auto", "cute", "torch"):
-        raise ValueError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
+        raise InputError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
     # the same errors on both paths, before the call counts as a layer for `offload`
     m_splits = check_mlp_inputs(x, w1, w2, m_splits=m_splits, prob=prob,
                                 fuse_wgrad_accumulation=fuse_wgrad_accumulation)

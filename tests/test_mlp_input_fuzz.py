@@ -309,3 +309,16 @@ def test_cuda_m_splits_tensor_values_checked_where_the_torch_path_syncs():
         for backend in ("cute", "torch"):  # shape and dtype: checked on both, no sync needed
             with pytest.raises(InputError, match="m_splits"):
                 srelu_mlp(x, w1, w2, m_splits=t, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["triton", None, 1, "CUTE"])
+def test_unknown_backend_is_an_input_error(backend):
+    x, w1, w2 = _dense()
+    with pytest.raises(InputError, match="backend must be"):
+        srelu_mlp(x, w1, w2, backend=backend)
+
+
+def test_cute_backend_without_a_hopper_gpu_is_an_input_error():
+    x, w1, w2 = _dense(torch.float64)  # float64 on CPU: the kernels take neither
+    with pytest.raises(InputError, match="backend='cute' needs"):
+        srelu_mlp(x, w1, w2, backend="cute")
