@@ -6,9 +6,14 @@
     python -m autotune sweep --preset moe-e8 | --hidden 2688 --ffn 1856 --experts 8 --tokens 16384,32768
     python -m autotune sweep ... --grid            # time the whole space (checks the sampler)
     python -m autotune sweep ... --try cluster=2x1 --trials 3   # the default, this override, one sampled
-    python -m autotune sweep ... --storage sqlite:///studies.db --workers 4   # one process per GPU
+    python -m autotune sweep ... --workers 4 [--gpus 0,1,2,3]      # one process per GPU, one journal file
+    python -m autotune sweep ... --storage postgresql://user@db-host/autotune --workers 8   # on every host
+    python -m autotune sweep ... --simulate [--workers 2]          # no GPU: cost-model times, nothing stored
     python -m autotune show
-    python -m autotune plot --study NAME --storage sqlite:///studies.db --out study.png
+    python -m autotune plot --study NAME [--storage autotune_studies.journal] --out study.png
+
+--trials is each shape's total over all workers and reruns: a rerun resumes the studies and runs
+only the trials they lack (docs/distributed-sweep.md: storages, workers, faults).
 """
 from __future__ import annotations
 
@@ -17,57 +22,148 @@ import os
 import subprocess
 import sys
 
-from . import space
+from . import space, tuner
 from .problem import KERNELS, Problem
 from .shapes import GEMM_SHAPES, MODEL_PRESETS, model_shapes
+from .storage import DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S, DEFAULT_SIMULATED_STORAGE, DEFAULT_STORAGE
 
-DEFAULT_STORAGE = "sqlite:///autotune_studies.db"
 
 
-def problems_from_args(args) -> list[Problem]:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
+def gpu_list(text: str) -> list[str]:
+    """--gpus 0,1,3: the CUDA device indices (or UUIDs) the workers are pinned to."""
+    gpus = [g.strip() for g in text.split(",") if g.strip()]
+    if not gpus:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of GPU indices, e.g. 0,1")
+    return gpus
+
+
+# The operands' contiguous dimension must hold a multiple of 8 bf16/fp16 elements (16-byte rows:
+# cute_kernels.checks.check_matrix refuses anything else).  fc1_srelu / fc2 / fc2_dgrad_dsrelu:
+# x (M, K) and w (N, K) are contiguous along K, the output (M, N) along N; weight_grad: dy (K, M)
+# and x (K, N) along M and N.
+ALIGNED_DIMS = {"fc1_srelu": ("n", "k"), "fc2": ("n", "k"), "fc2_dgrad_dsrelu": ("n", "k"), "weight_grad": ("m", "n")}
+
+
+def shape_error(s: dict) -> str | None:
+    """Why the ops cannot run shape `s` (None: they can)."""
+    for dim in ALIGNED_DIMS[s["kernel"]]:
+        if s[dim] % 8:
+            return (f"{s['kernel']}: {dim.upper()}={s[dim]} must be a multiple of 8 (16-byte aligned bf16/fp16 rows "
+                    f"of the operands)")
+    return None
+
+
+def problems_from_args(args, parser=None) -> list[Problem]:
     from cute_kernels.tuned_store import ShapeKey
+
+    def error(msg):
+        if parser is not None:
+            parser.error(msg)  # exits 2 with the usage line, as argparse does
+        raise SystemExit(msg)
 
     shapes = []
     if args.kernel:
         if args.m is None or args.n is None or args.k is None:
-            raise SystemExit("--kernel needs --m, --n and --k")
+            error("--kernel needs --m, --n and --k")
         shapes.append({"kernel": args.kernel, "m": args.m, "n": args.n, "k": args.k, "experts": args.experts or 0})
     if args.benchmark_shapes:
         shapes += GEMM_SHAPES
     if args.preset or args.hidden:
         if args.preset:
             if args.preset not in MODEL_PRESETS:
-                raise SystemExit(f"unknown preset {args.preset!r}; known: {sorted(MODEL_PRESETS)}")
+                error(f"unknown preset {args.preset!r}; known: {sorted(MODEL_PRESETS)}")
             p = MODEL_PRESETS[args.preset]
         else:
             if not (args.ffn and args.tokens):
-                raise SystemExit("--hidden needs --ffn and --tokens")
-            p = {"hidden": args.hidden, "ffn": args.ffn, "experts": args.experts or 0,
-                 "tokens": [int(t) for t in args.tokens.split(",")]}
+                error("--hidden needs --ffn and --tokens")
+            try:
+                tokens = [positive_int(t) for t in args.tokens.split(",")]
+            except argparse.ArgumentTypeError as e:
+                error(f"argument --tokens: {e}")
+            p = {"hidden": args.hidden, "ffn": args.ffn, "experts": args.experts or 0, "tokens": tokens}
         shapes += model_shapes(**p)
     if not shapes:
-        raise SystemExit("no shapes: give --kernel/--m/--n/--k, --benchmark-shapes, --preset or --hidden/--ffn/--tokens")
+        error("no shapes: give --kernel/--m/--n/--k, --benchmark-shapes, --preset or --hidden/--ffn/--tokens")
     out = []
     for s in shapes:
         if args.only and args.only not in s["kernel"]:
             continue
+        why = shape_error(s)
+        if why:
+            error(why)
         out.append(Problem(s["kernel"], ShapeKey(args.dtype, s["m"], s["n"], s["k"], s.get("experts") or 0)))
+    if not out:
+        error(f"--only {args.only!r} leaves no shape")
     return out
 
 
-def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_version="") -> int:
-    from . import tuner
+def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_version="", parser=None) -> int:
+    from .storage import DEFAULT_SIMULATED_STORAGE, StorageError, open_store
+    from .worker import SweepSpec, Worker
 
-    problems = problems_from_args(args)
+    problems = problems_from_args(args, parser)
+    if args.worker:  # N workers' "new study" lines say nothing the launcher's table does not
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         tries = [space.parse_overrides(t) for t in args.tries]
     except ValueError as exc:
         raise SystemExit(f"--try: {exc}")
-    if args.simulate and runner_factory is None:
-        from .simulate import SimulatedRunner, simulated_timer
+    workers = args.workers or (len(args.gpus) if args.gpus else 1)
+    simulated = args.simulate and runner_factory is None
+    if simulated:
+        from .simulate import SimulatedRunner, make_simulated_timer
 
-        runner_factory, timer, arch, device = SimulatedRunner, simulated_timer, arch or "sm90", "simulated"
-        args.no_write = True
+        runner_factory, timer, arch, device = SimulatedRunner, make_simulated_timer(args.simulate_delay), "sm90", \
+            "simulated"
+    storage = args.storage
+    if storage is None:
+        if simulated:  # never the real sweeps' storage; in memory when one process can hold it
+            storage = DEFAULT_SIMULATED_STORAGE if (workers > 1 or args.worker) else None
+        elif runner_factory is None or workers > 1:
+            storage = DEFAULT_STORAGE
+    try:
+        store = open_store(storage, heartbeat_s=args.heartbeat, grace_s=args.grace)
+    except StorageError as e:
+        raise SystemExit(str(e))
+    if workers == 1 and args.gpus and not args.worker:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus[0]  # before CUDA starts: this process is the worker
+    if workers > 1 and not args.worker:
+        if store.kind == "memory":
+            raise SystemExit("--workers > 1 needs a storage the workers share (--storage FILE.journal or a URL)")
+        return _launch_workers(args, workers, problems, store, arch=arch, simulated=simulated)
     if runner_factory is None:
         try:
             import torch
@@ -89,56 +185,105 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
         arch = device_arch(torch.device("cuda"))
         device = torch.cuda.get_device_name()
         dsl_version = getattr(cutlass, "__version__", "?")
-    storage = args.storage
-    if args.workers > 1 and storage is None:
-        storage = DEFAULT_STORAGE
-    results = []
-    for prob in problems:
-        runner = runner_factory(prob)
-        if args.workers > 1 and not args.worker:
-            # create the study (schema, enqueued default/grid points) before the workers attach
-            study = tuner.open_study(prob, arch, storage, grid=args.grid, seed=args.seed)
-            _run_workers(args, prob, storage)
-            res = tuner.finish(study, prob, runner, timer, arch=arch, write=not args.no_write, root=args.root,
-                               device=device, dsl_version=dsl_version, wall_s=0.0)
-        elif args.worker:
-            study = tuner.open_study(prob, arch, storage, grid=args.grid, seed=args.seed + args.worker)
-            if args.grid:  # the grid is shared: each worker takes enqueued points until none are left
-                left = len(space.grid()) - sum(1 for t in study.trials if t.state.is_finished())
-                args.trials = max(0, -(-left // max(1, args.workers_total)))
-            tuner.run_trials(study, prob, runner, timer, args.trials, arch=arch, progress=False)
-            continue
-        else:
-            res = tuner.sweep(prob, runner, timer, arch=arch, storage=storage, n_trials=args.trials, grid=args.grid,
-                              seed=args.seed, write=not args.no_write, root=args.root, device=device,
-                              dsl_version=dsl_version, progress=not args.quiet, compile_workers=args.compile_ahead,
-                              tries=tries)
-        results.append(res)
-        print(tuner.format_results([res]).splitlines()[-1], flush=True)
-    if results:
-        table = tuner.format_results(results)
-        print(table)
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(table + "\n")
+    spec = SweepSpec(arch=arch, trials=args.trials, grid=args.grid, seed=args.seed, tries=tries, simulated=simulated,
+                     write=not args.no_write, root=args.root, device=device, dsl_version=dsl_version,
+                     compile_workers=args.compile_ahead, progress=not args.quiet and not args.worker,
+                     constant_liar=args.workers_total > 1 or workers > 1)
+    worker = Worker(store, spec, runner_factory, timer, index=max(0, args.worker - 1))
+    tag = f"worker {args.worker} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}): " \
+        if args.worker else ""
+
+    def on_result(res, finished_here):
+        if finished_here:
+            print(tag + tuner.format_results([res]).splitlines()[-1], flush=True)
+
+    results = worker.run(problems, on_result=on_result)
+    if args.worker:
+        print(f"{tag}timed {worker.told} trials", flush=True)
+        return 0
+    _report(args, [results.get(p) for p in problems], problems, store, simulated)
     return 0
 
 
-def _run_workers(args, prob: Problem, storage: str):
-    """N worker processes, one per GPU, sharing the study through `storage`."""
+def _report(args, results, problems, store, simulated: bool):
+    from . import tuner
+
+    done = [r for r in results if r is not None]
+    table = tuner.format_results(done)
+    missing = [p.label() for p, r in zip(problems, results) if r is None]
+    if missing:
+        table += "\n\nnot finished: " + "; ".join(missing)
+    print(table)
+    if simulated:
+        n = sum(r.trials for r in done)
+        print(f"simulated sweep (cost-model times, not hardware): {n} trials in studies named 'simulated/...' "
+              f"in {store.describe()}; tuned_configs/ not written", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+
+
+def _launch_workers(args, workers: int, problems, store, *, arch, simulated: bool) -> int:
+    """`workers` processes of this same command, worker i pinned to GPU gpus[i % len(gpus)]
+    (CUDA_VISIBLE_DEVICES), all on `store`; then the table of what they recorded."""
+    from .worker import SweepSpec, load_result
+
+    gpus = args.gpus or _visible_gpus() or ([str(i) for i in range(workers)] if simulated else None)
+    if not gpus:
+        print("autotune sweep --workers needs CUDA GPUs (none visible; --gpus names them).", file=sys.stderr)
+        return 2
+    argv = _strip_worker_args(args.argv)
     procs = []
-    per = max(1, -(-args.trials // args.workers))
-    for i in range(args.workers):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i))
-        cmd = [sys.executable, "-m", "autotune", "sweep", "--kernel", prob.kernel, "--m", str(prob.shape.m),
-               "--n", str(prob.shape.n), "--k", str(prob.shape.k), "--experts", str(prob.shape.experts),
-               "--dtype", prob.shape.dtype, "--trials", str(per), "--storage", storage, "--seed", str(args.seed),
-               "--workers-total", str(args.workers),
-               "--worker", str(i + 1)] + (["--grid"] if args.grid else []) + (["--simulate"] if args.simulate else [])
+    for i in range(workers):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpus[i % len(gpus)])
+        cmd = [sys.executable, "-m", "autotune", "sweep", *argv, "--storage", store.spec,
+               "--worker", str(i + 1), "--workers-total", str(workers)]
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
+    spec = SweepSpec(arch=arch or _worker_arch(), trials=args.trials, grid=args.grid, simulated=simulated)
+    _report(args, [load_result(store, p, spec) for p in problems], problems, store, simulated)
     if any(codes):
-        raise SystemExit(f"autotune workers failed with exit codes {codes}")
+        print(f"autotune workers exited with codes {codes}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in (x.strip() for x in env.split(",")) if g and not g.startswith("-")]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+def _worker_arch() -> str:
+    import torch
+
+    from cute_kernels.gemm_ops import device_arch
+
+    return device_arch(torch.device("cuda"))
+
+
+def _strip_worker_args(argv: list[str]) -> list[str]:
+    """The sweep's own arguments, less those the launcher sets for each worker."""
+    drop = {"--workers", "--gpus", "--storage", "--worker", "--workers-total", "--out"}
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "sweep":
+            continue
+        name = a.split("=", 1)[0]
+        if name in drop:
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out
 
 
 def cmd_show(args) -> int:
@@ -164,19 +309,45 @@ def cmd_show(args) -> int:
             for key, rec in entries.items():
                 try:
                     parse_entry(path, key, rec, kernel=kernel)
-                    rows.append(f"{arch:6s} {kernel:10s} {key:45s} {rec.get('time_ms', '?'):>9} ms  "
-                                f"x{rec.get('speedup', '?')} vs default  {rec.get('device', '?')}  {rec.get('date', '?')}")
                 except TunedConfigError as e:
                     print(f"ERROR {e}")
                     bad += 1
-    print("\n".join(rows) if rows else f"no tuned configs under {root}")
+                    continue
+                rows.append([arch, kernel, key, _num(rec.get("time_ms"), "{:.4f}"), _num(rec.get("speedup"), "{:.3f}x"),
+                             str(rec.get("timing", "?")), str(rec.get("device", "?")), str(rec.get("date", "?"))])
+    if not rows:
+        print(f"no tuned configs under {root}")
+        return 1 if bad else 0
+    header = ["arch", "kernel", "shape", "time ms", "vs default", "timing", "device", "date"]
+    right = {3, 4}  # numbers right-aligned
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    print(line(header))
+    print(line(["-" * w for w in widths]))
+    for r in rows:
+        print(line(r))
     return 1 if bad else 0
+
+
+def _num(v, fmt: str) -> str:
+    try:
+        return fmt.format(float(v))
+    except (TypeError, ValueError):
+        return "?"
 
 
 def cmd_plot(args) -> int:
     from .plot import plot_study
+    from .storage import StorageError
 
-    path = plot_study(args.study, args.storage, args.out)
+    try:
+        path = plot_study(args.study, args.storage, args.out)
+    except StorageError as e:
+        print(f"autotune plot: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0
 
@@ -187,54 +358,73 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sweep", help="tune kernels for shapes and write tuned_configs/")
     s.add_argument("--kernel", choices=KERNELS)
-    s.add_argument("--m", type=int)
-    s.add_argument("--n", type=int)
-    s.add_argument("--k", type=int)
-    s.add_argument("--experts", type=int, default=0)
+    s.add_argument("--m", type=positive_int)
+    s.add_argument("--n", type=positive_int, help="a multiple of 8 (weight_grad: M too)")
+    s.add_argument("--k", type=positive_int, help="a multiple of 8 (not for weight_grad, where K is tokens)")
+    s.add_argument("--experts", type=nonnegative_int, default=0)
     s.add_argument("--benchmark-shapes", action="store_true", help="the shapes of benchmarks/bench_gemm.py")
     s.add_argument("--preset", help=f"model preset: {', '.join(sorted(MODEL_PRESETS))}")
-    s.add_argument("--hidden", type=int)
-    s.add_argument("--ffn", type=int)
+    s.add_argument("--hidden", type=positive_int)
+    s.add_argument("--ffn", type=positive_int)
     s.add_argument("--tokens", help="comma-separated token counts (M)")
     s.add_argument("--only", help="only kernels whose name contains this")
     s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    s.add_argument("--trials", type=int, default=None, help="trials per shape (default 24)")
+    s.add_argument("--trials", type=positive_int, default=None,
+                   help="trials per shape, in total over all workers and reruns (default 24)")
     s.add_argument("--grid", action="store_true", help="time every config of the space")
     s.add_argument("--try", dest="tries", action="append", default=[], metavar="PARAMS",
                    help="also try this override of the default first, e.g. 'tile_n=256,cluster=2x1' (repeatable)")
-    s.add_argument("--storage", default=None, help=f"Optuna storage URL (default {DEFAULT_STORAGE}); resumable")
-    s.add_argument("--workers", type=int, default=1, help="worker processes, one per GPU, sharing --storage")
+    s.add_argument("--storage", default=None,
+                   help=f"where the studies live (resumable): a journal file path (default {DEFAULT_STORAGE}; "
+                        "several processes on one host), postgresql://user@host:port/db (several hosts) or "
+                        "sqlite:///FILE (one process); see docs/distributed-sweep.md")
+    s.add_argument("--workers", type=positive_int, default=None,
+                   help="worker processes sharing --storage, each pinned to one GPU (default: one per --gpus, else 1)")
+    s.add_argument("--gpus", type=gpu_list, default=None,
+                   help="comma-separated GPUs the workers take round-robin (default: CUDA_VISIBLE_DEVICES, else all)")
+    s.add_argument("--heartbeat", type=positive_float, default=DEFAULT_HEARTBEAT_S,
+                   help="seconds between a worker's heartbeats for the trials it holds")
+    s.add_argument("--grace", type=positive_float, default=DEFAULT_GRACE_S,
+                   help="seconds without a heartbeat after which a trial's worker counts as dead (trial failed, "
+                        "retried once)")
     s.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     s.add_argument("--workers-total", type=int, default=1, help=argparse.SUPPRESS)
     s.add_argument("--timing", choices=["burst", "sustained"], default="burst",
                    help="burst: short L2-flushed batches (boost clocks); sustained: 0.4 s back to back "
                         "at the power limit, as training runs (slower sweeps; the tuned entry records it)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--compile-ahead", type=int, default=1, help="configs compiled ahead on threads while timing")
+    s.add_argument("--compile-ahead", type=positive_int, default=1, help="configs compiled ahead on threads while timing")
     s.add_argument("--no-write", action="store_true", help="do not write tuned_configs/")
     s.add_argument("--root", help="tuned_configs folder to write (default: the package's)")
     s.add_argument("--out", help="also write the final table here")
     s.add_argument("--quiet", action="store_true")
-    s.add_argument("--simulate", action="store_true", help="no GPU: synthetic times from a cost model; writes nothing")
+    s.add_argument("--simulate", action="store_true",
+                   help="no GPU: synthetic times from a cost model; studies named 'simulated/...' in memory (or "
+                        f"{DEFAULT_SIMULATED_STORAGE} with --workers), tuned_configs/ never written")
+    s.add_argument("--simulate-delay", type=float, default=0.0, metavar="S",
+                   help="with --simulate: each timed trial sleeps S seconds (to test workers and faults)")
     sh = sub.add_parser("show", help="list tuned configs")
     sh.add_argument("--root")
     pl = sub.add_parser("plot", help="PNG of a study: time per trial, best so far, parameter importances")
     pl.add_argument("--study", required=True)
-    pl.add_argument("--storage", default=DEFAULT_STORAGE)
+    pl.add_argument("--storage", default=DEFAULT_STORAGE, help=f"journal path or URL (default {DEFAULT_STORAGE})")
     pl.add_argument("--out", required=True)
     return p
 
 
 def main(argv=None, **inject) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
     if args.cmd == "sweep":
         if args.trials is None:
-            from .tuner import DEFAULT_TRIALS
-
-            args.trials = DEFAULT_TRIALS
-        if args.storage is None and not inject:
-            args.storage = DEFAULT_STORAGE
-        return cmd_sweep(args, **inject)
+            args.trials = tuner.DEFAULT_TRIALS
+        if args.simulate_delay < 0:
+            parser.error(f"argument --simulate-delay: must be 0 or more, got {args.simulate_delay}")
+        if not args.grace > args.heartbeat:
+            parser.error(f"--grace ({args.grace}) must be longer than --heartbeat ({args.heartbeat})")
+        return cmd_sweep(args, parser=parser, **inject)
     if args.cmd == "show":
         return cmd_show(args)
     return cmd_plot(args)

@@ -12,7 +12,16 @@ def plot_study(study_name: str, storage: str, out: str) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("plotting needs matplotlib: pip install 'cute-kernels[plot]'") from None
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    from .storage import StorageError, open_store
+
+    store = open_store(storage, create=False)  # a missing journal/SQLite file is an error, not created
+    try:
+        study = optuna.load_study(study_name=study_name, storage=store.storage)
+    except KeyError:
+        names = optuna.get_all_study_names(store.storage)
+        near = [n for n in names if study_name.split("/")[0] in n][:5] or names[:5]
+        raise StorageError(f"no study {study_name!r} in {store.describe()}"
+                           + (f" (it has {len(names)}, e.g. {', '.join(near)})" if names else " (it has none)")) from None
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = [t.number for t in done]

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 
 from cute_kernels.tuned_store import ShapeKey
 
+from cute_kernels.reference import random_splits
+
 from .shapes import even_splits
 
-KERNELS = ("fc1_srelu", "fc2", "fc2_dgrad_dsrelu", "weight_grad")
+from cute_kernels.registry import KERNELS as _REGISTRY
+
+KERNELS = tuple(_REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class Problem:
     @property
     def constraints(self) -> dict:
         """validation_errors keywords: outputs and how experts are grouped (M or K)."""
-        from cute_kernels.config import kernel_constraints
+        from cute_kernels.registry import kernel_constraints
 
         return kernel_constraints(self.kernel, self.shape.experts)
 
@@ -42,7 +46,7 @@ class Problem:
         return self.constraints["num_outputs"]
 
     def default_config(self):
-        from cute_kernels.config import kernel_default_config
+        from cute_kernels.registry import kernel_default_config
 
         s = self.shape
         return kernel_default_config(self.kernel, s.m, s.n, s.k, s.experts)
@@ -100,7 +104,7 @@ class GpuRunner:
         t_small = 389 if not s.experts else max(389, 3 * s.experts)
         self.xs = torch.randn(t_small, s.m, device="cuda", generator=g).to(self.dtype)
         self.ws = torch.randn(t_small, s.n, device="cuda", generator=g).to(self.dtype)
-        self.splits_small = _random_splits(t_small, s.experts, g) if s.experts else None
+        self.splits_small = random_splits(t_small, s.experts, g) if s.experts else None
 
     def _init_dgrad(self, s, g):
         """dy (M, K=hidden), w2 ([E,] K, N=ffn) in nn.Linear layout, preact (M, N)."""
@@ -115,7 +119,7 @@ class GpuRunner:
         self.xs = (torch.randn(m_small, s.k, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
         self.ws = (torch.randn(*wshape, device="cuda", generator=g) / s.k ** 0.25).to(self.dtype)
         self.pre_small = torch.randn(m_small, s.n, device="cuda", generator=g).to(self.dtype)
-        self.splits_small = _random_splits(m_small, s.experts, g) if s.experts else None
+        self.splits_small = random_splits(m_small, s.experts, g) if s.experts else None
 
     def _call(self, x, w, splits, cfg):
         import cute_kernels as ck
@@ -130,81 +134,30 @@ class GpuRunner:
         return ck.fc2(x, w, m_splits=splits, config=cfg)
 
     def prepare(self, cfg):
+        """Compile the kernel the op launches for this problem with `cfg` (the registry's
+        epilogue and operand majorness: what `timed` runs)."""
         import cute_kernels.compile as cc
-        from cute_kernels.epilogue import EpilogueSpec
-
-        epi = {"fc1_srelu": EpilogueSpec("srelu", store_preact=True),
-               "fc2_dgrad_dsrelu": EpilogueSpec("dsrelu")}.get(self.problem.kernel, EpilogueSpec("identity"))
         from cute_kernels.gemm_ops import device_arch
+        from cute_kernels.registry import kernel_key
 
-        c = self.problem.constraints
-        # operand majorness as the ops pass them: weight_grad reads dy^T, x^T (M-, N-major);
-        # the dgrad reads w2 transposed (N-major)
-        majors = {"weight_grad": ("m", "n"), "fc2_dgrad_dsrelu": ("k", "n")}.get(self.problem.kernel, ("k", "k"))
-        key = cc.KernelKey(device_arch(self.x.device), cfg, epi, c["grouped"], self.problem.shape.dtype, *majors,
-                           grouped_k=c["grouped_k"])
-        cc.get_compiled(key)
+        s = self.problem.shape
+        cc.get_compiled(kernel_key(self.problem.kernel, device_arch(self.x.device), cfg, s.dtype, s.experts))
 
     def check(self, cfg) -> float:
         import torch
 
+        from cute_kernels.reference import rel_err
+        from cute_kernels.registry import get_kernel
+
         out = self._call(self.xs, self.ws, self.splits_small, cfg)
-        if self.problem.kernel in ("weight_grad", "fc2_dgrad_dsrelu"):
-            if self.problem.kernel == "weight_grad":
-                ref = _wgrad_reference(self.xs, self.ws, self.splits_small)
-            else:  # d = dy @ w2 per expert, dpreact = 2 d relu(preact)
-                ref = 2 * _rows_reference(self.xs, self.ws, self.splits_small) * torch.relu(self.pre_small.float())
-            if not torch.isfinite(out).all():
-                return float("inf")
-            return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-        if self.splits_small is None:
-            ref = self.xs.float() @ self.ws.float().t()
+        ref_fn = get_kernel(self.problem.kernel).reference
+        if self.problem.kernel == "fc2_dgrad_dsrelu":
+            ref = ref_fn(self.xs, self.ws, self.pre_small, self.splits_small)
         else:
-            parts, start = [], 0
-            for e, n in enumerate(self.splits_small):
-                parts.append(self.xs[start:start + n].float() @ self.ws[e].float().t())
-                start += n
-            ref = torch.cat(parts)
-        if self.problem.kernel == "fc1_srelu":
-            ref = torch.relu(ref).square()
+            ref = ref_fn(self.xs, self.ws, self.splits_small)
         if not torch.isfinite(out).all():
             return float("inf")
-        return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+        return rel_err(out, ref)
 
     def timed(self, cfg):
         return lambda: self._call(self.x, self.w, self.splits, cfg)
-
-
-def _random_splits(total: int, experts: int, g) -> list[int]:
-    """Uneven per-expert counts summing to `total` (empty experts likely)."""
-    import torch
-
-    cuts = torch.randint(0, total + 1, (experts - 1,), generator=g, device="cuda").sort().values.tolist()
-    bounds = [0] + cuts + [total]
-    return [bounds[i + 1] - bounds[i] for i in range(experts)]
-
-
-def _wgrad_reference(dy, x, splits):
-    """fp32 dy^T x, or per expert (zeros for an empty one)."""
-    import torch
-
-    if splits is None:
-        return dy.float().t() @ x.float()
-    out, start = [], 0
-    for n in splits:
-        out.append(dy[start:start + n].float().t() @ x[start:start + n].float())
-        start += n
-    return torch.stack(out)
-
-
-def _rows_reference(x, w, splits):
-    """fp32 x @ w, or per expert (rows of expert e times w[e])."""
-    import torch
-
-    if splits is None:
-        return x.float() @ w.float()
-    out, start = [], 0
-    for e, n in enumerate(splits):
-        out.append(x[start:start + n].float() @ w[e].float())
-        start += n
-    return torch.cat(out)

@@ -1,10 +1,14 @@
 """A stand-in runner and timer for trying the tuner without a GPU (`--simulate`).
 
 Times come from a fixed synthetic cost model of the config, not from hardware; the
-CLI marks such sweeps and never writes their winners to tuned_configs/.  Used by the
-CPU tests of the CLI and of the multi-process (`--workers`) path.
+CLI names their studies "simulated/..." (in memory, or autotune_simulated.journal with
+--workers) and never writes their winners to tuned_configs/.  `--simulate-delay S` makes each
+timed trial sleep, so worker faults can be staged (kill -9 mid-trial).  Used by the CPU tests
+of the CLI and of the multi-worker path.
 """
 from __future__ import annotations
+
+import time
 
 
 def simulated_cost_ms(cfg) -> float:
@@ -31,3 +35,15 @@ class SimulatedRunner:
 
 def simulated_timer(fn) -> float:
     return simulated_cost_ms(fn)
+
+
+def make_simulated_timer(delay_s: float = 0.0):
+    """The cost-model timer; each call sleeps `delay_s` first (a trial that takes time)."""
+    if not delay_s:
+        return simulated_timer
+
+    def timer(fn) -> float:
+        time.sleep(delay_s)
+        return simulated_cost_ms(fn)
+
+    return timer

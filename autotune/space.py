@@ -1,69 +1,39 @@
-"""The search space of the GEMM config (`cute_kernels.GemmConfig`) for Optuna.
+"""The search space of the GEMM config for Optuna, per arch.
 
-Parameters are the config's real knobs.  `tile_m` follows from the schedule value
-(cooperative 128; "pingpong" 64-row and "pingpong128" 128-row ping-pong tiles), so it is
-not searched on its own.  Dense and grouped problems
-search one space (a grouped 2x1 cluster keeps both CTAs on one expert).  `GRID` lists
-the values of each parameter; TPE samples from the same lists and `--grid` times their
-full product.
+Each arch owns its grid and the mapping between parameters and `GemmConfig`
+(`cute_kernels/<arch>/space.py`, found through `cute_kernels.archs`); this module samples
+from it.  TPE samples from the grid's value lists and `--grid` times their full product.
 """
 from __future__ import annotations
 
 import itertools
 
+from cute_kernels.archs import arch_space
 from cute_kernels.config import GemmConfig
 
-GRID = {
-    "tile_n": [128, 192, 256],
-    "cluster": ["1x1", "1x2", "2x1"],
-    "schedule": ["cooperative", "pingpong", "pingpong128"],
-    "raster": ["n", "m"],
-    "swizzle": [1, 4, 8],
-    "epi_n": [32, 64],
-    "epi_stages": [2, 3, 4],
-}
 
-# schedule value -> (GemmConfig.schedule, tile_m)
-SCHEDULE_VALUES = {"cooperative": ("cooperative", 128), "pingpong": ("pingpong", 64), "pingpong128": ("pingpong", 128)}
+def grid_values(arch: str = "sm90") -> dict:
+    """Parameter name -> the values searched on `arch`."""
+    return arch_space(arch).GRID
 
 
-def to_config(params: dict) -> GemmConfig:
-    cm, cn = (int(v) for v in params["cluster"].split("x"))
-    schedule, tile_m = SCHEDULE_VALUES[params["schedule"]]
-    return GemmConfig(
-        tile_m=tile_m,
-        tile_n=int(params["tile_n"]),
-        cluster_m=cm,
-        cluster_n=cn,
-        schedule=schedule,
-        raster=params["raster"],
-        swizzle=int(params["swizzle"]),
-        epi_n=int(params["epi_n"]),
-        epi_stages=int(params["epi_stages"]),
-    )
+def to_config(params: dict, arch: str = "sm90") -> GemmConfig:
+    return arch_space(arch).to_config(params)
 
 
-def to_params(cfg: GemmConfig) -> dict:
-    """The parameters of `cfg` (for enqueuing the default config as the first trial)."""
-    return {
-        "tile_n": cfg.tile_n,
-        "cluster": f"{cfg.cluster_m}x{cfg.cluster_n}",
-        "schedule": next((v for v, st in SCHEDULE_VALUES.items() if st == (cfg.schedule, cfg.tile_m)), cfg.schedule),
-        "raster": cfg.raster,
-        "swizzle": cfg.swizzle,
-        "epi_n": cfg.epi_n,
-        "epi_stages": cfg.epi_stages,
-    }
+def to_params(cfg: GemmConfig, arch: str = "sm90") -> dict:
+    return arch_space(arch).to_params(cfg)
 
 
-def parse_overrides(text: str) -> dict:
+def parse_overrides(text: str, arch: str = "sm90") -> dict:
     """'tile_n=256,cluster=2x1' -> parameters of the space (each name and value checked)."""
+    values = grid_values(arch)
     out = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = item.partition("=")
-        if name not in GRID:
-            raise ValueError(f"unknown parameter {name!r} in {text!r}; known: {sorted(GRID)}")
-        choices = GRID[name]
+        if name not in values:
+            raise ValueError(f"unknown parameter {name!r} in {text!r}; known: {sorted(values)}")
+        choices = values[name]
         typed = type(choices[0])(value)
         if typed not in choices:
             raise ValueError(f"{name}={value} is not in the space {choices}")
@@ -71,15 +41,17 @@ def parse_overrides(text: str) -> dict:
     return out
 
 
-def in_space(cfg: GemmConfig) -> bool:
-    p = to_params(cfg)
-    return all(p[k] in GRID[k] for k in GRID) and to_config(p) == cfg
+def in_space(cfg: GemmConfig, arch: str = "sm90") -> bool:
+    values = grid_values(arch)
+    p = to_params(cfg, arch)
+    return all(p[k] in values[k] for k in values) and to_config(p, arch) == cfg
 
 
-def suggest(trial) -> GemmConfig:
-    return to_config({name: trial.suggest_categorical(name, values) for name, values in GRID.items()})
+def suggest(trial, arch: str = "sm90") -> GemmConfig:
+    return to_config({name: trial.suggest_categorical(name, v) for name, v in grid_values(arch).items()}, arch)
 
 
-def grid() -> list[dict]:
-    names = list(GRID)
-    return [dict(zip(names, vals)) for vals in itertools.product(*(GRID[n] for n in names))]
+def grid(arch: str = "sm90") -> list[dict]:
+    values = grid_values(arch)
+    names = list(values)
+    return [dict(zip(names, vals)) for vals in itertools.product(*(values[n] for n in names))]

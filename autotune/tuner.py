@@ -47,6 +47,8 @@ class SweepResult:
     wall_s: float
     pruned_reasons: dict = field(default_factory=dict)
     note: str = ""
+    written: str | None = None  # the YAML file the winner went to (None: nothing written)
+    failed: int = 0  # FAIL trials (a dead worker's, each retried; or a timing that raised)
 
     @property
     def speedup(self) -> float | None:
@@ -55,26 +57,39 @@ class SweepResult:
         return None
 
 
-def make_sampler(grid: bool, seed: int):
+def make_sampler(grid: bool, seed: int, constant_liar: bool = False):
+    """`constant_liar`: TPE treats other workers' running trials as bad, so parallel workers
+    do not all sample the same promising config."""
     if grid:  # the grid points are enqueued; the sampler only fills the (absent) rest
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True, constant_liar=constant_liar)
 
 
-def make_storage(storage: str | None):
-    """An Optuna storage; SQLite files wait on each other's locks (several worker processes)."""
-    if storage and storage.startswith("sqlite:"):
-        return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 120}})
-    return storage
+def make_storage(storage):
+    """An Optuna storage: an autotune.storage.Store's, or what a URL / journal path opens."""
+    if storage is None or not isinstance(storage, str):
+        return getattr(storage, "storage", storage)
+    from .storage import open_store
+
+    return open_store(storage).storage
 
 
-def open_study(problem: Problem, arch: str, storage: str | None, *, grid: bool, seed: int, tries=()):
+def study_name(problem: Problem, arch: str, *, grid: bool = False, simulated: bool = False) -> str:
+    """Simulated sweeps get their own names ("simulated/..."), so a real sweep never resumes
+    a study holding cost-model times, whatever storage both were pointed at."""
+    return ("simulated/" if simulated else "") + problem.study_name(arch) + ("/grid" if grid else "")
+
+
+def open_study(problem: Problem, arch: str, storage, *, grid: bool, seed: int, tries=(), simulated: bool = False,
+               constant_liar: bool = False):
     """Create or load the problem's study.  A new one gets the default config as its
-    first trial, then `tries` (parameter overrides of the default, e.g. {"cluster": "2x1"})."""
-    name = problem.study_name(arch) + ("/grid" if grid else "")
+    first trial, then `tries` (parameter overrides of the default, e.g. {"cluster": "2x1"}).
+    `storage`: None (in memory), a URL or journal path, or an autotune.storage.Store (whose
+    claim lock the caller holds when several workers may open the study at once)."""
+    name = study_name(problem, arch, grid=grid, simulated=simulated)
     storage = make_storage(storage)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
-                                sampler=make_sampler(grid, seed), load_if_exists=True)
+                                sampler=make_sampler(grid, seed, constant_liar), load_if_exists=True)
     if grid:
         seen = {tuple(sorted(t.params.items())) for t in study.trials if t.state.is_finished()}
         for params in space.grid():
@@ -98,15 +113,26 @@ def _finished_elsewhere(study, trial) -> bool:
 
 
 def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: str, progress: bool = True,
-               compile_workers: int = 1, check_tol: float = 1e-2):
+               compile_workers: int = 1, check_tol: float = 1e-2, claim=None, release=None) -> int:
     """Ask/tell loop: compile the next candidates on threads while timing the current one.
+
+    `claim()` (default: `study.ask()` while fewer than `n_trials` were asked) gives the next
+    trial or None when the study's budget is spent (autotune/worker.py claims under a lock
+    shared by all workers); `release(trial)` runs once the trial is told.  A trial whose
+    timing raises is told FAIL (the error in its "error" attribute) before the error goes on;
+    trials asked ahead and not yet timed are told FAIL ("interrupted") then too.
 
     Sustained timing paces its calls from the host, and a DSL compile holds the GIL for long
     stretches of C++ (H100, 2026-11-25: calls timed next to a compile read 17-240x slow), so
     under that timer no compile runs while a trial is timed (`quiet`); burst timing queues
-    GPU sleep ahead of each batch and takes a median, and keeps the overlap."""
+    GPU sleep ahead of each batch and takes a median, and keeps the overlap.  Returns how many
+    trials it told."""
     pool = cf.ThreadPoolExecutor(max_workers=max(1, compile_workers))
     quiet = threading.Lock() if getattr(timer, "mode", "burst") == "sustained" else contextlib.nullcontext()
+    if claim is None:
+        claim = study.ask
+    else:
+        n_trials = 1 << 62
 
     def prepare(cfg):
         with quiet:
@@ -122,7 +148,9 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
 
     def ask_one():
         while True:
-            trial = study.ask()
+            trial = claim()
+            if trial is None:
+                return None
             try:
                 cfg = space.suggest(trial)
                 break
@@ -135,14 +163,38 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
             return trial, cfg, "invalid: " + "; ".join(errs)
         return trial, cfg, pool.submit(prepare, cfg)
 
-    asked = 0
+    def tell(trial, *args, **kwargs):
+        try:
+            study.tell(trial, *args, **kwargs)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            # another worker process claimed the same enqueued trial and finished it first, or
+            # a reaper failed it while this worker was starved of heartbeats; optuna reports that
+            # as UpdateFinishedTrialError or, when it sees the finished state before writing,
+            # as ValueError("Cannot tell a COMPLETE trial.")
+            if not _finished_elsewhere(study, trial):
+                raise
+            log.info("trial %d was finished by another worker", trial.number)
+        finally:
+            if release is not None:
+                release(trial)
+
+    asked = told = 0
+    exhausted = False
+    current = None
     try:
-        while asked < n_trials or pending:
+        while (asked < n_trials and not exhausted) or pending:
             # keep `compile_workers` candidates compiling while the oldest one is timed
-            while asked < n_trials and len(pending) <= compile_workers:
-                pending.append(ask_one())
+            while asked < n_trials and not exhausted and len(pending) <= compile_workers:
+                item = ask_one()
+                if item is None:
+                    exhausted = True
+                    break
+                pending.append(item)
                 asked += 1
-            trial, cfg, job = pending.pop(0)
+            if not pending:
+                break
+            current = pending.pop(0)
+            trial, cfg, job = current
             reason = job if isinstance(job, str) else None
             if reason is None:
                 try:
@@ -156,23 +208,23 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
                         reason = f"wrong result: relative error {err:.3e}"
                 except Exception as e:
                     reason = f"check failed: {type(e).__name__}: {str(e)[:300]}"
-            try:
-                if reason is not None:
-                    trial.set_user_attr("pruned", reason)
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                else:
+            if reason is not None:
+                trial.set_user_attr("pruned", reason)
+                tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                try:
                     with quiet:
                         ms = timer(runner.timed(cfg))
-                    study.tell(trial, ms)
-                    if trial.user_attrs.get("default"):
-                        default_ms = ms
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-                # another worker process claimed the same enqueued trial and finished it first;
-                # optuna reports that as UpdateFinishedTrialError or, when it sees the finished
-                # state before writing, as ValueError("Cannot tell a COMPLETE trial.")
-                if not _finished_elsewhere(study, trial):
+                except BaseException as e:
+                    trial.set_user_attr("error", f"{type(e).__name__}: {str(e)[:300]}")
+                    tell(trial, state=optuna.trial.TrialState.FAIL)
+                    current = None
                     raise
-                log.info("trial %d was finished by another worker", trial.number)
+                tell(trial, ms)
+                if trial.user_attrs.get("default"):
+                    default_ms = ms
+            current = None
+            told += 1
             if bar is not None:
                 bar.update(1)
                 try:
@@ -183,16 +235,24 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
                     bar.set_postfix(post)
                 except ValueError:
                     pass
+    except BaseException:
+        for trial, _, _ in ([current] if current is not None else []) + pending:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("error", "interrupted before it was timed")
+                tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
+    return told
 
 
 def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, root: str | None,
-           device: str, dsl_version: str, wall_s: float) -> SweepResult:
+           device: str, dsl_version: str, wall_s: float, skip_reason: str = "--no-write") -> SweepResult:
     """Re-measure the best trial, the default config and the stored entry (if any); store
-    the winner only if it beats the default and the stored entry by MIN_GAIN."""
+    the winner only if it beats the default and the stored entry by MIN_GAIN (`write=False`:
+    never; the note then says `skip_reason`)."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
@@ -200,7 +260,9 @@ def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, ro
     for t in pruned:
         r = t.user_attrs.get("pruned", "?").split(":")[0]
         reasons[r] = reasons.get(r, 0) + 1
-    res = SweepResult(problem, arch, len(trials), len(complete), len(pruned), None, None, None, False, wall_s, reasons)
+    res = SweepResult(problem, arch, len(complete) + len(pruned), len(complete), len(pruned), None, None, None,
+                      False, wall_s, reasons,
+                      failed=sum(1 for t in trials if t.state == optuna.trial.TrialState.FAIL))
     if not complete:
         res.note = "no trial completed"
         return res
@@ -227,9 +289,12 @@ def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, ro
         res.accepted = True
         if write:
             rec = make_record(problem.shape, cfg, time_ms=best_ms, default_time_ms=default_ms, device=device,
-                              dsl_version=dsl_version, date=datetime.date.today().isoformat(), trials=len(trials),
+                              dsl_version=dsl_version, date=datetime.date.today().isoformat(), trials=res.trials,
                               timing=getattr(timer, "mode", "burst"))
-            merge_write(file_path(arch, problem.kernel, root), {problem.shape.key(): rec})
+            res.written = file_path(arch, problem.kernel, root)
+            merge_write(res.written, {problem.shape.key(): rec})
+        else:
+            res.note = f"beats the default; not written ({skip_reason})"
     elif best_ms < default_ms:
         res.note = f"winner within {MIN_GAIN:.0%} of the default on re-measurement (noise): default kept"
     else:
@@ -253,12 +318,21 @@ def sweep(problem: Problem, runner, timer, *, arch: str, storage: str | None, n_
           dsl_version: str = "", progress: bool = True, compile_workers: int = 1, tries=()) -> SweepResult:
     t0 = time.time()
     study = open_study(problem, arch, storage, grid=grid, seed=seed, tries=tries)
-    if grid:
-        done = sum(1 for t in study.trials if t.state.is_finished())
-        n_trials = max(0, len(space.grid()) - done)
+    # a resumed study runs only the trials it still lacks: n_trials is the study's total
+    done = sum(1 for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    n_trials = max(0, (len(space.grid()) if grid else n_trials) - done)
     run_trials(study, problem, runner, timer, n_trials, arch=arch, progress=progress, compile_workers=compile_workers)
     return finish(study, problem, runner, timer, arch=arch, write=write, root=root, device=device,
                   dsl_version=dsl_version, wall_s=time.time() - t0)
+
+
+def stored_text(r: SweepResult) -> str:
+    """The table's "stored" cell: "yes (FILE)" only when a YAML file was written."""
+    if r.written:
+        return "yes"
+    if r.accepted:
+        return f"no ({r.note or 'not written'})"
+    return f"no ({r.note})" if r.note else "no"
 
 
 def format_results(results: list[SweepResult]) -> str:
@@ -268,7 +342,20 @@ def format_results(results: list[SweepResult]) -> str:
         best = f"{r.best_ms:.4f}" if r.best_ms else "-"
         dflt = f"{r.default_ms:.4f}" if r.default_ms else "-"
         sp = f"{r.speedup:.3f}x" if r.speedup else "-"
-        stored = "yes" if r.accepted else f"no ({r.note})" if r.note else "no"
-        lines.append(f"| {r.problem.label()} | {r.trials} ({r.complete}/{r.pruned}) | {best} | {dflt} | {sp} | {stored} | "
-                     f"{r.wall_s:.1f} | {r.best_params} |")
+        failed = f", {r.failed} failed" if r.failed else ""
+        lines.append(f"| {r.problem.label()} | {r.trials} ({r.complete}/{r.pruned}{failed}) | {best} | {dflt} | {sp} | "
+                     f"{stored_text(r)} | {r.wall_s:.1f} | {r.best_params} |")
     return "\n".join(lines)
+
+
+def result_to_dict(r: SweepResult) -> dict:
+    """A JSON-able record of a result (kept as a study attribute by the worker that finished it)."""
+    return {"trials": r.trials, "complete": r.complete, "pruned": r.pruned, "failed": r.failed,
+            "best_params": r.best_params, "best_ms": r.best_ms, "default_ms": r.default_ms, "accepted": r.accepted,
+            "wall_s": r.wall_s, "pruned_reasons": r.pruned_reasons, "note": r.note, "written": r.written}
+
+
+def result_from_dict(problem: Problem, arch: str, d: dict) -> SweepResult:
+    return SweepResult(problem, arch, d["trials"], d["complete"], d["pruned"], d["best_params"], d["best_ms"],
+                       d["default_ms"], d["accepted"], d["wall_s"], d.get("pruned_reasons") or {}, d.get("note", ""),
+                       d.get("written"), d.get("failed", 0))

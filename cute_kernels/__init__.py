@@ -8,13 +8,19 @@ Public API:
 - `weight_grad(dy, x, *, m_splits=None, out=None, accumulate=False)` (dW = dy^T x, per expert when grouped)
 - `srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact=False, fuse_wgrad_accumulation=False,
   backend="auto")`
+- `routed_srelu_experts(hidden, topk_idx, topk_weight, w1, w2, ...)` (a routed MoE layer: sort by expert,
+  grouped op with the router weights as prob, combine; cute_kernels.moe)
 - `SReLUMLP`, `GroupedSReLUMLP` (nn.Modules)
+- `cute_kernels.integrations.transformers.patch_nemotron_h(model)` (Hugging Face Nemotron-H; optional extra)
 - `GemmConfig`, `validate`, `default_config`, `ConfigError`, `InputError`
+- `SReLU`, `ScaledTanhSReLU` (activations: `activation=` of the ops, srelu_mlp and the modules)
 """
+from .activations import ScaledTanhSReLU, SReLU
 from .checks import InputError
 from .config import ConfigError, GemmConfig, default_config, validate
 from .gemm_ops import fc1_srelu, fc2, fc2_dgrad_dsrelu, weight_grad
 from .mlp import srelu_mlp
+from .moe import routed_srelu_experts
 from .modules import GroupedSReLUMLP, SReLUMLP
 
 import logging as _logging
@@ -24,5 +30,6 @@ import logging as _logging
 # configured.  logging.basicConfig() (or a handler on this logger) shows its warnings.
 _logging.getLogger("cute_kernels").addHandler(_logging.NullHandler())
 
-__all__ = ["fc1_srelu", "fc2", "fc2_dgrad_dsrelu", "weight_grad", "srelu_mlp", "SReLUMLP", "GroupedSReLUMLP", "GemmConfig", "validate", "default_config",
+__all__ = ["SReLU", "ScaledTanhSReLU", "fc1_srelu", "fc2", "fc2_dgrad_dsrelu", "weight_grad", "srelu_mlp",
+           "routed_srelu_experts", "SReLUMLP", "GroupedSReLUMLP", "GemmConfig", "validate", "default_config",
            "ConfigError", "InputError"]

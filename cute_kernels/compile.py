@@ -4,8 +4,9 @@ Kernels are compiled once per (arch, config, epilogue, grouping, dtypes, operand
 majorness) with M, N, K, E and leading dimensions symbolic, so a new shape reuses the
 compiled kernel.  Grouping: `grouped` (per-expert row ranges of A and D, one B per
 expert: grouped FC1/FC2 and their data gradients) or `grouped_k` (per-expert ranges
-of the reduction dimension, one D per expert: grouped weight gradients).  Compiling needs no GPU: the arch comes from `CUTE_DSL_ARCH` (set
-here from the requested arch when absent).
+of the reduction dimension, one D per expert: grouped weight gradients).  Compiling needs
+no GPU: each compile passes its key's arch to the DSL (`--gpu-arch`), so one process can
+compile for several arches; the kernel class comes from `cute_kernels.archs`.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import os
 import threading
 from dataclasses import dataclass
 
+from .archs import ARCHS, get_arch, kernel_class
 from .config import ConfigError, GemmConfig, epilogue_misfit, resolved_ab_stages, validate
 from .epilogue import EpilogueSpec
+from .gemm_base.launch_args import GemmArgs
 
-ARCH_TO_DSL = {"sm90": "sm_90a", "sm100": "sm_100a"}
+ARCH_TO_DSL = {name: a.dsl_target for name, a in ARCHS.items()}
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,10 @@ class KernelKey:
 def desc_workspace_words(key: "KernelKey", max_clusters: int) -> int:
     """Int64 words of the grouped_k TMA-descriptor workspace for a launch of at most
     `max_clusters` clusters: per CTA, A and B descriptors (128 B each) in every slot."""
-    from .sm90.gemm import DESC_WORDS, desc_slots
+    from .gemm_base.descriptors import workspace_words
 
     stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
-    return max_clusters * key.cfg.cluster_size * 2 * desc_slots(stages) * DESC_WORDS
+    return workspace_words(max_clusters * key.cfg.cluster_size, stages)
 
 
 _cache: dict[KernelKey, object] = {}
@@ -75,7 +78,7 @@ def _cutlass_dtype(name: str):
     return {"bfloat16": cutlass.BFloat16, "float16": cutlass.Float16, "float32": cutlass.Float32}[name]
 
 
-def fake_arguments(key: KernelKey):
+def fake_arguments(key: KernelKey) -> GemmArgs:
     """Symbolic-shape stand-ins for the kernel's tensors (what `cute.compile` needs)."""
     import cutlass
     import cutlass.cute as cute
@@ -118,7 +121,7 @@ def fake_arguments(key: KernelKey):
     desc_ws = None
     if key.grouped_k:  # per-CTA TMA descriptors (desc_workspace_words)
         desc_ws = make_fake_tensor(cutlass.Int64, (cute.sym_int32(symbol="W"),), (1,), assumed_align=128)
-    return a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws
+    return GemmArgs(a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws)
 
 
 def build_kernel(key: KernelKey):
@@ -127,26 +130,29 @@ def build_kernel(key: KernelKey):
         raise ValueError("a kernel is grouped along M or along K, not both")
     if key.grouped_k and (key.a_major, key.b_major) != ("m", "n"):
         raise ValueError("the K-grouped GEMM takes tokens (K) as the strided dimension: A must be M-major and B N-major")
-    misfit = epilogue_misfit(key.cfg, key.epi, out_bytes=key.out_bytes, grouped_k=key.grouped_k)
+    misfit = epilogue_misfit(key.cfg, key.epi, arch=key.arch, out_bytes=key.out_bytes, grouped_k=key.grouped_k)
     if misfit:
         raise ConfigError(misfit)
     validate(key.cfg, arch=key.arch, num_outputs=key.epi.num_outputs, grouped=key.grouped, grouped_k=key.grouped_k,
              out_bytes=key.out_bytes)
-    if key.arch == "sm90":
-        from .sm90.gemm import Sm90Gemm
+    stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
+    return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages)
 
-        stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
-        return Sm90Gemm(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages)
-    raise NotImplementedError(f"no GEMM kernel for arch {key.arch!r} yet")
+
+def arch_options(arch: str, options: str = "") -> str:
+    """`options` with the DSL target of `arch` (`--gpu-arch`), unless it names one already."""
+    if "--gpu-arch" in options:
+        return options
+    return (options + f" --gpu-arch {get_arch(arch).dsl_target}").strip()
 
 
 def compile_kernel(key: KernelKey, *, options: str = "", tvm_ffi: bool = False):
     """Compile `key` (uncached).  Returns the DSL's compiled callable.
 
     With `tvm_ffi` the callable takes torch tensors and uses the current torch stream:
-    fn(a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws, Int32(max_clusters)).
+    fn(*GemmArgs(...), Int32(max_clusters)).  The target arch is the key's, passed to this
+    compile alone (`--gpu-arch`), whatever CUTE_DSL_ARCH says.
     """
-    os.environ.setdefault("CUTE_DSL_ARCH", ARCH_TO_DSL[key.arch])
     import cutlass
     import cutlass.cute as cute
 
@@ -158,7 +164,7 @@ def compile_kernel(key: KernelKey, *, options: str = "", tvm_ffi: bool = False):
             options = (options + " --enable-tvm-ffi").strip()
         else:
             stream = cute.runtime.make_fake_stream()
-        return cute.compile(kernel, *args, cutlass.Int32(132), stream, options=options)
+        return cute.compile(kernel, *args, cutlass.Int32(132), stream, options=arch_options(key.arch, options))
 
 
 def get_compiled(key: KernelKey):

@@ -1,88 +1,15 @@
 """GEMM kernel configuration: the knobs the kernels take and the autotuner searches.
 
 `GemmConfig` is the one config type of the GEMM family (dense and grouped, every
-epilogue).  `validate` rejects impossible configs with a reason before anything is
-compiled; `default_config` is the heuristic used when nothing is tuned.
+epilogue, every arch): its fields are neutral (tile shape, cluster, schedule, raster,
+pipelining).  What a field may be on an arch, why a config cannot run there, the default
+for a shape and the search grid belong to the arch (`cute_kernels/<arch>/config.py`,
+found through `cute_kernels.archs`); the functions below take `arch=` and dispatch.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
-# Hopper: 227 KiB of dynamic shared memory per CTA (232448 bytes).
-SMEM_CAPACITY = {"sm90": 232448, "sm100": 232448}
-# mbarriers, scheduler scratch and alignment slack.
-SMEM_RESERVED = 1024
-# Registers a consumer thread may spend on accumulators (of the 232 it owns after setmaxnreg):
-# a 128x192 ping-pong tile (192) compiles spill-free with every epilogue; 128x256 (256) cannot.
-MAX_ACC_REGS_PER_THREAD = 192
-# Above this many accumulator registers only 32-column epilogue sub-tiles fit: at epi_n 64 a
-# 128x192 ping-pong dgrad spills 44 bytes (260 with postact), and its FC1 ran at 0.63x of
-# epi_n 32 on the H100 (2.66 vs 1.71 ms, 2026-11-25).
-WIDE_EPI_MAX_ACC_REGS = 128
-
-TILE_N_CHOICES = (64, 128, 192, 256)
-TILE_K_CHOICES = (64, 128)
-CLUSTER_CHOICES = (1, 2)
-SCHEDULES = ("cooperative", "pingpong")
-PINGPONG_TILE_M = (64, 128)
-RASTERS = ("n", "m")
-SWIZZLES = (1, 2, 4, 8)
-EPI_N_CHOICES = (32, 64)
-EPI_STAGE_CHOICES = (2, 3, 4)
-
-
-# Epilogues that keep per-row values next to the accumulator need headroom: above this many
-# accumulator registers per thread ptxas spills (sm_90a, checked by tests/test_compile_sm90.py).
-# The dsrelu row sum (router gradient) keeps its partials and the aux input live; a row scale
-# (router probability) its scales, which a 128x192 ping-pong tile (192 registers) cannot afford.
-ROW_SUM_MAX_ACC_REGS = 96
-ROW_SCALE_MAX_ACC_REGS = 128
-# The K-grouped weight gradient adding into an fp32 main_grad loads a 64-column fp32 sub-tile of
-# it next to the accumulator: above this many accumulator registers ptxas spills at epi_n 64
-# (4 + 12 bytes for the 128x256 c2x1 tuned E=8 entry, sm_90a, 2026-12-01), never at epi_n 32.
-FP32_ACCUMULATE_WIDE_EPI_MAX_ACC_REGS = 96
-
-
-def acc_regs(cfg: "GemmConfig") -> int:
-    """Accumulator registers per consumer thread."""
-    return cfg.warpgroup_tile_m * cfg.tile_n // 128
-
-
-def epilogue_misfit(cfg: "GemmConfig", epi, *, out_bytes: int = 2, grouped_k: bool = False) -> str | None:
-    """Why `cfg`'s accumulator leaves `epi` too few registers, or None when it fits
-    (`out_bytes` of the output, `grouped_k` for the K-grouped weight gradient)."""
-    for wanted, name, limit in ((epi.row_sum, "row-sum", ROW_SUM_MAX_ACC_REGS),
-                                (epi.row_scale, "row-scale", ROW_SCALE_MAX_ACC_REGS)):
-        if wanted and acc_regs(cfg) > limit:
-            return (f"the {name} epilogue needs at most {limit} accumulator registers per thread "
-                    f"(it spills above), {cfg} has {acc_regs(cfg)}")
-    if (epi.accumulate and out_bytes == 4 and grouped_k and cfg.epi_n > 32
-            and acc_regs(cfg) > FP32_ACCUMULATE_WIDE_EPI_MAX_ACC_REGS):
-        return (f"the K-grouped fp32 accumulating epilogue takes epi_n 32 above {FP32_ACCUMULATE_WIDE_EPI_MAX_ACC_REGS} "
-                f"accumulator registers per thread (it spills at epi_n {cfg.epi_n}), {cfg} has {acc_regs(cfg)}")
-    return None
-
-
-def narrowed_for_epilogue(cfg: "GemmConfig", epi, **where) -> "GemmConfig":
-    """`cfg` narrowed until its accumulator fits `epi` (for looked-up configs, tuned without the
-    per-row or accumulating epilogue; `where`: epilogue_misfit's keywords): first 32-column
-    epilogue sub-tiles buffering as many columns, then the widest tile_n dividing its own (so
-    the tuned tile grid is kept), a 128-row ping-pong tile first trying 64 rows at the same tile_n."""
-    if epilogue_misfit(cfg, epi, **where) is None:
-        return cfg
-    if cfg.epi_n > 32:
-        stages = min(max(EPI_STAGE_CHOICES), cfg.epi_stages * cfg.epi_n // 32)
-        narrowed = dataclasses.replace(cfg, epi_n=32, epi_stages=stages)
-        if epilogue_misfit(narrowed, epi, **where) is None:
-            return narrowed
-    rows = (cfg.tile_m, 64) if cfg.schedule == "pingpong" and cfg.tile_m == 128 else (cfg.tile_m,)
-    for tile_n in sorted((t for t in TILE_N_CHOICES if cfg.tile_n % t == 0), reverse=True):
-        for tile_m in rows:
-            narrowed = dataclasses.replace(cfg, tile_m=tile_m, tile_n=tile_n, epi_n=min(cfg.epi_n, tile_n))
-            if tile_n % narrowed.epi_n == 0 and epilogue_misfit(narrowed, epi, **where) is None:
-                return narrowed
-    raise ConfigError(epilogue_misfit(cfg, epi, **where))
 
 
 class ConfigError(ValueError):
@@ -91,17 +18,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class GemmConfig:
-    """Tile shape, cluster, schedule and pipelining of one GEMM launch.
+    """Tile shape, cluster, schedule and pipelining of one GEMM launch (the values each
+    field may take, and what they mean for the hardware, are the arch's: e.g.
+    cute_kernels/sm90/config.py).
 
-    tile_m: rows of C per CTA tile. Cooperative: 128 (two consumer warpgroups of 64
-        rows). Ping-pong: 64 or 128 (each consumer warpgroup owns a whole tile, so 128
-        rows take as many accumulator registers as a 128x(2 tile_n) cooperative tile).
-    tile_n, tile_k: columns of C and depth of one pipeline stage.
+    tile_m, tile_n: rows and columns of C per CTA tile; tile_k: depth of one pipeline stage.
     cluster_m, cluster_n: CTAs per cluster; A is multicast along cluster_n, B along
         cluster_m.  Grouped problems round each expert's M tiles up to a multiple of
         cluster_m, so the CTAs sharing B always work on one expert.
-    schedule: "cooperative" (two warpgroups split one tile) or "pingpong" (the two
-        warpgroups alternate tiles so one's epilogue overlaps the other's mainloop).
+    schedule: how the MMA threads share tiles: "cooperative" (they split one tile) or
+        "pingpong" (two groups alternate tiles so one's epilogue overlaps the other's mainloop).
     raster: "n" walks a band of `swizzle` M tiles along N; "m" walks a band of
         `swizzle` N tiles along M.
     ab_stages: operand pipeline depth; 0 takes as many as fit in shared memory.
@@ -134,40 +60,28 @@ class GemmConfig:
         return cls(**d)
 
     @property
-    def warpgroup_tile_m(self) -> int:
-        """Rows of the accumulator one consumer warpgroup holds."""
-        return self.tile_m // 2 if self.schedule == "cooperative" else self.tile_m
-
-    @property
-    def epi_m(self) -> int:
-        """Rows of one epilogue sub-tile (a whole CTA tile for cooperative, a warpgroup's tile for ping-pong)."""
-        return self.tile_m
-
-    @property
     def cluster_size(self) -> int:
         return self.cluster_m * self.cluster_n
 
 
-def smem_bytes(cfg: GemmConfig, *, ab_stages: int, num_outputs: int, elem_bytes: int = 2, out_bytes: int = 2) -> int:
-    """Shared memory a launch needs: operand stages plus epilogue buffers plus reserve
-    (`elem_bytes`: operand element size; `out_bytes`: output element size)."""
-    ab = ab_stages * (cfg.tile_m + cfg.tile_n) * cfg.tile_k * elem_bytes
-    epi_buffers = num_outputs * cfg.epi_stages * (2 if cfg.schedule == "pingpong" else 1)
-    epi = epi_buffers * cfg.epi_m * cfg.epi_n * out_bytes
-    return ab + epi + SMEM_RESERVED
+def _arch(arch: str):
+    from .archs import arch_config
+
+    return arch_config(arch)
 
 
-def max_ab_stages(cfg: GemmConfig, *, num_outputs: int, arch: str = "sm90", elem_bytes: int = 2, out_bytes: int = 2) -> int:
-    per_stage = (cfg.tile_m + cfg.tile_n) * cfg.tile_k * elem_bytes
-    fixed = smem_bytes(cfg, ab_stages=0, num_outputs=num_outputs, elem_bytes=elem_bytes, out_bytes=out_bytes)
-    return (SMEM_CAPACITY[arch] - fixed) // per_stage
+def validation_errors(cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False,
+                      grouped_k: bool = False, out_bytes: int = 2) -> list[str]:
+    """Every reason `cfg` cannot run on `arch`; empty when it can."""
+    from .archs import ARCHS
 
-
-def resolved_ab_stages(cfg: GemmConfig, *, num_outputs: int, arch: str = "sm90", out_bytes: int = 2) -> int:
-    """The pipeline depth a launch uses: cfg.ab_stages, or as many as fit (at most 8)."""
-    if cfg.ab_stages:
-        return cfg.ab_stages
-    return min(8, max_ab_stages(cfg, num_outputs=num_outputs, arch=arch, out_bytes=out_bytes))
+    errs = type_errors(cfg, arch, num_outputs=num_outputs, out_bytes=out_bytes)
+    if errs:
+        return errs
+    if arch not in ARCHS:
+        return [f"unknown arch {arch!r} (known: {sorted(ARCHS)})"]
+    return _arch(arch).validation_errors(cfg, num_outputs=num_outputs, grouped=grouped, grouped_k=grouped_k,
+                                         out_bytes=out_bytes)
 
 
 def type_errors(cfg, arch="sm90", **ints) -> list[str]:
@@ -188,62 +102,6 @@ def type_errors(cfg, arch="sm90", **ints) -> list[str]:
     return errs
 
 
-def validation_errors(
-    cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False,
-    grouped_k: bool = False, out_bytes: int = 2,
-) -> list[str]:
-    """Every reason `cfg` cannot run; empty when it can.
-
-    `grouped` / `grouped_k` describe the launch (see `kernel_constraints`); today no config
-    is invalid for either grouping alone (grouped tiles are rounded up to whole clusters,
-    and a K-grouped ping-pong warpgroup skips by the other tile's own K extent), so they
-    change nothing here."""
-    errs = type_errors(cfg, arch, num_outputs=num_outputs, out_bytes=out_bytes)
-    if errs:
-        return errs
-    if arch not in SMEM_CAPACITY:
-        errs.append(f"unknown arch {arch!r} (known: {sorted(SMEM_CAPACITY)})")
-        return errs
-    if cfg.schedule not in SCHEDULES:
-        errs.append(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    if cfg.raster not in RASTERS:
-        errs.append(f"raster must be one of {RASTERS}, got {cfg.raster!r}")
-    if cfg.swizzle not in SWIZZLES:
-        errs.append(f"swizzle must be one of {SWIZZLES}, got {cfg.swizzle}")
-    if cfg.tile_n not in TILE_N_CHOICES:
-        errs.append(f"tile_n must be one of {TILE_N_CHOICES}, got {cfg.tile_n}")
-    if cfg.tile_k not in TILE_K_CHOICES:
-        errs.append(f"tile_k must be one of {TILE_K_CHOICES}, got {cfg.tile_k}")
-    if cfg.cluster_m not in CLUSTER_CHOICES or cfg.cluster_n not in CLUSTER_CHOICES:
-        errs.append(f"cluster_m and cluster_n must be in {CLUSTER_CHOICES}, got ({cfg.cluster_m}, {cfg.cluster_n})")
-    if cfg.epi_n not in EPI_N_CHOICES:
-        errs.append(f"epi_n must be one of {EPI_N_CHOICES}, got {cfg.epi_n}")
-    elif cfg.tile_n % cfg.epi_n:
-        errs.append(f"tile_n {cfg.tile_n} is not a multiple of epi_n {cfg.epi_n}")
-    if cfg.epi_stages not in EPI_STAGE_CHOICES:
-        errs.append(f"epi_stages must be one of {EPI_STAGE_CHOICES}, got {cfg.epi_stages}")
-    # A consumer warpgroup holds whole 64-row WGMMA blocks: cooperative tiles split 128 rows
-    # into two of them; a ping-pong warpgroup owns a whole tile of one or two blocks.
-    if cfg.schedule == "cooperative" and cfg.tile_m != 128:
-        errs.append(f"cooperative schedule needs tile_m == 128 (two warpgroups of 64 rows), got {cfg.tile_m}")
-    if cfg.schedule == "pingpong" and cfg.tile_m not in PINGPONG_TILE_M:
-        errs.append(f"ping-pong schedule needs tile_m in {PINGPONG_TILE_M} (one warpgroup per tile), got {cfg.tile_m}")
-    if errs:
-        return errs
-    if acc_regs(cfg) > MAX_ACC_REGS_PER_THREAD:
-        errs.append(f"accumulator needs {acc_regs(cfg)} registers per thread (> {MAX_ACC_REGS_PER_THREAD}): tile too large for one warpgroup")
-    elif acc_regs(cfg) > WIDE_EPI_MAX_ACC_REGS and cfg.epi_n > 32:
-        errs.append(f"epi_n {cfg.epi_n} next to {acc_regs(cfg)} accumulator registers per thread spills (epi_n 32 only "
-                    f"above {WIDE_EPI_MAX_ACC_REGS})")
-    max_stages = max_ab_stages(cfg, num_outputs=num_outputs, arch=arch, out_bytes=out_bytes)
-    if cfg.ab_stages and cfg.ab_stages < 2:
-        errs.append(f"ab_stages must be >= 2 (or 0 for automatic), got {cfg.ab_stages}")
-    if cfg.ab_stages > max_stages or max_stages < 2:
-        need = smem_bytes(cfg, ab_stages=max(cfg.ab_stages, 2), num_outputs=num_outputs, out_bytes=out_bytes)
-        errs.append(f"shared memory: {need} bytes needed, {SMEM_CAPACITY[arch]} available on {arch}")
-    return errs
-
-
 def validate(cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False,
              grouped_k: bool = False, out_bytes: int = 2) -> GemmConfig:
     """Return `cfg` if it can run, else raise ConfigError listing every reason."""
@@ -254,69 +112,38 @@ def validate(cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, group
     return cfg
 
 
-def _tile_n_for(n: int) -> int:
-    """The widest tile_n whose padding waste on N is within 1% of the least waste."""
-    waste = {t: (-(-n // t) * t - n) / n for t in (256, 192, 128)}
-    best = min(waste.values())
-    return max(t for t, w in waste.items() if w <= best + 0.01)
+def epilogue_misfit(cfg: GemmConfig, epi, *, arch: str = "sm90", out_bytes: int = 2, grouped_k: bool = False):
+    """Why `cfg` leaves epilogue `epi` too few registers on `arch`, or None when it fits."""
+    return _arch(arch).epilogue_misfit(cfg, epi, out_bytes=out_bytes, grouped_k=grouped_k)
 
 
-def default_config(m: int, n: int, k: int, *, grouped: bool = False, num_experts: int = 1, num_outputs: int = 1) -> GemmConfig:
-    """Heuristic config for a problem when no tuned entry exists (from the H100 sweep
-    in benchmarks/results/2026-11-24-h100-sweep-run2.log).
-
-    128-row cooperative tiles, tile_n as wide as the padding of N allows.  Dense:
-    B multicast over a 2x1 cluster (best on the large FC1 shapes).  Grouped: A
-    multicast over 1x2 (clusters along M could straddle experts).  Small N or few
-    tiles: narrower tiles, no cluster.
-    """
-    if n <= 64:
-        return GemmConfig(tile_m=128, tile_n=64, cluster_m=1, cluster_n=1)
-    tile_n = _tile_n_for(n) if n > 128 else 128
-    tiles = -(-m // 128) * -(-n // tile_n)
-    if tiles < 132:
-        return GemmConfig(tile_m=128, tile_n=tile_n if tiles >= 66 else 128, cluster_m=1, cluster_n=1)
-    if grouped:
-        return GemmConfig(tile_m=128, tile_n=tile_n, cluster_m=1, cluster_n=2)
-    return GemmConfig(tile_m=128, tile_n=tile_n, cluster_m=2, cluster_n=1)
+def narrowed_for_epilogue(cfg: GemmConfig, epi, *, arch: str = "sm90", **where) -> GemmConfig:
+    """`cfg` narrowed until it fits `epi` on `arch` (for looked-up configs)."""
+    return _arch(arch).narrowed_for_epilogue(cfg, epi, **where)
 
 
-def wgrad_default_config(n: int, k: int, tokens: int, num_experts: int = 1) -> GemmConfig:
-    """Default config of the weight-gradient GEMM (M=n, N=k output, K=tokens), from a
-    six-config sweep on the H100 (2026-11-24, benchmarks/results/mlp/): cooperative
-    128x256 tiles with B multicast over a 2x1 cluster (dense 8192x4096x16384: 1.40 and
-    1.50 ms, 1.01-1.03x cuBLAS; grouped E=8 with 2048 tokens per expert: 0.253-0.258 ms),
-    but 128x192 tiles on a 1x2 cluster when experts have few tokens (E=128, 256 tokens
-    each: 0.77 ms vs 0.80 for 128x256); one 128x128 CTA per tile when tiles are scarce.
-    With few tokens per expert the mainloop is short (four K blocks), so the epilogue
-    buffers hold the whole 128x192 tile (3 x 64 columns): its stores drain during the
-    next tile's mainloop (E=128: 0.688 -> 0.637 ms, H100 2026-11-25)."""
-    short_k = num_experts > 1 and tokens < 1024 * num_experts  # few tokens per expert
-    tile_n = 192 if short_k else 256
-    tiles = -(-n // 128) * -(-k // tile_n) * num_experts
-    if tiles < 132:
-        return GemmConfig(tile_m=128, tile_n=128, cluster_m=1, cluster_n=1)
-    if short_k:
-        return GemmConfig(tile_m=128, tile_n=192, cluster_m=1, cluster_n=2, epi_n=64, epi_stages=3)
-    return GemmConfig(tile_m=128, tile_n=256, cluster_m=2, cluster_n=1)
+def resolved_ab_stages(cfg: GemmConfig, *, num_outputs: int, arch: str = "sm90", out_bytes: int = 2) -> int:
+    """The operand pipeline depth a launch of `cfg` uses on `arch`."""
+    return _arch(arch).resolved_ab_stages(cfg, num_outputs=num_outputs, out_bytes=out_bytes)
 
 
-# How each tunable kernel groups its experts: "m" (row ranges of A and D, one B per
-# expert) or "k" (token ranges along the reduction, one D per expert).
-KERNEL_GROUPING = {"fc1_srelu": "m", "fc2": "m", "fc2_dgrad_dsrelu": "m", "weight_grad": "k"}
+def max_ab_stages(cfg: GemmConfig, *, num_outputs: int, arch: str = "sm90", elem_bytes: int = 2,
+                  out_bytes: int = 2) -> int:
+    return _arch(arch).max_ab_stages(cfg, num_outputs=num_outputs, elem_bytes=elem_bytes, out_bytes=out_bytes)
 
 
-def kernel_constraints(kernel: str, num_experts: int) -> dict:
-    """validation_errors keywords for `kernel` on a problem with `num_experts` (0: dense)."""
-    grouping = KERNEL_GROUPING.get(kernel, "m")
-    return {"num_outputs": 2 if kernel == "fc1_srelu" else 1,
-            "grouped": bool(num_experts) and grouping == "m",
-            "grouped_k": bool(num_experts) and grouping == "k"}
+def smem_bytes(cfg: GemmConfig, *, ab_stages: int, num_outputs: int, arch: str = "sm90", elem_bytes: int = 2,
+               out_bytes: int = 2) -> int:
+    return _arch(arch).smem_bytes(cfg, ab_stages=ab_stages, num_outputs=num_outputs, elem_bytes=elem_bytes,
+                                  out_bytes=out_bytes)
 
 
-def kernel_default_config(kernel: str, m: int, n: int, k: int, num_experts: int = 0) -> GemmConfig:
-    """The untuned config of `kernel` on an (M, N, K[, E]) problem."""
-    if KERNEL_GROUPING.get(kernel) == "k":
-        return wgrad_default_config(m, n, k, max(num_experts, 1))
-    return default_config(m, n, k, grouped=bool(num_experts), num_experts=max(num_experts, 1),
-                          num_outputs=kernel_constraints(kernel, num_experts)["num_outputs"])
+def default_config(m: int, n: int, k: int, *, arch: str = "sm90", grouped: bool = False, num_experts: int = 1,
+                   num_outputs: int = 1) -> GemmConfig:
+    """The untuned config of an M-grouped or dense (M, N, K) problem on `arch`."""
+    return _arch(arch).default_config(m, n, k, grouped=grouped, num_experts=num_experts, num_outputs=num_outputs)
+
+
+def wgrad_default_config(n: int, k: int, tokens: int, num_experts: int = 1, *, arch: str = "sm90") -> GemmConfig:
+    """The untuned config of the (K-grouped) weight-gradient GEMM on `arch`."""
+    return _arch(arch).wgrad_default_config(n, k, tokens, num_experts)

@@ -5,7 +5,7 @@ weight_grad M, N are the gradient's shape and K the token count);
 (2) else the tuned entry with the same dtype, N, K and E whose M is nearest, when its
 M lies in the same power-of-two bucket as this M or an adjacent one (token counts
 vary every step; N, K and E must match exactly); (3) else the kernel's default
-(`config.kernel_default_config`).
+(`registry.kernel_default_config`).
 Results are cached per shape, so the hot path is one dict lookup.  A corrupt or
 invalid YAML entry is logged (file and entry named) and skipped, so a bad file falls
 back to the default instead of failing a training run.  Logger "cute_kernels.config"
@@ -19,7 +19,8 @@ import logging
 import math
 import os
 
-from .config import GemmConfig, kernel_default_config
+from .config import GemmConfig
+from .registry import kernel_default_config
 from .tuned_store import ShapeKey, TunedConfigError, file_path, parse_entry, read_file
 
 log = logging.getLogger("cute_kernels.config")
@@ -79,7 +80,7 @@ def resolve(kernel: str, *, arch: str, dtype: str, m: int, n: int, k: int, num_e
     if near:
         _, tm, cfg = min(near, key=lambda t: (t[0], t[1]))
         return cfg, f"tuned-nearest m={tm}"
-    return kernel_default_config(kernel, m, n, k, num_experts if grouped else 0), "default"
+    return kernel_default_config(kernel, m, n, k, num_experts if grouped else 0, arch=arch), "default"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -16,11 +16,15 @@ import weakref
 import torch
 
 from . import checks
-from .compile import ARCH_TO_DSL, KernelKey, build_kernel, desc_workspace_words, dsl_lock, get_compiled, use_tvm_ffi
+from .archs import arch_of_capability
+from .compile import KernelKey, arch_options, build_kernel, desc_workspace_words, dsl_lock, get_compiled, use_tvm_ffi
 from .config import (ConfigError, GemmConfig, epilogue_misfit, narrowed_for_epilogue, validate, validation_errors,
                      wgrad_default_config)
 from .config_lookup import lookup_config, on_clear, tuned_root
 from .epilogue import EpilogueSpec
+from .gemm_base.launch_args import GemmArgs
+from .activations import resolve_activation
+from .registry import kernel_key
 
 log = logging.getLogger("cute_kernels")
 
@@ -34,10 +38,9 @@ def device_arch(device: torch.device) -> str:
 @functools.lru_cache(maxsize=None)
 def _arch_of(device_index: int) -> str:
     major, minor = torch.cuda.get_device_capability(device_index)
-    if major == 9:
-        return "sm90"
-    if major == 10:
-        return "sm100"
+    arch = arch_of_capability(major)
+    if arch is not None:
+        return arch
     raise checks.InputError(f"no CuTe kernel for compute capability {major}.{minor} on cuda:{device_index}; use backend='torch'")
 
 
@@ -199,13 +202,14 @@ def _kernel_key(kernel_name: str, arch: str, dtype, m: int, n: int, k: int, num_
     if config is None:
         config = lookup_config(kernel_name, arch=arch, dtype=dtype, m=m, n=n, k=k,
                                num_experts=num_experts, num_outputs=epi.num_outputs, grouped=grouped)
-    misfit = epilogue_misfit(config, epi)
+    misfit = epilogue_misfit(config, epi, arch=arch)
     if misfit:
         if explicit_config:
             raise checks.InputError(f"config: {misfit}")
-        config = narrowed_for_epilogue(config, epi)
+        config = narrowed_for_epilogue(config, epi, arch=arch)
     _checked_config(config, arch, epi.num_outputs, grouped)
-    return KernelKey(arch, config, epi, grouped, _dtype_name(dtype), *majors)
+    return kernel_key(kernel_name, arch, config, _dtype_name(dtype), num_experts if grouped else 0, epi=epi,
+                      majors=majors)
 
 
 on_clear(_kernel_key.cache_clear)
@@ -231,7 +235,7 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
     cu_rows = cu_tiles = None
     if grouped:
         cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device, config.cluster_m)
-    _run(key, _as_mkl(a), _as_nkl(w), _as_mkl(outs[0]), d1, prob, aux3, rowsum, cu_rows, cu_tiles)
+    _run(key, GemmArgs(_as_mkl(a), _as_nkl(w), _as_mkl(outs[0]), d1, prob, aux3, rowsum, cu_rows, cu_tiles))
     return rowsum.sum(1) if epi.row_sum else None
 
 
@@ -253,22 +257,19 @@ def _desc_workspace(words: int, device: torch.device) -> torch.Tensor:
     return buf
 
 
-def _run(key: KernelKey, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles):
-    n_clusters, max_clusters = _max_clusters_arg(a3.device.index or 0, key.cfg.cluster_size)
-    desc_ws = None
+def _run(key: KernelKey, args: GemmArgs):
+    device = args.a.device
+    n_clusters, max_clusters = _max_clusters_arg(device.index or 0, key.cfg.cluster_size)
     if key.grouped_k:  # scratch for the per-CTA TMA descriptors, written by the kernel
-        desc_ws = _desc_workspace(desc_workspace_words(key, n_clusters), a3.device)
+        args = args._replace(desc_ws=_desc_workspace(desc_workspace_words(key, n_clusters), device))
     if use_tvm_ffi():
-        fn = get_compiled(key)
-        fn(a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, desc_ws, max_clusters)
+        get_compiled(key)(*args, max_clusters)
         return
-    _launch_dlpack(key, key.arch, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, desc_ws, max_clusters)
+    _launch_dlpack(key, args, max_clusters)
 
 
-def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_tiles, desc_ws, max_clusters):
+def _launch_dlpack(key, args: GemmArgs, max_clusters):
     """Fallback launch through the DSL's DLPack conversion (no apache-tvm-ffi)."""
-    import os
-
     import cuda.bindings.driver as cuda
     import cutlass.cute as cute
     from cutlass.cute.runtime import from_dlpack
@@ -279,17 +280,17 @@ def _launch_dlpack(key, arch, a3, b3, d0, d1, prob, aux3, rowsum, cu_rows, cu_ti
     def mat(t):  # leading (contiguous) dimension: 1 for K-major / row-major, 0 for M- or N-major
         return None if t is None else _to_cute(t, 1 if t.stride(1) == 1 else 0)
 
-    args = (mat(a3), mat(b3), mat(d0), mat(d1), vec(prob), mat(aux3), vec(rowsum), vec(cu_rows), vec(cu_tiles),
-            None if desc_ws is None else from_dlpack(desc_ws, assumed_align=128).mark_layout_dynamic())
-    stream = cuda.CUstream(torch.cuda.current_stream(a3.device).cuda_stream)
+    vectors = ("scale", "rowsum", "cu_rows", "cu_tiles")
+    cute_args = args.map(lambda name, t: vec(t) if name in vectors
+                         else from_dlpack(t, assumed_align=128).mark_layout_dynamic() if name == "desc_ws" else mat(t))
+    stream = cuda.CUstream(torch.cuda.current_stream(args.a.device).cuda_stream)
     fn = _compiled.get(key)
     if fn is None:
-        os.environ.setdefault("CUTE_DSL_ARCH", ARCH_TO_DSL[arch])
         log.debug("compiling %s", key)
         with dsl_lock:
-            fn = cute.compile(build_kernel(key), *args, max_clusters, stream)
+            fn = cute.compile(build_kernel(key), *cute_args, max_clusters, stream, options=arch_options(key.arch))
         _compiled[key] = fn
-    fn(*args, max_clusters, stream)
+    fn(*cute_args, max_clusters, stream)
 
 
 def compiled_count() -> int:
@@ -297,6 +298,14 @@ def compiled_count() -> int:
     from .compile import cache_size
 
     return cache_size() + len(_compiled)
+
+
+def _activation(activation):
+    """The Activation for an `activation=` argument (InputError naming it when bad)."""
+    try:
+        return resolve_activation(activation)
+    except (TypeError, ValueError) as e:
+        raise checks.InputError(f"activation: {e}") from None
 
 
 def _check_config_type(config):
@@ -314,8 +323,11 @@ def _output(name: str, out, m: int, n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, config: GemmConfig | None = None,
-              out: tuple | None = None):
+              out: tuple | None = None, activation=None):
     """FC1 with squared ReLU fused: preact = x @ w1^T, postact = prob * relu(preact)^2.
+
+    activation: the activation f in postact = prob * f(preact) (default relu^2; an
+    `cute_kernels.activations.Activation` or a name such as "tanh_srelu:4.0").
 
     x: (M, K) bf16/fp16 CUDA; w1: (N, K), or (E, N, K) with `m_splits` (per-expert row
     counts: list of ints or int tensor on the GPU; tokens sorted by expert).
@@ -339,7 +351,8 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     checks.check_cuda("x", x)
     if m == 0 or n == 0:
         return preact, postact
-    epi = EpilogueSpec("srelu", store_preact=store_preact, row_scale=prob is not None)
+    epi = EpilogueSpec("act", store_preact=store_preact, row_scale=prob is not None,
+                       activation=_activation(activation))
     outs = [preact, postact] if store_preact else [postact]
     _launch("fc1_srelu", x, w1, outs, epi=epi, m_splits=m_splits, prob=prob, config=config, majors=majors)
     return preact, postact
@@ -366,7 +379,7 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
 
 
 def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact: bool = False,
-                     prob_grad: bool | None = None, config: GemmConfig | None = None):
+                     prob_grad: bool | None = None, config: GemmConfig | None = None, activation=None):
     """FC2 data gradient with the squared-ReLU derivative fused into its epilogue.
 
     With d = dy @ w2 (the gradient of postact) and p the router probability (1 when
@@ -377,6 +390,8 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
                 on by default when `prob` is given).
     dy: (M, H); w2: (H, F) dense or (E, H, F) with `m_splits` (nn.Linear layout of FC2);
     preact: (M, F) as saved by `fc1_srelu`; prob: (M,) or (M, 1).
+    activation: the activation f of the forward (default relu^2): then dpreact =
+    p * d * f'(preact), postact = p * f(preact), dprob = rowsum(d * f(preact)).
     Returns (dpreact, postact or None, dprob (M,) fp32 or None).
     """
     grouped = m_splits is not None
@@ -403,7 +418,8 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     if m == 0:
         return dpre, post, (torch.zeros((0,), dtype=torch.float32, device=dy.device) if prob_grad else None)
     outs = [dpre, post] if store_postact else [dpre]
-    epi = EpilogueSpec("dsrelu", store_postact=store_postact, row_scale=prob is not None, row_sum=prob_grad)
+    epi = EpilogueSpec("dact", store_postact=store_postact, row_scale=prob is not None, row_sum=prob_grad,
+                       activation=_activation(activation))
     dprob = _launch("fc2_dgrad_dsrelu", dy, b, outs, epi=epi, m_splits=m_splits, prob=prob, config=config,
                     majors=majors, aux=preact)
     return dpre, post, dprob
@@ -421,16 +437,16 @@ def _wgrad_key(arch: str, dtype, n_out: int, k_out: int, tokens: int, num_expert
         config = lookup_config("weight_grad", arch=arch, dtype=dtype, m=n_out, n=k_out, k=tokens,
                                num_experts=num_experts, grouped=grouped)
         if validation_errors(config, arch=arch, grouped_k=grouped, out_bytes=out_bytes):
-            config = wgrad_default_config(n_out, k_out, tokens, num_experts)
+            config = wgrad_default_config(n_out, k_out, tokens, num_experts, arch=arch)
     epi = EpilogueSpec("identity", accumulate=accumulate)
-    misfit = epilogue_misfit(config, epi, out_bytes=out_bytes, grouped_k=grouped)
+    misfit = epilogue_misfit(config, epi, arch=arch, out_bytes=out_bytes, grouped_k=grouped)
     if misfit:  # a tuned entry timed without main_grad accumulation: narrow its epilogue sub-tiles
         if explicit_config:
             raise checks.InputError(f"config: {misfit}")
-        config = narrowed_for_epilogue(config, epi, out_bytes=out_bytes, grouped_k=grouped)
+        config = narrowed_for_epilogue(config, epi, arch=arch, out_bytes=out_bytes, grouped_k=grouped)
     _checked_config(config, arch, 1, False, grouped, out_bytes)
-    return KernelKey(arch, config, epi, False, _dtype_name(dtype),
-                     *majors, out_dtype="float32" if out_dtype == torch.float32 else "", grouped_k=grouped)
+    return kernel_key("weight_grad", arch, config, _dtype_name(dtype), num_experts if grouped else 0, epi=epi,
+                      majors=majors, out_dtype="float32" if out_dtype == torch.float32 else "")
 
 
 on_clear(_wgrad_key.cache_clear)
@@ -504,5 +520,5 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
     else:
         d3 = _as_mkl(out)
         cu_rows = None
-    _run(key, _as_mkl(a), _as_mkl(b), d3, None, None, d3 if accumulate else None, None, cu_rows, None)
+    _run(key, GemmArgs(_as_mkl(a), _as_mkl(b), d3, aux=d3 if accumulate else None, cu_rows=cu_rows))
     return out

@@ -28,8 +28,10 @@ import logging
 
 import torch
 
+from .activations import SRELU, resolve_activation
 from .checks import InputError
 from .mlp_checks import check_mlp_inputs, checked_host_splits
+from .reference import act_backward, act_forward, per_expert_mm, per_expert_wgrad, splits_list
 
 log = logging.getLogger("cute_kernels")
 _announced: set = set()
@@ -45,66 +47,12 @@ def _tag(t, role):
     return tag(t, role)
 
 
-def _splits_list(m_splits):
-    if m_splits is None:
-        return None
-    if isinstance(m_splits, torch.Tensor):
-        return [int(v) for v in m_splits.tolist()]
-    return list(m_splits)
-
-
 def _op_splits(splits):
     """(list or None, GPU tensor or None): how the custom ops take the splits.  The cute
     path keeps a CUDA m_splits tensor as is (the kernels read it, no host sync)."""
     if isinstance(splits, torch.Tensor):
         return None, splits
     return splits, None
-
-
-def _grouped_mm_ok(a, w) -> bool:
-    return (a.is_cuda and hasattr(torch, "_grouped_mm") and a.dtype == torch.bfloat16 and w.dtype == torch.bfloat16
-            and not torch.compiler.is_compiling())
-
-
-def _per_expert_mm(a, w, splits, *, transpose_w: bool):
-    """Concatenated per-expert a_e @ w_e^T (transpose_w) or a_e @ w_e.
-
-    On CUDA (bf16) one torch._grouped_mm call; elsewhere a loop over experts."""
-    if _grouped_mm_ok(a, w):
-        offs = torch.tensor(splits, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(a.device, non_blocking=True)
-        try:
-            return torch._grouped_mm(a, w.transpose(-2, -1) if transpose_w else w, offs=offs)
-        except (RuntimeError, ValueError):  # shapes or alignment _grouped_mm does not take
-            pass
-    outs, start = [], 0
-    for e, n in enumerate(splits):
-        we = w[e]
-        outs.append(a[start:start + n] @ (we.t() if transpose_w else we))
-        start += n
-    return torch.cat(outs, 0) if outs else a.new_empty((0, w.size(-2) if transpose_w else w.size(-1)))
-
-
-def _per_expert_wgrad(dy, x, splits, num_experts):
-    """Stack of dy_e^T @ x_e, zeros for empty experts.
-
-    On CUDA (bf16) one torch._grouped_mm call grouped along the token dimension."""
-    if _grouped_mm_ok(dy, x):
-        offs = torch.tensor(splits, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(dy.device, non_blocking=True)
-        try:
-            out = torch._grouped_mm(dy.t(), x, offs=offs)
-            empty = [e for e, n in enumerate(splits) if n == 0]
-            if empty:  # an empty group's gradient is zero whatever the library leaves there
-                out[empty] = 0
-            return out
-        except (RuntimeError, ValueError):
-            pass
-    out = dy.new_zeros((num_experts, dy.size(1), x.size(1)))
-    start = 0
-    for e, n in enumerate(splits):
-        if n:
-            out[e] = dy[start:start + n].t() @ x[start:start + n]
-        start += n
-    return out
 
 
 @torch.compiler.assume_constant_result
@@ -131,11 +79,6 @@ def _main_grad(w, name):
     return mg
 
 
-def _elementwise_dtype(x):
-    """Elementwise math in fp32 for half inputs, else in the input precision."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
 def _use_cute(x, backend: str) -> bool:
     if backend == "torch":
         return False
@@ -145,14 +88,9 @@ def _use_cute(x, backend: str) -> bool:
     return ok
 
 
-def srelu_torch(preact, prob, out_dtype):
-    """postact = prob * relu(preact)^2 in torch (fp32 math for half inputs)."""
-    f = _elementwise_dtype(preact)
-    act = torch.relu(preact.to(f))
-    post = act * act
-    if prob is not None:
-        post = post * prob.to(f).reshape(-1, 1)
-    return post.to(out_dtype)
+def srelu_torch(preact, prob, out_dtype, activation=None):
+    """postact = prob * f(preact) in torch (fp32 math for half inputs; f defaults to relu^2)."""
+    return act_forward(preact, prob, out_dtype, activation)
 
 
 # The op is two autograd nodes, FC1+SReLU and FC2, so that autograd frees what FC2's
@@ -167,15 +105,16 @@ class FC1SReLUFunction(torch.autograd.Function):
     """(x, w1, prob) -> (postact, preact); backward receives dpreact (see above)."""
 
     @staticmethod
-    def forward(ctx, x, w1, prob, splits, use_cute, fuse_wgrad):
+    def forward(ctx, x, w1, prob, splits, use_cute, fuse_wgrad, activation=SRELU):
         if use_cute:
-            from .torch_ops import ops
+            from .torch_ops import activation_arg, ops
 
             sl, st = _op_splits(splits)
-            preact, postact = ops().fc1_srelu_fwd(x, w1, sl, prob, True, splits_t=st)
+            preact, postact = ops().fc1_srelu_fwd(x, w1, sl, prob, True, splits_t=st,
+                                                  activation=activation_arg(activation))
         else:
-            preact = _per_expert_mm(x, w1, splits, transpose_w=True) if splits is not None else x @ w1.t()
-            postact = srelu_torch(preact, prob, x.dtype)
+            preact = per_expert_mm(x, w1, splits, transpose_w=True) if splits is not None else x @ w1.t()
+            postact = srelu_torch(preact, prob, x.dtype, activation)
         ctx.splits = splits
         ctx.use_cute = use_cute
         ctx.fuse_wgrad = fuse_wgrad
@@ -191,7 +130,7 @@ class FC1SReLUFunction(torch.autograd.Function):
     def backward(ctx, dpre, _no_grad_preact):
         x, w1 = ctx.saved_tensors
         if dpre is None:  # y was not part of what is differentiated
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         splits = ctx.splits
         dpre = dpre.contiguous()
         if ctx.use_cute and cute_backward_enabled():
@@ -200,16 +139,16 @@ class FC1SReLUFunction(torch.autograd.Function):
             sl, st = _op_splits(splits)
             dx = ops().fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st) if ctx.needs_input_grad[0] else None
             dw1 = _cute_wgrad(ctx, dpre, x, splits, w1, "w1") if ctx.needs_input_grad[1] else None
-            return dx, dw1, None, None, None, None
-        splits = _splits_list(splits)
+            return dx, dw1, None, None, None, None, None
+        splits = splits_list(splits)
         grouped = splits is not None
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = _per_expert_mm(dpre, w1, splits, transpose_w=False) if grouped else dpre @ w1
+            dx = per_expert_mm(dpre, w1, splits, transpose_w=False) if grouped else dpre @ w1
         if not ctx.needs_input_grad[1]:  # frozen w1
-            return dx, None, None, None, None, None
-        dw1 = _per_expert_wgrad(dpre, x, splits, w1.size(0)) if grouped else dpre.t() @ x
-        return dx, _accumulate_main_grad(ctx, w1, "w1", dw1), None, None, None, None
+            return dx, None, None, None, None, None, None
+        dw1 = per_expert_wgrad(dpre, x, splits, w1.size(0)) if grouped else dpre.t() @ x
+        return dx, _accumulate_main_grad(ctx, w1, "w1", dw1), None, None, None, None, None
 
 
 class FC2DSReLUFunction(torch.autograd.Function):
@@ -217,17 +156,18 @@ class FC2DSReLUFunction(torch.autograd.Function):
     the router gradient and dw2."""
 
     @staticmethod
-    def forward(ctx, postact, preact, prob, w2, splits, recompute_postact, use_cute, fuse_wgrad):
+    def forward(ctx, postact, preact, prob, w2, splits, recompute_postact, use_cute, fuse_wgrad, activation=SRELU):
         if use_cute:
             from .torch_ops import ops
 
             sl, st = _op_splits(splits)
             y = ops().fc2_fwd(postact, w2, sl, splits_t=st)
         else:
-            y = _per_expert_mm(postact, w2, splits, transpose_w=True) if splits is not None else postact @ w2.t()
+            y = per_expert_mm(postact, w2, splits, transpose_w=True) if splits is not None else postact @ w2.t()
         ctx.splits = splits
         ctx.use_cute = use_cute
         ctx.fuse_wgrad = fuse_wgrad
+        ctx.activation = activation
         ctx.save_for_backward(_tag(preact, "preact"), None if recompute_postact else _tag(postact, "postact"),
                               _tag(prob, "prob") if prob is not None else None, w2)
         return y
@@ -238,42 +178,29 @@ class FC2DSReLUFunction(torch.autograd.Function):
         splits = ctx.splits
         dy = dy.contiguous()
         if ctx.use_cute and cute_backward_enabled():
-            from .torch_ops import ops
+            from .torch_ops import activation_arg, ops
 
             sl, st = _op_splits(splits)
-            dpre, post_re, dprob = ops().fc2_dgrad_dsrelu_op(dy, w2, preact, sl, prob, postact is None, splits_t=st)
+            dpre, post_re, dprob = ops().fc2_dgrad_dsrelu_op(dy, w2, preact, sl, prob, postact is None, splits_t=st,
+                                                             activation=activation_arg(ctx.activation))
             dw2 = None
             if ctx.needs_input_grad[3]:
                 dw2 = _cute_wgrad(ctx, dy, postact if postact is not None else post_re, splits, w2, "w2")
             dprob = dprob.to(prob.dtype).reshape(prob.shape) if prob is not None else None
-            return dpre, None, dprob, dw2, None, None, None, None
-        splits = _splits_list(splits)  # torch math takes a list (a GPU tensor costs one sync here)
+            return dpre, None, dprob, dw2, None, None, None, None, None
+        splits = splits_list(splits)  # torch math takes a list (a GPU tensor costs one sync here)
         grouped = splits is not None
-        f = _elementwise_dtype(dy)
-        act = torch.relu(preact.to(f))
-        p = prob.to(f).reshape(-1, 1) if prob is not None else None
-        dpost = _per_expert_mm(dy, w2, splits, transpose_w=False) if grouped else dy @ w2
+        dpost = per_expert_mm(dy, w2, splits, transpose_w=False) if grouped else dy @ w2
         dw2 = None
         if ctx.needs_input_grad[3]:  # else w2 is frozen
             if postact is None:
-                post = act * act
-                postact = (post * p if p is not None else post).to(dy.dtype)
-                del post
-            dw2 = _per_expert_wgrad(dy, postact, splits, w2.size(0)) if grouped else dy.t() @ postact
+                postact = srelu_torch(preact, prob, dy.dtype, ctx.activation)
+            dw2 = per_expert_wgrad(dy, postact, splits, w2.size(0)) if grouped else dy.t() @ postact
             dw2 = _accumulate_main_grad(ctx, w2, "w2", dw2)
         del postact
-        # fp32 elementwise math with two full-size temporaries (act, dpre), updated in place
-        dpre = dpost.to(f) if dpost.dtype != f else dpost.clone()
+        dpre, dprob = act_backward(dpost, preact, prob, ctx.activation)
         del dpost
-        dpre.mul_(act)
-        dprob = None
-        if p is not None:
-            # rowsum(dpost * act^2) without another full-size temporary
-            dprob = torch.einsum("ij,ij->i", dpre, act).to(prob.dtype).reshape(prob.shape)
-            dpre.mul_(p)
-        del act
-        dpre = dpre.mul_(2.0).to(dy.dtype)
-        return dpre, None, dprob, dw2, None, None, None, None
+        return dpre, None, dprob, dw2, None, None, None, None, None
 
 
 def _accumulate_main_grad(ctx, w, name, dw):
@@ -299,8 +226,11 @@ def _cute_wgrad(ctx, dy, x, splits, w, name):
 
 
 def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = False,
-              fuse_wgrad_accumulation: bool = False, backend: str = "auto", offload=None):
-    """y = (p * relu(x @ w1^T)^2) @ w2^T; grouped when `m_splits` is given (w1 (E, F, H), w2 (E, H, F)).
+              fuse_wgrad_accumulation: bool = False, backend: str = "auto", offload=None, activation=None):
+    """y = (p * f(x @ w1^T)) @ w2^T; grouped when `m_splits` is given (w1 (E, F, H), w2 (E, H, F)).
+
+    activation: f, default relu^2 (SReLU); `cute_kernels.activations.ScaledTanhSReLU(s)` or
+    "tanh_srelu:<s>" for the soft-clamped (s * tanh(relu(x) / s))^2.  Both backends take it.
 
     m_splits: per-expert token counts (tokens sorted by expert), a list of ints or an
     integer tensor; on the cute path a CUDA tensor is read by the kernels on the GPU, so
@@ -314,6 +244,10 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     # the same errors on both paths, before the call counts as a layer for `offload`
     m_splits = check_mlp_inputs(x, w1, w2, m_splits=m_splits, prob=prob,
                                 fuse_wgrad_accumulation=fuse_wgrad_accumulation)
+    try:
+        activation = resolve_activation(activation)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"activation: {e}") from None
     if offload is not None:
         from offload import OffloadScheduler
 
@@ -322,7 +256,12 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
         if offload.current_layer is None:
             with offload.layer():
                 return srelu_mlp(x, w1, w2, m_splits=m_splits, prob=prob, recompute_postact=recompute_postact,
-                                 fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend)
+                                 fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend,
+                                 activation=activation)
+    if not recompute_postact:  # an offload plan may choose to recompute postact rather than save it
+        from offload.scheduler import recompute_requested
+
+        recompute_postact = recompute_requested("postact")
     use_cute = _use_cute(x, backend)
     if not torch.compiler.is_compiling():
         path = "cute" if use_cute else "torch"
@@ -333,6 +272,6 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
         splits = m_splits  # a CUDA tensor is read on the GPU by the kernels: no host sync
     else:  # the torch path reads a CUDA tensor on the host: one sync, so its values are checked
         splits = checked_host_splits(m_splits, num_experts=w1.size(0), m_total=x.size(0))
-    postact, preact = FC1SReLUFunction.apply(x, w1, prob, splits, use_cute, fuse_wgrad_accumulation)
+    postact, preact = FC1SReLUFunction.apply(x, w1, prob, splits, use_cute, fuse_wgrad_accumulation, activation)
     return FC2DSReLUFunction.apply(postact, preact, prob, w2, splits, recompute_postact, use_cute,
-                                   fuse_wgrad_accumulation)
+                                   fuse_wgrad_accumulation, activation)

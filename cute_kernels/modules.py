@@ -7,7 +7,8 @@ hidden) and `fc2_weight` (E, hidden, ffn), each expert initialized like nn.Linea
 With `fuse_wgrad_accumulation=True` the weights' gradients are added into an fp32
 `main_grad` attribute the training loop gives each weight (Megatron style) instead of
 being returned as .grad.  With `offload=sched` (an offload.OffloadScheduler) each forward
-is the next layer of the step for that scheduler (srelu_mlp's `offload`).
+is the next layer of the step for that scheduler (srelu_mlp's `offload`).  `activation=`
+picks the activation (default relu^2; e.g. "tanh_srelu:4.0", see srelu_mlp).
 Bad inputs raise srelu_mlp's `InputError`s (cute_kernels.mlp_checks), on every backend.
 """
 from __future__ import annotations
@@ -17,14 +18,24 @@ import math
 import torch
 from torch import nn
 
+from .activations import resolve_activation
+from .checks import InputError
 from .mlp import srelu_mlp
 from .mlp_checks import check_module_input
 
 
+def _module_activation(activation):
+    try:
+        return resolve_activation(activation)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"activation: {e}") from None
+
+
 class SReLUMLP(nn.Module):
     def __init__(self, hidden: int, ffn: int, *, recompute_postact: bool = False, backend: str = "auto",
-                 fuse_wgrad_accumulation: bool = False, offload=None, device=None, dtype=None):
+                 fuse_wgrad_accumulation: bool = False, offload=None, activation=None, device=None, dtype=None):
         super().__init__()
+        self.activation = _module_activation(activation)
         self.fc1 = nn.Linear(hidden, ffn, bias=False, device=device, dtype=dtype)
         self.fc2 = nn.Linear(ffn, hidden, bias=False, device=device, dtype=dtype)
         self.recompute_postact = recompute_postact
@@ -37,14 +48,17 @@ class SReLUMLP(nn.Module):
         shape = x.shape
         y = srelu_mlp(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc2.weight, prob=prob,
                       recompute_postact=self.recompute_postact, backend=self.backend,
-                      fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload)
+                      fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload,
+                      activation=self.activation)
         return y.reshape(shape)
 
 
 class GroupedSReLUMLP(nn.Module):
     def __init__(self, num_experts: int, hidden: int, ffn: int, *, recompute_postact: bool = False,
-                 backend: str = "auto", fuse_wgrad_accumulation: bool = False, offload=None, device=None, dtype=None):
+                 backend: str = "auto", fuse_wgrad_accumulation: bool = False, offload=None, activation=None,
+                 device=None, dtype=None):
         super().__init__()
+        self.activation = _module_activation(activation)
         self.num_experts, self.hidden, self.ffn = num_experts, hidden, ffn
         self.fc1_weight = nn.Parameter(torch.empty(num_experts, ffn, hidden, device=device, dtype=dtype))
         self.fc2_weight = nn.Parameter(torch.empty(num_experts, hidden, ffn, device=device, dtype=dtype))
@@ -64,7 +78,8 @@ class GroupedSReLUMLP(nn.Module):
         """x: (tokens, hidden) sorted by expert; m_splits: tokens per expert."""
         return srelu_mlp(x, self.fc1_weight, self.fc2_weight, m_splits=m_splits, prob=prob,
                          recompute_postact=self.recompute_postact, backend=self.backend,
-                         fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload)
+                         fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload,
+                         activation=self.activation)
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, hidden={self.hidden}, ffn={self.ffn}"
+        return f"num_experts={self.num_experts}, hidden={self.hidden}, ffn={self.ffn}, activation={self.activation.key()}"

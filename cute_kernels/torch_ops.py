@@ -9,7 +9,8 @@ so torch.compile traces through them without graph breaks.
 
 `m_splits` is a list of ints or None; `splits_t` (keyword, default None) gives the
 per-expert counts as an int tensor on the GPU instead, read by the kernels without a host
-sync (the CPU implementations convert it to a list).  Outputs a call does not produce (preact with
+sync (the CPU implementations convert it to a list); `activation` (keyword, default "srelu")
+names the activation of the forward and of the fused dgrad (`cute_kernels.activations`).  Outputs a call does not produce (preact with
 store_preact=False, postact without store_postact, dprob without prob) are empty tensors.  CUDA runs the CuTe kernels; CPU runs the same math in torch (so the ops
 are usable, and checkable with torch.library.opcheck, anywhere).
 """
@@ -19,6 +20,14 @@ from typing import Optional
 
 import torch
 
+from . import reference
+from .activations import resolve_activation
+
+
+def activation_arg(activation) -> str:
+    """How the custom ops take an activation: its spec string."""
+    return resolve_activation(activation).spec()
+
 
 def _kernel_splits(m_splits, splits_t):
     """What the CUDA kernels take: the GPU tensor when given, else the list (or None)."""
@@ -27,35 +36,27 @@ def _kernel_splits(m_splits, splits_t):
 
 def _host_splits(m_splits, splits_t):
     """A list for the CPU implementations."""
-    from .mlp import _splits_list
-
-    return _splits_list(splits_t) if splits_t is not None else m_splits
-
-
-def _mm_rows(a, w, splits):
-    from .mlp import _per_expert_mm
-
-    return a @ w.t() if splits is None else _per_expert_mm(a, w, splits, transpose_w=True)
+    return reference.splits_list(splits_t) if splits_t is not None else m_splits
 
 
 def _fc1_srelu_fwd(x: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[int]], prob: Optional[torch.Tensor],
-                  store_preact: bool, splits_t: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  store_preact: bool, splits_t: Optional[torch.Tensor] = None,
+                  activation: str = "srelu") -> tuple[torch.Tensor, torch.Tensor]:
     if x.is_cuda:
         from .gemm_ops import fc1_srelu
 
-        pre, post = fc1_srelu(x, w1, m_splits=_kernel_splits(m_splits, splits_t), prob=prob, store_preact=store_preact)
+        pre, post = fc1_srelu(x, w1, m_splits=_kernel_splits(m_splits, splits_t), prob=prob, store_preact=store_preact,
+                              activation=activation)
         return (pre if pre is not None else x.new_empty((0,))), post
-    from .mlp import srelu_torch
-
-    pre = _mm_rows(x, w1, _host_splits(m_splits, splits_t))
-    return (pre if store_preact else x.new_empty((0,))), srelu_torch(pre, prob, x.dtype)
+    pre = reference.rows_mm(x, w1, _host_splits(m_splits, splits_t))
+    return (pre if store_preact else x.new_empty((0,))), reference.act_forward(pre, prob, x.dtype, activation)
 
 
 fc1_srelu_fwd = torch.library.custom_op("cute_kernels::fc1_srelu_fwd", _fc1_srelu_fwd, mutates_args=())
 
 
 @fc1_srelu_fwd.register_fake
-def _(x, w1, m_splits, prob, store_preact, splits_t=None):
+def _(x, w1, m_splits, prob, store_preact, splits_t=None, activation="srelu"):
     n = w1.size(-2)
     pre = x.new_empty((x.size(0), n)) if store_preact else x.new_empty((0,))
     return pre, x.new_empty((x.size(0), n))
@@ -67,7 +68,7 @@ def _fc2_fwd(h: torch.Tensor, w2: torch.Tensor, m_splits: Optional[list[int]],
         from .gemm_ops import fc2
 
         return fc2(h, w2, m_splits=_kernel_splits(m_splits, splits_t))
-    return _mm_rows(h, w2, _host_splits(m_splits, splits_t))
+    return reference.rows_mm(h, w2, _host_splits(m_splits, splits_t))
 
 
 fc2_fwd = torch.library.custom_op("cute_kernels::fc2_fwd", _fc2_fwd, mutates_args=())
@@ -84,47 +85,32 @@ def _empty(like):
 
 def _fc2_dgrad_dsrelu(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor, m_splits: Optional[list[int]],
                         prob: Optional[torch.Tensor], store_postact: bool,
-                        splits_t: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        splits_t: Optional[torch.Tensor] = None,
+                        activation: str = "srelu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dpreact, postact or empty, dprob or empty) with d = dy @ w2 and p = prob (or 1):
-    dpreact = 2 p d relu(preact); postact = p relu(preact)^2; dprob = rowsum(d relu(preact)^2) (fp32)."""
+    dpreact = p d f'(preact); postact = p f(preact); dprob = rowsum(d f(preact)) (fp32)."""
     if dy.is_cuda:
         from .gemm_ops import fc2_dgrad_dsrelu
 
         dpre, post, dprob = fc2_dgrad_dsrelu(dy, w2, preact, m_splits=_kernel_splits(m_splits, splits_t), prob=prob,
-                                             store_postact=store_postact)
+                                             store_postact=store_postact, activation=activation)
         return dpre, (post if post is not None else _empty(dy)), (dprob if dprob is not None else _empty(preact).float())
-    from .mlp import _per_expert_mm
-
     m_splits = _host_splits(m_splits, splits_t)
-    dpost = dy @ w2 if m_splits is None else _per_expert_mm(dy, w2, m_splits, transpose_w=False)
-    f = torch.promote_types(dy.dtype, torch.float32)
-    act = torch.relu(preact.to(f))
-    d = dpost.to(f)
-    p = prob.to(f).reshape(-1, 1) if prob is not None else None
-    dpre = d * act * 2.0
-    post = act * act
-    dprob = (d * post).sum(1).float() if p is not None else _empty(preact).float()
-    if p is not None:
-        dpre, post = dpre * p, post * p
-    return dpre.to(dy.dtype), (post.to(dy.dtype) if store_postact else _empty(dy)), dprob
+    dpost = reference.rows_mm(dy, w2, m_splits, transpose_w=False)
+    prob32 = prob.float() if prob is not None else None
+    dpre, dprob = reference.act_backward(dpost, preact, prob32, activation)
+    post = reference.act_forward(preact, prob, dy.dtype, activation) if store_postact else _empty(dy)
+    return dpre, post, (dprob.reshape(-1) if dprob is not None else _empty(preact).float())
 
 
 fc2_dgrad_dsrelu_op = torch.library.custom_op("cute_kernels::fc2_dgrad_dsrelu", _fc2_dgrad_dsrelu, mutates_args=())
 
 
 @fc2_dgrad_dsrelu_op.register_fake
-def _(dy, w2, preact, m_splits, prob, store_postact, splits_t=None):
+def _(dy, w2, preact, m_splits, prob, store_postact, splits_t=None, activation="srelu"):
     dprob = preact.new_empty((preact.size(0),), dtype=torch.float32) if prob is not None else preact.new_empty((0,), dtype=torch.float32)
     return (preact.new_empty(preact.shape), (preact.new_empty(preact.shape) if store_postact else dy.new_empty((0,))),
             dprob)
-
-
-def _wgrad_torch(dy, x, m_splits, num_experts):
-    from .mlp import _per_expert_wgrad
-
-    if m_splits is None:
-        return dy.t() @ x
-    return _per_expert_wgrad(dy, x, m_splits, num_experts)
 
 
 def _weight_grad(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]],
@@ -135,7 +121,7 @@ def _weight_grad(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]
 
         return weight_grad(dy, x, m_splits=_kernel_splits(m_splits, splits_t))
     m_splits = _host_splits(m_splits, splits_t)
-    return _wgrad_torch(dy, x, m_splits, len(m_splits) if m_splits is not None else 1)
+    return reference.wgrad(dy, x, m_splits, len(m_splits) if m_splits is not None else 1)
 
 
 weight_grad_op = torch.library.custom_op("cute_kernels::weight_grad", _weight_grad, mutates_args=())
@@ -158,7 +144,7 @@ def _weight_grad_accumulate(dy: torch.Tensor, x: torch.Tensor, m_splits: Optiona
         weight_grad(dy, x, m_splits=_kernel_splits(m_splits, splits_t), out=main_grad, accumulate=True)
         return
     m_splits = _host_splits(m_splits, splits_t)
-    main_grad.add_(_wgrad_torch(dy.to(main_grad.dtype), x.to(main_grad.dtype), m_splits, main_grad.size(0)))
+    main_grad.add_(reference.wgrad(dy.to(main_grad.dtype), x.to(main_grad.dtype), m_splits, main_grad.size(0)))
 
 
 weight_grad_accumulate_op = torch.library.custom_op("cute_kernels::weight_grad_accumulate", _weight_grad_accumulate,

@@ -9,12 +9,15 @@ Files are YAML with sorted keys so diffs stay small; merging keeps other entries
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from dataclasses import dataclass
 
 import yaml
 
-from .config import ConfigError, GemmConfig, kernel_constraints, validation_errors
+from .config import ConfigError, GemmConfig, validation_errors
+from .registry import kernel_constraints
 
 FORMAT_VERSION = 1
 
@@ -148,16 +151,33 @@ def parse_entry(path: str, key, record, *, kernel: str = "fc2") -> tuple[ShapeKe
 
 
 def merge_write(path: str, new_entries: dict) -> dict:
-    """Merge `new_entries` (key -> record) into the file at `path`, keeping the others."""
-    entries = read_file(path)
-    entries.update(new_entries)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    doc = {"format": FORMAT_VERSION, "entries": {k: _ordered(v) for k, v in sorted(entries.items())}}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("# Tuned GEMM configs, written by `python -m autotune sweep`; one entry per shape.\n")
-        yaml.safe_dump(doc, f, sort_keys=True, default_flow_style=False)
-    os.replace(tmp, path)
+    """Merge `new_entries` (key -> record) into the file at `path`, keeping the others.
+
+    Safe against concurrent writers (sweep workers finishing different shapes at once, on one
+    host or on a shared file system with working locks): the read-merge-write runs under a file
+    lock (`.<name>.lock` beside the file), and the new text goes to a temporary file in the same
+    folder that replaces the old one atomically, so readers see the old file or the new one."""
+    import filelock
+
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    with filelock.FileLock(os.path.join(d, f".{os.path.basename(path)}.lock")):
+        entries = read_file(path)
+        entries.update(new_entries)
+        doc = {"format": FORMAT_VERSION, "entries": {k: _ordered(v) for k, v in sorted(entries.items())}}
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write("# Tuned GEMM configs, written by `python -m autotune sweep`; one entry per shape.\n")
+                yaml.safe_dump(doc, f, sort_keys=True, default_flow_style=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return entries
 
 

@@ -1,4 +1,5 @@
-"""Reusable pinned host buffers, so offload does not pin fresh memory every step.
+"""Reusable host buffers (pinned for CUDA tensors), so offload does not pin fresh
+memory every step.
 
 A buffer handed back with `release(buf, event)` is reused only once `event` (the
 copy that last read or wrote it) has completed."""
@@ -9,7 +10,7 @@ import torch
 
 class PinnedPool:
     def __init__(self):
-        self._free: dict[int, list[torch.Tensor]] = {}
+        self._free: dict[tuple, list[torch.Tensor]] = {}  # (bytes, pinned) -> buffers
         self._pending: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
         self.allocated_bytes = 0
         self.allocations = 0
@@ -24,20 +25,20 @@ class PinnedPool:
         keep = []
         for buf, ev in self._pending:
             if ev is None or ev.query():
-                self._free.setdefault(buf.numel(), []).append(buf)
+                self._free.setdefault((buf.numel(), buf.is_pinned()), []).append(buf)
             else:
                 keep.append((buf, ev))
         self._pending = keep
 
-    def acquire(self, nbytes: int) -> torch.Tensor:
+    def acquire(self, nbytes: int, pinned: bool = True) -> torch.Tensor:
         self._reap()
         size = self._bucket(nbytes)
-        bucket = self._free.get(size)
+        bucket = self._free.get((size, pinned))
         if bucket:
             return bucket.pop()
         self.allocations += 1
         self.allocated_bytes += size
-        return torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        return torch.empty(size, dtype=torch.uint8, pin_memory=pinned)
 
     def release(self, buf: torch.Tensor, event: torch.cuda.Event | None = None):
         self._pending.append((buf, event))

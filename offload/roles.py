@@ -15,6 +15,28 @@ PREACT = "preact"
 POSTACT = "postact"
 PROB = "prob"
 ROLES = (FC1_INPUT, PREACT, POSTACT, PROB)
+# roles an op can recompute in backward instead of saving (it asks
+# offload.scheduler.recompute_requested first), with the estimated device-memory
+# traffic of the recompute per byte of the tensor (read the input, write the result)
+RECOMPUTABLE = {POSTACT: 2.0}
+
+_extra_roles: list[str] = []
+
+
+def register_role(name: str) -> str:
+    """Make `name` a role policies may name (for tensors other ops `tag`); returns it."""
+    if not isinstance(name, str) or not name:
+        from .errors import OffloadArgumentError
+
+        raise OffloadArgumentError(f"register_role: name must be a non-empty string, got {name!r}")
+    if name not in ROLES and name not in _extra_roles:
+        _extra_roles.append(name)
+    return name
+
+
+def known_roles() -> tuple[str, ...]:
+    """ROLES and the roles added with register_role."""
+    return ROLES + tuple(_extra_roles)
 
 # keyed by tensor identity (a tensor's == is elementwise), entries die with the tensor
 _roles = WeakIdKeyDictionary()

@@ -1,6 +1,8 @@
 """Offload on the GPU: gradients bitwise equal to no offload for every policy (dense
 and grouped, both MLP paths), under random copy-stream delays too; memory back to its
 baseline after every step; peak memory lowered by what was offloaded."""
+import copy
+
 import pytest
 import torch
 
@@ -56,8 +58,12 @@ POLICIES = {
     "preact_postact": OffloadPolicy(roles=("preact", "postact"), min_tensor_bytes=0),
     "budget": OffloadPolicy(roles=ROLES, layer_budget_bytes=3 << 20, min_tensor_bytes=0),
     "auto": OffloadPolicy(auto=True, min_tensor_bytes=0),
+    # a slow link on paper, so the measured window holds only part of the step: partial tensors
+    "auto_partial": OffloadPolicy(auto=True, min_tensor_bytes=0, d2h_gbps=2.0, h2d_gbps=2.0, recompute=False),
+    "auto_recompute": OffloadPolicy(auto=True, min_tensor_bytes=0, d2h_gbps=2.0, h2d_gbps=2.0, max_step_cost=0.5),
     "none": OffloadPolicy(roles=()),
 }
+AUTO_STEPS = 4  # two calibration steps, then the plan
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
@@ -66,14 +72,63 @@ POLICIES = {
 def test_gradients_bitwise_equal(policy, experts, backend):
     model = _model(3, 1024, 512, 1024, experts, seed=1)
     ref = _step(model, None, backend)
-    sched = OffloadScheduler(POLICIES[policy], num_layers=3)
-    for _ in range(2):  # auto calibrates on the first step
+    sched = OffloadScheduler(copy.deepcopy(POLICIES[policy]), num_layers=3)
+    for _ in range(AUTO_STEPS):  # auto profiles the first steps
         got = _step(model, sched, backend)
         assert all(torch.equal(a, b) for a, b in zip(ref, got))
     if policy != "none" and not (policy == "auto" and sched.offloaded_bytes() == 0):
         assert sched.offloaded_bytes() > 0
+    if policy.startswith("auto"):
+        _check_plan_matches(sched)
     if policy == "budget":
         assert all(sum(st.offloaded_bytes.values()) <= 3 << 20 for st in sched.stats.values())
+
+
+def _check_plan_matches(sched):
+    """The plan's predicted bytes are the bytes moved (out and back), role by role."""
+    plan = sched.step_plan
+    assert plan is not None, "auto planned after its calibration steps"
+    assert sched.offloaded_bytes() == plan.offload_bytes == sched.reloaded_bytes()
+    for i, lp in plan.layers.items():
+        want = {}
+        for t in lp.tensors:
+            if t.offload_bytes:
+                want[t.role] = want.get(t.role, 0) + t.offload_bytes
+        assert sched.stats[i].offloaded_bytes == want
+        assert sched.stats[i].recomputed_bytes == lp.recompute_bytes
+
+
+@pytest.mark.parametrize("experts", [0, 4])
+@pytest.mark.parametrize("backend", ["torch", "cute"])
+@pytest.mark.parametrize("policy", ["auto_partial", "auto_recompute"])
+def test_auto_partial_and_recompute_under_random_copy_delays(policy, experts, backend):
+    model = _model(4, 1024, 512, 1024, experts, seed=9)
+    ref = _step(model, None, backend)
+    sched = OffloadScheduler(copy.deepcopy(POLICIES[policy]), num_layers=4, debug_delay_cycles=3_000_000, seed=3)
+    for _ in range(AUTO_STEPS + 2):
+        got = _step(model, sched, backend)
+        assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    _check_plan_matches(sched)
+    actions = {t.action for lp in sched.step_plan.layers.values() for t in lp.tensors}
+    assert "partial" in actions, sched.step_plan.describe()
+    if policy == "auto_recompute":
+        assert "recompute" in actions, sched.step_plan.describe()
+
+
+def test_auto_memory_back_to_baseline_over_100_steps():
+    model = _model(3, 1024, 512, 1024, 4, seed=10)
+    sched = OffloadScheduler(copy.deepcopy(POLICIES["auto_recompute"]), num_layers=3, debug_delay_cycles=200_000)
+    for _ in range(AUTO_STEPS):
+        _step(model, sched, "cute")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    pool = sched.pool.allocated_bytes
+    for _ in range(100):
+        _step(model, sched, "cute")
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() == base
+    assert sched.pool.allocated_bytes == pool, "pinned buffers are reused"
+    _check_plan_matches(sched)
 
 
 @pytest.mark.parametrize("experts", [0, 4])

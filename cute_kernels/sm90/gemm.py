@@ -14,28 +14,11 @@ Structure of a CTA (384 threads, one CTA per SM, persistent):
   mbarrier pair orders their mainloops so one's epilogue overlaps the other's math.
 - epilogue: accumulator -> epilogue op (fp32) -> dtype -> stmatrix to smem -> TMA store.
 
-Grouped problems: tokens are sorted by expert; `cu_rows` (E+1) holds row offsets and
-`cu_tiles` (E+1) the prefix of M tiles per expert, both int32 on the GPU (no host
-sync).  A tile reads A rows [row_start, row_start + tile_m) (rows past the expert's
-end are computed and thrown away), B from expert e, and stores through a ragged view
-of D whose row extent ends at the expert's last row, so TMA clips the store there.
-
-K-grouped problems (`grouped_k`, per-expert weight gradients dW_e = dY_e^T X_e):
-A (M, K_total) and B (N, K_total) hold every expert's tokens along K, `cu_rows` (E+1)
-the token offsets, and D is (M, N, E).  Work is E x tiles_m x tiles_n.  An expert's
-whole K blocks are read through the launch's own descriptors (TMA coordinates need no
-block alignment).  Only an expert whose last K block is partial (or that is empty)
-needs more: a writer warp (warp 1, otherwise idle) writes this CTA's own copy of the A
-and B TMA descriptors with the K extent ending at the expert's last token, into a ring
-of ab_stages + DESC_LEAD slots in a global-memory workspace, up to DESC_LEAD slots ahead
-of the TMA warp, which loads that block through them: TMA then zero-fills it past the
-expert's end instead of reading the next expert's tokens.  The two warps hand slots
-over through mbarriers; the TMA warp frees a slot ab_stages loads after its use, when
-that load has landed.  The base address stays
-the operand's own (an earlier design moved it below the allocation to cut K with a
-3-D view; TMA loads through such a descriptor fault when that address is unmapped).
-An empty expert runs one all-out-of-bounds (zero) K block, so its D is 0 (or, with an
-accumulating epilogue, its previous value) without a branch around the mainloop.
+Grouped addressing (rows along M per expert, the ragged store view, the K-grouped
+per-expert K ranges and its descriptor ring written by warp 1), the persistent tile walk,
+the launch arguments and the epilogue's input loads and hooks are arch-neutral and live
+in `cute_kernels.gemm_base`; this module is what is Hopper: WGMMA, the warpgroup register
+split, the operand and epilogue pipelines, the WGMMA accumulator layout.
 
 Preconditions (checked on the host by `cute_kernels.checks`): bf16/fp16 A and B of
 the same dtype, 16-byte aligned base pointers and leading dimensions, D row-major
@@ -50,6 +33,8 @@ result is bitwise reproducible); the host sums the partials.
 """
 from __future__ import annotations
 
+import functools
+
 import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
@@ -58,11 +43,14 @@ from cutlass import Float32, Int32, const_expr
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.memory import SmemAllocator
 from cutlass.pipeline import pipeline_init_arrive, pipeline_init_wait
-from cutlass.tensor_utils import LayoutEnum, TensorMapManager, TensorMapUpdateMode
+from cutlass.tensor_utils import LayoutEnum
 
 from ..config import GemmConfig
 from ..epilogue import EpilogueSpec
-from ..tile_scheduler import banded_coord_device, expert_of_tile
+from ..gemm_base.descriptors import DescriptorRing, desc_slots
+from ..gemm_base.epilogue_io import aux_depth, load_aux_fragment, visit_subtile
+from ..gemm_base.grouping import k_range, output_tile, ragged_store_view, whole_k_tiles
+from ..gemm_base.tile_walk import TileWalk, launch_geometry
 
 THREADS_PER_WG = 128
 PRODUCER_REGS = 40
@@ -82,15 +70,6 @@ AUX_INFLIGHT_BYTES = 32
 # (E=128 fp32 main_grad wgrad 0.94x) or with two outputs, 0.94-0.98x, so it is off there.
 AUX_L2_LEAD = 8
 AUX_L2_PREFETCH = True  # read at trace time (off only to measure what the prefetch is worth)
-DESC_BYTES = 128  # one TMA descriptor
-DESC_WORDS = DESC_BYTES // 8
-_DESC_MANAGER = TensorMapManager(TensorMapUpdateMode.GMEM, DESC_BYTES)
-
-
-# grouped_k: how many cut descriptors the writer warp may prepare ahead of the producer.
-DESC_LEAD = 2
-
-
 def aux_in_registers_before_mainloop(cfg: GemmConfig, epi: EpilogueSpec) -> bool:
     """Whether a tile's first epilogue-input sub-tile is loaded into registers before its
     mainloop (cooperative tiles up to AUX_PREFETCH_MAX_TILE_N wide)."""
@@ -102,12 +81,6 @@ def prefetches_aux_into_l2(cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool,
     the kernel also needs the input in the output's dtype)."""
     return (AUX_L2_PREFETCH and epi.aux_input and not grouped and not grouped_k and epi.num_outputs == 1
             and not aux_in_registers_before_mainloop(cfg, epi))
-
-
-def desc_slots(ab_stages: int) -> int:
-    """grouped_k: TMA descriptor slots per operand and CTA (see the module docstring): a slot
-    is free again once ab_stages later loads were issued, plus DESC_LEAD slots of lead."""
-    return ab_stages + DESC_LEAD
 
 
 def _fragment_row_offsets(coords, size: int) -> list:
@@ -146,7 +119,8 @@ def _fragment_order(tRS_cTile, tRS_cEpi, frag_size: int, num_epi: int, epi_n: in
 
 
 class Sm90Gemm:
-    """A compiled-once GEMM: `cute.compile(Sm90Gemm(...), a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws, max_clusters, stream)`."""
+    """A compiled-once GEMM: `cute.compile(Sm90Gemm(...), *GemmArgs(...), max_clusters, stream)`
+    (the tensor arguments in the order of `cute_kernels.gemm_base.launch_args.GemmArgs`)."""
 
     def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False):
         self.cfg = cfg
@@ -182,7 +156,7 @@ class Sm90Gemm:
         mRowSum,  # (M, n_tiles) fp32: the dsrelu row sum's partial per N tile, or None
         mCuRows,  # (E+1,) int32 or None
         mCuTiles,  # (E+1,) int32 or None
-        mDescWs,  # grouped_k: int64 workspace, per CTA 2 x desc_slots TMA descriptors (compile.desc_workspace_words)
+        mDescWs,  # grouped_k: int64 workspace, per CTA 2 x desc_slots TMA descriptors (gemm_base.descriptors)
         max_clusters: Int32,
         stream,
     ):
@@ -216,12 +190,12 @@ class Sm90Gemm:
         )
         epi_smem_one = cute.slice_(epi_smem_staged, (None, None, 0))
         tma_d0, tma_mD0 = cpasync.make_tiled_tma_atom(
-            cpasync.CopyBulkTensorTileS2GOp(), self._store_view(mD0), epi_smem_one, self.epi_tile
+            cpasync.CopyBulkTensorTileS2GOp(), ragged_store_view(mD0, self.grouped), epi_smem_one, self.epi_tile
         )
         tma_d1, tma_mD1 = tma_d0, tma_mD0
         if const_expr(mD1 is not None):
             tma_d1, tma_mD1 = cpasync.make_tiled_tma_atom(
-                cpasync.CopyBulkTensorTileS2GOp(), self._store_view(mD1), epi_smem_one, self.epi_tile
+                cpasync.CopyBulkTensorTileS2GOp(), ragged_store_view(mD1, self.grouped), epi_smem_one, self.epi_tile
             )
 
         # TMA atom for the epilogue input, used only to prefetch it into L2 (never into smem):
@@ -236,20 +210,8 @@ class Sm90Gemm:
 
         m_total = cute.size(mA, mode=[0])
         n_total = cute.size(mB, mode=[0])
-        num_m_tiles = (m_total + self.tile_m - 1) // self.tile_m
-        num_n_tiles = (n_total + self.tile_n - 1) // self.tile_n
-        num_experts = Int32(1)
-        if const_expr(self.grouped):
-            num_experts = cute.size(mCuRows, mode=[0]) - 1
-            # Upper bound: each expert adds at most one partial tile and cluster_m - 1
-            # tiles of rounding to whole clusters.
-            num_m_tiles = num_m_tiles + num_experts * self.cfg.cluster_m
-        if const_expr(self.grouped_k):
-            num_experts = cute.size(mCuRows, mode=[0]) - 1
-        clusters_m = (num_m_tiles + self.cfg.cluster_m - 1) // self.cfg.cluster_m
-        clusters_n = (num_n_tiles + self.cfg.cluster_n - 1) // self.cfg.cluster_n
-        num_clusters = cutlass.min(clusters_m * clusters_n * (num_experts if const_expr(self.grouped_k) else 1),
-                                   max_clusters)
+        num_m_tiles, num_n_tiles, num_experts, num_clusters = launch_geometry(
+            self.cfg, mA, mB, mCuRows, grouped=self.grouped, grouped_k=self.grouped_k, max_clusters=max_clusters)
 
         ab_bytes = self.ab_stages * 2
         epi_elems = cute.cosize(epi_smem_staged)
@@ -295,74 +257,6 @@ class Sm90Gemm:
             sm90_utils.get_smem_layout_atom(self.d_layout, self.d_dtype, self.cfg.epi_n), self.d_dtype
         )
         return cute.tile_to_shape(atom, (*self.epi_tile, stages), order=(0, 1, 2))
-
-    def _k_range(self, mCuRows, expert):
-        """(first K coordinate, K extent of the expert's descriptor, number of K tiles).
-        The extent ends at the expert's last token (at least 1: TMA dims are >= 1); an
-        empty expert starts at the extent, so its single K tile is all out of bounds
-        and reads as zeros."""
-        k_lo = mCuRows[expert]
-        k_hi = mCuRows[expert + 1]
-        k_extent = cutlass.max(k_hi, 1)
-        # empty experts: k_lo == k_hi == k_extent, except k_hi == 0, which starts at 1
-        k_start = k_lo + cutlass.max(1 - k_hi, 0)
-        k_tiles = cutlass.max((k_hi - k_lo + self.tile_k - 1) // self.tile_k, 1)
-        return k_start, k_extent, k_tiles
-
-    def _whole_k_tiles(self, mCuRows, expert):
-        """The expert's K blocks that lie wholly inside its tokens (read through the launch's
-        own descriptors); one more block, if _k_range counts one, needs a cut descriptor."""
-        return (mCuRows[expert + 1] - mCuRows[expert]) // self.tile_k
-
-    def _desc_ptr(self, mDescWs, word, generic: bool = False):
-        """Pointer to the 128-byte TMA descriptor at int64 index `word` of the workspace
-        (global address space to write it; generic to hand it to a TMA copy)."""
-        space = cute.AddressSpace.generic if generic else cute.AddressSpace.gmem
-        return _DESC_MANAGER.get_tensormap_ptr(mDescWs.iterator + word, space)
-
-    def _expert_k_view(self, mX: cute.Tensor, k_extent):
-        """(R, K, 1) operand with its K extent cut to `k_extent` (same base address)."""
-        layout = cute.make_layout((cute.size(mX, mode=[0]), k_extent, 1), stride=mX.stride)
-        return cute.make_tensor(mX.iterator, layout)
-
-    def _store_view(self, mD: cute.Tensor):
-        """Dense: D itself.  Grouped: a ragged (R, N, R+1) view; slicing mode 2 at an
-        expert's end row e gives a tensor whose row r maps to D row r + e - R, so rows at
-        or past e are out of bounds and TMA drops them."""
-        if const_expr(not self.grouped):
-            return mD
-        rows = cute.size(mD, mode=[0])
-        ld = mD.stride[0]
-        base = mD.iterator + (-(cutlass.Int64(rows) * ld))
-        layout = cute.make_layout((rows, cute.size(mD, mode=[1]), rows + 1), stride=(ld, 1, ld))
-        return cute.make_tensor(base, layout)
-
-    # ---------------------------------------------------------------- device side
-    def _expert_of_work(self, t, num_m_clusters, num_n_tiles):
-        """grouped_k: the expert of cluster work index t (work is expert-major)."""
-        clusters_n = (num_n_tiles + self.cfg.cluster_n - 1) // self.cfg.cluster_n
-        return t // (num_m_clusters * clusters_n)
-
-    def _tile_coords(self, t, cluster_coord, mCuRows, mCuTiles, m_total, num_n_tiles, num_m_clusters, num_experts):
-        """Cluster work index -> (row_start, row_end, n_tile, expert) of this CTA's tile."""
-        clusters_n = (num_n_tiles + self.cfg.cluster_n - 1) // self.cfg.cluster_n
-        if const_expr(self.grouped_k):
-            per_expert = num_m_clusters * clusters_n
-            e = self._expert_of_work(t, num_m_clusters, num_n_tiles)
-            cm, cn = banded_coord_device(t - e * per_expert, num_m_clusters, clusters_n, self.cfg.swizzle,
-                                         self.cfg.raster == "n")
-            m_tile = cm * self.cfg.cluster_m + cluster_coord[0]
-            n_tile = cn * self.cfg.cluster_n + cluster_coord[1]
-            return m_tile * self.tile_m, m_total, n_tile, e
-        cm, cn = banded_coord_device(t, num_m_clusters, clusters_n, self.cfg.swizzle, self.cfg.raster == "n")
-        m_tile = cm * self.cfg.cluster_m + cluster_coord[0]
-        n_tile = cn * self.cfg.cluster_n + cluster_coord[1]
-        if const_expr(self.grouped):
-            e = expert_of_tile(mCuTiles, m_tile, num_experts)
-            row_start = mCuRows[e] + (m_tile - mCuTiles[e]) * self.tile_m
-            row_end = mCuRows[e + 1]
-            return row_start, row_end, n_tile, e
-        return m_tile * self.tile_m, m_total, n_tile, Int32(0)
 
     @cute.kernel
     def kernel(
@@ -440,13 +334,9 @@ class Sm90Gemm:
         sD1 = storage.sD1.get_tensor(epi_smem_staged.outer, swizzle=epi_smem_staged.inner) if const_expr(two_outputs) else sD0
 
         k_tiles = (k_total + self.tile_k - 1) // self.tile_k
-        total_m_tiles = num_m_tiles
-        if const_expr(self.grouped):
-            total_m_tiles = mCuTiles[num_experts]
-        num_m_clusters = (total_m_tiles + cfg.cluster_m - 1) // cfg.cluster_m
-        num_work = num_m_clusters * ((num_n_tiles + cfg.cluster_n - 1) // cfg.cluster_n)
-        if const_expr(self.grouped_k):
-            num_work = num_work * num_experts
+        walk = TileWalk(cfg, grouped=self.grouped, grouped_k=self.grouped_k, m_total=m_total, num_m_tiles=num_m_tiles,
+                        num_n_tiles=num_n_tiles, num_experts=num_experts, mCuRows=mCuRows, mCuTiles=mCuTiles)
+        num_work = walk.num_work
         cluster_id = cute.arch.block_idx()[2]
         num_launched = cute.arch.grid_dim()[2]
 
@@ -462,22 +352,20 @@ class Sm90Gemm:
                 desc_slot = Int32(0)
                 prev_expert = Int32(-1)
                 desc_uses = Int32(0)
-                desc_base = self._desc_base(cluster_id, cta_layout_mnk, cta_rank)
+                ring = DescriptorRing(mDescWs, self.desc_slots, cluster_id, cta_layout_mnk, cta_rank)
                 desc_read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
                 desc_free = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
                 t = cluster_id
                 while t < num_work:
-                    row_start, row_end, n_tile, expert = self._tile_coords(
-                        t, cluster_coord, mCuRows, mCuTiles, m_total, num_n_tiles, num_m_clusters, num_experts
-                    )
+                    row_start, row_end, n_tile, expert = walk.coords(t, cluster_coord)
                     tile_k_tiles = k_tiles
                     full_k_tiles = k_tiles  # grouped_k: K blocks read through the launch's own descriptors
                     if const_expr(self.grouped_k):
-                        k_start, _, tile_k_tiles = self._k_range(mCuRows, expert)
+                        k_start, _, tile_k_tiles = k_range(mCuRows, expert, self.tile_k)
                         # Only a last K block that would run into the next expert's tokens (or the
                         # all-out-of-bounds block of an empty expert) needs a descriptor whose K
                         # extent ends at this expert; whole blocks read through the launch's own.
-                        full_k_tiles = self._whole_k_tiles(mCuRows, expert)
+                        full_k_tiles = whole_k_tiles(mCuRows, expert, self.tile_k)
                         gA = cute.local_tile(cute.domain_offset((row_start, k_start), mA[None, None, 0]),
                                              (self.tile_m, self.tile_k), (0, None))
                         gB = cute.local_tile(cute.domain_offset((0, k_start), mB[None, None, 0]),
@@ -505,10 +393,8 @@ class Sm90Gemm:
                                 # tile walk, same rule); wait for them.
                                 desc_pipeline.consumer_wait(desc_read)
                                 desc_slot = desc_read.index
-                                cpasync.fence_tma_desc_acquire(
-                                    self._desc_ptr(mDescWs, desc_base + (2 * desc_slot) * DESC_WORDS))
-                                cpasync.fence_tma_desc_acquire(
-                                    self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS))
+                                cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 0))
+                                cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 1))
                                 desc_read.advance()
                                 prev_expert = expert
                                 desc_uses += 1
@@ -531,8 +417,7 @@ class Sm90Gemm:
                             else:
                                 self._load_stage(
                                     tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar,
-                                    self._desc_ptr(mDescWs, desc_base + (2 * desc_slot) * DESC_WORDS, generic=True),
-                                    self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS, generic=True))
+                                    ring.ptr(desc_slot, 0, generic=True), ring.ptr(desc_slot, 1, generic=True))
                         else:
                             self._load_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
                         ab_pipeline.producer_commit(state)
@@ -541,37 +426,10 @@ class Sm90Gemm:
                 ab_pipeline.producer_tail(state)
             if const_expr(self.grouped_k):
                 if warp_idx == 1:
-                    # Writer warp: walk this CTA's tiles as the producer does and, for each expert
-                    # whose last K block is partial (or that is empty) and differs from the previous
-                    # such expert, write A and B descriptors whose K extent ends at the expert's
-                    # last token into the next free slot.  It runs up to DESC_LEAD slots ahead, so
-                    # the writes and their release fence stay off the producer's path.
-                    desc_base = self._desc_base(cluster_id, cta_layout_mnk, cta_rank)
-                    for slot in cutlass.range_constexpr(self.desc_slots):  # templates for update_tma_descriptor
-                        with cute.arch.elect_one():
-                            cpasync.copy_tensormap(tma_a, self._desc_ptr(mDescWs, desc_base + (2 * slot) * DESC_WORDS))
-                            cpasync.copy_tensormap(tma_b, self._desc_ptr(mDescWs, desc_base + (2 * slot + 1) * DESC_WORDS))
-                    cute.arch.sync_warp()
-                    cute.arch.fence_acq_rel_cta()
-                    write_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.desc_slots)
-                    prev_expert = Int32(-1)
-                    t = cluster_id
-                    while t < num_work:
-                        expert = self._expert_of_work(t, num_m_clusters, num_n_tiles)
-                        _, k_extent, expert_k_tiles = self._k_range(mCuRows, expert)
-                        # the producer's rule: a K block past the expert's whole ones, from a new expert
-                        if expert_k_tiles != self._whole_k_tiles(mCuRows, expert) and expert != prev_expert:
-                            desc_pipeline.producer_acquire(write_state)
-                            pa = self._desc_ptr(mDescWs, desc_base + (2 * write_state.index) * DESC_WORDS)
-                            pb = self._desc_ptr(mDescWs, desc_base + (2 * write_state.index + 1) * DESC_WORDS)
-                            cpasync.update_tma_descriptor(tma_a, self._expert_k_view(mA_gmem, k_extent), pa)
-                            cpasync.update_tma_descriptor(tma_b, self._expert_k_view(mB_gmem, k_extent), pb)
-                            cute.arch.sync_warp()
-                            cpasync.fence_tma_desc_release()
-                            desc_pipeline.producer_commit(write_state)
-                            write_state.advance()
-                            prev_expert = expert
-                        t += num_launched
+                    # Writer warp: prepares the cut descriptors the producer loads partial
+                    # K blocks through (gemm_base.descriptors).
+                    DescriptorRing(mDescWs, self.desc_slots, cluster_id, cta_layout_mnk, cta_rank).run_writer(
+                        desc_pipeline, walk, tma_a, tma_b, mA_gmem, mB_gmem, self.tile_k, cluster_id, num_launched)
         else:
             # ------------------------------------------------------------ consumers
             cute.arch.setmaxregister_increase(CONSUMER_REGS)
@@ -634,20 +492,17 @@ class Sm90Gemm:
             order_phase = Int32(0)
 
             while t < num_work:
-                row_start, row_end, n_tile, expert = self._tile_coords(
-                    t, cluster_coord, mCuRows, mCuTiles, m_total, num_n_tiles, num_m_clusters, num_experts
-                )
+                row_start, row_end, n_tile, expert = walk.coords(t, cluster_coord)
                 tile_k_tiles = k_tiles
                 if const_expr(self.grouped_k):
-                    _, _, tile_k_tiles = self._k_range(mCuRows, expert)
+                    _, _, tile_k_tiles = k_range(mCuRows, expert, self.tile_k)
                 if const_expr(self.pingpong):
                     # Skip the stages of the other warpgroup's tile (work index t - num_launched,
                     # loaded just before ours), then wait for our turn.
                     if consumer_wg == 1 or local_tile_idx > 0:
                         skip = k_tiles
                         if const_expr(self.grouped_k):
-                            _, _, skip = self._k_range(
-                                mCuRows, self._expert_of_work(t - num_launched, num_m_clusters, num_n_tiles))
+                            _, _, skip = k_range(mCuRows, walk.expert_of(t - num_launched), self.tile_k)
                         for _ in range(skip):
                             read_state.advance()
                             release_state.advance()
@@ -719,35 +574,12 @@ class Sm90Gemm:
                     frag = cute.make_rmem_tensor(frag_shape, Float32)
                     for v in cutlass.range_constexpr(frag_size):
                         frag[v] = tRS_acc[acc_order[e][v]]
-                    scale_vec = None
-                    if const_expr(self.epi.row_scale):
-                        sfrag = cute.make_rmem_tensor(frag_shape, Float32)
-                        for v in cutlass.range_constexpr(frag_size):
-                            sfrag[v] = row_scales[row_of[v]]
-                        scale_vec = sfrag.load()
-                    aux_vec = None
-                    if const_expr(self.epi.aux_input):
-                        if const_expr(self.pingpong):
-                            # ping-pong's epilogue overlaps the other warpgroup's mainloop, and
-                            # inputs in flight make ptxas spill there
-                            aux_cur = self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end,
-                                                     n_tile, e, n_total, expert)
-                        else:
-                            # keep as many sub-tiles in flight as were issued first: the one
-                            # `depth` ahead loads while this one is computed and stored
-                            depth = len(aux_q)
-                            aux_cur = aux_q.pop(0)
-                            if const_expr(e + depth < num_epi):
-                                aux_q.append(self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start,
-                                                            row_end, n_tile, e + depth, n_total, expert))
-                        afrag = cute.make_rmem_tensor(frag_shape, Float32)
-                        afrag.store(aux_cur.load().to(Float32))
-                        aux_vec = afrag.load()
-                    if const_expr(self.epi.row_sum):
-                        # A thread's accumulator rows: r0 and r0 + 8 of each 64-row WGMMA block.
-                        for v in cutlass.range_constexpr(frag_size):
-                            row_sums[row_of[v]] = row_sums[row_of[v]] + self.epi.row_term(frag[v], afrag[v])
-                    outs = self.epi.apply(frag.load(), scale_vec, aux_vec)
+                    outs = visit_subtile(self.epi, frag, frag_shape, frag_size,
+                                         row_scales=row_scales if const_expr(self.epi.row_scale) else None,
+                                         row_of=row_of, row_sums=row_sums,
+                                         aux=functools.partial(self._next_aux, aux_q, e, num_epi, mAux, tRS_cEpi,
+                                                               frag_shape, frag_size, row_start, row_end, n_tile,
+                                                               n_total, expert))
                     buf = (local_tile_idx * num_epi + e) % cfg.epi_stages + epi_slot * cfg.epi_stages
                     # Wait for this buffer's previous store to have left shared memory only now,
                     # just before it is rewritten (not right after each store is issued): when the
@@ -786,12 +618,6 @@ class Sm90Gemm:
             if warp_idx == store_warp:
                 store_pipeline.producer_tail()
 
-    def _desc_base(self, cluster_id, cta_layout_mnk, cta_rank):
-        """grouped_k: this CTA's first descriptor word in the workspace; its slots are laid out
-        [slot 0: A, B | slot 1: A, B | ...], 128 B each."""
-        cta_linear = cluster_id * cute.size(cta_layout_mnk) + cta_rank
-        return cta_linear * (2 * self.desc_slots * DESC_WORDS)
-
     def _load_stage(self, tma_a, a_src, a_dst, a_mask, tma_b, b_src, b_dst, b_mask, bar, desc_a=None, desc_b=None):
         """TMA loads of one stage's A and B blocks (through the given descriptors if any,
         else the launch's own), both completing on the stage barrier `bar`."""
@@ -814,59 +640,36 @@ class Sm90Gemm:
         with cute.arch.elect_one():  # one lane issues them (TMA copies elect their lane themselves)
             cute.prefetch(tma_aux, tAux_g)
 
+    def _next_aux(self, aux_q, e, num_epi, mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, n_total,
+                  expert):
+        """The epilogue input of sub-tile `e` (called by the epilogue driver where it is first
+        needed).  Cooperative tiles keep as many sub-tiles in flight as were issued first
+        (`aux_q`): the one `depth` ahead is issued here, and loads while this one is computed
+        and stored.  Ping-pong loads it now: its epilogue overlaps the other warpgroup's
+        mainloop, and inputs in flight make ptxas spill there."""
+        if const_expr(self.pingpong):
+            return self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, e, n_total, expert)
+        depth = len(aux_q)
+        cur = aux_q.pop(0)
+        if const_expr(e + depth < num_epi):
+            aux_q.append(self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, e + depth,
+                                        n_total, expert))
+        return cur
+
     def _aux_depth(self, mAux, frag_size: int) -> int:
-        """Epilogue-input sub-tiles in flight after a wide tile's mainloop: two while a
-        fragment is at most AUX_INFLIGHT_BYTES per thread, else one (register budget)."""
-        frag_bytes = frag_size * mAux.element_type.width // 8
-        return 2 if frag_bytes <= AUX_INFLIGHT_BYTES else 1
+        """Epilogue-input sub-tiles in flight after a wide tile's mainloop (AUX_INFLIGHT_BYTES)."""
+        return aux_depth(mAux, frag_size, AUX_INFLIGHT_BYTES)
 
     def _aux_before_mainloop(self) -> bool:
         return aux_in_registers_before_mainloop(self.cfg, self.epi)
 
     def _load_aux(self, mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, e, n_total, expert):
-        """This thread's elements of the epilogue input for sub-tile `e`, in the input's own
-        dtype (the loads are issued here; nothing waits for them until the values are used).
-        Rows past the tile's end and columns past N are clamped: they are never stored.
-        A thread's fragment holds pairs of adjacent columns (WGMMA accumulator layout), so each
-        pair is one load twice the element's width (N is even: the host checks D's alignment)."""
+        """This thread's elements of the epilogue input for sub-tile `e` (gemm_base.epilogue_io)."""
         layer = expert if const_expr(self.grouped_k) else 0
         col0 = n_tile * self.tile_n + e * self.cfg.epi_n
-        offs = [tRS_cEpi.layout(v) for v in range(frag_size)]
-        paired = frag_size % 2 == 0 and mAux.element_type.width in (16, 32) and all(
-            offs[v + 1][0] == offs[v][0] and offs[v + 1][1] == offs[v][1] + 1 for v in range(0, frag_size, 2))
-        if const_expr(not paired):
-            raw = cute.make_rmem_tensor(frag_shape, mAux.element_type)
-            for v in range(frag_size):  # plain Python: unrolled while tracing (no DSL preprocessing here)
-                coord = tRS_cEpi[v]
-                arow = cutlass.min(row_start + coord[0], row_end - 1)
-                acol = cutlass.min(col0 + coord[1], n_total - 1)
-                raw[v] = mAux[(arow, acol, layer)]
-            return raw
-        wide = cutlass.Int32 if mAux.element_type.width == 16 else cutlass.Int64
-        pairs = cute.make_rmem_tensor((frag_size // 2,), wide)
-        for p in range(frag_size // 2):
-            coord = tRS_cEpi[2 * p]
-            arow = cutlass.min(row_start + coord[0], row_end - 1)
-            acol = cutlass.min(col0 + coord[1], n_total - 2)
-            ptr = mAux.iterator + cute.crd2idx((arow, acol, layer), mAux.layout)
-            # the pair starts at an even column of an even-length row: aligned to its width
-            pair_ptr = cute.make_ptr(wide, ptr.toint(), cute.AddressSpace.gmem, assumed_align=wide.width // 8)
-            pairs[p] = cute.make_tensor(pair_ptr, cute.make_layout(1))[0]
-        return cute.make_tensor(cute.recast_ptr(pairs.iterator, dtype=mAux.element_type), cute.make_layout(frag_shape))
+        return load_aux_fragment(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, col0, n_total, layer)
 
     def _output_tiles(self, mD0, mD1, row_start, row_end, n_tile, m_total, expert):
         """The (tile_m, tile_n) TMA-coordinate tiles of each output for this tile."""
-        tiles = []
-        for mD in (mD0, mD1):
-            if const_expr(self.grouped_k):
-                view = mD[None, None, expert]
-                origin = (row_start, n_tile * self.tile_n)
-            elif const_expr(self.grouped):
-                # Ragged view: slice at the expert's end row; local row r = row - row_end + R.
-                view = mD[None, None, row_end]
-                origin = (row_start - row_end + m_total, n_tile * self.tile_n)
-            else:
-                view = mD[None, None, 0]
-                origin = (row_start, n_tile * self.tile_n)
-            tiles.append(cute.local_tile(cute.domain_offset(origin, view), (self.tile_m, self.tile_n), (0, 0)))
-        return tiles[0], tiles[1]
+        return tuple(output_tile(mD, row_start, row_end, n_tile, m_total, expert, (self.tile_m, self.tile_n),
+                                 grouped=self.grouped, grouped_k=self.grouped_k) for mD in (mD0, mD1))

@@ -1,0 +1,268 @@
+"""Nemotron-H training step: Hugging Face transformers against the model patched by
+`patch_nemotron_h`, in one run on one GPU.
+
+    python -m benchmarks.bench_nemotron [--out DIR] [--budget-s 110] [--tokens 8192] [--only moe,dense]
+
+Models (random weights, bf16, routers fp32): "moe", a Nemotron-3-Nano-shaped MoE stack
+(hidden 2688, 128 routed experts top-6, moe_intermediate 1856, shared expert 3712,
+routed_scaling_factor 2.5, 32 heads of 128, 2 KV heads) and "dense", the same with
+dense MLP layers (intermediate 10752); layers: one attention layer and two MLP/MoE
+layers (no Mamba layers: their kernels are not on the GPU machine), vocabulary 16384
+(the real 131072 would make the LM head most of a 3-layer step).  A step is forward +
+backward of the next-token loss (no optimizer), `--tokens` tokens in sequences of 4096.
+
+Variants: Hugging Face eager (its default experts implementation, grouped_mm), the same
+under torch.compile, patched, patched with offload "auto"; and Hugging Face with the
+MLP/MoE mixers replaced by a pass-through, from which the MLP/MoE share of the step is
+step minus that.  Then, for the MoE model, the routed experts alone (fwd+bwd, one
+layer): Hugging Face's grouped_mm experts, ours (sort, gather, grouped op, combine),
+and our grouped op on tokens already sorted, whose difference to ours is what fusing
+the permutation into the GEMMs' loads and stores could save at most.
+
+CUDA events, 3 warm-up steps, median of 8, three input batches rotated.  Variants run
+in order of importance and are skipped once `--budget-s` is spent (torch.compile gets
+what is left, under an alarm).  Writes bench_nemotron.md/.json/.png to --out ($OUT).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+import torch
+from torch import nn
+
+from benchmarks import nemotron_common as common
+from benchmarks.nemotron_common import Budget, build_model, deadline, time_steps, transformers_version
+from benchmarks.report import emit
+
+COMMON = dict(vocab_size=16384, hidden_size=2688, num_attention_heads=32, num_key_value_heads=2, head_dim=128,
+              max_position_embeddings=4096)
+MODELS = {
+    "moe": dict(layers_block_type=["full_attention", "moe", "moe"], n_routed_experts=128, num_experts_per_tok=6,
+                moe_intermediate_size=1856, moe_shared_expert_intermediate_size=3712, routed_scaling_factor=2.5,
+                n_group=1, topk_group=1, norm_topk_prob=True),
+    "dense": dict(layers_block_type=["full_attention", "mlp", "mlp"], intermediate_size=10752),
+}
+WARMUP, STEPS, SEQ = 3, 8, 4096
+
+
+class PassThrough(nn.Module):
+    def forward(self, x):
+        return x
+
+
+def _step(model):
+    def run(ids):  # gradients freed after the step: peak above resident = activations + gradients
+        model(input_ids=ids, labels=ids).loss.backward()
+        model.zero_grad(set_to_none=True)
+    return run
+
+
+def _row(name, ms, peak, resident, first, **extra):
+    return {"variant": name, "ms": ms, "peak_gib": peak / 2**30, "act_gib": (peak - resident) / 2**30,
+            "first_step_s": first, **extra}
+
+
+def _measure(rows, name, fn, batches, budget, *, need_s=5.0, alarm=False):
+    if budget.left() < need_s:
+        rows.append({"variant": name, "skipped": "time budget"})
+        return None
+    torch.cuda.empty_cache()
+    try:
+        if alarm:
+            with deadline(budget.left() - 2):
+                res = time_steps(fn, batches, warmup=WARMUP, steps=STEPS)
+        else:
+            res = time_steps(fn, batches, warmup=WARMUP, steps=STEPS)
+    except Exception as e:  # OutOfTime, OOM, a compile error: one shot, so record it and go on
+        first_line = (str(e).strip().splitlines() or [""])[0].replace("|", "/")[:160]
+        rows.append({"variant": name, "skipped": f"{type(e).__name__}: {first_line}"})
+        print(f"  {name}: skipped ({type(e).__name__}: {first_line})", flush=True)
+        torch.cuda.empty_cache()
+        return None
+    rows.append(_row(name, *res))
+    print(f"  {name}: {res[0]:.2f} ms, peak {res[1] / 2**30:.2f} GiB (first step {res[3]:.1f} s)", flush=True)
+    return rows[-1]
+
+
+def bench_model(kind, tokens, budget):
+    from cute_kernels.integrations.transformers import patch_nemotron_h
+
+    rows = []
+    model = build_model(**COMMON, **MODELS[kind])
+    g = torch.Generator(common.DEVICE).manual_seed(1)
+    batches = [torch.randint(0, COMMON["vocab_size"], (max(tokens // SEQ, 1), min(tokens, SEQ)), device=common.DEVICE,
+                             generator=g) for _ in range(3)]
+    print(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, {tokens} tokens", flush=True)
+    _measure(rows, "hf eager", _step(model), batches, budget)
+    blocks = [b for b in model.model.layers if b.block_type in ("mlp", "moe")]
+    mixers = [b.mixer for b in blocks]
+    for b in blocks:
+        b.mixer = PassThrough()
+    _measure(rows, "hf, MLP/MoE passed through", _step(model), batches, budget)
+    for b, m in zip(blocks, mixers):
+        b.mixer = m
+    handle = patch_nemotron_h(model)
+    _measure(rows, "patched", _step(model), batches, budget)
+    handle.restore()
+    handle = patch_nemotron_h(model, offload="auto")
+    r = _measure(rows, "patched, offload auto", _step(model), batches, budget)
+    if r is not None:
+        sched = handle.scheduler
+        r["offloaded_gib"] = sched.offloaded_bytes() / 2**30
+        r["plans"] = {i: list(p.roles) for i, p in sorted(sched.plans.items())}
+    handle.restore()
+    extra = bench_routed(model, batches[0], budget) if kind == "moe" else {}
+    return model, batches, rows, extra
+
+
+def bench_compile(model, batches, rows, budget):
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    _measure(rows, "hf torch.compile", _step(compiled), batches, budget, need_s=20, alarm=True)
+
+
+def bench_routed(model, ids, budget):
+    """One MoE layer's routed experts alone, fwd+bwd, on that layer's real routing."""
+    from cute_kernels.integrations.transformers import NemotronHRoutedExperts
+    from cute_kernels.mlp import srelu_mlp
+    from cute_kernels.moe import route
+
+    if budget.left() < 10:
+        return {"skipped": "time budget"}
+    moe = next(b.mixer for b in model.model.layers if b.block_type == "moe")
+    seen = {}
+    hook = moe.gate.register_forward_hook(lambda _m, inp, out: seen.update(x=inp[0], w=out[1], i=out[2]))
+    with torch.no_grad():
+        model(input_ids=ids)
+    hook.remove()
+    x = seen["x"].reshape(-1, seen["x"].size(-1)).detach()
+    idx, w = seen["i"], seen["w"].detach()
+    hf_experts = moe.experts
+    ours = NemotronHRoutedExperts(hf_experts, backend="auto", offload=None, recompute_postact=False)
+    dy = torch.randn_like(x)
+    r = route(idx, hf_experts.up_proj.size(0))
+    x_sorted = x.index_select(0, r.token).detach()
+    prob_sorted = w.reshape(-1).index_select(0, r.order).detach()
+    dy_sorted = torch.randn_like(x_sorted)
+
+    def no_grads():  # a .grad left from the last step would add an accumulation to this one
+        hf_experts.up_proj.grad = hf_experts.down_proj.grad = None
+
+    def experts_step(mod):
+        def run(_):
+            xx = x.detach().requires_grad_()
+            ww = w.detach().requires_grad_()
+            mod(xx, idx, ww).backward(dy)
+            no_grads()
+        return run
+
+    def sorted_step(_):
+        xx = x_sorted.detach().requires_grad_()
+        pp = prob_sorted.detach().requires_grad_()
+        srelu_mlp(xx, hf_experts.up_proj, hf_experts.down_proj, m_splits=r.counts, prob=pp).backward(dy_sorted)
+        no_grads()
+
+    out = {"tokens": x.size(0), "rows": idx.numel(), "experts_hit": int((r.counts > 0).sum())}
+    for name, fn in (("hf grouped_mm experts", experts_step(hf_experts)), ("ours", experts_step(ours)),
+                     ("our grouped op on pre-sorted tokens", sorted_step)):
+        ms, peak, resident, _ = time_steps(fn, [None], warmup=3, steps=10)
+        out[name] = {"ms": ms, "act_gib": (peak - resident) / 2**30}
+        print(f"  routed experts, {name}: {ms:.2f} ms", flush=True)
+    return out
+
+
+def report(results, routed, device, tokens):
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"Nemotron-H training step (forward + backward, no optimizer), {device}, {now}, transformers "
+             f"{transformers_version()}, torch {torch.__version__}, bf16, {tokens} tokens per step, median of {STEPS} "
+             f"steps after {WARMUP} warm-up", ""]
+    for kind, rows in results.items():
+        by = {r["variant"]: r for r in rows if "ms" in r}
+        base, rest = by.get("hf eager"), by.get("hf, MLP/MoE passed through")
+        lines += [f"**{kind}** ({' / '.join(MODELS[kind]['layers_block_type'])})", "",
+                  "| variant | step ms | vs hf eager | peak GiB | peak above weights GiB | MLP/MoE ms | MLP/MoE share | first step s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "ms" not in r:
+                lines.append(f"| {r['variant']} | skipped: {r.get('skipped', '?')} | | | | | | |")
+                continue
+            sp = f"{base['ms'] / r['ms']:.2f}x" if base and r is not rest else "-"
+            mlp = share = "-"
+            if rest and r is not rest and r["variant"] != "hf torch.compile":
+                mlp_ms = r["ms"] - rest["ms"]
+                mlp, share = f"{mlp_ms:.2f}", f"{mlp_ms / r['ms']:.0%}"
+            lines.append(f"| {r['variant']} | {r['ms']:.2f} | {sp} | {r['peak_gib']:.2f} | {r['act_gib']:.2f} | {mlp} | "
+                         f"{share} | {r['first_step_s']:.1f} |")
+        off = by.get("patched, offload auto")
+        if off:
+            lines.append(f"\noffload auto: {off['offloaded_gib']:.2f} GiB offloaded per step; roles per offload layer "
+                         f"(shared expert and routed experts are one layer each): {off['plans']}")
+        lines.append("")
+    if routed and "ours" in routed:
+        hf, ours, pre = (routed[k]["ms"] for k in ("hf grouped_mm experts", "ours", "our grouped op on pre-sorted tokens"))
+        lines += [f"Routed experts of one MoE layer alone, fwd+bwd, {routed['tokens']} tokens x top-6 = {routed['rows']} rows, "
+                  f"{routed['experts_hit']} experts hit (the model's own routing)", "",
+                  "| | ms | vs hf | peak above weights GiB |", "|---|---|---|---|"]
+        for k in ("hf grouped_mm experts", "ours", "our grouped op on pre-sorted tokens"):
+            lines.append(f"| {k} | {routed[k]['ms']:.2f} | {hf / routed[k]['ms']:.2f}x | {routed[k]['act_gib']:.2f} |")
+        lines.append(f"\nsort + gather + combine (fwd+bwd): {ours - pre:.2f} ms = {(ours - pre) / ours:.0%} of ours: the most "
+                     "fusing the permutation into the GEMMs could save")
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, key, label in ((axes[0], "ms", "step ms"), (axes[1], "peak_gib", "peak GiB")):
+        names, width = None, 0.38
+        for j, (kind, rows) in enumerate(results.items()):
+            ok = [r for r in rows if "ms" in r and "passed through" not in r["variant"]]
+            names = [r["variant"] for r in ok]
+            ax.bar([i + j * width for i in range(len(ok))], [r[key] for r in ok], width, label=kind)
+        if names:
+            ax.set_xticks([i + width / 2 for i in range(len(names))], names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle("Nemotron-H step: Hugging Face vs patch_nemotron_h")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    ap.add_argument("--budget-s", type=float, default=110)
+    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--only", default="moe,dense")
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    budget = Budget(args.budget_s)
+    results, routed, kept = {}, {}, {}
+    for kind in [k for k in args.only.split(",") if k]:
+        if budget.left() < 15:
+            results[kind] = [{"variant": "all", "skipped": "time budget"}]
+            continue
+        model, batches, rows, extra = bench_model(kind, args.tokens, budget)
+        results[kind], routed = rows, routed or extra
+        kept[kind] = (model, batches)  # both fit on one H200 (~6 GB of weights together)
+    for kind, (model, batches) in kept.items():  # torch.compile last: it gets what time is left
+        bench_compile(model, batches, results[kind], budget)
+    text = report(results, routed, torch.cuda.get_device_name(0), args.tokens)
+    with open(os.path.join(args.out, "bench_nemotron.json"), "w") as f:
+        json.dump({"results": results, "routed": routed, "tokens": args.tokens}, f, indent=1, default=str)
+    plot(results, os.path.join(args.out, "bench_nemotron.png"))
+    emit(text, os.path.join(args.out, "bench_nemotron.md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""The arch-neutral half of the GEMM family: what every arch's kernel shares.
+
+- `launch_args`: the kernel's tensor arguments as one typed record (`GemmArgs`).
+- `tile_walk`: the persistent walk over cluster tiles (dense, grouped along M, grouped
+  along K) and the coordinates of a work index.
+- `grouping`: grouped addressing: the ragged store view of a grouped output, an expert's
+  K range, the per-expert operand views.
+- `descriptors`: the K-grouped kernels' ring of per-CTA TMA descriptors and its writer.
+- `epilogue_io`: loading an epilogue's declared inputs (aux tile) for a thread's fragment
+  and calling the epilogue's hooks per sub-tile.
+
+An arch folder (`cute_kernels/sm90`, `cute_kernels/sm100`) adds its mainloop (MMA
+instructions, accumulator storage, pipelines, warp roles) on top.
+"""
