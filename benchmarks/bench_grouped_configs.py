@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     ap.add_argument("--gemms", nargs="+", default=None,
                     help="only the GEMMs whose name contains one of these words (e.g. wgrad dgrad)")
     args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_grouped_configs needs a CUDA GPU", file=sys.stderr)
+        return 2
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"Grouped GEMM configs, {torch.cuda.get_device_name()}, {now}, bf16, tokens split evenly, "
              "L2 flushed, median (ms; TFLOP/s in brackets; torch = torch._grouped_mm, the SReLU not included)", "",

@@ -14,6 +14,7 @@ cProfile's N most expensive functions (own time) over 20 enqueued E=8 steps.
 import argparse
 import cProfile
 import pstats
+import sys
 import time
 
 import torch
@@ -89,12 +90,20 @@ def profile(top: int, m=16384, h=2688, f=1856, e=8):
     stats.sort_stats("cumulative").print_stats(top)
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
+def cli(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions instead")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_host_overhead needs a CUDA GPU", file=sys.stderr)
+        return 2
     if args.profile:
         profile(args.profile)
     else:
         main()
         graph_vs_eager()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -23,6 +23,13 @@ from .mlp import srelu_mlp
 from .moe import routed_srelu_experts
 from .modules import GroupedSReLUMLP, SReLUMLP
 
+import logging as _logging
+
+# A library logs, the application decides where to: without a handler of its own, the
+# "cute_kernels" logger would reach Python's last-resort stderr printer when nothing is
+# configured.  logging.basicConfig() (or a handler on this logger) shows its warnings.
+_logging.getLogger("cute_kernels").addHandler(_logging.NullHandler())
+
 __all__ = ["SReLU", "ScaledTanhSReLU", "fc1_srelu", "fc2", "fc2_dgrad_dsrelu", "weight_grad", "srelu_mlp",
            "routed_srelu_experts", "SReLUMLP", "GroupedSReLUMLP", "GemmConfig", "validate", "default_config",
            "ConfigError", "InputError"]

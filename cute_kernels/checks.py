@@ -91,8 +91,9 @@ def check_m_splits(m_splits, *, num_experts: int, m_total: int, device):
     # The same splits reach every GEMM of an MoE step (six per step): remember the ones
     # already checked instead of walking E entries in Python each time.
     key = m_splits if isinstance(m_splits, tuple) else tuple(m_splits)
-    if _checked_splits.get(key) == (num_experts, m_total) and set(map(type, key)) == _INT_ONLY:
-        return  # (the type test: equal tuples may hold bools or numpy ints, which the walk rejects)
+    if set(map(type, key)) == _INT_ONLY and _checked_splits.get(key) == (num_experts, m_total):
+        return  # (the type test first: equal tuples may hold bools or numpy ints, which the walk
+        # rejects, and unhashable entries such as lists, which the walk names)
     if len(m_splits) != num_experts:
         _fail(f"m_splits has {len(m_splits)} entries but the weights have {num_experts} experts")
     for i, s in enumerate(m_splits):
@@ -119,3 +120,16 @@ def check_prob(prob, *, m_total: int, device):
         _fail(f"prob must be floating point, got {prob.dtype}")
     if prob.device != device:
         _fail(f"prob is on {prob.device}, expected {device}")
+
+
+def check_config(config):
+    """`config=` of a GEMM entry point: None or a GemmConfig whose fields have their types
+    (checked before the config becomes part of a cached kernel key: a list field is
+    unhashable, a float one would reach the DSL)."""
+    if config is None:
+        return
+    from .config import type_errors
+
+    errs = type_errors(config)
+    if errs:
+        _fail(f"config: {'; '.join(errs)}")

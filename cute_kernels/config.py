@@ -51,6 +51,8 @@ class GemmConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GemmConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a GemmConfig is read from a mapping of its fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -60,7 +62,6 @@ class GemmConfig:
     @property
     def cluster_size(self) -> int:
         return self.cluster_m * self.cluster_n
-
 
 
 def _arch(arch: str):
@@ -74,10 +75,31 @@ def validation_errors(cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int =
     """Every reason `cfg` cannot run on `arch`; empty when it can."""
     from .archs import ARCHS
 
+    errs = type_errors(cfg, arch, num_outputs=num_outputs, out_bytes=out_bytes)
+    if errs:
+        return errs
     if arch not in ARCHS:
         return [f"unknown arch {arch!r} (known: {sorted(ARCHS)})"]
     return _arch(arch).validation_errors(cfg, num_outputs=num_outputs, grouped=grouped, grouped_k=grouped_k,
                                          out_bytes=out_bytes)
+
+
+def type_errors(cfg, arch="sm90", **ints) -> list[str]:
+    """What is not of its type: `cfg` must be a GemmConfig whose fields hold ints (not
+    bools or floats) and strs as declared, `arch` a str, `ints` (name -> value) ints.  The
+    value checks of validation_errors assume these types."""
+    if not isinstance(cfg, GemmConfig):
+        return [f"expected a GemmConfig, got {type(cfg).__name__}"]
+    errs = [] if isinstance(arch, str) else [f"arch must be a str, got {type(arch).__name__} {arch!r}"]
+    for f in dataclasses.fields(GemmConfig):
+        v = getattr(cfg, f.name)
+        want = str if f.type in (str, "str") else int
+        if type(v) is not want:  # bool is an int subclass; 256.0 is not an int
+            errs.append(f"{f.name} must be {'a str' if want is str else 'an int'}, got {type(v).__name__} {v!r}")
+    for name, v in ints.items():
+        if type(v) is not int:
+            errs.append(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    return errs
 
 
 def validate(cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, grouped: bool = False,

@@ -48,15 +48,18 @@ def tuned_entries(arch: str, kernel: str, root: str | None = None) -> dict:
     path = file_path(arch, kernel, root)
     table: dict = {}
     try:
-        raw = read_file(path)
+        raw = read_file(path, allow_empty=False)
     except TunedConfigError as e:
-        log.warning("ignoring tuned configs: %s", e)
+        log.warning("ignoring tuned configs, falling back to the defaults: %s", e)
         return table
     for key, record in raw.items():
         try:
             sk, cfg = parse_entry(path, key, record, kernel=kernel)
         except TunedConfigError as e:
             log.warning("ignoring tuned config: %s", e)
+            continue
+        except Exception as e:  # a file must never fail a launch: whatever parse_entry missed
+            log.warning("ignoring tuned config: %s: entry %r: %s: %s", path, key, type(e).__name__, e)
             continue
         table.setdefault((sk.dtype, sk.n, sk.k, sk.experts), []).append((sk.m, cfg))
     for v in table.values():

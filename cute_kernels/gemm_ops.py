@@ -221,6 +221,7 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
     m, k = a.shape
     n = w.size(-2)
     arch = device_arch(a.device)
+    checks.check_config(config)
     key = _kernel_key(kernel_name, arch, a.dtype, m, n, k, w.size(0) if grouped else 1, epi, grouped, majors, config,
                       tuned_root())
     config = key.cfg
@@ -509,6 +510,7 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
         if not accumulate:
             out.zero_()
         return out
+    checks.check_config(config)
     key = _wgrad_key(device_arch(dy.device), dy.dtype, n_out, k_out, tokens, num_experts, grouped, out.dtype,
                      accumulate, majors, config, tuned_root())
     config = key.cfg

@@ -13,8 +13,13 @@ from .compile import KernelKey, compile_kernel
 
 
 def kernel_ptx(key: KernelKey) -> str:
-    """Compile `key` (no GPU needed) and return its PTX."""
-    return compile_kernel(key, options="--keep-ptx").__ptx__
+    """Compile `key` (no GPU needed) and return its PTX.
+
+    `--keep-ptx` makes the DSL write the PTX file to its dump directory (the current
+    directory unless $CUTE_DSL_DUMP_DIR says otherwise); it goes to a temporary directory
+    removed afterwards, so nothing is left where the caller runs."""
+    with tempfile.TemporaryDirectory(prefix="cute_kernels_ptx_") as d:
+        return compile_kernel(key, options=f"--keep-ptx --dump-dir={d}").__ptx__
 
 
 def find_ptxas() -> str | None:

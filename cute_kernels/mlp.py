@@ -29,6 +29,8 @@ import logging
 import torch
 
 from .activations import SRELU, resolve_activation
+from .checks import InputError
+from .mlp_checks import check_mlp_inputs, checked_host_splits
 from .reference import act_backward, act_forward, per_expert_mm, per_expert_wgrad, splits_list
 
 log = logging.getLogger("cute_kernels")
@@ -82,7 +84,7 @@ def _use_cute(x, backend: str) -> bool:
         return False
     ok = x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and _is_sm90(x.device.index)
     if backend == "cute" and not ok:
-        raise ValueError("backend='cute' needs bf16/fp16 CUDA tensors on a Hopper (sm90) GPU")
+        raise InputError("backend='cute' needs bf16/fp16 CUDA tensors on a Hopper (sm90) GPU")
     return ok
 
 
@@ -238,7 +240,14 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     says, by role; inside a `with sched.layer(i)` the call belongs to layer i.  Under
     torch.compile the op tags no roles (see `_tag`), so a role policy offloads nothing there."""
     if backend not in ("auto", "cute", "torch"):
-        raise ValueError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
+        raise InputError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
+    # the same errors on both paths, before the call counts as a layer for `offload`
+    m_splits = check_mlp_inputs(x, w1, w2, m_splits=m_splits, prob=prob,
+                                fuse_wgrad_accumulation=fuse_wgrad_accumulation)
+    try:
+        activation = resolve_activation(activation)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"activation: {e}") from None
     if offload is not None:
         from offload import OffloadScheduler
 
@@ -249,12 +258,6 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
                 return srelu_mlp(x, w1, w2, m_splits=m_splits, prob=prob, recompute_postact=recompute_postact,
                                  fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend,
                                  activation=activation)
-    try:
-        activation = resolve_activation(activation)
-    except (TypeError, ValueError) as e:
-        from .checks import InputError
-
-        raise InputError(f"activation: {e}") from None
     if not recompute_postact:  # an offload plan may choose to recompute postact rather than save it
         from offload.scheduler import recompute_requested
 
@@ -265,13 +268,10 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
         if path not in _announced:
             _announced.add(path)
             log.info("srelu_mlp: using the %s path", path)
-    if fuse_wgrad_accumulation:
-        for w, name in ((w1, "w1"), (w2, "w2")):
-            _main_grad(w, name)
-    if use_cute and isinstance(m_splits, torch.Tensor) and m_splits.is_cuda:
-        splits = m_splits  # read on the GPU by the kernels: no host sync
-    else:
-        splits = splits_list(m_splits)
+    if use_cute or not isinstance(m_splits, torch.Tensor):
+        splits = m_splits  # a CUDA tensor is read on the GPU by the kernels: no host sync
+    else:  # the torch path reads a CUDA tensor on the host: one sync, so its values are checked
+        splits = checked_host_splits(m_splits, num_experts=w1.size(0), m_total=x.size(0))
     postact, preact = FC1SReLUFunction.apply(x, w1, prob, splits, use_cute, fuse_wgrad_accumulation, activation)
     return FC2DSReLUFunction.apply(postact, preact, prob, w2, splits, recompute_postact, use_cute,
                                    fuse_wgrad_accumulation, activation)

@@ -9,6 +9,7 @@ With `fuse_wgrad_accumulation=True` the weights' gradients are added into an fp3
 being returned as .grad.  With `offload=sched` (an offload.OffloadScheduler) each forward
 is the next layer of the step for that scheduler (srelu_mlp's `offload`).  `activation=`
 picks the activation (default relu^2; e.g. "tanh_srelu:4.0", see srelu_mlp).
+Bad inputs raise srelu_mlp's `InputError`s (cute_kernels.mlp_checks), on every backend.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch import nn
 from .activations import resolve_activation
 from .checks import InputError
 from .mlp import srelu_mlp
+from .mlp_checks import check_module_input
 
 
 def _module_activation(activation):
@@ -42,6 +44,7 @@ class SReLUMLP(nn.Module):
         self.offload = offload
 
     def forward(self, x: torch.Tensor, prob: torch.Tensor | None = None) -> torch.Tensor:
+        check_module_input(x, self.fc1.in_features)
         shape = x.shape
         y = srelu_mlp(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc2.weight, prob=prob,
                       recompute_postact=self.recompute_postact, backend=self.backend,

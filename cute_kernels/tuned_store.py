@@ -60,39 +60,86 @@ def file_path(arch: str, kernel: str, root: str | None = None) -> str:
     return os.path.join(root or default_root(), arch, f"{kernel}.yaml")
 
 
-def read_file(path: str) -> dict:
-    """The `entries` of one file ({} when absent). Raises TunedConfigError naming the file."""
+def read_file(path: str, *, allow_empty: bool = True) -> dict:
+    """The `entries` of one file ({} when absent).  Raises TunedConfigError naming the file
+    for anything unreadable: not UTF-8, not YAML, not a mapping with an `entries` mapping
+    (an empty file too unless `allow_empty`: the writer starts from one, the lookup warns)."""
     if not os.path.exists(path):
         return {}
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             doc = yaml.safe_load(f)
+    except UnicodeDecodeError as e:
+        raise TunedConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         raise TunedConfigError(f"{path}: not valid YAML: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:  # a directory, no permission, NUL bytes, absurd nesting
+        raise TunedConfigError(f"{path}: cannot be read: {type(e).__name__}: {e}") from None
     if doc is None:
-        return {}
+        if allow_empty:
+            return {}
+        raise TunedConfigError(f"{path}: empty file (no entries)")
     if not isinstance(doc, dict) or not isinstance(doc.get("entries", {}), dict):
-        raise TunedConfigError(f"{path}: expected a mapping with an 'entries' mapping at the top level")
+        raise TunedConfigError(f"{path}: expected a mapping with an 'entries' mapping at the top level, "
+                               f"got {_kind(doc)}")
+    if "entries" not in doc and not allow_empty:
+        raise TunedConfigError(f"{path}: no 'entries' mapping at the top level (keys: {sorted(map(str, doc))})")
     return doc.get("entries") or {}
 
 
-def parse_entry(path: str, key: str, record, *, kernel: str = "fc2") -> tuple[ShapeKey, GemmConfig]:
-    """Check one record and return its shape and config; TunedConfigError names file and entry."""
+def _kind(doc) -> str:
+    if isinstance(doc, dict):
+        return f"'entries' of type {type(doc['entries']).__name__}"
+    return f"a {type(doc).__name__}"
+
+
+SHAPE_FIELDS = ("m", "n", "k", "experts")
+
+
+def _shape_int(shape: dict, name: str) -> int:
+    v = shape.get(name, 0) if name == "experts" else shape[name]
+    if type(v) is not int:  # not a bool, a float or a numeric string
+        raise TunedConfigError(f"shape {name} must be an int, got {type(v).__name__} {v!r}")
+    if v < (0 if name == "experts" else 1):
+        raise TunedConfigError(f"shape {name} must be {'>= 0' if name == 'experts' else '>= 1'}, got {v}")
+    return v
+
+
+def parse_entry(path: str, key, record, *, kernel: str = "fc2") -> tuple[ShapeKey, GemmConfig]:
+    """Check one record and return its shape and config; TunedConfigError names file and entry.
+
+    Every field the lookup reads is type-checked (ints are ints, not floats, bools or
+    strings); unknown shape or config fields are errors, other record fields are kept as
+    information (the writer may add some)."""
     where = f"{path}: entry {key!r}"
+    if not isinstance(key, str):
+        raise TunedConfigError(f"{where}: the entry key must be a string, got {type(key).__name__}")
     if not isinstance(record, dict):
         raise TunedConfigError(f"{where}: expected a mapping, got {type(record).__name__}")
     missing = [f for f in ("config", "shape", "dtype") if f not in record]
     if missing:
         raise TunedConfigError(f"{where}: missing field(s) {missing}")
-    shape = record["shape"]
+    shape, dtype = record["shape"], record["dtype"]
+    if not isinstance(dtype, str):
+        raise TunedConfigError(f"{where}: dtype must be a string, got {type(dtype).__name__} {dtype!r}")
+    if not isinstance(shape, dict):
+        raise TunedConfigError(f"{where}: bad shape {shape!r} (expected a mapping of {SHAPE_FIELDS})")
+    unknown = sorted(map(str, set(shape) - set(SHAPE_FIELDS)))
+    if unknown:
+        raise TunedConfigError(f"{where}: bad shape {shape!r} (unknown fields {unknown})")
     try:
-        sk = ShapeKey(str(record["dtype"]), int(shape["m"]), int(shape["n"]), int(shape["k"]), int(shape.get("experts", 0)))
-    except (KeyError, TypeError, ValueError) as e:
+        sk = ShapeKey(dtype, *(_shape_int(shape, f) for f in SHAPE_FIELDS))
+    except KeyError as e:
+        raise TunedConfigError(f"{where}: bad shape {shape!r} (missing {e})") from None
+    except TunedConfigError as e:
         raise TunedConfigError(f"{where}: bad shape {shape!r} ({e})") from None
     if sk.key() != key:
         raise TunedConfigError(f"{where}: key does not match its shape/dtype (expected {sk.key()!r})")
+    config = record["config"]
+    if not isinstance(config, dict):
+        raise TunedConfigError(f"{where}: bad config: expected a mapping, got {type(config).__name__} {config!r}")
     try:
-        cfg = GemmConfig.from_dict(dict(record["config"]))
+        cfg = GemmConfig.from_dict({str(k): v for k, v in config.items()})
     except (ConfigError, TypeError, ValueError) as e:
         raise TunedConfigError(f"{where}: bad config: {e}") from None
     arch = os.path.basename(os.path.dirname(path)) or "sm90"

@@ -3,9 +3,9 @@
 # sweep on the benchmark shapes; MLP_BENCH=1 adds the MLP step benchmark,
 # SKIP_GEMM_BENCH=1 / SKIP_TESTS=1 leave parts out; PYTEST_WORKERS=N runs the tests in N
 # processes through pytest-xdist, which the GPU image has: the suite is bound by kernel
-# compiles on the CPU, not by the GPU).  QuACK wheels in .gpu/quack (see README.md) are
+# compiles on the CPU, not by the GPU).  QuACK wheels in .gpu/quack (docs/gpu-staging.md) are
 # installed first, for bench_mlp's QuACK tables.  On the device machine, from the repo root,
-# after the wheels are installed (see README.md):
+# after the wheels are installed (docs/gpu-staging.md):
 #   bash scripts/gpu_check.sh [extra pytest args]
 # Logs and tables go to $OUT (or ./gpu_out).
 set -uo pipefail

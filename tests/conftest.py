@@ -1,9 +1,15 @@
-"""Test setup: the `gpu` marker skips without CUDA; kernels compile for sm_90a on CPU."""
+"""Test setup: the `gpu` marker skips without CUDA; kernels compile for sm_90a on CPU; a run that
+leaves new files in the repository root fails (tests write to tmp_path or a temporary directory)."""
 import os
+import sys
 
 import pytest
 
 os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# what pytest and Python themselves keep there (gitignored)
+ALLOWED_NEW = {".pytest_cache", "__pycache__"}
 
 
 def _has_cuda() -> bool:
@@ -22,3 +28,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_root_key] = set(os.listdir(REPO_ROOT))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(_root_key, None)
+    if before is None or hasattr(session.config, "workerinput"):  # xdist workers: the controller checks
+        return
+    new = sorted(set(os.listdir(REPO_ROOT)) - before - ALLOWED_NEW)
+    if new:
+        print(f"\nthe tests left new files in the repository root: {new}", file=sys.stderr)
+        if session.exitstatus == 0:
+            session.exitstatus = 1
+
+
+_root_key = pytest.StashKey[set]()

@@ -3,6 +3,7 @@ the design says: WGMMA, TMA loads (multicast when clustered) and stores, setmaxn
 stmatrix, no local memory; ptxas (where installed) reports no spills."""
 import dataclasses
 import itertools
+import os
 import re
 
 import pytest
@@ -80,7 +81,21 @@ def test_variant_compiles_and_ptx_is_as_designed(grouped, epi, sched, cluster):
                                                    ("bfloat16", "m", "n")])
 def test_other_dtypes_and_operand_majorness_compile(dtype, a_major, b_major):
     key = _key(False, "srelu_preact", "coop128x256", (1, 2), dtype=dtype, a_major=a_major, b_major=b_major)
+    dump_dir = _dsl_dump_dir()  # where --keep-ptx writes unless told otherwise (the cwd at DSL start)
+    before = _artifacts(dump_dir)
     _check_ptx(kernel_ptx(key), key)
+    assert _artifacts(dump_dir) - before == set(), "kernel_ptx wrote files to the DSL's dump directory"
+
+
+def _artifacts(d: str) -> set:
+    """(name, mtime) of the compiler artifacts in `d` (a rewritten file counts as new)."""
+    return {(e.name, e.stat().st_mtime_ns) for e in os.scandir(d) if e.name.endswith((".ptx", ".cubin"))}
+
+
+def _dsl_dump_dir() -> str:
+    from cutlass.cutlass_dsl import CuTeDSL
+
+    return CuTeDSL._get_dsl().envar.dump_dir
 
 
 def test_compiled_kernels_are_cached():

@@ -46,7 +46,7 @@ def test_fake_arguments_fill_exactly_what_the_epilogue_declares(epi, grouped_k):
     assert (args.desc_ws is not None) == grouped_k and (args.cu_rows is not None) == grouped_k
 
 
-def test_one_process_compiles_for_two_arches():
+def test_one_process_compiles_for_two_arches(tmp_path):
     """Each compile names its own target; the env default (conftest: sm_90a) does not leak."""
     import cutlass
     import cutlass.cute as cute
@@ -58,7 +58,7 @@ def test_one_process_compiles_for_two_arches():
     ptx90 = kernel_ptx(KernelKey("sm90", GemmConfig(tile_n=128, cluster_n=1), EpilogueSpec("identity"), False,
                                  "bfloat16", "k", "k"))
     t = make_fake_tensor(cutlass.Float32, (32,), (1,), assumed_align=16)
-    fn = cute.compile(_tiny_kernel.launch, t, options="--gpu-arch sm_100a --keep-ptx")
+    fn = cute.compile(_tiny_kernel.launch, t, options=f"--gpu-arch sm_100a --keep-ptx --dump-dir={tmp_path}")
     assert re.search(r"^\.target sm_90a", ptx90, re.M) and "wgmma.mma_async" in ptx90
     assert re.search(r"^\.target sm_100a", fn.__ptx__, re.M)
     assert arch_options("sm90") == "--gpu-arch sm_90a"
