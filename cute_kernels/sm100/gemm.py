@@ -39,7 +39,7 @@ import cutlass.pipeline as pipeline
 import cutlass.utils.blackwell_helpers as sm100_utils
 from cutlass import Float32, Int32, const_expr
 from cutlass.cute.nvgpu import cpasync, tcgen05
-from cutlass.memory import SmemAllocator, TmemAllocator
+from cutlass.memory import SmemAllocator, TmemAllocator, get_num_tmem_alloc_cols
 from cutlass.pipeline import pipeline_init_arrive, pipeline_init_wait
 from cutlass.tensor_utils import LayoutEnum, TensorMapManager, TensorMapUpdateMode
 
@@ -137,7 +137,7 @@ class Sm100Gemm:
 
         acc_shape = tiled_mma.partition_shape_C(self.mma_tiler[:2])
         acc_fake = tiled_mma.make_fragment_C(cute.append(acc_shape, cfg.acc_stages))
-        self.tmem_cols = sm100_utils.get_num_tmem_alloc_cols(acc_fake)
+        self.tmem_cols = get_num_tmem_alloc_cols(acc_fake, arch="sm_100")
 
         m_total = cute.size(mA, mode=[0])
         n_total = cute.size(mB, mode=[0])
