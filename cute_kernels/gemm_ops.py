@@ -322,8 +322,8 @@ def _check_config_type(config):
     from .sm100.config import Sm100Config
 
     if config is not None and not isinstance(config, (GemmConfig, Sm100Config)):
-        raise checks.InputError(f"config must be a GemmConfig (sm90) or an Sm100Config (sm100), "
-                                f"got {type(config).__name__}")
+        raise checks.InputError(f"config must be a GemmConfig, got {type(config).__name__} "
+                                f"(on a Blackwell GPU: a cute_kernels.sm100.config.Sm100Config)")
 
 
 def _output(name: str, out, m: int, n: int, like: torch.Tensor) -> torch.Tensor:

@@ -163,17 +163,20 @@ def _reference(key, a, b, splits, aux, prob):
         acc = a32 @ b32.t()
     epi = key.epi
     scale = prob.float()[:, None] if prob is not None else 1.0
-    if epi.kind == "identity":
-        return {"out": acc + aux.float() if epi.accumulate else acc}
-    if epi.kind == "srelu":
-        post = torch.relu(acc) ** 2 * scale
+    if not epi.aux_input and epi.num_outputs == 1 and epi.outputs[0] == "out":  # identity
+        return {"out": acc}
+    if epi.accumulate:
+        return {"out": acc + aux.float()}
+    f = epi.activation  # the activation's torch math (cute_kernels.activations)
+    if not epi.aux_input:  # act: postact = p * f(acc) [, preact = acc]
+        post = f.torch_forward(acc) * scale
         return {"preact": acc, "postact": post} if epi.store_preact else {"postact": post}
-    act = torch.relu(aux.float())
-    ref = {"dpreact": 2.0 * acc * act * scale}
+    x = aux.float()  # dact: dpreact = p * acc * f'(x) [, postact = p * f(x)] [, row_sum = rowsum(acc * f(x))]
+    ref = {"dpreact": acc * f.torch_grad(x) * scale}
     if epi.store_postact:
-        ref["postact"] = act * act * scale
+        ref["postact"] = f.torch_forward(x) * scale
     if epi.row_sum:
-        ref["row_sum"] = (acc * act * act).sum(1)
+        ref["row_sum"] = (acc * f.torch_forward(x)).sum(1)
     return ref
 
 

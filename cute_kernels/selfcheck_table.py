@@ -22,6 +22,8 @@ EPILOGUES = [
     EpilogueSpec("srelu", store_preact=True), EpilogueSpec("srelu", store_preact=True, row_scale=True),
     EpilogueSpec("dsrelu"), EpilogueSpec("dsrelu", store_postact=True),
     EpilogueSpec("dsrelu", store_postact=True, row_scale=True, row_sum=True),
+    EpilogueSpec("act", store_preact=True, row_scale=True, activation="tanh_srelu:4.0"),
+    EpilogueSpec("dact", store_postact=True, row_scale=True, row_sum=True, activation="tanh_srelu:4.0"),
 ]
 
 
@@ -49,7 +51,7 @@ def variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
             if grouping == "grouped" and epi.accumulate:
                 continue
             majors = ("m", "n") if grouping == "grouped_k" or epi.accumulate else (
-                ("k", "n") if epi.kind == "dsrelu" else ("k", "k"))
+                ("k", "n") if epi.kind == "dact" else ("k", "k"))
             keys.append(KernelKey(arch, cfg, epi, grouping == "grouped", "bfloat16", *majors,
                                   out_dtype="float32" if epi.accumulate else "", grouped_k=grouping == "grouped_k"))
     return keys

@@ -3,7 +3,8 @@ point is an Sm100Config the validator answers for, and the sweep prunes by valid
 compiling spill-free config and reports the counts."""
 import argparse
 
-from autotune import compile_only, space, space_sm100
+from autotune import compile_only, space
+from cute_kernels.sm100 import space as space_sm100
 from autotune.__main__ import build_parser
 from cute_kernels.sm100.config import Sm100Config, validation_errors
 

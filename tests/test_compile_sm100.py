@@ -1,10 +1,10 @@
 """The SM100 (Blackwell) GEMM family compiles for sm_100a without a GPU, and the PTX holds what
 the design says: tcgen05.mma with the config's cta_group, tcgen05.ld, TMEM alloc / dealloc /
 relinquish, TMA loads (multicast iff the cluster shares an operand) and one TMA store per output
-and sub-tile, no local memory; ptxas reports no spills and no stack.
+in the run-time sub-tile loop, no local memory; ptxas reports no spills and no stack.
 
 The variant matrix covers every axis (dense / grouped / K-grouped, each epilogue, 1-CTA and
-2-CTA, four cluster shapes, fp16 and the transposed operand views) in 19 compiles (~2 minutes
+2-CTA, four cluster shapes, fp16, the transposed operand views, the tanh-clamped activation) in 21 compiles (~2 minutes
 on 2 cores); CUTE_KERNELS_SM100_FULL=1 compiles the full product instead.  Compiles are cached
 per process (one PTX per key for every test that checks it)."""
 import functools
@@ -31,6 +31,10 @@ EPILOGUES = {
     "dsrelu_postact": EpilogueSpec("dsrelu", store_postact=True),
     "dsrelu_scale_rowsum": EpilogueSpec("dsrelu", row_scale=True, row_sum=True),
     "dsrelu_postact_scale_rowsum": EpilogueSpec("dsrelu", store_postact=True, row_scale=True, row_sum=True),
+    # the soft-clamped squared ReLU, through the same hooks
+    "tanh_act_preact_scale": EpilogueSpec("act", store_preact=True, row_scale=True, activation="tanh_srelu:4.0"),
+    "tanh_dact_postact_scale_rowsum": EpilogueSpec("dact", store_postact=True, row_scale=True, row_sum=True,
+                                                   activation="tanh_srelu:4.0"),
 }
 MMA = {  # (cta_group, cluster_m, cluster_n)
     "1cta_c1x1": (1, 1, 1), "1cta_c1x2": (1, 1, 2), "1cta_c2x1": (1, 2, 1),
@@ -53,6 +57,8 @@ VARIANTS = [
     ("grouped", "identity", "2cta_c2x2", "bfloat16", "m", "k", ""),
     ("grouped", "dsrelu_scale_rowsum", "1cta_c2x1", "bfloat16", "k", "n", ""),
     ("grouped", "dsrelu_postact", "2cta_c2x1", "bfloat16", "k", "n", ""),
+    ("dense", "tanh_act_preact_scale", "2cta_c2x1", "bfloat16", "k", "k", ""),
+    ("grouped", "tanh_dact_postact_scale_rowsum", "1cta_c1x2", "bfloat16", "k", "n", ""),
     ("grouped_k", "identity", "1cta_c1x1", "bfloat16", "m", "n", "float32"),
     ("grouped_k", "accumulate", "2cta_c2x1", "bfloat16", "m", "n", "float32"),
     ("grouped_k", "accumulate", "1cta_c1x2", "bfloat16", "m", "n", ""),
@@ -60,7 +66,7 @@ VARIANTS = [
 ]
 if os.environ.get("CUTE_KERNELS_SM100_FULL") == "1":
     VARIANTS = [
-        (g, e, mma, "bfloat16", *(("m", "n") if g == "grouped_k" else ("k", "n" if e.startswith("dsrelu") else "k")),
+        (g, e, mma, "bfloat16", *(("m", "n") if g == "grouped_k" else ("k", "n" if EPILOGUES[e].kind == "dact" else "k")),
          "float32" if e == "accumulate" else "")
         for g, e, mma in itertools.product(("dense", "grouped", "grouped_k"), EPILOGUES, MMA)
         if g != "grouped_k" or e in ("identity", "accumulate")

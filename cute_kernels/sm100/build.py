@@ -1,5 +1,5 @@
 """Building an sm100 kernel object from a `compile.KernelKey` (validated against the sm100
-config space first) and the sizes its launch needs."""
+config space first) and the sizes its launch needs (the descriptor workspace: compile.desc_workspace_words)."""
 from __future__ import annotations
 
 from ..config import ConfigError
@@ -27,11 +27,3 @@ def build_sm100_kernel(key):
     from .gemm import Sm100Gemm
 
     return Sm100Gemm(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=ab_stages_of(key))
-
-
-def desc_workspace_words(key, max_clusters: int) -> int:
-    """Int64 words of the K-grouped descriptor workspace: per CTA, A and B descriptors
-    (128 B each) in every slot."""
-    from .gemm import DESC_WORDS, desc_slots
-
-    return max_clusters * key.cfg.cluster_size * 2 * desc_slots(ab_stages_of(key)) * DESC_WORDS

@@ -17,10 +17,11 @@ A CTA (persistent, one per SM) is warp-specialised:
 - warp 5 (TMA): loads A and B stages into a shared-memory ring (A multicast along the
   cluster's N, B along its M; with cta_group 2 each CTA of a pair loads half of B).
 - warp 6 (K-grouped only): writes per-CTA TMA descriptors cut at an expert's last token
-  ahead of the TMA warp (see gemm_base.grouping and the sm90 kernel's docstring: the same
-  scheme; a K block wholly inside an expert reads through the launch's own descriptors).
-Tiles are walked by a static persistent scheduler (cluster c of G takes work c, c+G, ...
-in the banded order of cute_kernels.tile_scheduler), identically in every warp.
+  ahead of the TMA warp (gemm_base.descriptors, the scheme sm90 uses; a K block wholly
+  inside an expert reads through the launch's own descriptors).
+Tiles are walked by the static persistent walk of gemm_base.tile_walk (cluster c of G takes
+work c, c+G, ... in the banded order of cute_kernels.tile_scheduler), identically in every
+warp; the epilogue hooks run through gemm_base.epilogue_io.visit_subtile.
 
 Grouped along M: cu_rows / cu_tiles as on sm90 (tiles per expert rounded up to a multiple
 of cluster_m, which is even with cta_group 2, so a CTA pair is always on one expert);
@@ -41,11 +42,13 @@ from cutlass import Float32, Int32, const_expr
 from cutlass.cute.nvgpu import cpasync, tcgen05
 from cutlass.memory import SmemAllocator, TmemAllocator, get_num_tmem_alloc_cols
 from cutlass.pipeline import pipeline_init_arrive, pipeline_init_wait
-from cutlass.tensor_utils import LayoutEnum, TensorMapManager, TensorMapUpdateMode
+from cutlass.tensor_utils import LayoutEnum
 
 from ..epilogue import EpilogueSpec
 from ..gemm_base import grouping
-from ..tile_scheduler import banded_coord_device
+from ..gemm_base.descriptors import DescriptorRing, desc_slots
+from ..gemm_base.epilogue_io import visit_subtile
+from ..gemm_base.tile_walk import TileWalk, launch_geometry
 from .config import Sm100Config
 from .epilogue_io import load_row_chunks, thread_row_layout
 
@@ -55,16 +58,6 @@ TMA_WARP = 5
 DESC_WARP = 6  # K-grouped only
 EPI_BARRIER_ID = 1
 TMEM_ALLOC_BARRIER_ID = 2
-DESC_BYTES = 128
-DESC_WORDS = DESC_BYTES // 8
-DESC_LEAD = 2  # K-grouped: cut descriptors the writer warp may prepare ahead of the TMA warp
-_DESC_MANAGER = TensorMapManager(TensorMapUpdateMode.GMEM, DESC_BYTES)
-
-
-def desc_slots(ab_stages: int) -> int:
-    """K-grouped: descriptor slots per operand and CTA (a slot is free again once ab_stages
-    later loads were issued, plus DESC_LEAD slots of lead)."""
-    return ab_stages + DESC_LEAD
 
 
 def _transform_acc_layout(t: cute.Tensor) -> cute.Tensor:
@@ -142,18 +135,8 @@ class Sm100Gemm:
         m_total = cute.size(mA, mode=[0])
         n_total = cute.size(mB, mode=[0])
         k_total = cute.size(mA, mode=[1])
-        num_m_tiles = (m_total + self.tile_m - 1) // self.tile_m
-        num_n_tiles = (n_total + self.tile_n - 1) // self.tile_n
-        num_experts = Int32(1)
-        if const_expr(self.grouped):
-            num_experts = cute.size(mCuRows, mode=[0]) - 1
-            num_m_tiles = num_m_tiles + num_experts * cfg.cluster_m  # per expert: a partial tile + rounding
-        if const_expr(self.grouped_k):
-            num_experts = cute.size(mCuRows, mode=[0]) - 1
-        clusters_m = (num_m_tiles + cfg.cluster_m - 1) // cfg.cluster_m
-        clusters_n = (num_n_tiles + cfg.cluster_n - 1) // cfg.cluster_n
-        num_clusters = cutlass.min(clusters_m * clusters_n * (num_experts if const_expr(self.grouped_k) else 1),
-                                   max_clusters)
+        num_m_tiles, num_n_tiles, num_experts, num_clusters = launch_geometry(
+            cfg, mA, mB, mCuRows, grouped=self.grouped, grouped_k=self.grouped_k, max_clusters=max_clusters)
 
         epi_elems = cute.cosize(epi_smem_staged)
 
@@ -186,41 +169,14 @@ class Sm100Gemm:
         )
 
     def _store_view(self, mD: cute.Tensor):
-        if const_expr(self.grouped):
-            return grouping.ragged_store_view(mD)
-        return mD
+        return grouping.ragged_store_view(mD, self.grouped)
 
     # ---------------------------------------------------------------- device side
-    def _tile_coords(self, t, cta_mn, mCuRows, mCuTiles, m_total, num_m_clusters, clusters_n, num_experts):
-        """Cluster work index -> (row_start, row_end, n_tile, expert) of this CTA's 128-row tile."""
-        cfg = self.cfg
-        expert = Int32(0)
+    def _k_tiles(self, walk, expert, k_tiles):
         if const_expr(self.grouped_k):
-            per_expert = num_m_clusters * clusters_n
-            expert = grouping.expert_of_work(t, per_expert)
-            t = t - expert * per_expert
-        cm, cn = banded_coord_device(t, num_m_clusters, clusters_n, cfg.swizzle, cfg.raster == "n")
-        m_tile = cm * cfg.cluster_m + cta_mn[0]
-        n_tile = cn * cfg.cluster_n + cta_mn[1]
-        if const_expr(self.grouped):
-            row_start, row_end, expert = grouping.grouped_tile_rows(m_tile, mCuRows, mCuTiles, num_experts,
-                                                                    self.tile_m)
-            return row_start, row_end, n_tile, expert
-        return m_tile * self.tile_m, m_total, n_tile, expert
-
-    def _k_tiles(self, mCuRows, expert, k_tiles):
-        if const_expr(self.grouped_k):
-            _, _, kt = grouping.expert_k_range(mCuRows, expert, self.tile_k)
+            _, _, kt = grouping.k_range(walk.mCuRows, expert, self.tile_k)
             return kt
         return k_tiles
-
-    def _desc_base(self, cta_linear):
-        """K-grouped: this CTA's first descriptor word; slots [A, B | A, B | ...], 128 B each."""
-        return cta_linear * (2 * self.desc_slots * DESC_WORDS)
-
-    def _desc_ptr(self, mDescWs, word, generic: bool = False):
-        space = cute.AddressSpace.generic if generic else cute.AddressSpace.gmem
-        return _DESC_MANAGER.get_tensormap_ptr(mDescWs.iterator + word, space)
 
     @cute.kernel
     def kernel(
@@ -305,41 +261,38 @@ class Sm100Gemm:
             sD1 = storage.sD1.get_tensor(epi_smem_staged.outer, swizzle=epi_smem_staged.inner)
 
         k_tiles = (k_total + self.tile_k - 1) // self.tile_k
-        total_m_tiles = num_m_tiles
-        if const_expr(self.grouped):
-            total_m_tiles = mCuTiles[num_experts]
-        num_m_clusters = (total_m_tiles + cfg.cluster_m - 1) // cfg.cluster_m
-        clusters_n = (num_n_tiles + cfg.cluster_n - 1) // cfg.cluster_n
-        num_work = num_m_clusters * clusters_n
-        if const_expr(self.grouped_k):
-            num_work = num_work * num_experts
+        walk = TileWalk(cfg, grouped=self.grouped, grouped_k=self.grouped_k, m_total=m_total, num_m_tiles=num_m_tiles,
+                        num_n_tiles=num_n_tiles, num_experts=num_experts, mCuRows=mCuRows, mCuTiles=mCuTiles)
+        num_work = walk.num_work
         cluster_id = cute.arch.block_idx()[2]
         num_launched = cute.arch.grid_dim()[2]
-        cta_linear = cluster_id * cfg.cluster_size + cta_rank
+        ring = None
+        if const_expr(self.grouped_k):
+            ring = DescriptorRing(mDescWs, self.desc_slots, cluster_id, cute.make_layout((*self.cluster_shape_mn, 1)),
+                                  cta_rank)
 
         pipeline_init_wait(cluster_shape_mn=cluster_layout_vmnk)
 
-        walk = (cta_mn, mCuRows, mCuTiles, m_total, num_m_clusters, clusters_n, num_experts)
         if warp_idx == TMA_WARP:
-            self._tma_warp(tiled_mma, tma_a, mA, tma_b, mB, sA, sB, ab_pipeline, desc_pipeline, mDescWs,
-                           cluster_layout_vmnk, coord_vmnk, mma_v, walk, cluster_id, num_launched, num_work, k_tiles,
-                           cta_linear)
+            self._tma_warp(tiled_mma, tma_a, mA, tma_b, mB, sA, sB, ab_pipeline, desc_pipeline, ring,
+                           cluster_layout_vmnk, coord_vmnk, mma_v, walk, cta_mn, cluster_id, num_launched, num_work,
+                           k_tiles)
         if warp_idx == MMA_WARP:
-            self._mma_warp(tiled_mma, sA, sB, acc_layout, tmem, ab_pipeline, acc_pipeline, is_leader, walk,
+            self._mma_warp(tiled_mma, sA, sB, acc_layout, tmem, ab_pipeline, acc_pipeline, is_leader, walk, cta_mn,
                            cluster_id, num_launched, num_work, k_tiles)
         if const_expr(self.grouped_k):
             if warp_idx == DESC_WARP:
-                self._desc_warp(tma_a, tma_b, mA_gmem, mB_gmem, mDescWs, desc_pipeline, cta_linear, walk,
-                                cluster_id, num_launched, num_work)
+                ring.run_writer(desc_pipeline, walk, tma_a, tma_b, mA_gmem, mB_gmem, self.tile_k, cluster_id,
+                                num_launched)
         if warp_idx < MMA_WARP:
             self._epilogue_warps(tidx, warp_idx, tiled_mma, acc_layout, tmem, acc_pipeline, tma_d0, mD0, tma_d1, mD1,
-                                 sD0, sD1, mScale, mAux, mRowSum, walk, cluster_id, num_launched, num_work, n_total)
+                                 sD0, sD1, mScale, mAux, mRowSum, walk, cta_mn, cluster_id, num_launched, num_work,
+                                 n_total)
 
     # ---------------------------------------------------------------- TMA warp
     @cute.jit
-    def _tma_warp(self, tiled_mma, tma_a, mA, tma_b, mB, sA, sB, ab_pipeline, desc_pipeline, mDescWs,
-                  cluster_layout_vmnk, coord_vmnk, mma_v, walk, cluster_id, num_launched, num_work, k_tiles,
-                  cta_linear):
+    def _tma_warp(self, tiled_mma, tma_a, mA, tma_b, mB, sA, sB, ab_pipeline, desc_pipeline, ring,
+                  cluster_layout_vmnk, coord_vmnk, mma_v, walk, cta_mn, cluster_id, num_launched, num_work, k_tiles):
         thr_mma = tiled_mma.get_slice(mma_v)
         a_cta_layout = cute.make_layout(cute.slice_(cluster_layout_vmnk, (0, 0, None, 0)).shape)
         b_cta_layout = cute.make_layout(cute.slice_(cluster_layout_vmnk, (0, None, 0, 0)).shape)
@@ -354,16 +307,15 @@ class Sm100Gemm:
         desc_slot = Int32(0)
         desc_uses = Int32(0)
         prev_expert = Int32(-1)
-        desc_base = self._desc_base(cta_linear)
         t = cluster_id
         while t < num_work:
-            row_start, _, n_tile, expert = self._tile_coords(t, *walk)
+            row_start, _, n_tile, expert = walk.coords(t, cta_mn)
             mma_row_start = row_start - mma_v * self.tile_m  # the pair's first row (cta_group 2)
             tile_k_tiles = k_tiles
             full_k_tiles = k_tiles
             if const_expr(self.grouped_k):
-                k_start, _, tile_k_tiles = grouping.expert_k_range(walk[1], expert, self.tile_k)
-                full_k_tiles = grouping.whole_k_tiles(walk[1], expert, self.tile_k)
+                k_start, _, tile_k_tiles = grouping.k_range(walk.mCuRows, expert, self.tile_k)
+                full_k_tiles = grouping.whole_k_tiles(walk.mCuRows, expert, self.tile_k)
                 gA = cute.local_tile(cute.domain_offset((mma_row_start, k_start), mA[None, None, 0]),
                                      (self.mma_tiler[0], self.tile_k), (0, None))
                 gB = cute.local_tile(cute.domain_offset((0, k_start), mB[None, None, 0]),
@@ -383,9 +335,8 @@ class Sm100Gemm:
                         # the writer warp prepared this expert's cut descriptors (same walk, same rule)
                         desc_pipeline.consumer_wait(desc_read)
                         desc_slot = desc_read.index
-                        cpasync.fence_tma_desc_acquire(self._desc_ptr(mDescWs, desc_base + 2 * desc_slot * DESC_WORDS))
-                        cpasync.fence_tma_desc_acquire(
-                            self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS))
+                        cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 0))
+                        cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 1))
                         desc_read.advance()
                         prev_expert = expert
                         desc_uses += 1
@@ -405,10 +356,9 @@ class Sm100Gemm:
                         cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar, mcast_mask=b_mask)
                     else:
                         cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar, mcast_mask=a_mask,
-                                  tma_desc_ptr=self._desc_ptr(mDescWs, desc_base + 2 * desc_slot * DESC_WORDS, True))
+                                  tma_desc_ptr=ring.ptr(desc_slot, 0, generic=True))
                         cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar, mcast_mask=b_mask,
-                                  tma_desc_ptr=self._desc_ptr(mDescWs, desc_base + (2 * desc_slot + 1) * DESC_WORDS,
-                                                              True))
+                                  tma_desc_ptr=ring.ptr(desc_slot, 1, generic=True))
                 else:
                     cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar, mcast_mask=a_mask)
                     cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar, mcast_mask=b_mask)
@@ -417,44 +367,10 @@ class Sm100Gemm:
             t += num_launched
         ab_pipeline.producer_tail(state)
 
-    # ---------------------------------------------------------------- descriptor writer (K-grouped)
-    @cute.jit
-    def _desc_warp(self, tma_a, tma_b, mA_gmem, mB_gmem, mDescWs, desc_pipeline, cta_linear, walk, cluster_id,
-                   num_launched, num_work):
-        """For each expert whose last K block is partial (or that is empty) and differs from the
-        previous such expert, write A and B descriptors cut at its last token into the next
-        free slot, up to DESC_LEAD slots ahead of the TMA warp."""
-        desc_base = self._desc_base(cta_linear)
-        for slot in cutlass.range_constexpr(self.desc_slots):  # templates for update_tma_descriptor
-            with cute.arch.elect_one():
-                cpasync.copy_tensormap(tma_a, self._desc_ptr(mDescWs, desc_base + 2 * slot * DESC_WORDS))
-                cpasync.copy_tensormap(tma_b, self._desc_ptr(mDescWs, desc_base + (2 * slot + 1) * DESC_WORDS))
-        cute.arch.sync_warp()
-        cute.arch.fence_acq_rel_cta()
-        write_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.desc_slots)
-        prev_expert = Int32(-1)
-        per_expert = walk[4] * walk[5]
-        t = cluster_id
-        while t < num_work:
-            expert = grouping.expert_of_work(t, per_expert)
-            _, k_extent, expert_k_tiles = grouping.expert_k_range(walk[1], expert, self.tile_k)
-            if expert_k_tiles != grouping.whole_k_tiles(walk[1], expert, self.tile_k) and expert != prev_expert:
-                desc_pipeline.producer_acquire(write_state)
-                pa = self._desc_ptr(mDescWs, desc_base + 2 * write_state.index * DESC_WORDS)
-                pb = self._desc_ptr(mDescWs, desc_base + (2 * write_state.index + 1) * DESC_WORDS)
-                cpasync.update_tma_descriptor(tma_a, grouping.expert_k_view(mA_gmem, k_extent), pa)
-                cpasync.update_tma_descriptor(tma_b, grouping.expert_k_view(mB_gmem, k_extent), pb)
-                cute.arch.sync_warp()
-                cpasync.fence_tma_desc_release()
-                desc_pipeline.producer_commit(write_state)
-                write_state.advance()
-                prev_expert = expert
-            t += num_launched
-
     # ---------------------------------------------------------------- MMA warp
     @cute.jit
-    def _mma_warp(self, tiled_mma, sA, sB, acc_layout, tmem, ab_pipeline, acc_pipeline, is_leader, walk, cluster_id,
-                  num_launched, num_work, k_tiles):
+    def _mma_warp(self, tiled_mma, sA, sB, acc_layout, tmem, ab_pipeline, acc_pipeline, is_leader, walk, cta_mn,
+                  cluster_id, num_launched, num_work, k_tiles):
         tCrA = tiled_mma.make_fragment_A(sA)
         tCrB = tiled_mma.make_fragment_B(sB)
         num_k_blocks = cute.size(tCrA, mode=[2])
@@ -464,8 +380,8 @@ class Sm100Gemm:
         read_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.ab_stages)
         t = cluster_id
         while t < num_work:
-            _, _, _, expert = self._tile_coords(t, *walk)
-            tile_k_tiles = self._k_tiles(walk[1], expert, k_tiles)
+            _, _, _, expert = walk.coords(t, cta_mn)
+            tile_k_tiles = self._k_tiles(walk, expert, k_tiles)
             acc = acc_base[(None, None, None, acc_state.index)]
             if is_leader:
                 acc_pipeline.producer_acquire(acc_state)
@@ -486,7 +402,7 @@ class Sm100Gemm:
     # ---------------------------------------------------------------- epilogue warps
     @cute.jit
     def _epilogue_warps(self, tidx, warp_idx, tiled_mma, acc_layout, tmem, acc_pipeline, tma_d0, mD0, tma_d1, mD1,
-                        sD0, sD1, mScale, mAux, mRowSum, walk, cluster_id, num_launched, num_work, n_total):
+                        sD0, sD1, mScale, mAux, mRowSum, walk, cta_mn, cluster_id, num_launched, num_work, n_total):
         cfg, epi = self.cfg, self.epi
         two_outputs = const_expr(self.num_outputs == 2)
         tmem.allocate(self.tmem_cols)
@@ -522,7 +438,7 @@ class Sm100Gemm:
         local_tile = Int32(0)
         t = cluster_id
         while t < num_work:
-            row_start, row_end, n_tile, expert = self._tile_coords(t, *walk)
+            row_start, row_end, n_tile, expert = walk.coords(t, cta_mn)
             if const_expr(self.grouped_k):
                 layer = expert
             row = row_start + row_in_tile
@@ -530,44 +446,37 @@ class Sm100Gemm:
             scale = Float32(1.0)
             if const_expr(epi.row_scale):
                 scale = Float32(mScale[safe_row])
-            row_sum = Float32(0.0)
+            row_sum = Float32(0.0)  # one row per thread (epilogue_io.thread_row_layout)
             col_tile = n_tile * self.tile_n
-            gD0 = grouping.output_tile(mD0, row_start, row_end,
-                                       col_tile, walk[3], expert, (self.tile_m, self.tile_n), grouped=self.grouped,
-                                       grouped_k=self.grouped_k)
+            gD0 = grouping.output_tile(mD0, row_start, row_end, n_tile, walk.m_total, expert,
+                                       (self.tile_m, self.tile_n), grouped=self.grouped, grouped_k=self.grouped_k)
             bSG_sD0, bSG_gD0 = cpasync.tma_partition(tma_d0, 0, cute.make_layout(1), cute.group_modes(sD0, 0, 2),
                                                      cute.zipped_divide(gD0, self.epi_tile))
             bSG_sD1, bSG_gD1 = bSG_sD0, bSG_gD0
             if const_expr(two_outputs):
-                gD1 = grouping.output_tile(mD1, row_start, row_end, col_tile, walk[3], expert,
+                gD1 = grouping.output_tile(mD1, row_start, row_end, n_tile, walk.m_total, expert,
                                            (self.tile_m, self.tile_n), grouped=self.grouped, grouped_k=self.grouped_k)
                 bSG_sD1, bSG_gD1 = cpasync.tma_partition(tma_d1, 0, cute.make_layout(1), cute.group_modes(sD1, 0, 2),
                                                          cute.zipped_divide(gD1, self.epi_tile))
             acc_pipeline.consumer_wait(acc_state)
-            for e in cutlass.range_constexpr(num_epi):
+            # a run-time loop (as CUTLASS's): unrolled, the compiler hoists every sub-tile's
+            # epilogue-input loads to the top and a heavy epilogue spills
+            for e in cutlass.range(num_epi, unroll=1):
                 cute.copy(tiled_t2r, tTR_tAcc[(None, None, None, 0, e, acc_state.index)], tTR_rAcc)
-                if const_expr(e == num_epi - 1):
+                if e == num_epi - 1:
                     # the whole stage is in registers: hand it back so the next tile's MMAs start
                     cute.arch.fence_view_async_tmem_load()
                     with cute.arch.elect_one():
                         acc_pipeline.consumer_release(acc_state)
-                scale_vec = None
-                if const_expr(epi.row_scale):
-                    sfrag = cute.make_rmem_tensor(frag_shape, Float32)
-                    sfrag.fill(scale)
-                    scale_vec = sfrag.load()
-                aux_vec = None
-                afrag = None
+                aux = None
                 if const_expr(epi.aux_input):
-                    raw = cute.make_rmem_tensor(frag_shape, mAux.element_type)
-                    load_row_chunks(mAux, raw, safe_row, col_tile + e * cfg.epi_n, n_total, layer, frag_size)
-                    afrag = cute.make_rmem_tensor(frag_shape, Float32)
-                    afrag.store(raw.load().to(Float32))
-                    aux_vec = afrag.load()
-                if const_expr(epi.row_sum):
-                    for v in cutlass.range_constexpr(frag_size):
-                        row_sum = row_sum + epi.row_term(tTR_rAcc[v], afrag[v])
-                outs = epi.apply(tTR_rAcc.load(), scale_vec, aux_vec)
+                    aux = cute.make_rmem_tensor(frag_shape, mAux.element_type)
+                    load_row_chunks(mAux, aux, safe_row, col_tile + e * cfg.epi_n, n_total, layer, frag_size)
+                # the epilogue's hooks, in fp32 (gemm_base.epilogue_io)
+                part = [Float32(0.0)]
+                outs = visit_subtile(epi, tTR_rAcc, frag_shape, frag_size, row_scales=[scale], row_of=[0] * frag_size,
+                                     aux=aux, row_sums=part)
+                row_sum = row_sum + part[0]
                 buf = (local_tile * num_epi + e) % cfg.epi_stages
                 # wait for this buffer's previous store to have left shared memory only now, just
                 # before it is rewritten

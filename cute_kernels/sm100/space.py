@@ -1,4 +1,4 @@
-"""The search space of the SM100 GEMM config (`cute_kernels.sm100.config.Sm100Config`), with the
+"""The Blackwell search space of the GEMM config (`cute_kernels.sm100.config.Sm100Config`), with the
 interface of `autotune.space` (GRID, to_config, to_params, in_space, suggest, grid,
 parse_overrides).  `mma` joins the UMMA shape and the cluster: "<1|2>cta_c<M>x<N>" (2-CTA
 needs an even cluster_m); everything else is a field of the config."""
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 
-from cute_kernels.sm100.config import Sm100Config
+from .config import Sm100Config
 
 GRID = {
     "tile_n": [128, 192, 256],
