@@ -126,10 +126,6 @@ def fake_arguments(key: KernelKey) -> GemmArgs:
 
 def build_kernel(key: KernelKey):
     """The kernel object for `key` (config validated first)."""
-    if key.arch == "sm100":  # its own config space and rules (cute_kernels.sm100.config)
-        from .sm100.build import build_sm100_kernel
-
-        return build_sm100_kernel(key)
     if key.grouped and key.grouped_k:
         raise ValueError("a kernel is grouped along M or along K, not both")
     if key.grouped_k and (key.a_major, key.b_major) != ("m", "n"):
@@ -160,8 +156,6 @@ def compile_kernel(key: KernelKey, *, options: str = "", tvm_ffi: bool = False):
     import cutlass
     import cutlass.cute as cute
 
-    # the arch of this compile, whatever CUTE_DSL_ARCH says (one process compiles sm_90a and sm_100a)
-    options = f"--gpu-arch {ARCH_TO_DSL[key.arch]} {options}".strip()
     with dsl_lock:
         kernel = build_kernel(key)
         args = fake_arguments(key)

@@ -180,16 +180,17 @@ def _reference(key, a, b, splits, aux, prob):
     return ref
 
 
-def _launch(key, *args):
+def _launch(key, args):
     from .gemm_ops import _run
 
-    _run(key, *args)
+    _run(key, args)
 
 
 def run_variant(key, *, device=None, seed: int = 0, time_it: bool = False) -> CheckResult:
     """Run `key`'s kernel on the small problem and compare with torch."""
     import torch
 
+    from .gemm_base.launch_args import GemmArgs
     from .gemm_ops import _as_mkl, _as_nkl, _splits_metadata
 
     device = torch.device(device or "cuda")
@@ -229,12 +230,12 @@ def run_variant(key, *, device=None, seed: int = 0, time_it: bool = False) -> Ch
     def d3(t):
         return t.permute(1, 2, 0) if key.grouped_k else _as_mkl(t)
 
-    args = (_as_mkl(a), _as_nkl(b), d3(outs[0]), d3(outs[1]) if len(outs) > 1 else None, prob,
-            None if aux is None else (d3(outs[0]) if epi.accumulate else _as_mkl(aux)),
-            None if partials is None else partials.t(), cu_rows, cu_tiles)
+    args = GemmArgs(_as_mkl(a), _as_nkl(b), d3(outs[0]), d3(outs[1]) if len(outs) > 1 else None, prob,
+                    None if aux is None else (d3(outs[0]) if epi.accumulate else _as_mkl(aux)),
+                    None if partials is None else partials.t(), cu_rows, cu_tiles)
     res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
     try:
-        _launch(key, *args)
+        _launch(key, args)
         torch.cuda.synchronize(device)
     except Exception as exc:  # a launch failure is a failed check, reported with the rest
         res.message = f"{type(exc).__name__}: {exc}"[:300]
@@ -248,7 +249,7 @@ def run_variant(key, *, device=None, seed: int = 0, time_it: bool = False) -> Ch
         scale_ = r.abs().max().clamp_min(1e-6)
         res.errors[name] = float(((g - r).abs().max() / scale_).item()) if g.numel() else 0.0
     if time_it:
-        res.time_ms = _median_ms(lambda: _launch(key, *args))
+        res.time_ms = _median_ms(lambda: _launch(key, args))
     return res
 
 

@@ -10,8 +10,10 @@ from cute_kernels.sm100.config import Sm100Config, validation_errors
 
 
 def test_space_round_trips_and_covers_cta_groups_and_clusters():
-    assert space.for_arch("sm100") is space_sm100 and space.for_arch("sm90") is space
-    pts = space_sm100.grid()
+    from cute_kernels.archs import arch_space
+
+    assert arch_space("sm100") is space_sm100 and space.grid_values("sm100") is space_sm100.GRID
+    pts = space.grid("sm100")
     cfgs = [space_sm100.to_config(p) for p in pts]
     assert all(space_sm100.to_params(c) == p for c, p in zip(cfgs, pts))
     assert {c.cta_group for c in cfgs} == {1, 2} and {(c.cluster_m, c.cluster_n) for c in cfgs} >= {(1, 1), (2, 2)}

@@ -6,6 +6,7 @@ from cute_kernels import selfcheck
 from cute_kernels.compile import KernelKey
 from cute_kernels.config import GemmConfig
 from cute_kernels.epilogue import EpilogueSpec
+from cute_kernels.gemm_base.launch_args import GemmArgs
 from cute_kernels.sm100.config import Sm100Config
 
 SM100 = KernelKey("sm100", Sm100Config(cta_group=2, cluster_m=2), EpilogueSpec("srelu", store_preact=True), False,
@@ -88,5 +89,5 @@ def test_the_op_path_runs_the_gate_once_per_key(monkeypatch):
         class device:
             index = 0
     for _ in range(2):
-        gemm_ops._run(SM100, T, None, None, None, None, None, None, None, None)
+        gemm_ops._run(SM100, GemmArgs(T, None, None))
     assert calls == [SM100]

@@ -54,7 +54,7 @@ def test_gate_checks_an_unlisted_variant_once():
 
 def test_gate_raises_when_the_kernel_writes_nothing(monkeypatch):
     _sm90()
-    monkeypatch.setattr(selfcheck, "_launch", lambda key, *args: None)  # outputs stay NaN
+    monkeypatch.setattr(selfcheck, "_launch", lambda key, args: None)  # outputs stay NaN
     with pytest.raises(selfcheck.SelfCheckError, match="disagrees with torch"):
         selfcheck.before_first_launch(KEYS["grouped_dsrelu_rowsum"], set(), table={}, env={})
 
