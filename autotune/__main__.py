@@ -9,6 +9,7 @@
     python -m autotune sweep ... --workers 4 [--gpus 0,1,2,3]      # one process per GPU, one journal file
     python -m autotune sweep ... --storage postgresql://user@db-host/autotune --workers 8   # on every host
     python -m autotune sweep ... --simulate [--workers 2]          # no GPU: cost-model times, nothing stored
+    python -m autotune compile-only --arch sm100 [--kernel fc1_srelu] [--experts 8]   # no GPU: what compiles
     python -m autotune show
     python -m autotune plot --study NAME [--storage autotune_studies.journal] --out study.png
 
@@ -405,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --simulate: each timed trial sleeps S seconds (to test workers and faults)")
     sh = sub.add_parser("show", help="list tuned configs")
     sh.add_argument("--root")
+    from .compile_only import add_parser as add_compile_only
+
+    add_compile_only(sub)
     pl = sub.add_parser("plot", help="PNG of a study: time per trial, best so far, parameter importances")
     pl.add_argument("--study", required=True)
     pl.add_argument("--storage", default=DEFAULT_STORAGE, help=f"journal path or URL (default {DEFAULT_STORAGE})")
@@ -427,6 +431,10 @@ def main(argv=None, **inject) -> int:
         return cmd_sweep(args, parser=parser, **inject)
     if args.cmd == "show":
         return cmd_show(args)
+    if args.cmd == "compile-only":
+        from .compile_only import run
+
+        return run(args)
     return cmd_plot(args)
 
 

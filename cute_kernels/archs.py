@@ -20,6 +20,8 @@ class Arch:
 ARCHS = {
     "sm90": Arch("sm90", "sm_90a", 9, "cute_kernels.sm90.config", "cute_kernels.sm90.space",
                  "cute_kernels.sm90.gemm:Sm90Gemm"),
+    "sm100": Arch("sm100", "sm_100a", 10, "cute_kernels.sm100.config", "cute_kernels.sm100.space",
+                  "cute_kernels.sm100.gemm:Sm100Gemm"),
 }
 
 

@@ -198,6 +198,12 @@ def _kernel_key(kernel_name: str, arch: str, dtype, m: int, n: int, k: int, num_
     looked up), narrowed for the row-sum epilogue and validated.  Cached: the hot path
     (config_lookup.clear_cache clears it too; tuned_root is the tuned-configs directory
     the lookup reads, part of the key)."""
+    if arch == "sm100":  # the sm100 config space (cute_kernels.sm100.config)
+        from .sm100.launch_config import launch_config
+
+        config = launch_config(m=m, n=n, k=k, num_experts=num_experts if grouped else 0, epi=epi, grouped=grouped,
+                               config=config)
+        return KernelKey(arch, config, epi, grouped, _dtype_name(dtype), *majors)
     explicit_config = config is not None
     if config is None:
         config = lookup_config(kernel_name, arch=arch, dtype=dtype, m=m, n=n, k=k,
@@ -240,6 +246,7 @@ def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, 
 
 
 _desc_ws_cache: dict = {}
+_selfchecked: set = set()  # kernel keys this process has passed through the self-check gate
 
 
 def _desc_workspace(words: int, device: torch.device) -> torch.Tensor:
@@ -258,6 +265,10 @@ def _desc_workspace(words: int, device: torch.device) -> torch.Tensor:
 
 
 def _run(key: KernelKey, args: GemmArgs):
+    if key not in _selfchecked:  # first launch of a variant without hardware evidence: check it (selfcheck.py)
+        from .selfcheck import before_first_launch
+
+        before_first_launch(key, _selfchecked)
     device = args.a.device
     n_clusters, max_clusters = _max_clusters_arg(device.index or 0, key.cfg.cluster_size)
     if key.grouped_k:  # scratch for the per-CTA TMA descriptors, written by the kernel
@@ -309,8 +320,11 @@ def _activation(activation):
 
 
 def _check_config_type(config):
-    if config is not None and not isinstance(config, GemmConfig):
-        raise checks.InputError(f"config must be a GemmConfig, got {type(config).__name__}")
+    from .sm100.config import Sm100Config
+
+    if config is not None and not isinstance(config, (GemmConfig, Sm100Config)):
+        raise checks.InputError(f"config must be a GemmConfig, got {type(config).__name__} "
+                                f"(on a Blackwell GPU: a cute_kernels.sm100.config.Sm100Config)")
 
 
 def _output(name: str, out, m: int, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -430,6 +444,14 @@ def _wgrad_key(arch: str, dtype, n_out: int, k_out: int, tokens: int, num_expert
                accumulate: bool, majors: tuple, config: GemmConfig | None, tuned_root: str | None) -> KernelKey:
     """weight_grad's compiled-kernel key (cached like _kernel_key)."""
     out_bytes = 4 if out_dtype == torch.float32 else 2
+    if arch == "sm100":
+        from .sm100.launch_config import launch_config
+
+        config = launch_config(m=n_out, n=k_out, k=tokens, num_experts=num_experts if grouped else 0,
+                               epi=EpilogueSpec("identity", accumulate=accumulate), grouped_k=grouped,
+                               out_bytes=out_bytes, config=config)
+        return KernelKey(arch, config, EpilogueSpec("identity", accumulate=accumulate), False, _dtype_name(dtype),
+                         *majors, out_dtype="float32" if out_dtype == torch.float32 else "", grouped_k=grouped)
     explicit_config = config is not None
     if config is None:
         # tuned entry (M, N = the gradient's shape, K = tokens), else the default; a tuned

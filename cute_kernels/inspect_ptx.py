@@ -13,11 +13,9 @@ from .compile import KernelKey, compile_kernel
 
 
 def kernel_ptx(key: KernelKey) -> str:
-    """Compile `key` (no GPU needed) and return its PTX.
-
-    `--keep-ptx` makes the DSL write the PTX file to its dump directory (the current
-    directory unless $CUTE_DSL_DUMP_DIR says otherwise); it goes to a temporary directory
-    removed afterwards, so nothing is left where the caller runs."""
+    """Compile `key` (no GPU needed) and return its PTX.  The DSL writes the PTX to a file
+    named after the argument types only and `__ptx__` reads it back, so each compile gets its
+    own dump directory (processes compiling in one directory would read each other's)."""
     with tempfile.TemporaryDirectory(prefix="cute_kernels_ptx_") as d:
         return compile_kernel(key, options=f"--keep-ptx --dump-dir={d}").__ptx__
 

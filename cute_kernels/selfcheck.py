@@ -1,0 +1,280 @@
+"""Self-check of kernel variants on hardware without recorded evidence.
+
+`hardware_verified.yaml` lists the (arch, kernel variant) pairs whose GPU tests passed on real
+hardware (sm90: every variant; sm100: none, nothing has run on a Blackwell GPU).  The first
+time a process launches a variant that is not listed, `before_first_launch` runs that very
+kernel (same config, epilogue, grouping, dtypes and operand majorness) on a small problem with
+odd sizes (M and N not tile multiples, K not a K-block multiple, an empty expert, a one-token
+expert), outputs poisoned with NaN, against a float32 torch reference.
+
+On disagreement it **raises** `SelfCheckError` (no fallback).  Why raise: a kernel that
+disagrees with torch on the very first call would produce silently wrong activations or
+gradients for a whole training run; falling back to the torch path would hide a bug that only
+its user's hardware can show, and change speed and memory behind their back.  The error
+names the variant and its errors and says what to do: run `python -m cute_kernels.selfcheck`
+and report the table, use backend="torch", or set CUTE_KERNELS_SELFCHECK=0 to skip the check.
+A variant that passes logs one warning (it runs unverified by the project) and is not checked
+again in the process.  Inside a CUDA graph capture the check cannot run (it synchronises): the
+launch goes ahead with a one-time warning.
+
+`python -m cute_kernels.selfcheck [--quick] [--out DIR]` runs every variant of the current
+GPU's arch against torch and prints a table of errors and timings (also written as JSON to
+$OUT or ./gpu_out): what a user on a B200 sends back.
+"""
+from __future__ import annotations
+
+import fnmatch
+import functools
+import logging
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+log = logging.getLogger("cute_kernels.selfcheck")
+VERIFIED_FILE = os.path.join(os.path.dirname(__file__), "hardware_verified.yaml")
+ENV_SWITCH = "CUTE_KERNELS_SELFCHECK"  # "0": skip the check
+# Normalised max error (max |out - ref| / max |ref|) allowed per output dtype.
+TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3, "float32": 1e-3}
+
+
+class SelfCheckError(RuntimeError):
+    """A kernel variant disagreed with torch on its first launch on unverified hardware."""
+
+
+@dataclass
+class CheckResult:
+    arch: str
+    variant: str
+    errors: dict = field(default_factory=dict)  # output name -> normalised max error
+    tolerance: float = 0.0
+    time_ms: float | None = None  # the small problem's kernel time (median), when timed
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.errors) and all(e == e and e <= self.tolerance for e in self.errors.values()) \
+            and not self.message
+
+
+def variant_name(key) -> str:
+    """What identifies a kernel variant for the evidence table: grouping, epilogue and the
+    config's structural knobs (tile sizes and rasters are not part of it)."""
+    grouping = "grouped_k" if key.grouped_k else ("grouped" if key.grouped else "dense")
+    cfg = key.cfg
+    if key.arch == "sm100":
+        shape = f"cta{cfg.cta_group}-c{cfg.cluster_m}x{cfg.cluster_n}"
+    else:
+        shape = f"{cfg.schedule}-c{cfg.cluster_m}x{cfg.cluster_n}"
+    out = key.out_dtype or key.dtype
+    return f"{grouping}/{key.epi.key()}/{shape}/{key.dtype}->{out}/a{key.a_major}b{key.b_major}"
+
+
+@functools.lru_cache(maxsize=None)
+def verified_table(path: str = VERIFIED_FILE) -> dict:
+    """arch -> list of variant patterns (fnmatch) with hardware evidence."""
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    return {arch: [str(p) for p in (entry.get("variants") or [])] for arch, entry in raw.items()}
+
+
+def is_verified(arch: str, variant: str, table: dict) -> bool:
+    return any(fnmatch.fnmatchcase(variant, pat) for pat in table.get(arch, []))
+
+
+results: dict = {}  # variant -> CheckResult of this process
+_warned: set = set()
+
+
+def _capturing() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    except Exception:
+        return False
+
+
+def before_first_launch(key, seen: set, *, runner=None, table: dict | None = None, env=None,
+                        capturing=_capturing) -> CheckResult | None:
+    """Gate of a variant's first launch in this process (the caller keeps `seen`): returns None
+    when no check is needed, the passing CheckResult otherwise; raises SelfCheckError on a
+    disagreement.  `runner(key) -> CheckResult` runs the check (default: `run_variant`)."""
+    seen.add(key)  # before the run: the check's own launch of this key passes straight through
+    env = os.environ if env is None else env
+    if env.get(ENV_SWITCH, "1") == "0":
+        return None
+    variant = variant_name(key)
+    if is_verified(key.arch, variant, verified_table() if table is None else table):
+        return None
+    if capturing():
+        if variant not in _warned:
+            _warned.add(variant)
+            log.warning("%s kernel %s has no hardware evidence and cannot be self-checked inside a CUDA graph "
+                        "capture; it runs unchecked", key.arch, variant)
+        return None
+    res = (runner or run_variant)(key)
+    results[variant] = res
+    if not res.ok:
+        raise SelfCheckError(
+            f"{key.arch} kernel {variant} disagrees with torch on a small problem "
+            f"(errors {res.errors}, tolerance {res.tolerance}{'; ' + res.message if res.message else ''}). "
+            f"This variant has no hardware evidence yet: please run `python -m cute_kernels.selfcheck` and report "
+            f"its table; meanwhile use backend='torch', or set {ENV_SWITCH}=0 to skip this check.")
+    log.warning("%s kernel %s has no recorded hardware evidence; its self-check passed (errors %s)", key.arch,
+                variant, {k: f"{v:.1e}" for k, v in res.errors.items()})
+    return res
+
+
+# ---------------------------------------------------------------- running one variant on the GPU
+SMALL_M, SMALL_K = 200, 136
+SMALL_SPLITS = (0, 130, 1, 69)  # an empty expert, a one-token expert, sizes not tile multiples
+
+
+def _operand(rows: int, cols: int, major_is_rows: bool, dtype, device, gen, batch: int = 0):
+    """A (rows, cols) [or (batch, rows, cols)] operand, contiguous along rows when `major_is_rows`."""
+    import torch
+
+    shape = (cols, rows) if major_is_rows else (rows, cols)
+    if batch:
+        shape = (batch, *shape)
+    t = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+    return t.transpose(-2, -1) if major_is_rows else t
+
+
+def _reference(key, a, b, splits, aux, prob):
+    """fp32 torch outputs of the variant (a: (M, K); b: (N, K) or (E, N, K)) by name."""
+    import torch
+
+    a32, b32 = a.float(), b.float()
+    if key.grouped_k:  # a: (M, T), b: (N, T): per-expert token ranges
+        outs, start = [], 0
+        for s in splits:
+            outs.append(a32[:, start:start + s] @ b32[:, start:start + s].t())
+            start += s
+        acc = torch.stack(outs)
+    elif key.grouped:
+        rows, start = [], 0
+        for e, s in enumerate(splits):
+            rows.append(a32[start:start + s] @ b32[e].t())
+            start += s
+        acc = torch.cat(rows)
+    else:
+        acc = a32 @ b32.t()
+    epi = key.epi
+    scale = prob.float()[:, None] if prob is not None else 1.0
+    if not epi.aux_input and epi.num_outputs == 1 and epi.outputs[0] == "out":  # identity
+        return {"out": acc}
+    if epi.accumulate:
+        return {"out": acc + aux.float()}
+    f = epi.activation  # the activation's torch math (cute_kernels.activations)
+    if not epi.aux_input:  # act: postact = p * f(acc) [, preact = acc]
+        post = f.torch_forward(acc) * scale
+        return {"preact": acc, "postact": post} if epi.store_preact else {"postact": post}
+    x = aux.float()  # dact: dpreact = p * acc * f'(x) [, postact = p * f(x)] [, row_sum = rowsum(acc * f(x))]
+    ref = {"dpreact": acc * f.torch_grad(x) * scale}
+    if epi.store_postact:
+        ref["postact"] = f.torch_forward(x) * scale
+    if epi.row_sum:
+        ref["row_sum"] = (acc * f.torch_forward(x)).sum(1)
+    return ref
+
+
+def _launch(key, args):
+    from .gemm_ops import _run
+
+    _run(key, args)
+
+
+def run_variant(key, *, device=None, seed: int = 0, time_it: bool = False) -> CheckResult:
+    """Run `key`'s kernel on the small problem and compare with torch."""
+    import torch
+
+    from .gemm_base.launch_args import GemmArgs
+    from .gemm_ops import _as_mkl, _as_nkl, _splits_metadata
+
+    device = torch.device(device or "cuda")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dt = getattr(torch, key.dtype)
+    ot = getattr(torch, key.d_dtype)
+    cfg, epi = key.cfg, key.epi
+    n = cfg.tile_n + 72  # one whole N tile and a partial one
+    splits = list(SMALL_SPLITS)
+    e_count = len(splits)
+    m = SMALL_M
+    if key.grouped_k:  # A = dy^T (M, T) M-major, B = x^T (N, T) N-major: tokens split by expert
+        a = _operand(m, sum(splits), True, dt, device, gen)
+        b = _operand(n, sum(splits), True, dt, device, gen)
+    else:
+        a = _operand(m, SMALL_K, key.a_major == "m", dt, device, gen)
+        b = _operand(n, SMALL_K, key.b_major == "n", dt, device, gen, batch=e_count if key.grouped else 0)
+    out_shape = (e_count, m, n) if key.grouped_k else (m, n)
+    outs = [torch.full(out_shape, float("nan"), dtype=ot, device=device) for _ in epi.outputs]
+    aux = None
+    if epi.aux_input:
+        if epi.accumulate:
+            outs[0].copy_(torch.randn(out_shape, generator=gen, device=device))
+            aux = outs[0].clone()
+        else:
+            aux = torch.randn(out_shape, generator=gen, device=device).to(dt)
+    prob = torch.rand(m, generator=gen, device=device) if epi.row_scale else None
+    partials = None
+    if epi.row_sum:
+        partials = torch.full((-(-n // cfg.tile_n), m), float("nan"), dtype=torch.float32, device=device)
+    cu_rows = cu_tiles = None
+    if key.grouped or key.grouped_k:
+        cu_rows, cu_tiles = _splits_metadata(splits, cfg.tile_m, device, cfg.cluster_m)
+        if key.grouped_k:
+            cu_tiles = None
+
+    def d3(t):
+        return t.permute(1, 2, 0) if key.grouped_k else _as_mkl(t)
+
+    args = GemmArgs(_as_mkl(a), _as_nkl(b), d3(outs[0]), d3(outs[1]) if len(outs) > 1 else None, prob,
+                    None if aux is None else (d3(outs[0]) if epi.accumulate else _as_mkl(aux)),
+                    None if partials is None else partials.t(), cu_rows, cu_tiles)
+    res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
+    try:
+        _launch(key, args)
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # a launch failure is a failed check, reported with the rest
+        res.message = f"{type(exc).__name__}: {exc}"[:300]
+        return res
+    ref = _reference(key, a, b, splits, aux, prob)
+    got = dict(zip(epi.outputs, outs))
+    if epi.row_sum:
+        got["row_sum"] = partials.sum(0)
+    for name, r in ref.items():
+        g = got[name].float()
+        scale_ = r.abs().max().clamp_min(1e-6)
+        res.errors[name] = float(((g - r).abs().max() / scale_).item()) if g.numel() else 0.0
+    if time_it:
+        res.time_ms = _median_ms(lambda: _launch(key, args))
+    return res
+
+
+def _median_ms(fn, reps: int = 20) -> float:
+    import torch
+
+    fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+__all__ = ["SelfCheckError", "CheckResult", "before_first_launch", "run_variant", "variant_name", "verified_table",
+           "is_verified"]
+
+
+if __name__ == "__main__":
+    import sys
+
+    from cute_kernels.selfcheck_table import main  # the package's copy of this module, not __main__'s
+
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""`python -m cute_kernels.selfcheck`: every kernel variant of this GPU's arch against torch.
+
+Prints one row per variant (normalised max error of each output, pass/fail, the small
+problem's kernel time) and writes the rows as JSON to $OUT/selfcheck_<arch>.json (default
+./gpu_out).  Exit status 1 when any variant fails.  --quick runs one cluster shape per
+(grouping, epilogue) instead of all of them.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+from .compile import KernelKey
+from .epilogue import EpilogueSpec
+
+EPILOGUES = [
+    EpilogueSpec("identity"), EpilogueSpec("identity", accumulate=True), EpilogueSpec("srelu"),
+    EpilogueSpec("srelu", store_preact=True), EpilogueSpec("srelu", store_preact=True, row_scale=True),
+    EpilogueSpec("dsrelu"), EpilogueSpec("dsrelu", store_postact=True),
+    EpilogueSpec("dsrelu", store_postact=True, row_scale=True, row_sum=True),
+    EpilogueSpec("act", store_preact=True, row_scale=True, activation="tanh_srelu:4.0"),
+    EpilogueSpec("dact", store_postact=True, row_scale=True, row_sum=True, activation="tanh_srelu:4.0"),
+]
+
+
+def _configs(arch: str, quick: bool):
+    if arch == "sm100":
+        from .sm100.config import Sm100Config
+
+        shapes = [(1, 1, 1), (2, 2, 1)] if quick else [(1, 1, 1), (1, 1, 2), (1, 2, 1), (2, 2, 1), (2, 2, 2), (2, 4, 1)]
+        return [Sm100Config(tile_n=128, cta_group=g, cluster_m=cm, cluster_n=cn) for g, cm, cn in shapes]
+    from .config import GemmConfig
+
+    cfgs = [GemmConfig(tile_n=128, cluster_m=1, cluster_n=2), GemmConfig(tile_m=64, tile_n=128, schedule="pingpong",
+                                                                        cluster_m=2, cluster_n=1)]
+    return cfgs[:1] if quick else cfgs
+
+
+def variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
+    """The keys `python -m cute_kernels.selfcheck` runs: each grouping x epilogue x config, bf16
+    (fp32 outputs for the accumulating weight gradients), the backward's operand views."""
+    keys = []
+    for cfg, epi in itertools.product(_configs(arch, quick), EPILOGUES):
+        for grouping in ("dense", "grouped", "grouped_k"):
+            if grouping == "grouped_k" and epi.kind != "identity":
+                continue
+            if grouping == "grouped" and epi.accumulate:
+                continue
+            majors = ("m", "n") if grouping == "grouped_k" or epi.accumulate else (
+                ("k", "n") if epi.kind == "dact" else ("k", "k"))
+            keys.append(KernelKey(arch, cfg, epi, grouping == "grouped", "bfloat16", *majors,
+                                  out_dtype="float32" if epi.accumulate else "", grouped_k=grouping == "grouped_k"))
+    return keys
+
+
+def format_table(rows) -> str:
+    lines = [f"{'variant':72s} {'ok':4s} {'time_ms':>8s}  errors"]
+    for r in rows:
+        errs = " ".join(f"{k}={v:.1e}" for k, v in r.errors.items()) or r.message
+        t = f"{r.time_ms:8.3f}" if r.time_ms is not None else f"{'-':>8s}"
+        lines.append(f"{r.variant:72s} {'yes' if r.ok else 'NO':4s} {t}  {errs}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cute_kernels.selfcheck", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one or two cluster shapes instead of all")
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    args = p.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("the self-check needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from . import selfcheck
+    from .gemm_ops import _selfchecked, device_arch
+
+    arch = device_arch(torch.device("cuda"))
+    rows = []
+    for key in variant_keys(arch, args.quick):
+        _selfchecked.add(key)  # run the kernel itself here, not through the first-launch gate
+        t0 = time.time()
+        res = selfcheck.run_variant(key, time_it=True)
+        rows.append(res)
+        print(f"{res.variant}: {'ok' if res.ok else 'FAIL'} ({time.time() - t0:.1f} s with compile)", file=sys.stderr,
+              flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"selfcheck_{arch}.json")
+    with open(path, "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "arch": arch,
+                   "rows": [dict(variant=r.variant, ok=r.ok, errors=r.errors, tolerance=r.tolerance,
+                                 time_ms=r.time_ms, message=r.message) for r in rows]}, f, indent=1)
+    print(f"wrote {path}")
+    print(format_table(rows))
+    return 0 if all(r.ok for r in rows) else 1
