@@ -4,9 +4,11 @@ Recipe (DeepSeek-V3's; TransformerEngine's Float8BlockScaling):
 - activations and gradients: one fp32 scale per 1 x `block` run of a row along the
   GEMM's reduction dimension K (`quantize_1x128`);
 - weights: one fp32 scale per `block` x `block` square (`quantize_128x128`);
-- a block's scale is s = amax / fmax (fmax = 448 for e4m3, 57344 for e5m2), optionally
+- a block's scale is s = amax * (1 / fmax) (fmax = 448 for e4m3, 57344 for e5m2), optionally
   rounded up to a power of two (then scaling is exact in binary); the stored value is
-  q = cast(x / s) and x ~ q * s.  An all-zero block gets s = 1.
+  q = cast(x * (1 / s)) (saturating) and x ~ q * s.  An all-zero block gets s = 1.
+  (Multiplications by fp32 reciprocals, as the kernels' epilogue computes them, so the
+  kernels and this reference agree bit for bit on the same fp32 values.)
 - Shapes need not be multiples of the block: a partial last block is scaled by its own
   amax (scales have ceil(n / block) entries along a blocked dimension).
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
-FMAX = {"e4m3": 448.0, "e5m2": 57344.0}
+from .epilogue import FMAX
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Fp8Recipe:
 
 def _scale_from_amax(amax: torch.Tensor, fmt: str, pow2: bool) -> torch.Tensor:
     """fp32 dequantization scale of a block from its fp32 amax (see the module docstring)."""
-    s = amax / FMAX[fmt]
+    s = amax * torch.tensor(1.0 / FMAX[fmt], dtype=torch.float32)
     if pow2:
         # round up to a power of two exactly: bump the exponent when the mantissa is nonzero
         bits = s.view(torch.int32)
@@ -70,7 +72,7 @@ def _scale_from_amax(amax: torch.Tensor, fmt: str, pow2: bool) -> torch.Tensor:
 
 def _cast(x: torch.Tensor, s: torch.Tensor, fmt: str) -> torch.Tensor:
     fmax = FMAX[fmt]
-    return (x / s).clamp_(-fmax, fmax).to(FORMATS[fmt])
+    return (x * (1.0 / s)).clamp_(-fmax, fmax).to(FORMATS[fmt])
 
 
 def _pad_to(x: torch.Tensor, dim: int, block: int) -> torch.Tensor:
