@@ -1,0 +1,178 @@
+"""FP8 GEMMs on the GPU (sm_90a) against float64 references of the recipe, and the host
+checks of their inputs (those run on CPU too).
+
+Expected errors (measured with the torch recipe on random normal inputs, K 1024-4096):
+- against the dequantized FP8 inputs: only the bf16 rounding of the output and fp32
+  accumulation order remain, relative Frobenius error < 3e-3;
+- against the bf16 inputs: e4m3 quantization of both operands (1x128 activations, 128x128
+  weights) gives about 3.7% relative Frobenius error on the GEMM and 4.3% on relu(.)^2;
+  a quantized postact adds e4m3 rounding (<= 2^-4 per element) on top.
+"""
+import math
+
+import pytest
+import torch
+
+from cute_kernels import InputError
+from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, quantize_weight
+from cute_kernels.fp8.epilogue import Fp8Epilogue
+from cute_kernels.epilogue import EpilogueSpec
+from cute_kernels.fp8.recipe import Fp8Recipe, dequantize, quantize_1x128, quantize_128x128
+
+gpu = pytest.mark.gpu
+# (M, N, K): odd M, M not a multiple of 128, one row, a partial N tile (N = 136, 8 past a block),
+# K not a multiple of 128 (a partial last scale block), K > one tile
+SHAPES = [(256, 256, 256), (1, 128, 128), (77, 136, 272), (1000, 384, 1040), (513, 1024, 4096)]
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _operands(m, n, k, seed, dev="cuda"):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    w = (torch.randn(n, k, generator=g) * 0.05).to(torch.bfloat16)
+    x[::7] *= 8.0  # rows of different magnitude: per-row scales matter
+    xq, xs = quantize_1x128(x)
+    wq, ws = quantize_128x128(w)
+    return [t.to(dev) for t in (x, w, xq, xs, wq, ws)]
+
+
+def _poisoned(m, n, quantized: bool, plain: bool, fmt=torch.float8_e4m3fn):
+    d = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda") if plain else None
+    q = qs = None
+    if quantized:
+        q = torch.full((m, n), float("nan"), dtype=torch.float32, device="cuda").to(fmt)
+        qs = torch.full((-(-n // 128), m), float("nan"), device="cuda").t()
+    return d, q, qs
+
+
+@gpu
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_fp8_gemm_bf16_out(m, n, k):
+    x, w, xq, xs, wq, ws = _operands(m, n, k, seed=m + n + k)
+    d, _, _ = _launch(xq, xs, wq, ws, Fp8Epilogue(EpilogueSpec("identity")), None, outs=_poisoned(m, n, False, True))
+    torch.cuda.synchronize()
+    assert not d.isnan().any(), "every element written"
+    ref = dequantize(xq, xs).double() @ dequantize(wq, ws).double().T
+    assert _rel(d, ref) < 3e-3
+    err = (d.double() - ref).abs()
+    assert (err <= 8e-3 * ref.abs() + 2e-3 * ref.abs().mean()).all(), err.max().item()
+    e_bf16 = _rel(d, x.double() @ w.double().T)
+    assert 5e-3 < e_bf16 < 0.05, e_bf16  # e4m3 error of both operands, about 3.7%
+    # the public entry gives the same
+    assert torch.equal(fp8_gemm(xq, xs, wq, ws), d)
+
+
+@gpu
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("pow2", [False, True])
+def test_fp8_fc1_srelu_quantized_postact(m, n, k, pow2):
+    x, w, xq, xs, wq, ws = _operands(m, n, k, seed=3 * m + n + k)
+    x_zero = m > 3
+    if x_zero:  # an all-zero row: its postact blocks are zero, scale 1
+        xq[2] = 0
+    epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=True), quantized="postact", pow2_scales=pow2)
+    pre, q, qs = _launch(xq, xs, wq, ws, epi, None, outs=_poisoned(m, n, True, True))
+    torch.cuda.synchronize()
+    assert not pre.isnan().any() and not q.float().isnan().any() and not qs.isnan().any(), "every element written"
+    ref = dequantize(xq, xs).double() @ dequantize(wq, ws).double().T
+    assert _rel(pre, ref) < 3e-3
+    ref_post = torch.relu(ref) ** 2
+    # scales: the recipe's, from the block's amax (the kernel's fp32 amax differs from the float64 one slightly)
+    _, want_s = quantize_1x128(ref_post.float(), pow2=pow2)
+    if pow2:
+        assert torch.equal(qs.log2(), qs.log2().round()), "powers of two"
+        # a power of two at or above amax / 448: equal to the recipe's unless amax sits at a boundary
+        assert (qs == want_s).float().mean() > 0.98
+        # s in [amax / 448, 2 amax / 448): no FP8 overflow, at most one binade lost
+        plain = quantize_1x128(ref_post.float())[1]
+        nz = plain != 1.0
+        assert (qs[nz] >= plain[nz] * (1 - 2e-3)).all() and (qs[nz] < 2 * plain[nz] * (1 + 2e-3)).all()
+    else:
+        # the kernel's amax comes from its fp32 accumulator (FP8 tensor-core sums of 128-K blocks)
+        assert torch.allclose(qs, want_s, rtol=2e-3, atol=0)
+    if x_zero:
+        assert (qs[2] == 1.0).all() and (q[2].float() == 0).all()
+    post = dequantize(q, qs.contiguous()).double()
+    # each element within e4m3 rounding (2^-4 relative, subnormal steps of 2^-9 * scale) of the reference
+    s_el = qs.double().repeat_interleave(128, 1)[:, :n]
+    err = (post - ref_post).abs()
+    assert (err <= 2 ** -4 * 1.05 * ref_post + s_el * 2 ** -9 + 2e-3 * ref_post.mean()).all(), err.max().item()
+    assert q.float().abs().max() <= 448.0
+    e_bf16 = _rel(post, torch.relu(x.double() @ w.double().T) ** 2)
+    assert 5e-3 < e_bf16 < 0.08, e_bf16
+
+
+@gpu
+def test_fp8_fc1_srelu_entry_and_fc2_consumes_its_output():
+    """FC1 -> FC2 in FP8: the quantized postact and its scales are FC2's A operand as they are."""
+    m, f, h = 300, 512, 256
+    x, w1, xq, xs, w1q, w1s = _operands(m, f, h, seed=11)
+    w2 = (torch.randn(h, f, device="cuda") * 0.05).to(torch.bfloat16)
+    pre, q, qs = fp8_fc1_srelu(xq, xs, w1q, w1s)
+    none_pre, q2, qs2 = fp8_fc1_srelu(xq, xs, w1q, w1s, store_preact=False)
+    assert none_pre is None and torch.equal(q2.view(torch.uint8), q.view(torch.uint8)) and torch.equal(qs2, qs)
+    w2q, w2s = quantize_weight(w2)
+    y = fp8_gemm(q, qs, w2q, w2s)
+    ref = dequantize(q, qs.contiguous()).double() @ dequantize(w2q, w2s).double().T
+    assert _rel(y, ref) < 3e-3
+    full = (torch.relu(x.double() @ w1.double().T) ** 2) @ w2.double().T
+    assert _rel(y, full) < 0.1
+
+
+@gpu
+def test_fp8_gemm_quantized_out_e5m2():
+    m, n, k = 200, 256, 384
+    x, w, xq, xs, wq, ws = _operands(m, n, k, seed=5)
+    q, qs = fp8_gemm(xq, xs, wq, ws, quantize_out=True, out_format="e5m2")
+    assert q.dtype == torch.float8_e5m2
+    ref = dequantize(xq, xs).double() @ dequantize(wq, ws).double().T
+    _, want_s = quantize_1x128(ref.float(), "e5m2")
+    assert torch.allclose(qs, want_s, rtol=2e-3)
+    assert 5e-3 < _rel(dequantize(q, qs.contiguous()), ref) < 0.1  # e5m2: 2 mantissa bits
+
+
+@gpu
+def test_weight_cache_once_per_version():
+    w = torch.nn.Parameter(torch.randn(256, 128, device="cuda"))
+    a = quantize_weight(w)
+    assert quantize_weight(w) is a
+    with torch.no_grad():
+        w.mul_(2.0)
+    b = quantize_weight(w)
+    assert b is not a and torch.allclose(b[1], a[1] * 2.0)
+
+
+# ---- host checks (CPU tensors reach the device check last, so these run without a GPU)
+def _cpu_operands():
+    xq, xs = quantize_1x128(torch.randn(64, 256))
+    wq, ws = quantize_128x128(torch.randn(128, 256))
+    return xq, xs, wq, ws
+
+
+def test_bad_inputs_raise_input_error():
+    xq, xs, wq, ws = _cpu_operands()
+    with pytest.raises(InputError, match="float8"):
+        fp8_gemm(xq.float(), xs, wq, ws)
+    with pytest.raises(InputError, match="multiple of 16"):
+        fp8_gemm(xq[:, :200], xs, wq[:, :200], ws)
+    with pytest.raises(InputError, match="K-major"):
+        fp8_gemm(xq, xs, wq.t().contiguous().t(), ws)
+    with pytest.raises(InputError, match="sa must be float32 of shape"):
+        fp8_gemm(xq, xs[:, :1], wq, ws)
+    with pytest.raises(InputError, match="sb must be float32 of shape"):
+        fp8_gemm(xq, xs, wq, ws.t())
+    with pytest.raises(InputError, match="expected 256"):
+        fp8_gemm(xq, xs, wq[:, :128], ws[:, :1])
+    with pytest.raises(InputError, match="CUDA"):
+        fp8_gemm(xq, xs, wq, ws)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() == (9, 0),
+                    reason="needs a GPU other than sm_90")
+def test_fp8_on_a_gpu_without_the_kernels():
+    xq, xs, wq, ws = (t.cuda() for t in _cpu_operands())
+    with pytest.raises(InputError, match="sm_90a"):
+        fp8_gemm(xq, xs, wq, ws)
