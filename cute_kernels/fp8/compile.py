@@ -25,23 +25,18 @@ class Fp8KernelKey:
     arch: str = "sm90"
 
 
-def _fp8(fmt: str):
-    import cutlass
-
-    return {"e4m3": cutlass.Float8E4M3FN, "e5m2": cutlass.Float8E5M2}[fmt]
-
-
 def fake_arguments(key: Fp8KernelKey):
-    """Stand-ins for (a, b, sa, sb, d, q, qs)."""
+    """Stand-ins for (a, b, sa, sb, d, q, qs).  The FP8 tensors are declared uint8 (the host
+    passes `t.view(torch.uint8)`; the kernel reads them as the key's formats)."""
     import cutlass
     import cutlass.cute as cute
     from cutlass.cute.runtime import make_fake_tensor
 
     m, n, k = cute.sym_int32(symbol="M"), cute.sym_int32(symbol="N"), cute.sym_int32(symbol="K")
     kb, nb = cute.sym_int32(symbol="KB"), cute.sym_int32(symbol="NB")
-    a = make_fake_tensor(_fp8(key.a_format), (m, k, 1), (cute.sym_int64(divisibility=16), 1, cute.sym_int64()),
+    a = make_fake_tensor(cutlass.Uint8, (m, k, 1), (cute.sym_int64(divisibility=16), 1, cute.sym_int64()),
                          assumed_align=16)
-    b = make_fake_tensor(_fp8(key.b_format), (n, k, 1), (cute.sym_int64(divisibility=16), 1, cute.sym_int64()),
+    b = make_fake_tensor(cutlass.Uint8, (n, k, 1), (cute.sym_int64(divisibility=16), 1, cute.sym_int64()),
                          assumed_align=16)
     # scales: any strides (the host passes column-major SA, row-major SB)
     sa = make_fake_tensor(cutlass.Float32, (m, kb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
@@ -51,7 +46,7 @@ def fake_arguments(key: Fp8KernelKey):
         d = make_fake_tensor(cutlass.BFloat16, (m, n, 1), (cute.sym_int64(divisibility=8), 1, cute.sym_int64()),
                              assumed_align=16)
     if key.epi.quantized:
-        q = make_fake_tensor(_fp8(key.epi.q_format), (m, n, 1), (cute.sym_int64(divisibility=16), 1,
+        q = make_fake_tensor(cutlass.Uint8, (m, n, 1), (cute.sym_int64(divisibility=16), 1,
                                                                  cute.sym_int64()), assumed_align=16)
         qs = make_fake_tensor(cutlass.Float32, (m, nb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
     return a, b, sa, sb, d, q, qs
@@ -67,7 +62,8 @@ def build_kernel(key: Fp8KernelKey) -> Sm90Fp8Gemm:
         from ..config import ConfigError
 
         raise ConfigError("; ".join(errors))
-    return Sm90Fp8Gemm(key.cfg, key.epi, ab_stages=fp8_ab_stages(key.cfg, key.epi))
+    return Sm90Fp8Gemm(key.cfg, key.epi, ab_stages=fp8_ab_stages(key.cfg, key.epi), a_format=key.a_format,
+                       b_format=key.b_format)
 
 
 def compile_kernel(key: Fp8KernelKey, *, options: str = "", tvm_ffi: bool = False):

@@ -20,6 +20,7 @@ import weakref
 import torch
 
 from ..checks import InputError
+from ..compile import use_tvm_ffi
 from ..config import GemmConfig
 from ..epilogue import EpilogueSpec
 from .compile import FP8_DEFAULT_CONFIG, Fp8KernelKey, get_compiled
@@ -112,9 +113,13 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
     from ..gemm_ops import _max_clusters_arg
 
     _, max_clusters = _max_clusters_arg(a.device.index or 0, cfg.cluster_m * cfg.cluster_n)
+    if not use_tvm_ffi():
+        raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi (a dependency of "
+                         "cute_kernels) and leave CUTE_KERNELS_TVM_FFI unset")
     fn = get_compiled(key)
-    fn(_as_mkl(a), _as_mkl(b), sa, sb, None if d is None else _as_mkl(d), None if q is None else _as_mkl(q), qs,
-       max_clusters)
+    u8 = torch.uint8  # FP8 tensors travel as bytes (see fp8/compile.fake_arguments)
+    fn(_as_mkl(a.view(u8)), _as_mkl(b.view(u8)), sa, sb, None if d is None else _as_mkl(d),
+       None if q is None else _as_mkl(q.view(u8)), qs, max_clusters)
     return d, q, qs
 
 

@@ -107,7 +107,8 @@ class Sm90Fp8Gemm:
     a (M, K, 1), b (N, K, 1) fp8; sa (M, KB), sb (NB, KB) fp32; d_plain (M, N, 1) bf16 or None;
     d_q (M, N, 1) fp8 and d_qs (M, NB) fp32 (the quantized output and its scales) or None."""
 
-    def __init__(self, cfg: GemmConfig, epi: Fp8Epilogue, *, ab_stages: int):
+    def __init__(self, cfg: GemmConfig, epi: Fp8Epilogue, *, ab_stages: int, a_format: str = "e4m3",
+                 b_format: str = "e4m3"):
         errors = check_fp8_config(cfg)
         if errors:
             raise ValueError("; ".join(errors))
@@ -125,15 +126,23 @@ class Sm90Fp8Gemm:
         self.has_plain = len(epi.plain_outputs) == 1
         self.has_q = bool(epi.quantized)
         self.fmax = FMAX[epi.q_format]
+        fp8 = {"e4m3": cutlass.Float8E4M3FN, "e5m2": cutlass.Float8E5M2}
+        self.a_type, self.b_type, self.q_type = fp8[a_format], fp8[b_format], fp8[epi.q_format]
 
     # ------------------------------------------------------------------ host side
     @cute.jit
     def __call__(self, mA: cute.Tensor, mB: cute.Tensor, mSA: cute.Tensor, mSB: cute.Tensor,
                  mD, mQ, mQS, max_clusters: Int32, stream):
-        self.ab_dtype = mA.element_type
-        self.b_dtype = mB.element_type
+        # FP8 tensors may arrive as uint8 (the host passes byte views: every DLPack / TVM-FFI
+        # version carries uint8); they are read as the key's formats
+        mA = self._as_fp8(mA, self.a_type)
+        mB = self._as_fp8(mB, self.b_type)
+        if const_expr(mQ is not None):
+            mQ = self._as_fp8(mQ, self.q_type)
+        self.ab_dtype = self.a_type
+        self.b_dtype = self.b_type
         self.d_dtype = cutlass.BFloat16
-        self.q_dtype = mQ.element_type if const_expr(mQ is not None) else cutlass.Float8E4M3FN
+        self.q_dtype = self.q_type
         tiled_mma = sm90_utils.make_trivial_tiled_mma(
             self.ab_dtype, self.b_dtype, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
             Float32, self.atom_layout_mnk, tiler_mn=(64, self.tile_n),
@@ -190,6 +199,12 @@ class Sm90Fp8Gemm:
             min_blocks_per_mp=1,
             stream=stream,
         )
+
+    @staticmethod
+    def _as_fp8(t, dtype):
+        if t.element_type == dtype:
+            return t
+        return cute.make_tensor(cute.recast_ptr(t.iterator, dtype=dtype), t.layout)
 
     def _operand_smem_layout(self, dtype, shape_mn_k):
         atom = warpgroup.make_smem_layout_atom(
