@@ -44,13 +44,20 @@ def cases(m, n, k):
     checks["fp8_fc1_srelu preact rel err"] = _rel(pre, ref)
     checks["fp8_fc1_srelu postact rel err (incl. e4m3 rounding)"] = _rel(dequantize(q, qs.contiguous()),
                                                                           torch.relu(ref) ** 2)
-    del ref, pre, q, qs
+    del ref, pre, q
 
-    out = {
-        "ours fp8 GEMM (bf16 out)": lambda: fp8_gemm(xq, xs_col, wq, ws),
-        "ours fp8 FC1+SReLU (postact fp8+scales)": lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False),
-        "ours fp8 FC1+SReLU (+preact bf16)": lambda: fp8_fc1_srelu(xq, xs_col, wq, ws),
-    }
+    # both mainloops (sm90/fp8_gemm.py): "serial" waits then promotes each K tile, "overlap"
+    # issues the next K tile's WGMMAs into a second scratch accumulator first
+    o = fp8_fc1_srelu(xq, xs_col, wq, ws, mainloop="overlap")
+    checks["overlap == serial (bitwise, FC1+SReLU)"] = float(
+        torch.equal(o[0], fp8_fc1_srelu(xq, xs_col, wq, ws)[0]) and torch.equal(o[2], qs))
+    del o
+    out = {}
+    for ml in ("serial", "overlap"):
+        out[f"ours fp8 GEMM (bf16 out) [{ml}]"] = lambda ml=ml: fp8_gemm(xq, xs_col, wq, ws, mainloop=ml)
+        out[f"ours fp8 FC1+SReLU (postact fp8+scales) [{ml}]"] = (
+            lambda ml=ml: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, mainloop=ml))
+        out[f"ours fp8 FC1+SReLU (+preact bf16) [{ml}]"] = lambda ml=ml: fp8_fc1_srelu(xq, xs_col, wq, ws, mainloop=ml)
     one = torch.ones((), device="cuda")
     wq_t = wq.t()  # (K, N) column-major, as _scaled_mm wants its second operand
     out["torch._scaled_mm tensorwise"] = lambda: torch._scaled_mm(xq, wq_t, one, one, out_dtype=torch.bfloat16)

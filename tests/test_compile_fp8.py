@@ -26,6 +26,10 @@ VARIANTS = {
     "identity-q-e5m2-grad": Fp8KernelKey(FP8_DEFAULT_CONFIG, Fp8Epilogue(EpilogueSpec("identity"), quantized="out",
                                                                          q_format="e5m2"),
                                          a_format="e5m2"),
+    # the overlapped mainloop (next K tile's WGMMAs into a second scratch accumulator)
+    "identity-overlap-c1x2": Fp8KernelKey(FP8_DEFAULT_CONFIG, IDENTITY, mainloop="overlap"),
+    "srelu-q-preact-overlap-c2x1": Fp8KernelKey(dataclasses.replace(FP8_DEFAULT_CONFIG, cluster_m=2, cluster_n=1),
+                                                SRELU_Q_PREACT, mainloop="overlap"),
 }
 
 
@@ -42,8 +46,10 @@ def test_fp8_variant_compiles_and_ptx_is_as_designed(name):
     assert ("multicast::cluster" in ptx) == (cfg.cluster_m * cfg.cluster_n > 1)
     assert re.search(r"setmaxnreg\.dec\.sync\.aligned\.u32\s+40;", ptx)
     assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+232;", ptx)
-    # promotion: every K tile's WGMMAs are waited for (wait_group 0) inside the K loop
+    # promotion: serial waits for every K tile's WGMMAs (wait_group 0 only); overlap waits for
+    # the older of two groups in flight (wait_group 1) and drains with wait_group 0
     assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+0;", ptx)
+    assert bool(re.search(r"wgmma\.wait_group\.sync\.aligned\s+1;", ptx)) == (key.mainloop == "overlap")
     if epi.quantized:
         assert f"cvt.rn.satfinite.{epi.q_format}x2.f32" in ptx, "saturating FP8 convert of the quantized output"
         assert "shfl.sync.bfly" in ptx, "row amax reduced over the lanes sharing a row"
@@ -55,6 +61,7 @@ def test_fp8_variant_compiles_and_ptx_is_as_designed(name):
         assert info.spill_store_bytes == 0 and info.spill_load_bytes == 0, info.raw[-600:]
         assert info.stack_bytes == 0, info.raw[-600:]
         assert "C7519" not in info.raw, "ptxas injected warpgroup.arrive (accumulator touched between WGMMAs)"
+        assert "C7514" not in info.raw, "ptxas serialized the WGMMAs (accumulator read while its group is in flight)"
 
 
 @pytest.mark.parametrize("change,reason", [(dict(tile_n=256), "tile_n"), (dict(tile_k=64), "tile_k"),

@@ -48,11 +48,16 @@ def _poisoned(m, n, quantized: bool, plain: bool, fmt=torch.float8_e4m3fn):
     return d, q, qs
 
 
+MAINLOOPS = ["serial", "overlap"]
+
+
 @gpu
 @pytest.mark.parametrize("m,n,k", SHAPES)
-def test_fp8_gemm_bf16_out(m, n, k):
+@pytest.mark.parametrize("mainloop", MAINLOOPS)
+def test_fp8_gemm_bf16_out(m, n, k, mainloop):
     x, w, xq, xs, wq, ws = _operands(m, n, k, seed=m + n + k)
-    d, _, _ = _launch(xq, xs, wq, ws, Fp8Epilogue(EpilogueSpec("identity")), None, outs=_poisoned(m, n, False, True))
+    d, _, _ = _launch(xq, xs, wq, ws, Fp8Epilogue(EpilogueSpec("identity")), None, outs=_poisoned(m, n, False, True),
+                      mainloop=mainloop)
     torch.cuda.synchronize()
     assert not d.isnan().any(), "every element written"
     ref = dequantize(xq, xs).double() @ dequantize(wq, ws).double().T
@@ -62,19 +67,32 @@ def test_fp8_gemm_bf16_out(m, n, k):
     e_bf16 = _rel(d, x.double() @ w.double().T)
     assert 5e-3 < e_bf16 < 0.05, e_bf16  # e4m3 error of both operands, about 3.7%
     # the public entry gives the same
-    assert torch.equal(fp8_gemm(xq, xs, wq, ws), d)
+    assert torch.equal(fp8_gemm(xq, xs, wq, ws, mainloop=mainloop), d)
+
+
+@gpu
+@pytest.mark.parametrize("k", [128, 256, 384, 1040, 4096])  # 1, 2, 3, 9 (partial), 32 K tiles: both loop tails
+def test_fp8_mainloops_agree_bitwise(k):
+    """Both mainloops promote the same K tiles in the same order: identical outputs."""
+    m, n = 384, 512
+    x, w, xq, xs, wq, ws = _operands(m, n, k, seed=k)
+    epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=True), quantized="postact")
+    outs = [_launch(xq, xs, wq, ws, epi, None, mainloop=ml) for ml in MAINLOOPS]
+    (p0, q0, s0), (p1, q1, s1) = outs
+    assert torch.equal(p0, p1) and torch.equal(q0.view(torch.uint8), q1.view(torch.uint8)) and torch.equal(s0, s1)
 
 
 @gpu
 @pytest.mark.parametrize("m,n,k", SHAPES)
 @pytest.mark.parametrize("pow2", [False, True])
-def test_fp8_fc1_srelu_quantized_postact(m, n, k, pow2):
+@pytest.mark.parametrize("mainloop", MAINLOOPS)
+def test_fp8_fc1_srelu_quantized_postact(m, n, k, pow2, mainloop):
     x, w, xq, xs, wq, ws = _operands(m, n, k, seed=3 * m + n + k)
     x_zero = m > 3
     if x_zero:  # an all-zero row: its postact blocks are zero, scale 1
         xq[2] = 0
     epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=True), quantized="postact", pow2_scales=pow2)
-    pre, q, qs = _launch(xq, xs, wq, ws, epi, None, outs=_poisoned(m, n, True, True))
+    pre, q, qs = _launch(xq, xs, wq, ws, epi, None, outs=_poisoned(m, n, True, True), mainloop=mainloop)
     torch.cuda.synchronize()
     assert not pre.isnan().any() and not q.float().isnan().any() and not qs.isnan().any(), "every element written"
     ref = dequantize(xq, xs).double() @ dequantize(wq, ws).double().T
@@ -166,6 +184,8 @@ def test_bad_inputs_raise_input_error():
         fp8_gemm(xq, xs, wq, ws.t())
     with pytest.raises(InputError, match="expected 256"):
         fp8_gemm(xq, xs, wq[:, :128], ws[:, :1])
+    with pytest.raises(InputError, match="mainloop"):
+        fp8_gemm(xq, xs, wq, ws, mainloop="fast")
     with pytest.raises(InputError, match="CUDA"):
         fp8_gemm(xq, xs, wq, ws)
 

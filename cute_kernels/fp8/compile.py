@@ -13,6 +13,7 @@ from ..compile import dsl_lock, use_tvm_ffi
 from ..config import GemmConfig
 from .epilogue import Fp8Epilogue
 
+MAINLOOPS = ("serial", "overlap")  # see cute_kernels/sm90/fp8_gemm.py
 FP8_DEFAULT_CONFIG = GemmConfig(tile_m=128, tile_n=128, tile_k=128, cluster_m=1, cluster_n=2, epi_n=32, epi_stages=2)
 
 
@@ -23,6 +24,9 @@ class Fp8KernelKey:
     a_format: str = "e4m3"  # "e4m3" | "e5m2"
     b_format: str = "e4m3"
     arch: str = "sm90"
+    # "serial" (wait, then promote each K tile) or "overlap" (the next K tile's WGMMAs are
+    # issued into a second scratch accumulator before the promotion); see sm90/fp8_gemm.py
+    mainloop: str = "serial"
 
 
 def fake_arguments(key: Fp8KernelKey):
@@ -63,7 +67,7 @@ def build_kernel(key: Fp8KernelKey) -> Sm90Fp8Gemm:
 
         raise ConfigError("; ".join(errors))
     return Sm90Fp8Gemm(key.cfg, key.epi, ab_stages=fp8_ab_stages(key.cfg, key.epi), a_format=key.a_format,
-                       b_format=key.b_format)
+                       b_format=key.b_format, mainloop=key.mainloop)
 
 
 def compile_kernel(key: Fp8KernelKey, *, options: str = "", tvm_ffi: bool = False):

@@ -6,6 +6,7 @@
   scales by the epilogue (ready to be FC2's A operand), optionally preact in bf16.
 - `quantize_weight(w, recipe)`: the weight's FP8 copy and 128x128 scales, cached per weight
   version (`w._version`), so a weight is quantized once per update, not per call.
+- `mainloop=` ("serial" | "overlap"; default `default_mainloop()`) picks the kernel's K loop.
 
 Operands: a (M, K) / x, b (N, K) / w FP8 (e4m3 or e5m2), K-major (row-major), K a multiple of 16
 (16-byte TMA rows); activation scales (M, ceil(K/128)) fp32, weight scales (ceil(N/128),
@@ -15,6 +16,7 @@ writes its own output scales column-major).  Bad inputs raise `cute_kernels.Inpu
 from __future__ import annotations
 
 import functools
+import os
 import weakref
 
 import torch
@@ -23,7 +25,7 @@ from ..checks import InputError
 from ..compile import use_tvm_ffi
 from ..config import GemmConfig
 from ..epilogue import EpilogueSpec
-from .compile import FP8_DEFAULT_CONFIG, Fp8KernelKey, get_compiled
+from .compile import FP8_DEFAULT_CONFIG, MAINLOOPS, Fp8KernelKey, get_compiled
 from .epilogue import Fp8Epilogue
 from .recipe import FORMATS, Fp8Recipe, quantize_128x128
 
@@ -82,7 +84,16 @@ def _new_scales(m: int, nb: int, device) -> torch.Tensor:
     return torch.empty((nb, m), dtype=torch.float32, device=device).t()
 
 
-def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None):
+def default_mainloop() -> str:
+    """The FP8 kernel's mainloop when a call names none: CUTE_KERNELS_FP8_MAINLOOP ("serial" or
+    "overlap", see sm90/fp8_gemm.py), else "serial" (until H200 numbers pick one)."""
+    ml = os.environ.get("CUTE_KERNELS_FP8_MAINLOOP", "serial")
+    if ml not in MAINLOOPS:
+        raise InputError(f"CUTE_KERNELS_FP8_MAINLOOP must be one of {MAINLOOPS}, got {ml!r}")
+    return ml
+
+
+def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None, mainloop: str | None = None):
     """Check, allocate (or take `outs` = (d, q, qs), for tests that poison them) and launch."""
     fa = _check_fp8_operand("a", a)
     fb = _check_fp8_operand("b", b, a.shape[1])
@@ -93,15 +104,18 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
             raise InputError(f"{name} is on {t.device}, expected {a.device}")
     _check_scales("sa", sa, (m, _cdiv(k, BLOCK)))
     _check_scales("sb", sb, (_cdiv(n, BLOCK), _cdiv(k, BLOCK)))
-    if m == 0 or n == 0:
-        raise InputError(f"empty problem (M = {m}, N = {n})")
+    if m == 0 or n == 0 or k == 0:
+        raise InputError(f"empty problem (M = {m}, N = {n}, K = {k})")
+    mainloop = mainloop or default_mainloop()
+    if mainloop not in MAINLOOPS:
+        raise InputError(f"mainloop must be one of {MAINLOOPS}, got {mainloop!r}")
     if epi.quantized and n % 16:
         raise InputError(f"N = {n} must be a multiple of 16 for an FP8 output (16-byte TMA rows)")
     if n % 8:
         raise InputError(f"N = {n} must be a multiple of 8 (16-byte rows of the bf16 output)")
     check_fp8_device("a", a)
     cfg = config or FP8_DEFAULT_CONFIG
-    key = Fp8KernelKey(cfg, epi, fa, fb)
+    key = Fp8KernelKey(cfg, epi, fa, fb, mainloop=mainloop)
     d = q = qs = None
     if epi.plain_outputs:
         d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
@@ -123,22 +137,23 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
     return d, q, qs
 
 
-def fp8_gemm(a, sa, b, sb, *, quantize_out: bool = False, out_format: str = "e4m3", config: GemmConfig | None = None):
+def fp8_gemm(a, sa, b, sb, *, quantize_out: bool = False, out_format: str = "e4m3", config: GemmConfig | None = None,
+             mainloop: str | None = None):
     """dequant(a) @ dequant(b)^T: bf16 (M, N), or with `quantize_out` (q (M, N) fp8, scales (M, ceil(N/128)))."""
     if quantize_out:
         _, q, qs = _launch(a, sa, b, sb, Fp8Epilogue(EpilogueSpec("identity"), quantized="out", q_format=out_format),
-                           config)
+                           config, mainloop=mainloop)
         return q, qs
-    d, _, _ = _launch(a, sa, b, sb, Fp8Epilogue(EpilogueSpec("identity")), config)
+    d, _, _ = _launch(a, sa, b, sb, Fp8Epilogue(EpilogueSpec("identity")), config, mainloop=mainloop)
     return d
 
 
 def fp8_fc1_srelu(x, sx, w, sw, *, store_preact: bool = True, recipe: Fp8Recipe = Fp8Recipe(),
-                  config: GemmConfig | None = None):
+                  config: GemmConfig | None = None, mainloop: str | None = None):
     """(preact bf16 or None, postact q (M, N) fp8, postact scales (M, ceil(N/128)) fp32)."""
     epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=store_preact), quantized="postact",
                       q_format=recipe.fwd_format, pow2_scales=recipe.pow2_scales)
-    return _launch(x, sx, w, sw, epi, config)
+    return _launch(x, sx, w, sw, epi, config, mainloop=mainloop)
 
 
 _weight_cache: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()

@@ -6,11 +6,17 @@ Operands (both K-major, as Hopper's FP8 WGMMA requires):
 Scale tensors may have any strides (column-major SA reads coalesced: a warp's rows are adjacent).
 
 Mainloop, promotion every K tile (tile_k = 128 = the scale block): each K tile's WGMMAs run
-into a scratch fp32 accumulator that starts from zero, the consumer waits for them, and adds
+into a scratch fp32 accumulator that starts from zero, and once they are done the consumer adds
 scratch * SA[row, kt] * SB[n_block, kt] into the fp32 main accumulator (DeepSeek-V3's
 promotion: the tensor core's reduced-precision FP8 accumulation never spans more than 128 of
-K, and the per-block scales are applied in full fp32).  Both accumulators live in registers,
-so a warpgroup tile is 64 x 128 (64 + 64 registers per thread); tile_n = 128 is one N block.
+K, and the per-block scales are applied in full fp32).  The accumulators live in registers,
+so a warpgroup tile is 64 x 128; tile_n = 128 is one N block.  Two mainloops (`mainloop`):
+- "serial": issue a K tile, wait_group 0, promote (64 + 64 registers per thread).  As in
+  DeepGEMM's sm90 1d2d kernel, only the other consumer warpgroup's WGMMAs can fill the tensor
+  core while one warpgroup promotes.
+- "overlap": two scratch accumulators; K tile kt+1's WGMMAs are issued into the other one
+  before tile kt is promoted (wait_group 1), so each warpgroup keeps the tensor core fed
+  through its own promotions (64 x 3 registers per thread).
 
 Epilogue (`Fp8Epilogue`): the fp32 math of `cute_kernels.epilogue.EpilogueSpec` (identity or
 srelu), then per output either a bf16 store (stmatrix -> smem -> TMA) or the quantizing
@@ -37,6 +43,7 @@ from cutlass.pipeline import pipeline_init_arrive, pipeline_init_wait
 from cutlass.tensor_utils import LayoutEnum
 
 from ..config import GemmConfig
+from ..fp8.compile import MAINLOOPS
 from ..fp8.epilogue import FMAX, Fp8Epilogue
 from ..tile_scheduler import banded_coord_device
 
@@ -108,14 +115,17 @@ class Sm90Fp8Gemm:
     d_q (M, N, 1) fp8 and d_qs (M, NB) fp32 (the quantized output and its scales) or None."""
 
     def __init__(self, cfg: GemmConfig, epi: Fp8Epilogue, *, ab_stages: int, a_format: str = "e4m3",
-                 b_format: str = "e4m3"):
+                 b_format: str = "e4m3", mainloop: str = "serial"):
         errors = check_fp8_config(cfg)
         if errors:
             raise ValueError("; ".join(errors))
         if len(epi.plain_outputs) > 1:
             raise ValueError("at most one bf16 output next to the quantized one")
+        if mainloop not in MAINLOOPS:
+            raise ValueError(f"mainloop must be one of {MAINLOOPS}, got {mainloop!r}")
         self.cfg = cfg
         self.epi = epi
+        self.overlap = mainloop == "overlap"
         self.ab_stages = ab_stages
         self.tile_m, self.tile_n, self.tile_k = cfg.tile_m, cfg.tile_n, cfg.tile_k
         self.cluster_shape_mn = (cfg.cluster_m, cfg.cluster_n)
@@ -322,6 +332,9 @@ class Sm90Fp8Gemm:
             tCcTile = thr_mma.partition_C(cute.make_identity_tensor((self.tile_m, self.tile_n)))
             acc = cute.make_rmem_tensor(tCcTile.shape, Float32)  # promoted fp32 accumulator
             blk = cute.make_rmem_tensor(tCcTile.shape, Float32)  # one K tile's WGMMA result
+            # overlap: a second scratch accumulator (the next K tile's WGMMAs run into it)
+            blk2 = cute.make_rmem_tensor(tCcTile.shape if self.overlap else (1,), Float32)
+            sc = cute.make_rmem_tensor((4,), Float32)  # (row a, row b) scales of blk [0:2] and blk2 [2:4]
             acc_size = cute.size(acc)
             num_k_blocks = cute.size(tCrA, mode=[2])
             # rows of the accumulator elements: r0 and r0 + 8 of the warpgroup's 64-row block
@@ -373,25 +386,64 @@ class Sm90Fp8Gemm:
                 row_a = cutlass.min(row_start + thread_row0, m_total - 1)
                 row_b = cutlass.min(row_start + thread_row0 + 8, m_total - 1)
 
-                # ---- mainloop: one K tile's WGMMAs into `blk`, then promote into `acc`
+                # ---- mainloop: K tiles' WGMMAs into a scratch accumulator, promoted into `acc`
                 acc.fill(0.0)
-                for kt in range(k_tiles):
-                    # scales of this K tile, loaded while the tile's WGMMAs run
-                    sb = Float32(mSB[(n_tile, kt)])
-                    sc_a = Float32(mSA[(row_a, kt)]) * sb
-                    sc_b = Float32(mSA[(row_b, kt)]) * sb
-                    ab_pipeline.consumer_wait(read_state)
-                    warpgroup.fence()
-                    for kb in cutlass.range_constexpr(num_k_blocks):
-                        tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
-                        cute.gemm(tiled_mma, blk, tCrA[(None, None, kb, read_state.index)],
-                                  tCrB[(None, None, kb, read_state.index)], blk)
-                    warpgroup.commit_group()
-                    warpgroup.wait_group(0)
-                    ab_pipeline.consumer_release(read_state)
+                if const_expr(not self.overlap):
+                    # serial: issue, wait for this tile's WGMMAs, promote (the tensor core idles
+                    # for this warpgroup during the promotion; the other warpgroup's may run)
+                    for kt in range(k_tiles):
+                        self._load_scales(sc, 0, mSA, mSB, row_a, row_b, n_tile, kt)
+                        tiled_mma = self._issue_k_tile(tiled_mma, blk, tCrA, tCrB, ab_pipeline, read_state, num_k_blocks)
+                        warpgroup.wait_group(0)
+                        ab_pipeline.consumer_release(read_state)
+                        read_state.advance()
+                        self._promote(acc, blk, sc, 0, acc_row_of, acc_size)
+                else:
+                    # overlap: tile kt+1's WGMMAs are issued into the other scratch accumulator
+                    # before tile kt is promoted (wait_group 1: only the older group is done)
+                    release_state = read_state.clone()
+                    self._load_scales(sc, 0, mSA, mSB, row_a, row_b, n_tile, 0)
+                    tiled_mma = self._issue_k_tile(tiled_mma, blk, tCrA, tCrB, ab_pipeline, read_state, num_k_blocks)
                     read_state.advance()
-                    for v in cutlass.range_constexpr(acc_size):
-                        acc[v] = acc[v] + blk[v] * (sc_a if acc_row_of[v] == 0 else sc_b)
+                    # whole pairs only, so that every iteration starts and ends with `blk` in
+                    # flight (a branch inside would leave ptxas unsure which accumulator is in
+                    # flight, and it serializes the WGMMAs: C7514)
+                    for kp in range(1, k_tiles - 1, 2):
+                        self._load_scales(sc, 2, mSA, mSB, row_a, row_b, n_tile, kp)
+                        tiled_mma = self._issue_k_tile(tiled_mma, blk2, tCrA, tCrB, ab_pipeline, read_state,
+                                                       num_k_blocks)
+                        read_state.advance()
+                        warpgroup.wait_group(1)
+                        ab_pipeline.consumer_release(release_state)
+                        release_state.advance()
+                        self._promote(acc, blk, sc, 0, acc_row_of, acc_size)
+                        self._load_scales(sc, 0, mSA, mSB, row_a, row_b, n_tile, kp + 1)
+                        tiled_mma = self._issue_k_tile(tiled_mma, blk, tCrA, tCrB, ab_pipeline, read_state,
+                                                       num_k_blocks)
+                        read_state.advance()
+                        warpgroup.wait_group(1)
+                        ab_pipeline.consumer_release(release_state)
+                        release_state.advance()
+                        self._promote(acc, blk2, sc, 2, acc_row_of, acc_size)
+                    if k_tiles % 2 == 0:
+                        # one K tile left to issue: into blk2 while blk is promoted
+                        self._load_scales(sc, 2, mSA, mSB, row_a, row_b, n_tile, k_tiles - 1)
+                        tiled_mma = self._issue_k_tile(tiled_mma, blk2, tCrA, tCrB, ab_pipeline, read_state,
+                                                       num_k_blocks)
+                        read_state.advance()
+                        warpgroup.wait_group(1)
+                        ab_pipeline.consumer_release(release_state)
+                        release_state.advance()
+                        self._promote(acc, blk, sc, 0, acc_row_of, acc_size)
+                        warpgroup.wait_group(0)
+                        ab_pipeline.consumer_release(release_state)
+                        release_state.advance()
+                        self._promote(acc, blk2, sc, 2, acc_row_of, acc_size)
+                    else:
+                        warpgroup.wait_group(0)
+                        ab_pipeline.consumer_release(release_state)
+                        release_state.advance()
+                        self._promote(acc, blk, sc, 0, acc_row_of, acc_size)
 
                 # ---- epilogue
                 bSG_sD, bSG_gD = self._store_partitions(self.has_plain, tma_d, mD, sD, m_tile, n_tile)
@@ -446,6 +498,32 @@ class Sm90Fp8Gemm:
                 t += num_launched
             if warp_idx == store_warp:
                 store_pipeline.producer_tail()
+
+    def _load_scales(self, sc, at: int, mSA, mSB, row_a, row_b, n_tile, kt):
+        """SA[row, kt] * SB[n_tile, kt] for the thread's two rows into sc[at], sc[at + 1]
+        (issued before the K tile's WGMMAs, so the loads' latency hides behind them)."""
+        sb = Float32(mSB[(n_tile, kt)])
+        sc[at] = Float32(mSA[(row_a, kt)]) * sb
+        sc[at + 1] = Float32(mSA[(row_b, kt)]) * sb
+
+    @staticmethod
+    def _issue_k_tile(tiled_mma, blk, tCrA, tCrB, ab_pipeline, read_state, num_k_blocks: int):
+        """Wait for the K tile's operands and issue its WGMMAs (one commit group) into `blk`,
+        the first k block overwriting it; returns `tiled_mma`."""
+        ab_pipeline.consumer_wait(read_state)
+        warpgroup.fence()
+        for kb in range(num_k_blocks):  # plain Python: unrolled at trace time
+            tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
+            cute.gemm(tiled_mma, blk, tCrA[(None, None, kb, read_state.index)],
+                      tCrB[(None, None, kb, read_state.index)], blk)
+        warpgroup.commit_group()
+        return tiled_mma  # rebound by the caller: the tracer carries its ACCUMULATE field through loops
+
+    @staticmethod
+    def _promote(acc, blk, sc, at: int, acc_row_of, acc_size: int):
+        """acc += blk * (row scale): the fp32 promotion of one K tile."""
+        for v in range(acc_size):  # unrolled at trace time
+            acc[v] = acc[v] + blk[v] * sc[at + acc_row_of[v]]
 
     def _scale_of(self, amax):
         """The recipe's scale of a block from its amax (Fp8Recipe: amax / fmax, a power of two
