@@ -7,7 +7,8 @@ hidden) and `fc2_weight` (E, hidden, ffn), each expert initialized like nn.Linea
 With `fuse_wgrad_accumulation=True` the weights' gradients are added into an fp32
 `main_grad` attribute the training loop gives each weight (Megatron style) instead of
 being returned as .grad.  With `offload=sched` (an offload.OffloadScheduler) each forward
-is the next layer of the step for that scheduler (srelu_mlp's `offload`).
+is the next layer of the step for that scheduler (srelu_mlp's `offload`).  With `fp8=Fp8Recipe()`
+the step runs in FP8 (srelu_mlp's `fp8`).
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from .mlp import srelu_mlp
 
 class SReLUMLP(nn.Module):
     def __init__(self, hidden: int, ffn: int, *, recompute_postact: bool = False, backend: str = "auto",
-                 fuse_wgrad_accumulation: bool = False, offload=None, device=None, dtype=None):
+                 fuse_wgrad_accumulation: bool = False, offload=None, fp8=None, device=None, dtype=None):
         super().__init__()
+        self.fp8 = fp8
         self.fc1 = nn.Linear(hidden, ffn, bias=False, device=device, dtype=dtype)
         self.fc2 = nn.Linear(ffn, hidden, bias=False, device=device, dtype=dtype)
         self.recompute_postact = recompute_postact
@@ -34,14 +36,16 @@ class SReLUMLP(nn.Module):
         shape = x.shape
         y = srelu_mlp(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc2.weight, prob=prob,
                       recompute_postact=self.recompute_postact, backend=self.backend,
-                      fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload)
+                      fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload, fp8=self.fp8)
         return y.reshape(shape)
 
 
 class GroupedSReLUMLP(nn.Module):
     def __init__(self, num_experts: int, hidden: int, ffn: int, *, recompute_postact: bool = False,
-                 backend: str = "auto", fuse_wgrad_accumulation: bool = False, offload=None, device=None, dtype=None):
+                 backend: str = "auto", fuse_wgrad_accumulation: bool = False, offload=None, fp8=None, device=None,
+                 dtype=None):
         super().__init__()
+        self.fp8 = fp8
         self.num_experts, self.hidden, self.ffn = num_experts, hidden, ffn
         self.fc1_weight = nn.Parameter(torch.empty(num_experts, ffn, hidden, device=device, dtype=dtype))
         self.fc2_weight = nn.Parameter(torch.empty(num_experts, hidden, ffn, device=device, dtype=dtype))
@@ -61,7 +65,7 @@ class GroupedSReLUMLP(nn.Module):
         """x: (tokens, hidden) sorted by expert; m_splits: tokens per expert."""
         return srelu_mlp(x, self.fc1_weight, self.fc2_weight, m_splits=m_splits, prob=prob,
                          recompute_postact=self.recompute_postact, backend=self.backend,
-                         fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload)
+                         fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload, fp8=self.fp8)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden={self.hidden}, ffn={self.ffn}"

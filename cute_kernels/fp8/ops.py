@@ -156,18 +156,50 @@ def fp8_fc1_srelu(x, sx, w, sw, *, store_preact: bool = True, recipe: Fp8Recipe 
     return _launch(x, sx, w, sw, epi, config, mainloop=mainloop)
 
 
-_weight_cache: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+# id(w) -> (weakref to w, {"version": ..., (format, pow2, transposed): (q, scales)}); a plain dict
+# keyed by id (a WeakKeyDictionary compares tensors with ==, which is elementwise), the entry
+# removed when w dies
+_weight_cache: dict = {}
 
 
-def quantize_weight(w: torch.Tensor, recipe: Fp8Recipe = Fp8Recipe()):
+def _copies_of(w: torch.Tensor) -> dict:
+    entry = _weight_cache.get(id(w))
+    if entry is None or entry[0]() is not w:
+        entry = (weakref.ref(w), {"version": None})
+        _weight_cache[id(w)] = entry
+        weakref.finalize(w, _weight_cache.pop, id(w), None)
+    return entry[1]
+
+
+def quantize_weight(w: torch.Tensor, recipe: Fp8Recipe = Fp8Recipe(), *, transposed: bool = False):
     """(q, scales) of a (N, K) weight by 128x128 blocks, made once per version of `w`
-    (an optimizer step bumps `w._version`; a new recipe makes a new copy).  The copy of
-    W^T is (q.t(), scales.t()): a square block's amax is that of its transpose."""
-    hit = _weight_cache.get(w)
-    version = (w._version, recipe.fwd_format, recipe.pow2_scales)
-    if hit is not None and hit[0] == version:
-        return hit[1]
+    (an optimizer step bumps `w._version`; a new recipe makes a new copy).  With `transposed`
+    the copy of W^T, (K, N) row-major: (q.t(), scales.t()) made contiguous (a square block's
+    amax is that of its transpose), the K-major B operand of the dgrad.  A stack of expert
+    weights (E, N, K) gives (E, N, K) and (E, NB, KB) (or (E, K, N), (E, KB, NB))."""
+    per_w = _copies_of(w)
+    version = w._version
+    if per_w["version"] != version:
+        per_w.clear()
+        per_w["version"] = version
+    key = (recipe.fwd_format, recipe.pow2_scales, transposed)
+    hit = per_w.get(key)
+    if hit is not None:
+        return hit
     with torch.no_grad():
-        qs = quantize_128x128(w.detach(), recipe.fwd_format, pow2=recipe.pow2_scales)
-    _weight_cache[w] = (version, qs)
-    return qs
+        wd = w.detach()
+        if wd.dim() == 2:
+            q, sc = quantize_128x128(wd, recipe.fwd_format, pow2=recipe.pow2_scales)
+            if transposed:
+                q, sc = q.t().contiguous(), sc.t().contiguous()
+        elif wd.dim() == 3:
+            parts = [quantize_128x128(we, recipe.fwd_format, pow2=recipe.pow2_scales) for we in wd]
+            q = torch.stack([p[0] for p in parts]) if parts else wd.to(recipe.fwd_dtype)
+            sc = (torch.stack([p[1] for p in parts]) if parts
+                  else wd.new_empty((0, _cdiv(wd.shape[1], BLOCK), _cdiv(wd.shape[2], BLOCK)), dtype=torch.float32))
+            if transposed:
+                q, sc = q.transpose(1, 2).contiguous(), sc.transpose(1, 2).contiguous()
+        else:
+            raise InputError(f"a weight to quantize is (N, K) or (E, N, K), got shape {tuple(w.shape)}")
+    per_w[key] = hit = (q, sc)
+    return hit
