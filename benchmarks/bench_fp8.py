@@ -4,9 +4,16 @@ bf16 kernels and cuBLAS bf16, all in one run, burst (L2 flushed, median) and sus
 back at the power limit).  Outputs are checked against a float32 reference of the dequantized
 inputs before anything is timed.
 
-    PYTHONPATH=$PWD OUT=gpu_out python benchmarks/bench_fp8.py [--shape 8192,16384,4096] [--no-sustained]
+A second table times the whole MLP step fwd+bwd (`srelu_mlp(..., fp8=Fp8Recipe())` against our
+bf16 step `srelu_mlp(...)`, both on the cute path) at the power limit (sustained) on the dense
+8192 x 4096 -> 16384 and grouped E=8 (16384 tokens, 2688 -> 1856, even splits) shapes, with the
+bytes each step saves for backward (saved_tensors_hooks, weights excluded); FP8 under both
+mainloops.  The FP8 step's weight gradients, dSReLU and grouped loop are torch (fp8/mlp.py).
 
-Writes $OUT/bench_fp8.md and $OUT/bench_fp8.json; prints the table last.  About 1-2 minutes.
+    PYTHONPATH=$PWD OUT=gpu_out python benchmarks/bench_fp8.py [--shape 8192,16384,4096] [--no-sustained]
+        [--no-step]
+
+Writes $OUT/bench_fp8.md and $OUT/bench_fp8.json; prints the tables last.  About 3 minutes.
 """
 from __future__ import annotations
 
@@ -79,10 +86,91 @@ def cases(m, n, k):
     return out, checks
 
 
+STEP_SHAPES = [("dense 8192x4096->16384", 8192, 4096, 16384, 0), ("grouped E=8 16384x2688->1856", 16384, 2688, 1856, 8)]
+
+
+def saved_bytes(fn, exclude) -> int:
+    """Bytes of the tensors autograd saves during fn() (tensors in `exclude`, the weights, left out)."""
+    total = [0]
+
+    def pack(t):
+        if not any(t is e for e in exclude):
+            total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return total[0]
+
+
+def step_rows(sustained: bool):
+    """fwd+bwd of the MLP step, FP8 (both mainloops) against our bf16 step, and saved bytes."""
+    from cute_kernels.fp8 import Fp8Recipe
+    from cute_kernels.mlp import srelu_mlp
+
+    rows = []
+    for name, m, h, f, e in STEP_SHAPES:
+        torch.manual_seed(0)
+        x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
+        w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
+        w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
+        dy = torch.randn(m, h, device="cuda").bfloat16()
+        splits = [m // e] * e if e else None
+        flops = 3 * 2 * 2.0 * m * h * f  # two GEMMs, forward + two backward GEMMs each
+        variants = [("bf16 (ours)", None, None), ("fp8 [serial]", Fp8Recipe(), "serial"),
+                    ("fp8 [overlap]", Fp8Recipe(), "overlap")]
+        base = None
+        for label, recipe, mainloop in variants:
+            row = {"shape": name, "case": label}
+            if mainloop:
+                os.environ["CUTE_KERNELS_FP8_MAINLOOP"] = mainloop
+
+            def fwd(recipe=recipe):
+                return srelu_mlp(x, w1, w2, m_splits=splits, fp8=recipe, backend="cute")
+
+            def step(fwd=fwd):
+                x.grad = w1.grad = w2.grad = None
+                fwd().backward(dy)
+
+            try:
+                step()
+                torch.cuda.synchronize()
+                row["saved_MiB"] = saved_bytes(fwd, (w1, w2)) / 2 ** 20
+                row["burst_ms"] = time_ms(step, warmup=2, iters=8, batch=1)
+                if sustained:
+                    row["sustained_ms"], row["power_w"], row["sm_mhz"] = sustained_ms(step, seconds=1.0, warm_s=0.3)
+                row["tflops"] = flops / (row.get("sustained_ms", row["burst_ms"]) * 1e9)
+            except Exception as ex:  # noqa: BLE001 - one failing case must not lose the table
+                row["error"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:160]}"
+                traceback.print_exc(file=sys.stderr)
+            finally:
+                os.environ.pop("CUTE_KERNELS_FP8_MAINLOOP", None)
+            if label.startswith("bf16") and "error" not in row:
+                base = row
+            rows.append((row, base))
+        del x, w1, w2, dy
+        torch.cuda.empty_cache()
+    lines = ["", "## MLP step fwd+bwd (sustained = at the power limit; ratios against our bf16 step, same run)", "",
+             "| shape | case | burst ms | sustained ms | TFLOP/s | x bf16 (sustained) | saved MiB | x bf16 saved | W |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r, b in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['case']} | error: {r['error']} |||||||")
+            continue
+        key = "sustained_ms" if "sustained_ms" in r else "burst_ms"
+        ratio = f"{b[key] / r[key]:.2f}" if b and key in b else "-"
+        mem = f"{r['saved_MiB'] / b['saved_MiB']:.2f}" if b else "-"
+        lines.append(f"| {r['shape']} | {r['case']} | {r['burst_ms']:.2f} | {r.get('sustained_ms', float('nan')):.2f} | "
+                     f"{r['tflops']:.0f} | {ratio} | {r['saved_MiB']:.0f} | {mem} | {r.get('power_w', float('nan')):.0f} |")
+    return [r for r, _ in rows], lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="8192,16384,4096", help="M,N,K")
     p.add_argument("--no-sustained", action="store_true")
+    p.add_argument("--no-step", action="store_true", help="skip the MLP step table")
     args = p.parse_args(argv)
     m, n, k = (int(v) for v in args.shape.split(","))
     out_dir = os.environ.get("OUT", "gpu_out")
@@ -121,11 +209,17 @@ def main(argv=None):
         else:
             cells += ["-"] * 5
         lines.append("| " + " | ".join(cells) + " |")
+    del fns
+    torch.cuda.empty_cache()
+    step = []
+    if not args.no_step:
+        step, step_lines = step_rows(not args.no_sustained)
+        lines += step_lines
     table = "\n".join(lines)
     with open(os.path.join(out_dir, "bench_fp8.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(out_dir, "bench_fp8.json"), "w") as f:
-        json.dump({"shape": [m, n, k], "checks": checks, "rows": rows}, f, indent=1)
+        json.dump({"shape": [m, n, k], "checks": checks, "rows": rows, "step": step}, f, indent=1)
     print(table)
 
 
