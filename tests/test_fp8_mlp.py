@@ -57,7 +57,8 @@ def _run(fn, x, w1, w2, dy, p):
     return y.detach(), grads
 
 
-@pytest.mark.parametrize("m,h,f,prob", [(77, 144, 272, False), (130, 256, 128, True), (1, 128, 256, True)])
+@pytest.mark.parametrize("m,h,f,prob", [(77, 144, 272, False), (130, 256, 128, True), (1, 128, 256, True),
+                                        (256, 128, 256, False)])  # M a multiple of 128: wgrad operands are views
 def test_dense_step_close_to_float64_and_quantized(m, h, f, prob):
     x, w1, w2, dy, p = _inputs(m, h, f, seed=m, prob=prob)
     y, grads = _run(lambda x, w1, w2, p: srelu_mlp(x, w1, w2, prob=p, fp8=R), x, w1, w2, dy, p)

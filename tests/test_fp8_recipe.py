@@ -84,3 +84,12 @@ def test_dequantize_rejects_mismatched_scales():
     q, s = quantize_1x128(torch.randn(300, 256))
     with pytest.raises(ValueError, match="scales"):
         dequantize(q, s[:, :1])
+
+
+def test_quantize_1x128_of_a_transposed_view():
+    """The weight gradients quantize g^T (a view) along the tokens; widths a multiple of 128 too."""
+    g = torch.randn(256, 96)
+    for t in (g.t(), g[:200].t()):
+        q, s = quantize_1x128(t)
+        q2, s2 = quantize_1x128(t.contiguous())
+        assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s, s2)

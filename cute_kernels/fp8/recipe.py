@@ -89,7 +89,7 @@ def quantize_1x128(x: torch.Tensor, fmt: str = "e4m3", *, block: int = 128, pow2
     if x.dim() != 2:
         raise ValueError(f"quantize_1x128 takes a 2-D tensor, got shape {tuple(x.shape)}")
     r, c = x.shape
-    xf = _pad_to(x.float(), 1, block).view(r, -1, block)
+    xf = _pad_to(x.float(), 1, block).reshape(r, -1, block)  # reshape: x may be a transposed view
     amax = xf.abs().amax(dim=2)
     s = _scale_from_amax(amax, fmt, pow2)
     q = _cast(xf, s.unsqueeze(2), fmt).view(r, -1)[:, :c]
@@ -104,7 +104,7 @@ def quantize_128x128(w: torch.Tensor, fmt: str = "e4m3", *, block: int = 128, po
     r, c = w.shape
     wf = _pad_to(_pad_to(w.float(), 0, block), 1, block)
     rb, cb = wf.shape[0] // block, wf.shape[1] // block
-    blocks = wf.view(rb, block, cb, block)
+    blocks = wf.reshape(rb, block, cb, block)
     amax = blocks.abs().amax(dim=(1, 3))
     s = _scale_from_amax(amax, fmt, pow2)
     q = _cast(blocks, s[:, None, :, None], fmt).view(rb * block, cb * block)[:r, :c]
