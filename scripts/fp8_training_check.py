@@ -14,7 +14,7 @@ sm_90a; the torch implementation elsewhere).  Everything outside the MLPs is bf1
 
 Tolerance (stated, checked): with L_s the loss smoothed over 15 steps,
 |L_fp8 - L_bf16| / L_bf16 <= 5% at every step from 30 on, and <= 2% for the mean of the
-last 30 steps; and the bf16 loss must fall to < 0.7x its first value (else the check says
+last 30 steps; and the bf16 loss must fall to < 0.85x its first value (else the check says
 nothing).  Writes $OUT/fp8_training_check.png, .md and .json; prints the table last.
 
     PYTHONPATH=$PWD OUT=gpu_out python scripts/fp8_training_check.py [--steps 300]
@@ -113,7 +113,7 @@ def verdict(bf16, fp8):
     n = min(30, len(bf16))
     fb, ff = sum(bf16[-n:]) / n, sum(fp8[-n:]) / n
     final = abs(ff - fb) / fb
-    learned = sb[-1] < 0.7 * bf16[0]
+    learned = sb[-1] < 0.85 * bf16[0]
     ok = learned and curve <= CURVE_TOL and final <= FINAL_TOL
     return {"curve_max_rel": curve, "final_rel": final, "final_bf16": fb, "final_fp8": ff, "first_bf16": bf16[0],
             "bf16_learned": learned, "pass": ok}
