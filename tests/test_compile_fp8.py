@@ -53,6 +53,9 @@ def test_fp8_variant_compiles_and_ptx_is_as_designed(name):
     if epi.quantized:
         assert f"cvt.rn.satfinite.{epi.q_format}x2.f32" in ptx, "saturating FP8 convert of the quantized output"
         assert "shfl.sync.bfly" in ptx, "row amax reduced over the lanes sharing a row"
+        # the amax is max(amax, |v|): not max.xorsign.abs (sign(a ^ b) * max(|a|, |b|), whose
+        # negative results lose the quad's signed max: too-small scales of signed outputs)
+        assert "xorsign" not in ptx, "xorsign max in the quantized output's amax"
     if epi.plain_outputs:
         assert "stmatrix.sync.aligned" in ptx
     assert ".local" not in ptx

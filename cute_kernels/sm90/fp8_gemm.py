@@ -385,6 +385,8 @@ class Sm90Fp8Gemm:
                 # the thread's two rows, clamped into A (rows past M are computed, never stored)
                 row_a = cutlass.min(row_start + thread_row0, m_total - 1)
                 row_b = cutlass.min(row_start + thread_row0 + 8, m_total - 1)
+                # the weight-scale row, clamped into SB like the rows (an N tile past N, see below)
+                sb_tile = cutlass.min(n_tile, num_n_tiles - 1)
 
                 # ---- mainloop: K tiles' WGMMAs into a scratch accumulator, promoted into `acc`
                 acc.fill(0.0)
@@ -392,7 +394,7 @@ class Sm90Fp8Gemm:
                     # serial: issue, wait for this tile's WGMMAs, promote (the tensor core idles
                     # for this warpgroup during the promotion; the other warpgroup's may run)
                     for kt in range(k_tiles):
-                        self._load_scales(sc, 0, mSA, mSB, row_a, row_b, n_tile, kt)
+                        self._load_scales(sc, 0, mSA, mSB, row_a, row_b, sb_tile, kt)
                         tiled_mma = self._issue_k_tile(tiled_mma, blk, tCrA, tCrB, ab_pipeline, read_state, num_k_blocks)
                         warpgroup.wait_group(0)
                         ab_pipeline.consumer_release(read_state)
@@ -402,14 +404,14 @@ class Sm90Fp8Gemm:
                     # overlap: tile kt+1's WGMMAs are issued into the other scratch accumulator
                     # before tile kt is promoted (wait_group 1: only the older group is done)
                     release_state = read_state.clone()
-                    self._load_scales(sc, 0, mSA, mSB, row_a, row_b, n_tile, 0)
+                    self._load_scales(sc, 0, mSA, mSB, row_a, row_b, sb_tile, 0)
                     tiled_mma = self._issue_k_tile(tiled_mma, blk, tCrA, tCrB, ab_pipeline, read_state, num_k_blocks)
                     read_state.advance()
                     # whole pairs only, so that every iteration starts and ends with `blk` in
                     # flight (a branch inside would leave ptxas unsure which accumulator is in
                     # flight, and it serializes the WGMMAs: C7514)
                     for kp in range(1, k_tiles - 1, 2):
-                        self._load_scales(sc, 2, mSA, mSB, row_a, row_b, n_tile, kp)
+                        self._load_scales(sc, 2, mSA, mSB, row_a, row_b, sb_tile, kp)
                         tiled_mma = self._issue_k_tile(tiled_mma, blk2, tCrA, tCrB, ab_pipeline, read_state,
                                                        num_k_blocks)
                         read_state.advance()
@@ -417,7 +419,7 @@ class Sm90Fp8Gemm:
                         ab_pipeline.consumer_release(release_state)
                         release_state.advance()
                         self._promote(acc, blk, sc, 0, acc_row_of, acc_size)
-                        self._load_scales(sc, 0, mSA, mSB, row_a, row_b, n_tile, kp + 1)
+                        self._load_scales(sc, 0, mSA, mSB, row_a, row_b, sb_tile, kp + 1)
                         tiled_mma = self._issue_k_tile(tiled_mma, blk, tCrA, tCrB, ab_pipeline, read_state,
                                                        num_k_blocks)
                         read_state.advance()
@@ -427,7 +429,7 @@ class Sm90Fp8Gemm:
                         self._promote(acc, blk2, sc, 2, acc_row_of, acc_size)
                     if k_tiles % 2 == 0:
                         # one K tile left to issue: into blk2 while blk is promoted
-                        self._load_scales(sc, 2, mSA, mSB, row_a, row_b, n_tile, k_tiles - 1)
+                        self._load_scales(sc, 2, mSA, mSB, row_a, row_b, sb_tile, k_tiles - 1)
                         tiled_mma = self._issue_k_tile(tiled_mma, blk2, tCrA, tCrB, ab_pipeline, read_state,
                                                        num_k_blocks)
                         read_state.advance()
@@ -462,7 +464,10 @@ class Sm90Fp8Gemm:
                         qf.store(outs[q_idx])
                         for v in cutlass.range_constexpr(frag_size):
                             qvals[e * frag_size + v] = qf[v]
-                            amax[frag_row_of[v]] = cute.arch.fmax(amax[frag_row_of[v]], qf[v], abs=True)
+                            # max(amax, |q|): fmax(abs=True) would be the xorsign form, sign(a ^ b) *
+                            # max(|a|, |b|), whose sign flips with negative values and then loses the
+                            # signed max across the quad below (the e5m2 test's signed outputs)
+                            amax[frag_row_of[v]] = cute.arch.fmax(amax[frag_row_of[v]], cute.math.abs(qf[v]))
                     if const_expr(self.has_plain):
                         p_idx = self.epi.outputs.index(self.epi.plain_outputs[0])
                         out = cute.make_rmem_tensor(frag_shape, self.d_dtype)
@@ -489,7 +494,9 @@ class Sm90Fp8Gemm:
                                             (local_tile_idx * groups_per_tile + group) % cfg.epi_stages,
                                             store_pipeline, epi_barrier, warp_idx == store_warp)
                         group += 1
-                    if cute.arch.lane_idx() % 4 == 0:
+                    # a cluster's second CTA may hold an N tile past the last one (odd tile
+                    # counts): its TMA stores are clipped, its scale column does not exist
+                    if cute.arch.lane_idx() % 4 == 0 and n_tile < num_n_tiles:
                         for r in cutlass.range_constexpr(2):
                             row = row_start + thread_row0 + 8 * r
                             if row < m_total:
@@ -499,10 +506,10 @@ class Sm90Fp8Gemm:
             if warp_idx == store_warp:
                 store_pipeline.producer_tail()
 
-    def _load_scales(self, sc, at: int, mSA, mSB, row_a, row_b, n_tile, kt):
-        """SA[row, kt] * SB[n_tile, kt] for the thread's two rows into sc[at], sc[at + 1]
+    def _load_scales(self, sc, at: int, mSA, mSB, row_a, row_b, sb_tile, kt):
+        """SA[row, kt] * SB[sb_tile, kt] for the thread's two rows into sc[at], sc[at + 1]
         (issued before the K tile's WGMMAs, so the loads' latency hides behind them)."""
-        sb = Float32(mSB[(n_tile, kt)])
+        sb = Float32(mSB[(sb_tile, kt)])
         sc[at] = Float32(mSA[(row_a, kt)]) * sb
         sc[at + 1] = Float32(mSA[(row_b, kt)]) * sb
 
