@@ -7,6 +7,13 @@ Tolerances: kernel vs torch implementation of the recipe: rel. Frobenius < 2e-2 
 quantize the same way; the kernel's FP8 tensor-core sums and its fp32-from-accumulator amax
 flip a few e4m3 roundings of the postact, and bf16 rounding of the dequantized operands in
 the torch path); vs float64 unquantized: < 0.12 (5-7% measured on the CPU, test_fp8_mlp.py).
+With one token the kernel-vs-recipe bound is 5e-2: the difference is a handful of postact
+elements whose e4m3 rounding flips (each one e4m3 step, 2^-4..2^-3 relative) between the two
+accumulations (exact dequantized operands + FP8 tensor-core sums vs bf16-rounded dequantized
+operands in cuBLAS); over many rows the Frobenius ratio averages to ~1.3e-2 with little spread,
+over one row of 256 it is a ratio of a few flips: a CPU model of the two paths (no tensor-core
+truncation) gives a median 7.7e-3 and a max 2.5e-2 over 40 seeds (7.5% of seeds above 2e-2) at
+M = 1, H = F = 256, against max 1.6e-2 at M = 77; the first H200 run measured 2.8e-2 for y.
 """
 import pytest
 import torch
@@ -90,7 +97,8 @@ def test_fp8_step_kernel_vs_recipe_and_float64(m, h, f, splits, prob, mainloop, 
                 if n == 0:
                     assert (a[i] == 0).all(), f"{name}[{i}]: empty expert, zero gradient"
         tol_ref = 0.25 if (name == "dp" and m == 1) else 0.12
-        assert _rel(a, b) < 2e-2, (name, _rel(a, b))
+        tol_recipe = 5e-2 if m == 1 else 2e-2  # one token: see the module docstring
+        assert _rel(a, b) < tol_recipe, (name, _rel(a, b))
         assert _rel(a, r) < tol_ref, (name, _rel(a, r))
 
 
