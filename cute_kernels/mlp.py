@@ -226,7 +226,8 @@ def _cute_wgrad(ctx, dy, x, splits, w, name):
 
 
 def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = False,
-              fuse_wgrad_accumulation: bool = False, backend: str = "auto", offload=None, activation=None):
+              fuse_wgrad_accumulation: bool = False, backend: str = "auto", offload=None, activation=None,
+              fp8=None):
     """y = (p * f(x @ w1^T)) @ w2^T; grouped when `m_splits` is given (w1 (E, F, H), w2 (E, H, F)).
 
     activation: f, default relu^2 (SReLU); `cute_kernels.activations.ScaledTanhSReLU(s)` or
@@ -238,7 +239,8 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     offload: an `offload.OffloadScheduler`: this call is the next layer of the step's
     forward (`sched.layer()`), so what it saves is offloaded as the scheduler's policy
     says, by role; inside a `with sched.layer(i)` the call belongs to layer i.  Under
-    torch.compile the op tags no roles (see `_tag`), so a role policy offloads nothing there."""
+    torch.compile the op tags no roles (see `_tag`), so a role policy offloads nothing there.
+    fp8: an `Fp8Recipe` runs the FP8 step (cute_kernels/fp8/mlp.py, which says what is a kernel there)."""
     if backend not in ("auto", "cute", "torch"):
         raise InputError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
     # the same errors on both paths, before the call counts as a layer for `offload`
@@ -257,11 +259,18 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
             with offload.layer():
                 return srelu_mlp(x, w1, w2, m_splits=m_splits, prob=prob, recompute_postact=recompute_postact,
                                  fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend,
-                                 activation=activation)
+                                 activation=activation, fp8=fp8)
     if not recompute_postact:  # an offload plan may choose to recompute postact rather than save it
         from offload.scheduler import recompute_requested
 
         recompute_postact = recompute_requested("postact")
+    if fp8 is not None:
+        from .fp8.mlp import fp8_srelu_mlp
+
+        if activation != SRELU:
+            raise InputError(f"fp8: the FP8 step takes the srelu activation only, got {activation.key()}")
+        return fp8_srelu_mlp(x, w1, w2, recipe=fp8, m_splits=m_splits, prob=prob,
+                             fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend)
     use_cute = _use_cute(x, backend)
     if not torch.compiler.is_compiling():
         path = "cute" if use_cute else "torch"

@@ -10,6 +10,7 @@ being returned as .grad.  With `offload=sched` (an offload.OffloadScheduler) eac
 is the next layer of the step for that scheduler (srelu_mlp's `offload`).  `activation=`
 picks the activation (default relu^2; e.g. "tanh_srelu:4.0", see srelu_mlp).
 Bad inputs raise srelu_mlp's `InputError`s (cute_kernels.mlp_checks), on every backend.
+With `fp8=Fp8Recipe()` the step runs in FP8 (srelu_mlp's `fp8`).
 """
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ def _module_activation(activation):
 
 class SReLUMLP(nn.Module):
     def __init__(self, hidden: int, ffn: int, *, recompute_postact: bool = False, backend: str = "auto",
-                 fuse_wgrad_accumulation: bool = False, offload=None, activation=None, device=None, dtype=None):
+                 fuse_wgrad_accumulation: bool = False, offload=None, activation=None, fp8=None, device=None, dtype=None):
         super().__init__()
         self.activation = _module_activation(activation)
+        self.fp8 = fp8
         self.fc1 = nn.Linear(hidden, ffn, bias=False, device=device, dtype=dtype)
         self.fc2 = nn.Linear(ffn, hidden, bias=False, device=device, dtype=dtype)
         self.recompute_postact = recompute_postact
@@ -49,16 +51,17 @@ class SReLUMLP(nn.Module):
         y = srelu_mlp(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc2.weight, prob=prob,
                       recompute_postact=self.recompute_postact, backend=self.backend,
                       fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload,
-                      activation=self.activation)
+                      activation=self.activation, fp8=self.fp8)
         return y.reshape(shape)
 
 
 class GroupedSReLUMLP(nn.Module):
     def __init__(self, num_experts: int, hidden: int, ffn: int, *, recompute_postact: bool = False,
-                 backend: str = "auto", fuse_wgrad_accumulation: bool = False, offload=None, activation=None,
+                 backend: str = "auto", fuse_wgrad_accumulation: bool = False, offload=None, activation=None, fp8=None,
                  device=None, dtype=None):
         super().__init__()
         self.activation = _module_activation(activation)
+        self.fp8 = fp8
         self.num_experts, self.hidden, self.ffn = num_experts, hidden, ffn
         self.fc1_weight = nn.Parameter(torch.empty(num_experts, ffn, hidden, device=device, dtype=dtype))
         self.fc2_weight = nn.Parameter(torch.empty(num_experts, hidden, ffn, device=device, dtype=dtype))
@@ -79,7 +82,7 @@ class GroupedSReLUMLP(nn.Module):
         return srelu_mlp(x, self.fc1_weight, self.fc2_weight, m_splits=m_splits, prob=prob,
                          recompute_postact=self.recompute_postact, backend=self.backend,
                          fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload,
-                         activation=self.activation)
+                         activation=self.activation, fp8=self.fp8)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden={self.hidden}, ffn={self.ffn}, activation={self.activation.key()}"

@@ -1,0 +1,227 @@
+"""FP8 GEMM benchmark (H200/H100, sm_90a): our block-scaled FP8 kernels against torch._scaled_mm
+(tensorwise, rowwise and, where this torch has it, 1x128/128x128 blockwise) and against our
+bf16 kernels and cuBLAS bf16, all in one run, burst (L2 flushed, median) and sustained (back to
+back at the power limit).  Outputs are checked against a float32 reference of the dequantized
+inputs before anything is timed.
+
+A second table times the whole MLP step fwd+bwd (`srelu_mlp(..., fp8=Fp8Recipe())` against our
+bf16 step `srelu_mlp(...)`, both on the cute path) at the power limit (sustained) on the dense
+8192 x 4096 -> 16384 and grouped E=8 (16384 tokens, 2688 -> 1856, even splits) shapes, with the
+bytes each step saves for backward (saved_tensors_hooks, weights excluded); FP8 under both
+mainloops.  The FP8 step's weight gradients, dSReLU and grouped loop are torch (fp8/mlp.py).
+
+    PYTHONPATH=$PWD OUT=gpu_out python benchmarks/bench_fp8.py [--shape 8192,16384,4096] [--no-sustained]
+        [--no-step]
+
+Writes $OUT/bench_fp8.md and $OUT/bench_fp8.json; prints the tables last.  About 3 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+import torch
+
+from autotune.timing import sustained_ms, tflops, time_ms
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def cases(m, n, k):
+    import cute_kernels as ck
+    from cute_kernels.fp8.ops import fp8_fc1_srelu, fp8_gemm
+    from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
+    w = (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+    xq, xs = quantize_1x128(x)
+    wq, ws = quantize_128x128(w)
+    xs_col = xs.t().contiguous().t()  # column-major activation scales (coalesced reads)
+
+    # correctness first (float32 reference of the dequantized inputs)
+    ref = dequantize(xq, xs) @ dequantize(wq, ws).T
+    checks = {"fp8_gemm rel err vs dequantized fp32": _rel(fp8_gemm(xq, xs_col, wq, ws), ref)}
+    pre, q, qs = fp8_fc1_srelu(xq, xs_col, wq, ws)
+    checks["fp8_fc1_srelu preact rel err"] = _rel(pre, ref)
+    checks["fp8_fc1_srelu postact rel err (incl. e4m3 rounding)"] = _rel(dequantize(q, qs.contiguous()),
+                                                                          torch.relu(ref) ** 2)
+    del ref, pre, q
+
+    # both mainloops (sm90/fp8_gemm.py): "serial" waits then promotes each K tile, "overlap"
+    # issues the next K tile's WGMMAs into a second scratch accumulator first
+    o = fp8_fc1_srelu(xq, xs_col, wq, ws, mainloop="overlap")
+    checks["overlap == serial (bitwise, FC1+SReLU)"] = float(
+        torch.equal(o[0], fp8_fc1_srelu(xq, xs_col, wq, ws)[0]) and torch.equal(o[2], qs))
+    del o
+    out = {}
+    for ml in ("serial", "overlap"):
+        out[f"ours fp8 GEMM (bf16 out) [{ml}]"] = lambda ml=ml: fp8_gemm(xq, xs_col, wq, ws, mainloop=ml)
+        out[f"ours fp8 FC1+SReLU (postact fp8+scales) [{ml}]"] = (
+            lambda ml=ml: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, mainloop=ml))
+        out[f"ours fp8 FC1+SReLU (+preact bf16) [{ml}]"] = lambda ml=ml: fp8_fc1_srelu(xq, xs_col, wq, ws, mainloop=ml)
+    one = torch.ones((), device="cuda")
+    wq_t = wq.t()  # (K, N) column-major, as _scaled_mm wants its second operand
+    out["torch._scaled_mm tensorwise"] = lambda: torch._scaled_mm(xq, wq_t, one, one, out_dtype=torch.bfloat16)
+    sa_row = xs.amax(1, keepdim=True).contiguous()
+    sb_row = ws.amax(1).repeat_interleave(128)[:n].view(1, n).contiguous()
+    out["torch._scaled_mm rowwise"] = lambda: torch._scaled_mm(xq, wq_t, sa_row, sb_row, out_dtype=torch.bfloat16)
+    # blockwise (1x128 x 128x128): torch >= 2.9 with CUDA >= 12.9 on sm_90; try the layouts it may want
+    for name, sa, sb in (("blockwise", xs_col, ws.t().contiguous()), ("blockwise", xs_col, ws)):
+        try:
+            torch._scaled_mm(xq, wq_t, sa, sb, out_dtype=torch.bfloat16)
+            out["torch._scaled_mm blockwise 1x128/128x128"] = (
+                lambda sa=sa, sb=sb: torch._scaled_mm(xq, wq_t, sa, sb, out_dtype=torch.bfloat16))
+            break
+        except Exception as e:  # noqa: BLE001 - report and go on
+            checks[f"_scaled_mm {name} unavailable"] = str(e).splitlines()[0][:120]
+    out["ours bf16 FC1+SReLU (postact+preact)"] = lambda: ck.fc1_srelu(x, w)
+    out["ours bf16 FC2 (plain GEMM)"] = lambda: ck.fc2(x, w)
+    out["torch bf16 mm"] = lambda: x @ w.t()
+    return out, checks
+
+
+STEP_SHAPES = [("dense 8192x4096->16384", 8192, 4096, 16384, 0), ("grouped E=8 16384x2688->1856", 16384, 2688, 1856, 8)]
+
+
+def saved_bytes(fn, exclude) -> int:
+    """Bytes of the tensors autograd saves during fn() (tensors in `exclude`, the weights, left out)."""
+    total = [0]
+
+    def pack(t):
+        if not any(t is e for e in exclude):
+            total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return total[0]
+
+
+def step_rows(sustained: bool):
+    """fwd+bwd of the MLP step, FP8 (both mainloops) against our bf16 step, and saved bytes."""
+    from cute_kernels.fp8 import Fp8Recipe
+    from cute_kernels.mlp import srelu_mlp
+
+    rows = []
+    for name, m, h, f, e in STEP_SHAPES:
+        torch.manual_seed(0)
+        x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
+        w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
+        w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
+        dy = torch.randn(m, h, device="cuda").bfloat16()
+        splits = [m // e] * e if e else None
+        flops = 3 * 2 * 2.0 * m * h * f  # two GEMMs, forward + two backward GEMMs each
+        variants = [("bf16 (ours)", None, None), ("fp8 [serial]", Fp8Recipe(), "serial"),
+                    ("fp8 [overlap]", Fp8Recipe(), "overlap")]
+        base = None
+        for label, recipe, mainloop in variants:
+            row = {"shape": name, "case": label}
+            if mainloop:
+                os.environ["CUTE_KERNELS_FP8_MAINLOOP"] = mainloop
+
+            def fwd(recipe=recipe):
+                return srelu_mlp(x, w1, w2, m_splits=splits, fp8=recipe, backend="cute")
+
+            def step(fwd=fwd):
+                x.grad = w1.grad = w2.grad = None
+                fwd().backward(dy)
+
+            try:
+                step()
+                torch.cuda.synchronize()
+                row["saved_MiB"] = saved_bytes(fwd, (w1, w2)) / 2 ** 20
+                row["burst_ms"] = time_ms(step, warmup=2, iters=8, batch=1)
+                if sustained:
+                    row["sustained_ms"], row["power_w"], row["sm_mhz"] = sustained_ms(step, seconds=1.0, warm_s=0.3)
+                row["tflops"] = flops / (row.get("sustained_ms", row["burst_ms"]) * 1e9)
+            except Exception as ex:  # noqa: BLE001 - one failing case must not lose the table
+                row["error"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:160]}"
+                traceback.print_exc(file=sys.stderr)
+            finally:
+                os.environ.pop("CUTE_KERNELS_FP8_MAINLOOP", None)
+            if label.startswith("bf16") and "error" not in row:
+                base = row
+            rows.append((row, base))
+        del x, w1, w2, dy
+        torch.cuda.empty_cache()
+    lines = ["", "## MLP step fwd+bwd (sustained = at the power limit; ratios against our bf16 step, same run)", "",
+             "| shape | case | burst ms | sustained ms | TFLOP/s | x bf16 (sustained) | saved MiB | x bf16 saved | W |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r, b in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['case']} | error: {r['error']} |||||||")
+            continue
+        key = "sustained_ms" if "sustained_ms" in r else "burst_ms"
+        ratio = f"{b[key] / r[key]:.2f}" if b and key in b else "-"
+        mem = f"{r['saved_MiB'] / b['saved_MiB']:.2f}" if b else "-"
+        lines.append(f"| {r['shape']} | {r['case']} | {r['burst_ms']:.2f} | {r.get('sustained_ms', float('nan')):.2f} | "
+                     f"{r['tflops']:.0f} | {ratio} | {r['saved_MiB']:.0f} | {mem} | {r.get('power_w', float('nan')):.0f} |")
+    return [r for r, _ in rows], lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="8192,16384,4096", help="M,N,K")
+    p.add_argument("--no-sustained", action="store_true")
+    p.add_argument("--no-step", action="store_true", help="skip the MLP step table")
+    args = p.parse_args(argv)
+    m, n, k = (int(v) for v in args.shape.split(","))
+    out_dir = os.environ.get("OUT", "gpu_out")
+    os.makedirs(out_dir, exist_ok=True)
+    flops = 2.0 * m * n * k
+    fns, checks = cases(m, n, k)
+    rows = []
+    for name, fn in fns.items():
+        row = {"case": name}
+        try:
+            fn()
+            torch.cuda.synchronize()
+            row["burst_ms"] = time_ms(fn, warmup=5, iters=20, batch=4)
+            if not args.no_sustained:
+                row["sustained_ms"], row["power_w"], row["sm_mhz"] = sustained_ms(fn, seconds=1.0, warm_s=0.3)
+        except Exception as e:  # noqa: BLE001 - one failing case must not lose the table
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            traceback.print_exc(file=sys.stderr)
+        rows.append(row)
+    base = {r["case"]: r for r in rows}
+    ref_row = base.get("torch._scaled_mm rowwise", {})
+    lines = [f"# FP8 GEMM {m}x{n}x{k} on {torch.cuda.get_device_name()} (torch {torch.__version__})", ""]
+    lines += [f"- {c}: {v if isinstance(v, str) else f'{v:.2e}'}" for c, v in checks.items()]
+    lines += ["", "| case | burst ms | burst TFLOP/s | x rowwise | sustained ms | sustained TFLOP/s | x rowwise | W | MHz |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['case']} | error: {r['error']} |||||||| ")
+            continue
+        cells = [r["case"], f"{r['burst_ms']:.3f}", f"{tflops(flops, r['burst_ms']):.0f}",
+                 f"{ref_row['burst_ms'] / r['burst_ms']:.2f}" if "burst_ms" in ref_row else "-"]
+        if "sustained_ms" in r:
+            cells += [f"{r['sustained_ms']:.3f}", f"{tflops(flops, r['sustained_ms']):.0f}",
+                      f"{ref_row['sustained_ms'] / r['sustained_ms']:.2f}" if "sustained_ms" in ref_row else "-",
+                      f"{r['power_w']:.0f}", f"{r['sm_mhz']:.0f}"]
+        else:
+            cells += ["-"] * 5
+        lines.append("| " + " | ".join(cells) + " |")
+    del fns
+    torch.cuda.empty_cache()
+    step = []
+    if not args.no_step:
+        step, step_lines = step_rows(not args.no_sustained)
+        lines += step_lines
+    table = "\n".join(lines)
+    with open(os.path.join(out_dir, "bench_fp8.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(out_dir, "bench_fp8.json"), "w") as f:
+        json.dump({"shape": [m, n, k], "checks": checks, "rows": rows, "step": step}, f, indent=1)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""The FP8 squared-ReLU MLP step: `srelu_mlp(..., fp8=Fp8Recipe())` lands here.
+
+y = (p * relu(x @ w1^T)^2) @ w2^T with every GEMM operand quantized by the recipe
+(`Fp8Recipe`: 1x128 activation / gradient blocks along each GEMM's K, 128x128 weight blocks).
+
+What runs where (kernel = cute_kernels/sm90/fp8_gemm.py on an sm_90a GPU; "torch" = the torch
+implementation of the same recipe in fp8/torch_gemm.py, NOT a fused kernel):
+
+| piece | operands | implementation |
+|---|---|---|
+| quantize x 1x128 | x bf16 -> FP8 + scales | torch (quantize_1x128) |
+| FC1 + SReLU | x FP8, w1 FP8 | kernel: preact bf16 + postact FP8 with its 1x128 scales from the epilogue |
+| router prob p | folded into the postact scales (s * p: the FP8 values of p * v are those of v) | torch, (M, F/128) scales only |
+| FC2 | postact FP8, w2 FP8 | kernel |
+| FC2 dgrad | dy FP8 (grad_format, 1x128 along H), w2^T FP8 copy | kernel, bf16 dpost |
+| dSReLU, router gradient | dpost, preact | torch elementwise (not fused into the dgrad) |
+| FC2 wgrad | dy^T, postact^T recomputed from preact, 1x128 along tokens | torch implementation |
+| FC1 dgrad | dpreact FP8 (grad_format, 1x128 along F), w1^T FP8 copy | kernel |
+| FC1 wgrad | dpreact^T, x^T (requantized from the saved FP8 x) along tokens | torch implementation |
+
+Grouped (m_splits): the same per expert, in a Python loop over the dense kernels (no grouped
+FP8 kernel yet), each expert's rows written into one output in place; empty experts skipped
+(zero weight gradient).
+
+Weights: master weights stay as given (bf16/fp32); their FP8 copies (w as (N, K) for the
+forward, W^T for the dgrad) are made once per weight version (`quantize_weight`, cached on
+`w._version`), not per call.
+
+Saved for backward: x in FP8 (1 byte per element) + its fp32 scales, preact bf16, p; the
+postact is recomputed from preact in the backward (always: `recompute_postact` has no effect).
+Per token of a dense 4096 -> 16384 layer: 4096 + 2 * 16384 bytes (+ 128 of scales), 0.50x of
+the bf16 step that saves postact (2 * (4096 + 2 * 16384)) and 0.90x of the bf16 step with
+recompute_postact=True (2 * (4096 + 16384)).
+
+Devices: kernels on sm_90a; the torch implementation on the CPU or with backend="torch"; a
+CUDA GPU that is not sm_90a raises InputError (use backend="torch" or the bf16 step there).
+Eager only (a Python hand-off passes the FP8 postact from the FC1 node to the FC2 node).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..checks import InputError
+from ..epilogue import EpilogueSpec
+from .epilogue import Fp8Epilogue
+from .ops import _launch, check_fp8_device, quantize_weight
+from .recipe import FORMATS, Fp8Recipe, quantize_1x128
+from .torch_gemm import mm_dequant, wgrad
+
+BLOCK = 128
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _col_major(s: torch.Tensor) -> torch.Tensor:
+    """The same scales, column-major (the kernel's reads of one K block are then coalesced)."""
+    return s.t().contiguous().t()
+
+
+def quantize_rows(t: torch.Tensor, fmt: str, recipe: Fp8Recipe):
+    """quantize_1x128 that also takes zero rows; scales column-major."""
+    if t.shape[0] == 0:
+        return (torch.empty(t.shape, dtype=FORMATS[fmt], device=t.device),
+                torch.empty((t.shape[0], _cdiv(t.shape[1], BLOCK)), dtype=torch.float32, device=t.device))
+    q, s = quantize_1x128(t, fmt, pow2=recipe.pow2_scales)
+    return q, _col_major(s)
+
+
+def _segments(splits, m):
+    if splits is None:
+        return [(None, 0, m)]
+    out, start = [], 0
+    for e, n in enumerate(splits):
+        out.append((e, start, n))
+        start += n
+    return out
+
+
+def _of(t, e):
+    return t if e is None else t[e]
+
+
+def _tag(t, role):
+    from ..mlp import _tag as tag
+
+    return tag(t, role)
+
+
+# ---------------------------------------------------------------- the GEMMs of the step
+def _fc1(xq, xs, w1q, w1s, impl, recipe, pre, pq, ps):
+    """FC1 + SReLU of one segment into pre (bf16), pq (FP8), ps (scales)."""
+    if impl == "kernel":
+        epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=True), quantized="postact", q_format=recipe.fwd_format,
+                          pow2_scales=recipe.pow2_scales)
+        _launch(xq, xs, w1q, w1s, epi, None, outs=(pre, pq, ps))
+        return
+    acc = mm_dequant(xq, xs, w1q, w1s)  # torch implementation
+    pre.copy_(acc)
+    post = torch.relu(acc).square_()
+    q, s = quantize_1x128(post, recipe.fwd_format, pow2=recipe.pow2_scales)
+    pq.copy_(q)
+    ps.copy_(s)
+
+
+def _mm(aq, sa, bq, sb, impl, out):
+    """out (bf16) = dequant(a) @ dequant(b)^T for one segment."""
+    if impl == "kernel":
+        _launch(aq, sa, bq, sb, Fp8Epilogue(EpilogueSpec("identity")), None, outs=(out, None, None))
+    else:
+        out.copy_(mm_dequant(aq, sa, bq, sb))
+
+
+def _add_wgrad(ctx, w, name, dw):
+    """dw (fp32) as w's gradient, or added into w.main_grad (fuse_wgrad_accumulation)."""
+    if not ctx.fuse_wgrad:
+        return dw.to(w.dtype)
+    from ..mlp import _main_grad
+
+    _main_grad(w, name).add_(dw)
+    return None
+
+
+class _Handoff:
+    """The FP8 postact (q, scales) from the FC1 node's forward to the FC2 node's forward
+    (autograd would cast a gradient to an FP8 output's dtype; this keeps it off the graph)."""
+
+    def __init__(self):
+        self.postact = None
+
+
+class Fp8FC1SReLU(torch.autograd.Function):
+    """x -> preact (bf16); the FP8 postact goes to the FC2 node through `handoff`.
+    Backward receives dpreact (from the FC2 node) and returns dx, dw1."""
+
+    @staticmethod
+    def forward(ctx, x, w1, splits, recipe, impl, fuse_wgrad, handoff):
+        m, f = x.shape[0], w1.shape[-2]
+        xq, xs = quantize_rows(x, recipe.fwd_format, recipe)
+        w1q, w1s = quantize_weight(w1, recipe)
+        pre = torch.empty((m, f), dtype=torch.bfloat16, device=x.device)  # the kernel's preact is bf16
+        pq = torch.empty((m, f), dtype=recipe.fwd_dtype, device=x.device)
+        ps = torch.empty((_cdiv(f, BLOCK), m), dtype=torch.float32, device=x.device).t()
+        for e, start, n in _segments(splits, m):
+            if n:
+                rows = slice(start, start + n)
+                _fc1(xq[rows], xs[rows], _of(w1q, e), _of(w1s, e), impl, recipe, pre[rows], pq[rows], ps[rows])
+        handoff.postact = (pq, ps)
+        ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
+        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(_tag(xq, "fc1_input"), xs, w1)
+        return pre
+
+    @staticmethod
+    def backward(ctx, dpre):
+        xq, xs, w1 = ctx.saved_tensors
+        none = (None,) * 5
+        if dpre is None:
+            return (None, None) + none
+        recipe, impl = ctx.recipe, ctx.impl
+        m, h = xq.shape
+        dpre = dpre.contiguous()
+        dx = dw1 = None
+        if ctx.needs_input_grad[0]:
+            dq, ds = quantize_rows(dpre, recipe.grad_format, recipe)
+            w1tq, w1ts = quantize_weight(w1, recipe, transposed=True)
+            dx = torch.empty((m, h), dtype=torch.bfloat16, device=dpre.device)
+            for e, start, n in _segments(ctx.splits, m):
+                if n:
+                    rows = slice(start, start + n)
+                    _mm(dq[rows], ds[rows], _of(w1tq, e), _of(w1ts, e), impl, dx[rows])
+            dx = dx.to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            from .recipe import dequantize
+
+            dw1 = torch.zeros(w1.shape, dtype=torch.float32, device=dpre.device)
+            for e, start, n in _segments(ctx.splits, m):
+                if n:
+                    rows = slice(start, start + n)
+                    x_e = dequantize(xq[rows], xs[rows].contiguous())  # x^T requantized along tokens
+                    _of(dw1, e).copy_(wgrad(dpre[rows], x_e, recipe))
+            dw1 = _add_wgrad(ctx, w1, "w1", dw1)
+        return (dx, dw1) + none
+
+
+class Fp8FC2(torch.autograd.Function):
+    """(preact, p, w2) -> y from the FP8 postact; backward returns dpreact as preact's
+    gradient (dSReLU applied), dp and dw2."""
+
+    @staticmethod
+    def forward(ctx, preact, prob, w2, splits, recipe, impl, fuse_wgrad, handoff):
+        pq, ps = handoff.postact
+        handoff.postact = None
+        if prob is not None:
+            ps = ps * prob.reshape(-1, 1).float()  # p folded into the postact scales
+        w2q, w2s = quantize_weight(w2, recipe)
+        m, h = preact.shape[0], w2.shape[-2]
+        y = torch.empty((m, h), dtype=torch.bfloat16, device=preact.device)
+        for e, start, n in _segments(splits, m):
+            if n:
+                rows = slice(start, start + n)
+                _mm(pq[rows], ps[rows], _of(w2q, e), _of(w2s, e), impl, y[rows])
+        ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
+        ctx.save_for_backward(_tag(preact, "preact"), _tag(prob, "prob") if prob is not None else None, w2)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        preact, prob, w2 = ctx.saved_tensors
+        recipe, impl = ctx.recipe, ctx.impl
+        m, f = preact.shape
+        dy = dy.contiguous()
+        dyq, dys = quantize_rows(dy, recipe.grad_format, recipe)
+        w2tq, w2ts = quantize_weight(w2, recipe, transposed=True)
+        dpost = torch.empty((m, f), dtype=torch.bfloat16, device=dy.device)
+        for e, start, n in _segments(ctx.splits, m):
+            if n:
+                rows = slice(start, start + n)
+                _mm(dyq[rows], dys[rows], _of(w2tq, e), _of(w2ts, e), impl, dpost[rows])
+        del dyq, dys
+        # dSReLU and the router gradient: torch elementwise in fp32 (not fused into the dgrad)
+        act = torch.relu(preact.float())
+        p = prob.float().reshape(-1, 1) if prob is not None else None
+        dw2 = None
+        if ctx.needs_input_grad[2]:
+            dw2 = torch.zeros(w2.shape, dtype=torch.float32, device=dy.device)
+            for e, start, n in _segments(ctx.splits, m):
+                if n:
+                    rows = slice(start, start + n)
+                    post = act[rows].square()  # postact recomputed from preact
+                    if p is not None:
+                        post.mul_(p[rows])
+                    _of(dw2, e).copy_(wgrad(dy[rows], post, recipe))
+                    del post
+            dw2 = _add_wgrad(ctx, w2, "w2", dw2)
+        dpre = dpost.float()
+        del dpost
+        dprob = None
+        if p is not None:
+            dprob = torch.einsum("ij,ij,ij->i", dpre, act, act).to(prob.dtype).reshape(prob.shape)
+            dpre.mul_(p)
+        dpre.mul_(act).mul_(2.0)
+        return dpre.to(preact.dtype), dprob, dw2, None, None, None, None, None
+
+
+def _impl(x: torch.Tensor, backend: str) -> str:
+    if backend == "torch":
+        return "torch"
+    if not x.is_cuda:
+        if backend == "cute":
+            raise InputError(f"fp8 with backend='cute' needs CUDA tensors on an sm_90a GPU, x is on {x.device}")
+        return "torch"
+    check_fp8_device("x", x)  # InputError on a GPU without the FP8 kernels
+    return "kernel"
+
+
+def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fuse_wgrad_accumulation: bool = False,
+                  backend: str = "auto"):
+    """The FP8 step (see the module docstring); `srelu_mlp(..., fp8=recipe)` calls this."""
+    if not isinstance(recipe, Fp8Recipe):
+        raise InputError(f"fp8 must be a cute_kernels.fp8.Fp8Recipe or None, got {type(recipe).__name__}")
+    if backend not in ("auto", "cute", "torch"):
+        raise InputError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise InputError("x must be a 2-D torch.Tensor (tokens, hidden)")
+    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise InputError(f"x must be bf16, fp16 or fp32, got {x.dtype}")
+    grouped = m_splits is not None
+    wdim = 3 if grouped else 2
+    for name, w in (("w1", w1), ("w2", w2)):
+        if not isinstance(w, torch.Tensor) or w.dim() != wdim:
+            raise InputError(f"{name} must be a {wdim}-D tensor ({'(E, N, K)' if grouped else '(N, K)'})")
+        if w.device != x.device:
+            raise InputError(f"{name} is on {w.device}, x on {x.device}")
+    m, h = x.shape
+    f = w1.shape[-2]
+    if w1.shape[-1] != h or tuple(w2.shape[-2:]) != (h, f) or (grouped and w2.shape[0] != w1.shape[0]):
+        raise InputError(f"shapes do not chain: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}")
+    for name, d in (("hidden", h), ("ffn", f)):
+        if d % 16:
+            raise InputError(f"{name} = {d} must be a multiple of 16 for FP8 (16-byte rows of FP8 operands)")
+    splits = None
+    if grouped:
+        splits = [int(v) for v in (m_splits.tolist() if isinstance(m_splits, torch.Tensor) else m_splits)]
+        if len(splits) != w1.shape[0] or any(n < 0 for n in splits) or sum(splits) != m:
+            raise InputError(f"m_splits must be {w1.shape[0]} non-negative counts summing to {m}, got {splits}")
+    if prob is not None and (not isinstance(prob, torch.Tensor) or prob.numel() != m):
+        raise InputError(f"prob must have one value per token ({m}), got {getattr(prob, 'shape', prob)}")
+    if fuse_wgrad_accumulation:
+        from ..mlp import _main_grad
+
+        for w, name in ((w1, "w1"), (w2, "w2")):
+            _main_grad(w, name)
+    impl = _impl(x, backend)
+    handoff = _Handoff()
+    pre = Fp8FC1SReLU.apply(x, w1, splits, recipe, impl, fuse_wgrad_accumulation, handoff)
+    return Fp8FC2.apply(pre, prob, w2, splits, recipe, impl, fuse_wgrad_accumulation, handoff).to(x.dtype)

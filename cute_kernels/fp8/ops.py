@@ -1,0 +1,205 @@
+"""Torch entry points of the FP8 GEMMs (kernel: cute_kernels/sm90/fp8_gemm.py, sm_90a only).
+
+- `fp8_gemm(a, sa, b, sb)`: D = dequant(a) @ dequant(b)^T in bf16 (FC2 forward, plain GEMM);
+  `quantize_out=True` returns D quantized 1x128 instead, (q, scales), computed in the epilogue.
+- `fp8_fc1_srelu(x, sx, w, sw)`: FC1 + squared ReLU with postact written in FP8 with its 1x128
+  scales by the epilogue (ready to be FC2's A operand), optionally preact in bf16.
+- `quantize_weight(w, recipe)`: the weight's FP8 copy and 128x128 scales, cached per weight
+  version (`w._version`), so a weight is quantized once per update, not per call.
+- `mainloop=` ("serial" | "overlap"; default `default_mainloop()`) picks the kernel's K loop.
+
+Operands: a (M, K) / x, b (N, K) / w FP8 (e4m3 or e5m2), K-major (row-major), K a multiple of 16
+(16-byte TMA rows); activation scales (M, ceil(K/128)) fp32, weight scales (ceil(N/128),
+ceil(K/128)) fp32, any strides (column-major activation scales read coalesced; the kernel
+writes its own output scales column-major).  Bad inputs raise `cute_kernels.InputError`.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+
+import torch
+
+from ..checks import InputError
+from ..compile import use_tvm_ffi
+from ..config import GemmConfig
+from ..epilogue import EpilogueSpec
+from .compile import FP8_DEFAULT_CONFIG, MAINLOOPS, Fp8KernelKey, get_compiled
+from .epilogue import Fp8Epilogue
+from .recipe import FORMATS, Fp8Recipe, quantize_128x128
+
+BLOCK = 128
+_FORMAT_OF = {v: k for k, v in FORMATS.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _has_fp8_kernels(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) == (9, 0)
+
+
+def check_fp8_device(name: str, t: torch.Tensor):
+    if not t.is_cuda:
+        raise InputError(f"{name} must be a CUDA tensor for the FP8 kernels, got {t.device}")
+    if not _has_fp8_kernels(t.device.index if t.device.index is not None else torch.cuda.current_device()):
+        cap = torch.cuda.get_device_capability(t.device)
+        raise InputError(f"the FP8 kernels need an sm_90a GPU (Hopper, compute capability 9.0); {t.device} has "
+                         f"{cap[0]}.{cap[1]} (use the bf16 kernels there)")
+
+
+def _check_fp8_operand(name: str, t, k: int | None = None) -> str:
+    if not isinstance(t, torch.Tensor) or t.dim() != 2:
+        raise InputError(f"{name} must be a 2-D torch.Tensor")
+    if t.dtype not in _FORMAT_OF:
+        raise InputError(f"{name} must be float8_e4m3fn or float8_e5m2, got {t.dtype}")
+    if t.stride(1) != 1 or (t.shape[0] > 1 and t.stride(0) % 16):
+        raise InputError(f"{name} must be K-major (row-major) with a row stride that is a multiple of 16 "
+                         f"elements, got strides {t.stride()} (Hopper's FP8 WGMMA reads K-major operands)")
+    if t.shape[1] % 16:
+        raise InputError(f"{name} K = {t.shape[1]} must be a multiple of 16 (16-byte TMA rows of FP8)")
+    if k is not None and t.shape[1] != k:
+        raise InputError(f"{name} has K = {t.shape[1]}, expected {k}")
+    if t.data_ptr() % 16:
+        raise InputError(f"{name} data pointer is not 16-byte aligned")
+    return _FORMAT_OF[t.dtype]
+
+
+def _check_scales(name: str, s, shape):
+    if not isinstance(s, torch.Tensor) or s.dtype != torch.float32 or tuple(s.shape) != tuple(shape):
+        got = (tuple(s.shape), s.dtype) if isinstance(s, torch.Tensor) else type(s).__name__
+        raise InputError(f"{name} must be float32 of shape {tuple(shape)}, got {got}")
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _as_mkl(t):
+    r, c = t.shape
+    return t.as_strided((r, c, 1), (t.stride(0), 1, max(r * c, 16)))
+
+
+def _new_scales(m: int, nb: int, device) -> torch.Tensor:
+    """(M, NB) fp32, column-major: the kernel's store and a consumer's reads are coalesced."""
+    return torch.empty((nb, m), dtype=torch.float32, device=device).t()
+
+
+def default_mainloop() -> str:
+    """The FP8 kernel's mainloop when a call names none: CUTE_KERNELS_FP8_MAINLOOP ("serial" or
+    "overlap", see sm90/fp8_gemm.py), else "serial" (until H200 numbers pick one)."""
+    ml = os.environ.get("CUTE_KERNELS_FP8_MAINLOOP", "serial")
+    if ml not in MAINLOOPS:
+        raise InputError(f"CUTE_KERNELS_FP8_MAINLOOP must be one of {MAINLOOPS}, got {ml!r}")
+    return ml
+
+
+def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None, mainloop: str | None = None):
+    """Check, allocate (or take `outs` = (d, q, qs), for tests that poison them) and launch."""
+    fa = _check_fp8_operand("a", a)
+    fb = _check_fp8_operand("b", b, a.shape[1])
+    m, k = a.shape
+    n = b.shape[0]
+    for name, t in (("b", b), ("sa", sa), ("sb", sb)):
+        if t.device != a.device:
+            raise InputError(f"{name} is on {t.device}, expected {a.device}")
+    _check_scales("sa", sa, (m, _cdiv(k, BLOCK)))
+    _check_scales("sb", sb, (_cdiv(n, BLOCK), _cdiv(k, BLOCK)))
+    if m == 0 or n == 0 or k == 0:
+        raise InputError(f"empty problem (M = {m}, N = {n}, K = {k})")
+    mainloop = mainloop or default_mainloop()
+    if mainloop not in MAINLOOPS:
+        raise InputError(f"mainloop must be one of {MAINLOOPS}, got {mainloop!r}")
+    if epi.quantized and n % 16:
+        raise InputError(f"N = {n} must be a multiple of 16 for an FP8 output (16-byte TMA rows)")
+    if n % 8:
+        raise InputError(f"N = {n} must be a multiple of 8 (16-byte rows of the bf16 output)")
+    check_fp8_device("a", a)
+    cfg = config or FP8_DEFAULT_CONFIG
+    key = Fp8KernelKey(cfg, epi, fa, fb, mainloop=mainloop)
+    d = q = qs = None
+    if epi.plain_outputs:
+        d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
+    if epi.quantized:
+        q = torch.empty((m, n), dtype=FORMATS[epi.q_format], device=a.device)
+        qs = _new_scales(m, _cdiv(n, BLOCK), a.device)
+    if outs is not None:
+        d, q, qs = (o if o is not None else x for o, x in zip(outs, (d, q, qs)))
+    from ..gemm_ops import _max_clusters_arg
+
+    _, max_clusters = _max_clusters_arg(a.device.index or 0, cfg.cluster_m * cfg.cluster_n)
+    if not use_tvm_ffi():
+        raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi (a dependency of "
+                         "cute_kernels) and leave CUTE_KERNELS_TVM_FFI unset")
+    fn = get_compiled(key)
+    u8 = torch.uint8  # FP8 tensors travel as bytes (see fp8/compile.fake_arguments)
+    fn(_as_mkl(a.view(u8)), _as_mkl(b.view(u8)), sa, sb, None if d is None else _as_mkl(d),
+       None if q is None else _as_mkl(q.view(u8)), qs, max_clusters)
+    return d, q, qs
+
+
+def fp8_gemm(a, sa, b, sb, *, quantize_out: bool = False, out_format: str = "e4m3", config: GemmConfig | None = None,
+             mainloop: str | None = None):
+    """dequant(a) @ dequant(b)^T: bf16 (M, N), or with `quantize_out` (q (M, N) fp8, scales (M, ceil(N/128)))."""
+    if quantize_out:
+        _, q, qs = _launch(a, sa, b, sb, Fp8Epilogue(EpilogueSpec("identity"), quantized="out", q_format=out_format),
+                           config, mainloop=mainloop)
+        return q, qs
+    d, _, _ = _launch(a, sa, b, sb, Fp8Epilogue(EpilogueSpec("identity")), config, mainloop=mainloop)
+    return d
+
+
+def fp8_fc1_srelu(x, sx, w, sw, *, store_preact: bool = True, recipe: Fp8Recipe = Fp8Recipe(),
+                  config: GemmConfig | None = None, mainloop: str | None = None):
+    """(preact bf16 or None, postact q (M, N) fp8, postact scales (M, ceil(N/128)) fp32)."""
+    epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=store_preact), quantized="postact",
+                      q_format=recipe.fwd_format, pow2_scales=recipe.pow2_scales)
+    return _launch(x, sx, w, sw, epi, config, mainloop=mainloop)
+
+
+# id(w) -> (weakref to w, {"version": ..., (format, pow2, transposed): (q, scales)}); a plain dict
+# keyed by id (a WeakKeyDictionary compares tensors with ==, which is elementwise), the entry
+# removed when w dies
+_weight_cache: dict = {}
+
+
+def _copies_of(w: torch.Tensor) -> dict:
+    entry = _weight_cache.get(id(w))
+    if entry is None or entry[0]() is not w:
+        entry = (weakref.ref(w), {"version": None})
+        _weight_cache[id(w)] = entry
+        weakref.finalize(w, _weight_cache.pop, id(w), None)
+    return entry[1]
+
+
+def quantize_weight(w: torch.Tensor, recipe: Fp8Recipe = Fp8Recipe(), *, transposed: bool = False):
+    """(q, scales) of a (N, K) weight by 128x128 blocks, made once per version of `w`
+    (an optimizer step bumps `w._version`; a new recipe makes a new copy).  With `transposed`
+    the copy of W^T, (K, N) row-major: (q.t(), scales.t()) made contiguous (a square block's
+    amax is that of its transpose), the K-major B operand of the dgrad.  A stack of expert
+    weights (E, N, K) gives (E, N, K) and (E, NB, KB) (or (E, K, N), (E, KB, NB))."""
+    per_w = _copies_of(w)
+    version = w._version
+    if per_w["version"] != version:
+        per_w.clear()
+        per_w["version"] = version
+    key = (recipe.fwd_format, recipe.pow2_scales, transposed)
+    hit = per_w.get(key)
+    if hit is not None:
+        return hit
+    with torch.no_grad():
+        wd = w.detach()
+        if wd.dim() == 2:
+            q, sc = quantize_128x128(wd, recipe.fwd_format, pow2=recipe.pow2_scales)
+            if transposed:
+                q, sc = q.t().contiguous(), sc.t().contiguous()
+        elif wd.dim() == 3:
+            parts = [quantize_128x128(we, recipe.fwd_format, pow2=recipe.pow2_scales) for we in wd]
+            q = torch.stack([p[0] for p in parts]) if parts else wd.to(recipe.fwd_dtype)
+            sc = (torch.stack([p[1] for p in parts]) if parts
+                  else wd.new_empty((0, _cdiv(wd.shape[1], BLOCK), _cdiv(wd.shape[2], BLOCK)), dtype=torch.float32))
+            if transposed:
+                q, sc = q.transpose(1, 2).contiguous(), sc.transpose(1, 2).contiguous()
+        else:
+            raise InputError(f"a weight to quantize is (N, K) or (E, N, K), got shape {tuple(w.shape)}")
+    per_w[key] = hit = (q, sc)
+    return hit

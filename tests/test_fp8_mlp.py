@@ -1,0 +1,196 @@
+"""The FP8 MLP step's torch implementation (CPU): forward and gradients against float64
+references (unquantized: the FP8 error; and the recipe composed by hand: the plumbing),
+grouped with empty experts against per-expert dense steps, fused wgrad accumulation,
+saved-activation bytes against the bf16 step, the weight copies' cache, and bad inputs."""
+import pytest
+import torch
+
+from cute_kernels import InputError
+from cute_kernels.mlp import srelu_mlp
+from cute_kernels.modules import GroupedSReLUMLP, SReLUMLP
+from cute_kernels.fp8 import Fp8Recipe
+from cute_kernels.fp8.ops import quantize_weight
+from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
+
+R = Fp8Recipe()
+# FP8 (e4m3) error of the whole step against float64 on random normal data (measured on these
+# shapes: y 5.5%, dx 6.3%, dw1 5-7%, dw2 5-5.6%, dp 5.7% (11% for one token)); the tests allow up to 12% and require more than 0.5%
+# (so an unquantized step would fail them)
+FP8_TOL = 0.12
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _inputs(m, h, f, e=0, seed=0, prob=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, h, generator=g)
+    w1 = torch.randn(*((e, f, h) if e else (f, h)), generator=g) / h ** 0.5
+    w2 = torch.randn(*((e, h, f) if e else (h, f)), generator=g) / f ** 0.5
+    dy = torch.randn(m, h, generator=g)
+    p = torch.rand(m, generator=g) if prob else None
+    return x, w1, w2, dy, p
+
+
+def _ref(x, w1, w2, p, splits=None):
+    """float64 autograd reference, unquantized."""
+    if splits is None:
+        post = torch.relu(x @ w1.t()) ** 2
+        if p is not None:
+            post = post * p[:, None]
+        return post @ w2.t()
+    outs, s = [], 0
+    for e, n in enumerate(splits):
+        sl = slice(s, s + n)
+        outs.append(_ref(x[sl], w1[e], w2[e], None if p is None else p[sl]))
+        s += n
+    return torch.cat(outs)
+
+
+def _run(fn, x, w1, w2, dy, p):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w1, w2)]
+    pl = p.detach().clone().requires_grad_() if p is not None else None
+    y = fn(*leaves, pl)
+    y.backward(dy.to(y.dtype))
+    grads = [t.grad for t in leaves] + ([pl.grad] if pl is not None else [])
+    return y.detach(), grads
+
+
+@pytest.mark.parametrize("m,h,f,prob", [(77, 144, 272, False), (130, 256, 128, True), (1, 128, 256, True),
+                                        (256, 128, 256, False)])  # M a multiple of 128: wgrad operands are views
+def test_dense_step_close_to_float64_and_quantized(m, h, f, prob):
+    x, w1, w2, dy, p = _inputs(m, h, f, seed=m, prob=prob)
+    y, grads = _run(lambda x, w1, w2, p: srelu_mlp(x, w1, w2, prob=p, fp8=R), x, w1, w2, dy, p)
+    yr, gr = _run(lambda x, w1, w2, p: _ref(x, w1, w2, p), *(t.double() for t in (x, w1, w2, dy)),
+                  p.double() if p is not None else None)
+    errs = [_rel(y, yr)] + [_rel(a, b) for a, b in zip(grads, gr)]
+    assert all(5e-3 < e < FP8_TOL for e in errs[:4]), errs
+    if prob:  # dp: one signed sum per token (cancellation); 11% measured for the single token
+        assert 5e-3 < errs[4] < 0.25, errs
+
+
+def test_forward_is_the_recipe_composed_by_hand():
+    """y = dequant(q(relu(dq(x) dq(w1)^T)^2) * p) @ dq(w2)^T with the recipe's quantizers."""
+    m, h, f = 200, 256, 384
+    x, w1, w2, dy, p = _inputs(m, h, f, seed=3, prob=True)
+    y = srelu_mlp(x, w1, w2, prob=p, fp8=R)
+    xq, xs = quantize_1x128(x)
+    w1q, w1s = quantize_128x128(w1)
+    w2q, w2s = quantize_128x128(w2)
+    acc = dequantize(xq, xs) @ dequantize(w1q, w1s).t()
+    pq, ps = quantize_1x128(torch.relu(acc) ** 2)
+    want = dequantize(pq, ps * p[:, None]) @ dequantize(w2q, w2s).t()
+    assert torch.allclose(y, want.bfloat16().float(), rtol=1e-2, atol=1e-5)
+    assert _rel(y, want) < 4e-3  # y is stored in bf16
+
+
+@pytest.mark.parametrize("splits", [[0, 129, 1, 140], [50, 0, 0, 7]])
+def test_grouped_step_is_the_dense_step_per_expert(splits):
+    m, h, f, e = sum(splits), 128, 256, len(splits)
+    x, w1, w2, dy, p = _inputs(m, h, f, e=e, seed=sum(splits), prob=True)
+    y, grads = _run(lambda x, w1, w2, p: srelu_mlp(x, w1, w2, m_splits=splits, prob=p, fp8=R), x, w1, w2, dy, p)
+    dw1, dw2 = grads[1], grads[2]
+    s = 0
+    for i, n in enumerate(splits):
+        sl = slice(s, s + n)
+        s += n
+        if n == 0:
+            assert (dw1[i] == 0).all() and (dw2[i] == 0).all(), "empty expert: zero weight gradient"
+            continue
+        ye, ge = _run(lambda x, w1, w2, p: srelu_mlp(x, w1, w2, prob=p, fp8=R), x[sl], w1[i], w2[i], dy[sl], p[sl])
+        assert torch.allclose(y[sl], ye, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(grads[0][sl], ge[0], rtol=1e-5, atol=1e-6)
+        assert torch.allclose(dw1[i], ge[1], rtol=1e-5, atol=1e-6)
+        assert torch.allclose(dw2[i], ge[2], rtol=1e-5, atol=1e-6)
+        assert torch.allclose(grads[3][sl], ge[3], rtol=1e-5, atol=1e-6)
+    yr, gr = _run(lambda x, w1, w2, p: _ref(x, w1, w2, p, splits), *(t.double() for t in (x, w1, w2, dy)), p.double())
+    assert _rel(y, yr) < FP8_TOL and all(_rel(a, b) < FP8_TOL for a, b in zip(grads, gr))
+
+
+def test_fuse_wgrad_accumulation_adds_into_main_grad():
+    x, w1, w2, dy, _ = _inputs(64, 128, 256, seed=9)
+    _, (_, g1, g2) = _run(lambda x, w1, w2, p: srelu_mlp(x, w1, w2, fp8=R), x, w1, w2, dy, None)
+    a, b = w1.clone().requires_grad_(), w2.clone().requires_grad_()
+    a.main_grad, b.main_grad = torch.ones_like(a), torch.ones_like(b)
+    srelu_mlp(x, a, b, fp8=R, fuse_wgrad_accumulation=True).backward(dy)
+    assert a.grad is None and b.grad is None
+    assert torch.allclose(a.main_grad, 1 + g1, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(b.main_grad, 1 + g2, rtol=1e-5, atol=1e-6)
+
+
+def _saved_bytes(fn):
+    params = []
+    total = [0]
+
+    def pack(t):
+        if not any(t is p for p in params) and not isinstance(t, torch.nn.Parameter):
+            total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(params)
+    return total[0]
+
+
+def test_saved_activation_memory_against_the_bf16_step():
+    m, h, f = 256, 512, 2048
+    x = torch.randn(m, h, dtype=torch.bfloat16, requires_grad=True)
+    w1 = torch.nn.Parameter(torch.randn(f, h, dtype=torch.bfloat16) / h ** 0.5)
+    w2 = torch.nn.Parameter(torch.randn(h, f, dtype=torch.bfloat16) / f ** 0.5)
+    fp8 = _saved_bytes(lambda ps: srelu_mlp(x, w1, w2, fp8=R, backend="torch"))
+    bf16 = _saved_bytes(lambda ps: srelu_mlp(x, w1, w2, backend="torch"))
+    bf16_re = _saved_bytes(lambda ps: srelu_mlp(x, w1, w2, backend="torch", recompute_postact=True))
+    assert bf16 == 2 * m * (h + 2 * f)
+    # x FP8 + scales, preact bf16
+    assert fp8 == m * h + 4 * m * (h // 128) + 2 * m * f
+    assert fp8 / bf16 <= 0.6 and fp8 / bf16_re < 0.95
+
+
+def test_weight_copies_made_once_per_version_and_transposed():
+    w = torch.nn.Parameter(torch.randn(3, 256, 144))
+    a = quantize_weight(w, R)
+    t = quantize_weight(w, R, transposed=True)
+    assert quantize_weight(w, R) is a and quantize_weight(w, R, transposed=True) is t
+    assert torch.equal(t[0].view(torch.uint8), a[0].transpose(1, 2).contiguous().view(torch.uint8))
+    assert torch.equal(t[1], a[1].transpose(1, 2))
+    q0, s0 = quantize_128x128(w[1].detach())
+    assert torch.equal(a[0][1].view(torch.uint8), q0.view(torch.uint8)) and torch.equal(a[1][1], s0)
+    with torch.no_grad():
+        w.mul_(2)
+    b = quantize_weight(w, R)
+    assert b is not a and torch.allclose(b[1], 2 * a[1])
+
+
+def test_modules_pass_the_recipe_through():
+    torch.manual_seed(0)
+    mod = SReLUMLP(128, 256, fp8=R)
+    x = torch.randn(2, 5, 128)
+    assert torch.equal(mod(x), srelu_mlp(x.reshape(-1, 128), mod.fc1.weight, mod.fc2.weight, fp8=R).reshape(x.shape))
+    g = GroupedSReLUMLP(3, 128, 256, fp8=R)
+    xs = torch.randn(10, 128)
+    assert torch.equal(g(xs, [4, 0, 6]), srelu_mlp(xs, g.fc1_weight, g.fc2_weight, m_splits=[4, 0, 6], fp8=R))
+
+
+def test_bad_inputs():
+    x, w1, w2, _, _ = _inputs(8, 128, 256)
+    with pytest.raises(InputError, match="Fp8Recipe"):
+        srelu_mlp(x, w1, w2, fp8="e4m3")
+    with pytest.raises(InputError, match="hidden = 120 must be a multiple of 16"):
+        srelu_mlp(x[:, :120], w1[:, :120], w2[:120], fp8=R)
+    with pytest.raises(InputError, match="ffn = 200"):
+        srelu_mlp(x, w1[:200], w2[:, :200], fp8=R)
+    with pytest.raises(InputError, match="do not chain"):
+        srelu_mlp(x, w1, w2[:, :128], fp8=R)
+    with pytest.raises(InputError, match="m_splits"):
+        srelu_mlp(x, w1[None], w2[None], m_splits=[3], fp8=R)
+    with pytest.raises(InputError, match="backend='cute'"):
+        srelu_mlp(x, w1, w2, fp8=R, backend="cute")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() == (9, 0),
+                    reason="needs a GPU other than sm_90")
+def test_fp8_step_on_a_gpu_without_the_kernels():
+    x, w1, w2, _, _ = (t.cuda() if t is not None else None for t in _inputs(8, 128, 256))
+    with pytest.raises(InputError, match="sm_90a"):
+        srelu_mlp(x, w1, w2, fp8=R)

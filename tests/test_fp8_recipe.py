@@ -1,0 +1,95 @@
+"""The FP8 recipe's torch quantization: scales by hand (amax / 448 per block), partial
+blocks, power-of-two scales, all-zero blocks, round trip error bounds."""
+import math
+
+import pytest
+import torch
+
+from cute_kernels.fp8.recipe import Fp8Recipe, dequantize, quantize_1x128, quantize_128x128
+
+
+def test_1x128_scales_by_hand_with_a_partial_block():
+    torch.manual_seed(0)
+    x = torch.randn(3, 300)
+    x[1, 5] = 100.0  # amax of row 1, block 0
+    x[2, 290] = -7.0  # amax of row 2's partial block (columns 256..299)
+    q, s = quantize_1x128(x)
+    assert q.dtype == torch.float8_e4m3fn and q.shape == (3, 300) and s.shape == (3, 3) and s.dtype == torch.float32
+    for r in range(3):
+        for b in range(3):
+            amax = x[r, b * 128:(b + 1) * 128].abs().max().item()
+            assert s[r, b].item() == pytest.approx(amax / 448.0, rel=1e-7)
+    assert s[1, 0].item() == pytest.approx(100.0 / 448.0, rel=1e-7)
+    assert s[2, 2].item() == pytest.approx(7.0 / 448.0, rel=1e-7)
+    # the block's amax element maps to +-448 exactly
+    assert q[1, 5].float().item() == 448.0 and q[2, 290].float().item() == -448.0
+    # e4m3 has 3 mantissa bits: relative error of a normal value at most 2^-4
+    err = (dequantize(q, s) - x).abs()
+    assert (err <= x.abs() * 2 ** -4 + s.repeat_interleave(128, 1)[:, :300] * 2 ** -9).all()
+
+
+def test_128x128_scales_by_hand_with_partial_blocks():
+    torch.manual_seed(1)
+    w = torch.randn(200, 130)
+    w[150, 129] = 33.0  # block (1, 1) is 72 x 2
+    q, s = quantize_128x128(w)
+    assert s.shape == (2, 2)
+    for i in range(2):
+        for j in range(2):
+            amax = w[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128].abs().max().item()
+            assert s[i, j].item() == pytest.approx(amax / 448.0, rel=1e-7)
+    assert s[1, 1].item() == pytest.approx(33.0 / 448.0, rel=1e-7)
+    rel = (dequantize(q, s) - w).norm() / w.norm()
+    assert rel < 0.05  # e4m3: about 2-3% per element relative RMS
+    assert rel > 1e-3  # quantization happened
+
+
+def test_zero_blocks_get_scale_one_and_e5m2_range():
+    x = torch.zeros(2, 256)
+    x[1, 200] = 1e4
+    q, s = quantize_1x128(x, "e5m2")
+    assert q.dtype == torch.float8_e5m2
+    assert s[0].tolist() == [1.0, 1.0] and s[1, 0].item() == 1.0
+    assert s[1, 1].item() == pytest.approx(1e4 / 57344.0, rel=1e-7)
+    assert (dequantize(q, s)[0] == 0).all()
+
+
+def test_pow2_scales_round_up_to_powers_of_two():
+    torch.manual_seed(2)
+    x = torch.randn(4, 256) * torch.tensor([1e-3, 1.0, 30.0, 1e5])[:, None]
+    q, s = quantize_1x128(x, pow2=True)
+    for r in range(4):
+        for b in range(2):
+            amax = x[r, b * 128:(b + 1) * 128].abs().max().item()
+            want = 2.0 ** math.ceil(math.log2(amax / 448.0))
+            assert s[r, b].item() == want
+    assert dequantize(q, s).abs().max() <= x.abs().max()  # no overflow: s >= amax / 448
+    # exact power of two stays
+    y = torch.full((1, 128), 448.0 * 0.25)
+    assert quantize_1x128(y, pow2=True)[1].item() == 0.25
+
+
+def test_recipe_object():
+    r = Fp8Recipe()
+    assert r.fwd_dtype == torch.float8_e4m3fn and r.grad_dtype == torch.float8_e4m3fn and r.block == 128
+    assert Fp8Recipe(grad_format="e5m2").grad_dtype == torch.float8_e5m2
+    assert r.key() != Fp8Recipe(pow2_scales=True).key()
+    with pytest.raises(ValueError, match="grad_format"):
+        Fp8Recipe(grad_format="e3m4")
+    with pytest.raises(ValueError, match="block"):
+        Fp8Recipe(block=64)
+
+
+def test_dequantize_rejects_mismatched_scales():
+    q, s = quantize_1x128(torch.randn(300, 256))
+    with pytest.raises(ValueError, match="scales"):
+        dequantize(q, s[:, :1])
+
+
+def test_quantize_1x128_of_a_transposed_view():
+    """The weight gradients quantize g^T (a view) along the tokens; widths a multiple of 128 too."""
+    g = torch.randn(256, 96)
+    for t in (g.t(), g[:200].t()):
+        q, s = quantize_1x128(t)
+        q2, s2 = quantize_1x128(t.contiguous())
+        assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s, s2)
