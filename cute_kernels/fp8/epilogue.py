@@ -21,8 +21,8 @@ class Fp8Epilogue:
     pow2_scales: bool = False
 
     def __post_init__(self):
-        if self.spec.kind not in ("identity", "srelu"):
-            raise ValueError(f"the FP8 GEMM has the identity and srelu epilogues, not {self.spec.kind!r}")
+        if self.spec.kind not in ("identity", "act"):
+            raise ValueError(f"the FP8 GEMM has the identity and activation epilogues, not {self.spec.kind!r}")
         if self.spec.aux_input or self.spec.row_scale:
             raise ValueError("the FP8 GEMM's epilogue takes no auxiliary input or row scale yet")
         if self.quantized and self.quantized not in self.spec.outputs:
