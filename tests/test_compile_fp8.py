@@ -76,7 +76,7 @@ def test_fp8_rejects_configs_it_cannot_run(change, reason):
 
 
 def test_fp8_epilogue_rejects_unsupported_forms():
-    with pytest.raises(ValueError, match="dsrelu"):
+    with pytest.raises(ValueError, match="dact"):
         Fp8Epilogue(EpilogueSpec("dsrelu"))
     with pytest.raises(ValueError, match="not one of"):
         Fp8Epilogue(EpilogueSpec("srelu"), quantized="preact")
