@@ -103,4 +103,9 @@ def get_compiled(key: Fp8KernelKey):
 
 
 def kernel_ptx(key: Fp8KernelKey) -> str:
-    return compile_kernel(key, options="--keep-ptx").__ptx__
+    """The PTX of `key`, dumped into a private temporary directory (as inspect_ptx.kernel_ptx:
+    the DSL names the file after the argument types, so a shared directory mixes compiles up)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cute_kernels_ptx_") as d:
+        return compile_kernel(key, options=f"--keep-ptx --dump-dir={d}").__ptx__
