@@ -250,6 +250,16 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
 
 def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, root: str | None,
            device: str, dsl_version: str, wall_s: float, skip_reason: str = "--no-write") -> SweepResult:
+    res = _finish(study, problem, runner, timer, arch=arch, write=write, root=root, device=device,
+                  dsl_version=dsl_version, wall_s=wall_s, skip_reason=skip_reason)
+    if not write and f"not written ({skip_reason})" not in (res.note or ""):
+        # every row of a sweep that writes nothing says so, whatever its outcome
+        res.note = f"{res.note}; not written ({skip_reason})" if res.note else f"not written ({skip_reason})"
+    return res
+
+
+def _finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, root: str | None,
+            device: str, dsl_version: str, wall_s: float, skip_reason: str) -> SweepResult:
     """Re-measure the best trial, the default config and the stored entry (if any); store
     the winner only if it beats the default and the stored entry by MIN_GAIN (`write=False`:
     never; the note then says `skip_reason`)."""
@@ -275,7 +285,8 @@ def finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, ro
     best_ms = min(timer(runner.timed(cfg)), timer(runner.timed(cfg)))
     default_ms = min(timer(runner.timed(dflt)), timer(runner.timed(dflt)))
     res.best_ms, res.default_ms = best_ms, default_ms
-    stored = _stored_config(problem, arch, root)
+    # a simulated sweep's costs are not comparable with a stored (measured) entry's
+    stored = _stored_config(problem, arch, root) if skip_reason != "simulated" else None
     if stored is not None and stored not in (cfg, dflt):
         runner.prepare(stored)
         stored_ms = min(timer(runner.timed(stored)), timer(runner.timed(stored)))
