@@ -30,6 +30,7 @@ import torch
 
 from .activations import SRELU, resolve_activation
 from .checks import InputError
+from .first_order import first_order_only
 from .mlp_checks import check_mlp_inputs, checked_host_splits
 from .reference import act_backward, act_forward, per_expert_mm, per_expert_wgrad, splits_list
 
@@ -127,6 +128,7 @@ class FC1SReLUFunction(torch.autograd.Function):
         return postact, preact
 
     @staticmethod
+    @first_order_only("srelu_mlp")
     def backward(ctx, dpre, _no_grad_preact):
         x, w1 = ctx.saved_tensors
         if dpre is None:  # y was not part of what is differentiated
@@ -173,6 +175,7 @@ class FC2DSReLUFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order_only("srelu_mlp")
     def backward(ctx, dy):
         preact, postact, prob, w2 = ctx.saved_tensors
         splits = ctx.splits

@@ -42,6 +42,7 @@ import torch
 
 from ..checks import InputError
 from ..epilogue import EpilogueSpec
+from ..first_order import first_order_only
 from .epilogue import Fp8Epilogue
 from .ops import _launch, check_fp8_device, quantize_weight
 from .recipe import FORMATS, Fp8Recipe, quantize_1x128
@@ -153,6 +154,7 @@ class Fp8FC1SReLU(torch.autograd.Function):
         return pre
 
     @staticmethod
+    @first_order_only("srelu_mlp(fp8=...)")
     def backward(ctx, dpre):
         xq, xs, w1 = ctx.saved_tensors
         none = (None,) * 5
@@ -206,6 +208,7 @@ class Fp8FC2(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order_only("srelu_mlp(fp8=...)")
     def backward(ctx, dy):
         preact, prob, w2 = ctx.saved_tensors
         recipe, impl = ctx.recipe, ctx.impl
