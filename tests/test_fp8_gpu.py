@@ -199,13 +199,16 @@ def test_fp8_gemm_quantized_out_signed(fmt):
 
 
 @gpu
-def test_weight_cache_once_per_version():
+def test_weight_copy_reused_in_a_scope_until_an_update():
+    from cute_kernels.fp8.weight_cache import reuse_weight_copies
+
     w = torch.nn.Parameter(torch.randn(256, 128, device="cuda"))
-    a = quantize_weight(w)
-    assert quantize_weight(w) is a
-    with torch.no_grad():
-        w.mul_(2.0)
-    b = quantize_weight(w)
+    with reuse_weight_copies():
+        a = quantize_weight(w)
+        assert quantize_weight(w) is a
+        with torch.no_grad():
+            w.mul_(2.0)
+        b = quantize_weight(w)
     assert b is not a and torch.allclose(b[1], a[1] * 2.0)
 
 

@@ -1,7 +1,7 @@
 """The FP8 MLP step's torch implementation (CPU): forward and gradients against float64
 references (unquantized: the FP8 error; and the recipe composed by hand: the plumbing),
 grouped with empty experts against per-expert dense steps, fused wgrad accumulation,
-saved-activation bytes against the bf16 step, the weight copies' cache, and bad inputs."""
+saved-activation bytes against the bf16 step, the weight copies' reuse scope, and bad inputs."""
 import pytest
 import torch
 
@@ -10,6 +10,7 @@ from cute_kernels.mlp import srelu_mlp
 from cute_kernels.modules import GroupedSReLUMLP, SReLUMLP
 from cute_kernels.fp8 import Fp8Recipe
 from cute_kernels.fp8.ops import quantize_weight
+from cute_kernels.fp8.weight_cache import reuse_weight_copies
 from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
 
 R = Fp8Recipe()
@@ -147,18 +148,20 @@ def test_saved_activation_memory_against_the_bf16_step():
     assert fp8 / bf16 <= 0.6 and fp8 / bf16_re < 0.95
 
 
-def test_weight_copies_made_once_per_version_and_transposed():
+def test_weight_copies_reused_in_a_scope_until_an_update_and_transposed():
     w = torch.nn.Parameter(torch.randn(3, 256, 144))
-    a = quantize_weight(w, R)
-    t = quantize_weight(w, R, transposed=True)
-    assert quantize_weight(w, R) is a and quantize_weight(w, R, transposed=True) is t
+    assert quantize_weight(w, R) is not quantize_weight(w, R), "outside a reuse scope every call quantizes"
+    with reuse_weight_copies():
+        a = quantize_weight(w, R)
+        t = quantize_weight(w, R, transposed=True)
+        assert quantize_weight(w, R) is a and quantize_weight(w, R, transposed=True) is t
+        with torch.no_grad():
+            w.mul_(2)
+        b = quantize_weight(w, R)
     assert torch.equal(t[0].view(torch.uint8), a[0].transpose(1, 2).contiguous().view(torch.uint8))
     assert torch.equal(t[1], a[1].transpose(1, 2))
-    q0, s0 = quantize_128x128(w[1].detach())
+    q0, s0 = quantize_128x128(w[1].detach() / 2)
     assert torch.equal(a[0][1].view(torch.uint8), q0.view(torch.uint8)) and torch.equal(a[1][1], s0)
-    with torch.no_grad():
-        w.mul_(2)
-    b = quantize_weight(w, R)
     assert b is not a and torch.allclose(b[1], 2 * a[1])
 
 

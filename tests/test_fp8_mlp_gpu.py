@@ -102,16 +102,18 @@ def test_fp8_step_kernel_vs_recipe_and_float64(m, h, f, splits, prob, mainloop, 
         assert _rel(a, r) < tol_ref, (name, _rel(a, r))
 
 
-def test_fp8_step_weight_copies_made_once_per_update():
+def test_fp8_step_weight_copies_reused_in_a_scope_until_an_update():
     from cute_kernels.fp8 import ops
+    from cute_kernels.fp8.weight_cache import reuse_weight_copies
 
     w1 = torch.nn.Parameter((torch.randn(512, 256) / 16).bfloat16().cuda())
     w2 = torch.nn.Parameter((torch.randn(256, 512) / 22).bfloat16().cuda())
     x = torch.randn(300, 256, device="cuda").bfloat16()
-    srelu_mlp(x, w1, w2, fp8=R).sum().backward()
-    first = ops.quantize_weight(w1, R)
-    srelu_mlp(x, w1, w2, fp8=R).sum().backward()
-    assert ops.quantize_weight(w1, R) is first, "no new FP8 copy without a weight update"
-    with torch.no_grad():
-        w1.add_(1e-2)
-    assert ops.quantize_weight(w1, R) is not first
+    with reuse_weight_copies():
+        srelu_mlp(x, w1, w2, fp8=R).sum().backward()
+        first = ops.quantize_weight(w1, R)
+        srelu_mlp(x, w1, w2, fp8=R).sum().backward()
+        assert ops.quantize_weight(w1, R) is first, "no new FP8 copy without a weight update"
+        with torch.no_grad():
+            w1.add_(1e-2)
+        assert ops.quantize_weight(w1, R) is not first

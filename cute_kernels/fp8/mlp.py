@@ -22,9 +22,11 @@ Grouped (m_splits): the same per expert, in a Python loop over the dense kernels
 FP8 kernel yet), each expert's rows written into one output in place; empty experts skipped
 (zero weight gradient).
 
-Weights: master weights stay as given (bf16/fp32); their FP8 copies (w as (N, K) for the
-forward, W^T for the dgrad) are made once per weight version (`quantize_weight`, cached on
-`w._version`), not per call.
+Weights: master weights stay as given (bf16/fp32); each forward quantizes each weight once
+from its current values (`quantize_weight`, fp8/weight_cache.py: never a stale copy; reused
+across calls only inside `reuse_weight_copies()`) and keeps the copy on its autograd context
+(not a saved tensor: the offload hooks leave it alone); the backward's W^T copy is that copy
+transposed (bitwise the quantized W^T), so forward and backward use the same FP8 weights.
 
 Saved for backward: x in FP8 (1 byte per element) + its fp32 scales, preact bf16, p; the
 postact is recomputed from preact in the backward (always: `recompute_postact` has no effect).
@@ -47,6 +49,7 @@ from .epilogue import Fp8Epilogue
 from .ops import _launch, check_fp8_device, quantize_weight
 from .recipe import FORMATS, Fp8Recipe, quantize_1x128
 from .torch_gemm import mm_dequant, wgrad
+from .weight_cache import transposed_copy
 
 BLOCK = 128
 
@@ -148,6 +151,7 @@ class Fp8FC1SReLU(torch.autograd.Function):
                 rows = slice(start, start + n)
                 _fc1(xq[rows], xs[rows], _of(w1q, e), _of(w1s, e), impl, recipe, pre[rows], pq[rows], ps[rows])
         handoff.postact = (pq, ps)
+        ctx.w1_copy = (w1q, w1s)  # the backward's W1^T copy is this one transposed
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
         ctx.x_dtype = x.dtype
         ctx.save_for_backward(_tag(xq, "fc1_input"), xs, w1)
@@ -166,7 +170,7 @@ class Fp8FC1SReLU(torch.autograd.Function):
         dx = dw1 = None
         if ctx.needs_input_grad[0]:
             dq, ds = quantize_rows(dpre, recipe.grad_format, recipe)
-            w1tq, w1ts = quantize_weight(w1, recipe, transposed=True)
+            w1tq, w1ts = transposed_copy(*ctx.w1_copy)
             dx = torch.empty((m, h), dtype=torch.bfloat16, device=dpre.device)
             for e, start, n in _segments(ctx.splits, m):
                 if n:
@@ -204,6 +208,7 @@ class Fp8FC2(torch.autograd.Function):
                 rows = slice(start, start + n)
                 _mm(pq[rows], ps[rows], _of(w2q, e), _of(w2s, e), impl, y[rows])
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
+        ctx.w2_copy = (w2q, w2s)
         ctx.save_for_backward(_tag(preact, "preact"), _tag(prob, "prob") if prob is not None else None, w2)
         return y
 
@@ -215,7 +220,7 @@ class Fp8FC2(torch.autograd.Function):
         m, f = preact.shape
         dy = dy.contiguous()
         dyq, dys = quantize_rows(dy, recipe.grad_format, recipe)
-        w2tq, w2ts = quantize_weight(w2, recipe, transposed=True)
+        w2tq, w2ts = transposed_copy(*ctx.w2_copy)
         dpost = torch.empty((m, f), dtype=torch.bfloat16, device=dy.device)
         for e, start, n in _segments(ctx.splits, m):
             if n:

@@ -4,8 +4,8 @@
   `quantize_out=True` returns D quantized 1x128 instead, (q, scales), computed in the epilogue.
 - `fp8_fc1_srelu(x, sx, w, sw)`: FC1 + squared ReLU with postact written in FP8 with its 1x128
   scales by the epilogue (ready to be FC2's A operand), optionally preact in bf16.
-- `quantize_weight(w, recipe)`: the weight's FP8 copy and 128x128 scales, cached per weight
-  version (`w._version`), so a weight is quantized once per update, not per call.
+- `quantize_weight(w, recipe)`: the weight's FP8 copy and 128x128 scales from its current
+  values (fp8/weight_cache.py: made per call, reused only inside `reuse_weight_copies()`).
 - `mainloop=` ("serial" | "overlap"; default `default_mainloop()`) picks the kernel's K loop.
 
 Operands: a (M, K) / x, b (N, K) / w FP8 (e4m3 or e5m2), K-major (row-major), K a multiple of 16
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 
 import torch
 
@@ -27,7 +26,8 @@ from ..config import GemmConfig
 from ..epilogue import EpilogueSpec
 from .compile import FP8_DEFAULT_CONFIG, MAINLOOPS, Fp8KernelKey, get_compiled
 from .epilogue import Fp8Epilogue
-from .recipe import FORMATS, Fp8Recipe, quantize_128x128
+from .recipe import FORMATS, Fp8Recipe
+from .weight_cache import weight_copy
 
 BLOCK = 128
 _FORMAT_OF = {v: k for k, v in FORMATS.items()}
@@ -156,50 +156,10 @@ def fp8_fc1_srelu(x, sx, w, sw, *, store_preact: bool = True, recipe: Fp8Recipe 
     return _launch(x, sx, w, sw, epi, config, mainloop=mainloop)
 
 
-# id(w) -> (weakref to w, {"version": ..., (format, pow2, transposed): (q, scales)}); a plain dict
-# keyed by id (a WeakKeyDictionary compares tensors with ==, which is elementwise), the entry
-# removed when w dies
-_weight_cache: dict = {}
-
-
-def _copies_of(w: torch.Tensor) -> dict:
-    entry = _weight_cache.get(id(w))
-    if entry is None or entry[0]() is not w:
-        entry = (weakref.ref(w), {"version": None})
-        _weight_cache[id(w)] = entry
-        weakref.finalize(w, _weight_cache.pop, id(w), None)
-    return entry[1]
-
-
 def quantize_weight(w: torch.Tensor, recipe: Fp8Recipe = Fp8Recipe(), *, transposed: bool = False):
-    """(q, scales) of a (N, K) weight by 128x128 blocks, made once per version of `w`
-    (an optimizer step bumps `w._version`; a new recipe makes a new copy).  With `transposed`
-    the copy of W^T, (K, N) row-major: (q.t(), scales.t()) made contiguous (a square block's
-    amax is that of its transpose), the K-major B operand of the dgrad.  A stack of expert
-    weights (E, N, K) gives (E, N, K) and (E, NB, KB) (or (E, K, N), (E, KB, NB))."""
-    per_w = _copies_of(w)
-    version = w._version
-    if per_w["version"] != version:
-        per_w.clear()
-        per_w["version"] = version
-    key = (recipe.fwd_format, recipe.pow2_scales, transposed)
-    hit = per_w.get(key)
-    if hit is not None:
-        return hit
-    with torch.no_grad():
-        wd = w.detach()
-        if wd.dim() == 2:
-            q, sc = quantize_128x128(wd, recipe.fwd_format, pow2=recipe.pow2_scales)
-            if transposed:
-                q, sc = q.t().contiguous(), sc.t().contiguous()
-        elif wd.dim() == 3:
-            parts = [quantize_128x128(we, recipe.fwd_format, pow2=recipe.pow2_scales) for we in wd]
-            q = torch.stack([p[0] for p in parts]) if parts else wd.to(recipe.fwd_dtype)
-            sc = (torch.stack([p[1] for p in parts]) if parts
-                  else wd.new_empty((0, _cdiv(wd.shape[1], BLOCK), _cdiv(wd.shape[2], BLOCK)), dtype=torch.float32))
-            if transposed:
-                q, sc = q.transpose(1, 2).contiguous(), sc.transpose(1, 2).contiguous()
-        else:
-            raise InputError(f"a weight to quantize is (N, K) or (E, N, K), got shape {tuple(w.shape)}")
-    per_w[key] = hit = (q, sc)
-    return hit
+    """(q, scales) of a (N, K) weight by 128x128 blocks, from its current values (never a stale
+    copy: fp8/weight_cache.py says what is reused, and only inside `reuse_weight_copies()`).
+    With `transposed` the copy of W^T, (K, N) row-major (a square block's amax is that of its
+    transpose), the K-major B operand of the dgrad.  A stack of expert weights (E, N, K) gives
+    (E, N, K) and (E, NB, KB) (or (E, K, N), (E, KB, NB))."""
+    return weight_copy(w, recipe, transposed=transposed)
