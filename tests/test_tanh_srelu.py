@@ -120,6 +120,65 @@ def test_bad_activation_is_an_input_error_naming_it(bad):
         ck.SReLUMLP(8, 16, activation=bad)
 
 
+OUT_OF_RANGE_SCALES = [1e300, 1e-200, 1e-320, 5e-324, 2.0 ** 62 * 1.0000001, 2.0 ** -62 * 0.9999999, 1e20, 1e-20,
+                       10 ** 400, float("nan"), float("inf"), -2.0, 0.0, -0.0]
+
+
+@pytest.mark.parametrize("s", OUT_OF_RANGE_SCALES, ids=repr)
+def test_scale_outside_the_fp32_range_is_rejected_in_every_form(s):
+    """A scale whose s^2 or 1/s is not a normal fp32 number (inf or 0 in the kernels' math: all-NaN
+    outputs from finite inputs) is refused by the constructor, by the string form, by srelu_mlp and
+    by the modules, naming the scale."""
+    with pytest.raises(ValueError, match="scale s must be in"):
+        ScaledTanhSReLU(s)
+    x, w1, w2 = torch.randn(4, 8), torch.randn(16, 8), torch.randn(8, 16)
+    form = f"tanh_srelu:{s!r}"
+    with pytest.raises(ck.InputError, match="activation: .*scale s"):
+        ck.srelu_mlp(x, w1, w2, activation=form, backend="torch")
+    with pytest.raises(ck.InputError, match="activation: .*scale s"):
+        ck.GroupedSReLUMLP(2, 8, 16, activation=form)
+
+
+@pytest.mark.parametrize("s", [True, "2.0", None, [2.0], 2j])
+def test_scale_of_the_wrong_type_is_rejected(s):
+    with pytest.raises(ValueError, match="scale s must be a number"):
+        ScaledTanhSReLU(s)
+
+
+def _kernel_math_fp32(s, x, d):
+    """The kernels' fp32 formulas (activations/tanh_srelu.py) emulated in torch float32: the
+    forward f = (tanh(z) * s)^2 and the backward's q = 1 / (2^(z * 2 / ln 2) + 1), u = (1 - 2q) s,
+    d f' = d * 8u * q(1 - q), its recomputed u^2, with z = relu(x) * (1 / s) (fp32 constants)."""
+    import math
+
+    f32 = torch.float32
+    s32, inv32 = torch.tensor(s, dtype=f32), torch.tensor(1.0 / s, dtype=f32)
+    z = torch.relu(x) * inv32
+    fwd = (torch.tanh(z) * s32).square()
+    q = 1.0 / (torch.exp2(z * torch.tensor(2.0 / math.log(2.0), dtype=f32)) + 1.0)
+    u = (1.0 - 2.0 * q) * s32
+    return fwd, d * (u * 8.0) * (q * (1.0 - q)), u * u
+
+
+@pytest.mark.parametrize("s", [2.0 ** -62, 3e-19, 1e-6, 1.0, 1e6, 1e18, 2.0 ** 62])
+def test_accepted_scales_keep_the_fp32_math_finite(s):
+    """Every accepted scale, at the range's ends too: finite inputs (up to the bf16 maximum)
+    give finite forward values, gradients and recomputed postacts, in the emulated kernel math
+    and on the torch path (fp32 math for half inputs)."""
+    a = ScaledTanhSReLU(s)
+    g = torch.Generator().manual_seed(7)
+    mags = torch.tensor([0.0, 1e-30, 1e-10, 1e-3, 1.0, 1e3, 1e10, 1e30, 3.38e38])
+    x = torch.cat([mags, -mags, torch.randn(256, generator=g) * 10]).float()
+    d = torch.randn(x.shape, generator=g)
+    for out in _kernel_math_fp32(a.s, x, d):
+        assert torch.isfinite(out).all(), (s, x[~torch.isfinite(out)])
+    assert torch.isfinite(a.torch_forward(x)).all() and torch.isfinite(a.torch_grad(x)).all()
+    xs = torch.randn(4, 8, generator=g).to(torch.bfloat16)
+    y = ck.srelu_mlp(xs, torch.randn(16, 8, generator=g).to(torch.bfloat16),
+                     torch.randn(8, 16, generator=g).to(torch.bfloat16), activation=a, backend="torch")
+    assert torch.isfinite(y).all()
+
+
 def test_resolution_and_keys():
     assert resolve_activation(None) is SRELU and resolve_activation("srelu") is SRELU
     a = resolve_activation("tanh_srelu:4")

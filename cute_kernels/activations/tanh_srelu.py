@@ -3,6 +3,7 @@ and u = s * t, f(x) = u^2 (a soft clamp of relu(x)^2 at s^2; s -> inf gives relu
 and f'(x) = 2 u (1 - t^2) for x > 0, 0 otherwise (u = 0 there, so no branch is needed).
 
 `s` is a compile-time constant of the kernel (part of its key): a model uses one or a few.
+It must lie in [2^-62, 2^62] (`S_MIN`, `S_MAX`): the range where the fp32 math below stays finite.
 
 Kernel math (fp32), chosen for registers and accuracy:
 - forward: t = tanh.approx (one MUFU op, relative error about 2^-11, well under the bf16 or
@@ -24,6 +25,12 @@ from .base import Activation, map_elements
 
 _TWO_LOG2E = 2.0 / math.log(2.0)  # exp(2z) = 2^(2z / ln 2)
 
+# The kernels compute in fp32 with s and 1/s as fp32 constants, and f reaches s^2: s^2 must be
+# a normal fp32 number, which keeps s and 1/s finite, nonzero and normal too (so the tanh
+# argument relu(x) / s of a finite x is a number or +inf, where tanh is 1).  2^+-62: s^2 = 2^+-124,
+# inside fp32's normal range [2^-126, 2^128).
+S_MIN, S_MAX = 2.0 ** -62, 2.0 ** 62
+
 
 @dataclass(frozen=True)
 class ScaledTanhSReLU(Activation):
@@ -32,9 +39,18 @@ class ScaledTanhSReLU(Activation):
     max_acc_regs = 128
 
     def __post_init__(self):
-        if isinstance(self.s, bool) or not isinstance(self.s, (int, float)) or not math.isfinite(self.s) or self.s <= 0:
-            raise ValueError(f"ScaledTanhSReLU scale s must be a finite number > 0, got {self.s!r}")
-        object.__setattr__(self, "s", float(self.s))
+        s = self.s
+        if isinstance(s, bool) or not isinstance(s, (int, float)):
+            raise ValueError(f"ScaledTanhSReLU scale s must be a number, got {type(s).__name__} {s!r}")
+        try:
+            s = float(s)
+        except OverflowError:  # an int beyond float range
+            s = math.inf
+        if not (S_MIN <= s <= S_MAX):  # (a NaN fails this too)
+            shown = repr(self.s) if len(repr(self.s)) <= 32 else repr(self.s)[:24] + "..."
+            raise ValueError(f"ScaledTanhSReLU scale s must be in [2**-62, 2**62] (about 2.2e-19 to 4.6e18: s^2 and 1/s "
+                             f"finite and nonzero in the kernels' fp32 math), got {shown}")
+        object.__setattr__(self, "s", s)
 
     def key(self) -> str:
         return f"tanh_srelu(s={self.s!r})"
