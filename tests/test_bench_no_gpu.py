@@ -6,7 +6,7 @@ import pytest
 import torch
 
 ENTRY = {"bench_gemm": "main", "bench_mlp": "main", "bench_offload": "main", "bench_dense_configs": "main",
-         "bench_grouped_configs": "main", "bench_host_overhead": "cli"}
+         "bench_grouped_configs": "main", "bench_host_overhead": "cli", "bench_quantize": "main"}
 
 
 @pytest.mark.parametrize("name", sorted(ENTRY))

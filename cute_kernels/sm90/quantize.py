@@ -1,0 +1,171 @@
+"""One-pass FP8 quantization of an activation into both GEMM orientations (sm_90a).
+
+x (M, K) bf16 -> the recipe's (fp8/recipe.py) 1x128 copies along both dimensions:
+- row-wise: q (M, K) FP8 and scales (M, K/128) fp32, one per row and 128 columns (x as the
+  A operand of a GEMM reducing over K: FC1, the dgrads);
+- column-wise: qt (K, Mp) FP8 and scales (K, ceil(M/128)) fp32, the 1x128 blocks of x^T along M
+  (128x1 blocks of x; x^T as the operand of a weight gradient, which reduces over the tokens).
+  Mp = 128 * ceil(M/128): qt's rows are padded to whole blocks, the padding holds zeros.
+
+Scale rule as the recipe: s = amax * (1/fmax) in fp32 (optionally rounded up to a power of
+two), 1 for an all-zero block, q = satfinite(x * (1/s)) with a correctly rounded reciprocal,
+so the values and scales agree bit for bit with `quantize_1x128(x)` and `quantize_1x128(x.t())`.
+Rows past M (the last M tile) are read as zeros: they leave the column amax alone, are not
+written to q, and give the zero padding of qt.
+
+One CTA per 128 x 128 tile, 256 threads:
+1. row pass: each thread loads 8 rows x 16 bytes (ld.global.v4, a half-warp reads a 256-byte
+   row), reduces each row's amax over the 16 lanes of its half-warp (shuffles), stores 8 FP8
+   bytes per row to q and stages the bf16 tile in shared memory (16-byte stores);
+2. column pass: each thread reads a pair of columns over 32 rows (32-bit shared loads, a warp
+   reads 128 contiguous bytes of one row: no bank conflicts), the column amax is combined over
+   the 4 row quarters through shared memory, and each thread writes its two columns' 32 FP8
+   values as 16-byte stores into qt's rows.
+Traffic: read 2MK bytes, write 2MK bytes plus 4 bytes per 128 values of scales; the 32 KiB
+tile in shared memory allows several CTAs per SM to keep loads in flight.
+"""
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, Int32, const_expr
+from cutlass.memory import SmemAllocator
+
+from ..fp8.epilogue import FMAX
+
+BLOCK = 128
+THREADS = 256
+VEC = 8  # bf16 per 16-byte load
+ROW_LANES = BLOCK // VEC  # 16 threads share a row
+ROWS_PER_PASS = THREADS // ROW_LANES  # 16 rows per sweep of the CTA
+ROW_SWEEPS = BLOCK // ROWS_PER_PASS  # 8 rows per thread
+COL_PAIRS = BLOCK // 2  # 64 column pairs
+ROW_QUARTERS = THREADS // COL_PAIRS  # 4 groups of 32 rows in the column pass
+QUARTER = BLOCK // ROW_QUARTERS
+
+
+def scale_of(amax, fmax: float, pow2: bool):
+    """The recipe's fp32 scale of a block from its amax: amax * (1/fmax), rounded up to a power
+    of two with `pow2`, 1 for an all-zero block (fp8/recipe.py `_scale_from_amax`)."""
+    s = amax * Float32(1.0 / fmax)
+    if const_expr(pow2):
+        box = cute.make_rmem_tensor((1,), Float32)
+        box[0] = s
+        bits = cute.make_tensor(cute.recast_ptr(box.iterator, dtype=Int32), cute.make_layout(1))
+        b = bits[0]
+        exp = b & Int32(0x7F800000)
+        bits[0] = cutlass.select_((b & Int32(0x007FFFFF)) != 0, exp + Int32(0x00800000), exp)
+        s = box[0]
+    return cutlass.select_(amax > 0.0, s, Float32(1.0))
+
+
+class Sm90QuantizeBoth:
+    """x (M, K) bf16 -> (q, scales) row-wise and (qt, scales_t) column-wise; see the module
+    docstring.  K must be a multiple of 128; `fmt` "e4m3" or "e5m2"."""
+
+    def __init__(self, fmt: str = "e4m3", pow2: bool = False):
+        if fmt not in FMAX:
+            raise ValueError(f"fmt must be one of {tuple(FMAX)}, got {fmt!r}")
+        self.fmt, self.pow2, self.fmax = fmt, pow2, FMAX[fmt]
+        self.q_type = {"e4m3": cutlass.Float8E4M3FN, "e5m2": cutlass.Float8E5M2}[fmt]
+
+    @staticmethod
+    def _as(t, dtype):
+        if t.element_type == dtype:
+            return t
+        return cute.make_tensor(cute.recast_ptr(t.iterator, dtype=dtype), t.layout)
+
+    @cute.jit
+    def __call__(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor,
+                 stream):
+        # FP8 outputs arrive as uint8 (byte views on the host); written as the recipe's format
+        mQ = self._as(mQ, self.q_type)
+        mQT = self._as(mQT, self.q_type)
+        m_total = cute.size(mX, mode=[0])
+        k_total = cute.size(mX, mode=[1])
+        m_tiles = (m_total + BLOCK - 1) // BLOCK
+        k_tiles = k_total // BLOCK
+        self.kernel(mX, mQ, mS, mQT, mST, m_total).launch(grid=(k_tiles, m_tiles, 1), block=[THREADS, 1, 1],
+                                                          stream=stream)
+
+    @cute.kernel
+    def kernel(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor,
+               m_total: Int32):
+        tidx, _, _ = cute.arch.thread_idx()
+        k_tile, m_tile, _ = cute.arch.block_idx()
+        smem = SmemAllocator()
+        sX = smem.allocate_tensor(cutlass.BFloat16, cute.make_layout((BLOCK, BLOCK), stride=(BLOCK, 1)),
+                                  byte_alignment=16)
+        sAmax = smem.allocate_tensor(Float32, cute.make_layout((ROW_QUARTERS, BLOCK), stride=(BLOCK, 1)),
+                                     byte_alignment=16)
+        gX = cute.local_tile(mX, (BLOCK, BLOCK), (m_tile, k_tile))
+        gQ = cute.local_tile(mQ, (BLOCK, BLOCK), (m_tile, k_tile))
+        gQT = cute.local_tile(mQT, (BLOCK, BLOCK), (k_tile, m_tile))
+        row0 = m_tile * BLOCK
+        col0 = k_tile * BLOCK
+
+        # ---- row pass: 1x128 blocks along K
+        vec = tidx % ROW_LANES
+        r_first = tidx // ROW_LANES
+        xv = cute.make_rmem_tensor(cute.make_layout((ROW_SWEEPS, VEC), stride=(VEC, 1)), cutlass.BFloat16)
+        xv.fill(0.0)
+        for i in cutlass.range_constexpr(ROW_SWEEPS):
+            r = r_first + ROWS_PER_PASS * i
+            if row0 + r < m_total:
+                cute.autovec_copy(cute.local_tile(gX, (1, VEC), (r, vec)), cute.local_tile(xv, (1, VEC), (i, 0)))
+        for i in cutlass.range_constexpr(ROW_SWEEPS):
+            r = r_first + ROWS_PER_PASS * i
+            cute.autovec_copy(cute.local_tile(xv, (1, VEC), (i, 0)), cute.local_tile(sX, (1, VEC), (r, vec)))
+        for i in cutlass.range_constexpr(ROW_SWEEPS):
+            r = r_first + ROWS_PER_PASS * i
+            vals = cute.make_rmem_tensor((VEC,), Float32)
+            vals.store(cute.local_tile(xv, (1, VEC), (i, 0)).load().reshape((VEC,)).to(Float32))
+            amax = Float32(0.0)
+            for j in cutlass.range_constexpr(VEC):
+                # max(amax, |v|), not fmax(abs=True) (the xorsign form; see sm90/fp8_gemm.py)
+                amax = cute.arch.fmax(amax, cute.math.abs(vals[j]))
+            for off in cutlass.range_constexpr(4):
+                amax = cute.arch.fmax(amax, cute.arch.shuffle_sync_bfly(amax, offset=1 << off))
+            s = scale_of(amax, self.fmax, self.pow2)
+            inv = Float32(1.0) / s
+            qf = cute.make_rmem_tensor((1, VEC), Float32)
+            for j in cutlass.range_constexpr(VEC):
+                qf[(0, j)] = vals[j] * inv
+            qv = cute.make_rmem_tensor((1, VEC), self.q_type)
+            qv.store(qf.load().to(self.q_type))
+            if row0 + r < m_total:
+                cute.autovec_copy(qv, cute.local_tile(gQ, (1, VEC), (r, vec)))
+                if vec == 0:
+                    mS[(row0 + r, k_tile)] = s
+        cute.arch.sync_threads()
+
+        # ---- column pass: 1x128 blocks of x^T along M
+        pair = tidx % COL_PAIRS
+        quarter = tidx // COL_PAIRS
+        cv = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), cutlass.BFloat16)
+        cute.autovec_copy(cute.local_tile(sX, (QUARTER, 2), (quarter, pair)), cv)
+        # the values stay bf16 across the barrier (32 registers, not 64); converted where used
+        cf = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), Float32)
+        cf.store(cv.load().to(Float32))
+        for c in cutlass.range_constexpr(2):
+            amax = Float32(0.0)
+            for j in cutlass.range_constexpr(QUARTER):
+                amax = cute.arch.fmax(amax, cute.math.abs(cf[(j, c)]))
+            sAmax[(quarter, 2 * pair + c)] = amax
+        cute.arch.sync_threads()
+        cf.store(cv.load().to(Float32))
+        for c in cutlass.range_constexpr(2):
+            col = 2 * pair + c
+            amax = sAmax[(0, col)]
+            for qi in cutlass.range_constexpr(1, ROW_QUARTERS):
+                amax = cute.arch.fmax(amax, sAmax[(qi, col)])
+            s = scale_of(amax, self.fmax, self.pow2)
+            inv = Float32(1.0) / s
+            qf = cute.make_rmem_tensor((1, QUARTER), Float32)
+            for j in cutlass.range_constexpr(QUARTER):
+                qf[(0, j)] = cf[(j, c)] * inv
+            qv = cute.make_rmem_tensor((1, QUARTER), self.q_type)
+            qv.store(qf.load().to(self.q_type))
+            cute.autovec_copy(qv, cute.local_tile(gQT, (1, QUARTER), (col, quarter)))
+            if quarter == 0:
+                mST[(col0 + col, m_tile)] = s
