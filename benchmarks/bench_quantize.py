@@ -36,7 +36,7 @@ def _shapes(text: str):
 
 
 def moved_bytes(m: int, k: int) -> int:
-    mb, kb = -(-m // 128), k // 128
+    mb, kb = -(-m // 128), -(-k // 128)
     return 2 * m * k + m * k + k * mb * 128 + 4 * (m * kb + k * mb)
 
 
@@ -77,7 +77,7 @@ def measure(m: int, k: int, fmt: str, pow2: bool) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated MxK (K a multiple of 128)")
+    ap.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated MxK (K a multiple of 16)")
     ap.add_argument("--format", default="e4m3", choices=("e4m3", "e5m2"))
     ap.add_argument("--pow2", action="store_true", help="power-of-two scales")
     ap.add_argument("--out", default=os.environ.get("OUT"))

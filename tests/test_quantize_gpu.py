@@ -1,6 +1,6 @@
 """The dual FP8 quantization kernel on the GPU (sm_90a): its four outputs equal the recipe's
 `quantize_1x128(x)` and `quantize_1x128(x.t())` bit for bit (values and scales), for odd M
-(one row, partial M tiles), several K, both formats, pow2 scales, all-zero blocks (scale 1),
+(one row, partial M tiles), several K (partial last K blocks: 144, 1856), both formats, pow2 scales, all-zero blocks (scale 1),
 rows of very different magnitude, and a strided x whose rows past M hold huge values (the
 kernel must not read them: the column amax covers the valid rows only).  qt's padding columns
 hold zeros."""
@@ -19,7 +19,7 @@ def _check(x, fmt="e4m3", pow2=False):
     rq, rs = quantize_1x128(x, fmt, pow2=pow2)
     tq, ts = quantize_1x128(x.t(), fmt, pow2=pow2)
     m, k = x.shape
-    assert q.shape == (m, k) and s.shape == (m, k // 128) and qt.shape == (k, m) and st.shape == (k, -(-m // 128))
+    assert q.shape == (m, k) and s.shape == (m, -(-k // 128)) and qt.shape == (k, m) and st.shape == (k, -(-m // 128))
     assert s.stride(0) == 1 and st.stride(0) == 1, "scales column-major"
     assert qt.stride(0) % 128 == 0 and qt.data_ptr() % 16 == 0
     for name, a, b in (("q", q.view(U8), rq.view(U8)), ("s", s, rs), ("qt", qt.view(U8), tq.view(U8)), ("st", st, ts)):
@@ -30,7 +30,7 @@ def _check(x, fmt="e4m3", pow2=False):
 
 
 @pytest.mark.parametrize("m", [1, 77, 128, 129, 1000])
-@pytest.mark.parametrize("k", [128, 256, 2688])
+@pytest.mark.parametrize("k", [128, 256, 2688, 144, 1856])
 def test_bitwise_equal_to_the_recipe(m, k):
     torch.manual_seed(m * 7 + k)
     # per-column and per-row magnitudes over eight decades: blocks with very different scales

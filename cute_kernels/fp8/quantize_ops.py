@@ -1,7 +1,7 @@
 """Torch entry point of the one-pass dual quantization (kernel: cute_kernels/sm90/quantize.py).
 
 `quantize_rows_and_cols(x, fmt, pow2=)`: x (M, K) bf16 on an sm_90a GPU ->
-  (q (M, K), s (M, K/128), qt (K, M), st (K, ceil(M/128))), the recipe's 1x128 copies of x
+  (q (M, K), s (M, ceil(K/128)), qt (K, M), st (K, ceil(M/128))), the recipe's 1x128 copies of x
   and of x^T (`quantize_1x128(x)` and `quantize_1x128(x.t())`, bit for bit).  Scales are
   returned column-major (the FP8 GEMMs read a K block's scales coalesced); qt is a (K, M) view
   of a (K, 128 * ceil(M/128)) buffer whose padding columns hold zeros (16-byte aligned rows,
@@ -90,8 +90,9 @@ def _check_input(x, fmt):
     m, k = x.shape
     if m == 0 or k == 0:
         raise InputError(f"x is empty (shape {tuple(x.shape)})")
-    if k % BLOCK:
-        raise InputError(f"x has K = {k} columns; the dual quantization kernel needs a multiple of {BLOCK}")
+    if k % 16:
+        raise InputError(f"x has K = {k} columns; the dual quantization kernel needs a multiple of 16 "
+                         "(16-byte rows of the FP8 copy)")
     if x.stride(1) != 1 or (m > 1 and x.stride(0) % 8) or x.data_ptr() % 16:
         raise InputError(f"x must be row-major with 16-byte aligned rows (strides {x.stride()})")
     if _cdiv(m, BLOCK) > 65535:
@@ -110,7 +111,7 @@ def quantize_rows_and_cols(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = F
     m, k = x.shape
     if m == 1 and x.stride(0) != k:  # one row: its row stride is never used, the kernel's must divide by 8
         x = x.as_strided((1, k), (k, 1))
-    mb, kb = _cdiv(m, BLOCK), k // BLOCK
+    mb, kb = _cdiv(m, BLOCK), _cdiv(k, BLOCK)
     dt = FORMATS[fmt]
     q = torch.empty((m, k), dtype=dt, device=x.device)
     s = torch.empty((kb, m), dtype=torch.float32, device=x.device).t()

@@ -1,7 +1,7 @@
 """One-pass FP8 quantization of an activation into both GEMM orientations (sm_90a).
 
 x (M, K) bf16 -> the recipe's (fp8/recipe.py) 1x128 copies along both dimensions:
-- row-wise: q (M, K) FP8 and scales (M, K/128) fp32, one per row and 128 columns (x as the
+- row-wise: q (M, K) FP8 and scales (M, ceil(K/128)) fp32, one per row and 128 columns (x as the
   A operand of a GEMM reducing over K: FC1, the dgrads);
 - column-wise: qt (K, Mp) FP8 and scales (K, ceil(M/128)) fp32, the 1x128 blocks of x^T along M
   (128x1 blocks of x; x^T as the operand of a weight gradient, which reduces over the tokens).
@@ -10,8 +10,9 @@ x (M, K) bf16 -> the recipe's (fp8/recipe.py) 1x128 copies along both dimensions
 Scale rule as the recipe: s = amax * (1/fmax) in fp32 (optionally rounded up to a power of
 two), 1 for an all-zero block, q = satfinite(x * (1/s)) with a correctly rounded reciprocal,
 so the values and scales agree bit for bit with `quantize_1x128(x)` and `quantize_1x128(x.t())`.
-Rows past M (the last M tile) are read as zeros: they leave the column amax alone, are not
-written to q, and give the zero padding of qt.
+Rows past M (the last M tile) and columns past K (the last K tile, K a multiple of 16) are
+read as zeros: they leave the amax of their blocks alone and are not written, except as the
+zero padding of qt's rows.
 
 One CTA per 128 x 128 tile, 256 threads:
 1. row pass: each thread loads 8 rows x 16 bytes (ld.global.v4, a half-warp reads a 256-byte
@@ -61,7 +62,7 @@ def scale_of(amax, fmax: float, pow2: bool):
 
 class Sm90QuantizeBoth:
     """x (M, K) bf16 -> (q, scales) row-wise and (qt, scales_t) column-wise; see the module
-    docstring.  K must be a multiple of 128; `fmt` "e4m3" or "e5m2"."""
+    docstring.  K must be a multiple of 16; `fmt` "e4m3" or "e5m2"."""
 
     def __init__(self, fmt: str = "e4m3", pow2: bool = False):
         if fmt not in FMAX:
@@ -84,13 +85,13 @@ class Sm90QuantizeBoth:
         m_total = cute.size(mX, mode=[0])
         k_total = cute.size(mX, mode=[1])
         m_tiles = (m_total + BLOCK - 1) // BLOCK
-        k_tiles = k_total // BLOCK
-        self.kernel(mX, mQ, mS, mQT, mST, m_total).launch(grid=(k_tiles, m_tiles, 1), block=[THREADS, 1, 1],
+        k_tiles = (k_total + BLOCK - 1) // BLOCK
+        self.kernel(mX, mQ, mS, mQT, mST, m_total, k_total).launch(grid=(k_tiles, m_tiles, 1), block=[THREADS, 1, 1],
                                                           stream=stream)
 
     @cute.kernel
     def kernel(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor,
-               m_total: Int32):
+               m_total: Int32, k_total: Int32):
         tidx, _, _ = cute.arch.thread_idx()
         k_tile, m_tile, _ = cute.arch.block_idx()
         smem = SmemAllocator()
@@ -107,11 +108,12 @@ class Sm90QuantizeBoth:
         # ---- row pass: 1x128 blocks along K
         vec = tidx % ROW_LANES
         r_first = tidx // ROW_LANES
+        vec_in = col0 + VEC * vec < k_total  # K a multiple of 8: a vector is all in or all out
         xv = cute.make_rmem_tensor(cute.make_layout((ROW_SWEEPS, VEC), stride=(VEC, 1)), cutlass.BFloat16)
         xv.fill(0.0)
         for i in cutlass.range_constexpr(ROW_SWEEPS):
             r = r_first + ROWS_PER_PASS * i
-            if row0 + r < m_total:
+            if row0 + r < m_total and vec_in:
                 cute.autovec_copy(cute.local_tile(gX, (1, VEC), (r, vec)), cute.local_tile(xv, (1, VEC), (i, 0)))
         for i in cutlass.range_constexpr(ROW_SWEEPS):
             r = r_first + ROWS_PER_PASS * i
@@ -134,7 +136,8 @@ class Sm90QuantizeBoth:
             qv = cute.make_rmem_tensor((1, VEC), self.q_type)
             qv.store(qf.load().to(self.q_type))
             if row0 + r < m_total:
-                cute.autovec_copy(qv, cute.local_tile(gQ, (1, VEC), (r, vec)))
+                if vec_in:
+                    cute.autovec_copy(qv, cute.local_tile(gQ, (1, VEC), (r, vec)))
                 if vec == 0:
                     mS[(row0 + r, k_tile)] = s
         cute.arch.sync_threads()
@@ -166,6 +169,7 @@ class Sm90QuantizeBoth:
                 qf[(0, j)] = cf[(j, c)] * inv
             qv = cute.make_rmem_tensor((1, QUARTER), self.q_type)
             qv.store(qf.load().to(self.q_type))
-            cute.autovec_copy(qv, cute.local_tile(gQT, (1, QUARTER), (col, quarter)))
-            if quarter == 0:
-                mST[(col0 + col, m_tile)] = s
+            if col0 + col < k_total:  # qt has K rows
+                cute.autovec_copy(qv, cute.local_tile(gQT, (1, QUARTER), (col, quarter)))
+                if quarter == 0:
+                    mST[(col0 + col, m_tile)] = s
