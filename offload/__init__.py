@@ -6,6 +6,9 @@ the kernels run, bring it back ahead of need in backward, never move what is pro
   the whole step (copies pooled over the forward, partial tensors, reloads timed to
   each layer's backward, recompute where it is cheap); `sched.step_plan.describe()`
   shows the plan.  See docs/offload-planner.md.
+- `MeasuredOffloadScheduler` (`OffloadPolicy(auto=True, peak="measured")`): auto planned
+  from the profiled step's measured memory; it may move any large saved tensor of the
+  step (offload/measured.py, offload/measured_planner.py).
 - `protect(t)`: keep a tensor on the GPU; parameters are always kept.
 - `OffloadScheduler`: the streams, events, pinned pool and prefetch; `layer(i)` marks
   a layer's forward.  `offload_layers(layers, x, scheduler)` runs a stack.
@@ -25,6 +28,8 @@ from .policy import OffloadPlan, OffloadPolicy
 from .roles import (FC1_INPUT, POSTACT, PREACT, PROB, ROLES, is_protected, known_roles, protect, register_role, role_of,
                     tag, unprotect)
 from .scheduler import OffloadScheduler
+from .measured import MeasuredOffloadScheduler  # noqa: E402  (after OffloadScheduler: it subclasses it)
+from .measured_planner import MeasuredPlan, MemoryProfile, SavedTensor, plan_measured
 
 
 def offload_layers(layers, x, scheduler: OffloadScheduler, **kwargs):
@@ -42,4 +47,5 @@ def offload_layers(layers, x, scheduler: OffloadScheduler, **kwargs):
 
 __all__ = ["OffloadPolicy", "OffloadPlan", "OffloadScheduler", "OffloadArgumentError", "offload_layers", "protect",
            "unprotect", "is_protected", "tag", "role_of", "register_role", "known_roles", "ROLES", "FC1_INPUT", "PREACT",
-           "POSTACT", "PROB", "StepPlan", "StepProfile", "TensorProfile", "plan_step"]
+           "POSTACT", "PROB", "StepPlan", "StepProfile", "TensorProfile", "plan_step", "MeasuredOffloadScheduler",
+           "MeasuredPlan", "MemoryProfile", "SavedTensor", "plan_measured"]

@@ -6,7 +6,8 @@ may offload (`layer_budget_bytes`) and the smallest tensor worth a copy
 planner (offload/planner.py) chooses, per saved tensor, keep / offload (whole or a
 leading chunk of rows) / recompute, filling the link for the whole forward and
 scheduling each reload to be back before its layer's backward; `roles` then limits
-the candidates.  Every argument is checked at construction (`OffloadArgumentError`).
+the candidates.  `auto=True, peak="measured"` (MeasuredOffloadScheduler) plans from the
+profiled step's measured memory instead and may move any large saved tensor.  Every argument is checked at construction (`OffloadArgumentError`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 
 from .errors import OffloadArgumentError
 from .roles import ROLES, known_roles
+
+PEAKS = ("assumed", "measured")
 
 
 @dataclass
@@ -122,6 +125,13 @@ class OffloadPolicy:
     # or one per layer in forward order, used instead of timing the calibration steps
     layer_ms: tuple | None = None
     calibration_steps: int = 2  # auto: steps profiled (no offload) before planning; the fastest counts
+    # auto: where the plan puts the peak.  "assumed": at the backward start, and only the
+    # tagged roles of our layers move (offload/planner.py, OffloadScheduler).  "measured":
+    # from the profiled step's allocated bytes, and any saved tensor of at least
+    # `capture_min_elements` elements that is not a parameter may move
+    # (offload/measured_planner.py, MeasuredOffloadScheduler)
+    peak: str = "assumed"
+    capture_min_elements: int = 256 * 1024
 
     def __post_init__(self):
         self.roles = _check_roles(self.roles)
@@ -138,6 +148,11 @@ class OffloadPolicy:
         self.device_gbps = _check_float("device_gbps", self.device_gbps)
         self.layer_ms = _check_layer_ms(self.layer_ms)
         _check_int("calibration_steps", self.calibration_steps, lo=1)
+        if self.peak not in PEAKS:
+            raise OffloadArgumentError(f"OffloadPolicy: peak must be one of {', '.join(map(repr, PEAKS))}, got {self.peak!r}")
+        if self.peak == "measured" and not self.auto:
+            raise OffloadArgumentError("OffloadPolicy: peak='measured' plans the step: it needs auto=True")
+        _check_int("capture_min_elements", self.capture_min_elements, lo=1)
 
     # ------------------------------------------------------------------ choice
     def static_roles(self) -> tuple[str, ...] | None:

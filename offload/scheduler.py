@@ -126,6 +126,9 @@ class OffloadScheduler:
             if not isinstance(v, bool):
                 raise OffloadArgumentError(f"OffloadScheduler: {name} must be True or False, got {v!r}")
         policy = policy or OffloadPolicy(roles=())
+        if policy.peak == "measured" and not getattr(self, "_measured", False):
+            raise OffloadArgumentError("OffloadScheduler: a policy with peak='measured' is planned by "
+                                       "offload.MeasuredOffloadScheduler")
         if policy.auto and not torch.cuda.is_available() and (policy.d2h_gbps is None or policy.h2d_gbps is None):
             raise OffloadArgumentError("OffloadScheduler: an auto policy without a CUDA device to measure the link "
                                        "needs d2h_gbps and h2d_gbps")
@@ -440,6 +443,13 @@ class OffloadScheduler:
     def _offload(self, t: torch.Tensor, role: str, nbytes: int, head: int) -> _Offloaded:
         st = self.stats[self._layer]
         st.offloaded_bytes[role] = st.offloaded_bytes.get(role, 0) + head
+        h = self._copy_out(t, self._layer, role, nbytes, head)
+        self._handles[self._layer].append(h)
+        return h
+
+    def _copy_out(self, t: torch.Tensor, layer: int, role: str, nbytes: int, head: int) -> _Offloaded:
+        """Start copying t's first `head` bytes to a host buffer (the rest to a fresh device
+        buffer) and release t's memory to the allocator once the copy is done."""
         flat = t.reshape(-1).view(torch.uint8)
         tail = flat[head:].clone() if head < nbytes else None  # a fresh buffer: t's block can go
         ev0 = done = None
@@ -462,15 +472,15 @@ class OffloadScheduler:
         else:
             host = self.pool.acquire(head, pinned=False)
             host[:head].copy_(flat[:head])
-        h = _Offloaded(self._layer, role, t.shape, t.stride(), t.dtype, t.device, nbytes, head, host, done, tail,
-                       t_d2h=(ev0, done) if self.record_timeline and t.is_cuda else None)
-        self._handles[self._layer].append(h)
-        return h
+        return _Offloaded(layer, role, t.shape, t.stride(), t.dtype, t.device, nbytes, head, host, done, tail,
+                          t_d2h=(ev0, done) if self.record_timeline and t.is_cuda else None)
 
     def _reload(self, h: _Offloaded):
         if h.gpu is not None:
             return
-        self.stats[h.layer].reloaded_bytes += h.head_bytes
+        st = self.stats.get(h.layer)
+        if st is not None:
+            st.reloaded_bytes += h.head_bytes
         if h.device.type != "cuda":
             gpu = torch.empty(h.nbytes, dtype=torch.uint8, device=h.device)
             gpu[:h.head_bytes].copy_(h.host[:h.head_bytes])
@@ -534,15 +544,7 @@ class OffloadScheduler:
             return h
         if h.layer not in self._bwd_started:
             self._start_layer_backward(h.layer, h.device)
-        self._reload(h)
-        if not h.assembled:
-            if h.h2d_done is not None:
-                torch.cuda.current_stream(h.device).wait_event(h.h2d_done)
-            if h.tail is not None:  # the kept rows go after the reloaded ones
-                h.gpu[h.head_bytes:].copy_(h.tail)
-                h.tail = None
-            h.assembled = True
-        out = h.gpu.view(h.dtype).as_strided(h.shape, h.stride)
+        out = self._materialize(h)
         if self.record_timeline and h.t_h2d is not None:
             self.timeline.append(h)
         lst = self._handles.get(h.layer)
@@ -551,3 +553,16 @@ class OffloadScheduler:
         # h keeps the reloaded tensor: autograd may unpack a saved tensor more than once,
         # and the handle dies with the graph node like any saved tensor would
         return out
+
+    def _materialize(self, h: _Offloaded) -> torch.Tensor:
+        """The offloaded tensor back on its device (reloaded now if no trigger did it yet);
+        the compute stream waits for its reload only."""
+        self._reload(h)
+        if not h.assembled:
+            if h.h2d_done is not None:
+                torch.cuda.current_stream(h.device).wait_event(h.h2d_done)
+            if h.tail is not None:  # the kept rows go after the reloaded ones
+                h.gpu[h.head_bytes:].copy_(h.tail)
+                h.tail = None
+            h.assembled = True
+        return h.gpu.view(h.dtype).as_strided(h.shape, h.stride)

@@ -1,0 +1,208 @@
+"""MeasuredOffloadScheduler on the CPU (`offload_cpu_tensors=True`: the 'copies' go to other CPU
+buffers through the same bookkeeping as on a GPU; the memory is the bytes of the captured
+tensors alive): the capture sees every large saved tensor of a plain torch attention block
+(not only our ops' roles), once per tensor, never parameters; the plan moves the tensors live
+at the measured peak; gradients stay bitwise equal; new shapes replan."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cute_kernels.mlp import srelu_mlp
+from offload import MeasuredOffloadScheduler, OffloadArgumentError, OffloadPolicy, OffloadScheduler
+from offload.measured_planner import OFFLOAD
+
+B, S, D, HEADS = 2, 64, 32, 4
+MIN_ELEMS = B * S * D  # the hidden states and larger (the scores are 8x that)
+
+
+class Attention(nn.Module):
+    """Self-attention in plain torch ops: linear projections, softmax(q k^T) v, residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(D, D, bias=False) for _ in range(4))
+
+    def forward(self, x):
+        split = lambda t: t.view(B, S, HEADS, D // HEADS).transpose(1, 2)
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D // HEADS), dim=-1)
+        return x + self.o((probs @ v).transpose(1, 2).reshape(B, S, D))
+
+
+class Block(nn.Module):
+    """Attention, then our squared-ReLU MLP (a layer of the scheduler)."""
+
+    def __init__(self, sched):
+        super().__init__()
+        self.attn = Attention()
+        self.w1 = nn.Parameter(torch.randn(2 * D, D) / D ** 0.5)
+        self.w2 = nn.Parameter(torch.randn(D, 2 * D) / (2 * D) ** 0.5)
+        self.sched = sched
+
+    def forward(self, x):
+        x = self.attn(x)
+        y = srelu_mlp(x.reshape(-1, D), self.w1, self.w2, backend="torch", offload=self.sched)
+        return x + y.view(B, S, D)
+
+
+def _policy(**over):
+    kw = dict(auto=True, peak="measured", d2h_gbps=1e6, h2d_gbps=1e6, min_tensor_bytes=0,
+              capture_min_elements=MIN_ELEMS, calibration_steps=1)
+    kw.update(over)
+    return OffloadPolicy(**kw)
+
+
+def _run(blocks, x0, dy, sched):
+    ctx = sched.step() if sched is not None else torch.enable_grad()
+    with ctx:
+        x = x0
+        for b in blocks:
+            x = b(x)
+    x.backward(dy)
+    params = [x0] + [p for b in blocks for p in b.parameters()]
+    grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    if sched is not None:
+        assert sched.end_step() == {}, "every offloaded tensor was used in backward"
+    return grads
+
+
+def _setup(sched, layers=3, seed=0):
+    torch.manual_seed(seed)
+    blocks = [Block(sched) for _ in range(layers)]
+    x0 = torch.randn(B, S, D, requires_grad=True)
+    dy = torch.randn(B, S, D)
+    return blocks, x0, dy
+
+
+def test_capture_sees_attention_tensors_once_and_no_parameters():
+    sched = MeasuredOffloadScheduler(_policy(calibration_steps=5), offload_cpu_tensors=True)
+    blocks, x0, dy = _setup(sched, layers=1)
+    with sched.step():
+        x = blocks[0](x0)
+    recs = list(sched._captured)
+    x.backward(dy)
+    by_where = {}
+    for r in recs:
+        by_where.setdefault(r["where"], []).append((r["role"], r["nbytes"]))
+    scores = B * HEADS * S * S * 4
+    attn = by_where["before the first layer"]
+    # the softmax output (saved by softmax and by probs @ v: one capture), the input (saved by
+    # q, k and v: one capture, held by the caller), the views of q, k, v, the attention output
+    assert attn.count(("other", scores)) == 1
+    assert sum(1 for r in recs if r["nbytes"] == B * S * D * 4 and r["where"] == "before the first layer") == 5
+    assert all(r["role"] != "other" or r["nbytes"] >= MIN_ELEMS * 4 for r in recs), "small tensors are not captured"
+    roles = [r for r, _ in by_where["layer 0"]]
+    assert "preact" in roles and "fc1_input" in roles  # our op's tagged roles, in its layer
+    params = {p.data_ptr() for p in blocks[0].parameters()}
+    assert not any(r["ref"]() is not None and r["ref"]().tensor.data_ptr() in params for r in recs)
+    held = {r["key"]: r["held"] for r in recs}
+    assert held[("before the first layer", "other", 0)], "the caller's input requires grad: offloading frees nothing"
+    assert not held[("before the first layer", "other", [k for w, ro, k in held if w == "before the first layer"][-1])]
+    assert len(sched._events) == len(recs), "every captured tensor's first use is a backward event"
+    sched.end_step()
+
+
+def test_plan_moves_tensors_live_at_the_peak_and_gradients_stay_bitwise():
+    ref_blocks, x0, dy = _setup(None)
+    ref = _run(ref_blocks, x0, dy, None)
+    sched = MeasuredOffloadScheduler(_policy(), offload_cpu_tensors=True)
+    blocks, x0, dy = _setup(sched)
+    first = _run(blocks, x0, dy, sched)  # profiled
+    assert sched.plan is not None and sched.plans_made == 1
+    plan, prof = sched.plan, sched.profile
+    assert [torch.equal(a, b) for a, b in zip(first, ref)] == [True] * len(ref)
+    pj, peak = prof.peak
+    assert peak == max(b for _, b in prof.samples) and plan.peak_before == peak
+    moved = [d for d in plan.decisions.values() if d.action == OFFLOAD]
+    assert moved and plan.peak_after < plan.peak_before
+    assert any(d.role == "other" for d in moved), "attention's tensors move, not only our roles"
+    t_prev, t_peak = prof.samples[pj - 1][0], prof.samples[pj][0]
+    for t in prof.tensors:
+        if plan.decision(t.key).action == OFFLOAD:
+            assert t.saved_ms <= t_prev and t.used_ms >= t_peak and not t.held
+    for _ in range(3):  # planned steps: the same gradients, the planned bytes moved
+        grads = _run(blocks, x0, dy, sched)
+        assert [torch.equal(a, b) for a, b in zip(grads, ref)] == [True] * len(ref)
+        assert sched.offloaded_bytes() == plan.offload_bytes
+        assert sched.plans_made == 1, "a step like the profiled one keeps the plan"
+    text = plan.describe()
+    assert "measured-peak offload plan" in text and "| offload |" in text
+
+
+def test_new_shapes_profile_again():
+    sched = MeasuredOffloadScheduler(_policy(), offload_cpu_tensors=True)
+    blocks, x0, dy = _setup(sched, layers=2)
+    _run(blocks, x0, dy, sched)
+    assert sched.plans_made == 1
+    blocks2, x1, dy1 = _setup(sched, layers=3, seed=1)  # a third block: tensors the plan has not seen
+    ref = _run(_setup(None, layers=3, seed=1)[0], x1, dy1, None)
+    assert [torch.equal(a, b) for a, b in zip(_run(blocks2, x1, dy1, sched), ref)] == [True] * len(ref)
+    assert sched.plan is None  # stale: the next step profiles
+    _run(blocks2, x1, dy1, sched)
+    assert sched.plans_made == 2 and sched.plan is not None
+
+
+def test_without_step_only_layers_are_captured():
+    sched = MeasuredOffloadScheduler(_policy(calibration_steps=3), offload_cpu_tensors=True)
+    blocks, x0, dy = _setup(sched, layers=1)
+    x = blocks[0](x0)  # no step(): the attention's tensors are not seen
+    assert {r["where"] for r in sched._captured} == {"layer 0"}
+    x.backward(dy)
+    sched.end_step()
+
+
+def test_arguments():
+    with pytest.raises(OffloadArgumentError, match="peak must be one of"):
+        OffloadPolicy(auto=True, peak="guessed")
+    with pytest.raises(OffloadArgumentError, match="needs auto=True"):
+        OffloadPolicy(peak="measured")
+    with pytest.raises(OffloadArgumentError, match="MeasuredOffloadScheduler"):
+        OffloadScheduler(_policy())
+    with pytest.raises(OffloadArgumentError, match="peak='measured'"):
+        MeasuredOffloadScheduler(OffloadPolicy(auto=True, d2h_gbps=1.0, h2d_gbps=1.0))
+    with pytest.raises(OffloadArgumentError, match="capture_min_elements"):
+        _policy(capture_min_elements=0)
+    sched = MeasuredOffloadScheduler(_policy(), offload_cpu_tensors=True)
+    with sched.step():
+        with pytest.raises(RuntimeError, match="twice"):
+            sched.start_forward()
+    assert OffloadPolicy(auto=True).peak == "assumed"  # the default is unchanged
+
+
+@pytest.mark.gpu
+def test_measured_plan_lowers_the_cuda_peak():
+    """On the GPU: the planned step's measured peak is below the profiled one, gradients equal."""
+    dev = "cuda"
+    torch.manual_seed(0)
+    sched = MeasuredOffloadScheduler(OffloadPolicy(auto=True, peak="measured", calibration_steps=2))
+    layers = [nn.Sequential(nn.Linear(2048, 8192), nn.GELU(), nn.Linear(8192, 2048)).to(dev) for _ in range(6)]
+    x0 = torch.randn(8192, 2048, device=dev, requires_grad=True)
+
+    def step():
+        torch.cuda.reset_peak_memory_stats()
+        with sched.step():
+            x = x0
+            for m in layers:
+                x = m(x)
+            loss = x.float().square().mean()
+        loss.backward()
+        grads = [p.grad.clone() for m in layers for p in m.parameters()]
+        for m in layers:
+            m.zero_grad(set_to_none=True)
+        x0.grad = None
+        peak = torch.cuda.max_memory_allocated()
+        assert sched.end_step() == {}
+        return grads, peak
+
+    ref, _ = step()
+    step()
+    assert sched.plan is not None, sched
+    grads, _ = step()
+    grads, peak = step()
+    _, base_peak = sched.profile.peak
+    assert [torch.equal(a, b) for a, b in zip(grads, ref)] == [True] * len(ref)
+    assert peak < base_peak, sched.plan.describe()
