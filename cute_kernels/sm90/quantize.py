@@ -113,8 +113,9 @@ class Sm90QuantizeBoth:
         xv.fill(0.0)
         for i in cutlass.range_constexpr(ROW_SWEEPS):
             r = r_first + ROWS_PER_PASS * i
-            if row0 + r < m_total and vec_in:
-                cute.autovec_copy(cute.local_tile(gX, (1, VEC), (r, vec)), cute.local_tile(xv, (1, VEC), (i, 0)))
+            if vec_in:
+                if row0 + r < m_total:
+                    cute.autovec_copy(cute.local_tile(gX, (1, VEC), (r, vec)), cute.local_tile(xv, (1, VEC), (i, 0)))
         for i in cutlass.range_constexpr(ROW_SWEEPS):
             r = r_first + ROWS_PER_PASS * i
             cute.autovec_copy(cute.local_tile(xv, (1, VEC), (i, 0)), cute.local_tile(sX, (1, VEC), (r, vec)))
