@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
+# what the torch path (srelu_mlp, the modules) computes in; the kernels take SUPPORTED_DTYPES
+TORCH_PATH_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 
 class InputError(ValueError):
@@ -13,6 +15,28 @@ class InputError(ValueError):
 
 def _fail(msg: str):
     raise InputError(msg)
+
+
+def quantized_dtype_message(name: str, dtype: torch.dtype) -> str | None:
+    """The error for a tensor in an FP8 (or narrower: FP4, e8m0) dtype, else None.  Such a
+    tensor is a floating-point tensor to torch, but no entry point takes one: the FP8 step
+    quantizes its own bf16/fp16/fp32 inputs."""
+    if not (dtype.is_floating_point and dtype.itemsize == 1):
+        return None
+    return (f"{name} has the quantized dtype {dtype}; pass bf16/fp16 tensors (fp32/fp64 too on the torch path): "
+            f"the FP8 step, srelu_mlp(..., fp8=Fp8Recipe()) or the modules' fp8=, quantizes them itself "
+            f"(cute_kernels.fp8)")
+
+
+def check_float_dtype(name: str, t: torch.Tensor, allowed=TORCH_PATH_DTYPES):
+    """t's dtype is one of `allowed` (floating point, not a quantized format)."""
+    dtype = t.dtype
+    if dtype in allowed:
+        return
+    if not dtype.is_floating_point:
+        _fail(f"{name} dtype must be floating point, got {dtype}")
+    names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+    _fail(quantized_dtype_message(name, dtype) or f"{name} dtype must be one of {names}, got {dtype}")
 
 
 def check_matrix(name: str, t, *, ndim: int, dtype=None, device=None, allow_transposed: bool = False) -> str:
@@ -26,7 +50,7 @@ def check_matrix(name: str, t, *, ndim: int, dtype=None, device=None, allow_tran
         _fail(f"{name} must have {ndim} dimensions, got shape {tuple(shape)}")
     t_dtype = t.dtype
     if t_dtype not in SUPPORTED_DTYPES:
-        _fail(f"{name} dtype must be bfloat16 or float16, got {t_dtype}")
+        _fail(quantized_dtype_message(name, t_dtype) or f"{name} dtype must be bfloat16 or float16, got {t_dtype}")
     if dtype is not None and t_dtype != dtype:
         _fail(f"{name} dtype {t_dtype} does not match the input dtype {dtype}")
     if device is not None and (t.get_device(), t.is_cuda) != (
@@ -118,6 +142,7 @@ def check_prob(prob, *, m_total: int, device):
         _fail(f"prob must have shape (M,) or (M, 1) with M={m_total}, got {tuple(prob.shape)}")
     if not prob.is_floating_point():
         _fail(f"prob must be floating point, got {prob.dtype}")
+    check_float_dtype("prob", prob)
     if prob.device != device:
         _fail(f"prob is on {prob.device}, expected {device}")
 

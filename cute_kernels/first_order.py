@@ -24,8 +24,9 @@ import torch
 
 
 def double_backward_message(op: str) -> str:
-    return (f"{op} does not support double backward (second-order gradients through it, e.g. backward through a "
-            f"gradient taken with create_graph=True, or gradgradcheck); compute second-order terms with plain torch ops")
+    return (f"{op} does not support double backward (second-order gradients through it, e.g. backward through "
+            f"a gradient taken with create_graph=True, or gradgradcheck); compute second-order terms with plain "
+            f"torch ops")
 
 
 def first_order_only(op: str):

@@ -31,7 +31,7 @@ import torch
 from .activations import SRELU, resolve_activation
 from .checks import InputError
 from .first_order import first_order_only
-from .mlp_checks import check_mlp_inputs, checked_host_splits
+from .mlp_checks import check_backend, check_mlp_inputs, check_offload, checked_host_splits
 from .reference import act_backward, act_forward, per_expert_mm, per_expert_wgrad, splits_list
 
 log = logging.getLogger("cute_kernels")
@@ -80,7 +80,7 @@ def _main_grad(w, name):
     return mg
 
 
-def _use_cute(x, backend: str) -> bool:
+def uses_cute_path(x, backend: str) -> bool:
     if backend == "torch":
         return False
     ok = x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and _is_sm90(x.device.index)
@@ -244,8 +244,7 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     says, by role; inside a `with sched.layer(i)` the call belongs to layer i.  Under
     torch.compile the op tags no roles (see `_tag`), so a role policy offloads nothing there.
     fp8: an `Fp8Recipe` runs the FP8 step (cute_kernels/fp8/mlp.py, which says what is a kernel there)."""
-    if backend not in ("auto", "cute", "torch"):
-        raise InputError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
+    check_backend(backend)
     # the same errors on both paths, before the call counts as a layer for `offload`
     m_splits = check_mlp_inputs(x, w1, w2, m_splits=m_splits, prob=prob,
                                 fuse_wgrad_accumulation=fuse_wgrad_accumulation)
@@ -253,11 +252,8 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
         activation = resolve_activation(activation)
     except (TypeError, ValueError) as e:
         raise InputError(f"activation: {e}") from None
+    check_offload(offload)
     if offload is not None:
-        from offload import OffloadScheduler
-
-        if not isinstance(offload, OffloadScheduler):
-            raise TypeError(f"offload must be an offload.OffloadScheduler or None, got {type(offload).__name__}")
         if offload.current_layer is None:
             with offload.layer():
                 return srelu_mlp(x, w1, w2, m_splits=m_splits, prob=prob, recompute_postact=recompute_postact,
@@ -274,7 +270,7 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
             raise InputError(f"fp8: the FP8 step takes the srelu activation only, got {activation.key()}")
         return fp8_srelu_mlp(x, w1, w2, recipe=fp8, m_splits=m_splits, prob=prob,
                              fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend)
-    use_cute = _use_cute(x, backend)
+    use_cute = uses_cute_path(x, backend)
     if not torch.compiler.is_compiling():
         path = "cute" if use_cute else "torch"
         if path not in _announced:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .checks import InputError, check_m_splits, check_prob
+from .checks import (TORCH_PATH_DTYPES, InputError, check_float_dtype, check_m_splits, check_prob,
+                     quantized_dtype_message)
 
 
 def _tensor(name: str, t) -> torch.Tensor:
@@ -26,21 +27,34 @@ def _tensor(name: str, t) -> torch.Tensor:
     return t
 
 
-def _same_device(name: str, t: torch.Tensor, device: torch.device):
+def _same_device(name: str, t: torch.Tensor, device: torch.device, x_name: str = "x"):
     if t.device != device:
-        raise InputError(f"{name} is on {t.device}, expected {device} (all tensors on x's device)")
+        raise InputError(f"{name} is on {t.device}, expected {device} (all tensors on {x_name}'s device)")
 
 
-def check_mlp_inputs(x, w1, w2, *, m_splits=None, prob=None, fuse_wgrad_accumulation: bool = False):
-    """Check the arguments of srelu_mlp; returns m_splits as the op takes it: None, a list
-    (a list, tuple or CPU tensor, values checked) or the CUDA tensor itself (shape, dtype
-    and device checked)."""
-    _tensor("x", x)
+def check_backend(backend):
+    if backend not in ("auto", "cute", "torch"):
+        raise InputError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
+
+
+def check_offload(offload):
+    """`offload=`: None or an offload.OffloadScheduler (a TypeError otherwise, as offload's own checks)."""
+    if offload is None:
+        return
+    from offload import OffloadScheduler
+
+    if not isinstance(offload, OffloadScheduler):
+        raise TypeError(f"offload must be an offload.OffloadScheduler or None, got {type(offload).__name__}")
+
+
+def check_mlp_operands(x, w1, w2, *, grouped: bool, x_name: str = "x"):
+    """The tensors of the MLP: x (M, K) in a dtype the op computes in, w1 and w2 of x's dtype and
+    device, dense (N, K) and (K, N) or grouped (E, N, K) and (E, K, N) with E > 0.  `x_name` is
+    what the caller calls x (routed_srelu_experts: hidden)."""
+    _tensor(x_name, x)
     if x.dim() != 2:
-        raise InputError(f"x must have 2 dimensions (tokens, hidden), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise InputError(f"x dtype must be floating point, got {x.dtype}")
-    grouped = m_splits is not None
+        raise InputError(f"{x_name} must have 2 dimensions (tokens, hidden), got shape {tuple(x.shape)}")
+    check_float_dtype(x_name, x)
     ndim = 3 if grouped else 2
     for name, w in (("w1", w1), ("w2", w2)):
         _tensor(name, w)
@@ -51,19 +65,32 @@ def check_mlp_inputs(x, w1, w2, *, m_splits=None, prob=None, fuse_wgrad_accumula
                    + (" (3-D weights are grouped: give m_splits)" if w.dim() == 3 else ""))
             raise InputError(f"{name} must have {ndim} dimensions, {why}; got shape {tuple(w.shape)}")
         if w.dtype != x.dtype:
+            check_float_dtype(name, w)  # an FP8 weight is named as such
             raise InputError(f"{name} dtype {w.dtype} does not match the input dtype {x.dtype}")
-        _same_device(name, w, x.device)
-    m, k = x.shape
+        _same_device(name, w, x.device, x_name)
+    k = x.size(1)
     if k == 0:
-        raise InputError("x has K=0: nothing to multiply")
+        raise InputError(f"{x_name} has K=0: nothing to multiply")
     if w1.size(-1) != k:
-        raise InputError(f"w1 has K={w1.size(-1)} but x has K={k} (shapes {tuple(w1.shape)} and {tuple(x.shape)})")
+        raise InputError(f"w1 has K={w1.size(-1)} but {x_name} has K={k} "
+                         f"(shapes {tuple(w1.shape)} and {tuple(x.shape)})")
     n = w1.size(-2)
     want_w2 = (w1.size(0), k, n) if grouped else (k, n)
     if tuple(w2.shape) != want_w2:
         layout = "(E, K, N)" if grouped else "(K, N)"
-        raise InputError(f"w2 must have shape {layout} = {want_w2} for x {tuple(x.shape)} and w1 {tuple(w1.shape)}, "
-                         f"got {tuple(w2.shape)}")
+        raise InputError(f"w2 must have shape {layout} = {want_w2} for {x_name} {tuple(x.shape)} and w1 "
+                         f"{tuple(w1.shape)}, got {tuple(w2.shape)}")
+    if grouped and w1.size(0) == 0:
+        raise InputError("w1 has 0 experts")
+
+
+def check_mlp_inputs(x, w1, w2, *, m_splits=None, prob=None, fuse_wgrad_accumulation: bool = False):
+    """Check the arguments of srelu_mlp; returns m_splits as the op takes it: None, a list
+    (a list, tuple or CPU tensor, values checked) or the CUDA tensor itself (shape, dtype
+    and device checked)."""
+    grouped = m_splits is not None
+    check_mlp_operands(x, w1, w2, grouped=grouped)
+    m = x.size(0)
     if prob is not None:
         check_prob(prob, m_total=m, device=x.device)
     if fuse_wgrad_accumulation:
@@ -72,8 +99,6 @@ def check_mlp_inputs(x, w1, w2, *, m_splits=None, prob=None, fuse_wgrad_accumula
     if not grouped:
         return None
     num_experts = w1.size(0)
-    if num_experts == 0:
-        raise InputError("w1 has 0 experts")
     if isinstance(m_splits, torch.Tensor) and m_splits.is_cuda:
         check_m_splits(m_splits, num_experts=num_experts, m_total=m, device=x.device)
         return m_splits
@@ -109,3 +134,14 @@ def check_module_input(x, hidden: int):
     if x.dim() == 0 or x.size(-1) != hidden:
         raise InputError(f"x must have the module's hidden size {hidden} as its last dimension, "
                          f"got shape {tuple(x.shape)}")
+
+
+def check_module_dtype(dtype):
+    """`dtype=` of the modules' constructors: None or a dtype the op computes in."""
+    if dtype is None:
+        return
+    if not isinstance(dtype, torch.dtype):
+        raise InputError(f"dtype must be a torch.dtype or None, got {type(dtype).__name__} {dtype!r}")
+    if dtype not in TORCH_PATH_DTYPES:
+        raise InputError(quantized_dtype_message("dtype", dtype) or
+                         f"dtype must be one of bfloat16, float16, float32, float64 or None, got {dtype}")

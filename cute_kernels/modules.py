@@ -22,7 +22,7 @@ from torch import nn
 from .activations import resolve_activation
 from .checks import InputError
 from .mlp import srelu_mlp
-from .mlp_checks import check_module_input
+from .mlp_checks import check_module_dtype, check_module_input
 
 
 def _module_activation(activation):
@@ -36,6 +36,7 @@ class SReLUMLP(nn.Module):
     def __init__(self, hidden: int, ffn: int, *, recompute_postact: bool = False, backend: str = "auto",
                  fuse_wgrad_accumulation: bool = False, offload=None, activation=None, fp8=None, device=None, dtype=None):
         super().__init__()
+        check_module_dtype(dtype)
         self.activation = _module_activation(activation)
         self.fp8 = fp8
         self.fc1 = nn.Linear(hidden, ffn, bias=False, device=device, dtype=dtype)
@@ -60,6 +61,7 @@ class GroupedSReLUMLP(nn.Module):
                  backend: str = "auto", fuse_wgrad_accumulation: bool = False, offload=None, activation=None, fp8=None,
                  device=None, dtype=None):
         super().__init__()
+        check_module_dtype(dtype)
         self.activation = _module_activation(activation)
         self.fp8 = fp8
         self.num_experts, self.hidden, self.ffn = num_experts, hidden, ffn

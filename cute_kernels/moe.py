@@ -2,8 +2,8 @@
 
     y = routed_srelu_experts(hidden, topk_idx, topk_weight, w1, w2)
 
-hidden (T, H); topk_idx (T, k) expert ids in [0, E); topk_weight (T, k) router weights
-(any float dtype: they reach the op as `prob`, so their gradient comes from the FC2
+hidden (T, H); topk_idx (T, k) expert ids in [0, E) (checked: see routed_srelu_experts);
+topk_weight (T, k) router weights (any float dtype: they reach the op as `prob`, so their gradient comes from the FC2
 data-gradient epilogue on the cute path); w1 (E, F, H), w2 (E, H, F).  Returns (T, H)
 in hidden's dtype: y[t] = sum_i topk_weight[t, i] * expert_{topk_idx[t, i]}(hidden[t]).
 
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import InputError
-from .mlp import srelu_mlp
+from .checks import InputError, check_float_dtype
+from .mlp import uses_cute_path, srelu_mlp
+from .mlp_checks import check_backend, check_main_grad, check_mlp_operands, check_offload
 
 
 @dataclass
@@ -85,44 +86,91 @@ class _Combine(torch.autograd.Function):
         return dy.index_select(0, token), None, None, None
 
 
-def _check(hidden, topk_idx, topk_weight, w1, w2):
-    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
-        raise InputError(f"hidden must be a 2-D (tokens, hidden) tensor, got {getattr(hidden, 'shape', hidden)}")
-    t, h = hidden.shape
+class _NoPairs(torch.autograd.Function):
+    """No (token, expert) pair to compute (no tokens, or k = 0): y = 0 (T, H), still a node of
+    the graph, so y.sum().backward() works and hidden, topk_weight, w1 and w2 get zero gradients,
+    not None (w1 and w2 none with fuse_wgrad_accumulation: their main_grad gets nothing to add)."""
+
+    @staticmethod
+    def forward(ctx, hidden, topk_weight, w1, w2, fuse_wgrad):
+        ctx.like = [(t.shape, t.dtype, t.device) for t in (hidden, topk_weight, w1, w2)]
+        ctx.fuse_wgrad = fuse_wgrad
+        return hidden.new_zeros(hidden.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        grads = [torch.zeros(shape, dtype=dtype, device=device) if needed else None
+                 for (shape, dtype, device), needed in zip(ctx.like, ctx.needs_input_grad)]
+        if ctx.fuse_wgrad:
+            grads[2] = grads[3] = None
+        return (*grads, None)
+
+
+def _shape(t):
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _check(hidden, topk_idx, topk_weight, w1, w2, *, backend, offload, fuse_wgrad_accumulation) -> None:
+    """Every argument, before anything runs (also when there is nothing to compute)."""
+    check_backend(backend)
+    check_offload(offload)
+    check_mlp_operands(hidden, w1, w2, grouped=True, x_name="hidden")
+    t = hidden.size(0)
     if not isinstance(topk_idx, torch.Tensor) or topk_idx.dim() != 2 or topk_idx.size(0) != t:
-        raise InputError(f"topk_idx must be ({t}, k), got {getattr(topk_idx, 'shape', topk_idx)}")
+        raise InputError(f"topk_idx must be a ({t}, k) tensor, got {_shape(topk_idx)}")
     if topk_idx.dtype not in (torch.int32, torch.int64):
         raise InputError(f"topk_idx must be int32 or int64, got {topk_idx.dtype}")
     if not isinstance(topk_weight, torch.Tensor) or topk_weight.shape != topk_idx.shape:
-        raise InputError(f"topk_weight must have topk_idx's shape {tuple(topk_idx.shape)}, "
-                         f"got {getattr(topk_weight, 'shape', topk_weight)}")
-    if not topk_weight.is_floating_point():
-        raise InputError(f"topk_weight must be a float tensor, got {topk_weight.dtype}")
-    if w1.dim() != 3 or w2.dim() != 3 or w1.size(0) != w2.size(0):
-        raise InputError(f"w1 (E, F, H) and w2 (E, H, F) must be 3-D with one E, got {tuple(w1.shape)}, {tuple(w2.shape)}")
-    if w1.size(2) != h or w2.size(1) != h or w1.size(1) != w2.size(2):
-        raise InputError(f"w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)} do not fit hidden size {h}")
-    for name, x in (("topk_idx", topk_idx), ("topk_weight", topk_weight), ("w1", w1), ("w2", w2)):
+        raise InputError(f"topk_weight must have topk_idx's shape {tuple(topk_idx.shape)}, got {_shape(topk_weight)}")
+    check_float_dtype("topk_weight", topk_weight)
+    for name, x in (("topk_idx", topk_idx), ("topk_weight", topk_weight)):
         if x.device != hidden.device:
             raise InputError(f"{name} is on {x.device}, hidden on {hidden.device}")
+    if fuse_wgrad_accumulation:
+        for name, w in (("w1", w1), ("w2", w2)):
+            check_main_grad(name, w)
+    # backend="cute" where the kernels cannot run is refused here too; the torch path reads the
+    # expert counts to the host anyway, so there the ids are checked on the host
+    _check_expert_ids(topk_idx, w1.size(0), on_device=uses_cute_path(hidden, backend))
+
+
+def _check_expert_ids(topk_idx, num_experts: int, *, on_device: bool):
+    """Expert ids in [0, E): an InputError naming topk_idx and the first bad id, read on the host
+    for a CPU tensor or on the torch path; on the cute path (CUDA, no host sync in the step) a
+    device-side assert, as torch's own indexing with a bad index on CUDA: the step's next sync
+    fails with "device-side assert triggered" and this message in the CUDA log."""
+    if topk_idx.numel() == 0:
+        return
+    if on_device and topk_idx.is_cuda:
+        torch._assert_async(((topk_idx >= 0) & (topk_idx < num_experts)).all(),
+                            f"routed_srelu_experts: topk_idx holds an expert id outside [0, {num_experts})")
+        return
+    bad = (topk_idx < 0) | (topk_idx >= num_experts)
+    if bad.any():
+        row, col = bad.nonzero()[0].tolist()
+        raise InputError(f"topk_idx holds expert id {int(topk_idx[row, col])} at [{row}, {col}], outside "
+                         f"[0, {num_experts}) (w1 has {num_experts} experts; {int(bad.sum())} ids out of range)")
 
 
 def routed_srelu_experts(hidden, topk_idx, topk_weight, w1, w2, *, recompute_postact: bool = False,
                          fuse_wgrad_accumulation: bool = False, backend: str = "auto", offload=None):
     """y (T, H) = sum over each token's k routed experts of weight * expert(hidden); see the module doc.
 
-    Expert ids outside [0, E) are not checked on the device (that would be a host sync):
-    they are dropped from the counts and their rows would be left out of the op.
+    Every argument is checked first, also when there is nothing to compute (no tokens, or k = 0:
+    y is zeros and every input gets a zero gradient).  Expert ids outside [0, E) raise an
+    InputError naming topk_idx on a CPU tensor and on the torch path; on the cute path they are
+    checked on the GPU without a host sync (a device-side assert, see `_check_expert_ids`).
     offload: an OffloadScheduler; the whole routed layer (dispatch, op, combine) is the
     step's next layer for it, or belongs to the enclosing `sched.layer(i)`."""
-    _check(hidden, topk_idx, topk_weight, w1, w2)
+    _check(hidden, topk_idx, topk_weight, w1, w2, backend=backend, offload=offload,
+           fuse_wgrad_accumulation=fuse_wgrad_accumulation)
     if offload is not None and offload.current_layer is None:
         with offload.layer():
             return routed_srelu_experts(hidden, topk_idx, topk_weight, w1, w2, recompute_postact=recompute_postact,
                                         fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend,
                                         offload=offload)
-    if hidden.size(0) == 0:
-        return hidden.new_zeros(hidden.shape)
+    if topk_idx.numel() == 0:
+        return _NoPairs.apply(hidden, topk_weight, w1, w2, fuse_wgrad_accumulation)
     r = route(topk_idx, w1.size(0))
     x_perm = _Dispatch.apply(hidden, r.token, r.inverse, r.top_k)
     prob = topk_weight.reshape(-1).index_select(0, r.order)

@@ -38,10 +38,11 @@ def _routing(gen, tokens=T):
 
 class Entry:
     """One public entry point: `inputs(dtype)` gives (args, differentiable leaves) and
-    `call(*args)` runs it; `dtype` is the float dtype its torch path is exact in."""
+    `call(*args)` runs it; `names` names each argument as the entry point's errors do;
+    `dtype` is the float dtype its torch path is exact in."""
 
-    def __init__(self, name, make, call, dtype=torch.float64):
-        self.name, self.make, self.call, self.dtype = name, make, call, dtype
+    def __init__(self, name, make, call, names, dtype=torch.float64):
+        self.name, self.make, self.call, self.names, self.dtype = name, make, call, names, dtype
 
     def inputs(self, seed=0):
         return self.make(self.dtype, torch.Generator().manual_seed(seed))
@@ -74,26 +75,30 @@ def _routed(dtype, gen):
     return [hidden, idx, weight, w1, w2], [hidden, weight, w1, w2]
 
 
+MLP = ("x", "w1", "w2")
+MLP_PROB = ("x", "w1", "w2", "prob")
 ENTRY_POINTS = [
-    Entry("srelu_mlp dense", _mlp_args(False), lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, backend="torch")),
+    Entry("srelu_mlp dense", _mlp_args(False), lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, backend="torch"), MLP),
     Entry("srelu_mlp dense prob", _mlp_args(False, True),
-          lambda x, w1, w2, p: ck.srelu_mlp(x, w1, w2, prob=p, backend="torch")),
+          lambda x, w1, w2, p: ck.srelu_mlp(x, w1, w2, prob=p, backend="torch"), MLP_PROB),
     Entry("srelu_mlp grouped", _mlp_args(True),
-          lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, m_splits=SPLITS, backend="torch")),
+          lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, m_splits=SPLITS, backend="torch"), MLP),
     Entry("srelu_mlp grouped prob recompute", _mlp_args(True, True),
           lambda x, w1, w2, p: ck.srelu_mlp(x, w1, w2, m_splits=SPLITS, prob=p, recompute_postact=True,
-                                            backend="torch")),
+                                            backend="torch"), MLP_PROB),
     Entry("srelu_mlp tanh_srelu", _mlp_args(False),
-          lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, activation="tanh_srelu:2.0", backend="torch")),
+          lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, activation="tanh_srelu:2.0", backend="torch"), MLP),
     Entry("srelu_mlp fp8", _mlp_args(False, True),
-          lambda x, w1, w2, p: ck.srelu_mlp(x, w1, w2, prob=p, fp8=Fp8Recipe(), backend="torch"), torch.float32),
-    Entry("srelu_mlp fp8 grouped", _mlp_args(True),
-          lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, m_splits=SPLITS, fp8=Fp8Recipe(), backend="torch"),
+          lambda x, w1, w2, p: ck.srelu_mlp(x, w1, w2, prob=p, fp8=Fp8Recipe(), backend="torch"), MLP_PROB,
           torch.float32),
-    Entry("SReLUMLP", _module(ck.SReLUMLP), lambda mod, x: mod(x)),
-    Entry("GroupedSReLUMLP", _module(ck.GroupedSReLUMLP), lambda mod, x: mod(x, SPLITS)),
+    Entry("srelu_mlp fp8 grouped", _mlp_args(True),
+          lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, m_splits=SPLITS, fp8=Fp8Recipe(), backend="torch"), MLP,
+          torch.float32),
+    Entry("SReLUMLP", _module(ck.SReLUMLP), lambda mod, x: mod(x), ("module", "x")),
+    Entry("GroupedSReLUMLP", _module(ck.GroupedSReLUMLP), lambda mod, x: mod(x, SPLITS), ("module", "x")),
     Entry("routed_srelu_experts", _routed,
-          lambda h, i, w, w1, w2: ck.routed_srelu_experts(h, i, w, w1, w2, backend="torch")),
+          lambda h, i, w, w1, w2: ck.routed_srelu_experts(h, i, w, w1, w2, backend="torch"),
+          ("hidden", "topk_idx", "topk_weight", "w1", "w2")),
 ]
 IDS = [e.name for e in ENTRY_POINTS]
 
@@ -181,3 +186,78 @@ def test_cute_path_double_backward_raises(fp8):
     for wrt in (x, w1, w2):
         with pytest.raises(RuntimeError, match=DOUBLE):
             torch.autograd.grad(g.float().square().sum(), wrt, retain_graph=True)
+
+
+# ----- quantized (FP8 and narrower) dtypes --------------------------------------------------------
+
+QUANTIZED = [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz,
+             torch.float8_e8m0fnu, torch.float4_e2m1fn_x2]
+QIDS = [str(d).removeprefix("torch.") for d in QUANTIZED]
+
+
+def _as(t, dtype):
+    return torch.empty(t.shape, dtype=dtype)  # (values do not matter: refused before they are read)
+
+
+def _float_args(entry):
+    args, _ = entry.inputs()
+    return args, [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED, ids=QIDS)
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=IDS)
+def test_quantized_dtype_inputs_are_named(entry, dtype):
+    """Each floating argument of each entry point in each FP8/FP4 dtype: an InputError naming
+    the argument and its quantized dtype (before: a promotion error deep in reference.py)."""
+    args, pos = _float_args(entry)
+    for i in pos:
+        bad = list(args)
+        bad[i] = _as(args[i], dtype)
+        with pytest.raises(ck.InputError, match=f"^{entry.names[i]} has the quantized dtype"):
+            entry.call(*bad)
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED + [torch.int8, "bfloat16", torch.complex64], ids=str)
+@pytest.mark.parametrize("cls", [ck.SReLUMLP, ck.GroupedSReLUMLP], ids=lambda c: c.__name__)
+def test_module_dtype_argument_is_checked(cls, dtype):
+    args = (H, F) if cls is ck.SReLUMLP else (E, H, F)
+    with pytest.raises(ck.InputError, match="^dtype"):
+        cls(*args, dtype=dtype)
+
+
+def _gemm_calls():
+    """(name, call, {argument name: tensor}) of the GEMM entry points with valid bf16 CPU inputs
+    (they stop at "needs CUDA", after every other check)."""
+    gen = torch.Generator().manual_seed(2)
+    bf = dict(dtype=torch.bfloat16)
+    m, k, n = 6, 32, 48
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen).to(**bf)
+
+    x, w1, h, w2, dy, pre, prob = r(m, k), r(n, k), r(m, n), r(k, n), r(m, k), r(m, n), torch.rand(m, generator=gen)
+    yield "fc1_srelu", lambda x, w1, prob: ck.fc1_srelu(x, w1, prob=prob), dict(x=x, w1=w1, prob=prob)
+    yield "fc2", lambda h, w2: ck.fc2(h, w2), dict(h=h, w2=w2)
+    yield ("fc2_dgrad_dsrelu", lambda dy, w2, preact, prob: ck.fc2_dgrad_dsrelu(dy, w2, preact, prob=prob),
+           dict(dy=dy, w2=w2, preact=pre, prob=prob))
+    yield "weight_grad", lambda dy, x: ck.weight_grad(dy, x), dict(dy=dy, x=h)
+
+
+GEMM_CALLS = list(_gemm_calls())
+
+
+@pytest.mark.parametrize("call", GEMM_CALLS, ids=[c[0] for c in GEMM_CALLS])
+def test_gemm_entry_points_on_cpu_reach_the_cuda_check(call):
+    _, fn, kw = call
+    with pytest.raises(ck.InputError, match="CPU tensor"):
+        fn(**kw)
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED, ids=QIDS)
+@pytest.mark.parametrize("call", GEMM_CALLS, ids=[c[0] for c in GEMM_CALLS])
+def test_gemm_entry_points_name_quantized_inputs(call, dtype):
+    _, fn, kw = call
+    for name, t in kw.items():
+        with pytest.raises(ck.InputError) as exc:
+            fn(**{**kw, name: _as(t, dtype)})
+        assert str(exc.value).startswith(name) and "quantized dtype" in str(exc.value), str(exc.value)

@@ -48,8 +48,8 @@ class ScaledTanhSReLU(Activation):
             s = math.inf
         if not (S_MIN <= s <= S_MAX):  # (a NaN fails this too)
             shown = repr(self.s) if len(repr(self.s)) <= 32 else repr(self.s)[:24] + "..."
-            raise ValueError(f"ScaledTanhSReLU scale s must be in [2**-62, 2**62] (about 2.2e-19 to 4.6e18: s^2 and 1/s "
-                             f"finite and nonzero in the kernels' fp32 math), got {shown}")
+            raise ValueError(f"ScaledTanhSReLU scale s must be in [2**-62, 2**62] (about 2.2e-19 to 4.6e18: "
+                             f"s^2 and 1/s finite and nonzero in the kernels' fp32 math), got {shown}")
         object.__setattr__(self, "s", s)
 
     def key(self) -> str:
