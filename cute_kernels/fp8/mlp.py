@@ -286,8 +286,10 @@ def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fus
     if w1.shape[-1] != h or tuple(w2.shape[-2:]) != (h, f) or (grouped and w2.shape[0] != w1.shape[0]):
         raise InputError(f"shapes do not chain: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}")
     for name, d in (("hidden", h), ("ffn", f)):
-        if d % 16 or d == 0:
-            raise InputError(f"{name} = {d} must be a positive multiple of 16 for FP8 (16-byte rows of FP8 operands)")
+        if d % 16:
+            raise InputError(f"{name} = {d} must be a multiple of 16 for FP8 (16-byte rows of FP8 operands)")
+        if d == 0:
+            raise InputError(f"{name} = 0: the FP8 step needs {name} > 0")
     splits = None
     if grouped:
         splits = [int(v) for v in (m_splits.tolist() if isinstance(m_splits, torch.Tensor) else m_splits)]
