@@ -17,8 +17,10 @@ routed_scaling_factor), the latent projections of a latent MoE and everything el
 Hugging Face's.  Parameters are shared, not copied: state_dict keys and values,
 `save_pretrained` and optimizers built before or after the patch see the same tensors.
 
-offload: None, "auto" (an OffloadScheduler with `OffloadPolicy(auto=True)`), an
-`OffloadPolicy`, or an `OffloadScheduler`.  Each of our op calls in a forward is the
+offload: None, "auto" (an OffloadScheduler with `OffloadPolicy(auto=True)`),
+"auto_measured" (a MeasuredOffloadScheduler: planned from the measured peak, any large
+saved tensor of the whole forward may move; the model's forward hooks open and close
+its capture), an `OffloadPolicy`, or an `OffloadScheduler`.  Each of our op calls in a forward is the
 step's next offload layer (an MoE layer is two: shared expert, routed experts); the
 scheduler's step ends when the next forward of the Nemotron-H model starts (a forward
 pre-hook calls `end_step`), so a training loop needs no extra call.
@@ -102,6 +104,7 @@ class NemotronHPatch:
     scheduler: object | None
     swaps: list = field(default_factory=list)
     hook: object | None = None
+    extra_hooks: list = field(default_factory=list)
 
     @property
     def num_dense(self) -> int:
@@ -127,6 +130,9 @@ class NemotronHPatch:
         if self.hook is not None:
             self.hook.remove()
             self.hook = None
+        for h in self.extra_hooks:
+            h.remove()
+        self.extra_hooks.clear()
         if getattr(self.model, _MARK, None) is self:
             delattr(self.model, _MARK)
 
@@ -163,14 +169,16 @@ def _check_module(name: str, mod: nn.Module):
 def _make_scheduler(offload, num_layers: int):
     if offload is None:
         return None
-    from offload import OffloadPolicy, OffloadScheduler
+    from offload import MeasuredOffloadScheduler, OffloadPolicy, OffloadScheduler
 
     if isinstance(offload, str):
-        if offload != "auto":
-            raise InputError(f"offload must be None, 'auto', an OffloadPolicy or an OffloadScheduler, got {offload!r}")
-        offload = OffloadPolicy(auto=True)
+        if offload not in ("auto", "auto_measured"):
+            raise InputError(f"offload must be None, 'auto', 'auto_measured', an OffloadPolicy or an OffloadScheduler, "
+                             f"got {offload!r}")
+        offload = OffloadPolicy(auto=True, peak="measured" if offload == "auto_measured" else "assumed")
     if isinstance(offload, OffloadPolicy):
-        return OffloadScheduler(offload, num_layers=num_layers)
+        cls = MeasuredOffloadScheduler if offload.peak == "measured" else OffloadScheduler
+        return cls(offload, num_layers=num_layers)
     if isinstance(offload, OffloadScheduler):
         if offload.num_layers is None:
             offload.num_layers = num_layers
@@ -224,7 +232,9 @@ def patch_nemotron_h(model: nn.Module, *, offload=None, backend: str = "auto",
         new.train(child.training)
         setattr(parent, attr, new)
         handle.swaps.append(_Swap(parent, attr, child, new))
-    if sched is not None:
+    if isinstance(sched, _measured_class()):
+        _capture_whole_forward(model, sched, handle)
+    elif sched is not None:
         base = next(mod for mod in model.modules() if isinstance(mod, m.NemotronHModel))
         def _new_step(_mod, _args):  # returns None: a pre-hook's return value would replace the inputs
             sched.end_step()
@@ -232,6 +242,27 @@ def patch_nemotron_h(model: nn.Module, *, offload=None, backend: str = "auto",
         handle.hook = base.register_forward_pre_hook(_new_step)
     setattr(model, _MARK, handle)
     return handle
+
+
+def _measured_class():
+    from offload import MeasuredOffloadScheduler
+
+    return MeasuredOffloadScheduler
+
+
+def _capture_whole_forward(model: nn.Module, sched, handle: NemotronHPatch):
+    """Measured offload: the scheduler sees every tensor the whole forward saves (attention,
+    norms, the LM head and loss too), from the patched model's forward pre-hook (which also
+    ends the previous step) to its forward hook (also run when the forward raises)."""
+    def _start(_mod, _args):
+        sched.end_step()
+        sched.start_forward()
+
+    def _stop(_mod, _args, _out):
+        sched.stop_forward()
+
+    handle.hook = model.register_forward_pre_hook(_start)
+    handle.extra_hooks.append(model.register_forward_hook(_stop, always_call=True))
 
 
 def unpatch(model: nn.Module):
