@@ -2,6 +2,7 @@
 `patch_nemotron_h`, in one run on one GPU.
 
     python -m benchmarks.bench_nemotron [--out DIR] [--budget-s 110] [--tokens 8192] [--only moe,dense]
+                                        [--auto-measured]
 
 Models (random weights, bf16, routers fp32): "moe", a Nemotron-3-Nano-shaped MoE stack
 (hidden 2688, 128 routed experts top-6, moe_intermediate 1856, shared expert 3712,
@@ -12,7 +13,8 @@ layers (no Mamba layers: their kernels are not on the GPU machine), vocabulary 1
 backward of the next-token loss (no optimizer), `--tokens` tokens in sequences of 4096.
 
 Variants: Hugging Face eager (its default experts implementation, grouped_mm), the same
-under torch.compile, patched, patched with offload "auto"; and Hugging Face with the
+under torch.compile, patched, patched with offload "auto" (and with `--auto-measured`,
+patched with offload "auto_measured": planned from the measured peak, with its plan); and Hugging Face with the
 MLP/MoE mixers replaced by a pass-through, from which the MLP/MoE share of the step is
 step minus that.  Then, for the MoE model, the routed experts alone (fwd+bwd, one
 layer): Hugging Face's grouped_mm experts, ours (sort, gather, grouped op, combine),
@@ -119,6 +121,22 @@ def bench_model(kind, tokens, budget):
     return model, batches, rows, extra
 
 
+def bench_measured(model, batches, rows, budget):
+    """Patched with offload "auto_measured" (planned from the measured peak; any large saved
+    tensor of the step may move): step time, peak, bytes moved and the plan's prediction."""
+    from cute_kernels.integrations.transformers import patch_nemotron_h
+
+    handle = patch_nemotron_h(model, offload="auto_measured")
+    r = _measure(rows, "patched, offload auto_measured", _step(model), batches, budget)
+    sched = handle.scheduler
+    if r is not None and sched.plan is not None:
+        r["offloaded_gib"] = sched.offloaded_bytes() / 2**30
+        r["predicted_peak_gib"] = (sched.plan.peak_before / 2**30, sched.plan.peak_after / 2**30)
+        r["plan"] = sched.plan.describe()
+        print(r["plan"].split("\n")[0], flush=True)
+    handle.restore()
+
+
 def bench_compile(model, batches, rows, budget):
     torch._dynamo.reset()
     compiled = torch.compile(model)
@@ -201,6 +219,12 @@ def report(results, routed, device, tokens):
         if off:
             lines.append(f"\noffload auto: {off['offloaded_gib']:.2f} GiB offloaded per step; roles per offload layer "
                          f"(shared expert and routed experts are one layer each): {off['plans']}")
+        meas = by.get("patched, offload auto_measured")
+        if meas and "predicted_peak_gib" in meas:
+            before, after = meas["predicted_peak_gib"]
+            lines.append(f"\noffload auto_measured: {meas['offloaded_gib']:.2f} GiB offloaded per step; its plan put the "
+                         f"profiled peak at {before:.2f} GiB and predicted {after:.2f} GiB (measured here: "
+                         f"{meas['peak_gib']:.2f})\n\n{meas['plan']}")
         lines.append("")
     if routed and "ours" in routed:
         hf, ours, pre = (routed[k]["ms"] for k in ("hf grouped_mm experts", "ours", "our grouped op on pre-sorted tokens"))
@@ -243,6 +267,8 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=110)
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--only", default="moe,dense")
+    ap.add_argument("--auto-measured", action="store_true",
+                    help='also run the patched model with offload "auto_measured" (planned from the measured peak)')
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     budget = Budget(args.budget_s)
@@ -252,6 +278,8 @@ def main(argv=None):
             results[kind] = [{"variant": "all", "skipped": "time budget"}]
             continue
         model, batches, rows, extra = bench_model(kind, args.tokens, budget)
+        if args.auto_measured:
+            bench_measured(model, batches, rows, budget)
         results[kind], routed = rows, routed or extra
         kept[kind] = (model, batches)  # both fit on one H200 (~6 GB of weights together)
     for kind, (model, batches) in kept.items():  # torch.compile last: it gets what time is left
