@@ -93,3 +93,39 @@ def test_quantize_1x128_of_a_transposed_view():
         q, s = quantize_1x128(t)
         q2, s2 = quantize_1x128(t.contiguous())
         assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s, s2)
+
+
+def _bad_fields():
+    """(field, value) pairs Fp8Recipe must refuse: wrong types that compare or test like good ones."""
+    import numpy as np
+
+    for v in ("no", "yes", "", 1, 0, 1.0, None, np.bool_(True), [True]):
+        yield "pow2_scales", v
+    for v in (128.0, "128", True, 64, 256, 0, -128, np.int64(128), None, [128]):
+        yield "block", v
+    for name in ("fwd_format", "grad_format"):
+        for v in ("E4M3", "e4m3fn", "fp8", "", None, 8, ["e4m3"], torch.float8_e4m3fn, b"e4m3"):
+            yield name, v
+
+
+BAD_FIELDS = list(_bad_fields())
+
+
+@pytest.mark.parametrize("field,value", BAD_FIELDS, ids=[f"{f}={v!r}" for f, v in BAD_FIELDS])
+def test_fields_are_type_checked(field, value):
+    """Issue 25: pow2_scales="no" was truthy and used, block=128.0 accepted, block="128" said
+    "must be 128 ... got 128".  Each bad field is an InputError naming it and showing its repr."""
+    from cute_kernels import InputError
+
+    with pytest.raises(InputError) as exc:
+        Fp8Recipe(**{field: value})
+    msg = str(exc.value)
+    assert msg.startswith(field) and msg.endswith(f"got {value!r}"), msg
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(pow2_scales=True), dict(fwd_format="e5m2", grad_format="e5m2"),
+                                dict(block=128, grad_format="e5m2", pow2_scales=False)])
+def test_good_fields_are_kept(kw):
+    r = Fp8Recipe(**kw)
+    for k, v in kw.items():
+        assert getattr(r, k) == v and type(getattr(r, k)) is type(v)

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+from ..checks import InputError
 from .epilogue import FMAX
+
+FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,17 @@ class Fp8Recipe:
     pow2_scales: bool = False
 
     def __post_init__(self):
+        """Every field type-checked (an InputError naming it and showing the repr of what was
+        given): a truthy string as pow2_scales or 128.0 as block would otherwise be used silently."""
         for name in ("fwd_format", "grad_format"):
-            if getattr(self, name) not in FORMATS:
-                raise ValueError(f"{name} must be one of {tuple(FORMATS)}, got {getattr(self, name)!r}")
-        if self.block != 128:
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in FORMATS:
+                raise InputError(f"{name} must be one of {tuple(FORMATS)}, got {value!r}")
+        if type(self.block) is not int or self.block != 128:
             # the kernels promote once per 128-K tile and quantize 128-column epilogue spans
-            raise ValueError(f"block must be 128 (the kernels' K tile), got {self.block}")
+            raise InputError(f"block must be the int 128 (the kernels' K tile), got {self.block!r}")
+        if not isinstance(self.pow2_scales, bool):
+            raise InputError(f"pow2_scales must be True or False, got {self.pow2_scales!r}")
 
     @property
     def fwd_dtype(self) -> torch.dtype:
