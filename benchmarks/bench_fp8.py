@@ -59,12 +59,26 @@ def cases(m, n, k):
     checks["overlap == serial (bitwise, FC1+SReLU)"] = float(
         torch.equal(o[0], fp8_fc1_srelu(xq, xs_col, wq, ws)[0]) and torch.equal(o[2], qs))
     del o
+    # the GEMM family's kernel (Sm90Gemm + block-scaled mainloop + quantizing codec) against the fork
+    fam = fp8_fc1_srelu(xq, xs_col, wq, ws, kernel="family")
+    fork = fp8_fc1_srelu(xq, xs_col, wq, ws, mainloop="overlap", kernel="fork")
+    checks["family == fork overlap (preact bitwise)"] = float(torch.equal(fam[0], fork[0]))
+    checks["family vs fork postact fp8 rel diff"] = _rel(dequantize(fam[1], fam[2].contiguous()),
+                                                         dequantize(fork[1], fork[2].contiguous()))
+    checks["family == fork (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
+        fp8_gemm(xq, xs_col, wq, ws, kernel="family"), fp8_gemm(xq, xs_col, wq, ws, mainloop="overlap", kernel="fork")))
+    del fam, fork
     out = {}
+    out["ours fp8 GEMM (bf16 out) [family]"] = lambda: fp8_gemm(xq, xs_col, wq, ws, kernel="family")
+    out["ours fp8 FC1+SReLU (postact fp8+scales) [family]"] = (
+        lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, kernel="family"))
+    out["ours fp8 FC1+SReLU (+preact bf16) [family]"] = lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, kernel="family")
     for ml in ("serial", "overlap"):
-        out[f"ours fp8 GEMM (bf16 out) [{ml}]"] = lambda ml=ml: fp8_gemm(xq, xs_col, wq, ws, mainloop=ml)
+        out[f"ours fp8 GEMM (bf16 out) [{ml}]"] = lambda ml=ml: fp8_gemm(xq, xs_col, wq, ws, mainloop=ml, kernel="fork")
         out[f"ours fp8 FC1+SReLU (postact fp8+scales) [{ml}]"] = (
-            lambda ml=ml: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, mainloop=ml))
-        out[f"ours fp8 FC1+SReLU (+preact bf16) [{ml}]"] = lambda ml=ml: fp8_fc1_srelu(xq, xs_col, wq, ws, mainloop=ml)
+            lambda ml=ml: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, mainloop=ml, kernel="fork"))
+        out[f"ours fp8 FC1+SReLU (+preact bf16) [{ml}]"] = (
+            lambda ml=ml: fp8_fc1_srelu(xq, xs_col, wq, ws, mainloop=ml, kernel="fork"))
     one = torch.ones((), device="cuda")
     wq_t = wq.t()  # (K, N) column-major, as _scaled_mm wants its second operand
     out["torch._scaled_mm tensorwise"] = lambda: torch._scaled_mm(xq, wq_t, one, one, out_dtype=torch.bfloat16)

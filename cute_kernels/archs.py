@@ -15,11 +15,12 @@ class Arch:
     config_module: str  # limits, validation reasons, defaults
     space_module: str  # the autotuner's search grid
     kernel: str  # "module:Class" of the GEMM kernel
+    block_scaled_fp8: bool = False  # the kernel class takes FP8 operands with 1x128 / 128x128 block scales
 
 
 ARCHS = {
     "sm90": Arch("sm90", "sm_90a", 9, "cute_kernels.sm90.config", "cute_kernels.sm90.space",
-                 "cute_kernels.sm90.gemm:Sm90Gemm"),
+                 "cute_kernels.sm90.gemm:Sm90Gemm", block_scaled_fp8=True),
     "sm100": Arch("sm100", "sm_100a", 10, "cute_kernels.sm100.config", "cute_kernels.sm100.space",
                   "cute_kernels.sm100.gemm:Sm100Gemm"),
 }

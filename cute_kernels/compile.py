@@ -2,7 +2,9 @@
 
 Kernels are compiled once per (arch, config, epilogue, grouping, dtypes, operand
 majorness) with M, N, K, E and leading dimensions symbolic, so a new shape reuses the
-compiled kernel.  Grouping: `grouped` (per-expert row ranges of A and D, one B per
+compiled kernel.  The operand dtype names the precision: bf16/fp16, or an FP8 format
+(`float8_e4m3fn` / `float8_e5m2`, A and B each their own), which means the block-scaled
+recipe (1x128 scales of A, 128x128 of B, `GemmArgs.sa` / `sb`) in the same kernel family.  Grouping: `grouped` (per-expert row ranges of A and D, one B per
 expert: grouped FC1/FC2 and their data gradients) or `grouped_k` (per-expert ranges
 of the reduction dimension, one D per expert: grouped weight gradients).  Compiling needs
 no GPU: each compile passes its key's arch to the DSL (`--gpu-arch`), so one process can
@@ -16,12 +18,14 @@ import os
 import threading
 from dataclasses import dataclass
 
-from .archs import ARCHS, get_arch, kernel_class
+from .archs import ARCHS, arch_config as arch_config_module, get_arch, kernel_class
 from .config import ConfigError, GemmConfig, epilogue_misfit, resolved_ab_stages, validate
 from .epilogue import EpilogueSpec
 from .gemm_base.launch_args import GemmArgs
 
 ARCH_TO_DSL = {name: a.dsl_target for name, a in ARCHS.items()}
+# FP8 operand dtypes (torch names) -> the recipe's format names
+FP8_DTYPES = {"float8_e4m3fn": "e4m3", "float8_e5m2": "e5m2"}
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,25 @@ class KernelKey:
     dtype: str  # "bfloat16" | "float16"
     a_major: str  # "k" | "m"
     b_major: str  # "k" | "n"
-    out_dtype: str = ""  # "" (the operands' dtype) | "float32"
+    out_dtype: str = ""  # "" (the operands' dtype; bfloat16 for FP8 operands) | "float32" | "bfloat16"
     grouped_k: bool = False
+    b_dtype: str = ""  # "" (A's) | B's own FP8 format (an e4m3 x e5m2 product)
+
+    @property
+    def block_scaled(self) -> bool:
+        """FP8 operands with the block-scaled recipe (cute_kernels.fp8.recipe)."""
+        return self.dtype in FP8_DTYPES
+
+    @property
+    def operand_formats(self) -> tuple[str, str] | None:
+        """The FP8 formats of A and B ("e4m3" | "e5m2"), or None for bf16/fp16 operands."""
+        if not self.block_scaled:
+            return None
+        return FP8_DTYPES[self.dtype], FP8_DTYPES[self.b_dtype or self.dtype]
 
     @property
     def d_dtype(self) -> str:
-        return self.out_dtype or self.dtype
+        return self.out_dtype or ("bfloat16" if self.block_scaled else self.dtype)
 
     @property
     def out_bytes(self) -> int:
@@ -84,6 +101,8 @@ def fake_arguments(key: KernelKey) -> GemmArgs:
     import cutlass.cute as cute
     from cutlass.cute.runtime import make_fake_tensor
 
+    if key.block_scaled:
+        return _fake_block_scaled_arguments(key)
     dt = _cutlass_dtype(key.dtype)
     dd = _cutlass_dtype(key.d_dtype)
     # One SymInt per quantity, reused wherever it appears: the launcher then checks
@@ -124,12 +143,55 @@ def fake_arguments(key: KernelKey) -> GemmArgs:
     return GemmArgs(a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws)
 
 
+def _fake_block_scaled_arguments(key: KernelKey) -> GemmArgs:
+    """Stand-ins for a block-scaled FP8 launch: A (M, K, 1) and B (N, K, L) K-major and declared
+    uint8 (FP8 tensors travel as bytes through DLPack / TVM-FFI; the kernel reads them in the
+    key's formats), the scales in any strides, the plain outputs in `d_dtype`, the quantized
+    output uint8 with its (M, NB) scales."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_fake_tensor
+
+    m, n, k = cute.sym_int32(symbol="M"), cute.sym_int32(symbol="N"), cute.sym_int32(symbol="K")
+    kb, nb = cute.sym_int32(symbol="KB"), cute.sym_int32(symbol="NB")
+    lb = cute.sym_int32(symbol="L") if key.grouped else 1
+    a = make_fake_tensor(cutlass.Uint8, (m, k, 1), (cute.sym_int64(divisibility=16), 1, cute.sym_int64()),
+                         assumed_align=16)
+    b = make_fake_tensor(cutlass.Uint8, (n, k, lb), (cute.sym_int64(divisibility=16), 1, cute.sym_int64()),
+                         assumed_align=16)
+    sa = make_fake_tensor(cutlass.Float32, (m, kb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
+    sb = make_fake_tensor(cutlass.Float32, (nb, kb, lb), (cute.sym_int64(), cute.sym_int64(), cute.sym_int64()),
+                          assumed_align=4)
+    dd = _cutlass_dtype(key.d_dtype)
+    outs = []
+    for name in key.epi.outputs:
+        q = name == key.epi.quantized
+        outs.append(make_fake_tensor(cutlass.Uint8 if q else dd, (m, n, 1),
+                                     (cute.sym_int64(divisibility=16 if q else 8), 1, cute.sym_int64()),
+                                     assumed_align=16))
+    scale = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if key.epi.row_scale else None
+    qs = None
+    if key.epi.quantized:
+        qs = make_fake_tensor(cutlass.Float32, (m, nb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
+    cu_rows = cu_tiles = None
+    if key.grouped:
+        e1 = cute.sym_int32(symbol="E1")
+        cu_rows = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
+        cu_tiles = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
+    return GemmArgs(a, b, outs[0], outs[1] if len(outs) == 2 else None, scale=scale, cu_rows=cu_rows,
+                    cu_tiles=cu_tiles, sa=sa, sb=sb, qs=qs)
+
+
 def build_kernel(key: KernelKey):
     """The kernel object for `key` (config validated first)."""
     if key.grouped and key.grouped_k:
         raise ValueError("a kernel is grouped along M or along K, not both")
     if key.grouped_k and (key.a_major, key.b_major) != ("m", "n"):
         raise ValueError("the K-grouped GEMM takes tokens (K) as the strided dimension: A must be M-major and B N-major")
+    if key.block_scaled:
+        return _build_block_scaled_kernel(key)
+    if key.epi.quantized:
+        raise ConfigError("the quantizing output codec runs in the block-scaled FP8 kernels only (so far)")
     misfit = epilogue_misfit(key.cfg, key.epi, arch=key.arch, out_bytes=key.out_bytes, grouped_k=key.grouped_k)
     if misfit:
         raise ConfigError(misfit)
@@ -137,6 +199,23 @@ def build_kernel(key: KernelKey):
              out_bytes=key.out_bytes)
     stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
     return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages)
+
+
+def _build_block_scaled_kernel(key: KernelKey):
+    """The block-scaled FP8 kernel of `key`: the arch's GEMM class with its FP8 mainloop
+    (archs.Arch.block_scaled_fp8 says which arches have one)."""
+    arch = get_arch(key.arch)
+    if not arch.block_scaled_fp8:
+        raise ConfigError(f"arch {key.arch!r} has no block-scaled FP8 GEMM (FP8 kernels: "
+                          f"{sorted(a.name for a in ARCHS.values() if a.block_scaled_fp8)})")
+    cfg_rules = arch_config_module(key.arch)
+    errors = cfg_rules.block_scaled_errors(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k,
+                                           majors=(key.a_major, key.b_major), out_bytes=key.out_bytes)
+    if errors:
+        raise ConfigError(f"invalid block-scaled FP8 GemmConfig {key.cfg}: " + "; ".join(errors))
+    stages = cfg_rules.block_scaled_ab_stages(key.cfg, key.epi, out_bytes=key.out_bytes)
+    return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages,
+                                  formats=key.operand_formats)
 
 
 def arch_options(arch: str, options: str = "") -> str:

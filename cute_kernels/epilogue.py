@@ -20,6 +20,12 @@ Kinds (the activation f is an `cute_kernels.activations.Activation`, default rel
   recomputed postact = p * f(x) for FC2's weight gradient, and optionally (`row_sum`) the
   router gradient dp = rowsum(acc * f(x)), reduced in the kernel to one fp32 partial per
   (row, N tile) that the host sums (no atomics: reproducible).
+
+Output codec: by default every output is stored in the output dtype.  `quantized` names one
+output stored as FP8 (`q_format`) with the recipe's 1x128 scales computed in the epilogue:
+per row and 128 columns, s = amax / fmax (rounded up to a power of two with `pow2_scales`; 1
+for an all-zero block), q = value / s, and s written to an (M, ceil(N / 128)) fp32 tensor
+(`GemmArgs.qs`).  The output is then ready to be the next FP8 GEMM's A operand.
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ from dataclasses import dataclass, field
 from .activations import SRELU, Activation, resolve_activation
 
 KINDS = ("identity", "act", "dact")
+# The largest finite value of each FP8 format (the quantizing codec's fmax).
+FP8_FMAX = {"e4m3": 448.0, "e5m2": 57344.0}
 _ALIASES = {"srelu": "act", "dsrelu": "dact"}
 
 
@@ -40,6 +48,9 @@ class EpilogueSpec:
     row_sum: bool = False  # dact: reduce dp = rowsum(acc * f(preact))
     accumulate: bool = False  # identity: D = acc + D's previous value
     activation: Activation = field(default=SRELU)
+    quantized: str = ""  # output codec: the output stored as FP8 with 1x128 scales ("" none)
+    q_format: str = "e4m3"  # its FP8 format
+    pow2_scales: bool = False  # its scales rounded up to powers of two
 
     def __post_init__(self):
         object.__setattr__(self, "kind", _ALIASES.get(self.kind, self.kind))
@@ -56,6 +67,12 @@ class EpilogueSpec:
             raise ValueError("accumulate belongs to the identity epilogue")
         if self.kind == "identity" and self.activation != SRELU:
             raise ValueError("the identity epilogue applies no activation")
+        if self.quantized and self.quantized not in self.outputs:
+            raise ValueError(f"quantized output {self.quantized!r} is not one of {self.outputs}")
+        if self.q_format not in FP8_FMAX:
+            raise ValueError(f"q_format must be one of {tuple(FP8_FMAX)}, got {self.q_format!r}")
+        if type(self.pow2_scales) is not bool:
+            raise ValueError(f"pow2_scales must be a bool, got {self.pow2_scales!r}")
 
     # ---- what it reads and writes
     @property
@@ -76,10 +93,22 @@ class EpilogueSpec:
     def num_outputs(self) -> int:
         return len(self.outputs)
 
+    @property
+    def quantized_index(self) -> int:
+        """Position of the quantized output in `outputs`, or -1."""
+        return self.outputs.index(self.quantized) if self.quantized else -1
+
+    @property
+    def plain_outputs(self) -> tuple[str, ...]:
+        """Outputs stored in the output dtype (not quantized), in order."""
+        return tuple(o for o in self.outputs if o != self.quantized)
+
     def key(self) -> str:
         flags = "".join(f"+{n}" for n, on in (("preact", self.store_preact), ("scale", self.row_scale),
                                               ("postact", self.store_postact), ("rowsum", self.row_sum),
                                               ("acc", self.accumulate)) if on)
+        if self.quantized:
+            flags += f"+q:{self.quantized}:{self.q_format}{'p2' if self.pow2_scales else ''}"
         if self.kind == "identity":
             return "identity" + flags
         if self.activation == SRELU:  # the names these epilogues always had

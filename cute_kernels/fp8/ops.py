@@ -7,6 +7,10 @@
 - `quantize_weight(w, recipe)`: the weight's FP8 copy and 128x128 scales from its current
   values (fp8/weight_cache.py: made per call, reused only inside `reuse_weight_copies()`).
 - `mainloop=` ("serial" | "overlap"; default `default_mainloop()`) picks the kernel's K loop.
+- Which kernel: `CUTE_KERNELS_FP8_KERNEL` = "fork" (default until the H200 decides:
+  cute_kernels/sm90/fp8_gemm.py) or "family" (the GEMM family's kernel, `Sm90Gemm` with the
+  block-scaled mainloop of sm90/mainloop_fp8.py and the quantizing output codec of
+  `EpilogueSpec`; it always runs the overlapped promotion).
 
 Operands: a (M, K) / x, b (N, K) / w FP8 (e4m3 or e5m2), K-major (row-major), K a multiple of 16
 (16-byte TMA rows); activation scales (M, ceil(K/128)) fp32, weight scales (ceil(N/128),
@@ -15,6 +19,7 @@ writes its own output scales column-major).  Bad inputs raise `cute_kernels.Inpu
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -93,7 +98,41 @@ def default_mainloop() -> str:
     return ml
 
 
-def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None, mainloop: str | None = None):
+KERNELS = ("fork", "family")
+
+
+def default_kernel() -> str:
+    """CUTE_KERNELS_FP8_KERNEL ("fork" or "family"; see the module docstring), else "fork"."""
+    kernel = os.environ.get("CUTE_KERNELS_FP8_KERNEL", "fork")
+    if kernel not in KERNELS:
+        raise InputError(f"CUTE_KERNELS_FP8_KERNEL must be one of {KERNELS}, got {kernel!r}")
+    return kernel
+
+
+def family_key(epi: Fp8Epilogue, cfg: GemmConfig, a_format: str, b_format: str):
+    """The GEMM family's kernel key of an FP8 launch (dense, K-major operands, bf16 plain outputs)."""
+    from ..compile import KernelKey
+
+    spec = dataclasses.replace(epi.spec, quantized=epi.quantized, q_format=epi.q_format, pow2_scales=epi.pow2_scales)
+    return KernelKey("sm90", cfg, spec, False, str(FORMATS[a_format]).removeprefix("torch."), "k", "k",
+                     out_dtype="bfloat16", b_dtype=str(FORMATS[b_format]).removeprefix("torch."))
+
+
+def _launch_family(a, sa, b, sb, epi: Fp8Epilogue, cfg: GemmConfig, fa: str, fb: str, d, q, qs, max_clusters):
+    from ..compile import get_compiled as get_family_compiled
+    from ..gemm_base.launch_args import GemmArgs
+
+    u8 = torch.uint8
+    outs = []
+    for name in epi.outputs:
+        outs.append(_as_mkl(q.view(u8)) if name == epi.quantized else _as_mkl(d))
+    args = GemmArgs(_as_mkl(a.view(u8)), _as_mkl(b.view(u8)), outs[0], outs[1] if len(outs) == 2 else None,
+                    sa=sa, sb=sb.unsqueeze(-1), qs=qs)
+    get_family_compiled(family_key(epi, cfg, fa, fb))(*args, max_clusters)
+
+
+def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None, mainloop: str | None = None,
+            kernel: str | None = None):
     """Check, allocate (or take `outs` = (d, q, qs), for tests that poison them) and launch."""
     fa = _check_fp8_operand("a", a)
     fb = _check_fp8_operand("b", b, a.shape[1])
@@ -130,6 +169,12 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
     if not use_tvm_ffi():
         raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi (a dependency of "
                          "cute_kernels) and leave CUTE_KERNELS_TVM_FFI unset")
+    kernel = kernel or default_kernel()
+    if kernel not in KERNELS:
+        raise InputError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "family":
+        _launch_family(a, sa, b, sb, epi, cfg, fa, fb, d, q, qs, max_clusters)
+        return d, q, qs
     fn = get_compiled(key)
     u8 = torch.uint8  # FP8 tensors travel as bytes (see fp8/compile.fake_arguments)
     fn(_as_mkl(a.view(u8)), _as_mkl(b.view(u8)), sa, sb, None if d is None else _as_mkl(d),
@@ -138,22 +183,22 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
 
 
 def fp8_gemm(a, sa, b, sb, *, quantize_out: bool = False, out_format: str = "e4m3", config: GemmConfig | None = None,
-             mainloop: str | None = None):
+             mainloop: str | None = None, kernel: str | None = None):
     """dequant(a) @ dequant(b)^T: bf16 (M, N), or with `quantize_out` (q (M, N) fp8, scales (M, ceil(N/128)))."""
     if quantize_out:
         _, q, qs = _launch(a, sa, b, sb, Fp8Epilogue(EpilogueSpec("identity"), quantized="out", q_format=out_format),
-                           config, mainloop=mainloop)
+                           config, mainloop=mainloop, kernel=kernel)
         return q, qs
-    d, _, _ = _launch(a, sa, b, sb, Fp8Epilogue(EpilogueSpec("identity")), config, mainloop=mainloop)
+    d, _, _ = _launch(a, sa, b, sb, Fp8Epilogue(EpilogueSpec("identity")), config, mainloop=mainloop, kernel=kernel)
     return d
 
 
 def fp8_fc1_srelu(x, sx, w, sw, *, store_preact: bool = True, recipe: Fp8Recipe = Fp8Recipe(),
-                  config: GemmConfig | None = None, mainloop: str | None = None):
+                  config: GemmConfig | None = None, mainloop: str | None = None, kernel: str | None = None):
     """(preact bf16 or None, postact q (M, N) fp8, postact scales (M, ceil(N/128)) fp32)."""
     epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=store_preact), quantized="postact",
                       q_format=recipe.fwd_format, pow2_scales=recipe.pow2_scales)
-    return _launch(x, sx, w, sw, epi, config, mainloop=mainloop)
+    return _launch(x, sx, w, sw, epi, config, mainloop=mainloop, kernel=kernel)
 
 
 def quantize_weight(w: torch.Tensor, recipe: Fp8Recipe = Fp8Recipe(), *, transposed: bool = False):

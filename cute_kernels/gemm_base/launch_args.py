@@ -17,6 +17,9 @@ class GemmArgs(NamedTuple):
     cu_rows: Any = None  # (E+1,) int32 row (or token) offsets per expert, grouped only
     cu_tiles: Any = None  # (E+1,) int32 M-tile offsets per expert, grouped along M only
     desc_ws: Any = None  # int64 workspace of per-CTA TMA descriptors, grouped along K only
+    sa: Any = None  # block-scaled FP8: (M, ceil(K / 128)) fp32 scales of A (1x128 blocks), or None
+    sb: Any = None  # block-scaled FP8: (ceil(N / 128), ceil(K / 128), L) fp32 scales of B (128x128 blocks), or None
+    qs: Any = None  # the quantized output's (M, ceil(N / 128)) fp32 scales (EpilogueSpec.quantized), or None
 
     def map(self, fn) -> "GemmArgs":
         """The record with `fn` applied to every argument that is not None."""

@@ -213,3 +213,59 @@ def wgrad_default_config(n: int, k: int, tokens: int, num_experts: int = 1) -> G
     return GemmConfig(tile_m=128, tile_n=256, cluster_m=2, cluster_n=1)
 
 
+
+
+# ---------------------------------------------------------------- block-scaled FP8
+# The FP8 recipe's block (cute_kernels.fp8.recipe): 1x128 scales of A, 128x128 of B.  The
+# mainloop promotes once per K tile, so tile_k is one block; a tile_n of one block keeps one
+# weight scale per K tile and the promoted accumulator plus two scratch ones (3 x 64
+# registers per thread) inside the consumer's budget.
+FP8_BLOCK = 128
+FP8_DEFAULT_CONFIG = GemmConfig(tile_m=128, tile_n=128, tile_k=128, cluster_m=1, cluster_n=2, epi_n=32, epi_stages=2)
+FP8_MAX_AB_STAGES = 8
+
+
+def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool, majors: tuple,
+                        out_bytes: int = 2) -> list[str]:
+    """Every reason `cfg` cannot run the block-scaled FP8 mainloop with `epi`; empty when it can."""
+    # the shared fields' rules; the operand stages are counted in one-byte elements below
+    errs = validation_errors(dataclasses.replace(cfg, ab_stages=0), num_outputs=epi.num_outputs, grouped=grouped,
+                             grouped_k=grouped_k, out_bytes=out_bytes)
+    if cfg.ab_stages and not 2 <= cfg.ab_stages <= FP8_MAX_AB_STAGES:
+        errs.append(f"ab_stages must be in 2..{FP8_MAX_AB_STAGES} (or 0 for automatic), got {cfg.ab_stages}")
+    elif cfg.ab_stages and block_scaled_smem_bytes(cfg, epi, ab_stages=cfg.ab_stages, out_bytes=out_bytes) > SMEM_CAPACITY:
+        errs.append(f"shared memory: {block_scaled_smem_bytes(cfg, epi, ab_stages=cfg.ab_stages, out_bytes=out_bytes)} "
+                    f"bytes needed, {SMEM_CAPACITY} available on {ARCH}")
+    if cfg.schedule != "cooperative" or cfg.tile_m != 128:
+        errs.append("the FP8 GEMM runs cooperative 128-row tiles")
+    if cfg.tile_n != FP8_BLOCK:
+        errs.append(f"the FP8 GEMM's tile_n is {FP8_BLOCK} (one weight scale block per tile)")
+    if cfg.tile_k != FP8_BLOCK:
+        errs.append(f"the FP8 GEMM's tile_k is {FP8_BLOCK} (one promotion per scale block)")
+    if cfg.cluster_size > 2:
+        errs.append("the FP8 GEMM takes clusters of at most 2 CTAs")
+    if tuple(majors) != ("k", "k"):
+        errs.append(f"Hopper's FP8 WGMMA reads K-major A and B, got majorness {tuple(majors)}")
+    if grouped_k:
+        errs.append("the FP8 GEMM is not grouped along K yet (the weight gradients are torch)")
+    if epi.kind not in ("identity", "act") or epi.aux_input:
+        errs.append(f"the FP8 GEMM has the identity and activation epilogues, not {epi.key()}")
+    return errs
+
+
+def block_scaled_smem_bytes(cfg: GemmConfig, epi, *, ab_stages: int, out_bytes: int = 2) -> int:
+    """Shared memory of an FP8 launch: one-byte operand stages, epilogue buffers per output
+    (the quantized one in one byte), reserve."""
+    ab = ab_stages * (cfg.tile_m + cfg.tile_n) * cfg.tile_k
+    epi_bytes = sum(cfg.tile_m * cfg.epi_n * cfg.epi_stages * (1 if o == epi.quantized else out_bytes)
+                    for o in epi.outputs)
+    return ab + epi_bytes + SMEM_RESERVED + 2048  # + alignment of the four smem arrays
+
+
+def block_scaled_ab_stages(cfg: GemmConfig, epi, *, out_bytes: int = 2) -> int:
+    """Operand stages of an FP8 launch: cfg.ab_stages, or as many as fit (at most FP8_MAX_AB_STAGES)."""
+    if cfg.ab_stages:
+        return cfg.ab_stages
+    stage = (cfg.tile_m + cfg.tile_n) * cfg.tile_k
+    fixed = block_scaled_smem_bytes(cfg, epi, ab_stages=0, out_bytes=out_bytes)
+    return max(2, min(FP8_MAX_AB_STAGES, (SMEM_CAPACITY - fixed) // stage))

@@ -46,11 +46,13 @@ from cutlass.pipeline import pipeline_init_arrive, pipeline_init_wait
 from cutlass.tensor_utils import LayoutEnum
 
 from ..config import GemmConfig
-from ..epilogue import EpilogueSpec
+from ..epilogue import FP8_FMAX, EpilogueSpec
 from ..gemm_base.descriptors import DescriptorRing, desc_slots
 from ..gemm_base.epilogue_io import aux_depth, load_aux_fragment, visit_subtile
 from ..gemm_base.grouping import k_range, output_tile, ragged_store_view, whole_k_tiles
+from ..gemm_base.output_codec import block_scale, reduce_amax_across_quad, update_amax
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
+from .mainloop_fp8 import BlockScaledMainloop, accumulator_rows
 
 THREADS_PER_WG = 128
 PRODUCER_REGS = 40
@@ -70,6 +72,7 @@ AUX_INFLIGHT_BYTES = 32
 # (E=128 fp32 main_grad wgrad 0.94x) or with two outputs, 0.94-0.98x, so it is off there.
 AUX_L2_LEAD = 8
 AUX_L2_PREFETCH = True  # read at trace time (off only to measure what the prefetch is worth)
+FP8_TYPES = {"e4m3": cutlass.Float8E4M3FN, "e5m2": cutlass.Float8E5M2}
 def aux_in_registers_before_mainloop(cfg: GemmConfig, epi: EpilogueSpec) -> bool:
     """Whether a tile's first epilogue-input sub-tile is loaded into registers before its
     mainloop (cooperative tiles up to AUX_PREFETCH_MAX_TILE_N wide)."""
@@ -93,6 +96,24 @@ def _fragment_row_offsets(coords, size: int) -> list:
     if sorted(set(offsets)) != sorted(b + r for b in blocks for r in (0, 8)):
         raise NotImplementedError(f"row_sum expects rows r0 and r0 + 8 per 64-row block, got offsets {offsets}")
     return offsets
+
+
+def _permutation(coords_to, coords_from, size: int) -> list:
+    """perm[j]: the element of `coords_from` at the coordinate of element j of `coords_to`
+    (two partitions of one thread's epilogue sub-tile; trace time, fails if they differ)."""
+    where = {}
+    for v in range(size):
+        c = coords_from.layout(v)
+        where[(c[0], c[1])] = v
+    perm = []
+    for j in range(size):
+        c = coords_to.layout(j)
+        if (c[0], c[1]) not in where:
+            raise NotImplementedError(f"FP8 store fragment element {j} at {c} is not in the thread's sub-tile")
+        perm.append(where[(c[0], c[1])])
+    if sorted(perm) != list(range(size)):
+        raise NotImplementedError(f"FP8 store fragment is not a permutation of the stored one: {perm}")
+    return perm
 
 
 def _fragment_order(tRS_cTile, tRS_cEpi, frag_size: int, num_epi: int, epi_n: int) -> list:
@@ -122,9 +143,21 @@ class Sm90Gemm:
     """A compiled-once GEMM: `cute.compile(Sm90Gemm(...), *GemmArgs(...), max_clusters, stream)`
     (the tensor arguments in the order of `cute_kernels.gemm_base.launch_args.GemmArgs`)."""
 
-    def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False):
+    def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False,
+                 formats: tuple[str, str] | None = None):
         self.cfg = cfg
         self.epi = epi
+        # None: bf16/fp16 operands, the WGMMA mainloop.  (A, B) FP8 formats: block-scaled operands,
+        # the promoting mainloop of sm90/mainloop_fp8.py (config rules: sm90/config.block_scaled_errors).
+        self.formats = formats
+        self.block_scaled = formats is not None
+        # the output the quantizing codec stores in FP8 (always the last one), or -1
+        self.q_index = epi.quantized_index
+        self.fmax = FP8_FMAX[epi.q_format]
+        if self.q_index not in (-1, epi.num_outputs - 1):
+            raise ValueError(f"the quantized output must be the epilogue's last, got {epi.quantized!r} of {epi.outputs}")
+        if self.q_index >= 0 and (self.pingpong_schedule(cfg) or cfg.tile_n != 128):
+            raise ValueError("the quantizing codec needs cooperative tiles of one 128-column scale block")
         self.grouped = grouped
         self.grouped_k = grouped_k
         self.desc_slots = desc_slots(ab_stages)
@@ -143,6 +176,17 @@ class Sm90Gemm:
         # Set while tracing (__call__): the producer prefetches the epilogue input into L2.
         self.aux_l2 = False
 
+    @staticmethod
+    def pingpong_schedule(cfg: GemmConfig) -> bool:
+        return cfg.schedule == "pingpong"
+
+    @staticmethod
+    def _as_type(t, dtype):
+        """`t` read as `dtype` (FP8 tensors arrive as uint8: DLPack and TVM-FFI carry bytes)."""
+        if t.element_type == dtype:
+            return t
+        return cute.make_tensor(cute.recast_ptr(t.iterator, dtype=dtype), t.layout)
+
     # ------------------------------------------------------------------ host side
     @cute.jit
     def __call__(
@@ -157,11 +201,26 @@ class Sm90Gemm:
         mCuRows,  # (E+1,) int32 or None
         mCuTiles,  # (E+1,) int32 or None
         mDescWs,  # grouped_k: int64 workspace, per CTA 2 x desc_slots TMA descriptors (gemm_base.descriptors)
+        mSA,  # block-scaled: (M, KB) fp32 scales of A, or None
+        mSB,  # block-scaled: (NB, KB, L) fp32 scales of B, or None
+        mQS,  # the quantized output's (M, NB) fp32 scales, or None
         max_clusters: Int32,
         stream,
     ):
+        if const_expr(self.block_scaled):
+            mA = self._as_type(mA, FP8_TYPES[self.formats[0]])
+            mB = self._as_type(mB, FP8_TYPES[self.formats[1]])
+        if const_expr(self.q_index == 0):
+            mD0 = self._as_type(mD0, FP8_TYPES[self.epi.q_format])
+        if const_expr(self.q_index == 1):
+            mD1 = self._as_type(mD1, FP8_TYPES[self.epi.q_format])
         self.ab_dtype = mA.element_type
-        self.d_dtype = mD0.element_type
+        self.b_dtype = mB.element_type
+        # the plain (not quantized) outputs' dtype: the forward activation reads preact rounded to it
+        self.d_dtype = mD0.element_type if const_expr(self.q_index != 0) else cutlass.BFloat16
+        self.q_dtype = FP8_TYPES[self.epi.q_format]
+        # per output: what its epilogue buffers hold
+        self.out_dtypes = [self.q_dtype if i == self.q_index else self.d_dtype for i in range(2)]
         a_layout = LayoutEnum.from_tensor(mA)
         b_layout = LayoutEnum.from_tensor(mB)
         self.d_layout = LayoutEnum.from_tensor(mD0)
@@ -176,9 +235,12 @@ class Sm90Gemm:
             tiler_mn=(64, self.tile_n),
         )
         k_total = cute.size(mA, mode=[1])
-        a_smem_staged = self._operand_smem_layout(a_layout, (self.tile_m, self.tile_k))
-        b_smem_staged = self._operand_smem_layout(b_layout, (self.tile_n, self.tile_k))
-        epi_smem_staged = self._epi_smem_layout(self.epi_slots * self.cfg.epi_stages)
+        a_smem_staged = self._operand_smem_layout(a_layout, (self.tile_m, self.tile_k), self.ab_dtype)
+        b_smem_staged = self._operand_smem_layout(b_layout, (self.tile_n, self.tile_k), self.b_dtype)
+        epi_smem_staged = self._epi_smem_layout(self.epi_slots * self.cfg.epi_stages, self.out_dtypes[0])
+        epi_smem_staged1 = epi_smem_staged
+        if const_expr(self.out_dtypes[1] != self.out_dtypes[0]):
+            epi_smem_staged1 = self._epi_smem_layout(self.epi_slots * self.cfg.epi_stages, self.out_dtypes[1])
 
         a_op = cpasync.CopyBulkTensorTileG2SOp() if self.cfg.cluster_n == 1 else cpasync.CopyBulkTensorTileG2SMulticastOp()
         b_op = cpasync.CopyBulkTensorTileG2SOp() if self.cfg.cluster_m == 1 else cpasync.CopyBulkTensorTileG2SMulticastOp()
@@ -195,7 +257,8 @@ class Sm90Gemm:
         tma_d1, tma_mD1 = tma_d0, tma_mD0
         if const_expr(mD1 is not None):
             tma_d1, tma_mD1 = cpasync.make_tiled_tma_atom(
-                cpasync.CopyBulkTensorTileS2GOp(), ragged_store_view(mD1, self.grouped), epi_smem_one, self.epi_tile
+                cpasync.CopyBulkTensorTileS2GOp(), ragged_store_view(mD1, self.grouped),
+                cute.slice_(epi_smem_staged1, (None, None, 0)), self.epi_tile
             )
 
         # TMA atom for the epilogue input, used only to prefetch it into L2 (never into smem):
@@ -215,6 +278,7 @@ class Sm90Gemm:
 
         ab_bytes = self.ab_stages * 2
         epi_elems = cute.cosize(epi_smem_staged)
+        epi_elems1 = cute.cosize(epi_smem_staged1) if const_expr(self.num_outputs == 2) else 8
 
         @cute.struct
         class SharedStorage:
@@ -222,9 +286,9 @@ class Sm90Gemm:
             order_bars: cute.struct.MemRange[cutlass.Int64, 2]
             desc_bars: cute.struct.MemRange[cutlass.Int64, 2 * self.desc_slots]
             sA: cute.struct.Align[cute.struct.MemRange[self.ab_dtype, cute.cosize(a_smem_staged)], 1024]
-            sB: cute.struct.Align[cute.struct.MemRange[self.ab_dtype, cute.cosize(b_smem_staged)], 1024]
-            sD0: cute.struct.Align[cute.struct.MemRange[self.d_dtype, epi_elems], 1024]
-            sD1: cute.struct.Align[cute.struct.MemRange[self.d_dtype, epi_elems if self.num_outputs == 2 else 8], 1024]
+            sB: cute.struct.Align[cute.struct.MemRange[self.b_dtype, cute.cosize(b_smem_staged)], 1024]
+            sD0: cute.struct.Align[cute.struct.MemRange[self.out_dtypes[0], epi_elems], 1024]
+            sD1: cute.struct.Align[cute.struct.MemRange[self.out_dtypes[1], epi_elems1], 1024]
 
         self.shared_storage = SharedStorage
 
@@ -232,9 +296,10 @@ class Sm90Gemm:
             tma_a, tma_mA, tma_b, tma_mB, tma_d0, tma_mD0, tma_d1, tma_mD1, tma_aux, tma_mAux,
             mScale, mAux, mRowSum, mCuRows, mCuTiles,
             mA if const_expr(self.grouped_k) else None, mB if const_expr(self.grouped_k) else None, mDescWs,
+            mSA, mSB, mQS,
             tiled_mma,
             cute.make_layout((*self.cluster_shape_mn, 1)),
-            a_smem_staged, b_smem_staged, epi_smem_staged,
+            a_smem_staged, b_smem_staged, epi_smem_staged, epi_smem_staged1,
             m_total, n_total, k_total, num_m_tiles, num_n_tiles, num_experts,
         ).launch(
             grid=(self.cfg.cluster_m, self.cfg.cluster_n, num_clusters),
@@ -244,17 +309,15 @@ class Sm90Gemm:
             stream=stream,
         )
 
-    def _operand_smem_layout(self, layout: LayoutEnum, shape_mn_k):
+    def _operand_smem_layout(self, layout: LayoutEnum, shape_mn_k, dtype):
         k_major = layout.sm90_mma_major_mode() == cute.nvgpu.OperandMajorMode.K
         major_size = shape_mn_k[1] if k_major else shape_mn_k[0]
-        atom = warpgroup.make_smem_layout_atom(
-            sm90_utils.get_smem_layout_atom(layout, self.ab_dtype, major_size), self.ab_dtype
-        )
+        atom = warpgroup.make_smem_layout_atom(sm90_utils.get_smem_layout_atom(layout, dtype, major_size), dtype)
         return cute.tile_to_shape(atom, (*shape_mn_k, self.ab_stages), order=(0, 1, 2) if k_major else (1, 0, 2))
 
-    def _epi_smem_layout(self, stages: int):
+    def _epi_smem_layout(self, stages: int, dtype):
         atom = warpgroup.make_smem_layout_atom(
-            sm90_utils.get_smem_layout_atom(self.d_layout, self.d_dtype, self.cfg.epi_n), self.d_dtype
+            sm90_utils.get_smem_layout_atom(self.d_layout, dtype, self.cfg.epi_n), dtype
         )
         return cute.tile_to_shape(atom, (*self.epi_tile, stages), order=(0, 1, 2))
 
@@ -268,11 +331,13 @@ class Sm90Gemm:
         tma_aux: cute.CopyAtom, mAuxTma: cute.Tensor,  # epilogue input, for its L2 prefetch
         mScale, mAux, mRowSum, mCuRows, mCuTiles,
         mA_gmem, mB_gmem, mDescWs,  # grouped_k: raw operands and the descriptor workspace
+        mSA, mSB, mQS,  # block-scaled: operand scales; the quantized output's scales
         tiled_mma: cute.TiledMma,
         cta_layout_mnk: cute.Layout,
         a_smem_staged: cute.ComposedLayout,
         b_smem_staged: cute.ComposedLayout,
         epi_smem_staged: cute.ComposedLayout,
+        epi_smem_staged1: cute.ComposedLayout,
         m_total: Int32, n_total: Int32, k_total: Int32, num_m_tiles: Int32, num_n_tiles: Int32, num_experts: Int32,
     ):
         cfg = self.cfg
@@ -300,7 +365,7 @@ class Sm90Gemm:
         storage = SmemAllocator().allocate(self.shared_storage)
         a_smem_one = cute.slice_(a_smem_staged, (None, None, 0))
         b_smem_one = cute.slice_(b_smem_staged, (None, None, 0))
-        tx_bytes = cute.size_in_bytes(self.ab_dtype, a_smem_one) + cute.size_in_bytes(self.ab_dtype, b_smem_one)
+        tx_bytes = cute.size_in_bytes(self.ab_dtype, a_smem_one) + cute.size_in_bytes(self.b_dtype, b_smem_one)
         mcast_peers = cfg.cluster_m + cfg.cluster_n - 1
         ab_pipeline = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.ab_bars.data_ptr(),
@@ -331,7 +396,7 @@ class Sm90Gemm:
         sA = storage.sA.get_tensor(a_smem_staged.outer, swizzle=a_smem_staged.inner)
         sB = storage.sB.get_tensor(b_smem_staged.outer, swizzle=b_smem_staged.inner)
         sD0 = storage.sD0.get_tensor(epi_smem_staged.outer, swizzle=epi_smem_staged.inner)
-        sD1 = storage.sD1.get_tensor(epi_smem_staged.outer, swizzle=epi_smem_staged.inner) if const_expr(two_outputs) else sD0
+        sD1 = storage.sD1.get_tensor(epi_smem_staged1.outer, swizzle=epi_smem_staged1.inner) if const_expr(two_outputs) else sD0
 
         k_tiles = (k_total + self.tile_k - 1) // self.tile_k
         walk = TileWalk(cfg, grouped=self.grouped, grouped_k=self.grouped_k, m_total=m_total, num_m_tiles=num_m_tiles,
@@ -458,11 +523,20 @@ class Sm90Gemm:
             tCcTile = thr_mma.partition_C(cTile)
             acc = cute.make_rmem_tensor(tCcTile.shape, Float32)
             num_k_blocks = cute.size(tCrA, mode=[2])
+            if const_expr(self.block_scaled):
+                # two scratch accumulators the K tiles' WGMMAs alternate into, promoted into acc
+                blk = cute.make_rmem_tensor(tCcTile.shape, Float32)
+                blk2 = cute.make_rmem_tensor(tCcTile.shape, Float32)
+                sc = cute.make_rmem_tensor((4,), Float32)  # the two rows' scale products of blk, blk2
+                acc_row_of, acc_first_row = accumulator_rows(tCcTile, cute.size(acc))
+                fp8_mainloop = BlockScaledMainloop(tCrA, tCrB, num_k_blocks, acc_row_of, cute.size(acc))
+                thread_row0 = tCcTile[0][0] - acc_first_row  # the thread's first accumulator row in the tile
 
             # Epilogue partitioning: registers -> smem (stmatrix) -> TMA store.
             r2s_atom = sm90_utils.get_smem_store_op(self.d_layout, elem_ty_d=self.d_dtype, elem_ty_acc=Float32)
             stmatrix_atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(False, 4), self.d_dtype)
-            tiled_r2s = cute.make_tiled_copy_S(r2s_atom, cute.make_tiled_copy_C_atom(stmatrix_atom, tiled_mma))
+            c_atom = cute.make_tiled_copy_C_atom(stmatrix_atom, tiled_mma)
+            tiled_r2s = cute.make_tiled_copy_S(r2s_atom, c_atom)
             thr_r2s = tiled_r2s.get_slice(mma_tid)
             tRS_sD0 = thr_r2s.partition_D(sD0)
             tRS_sD1 = thr_r2s.partition_D(sD1)
@@ -475,12 +549,27 @@ class Sm90Gemm:
             # values between threads, so the destination partition names other elements.
             tRS_cEpi = thr_r2s.partition_S(cute.make_identity_tensor(self.epi_tile))
             # The thread's distinct rows (offsets from its first), and which one each fragment
-            # element is on: one row scale and one row-sum partial per row (2 or 4 rows).
-            per_row = self.epi.row_sum or self.epi.row_scale
+            # element is on: one row scale, row-sum partial and quantization amax per row (2 or 4 rows).
+            quantizes = self.q_index >= 0
+            per_row = self.epi.row_sum or self.epi.row_scale or quantizes
             row_offsets = _fragment_row_offsets(tRS_cEpi, frag_size) if const_expr(per_row) else []
             frag_rows = sorted(set(row_offsets))
             row_of = [frag_rows.index(o) for o in row_offsets]
             acc_order = _fragment_order(tiled_r2s.retile(tCcTile), tRS_cEpi, frag_size, num_epi, cfg.epi_n)
+            # Outputs stored as they are (all but a quantized last one), and the store groups of a tile.
+            num_plain = self.num_outputs - (1 if quantizes else 0)
+            groups_per_tile = num_epi * ((1 if num_plain else 0) + (1 if quantizes else 0))
+            if const_expr(quantizes):
+                # the FP8 output: the same thread/value split as stmatrix's (so the same fragment
+                # order), stored by plain st.shared; q_perm[j]: its element j is stmatrix's q_perm[j]
+                tiled_r2s_q = cute.make_tiled_copy_S(cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), self.q_dtype),
+                                                     c_atom)
+                thr_r2s_q = tiled_r2s_q.get_slice(mma_tid)
+                sQ = sD1 if const_expr(self.q_index == 1) else sD0
+                tRS_sQ = thr_r2s_q.partition_D(sQ)
+                q_frag_shape = cute.shape(thr_r2s_q.partition_S(sQ))[:3]
+                q_perm = _permutation(thr_r2s_q.partition_S(cute.make_identity_tensor(self.epi_tile)), tRS_cEpi,
+                                      frag_size)
 
             store_pipeline = pipeline.PipelineTmaStore.create(
                 num_stages=cfg.epi_stages,
@@ -521,35 +610,45 @@ class Sm90Gemm:
                                             n_total, expert)]
 
                 # ---- mainloop
-                # The first k-block runs with accumulate off (no zero fill, so ptxas injects
-                # no extra warpgroup.arrive); a wgmma.fence per k-tile as in CUTLASS's mainloops.
-                ab_pipeline.consumer_wait(read_state)
-                warpgroup.fence()
-                for kb in cutlass.range_constexpr(num_k_blocks):
-                    tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
-                    cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
-                warpgroup.commit_group()
-                read_state.advance()
-                tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
-                for kt in range(1, tile_k_tiles):
+                if const_expr(self.block_scaled):
+                    # the thread's two rows, clamped into A (rows past M are computed, never
+                    # stored), and the weight-scale block (an N tile past N: clamped, never stored)
+                    rows = (cutlass.min(row_start + thread_row0, m_total - 1),
+                            cutlass.min(row_start + thread_row0 + 8, m_total - 1))
+                    sb_block = cutlass.min(n_tile, num_n_tiles - 1)
+                    tiled_mma, read_state, release_state = fp8_mainloop.run(
+                        tiled_mma, acc, blk, blk2, sc, ab_pipeline, read_state, release_state, tile_k_tiles, mSA, mSB,
+                        rows, sb_block, expert)
+                else:
+                    # The first k-block runs with accumulate off (no zero fill, so ptxas injects
+                    # no extra warpgroup.arrive); a wgmma.fence per k-tile as in CUTLASS's mainloops.
                     ab_pipeline.consumer_wait(read_state)
                     warpgroup.fence()
                     for kb in cutlass.range_constexpr(num_k_blocks):
+                        tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
                         cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
                     warpgroup.commit_group()
-                    warpgroup.wait_group(1)
+                    read_state.advance()
+                    tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
+                    for kt in range(1, tile_k_tiles):
+                        ab_pipeline.consumer_wait(read_state)
+                        warpgroup.fence()
+                        for kb in cutlass.range_constexpr(num_k_blocks):
+                            cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
+                        warpgroup.commit_group()
+                        warpgroup.wait_group(1)
+                        ab_pipeline.consumer_release(release_state)
+                        release_state.advance()
+                        read_state.advance()
+                    if const_expr(self.epi.aux_input and not self.pingpong and not self._aux_before_mainloop()):
+                        # a 128x256x64 k-block is ~2K tensor-core cycles: enough to cover an L2 hit
+                        # (the producer prefetched the input into L2) for the first sub-tiles
+                        aux_q = [self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, i,
+                                                n_total, expert)
+                                 for i in range(min(self._aux_depth(mAux, frag_size), num_epi))]
+                    warpgroup.wait_group(0)
                     ab_pipeline.consumer_release(release_state)
                     release_state.advance()
-                    read_state.advance()
-                if const_expr(self.epi.aux_input and not self.pingpong and not self._aux_before_mainloop()):
-                    # a 128x256x64 k-block is ~2K tensor-core cycles: enough to cover an L2 hit
-                    # (the producer prefetched the input into L2) for the first sub-tiles
-                    aux_q = [self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, i,
-                                            n_total, expert)
-                             for i in range(min(self._aux_depth(mAux, frag_size), num_epi))]
-                warpgroup.wait_group(0)
-                ab_pipeline.consumer_release(release_state)
-                release_state.advance()
                 if const_expr(self.pingpong):
                     # Hand the tensor cores to the other warpgroup.
                     cute.arch.mbarrier_arrive(order_bars + (1 - consumer_wg))
@@ -562,6 +661,11 @@ class Sm90Gemm:
                     row_scales = [Float32(mScale[cutlass.min(first_row + r, row_end - 1)]) for r in frag_rows]
                 gD_tile0, gD_tile1 = self._output_tiles(mD0, mD1, row_start, row_end, n_tile, m_total, expert)
                 row_sums = [Float32(0.0) for _ in frag_rows]
+                if const_expr(quantizes):
+                    # the quantized output's values of the whole tile (its rows' 1x128 blocks), and
+                    # each row's amax: it is stored once every sub-tile is known
+                    qvals = cute.make_rmem_tensor((frag_size * num_epi,), Float32)
+                    amax = [Float32(0.0) for _ in frag_rows]
                 bSG_sD0, bSG_gD0 = cpasync.tma_partition(
                     tma_d0, 0, cute.make_layout(1), cute.group_modes(sD0, 0, 2), cute.zipped_divide(gD_tile0, self.epi_tile)
                 )
@@ -580,28 +684,60 @@ class Sm90Gemm:
                                          aux=functools.partial(self._next_aux, aux_q, e, num_epi, mAux, tRS_cEpi,
                                                                frag_shape, frag_size, row_start, row_end, n_tile,
                                                                n_total, expert))
-                    buf = (local_tile_idx * num_epi + e) % cfg.epi_stages + epi_slot * cfg.epi_stages
-                    # Wait for this buffer's previous store to have left shared memory only now,
-                    # just before it is rewritten (not right after each store is issued): when the
-                    # buffers hold a whole tile, the stores drain during the next tile's mainloop
-                    # and the epilogue never waits for them.
-                    if warp_idx == store_warp:
-                        store_pipeline.producer_acquire()
-                    epi_barrier.arrive_and_wait()
-                    out0 = cute.make_rmem_tensor(frag_shape, self.d_dtype)
-                    out0.store(outs[0].to(self.d_dtype))
-                    cute.copy(tiled_r2s, out0, tRS_sD0[(None, None, None, buf)])
-                    if const_expr(two_outputs):
-                        out1 = cute.make_rmem_tensor(frag_shape, self.d_dtype)
-                        out1.store(outs[1].to(self.d_dtype))
-                        cute.copy(tiled_r2s, out1, tRS_sD1[(None, None, None, buf)])
-                    cute.arch.fence_proxy("async.shared", space="cta")
-                    epi_barrier.arrive_and_wait()
-                    if warp_idx == store_warp:
-                        cute.copy(tma_d0, bSG_sD0[(None, buf)], bSG_gD0[(None, e)])
-                        if const_expr(two_outputs):
-                            cute.copy(tma_d1, bSG_sD1[(None, buf)], bSG_gD1[(None, e)])
-                        store_pipeline.producer_commit()
+                    if const_expr(quantizes):
+                        qf = cute.make_rmem_tensor(frag_shape, Float32)
+                        qf.store(outs[self.q_index])
+                        for v in cutlass.range_constexpr(frag_size):
+                            qvals[e * frag_size + v] = qf[v]
+                        update_amax(amax, row_of, qf, frag_size)
+                    if const_expr(num_plain > 0):
+                        buf = (local_tile_idx * groups_per_tile + e) % cfg.epi_stages + epi_slot * cfg.epi_stages
+                        # Wait for this buffer's previous store to have left shared memory only now,
+                        # just before it is rewritten (not right after each store is issued): when the
+                        # buffers hold a whole tile, the stores drain during the next tile's mainloop
+                        # and the epilogue never waits for them.
+                        if warp_idx == store_warp:
+                            store_pipeline.producer_acquire()
+                        epi_barrier.arrive_and_wait()
+                        out0 = cute.make_rmem_tensor(frag_shape, self.d_dtype)
+                        out0.store(outs[0].to(self.d_dtype))
+                        cute.copy(tiled_r2s, out0, tRS_sD0[(None, None, None, buf)])
+                        if const_expr(num_plain == 2):
+                            out1 = cute.make_rmem_tensor(frag_shape, self.d_dtype)
+                            out1.store(outs[1].to(self.d_dtype))
+                            cute.copy(tiled_r2s, out1, tRS_sD1[(None, None, None, buf)])
+                        cute.arch.fence_proxy("async.shared", space="cta")
+                        epi_barrier.arrive_and_wait()
+                        if warp_idx == store_warp:
+                            cute.copy(tma_d0, bSG_sD0[(None, buf)], bSG_gD0[(None, e)])
+                            if const_expr(num_plain == 2):
+                                cute.copy(tma_d1, bSG_sD1[(None, buf)], bSG_gD1[(None, e)])
+                            store_pipeline.producer_commit()
+
+                if const_expr(quantizes):
+                    # ---- the quantizing codec: each row's scale from its amax, then value / scale
+                    # in FP8 per sub-tile, then the scales (one per row of this 128-column block)
+                    reduce_amax_across_quad(amax)
+                    q_scales = [block_scale(amax[r], self.fmax, self.epi.pow2_scales) for r in range(len(frag_rows))]
+                    inv = [Float32(1.0) / q_scales[r] for r in range(len(frag_rows))]
+                    tma_q = tma_d1 if const_expr(self.q_index == 1) else tma_d0
+                    bSG_sQ = bSG_sD1 if const_expr(self.q_index == 1) else bSG_sD0
+                    bSG_gQ = bSG_gD1 if const_expr(self.q_index == 1) else bSG_gD0
+                    for e in cutlass.range_constexpr(num_epi):
+                        qf = cute.make_rmem_tensor(q_frag_shape, Float32)
+                        for j in cutlass.range_constexpr(frag_size):
+                            qf[j] = qvals[e * frag_size + q_perm[j]] * inv[row_of[q_perm[j]]]
+                        qout = cute.make_rmem_tensor(q_frag_shape, self.q_dtype)
+                        qout.store(qf.load().to(self.q_dtype))
+                        buf = (local_tile_idx * groups_per_tile + groups_per_tile - num_epi + e) % cfg.epi_stages
+                        self._store_subtile(tiled_r2s_q, qout, tRS_sQ, tma_q, bSG_sQ, bSG_gQ, e, buf, store_pipeline,
+                                            epi_barrier, warp_idx == store_warp)
+                    # a cluster's second CTA may hold an N tile past the last one (odd tile counts):
+                    # its TMA stores are clipped, its scale column does not exist
+                    if cute.arch.lane_idx() % 4 == 0 and n_tile < num_n_tiles:
+                        for r in cutlass.range_constexpr(len(frag_rows)):
+                            if first_row + frag_rows[r] < row_end:
+                                mQS[(first_row + frag_rows[r], n_tile)] = q_scales[r]
 
                 if const_expr(self.epi.row_sum):
                     # Sum each row's partials over the 4 lanes that share it; one lane
@@ -617,6 +753,20 @@ class Sm90Gemm:
                 t += t_step
             if warp_idx == store_warp:
                 store_pipeline.producer_tail()
+
+    @cute.jit
+    def _store_subtile(self, tiled_r2s, frag, tRS_s, tma, bSG_s, bSG_g, e, buf, store_pipeline, epi_barrier,
+                       is_store_warp):
+        """Registers -> smem buffer `buf` -> TMA store of epilogue sub-tile `e` (one store group)."""
+        if is_store_warp:
+            store_pipeline.producer_acquire()
+        epi_barrier.arrive_and_wait()
+        cute.copy(tiled_r2s, frag, tRS_s[(None, None, None, buf)])
+        cute.arch.fence_proxy("async.shared", space="cta")
+        epi_barrier.arrive_and_wait()
+        if is_store_warp:
+            cute.copy(tma, bSG_s[(None, buf)], bSG_g[(None, e)])
+            store_pipeline.producer_commit()
 
     def _load_stage(self, tma_a, a_src, a_dst, a_mask, tma_b, b_src, b_dst, b_mask, bar, desc_a=None, desc_b=None):
         """TMA loads of one stage's A and B blocks (through the given descriptors if any,

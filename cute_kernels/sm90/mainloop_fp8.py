@@ -1,0 +1,124 @@
+"""The block-scaled FP8 mainloop of the Hopper GEMM (traced inside `Sm90Gemm.kernel`).
+
+Operands: A (M, K) and B (N, K, L) FP8, K-major; scales SA (M, ceil(K / 128)) per row and
+128-K block, SB (ceil(N / 128), ceil(K / 128), L) per 128x128 block (L: one per expert).
+A K tile is one scale block (tile_k = 128) and an N tile one block (tile_n = 128).
+
+Promotion: each K tile's WGMMAs run into a scratch fp32 accumulator that starts from zero;
+once they are done the consumer adds scratch * SA[row, kt] * SB[n block, kt] into the
+promoted fp32 accumulator.  The tensor core's reduced-precision FP8 accumulation thus never
+spans more than one block of K, and the scales are applied in full fp32 (DeepSeek-V3's
+recipe).  Two scratch accumulators alternate: K tile kt + 1's WGMMAs are issued before tile
+kt is promoted (wait_group 1), so a warpgroup keeps the tensor core fed through its own
+promotions (3 x 64 registers per thread with a 128x128 cooperative tile).
+
+The producer, the tile walk, the pipelines and the epilogue are the GEMM family's; this
+module is only what differs from the bf16 WGMMA mainloop.
+"""
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, const_expr
+from cutlass.cute.nvgpu import warpgroup
+
+from ..gemm_base.traced import TracedRecord
+
+
+def accumulator_rows(tCcTile, size: int) -> tuple[list, int]:
+    """(row_of, delta) at trace time: row_of[v] is 0 or 1 as accumulator element v of a 64-row
+    WGMMA block is on the thread's row r0 or r0 + 8; delta is element 0's row minus r0."""
+    offsets = [int(tCcTile.layout(v)[0]) for v in range(size)]
+    r0 = min(offsets)
+    if sorted(set(offsets)) != [r0, r0 + 8]:
+        raise NotImplementedError(f"expected accumulator rows r0 and r0 + 8, got offsets {sorted(set(offsets))}")
+    return [0 if o == r0 else 1 for o in offsets], offsets[0] - r0
+
+
+class BlockScaledMainloop(TracedRecord):
+    """Trace-time helper: one tile's FP8 K loop with promotion (see the module docstring).
+
+    `row_of[v]`: which of the thread's two rows accumulator element v is on."""
+
+    _traced = ("tCrA", "tCrB")
+
+    def __init__(self, tCrA, tCrB, num_k_blocks: int, row_of: list, acc_size: int):
+        self.tCrA, self.tCrB = tCrA, tCrB
+        self.num_k_blocks = num_k_blocks
+        self.row_of = row_of
+        self.acc_size = acc_size
+
+    def load_scales(self, sc, at: int, mSA, mSB, rows, sb_block, kt, expert):
+        """SA[row, kt] * SB[sb_block, kt, expert] for the thread's two rows into sc[at], sc[at + 1]
+        (issued before the K tile's WGMMAs, so the loads' latency hides behind them)."""
+        sb = Float32(mSB[(sb_block, kt, expert)])
+        sc[at] = Float32(mSA[(rows[0], kt)]) * sb
+        sc[at + 1] = Float32(mSA[(rows[1], kt)]) * sb
+
+    def issue(self, tiled_mma, blk, ab_pipeline, read_state):
+        """Wait for the K tile's operands and issue its WGMMAs (one commit group) into `blk`, the
+        first k block overwriting it.  Returns `tiled_mma`, which the caller rebinds: its
+        ACCUMULATE field is a traced value that loops must carry."""
+        ab_pipeline.consumer_wait(read_state)
+        warpgroup.fence()
+        for kb in range(self.num_k_blocks):  # plain Python: unrolled at trace time
+            tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
+            cute.gemm(tiled_mma, blk, self.tCrA[(None, None, kb, read_state.index)],
+                      self.tCrB[(None, None, kb, read_state.index)], blk)
+        warpgroup.commit_group()
+        return tiled_mma
+
+    def promote(self, acc, blk, sc, at: int):
+        """acc += blk * (the row's scale product): one K tile's promotion."""
+        for v in range(self.acc_size):  # unrolled at trace time
+            acc[v] = acc[v] + blk[v] * sc[at + self.row_of[v]]
+
+    @staticmethod
+    def retire(ab_pipeline, release_state, depth: int):
+        """Wait until at most `depth` K tiles' WGMMAs are in flight and free the oldest stage (the
+        caller advances `release_state` in its own body: the tracer carries through a loop only
+        the states whose methods the loop body itself calls)."""
+        warpgroup.wait_group(depth)
+        ab_pipeline.consumer_release(release_state)
+
+    @cute.jit
+    def run(self, tiled_mma, acc, blk, blk2, sc, ab_pipeline, read_state, release_state, k_tiles, mSA, mSB, rows,
+            sb_block, expert):
+        """The tile's K loop: acc = sum over K tiles of promote(WGMMA(tile)).  The loop runs
+        whole pairs of K tiles so that each iteration starts and ends with `blk` in flight (a
+        branch inside would leave ptxas unsure which accumulator is in flight, and it
+        serializes the WGMMAs: C7514).  Returns (tiled_mma, read_state, release_state) for the
+        caller to rebind (traced values its own loop carries)."""
+        acc.fill(0.0)
+        self.load_scales(sc, 0, mSA, mSB, rows, sb_block, 0, expert)
+        tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state)
+        read_state.advance()
+        for kp in range(1, k_tiles - 1, 2):
+            self.load_scales(sc, 2, mSA, mSB, rows, sb_block, kp, expert)
+            tiled_mma = self.issue(tiled_mma, blk2, ab_pipeline, read_state)
+            read_state.advance()
+            self.retire(ab_pipeline, release_state, 1)
+            release_state.advance()
+            self.promote(acc, blk, sc, 0)
+            self.load_scales(sc, 0, mSA, mSB, rows, sb_block, kp + 1, expert)
+            tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state)
+            read_state.advance()
+            self.retire(ab_pipeline, release_state, 1)
+            release_state.advance()
+            self.promote(acc, blk2, sc, 2)
+        if k_tiles % 2 == 0:
+            # one K tile left to issue: into blk2 while blk is promoted
+            self.load_scales(sc, 2, mSA, mSB, rows, sb_block, k_tiles - 1, expert)
+            tiled_mma = self.issue(tiled_mma, blk2, ab_pipeline, read_state)
+            read_state.advance()
+            self.retire(ab_pipeline, release_state, 1)
+            release_state.advance()
+            self.promote(acc, blk, sc, 0)
+            self.retire(ab_pipeline, release_state, 0)
+            release_state.advance()
+            self.promote(acc, blk2, sc, 2)
+        else:
+            self.retire(ab_pipeline, release_state, 0)
+            release_state.advance()
+            self.promote(acc, blk, sc, 0)
+        return tiled_mma, read_state, release_state
