@@ -6,7 +6,8 @@ import pytest
 import torch
 
 ENTRY = {"bench_gemm": "main", "bench_mlp": "main", "bench_offload": "main", "bench_dense_configs": "main",
-         "bench_grouped_configs": "main", "bench_host_overhead": "cli", "bench_quantize": "main"}
+         "bench_grouped_configs": "main", "bench_host_overhead": "cli", "bench_quantize": "main",
+         "memory_timeline": "main"}
 
 
 @pytest.mark.parametrize("name", sorted(ENTRY))
