@@ -109,26 +109,92 @@ def default_kernel() -> str:
     return kernel
 
 
-def family_key(epi: Fp8Epilogue, cfg: GemmConfig, a_format: str, b_format: str):
-    """The GEMM family's kernel key of an FP8 launch (dense, K-major operands, bf16 plain outputs)."""
+def family_key(epi: Fp8Epilogue, cfg: GemmConfig, a_format: str, b_format: str, *, grouped: bool = False):
+    """The GEMM family's kernel key of an FP8 launch (K-major operands, bf16 plain outputs)."""
     from ..compile import KernelKey
 
     spec = dataclasses.replace(epi.spec, quantized=epi.quantized, q_format=epi.q_format, pow2_scales=epi.pow2_scales)
-    return KernelKey("sm90", cfg, spec, False, str(FORMATS[a_format]).removeprefix("torch."), "k", "k",
+    return KernelKey("sm90", cfg, spec, grouped, str(FORMATS[a_format]).removeprefix("torch."), "k", "k",
                      out_dtype="bfloat16", b_dtype=str(FORMATS[b_format]).removeprefix("torch."))
 
 
-def _launch_family(a, sa, b, sb, epi: Fp8Epilogue, cfg: GemmConfig, fa: str, fb: str, d, q, qs, max_clusters):
+def _launch_family(a, sa, b, sb, epi: Fp8Epilogue, cfg: GemmConfig, fa: str, fb: str, d, q, qs, max_clusters,
+                   m_splits=None, prob=None):
+    """One launch of the family's kernel: dense (b (N, K), sb (NB, KB)) or grouped along M (b (E, N, K),
+    sb (E, NB, KB), the rows of a sorted by expert in `m_splits`: a list or a GPU int tensor, read on
+    the GPU)."""
     from ..compile import get_compiled as get_family_compiled
     from ..gemm_base.launch_args import GemmArgs
+    from ..gemm_ops import _splits_metadata
 
     u8 = torch.uint8
     outs = []
     for name in epi.outputs:
         outs.append(_as_mkl(q.view(u8)) if name == epi.quantized else _as_mkl(d))
-    args = GemmArgs(_as_mkl(a.view(u8)), _as_mkl(b.view(u8)), outs[0], outs[1] if len(outs) == 2 else None,
-                    sa=sa, sb=sb.unsqueeze(-1), qs=qs)
-    get_family_compiled(family_key(epi, cfg, fa, fb))(*args, max_clusters)
+    grouped = m_splits is not None
+    cu_rows = cu_tiles = None
+    if grouped:
+        cu_rows, cu_tiles = _splits_metadata(m_splits, cfg.tile_m, a.device, cfg.cluster_m)
+        b3, sb3 = b.view(u8).permute(1, 2, 0), sb.permute(1, 2, 0)
+    else:
+        b3, sb3 = _as_mkl(b.view(u8)), sb.unsqueeze(-1)
+    args = GemmArgs(_as_mkl(a.view(u8)), b3, outs[0], outs[1] if len(outs) == 2 else None, scale=prob,
+                    cu_rows=cu_rows, cu_tiles=cu_tiles, sa=sa, sb=sb3, qs=qs)
+    get_family_compiled(family_key(epi, cfg, fa, fb, grouped=grouped))(*args, max_clusters)
+
+
+def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None, store_preact: bool = False,
+                recipe: Fp8Recipe = Fp8Recipe(), config: GemmConfig | None = None):
+    """Grouped FP8 GEMM of the family's kernel, one launch for every expert (no host loop, no host
+    sync with a GPU `m_splits`): x (M, K) FP8 with rows sorted by expert and 1x128 scales sx (M, KB);
+    w (E, N, K) FP8 with 128x128 scales sw (E, NB, KB); m_splits (E,) rows per expert (empty experts
+    allowed).  `epilogue` "identity" returns y (M, N) bf16; "act" returns (preact bf16 or None,
+    postact FP8, postact scales (M, NB)) with postact = prob * f(preact) quantized 1x128 (prob: (M,)
+    fp32 router probabilities or None)."""
+    fa = _check_fp8_operand("x", x)
+    if not isinstance(w, torch.Tensor) or w.dim() != 3 or w.dtype not in _FORMAT_OF:
+        raise InputError("w must be an (E, N, K) float8 tensor")
+    fb = _FORMAT_OF[w.dtype]
+    e, n, k = w.shape
+    m = x.shape[0]
+    if x.shape[1] != k:
+        raise InputError(f"x has K = {x.shape[1]}, w has K = {k}")
+    if not w.is_contiguous():
+        raise InputError("w must be contiguous (E, N, K): K-major per expert")
+    _check_scales("sx", sx, (m, _cdiv(k, BLOCK)))
+    _check_scales("sw", sw, (e, _cdiv(n, BLOCK), _cdiv(k, BLOCK)))
+    if isinstance(m_splits, torch.Tensor):
+        if m_splits.numel() != e:
+            raise InputError(f"m_splits has {m_splits.numel()} entries for {e} experts")
+    elif len(m_splits) != e or sum(m_splits) != m or min(m_splits, default=0) < 0:
+        raise InputError(f"m_splits must hold {e} non-negative counts summing to M = {m}, got {list(m_splits)}")
+    if epilogue not in ("identity", "act"):
+        raise InputError(f"epilogue must be 'identity' or 'act', got {epilogue!r}")
+    if n % 16:
+        raise InputError(f"N = {n} must be a multiple of 16")
+    if prob is not None and (not isinstance(prob, torch.Tensor) or prob.shape != (m,) or prob.dtype != torch.float32):
+        raise InputError("prob must be a float32 (M,) tensor")
+    check_fp8_device("x", x)
+    cfg = config or FP8_DEFAULT_CONFIG
+    if epilogue == "identity":
+        if prob is not None:
+            raise InputError("prob belongs to the 'act' epilogue")
+        epi = Fp8Epilogue(EpilogueSpec("identity"))
+    else:
+        epi = Fp8Epilogue(EpilogueSpec("act", store_preact=store_preact, row_scale=prob is not None),
+                          quantized="postact", q_format=recipe.fwd_format, pow2_scales=recipe.pow2_scales)
+    d = torch.empty((m, n), dtype=torch.bfloat16, device=x.device) if epi.plain_outputs else None
+    q = qs = None
+    if epi.quantized:
+        q = torch.empty((m, n), dtype=FORMATS[epi.q_format], device=x.device)
+        qs = _new_scales(m, _cdiv(n, BLOCK), x.device)
+    if m == 0:
+        return d if epilogue == "identity" else (d, q, qs)
+    from ..gemm_ops import _max_clusters_arg
+
+    _, max_clusters = _max_clusters_arg(x.device.index or 0, cfg.cluster_size)
+    _launch_family(x, sx, w, sw, epi, cfg, fa, fb, d, q, qs, max_clusters, m_splits=m_splits, prob=prob)
+    return d if epilogue == "identity" else (d, q, qs)
 
 
 def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None, mainloop: str | None = None,

@@ -1,0 +1,91 @@
+"""The GEMM family's block-scaled FP8 kernel (Sm90Gemm + sm90/mainloop_fp8.py + the quantizing
+codec) on the GPU: dense against the float64 reference of the dequantized inputs (the bound of
+tests/test_fp8_gpu.py), against the fork kernel (sm90/fp8_gemm.py, overlapped mainloop: the
+same promotion order, so the bf16 outputs are bitwise equal), and grouped along M against the
+dense kernel per expert (bitwise: a row's sums do not depend on the tile it falls in), with
+empty experts, odd splits, GPU-tensor splits and router probabilities.  Outputs are poisoned."""
+import pytest
+import torch
+
+from cute_kernels.epilogue import EpilogueSpec
+from cute_kernels.fp8.epilogue import Fp8Epilogue
+from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, fp8_grouped
+from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
+from test_fp8_gpu import SHAPES, _check_elementwise, _operands, _poisoned
+
+gpu = pytest.mark.gpu
+
+
+@gpu
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_family_fp8_gemm_against_reference_and_fork(m, n, k):
+    x, w, xq, xs, wq, ws = _operands(m, n, k, seed=3 * m + n + k)
+    d, _, _ = _launch(xq, xs, wq, ws, Fp8Epilogue(EpilogueSpec("identity")), None,
+                      outs=_poisoned(m, n, False, True), kernel="family")
+    ref = dequantize(xq, xs).double() @ dequantize(wq, ws).double().T
+    abs_sum = dequantize(xq, xs).double().abs() @ dequantize(wq, ws).double().abs().T
+    assert not d.isnan().any(), "unwritten output elements"
+    _check_elementwise(d, ref, abs_sum)
+    assert torch.equal(d, fp8_gemm(xq, xs, wq, ws, mainloop="overlap", kernel="fork"))
+
+
+@gpu
+@pytest.mark.parametrize("m,n,k", [(256, 256, 256), (1, 128, 128), (77, 144, 272), (1000, 384, 1040),
+                                   (513, 1024, 4096)])
+@pytest.mark.parametrize("pow2", [False, True])
+def test_family_fc1_quantized_postact(m, n, k, pow2):
+    x, w, xq, xs, wq, ws = _operands(m, n, k, seed=m + 5 * n + k)
+    epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=True), quantized="postact", pow2_scales=pow2)
+    pre, q, qs = _launch(xq, xs, wq, ws, epi, None, outs=_poisoned(m, n, True, True), kernel="family")
+    assert not pre.isnan().any() and not qs.isnan().any()
+    fork_pre, _, _ = _launch(xq, xs, wq, ws, epi, None, mainloop="overlap", kernel="fork")
+    assert torch.equal(pre, fork_pre), "preact differs from the fork kernel's"
+    # postact = relu(preact as stored)^2, quantized by the recipe: the same values and scales
+    post = torch.relu(pre.float()) ** 2
+    rq, rs = quantize_1x128(post, pow2=pow2)
+    assert torch.equal(qs, rs), "postact scales differ from the recipe's of the stored preact"
+    got = dequantize(q, qs.contiguous()).double()
+    want = dequantize(rq, rs).double()
+    # the kernel multiplies by 1/s, the recipe divides by s: at most one e4m3 step apart
+    assert ((got - want).abs() <= 2 ** -3 * want.abs() + 1e-30).all()
+    assert ((got - want).norm() / want.norm().clamp_min(1e-30)).item() < 1e-3
+
+
+def _splits_cases():
+    return [[256, 0, 129, 1, 383], [0, 0, 77], [128] * 8, [1000, 0]]
+
+
+@gpu
+@pytest.mark.parametrize("splits", _splits_cases())
+@pytest.mark.parametrize("as_tensor", [False, True])
+@pytest.mark.parametrize("with_prob", [False, True])
+def test_family_grouped_fp8_equals_dense_per_expert(splits, as_tensor, with_prob):
+    e, n, k = len(splits), 384, 1040
+    m = sum(splits)
+    g = torch.Generator(device="cpu").manual_seed(sum(splits) + e + int(as_tensor))
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
+    w = (torch.randn(e, n, k, generator=g) * 0.05).to(torch.bfloat16).cuda()
+    xq, xs = quantize_1x128(x)
+    parts = [quantize_128x128(w[i]) for i in range(e)]
+    wq = torch.stack([p[0] for p in parts]).contiguous()
+    ws = torch.stack([p[1] for p in parts]).contiguous()
+    prob = torch.rand(m, generator=g).cuda() if with_prob else None
+    sp = torch.tensor(splits, dtype=torch.int32, device="cuda") if as_tensor else splits
+    y = fp8_grouped(xq, xs, wq, ws, sp)
+    pre, q, qs = fp8_grouped(xq, xs, wq, ws, sp, epilogue="act", prob=prob, store_preact=True)
+    start = 0
+    for i, s in enumerate(splits):
+        if s == 0:
+            continue
+        rows = slice(start, start + s)
+        dense = fp8_gemm(xq[rows], xs[rows], wq[i], ws[i], kernel="family")
+        assert torch.equal(y[rows], dense), f"expert {i}: grouped output differs from the dense kernel's"
+        assert torch.equal(pre[rows], dense), f"expert {i}: grouped preact differs"
+        post = torch.relu(dense.float()) ** 2
+        if prob is not None:
+            post = post * prob[rows, None]
+        rq, rs = quantize_1x128(post)
+        assert torch.equal(qs[rows], rs), f"expert {i}: postact scales differ from the recipe's"
+        got, want = dequantize(q[rows], qs[rows].contiguous()), dequantize(rq, rs)
+        assert ((got - want).norm() / want.norm().clamp_min(1e-30)).item() < 1e-3
+        start += s
