@@ -51,6 +51,36 @@ def nonnegative_int(text: str) -> int:
     return v
 
 
+SEED_MAX = 2**31 - 1  # numpy's generators (under Optuna's samplers) take seeds below 2**32; workers add their index
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a sampler seed, 0 .. SEED_MAX."""
+    v = nonnegative_int(text)
+    if v > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {SEED_MAX}, got {v}")
+    return v
+
+
+def storage_spec(text: str) -> str:
+    """argparse type: a --storage value (a journal path or URL), never empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a journal file or a URL, got an empty string")
+    return text
+
+
+def out_path_error(path: str) -> str | None:
+    """Why a file cannot be written at `path` (None: it can); checked before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"folder {folder} does not exist"
+    if os.path.isdir(path):
+        return f"{path} is a folder"
+    if not os.access(folder, os.W_OK):
+        return f"folder {folder} is not writable"
+    return None
+
+
 def positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -85,13 +115,18 @@ def shape_error(s: dict) -> str | None:
     return None
 
 
+def _usage_error(parser, msg: str):
+    """Exit 2 with argparse's usage line and `msg` (no parser: exit with `msg`)."""
+    if parser is not None:
+        parser.error(msg)
+    raise SystemExit(msg)
+
+
 def problems_from_args(args, parser=None) -> list[Problem]:
     from cute_kernels.tuned_store import ShapeKey
 
     def error(msg):
-        if parser is not None:
-            parser.error(msg)  # exits 2 with the usage line, as argparse does
-        raise SystemExit(msg)
+        _usage_error(parser, msg)
 
     shapes = []
     if args.kernel:
@@ -141,7 +176,7 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
     try:
         tries = [space.parse_overrides(t) for t in args.tries]
     except ValueError as exc:
-        raise SystemExit(f"--try: {exc}")
+        _usage_error(parser, f"argument --try: {exc}")
     workers = args.workers or (len(args.gpus) if args.gpus else 1)
     simulated = args.simulate and runner_factory is None
     if simulated:
@@ -149,6 +184,12 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
 
         runner_factory, timer, arch, device = SimulatedRunner, make_simulated_timer(args.simulate_delay), "sm90", \
             "simulated"
+    if workers == 1 and args.gpus and not args.worker:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus[0]  # before CUDA starts: this process is the worker
+    if runner_factory is None and not _cuda_available():  # before any storage file is created
+        print("autotune sweep needs a CUDA GPU (the search, YAML and lookup run anywhere; timing does not).",
+              file=sys.stderr)
+        return 2
     storage = args.storage
     if storage is None:
         if simulated:  # never the real sweeps' storage; in memory when one process can hold it
@@ -157,24 +198,15 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
             storage = DEFAULT_STORAGE
     try:
         store = open_store(storage, heartbeat_s=args.heartbeat, grace_s=args.grace)
-    except StorageError as e:
-        raise SystemExit(str(e))
-    if workers == 1 and args.gpus and not args.worker:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus[0]  # before CUDA starts: this process is the worker
+    except StorageError as e:  # its message names --storage
+        _usage_error(parser, str(e))
     if workers > 1 and not args.worker:
         if store.kind == "memory":
             raise SystemExit("--workers > 1 needs a storage the workers share (--storage FILE.journal or a URL)")
         return _launch_workers(args, workers, problems, store, arch=arch, simulated=simulated)
     if runner_factory is None:
-        try:
-            import torch
-        except ImportError:
-            torch = None
-        if torch is None or not torch.cuda.is_available():
-            print("autotune sweep needs a CUDA GPU (the search, YAML and lookup run anywhere; timing does not).",
-                  file=sys.stderr)
-            return 2
         import cutlass
+        import torch
 
         from cute_kernels.gemm_ops import device_arch
 
@@ -204,6 +236,14 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
         return 0
     _report(args, [results.get(p) for p in problems], problems, store, simulated)
     return 0
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def _report(args, results, problems, store, simulated: bool):
@@ -375,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grid", action="store_true", help="time every config of the space")
     s.add_argument("--try", dest="tries", action="append", default=[], metavar="PARAMS",
                    help="also try this override of the default first, e.g. 'tile_n=256,cluster=2x1' (repeatable)")
-    s.add_argument("--storage", default=None,
+    s.add_argument("--storage", type=storage_spec, default=None,
                    help=f"where the studies live (resumable): a journal file path (default {DEFAULT_STORAGE}; "
                         "several processes on one host), postgresql://user@host:port/db (several hosts) or "
                         "sqlite:///FILE (one process); see docs/distributed-sweep.md")
@@ -393,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timing", choices=["burst", "sustained"], default="burst",
                    help="burst: short L2-flushed batches (boost clocks); sustained: 0.4 s back to back "
                         "at the power limit, as training runs (slower sweeps; the tuned entry records it)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_int, default=0, help=f"sampler seed, 0 to {SEED_MAX}")
     s.add_argument("--compile-ahead", type=positive_int, default=1, help="configs compiled ahead on threads while timing")
     s.add_argument("--no-write", action="store_true", help="do not write tuned_configs/")
     s.add_argument("--root", help="tuned_configs folder to write (default: the package's)")
@@ -411,8 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_compile_only(sub)
     pl = sub.add_parser("plot", help="PNG of a study: time per trial, best so far, parameter importances")
     pl.add_argument("--study", required=True)
-    pl.add_argument("--storage", default=DEFAULT_STORAGE, help=f"journal path or URL (default {DEFAULT_STORAGE})")
-    pl.add_argument("--out", required=True)
+    pl.add_argument("--storage", type=storage_spec, default=DEFAULT_STORAGE, help=f"journal path or URL (default {DEFAULT_STORAGE})")
+    pl.add_argument("--out", required=True, help="the image file: .png (or another format matplotlib writes: .pdf, "
+                                                 ".svg, ...)")
+    for sp in (s, sh, pl):  # main() reports a bad argument with the subcommand's own usage line
+        sp.set_defaults(subparser=sp)
     return p
 
 
@@ -425,17 +468,32 @@ def main(argv=None, **inject) -> int:
         if args.trials is None:
             args.trials = tuner.DEFAULT_TRIALS
         if args.simulate_delay < 0:
-            parser.error(f"argument --simulate-delay: must be 0 or more, got {args.simulate_delay}")
+            args.subparser.error(f"argument --simulate-delay: must be 0 or more, got {args.simulate_delay}")
         if not args.grace > args.heartbeat:
-            parser.error(f"--grace ({args.grace}) must be longer than --heartbeat ({args.heartbeat})")
-        return cmd_sweep(args, parser=parser, **inject)
+            args.subparser.error(f"--grace ({args.grace}) must be longer than --heartbeat ({args.heartbeat})")
+        _check_out(args.subparser, args.out)
+        return cmd_sweep(args, parser=args.subparser, **inject)
     if args.cmd == "show":
         return cmd_show(args)
     if args.cmd == "compile-only":
         from .compile_only import run
 
         return run(args)
+    from .plot import image_format_error
+
+    _check_out(args.subparser, args.out, image_format_error)
     return cmd_plot(args)
+
+
+def _check_out(parser, path: str | None, *checks) -> None:
+    """--out must be writable (and pass `checks`, each giving a reason or None) before any work is done;
+    else exit 2 with argparse's one-line error."""
+    if path is None:
+        return
+    for check in (out_path_error, *checks):
+        why = check(path)
+        if why:
+            parser.error(f"argument --out: {why}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,23 @@
 """PNG of one study: time per trial with the best so far, and parameter importances."""
 from __future__ import annotations
 
+import os
+
+
+def image_format_error(out: str) -> str | None:
+    """Why matplotlib cannot write an image named `out` (None: it can; no extension means PNG)."""
+    ext = os.path.splitext(out)[1].lower().lstrip(".")
+    if not ext:
+        return None
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError:
+        return None  # plot_study says matplotlib is missing
+    known = FigureCanvasAgg.get_supported_filetypes()
+    if ext not in known:
+        return f"cannot write a .{ext} image; use one of {', '.join('.' + k for k in sorted(known))}"
+    return None
+
 
 def plot_study(study_name: str, storage: str, out: str) -> str:
     import optuna

@@ -200,6 +200,8 @@ def _rdb(url: str, engine_kwargs: dict, hb_kwargs: dict):
 
 
 def _check_file(path: str, spec: str, create: bool):
+    if os.path.isdir(path):
+        raise StorageError(f"--storage {spec!r}: {path} is a folder (name a file in it)")
     if not create and not os.path.exists(path):
         raise StorageError(f"no study storage at {path} (--storage {spec!r})")
     d = os.path.dirname(path)

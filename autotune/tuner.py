@@ -80,27 +80,62 @@ def study_name(problem: Problem, arch: str, *, grid: bool = False, simulated: bo
     return ("simulated/" if simulated else "") + problem.study_name(arch) + ("/grid" if grid else "")
 
 
+def covers_space(n_trials: int, grid: bool = False) -> bool:
+    """True when the study times every config of the space once (--grid, or a trial budget at
+    least the space's size: sampling more would only re-time configs already timed)."""
+    return grid or n_trials >= len(space.grid())
+
+
+def _params_key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+def distinct_configs(trials) -> int:
+    """How many different configs the COMPLETE and PRUNED `trials` hold."""
+    return len({_params_key(t.params) for t in trials
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)})
+
+
+def budget_spent(trials, n_trials: int, grid: bool = False) -> bool:
+    """Whether a study whose budget is `n_trials` (each shape's total) needs no further trial:
+    its COMPLETE + PRUNED + RUNNING trials reach the budget, or, when the budget covers the whole
+    space, its distinct timed configs + RUNNING trials reach the space's size (a huge --trials stops
+    once the space is exhausted)."""
+    running = sum(1 for t in trials if t.state == optuna.trial.TrialState.RUNNING)
+    if covers_space(n_trials, grid):
+        return distinct_configs(trials) + running >= len(space.grid())
+    done = sum(1 for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    return done + running >= n_trials
+
+
+def study_budget(n_trials: int, grid: bool = False) -> int:
+    """The number of trials a finished study holds (the progress bars' total)."""
+    return len(space.grid()) if covers_space(n_trials, grid) else n_trials
+
+
 def open_study(problem: Problem, arch: str, storage, *, grid: bool, seed: int, tries=(), simulated: bool = False,
-               constant_liar: bool = False):
+               constant_liar: bool = False, n_trials: int = 0):
     """Create or load the problem's study.  A new one gets the default config as its
     first trial, then `tries` (parameter overrides of the default, e.g. {"cluster": "2x1"}).
+    With `grid`, or a budget `n_trials` that covers the whole space, every config not yet timed
+    is enqueued too (after those).
     `storage`: None (in memory), a URL or journal path, or an autotune.storage.Store (whose
     claim lock the caller holds when several workers may open the study at once)."""
     name = study_name(problem, arch, grid=grid, simulated=simulated)
     storage = make_storage(storage)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
                                 sampler=make_sampler(grid, seed, constant_liar), load_if_exists=True)
-    if grid:
-        seen = {tuple(sorted(t.params.items())) for t in study.trials if t.state.is_finished()}
-        for params in space.grid():
-            if tuple(sorted(params.items())) not in seen:
-                study.enqueue_trial(params, skip_if_exists=True)
-    elif len(study.trials) == 0:
+    if not grid and len(study.trials) == 0:
         dflt = problem.default_config()
         if space.in_space(dflt):
             study.enqueue_trial(space.to_params(dflt), user_attrs={"default": True})
         for overrides in tries:
             study.enqueue_trial({**space.to_params(dflt), **overrides}, skip_if_exists=True)
+    if covers_space(n_trials, grid):
+        seen = {_params_key(t.params) for t in study.trials if t.state.is_finished()}
+        for params in space.grid():
+            if _params_key(params) not in seen:
+                study.enqueue_trial(params, skip_if_exists=True)
     return study
 
 
@@ -113,14 +148,17 @@ def _finished_elsewhere(study, trial) -> bool:
 
 
 def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: str, progress: bool = True,
-               compile_workers: int = 1, check_tol: float = 1e-2, claim=None, release=None) -> int:
+               compile_workers: int = 1, check_tol: float = 1e-2, claim=None, release=None,
+               budget: int | None = None) -> int:
     """Ask/tell loop: compile the next candidates on threads while timing the current one.
 
     `claim()` (default: `study.ask()` while fewer than `n_trials` were asked) gives the next
     trial or None when the study's budget is spent (autotune/worker.py claims under a lock
     shared by all workers); `release(trial)` runs once the trial is told.  A trial whose
     timing raises is told FAIL (the error in its "error" attribute) before the error goes on;
-    trials asked ahead and not yet timed are told FAIL ("interrupted") then too.
+    trials asked ahead and not yet timed are told FAIL ("interrupted") then too.  The progress
+    bar counts toward `budget` (the study's total, from the trials it already holds; default:
+    `n_trials` from zero).
 
     Sustained timing paces its calls from the host, and a DSL compile holds the GIL for long
     stretches of C++ (H100, 2026-11-25: calls timed next to a compile read 17-240x slow), so
@@ -129,10 +167,16 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
     trials it told."""
     pool = cf.ThreadPoolExecutor(max_workers=max(1, compile_workers))
     quiet = threading.Lock() if getattr(timer, "mode", "burst") == "sustained" else contextlib.nullcontext()
+    bar_start = 0
+    if budget is None:
+        budget = n_trials
+    else:
+        bar_start = sum(1 for t in study.get_trials(deepcopy=False)
+                        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     if claim is None:
         claim = study.ask
     else:
-        n_trials = 1 << 62
+        n_trials = 1 << 62  # claim() says when the budget is spent
 
     def prepare(cfg):
         with quiet:
@@ -142,7 +186,7 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n_trials, desc=problem.label(), leave=True)
+        bar = tqdm(total=budget, initial=min(bar_start, budget), desc=problem.label(), leave=True)
     default_ms = None
     pending: list = []  # (trial, cfg, future or reason)
 
@@ -328,11 +372,15 @@ def sweep(problem: Problem, runner, timer, *, arch: str, storage: str | None, n_
           grid: bool = False, seed: int = 0, write: bool = True, root: str | None = None, device: str = "",
           dsl_version: str = "", progress: bool = True, compile_workers: int = 1, tries=()) -> SweepResult:
     t0 = time.time()
-    study = open_study(problem, arch, storage, grid=grid, seed=seed, tries=tries)
+    study = open_study(problem, arch, storage, grid=grid, seed=seed, tries=tries, n_trials=n_trials)
     # a resumed study runs only the trials it still lacks: n_trials is the study's total
-    done = sum(1 for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    n_trials = max(0, (len(space.grid()) if grid else n_trials) - done)
-    run_trials(study, problem, runner, timer, n_trials, arch=arch, progress=progress, compile_workers=compile_workers)
+    if covers_space(n_trials, grid):
+        todo = len(space.grid()) - distinct_configs(study.trials)
+    else:
+        todo = n_trials - sum(1 for t in study.trials
+                              if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    run_trials(study, problem, runner, timer, max(0, todo), arch=arch, progress=progress,
+               compile_workers=compile_workers)
     return finish(study, problem, runner, timer, arch=arch, write=write, root=root, device=device,
                   dsl_version=dsl_version, wall_s=time.time() - t0)
 

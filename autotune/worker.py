@@ -6,7 +6,8 @@ same shapes against the same storage.  For each shape's study:
 
 - claim (under `Store.claim()`): reap dead workers' trials (autotune/heartbeat.py), count the
   COMPLETE + PRUNED + RUNNING trials, and `ask` only while that count is below the budget
-  (`--trials`, or the grid's size); `ask` pops enqueued trials (the default, `--try`
+  (`--trials`; with --grid, or a --trials at least the space's size, every config is enqueued
+  and the study ends when its distinct configs cover the space); `ask` pops enqueued trials (the default, `--try`
   points, grid points, retries of dead workers' trials) before sampling new ones.  The lock
   makes count-then-ask atomic: no trial is timed by two workers, the budget is never overrun,
   and FAIL trials (retried) do not count, so the study ends with exactly `budget` COMPLETE +
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import TrialState
 
-from . import space, tuner
+from . import tuner
 from .problem import Problem
 
 log = logging.getLogger("autotune")
@@ -64,7 +65,11 @@ class SweepSpec:
 
     @property
     def budget(self) -> int:
-        return len(space.grid()) if self.grid else self.trials
+        """Trials a finished study holds (the space's size when --trials covers it)."""
+        return tuner.study_budget(self.trials, self.grid)
+
+    def spent(self, trials) -> bool:
+        return tuner.budget_spent(trials, self.trials, self.grid)
 
 
 def _count(trials, *states) -> int:
@@ -86,7 +91,8 @@ class Worker:
             with self.store.claim():  # creating the study and enqueuing its first trials happen once
                 self._studies[prob] = tuner.open_study(
                     prob, self.spec.arch, self.store, grid=self.spec.grid, seed=self.spec.seed + self.index,
-                    tries=self.spec.tries, simulated=self.spec.simulated, constant_liar=self.spec.constant_liar)
+                    tries=self.spec.tries, simulated=self.spec.simulated, constant_liar=self.spec.constant_liar,
+                    n_trials=self.spec.trials)
         return self._studies[prob]
 
     def claim_trial(self, study):
@@ -94,7 +100,7 @@ class Worker:
         with self.store.claim():
             self.store.heartbeat.reap(study)
             trials = study.get_trials(deepcopy=False)
-            if _count(trials, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) >= self.spec.budget:
+            if self.spec.spent(trials):
                 return None
             with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": we beat ourselves
                 warnings.simplefilter("ignore", UserWarning)
@@ -112,7 +118,7 @@ class Worker:
             trials = study.get_trials(deepcopy=False)
             done = _count(trials, TrialState.COMPLETE, TrialState.PRUNED)
             running = _count(trials, TrialState.RUNNING)
-            if done + running < self.spec.budget:
+            if not self.spec.spent(trials):
                 return "more"
             if running:
                 return "wait"
@@ -147,7 +153,7 @@ class Worker:
 
         told = tuner.run_trials(study, prob, self.runner(prob), self.timer, 0, arch=self.spec.arch,
                                 progress=self.spec.progress, compile_workers=self.spec.compile_workers,
-                                claim=claim, release=lambda t: hb.drop_trial(t._trial_id))
+                                claim=claim, release=lambda t: hb.drop_trial(t._trial_id), budget=self.spec.budget)
         self.told += told
         return told
 
