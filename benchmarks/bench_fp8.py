@@ -186,6 +186,9 @@ def main(argv=None):
     p.add_argument("--no-sustained", action="store_true")
     p.add_argument("--no-step", action="store_true", help="skip the MLP step table")
     args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_fp8 needs a CUDA GPU", file=sys.stderr)
+        return 2
     m, n, k = (int(v) for v in args.shape.split(","))
     out_dir = os.environ.get("OUT", "gpu_out")
     os.makedirs(out_dir, exist_ok=True)
@@ -238,4 +241,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

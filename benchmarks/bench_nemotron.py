@@ -113,9 +113,7 @@ def bench_model(kind, tokens, budget):
     handle = patch_nemotron_h(model, offload="auto")
     r = _measure(rows, "patched, offload auto", _step(model), batches, budget)
     if r is not None:
-        sched = handle.scheduler
-        r["offloaded_gib"] = sched.offloaded_bytes() / 2**30
-        r["plans"] = {i: list(p.roles) for i, p in sorted(sched.plans.items())}
+        r.update(offload_summary(handle.scheduler))
     handle.restore()
     extra = bench_routed(model, batches[0], budget) if kind == "moe" else {}
     return model, batches, rows, extra
@@ -135,6 +133,14 @@ def bench_measured(model, batches, rows, budget):
         r["plan"] = sched.plan.describe()
         print(r["plan"].split("\n")[0], flush=True)
     handle.restore()
+
+
+def offload_summary(sched) -> dict:
+    """What an `auto` OffloadScheduler did in its latest step: GiB offloaded, and the roles its
+    plan moves (offloaded or recomputed) in each layer ({} before it has planned)."""
+    plan = sched.step_plan
+    return {"offloaded_gib": sched.offloaded_bytes() / 2**30,
+            "plans": {i: list(lp.roles) for i, lp in sorted(plan.layers.items())} if plan is not None else {}}
 
 
 def bench_compile(model, batches, rows, budget):
@@ -270,6 +276,9 @@ def main(argv=None):
     ap.add_argument("--auto-measured", action="store_true",
                     help='also run the patched model with offload "auto_measured" (planned from the measured peak)')
     args = ap.parse_args(argv)
+    if common.DEVICE == "cuda" and not torch.cuda.is_available():
+        print("bench_nemotron needs a CUDA GPU", file=sys.stderr)
+        return 2
     os.makedirs(args.out, exist_ok=True)
     budget = Budget(args.budget_s)
     results, routed, kept = {}, {}, {}

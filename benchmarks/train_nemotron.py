@@ -63,6 +63,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--budget-s", type=float, default=45)
     args = ap.parse_args(argv)
+    if common.DEVICE == "cuda" and not torch.cuda.is_available():
+        print("train_nemotron needs a CUDA GPU", file=sys.stderr)
+        return 2
     os.makedirs(args.out, exist_ok=True)
     budget = Budget(args.budget_s)
     hf = build_model(seed=0, **CONFIG)

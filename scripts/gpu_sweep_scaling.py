@@ -36,18 +36,45 @@ def sweep(n: int, gpus: list[str], journal: str, args, log) -> float:
     return wall
 
 
-def results(journal: str, args) -> dict:
-    import torch
-
+def results(journal: str, args, arch: str | None = None) -> dict:
+    """{shape label: SweepResult or None} of the sweep recorded in `journal` (`arch`: this GPU's)."""
     from autotune.__main__ import build_parser, problems_from_args
     from autotune.storage import open_store
     from autotune.worker import SweepSpec, load_result
-    from cute_kernels.gemm_ops import device_arch
 
+    if arch is None:
+        import torch
+
+        from cute_kernels.gemm_ops import device_arch
+
+        arch = device_arch(torch.device("cuda"))
     ns = build_parser().parse_args(["sweep", "--benchmark-shapes"] + (["--only", args.only] if args.only else []))
-    spec = SweepSpec(arch=device_arch(torch.device("cuda")), trials=args.trials)
+    spec = SweepSpec(arch=arch, trials=args.trials)
     store = open_store(journal, create=False)
     return {p.label(): load_result(store, p, spec) for p in problems_from_args(ns)}
+
+
+def scaling_table(r1: dict, rn: dict, w1: float, wn: float, n: int, trials: int, device: str) -> str:
+    """The report: wall times of 1 and `n` workers, and each shape's winner from both sweeps
+    (`r1`, `rn`: results() of each)."""
+    rows, agree = [], 0
+    for label in r1:
+        a, b = r1[label], rn.get(label)
+        if a is None or b is None or not a.best_ms or not b.best_ms:
+            rows.append(f"| {label} | - | - | - | not finished |")
+            continue
+        diff = b.best_ms / a.best_ms - 1.0
+        ok = abs(diff) <= 0.01
+        agree += ok
+        same = "same config" if a.best_params == b.best_params else "other config"
+        rows.append(f"| {label} | {a.best_ms:.4f} | {b.best_ms:.4f} | {diff:+.2%} | {'yes' if ok else 'NO'} ({same}) |")
+    speedup = w1 / wn
+    return "\n".join([
+        f"sweep scaling, {device} x{n}, {trials} trials/shape, {time.strftime('%Y-%m-%d')}",
+        f"1 worker: {w1:.1f} s; {n} workers: {wn:.1f} s; speedup {speedup:.2f}x "
+        f"(target >= {0.8 * n:.1f}x: {'met' if speedup >= 0.8 * n else 'NOT met'})",
+        f"winners within 1%: {agree}/{len(r1)}", "",
+        f"| shape | best ms, 1 worker | best ms, {n} workers | diff | within 1% |", "|---|---|---|---|---|", *rows])
 
 
 def main() -> int:
@@ -60,7 +87,7 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_sweep_scaling needs CUDA GPUs")
+        print("gpu_sweep_scaling needs CUDA GPUs", file=sys.stderr)
         return 2
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = [g.strip() for g in env.split(",") if g.strip()] if env else [str(i) for i in range(torch.cuda.device_count())]
@@ -72,24 +99,7 @@ def main() -> int:
         w1 = sweep(1, gpus, j1, args, log)
         wn = sweep(n, gpus, jn, args, log)
         r1, rn = results(j1, args), results(jn, args)
-        rows, agree = [], 0
-        for label in r1:
-            a, b = r1[label], rn[label]
-            if a is None or b is None or not a.best_ms or not b.best_ms:
-                rows.append(f"| {label} | - | - | - | not finished |")
-                continue
-            diff = b.best_ms / a.best_ms - 1.0
-            ok = abs(diff) <= 0.01
-            agree += ok
-            same = "same config" if a.best_params == b.best_params else "other config"
-            rows.append(f"| {label} | {a.best_ms:.4f} | {b.best_ms:.4f} | {diff:+.2%} | {'yes' if ok else 'NO'} ({same}) |")
-        speedup = w1 / wn
-        table = "\n".join([
-            f"sweep scaling, {torch.cuda.get_device_name()} x{n}, {args.trials} trials/shape, {time.strftime('%Y-%m-%d')}",
-            f"1 worker: {w1:.1f} s; {n} workers: {wn:.1f} s; speedup {speedup:.2f}x "
-            f"(target >= {0.8 * n:.1f}x: {'met' if speedup >= 0.8 * n else 'NOT met'})",
-            f"winners within 1%: {agree}/{len(r1)}", "",
-            f"| shape | best ms, 1 worker | best ms, {n} workers | diff | within 1% |", "|---|---|---|---|---|", *rows])
+        table = scaling_table(r1, rn, w1, wn, n, args.trials, torch.cuda.get_device_name())
         log.write(table + "\n")
     with open(f"{out}/sweep_scaling.md", "w") as f:
         f.write(table + "\n")

@@ -1,0 +1,197 @@
+"""Every module under benchmarks/ and scripts/ against the current API, without a GPU: each
+imports, each command's argument parser builds (`--help`) and parses its defaults, and the
+report code (tables, summaries, plots) runs on a fake result; where that code reads the
+offload scheduler or the autotuner, on real CPU objects of them (issue 25: bench_nemotron read
+`OffloadScheduler.plans` after the planner renamed it and crashed after an hour of GPU time)."""
+import argparse
+import ast
+import glob
+import importlib
+import importlib.util
+import os
+import runpy
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULES = sorted(os.path.relpath(p, ROOT) for d in ("benchmarks", "scripts") for p in glob.glob(f"{ROOT}/{d}/*.py"))
+# module-level functions whose names say they format or summarise results: each needs a test
+# below that runs it on a fake result (REPORT_TESTED lists those that have one)
+REPORT_WORDS = ("report", "table", "summary", "render", "plot", "verdict", "format", "results", "metrics")
+REPORT_TESTED = {
+    "benchmarks/bench_gemm.py": {"format_table"},
+    "benchmarks/bench_nemotron.py": {"report", "plot", "offload_summary"},
+    "benchmarks/bench_offload.py": {"render_timeline"},  # tests/test_bench_offload.py
+    "benchmarks/snapshot_analysis.py": {"plot"},  # tests/test_snapshot_analysis.py
+    "scripts/compare_sm100_cutlass.py": {"metrics"},
+    "scripts/fp8_training_check.py": {"verdict"},
+    "scripts/gpu_sweep_scaling.py": {"results", "scaling_table"},
+}
+# ... and those that measure on the GPU as they build their table (nothing to fake)
+GPU_MEASURING = {"benchmarks/bench_mlp.py": {"_quack_table"}}
+
+
+def _tree(path):
+    with open(os.path.join(ROOT, path)) as f:
+        return ast.parse(f.read())
+
+
+def _has_main_block(path) -> bool:
+    return any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in _tree(path).body)
+
+
+def load(path):
+    """The module at `path` (benchmarks/ as its package, scripts/ by file)."""
+    name = path[:-3].replace("/", ".")
+    if path.startswith("benchmarks/"):
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _Parsed(Exception):
+    """Raised by the patched parser once the command's arguments parsed: nothing after it runs."""
+
+
+def run_main(path, argv, monkeypatch):
+    """Run `path` as `python path ARGV` in this process, stopping right after its arguments parse."""
+    original = argparse.ArgumentParser.parse_known_args
+
+    def parse_then_stop(self, *a, **k):
+        ns, extra = original(self, *a, **k)
+        raise _Parsed(ns)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_then_stop)
+    monkeypatch.setattr(sys, "argv", [path, *argv])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(ROOT)
+    runpy.run_path(os.path.join(ROOT, path), run_name="__main__")
+
+
+def test_every_file_is_covered():
+    assert "benchmarks/bench_nemotron.py" in MODULES and "scripts/gpu_sweep_scaling.py" in MODULES
+
+
+@pytest.mark.parametrize("path", MODULES)
+def test_imports_and_parses_its_arguments(path, monkeypatch, capsys, tmp_path):
+    mod = load(path)
+    assert mod is not None
+    if not _has_main_block(path):
+        return
+    monkeypatch.setenv("OUT", str(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        run_main(path, ["--help"], monkeypatch)
+    assert exc.value.code == 0, capsys.readouterr()
+    assert "usage:" in capsys.readouterr().out
+    with pytest.raises(_Parsed):  # the defaults parse (their types convert)
+        run_main(path, [], monkeypatch)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("path", MODULES)
+def test_report_code_has_a_fake_result_test(path):
+    names = {n.name for n in _tree(path).body if isinstance(n, ast.FunctionDef)
+             and any(w in n.name for w in REPORT_WORDS)}
+    missing = names - REPORT_TESTED.get(path, set()) - GPU_MEASURING.get(path, set())
+    assert not missing, f"{path}: add a test running {sorted(missing)} on a fake result to tests/test_scripts_cpu.py"
+
+
+# ---------------------------------------------------------------- report code on fake results
+def test_bench_gemm_table():
+    from benchmarks.bench_gemm import format_table
+
+    row = dict(shape="fc2 M=64", ours_ms=1.0, ours_tflops=500.0, torch_mm_ms=1.2, torch_mm_tflops=400.0,
+               vs_torch_mm=1.2, torch_act_ms=1.5, vs_torch_act=1.5, rel_err=1e-3, host_us=12.0)
+    text = format_table([row, {"shape": "fc1 M=64", "error": "boom"}])
+    assert "| fc2 M=64 | 1.000 | 500 |" in text and "ERROR: boom" in text
+
+
+def _planned_cpu_scheduler():
+    """An `auto` OffloadScheduler that has planned a 3-layer step on the CPU (pinned timings)."""
+    from cute_kernels.mlp import srelu_mlp
+    from offload import OffloadPolicy, OffloadScheduler
+
+    g = torch.Generator().manual_seed(0)
+    ws = [(torch.randn(64, 32, generator=g, requires_grad=True), torch.randn(32, 64, generator=g, requires_grad=True))
+          for _ in range(3)]
+    pol = OffloadPolicy(auto=True, min_tensor_bytes=0, d2h_gbps=0.01, h2d_gbps=0.01, layer_ms=(1.0, 2.0))
+    sched = OffloadScheduler(pol, num_layers=3, offload_cpu_tensors=True)
+    for _ in range(2):
+        x = torch.randn(48, 32, generator=g, requires_grad=True)
+        for i, (w1, w2) in enumerate(ws):
+            with sched.layer(i):
+                x = srelu_mlp(x, w1, w2, backend="torch")
+        x.sum().backward()
+        assert sched.end_step() == {}
+    assert sched.step_plan is not None
+    return sched
+
+
+def test_bench_nemotron_report_and_plot_on_a_cpu_scheduler(tmp_path):
+    from benchmarks import bench_nemotron
+
+    sched = _planned_cpu_scheduler()
+    summary = bench_nemotron.offload_summary(sched)
+    assert summary["offloaded_gib"] > 0 and sorted(summary["plans"]) == [0, 1, 2]
+    assert all(isinstance(r, str) for roles in summary["plans"].values() for r in roles)
+    from offload import OffloadPolicy, OffloadScheduler
+
+    assert bench_nemotron.offload_summary(OffloadScheduler(OffloadPolicy(auto=True, d2h_gbps=1.0, h2d_gbps=1.0),
+                                                                    num_layers=2)) == \
+        {"offloaded_gib": 0.0, "plans": {}}
+    row = lambda name, ms, **extra: dict(variant=name, ms=ms, peak_gib=10.0, act_gib=2.0, first_step_s=3.0, **extra)
+    rows = [row("hf eager", 10.0), row("hf, MLP/MoE passed through", 6.0), row("patched", 8.0),
+            row("patched, offload auto", 8.5, **summary),
+            row("patched, offload auto_measured", 9.0, offloaded_gib=1.0, predicted_peak_gib=(12.0, 9.5), plan="(plan)"),
+            {"variant": "hf torch.compile", "skipped": "time budget"}]
+    routed = {"tokens": 8, "rows": 48, "experts_hit": 5,
+              **{k: {"ms": ms, "act_gib": 0.5} for k, ms in (("hf grouped_mm experts", 3.0), ("ours", 2.0),
+                                                           ("our grouped op on pre-sorted tokens", 1.5))}}
+    text = bench_nemotron.report({"moe": rows, "dense": rows[:3]}, routed, "cpu", 8192)
+    assert "offload auto: " in text and "predicted 9.50 GiB" in text and "| patched | 8.00 | 1.25x |" in text and "skipped: time budget" in text
+    pytest.importorskip("matplotlib")
+    bench_nemotron.plot({"moe": rows}, str(tmp_path / "b.png"))
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_sm100_metrics_on_fake_ptx():
+    mod = load("scripts/compare_sm100_cutlass.py")
+    ptx = "\n".join([".version 8.7", ".target sm_100a", ".address_size 64", ".visible .entry k()", "{",
+                     "tcgen05.mma.cta_group::1.kind::f16 [a], b, c;", "tcgen05.mma.cta_group::1.kind::f16 [a], b, c;",
+                     "tcgen05.commit.cta_group::1 [x];", "mbarrier.try_wait.parity.b64 p, [y], 0;", "ret;", "}"])
+    try:
+        m = mod.metrics(ptx)
+    except (FileNotFoundError, OSError, RuntimeError) as e:  # no ptxas here: the counting alone
+        pytest.skip(f"ptxas unavailable: {e}")
+    assert m["tcgen05.mma (static)"] == 2 and m["tcgen05.mma per K block"] == "2" and m["tcgen05.commit"] == 1
+
+
+def test_fp8_training_check_verdict():
+    mod = load("scripts/fp8_training_check.py")
+    bf16 = [4.0 - 0.05 * i for i in range(60)]
+    v = mod.verdict(bf16, [x * 1.001 for x in bf16])
+    assert v["pass"] and v["bf16_learned"]
+    assert not mod.verdict(bf16, [x * 1.5 for x in bf16])["pass"]
+
+
+def test_gpu_sweep_scaling_reads_a_sweep_recorded_by_the_autotuner(tmp_path, monkeypatch):
+    """results() reads the studies through the autotuner's API: run a sweep on the CPU (the cost
+    model, under the real studies' names) into a journal and read it back as the script does."""
+    from autotune.__main__ import main as autotune_main
+    from autotune.simulate import SimulatedRunner, simulated_timer
+
+    mod = load("scripts/gpu_sweep_scaling.py")
+    monkeypatch.chdir(tmp_path)
+    journal = str(tmp_path / "w1.journal")
+    args = argparse.Namespace(trials=2, only="fc2")
+    assert autotune_main(["sweep", "--benchmark-shapes", "--only", args.only, "--trials", "2", "--storage", journal,
+                          "--no-write", "--quiet"], runner_factory=SimulatedRunner, timer=simulated_timer,
+                         arch="sm90") == 0
+    r1 = mod.results(journal, args, arch="sm90")
+    assert r1 and all(r is not None and r.best_ms for r in r1.values())
+    table = mod.scaling_table(r1, r1, 10.0, 5.0, 2, 2, "cpu")
+    assert f"winners within 1%: {len(r1)}/{len(r1)}" in table and "speedup 2.00x" in table
