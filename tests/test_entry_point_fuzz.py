@@ -1,13 +1,26 @@
 """Edge-class fuzz over every public entry point with autograd (issue 25): `srelu_mlp` (dense,
 grouped, with prob, tanh activation, FP8 recipe), `SReLUMLP`, `GroupedSReLUMLP` and
-`routed_srelu_experts`, on the CPU (torch path).  Each class of input is generated for each
-entry point from one table (ENTRY_POINTS), so a new entry point gets every class:
+`routed_srelu_experts`, on the CPU (torch path); the GEMM entry points (`fc1_srelu`, `fc2`,
+`fc2_dgrad_dsrelu`, `weight_grad`) where their checks run on the CPU.  Each class of input is
+generated for each entry point from one table (ENTRY_POINTS, GEMM_CALLS), so a new entry point
+gets every class:
 
 - second-order autograd: double backward raises a RuntimeError naming "double backward"
   (gradgradcheck, a gradient penalty by .backward() or by autograd.grad with respect to any
   input): never a wrong number;
-(bad-input classes of srelu_mlp's own arguments: tests/test_mlp_input_fuzz.py.)
+- quantized dtypes (FP8, FP4) of every floating argument: an InputError naming it;
+- zero-size: no tokens (every entry point), ffn = 0 (those taking weights): a result of the right
+  shape whose gradients are zeros, not None (or, for the FP8 step's ffn = 0, an InputError);
+- extreme floats: scaling the tokens by 2^a (a up to +-250 in float64, +-40 in float32) scales the
+  output and every gradient by exact powers of two (nothing clamps, overflows or flushes); a NaN or
+  inf in one token (or its router weight) reaches that token's output row and no other row;
+- wrong container types (list, tuple, numpy array, None, a number) for every tensor argument: an
+  InputError naming the argument;
+- out-of-range indices: m_splits entries (negative, beyond M) of the grouped entry points and expert
+  ids of routed_srelu_experts: an InputError naming the argument.
+(srelu_mlp's own argument classes in depth: tests/test_mlp_input_fuzz.py; routed experts: tests/test_moe.py.)
 """
+import numpy as np
 import pytest
 import torch
 
@@ -15,64 +28,76 @@ import cute_kernels as ck
 from cute_kernels.fp8 import Fp8Recipe
 
 T, H, F, E, TOPK = 6, 16, 32, 3, 2
-SPLITS = [2, 0, 4]
+
+
+def _splits(x):
+    """Per-expert counts for x's rows (one expert left empty)."""
+    m = x.size(0) if isinstance(x, torch.Tensor) else T
+    return [m // 3, 0, m - m // 3]
 
 
 def _leaf(*shape, dtype=torch.float64, gen):
     return torch.randn(*shape, generator=gen, dtype=dtype).mul_(0.5).requires_grad_()
 
 
-def _dense(dtype, gen):
-    return _leaf(T, H, dtype=dtype, gen=gen), _leaf(F, H, dtype=dtype, gen=gen), _leaf(H, F, dtype=dtype, gen=gen)
+def _weights(grouped, dtype, gen, ffn):
+    lead = (E,) if grouped else ()
+    return _leaf(*lead, ffn, H, dtype=dtype, gen=gen), _leaf(*lead, H, ffn, dtype=dtype, gen=gen)
 
 
-def _grouped(dtype, gen):
-    return _leaf(T, H, dtype=dtype, gen=gen), _leaf(E, F, H, dtype=dtype, gen=gen), _leaf(E, H, F, dtype=dtype, gen=gen)
-
-
-def _routing(gen, tokens=T):
-    idx = torch.stack([torch.randperm(E, generator=gen)[:TOPK] for _ in range(tokens)]) if tokens else \
-        torch.empty(0, TOPK, dtype=torch.int64)
-    return idx
+def _routing(gen, tokens):
+    if not tokens:
+        return torch.empty(0, TOPK, dtype=torch.int64)
+    return torch.stack([torch.randperm(E, generator=gen)[:TOPK] for _ in range(tokens)])
 
 
 class Entry:
-    """One public entry point: `inputs(dtype)` gives (args, differentiable leaves) and
-    `call(*args)` runs it; `names` names each argument as the entry point's errors do;
-    `dtype` is the float dtype its torch path is exact in."""
+    """One public entry point.  `make(dtype, gen, tokens, ffn)` gives (args, differentiable
+    leaves); `call(*args, splits=None)` runs it (grouped ones take m_splits from `splits`, else
+    `_splits(tokens)`); `names` names each argument as its errors do; `x_pos` / `prob_pos` say where
+    the token input / per-token router weights are; `dtype` is the float dtype its torch path is
+    exact in; `homogeneous`: f(2^a x) = 2^2a f(x) (relu^2, not the tanh clamp); `fp8`: the FP8 step."""
 
-    def __init__(self, name, make, call, names, dtype=torch.float64):
+    def __init__(self, name, make, call, names, *, dtype=torch.float64, x_pos=0, prob_pos=None, grouped=False,
+                 homogeneous=True, fp8=False, takes_ffn=True):
         self.name, self.make, self.call, self.names, self.dtype = name, make, call, names, dtype
+        self.x_pos, self.prob_pos, self.grouped = x_pos, prob_pos, grouped
+        self.homogeneous, self.fp8, self.takes_ffn = homogeneous, fp8, takes_ffn
 
-    def inputs(self, seed=0):
-        return self.make(self.dtype, torch.Generator().manual_seed(seed))
+    def inputs(self, seed=0, tokens=T, ffn=F):
+        return self.make(self.dtype, torch.Generator().manual_seed(seed), tokens, ffn)
 
 
 def _mlp_args(grouped, with_prob=False):
-    def make(dtype, gen):
-        x, w1, w2 = (_grouped if grouped else _dense)(dtype, gen)
-        args = [x, w1, w2]
+    def make(dtype, gen, tokens, ffn):
+        x = _leaf(tokens, H, dtype=dtype, gen=gen)
+        args = [x, *_weights(grouped, dtype, gen, ffn)]
         if with_prob:
-            args.append(torch.rand(T, generator=gen, dtype=dtype).requires_grad_())
-        return args, args
+            args.append(torch.rand(tokens, generator=gen, dtype=dtype).requires_grad_())
+        return args, list(args)
     return make
 
 
 def _module(cls):
-    def make(dtype, gen):
+    def make(dtype, gen, tokens, ffn):
         torch.manual_seed(int(torch.randint(1 << 30, (1,), generator=gen)))
-        mod = (ck.SReLUMLP(H, F, backend="torch", dtype=dtype) if cls is ck.SReLUMLP
-               else ck.GroupedSReLUMLP(E, H, F, backend="torch", dtype=dtype))
-        x = _leaf(T, H, dtype=dtype, gen=gen)
+        mod = (ck.SReLUMLP(H, ffn, backend="torch", dtype=dtype) if cls is ck.SReLUMLP
+               else ck.GroupedSReLUMLP(E, H, ffn, backend="torch", dtype=dtype))
+        x = _leaf(tokens, H, dtype=dtype, gen=gen)
         return [mod, x], [x, *mod.parameters()]
     return make
 
 
-def _routed(dtype, gen):
-    hidden, w1, w2 = _grouped(dtype, gen)
-    idx = _routing(gen)
-    weight = torch.rand(T, TOPK, generator=gen, dtype=dtype).requires_grad_()
+def _routed(dtype, gen, tokens, ffn):
+    hidden = _leaf(tokens, H, dtype=dtype, gen=gen)
+    w1, w2 = _weights(True, dtype, gen, ffn)
+    idx = _routing(gen, tokens)
+    weight = torch.rand(tokens, TOPK, generator=gen, dtype=dtype).requires_grad_()
     return [hidden, idx, weight, w1, w2], [hidden, weight, w1, w2]
+
+
+def _grouped_call(fn):
+    return lambda *args, splits=None: fn(*args, m_splits=_splits(args[0]) if splits is None else splits)
 
 
 MLP = ("x", "w1", "w2")
@@ -80,25 +105,31 @@ MLP_PROB = ("x", "w1", "w2", "prob")
 ENTRY_POINTS = [
     Entry("srelu_mlp dense", _mlp_args(False), lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, backend="torch"), MLP),
     Entry("srelu_mlp dense prob", _mlp_args(False, True),
-          lambda x, w1, w2, p: ck.srelu_mlp(x, w1, w2, prob=p, backend="torch"), MLP_PROB),
+          lambda x, w1, w2, p: ck.srelu_mlp(x, w1, w2, prob=p, backend="torch"), MLP_PROB, prob_pos=3),
     Entry("srelu_mlp grouped", _mlp_args(True),
-          lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, m_splits=SPLITS, backend="torch"), MLP),
+          _grouped_call(lambda x, w1, w2, m_splits: ck.srelu_mlp(x, w1, w2, m_splits=m_splits, backend="torch")),
+          MLP, grouped=True),
     Entry("srelu_mlp grouped prob recompute", _mlp_args(True, True),
-          lambda x, w1, w2, p: ck.srelu_mlp(x, w1, w2, m_splits=SPLITS, prob=p, recompute_postact=True,
-                                            backend="torch"), MLP_PROB),
+          _grouped_call(lambda x, w1, w2, p, m_splits: ck.srelu_mlp(x, w1, w2, m_splits=m_splits, prob=p,
+                                                                    recompute_postact=True, backend="torch")),
+          MLP_PROB, prob_pos=3, grouped=True),
     Entry("srelu_mlp tanh_srelu", _mlp_args(False),
-          lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, activation="tanh_srelu:2.0", backend="torch"), MLP),
+          lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, activation="tanh_srelu:2.0", backend="torch"), MLP,
+          homogeneous=False),
     Entry("srelu_mlp fp8", _mlp_args(False, True),
           lambda x, w1, w2, p: ck.srelu_mlp(x, w1, w2, prob=p, fp8=Fp8Recipe(), backend="torch"), MLP_PROB,
-          torch.float32),
+          dtype=torch.float32, prob_pos=3, fp8=True),
     Entry("srelu_mlp fp8 grouped", _mlp_args(True),
-          lambda x, w1, w2: ck.srelu_mlp(x, w1, w2, m_splits=SPLITS, fp8=Fp8Recipe(), backend="torch"), MLP,
-          torch.float32),
-    Entry("SReLUMLP", _module(ck.SReLUMLP), lambda mod, x: mod(x), ("module", "x")),
-    Entry("GroupedSReLUMLP", _module(ck.GroupedSReLUMLP), lambda mod, x: mod(x, SPLITS), ("module", "x")),
+          _grouped_call(lambda x, w1, w2, m_splits: ck.srelu_mlp(x, w1, w2, m_splits=m_splits, fp8=Fp8Recipe(),
+                                                                 backend="torch")),
+          MLP, dtype=torch.float32, grouped=True, fp8=True),
+    Entry("SReLUMLP", _module(ck.SReLUMLP), lambda mod, x: mod(x), ("module", "x"), x_pos=1),
+    Entry("GroupedSReLUMLP", _module(ck.GroupedSReLUMLP),
+          lambda mod, x, splits=None: mod(x, _splits(x) if splits is None else splits), ("module", "x"), x_pos=1,
+          grouped=True),
     Entry("routed_srelu_experts", _routed,
           lambda h, i, w, w1, w2: ck.routed_srelu_experts(h, i, w, w1, w2, backend="torch"),
-          ("hidden", "topk_idx", "topk_weight", "w1", "w2")),
+          ("hidden", "topk_idx", "topk_weight", "w1", "w2"), prob_pos=2),
 ]
 IDS = [e.name for e in ENTRY_POINTS]
 
@@ -151,7 +182,7 @@ def test_create_graph_keeps_first_order_gradients(entry):
 def test_first_order_gradients_still_match_float64_reference():
     """The wrapper leaves first-order gradients exact (dense, prob, torch path, float64)."""
     args, leaves = ENTRY_POINTS[1].inputs(seed=5)
-    torch.autograd.gradcheck(ENTRY_POINTS[1].call, tuple(args))
+    assert torch.autograd.gradcheck(ENTRY_POINTS[1].call, tuple(args))
 
 
 def test_routing_gather_and_scatter_have_exact_second_order():
@@ -160,7 +191,7 @@ def test_routing_gather_and_scatter_have_exact_second_order():
     from cute_kernels.moe import _Combine, _Dispatch, route
 
     gen = torch.Generator().manual_seed(1)
-    r = route(_routing(gen), E)
+    r = route(_routing(gen, T), E)
     hidden = _leaf(T, H, gen=gen)
     rows = _leaf(T * TOPK, H, gen=gen)
 
@@ -180,7 +211,9 @@ def test_cute_path_double_backward_raises(fp8):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     gen = torch.Generator().manual_seed(0)
-    x, w1, w2 = (t.detach().to("cuda", torch.bfloat16).requires_grad_() for t in _dense(torch.float32, gen))
+    x = _leaf(T, H, dtype=torch.float32, gen=gen)
+    x, w1, w2 = (t.detach().to("cuda", torch.bfloat16).requires_grad_()
+                 for t in (x, *_weights(False, torch.float32, gen, F)))
     y = ck.srelu_mlp(x, w1, w2, backend="cute", fp8=fp8)
     (g,) = torch.autograd.grad(y.float().square().sum(), x, create_graph=True)
     for wrt in (x, w1, w2):
@@ -261,3 +294,200 @@ def test_gemm_entry_points_name_quantized_inputs(call, dtype):
         with pytest.raises(ck.InputError) as exc:
             fn(**{**kw, name: _as(t, dtype)})
         assert str(exc.value).startswith(name) and "quantized dtype" in str(exc.value), str(exc.value)
+
+
+# ----- zero-size --------------------------------------------------------------------------------
+
+def _grads_are_zeros(y, leaves):
+    grads = torch.autograd.grad(y.sum(), leaves)
+    for leaf, g in zip(leaves, grads):
+        assert g is not None and g.shape == leaf.shape and not g.any()
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=IDS)
+def test_no_tokens(entry):
+    args, leaves = entry.inputs(tokens=0)
+    y = entry.call(*args)
+    assert y.shape == (0, H) and y.dtype == entry.dtype and y.requires_grad
+    _grads_are_zeros(y, leaves)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # the modules' nn.Linear init
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=IDS)
+def test_zero_ffn(entry):
+    """ffn = 0: y = 0 and zero gradients; the FP8 step refuses it by name."""
+    args, leaves = entry.inputs(ffn=0)
+    if entry.fp8:
+        with pytest.raises(ck.InputError, match="ffn = 0"):
+            entry.call(*args)
+        return
+    y = entry.call(*args)
+    assert y.shape == (T, H) and not y.any()
+    _grads_are_zeros(y, leaves)
+
+
+# ----- extreme floats ---------------------------------------------------------------------------
+
+def _run(entry, args, leaves, dy):
+    y = entry.call(*args)
+    return [y.detach()] + list(torch.autograd.grad(y, leaves, dy))
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRY_POINTS if e.homogeneous], ids=lambda e: e.name)
+def test_power_of_two_scaling_is_exact(entry):
+    """y(2^a x) = 2^2a y(x) bitwise for relu^2, and every gradient scales by its exact power of two
+    (dx by 2^a, the rest by 2^2a): near the ends of the dtype's range nothing clamps, overflows or is
+    flushed (an FP8 block scale is amax / fmax, so it scales exactly too)."""
+    args, leaves = entry.inputs(seed=9)
+    gen = torch.Generator().manual_seed(10)
+    dy = torch.randn(T, H, generator=gen, dtype=entry.dtype)
+    base = _run(entry, args, leaves, dy)
+    exps = (-250, -100, 100, 250) if entry.dtype == torch.float64 else (-40, 40)
+    x = args[entry.x_pos]
+    for a in exps:
+        scaled = list(args)
+        scaled[entry.x_pos] = (x.detach() * 2.0 ** a).requires_grad_()
+        sleaves = [scaled[entry.x_pos] if t is x else t for t in leaves]
+        got = _run(entry, scaled, sleaves, dy)
+        powers = [2 * a] + [a if t is x else 2 * a for t in leaves]
+        for i, (g, b, p) in enumerate(zip(got, base, powers)):
+            assert torch.isfinite(g).all() and torch.equal(g, b * 2.0 ** p), (a, i)
+
+
+def _token_rows(entry, args, r, value):
+    """args with token r's input (or router weight) set to `value` in one place."""
+    bad = list(args)
+    if value == "prob":
+        p = args[entry.prob_pos].detach().clone()
+        p[r] = float("inf")
+        bad[entry.prob_pos] = p.requires_grad_()
+    else:
+        x = args[entry.x_pos].detach().clone()
+        x[r, 3] = value
+        bad[entry.x_pos] = x.requires_grad_()
+    return bad
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), "prob"], ids=str)
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=IDS)
+def test_a_non_finite_token_stays_in_its_row(entry, value):
+    """A NaN or inf in one token's input (or an inf router weight) makes that token's output row
+    non-finite and leaves every other row (and their input gradients) bitwise as without it."""
+    if value == "prob" and entry.prob_pos is None:
+        pytest.skip("no per-token router weight")
+    args, leaves = entry.inputs(seed=4)
+    dy = torch.randn(T, H, generator=torch.Generator().manual_seed(4), dtype=entry.dtype)
+    clean = entry.call(*args)
+    (dclean,) = torch.autograd.grad(clean, args[entry.x_pos], dy)
+    for r in (0, T // 2, T - 1):
+        bad = _token_rows(entry, args, r, value)
+        y = entry.call(*bad)
+        (dx,) = torch.autograd.grad(y, bad[entry.x_pos], dy)
+        keep = torch.arange(T) != r
+        if entry.homogeneous or value != value:  # (the tanh clamp maps an inf preact to s^2: finite)
+            assert not torch.isfinite(y[r]).all(), r
+        assert torch.equal(y[keep], clean[keep]) and torch.equal(dx[keep], dclean[keep]), r
+
+
+@pytest.mark.parametrize("x", [1e-300, 1e150, 5e-324], ids=repr)
+def test_tanh_srelu_at_extreme_inputs_matches_float64_reference(x):
+    """The clamp is not homogeneous: compare with its plain-torch formula instead."""
+    entry = next(e for e in ENTRY_POINTS if e.name == "srelu_mlp tanh_srelu")
+    args, leaves = entry.inputs(seed=6)
+    xs = (args[0].detach() / args[0].detach().abs().max() * x).requires_grad_()
+    y = entry.call(xs, *args[1:])
+    pre = xs @ args[1].t()
+    ref = (2.0 * torch.tanh(torch.relu(pre) / 2.0)).square() @ args[2].t()
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=0)
+    for a, b in zip(torch.autograd.grad(y.sum(), [xs, *args[1:]]), torch.autograd.grad(ref.sum(), [xs, *args[1:]])):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=0)
+
+
+# ----- wrong container types --------------------------------------------------------------------
+
+OPTIONAL = {"prob"}  # None is their default
+
+
+def _containers(t, name):
+    yield "list", t.detach().tolist()
+    yield "tuple", tuple(t.detach().tolist())
+    yield "numpy", t.detach().numpy()
+    if name not in OPTIONAL:
+        yield "None", None
+    yield "float", 1.0
+    yield "int", 3
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=IDS)
+def test_wrong_container_types_are_named(entry):
+    """Every tensor argument as a list, tuple, numpy array, None or a number: an InputError whose
+    message starts with the argument's name (before: AttributeError: 'list' object has no 'dim')."""
+    args, _ = entry.inputs()
+    checked = 0
+    for i, a in enumerate(args):
+        if not isinstance(a, torch.Tensor):
+            continue
+        for kind, value in _containers(a, entry.names[i]):
+            bad = list(args)
+            bad[i] = value
+            with pytest.raises(ck.InputError) as exc:
+                entry.call(*bad)
+            assert str(exc.value).startswith(entry.names[i]), (kind, str(exc.value))
+            checked += 1
+    assert checked >= 6
+
+
+@pytest.mark.parametrize("call", GEMM_CALLS, ids=[c[0] for c in GEMM_CALLS])
+def test_gemm_entry_points_name_wrong_containers(call):
+    _, fn, kw = call
+    for name, t in kw.items():
+        for kind, value in _containers(t.float(), name):
+            with pytest.raises(ck.InputError) as exc:
+                fn(**{**kw, name: value})
+            assert str(exc.value).startswith(name), (kind, str(exc.value))
+
+
+# ----- out-of-range indices -----------------------------------------------------------------------
+
+def _bad_splits(m):
+    yield [-1, 0, m + 1]
+    yield [m + 1, 0, -1]
+    yield [0, m + 5, 0]
+    yield [-(2 ** 40), 2 ** 40, m]
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRY_POINTS if e.grouped], ids=lambda e: e.name)
+def test_out_of_range_m_splits_are_named(entry):
+    args, leaves = entry.inputs()
+    for splits in [*_bad_splits(T), torch.tensor([-1, 0, T + 1])]:  # (a CPU tensor is read: no sync)
+        with pytest.raises(ck.InputError, match="m_splits"):
+            entry.call(*args, splits=splits)
+    assert all(t.grad is None for t in leaves)
+
+
+def test_gemm_entry_points_name_out_of_range_m_splits():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(T, 32, generator=gen).bfloat16()
+    w = torch.randn(E, 48, 32, generator=gen).bfloat16()
+    for splits in _bad_splits(T):
+        for fn in (lambda s: ck.fc1_srelu(x, w, m_splits=s), lambda s: ck.fc2(x, w, m_splits=s),
+                   lambda s: ck.weight_grad(x, x, m_splits=s)):
+            with pytest.raises(ck.InputError, match="m_splits"):
+                fn(splits)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_out_of_range_expert_ids_are_named(seed):
+    entry = ENTRY_POINTS[IDS.index("routed_srelu_experts")]
+    args, leaves = entry.inputs(seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    for bad_id in (-1, E, E + int(torch.randint(1, 1000, (1,), generator=gen)), -int(torch.randint(2, 1 << 40, (1,),
+                                                                                                    generator=gen))):
+        idx = args[1].clone()
+        r, c = int(torch.randint(T, (1,), generator=gen)), int(torch.randint(TOPK, (1,), generator=gen))
+        idx[r, c] = bad_id
+        with pytest.raises(ck.InputError, match=rf"^topk_idx holds expert id {bad_id} at \[{r}, {c}\]"):
+            entry.call(args[0], idx, *args[2:])
+    assert all(t.grad is None for t in leaves)
