@@ -429,8 +429,8 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     checks.check_cuda("dy", dy)
     dpre = torch.empty((m, n), dtype=dy.dtype, device=dy.device)
     post = torch.empty((m, n), dtype=dy.dtype, device=dy.device) if store_postact else None
-    if m == 0:
-        return dpre, post, (torch.zeros((0,), dtype=torch.float32, device=dy.device) if prob_grad else None)
+    if m == 0 or n == 0:  # (dprob: a row sum over no columns is 0)
+        return dpre, post, (torch.zeros((m,), dtype=torch.float32, device=dy.device) if prob_grad else None)
     outs = [dpre, post] if store_postact else [dpre]
     epi = EpilogueSpec("dact", store_postact=store_postact, row_scale=prob is not None, row_sum=prob_grad,
                        activation=_activation(activation))

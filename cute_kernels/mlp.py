@@ -270,7 +270,8 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
             raise InputError(f"fp8: the FP8 step takes the srelu activation only, got {activation.key()}")
         return fp8_srelu_mlp(x, w1, w2, recipe=fp8, m_splits=m_splits, prob=prob,
                              fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend)
-    use_cute = uses_cute_path(x, backend)
+    # ffn = 0: nothing for a kernel to do (and fc2 refuses K = 0): the torch path gives y = 0
+    use_cute = uses_cute_path(x, backend) and w1.size(-2) > 0
     if not torch.compiler.is_compiling():
         path = "cute" if use_cute else "torch"
         if path not in _announced:

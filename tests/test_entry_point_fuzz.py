@@ -491,3 +491,49 @@ def test_out_of_range_expert_ids_are_named(seed):
         with pytest.raises(ck.InputError, match=rf"^topk_idx holds expert id {bad_id} at \[{r}, {c}\]"):
             entry.call(args[0], idx, *args[2:])
     assert all(t.grad is None for t in leaves)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("grouped", [False, True], ids=["dense", "grouped"])
+@pytest.mark.parametrize("m,n", [(0, 48), (8, 0), (0, 0)], ids=["M=0", "N=0", "M=N=0"])
+def test_gemm_entry_points_zero_size_on_gpu(m, n, grouped):
+    """No rows or no FC1 output columns: outputs of the right shapes, weight gradients zeros; FC2
+    with N = 0 is its K = 0, refused by name."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    k = 32
+    cuda = dict(device="cuda", dtype=torch.bfloat16)
+    splits = [m // 2, 0, m - m // 2] if grouped else None
+    lead = (E,) if grouped else ()
+    x, h, dy = torch.randn(m, k, **cuda), torch.randn(m, n, **cuda), torch.randn(m, k, **cuda)
+    w1, w2 = torch.randn(*lead, n, k, **cuda), torch.randn(*lead, k, n, **cuda)
+    pre, post = ck.fc1_srelu(x, w1, m_splits=splits)
+    assert pre.shape == post.shape == (m, n)
+    if n:
+        assert ck.fc2(h, w2, m_splits=splits).shape == (m, k)
+    else:
+        with pytest.raises(ck.InputError, match="K=0"):
+            ck.fc2(h, w2, m_splits=splits)
+    dpre, _, dprob = ck.fc2_dgrad_dsrelu(dy, w2, h, m_splits=splits, prob=torch.rand(m, device="cuda"))
+    assert dpre.shape == (m, n) and dprob.shape == (m,) and not dprob.any()
+    dw = ck.weight_grad(h, x, m_splits=splits)
+    assert dw.shape == (*lead, n, k) and not dw.any()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens,ffn", [(0, 64), (8, 0)], ids=["no tokens", "ffn=0"])
+@pytest.mark.parametrize("grouped", [False, True], ids=["dense", "grouped"])
+def test_cute_path_zero_size(tokens, ffn, grouped):
+    """srelu_mlp on the cute path (bf16, with prob): the torch path's shapes and zero gradients."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    gen = torch.Generator().manual_seed(0)
+    h = 64
+    lead = (E,) if grouped else ()
+    leaves = [(torch.randn(*shape, generator=gen) * 0.1).to("cuda", torch.bfloat16).requires_grad_()
+              for shape in ((tokens, h), (*lead, ffn, h), (*lead, h, ffn))]
+    prob = torch.rand(tokens, generator=gen).cuda().requires_grad_()
+    splits = [tokens // 2, 0, tokens - tokens // 2] if grouped else None
+    y = ck.srelu_mlp(*leaves, m_splits=splits, prob=prob, backend="cute")
+    assert y.shape == (tokens, h) and not y.any()
+    _grads_are_zeros(y.float(), [*leaves, prob])
