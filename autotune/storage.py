@@ -7,8 +7,10 @@
   kernel drops when a process dies, so a worker killed with kill -9 never leaves the journal
   locked (Optuna's own symlink/open-file locks stay behind until their 30 s grace period).
   For several processes on one host (or a file system with working fcntl locks).
-- an RDB URL: `postgresql://user@host:port/db` (psycopg2; `postgresql+psycopg://` for
-  psycopg 3) for several hosts; `sqlite:///PATH` for one host (SQLite is not made for many
+- an RDB URL: `postgresql://user@host:port/db` (or `postgres://`) for several hosts, through
+  the PostgreSQL driver installed: psycopg 3 if present, else psycopg2 (the `[postgres]` extra;
+  SQLAlchemy 2.1 alone would take `postgresql://` to mean psycopg 3); `postgresql+DRIVER://`
+  names one; `sqlite:///PATH` for one host (SQLite is not made for many
   concurrent writers; the claim lock below serialises the workers' claims).
 - None: in memory, one process, nothing written.
 
@@ -144,6 +146,24 @@ def storage_kind(spec: str | None) -> str:
     return "journal"
 
 
+PG_DRIVERS = (("psycopg", "psycopg"), ("psycopg2", "psycopg2"))  # (SQLAlchemy driver name, module), preferred first
+
+
+def pg_driver_url(spec: str) -> str:
+    """`spec` with a driver SQLAlchemy can load: a bare `postgresql://` or `postgres://` URL gets
+    the first installed driver of PG_DRIVERS (`postgresql+DRIVER://` is kept as given)."""
+    import importlib.util
+
+    scheme, rest = spec.split("://", 1) if "://" in spec else (spec.rstrip(":"), "")
+    if "+" in scheme:
+        return spec
+    for driver, module in PG_DRIVERS:
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}://{rest}"
+    raise StorageError(f"--storage {_redact(spec)!r} needs a PostgreSQL driver: pip install 'cute-kernels[postgres]' "
+                       "(psycopg2-binary) or psycopg")
+
+
 def open_store(spec: str | None, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
                grace_s: float = DEFAULT_GRACE_S, max_retry: int = 1, create: bool = True) -> Store:
     """The Store for `spec`.  `create=False`: raise StorageError instead of creating a missing
@@ -174,19 +194,20 @@ def open_store(spec: str | None, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         storage = _rdb(spec, {"connect_args": {"timeout": 120}}, hb_kwargs)
         return Store(spec, kind, storage, RdbHeartbeat(storage, heartbeat_s, grace_s), path=path,
                      _claim=_FcntlLock(path + ".claim.lock"))
+    url = pg_driver_url(spec)
     try:
         import sqlalchemy
 
         # several workers opening a new database at once would race creating Optuna's tables
-        engine = sqlalchemy.create_engine(spec, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         try:
             with _pg_advisory_lock(engine):
-                storage = _rdb(spec, {"pool_pre_ping": True}, hb_kwargs)
+                storage = _rdb(url, {"pool_pre_ping": True}, hb_kwargs)
         finally:
             engine.dispose()
     except ImportError as e:
-        raise StorageError(f"--storage {_redact(spec)!r} needs a PostgreSQL driver: pip install psycopg2-binary "
-                           f"({e})") from None
+        raise StorageError(f"--storage {_redact(spec)!r}: the driver {url.split('://')[0]} is not installed ({e}); "
+                           "postgresql:// takes whichever of psycopg / psycopg2 is") from None
     except Exception as e:  # sqlalchemy.exc.OperationalError and friends: server down, bad credentials
         raise StorageError(f"--storage {_redact(spec)!r}: cannot connect: {type(e).__name__}: "
                            f"{str(e).splitlines()[0][:200]}") from None

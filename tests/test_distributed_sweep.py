@@ -245,3 +245,36 @@ def test_concurrent_yaml_writers_lose_no_entry(tmp_path):
     assert yaml.safe_load(open(path))["format"] == 1
     leftovers = [f for f in os.listdir(tmp_path / "sm90") if f != "fc2.yaml" and not f.startswith(".")]
     assert leftovers == [], leftovers
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_the_documented_bare_postgresql_url_works_with_the_postgres_extra(scheme, pg, capsys):
+    """`--storage postgresql://user@host:port/db` as README and docs/distributed-sweep.md write it,
+    with the driver the `[postgres]` extra installs (SQLAlchemy alone maps it to psycopg 3)."""
+    url = pg(f"bare_{scheme}_{os.getpid()}")
+    bare = scheme + "://" + url.split("://", 1)[1]
+    assert main(["sweep", "--kernel", "fc2", "--m", "64", "--n", "64", "--k", "64", "--trials", "3", "--simulate",
+                 "--quiet", "--storage", bare]) == 0
+    assert "postgresql" in capsys.readouterr().out
+    store = open_store(bare)
+    assert store.kind == "postgresql" and store.spec == bare
+    assert done(load(bare, "simulated/fc2/sm90/bfloat16/dense/m64_n64_k64")) == 3
+
+
+def test_bare_postgresql_url_takes_the_installed_driver(monkeypatch):
+    import importlib.util
+
+    from autotune.storage import StorageError, pg_driver_url
+
+    real = importlib.util.find_spec
+    for installed, want in ((("psycopg2",), "postgresql+psycopg2://u@h:5/db"),
+                            (("psycopg", "psycopg2"), "postgresql+psycopg://u@h:5/db")):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, _i=installed: real("os") if name in _i else None)
+        assert pg_driver_url("postgresql://u@h:5/db") == want
+        assert pg_driver_url("postgres://u@h:5/db") == want
+        assert pg_driver_url("postgresql+psycopg2://u@h:5/db") == "postgresql+psycopg2://u@h:5/db"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(StorageError, match=r"cute-kernels\[postgres\]") as exc:
+        pg_driver_url("postgresql://u:secret@h:5/db")
+    assert "secret" not in str(exc.value)
