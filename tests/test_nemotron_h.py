@@ -145,6 +145,22 @@ def test_offload_scheduler_numbers_each_call_as_a_layer():
     auto.restore()
 
 
+@pytest.mark.parametrize("num_layers", [2, 4, 6])
+def test_offload_scheduler_with_another_layer_count_is_refused_when_patching(num_layers):
+    """A scheduler made for another number of layers is refused at patch time, naming both counts
+    (before, the first forward blamed end_step()); the model is left unpatched."""
+    from offload import OffloadPolicy, OffloadScheduler
+
+    model = small_model(small_config())  # 5 layers: 1 MLP + 2 x (shared expert, routed experts)
+    sched = OffloadScheduler(OffloadPolicy(), num_layers=num_layers)
+    with pytest.raises(InputError, match=f"num_layers={num_layers} but the model has 5 layers"):
+        patch_nemotron_h(model, offload=sched, backend="torch")
+    assert not any(isinstance(m, (NemotronHSReLUMLP, NemotronHRoutedExperts)) for m in model.modules())
+    assert sched.num_layers == num_layers
+    right = OffloadScheduler(OffloadPolicy(), num_layers=5)
+    patch_nemotron_h(model, offload=right, backend="torch").restore()
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("mlp_hidden_act", "silu", "mlp_hidden_act"),
     ("mlp_bias", True, "mlp_bias"),

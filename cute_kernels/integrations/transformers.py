@@ -182,8 +182,12 @@ def _make_scheduler(offload, num_layers: int):
     if isinstance(offload, OffloadScheduler):
         if offload.num_layers is None:
             offload.num_layers = num_layers
+        elif offload.num_layers != num_layers:
+            raise InputError(f"offload: the OffloadScheduler has num_layers={offload.num_layers} but the model has "
+                             f"{num_layers} layers to patch (each MLP, shared expert and routed-experts module is "
+                             f"one): make it with num_layers={num_layers}, or None to have it set here")
         return offload
-    raise InputError(f"offload must be None, 'auto', an OffloadPolicy or an OffloadScheduler, "
+    raise InputError(f"offload must be None, 'auto', 'auto_measured', an OffloadPolicy or an OffloadScheduler, "
                      f"got {type(offload).__name__}")
 
 
