@@ -74,6 +74,10 @@ def _bad_dense():
     yield "x int", x.long(), w1, w2, {}, "x dtype must be floating point"
     yield "x bool", x > 0, w1, w2, {}, "x dtype must be floating point"
     yield "x complex", x.to(torch.complex64), w1, w2, {}, "x dtype must be floating point"
+    yield "x fp8", x.detach().to(torch.float8_e4m3fn), w1, w2, {}, "x has the quantized dtype"
+    yield "w1 fp8", x, w1.detach().to(torch.float8_e5m2), w2, {}, "w1 has the quantized dtype"
+    yield "x and weights fp8", *(t.detach().to(torch.float8_e4m3fn) for t in (x, w1, w2)), {}, \
+        "x has the quantized dtype"
     yield "K = 0", x[:, :0], w1[:, :0], w2[:0], {}, "K=0"
     yield "w1 K mismatch", x, w1[:, :4], w2, {}, "w1 has K=4 but x has K=8"
     yield "w1 1-D", x, w1[0], w2, {}, "w1 must have 2 dimensions"
@@ -92,6 +96,7 @@ def _bad_dense():
                            ("prob (M, 2)", torch.rand(M, 2), "prob must have shape"),
                            ("prob (1, M)", torch.rand(1, M), "prob must have shape"),
                            ("prob int", torch.ones(M, dtype=torch.int64), "prob must be floating point"),
+                           ("prob fp8", torch.rand(M).to(torch.float8_e4m3fn), "prob has the quantized dtype"),
                            ("prob meta", torch.rand(M, device="meta"), "prob is on meta")]:
         yield pname, x, w1, w2, {"prob": p}, word
     yield "main_grad missing", x, w1, w2, {"fuse_wgrad_accumulation": True}, "w1.main_grad"
