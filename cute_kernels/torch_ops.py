@@ -29,6 +29,12 @@ def activation_arg(activation) -> str:
     return resolve_activation(activation).spec()
 
 
+def _on_kernels(t: torch.Tensor) -> bool:
+    """Whether an op runs the CuTe kernels (CUDA tensors) or its torch math (CPU); one
+    place, so benchmarks.bench_host_path can time the kernel path's host work on CPU."""
+    return t.is_cuda
+
+
 def _kernel_splits(m_splits, splits_t):
     """What the CUDA kernels take: the GPU tensor when given, else the list (or None)."""
     return splits_t if splits_t is not None else m_splits
@@ -42,7 +48,7 @@ def _host_splits(m_splits, splits_t):
 def _fc1_srelu_fwd(x: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[int]], prob: Optional[torch.Tensor],
                   store_preact: bool, splits_t: Optional[torch.Tensor] = None,
                   activation: str = "srelu") -> tuple[torch.Tensor, torch.Tensor]:
-    if x.is_cuda:
+    if _on_kernels(x):
         from .gemm_ops import fc1_srelu
 
         pre, post = fc1_srelu(x, w1, m_splits=_kernel_splits(m_splits, splits_t), prob=prob, store_preact=store_preact,
@@ -64,7 +70,7 @@ def _(x, w1, m_splits, prob, store_preact, splits_t=None, activation="srelu"):
 
 def _fc2_fwd(h: torch.Tensor, w2: torch.Tensor, m_splits: Optional[list[int]],
             splits_t: Optional[torch.Tensor] = None) -> torch.Tensor:
-    if h.is_cuda:
+    if _on_kernels(h):
         from .gemm_ops import fc2
 
         return fc2(h, w2, m_splits=_kernel_splits(m_splits, splits_t))
@@ -89,7 +95,7 @@ def _fc2_dgrad_dsrelu(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor, 
                         activation: str = "srelu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dpreact, postact or empty, dprob or empty) with d = dy @ w2 and p = prob (or 1):
     dpreact = p d f'(preact); postact = p f(preact); dprob = rowsum(d f(preact)) (fp32)."""
-    if dy.is_cuda:
+    if _on_kernels(dy):
         from .gemm_ops import fc2_dgrad_dsrelu
 
         dpre, post, dprob = fc2_dgrad_dsrelu(dy, w2, preact, m_splits=_kernel_splits(m_splits, splits_t), prob=prob,
@@ -116,7 +122,7 @@ def _(dy, w2, preact, m_splits, prob, store_postact, splits_t=None, activation="
 def _weight_grad(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]],
                    splits_t: Optional[torch.Tensor] = None) -> torch.Tensor:
     """dw = dy^T x (dense (N, K)) or per expert (E, N, K), in dy's dtype."""
-    if dy.is_cuda:
+    if _on_kernels(dy):
         from .gemm_ops import weight_grad
 
         return weight_grad(dy, x, m_splits=_kernel_splits(m_splits, splits_t))
@@ -138,7 +144,7 @@ def _(dy, x, m_splits, splits_t=None):
 def _weight_grad_accumulate(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]],
                               main_grad: torch.Tensor, splits_t: Optional[torch.Tensor] = None) -> None:
     """main_grad += dy^T x (per expert when grouped), in main_grad's precision (fp32)."""
-    if dy.is_cuda:
+    if _on_kernels(dy):
         from .gemm_ops import weight_grad
 
         weight_grad(dy, x, m_splits=_kernel_splits(m_splits, splits_t), out=main_grad, accumulate=True)

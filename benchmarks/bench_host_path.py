@@ -1,0 +1,204 @@
+"""Host (Python) time of the GEMM launch path, per GEMM call and per srelu_mlp step, on CPU.
+
+    python -m benchmarks.bench_host_path [--reps N] [--out FILE] [--profile N]
+
+No GPU is needed: `stubbed_kernels()` replaces what only a GPU has (the compile and the
+compiled kernel's call, the device's arch and cluster occupancy, the CUDA stream and
+capture queries, the "is a CUDA tensor" checks) by stand-ins that do nothing, and runs the
+rest of the launch path as it is: input checks, config lookup, kernel key, self-check gate,
+splits metadata, output allocation, views and the launch record.  The tensors are CPU
+tensors of the issue's shapes (dense 8192 x 4096 -> 16384; grouped E=8, 16384 tokens,
+2688 -> 1856), allocated with torch.empty and never written, so what is timed is the host's
+work per call.  What the stubs leave out on a GPU: the kernel launch itself (TVM-FFI, a few
+microseconds), the CUDA caching allocator instead of the CPU one, and pinned uploads of new
+list splits (cached per splits after the first call).  With tensor splits the CPU stand-in
+also reads the splits in `check_mlp_inputs` (a CPU tensor is read there; a CUDA one is not).
+
+Times are medians over batches of calls (after warm-up: the first call of each shape
+builds and caches), in microseconds; on a shared CPU they vary run to run, so compare
+runs of one machine only.  `bench_host_overhead` measures the same on the GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import platform
+import statistics
+import sys
+import time
+from types import SimpleNamespace
+from unittest import mock
+
+import torch
+
+DENSE = {"name": "dense 8192x4096->16384", "m": 8192, "h": 4096, "f": 16384, "e": 0}
+GROUPED = {"name": "grouped E=8 16384x2688->1856", "m": 16384, "h": 2688, "f": 1856, "e": 8}
+
+
+@contextlib.contextmanager
+def stubbed_kernels():
+    """The launch path on CPU tensors with every GPU-only step stubbed (see the module
+    docstring).  Yields the list of (kernel key, number of arguments) of each stubbed
+    kernel call, in order."""
+    from cute_kernels import checks, compile as ck_compile, gemm_ops, mlp, torch_ops
+    from cute_kernels.config_lookup import clear_cache
+
+    launches = []
+
+    def compiled(key):
+        def kernel(*args):
+            launches.append((key, len(args)))
+        return kernel
+
+    fake_stream = SimpleNamespace(cuda_stream=0)
+    with contextlib.ExitStack() as stack:
+        patch = stack.enter_context
+        patch(mock.patch.object(gemm_ops, "device_arch", lambda device: "sm90"))
+        patch(mock.patch.object(gemm_ops, "_max_clusters_arg", lambda index, size: (132 // size, 132 // size)))
+        patch(mock.patch.object(gemm_ops, "use_tvm_ffi", lambda: True))
+        patch(mock.patch.object(gemm_ops, "get_compiled", compiled))
+        patch(mock.patch.object(ck_compile, "get_compiled", compiled))
+        patch(mock.patch.object(checks, "check_cuda", lambda name, t: None))
+        patch(mock.patch.object(mlp, "_use_cute", lambda x, backend: True))
+        patch(mock.patch.object(torch_ops, "_on_kernels", lambda t: True))
+        patch(mock.patch.object(torch.cuda, "is_current_stream_capturing", lambda: False))
+        patch(mock.patch.object(torch.cuda, "current_stream", lambda device=None: fake_stream))
+        clear_cache()  # cached launch state built outside the stubs (and, on exit, inside them)
+        try:
+            yield launches
+        finally:
+            clear_cache()
+
+
+def step_inputs(shape: dict, *, tensor_splits: bool = False):
+    """x, w1, w2 (requiring grad), dy and splits of one MLP step on CPU (bf16, never written)."""
+    m, h, f, e = shape["m"], shape["h"], shape["f"], shape["e"]
+    x = torch.empty(m, h, dtype=torch.bfloat16).requires_grad_()
+    w1 = torch.empty(*((e, f, h) if e else (f, h)), dtype=torch.bfloat16).requires_grad_()
+    w2 = torch.empty(*((e, h, f) if e else (h, f)), dtype=torch.bfloat16).requires_grad_()
+    dy = torch.empty(m, h, dtype=torch.bfloat16)
+    splits = [m // e] * e if e else None
+    if splits is not None and tensor_splits:
+        splits = torch.tensor(splits, dtype=torch.int64)
+    return x, w1, w2, dy, splits
+
+
+def _keep_tensor_splits():
+    """check_mlp_inputs hands a CUDA splits tensor to the kernels as it is; a CPU one it reads
+    to a list.  Stand-in for the CUDA case: the real check, then the tensor itself."""
+    from cute_kernels import mlp
+
+    real = mlp.check_mlp_inputs
+
+    def check(x, w1, w2, *, m_splits=None, **kw):
+        out = real(x, w1, w2, m_splits=m_splits, **kw)
+        return m_splits if isinstance(m_splits, torch.Tensor) else out
+
+    return mock.patch.object(mlp, "check_mlp_inputs", check)
+
+
+def gemm_calls(shape: dict) -> dict:
+    """name -> a zero-argument call of one GEMM entry point, with the step's operands."""
+    from cute_kernels import gemm_ops
+
+    x, w1, w2, dy, splits = step_inputs(shape)
+    m, f = shape["m"], shape["f"]
+    pre = torch.empty(m, f, dtype=torch.bfloat16)
+    post = torch.empty(m, f, dtype=torch.bfloat16)
+    x, w1, w2 = x.detach(), w1.detach(), w2.detach()
+    return {
+        "fc1_srelu": lambda: gemm_ops.fc1_srelu(x, w1, m_splits=splits),
+        "fc2": lambda: gemm_ops.fc2(post, w2, m_splits=splits),
+        "fc2_dgrad_dsrelu": lambda: gemm_ops.fc2_dgrad_dsrelu(dy, w2, pre, m_splits=splits, store_postact=True),
+        "fc1 dgrad (fc2 on w1^T)": lambda: gemm_ops.fc2(pre, w1.transpose(-2, -1), m_splits=splits),
+        "weight_grad": lambda: gemm_ops.weight_grad(dy, post, m_splits=splits),
+    }
+
+
+def step_call(shape: dict, *, tensor_splits: bool = False):
+    """One srelu_mlp forward+backward on the cute path (stubbed kernels)."""
+    from cute_kernels.mlp import srelu_mlp
+
+    x, w1, w2, dy, splits = step_inputs(shape, tensor_splits=tensor_splits)
+
+    def step():
+        srelu_mlp(x, w1, w2, m_splits=splits, backend="cute").backward(dy)
+        x.grad = w1.grad = w2.grad = None
+
+    return step
+
+
+def time_us(fn, *, reps: int, batches: int = 7, warmup: int = 3) -> float:
+    """Median over `batches` of the mean time per call of `reps` calls, in microseconds."""
+    for _ in range(warmup):
+        fn()
+    means = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        means.append((time.perf_counter() - t0) / reps * 1e6)
+    return statistics.median(means)
+
+
+def measure(reps: int) -> list[tuple[str, str, float]]:
+    """(what, shape, microseconds per call) rows."""
+    rows = []
+    with stubbed_kernels():
+        for shape in (DENSE, GROUPED):
+            for name, fn in gemm_calls(shape).items():
+                rows.append((name, shape["name"], time_us(fn, reps=reps)))
+        for shape, tensor_splits in ((DENSE, False), (GROUPED, False), (GROUPED, True)):
+            label = shape["name"] + (", tensor splits" if tensor_splits else ", list splits" if shape["e"] else "")
+            with _keep_tensor_splits() if tensor_splits else contextlib.nullcontext():
+                rows.append(("srelu_mlp step (fwd+bwd, 6 GEMMs)", label,
+                             time_us(step_call(shape, tensor_splits=tensor_splits), reps=max(1, reps // 4))))
+    return rows
+
+
+def format_rows(rows) -> str:
+    lines = ["| host work | shape | us per call |", "|---|---|---|"]
+    lines += [f"| {what} | {shape} | {us:.1f} |" for what, shape, us in rows]
+    return "\n".join(lines)
+
+
+def profile(top: int, reps: int):
+    import cProfile
+    import pstats
+
+    with stubbed_kernels():
+        step = step_call(GROUPED)
+        for _ in range(3):
+            step()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(reps):
+            step()
+        prof.disable()
+    stats = pstats.Stats(prof).strip_dirs()
+    stats.sort_stats("tottime").print_stats(top)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=200, help="calls per timed batch (steps: a quarter of it)")
+    ap.add_argument("--out", help="write the markdown table here too")
+    ap.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions of the E=8 step instead")
+    args = ap.parse_args(argv)
+    if args.profile:
+        profile(args.profile, args.reps)
+        return 0
+    from benchmarks.report import emit
+
+    rows = measure(args.reps)
+    head = (f"Host time of the launch path with stubbed kernels (benchmarks.bench_host_path), "
+            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
+            f"{torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+            f"median of 7 batches of {args.reps} calls ({max(1, args.reps // 4)} steps)")
+    emit(head + "\n\n" + format_rows(rows), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
