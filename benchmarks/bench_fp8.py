@@ -73,6 +73,20 @@ def cases(m, n, k):
     out["ours fp8 FC1+SReLU (postact fp8+scales) [family]"] = (
         lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, kernel="family"))
     out["ours fp8 FC1+SReLU (+preact bf16) [family]"] = lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, kernel="family")
+    # 128x256 tiles (the split-N mainloop), on a 2x1 and a 1x2 cluster
+    from cute_kernels.config import GemmConfig
+
+    for cm, cn in ((2, 1), (1, 2)):
+        wide = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=cm, cluster_n=cn)
+        tag = f"[family 128x256 c{cm}x{cn}]"
+        out[f"ours fp8 GEMM (bf16 out) {tag}"] = lambda wide=wide: fp8_gemm(xq, xs_col, wq, ws, config=wide,
+                                                                             kernel="family")
+        out[f"ours fp8 FC1+SReLU (postact fp8+scales) {tag}"] = (
+            lambda wide=wide: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=wide, kernel="family"))
+    wide = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=2, cluster_n=1)
+    checks["family 128x256 == fork overlap (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
+        fp8_gemm(xq, xs_col, wq, ws, config=wide, kernel="family"),
+        fp8_gemm(xq, xs_col, wq, ws, mainloop="overlap", kernel="fork")))
     for ml in ("serial", "overlap"):
         out[f"ours fp8 GEMM (bf16 out) [{ml}]"] = lambda ml=ml: fp8_gemm(xq, xs_col, wq, ws, mainloop=ml, kernel="fork")
         out[f"ours fp8 FC1+SReLU (postact fp8+scales) [{ml}]"] = (

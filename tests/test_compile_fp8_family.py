@@ -17,6 +17,7 @@ from cute_kernels.inspect_ptx import find_ptxas, kernel_ptx, ptxas_info
 from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
 
 E4M3, E5M2 = "float8_e4m3fn", "float8_e5m2"
+WIDE = dataclasses.replace(FP8_DEFAULT_CONFIG, tile_n=256, cluster_m=2, cluster_n=1)
 
 
 def _key(epi, *, grouped=False, cfg=FP8_DEFAULT_CONFIG, a=E4M3, b="", majors=("k", "k"), arch="sm90", **kw):
@@ -36,6 +37,11 @@ VARIANTS = {
     "grouped-act-scale-q": _key(EpilogueSpec("act", row_scale=True, quantized="postact"), grouped=True),
     "grouped-identity-c1x1": _key(EpilogueSpec("identity"), grouped=True,
                                   cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, cluster_n=1)),
+    # 128x256 tiles: the split-N mainloop (one scratch accumulator promoted per 128-column block)
+    "wide-identity-c2x1": _key(EpilogueSpec("identity"), cfg=WIDE),
+    "wide-act-preact-q": _key(EpilogueSpec("act", store_preact=True, quantized="postact"), cfg=WIDE),
+    "grouped-wide-act-scale-q": _key(EpilogueSpec("act", row_scale=True, quantized="postact"), grouped=True,
+                                     cfg=dataclasses.replace(WIDE, cluster_m=1, cluster_n=2)),
 }
 
 
@@ -45,7 +51,8 @@ def test_family_fp8_variant_compiles_and_ptx_is_as_designed(name):
     fa, fb = key.operand_formats
     ptx = kernel_ptx(key)
     cfg, epi = key.cfg, key.epi
-    assert f"wgmma.mma_async.sync.aligned.m64n{cfg.tile_n}k32.f32.{fa}.{fb}" in ptx
+    # one WGMMA atom per 128-column N block
+    assert f"wgmma.mma_async.sync.aligned.m64n128k32.f32.{fa}.{fb}" in ptx
     loads = [ln for ln in ptx.splitlines() if "cp.async.bulk.tensor" in ln and "mbarrier::complete_tx" in ln]
     assert len(loads) >= 2
     stores = len([ln for ln in ptx.splitlines() if "cp.async.bulk.tensor" in ln and ".global.shared::cta" in ln])
@@ -53,8 +60,9 @@ def test_family_fp8_variant_compiles_and_ptx_is_as_designed(name):
     assert ("multicast::cluster" in ptx) == (cfg.cluster_size > 1)
     assert re.search(r"setmaxnreg\.dec\.sync\.aligned\.u32\s+40;", ptx)
     assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+232;", ptx)
-    # overlapped promotion: the older of two K tiles' groups waited for, a drain at the end
-    assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+1;", ptx)
+    # 128-wide: overlapped promotion (the older of two K tiles' groups waited for, a drain at the
+    # end); 256-wide: split-N, each block's group waited for before its promotion
+    assert bool(re.search(r"wgmma\.wait_group\.sync\.aligned\s+1;", ptx)) == (cfg.tile_n == 128)
     assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+0;", ptx)
     if epi.quantized:
         assert f"cvt.rn.satfinite.{epi.q_format}x2.f32" in ptx, "saturating FP8 convert of the quantized output"
@@ -72,7 +80,7 @@ def test_family_fp8_variant_compiles_and_ptx_is_as_designed(name):
 
 
 @pytest.mark.parametrize("change,reason", [
-    (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_n=256)), "tile_n"),
+    (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_n=192)), "tile_n"),
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_k=64)), "tile_k"),
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=64, schedule="pingpong")), "cooperative"),
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, cluster_m=2, cluster_n=2)), "clusters"),

@@ -7,6 +7,7 @@ empty experts, odd splits, GPU-tensor splits and router probabilities.  Outputs 
 import pytest
 import torch
 
+from cute_kernels.config import GemmConfig
 from cute_kernels.epilogue import EpilogueSpec
 from cute_kernels.fp8.epilogue import Fp8Epilogue
 from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, fp8_grouped
@@ -14,13 +15,16 @@ from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
 from test_fp8_gpu import SHAPES, _check_elementwise, _operands, _poisoned
 
 gpu = pytest.mark.gpu
+WIDE = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=2, cluster_n=1)  # the split-N mainloop
+CONFIGS = {"128x128": None, "128x256": WIDE}
 
 
 @gpu
 @pytest.mark.parametrize("m,n,k", SHAPES)
-def test_family_fp8_gemm_against_reference_and_fork(m, n, k):
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+def test_family_fp8_gemm_against_reference_and_fork(m, n, k, cfg):
     x, w, xq, xs, wq, ws = _operands(m, n, k, seed=3 * m + n + k)
-    d, _, _ = _launch(xq, xs, wq, ws, Fp8Epilogue(EpilogueSpec("identity")), None,
+    d, _, _ = _launch(xq, xs, wq, ws, Fp8Epilogue(EpilogueSpec("identity")), CONFIGS[cfg],
                       outs=_poisoned(m, n, False, True), kernel="family")
     ref = dequantize(xq, xs).double() @ dequantize(wq, ws).double().T
     abs_sum = dequantize(xq, xs).double().abs() @ dequantize(wq, ws).double().abs().T
@@ -33,10 +37,11 @@ def test_family_fp8_gemm_against_reference_and_fork(m, n, k):
 @pytest.mark.parametrize("m,n,k", [(256, 256, 256), (1, 128, 128), (77, 144, 272), (1000, 384, 1040),
                                    (513, 1024, 4096)])
 @pytest.mark.parametrize("pow2", [False, True])
-def test_family_fc1_quantized_postact(m, n, k, pow2):
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+def test_family_fc1_quantized_postact(m, n, k, pow2, cfg):
     x, w, xq, xs, wq, ws = _operands(m, n, k, seed=m + 5 * n + k)
     epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=True), quantized="postact", pow2_scales=pow2)
-    pre, q, qs = _launch(xq, xs, wq, ws, epi, None, outs=_poisoned(m, n, True, True), kernel="family")
+    pre, q, qs = _launch(xq, xs, wq, ws, epi, CONFIGS[cfg], outs=_poisoned(m, n, True, True), kernel="family")
     assert not pre.isnan().any() and not qs.isnan().any()
     fork_pre, _, _ = _launch(xq, xs, wq, ws, epi, None, mainloop="overlap", kernel="fork")
     assert torch.equal(pre, fork_pre), "preact differs from the fork kernel's"
@@ -59,7 +64,8 @@ def _splits_cases():
 @pytest.mark.parametrize("splits", _splits_cases())
 @pytest.mark.parametrize("as_tensor", [False, True])
 @pytest.mark.parametrize("with_prob", [False, True])
-def test_family_grouped_fp8_equals_dense_per_expert(splits, as_tensor, with_prob):
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+def test_family_grouped_fp8_equals_dense_per_expert(splits, as_tensor, with_prob, cfg):
     e, n, k = len(splits), 384, 1040
     m = sum(splits)
     g = torch.Generator(device="cpu").manual_seed(sum(splits) + e + int(as_tensor))
@@ -71,8 +77,9 @@ def test_family_grouped_fp8_equals_dense_per_expert(splits, as_tensor, with_prob
     ws = torch.stack([p[1] for p in parts]).contiguous()
     prob = torch.rand(m, generator=g).cuda() if with_prob else None
     sp = torch.tensor(splits, dtype=torch.int32, device="cuda") if as_tensor else splits
-    y = fp8_grouped(xq, xs, wq, ws, sp)
-    pre, q, qs = fp8_grouped(xq, xs, wq, ws, sp, epilogue="act", prob=prob, store_preact=True)
+    config = CONFIGS[cfg] and GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=1, cluster_n=2)
+    y = fp8_grouped(xq, xs, wq, ws, sp, config=config)
+    pre, q, qs = fp8_grouped(xq, xs, wq, ws, sp, epilogue="act", prob=prob, store_preact=True, config=config)
     start = 0
     for i, s in enumerate(splits):
         if s == 0:

@@ -11,12 +11,12 @@ import cutlass.cute as cute
 from cutlass import Float32, Int32, const_expr
 
 
-def update_amax(amax: list, row_of: list, values, size: int):
-    """amax[row_of[v]] = max(amax, |values[v]|) for each of the thread's elements.  max(a, |v|)
+def update_amax(amax: list, row_of: list, values, size: int, base: int = 0):
+    """amax[base + row_of[v]] = max(amax, |values[v]|) for each of the thread's elements.  max(a, |v|)
     rather than the xorsign form of fmax(abs=True), whose sign flips with negative values and
     then loses the signed max across the lane reduction."""
     for v in range(size):  # plain Python: unrolled at trace time
-        amax[row_of[v]] = cute.arch.fmax(amax[row_of[v]], cute.math.abs(values[v]))
+        amax[base + row_of[v]] = cute.arch.fmax(amax[base + row_of[v]], cute.math.abs(values[v]))
 
 
 def reduce_amax_across_quad(amax: list):

@@ -238,8 +238,9 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool,
                     f"bytes needed, {SMEM_CAPACITY} available on {ARCH}")
     if cfg.schedule != "cooperative" or cfg.tile_m != 128:
         errs.append("the FP8 GEMM runs cooperative 128-row tiles")
-    if cfg.tile_n != FP8_BLOCK:
-        errs.append(f"the FP8 GEMM's tile_n is {FP8_BLOCK} (one weight scale block per tile)")
+    if cfg.tile_n not in (FP8_BLOCK, 2 * FP8_BLOCK):
+        errs.append(f"the FP8 GEMM's tile_n is {FP8_BLOCK} or {2 * FP8_BLOCK} (whole weight scale blocks; "
+                    f"256: the split-N mainloop)")
     if cfg.tile_k != FP8_BLOCK:
         errs.append(f"the FP8 GEMM's tile_k is {FP8_BLOCK} (one promotion per scale block)")
     if cfg.cluster_size > 2:

@@ -156,8 +156,11 @@ class Sm90Gemm:
         self.fmax = FP8_FMAX[epi.q_format]
         if self.q_index not in (-1, epi.num_outputs - 1):
             raise ValueError(f"the quantized output must be the epilogue's last, got {epi.quantized!r} of {epi.outputs}")
-        if self.q_index >= 0 and (self.pingpong_schedule(cfg) or cfg.tile_n != 128):
-            raise ValueError("the quantizing codec needs cooperative tiles of one 128-column scale block")
+        if self.q_index >= 0 and (self.pingpong_schedule(cfg) or cfg.tile_n % 128):
+            raise ValueError("the quantizing codec needs cooperative tiles of whole 128-column scale blocks")
+        # block-scaled: 128-column N blocks per tile (one weight scale each); more than one takes
+        # the split-N mainloop (one scratch accumulator, promoted per block)
+        self.n_blocks = cfg.tile_n // 128 if self.block_scaled else 1
         self.grouped = grouped
         self.grouped_k = grouped_k
         self.desc_slots = desc_slots(ab_stages)
@@ -232,7 +235,8 @@ class Sm90Gemm:
             b_layout.sm90_mma_major_mode(),
             Float32,
             self.atom_layout_mnk,
-            tiler_mn=(64, self.tile_n),
+            # block-scaled wide tiles: one WGMMA atom per 128-column N block
+            tiler_mn=(64, 128 if const_expr(self.block_scaled) else self.tile_n),
         )
         k_total = cute.size(mA, mode=[1])
         a_smem_staged = self._operand_smem_layout(a_layout, (self.tile_m, self.tile_k), self.ab_dtype)
@@ -524,13 +528,24 @@ class Sm90Gemm:
             acc = cute.make_rmem_tensor(tCcTile.shape, Float32)
             num_k_blocks = cute.size(tCrA, mode=[2])
             if const_expr(self.block_scaled):
-                # two scratch accumulators the K tiles' WGMMAs alternate into, promoted into acc
-                blk = cute.make_rmem_tensor(tCcTile.shape, Float32)
-                blk2 = cute.make_rmem_tensor(tCcTile.shape, Float32)
-                sc = cute.make_rmem_tensor((4,), Float32)  # the two rows' scale products of blk, blk2
+                if const_expr(self.n_blocks == 1):
+                    # two scratch accumulators the K tiles' WGMMAs alternate into, promoted into acc
+                    blk = cute.make_rmem_tensor(tCcTile.shape, Float32)
+                    blk2 = cute.make_rmem_tensor(tCcTile.shape, Float32)
+                else:
+                    # one N block's scratch accumulator (split-N mainloop), and B per N block
+                    blk = cute.make_rmem_tensor(thr_mma.partition_C(cute.make_identity_tensor((self.tile_m, 128))).shape,
+                                                Float32)
+                    blk2 = blk
+                    tCrB_blocks = [tiled_mma.make_fragment_B(thr_mma.partition_B(
+                        cute.local_tile(sB, (128, self.tile_k, self.ab_stages), (h, 0, 0))))
+                        for h in range(self.n_blocks)]
+                sc = cute.make_rmem_tensor((2 * max(2, self.n_blocks),), Float32)  # per block: two rows' scales
                 acc_row_of, acc_first_row = accumulator_rows(tCcTile, cute.size(acc))
-                fp8_mainloop = BlockScaledMainloop(tCrA, tCrB, num_k_blocks, acc_row_of, cute.size(acc))
+                fp8_mainloop = BlockScaledMainloop(tCrA, tCrB, num_k_blocks, acc_row_of, cute.size(acc),
+                                                   tCrB_blocks if const_expr(self.n_blocks > 1) else None)
                 thread_row0 = tCcTile[0][0] - acc_first_row  # the thread's first accumulator row in the tile
+                num_sb_blocks = cute.size(mSB, mode=[0])
 
             # Epilogue partitioning: registers -> smem (stmatrix) -> TMA store.
             r2s_atom = sm90_utils.get_smem_store_op(self.d_layout, elem_ty_d=self.d_dtype, elem_ty_acc=Float32)
@@ -615,10 +630,15 @@ class Sm90Gemm:
                     # stored), and the weight-scale block (an N tile past N: clamped, never stored)
                     rows = (cutlass.min(row_start + thread_row0, m_total - 1),
                             cutlass.min(row_start + thread_row0 + 8, m_total - 1))
-                    sb_block = cutlass.min(n_tile, num_n_tiles - 1)
-                    tiled_mma, read_state, release_state = fp8_mainloop.run(
-                        tiled_mma, acc, blk, blk2, sc, ab_pipeline, read_state, release_state, tile_k_tiles, mSA, mSB,
-                        rows, sb_block, expert)
+                    if const_expr(self.n_blocks == 1):
+                        sb_block = cutlass.min(n_tile, num_n_tiles - 1)
+                        tiled_mma, read_state, release_state = fp8_mainloop.run(
+                            tiled_mma, acc, blk, blk2, sc, ab_pipeline, read_state, release_state, tile_k_tiles, mSA,
+                            mSB, rows, sb_block, expert)
+                    else:
+                        tiled_mma, read_state, release_state = fp8_mainloop.run_split_n(
+                            tiled_mma, acc, blk, sc, ab_pipeline, read_state, release_state, tile_k_tiles, mSA, mSB,
+                            rows, n_tile * self.n_blocks, num_sb_blocks, expert, self.n_blocks)
                 else:
                     # The first k-block runs with accumulate off (no zero fill, so ptxas injects
                     # no extra warpgroup.arrive); a wgmma.fence per k-tile as in CUTLASS's mainloops.
@@ -665,7 +685,7 @@ class Sm90Gemm:
                     # the quantized output's values of the whole tile (its rows' 1x128 blocks), and
                     # each row's amax: it is stored once every sub-tile is known
                     qvals = cute.make_rmem_tensor((frag_size * num_epi,), Float32)
-                    amax = [Float32(0.0) for _ in frag_rows]
+                    amax = [Float32(0.0) for _ in range(len(frag_rows) * (self.tile_n // 128))]  # per (block, row)
                 bSG_sD0, bSG_gD0 = cpasync.tma_partition(
                     tma_d0, 0, cute.make_layout(1), cute.group_modes(sD0, 0, 2), cute.zipped_divide(gD_tile0, self.epi_tile)
                 )
@@ -689,7 +709,7 @@ class Sm90Gemm:
                         qf.store(outs[self.q_index])
                         for v in cutlass.range_constexpr(frag_size):
                             qvals[e * frag_size + v] = qf[v]
-                        update_amax(amax, row_of, qf, frag_size)
+                        update_amax(amax, row_of, qf, frag_size, base=len(frag_rows) * (e * cfg.epi_n // 128))
                     if const_expr(num_plain > 0):
                         buf = (local_tile_idx * groups_per_tile + e) % cfg.epi_stages + epi_slot * cfg.epi_stages
                         # Wait for this buffer's previous store to have left shared memory only now,
@@ -718,26 +738,30 @@ class Sm90Gemm:
                     # ---- the quantizing codec: each row's scale from its amax, then value / scale
                     # in FP8 per sub-tile, then the scales (one per row of this 128-column block)
                     reduce_amax_across_quad(amax)
-                    q_scales = [block_scale(amax[r], self.fmax, self.epi.pow2_scales) for r in range(len(frag_rows))]
-                    inv = [Float32(1.0) / q_scales[r] for r in range(len(frag_rows))]
+                    q_scales = [block_scale(a, self.fmax, self.epi.pow2_scales) for a in amax]
+                    inv = [Float32(1.0) / sc_ for sc_ in q_scales]
                     tma_q = tma_d1 if const_expr(self.q_index == 1) else tma_d0
                     bSG_sQ = bSG_sD1 if const_expr(self.q_index == 1) else bSG_sD0
                     bSG_gQ = bSG_gD1 if const_expr(self.q_index == 1) else bSG_gD0
                     for e in cutlass.range_constexpr(num_epi):
                         qf = cute.make_rmem_tensor(q_frag_shape, Float32)
                         for j in cutlass.range_constexpr(frag_size):
-                            qf[j] = qvals[e * frag_size + q_perm[j]] * inv[row_of[q_perm[j]]]
+                            qf[j] = qvals[e * frag_size + q_perm[j]] * inv[len(frag_rows) * (e * cfg.epi_n // 128)
+                                                                            + row_of[q_perm[j]]]
                         qout = cute.make_rmem_tensor(q_frag_shape, self.q_dtype)
                         qout.store(qf.load().to(self.q_dtype))
                         buf = (local_tile_idx * groups_per_tile + groups_per_tile - num_epi + e) % cfg.epi_stages
                         self._store_subtile(tiled_r2s_q, qout, tRS_sQ, tma_q, bSG_sQ, bSG_gQ, e, buf, store_pipeline,
                                             epi_barrier, warp_idx == store_warp)
-                    # a cluster's second CTA may hold an N tile past the last one (odd tile counts):
-                    # its TMA stores are clipped, its scale column does not exist
-                    if cute.arch.lane_idx() % 4 == 0 and n_tile < num_n_tiles:
-                        for r in cutlass.range_constexpr(len(frag_rows)):
-                            if first_row + frag_rows[r] < row_end:
-                                mQS[(first_row + frag_rows[r], n_tile)] = q_scales[r]
+                    # a block past N (a cluster's second CTA past the last N tile, or a wide tile's
+                    # second block): its TMA stores are clipped, its scale column does not exist
+                    if cute.arch.lane_idx() % 4 == 0:
+                        for b in cutlass.range_constexpr(self.tile_n // 128):
+                            if n_tile * (self.tile_n // 128) + b < cute.size(mQS, mode=[1]):
+                                for r in cutlass.range_constexpr(len(frag_rows)):
+                                    if first_row + frag_rows[r] < row_end:
+                                        mQS[(first_row + frag_rows[r], n_tile * (self.tile_n // 128) + b)] = \
+                                            q_scales[b * len(frag_rows) + r]
 
                 if const_expr(self.epi.row_sum):
                     # Sum each row's partials over the 4 lanes that share it; one lane

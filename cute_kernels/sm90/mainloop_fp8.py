@@ -12,6 +12,13 @@ recipe).  Two scratch accumulators alternate: K tile kt + 1's WGMMAs are issued 
 kt is promoted (wait_group 1), so a warpgroup keeps the tensor core fed through its own
 promotions (3 x 64 registers per thread with a 128x128 cooperative tile).
 
+Wide tiles (tile_n = 256: two N blocks, 128 accumulator registers per thread) cannot hold
+two scratch accumulators next to the promoted one; `run_split_n` issues each N block's
+WGMMAs (m64n128) into one scratch accumulator and promotes it with that block's weight
+scale before the next block's, so a warpgroup's promotions leave the tensor core to the
+other warpgroup (DeepGEMM's scheme).  The tile then halves the L2 -> SM traffic per FLOP
+of A and the epilogues per FLOP.
+
 The producer, the tile walk, the pipelines and the epilogue are the GEMM family's; this
 module is only what differs from the bf16 WGMMA mainloop.
 """
@@ -40,10 +47,12 @@ class BlockScaledMainloop(TracedRecord):
 
     `row_of[v]`: which of the thread's two rows accumulator element v is on."""
 
-    _traced = ("tCrA", "tCrB")
+    _traced = ("tCrA", "tCrB", "tCrB_blocks")
 
-    def __init__(self, tCrA, tCrB, num_k_blocks: int, row_of: list, acc_size: int):
+    def __init__(self, tCrA, tCrB, num_k_blocks: int, row_of: list, acc_size: int, tCrB_blocks=None):
         self.tCrA, self.tCrB = tCrA, tCrB
+        # split-N: B's fragments per 128-column N block (each partitioned from that block's rows)
+        self.tCrB_blocks = tCrB_blocks or []
         self.num_k_blocks = num_k_blocks
         self.row_of = row_of
         self.acc_size = acc_size
@@ -121,4 +130,42 @@ class BlockScaledMainloop(TracedRecord):
             self.retire(ab_pipeline, release_state, 0)
             release_state.advance()
             self.promote(acc, blk, sc, 0)
+        return tiled_mma, read_state, release_state
+
+    def issue_block(self, tiled_mma, blk, read_state, n_block: int):
+        """Issue one N block's WGMMAs of the current K tile (one commit group) into the scratch
+        `blk` (the operands' stage must have landed).  Returns `tiled_mma` (rebound)."""
+        warpgroup.fence()
+        for kb in range(self.num_k_blocks):  # plain Python: unrolled at trace time
+            tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
+            cute.gemm(tiled_mma, blk, self.tCrA[(None, None, kb, read_state.index)],
+                      self.tCrB_blocks[n_block][(None, None, kb, read_state.index)], blk)
+        warpgroup.commit_group()
+        return tiled_mma
+
+    def promote_block(self, acc, n_block: int, blk, sc, at: int):
+        """acc[N block] += blk * (the row's scale product)."""
+        acc_b = acc[(None, 0, n_block)]
+        for v in range(cute.size(blk)):  # unrolled at trace time
+            acc_b[v] = acc_b[v] + blk[v] * sc[at + self.row_of[v]]
+
+    @cute.jit
+    def run_split_n(self, tiled_mma, acc, blk, sc, ab_pipeline, read_state, release_state, k_tiles, mSA, mSB,
+                    rows, sb_block0, num_sb_blocks, expert, n_blocks: cutlass.Constexpr):
+        """The K loop of an `n_blocks`-block-wide tile: per K tile and N block, WGMMAs into `blk`,
+        wait, promote with the block's scale.  Returns (tiled_mma, read_state, release_state)."""
+        acc.fill(0.0)
+        for kt in range(k_tiles):
+            for nb in cutlass.range_constexpr(n_blocks):
+                # a block past N reads the last block's scale: computed, never stored
+                self.load_scales(sc, 2 * nb, mSA, mSB, rows, cutlass.min(sb_block0 + nb, num_sb_blocks - 1), kt,
+                                 expert)
+            ab_pipeline.consumer_wait(read_state)
+            for nb in cutlass.range_constexpr(n_blocks):
+                tiled_mma = self.issue_block(tiled_mma, blk, read_state, nb)
+                warpgroup.wait_group(0)
+                self.promote_block(acc, nb, blk, sc, 2 * nb)
+            ab_pipeline.consumer_release(release_state)
+            release_state.advance()
+            read_state.advance()
         return tiled_mma, read_state, release_state
