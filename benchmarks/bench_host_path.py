@@ -60,7 +60,7 @@ def stubbed_kernels():
         patch(mock.patch.object(gemm_ops, "get_compiled", compiled))
         patch(mock.patch.object(ck_compile, "get_compiled", compiled))
         patch(mock.patch.object(checks, "check_cuda", lambda name, t: None))
-        patch(mock.patch.object(mlp, "_use_cute", lambda x, backend: True))
+        patch(mock.patch.object(mlp, "uses_cute_path", lambda x, backend: True))
         patch(mock.patch.object(torch_ops, "_on_kernels", lambda t: True))
         patch(mock.patch.object(torch.cuda, "is_current_stream_capturing", lambda: False))
         patch(mock.patch.object(torch.cuda, "current_stream", lambda device=None: fake_stream))
