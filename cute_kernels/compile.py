@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 
 from .archs import ARCHS, arch_config as arch_config_module, get_arch, kernel_class
-from .config import ConfigError, GemmConfig, epilogue_misfit, resolved_ab_stages, validate
+from .config import ConfigError, GemmConfig, block_scaled_errors, epilogue_misfit, resolved_ab_stages, validate
 from .epilogue import EpilogueSpec
 from .gemm_base.launch_args import GemmArgs
 
@@ -204,16 +204,11 @@ def build_kernel(key: KernelKey):
 def _build_block_scaled_kernel(key: KernelKey):
     """The block-scaled FP8 kernel of `key`: the arch's GEMM class with its FP8 mainloop
     (archs.Arch.block_scaled_fp8 says which arches have one)."""
-    arch = get_arch(key.arch)
-    if not arch.block_scaled_fp8:
-        raise ConfigError(f"arch {key.arch!r} has no block-scaled FP8 GEMM (FP8 kernels: "
-                          f"{sorted(a.name for a in ARCHS.values() if a.block_scaled_fp8)})")
-    cfg_rules = arch_config_module(key.arch)
-    errors = cfg_rules.block_scaled_errors(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k,
-                                           majors=(key.a_major, key.b_major), out_bytes=key.out_bytes)
+    errors = block_scaled_errors(key.cfg, key.epi, arch=key.arch, grouped=key.grouped, grouped_k=key.grouped_k,
+                                 majors=(key.a_major, key.b_major), out_bytes=key.out_bytes)
     if errors:
         raise ConfigError(f"invalid block-scaled FP8 GemmConfig {key.cfg}: " + "; ".join(errors))
-    stages = cfg_rules.block_scaled_ab_stages(key.cfg, key.epi, out_bytes=key.out_bytes)
+    stages = arch_config_module(key.arch).block_scaled_ab_stages(key.cfg, key.epi, out_bytes=key.out_bytes)
     return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages,
                                   formats=key.operand_formats)
 

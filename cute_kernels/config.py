@@ -149,3 +149,34 @@ def default_config(m: int, n: int, k: int, *, arch: str = "sm90", grouped: bool 
 def wgrad_default_config(n: int, k: int, tokens: int, num_experts: int = 1, *, arch: str = "sm90") -> GemmConfig:
     """The untuned config of the (K-grouped) weight-gradient GEMM on `arch`."""
     return _arch(arch).wgrad_default_config(n, k, tokens, num_experts)
+
+
+def _block_scaled_rules(arch: str):
+    """The config rules of `arch` for the block-scaled FP8 kernels; ConfigError where it has none."""
+    from .archs import ARCHS, get_arch
+
+    if arch not in ARCHS or not get_arch(arch).block_scaled_fp8:
+        raise ConfigError(f"arch {arch!r} has no block-scaled FP8 GEMM (FP8 kernels: "
+                          f"{sorted(a.name for a in ARCHS.values() if a.block_scaled_fp8)})")
+    return _arch(arch)
+
+
+def block_scaled_errors(cfg: GemmConfig, epi, *, arch: str = "sm90", grouped: bool = False, grouped_k: bool = False,
+                        majors: tuple = ("k", "k"), out_bytes: int = 2) -> list[str]:
+    """Every reason `cfg` cannot run the block-scaled FP8 kernel with epilogue `epi` on `arch`."""
+    errs = type_errors(cfg, arch)
+    if errs:
+        return errs
+    try:
+        rules = _block_scaled_rules(arch)
+    except ConfigError as e:
+        return [str(e)]
+    return rules.block_scaled_errors(cfg, epi, grouped=grouped, grouped_k=grouped_k, majors=majors,
+                                     out_bytes=out_bytes)
+
+
+def block_scaled_default_config(m: int, n: int, k: int, *, arch: str = "sm90", grouped: bool = False,
+                                num_experts: int = 1) -> GemmConfig:
+    """The untuned config of a block-scaled FP8 (M, N, K) problem on `arch` (one for every shape
+    until the H200 says otherwise: the arch's FP8_DEFAULT_CONFIG)."""
+    return _block_scaled_rules(arch).FP8_DEFAULT_CONFIG

@@ -1,7 +1,9 @@
 """The tuned-config files: `tuned_configs/<arch>/<kernel>.yaml`.
 
 One file per (arch, kernel); inside, `entries` maps an entry key
-"<dtype>/<dense|grouped>/m<M>_n<N>_k<K>[_e<E>]" to a record: the config, the shape,
+"<dtype>/<dense|grouped>/m<M>_n<N>_k<K>[_e<E>]" (dtype: the operands' precision,
+`registry.dtype_key`: "bfloat16", or for the FP8 kernels "float8_e4m3fn" and
+"float8_e5m2+float8_e4m3fn" when B's format differs from A's) to a record: the config, the shape,
 dtype, measured time, default-config time, speedup, how they were timed (burst or
 sustained), device, DSL version, date.
 Written by `python -m autotune sweep`, read by `cute_kernels.config_lookup`.
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from .config import ConfigError, GemmConfig, validation_errors
-from .registry import kernel_constraints
+from .config import ConfigError, GemmConfig
+from .registry import get_kernel
 
 FORMAT_VERSION = 1
 
@@ -28,7 +30,7 @@ class TunedConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ShapeKey:
-    dtype: str  # "bfloat16" | "float16"
+    dtype: str  # "bfloat16" | "float16" | FP8: registry.dtype_key ("float8_e4m3fn", "float8_e5m2+float8_e4m3fn")
     m: int
     n: int
     k: int
@@ -142,9 +144,13 @@ def parse_entry(path: str, key, record, *, kernel: str = "fc2") -> tuple[ShapeKe
         cfg = GemmConfig.from_dict({str(k): v for k, v in config.items()})
     except (ConfigError, TypeError, ValueError) as e:
         raise TunedConfigError(f"{where}: bad config: {e}") from None
+    spec = get_kernel(kernel)
+    try:
+        spec.check_dtype(sk.dtype)
+    except ValueError as e:
+        raise TunedConfigError(f"{where}: {e}") from None
     arch = os.path.basename(os.path.dirname(path)) or "sm90"
-    errs = validation_errors(cfg, arch=arch if arch.startswith("sm") else "sm90",
-                             **kernel_constraints(kernel, sk.experts))
+    errs = spec.config_errors(cfg, sk.experts, arch=arch if arch.startswith("sm") else "sm90")
     if errs:
         raise TunedConfigError(f"{where}: config cannot run: {'; '.join(errs)}")
     return sk, cfg

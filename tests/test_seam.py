@@ -2,6 +2,7 @@
 record, the arch passed per compile, one registry the op and the tuner share, one module
 of torch reference math, no import circle."""
 import ast
+import dataclasses
 import inspect
 import os
 import re
@@ -89,6 +90,30 @@ def test_weight_grad_key_matches_the_registry():
         op_key = _wgrad_key("sm90", torch.bfloat16, 1856, 2688, 16384, max(experts, 1), bool(experts),
                             torch.bfloat16, False, ("m", "n"), None, tuned_root())
         assert op_key == registry.kernel_key("weight_grad", "sm90", op_key.cfg, "bfloat16", experts)
+
+
+@pytest.mark.parametrize("kernel,experts,formats", [("fp8_fc1_srelu", 0, ("e4m3", "e4m3")),
+                                                     ("fp8_fc1_srelu", 8, ("e4m3", "e4m3")),
+                                                     ("fp8_fc2", 0, ("e4m3", "e4m3")),
+                                                     ("fp8_fc2", 128, ("e5m2", "e4m3"))])
+def test_tuner_compiles_the_fp8_kernel_the_op_launches(kernel, experts, formats):
+    """The FP8 op's key (fp8/ops.py: tuned lookup keyed by the formats, the registered epilogue)
+    equals the registry's key for the looked-up config; one key per kernel (B's format folded
+    into A's when equal, so the compile cache holds one entry)."""
+    from cute_kernels.fp8.epilogue import Fp8Epilogue
+    from cute_kernels.fp8.ops import _family_launch_key, family_kernel
+
+    m, n, k = 16384, 1856, 2688
+    spec = registry.get_kernel(kernel).epilogue
+    epi = Fp8Epilogue(dataclasses.replace(spec, quantized="", q_format="e4m3"), quantized=spec.quantized,
+                      q_format=spec.q_format, pow2_scales=spec.pow2_scales)
+    assert family_kernel(epi) == kernel
+    op_key = _family_launch_key(epi, m, n, k, max(experts, 1), bool(experts), *formats, None, tuned_root())
+    dtype = registry.dtype_key(*(f"float8_{f}fn" if f == "e4m3" else f"float8_{f}" for f in formats))
+    assert op_key == registry.kernel_key(kernel, "sm90", op_key.cfg, dtype, experts)
+    assert op_key.block_scaled and op_key.operand_formats == formats and op_key.d_dtype == "bfloat16"
+    assert op_key.b_dtype == ("" if formats[0] == formats[1] else "float8_e4m3fn")
+    assert registry.get_kernel(kernel).config_errors(op_key.cfg, experts) == []
 
 
 def test_registry_covers_every_tunable_kernel():

@@ -10,7 +10,12 @@
 - Which kernel: `CUTE_KERNELS_FP8_KERNEL` = "fork" (default until the H200 decides:
   cute_kernels/sm90/fp8_gemm.py) or "family" (the GEMM family's kernel, `Sm90Gemm` with the
   block-scaled mainloop of sm90/mainloop_fp8.py and the quantizing output codec of
-  `EpilogueSpec`; it always runs the overlapped promotion).
+  `EpilogueSpec`; it always runs the overlapped promotion).  The family's launches resolve
+  their kernel through the registry (`fp8_fc1_srelu` for the activation epilogue, `fp8_fc2`
+  for the identity one), take the tuned config when `config=None` (cute_kernels.config_lookup,
+  keyed by the operand formats too; FP8_DEFAULT_CONFIG untuned) and pass the first-use
+  self-check gate of gemm_ops._run (cute_kernels/selfcheck.py).  The fork takes
+  FP8_DEFAULT_CONFIG when `config=None`.
 
 Operands: a (M, K) / x, b (N, K) / w FP8 (e4m3 or e5m2), K-major (row-major), K a multiple of 16
 (16-byte TMA rows); activation scales (M, ceil(K/128)) fp32, weight scales (ceil(N/128),
@@ -21,14 +26,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 
 import torch
 
 from ..checks import InputError
 from ..compile import use_tvm_ffi
-from ..config import GemmConfig
+from ..config import GemmConfig, block_scaled_errors
+from ..config_lookup import lookup_config, on_clear, tuned_root
 from ..epilogue import EpilogueSpec
+from ..registry import dtype_key, kernel_default_config, kernel_key
 from .compile import FP8_DEFAULT_CONFIG, MAINLOOPS, Fp8KernelKey, get_compiled
 from .epilogue import Fp8Epilogue
 from .recipe import FORMATS, Fp8Recipe
@@ -109,38 +117,82 @@ def default_kernel() -> str:
     return kernel
 
 
+log = logging.getLogger("cute_kernels.fp8")
+FAMILY_ARCH = "sm90"  # the arch of the family's FP8 launches (check_fp8_device admits only sm_90a)
+
+
+def family_kernel(epi: Fp8Epilogue) -> str:
+    """The registry kernel of a family FP8 launch: fp8_fc1_srelu (activation epilogue) or fp8_fc2."""
+    return "fp8_fc1_srelu" if epi.spec.kind == "act" else "fp8_fc2"
+
+
+def _codec_spec(epi: Fp8Epilogue) -> EpilogueSpec:
+    """The family's epilogue of `epi`: its math plus the quantizing output codec."""
+    return dataclasses.replace(epi.spec, quantized=epi.quantized, q_format=epi.q_format, pow2_scales=epi.pow2_scales)
+
+
+def _dtype_of(a_format: str, b_format: str) -> str:
+    return dtype_key(str(FORMATS[a_format]).removeprefix("torch."), str(FORMATS[b_format]).removeprefix("torch."))
+
+
 def family_key(epi: Fp8Epilogue, cfg: GemmConfig, a_format: str, b_format: str, *, grouped: bool = False):
-    """The GEMM family's kernel key of an FP8 launch (K-major operands, bf16 plain outputs)."""
-    from ..compile import KernelKey
-
-    spec = dataclasses.replace(epi.spec, quantized=epi.quantized, q_format=epi.q_format, pow2_scales=epi.pow2_scales)
-    return KernelKey("sm90", cfg, spec, grouped, str(FORMATS[a_format]).removeprefix("torch."), "k", "k",
-                     out_dtype="bfloat16", b_dtype=str(FORMATS[b_format]).removeprefix("torch."))
+    """The GEMM family's kernel key of an FP8 launch (K-major operands, bf16 plain outputs): the
+    registry's key of `family_kernel(epi)`, the one the autotuner compiles and times."""
+    return kernel_key(family_kernel(epi), FAMILY_ARCH, cfg, _dtype_of(a_format, b_format), int(grouped),
+                      epi=_codec_spec(epi))
 
 
-def _launch_family(a, sa, b, sb, epi: Fp8Epilogue, cfg: GemmConfig, fa: str, fb: str, d, q, qs, max_clusters,
-                   m_splits=None, prob=None):
-    """One launch of the family's kernel: dense (b (N, K), sb (NB, KB)) or grouped along M (b (E, N, K),
-    sb (E, NB, KB), the rows of a sorted by expert in `m_splits`: a list or a GPU int tensor, read on
-    the GPU)."""
-    from ..compile import get_compiled as get_family_compiled
+@functools.lru_cache(maxsize=1024)
+def _family_launch_key(epi: Fp8Epilogue, m: int, n: int, k: int, num_experts: int, grouped: bool, a_format: str,
+                       b_format: str, config: GemmConfig | None, root: str | None):
+    """The key of one family launch: `config` checked (InputError naming it), or the tuned entry
+    for this (kernel, formats, shape), or the kernel's default when none is stored or the stored
+    one cannot run this call's epilogue.  Cached (config_lookup.clear_cache clears it; `root`:
+    the tuned-configs directory the lookup reads)."""
+    name = family_kernel(epi)
+    where = dict(arch=FAMILY_ARCH, grouped=grouped, majors=("k", "k"))
+    if config is not None:
+        errors = block_scaled_errors(config, _codec_spec(epi), **where)
+        if errors:
+            raise InputError(f"config: {config} cannot run the FP8 kernel: " + "; ".join(errors))
+    else:
+        config = lookup_config(name, arch=FAMILY_ARCH, dtype=_dtype_of(a_format, b_format), m=m, n=n, k=k,
+                               num_experts=num_experts, grouped=grouped)
+        errors = block_scaled_errors(config, _codec_spec(epi), **where)
+        if errors:
+            log.warning("tuned %s config %s cannot run epilogue %s (%s): the default config instead", name, config,
+                        _codec_spec(epi).key(), "; ".join(errors))
+            config = kernel_default_config(name, m, n, k, num_experts if grouped else 0, arch=FAMILY_ARCH)
+    return family_key(epi, config, a_format, b_format, grouped=grouped)
+
+
+on_clear(_family_launch_key.cache_clear)
+
+
+def _check_config_arg(config):
+    if config is not None and not isinstance(config, GemmConfig):
+        raise InputError(f"config must be a GemmConfig or None, got {type(config).__name__}")
+
+
+def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None):
+    """One launch of the family's kernel `key` through gemm_ops._run (the first-use self-check
+    gate): dense (b (N, K), sb (NB, KB)) or grouped along M (b (E, N, K), sb (E, NB, KB), the rows
+    of a sorted by expert in `m_splits`: a list or a GPU int tensor, read on the GPU)."""
     from ..gemm_base.launch_args import GemmArgs
-    from ..gemm_ops import _splits_metadata
+    from ..gemm_ops import _run, _splits_metadata
 
     u8 = torch.uint8
     outs = []
-    for name in epi.outputs:
-        outs.append(_as_mkl(q.view(u8)) if name == epi.quantized else _as_mkl(d))
-    grouped = m_splits is not None
+    for name in key.epi.outputs:
+        outs.append(_as_mkl(q.view(u8)) if name == key.epi.quantized else _as_mkl(d))
     cu_rows = cu_tiles = None
-    if grouped:
-        cu_rows, cu_tiles = _splits_metadata(m_splits, cfg.tile_m, a.device, cfg.cluster_m)
+    if key.grouped:
+        cu_rows, cu_tiles = _splits_metadata(m_splits, key.cfg.tile_m, a.device, key.cfg.cluster_m)
         b3, sb3 = b.view(u8).permute(1, 2, 0), sb.permute(1, 2, 0)
     else:
         b3, sb3 = _as_mkl(b.view(u8)), sb.unsqueeze(-1)
-    args = GemmArgs(_as_mkl(a.view(u8)), b3, outs[0], outs[1] if len(outs) == 2 else None, scale=prob,
-                    cu_rows=cu_rows, cu_tiles=cu_tiles, sa=sa, sb=sb3, qs=qs)
-    get_family_compiled(family_key(epi, cfg, fa, fb, grouped=grouped))(*args, max_clusters)
+    _run(key, GemmArgs(_as_mkl(a.view(u8)), b3, outs[0], outs[1] if len(outs) == 2 else None, scale=prob,
+                       cu_rows=cu_rows, cu_tiles=cu_tiles, sa=sa, sb=sb3, qs=qs))
 
 
 def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None, store_preact: bool = False,
@@ -174,8 +226,8 @@ def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None
         raise InputError(f"N = {n} must be a multiple of 16")
     if prob is not None and (not isinstance(prob, torch.Tensor) or prob.shape != (m,) or prob.dtype != torch.float32):
         raise InputError("prob must be a float32 (M,) tensor")
+    _check_config_arg(config)
     check_fp8_device("x", x)
-    cfg = config or FP8_DEFAULT_CONFIG
     if epilogue == "identity":
         if prob is not None:
             raise InputError("prob belongs to the 'act' epilogue")
@@ -190,10 +242,8 @@ def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None
         qs = _new_scales(m, _cdiv(n, BLOCK), x.device)
     if m == 0:
         return d if epilogue == "identity" else (d, q, qs)
-    from ..gemm_ops import _max_clusters_arg
-
-    _, max_clusters = _max_clusters_arg(x.device.index or 0, cfg.cluster_size)
-    _launch_family(x, sx, w, sw, epi, cfg, fa, fb, d, q, qs, max_clusters, m_splits=m_splits, prob=prob)
+    key = _family_launch_key(epi, m, n, k, e, True, fa, fb, config, tuned_root())
+    _launch_family(x, sx, w, sw, key, d, q, qs, m_splits=m_splits, prob=prob)
     return d if epilogue == "identity" else (d, q, qs)
 
 
@@ -218,9 +268,11 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
         raise InputError(f"N = {n} must be a multiple of 16 for an FP8 output (16-byte TMA rows)")
     if n % 8:
         raise InputError(f"N = {n} must be a multiple of 8 (16-byte rows of the bf16 output)")
+    _check_config_arg(config)
+    kernel = kernel or default_kernel()
+    if kernel not in KERNELS:
+        raise InputError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     check_fp8_device("a", a)
-    cfg = config or FP8_DEFAULT_CONFIG
-    key = Fp8KernelKey(cfg, epi, fa, fb, mainloop=mainloop)
     d = q = qs = None
     if epi.plain_outputs:
         d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
@@ -229,19 +281,18 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
         qs = _new_scales(m, _cdiv(n, BLOCK), a.device)
     if outs is not None:
         d, q, qs = (o if o is not None else x for o, x in zip(outs, (d, q, qs)))
-    from ..gemm_ops import _max_clusters_arg
-
-    _, max_clusters = _max_clusters_arg(a.device.index or 0, cfg.cluster_m * cfg.cluster_n)
     if not use_tvm_ffi():
         raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi (a dependency of "
                          "cute_kernels) and leave CUTE_KERNELS_TVM_FFI unset")
-    kernel = kernel or default_kernel()
-    if kernel not in KERNELS:
-        raise InputError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "family":
-        _launch_family(a, sa, b, sb, epi, cfg, fa, fb, d, q, qs, max_clusters)
+        _launch_family(a, sa, b, sb, _family_launch_key(epi, m, n, k, 0, False, fa, fb, config, tuned_root()),
+                       d, q, qs)
         return d, q, qs
-    fn = get_compiled(key)
+    from ..gemm_ops import _max_clusters_arg
+
+    cfg = config or FP8_DEFAULT_CONFIG
+    _, max_clusters = _max_clusters_arg(a.device.index or 0, cfg.cluster_m * cfg.cluster_n)
+    fn = get_compiled(Fp8KernelKey(cfg, epi, fa, fb, mainloop=mainloop))
     u8 = torch.uint8  # FP8 tensors travel as bytes (see fp8/compile.fake_arguments)
     fn(_as_mkl(a.view(u8)), _as_mkl(b.view(u8)), sa, sb, None if d is None else _as_mkl(d),
        None if q is None else _as_mkl(q.view(u8)), qs, max_clusters)

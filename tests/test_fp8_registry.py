@@ -1,0 +1,131 @@
+"""FP8 in the family's host machinery (issue 24), on CPU: the registry's FP8 kernels (keys,
+defaults, config rules, references of the dequantized operands) and the tuned-config lookup
+keyed by the operand formats, so FP8 entries never meet bf16 ones and an e5m2 x e4m3 entry
+never meets an e4m3 one; the FP8 op takes the tuned entry when `config=None`."""
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from cute_kernels import config_lookup as cl
+from cute_kernels import registry
+from cute_kernels.checks import InputError
+from cute_kernels.config import GemmConfig
+from cute_kernels.epilogue import EpilogueSpec
+from cute_kernels.fp8.epilogue import Fp8Epilogue
+from cute_kernels.fp8.ops import _family_launch_key
+from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
+from cute_kernels.reference import rel_err
+from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
+from cute_kernels.tuned_store import ShapeKey, TunedConfigError, file_path, make_record, merge_write, parse_entry
+
+E4M3, E5M2 = "float8_e4m3fn", "float8_e5m2"
+TUNED = dataclasses.replace(FP8_DEFAULT_CONFIG, cluster_m=2, cluster_n=1, raster="m", swizzle=4, epi_n=64)
+TUNED_MIXED = dataclasses.replace(FP8_DEFAULT_CONFIG, cluster_n=1, epi_stages=3)
+FC2 = Fp8Epilogue(EpilogueSpec("identity"))
+FC1 = Fp8Epilogue(EpilogueSpec("act", store_preact=True), quantized="postact")
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUTE_KERNELS_TUNED_CONFIGS", str(tmp_path))
+    cl.clear_cache()
+    yield str(tmp_path)
+    cl.clear_cache()
+
+
+def _write(root, kernel, sk, cfg):
+    rec = make_record(sk, cfg, time_ms=1.0, default_time_ms=1.2, device="H200", dsl_version="4.8.1",
+                      date="2026-12-04", trials=24)
+    merge_write(file_path("sm90", kernel, root), {sk.key(): rec})
+
+
+def test_fp8_kernels_are_registered_with_their_rules():
+    for name in ("fp8_fc1_srelu", "fp8_fc2"):
+        spec = registry.get_kernel(name)
+        assert spec.block_scaled and spec.grouping == "m" and spec.majors == ("k", "k")
+        assert spec.default_dtype == E4M3
+        assert spec.default_config(8192, 16384, 4096) == FP8_DEFAULT_CONFIG
+        assert spec.config_errors(FP8_DEFAULT_CONFIG, 8) == []
+        assert any("tile_n" in e for e in spec.config_errors(GemmConfig(), 0))  # the bf16 default cannot run
+        assert any("no block-scaled FP8" in e for e in spec.config_errors(FP8_DEFAULT_CONFIG, arch="sm100"))
+        spec.check_dtype(E4M3)
+        spec.check_dtype(f"{E5M2}+{E4M3}")
+        with pytest.raises(ValueError, match="FP8"):
+            spec.check_dtype("bfloat16")
+    assert registry.get_kernel("fp8_fc1_srelu").epilogue.quantized == "postact"
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        registry.get_kernel("fc2").check_dtype(E4M3)
+
+
+def test_kernel_key_of_an_fp8_kernel():
+    key = registry.kernel_key("fp8_fc2", "sm90", FP8_DEFAULT_CONFIG, f"{E5M2}+{E4M3}", 8)
+    assert key.block_scaled and key.grouped and key.operand_formats == ("e5m2", "e4m3")
+    assert key.d_dtype == "bfloat16" and key.b_dtype == E4M3
+    same = registry.kernel_key("fp8_fc2", "sm90", FP8_DEFAULT_CONFIG, f"{E4M3}+{E4M3}", 0)
+    assert same == registry.kernel_key("fp8_fc2", "sm90", FP8_DEFAULT_CONFIG, E4M3, 0) and same.b_dtype == ""
+    assert registry.operand_dtypes(registry.dtype_key(E5M2, E4M3)) == (E5M2, E4M3)
+
+
+def test_fp8_references_are_the_bf16_ones_of_the_dequantized_operands():
+    g = torch.Generator().manual_seed(0)
+    splits = [70, 0, 130]
+    x = torch.randn(200, 272, generator=g)
+    w = torch.randn(3, 144, 272, generator=g) * 0.1
+    xq, xs = quantize_1x128(x)
+    parts = [quantize_128x128(w[e]) for e in range(3)]
+    wq, ws = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+    xd = dequantize(xq, xs)
+    rows = []
+    for e, (start, n) in enumerate(zip((0, 70, 70), splits)):
+        rows.append(xd[start:start + n] @ dequantize(wq[e], ws[e]).t())
+    want = torch.cat(rows)
+    fc2 = registry.get_kernel("fp8_fc2").reference(xq, xs, wq, ws, splits)
+    fc1 = registry.get_kernel("fp8_fc1_srelu").reference(xq, xs, wq, ws, splits)
+    assert rel_err(fc2, want) < 1e-6 and rel_err(fc1, torch.relu(want) ** 2) < 1e-6
+    assert rel_err(fc2, registry.get_kernel("fc2").reference(x, w, splits)) > 1e-3  # the quantization is in it
+    dense = registry.get_kernel("fp8_fc2").reference(xq, xs, wq[0], ws[0])
+    assert rel_err(dense, xd @ dequantize(wq[0], ws[0]).t()) < 1e-6
+
+
+def test_tuned_fp8_entries_are_keyed_by_formats(root):
+    shape = dict(m=8192, n=16384, k=4096)
+    _write(root, "fp8_fc2", ShapeKey(E4M3, **shape), TUNED)
+    _write(root, "fp8_fc2", ShapeKey(f"{E5M2}+{E4M3}", **shape), TUNED_MIXED)
+    _write(root, "fc2", ShapeKey("bfloat16", **shape), GemmConfig(tile_n=192))
+    look = lambda kernel, dtype: cl.lookup_config(kernel, arch="sm90", dtype=dtype, **shape)  # noqa: E731
+    assert look("fp8_fc2", E4M3) == TUNED
+    assert look("fp8_fc2", f"{E5M2}+{E4M3}") == TUNED_MIXED
+    assert look("fp8_fc2", E5M2) == FP8_DEFAULT_CONFIG  # e5m2 x e5m2: no entry
+    assert look("fp8_fc1_srelu", E4M3) == FP8_DEFAULT_CONFIG  # another kernel's file
+    assert look("fc2", "bfloat16") == GemmConfig(tile_n=192)  # bf16 untouched
+    # the op resolves the same: e4m3 x e4m3 and e5m2 x e4m3 launches
+    assert _family_launch_key(FC2, 8192, 16384, 4096, 0, False, "e4m3", "e4m3", None, cl.tuned_root()).cfg == TUNED
+    assert _family_launch_key(FC2, 8000, 16384, 4096, 0, False, "e5m2", "e4m3", None,
+                              cl.tuned_root()).cfg == TUNED_MIXED  # nearest M
+    assert _family_launch_key(FC1, 8192, 16384, 4096, 0, False, "e4m3", "e4m3", None,
+                              cl.tuned_root()).cfg == FP8_DEFAULT_CONFIG
+
+
+def test_bad_fp8_entries_are_skipped(root, caplog):
+    path = file_path("sm90", "fp8_fc2", root)
+    sk = ShapeKey(E4M3, 8192, 16384, 4096)
+    with pytest.raises(TunedConfigError, match="cannot run"):
+        parse_entry(path, sk.key(), make_record(sk, GemmConfig(), time_ms=1, default_time_ms=1, device="", dsl_version="",
+                                                date="", trials=1), kernel="fp8_fc2")
+    bf = ShapeKey("bfloat16", 8192, 16384, 4096)
+    with pytest.raises(TunedConfigError, match="FP8"):
+        parse_entry(path, bf.key(), make_record(bf, TUNED, time_ms=1, default_time_ms=1, device="", dsl_version="",
+                                                date="", trials=1), kernel="fp8_fc2")
+    _write(root, "fp8_fc2", sk, GemmConfig())  # merge_write does not validate: the reader must
+    with caplog.at_level(logging.WARNING, logger="cute_kernels.config"):
+        assert cl.lookup_config("fp8_fc2", arch="sm90", dtype=E4M3, m=8192, n=16384, k=4096) == FP8_DEFAULT_CONFIG
+    assert "cannot run" in caplog.text
+
+
+def test_explicit_fp8_config_is_checked_naming_the_argument(root):
+    with pytest.raises(InputError, match="config: .*tile_n"):
+        _family_launch_key(FC2, 256, 256, 256, 0, False, "e4m3", "e4m3", GemmConfig(), None)
+    key = _family_launch_key(FC1, 256, 256, 256, 8, True, "e4m3", "e4m3", TUNED, None)
+    assert key.cfg == TUNED and key.grouped and key.epi.quantized == "postact"
