@@ -48,7 +48,7 @@ def test_fp8_kernels_are_registered_with_their_rules():
         assert spec.default_dtype == E4M3
         assert spec.default_config(8192, 16384, 4096) == FP8_DEFAULT_CONFIG
         assert spec.config_errors(FP8_DEFAULT_CONFIG, 8) == []
-        assert any("tile_n" in e for e in spec.config_errors(GemmConfig(), 0))  # the bf16 default cannot run
+        assert any("tile_k" in e for e in spec.config_errors(GemmConfig(), 0))  # the bf16 default cannot run
         assert any("no block-scaled FP8" in e for e in spec.config_errors(FP8_DEFAULT_CONFIG, arch="sm100"))
         spec.check_dtype(E4M3)
         spec.check_dtype(f"{E5M2}+{E4M3}")
@@ -125,7 +125,7 @@ def test_bad_fp8_entries_are_skipped(root, caplog):
 
 
 def test_explicit_fp8_config_is_checked_naming_the_argument(root):
-    with pytest.raises(InputError, match="config: .*tile_n"):
+    with pytest.raises(InputError, match="config: .*tile_k"):
         _family_launch_key(FC2, 256, 256, 256, 0, False, "e4m3", "e4m3", GemmConfig(), None)
     key = _family_launch_key(FC1, 256, 256, 256, 8, True, "e4m3", "e4m3", TUNED, None)
     assert key.cfg == TUNED and key.grouped and key.epi.quantized == "postact"
