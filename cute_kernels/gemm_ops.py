@@ -15,8 +15,7 @@ import weakref
 
 import torch
 
-from . import checks
-from .archs import arch_of_capability
+from . import archs, checks
 from .compile import KernelKey, arch_options, build_kernel, desc_workspace_words, dsl_lock, get_compiled, use_tvm_ffi
 from .config import (ConfigError, GemmConfig, epilogue_misfit, narrowed_for_epilogue, validate, validation_errors,
                      wgrad_default_config)
@@ -32,16 +31,16 @@ _compiled: dict = {}
 
 
 def device_arch(device: torch.device) -> str:
-    return _arch_of(device.index if device.index is not None else torch.cuda.current_device())
-
-
-@functools.lru_cache(maxsize=None)
-def _arch_of(device_index: int) -> str:
-    major, minor = torch.cuda.get_device_capability(device_index)
-    arch = arch_of_capability(major)
-    if arch is not None:
-        return arch
-    raise checks.InputError(f"no CuTe kernel for compute capability {major}.{minor} on cuda:{device_index}; use backend='torch'")
+    """The arch whose kernels run on `device` (cute_kernels.archs.device_arch); InputError where none does."""
+    arch = archs.device_arch(device)
+    if arch is None:
+        index = archs.cuda_index(device)
+        if index is None:
+            raise checks.InputError(f"the CuTe kernels run on CUDA devices, got {device}")
+        major, minor = archs.device_capability(index)
+        raise checks.InputError(f"no CuTe kernel for compute capability {major}.{minor} on cuda:{index} (kernels: "
+                                f"{archs.describe_arches()}); use backend='torch'")
+    return arch
 
 
 def _checked_config(config: GemmConfig, arch: str, num_outputs: int, grouped: bool, grouped_k: bool = False,
@@ -198,10 +197,9 @@ def _kernel_key(kernel_name: str, arch: str, dtype, m: int, n: int, k: int, num_
     looked up), narrowed for the row-sum epilogue and validated.  Cached: the hot path
     (config_lookup.clear_cache clears it too; tuned_root is the tuned-configs directory
     the lookup reads, part of the key)."""
-    if arch == "sm100":  # the sm100 config space (cute_kernels.sm100.config)
-        from .sm100.launch_config import launch_config
-
-        config = launch_config(m=m, n=n, k=k, num_experts=num_experts if grouped else 0, epi=epi, grouped=grouped,
+    arch_launch_config = archs.launch_config_function(arch)
+    if arch_launch_config is not None:  # an arch choosing its own configs (e.g. sm100: no tuned entries)
+        config = arch_launch_config(m=m, n=n, k=k, num_experts=num_experts if grouped else 0, epi=epi, grouped=grouped,
                                config=config)
         return KernelKey(arch, config, epi, grouped, _dtype_name(dtype), *majors)
     explicit_config = config is not None
@@ -320,11 +318,10 @@ def _activation(activation):
 
 
 def _check_config_type(config):
-    from .sm100.config import Sm100Config
-
-    if config is not None and not isinstance(config, (GemmConfig, Sm100Config)):
+    if config is not None and not isinstance(config, archs.config_classes()):
+        own = [f"{c.__module__}.{c.__qualname__}" for c in archs.config_classes() if c is not GemmConfig]
         raise checks.InputError(f"config must be a GemmConfig, got {type(config).__name__} "
-                                f"(on a Blackwell GPU: a cute_kernels.sm100.config.Sm100Config)")
+                                f"(or an arch's own config type: {', '.join(own)})")
 
 
 def _output(name: str, out, m: int, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -444,10 +441,9 @@ def _wgrad_key(arch: str, dtype, n_out: int, k_out: int, tokens: int, num_expert
                accumulate: bool, majors: tuple, config: GemmConfig | None, tuned_root: str | None) -> KernelKey:
     """weight_grad's compiled-kernel key (cached like _kernel_key)."""
     out_bytes = 4 if out_dtype == torch.float32 else 2
-    if arch == "sm100":
-        from .sm100.launch_config import launch_config
-
-        config = launch_config(m=n_out, n=k_out, k=tokens, num_experts=num_experts if grouped else 0,
+    arch_launch_config = archs.launch_config_function(arch)
+    if arch_launch_config is not None:
+        config = arch_launch_config(m=n_out, n=k_out, k=tokens, num_experts=num_experts if grouped else 0,
                                epi=EpilogueSpec("identity", accumulate=accumulate), grouped_k=grouped,
                                out_bytes=out_bytes, config=config)
         return KernelKey(arch, config, EpilogueSpec("identity", accumulate=accumulate), False, _dtype_name(dtype),

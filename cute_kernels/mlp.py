@@ -11,7 +11,8 @@ the activations FC2's backward reads are freed before FC1's gradients are comput
   w1 transposed in place), and both weight gradients (weight_grad; grouped: the
   K-grouped kernel, one (N, K) gradient per expert).  CUTE_KERNELS_BACKWARD=torch keeps
   the CuTe forward and does the backward in torch math.
-  "torch": plain torch; "auto": cute on a supported CUDA GPU, else torch.
+  "torch": plain torch; "auto": cute on a GPU whose arch has kernels (cute_kernels.archs:
+  sm90 on compute capability 9.x, sm100 on 10.x, with its first-use self-check), else torch.
 - fuse_wgrad_accumulation: w1 and w2 carry an fp32 `main_grad` of their shape (as in
   Megatron-style training); the weight gradients are added into it (in the GEMM's
   epilogue on the cute path) and the op returns no .grad for w1 and w2.
@@ -23,11 +24,11 @@ the activations FC2's backward reads are freed before FC1's gradients are comput
 """
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
 
+from . import archs
 from .activations import SRELU, resolve_activation
 from .checks import InputError
 from .first_order import first_order_only
@@ -56,16 +57,6 @@ def _op_splits(splits):
     return splits, None
 
 
-@torch.compiler.assume_constant_result
-def _is_sm90(device_index) -> bool:
-    return _capability_major(device_index) == 9
-
-
-@functools.lru_cache(maxsize=None)
-def _capability_major(device_index) -> int:
-    return torch.cuda.get_device_capability(device_index)[0]
-
-
 def cute_backward_enabled() -> bool:
     import os
 
@@ -80,12 +71,21 @@ def _main_grad(w, name):
     return mg
 
 
+def kernel_arch(x) -> str | None:
+    """The arch whose kernels run on x's device (cute_kernels.archs: sm90 on compute capability
+    9.x, sm100 on 10.x), or None: a CPU tensor or a GPU without kernels here."""
+    return archs.device_arch(x.device)
+
+
 def uses_cute_path(x, backend: str) -> bool:
+    """backend "auto": the CuTe kernels wherever an arch has them (bf16/fp16 CUDA tensors),
+    else torch; "cute": the kernels or an InputError; "torch": torch."""
     if backend == "torch":
         return False
-    ok = x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and _is_sm90(x.device.index)
+    ok = x.dtype in (torch.bfloat16, torch.float16) and kernel_arch(x) is not None
     if backend == "cute" and not ok:
-        raise InputError("backend='cute' needs bf16/fp16 CUDA tensors on a Hopper (sm90) GPU")
+        raise InputError(f"backend='cute' needs bf16/fp16 CUDA tensors on a GPU with CuTe kernels "
+                         f"({archs.describe_arches()}); got {x.dtype} on {x.device}")
     return ok
 
 

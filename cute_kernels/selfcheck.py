@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .archs import variant_shape
+
 log = logging.getLogger("cute_kernels.selfcheck")
 VERIFIED_FILE = os.path.join(os.path.dirname(__file__), "hardware_verified.yaml")
 ENV_SWITCH = "CUTE_KERNELS_SELFCHECK"  # "0": skip the check
@@ -61,11 +63,7 @@ def variant_name(key) -> str:
     """What identifies a kernel variant for the evidence table: grouping, epilogue and the
     config's structural knobs (tile sizes and rasters are not part of it)."""
     grouping = "grouped_k" if key.grouped_k else ("grouped" if key.grouped else "dense")
-    cfg = key.cfg
-    if key.arch == "sm100":
-        shape = f"cta{cfg.cta_group}-c{cfg.cluster_m}x{cfg.cluster_n}"
-    else:
-        shape = f"{cfg.schedule}-c{cfg.cluster_m}x{cfg.cluster_n}"
+    shape = variant_shape(key.arch, key.cfg)  # the arch's structural knobs (cute_kernels.archs)
     out = key.out_dtype or key.dtype
     return f"{grouping}/{key.epi.key()}/{shape}/{key.dtype}->{out}/a{key.a_major}b{key.b_major}"
 

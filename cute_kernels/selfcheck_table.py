@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from .archs import arch_space
 from .compile import KernelKey
 from .epilogue import EpilogueSpec
 
@@ -27,24 +28,11 @@ EPILOGUES = [
 ]
 
 
-def _configs(arch: str, quick: bool):
-    if arch == "sm100":
-        from .sm100.config import Sm100Config
-
-        shapes = [(1, 1, 1), (2, 2, 1)] if quick else [(1, 1, 1), (1, 1, 2), (1, 2, 1), (2, 2, 1), (2, 2, 2), (2, 4, 1)]
-        return [Sm100Config(tile_n=128, cta_group=g, cluster_m=cm, cluster_n=cn) for g, cm, cn in shapes]
-    from .config import GemmConfig
-
-    cfgs = [GemmConfig(tile_n=128, cluster_m=1, cluster_n=2), GemmConfig(tile_m=64, tile_n=128, schedule="pingpong",
-                                                                        cluster_m=2, cluster_n=1)]
-    return cfgs[:1] if quick else cfgs
-
-
 def variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
     """The keys `python -m cute_kernels.selfcheck` runs: each grouping x epilogue x config, bf16
     (fp32 outputs for the accumulating weight gradients), the backward's operand views."""
     keys = []
-    for cfg, epi in itertools.product(_configs(arch, quick), EPILOGUES):
+    for cfg, epi in itertools.product(arch_space(arch).selfcheck_configs(quick), EPILOGUES):
         for grouping in ("dense", "grouped", "grouped_k"):
             if grouping == "grouped_k" and epi.kind != "identity":
                 continue

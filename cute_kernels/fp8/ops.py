@@ -31,6 +31,7 @@ import os
 
 import torch
 
+from .. import archs
 from ..checks import InputError
 from ..compile import use_tvm_ffi
 from ..config import GemmConfig, block_scaled_errors
@@ -46,18 +47,15 @@ BLOCK = 128
 _FORMAT_OF = {v: k for k, v in FORMATS.items()}
 
 
-@functools.lru_cache(maxsize=None)
-def _has_fp8_kernels(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index) == (9, 0)
-
-
 def check_fp8_device(name: str, t: torch.Tensor):
+    """InputError unless `t` is on a GPU whose arch has the block-scaled FP8 kernels (cute_kernels.archs)."""
     if not t.is_cuda:
         raise InputError(f"{name} must be a CUDA tensor for the FP8 kernels, got {t.device}")
-    if not _has_fp8_kernels(t.device.index if t.device.index is not None else torch.cuda.current_device()):
-        cap = torch.cuda.get_device_capability(t.device)
-        raise InputError(f"the FP8 kernels need an sm_90a GPU (Hopper, compute capability 9.0); {t.device} has "
-                         f"{cap[0]}.{cap[1]} (use the bf16 kernels there)")
+    arch = archs.device_arch(t.device)
+    if arch is None or not archs.get_arch(arch).block_scaled_fp8:
+        major, minor = archs.device_capability(archs.cuda_index(t.device))
+        raise InputError(f"the FP8 kernels need a GPU of {archs.describe_arches(archs.block_scaled_fp8_arches())}; "
+                         f"{t.device} has compute capability {major}.{minor} (use the bf16 kernels there)")
 
 
 def _check_fp8_operand(name: str, t, k: int | None = None) -> str:

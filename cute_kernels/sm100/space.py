@@ -69,3 +69,10 @@ def suggest(trial) -> Sm100Config:
 def grid() -> list[dict]:
     names = list(GRID)
     return [dict(zip(names, vals)) for vals in itertools.product(*(GRID[n] for n in names))]
+
+
+def selfcheck_configs(quick: bool = False) -> list[Sm100Config]:
+    """The configs `python -m cute_kernels.selfcheck` runs every epilogue and grouping with: each
+    (cta_group, cluster) shape (--quick: one CTA alone and a 2-CTA pair in a 2x2 cluster)."""
+    shapes = [(1, 1, 1), (2, 2, 1)] if quick else [(1, 1, 1), (1, 1, 2), (1, 2, 1), (2, 2, 1), (2, 2, 2), (2, 4, 1)]
+    return [Sm100Config(tile_n=128, cta_group=g, cluster_m=cm, cluster_n=cn) for g, cm, cn in shapes]

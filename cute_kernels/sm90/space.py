@@ -40,3 +40,11 @@ def to_params(cfg: GemmConfig) -> dict:
         "epi_n": cfg.epi_n,
         "epi_stages": cfg.epi_stages,
     }
+
+
+def selfcheck_configs(quick: bool = False) -> list[GemmConfig]:
+    """The configs `python -m cute_kernels.selfcheck` runs every epilogue and grouping with: a
+    cooperative 2-CTA cluster and a 64-row ping-pong one (--quick: the first)."""
+    cfgs = [GemmConfig(tile_n=128, cluster_m=1, cluster_n=2),
+            GemmConfig(tile_m=64, tile_n=128, schedule="pingpong", cluster_m=2, cluster_n=1)]
+    return cfgs[:1] if quick else cfgs
