@@ -328,6 +328,9 @@ def _strip_worker_args(argv: list[str]) -> list[str]:
 
 
 def cmd_show(args) -> int:
+    """The tuned entries under --root; a file or entry the run-time lookup skips is reported with
+    the lookup's own warning (and exit code 1)."""
+    from cute_kernels.config_lookup import ENTRY_SKIPPED, FILE_SKIPPED
     from cute_kernels.tuned_store import TunedConfigError, default_root, parse_entry, read_file
 
     root = args.root or default_root()
@@ -342,22 +345,23 @@ def cmd_show(args) -> int:
             path = os.path.join(d, fn)
             kernel = fn[:-5]
             try:
-                entries = read_file(path)
+                entries = read_file(path, allow_empty=False)  # as the lookup reads it
             except TunedConfigError as e:
-                print(f"ERROR {e}")
+                print(f"WARNING {FILE_SKIPPED}: {e}")
                 bad += 1
                 continue
             for key, rec in entries.items():
                 try:
                     parse_entry(path, key, rec, kernel=kernel)
-                except TunedConfigError as e:
-                    print(f"ERROR {e}")
+                except Exception as e:  # TunedConfigError, or whatever parse_entry missed: the lookup skips both
+                    why = e if isinstance(e, TunedConfigError) else f"{path}: entry {key!r}: {type(e).__name__}: {e}"
+                    print(f"WARNING {ENTRY_SKIPPED}: {why}")
                     bad += 1
                     continue
                 rows.append([arch, kernel, key, _num(rec.get("time_ms"), "{:.4f}"), _num(rec.get("speedup"), "{:.3f}x"),
                              str(rec.get("timing", "?")), str(rec.get("device", "?")), str(rec.get("date", "?"))])
     if not rows:
-        print(f"no tuned configs under {root}")
+        print(f"no usable tuned configs under {root}" if bad else f"no tuned configs under {root}")
         return 1 if bad else 0
     header = ["arch", "kernel", "shape", "time ms", "vs default", "timing", "device", "date"]
     right = {3, 4}  # numbers right-aligned

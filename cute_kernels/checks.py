@@ -81,7 +81,8 @@ def check_matrix(name: str, t, *, ndim: int, dtype=None, device=None, allow_tran
 
 def check_cuda(name: str, t):
     if not t.is_cuda:
-        _fail(f"{name} is a CPU tensor; the CuTe kernels need CUDA tensors (use backend='torch' on CPU)")
+        _fail(f"{name} is a CPU tensor; the CuTe GEMM kernels need CUDA tensors (on CPU call srelu_mlp(..., "
+              "backend='torch') or SReLUMLP / GroupedSReLUMLP(..., backend='torch'))")
 
 
 def check_gemm_operands(a_name: str, a, w_name: str, w, *, grouped: bool) -> tuple[str, str]:

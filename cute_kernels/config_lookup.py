@@ -42,6 +42,11 @@ def m_bucket(m: int) -> int:
     return max(0, math.ceil(math.log2(max(m, 1))))
 
 
+# what the lookup logs when it skips a file or an entry (`python -m autotune show` says the same)
+FILE_SKIPPED = "ignoring tuned configs, falling back to the defaults"
+ENTRY_SKIPPED = "ignoring tuned config"
+
+
 @functools.lru_cache(maxsize=64)
 def tuned_entries(arch: str, kernel: str, root: str | None = None) -> dict:
     """(dtype, n, k, experts) -> sorted [(m, config)] from one YAML file; bad entries skipped with a warning."""
@@ -50,16 +55,16 @@ def tuned_entries(arch: str, kernel: str, root: str | None = None) -> dict:
     try:
         raw = read_file(path, allow_empty=False)
     except TunedConfigError as e:
-        log.warning("ignoring tuned configs, falling back to the defaults: %s", e)
+        log.warning("%s: %s", FILE_SKIPPED, e)
         return table
     for key, record in raw.items():
         try:
             sk, cfg = parse_entry(path, key, record, kernel=kernel)
         except TunedConfigError as e:
-            log.warning("ignoring tuned config: %s", e)
+            log.warning("%s: %s", ENTRY_SKIPPED, e)
             continue
         except Exception as e:  # a file must never fail a launch: whatever parse_entry missed
-            log.warning("ignoring tuned config: %s: entry %r: %s: %s", path, key, type(e).__name__, e)
+            log.warning("%s: %s: entry %r: %s: %s", ENTRY_SKIPPED, path, key, type(e).__name__, e)
             continue
         table.setdefault((sk.dtype, sk.n, sk.k, sk.experts), []).append((sk.m, cfg))
     for v in table.values():

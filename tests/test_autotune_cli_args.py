@@ -176,3 +176,38 @@ def test_a_real_sweep_without_a_gpu_refuses_before_creating_storage(extra, monke
     assert main(["sweep", *SHAPE, "--trials", "3", *extra]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("text", ["format: 1\nother: {}\n", "", "# only a comment\n"])
+def test_show_reports_a_file_the_lookup_skips_as_the_lookup_does(text, tmp_path, capsys, caplog):
+    """A YAML without `entries:` (or empty): `show` prints the lookup's own warning naming the file
+    and exits 1, instead of reporting "no tuned configs"."""
+    import logging
+
+    from cute_kernels.config_lookup import clear_cache, tuned_entries
+
+    (tmp_path / "sm90").mkdir()
+    (tmp_path / "sm90" / "fc2.yaml").write_text(text)
+    assert main(["show", "--root", str(tmp_path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    clear_cache()
+    with caplog.at_level(logging.WARNING, logger="cute_kernels"):
+        assert tuned_entries("sm90", "fc2", str(tmp_path)) == {}
+    (logged,) = [r.getMessage() for r in caplog.records]
+    assert lines[0] == f"WARNING {logged}" and "fc2.yaml" in lines[0], lines
+    assert lines[1:] == [f"no usable tuned configs under {tmp_path}"]
+    clear_cache()
+
+
+def test_show_warns_about_a_bad_entry_and_lists_the_good_ones(tmp_path, capsys):
+    from autotune.problem import Problem
+    from cute_kernels.tuned_store import ShapeKey, file_path, make_record, merge_write
+
+    prob = Problem("fc2", ShapeKey("bfloat16", 4096, 2048, 512))
+    good = make_record(prob.shape, prob.default_config(), time_ms=1.0, default_time_ms=1.5, device="H100",
+                       dsl_version="4.8.1", date="2026-01-01", trials=3)
+    merge_write(file_path("sm90", "fc2", str(tmp_path)), {prob.shape.key(): good, "dense/m1_n8_k8": {"config": 7}})
+    assert main(["show", "--root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("WARNING ignoring tuned config: ") and "dense/m1_n8_k8" in out.splitlines()[0]
+    assert prob.shape.key() in out and "no usable" not in out

@@ -99,3 +99,24 @@ def test_device_mismatch_names_both_devices():
     with pytest.raises(InputError, match=r"w is on cpu, expected cuda:0"):
         checks.check_matrix("w", a, ndim=2, device=torch.device("cuda", 0))
     checks.check_matrix("w", a, ndim=2, device=torch.device("cpu"))
+
+
+def test_cpu_tensor_to_a_gemm_entry_point_names_what_to_call_instead():
+    """The GEMM entry points have no backend argument: their CPU error names the calls that do,
+    and the call it names runs on these CPU tensors."""
+    import inspect
+
+    from cute_kernels import GroupedSReLUMLP, SReLUMLP, fc2_dgrad_dsrelu, srelu_mlp, weight_grad
+
+    x, w1, w2 = _x(), _w(), _w(n=128, k=256)
+    for fn in (fc1_srelu, fc2, fc2_dgrad_dsrelu, weight_grad):
+        assert "backend" not in inspect.signature(fn).parameters
+    with pytest.raises(InputError) as exc:
+        fc1_srelu(x, w1)
+    msg = str(exc.value)
+    assert "srelu_mlp(..., backend='torch')" in msg and "SReLUMLP / GroupedSReLUMLP(..., backend='torch')" in msg
+    for call in (srelu_mlp, SReLUMLP, GroupedSReLUMLP):
+        assert "backend" in inspect.signature(call).parameters
+    y = srelu_mlp(x.float(), w1.float(), w2.float(), backend="torch")
+    ref = torch.relu(x.double() @ w1.double().t()) ** 2 @ w2.double().t()
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
