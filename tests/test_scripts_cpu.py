@@ -22,6 +22,7 @@ MODULES = sorted(os.path.relpath(p, ROOT) for d in ("benchmarks", "scripts") for
 REPORT_WORDS = ("report", "table", "summary", "render", "plot", "verdict", "format", "results", "metrics")
 REPORT_TESTED = {
     "benchmarks/bench_gemm.py": {"format_table"},
+    "benchmarks/bench_host_path.py": {"format_rows"},
     "benchmarks/bench_nemotron.py": {"report", "plot", "offload_summary"},
     "benchmarks/bench_offload.py": {"render_timeline"},  # tests/test_bench_offload.py
     "benchmarks/snapshot_analysis.py": {"plot"},  # tests/test_snapshot_analysis.py
@@ -108,6 +109,13 @@ def test_bench_gemm_table():
                vs_torch_mm=1.2, torch_act_ms=1.5, vs_torch_act=1.5, rel_err=1e-3, host_us=12.0)
     text = format_table([row, {"shape": "fc1 M=64", "error": "boom"}])
     assert "| fc2 M=64 | 1.000 | 500 |" in text and "ERROR: boom" in text
+
+
+def test_bench_host_path_rows():
+    from benchmarks.bench_host_path import format_rows
+
+    text = format_rows([("fc1_srelu", "dense M=64", 12.34), ("srelu_mlp step (fwd+bwd, 6 GEMMs)", "E=8, tensor splits", 99.0)])
+    assert text.splitlines()[2] == "| fc1_srelu | dense M=64 | 12.3 |" and "| E=8, tensor splits | 99.0 |" in text
 
 
 def _planned_cpu_scheduler():
