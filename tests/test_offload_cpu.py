@@ -166,3 +166,42 @@ def _fake_layer_plan(index, role, nbytes, rows, keep_rows):
     lp = LayerPlan(index, 1.0)
     lp.tensors.append(TensorPlan(index, role, 0, nbytes, rows, PARTIAL, "test", nbytes // rows * keep_rows, keep_rows))
     return lp
+
+
+@pytest.mark.parametrize("timings", ["fast", "slow", "random"])
+@pytest.mark.parametrize("experts", [0, 4])
+@pytest.mark.parametrize("policy", ["auto_partial", "auto_recompute"])
+def test_gpu_tests_auto_policies_plan_the_same_whatever_the_measured_timings(policy, experts, timings, monkeypatch):
+    """tests/test_offload_gpu.py asserts that its auto_partial / auto_recompute plans move bytes
+    (partial tensors; recomputed postacts): those policies pin the layer times (`layer_ms`), so the
+    plan for its shapes holds whatever the machine measures (an H200's fast layers made the measured
+    plan recompute everything).  Here the measured durations are replaced by fast, slow or random ones."""
+    import copy
+    import random
+
+    from offload.scheduler import OffloadScheduler as Sched
+    from test_offload_gpu import POLICIES as GPU_POLICIES
+
+    rng = random.Random(experts)
+    fake = {"fast": lambda: 1e-4, "slow": lambda: 50.0, "random": lambda: rng.uniform(0.0, 20.0)}[timings]
+    monkeypatch.setattr(Sched, "_ms", staticmethod(lambda a, b: fake()))
+    g = torch.Generator().manual_seed(1)
+    m, h, f, layers = 1024, 512, 1024, 3  # the GPU test's shapes, bf16
+    s1, s2 = ((experts, f, h), (experts, h, f)) if experts else ((f, h), (h, f))
+    ws = [(torch.nn.Parameter((torch.randn(*s1, generator=g) / h ** 0.5).bfloat16()),
+           torch.nn.Parameter((torch.randn(*s2, generator=g) / f ** 0.5).bfloat16())) for _ in range(layers)]
+    splits = [m // 2, 0, m // 4, m - m // 2 - m // 4] if experts else None
+    prob = torch.rand(m, generator=g, requires_grad=True) if experts else None
+    sched = Sched(copy.deepcopy(GPU_POLICIES[policy]), num_layers=layers, offload_cpu_tensors=True)
+    for _ in range(2):
+        x = torch.randn(m, h, generator=g).bfloat16().requires_grad_()
+        for i, (w1, w2) in enumerate(ws):
+            with sched.layer(i):
+                x = srelu_mlp(x, w1, w2, m_splits=splits, prob=prob, backend="torch")
+        x.float().sum().backward()
+        assert sched.end_step() == {}
+    plan = sched.step_plan
+    actions = {t.action for lp in plan.layers.values() for t in lp.tensors}
+    assert sched.offloaded_bytes() == plan.offload_bytes > 0
+    assert PARTIAL in actions
+    assert (RECOMPUTE in actions) == (policy == "auto_recompute")

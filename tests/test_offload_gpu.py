@@ -57,10 +57,15 @@ POLICIES = {
     "all": OffloadPolicy(min_tensor_bytes=0, offload_last_layer=True),
     "preact_postact": OffloadPolicy(roles=("preact", "postact"), min_tensor_bytes=0),
     "budget": OffloadPolicy(roles=ROLES, layer_budget_bytes=3 << 20, min_tensor_bytes=0),
+    # measured layer times and link: what it plans depends on the machine (it may move nothing)
     "auto": OffloadPolicy(auto=True, min_tensor_bytes=0),
-    # a slow link on paper, so the measured window holds only part of the step: partial tensors
-    "auto_partial": OffloadPolicy(auto=True, min_tensor_bytes=0, d2h_gbps=2.0, h2d_gbps=2.0, recompute=False),
-    "auto_recompute": OffloadPolicy(auto=True, min_tensor_bytes=0, d2h_gbps=2.0, h2d_gbps=2.0, max_step_cost=0.5),
+    # a slow link and the layer times on paper (fwd 1 ms, bwd 2 ms a layer: `layer_ms`), so the plan is
+    # the same on every GPU: the window holds only part of the step, hence partial tensors and, with
+    # recompute allowed, recomputed postacts (measured times made it recompute everything on an H200)
+    "auto_partial": OffloadPolicy(auto=True, min_tensor_bytes=0, d2h_gbps=2.0, h2d_gbps=2.0, recompute=False,
+                                  layer_ms=(1.0, 2.0)),
+    "auto_recompute": OffloadPolicy(auto=True, min_tensor_bytes=0, d2h_gbps=2.0, h2d_gbps=2.0, max_step_cost=0.5,
+                                    layer_ms=(1.0, 2.0)),
     "none": OffloadPolicy(roles=()),
 }
 AUTO_STEPS = 4  # two calibration steps, then the plan
@@ -76,7 +81,7 @@ def test_gradients_bitwise_equal(policy, experts, backend):
     for _ in range(AUTO_STEPS):  # auto profiles the first steps
         got = _step(model, sched, backend)
         assert all(torch.equal(a, b) for a, b in zip(ref, got))
-    if policy != "none" and not (policy == "auto" and sched.offloaded_bytes() == 0):
+    if policy not in ("none", "auto"):  # every plan but the measured one moves bytes, on any GPU
         assert sched.offloaded_bytes() > 0
     if policy.startswith("auto"):
         _check_plan_matches(sched)
