@@ -7,11 +7,9 @@ launch it on the current CUDA stream.
 """
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import os
-import weakref
 
 import torch
 
@@ -22,6 +20,7 @@ from .config import (ConfigError, GemmConfig, epilogue_misfit, narrowed_for_epil
 from .config_lookup import lookup_config, on_clear, tuned_root
 from .epilogue import EpilogueSpec
 from .gemm_base.launch_args import GemmArgs
+from .host_args import as_mkl as _as_mkl, as_nkl as _as_nkl, splits_metadata as _splits_metadata
 from .activations import resolve_activation
 from .registry import kernel_key
 
@@ -53,28 +52,6 @@ def _checked_config(config: GemmConfig, arch: str, num_outputs: int, grouped: bo
         raise checks.InputError(f"config: {e}") from None
 
 
-def _upload_int32(rows: list[int], cols: list[int], device) -> torch.Tensor:
-    """(2, n) int32 on `device` from two host lists, by an async copy from pinned memory.
-
-    torch's pinned (caching host) allocator keeps the host block alive until the copy
-    has run, so the host never waits for the GPU here; a copy from pageable memory
-    would make it wait for all queued work.  While a CUDA graph is being captured the
-    copy is recorded, not run: every replay reads the host block again, so that block is
-    kept for the life of the process (a few bytes per captured grouped launch)."""
-    if torch.device(device).type != "cuda":
-        return torch.tensor([rows, cols], dtype=torch.int32, device=device)
-    host = torch.empty((2, len(rows)), dtype=torch.int32, pin_memory=True)
-    view = host.numpy()
-    view[0] = rows
-    view[1] = cols
-    if torch.cuda.is_current_stream_capturing():
-        _graph_host_blocks.append(host)
-    return host.to(device, non_blocking=True)
-
-
-_graph_host_blocks: list = []
-
-
 @functools.lru_cache(maxsize=None)
 def _max_clusters_arg(device_index: int, cluster_size: int):
     """(count, the same as the kernel's Int32 argument), made once per device and cluster size."""
@@ -99,91 +76,6 @@ def _to_cute(t: torch.Tensor, leading_dim: int):
     from cutlass.cute.runtime import from_dlpack
 
     return from_dlpack(t, assumed_align=16).mark_layout_dynamic(leading_dim=leading_dim)
-
-
-def _as_mkl(t: torch.Tensor) -> torch.Tensor:
-    """(M, K) -> (M, K, 1) view with a batch stride the TMA accepts (a multiple of 8
-    elements: K, the row length, is one)."""
-    r, c = t.shape
-    s0, s1 = t.stride()
-    return t.as_strided((r, c, 1), (s0, s1, max(r * c, 8)))
-
-
-def _as_nkl(w: torch.Tensor) -> torch.Tensor:
-    """(N, K) -> (N, K, 1); (E, N, K) -> (N, K, E)."""
-    if w.dim() == 2:
-        return _as_mkl(w)
-    return w.permute(1, 2, 0)
-
-
-_META_CACHE_SIZE = 64
-_meta_cache: "collections.OrderedDict[tuple, torch.Tensor]" = collections.OrderedDict()
-
-
-_TENSOR_META_CACHE_SIZE = 16
-_tensor_meta_cache: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
-
-
-def _splits_metadata(m_splits, tile_m: int, device, cluster_m: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """cu_rows (E+1) and cu_tiles (E+1) as int32 on `device`, without a host sync.
-
-    Each expert's M tile count is rounded up to a multiple of `cluster_m`, so the CTAs
-    of one cluster (which share B through multicast) always work on the same expert;
-    a rounded-up tile lies past its expert's rows and stores nothing.
-
-    Kept per splits and tile_m, so the GEMMs of one MoE layer's step (FC1, FC2 and their
-    gradients) share one upload or one computation: a list's by its values (LRU); a GPU
-    tensor's by identity and version (its values are not read on the host), so an
-    in-place change of the tensor computes it again."""
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        # In a CUDA graph: computed inside the graph and not cached, so a replay reads
-        # memory the graph owns (a cached tensor could be evicted and reused) and sees
-        # the current values of an m_splits tensor changed in place between replays.
-        return _fresh_splits_metadata(m_splits, tile_m, device, cluster_m)
-    if isinstance(m_splits, torch.Tensor):
-        return _tensor_splits_metadata(m_splits, tile_m, device, cluster_m)
-    key = (m_splits if isinstance(m_splits, tuple) else tuple(m_splits), tile_m, cluster_m, device.type, device.index)
-    meta = _meta_cache.get(key)
-    if meta is not None:
-        _meta_cache.move_to_end(key)
-        return meta[0], meta[1]
-    meta = _fresh_splits_metadata(m_splits, tile_m, device, cluster_m)
-    _meta_cache[key] = meta
-    if len(_meta_cache) > _META_CACHE_SIZE:
-        _meta_cache.popitem(last=False)
-    return meta[0], meta[1]
-
-
-def _fresh_splits_metadata(m_splits, tile_m: int, device, cluster_m: int = 1) -> torch.Tensor:
-    """(2, E+1) int32: row offsets and tile offsets (per expert cluster_m * ceil(rows /
-    (tile_m * cluster_m)) tiles), from a list (uploaded) or a tensor (computed on its device)."""
-    span = tile_m * cluster_m
-    if isinstance(m_splits, torch.Tensor):
-        s = m_splits.to(torch.int32)
-        meta = torch.zeros((2, s.numel() + 1), dtype=torch.int32, device=device)
-        tiles = torch.div(s + (span - 1), span, rounding_mode="floor")
-        if cluster_m > 1:
-            tiles = tiles * cluster_m
-        torch.cumsum(torch.stack((s, tiles)), 1, out=meta[:, 1:])
-        return meta
-    rows, tiles = [0], [0]
-    for s in m_splits:
-        rows.append(rows[-1] + s)
-        tiles.append(tiles[-1] + cluster_m * -(-s // span))
-    return _upload_int32(rows, tiles, device)
-
-
-def _tensor_splits_metadata(m_splits: torch.Tensor, tile_m: int, device, cluster_m: int = 1):
-    key = (id(m_splits), m_splits._version, tile_m, cluster_m, device.type, device.index)
-    hit = _tensor_meta_cache.get(key)
-    if hit is not None and hit[0]() is m_splits:
-        _tensor_meta_cache.move_to_end(key)
-        return hit[1][0], hit[1][1]
-    meta = _fresh_splits_metadata(m_splits, tile_m, device, cluster_m)
-    _tensor_meta_cache[key] = (weakref.ref(m_splits), meta)
-    if len(_tensor_meta_cache) > _TENSOR_META_CACHE_SIZE:
-        _tensor_meta_cache.popitem(last=False)
-    return meta[0], meta[1]
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -266,7 +158,7 @@ def _run(key: KernelKey, args: GemmArgs):
     if key not in _selfchecked:  # first launch of a variant without hardware evidence: check it (selfcheck.py)
         from .selfcheck import before_first_launch
 
-        before_first_launch(key, _selfchecked)
+        before_first_launch(key, _selfchecked, launch=_run)
     device = args.a.device
     n_clusters, max_clusters = _max_clusters_arg(device.index or 0, key.cfg.cluster_size)
     if key.grouped_k:  # scratch for the per-CTA TMA descriptors, written by the kernel

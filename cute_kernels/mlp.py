@@ -30,6 +30,7 @@ import torch
 
 from . import archs
 from .activations import SRELU, resolve_activation
+from .autograd_io import main_grad, tag_role
 from .checks import InputError
 from .first_order import first_order_only
 from .mlp_checks import check_backend, check_mlp_inputs, check_offload, checked_host_splits
@@ -37,16 +38,6 @@ from .reference import act_backward, act_forward, per_expert_mm, per_expert_wgra
 
 log = logging.getLogger("cute_kernels")
 _announced: set = set()
-
-
-def _tag(t, role):
-    """Name a saved tensor for the offload policy (eager only: under torch.compile the
-    compiled graph owns its saved tensors and nothing is tagged)."""
-    if torch.compiler.is_compiling():
-        return t
-    from offload.roles import tag
-
-    return tag(t, role)
 
 
 def _op_splits(splits):
@@ -61,14 +52,6 @@ def cute_backward_enabled() -> bool:
     import os
 
     return os.environ.get("CUTE_KERNELS_BACKWARD", "cute") != "torch"
-
-
-def _main_grad(w, name):
-    mg = getattr(w, "main_grad", None)
-    if not isinstance(mg, torch.Tensor) or mg.shape != w.shape or mg.device != w.device:
-        raise ValueError(f"fuse_wgrad_accumulation=True needs {name}.main_grad: a tensor of {name}'s shape "
-                         f"{tuple(w.shape)} on {w.device}, got {getattr(mg, 'shape', mg)}")
-    return mg
 
 
 def kernel_arch(x) -> str | None:
@@ -124,7 +107,7 @@ class FC1SReLUFunction(torch.autograd.Function):
         # preact through FC1's gradients.  FC2's node returns no gradient for it, and
         # without materialized grads none is allocated.
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(_tag(x, "fc1_input"), w1)
+        ctx.save_for_backward(tag_role(x, "fc1_input"), w1)
         return postact, preact
 
     @staticmethod
@@ -170,8 +153,8 @@ class FC2DSReLUFunction(torch.autograd.Function):
         ctx.use_cute = use_cute
         ctx.fuse_wgrad = fuse_wgrad
         ctx.activation = activation
-        ctx.save_for_backward(_tag(preact, "preact"), None if recompute_postact else _tag(postact, "postact"),
-                              _tag(prob, "prob") if prob is not None else None, w2)
+        ctx.save_for_backward(tag_role(preact, "preact"), None if recompute_postact else tag_role(postact, "postact"),
+                              tag_role(prob, "prob") if prob is not None else None, w2)
         return y
 
     @staticmethod
@@ -210,7 +193,7 @@ def _accumulate_main_grad(ctx, w, name, dw):
     """torch path: add dw into w.main_grad (fuse_wgrad_accumulation) and return no grad."""
     if not ctx.fuse_wgrad:
         return dw
-    mg = _main_grad(w, name)
+    mg = main_grad(w, name)
     mg.add_(dw)  # mixed-dtype in-place add: no full-size fp32 copy of dw
     return None
 
@@ -223,7 +206,7 @@ def _cute_wgrad(ctx, dy, x, splits, w, name):
     sl, st = _op_splits(splits)
     torch_ops = ops()
     if ctx.fuse_wgrad:
-        torch_ops.weight_grad_accumulate_op(dy, x, sl, _main_grad(w, name), splits_t=st)
+        torch_ops.weight_grad_accumulate_op(dy, x, sl, main_grad(w, name), splits_t=st)
         return None
     return torch_ops.weight_grad_op(dy, x, sl, splits_t=st)
 
@@ -242,7 +225,7 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     offload: an `offload.OffloadScheduler`: this call is the next layer of the step's
     forward (`sched.layer()`), so what it saves is offloaded as the scheduler's policy
     says, by role; inside a `with sched.layer(i)` the call belongs to layer i.  Under
-    torch.compile the op tags no roles (see `_tag`), so a role policy offloads nothing there.
+    torch.compile the op tags no roles (see `autograd_io.tag_role`), so a role policy offloads nothing there.
     fp8: an `Fp8Recipe` runs the FP8 step (cute_kernels/fp8/mlp.py, which says what is a kernel there)."""
     check_backend(backend)
     # the same errors on both paths, before the call counts as a layer for `offload`

@@ -93,11 +93,13 @@ def _capturing() -> bool:
         return False
 
 
-def before_first_launch(key, seen: set, *, runner=None, table: dict | None = None, env=None,
+def before_first_launch(key, seen: set, *, launch=None, runner=None, table: dict | None = None, env=None,
                         capturing=_capturing) -> CheckResult | None:
     """Gate of a variant's first launch in this process (the caller keeps `seen`): returns None
     when no check is needed, the passing CheckResult otherwise; raises SelfCheckError on a
-    disagreement.  `runner(key) -> CheckResult` runs the check (default: `run_variant`)."""
+    disagreement.  `runner(key) -> CheckResult` runs the check (default: `run_variant` launching
+    through the caller's `launch(key, args)`, e.g. gemm_ops._run: the caller hands its launch
+    down, so this module imports nothing of the entry points above it)."""
     seen.add(key)  # before the run: the check's own launch of this key passes straight through
     env = os.environ if env is None else env
     if env.get(ENV_SWITCH, "1") == "0":
@@ -111,7 +113,7 @@ def before_first_launch(key, seen: set, *, runner=None, table: dict | None = Non
             log.warning("%s kernel %s has no hardware evidence and cannot be self-checked inside a CUDA graph "
                         "capture; it runs unchecked", key.arch, variant)
         return None
-    res = (runner or run_variant)(key)
+    res = runner(key) if runner is not None else run_variant(key, launch=launch)
     results[variant] = res
     if not res.ok:
         raise SelfCheckError(
@@ -178,18 +180,13 @@ def _reference(key, a, b, splits, aux, prob):
     return ref
 
 
-def _launch(key, args):
-    from .gemm_ops import _run
-
-    _run(key, args)
-
-
-def run_variant(key, *, device=None, seed: int = 0, time_it: bool = False) -> CheckResult:
-    """Run `key`'s kernel on the small problem and compare with torch."""
+def run_variant(key, *, launch, device=None, seed: int = 0, time_it: bool = False) -> CheckResult:
+    """Run `key`'s kernel on the small problem through `launch(key, args: GemmArgs)` (the entry
+    points' launch, gemm_ops._run) and compare with torch."""
     import torch
 
     from .gemm_base.launch_args import GemmArgs
-    from .gemm_ops import _as_mkl, _as_nkl, _splits_metadata
+    from .host_args import as_mkl, as_nkl, splits_metadata
 
     device = torch.device(device or "cuda")
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -221,19 +218,19 @@ def run_variant(key, *, device=None, seed: int = 0, time_it: bool = False) -> Ch
         partials = torch.full((-(-n // cfg.tile_n), m), float("nan"), dtype=torch.float32, device=device)
     cu_rows = cu_tiles = None
     if key.grouped or key.grouped_k:
-        cu_rows, cu_tiles = _splits_metadata(splits, cfg.tile_m, device, cfg.cluster_m)
+        cu_rows, cu_tiles = splits_metadata(splits, cfg.tile_m, device, cfg.cluster_m)
         if key.grouped_k:
             cu_tiles = None
 
     def d3(t):
-        return t.permute(1, 2, 0) if key.grouped_k else _as_mkl(t)
+        return t.permute(1, 2, 0) if key.grouped_k else as_mkl(t)
 
-    args = GemmArgs(_as_mkl(a), _as_nkl(b), d3(outs[0]), d3(outs[1]) if len(outs) > 1 else None, prob,
-                    None if aux is None else (d3(outs[0]) if epi.accumulate else _as_mkl(aux)),
+    args = GemmArgs(as_mkl(a), as_nkl(b), d3(outs[0]), d3(outs[1]) if len(outs) > 1 else None, prob,
+                    None if aux is None else (d3(outs[0]) if epi.accumulate else as_mkl(aux)),
                     None if partials is None else partials.t(), cu_rows, cu_tiles)
     res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
     try:
-        _launch(key, args)
+        launch(key, args)
         torch.cuda.synchronize(device)
     except Exception as exc:  # a launch failure is a failed check, reported with the rest
         res.message = f"{type(exc).__name__}: {exc}"[:300]
@@ -247,7 +244,7 @@ def run_variant(key, *, device=None, seed: int = 0, time_it: bool = False) -> Ch
         scale_ = r.abs().max().clamp_min(1e-6)
         res.errors[name] = float(((g - r).abs().max() / scale_).item()) if g.numel() else 0.0
     if time_it:
-        res.time_ms = _median_ms(lambda: _launch(key, args))
+        res.time_ms = _median_ms(lambda: launch(key, args))
     return res
 
 

@@ -79,7 +79,8 @@ def test_the_op_path_runs_the_gate_once_per_key(monkeypatch):
     from cute_kernels import gemm_ops
 
     calls = []
-    monkeypatch.setattr(selfcheck, "before_first_launch", lambda key, seen: (calls.append(key), seen.add(key)))
+    monkeypatch.setattr(selfcheck, "before_first_launch",
+                        lambda key, seen, launch: (calls.append((key, launch)), seen.add(key)))
     monkeypatch.setattr(gemm_ops, "_selfchecked", set())
     monkeypatch.setattr(gemm_ops, "_max_clusters_arg", lambda *a: (1, 1))
     monkeypatch.setattr(gemm_ops, "use_tvm_ffi", lambda: True)
@@ -90,4 +91,4 @@ def test_the_op_path_runs_the_gate_once_per_key(monkeypatch):
             index = 0
     for _ in range(2):
         gemm_ops._run(SM100, GemmArgs(T, None, None))
-    assert calls == [SM100]
+    assert calls == [(SM100, gemm_ops._run)]  # the op hands its own launch down for the check's run

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from ..autograd_io import main_grad, tag_role
 from ..checks import InputError
 from ..epilogue import EpilogueSpec
 from ..first_order import first_order_only
@@ -86,12 +87,6 @@ def _of(t, e):
     return t if e is None else t[e]
 
 
-def _tag(t, role):
-    from ..mlp import _tag as tag
-
-    return tag(t, role)
-
-
 # ---------------------------------------------------------------- the GEMMs of the step
 def _fc1(xq, xs, w1q, w1s, impl, recipe, pre, pq, ps):
     """FC1 + SReLU of one segment into pre (bf16), pq (FP8), ps (scales)."""
@@ -120,9 +115,7 @@ def _add_wgrad(ctx, w, name, dw):
     """dw (fp32) as w's gradient, or added into w.main_grad (fuse_wgrad_accumulation)."""
     if not ctx.fuse_wgrad:
         return dw.to(w.dtype)
-    from ..mlp import _main_grad
-
-    _main_grad(w, name).add_(dw)
+    main_grad(w, name).add_(dw)
     return None
 
 
@@ -154,7 +147,7 @@ class Fp8FC1SReLU(torch.autograd.Function):
         ctx.w1_copy = (w1q, w1s)  # the backward's W1^T copy is this one transposed
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
         ctx.x_dtype = x.dtype
-        ctx.save_for_backward(_tag(xq, "fc1_input"), xs, w1)
+        ctx.save_for_backward(tag_role(xq, "fc1_input"), xs, w1)
         return pre
 
     @staticmethod
@@ -209,7 +202,7 @@ class Fp8FC2(torch.autograd.Function):
                 _mm(pq[rows], ps[rows], _of(w2q, e), _of(w2s, e), impl, y[rows])
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
         ctx.w2_copy = (w2q, w2s)
-        ctx.save_for_backward(_tag(preact, "preact"), _tag(prob, "prob") if prob is not None else None, w2)
+        ctx.save_for_backward(tag_role(preact, "preact"), tag_role(prob, "prob") if prob is not None else None, w2)
         return y
 
     @staticmethod
@@ -298,10 +291,8 @@ def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fus
     if prob is not None and (not isinstance(prob, torch.Tensor) or prob.numel() != m):
         raise InputError(f"prob must have one value per token ({m}), got {getattr(prob, 'shape', prob)}")
     if fuse_wgrad_accumulation:
-        from ..mlp import _main_grad
-
         for w, name in ((w1, "w1"), (w2, "w2")):
-            _main_grad(w, name)
+            main_grad(w, name)
     impl = _impl(x, backend)
     handoff = _Handoff()
     pre = Fp8FC1SReLU.apply(x, w1, splits, recipe, impl, fuse_wgrad_accumulation, handoff)
