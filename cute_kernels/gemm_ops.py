@@ -388,7 +388,15 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
         x = x if x.stride(-1) == 1 else x.contiguous()
     # GEMM: A = dy^T (M=N_out, K=T), B = x^T (N=K_out, K=T); both contiguous along M / N
     a, b = dy.t(), x.t()
-    majors = checks.check_gemm_operands("dy (as its transpose)", a, "x (as its transpose)", b, grouped=False)
+    if dy.size(0) == 0:
+        # no tokens: dw = 0 (out unchanged with accumulate); the operand checks of an empty
+        # reduction would refuse K = 0, so only what still matters is checked
+        if x.dtype != dy.dtype or x.device != dy.device:
+            raise checks.InputError(f"x must match dy's dtype and device, got {x.dtype} on {x.device} "
+                                    f"and {dy.dtype} on {dy.device}")
+        majors = ("m", "n")
+    else:
+        majors = checks.check_gemm_operands("dy (as its transpose)", a, "x (as its transpose)", b, grouped=False)
     n_out, k_out, tokens = a.size(0), b.size(0), a.size(1)
     num_experts = 1
     if grouped:
