@@ -1,6 +1,7 @@
 """Command line of the autotuner.
 
     python -m autotune sweep --kernel fc1_srelu --m 8192 --n 16384 --k 4096
+    python -m autotune sweep --kernel fp8_fc1_srelu --m 8192 --n 16384 --k 4096    # FP8 (float8_e4m3fn)
     python -m autotune sweep --kernel weight_grad --m 16384 --n 4096 --k 8192 [--experts 8]  # dW (M, N) over K tokens
     python -m autotune sweep --benchmark-shapes [--only fc2]
     python -m autotune sweep --preset moe-e8 | --hidden 2688 --ffn 1856 --experts 8 --tokens 16384,32768
@@ -103,15 +104,22 @@ def gpu_list(text: str) -> list[str]:
 # cute_kernels.checks.check_matrix refuses anything else).  fc1_srelu / fc2 / fc2_dgrad_dsrelu:
 # x (M, K) and w (N, K) are contiguous along K, the output (M, N) along N; weight_grad: dy (K, M)
 # and x (K, N) along M and N.
-ALIGNED_DIMS = {"fc1_srelu": ("n", "k"), "fc2": ("n", "k"), "fc2_dgrad_dsrelu": ("n", "k"), "weight_grad": ("m", "n")}
+# The FP8 kernels (fp8_fc1_srelu, fp8_fc2): x (M, K) and w (N, K) FP8 contiguous along K, the
+# outputs along N; 16-byte rows of one-byte elements (the FP8 postact too): multiples of 16.
+ALIGNED_DIMS = {"fc1_srelu": ("n", "k"), "fc2": ("n", "k"), "fc2_dgrad_dsrelu": ("n", "k"), "weight_grad": ("m", "n"),
+                "fp8_fc1_srelu": ("n", "k"), "fp8_fc2": ("n", "k")}
 
 
 def shape_error(s: dict) -> str | None:
     """Why the ops cannot run shape `s` (None: they can)."""
+    from cute_kernels.registry import get_kernel
+
+    fp8 = get_kernel(s["kernel"]).block_scaled
+    multiple = 16 if fp8 else 8
     for dim in ALIGNED_DIMS[s["kernel"]]:
-        if s[dim] % 8:
-            return (f"{s['kernel']}: {dim.upper()}={s[dim]} must be a multiple of 8 (16-byte aligned bf16/fp16 rows "
-                    f"of the operands)")
+        if s[dim] % multiple:
+            return (f"{s['kernel']}: {dim.upper()}={s[dim]} must be a multiple of {multiple} (16-byte aligned "
+                    f"{'FP8' if fp8 else 'bf16/fp16'} rows of the operands)")
     return None
 
 
@@ -123,6 +131,7 @@ def _usage_error(parser, msg: str):
 
 
 def problems_from_args(args, parser=None) -> list[Problem]:
+    from cute_kernels.registry import get_kernel
     from cute_kernels.tuned_store import ShapeKey
 
     def error(msg):
@@ -158,7 +167,11 @@ def problems_from_args(args, parser=None) -> list[Problem]:
         why = shape_error(s)
         if why:
             error(why)
-        out.append(Problem(s["kernel"], ShapeKey(args.dtype, s["m"], s["n"], s["k"], s.get("experts") or 0)))
+        dtype = args.dtype or get_kernel(s["kernel"]).default_dtype
+        try:
+            out.append(Problem(s["kernel"], ShapeKey(dtype, s["m"], s["n"], s["k"], s.get("experts") or 0)))
+        except ValueError as e:
+            error(f"argument --dtype: {e}")
     if not out:
         error(f"--only {args.only!r} leaves no shape")
     return out
@@ -173,8 +186,9 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        tries = [space.parse_overrides(t) for t in args.tries]
+    spaces = list({tuple(p.space_kw.items()): p.space_kw for p in problems}.values())
+    try:  # each override must hold in every search space of the problems (the FP8 kernels have their own)
+        tries = [[space.parse_overrides(t, **kw) for kw in spaces][0] for t in args.tries]
     except ValueError as exc:
         _usage_error(parser, f"argument --try: {exc}")
     workers = args.workers or (len(args.gpus) if args.gpus else 1)
@@ -210,10 +224,10 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
 
         from cute_kernels.gemm_ops import device_arch
 
-        from .problem import GpuRunner
+        from .problem import make_runner
         from .timing import make_timer
 
-        runner_factory = GpuRunner
+        runner_factory = make_runner
         timer = make_timer(args.timing)
         arch = device_arch(torch.device("cuda"))
         device = torch.cuda.get_device_name()
@@ -413,7 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ffn", type=positive_int)
     s.add_argument("--tokens", help="comma-separated token counts (M)")
     s.add_argument("--only", help="only kernels whose name contains this")
-    s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    s.add_argument("--dtype", default=None,
+                   choices=["bfloat16", "float16", "float8_e4m3fn", "float8_e5m2", "float8_e5m2+float8_e4m3fn"],
+                   help="operand precision (default: bfloat16, for the fp8_* kernels float8_e4m3fn; "
+                        "'A+B' when B's FP8 format differs)")
     s.add_argument("--trials", type=positive_int, default=None,
                    help="trials per shape, in total over all workers and reruns (default 24)")
     s.add_argument("--grid", action="store_true", help="time every config of the space")

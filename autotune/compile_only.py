@@ -5,6 +5,7 @@ what is left with compile times.
     python -m autotune compile-only --arch sm100                      # the four kernels, dense
     python -m autotune compile-only --arch sm100 --kernel fc1_srelu --experts 8 --workers 2
     python -m autotune compile-only --arch sm100 --limit 8 --out compile_only.json
+    python -m autotune compile-only --arch sm90 --kernel fp8_fc1_srelu [--experts 8]   # the FP8 space
 
 Configs that differ only in knobs that change no resource (the space's RUNTIME_ONLY: raster,
 swizzle) compile alike, so one of each class is compiled and its verdict stands for the class.
@@ -43,9 +44,26 @@ class Verdict:
     members: int = 1  # configs of the class this verdict stands for
 
 
+# The block-scaled FP8 kernels: the registry's key (its epilogue; grouped FC1 with the router
+# probability as the MoE step launches it), their own search space and config rules.
+FP8_KERNELS = ("fp8_fc1_srelu", "fp8_fc2")
+
+
+def _is_fp8(kernel: str) -> bool:
+    return kernel in FP8_KERNELS
+
+
 def kernel_key(arch: str, kernel: str, cfg, experts: int):
     from cute_kernels.compile import KernelKey
     from cute_kernels.epilogue import EpilogueSpec
+
+    if _is_fp8(kernel):
+        from cute_kernels.registry import get_kernel, kernel_key as registry_key
+
+        spec = get_kernel(kernel)
+        epi = dataclasses.replace(spec.epilogue, row_scale=True) if experts and spec.epilogue.kind == "act" \
+            else spec.epilogue
+        return registry_key(kernel, arch, cfg, spec.default_dtype, experts, epi=epi)
 
     dense, grouped, majors, out_dtype = KERNEL_EPILOGUES[kernel]
     epi = EpilogueSpec(**(grouped if experts else dense))
@@ -55,6 +73,11 @@ def kernel_key(arch: str, kernel: str, cfg, experts: int):
 
 
 def _validation(key) -> list[str]:
+    if key.block_scaled:
+        from cute_kernels.config import block_scaled_errors
+
+        return block_scaled_errors(key.cfg, key.epi, arch=key.arch, grouped=key.grouped, grouped_k=key.grouped_k,
+                                   majors=(key.a_major, key.b_major), out_bytes=key.out_bytes)
     if key.arch == "sm100":
         from cute_kernels.sm100.config import validation_errors
 
@@ -107,19 +130,18 @@ def _judge_job(args):
     arch, kernel, cfg_dict, experts = args
     from autotune import space
 
-    cfg = space.to_config(cfg_dict, arch)
+    cfg = space.to_config(cfg_dict, arch, block_scaled=_is_fp8(kernel))
     return judge(kernel_key(arch, kernel, cfg, experts), kernel)
 
 
-def compile_classes(arch: str) -> list[tuple[dict, int]]:
+def compile_classes(arch: str, block_scaled: bool = False) -> list[tuple[dict, int]]:
     """(representative params, class size) for each class of the space's grid that differs in a
-    compile-relevant knob."""
+    compile-relevant knob (`block_scaled`: the FP8 kernels' space)."""
     from autotune import space
-    from cute_kernels.archs import arch_space
 
-    runtime_only = getattr(arch_space(arch), "RUNTIME_ONLY", ())
+    runtime_only = getattr(space.space_module(arch, block_scaled), "RUNTIME_ONLY", ())
     classes: dict = {}
-    for params in space.grid(arch):
+    for params in space.grid(arch, block_scaled=block_scaled):
         sig = tuple((k, v) for k, v in params.items() if k not in runtime_only)
         if sig in classes:
             classes[sig][1] += 1
@@ -132,12 +154,13 @@ def run(args) -> int:
     arch = args.arch
     kernels = [args.kernel] if args.kernel else list(KERNEL_EPILOGUES)
     os.environ.setdefault("CUTE_DSL_ARCH", "sm_100a" if arch == "sm100" else "sm_90a")
-    classes = compile_classes(arch)
-    if args.limit:
-        classes = classes[:args.limit]
-    jobs = [(arch, k, p, args.experts) for k in kernels for p, _ in classes]
-    sizes = {id(p): n for p, n in classes}
-    member_count = [sizes[id(p)] for _k in kernels for p, _ in classes]
+    jobs, member_count = [], []
+    for k in kernels:
+        classes = compile_classes(arch, _is_fp8(k))
+        if args.limit:
+            classes = classes[:args.limit]
+        jobs += [(arch, k, p, args.experts) for p, _ in classes]
+        member_count += [n for _, n in classes]
     t0 = time.time()
     if args.workers > 1:
         with cf.ProcessPoolExecutor(args.workers) as pool:
@@ -174,7 +197,7 @@ def format_report(verdicts, arch: str, wall_s: float) -> str:
             if v.ok:
                 c = v.config
                 lines.append(f"  ok   tile_n={c['tile_n']} cta{c.get('cta_group', 1)} c{c['cluster_m']}x{c['cluster_n']} "
-                             f"k{c['tile_k']} acc{c.get('acc_stages', '-')} epi{c['epi_n']}x{c['epi_stages']}  "
+                             f"k{c['tile_k']} acc{c.get('acc_stages', '-')} ab{c['ab_stages']} epi{c['epi_n']}x{c['epi_stages']}  "
                              f"{v.compile_s:.1f}s {v.registers} regs  (x{v.members})")
         for v in vs:
             if not v.ok and v.stage != "validation":
@@ -185,7 +208,8 @@ def format_report(verdicts, arch: str, wall_s: float) -> str:
 def add_parser(sub) -> None:
     c = sub.add_parser("compile-only", help="compile an arch's whole config space without a GPU; report what is left")
     c.add_argument("--arch", default="sm100", choices=["sm90", "sm100"])
-    c.add_argument("--kernel", choices=list(KERNEL_EPILOGUES))
+    c.add_argument("--kernel", choices=list(KERNEL_EPILOGUES) + list(FP8_KERNELS),
+                   help="one kernel (default: the four bf16 ones); fp8_*: sm90's block-scaled FP8 kernels")
     c.add_argument("--experts", type=int, default=0, help="grouped (M) or, for weight_grad, K-grouped kernels")
     c.add_argument("--limit", type=int, default=0, help="only the first N compile classes (a quick look)")
     c.add_argument("--workers", type=int, default=1, help="compile in N processes")

@@ -3,12 +3,14 @@
 Shapes: fc1_srelu / fc2 are (M tokens, N out, K in[, E]); fc2_dgrad_dsrelu is FC2's
 data gradient (M tokens, N = ffn, K = hidden), timed in its plain form (no router
 probability, no postact recompute); weight_grad is the gradient (M, N) summed over K
-tokens (per expert with E: M, N = one expert's gradient).
+tokens (per expert with E: M, N = one expert's gradient).  fp8_fc1_srelu / fp8_fc2 are
+the block-scaled FP8 kernels on (M, N, K[, E]) with FP8 operands (`ShapeKey.dtype` a
+`registry.dtype_key`), quantized by the recipe (autotune/fp8_runner.py).
 
 The tuner only needs three things of a runner: `prepare(cfg)` (compile; raises on
 failure), `check(cfg)` (rel. error vs a float32 torch reference on small random data)
 and `timed(cfg)` (a zero-argument callable launching the kernel on full-size inputs).
-Tests inject their own runner and timer; `GpuRunner` is the real one.
+Tests inject their own runner and timer; `make_runner` gives the real one.
 """
 from __future__ import annotations
 
@@ -33,6 +35,23 @@ class Problem:
     def __post_init__(self):
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r} (tunable: {KERNELS})")
+        self.spec.check_dtype(self.shape.dtype)
+
+    @property
+    def spec(self):
+        """The kernel's registry entry."""
+        from cute_kernels.registry import get_kernel
+
+        return get_kernel(self.kernel)
+
+    @property
+    def space_kw(self) -> dict:
+        """autotune.space keywords of this problem's search space (the FP8 kernels have their own)."""
+        return {"block_scaled": True} if self.spec.block_scaled else {}
+
+    def config_errors(self, cfg, arch: str = "sm90") -> list[str]:
+        """Every reason `cfg` cannot run this problem's kernel on `arch` (the registry's rules)."""
+        return self.spec.config_errors(cfg, self.shape.experts, arch=arch)
 
     @property
     def constraints(self) -> dict:
@@ -59,8 +78,17 @@ class Problem:
         return f"{self.kernel} {s.dtype} M={s.m} N={s.n} K={s.k}" + (f" E={s.experts}" if s.experts else "")
 
 
+def make_runner(problem: Problem, seed: int = 0):
+    """The GPU runner of `problem`: GpuRunner, or for the FP8 kernels Fp8GpuRunner (autotune/fp8_runner.py)."""
+    if problem.spec.block_scaled:
+        from .fp8_runner import Fp8GpuRunner
+
+        return Fp8GpuRunner(problem, seed)
+    return GpuRunner(problem, seed)
+
+
 class GpuRunner:
-    """Runs configs of one problem on the current CUDA device."""
+    """Runs configs of one bf16 / fp16 problem on the current CUDA device."""
 
     CHECK_TOL = 1e-2
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from cute_kernels.config import validation_errors
 from cute_kernels.tuned_store import TunedConfigError, file_path, make_record, merge_write, parse_entry, read_file
 
 from . import space
@@ -80,10 +79,11 @@ def study_name(problem: Problem, arch: str, *, grid: bool = False, simulated: bo
     return ("simulated/" if simulated else "") + problem.study_name(arch) + ("/grid" if grid else "")
 
 
-def covers_space(n_trials: int, grid: bool = False) -> bool:
+def covers_space(n_trials: int, grid: bool = False, *, space_kw: dict | None = None) -> bool:
     """True when the study times every config of the space once (--grid, or a trial budget at
-    least the space's size: sampling more would only re-time configs already timed)."""
-    return grid or n_trials >= len(space.grid())
+    least the space's size: sampling more would only re-time configs already timed).
+    `space_kw`: the problem's space (`Problem.space_kw`; default the bf16 one)."""
+    return grid or n_trials >= len(space.grid(**(space_kw or {})))
 
 
 def _params_key(params: dict) -> tuple:
@@ -96,21 +96,22 @@ def distinct_configs(trials) -> int:
                 if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)})
 
 
-def budget_spent(trials, n_trials: int, grid: bool = False) -> bool:
+def budget_spent(trials, n_trials: int, grid: bool = False, *, space_kw: dict | None = None) -> bool:
     """Whether a study whose budget is `n_trials` (each shape's total) needs no further trial:
     its COMPLETE + PRUNED + RUNNING trials reach the budget, or, when the budget covers the whole
     space, its distinct timed configs + RUNNING trials reach the space's size (a huge --trials stops
     once the space is exhausted)."""
     running = sum(1 for t in trials if t.state == optuna.trial.TrialState.RUNNING)
-    if covers_space(n_trials, grid):
-        return distinct_configs(trials) + running >= len(space.grid())
+    if covers_space(n_trials, grid, space_kw=space_kw):
+        return distinct_configs(trials) + running >= len(space.grid(**(space_kw or {})))
     done = sum(1 for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     return done + running >= n_trials
 
 
-def study_budget(n_trials: int, grid: bool = False) -> int:
+def study_budget(n_trials: int, grid: bool = False, *, space_kw: dict | None = None) -> int:
     """The number of trials a finished study holds (the progress bars' total)."""
-    return len(space.grid()) if covers_space(n_trials, grid) else n_trials
+    size = len(space.grid(**(space_kw or {})))
+    return size if covers_space(n_trials, grid, space_kw=space_kw) else n_trials
 
 
 def open_study(problem: Problem, arch: str, storage, *, grid: bool, seed: int, tries=(), simulated: bool = False,
@@ -125,15 +126,16 @@ def open_study(problem: Problem, arch: str, storage, *, grid: bool, seed: int, t
     storage = make_storage(storage)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
                                 sampler=make_sampler(grid, seed, constant_liar), load_if_exists=True)
+    sk = problem.space_kw
     if not grid and len(study.trials) == 0:
         dflt = problem.default_config()
-        if space.in_space(dflt):
-            study.enqueue_trial(space.to_params(dflt), user_attrs={"default": True})
+        if space.in_space(dflt, **sk):
+            study.enqueue_trial(space.to_params(dflt, **sk), user_attrs={"default": True})
         for overrides in tries:
-            study.enqueue_trial({**space.to_params(dflt), **overrides}, skip_if_exists=True)
-    if covers_space(n_trials, grid):
+            study.enqueue_trial({**space.to_params(dflt, **sk), **overrides}, skip_if_exists=True)
+    if covers_space(n_trials, grid, space_kw=sk):
         seen = {_params_key(t.params) for t in study.trials if t.state.is_finished()}
-        for params in space.grid():
+        for params in space.grid(**sk):
             if _params_key(params) not in seen:
                 study.enqueue_trial(params, skip_if_exists=True)
     return study
@@ -196,13 +198,13 @@ def run_trials(study, problem: Problem, runner, timer, n_trials: int, *, arch: s
             if trial is None:
                 return None
             try:
-                cfg = space.suggest(trial)
+                cfg = space.suggest(trial, **problem.space_kw)
                 break
             except optuna.exceptions.UpdateFinishedTrialError:
                 # with shared storage two workers can pop the same enqueued trial; the
                 # other one finished it already: take the next trial instead
                 log.info("trial %d was taken by another worker", trial.number)
-        errs = validation_errors(cfg, arch=arch, **problem.constraints)
+        errs = problem.config_errors(cfg, arch)
         if errs:
             return trial, cfg, "invalid: " + "; ".join(errs)
         return trial, cfg, pool.submit(prepare, cfg)
@@ -322,7 +324,7 @@ def _finish(study, problem: Problem, runner, timer, *, arch: str, write: bool, r
         return res
     best = min(complete, key=lambda t: t.value)
     res.best_params = dict(best.params)
-    cfg = space.to_config(best.params)
+    cfg = space.to_config(best.params, **problem.space_kw)
     dflt = problem.default_config()
     runner.prepare(dflt)
     # fresh re-measurement, interleaved so clock drift hits both alike
@@ -374,8 +376,8 @@ def sweep(problem: Problem, runner, timer, *, arch: str, storage: str | None, n_
     t0 = time.time()
     study = open_study(problem, arch, storage, grid=grid, seed=seed, tries=tries, n_trials=n_trials)
     # a resumed study runs only the trials it still lacks: n_trials is the study's total
-    if covers_space(n_trials, grid):
-        todo = len(space.grid()) - distinct_configs(study.trials)
+    if covers_space(n_trials, grid, space_kw=problem.space_kw):
+        todo = len(space.grid(**problem.space_kw)) - distinct_configs(study.trials)
     else:
         todo = n_trials - sum(1 for t in study.trials
                               if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))

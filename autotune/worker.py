@@ -63,13 +63,12 @@ class SweepSpec:
     progress: bool = False
     constant_liar: bool = False
 
-    @property
-    def budget(self) -> int:
-        """Trials a finished study holds (the space's size when --trials covers it)."""
-        return tuner.study_budget(self.trials, self.grid)
+    def budget(self, prob: Problem) -> int:
+        """Trials a finished study of `prob` holds (its space's size when --trials covers it)."""
+        return tuner.study_budget(self.trials, self.grid, space_kw=prob.space_kw)
 
-    def spent(self, trials) -> bool:
-        return tuner.budget_spent(trials, self.trials, self.grid)
+    def spent(self, trials, prob: Problem) -> bool:
+        return tuner.budget_spent(trials, self.trials, self.grid, space_kw=prob.space_kw)
 
 
 def _count(trials, *states) -> int:
@@ -95,12 +94,12 @@ class Worker:
                     n_trials=self.spec.trials)
         return self._studies[prob]
 
-    def claim_trial(self, study):
+    def claim_trial(self, study, prob: Problem):
         """The next trial of `study` for this worker, or None when its budget is spent."""
         with self.store.claim():
             self.store.heartbeat.reap(study)
             trials = study.get_trials(deepcopy=False)
-            if self.spec.spent(trials):
+            if self.spec.spent(trials, prob):
                 return None
             with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": we beat ourselves
                 warnings.simplefilter("ignore", UserWarning)
@@ -110,7 +109,7 @@ class Worker:
             trial.set_user_attr("gpu", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         return trial
 
-    def next_step(self, study) -> str:
+    def next_step(self, study, prob: Problem) -> str:
         """"more" (trials to claim), "wait" (others' trials running, or another worker
         finishing), "done" (finished for its current trials) or "finish" (this worker's now)."""
         with self.store.claim():
@@ -118,7 +117,7 @@ class Worker:
             trials = study.get_trials(deepcopy=False)
             done = _count(trials, TrialState.COMPLETE, TrialState.PRUNED)
             running = _count(trials, TrialState.RUNNING)
-            if not self.spec.spent(trials):
+            if not self.spec.spent(trials, prob):
                 return "more"
             if running:
                 return "wait"
@@ -143,17 +142,17 @@ class Worker:
     def run_shape(self, prob: Problem) -> int:
         study = self.study(prob)
         hb = self.store.heartbeat
-        first = self.claim_trial(study)
+        first = self.claim_trial(study, prob)
         if first is None:
             return 0
         queue = [first]
 
         def claim():
-            return queue.pop() if queue else self.claim_trial(study)
+            return queue.pop() if queue else self.claim_trial(study, prob)
 
         told = tuner.run_trials(study, prob, self.runner(prob), self.timer, 0, arch=self.spec.arch,
                                 progress=self.spec.progress, compile_workers=self.spec.compile_workers,
-                                claim=claim, release=lambda t: hb.drop_trial(t._trial_id), budget=self.spec.budget)
+                                claim=claim, release=lambda t: hb.drop_trial(t._trial_id), budget=self.spec.budget(prob))
         self.told += told
         return told
 
@@ -187,7 +186,7 @@ class Worker:
                 progressed = False
                 for prob in list(pending):
                     progressed |= self.run_shape(prob) > 0
-                    step = self.next_step(self.study(prob))
+                    step = self.next_step(self.study(prob), prob)
                     if step == "more":
                         progressed = True
                         continue

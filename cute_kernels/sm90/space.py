@@ -48,3 +48,7 @@ def selfcheck_configs(quick: bool = False) -> list[GemmConfig]:
     cfgs = [GemmConfig(tile_n=128, cluster_m=1, cluster_n=2),
             GemmConfig(tile_m=64, tile_n=128, schedule="pingpong", cluster_m=2, cluster_n=1)]
     return cfgs[:1] if quick else cfgs
+
+
+# The block-scaled FP8 kernel's own space (autotune.space with block_scaled=True)
+BLOCK_SCALED_SPACE = "cute_kernels.sm90.space_fp8"
