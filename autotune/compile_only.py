@@ -93,6 +93,7 @@ def _validation(key) -> list[str]:
 
 def judge(key, kernel: str) -> Verdict:
     """Validate, compile and inspect one config (runs in a worker process)."""
+    from cute_kernels.archs import get_arch
     from cute_kernels.inspect_ptx import find_ptxas, kernel_ptx, ptxas_info
 
     v = Verdict(kernel, key.cfg.to_dict(), False, "validation")
@@ -115,7 +116,7 @@ def judge(key, kernel: str) -> Verdict:
             v.stage, v.reason = "structure", "; ".join(errs)
             return v
     if find_ptxas() is not None:
-        info = ptxas_info(ptx, "sm_100a" if key.arch == "sm100" else "sm_90a")
+        info = ptxas_info(ptx, get_arch(key.arch).dsl_target)
         v.registers = info.registers
         if info.spill_store_bytes or info.spill_load_bytes or info.stack_bytes:
             v.stage = "spill"
@@ -153,7 +154,9 @@ def compile_classes(arch: str, block_scaled: bool = False) -> list[tuple[dict, i
 def run(args) -> int:
     arch = args.arch
     kernels = [args.kernel] if args.kernel else list(KERNEL_EPILOGUES)
-    os.environ.setdefault("CUTE_DSL_ARCH", "sm_100a" if arch == "sm100" else "sm_90a")
+    from cute_kernels.archs import get_arch
+
+    os.environ.setdefault("CUTE_DSL_ARCH", get_arch(arch).dsl_target)
     jobs, member_count = [], []
     for k in kernels:
         classes = compile_classes(arch, _is_fp8(k))

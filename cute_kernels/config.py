@@ -88,9 +88,10 @@ def type_errors(cfg, arch="sm90", **ints) -> list[str]:
     """What is not of its type: `cfg` must be a GemmConfig whose fields hold ints (not
     bools or floats) and strs as declared, `arch` a str, `ints` (name -> value) ints.  The
     value checks of validation_errors assume these types."""
-    # an arch may have its own config type (sm100's Sm100Config): a dataclass of ints and strs too
-    if not isinstance(cfg, GemmConfig) and not (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)
-                                                and type(cfg).__name__.endswith("Config")):
+    from .archs import config_classes
+
+    # an arch may have its own config type (archs.Arch.config_class): a dataclass of ints and strs too
+    if not isinstance(cfg, config_classes()):
         return [f"expected a GemmConfig, got {type(cfg).__name__}"]
     errs = [] if isinstance(arch, str) else [f"arch must be a str, got {type(arch).__name__} {arch!r}"]
     for f in dataclasses.fields(cfg):
