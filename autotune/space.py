@@ -9,22 +9,15 @@ and `--grid` times their full product.
 """
 from __future__ import annotations
 
-import importlib
 import itertools
 
 from cute_kernels.archs import arch_space
-from cute_kernels.config import ConfigError, GemmConfig
+from cute_kernels.config import GemmConfig
 
 
 def space_module(arch: str = "sm90", block_scaled: bool = False):
     """The space module (GRID, to_config, to_params) of `arch`'s bf16 or block-scaled FP8 kernels."""
-    mod = arch_space(arch)
-    if not block_scaled:
-        return mod
-    name = getattr(mod, "BLOCK_SCALED_SPACE", None)
-    if name is None:
-        raise ConfigError(f"arch {arch!r} has no block-scaled FP8 search space")
-    return importlib.import_module(name)
+    return arch_space(arch, block_scaled=block_scaled)
 
 
 def grid_values(arch: str = "sm90", *, block_scaled: bool = False) -> dict:

@@ -60,9 +60,16 @@ def arch_config(arch: str):
     return importlib.import_module(get_arch(arch).config_module)
 
 
-def arch_space(arch: str):
-    """The search-space module of `arch` (GRID, to_config, to_params, selfcheck_configs)."""
-    return importlib.import_module(get_arch(arch).space_module)
+def arch_space(arch: str, *, block_scaled: bool = False):
+    """The search-space module of `arch` (GRID, to_config, to_params, selfcheck_configs); with
+    `block_scaled` that of its block-scaled FP8 kernels (named by the space's BLOCK_SCALED_SPACE)."""
+    mod = importlib.import_module(get_arch(arch).space_module)
+    if not block_scaled:
+        return mod
+    name = getattr(mod, "BLOCK_SCALED_SPACE", None)
+    if name is None:
+        raise ValueError(f"arch {arch!r} has no block-scaled FP8 search space")
+    return importlib.import_module(name)
 
 
 def kernel_class(arch: str):

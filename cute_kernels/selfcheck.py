@@ -38,6 +38,11 @@ VERIFIED_FILE = os.path.join(os.path.dirname(__file__), "hardware_verified.yaml"
 ENV_SWITCH = "CUTE_KERNELS_SELFCHECK"  # "0": skip the check
 # Normalised max error (max |out - ref| / max |ref|) allowed per output dtype.
 TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3, "float32": 1e-3}
+# A quantized FP8 output (compared dequantized with the fp32 reference of the unquantized one):
+# half an FP8 step of a block's largest values (3 mantissa bits in e4m3, 2 in e5m2) on top of
+# the bf16 allowance (the codec quantizes values computed from the bf16-rounded accumulator).
+FP8_OUTPUT_TOLERANCE = {"e4m3": 2.0 ** -4 + TOLERANCE["bfloat16"], "e5m2": 2.0 ** -3 + TOLERANCE["bfloat16"]}
+FP8_SMALL_K = 272  # two whole 128-K scale blocks and a partial one (FP8 rows: a multiple of 16)
 
 
 class SelfCheckError(RuntimeError):
@@ -52,11 +57,12 @@ class CheckResult:
     tolerance: float = 0.0
     time_ms: float | None = None  # the small problem's kernel time (median), when timed
     message: str = ""
+    tolerances: dict = field(default_factory=dict)  # output name -> its own tolerance (an FP8 output)
 
     @property
     def ok(self) -> bool:
-        return bool(self.errors) and all(e == e and e <= self.tolerance for e in self.errors.values()) \
-            and not self.message
+        return bool(self.errors) and all(e == e and e <= self.tolerances.get(k, self.tolerance)
+                                         for k, e in self.errors.items()) and not self.message
 
 
 def variant_name(key) -> str:
@@ -65,7 +71,8 @@ def variant_name(key) -> str:
     grouping = "grouped_k" if key.grouped_k else ("grouped" if key.grouped else "dense")
     shape = variant_shape(key.arch, key.cfg)  # the arch's structural knobs (cute_kernels.archs)
     out = key.out_dtype or key.dtype
-    return f"{grouping}/{key.epi.key()}/{shape}/{key.dtype}->{out}/a{key.a_major}b{key.b_major}"
+    operands = key.dtype + (f"x{key.b_dtype}" if key.b_dtype and key.b_dtype != key.dtype else "")
+    return f"{grouping}/{key.epi.key()}/{shape}/{operands}->{out}/a{key.a_major}b{key.b_major}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -190,6 +197,8 @@ def run_variant(key, *, launch, device=None, seed: int = 0, time_it: bool = Fals
 
     device = torch.device(device or "cuda")
     gen = torch.Generator(device=device).manual_seed(seed)
+    if key.block_scaled:
+        return _run_block_scaled_variant(key, launch, device, gen, time_it)
     dt = getattr(torch, key.dtype)
     ot = getattr(torch, key.d_dtype)
     cfg, epi = key.cfg, key.epi
@@ -243,6 +252,62 @@ def run_variant(key, *, launch, device=None, seed: int = 0, time_it: bool = Fals
         g = got[name].float()
         scale_ = r.abs().max().clamp_min(1e-6)
         res.errors[name] = float(((g - r).abs().max() / scale_).item()) if g.numel() else 0.0
+    if time_it:
+        res.time_ms = _median_ms(lambda: launch(key, args))
+    return res
+
+
+def _run_block_scaled_variant(key, launch, device, gen, time_it: bool) -> CheckResult:
+    """run_variant of an FP8 kernel: bf16-drawn operands quantized by the recipe (A 1x128 with
+    column-major scales, B 128x128 per expert), outputs poisoned (bf16 NaN, FP8 byte 0x7F: NaN in
+    both formats, NaN scales), the reference the fp32 GEMM of the dequantized operands; a
+    quantized output is compared dequantized, within FP8_OUTPUT_TOLERANCE."""
+    import torch
+
+    from .fp8.recipe import FORMATS, dequantize, quantize_1x128, quantize_128x128
+    from .gemm_base.launch_args import GemmArgs
+    from .host_args import as_mkl, splits_metadata
+
+    fa, fb = key.operand_formats
+    cfg, epi = key.cfg, key.epi
+    m, k, n = SMALL_M, FP8_SMALL_K, cfg.tile_n + 144  # one whole N tile and a partial one
+    splits = list(SMALL_SPLITS)
+    experts = len(splits) if key.grouped else 1
+    aq, sa = quantize_1x128(torch.randn(m, k, generator=gen, device=device), fa)
+    sa = sa.t().contiguous().t()
+    w = torch.randn(experts, n, k, generator=gen, device=device) * 0.1
+    parts = [quantize_128x128(w[e], fb) for e in range(experts)]
+    bq, sb = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+    prob = torch.rand(m, generator=gen, device=device) if epi.row_scale else None
+    u8, nb = torch.uint8, -(-n // 128)
+    outs = {name: torch.full((m, n), 0x7F, dtype=u8, device=device) if name == epi.quantized
+            else torch.full((m, n), float("nan"), dtype=getattr(torch, key.d_dtype), device=device)
+            for name in epi.outputs}
+    qs = torch.full((nb, m), float("nan"), dtype=torch.float32, device=device).t() if epi.quantized else None
+    cu_rows = cu_tiles = None
+    if key.grouped:
+        cu_rows, cu_tiles = splits_metadata(splits, cfg.tile_m, device, cfg.cluster_m)
+        b3, sb3 = bq.view(u8).permute(1, 2, 0), sb.permute(1, 2, 0)
+    else:
+        b3, sb3 = as_mkl(bq[0].view(u8)), sb[0].unsqueeze(-1)
+    d = [as_mkl(outs[name]) for name in epi.outputs]
+    args = GemmArgs(as_mkl(aq.view(u8)), b3, d[0], d[1] if len(d) > 1 else None, scale=prob, cu_rows=cu_rows,
+                    cu_tiles=cu_tiles, sa=sa, sb=sb3, qs=qs)
+    res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
+    if epi.quantized:
+        res.tolerances[epi.quantized] = FP8_OUTPUT_TOLERANCE[epi.q_format]
+    try:
+        launch(key, args)
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # a launch failure is a failed check, reported with the rest
+        res.message = f"{type(exc).__name__}: {exc}"[:300]
+        return res
+    b32 = torch.stack([dequantize(bq[e], sb[e]) for e in range(experts)])
+    ref = _reference(key, dequantize(aq, sa), b32 if key.grouped else b32[0], splits, None, prob)
+    for name, r in ref.items():
+        g = outs[name]
+        g = dequantize(g.view(FORMATS[epi.q_format]), qs) if name == epi.quantized else g.float()
+        res.errors[name] = float(((g - r).abs().max() / r.abs().max().clamp_min(1e-6)).item())
     if time_it:
         res.time_ms = _median_ms(lambda: launch(key, args))
     return res

@@ -8,13 +8,14 @@ problem's kernel time) and writes the rows as JSON to $OUT/selfcheck_<arch>.json
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
 import sys
 import time
 
-from .archs import arch_space
+from .archs import arch_space, get_arch
 from .compile import KernelKey
 from .epilogue import EpilogueSpec
 
@@ -42,6 +43,24 @@ def variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
                 ("k", "n") if epi.kind == "dact" else ("k", "k"))
             keys.append(KernelKey(arch, cfg, epi, grouping == "grouped", "bfloat16", *majors,
                                   out_dtype="float32" if epi.accumulate else "", grouped_k=grouping == "grouped_k"))
+    return keys + fp8_variant_keys(arch, quick)
+
+
+def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
+    """The block-scaled FP8 kernels' keys (arches that have them): each registered FP8 kernel
+    dense and grouped (grouped FC1 with the router probability, as the MoE step launches it)
+    per FP8 self-check config, and the gradient GEMM's e5m2 x e4m3 operands."""
+    from .registry import KERNELS, kernel_key
+
+    if not get_arch(arch).block_scaled_fp8:
+        return []
+    keys = []
+    for cfg in arch_space(arch, block_scaled=True).selfcheck_configs(quick):
+        for spec in (s for s in KERNELS.values() if s.block_scaled):
+            for experts in (0, 4):
+                epi = dataclasses.replace(spec.epilogue, row_scale=bool(experts) and spec.epilogue.kind == "act")
+                keys.append(kernel_key(spec.name, arch, cfg, spec.default_dtype, experts, epi=epi))
+        keys.append(kernel_key("fp8_fc2", arch, cfg, "float8_e5m2+float8_e4m3fn", 0))
     return keys
 
 

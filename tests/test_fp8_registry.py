@@ -129,3 +129,58 @@ def test_explicit_fp8_config_is_checked_naming_the_argument(root):
         _family_launch_key(FC2, 256, 256, 256, 0, False, "e4m3", "e4m3", GemmConfig(), None)
     key = _family_launch_key(FC1, 256, 256, 256, 8, True, "e4m3", "e4m3", TUNED, None)
     assert key.cfg == TUNED and key.grouped and key.epi.quantized == "postact"
+
+
+# ---------------------------------------------------------------- the first-use self-check gate
+def test_fp8_variants_have_no_hardware_evidence_yet_and_bf16_keep_theirs():
+    from cute_kernels import selfcheck
+    from cute_kernels.selfcheck_table import fp8_variant_keys, variant_keys
+
+    table = selfcheck.verified_table()
+    fp8 = fp8_variant_keys("sm90")
+    assert fp8 and all(k.block_scaled for k in fp8) and fp8_variant_keys("sm100") == []
+    assert not any(selfcheck.is_verified("sm90", selfcheck.variant_name(k), table) for k in fp8)
+    bf16 = [k for k in variant_keys("sm90") if not k.block_scaled]
+    assert all(selfcheck.is_verified("sm90", selfcheck.variant_name(k), table) for k in bf16)
+    mixed = registry.kernel_key("fp8_fc2", "sm90", FP8_DEFAULT_CONFIG, f"{E5M2}+{E4M3}", 0)
+    assert "/float8_e5m2xfloat8_e4m3fn->bfloat16/" in selfcheck.variant_name(mixed)
+
+
+def test_quantized_output_has_its_own_tolerance():
+    from cute_kernels.selfcheck import FP8_OUTPUT_TOLERANCE, CheckResult
+
+    res = CheckResult("sm90", "v", {"preact": 1e-3, "postact": 0.07}, tolerance=2e-2,
+                      tolerances={"postact": FP8_OUTPUT_TOLERANCE["e4m3"]})
+    assert res.ok
+    assert not CheckResult("sm90", "v", {"preact": 0.07}, tolerance=2e-2, tolerances={"postact": 0.1}).ok
+    assert not CheckResult("sm90", "v", {"postact": 0.2}, tolerance=2e-2, tolerances={"postact": 0.1}).ok
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_family_launch_passes_the_self_check_gate_with_the_registry_key(grouped, monkeypatch):
+    """fp8/ops._launch_family launches through gemm_ops._run (whose first launch of a key runs the
+    self-check), with the registry's key and the launch record the kernel takes (CPU tensors, the
+    launch recorded instead of run)."""
+    from cute_kernels import gemm_ops
+    from cute_kernels.fp8.ops import _launch_family, _new_scales
+
+    seen = []
+    monkeypatch.setattr(gemm_ops, "_run", lambda key, args: seen.append((key, args)))
+    g = torch.Generator().manual_seed(1)
+    m, n, k, e = 200, 272, 272, 3
+    xq, sx = quantize_1x128(torch.randn(m, k, generator=g))
+    w = torch.randn(e, n, k, generator=g)
+    parts = [quantize_128x128(w[i]) for i in range(e)]
+    wq, ws = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+    if not grouped:
+        wq, ws = wq[0], ws[0]
+    key = _family_launch_key(FC1, m, n, k, e if grouped else 0, grouped, "e4m3", "e4m3", None, None)
+    pre = torch.empty(m, n, dtype=torch.bfloat16)
+    q = torch.empty(m, n, dtype=torch.float8_e4m3fn)
+    qs = _new_scales(m, 3, "cpu")
+    _launch_family(xq, sx, wq, ws, key, pre, q, qs, m_splits=[70, 0, 130] if grouped else None)
+    (run_key, args), = seen
+    assert run_key == key == registry.kernel_key("fp8_fc1_srelu", "sm90", key.cfg, E4M3, e if grouped else 0)
+    assert args.sa is sx and args.qs is qs and args.a.dtype == torch.uint8 and args.d1.dtype == torch.uint8
+    assert args.d0.dtype == torch.bfloat16 and tuple(args.b.shape) == (n, k, e if grouped else 1)
+    assert (args.cu_rows is not None) == grouped

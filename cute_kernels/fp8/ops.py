@@ -177,7 +177,8 @@ def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None):
     gate): dense (b (N, K), sb (NB, KB)) or grouped along M (b (E, N, K), sb (E, NB, KB), the rows
     of a sorted by expert in `m_splits`: a list or a GPU int tensor, read on the GPU)."""
     from ..gemm_base.launch_args import GemmArgs
-    from ..gemm_ops import _run, _splits_metadata
+    from ..gemm_ops import _run
+    from ..host_args import splits_metadata as _splits_metadata
 
     u8 = torch.uint8
     outs = []

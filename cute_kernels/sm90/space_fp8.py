@@ -7,8 +7,10 @@ cannot run with the problem's epilogue is pruned by `config.block_scaled_errors`
 `autotune.space` samples from it (`block_scaled=True`)."""
 from __future__ import annotations
 
+import dataclasses
+
 from ..config import GemmConfig
-from .config import FP8_BLOCK
+from .config import FP8_BLOCK, FP8_DEFAULT_CONFIG
 
 GRID = {
     "tile_n": [FP8_BLOCK, 2 * FP8_BLOCK],
@@ -22,6 +24,13 @@ GRID = {
 
 # knobs that change no resource of the compiled kernel (autotune compile-only compiles one per class)
 RUNTIME_ONLY = ("raster", "swizzle")
+
+
+def selfcheck_configs(quick: bool = False) -> list[GemmConfig]:
+    """The configs `python -m cute_kernels.selfcheck` runs the FP8 kernels with: the default
+    (128x128, 1x2 cluster) and the split-N 128x256 tile on a 2x1 cluster (--quick: the first)."""
+    cfgs = [FP8_DEFAULT_CONFIG, dataclasses.replace(FP8_DEFAULT_CONFIG, tile_n=2 * FP8_BLOCK, cluster_m=2, cluster_n=1)]
+    return cfgs[:1] if quick else cfgs
 
 
 def to_config(params: dict) -> GemmConfig:
