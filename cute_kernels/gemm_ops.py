@@ -3,7 +3,10 @@
 
 They check inputs (cute_kernels.checks), pick a config (the `config=` argument, else
 the tuned/default lookup), fetch the compiled kernel from the in-process cache and
-launch it on the current CUDA stream.
+launch it on the current CUDA stream.  What follows from a call's metadata alone (checks,
+kernel key, self-check gate, compiled kernel) is resolved on its first call and kept as a
+`cute_kernels.launch_plan.LaunchPlan`: a repeated call checks only what can differ
+(pointers, m_splits values, prob, out) and launches.
 """
 from __future__ import annotations
 
@@ -13,13 +16,14 @@ import os
 
 import torch
 
-from . import archs, checks
+from . import archs, checks, launch_plan
 from .compile import KernelKey, arch_options, build_kernel, desc_workspace_words, dsl_lock, get_compiled, use_tvm_ffi
 from .config import (ConfigError, GemmConfig, epilogue_misfit, narrowed_for_epilogue, validate, validation_errors,
                      wgrad_default_config)
 from .config_lookup import lookup_config, on_clear, tuned_root
 from .epilogue import EpilogueSpec
 from .gemm_base.launch_args import GemmArgs
+from .launch_plan import LaunchPlan, tensor_meta
 from .host_args import as_mkl as _as_mkl, as_nkl as _as_nkl, splits_metadata as _splits_metadata
 from .activations import resolve_activation
 from .registry import kernel_key
@@ -111,28 +115,45 @@ def _kernel_key(kernel_name: str, arch: str, dtype, m: int, n: int, k: int, num_
 on_clear(_kernel_key.cache_clear)
 
 
-def _launch(kernel_name: str, a, w, outs, *, epi: EpilogueSpec, m_splits, prob, config, majors=("k", "k"), aux=None):
-    """Launch one M-grouped or dense GEMM; returns the row sums (dsrelu row_sum) or None."""
-    grouped = m_splits is not None
+def _checked_operands(plan: LaunchPlan | None, a_name: str, a, w_name: str, w, grouped: bool) -> tuple:
+    """The operands' (A, B) majorness: every operand check without a plan; with one (its
+    signature fixed their metadata when they passed) only the data pointers' alignment."""
+    if plan is None:
+        return checks.check_gemm_operands(a_name, a, w_name, w, grouped=grouped)
+    checks.check_pointer(a_name, a)
+    checks.check_pointer(w_name, w)
+    return plan.majors
+
+
+def _new_plan(signature, kernel_name: str, a, w, epi: EpilogueSpec, grouped: bool, majors: tuple,
+              config) -> LaunchPlan:
+    """The plan of a checked M-grouped or dense call (its first call with this signature)."""
     m, k = a.shape
     n = w.size(-2)
     arch = device_arch(a.device)
     checks.check_config(config)
     key = _kernel_key(kernel_name, arch, a.dtype, m, n, k, w.size(0) if grouped else 1, epi, grouped, majors, config,
                       tuned_root())
+    return launch_plan.put(signature, LaunchPlan(key, majors))
+
+
+def _launch(plan: LaunchPlan, a, w, outs, *, m_splits, prob, aux=None):
+    """Launch one M-grouped or dense GEMM; returns the row sums (dsrelu row_sum) or None."""
+    key = plan.key
     config = key.cfg
     rowsum = None
-    if epi.row_sum:  # one fp32 partial per (row, N tile), summed here: no atomics, reproducible
-        partials = torch.empty((-(-n // config.tile_n), m), dtype=torch.float32, device=a.device)
+    if key.epi.row_sum:  # one fp32 partial per (row, N tile), summed here: no atomics, reproducible
+        partials = torch.empty((-(-w.size(-2) // config.tile_n), a.size(0)), dtype=torch.float32, device=a.device)
         rowsum = partials.t()
 
     d1 = _as_mkl(outs[1]) if len(outs) > 1 else None
     aux3 = _as_mkl(aux) if aux is not None else None
     cu_rows = cu_tiles = None
-    if grouped:
+    if m_splits is not None:
         cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device, config.cluster_m)
-    _run(key, GemmArgs(_as_mkl(a), _as_nkl(w), _as_mkl(outs[0]), d1, prob, aux3, rowsum, cu_rows, cu_tiles))
-    return rowsum.sum(1) if epi.row_sum else None
+    _launch_planned(plan, GemmArgs(_as_mkl(a), _as_nkl(w), _as_mkl(outs[0]), d1, prob, aux3, rowsum, cu_rows,
+                                   cu_tiles))
+    return rowsum.sum(1) if rowsum is not None else None
 
 
 _desc_ws_cache: dict = {}
@@ -155,18 +176,38 @@ def _desc_workspace(words: int, device: torch.device) -> torch.Tensor:
 
 
 def _run(key: KernelKey, args: GemmArgs):
+    """Launch `key` without a kept plan (the self-check's own launch, tests): the gate, the
+    compiled-kernel lookup and the cluster count are resolved on this call."""
+    _launch_planned(LaunchPlan(key), args)
+
+
+def _launch_planned(plan: LaunchPlan, args: GemmArgs):
+    fn = plan.fn
+    if fn is None:
+        fn = _first_launch(plan, args.a.device)
+    if plan.desc_words:  # grouped_k: scratch for the per-CTA TMA descriptors, written by the kernel
+        args = args._replace(desc_ws=_desc_workspace(plan.desc_words, args.a.device))
+    fn(*args, plan.max_clusters)
+
+
+def _first_launch(plan: LaunchPlan, device):
+    """What a plan resolves before its first launch: the self-check gate (once per key in the
+    process), the cluster count of its device and the compiled kernel (compiled on first use)."""
+    key = plan.key
     if key not in _selfchecked:  # first launch of a variant without hardware evidence: check it (selfcheck.py)
         from .selfcheck import before_first_launch
 
         before_first_launch(key, _selfchecked, launch=_run)
-    device = args.a.device
-    n_clusters, max_clusters = _max_clusters_arg(device.index or 0, key.cfg.cluster_size)
-    if key.grouped_k:  # scratch for the per-CTA TMA descriptors, written by the kernel
-        args = args._replace(desc_ws=_desc_workspace(desc_workspace_words(key, n_clusters), device))
+    plan.n_clusters, plan.max_clusters = _max_clusters_arg(device.index or 0, key.cfg.cluster_size)
+    if key.grouped_k:
+        plan.desc_words = desc_workspace_words(key, plan.n_clusters)
     if use_tvm_ffi():
-        get_compiled(key)(*args, max_clusters)
-        return
-    _launch_dlpack(key, args, max_clusters)
+        fn = get_compiled(key)
+    else:
+        def fn(*args):
+            _launch_dlpack(key, GemmArgs(*args[:-1]), args[-1])
+    plan.fn = fn
+    return fn
 
 
 def _launch_dlpack(key, args: GemmArgs, max_clusters):
@@ -239,7 +280,10 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     Returns (preact or None, postact), both (M, N) in x's dtype.
     """
     grouped = m_splits is not None
-    majors = checks.check_gemm_operands("x", x, "w1", w1, grouped=grouped)
+    signature = ("fc1_srelu", tensor_meta(x), tensor_meta(w1), grouped, prob is not None, store_preact, activation,
+                 config, tuned_root())
+    plan = launch_plan.get(signature)
+    majors = _checked_operands(plan, "x", x, "w1", w1, grouped)
     m = x.size(0)
     if grouped:
         checks.check_m_splits(m_splits, num_experts=w1.size(0), m_total=m, device=x.device)
@@ -251,13 +295,17 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     out_pre, out_post = out if out is not None else (None, None)
     postact = _output("out[1] (postact)", out_post, m, n, x)
     preact = _output("out[0] (preact)", out_pre, m, n, x) if store_preact else None
-    checks.check_cuda("x", x)
-    if m == 0 or n == 0:
-        return preact, postact
-    epi = EpilogueSpec("act", store_preact=store_preact, row_scale=prob is not None,
-                       activation=_activation(activation))
+    if plan is None:
+        checks.check_cuda("x", x)
+        if m == 0 or n == 0:
+            return preact, postact
+        epi = EpilogueSpec("act", store_preact=store_preact, row_scale=prob is not None,
+                           activation=_activation(activation))
+        plan = _new_plan(signature, "fc1_srelu", x, w1, epi, grouped, majors, config)
+    else:
+        checks.check_config(config)
     outs = [preact, postact] if store_preact else [postact]
-    _launch("fc1_srelu", x, w1, outs, epi=epi, m_splits=m_splits, prob=prob, config=config, majors=majors)
+    _launch(plan, x, w1, outs, m_splits=m_splits, prob=prob)
     return preact, postact
 
 
@@ -267,17 +315,23 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
     Operands may be transposed views (h contiguous along M, w2 along N): the kernel
     takes either majorness, so no copy is made.  The output is row-major."""
     grouped = m_splits is not None
-    majors = checks.check_gemm_operands("h", h, "w2", w2, grouped=grouped)
+    signature = ("fc2", tensor_meta(h), tensor_meta(w2), grouped, config, tuned_root())
+    plan = launch_plan.get(signature)
+    majors = _checked_operands(plan, "h", h, "w2", w2, grouped)
     m = h.size(0)
     if grouped:
         checks.check_m_splits(m_splits, num_experts=w2.size(0), m_total=m, device=h.device)
     _check_config_type(config)
     n = w2.size(-2)
     y = _output("out", out, m, n, h)
-    checks.check_cuda("h", h)
-    if m == 0 or n == 0:
-        return y
-    _launch("fc2", h, w2, [y], epi=EpilogueSpec("identity"), m_splits=m_splits, prob=None, config=config, majors=majors)
+    if plan is None:
+        checks.check_cuda("h", h)
+        if m == 0 or n == 0:
+            return y
+        plan = _new_plan(signature, "fc2", h, w2, EpilogueSpec("identity"), grouped, majors, config)
+    else:
+        checks.check_config(config)
+    _launch(plan, h, w2, [y], m_splits=m_splits, prob=None)
     return y
 
 
@@ -298,33 +352,43 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     Returns (dpreact, postact or None, dprob (M,) fp32 or None).
     """
     grouped = m_splits is not None
-    if not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3):
+    signature = ("fc2_dgrad_dsrelu", tensor_meta(dy), tensor_meta(w2), tensor_meta(preact), grouped, prob is not None,
+                 store_postact, prob_grad, activation, config, tuned_root())
+    plan = launch_plan.get(signature)
+    if plan is None and (not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3)):
         raise checks.InputError(f"w2 must be a 2-D or 3-D torch.Tensor, got {getattr(w2, 'shape', type(w2).__name__)}")
     # the GEMM is dy (M, K=H) @ B^T with B = w2^T (N=F, K=H): a transposed (N-major) view
     b = w2.transpose(-2, -1)
-    majors = checks.check_gemm_operands("dy", dy, "w2 (as its transpose)", b, grouped=grouped)
+    majors = _checked_operands(plan, "dy", dy, "w2 (as its transpose)", b, grouped)
     m, n = dy.size(0), b.size(-2)
     if grouped:
         checks.check_m_splits(m_splits, num_experts=w2.size(0), m_total=m, device=dy.device)
-    checks.check_matrix("preact", preact, ndim=2, dtype=dy.dtype, device=dy.device)
-    if tuple(preact.shape) != (m, n):
-        raise checks.InputError(f"preact must have shape {(m, n)}, got {tuple(preact.shape)}")
+    if plan is None:
+        checks.check_matrix("preact", preact, ndim=2, dtype=dy.dtype, device=dy.device)
+        if tuple(preact.shape) != (m, n):
+            raise checks.InputError(f"preact must have shape {(m, n)}, got {tuple(preact.shape)}")
+    else:
+        checks.check_pointer("preact", preact)
     if prob is not None:
         checks.check_prob(prob, m_total=m, device=dy.device)
         prob = prob.reshape(-1).to(torch.float32).contiguous()
     if prob_grad is None:
         prob_grad = prob is not None
     _check_config_type(config)
-    checks.check_cuda("dy", dy)
+    if plan is None:
+        checks.check_cuda("dy", dy)
     dpre = torch.empty((m, n), dtype=dy.dtype, device=dy.device)
     post = torch.empty((m, n), dtype=dy.dtype, device=dy.device) if store_postact else None
     if m == 0 or n == 0:  # (dprob: a row sum over no columns is 0)
         return dpre, post, (torch.zeros((m,), dtype=torch.float32, device=dy.device) if prob_grad else None)
     outs = [dpre, post] if store_postact else [dpre]
-    epi = EpilogueSpec("dact", store_postact=store_postact, row_scale=prob is not None, row_sum=prob_grad,
-                       activation=_activation(activation))
-    dprob = _launch("fc2_dgrad_dsrelu", dy, b, outs, epi=epi, m_splits=m_splits, prob=prob, config=config,
-                    majors=majors, aux=preact)
+    if plan is None:
+        epi = EpilogueSpec("dact", store_postact=store_postact, row_scale=prob is not None, row_sum=prob_grad,
+                           activation=_activation(activation))
+        plan = _new_plan(signature, "fc2_dgrad_dsrelu", dy, b, epi, grouped, majors, config)
+    else:
+        checks.check_config(config)
+    dprob = _launch(plan, dy, b, outs, m_splits=m_splits, prob=prob, aux=preact)
     return dpre, post, dprob
 
 
@@ -375,12 +439,18 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
     Returns dw.
     """
     grouped = m_splits is not None
-    for name, t in (("dy", dy), ("x", x)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2:
-            raise checks.InputError(f"{name} must be a 2-D torch.Tensor (tokens, features), "
-                                    f"got {getattr(t, 'shape', type(t).__name__)}")
-    if dy.size(0) != x.size(0):
-        raise checks.InputError(f"dy has {dy.size(0)} tokens but x has {x.size(0)}")
+    experts = (m_splits.numel() if isinstance(m_splits, torch.Tensor)
+               else len(m_splits) if isinstance(m_splits, (list, tuple)) else None)
+    signature = ("weight_grad", tensor_meta(dy), tensor_meta(x), grouped, experts, out is None, tensor_meta(out),
+                 accumulate, out_dtype, config, tuned_root())
+    plan = launch_plan.get(signature)
+    if plan is None:
+        for name, t in (("dy", dy), ("x", x)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 2:
+                raise checks.InputError(f"{name} must be a 2-D torch.Tensor (tokens, features), "
+                                        f"got {getattr(t, 'shape', type(t).__name__)}")
+        if dy.size(0) != x.size(0):
+            raise checks.InputError(f"dy has {dy.size(0)} tokens but x has {x.size(0)}")
     if grouped:
         # The K-grouped kernel takes tokens as the strided dimension of both operands
         # (A M-major, B N-major): column-major inputs are copied to row-major.
@@ -388,7 +458,7 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
         x = x if x.stride(-1) == 1 else x.contiguous()
     # GEMM: A = dy^T (M=N_out, K=T), B = x^T (N=K_out, K=T); both contiguous along M / N
     a, b = dy.t(), x.t()
-    if dy.size(0) == 0:
+    if dy.size(0) == 0 and plan is None:  # (a plan has tokens)
         # no tokens: dw = 0 (out unchanged with accumulate); the operand checks of an empty
         # reduction would refuse K = 0, so only what still matters is checked
         if x.dtype != dy.dtype or x.device != dy.device:
@@ -396,7 +466,7 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
                                     f"and {dy.dtype} on {dy.device}")
         majors = ("m", "n")
     else:
-        majors = checks.check_gemm_operands("dy (as its transpose)", a, "x (as its transpose)", b, grouped=False)
+        majors = _checked_operands(plan, "dy (as its transpose)", a, "x (as its transpose)", b, False)
     n_out, k_out, tokens = a.size(0), b.size(0), a.size(1)
     num_experts = 1
     if grouped:
@@ -405,12 +475,16 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
     _check_config_type(config)
     shape = (num_experts, n_out, k_out) if grouped else (n_out, k_out)
     if out is None:
-        if accumulate:
-            raise checks.InputError("accumulate=True needs out= (the tensor to add the gradient into)")
         dt = out_dtype or dy.dtype
-        if dt not in (torch.bfloat16, torch.float16, torch.float32):
-            raise checks.InputError(f"out_dtype must be bfloat16, float16 or float32, got {dt}")
+        if plan is None:
+            if accumulate:
+                raise checks.InputError("accumulate=True needs out= (the tensor to add the gradient into)")
+            if dt not in (torch.bfloat16, torch.float16, torch.float32):
+                raise checks.InputError(f"out_dtype must be bfloat16, float16 or float32, got {dt}")
         out = torch.empty(shape, dtype=dt, device=dy.device)
+    elif plan is not None:  # out's metadata passed the checks below when the plan was made
+        if out.data_ptr() % 16:
+            raise checks.InputError(f"out must be row-major with 16-byte aligned rows, got strides {out.stride()}")
     else:
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
             raise checks.InputError(f"out must have shape {shape}, got {tuple(getattr(out, 'shape', ()))}")
@@ -421,22 +495,26 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
         if out.stride(-1) != 1 or (out.stride(-2) * out.element_size()) % 16 or out.data_ptr() % 16 or (
                 grouped and (out.stride(0) * out.element_size()) % 16):
             raise checks.InputError(f"out must be row-major with 16-byte aligned rows, got strides {out.stride()}")
-    checks.check_cuda("dy", dy)
-    if out.numel() == 0:
-        return out
-    if tokens == 0:
-        if not accumulate:
-            out.zero_()
-        return out
-    checks.check_config(config)
-    key = _wgrad_key(device_arch(dy.device), dy.dtype, n_out, k_out, tokens, num_experts, grouped, out.dtype,
-                     accumulate, majors, config, tuned_root())
-    config = key.cfg
+    if plan is None:
+        checks.check_cuda("dy", dy)
+        if out.numel() == 0:
+            return out
+        if tokens == 0:
+            if not accumulate:
+                out.zero_()
+            return out
+        checks.check_config(config)
+        key = _wgrad_key(device_arch(dy.device), dy.dtype, n_out, k_out, tokens, num_experts, grouped, out.dtype,
+                         accumulate, majors, config, tuned_root())
+        plan = launch_plan.put(signature, LaunchPlan(key, majors))
+    else:
+        checks.check_config(config)
+    tile_m = plan.key.cfg.tile_m
     if grouped:
         d3 = out.permute(1, 2, 0)
-        cu_rows, _ = _splits_metadata(m_splits, config.tile_m, dy.device)
+        cu_rows, _ = _splits_metadata(m_splits, tile_m, dy.device)
     else:
         d3 = _as_mkl(out)
         cu_rows = None
-    _run(key, GemmArgs(_as_mkl(a), _as_mkl(b), d3, aux=d3 if accumulate else None, cu_rows=cu_rows))
+    _launch_planned(plan, GemmArgs(_as_mkl(a), _as_mkl(b), d3, aux=d3 if accumulate else None, cu_rows=cu_rows))
     return out

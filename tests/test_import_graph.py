@@ -135,7 +135,7 @@ LAYERS = [
     ("custom ops", ["cute_kernels.torch_ops"]),
     ("entry points", ["cute_kernels.gemm_ops", "cute_kernels.fp8.ops", "cute_kernels.fp8.quantize_ops",
                       "cute_kernels.fp8.weight_cache", "cute_kernels.fp8.torch_gemm", "cute_kernels.mlp_checks",
-                      "cute_kernels.selfcheck", "cute_kernels.host_args"]),
+                      "cute_kernels.selfcheck", "cute_kernels.host_args", "cute_kernels.launch_plan"]),
     ("registry", ["cute_kernels.registry", "cute_kernels.config_lookup", "cute_kernels.tuned_store"]),
     ("compile", ["cute_kernels.compile", "cute_kernels.fp8.compile"]),
     ("arch kernels", [p + s for p in ARCH_PACKAGES for s in ("", ".*")]),

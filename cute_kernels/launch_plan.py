@@ -1,0 +1,73 @@
+"""Launch plans: what is fixed for one GEMM call signature, resolved on its first call.
+
+A call signature is an entry point of `cute_kernels.gemm_ops` with its operands' metadata
+(`tensor_meta`: shape, strides, dtype, device), its epilogue flags, the activation and
+config arguments and the tuned-configs directory.  Its `LaunchPlan` holds what follows from
+that alone: the operand majorness the checks found, the compiled-kernel key (config looked
+up, narrowed and validated) and, once the first launch has passed the self-check gate, the
+compiled kernel, the cluster-count argument and the descriptor workspace size.  A repeated
+call is then one dict lookup instead of the operand checks, the key build, the config lookup,
+the gate and the compile-cache lookup.  What may differ between calls of equal metadata is
+still checked on every call (data pointer alignment, m_splits values, prob, out, config field
+types).  A plan exists only for a signature whose checks passed.  `config_lookup.clear_cache`
+drops every plan (a new tuned-configs directory may give other keys).
+"""
+from __future__ import annotations
+
+import torch
+
+from .config_lookup import on_clear
+
+MAX_PLANS = 4096  # signatures kept; past it the table starts over (a new shape only re-resolves)
+
+
+class LaunchPlan:
+    """One call signature's resolved launch (gemm_ops fills `fn` on the first launch)."""
+
+    __slots__ = ("key", "majors", "fn", "max_clusters", "n_clusters", "desc_words")
+
+    def __init__(self, key, majors=None):
+        self.key = key  # compile.KernelKey
+        self.majors = majors  # (A, B) majorness of the operands as the caller passed them
+        self.fn = None  # the launch callable: fn(*GemmArgs, max_clusters); None until the first launch
+        self.max_clusters = None  # the kernel's max-clusters argument (device, cluster size)
+        self.n_clusters = 0
+        self.desc_words = 0  # int64 words of the grouped_k descriptor workspace
+
+
+_plans: dict = {}
+
+
+def tensor_meta(t):
+    """What the metadata-only checks read of `t`: (shape, strides, dtype, is_cuda, device
+    index); None for anything but a strided tensor (its call takes the checking path)."""
+    if not isinstance(t, torch.Tensor) or t.layout is not torch.strided:
+        return None
+    return t.shape, t.stride(), t.dtype, t.is_cuda, t.get_device()
+
+
+def get(signature) -> LaunchPlan | None:
+    """The plan of `signature`, or None (also for an unhashable argument such as a config
+    with a list field: the checking path names it)."""
+    try:
+        return _plans.get(signature)
+    except TypeError:
+        return None
+
+
+def put(signature, plan: LaunchPlan) -> LaunchPlan:
+    if len(_plans) >= MAX_PLANS:
+        _plans.clear()
+    _plans[signature] = plan
+    return plan
+
+
+def clear():
+    _plans.clear()
+
+
+def size() -> int:
+    return len(_plans)
+
+
+on_clear(clear)

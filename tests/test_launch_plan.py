@@ -1,0 +1,166 @@
+"""Launch plans (cute_kernels.launch_plan), on CPU with the kernels stubbed
+(benchmarks.bench_host_path.stubbed_kernels): a repeated call with the same metadata does
+no key build, config lookup, operand check, self-check gate or compile lookup, launches the
+same kernel with the same arguments, and still checks what its metadata does not fix."""
+import contextlib
+import dataclasses
+from unittest import mock
+
+import pytest
+import torch
+
+from benchmarks.bench_host_path import stubbed_kernels
+from cute_kernels import InputError, checks, config_lookup, default_config, gemm_ops, launch_plan, selfcheck
+from cute_kernels.gemm_base.launch_args import GemmArgs
+
+REAL_CHECK_CUDA = checks.check_cuda  # (the stubs replace it)
+
+M, H, F, E = 272, 136, 200, 4  # not tile multiples
+SPLITS = [0, 130, 1, 141]
+
+
+def _operands(grouped: bool):
+    x = torch.randn(M, H).bfloat16()
+    w1 = torch.randn(*((E, F, H) if grouped else (F, H))).bfloat16()
+    w2 = torch.randn(*((E, H, F) if grouped else (H, F))).bfloat16()
+    return x, w1, w2, torch.randn(M, H).bfloat16(), torch.randn(M, F).bfloat16()
+
+
+def _calls(grouped: bool, tensor_splits: bool = False):
+    """Each entry point once, on fresh tensors of fixed metadata."""
+    splits = (torch.tensor(SPLITS) if tensor_splits else list(SPLITS)) if grouped else None
+    x, w1, w2, dy, pre = _operands(grouped)
+    prob = torch.rand(M)
+    gemm_ops.fc1_srelu(x, w1, m_splits=splits, prob=prob)
+    gemm_ops.fc2(pre, w2, m_splits=splits)
+    gemm_ops.fc2_dgrad_dsrelu(dy, w2, pre, m_splits=splits, prob=prob, store_postact=True)
+    gemm_ops.fc2(pre, w1.transpose(-2, -1), m_splits=splits)
+    gemm_ops.weight_grad(dy, pre, m_splits=splits)
+    main_grad = torch.zeros(*((E, H, F) if grouped else (H, F)))
+    gemm_ops.weight_grad(dy, pre, m_splits=splits, out=main_grad, accumulate=True)
+
+
+class Counts:
+    """Calls of the launch path's resolution steps (each wrapped, still run).  Patched with
+    mock.patch (undone before the stubs are, in reverse order), not monkeypatch (undone after
+    them: it would put the stubs back)."""
+
+    STEPS = [(gemm_ops, "_kernel_key"), (gemm_ops, "_wgrad_key"), (gemm_ops, "lookup_config"),
+             (gemm_ops, "device_arch"), (gemm_ops, "get_compiled"), (gemm_ops, "_max_clusters_arg"),
+             (gemm_ops, "EpilogueSpec"), (gemm_ops, "_checked_config"), (checks, "check_gemm_operands"),
+             (checks, "check_matrix"), (checks, "check_cuda"), (selfcheck, "before_first_launch")]
+
+    def __init__(self, stack):
+        self.mocks = {}
+        for module, name in self.STEPS:
+            m = mock.MagicMock(wraps=getattr(module, name))
+            stack.enter_context(mock.patch.object(module, name, m))
+            self.mocks[name] = m
+
+    def snapshot(self) -> dict:
+        return {name: m.call_count for name, m in self.mocks.items()}
+
+
+@pytest.fixture
+def stubbed():
+    """The stubbed kernels' launches; every key meets the self-check gate once (and passes)."""
+    with stubbed_kernels() as launches, mock.patch.object(gemm_ops, "_selfchecked", set()), \
+            mock.patch.object(selfcheck, "is_verified", lambda arch, variant, table: True):
+        yield launches
+
+
+@pytest.fixture
+def patches(stubbed):
+    """A test's own patches, undone before the stubs are."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+@pytest.mark.parametrize("grouped,tensor_splits", [(False, False), (True, False), (True, True)])
+def test_a_repeated_call_resolves_nothing_again(stubbed, patches, grouped, tensor_splits):
+    counts = Counts(patches)
+    _calls(grouped, tensor_splits)
+    first = counts.snapshot()
+    first_launches = list(stubbed)
+    assert len(first_launches) == 6
+    # the first call of each signature resolved its key, ran the checks and met the gate once per key
+    assert first["_kernel_key"] == 4 and first["_wgrad_key"] == 2 and first["check_gemm_operands"] == 6
+    assert first["get_compiled"] == first["before_first_launch"] == len({k for k, _ in first_launches})
+    stubbed.clear()
+    _calls(grouped, tensor_splits)
+    assert counts.snapshot() == first, "the second identical call did resolution work"
+    assert stubbed == first_launches  # the same kernels, as many arguments each
+
+
+def test_planned_and_unplanned_launches_pass_the_same_arguments(stubbed, patches):
+    """The kept plan hands the kernel what a launch resolving everything on the call (`_run`,
+    the self-check's path) does: here a grouped weight gradient, with its descriptor workspace."""
+    seen = []
+    patches.enter_context(mock.patch.object(gemm_ops, "get_compiled",
+                                                    lambda key: (lambda *args: seen.append((key, args)))))
+    x, w1, w2, dy, pre = _operands(True)
+    for _ in range(2):
+        gemm_ops.weight_grad(dy, pre, m_splits=list(SPLITS))
+    key, planned = seen[-1]
+    assert key.grouped_k and planned[-1] is not None
+    seen.clear()
+    gemm_ops._run(key, GemmArgs(*planned[:-1])._replace(desc_ws=None))
+    ((key_run, unplanned),) = seen
+    assert key_run == key and len(unplanned) == len(planned)
+    assert all(p is q or p == q for p, q in zip(planned, unplanned))
+
+
+def test_what_metadata_does_not_fix_is_checked_on_every_call(stubbed):
+    x, w1, w2, dy, pre = _operands(True)
+    gemm_ops.fc1_srelu(x, w1, m_splits=list(SPLITS))
+    assert launch_plan.size() == 1
+    buf = torch.empty(M * H + 8).bfloat16()
+    shifted = buf[1:M * H + 1].view(M, H)  # same shape, strides and dtype; pointer 2 bytes off
+    shifted.copy_(x)
+    with pytest.raises(InputError, match="x data pointer is not 16-byte aligned"):
+        gemm_ops.fc1_srelu(shifted, w1, m_splits=list(SPLITS))
+    with pytest.raises(InputError, match="m_splits sum to"):
+        gemm_ops.fc1_srelu(x, w1, m_splits=[1, 2, 3, 4])
+    with pytest.raises(InputError, match="prob must have shape"):
+        gemm_ops.fc1_srelu(x, w1, m_splits=list(SPLITS), prob=torch.rand(M + 1))
+    with pytest.raises(InputError, match=r"out\[1\] \(postact\) must have shape"):
+        gemm_ops.fc1_srelu(x, w1, m_splits=list(SPLITS), out=(None, torch.empty(M, F + 8).bfloat16()))
+
+
+def test_a_config_equal_to_a_planned_one_but_wrongly_typed_is_still_refused(stubbed):
+    x, w1, *_ = _operands(False)
+    cfg = default_config(M, F, H)
+    gemm_ops.fc2(x, w1, config=cfg)
+    bad = dataclasses.replace(cfg, tile_m=float(cfg.tile_m))  # == cfg and hashes like it
+    assert bad == cfg and hash(bad) == hash(cfg)
+    with pytest.raises(InputError, match="tile_m must be an int"):
+        gemm_ops.fc2(x, w1, config=bad)
+
+
+def test_clear_cache_drops_the_plans(stubbed):
+    x, w1, *_ = _operands(False)
+    gemm_ops.fc2(x, w1)
+    assert launch_plan.size() == 1
+    config_lookup.clear_cache()
+    assert launch_plan.size() == 0
+
+
+def test_a_failed_check_makes_no_plan(stubbed, patches):
+    x, w1, *_ = _operands(False)
+    with pytest.raises(InputError, match="w2 has K=128"):
+        gemm_ops.fc2(x, w1[:, :128].contiguous())
+    patches.enter_context(mock.patch.object(checks, "check_cuda", REAL_CHECK_CUDA))
+    with pytest.raises(InputError, match="h is a CPU tensor"):
+        gemm_ops.fc2(x, w1)
+    assert launch_plan.size() == 0
+
+
+def test_host_path_benchmark_runs_on_cpu(tmp_path, capsys):
+    from benchmarks import bench_host_path
+
+    out = tmp_path / "host.md"
+    assert bench_host_path.main(["--reps", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    for what in ("fc1_srelu", "weight_grad", "srelu_mlp step", "tensor splits", "list splits", "dense 8192x4096"):
+        assert what in text
+    assert launch_plan.size() == 0  # the stubs' plans are dropped on exit
