@@ -7,8 +7,9 @@ inputs before anything is timed.
 A second table times the whole MLP step fwd+bwd (`srelu_mlp(..., fp8=Fp8Recipe())` against our
 bf16 step `srelu_mlp(...)`, both on the cute path) at the power limit (sustained) on the dense
 8192 x 4096 -> 16384 and grouped E=8 (16384 tokens, 2688 -> 1856, even splits) shapes, with the
-bytes each step saves for backward (saved_tensors_hooks, weights excluded); FP8 under both
-mainloops.  The FP8 step's weight gradients, dSReLU and grouped loop are torch (fp8/mlp.py).
+bytes each step saves for backward (saved_tensors_hooks, weights excluded).  The FP8 step's
+weight gradients, dSReLU and grouped loop are torch (fp8/mlp.py).  The FP8 GEMM rows time both
+forms of the FP8 mainloop (128x128 overlapped promotion, 128x256 split-N) on both clusters.
 
     PYTHONPATH=$PWD OUT=gpu_out python benchmarks/bench_fp8.py [--shape 8192,16384,4096] [--no-sustained]
         [--no-step]
@@ -53,46 +54,25 @@ def cases(m, n, k):
                                                                           torch.relu(ref) ** 2)
     del ref, pre, q
 
-    # both mainloops (sm90/fp8_gemm.py): "serial" waits then promotes each K tile, "overlap"
-    # issues the next K tile's WGMMAs into a second scratch accumulator first
-    o = fp8_fc1_srelu(xq, xs_col, wq, ws, mainloop="overlap")
-    checks["overlap == serial (bitwise, FC1+SReLU)"] = float(
-        torch.equal(o[0], fp8_fc1_srelu(xq, xs_col, wq, ws)[0]) and torch.equal(o[2], qs))
-    del o
-    # the GEMM family's kernel (Sm90Gemm + block-scaled mainloop + quantizing codec) against the fork
-    fam = fp8_fc1_srelu(xq, xs_col, wq, ws, kernel="family")
-    fork = fp8_fc1_srelu(xq, xs_col, wq, ws, mainloop="overlap", kernel="fork")
-    checks["family == fork overlap (preact bitwise)"] = float(torch.equal(fam[0], fork[0]))
-    checks["family vs fork postact fp8 rel diff"] = _rel(dequantize(fam[1], fam[2].contiguous()),
-                                                         dequantize(fork[1], fork[2].contiguous()))
-    checks["family == fork (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
-        fp8_gemm(xq, xs_col, wq, ws, kernel="family"), fp8_gemm(xq, xs_col, wq, ws, mainloop="overlap", kernel="fork")))
-    del fam, fork
-    out = {}
-    out["ours fp8 GEMM (bf16 out) [family]"] = lambda: fp8_gemm(xq, xs_col, wq, ws, kernel="family")
-    out["ours fp8 FC1+SReLU (postact fp8+scales) [family]"] = (
-        lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, kernel="family"))
-    out["ours fp8 FC1+SReLU (+preact bf16) [family]"] = lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, kernel="family")
-    # 128x256 tiles (the split-N mainloop), on a 2x1 and a 1x2 cluster
+    # the FP8 mainloop's two forms: 128x128 tiles (overlapped promotion) and 128x256 (split-N), on
+    # both cluster shapes; they promote the same K tiles in the same order (bitwise equal outputs)
     from cute_kernels.config import GemmConfig
 
-    for cm, cn in ((2, 1), (1, 2)):
-        wide = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=cm, cluster_n=cn)
-        tag = f"[family 128x256 c{cm}x{cn}]"
-        out[f"ours fp8 GEMM (bf16 out) {tag}"] = lambda wide=wide: fp8_gemm(xq, xs_col, wq, ws, config=wide,
-                                                                             kernel="family")
-        out[f"ours fp8 FC1+SReLU (postact fp8+scales) {tag}"] = (
-            lambda wide=wide: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=wide, kernel="family"))
     wide = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=2, cluster_n=1)
-    checks["family 128x256 == fork overlap (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
-        fp8_gemm(xq, xs_col, wq, ws, config=wide, kernel="family"),
-        fp8_gemm(xq, xs_col, wq, ws, mainloop="overlap", kernel="fork")))
-    for ml in ("serial", "overlap"):
-        out[f"ours fp8 GEMM (bf16 out) [{ml}]"] = lambda ml=ml: fp8_gemm(xq, xs_col, wq, ws, mainloop=ml, kernel="fork")
-        out[f"ours fp8 FC1+SReLU (postact fp8+scales) [{ml}]"] = (
-            lambda ml=ml: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, mainloop=ml, kernel="fork"))
-        out[f"ours fp8 FC1+SReLU (+preact bf16) [{ml}]"] = (
-            lambda ml=ml: fp8_fc1_srelu(xq, xs_col, wq, ws, mainloop=ml, kernel="fork"))
+    checks["128x256 == 128x128 (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
+        fp8_gemm(xq, xs_col, wq, ws, config=wide), fp8_gemm(xq, xs_col, wq, ws)))
+    out = {}
+    out["ours fp8 GEMM (bf16 out) [128x128 c1x2]"] = lambda: fp8_gemm(xq, xs_col, wq, ws)
+    out["ours fp8 FC1+SReLU (postact fp8+scales) [128x128 c1x2]"] = (
+        lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False))
+    out["ours fp8 FC1+SReLU (+preact bf16) [128x128 c1x2]"] = lambda: fp8_fc1_srelu(xq, xs_col, wq, ws)
+    for cm, cn in ((2, 1), (1, 2)):
+        cfg = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=cm, cluster_n=cn)
+        tag = f"[128x256 c{cm}x{cn}]"
+        out[f"ours fp8 GEMM (bf16 out) {tag}"] = lambda cfg=cfg: fp8_gemm(xq, xs_col, wq, ws, config=cfg)
+        out[f"ours fp8 FC1+SReLU (postact fp8+scales) {tag}"] = (
+            lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=cfg))
+        out[f"ours fp8 FC1+SReLU (+preact bf16) {tag}"] = lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, config=cfg)
     one = torch.ones((), device="cuda")
     wq_t = wq.t()  # (K, N) column-major, as _scaled_mm wants its second operand
     out["torch._scaled_mm tensorwise"] = lambda: torch._scaled_mm(xq, wq_t, one, one, out_dtype=torch.bfloat16)
@@ -133,7 +113,7 @@ def saved_bytes(fn, exclude) -> int:
 
 
 def step_rows(sustained: bool):
-    """fwd+bwd of the MLP step, FP8 (both mainloops) against our bf16 step, and saved bytes."""
+    """fwd+bwd of the MLP step, FP8 against our bf16 step, and saved bytes."""
     from cute_kernels.fp8 import Fp8Recipe
     from cute_kernels.mlp import srelu_mlp
 
@@ -146,13 +126,10 @@ def step_rows(sustained: bool):
         dy = torch.randn(m, h, device="cuda").bfloat16()
         splits = [m // e] * e if e else None
         flops = 3 * 2 * 2.0 * m * h * f  # two GEMMs, forward + two backward GEMMs each
-        variants = [("bf16 (ours)", None, None), ("fp8 [serial]", Fp8Recipe(), "serial"),
-                    ("fp8 [overlap]", Fp8Recipe(), "overlap")]
+        variants = [("bf16 (ours)", None), ("fp8", Fp8Recipe())]
         base = None
-        for label, recipe, mainloop in variants:
+        for label, recipe in variants:
             row = {"shape": name, "case": label}
-            if mainloop:
-                os.environ["CUTE_KERNELS_FP8_MAINLOOP"] = mainloop
 
             def fwd(recipe=recipe):
                 return srelu_mlp(x, w1, w2, m_splits=splits, fp8=recipe, backend="cute")
@@ -172,8 +149,6 @@ def step_rows(sustained: bool):
             except Exception as ex:  # noqa: BLE001 - one failing case must not lose the table
                 row["error"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:160]}"
                 traceback.print_exc(file=sys.stderr)
-            finally:
-                os.environ.pop("CUTE_KERNELS_FP8_MAINLOOP", None)
             if label.startswith("bf16") and "error" not in row:
                 base = row
             rows.append((row, base))

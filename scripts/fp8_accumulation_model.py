@@ -1,4 +1,4 @@
-"""CPU model of the FP8 GEMM kernel's arithmetic (cute_kernels/sm90/fp8_gemm.py), to tell FP8
+"""CPU model of the FP8 GEMM kernel's arithmetic (cute_kernels/sm90/mainloop_fp8.py), to tell FP8
 tensor-core rounding from a kernel bug when a GPU test's elementwise bound fails.
 
 Model (Hopper FP8 WGMMA, as measured by SageAttention2 and DeepSeek-V3): per m64nNk32

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cute_kernels import InputError
+from cute_kernels.config import GemmConfig
 from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, quantize_weight
 from cute_kernels.fp8.epilogue import Fp8Epilogue
 from cute_kernels.epilogue import EpilogueSpec
@@ -64,7 +65,9 @@ def _poisoned(m, n, quantized: bool, plain: bool, fmt=torch.float8_e4m3fn):
     return d, q, qs
 
 
-MAINLOOPS = ["serial", "overlap"]
+# the FP8 mainloop's two forms: 128x128 tiles (overlapped promotion, two scratch accumulators) and
+# 128x256 tiles (split-N: one scratch accumulator promoted per 128-column block)
+CONFIGS = {"128x128": None, "128x256": GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=2, cluster_n=1)}
 
 
 def _check_elementwise(d, ref, abs_sum):
@@ -89,11 +92,11 @@ def _check_elementwise(d, ref, abs_sum):
 
 @gpu
 @pytest.mark.parametrize("m,n,k", SHAPES)
-@pytest.mark.parametrize("mainloop", MAINLOOPS)
-def test_fp8_gemm_bf16_out(m, n, k, mainloop):
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+def test_fp8_gemm_bf16_out(m, n, k, cfg):
     x, w, xq, xs, wq, ws = _operands(m, n, k, seed=m + n + k)
-    d, _, _ = _launch(xq, xs, wq, ws, Fp8Epilogue(EpilogueSpec("identity")), None, outs=_poisoned(m, n, False, True),
-                      mainloop=mainloop)
+    d, _, _ = _launch(xq, xs, wq, ws, Fp8Epilogue(EpilogueSpec("identity")), CONFIGS[cfg],
+                      outs=_poisoned(m, n, False, True))
     torch.cuda.synchronize()
     assert not d.isnan().any(), "every element written"
     a_deq, b_deq = dequantize(xq, xs).double(), dequantize(wq, ws).double()
@@ -103,17 +106,17 @@ def test_fp8_gemm_bf16_out(m, n, k, mainloop):
     e_bf16 = _rel(d, x.double() @ w.double().T)
     assert 5e-3 < e_bf16 < 0.05, e_bf16  # e4m3 error of both operands, about 3.7%
     # the public entry gives the same
-    assert torch.equal(fp8_gemm(xq, xs, wq, ws, mainloop=mainloop), d)
+    assert torch.equal(fp8_gemm(xq, xs, wq, ws, config=CONFIGS[cfg]), d)
 
 
 @gpu
 @pytest.mark.parametrize("k", [128, 256, 384, 1040, 4096])  # 1, 2, 3, 9 (partial), 32 K tiles: both loop tails
-def test_fp8_mainloops_agree_bitwise(k):
-    """Both mainloops promote the same K tiles in the same order: identical outputs."""
+def test_fp8_tile_widths_agree_bitwise(k):
+    """Both mainloop forms promote the same K tiles in the same order: identical outputs."""
     m, n = 384, 512
     x, w, xq, xs, wq, ws = _operands(m, n, k, seed=k)
     epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=True), quantized="postact")
-    outs = [_launch(xq, xs, wq, ws, epi, None, mainloop=ml) for ml in MAINLOOPS]
+    outs = [_launch(xq, xs, wq, ws, epi, cfg) for cfg in CONFIGS.values()]
     (p0, q0, s0), (p1, q1, s1) = outs
     assert torch.equal(p0, p1) and torch.equal(q0.view(torch.uint8), q1.view(torch.uint8)) and torch.equal(s0, s1)
 
@@ -121,14 +124,14 @@ def test_fp8_mainloops_agree_bitwise(k):
 @gpu
 @pytest.mark.parametrize("m,n,k", Q_SHAPES)
 @pytest.mark.parametrize("pow2", [False, True])
-@pytest.mark.parametrize("mainloop", MAINLOOPS)
-def test_fp8_fc1_srelu_quantized_postact(m, n, k, pow2, mainloop):
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+def test_fp8_fc1_srelu_quantized_postact(m, n, k, pow2, cfg):
     x, w, xq, xs, wq, ws = _operands(m, n, k, seed=3 * m + n + k)
     x_zero = m > 3
     if x_zero:  # an all-zero row: its postact blocks are zero, scale 1
         xq[2] = 0
     epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=True), quantized="postact", pow2_scales=pow2)
-    pre, q, qs = _launch(xq, xs, wq, ws, epi, None, outs=_poisoned(m, n, True, True), mainloop=mainloop)
+    pre, q, qs = _launch(xq, xs, wq, ws, epi, CONFIGS[cfg], outs=_poisoned(m, n, True, True))
     torch.cuda.synchronize()
     assert not pre.isnan().any() and not q.float().isnan().any() and not qs.isnan().any(), "every element written"
     ref = dequantize(xq, xs).double() @ dequantize(wq, ws).double().T
@@ -233,8 +236,8 @@ def test_bad_inputs_raise_input_error():
         fp8_gemm(xq, xs, wq, ws.t())
     with pytest.raises(InputError, match="expected 256"):
         fp8_gemm(xq, xs, wq[:, :128], ws[:, :1])
-    with pytest.raises(InputError, match="mainloop"):
-        fp8_gemm(xq, xs, wq, ws, mainloop="fast")
+    with pytest.raises(InputError, match="tile_n"):
+        fp8_gemm(xq, xs, wq, ws, config=GemmConfig(tile_m=128, tile_n=192, tile_k=128))
     with pytest.raises(InputError, match="CUDA"):
         fp8_gemm(xq, xs, wq, ws)
 

@@ -1,7 +1,6 @@
 """The FP8 MLP step on the GPU (sm_90a): the kernel path against the torch implementation of
 the same recipe (backend="torch", tight) and against a float64 unquantized reference (the FP8
-error), dense and grouped, odd M, M not a multiple of 128, one token, empty experts, both
-mainloops of the FP8 kernel.
+error), dense and grouped, odd M, M not a multiple of 128, one token, empty experts.
 
 Tolerances: kernel vs torch implementation of the recipe: rel. Frobenius < 2e-2 (both
 quantize the same way; the kernel's FP8 tensor-core sums and its fp32-from-accumulator amax
@@ -75,9 +74,7 @@ CASES = [  # (m, h, f, splits, prob)
 
 
 @pytest.mark.parametrize("m,h,f,splits,prob", CASES)
-@pytest.mark.parametrize("mainloop", ["serial", "overlap"])
-def test_fp8_step_kernel_vs_recipe_and_float64(m, h, f, splits, prob, mainloop, monkeypatch):
-    monkeypatch.setenv("CUTE_KERNELS_FP8_MAINLOOP", mainloop)
+def test_fp8_step_kernel_vs_recipe_and_float64(m, h, f, splits, prob):
     g = torch.Generator(device="cpu").manual_seed(m + h + f)
     e = len(splits) if splits else 0
     x = torch.randn(m, h, generator=g).bfloat16().cuda()

@@ -8,8 +8,8 @@ of the module, so it may not close a circle or point up a layer either.  Only th
 arch's entry in archs.py names its modules as strings resolved on demand (a plugin table, not
 an import): those are not edges.
 
-Exempt: `fp8/compile.py` <-> `sm90/fp8_gemm.py` (the FP8 fork kernel and its second compile
-cache; both files are deleted when the family's FP8 kernel replaces the fork, issue 24)."""
+No pair is exempt (the FP8 fork kernel and its second compile cache, the last circle, were
+deleted when the family's FP8 kernel replaced them, issue 24)."""
 import ast
 import fnmatch
 import os
@@ -18,7 +18,7 @@ from cute_kernels.archs import ARCHS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = "cute_kernels"
-EXEMPT = {frozenset({"cute_kernels.fp8.compile", "cute_kernels.sm90.fp8_gemm"})}  # deleted soon (see above)
+EXEMPT: set = set()  # pairs of modules allowed to import each other (none)
 
 
 def package_modules(root: str = ROOT, pkg: str = PKG) -> dict[str, str]:
@@ -137,7 +137,7 @@ LAYERS = [
                       "cute_kernels.fp8.weight_cache", "cute_kernels.fp8.torch_gemm", "cute_kernels.mlp_checks",
                       "cute_kernels.selfcheck", "cute_kernels.host_args", "cute_kernels.launch_plan"]),
     ("registry", ["cute_kernels.registry", "cute_kernels.config_lookup", "cute_kernels.tuned_store"]),
-    ("compile", ["cute_kernels.compile", "cute_kernels.fp8.compile"]),
+    ("compile", ["cute_kernels.compile"]),
     ("arch kernels", [p + s for p in ARCH_PACKAGES for s in ("", ".*")]),
     ("GEMM base", ["cute_kernels.gemm_base", "cute_kernels.gemm_base.*", "cute_kernels.tile_scheduler"]),
     ("epilogues, torch math", ["cute_kernels.epilogue", "cute_kernels.activations", "cute_kernels.activations.*",

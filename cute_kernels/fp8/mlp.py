@@ -3,8 +3,8 @@
 y = (p * relu(x @ w1^T)^2) @ w2^T with every GEMM operand quantized by the recipe
 (`Fp8Recipe`: 1x128 activation / gradient blocks along each GEMM's K, 128x128 weight blocks).
 
-What runs where (kernel = cute_kernels/sm90/fp8_gemm.py on an sm_90a GPU; "torch" = the torch
-implementation of the same recipe in fp8/torch_gemm.py, NOT a fused kernel):
+What runs where (kernel = the GEMM family's block-scaled FP8 kernel, cute_kernels/sm90/mainloop_fp8.py,
+on an sm_90a GPU; "torch" = the torch implementation of the same recipe in fp8/torch_gemm.py, NOT a fused kernel):
 
 | piece | operands | implementation |
 |---|---|---|

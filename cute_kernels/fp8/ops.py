@@ -1,21 +1,16 @@
-"""Torch entry points of the FP8 GEMMs (kernel: cute_kernels/sm90/fp8_gemm.py, sm_90a only).
+"""Torch entry points of the FP8 GEMMs: the GEMM family's kernel (`Sm90Gemm` with the block-scaled
+mainloop of cute_kernels/sm90/mainloop_fp8.py and the quantizing output codec of `EpilogueSpec`;
+sm_90a only, `archs.Arch.block_scaled_fp8`).
 
 - `fp8_gemm(a, sa, b, sb)`: D = dequant(a) @ dequant(b)^T in bf16 (FC2 forward, plain GEMM);
   `quantize_out=True` returns D quantized 1x128 instead, (q, scales), computed in the epilogue.
 - `fp8_fc1_srelu(x, sx, w, sw)`: FC1 + squared ReLU with postact written in FP8 with its 1x128
   scales by the epilogue (ready to be FC2's A operand), optionally preact in bf16.
-- `quantize_weight(w, recipe)`: the weight's FP8 copy and 128x128 scales from its current
-  values (fp8/weight_cache.py: made per call, reused only inside `reuse_weight_copies()`).
-- `mainloop=` ("serial" | "overlap"; default `default_mainloop()`) picks the kernel's K loop.
-- Which kernel: `CUTE_KERNELS_FP8_KERNEL` = "fork" (default until the H200 decides:
-  cute_kernels/sm90/fp8_gemm.py) or "family" (the GEMM family's kernel, `Sm90Gemm` with the
-  block-scaled mainloop of sm90/mainloop_fp8.py and the quantizing output codec of
-  `EpilogueSpec`; it always runs the overlapped promotion).  The family's launches resolve
-  their kernel through the registry (`fp8_fc1_srelu` for the activation epilogue, `fp8_fc2`
-  for the identity one), take the tuned config when `config=None` (cute_kernels.config_lookup,
-  keyed by the operand formats too; FP8_DEFAULT_CONFIG untuned) and pass the first-use
-  self-check gate of gemm_ops._run (cute_kernels/selfcheck.py).  The fork takes
-  FP8_DEFAULT_CONFIG when `config=None`.
+- `fp8_grouped(x, sx, w, sw, m_splits)`: the grouped-along-M forms (one launch for every expert).
+- `quantize_weight(w, recipe)`: the weight's FP8 copy and 128x128 scales (fp8/weight_cache.py).
+- `config=`: a `GemmConfig` the FP8 mainloop runs (sm90/config.block_scaled_errors): 128x128
+  tiles take the overlapped promotion, 128x256 tiles the split-N one; default: the tuned entry or
+  the kernel's default (sm90/config.FP8_DEFAULT_CONFIG).
 
 Operands: a (M, K) / x, b (N, K) / w FP8 (e4m3 or e5m2), K-major (row-major), K a multiple of 16
 (16-byte TMA rows); activation scales (M, ceil(K/128)) fp32, weight scales (ceil(N/128),
@@ -27,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 
 import torch
 
@@ -38,7 +32,6 @@ from ..config import GemmConfig, block_scaled_errors
 from ..config_lookup import lookup_config, on_clear, tuned_root
 from ..epilogue import EpilogueSpec
 from ..registry import dtype_key, kernel_default_config, kernel_key
-from .compile import FP8_DEFAULT_CONFIG, MAINLOOPS, Fp8KernelKey, get_compiled
 from .epilogue import Fp8Epilogue
 from .recipe import FORMATS, Fp8Recipe
 from .weight_cache import weight_copy
@@ -95,26 +88,6 @@ def _new_scales(m: int, nb: int, device) -> torch.Tensor:
     return torch.empty((nb, m), dtype=torch.float32, device=device).t()
 
 
-def default_mainloop() -> str:
-    """The FP8 kernel's mainloop when a call names none: CUTE_KERNELS_FP8_MAINLOOP ("serial" or
-    "overlap", see sm90/fp8_gemm.py), else "serial" (until H200 numbers pick one)."""
-    ml = os.environ.get("CUTE_KERNELS_FP8_MAINLOOP", "serial")
-    if ml not in MAINLOOPS:
-        raise InputError(f"CUTE_KERNELS_FP8_MAINLOOP must be one of {MAINLOOPS}, got {ml!r}")
-    return ml
-
-
-KERNELS = ("fork", "family")
-
-
-def default_kernel() -> str:
-    """CUTE_KERNELS_FP8_KERNEL ("fork" or "family"; see the module docstring), else "fork"."""
-    kernel = os.environ.get("CUTE_KERNELS_FP8_KERNEL", "fork")
-    if kernel not in KERNELS:
-        raise InputError(f"CUTE_KERNELS_FP8_KERNEL must be one of {KERNELS}, got {kernel!r}")
-    return kernel
-
-
 log = logging.getLogger("cute_kernels.fp8")
 FAMILY_ARCH = "sm90"  # the arch of the family's FP8 launches (check_fp8_device admits only sm_90a)
 
@@ -167,9 +140,15 @@ def _family_launch_key(epi: Fp8Epilogue, m: int, n: int, k: int, num_experts: in
 on_clear(_family_launch_key.cache_clear)
 
 
-def _check_config_arg(config):
+def _check_config_arg(config, epi: Fp8Epilogue | None = None, grouped: bool = False):
+    """`config` is None or a GemmConfig the FP8 mainloop can run with `epi` (checked before the
+    device, so a bad config is named on any machine)."""
     if config is not None and not isinstance(config, GemmConfig):
         raise InputError(f"config must be a GemmConfig or None, got {type(config).__name__}")
+    if config is not None and epi is not None:
+        errors = block_scaled_errors(config, _codec_spec(epi), arch=FAMILY_ARCH, grouped=grouped, majors=("k", "k"))
+        if errors:
+            raise InputError(f"config: {config} cannot run the FP8 kernel: " + "; ".join(errors))
 
 
 def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None):
@@ -246,8 +225,7 @@ def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None
     return d if epilogue == "identity" else (d, q, qs)
 
 
-def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None, mainloop: str | None = None,
-            kernel: str | None = None):
+def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None):
     """Check, allocate (or take `outs` = (d, q, qs), for tests that poison them) and launch."""
     fa = _check_fp8_operand("a", a)
     fb = _check_fp8_operand("b", b, a.shape[1])
@@ -260,17 +238,11 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
     _check_scales("sb", sb, (_cdiv(n, BLOCK), _cdiv(k, BLOCK)))
     if m == 0 or n == 0 or k == 0:
         raise InputError(f"empty problem (M = {m}, N = {n}, K = {k})")
-    mainloop = mainloop or default_mainloop()
-    if mainloop not in MAINLOOPS:
-        raise InputError(f"mainloop must be one of {MAINLOOPS}, got {mainloop!r}")
     if epi.quantized and n % 16:
         raise InputError(f"N = {n} must be a multiple of 16 for an FP8 output (16-byte TMA rows)")
     if n % 8:
         raise InputError(f"N = {n} must be a multiple of 8 (16-byte rows of the bf16 output)")
-    _check_config_arg(config)
-    kernel = kernel or default_kernel()
-    if kernel not in KERNELS:
-        raise InputError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    _check_config_arg(config, epi)
     check_fp8_device("a", a)
     d = q = qs = None
     if epi.plain_outputs:
@@ -283,38 +255,26 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
     if not use_tvm_ffi():
         raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi (a dependency of "
                          "cute_kernels) and leave CUTE_KERNELS_TVM_FFI unset")
-    if kernel == "family":
-        _launch_family(a, sa, b, sb, _family_launch_key(epi, m, n, k, 0, False, fa, fb, config, tuned_root()),
-                       d, q, qs)
-        return d, q, qs
-    from ..gemm_ops import _max_clusters_arg
-
-    cfg = config or FP8_DEFAULT_CONFIG
-    _, max_clusters = _max_clusters_arg(a.device.index or 0, cfg.cluster_m * cfg.cluster_n)
-    fn = get_compiled(Fp8KernelKey(cfg, epi, fa, fb, mainloop=mainloop))
-    u8 = torch.uint8  # FP8 tensors travel as bytes (see fp8/compile.fake_arguments)
-    fn(_as_mkl(a.view(u8)), _as_mkl(b.view(u8)), sa, sb, None if d is None else _as_mkl(d),
-       None if q is None else _as_mkl(q.view(u8)), qs, max_clusters)
+    _launch_family(a, sa, b, sb, _family_launch_key(epi, m, n, k, 0, False, fa, fb, config, tuned_root()), d, q, qs)
     return d, q, qs
 
 
-def fp8_gemm(a, sa, b, sb, *, quantize_out: bool = False, out_format: str = "e4m3", config: GemmConfig | None = None,
-             mainloop: str | None = None, kernel: str | None = None):
+def fp8_gemm(a, sa, b, sb, *, quantize_out: bool = False, out_format: str = "e4m3", config: GemmConfig | None = None):
     """dequant(a) @ dequant(b)^T: bf16 (M, N), or with `quantize_out` (q (M, N) fp8, scales (M, ceil(N/128)))."""
     if quantize_out:
         _, q, qs = _launch(a, sa, b, sb, Fp8Epilogue(EpilogueSpec("identity"), quantized="out", q_format=out_format),
-                           config, mainloop=mainloop, kernel=kernel)
+                           config)
         return q, qs
-    d, _, _ = _launch(a, sa, b, sb, Fp8Epilogue(EpilogueSpec("identity")), config, mainloop=mainloop, kernel=kernel)
+    d, _, _ = _launch(a, sa, b, sb, Fp8Epilogue(EpilogueSpec("identity")), config)
     return d
 
 
 def fp8_fc1_srelu(x, sx, w, sw, *, store_preact: bool = True, recipe: Fp8Recipe = Fp8Recipe(),
-                  config: GemmConfig | None = None, mainloop: str | None = None, kernel: str | None = None):
+                  config: GemmConfig | None = None):
     """(preact bf16 or None, postact q (M, N) fp8, postact scales (M, ceil(N/128)) fp32)."""
     epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=store_preact), quantized="postact",
                       q_format=recipe.fwd_format, pow2_scales=recipe.pow2_scales)
-    return _launch(x, sx, w, sw, epi, config, mainloop=mainloop, kernel=kernel)
+    return _launch(x, sx, w, sw, epi, config)
 
 
 def quantize_weight(w: torch.Tensor, recipe: Fp8Recipe = Fp8Recipe(), *, transposed: bool = False):

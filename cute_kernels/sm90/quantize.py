@@ -125,7 +125,7 @@ class Sm90QuantizeBoth:
             vals.store(cute.local_tile(xv, (1, VEC), (i, 0)).load().reshape((VEC,)).to(Float32))
             amax = Float32(0.0)
             for j in cutlass.range_constexpr(VEC):
-                # max(amax, |v|), not fmax(abs=True) (the xorsign form; see sm90/fp8_gemm.py)
+                # max(amax, |v|), not fmax(abs=True) (the xorsign form; see gemm_base/output_codec.update_amax)
                 amax = cute.arch.fmax(amax, cute.math.abs(vals[j]))
             for off in cutlass.range_constexpr(4):
                 amax = cute.arch.fmax(amax, cute.arch.shuffle_sync_bfly(amax, offset=1 << off))
