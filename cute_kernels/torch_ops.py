@@ -6,6 +6,14 @@ so torch.compile traces through them without graph breaks.
     torch.ops.cute_kernels.fc2_dgrad_dsrelu(dy, w2, preact, m_splits, prob, store_postact) -> (dpreact, postact, dprob)
     torch.ops.cute_kernels.weight_grad(dy, x, m_splits) -> dw
     torch.ops.cute_kernels.weight_grad_accumulate(dy, x, m_splits, main_grad)  (main_grad += dw, in place)
+    torch.ops.cute_kernels.fp8_fc1_srelu_fwd(x, sx, w1, sw1, m_splits, store_preact, q_format, pow2_scales)
+        -> (preact, postact FP8, postact scales)
+    torch.ops.cute_kernels.fp8_fc2_fwd(h, sh, w2, sw2, m_splits) -> y (bf16)
+
+The FP8 ops take the block-scaled operands of the recipe (cute_kernels.fp8.recipe): x / h FP8
+(M, K) with 1x128 scales (M, ceil(K/128)), weights FP8 (N, K) / (E, N, K) with 128x128 scales
+(ceil(N/128), ceil(K/128)) / (E, ...); the postact comes back in FP8 with its 1x128 scales
+(column-major (M, ceil(N/128)) fp32, as the kernel writes them), ready to be fp8_fc2_fwd's A.
 
 `m_splits` is a list of ints or None; `splits_t` (keyword, default None) gives the
 per-expert counts as an int tensor on the GPU instead, read by the kernels without a host
@@ -162,8 +170,76 @@ def _(dy, x, m_splits, main_grad, splits_t=None):
     return None
 
 
+def _fp8_fc1_srelu_fwd(x: torch.Tensor, sx: torch.Tensor, w1: torch.Tensor, sw1: torch.Tensor,
+                       m_splits: Optional[list[int]], store_preact: bool, q_format: str = "e4m3",
+                       pow2_scales: bool = False, splits_t: Optional[torch.Tensor] = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(preact bf16 or empty, postact FP8 (M, N), its scales (M, ceil(N/128)) column-major) with
+    preact = dequant(x) @ dequant(w1)^T and postact = relu(preact as stored)^2 quantized 1x128."""
+    splits = _kernel_splits(m_splits, splits_t)
+    if _on_kernels(x):
+        from .fp8.ops import fp8_fc1_srelu, fp8_grouped
+        from .fp8.recipe import Fp8Recipe
+
+        recipe = Fp8Recipe(fwd_format=q_format, pow2_scales=pow2_scales)
+        if splits is None:
+            pre, q, qs = fp8_fc1_srelu(x, sx, w1, sw1, store_preact=store_preact, recipe=recipe)
+        else:
+            pre, q, qs = fp8_grouped(x, sx, w1, sw1, splits, epilogue="act", store_preact=store_preact, recipe=recipe)
+        return (pre if pre is not None else x.new_empty((0,), dtype=torch.bfloat16)), q, qs
+    from .fp8.recipe import FORMATS, quantize_1x128
+    from .fp8.reference import fp8_fc2_ref
+
+    pre = fp8_fc2_ref(x, sx, w1, sw1, _host_splits(m_splits, splits_t)).to(torch.bfloat16)
+    m, n = pre.shape
+    if m == 0:
+        q, qs = pre.new_empty((0, n), dtype=FORMATS[q_format]), _fp8_scales(pre, 0, n)
+    else:
+        q, s = quantize_1x128(torch.relu(pre.float()).square(), q_format, pow2=pow2_scales)
+        qs = _fp8_scales(pre, m, n).copy_(s)
+    return (pre if store_preact else x.new_empty((0,), dtype=torch.bfloat16)), q, qs
+
+
+def _fp8_scales(like: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """An (M, ceil(N/128)) fp32 scale tensor, column-major as the FP8 kernels write theirs."""
+    return like.new_empty((-(-n // 128), m), dtype=torch.float32).t()
+
+
+fp8_fc1_srelu_fwd = torch.library.custom_op("cute_kernels::fp8_fc1_srelu_fwd", _fp8_fc1_srelu_fwd, mutates_args=())
+
+
+@fp8_fc1_srelu_fwd.register_fake
+def _(x, sx, w1, sw1, m_splits, store_preact, q_format="e4m3", pow2_scales=False, splits_t=None):
+    from .fp8.recipe import FORMATS
+
+    m, n = x.size(0), w1.size(-2)
+    pre = x.new_empty((m, n) if store_preact else (0,), dtype=torch.bfloat16)
+    return pre, x.new_empty((m, n), dtype=FORMATS[q_format]), _fp8_scales(x, m, n)
+
+
+def _fp8_fc2_fwd(h: torch.Tensor, sh: torch.Tensor, w2: torch.Tensor, sw2: torch.Tensor,
+                 m_splits: Optional[list[int]], splits_t: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = dequant(h) @ dequant(w2)^T in bf16 (per expert with splits)."""
+    splits = _kernel_splits(m_splits, splits_t)
+    if _on_kernels(h):
+        from .fp8.ops import fp8_gemm, fp8_grouped
+
+        return fp8_gemm(h, sh, w2, sw2) if splits is None else fp8_grouped(h, sh, w2, sw2, splits)
+    from .fp8.reference import fp8_fc2_ref
+
+    return fp8_fc2_ref(h, sh, w2, sw2, _host_splits(m_splits, splits_t)).to(torch.bfloat16)
+
+
+fp8_fc2_fwd = torch.library.custom_op("cute_kernels::fp8_fc2_fwd", _fp8_fc2_fwd, mutates_args=())
+
+
+@fp8_fc2_fwd.register_fake
+def _(h, sh, w2, sw2, m_splits, splits_t=None):
+    return h.new_empty((h.size(0), w2.size(-2)), dtype=torch.bfloat16)
+
+
 class _Eager:
-    """The same five ops as plain Python calls, for eager mode: a custom op's dispatch
+    """The same ops as plain Python calls, for eager mode: a custom op's dispatch
     costs more host time than the kernel launch itself (~60 us a call on the H100 host),
     which made small grouped steps host-bound.  Same signatures, same code."""
     fc1_srelu_fwd = staticmethod(_fc1_srelu_fwd)
@@ -171,6 +247,8 @@ class _Eager:
     fc2_dgrad_dsrelu_op = staticmethod(_fc2_dgrad_dsrelu)
     weight_grad_op = staticmethod(_weight_grad)
     weight_grad_accumulate_op = staticmethod(_weight_grad_accumulate)
+    fp8_fc1_srelu_fwd = staticmethod(_fp8_fc1_srelu_fwd)
+    fp8_fc2_fwd = staticmethod(_fp8_fc2_fwd)
 
 
 eager = _Eager()
