@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from cute_kernels import archs, checks, gemm_ops, selfcheck, torch_ops
+from cute_kernels import archs, checks, gemm_ops, launch_plan, selfcheck, torch_ops
 from cute_kernels.compile import KernelKey
 from cute_kernels.mlp import srelu_mlp, uses_cute_path
 from cute_kernels.modules import GroupedSReLUMLP, SReLUMLP
@@ -111,6 +111,7 @@ def gpu_as(monkeypatch):
     monkeypatch.setattr(torch_ops, "ops", lambda: KernelOps)
     monkeypatch.setattr(checks, "check_cuda", lambda name, t: None)
     monkeypatch.setattr(gemm_ops, "_selfchecked", set())
+    monkeypatch.setattr(launch_plan, "_plans", {})  # no plan kept from another test's mocks
     monkeypatch.setattr(selfcheck, "run_variant", run_variant)
     monkeypatch.setattr(selfcheck, "results", {})
     monkeypatch.setattr(gemm_ops, "_max_clusters_arg", lambda *a: (1, 1))
