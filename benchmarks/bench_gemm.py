@@ -4,7 +4,10 @@
 
 Prints a markdown table: time, TFLOP/s and speedups over the torch baselines:
 FC1: torch `x @ w.T` alone and `relu(x @ w.T).square()`; grouped: `torch._grouped_mm`
-with and without relu^2 after it.
+with and without relu^2 after it.  In the same run, the shape's torch function (FC1:
+matmul + relu^2, FC2: the matmul) compiled by torch.compile in each of `--compile-modes`
+(default: "default" and "max-autotune-no-cudagraphs"; "none" skips them: max-autotune
+compiles take minutes per shape).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 
 from autotune.shapes import GEMM_SHAPES, even_splits, shape_label
 from autotune.timing import host_us, time_ms, tflops
+from benchmarks.compiled_baseline import COMPILE_MODES, compiled, parse_modes, short
 from benchmarks.report import emit
 
 
@@ -24,7 +28,36 @@ def _grouped_mm(x, w_t, offs):
     return torch._grouped_mm(x, w_t, offs=offs)
 
 
-def bench_shape(s: dict, config=None, baselines: bool = True) -> dict:
+def _mm(x, w):
+    return x @ w.t()
+
+
+def _mm_act(x, w):
+    return torch.relu(x @ w.t()).square()
+
+
+def _grouped_act(x, w_t, offs):
+    return torch.relu(torch._grouped_mm(x, w_t, offs=offs)).square()
+
+
+def compiled_baselines(fn, args: tuple, ref: torch.Tensor, modes) -> dict:
+    """mode -> GPU ms of `fn(*args)` compiled in that mode, or an error string (a failed or
+    wrong compile is reported in its column; the rest of the row stands)."""
+    out = {}
+    for mode in modes:
+        try:
+            cfn = compiled(fn, mode)
+            got = cfn(*args).float()
+            err = ((got - ref).norm() / ref.norm()).item()
+            if not err < 2e-2:
+                raise RuntimeError(f"compiled result off by {err:.1e}")
+            out[mode] = time_ms(lambda: cfn(*args))
+        except Exception as e:  # reported, not fatal
+            out[mode] = f"{type(e).__name__}: {e}"[:120]
+    return out
+
+
+def bench_shape(s: dict, config=None, baselines: bool = True, compile_modes=COMPILE_MODES) -> dict:
     import cute_kernels as ck
 
     m, n, k, experts = s["m"], s["n"], s["k"], s.get("experts")
@@ -72,20 +105,38 @@ def bench_shape(s: dict, config=None, baselines: bool = True) -> dict:
     if ref_act is not None:
         row["torch_act_ms"] = time_ms(ref_act)
         row["vs_torch_act"] = row["torch_act_ms"] / row["ours_ms"]
+    if compile_modes:  # the shape's torch function compiled: FC1 matmul + relu^2, FC2 the matmul
+        if experts:
+            fn, args = (_grouped_act if s["kernel"] == "fc1_srelu" else _grouped_mm), (x, w_t, offs)
+        else:
+            fn, args = (_mm_act if s["kernel"] == "fc1_srelu" else _mm), (x, w)
+        row["compile_ms"] = compiled_baselines(fn, args, ref, compile_modes)
     return row
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| shape | ours ms | TFLOP/s | torch mm ms | torch mm TFLOP/s | vs torch mm | torch mm+relu^2 ms | vs torch mm+relu^2 | rel err | host us/call |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """The markdown table; torch.compile columns (ms and our speedup) for every mode any row has."""
+    modes = list(dict.fromkeys(m for r in rows for m in r.get("compile_ms", {})))
+    compile_head = "".join(f" {short(m)} ms | vs {short(m)} |" for m in modes)
+    lines = ["| shape | ours ms | TFLOP/s | torch mm ms | torch mm TFLOP/s | vs torch mm | torch mm+relu^2 ms | vs torch mm+relu^2 |"
+             + compile_head + " rel err | host us/call |",
+             "|---|---|---|---|---|---|---|---|" + "---|---|" * len(modes) + "---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['shape']} | ERROR: {r['error']} |||||||")
             continue
         act = f"{r['torch_act_ms']:.3f}" if "torch_act_ms" in r else "-"
         vs_act = f"{r['vs_torch_act']:.2f}x" if "vs_torch_act" in r else "-"
+        compile_cols = ""
+        for m in modes:
+            c = r.get("compile_ms", {}).get(m)
+            if isinstance(c, float):
+                compile_cols += f" {c:.3f} | {c / r['ours_ms']:.2f}x |"
+            else:
+                compile_cols += f" {'-' if c is None else 'ERROR: ' + c} | - |"
         lines.append(f"| {r['shape']} | {r['ours_ms']:.3f} | {r['ours_tflops']:.0f} | {r['torch_mm_ms']:.3f} | "
-                     f"{r['torch_mm_tflops']:.0f} | {r['vs_torch_mm']:.2f}x | {act} | {vs_act} | {r['rel_err']:.1e} | {r['host_us']:.0f} |")
+                     f"{r['torch_mm_tflops']:.0f} | {r['vs_torch_mm']:.2f}x | {act} | {vs_act} |{compile_cols} "
+                     f"{r['rel_err']:.1e} | {r['host_us']:.0f} |")
     return "\n".join(lines)
 
 
@@ -130,7 +181,13 @@ def main(argv=None):
     p.add_argument("--config", help="GemmConfig fields as JSON, applied to every shape")
     p.add_argument("--only", help="substring of the shape label to run")
     p.add_argument("--sweep", action="store_true", help="time a fixed list of configs on each selected shape")
+    p.add_argument("--compile-modes", default=",".join(COMPILE_MODES),
+                   help="torch.compile modes of the compiled baselines, comma-separated, or 'none'")
     args = p.parse_args(argv)
+    try:
+        compile_modes = parse_modes(args.compile_modes)
+    except ValueError as e:
+        p.error(str(e))
     if not torch.cuda.is_available():
         print("bench_gemm needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -144,11 +201,12 @@ def main(argv=None):
         if args.only and args.only not in shape_label(s):
             continue
         try:
-            rows.append(bench_shape(s, config))
+            rows.append(bench_shape(s, config, compile_modes=compile_modes))
         except Exception as e:  # a failing shape is reported, the rest still run
             rows.append({"shape": shape_label(s), "error": f"{type(e).__name__}: {e}"[:300]})
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-    head = f"GEMM benchmark, {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, bf16, L2 flushed, median of 30"
+    head = f"GEMM benchmark, {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, bf16, L2 flushed, median of 30" \
+        + (f"; torch.compile modes: {', '.join(compile_modes)}" if compile_modes else "")
     emit(head + "\n\n" + format_table(rows), args.out)
     return 0
 

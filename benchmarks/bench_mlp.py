@@ -17,6 +17,10 @@ Megatron-style training does, with fp32 `main_grad` buffers that the weight grad
 are added into (fuse_wgrad_accumulation=True; the torch side is the op's own torch path,
 which adds torch's gradient into main_grad).  The last tables time each GEMM of the
 dense step against cuBLAS, and the grouped backward GEMMs against torch._grouped_mm.
+The "compile" table times, one after another per shape, torch eager, the same torch step
+compiled by torch.compile in each of `--compile-modes` (default: "default" and
+"max-autotune-no-cudagraphs"; Inductor's partitioner saves preact and recomputes relu^2), and
+the cute path with and without recompute_postact: step, back-to-back and peak memory.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import sys
 
 import torch
 
+from benchmarks.compiled_baseline import COMPILE_MODES, compiled, parse_modes, short
 from benchmarks.report import emit
 from autotune.timing import step_ms, sustained_ms, time_ms
 from cute_kernels.mlp import srelu_mlp
@@ -93,12 +98,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out")
     ap.add_argument("--only", default="", help="comma-separated tables to run (default all): "
-                    "step, sustained, quack, main_grad, gemms, grouped")
+                    "step, compile, sustained, quack, main_grad, gemms, grouped")
+    ap.add_argument("--compile-modes", default=",".join(COMPILE_MODES),
+                    help="torch.compile modes of the compile table, comma-separated, or 'none'")
     args = ap.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
-    unknown = only - {"step", "sustained", "quack", "main_grad", "gemms", "grouped"}
+    unknown = only - {"step", "compile", "sustained", "quack", "main_grad", "gemms", "grouped"}
     if unknown:
         ap.error(f"unknown --only tables {sorted(unknown)}")
+    try:
+        compile_modes = parse_modes(args.compile_modes)
+    except ValueError as e:
+        ap.error(str(e))
     want = lambda name: not only or name in only
     if not torch.cuda.is_available():
         print("bench_mlp needs a CUDA GPU", file=sys.stderr)
@@ -125,12 +136,71 @@ def main(argv=None):
         print(lines[-1], flush=True)
         del x, w1, w2, dy
         torch.cuda.empty_cache()
-    for name, table in (("sustained", sustained_steps), ("quack", quack_steps), ("main_grad", main_grad_steps), ("gemms", dense_gemms),
-                        ("grouped", grouped_backward_breakdown)):
-        if want(name):
+    tables = (("compile", lambda: compile_steps(compile_modes)), ("sustained", sustained_steps), ("quack", quack_steps),
+              ("main_grad", main_grad_steps), ("gemms", dense_gemms), ("grouped", grouped_backward_breakdown))
+    for name, table in tables:
+        if want(name) and (name != "compile" or compile_modes):
             lines += ["", *table()]
     emit("\n".join(lines), args.out)
     return 0
+
+
+def compile_steps(modes=COMPILE_MODES) -> list[str]:
+    """Each shape's step, measured one variant after another in this run: torch eager, the torch
+    step compiled in each mode (checked against eager first), the cute path, the cute path with
+    recompute_postact.  A variant that fails is reported in its row."""
+    rows = []
+    for s in SHAPES:
+        x, w1, w2, dy, splits = mlp_inputs(s["m"], s["h"], s["f"], s["e"])
+        eager = lambda a, b, c: torch_eager(a, b, c, splits)  # noqa: E731
+        # (name, a call making the step function: each compile right before its measurement)
+        variants = [("torch eager", lambda: eager)]
+        variants += [(f"torch.{short(mode)}", lambda mode=mode: _checked_compile(eager, mode, x, w1, w2))
+                     for mode in modes]
+        variants += [("cute", lambda: lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute")),
+                     ("cute recompute_postact", lambda: lambda a, b, c: srelu_mlp(
+                         a, b, c, m_splits=splits, backend="cute", recompute_postact=True))]
+        row = {"shape": s["name"], "variants": {}}
+        for name, make in variants:
+            try:
+                row["variants"][name] = measure(make(), x, w1, w2, dy)
+            except Exception as e:  # reported in its row, the others still run
+                row["variants"][name] = f"{type(e).__name__}: {e}"[:150]
+        torch._dynamo.reset()
+        rows.append(row)
+        print(format_compile_table(rows[-1:]).splitlines()[-1], flush=True)
+        del x, w1, w2, dy
+        torch.cuda.empty_cache()
+    head = (f"torch.compile baselines (modes: {', '.join(modes)}; torch {torch.__version__}) against the cute path, "
+            "each shape's variants one after another")
+    return [head, "", format_compile_table(rows)]
+
+
+def _checked_compile(fn, mode, x, w1, w2):
+    """`fn` compiled in `mode`; raises unless its output matches eager (rel. error < 2e-2)."""
+    cfn = compiled(fn, mode)
+    with torch.no_grad():
+        ref = fn(x, w1, w2).float()
+    err = ((cfn(x, w1, w2).float() - ref).norm() / ref.norm()).item()
+    if not err < 2e-2:
+        raise RuntimeError(f"compiled step's output off by {err:.1e}")
+    return cfn
+
+
+def format_compile_table(rows: list[dict]) -> str:
+    """Rows {"shape", "variants": name -> (step ms, back-to-back ms, peak MiB) or an error string};
+    the last column is the cute path's speedup over each variant (step / back-to-back)."""
+    lines = ["| shape | variant | step ms | back-to-back ms | peak MiB above inputs | cute vs this (step / back-to-back) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        cute = r["variants"].get("cute")
+        for name, v in r["variants"].items():
+            if isinstance(v, str):
+                lines.append(f"| {r['shape']} | {name} | ERROR: {v} | | | |")
+                continue
+            vs = f"{v[0] / cute[0]:.2f}x / {v[1] / cute[1]:.2f}x" if isinstance(cute, tuple) else "-"
+            lines.append(f"| {r['shape']} | {name} | {v[0]:.2f} | {v[1]:.2f} | {v[2]:.0f} | {vs} |")
+    return "\n".join(lines)
 
 
 def sustained_steps(rounds: int = 3):

@@ -23,6 +23,7 @@ REPORT_WORDS = ("report", "table", "summary", "render", "plot", "verdict", "form
 REPORT_TESTED = {
     "benchmarks/bench_gemm.py": {"format_table"},
     "benchmarks/bench_host_path.py": {"format_rows"},
+    "benchmarks/bench_mlp.py": {"format_compile_table"},
     "benchmarks/bench_nemotron.py": {"report", "plot", "offload_summary"},
     "benchmarks/bench_offload.py": {"render_timeline"},  # tests/test_bench_offload.py
     "benchmarks/snapshot_analysis.py": {"plot"},  # tests/test_snapshot_analysis.py
@@ -109,6 +110,73 @@ def test_bench_gemm_table():
                vs_torch_mm=1.2, torch_act_ms=1.5, vs_torch_act=1.5, rel_err=1e-3, host_us=12.0)
     text = format_table([row, {"shape": "fc1 M=64", "error": "boom"}])
     assert "| fc2 M=64 | 1.000 | 500 |" in text and "ERROR: boom" in text
+
+
+def test_bench_gemm_table_with_compile_columns():
+    """torch.compile columns for every mode any row has: ms and our speedup, an error in its own
+    column, '-' where a row lacks the mode."""
+    from benchmarks.bench_gemm import format_table
+
+    base = dict(ours_ms=2.0, ours_tflops=500.0, torch_mm_ms=2.2, torch_mm_tflops=450.0, vs_torch_mm=1.1,
+                rel_err=1e-3, host_us=12.0)
+    rows = [dict(base, shape="fc1 A", torch_act_ms=3.0, vs_torch_act=1.5,
+                 compile_ms={"default": 2.5, "max-autotune-no-cudagraphs": 2.1}),
+            dict(base, shape="fc2 B", compile_ms={"default": "RuntimeError: boom"}),
+            dict(base, shape="fc2 C")]
+    lines = format_table(rows).splitlines()
+    assert "| compile ms | vs compile | compile max-autotune ms | vs compile max-autotune |" in lines[0]
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| 2.500 | 1.25x | 2.100 | 1.05x |" in lines[2]
+    assert "| ERROR: RuntimeError: boom | - | - | - |" in lines[3]
+    assert "| 3.000 | 1.50x |" in lines[2] and lines[4].startswith("| fc2 C | 2.000 |")
+    assert "compile" not in format_table([dict(base, shape="x")]).splitlines()[0]
+
+
+def test_bench_gemm_compiled_baselines_report_failures(monkeypatch):
+    """A compile that raises or computes something else is an error string in its column."""
+    from benchmarks import bench_gemm
+
+    x = torch.randn(16, 8)
+    w = torch.randn(4, 8)
+    ref = (x @ w.t()).float()
+    results = {"right": lambda a, b: a @ b.t(), "wrong": lambda a, b: a @ b.t() + 1.0}
+
+    def fake_compiled(fn, mode):
+        if mode == "raises":
+            raise RuntimeError("no compiler")
+        return results[mode]
+
+    monkeypatch.setattr(bench_gemm, "compiled", fake_compiled)
+    monkeypatch.setattr(bench_gemm, "time_ms", lambda fn: (fn(), 1.25)[1])
+    got = bench_gemm.compiled_baselines(bench_gemm._mm, (x, w), ref, ["right", "wrong", "raises"])
+    assert got["right"] == 1.25
+    assert got["wrong"].startswith("RuntimeError: compiled result off by")
+    assert got["raises"] == "RuntimeError: no compiler"
+
+
+def test_bench_mlp_compile_table():
+    from benchmarks.bench_mlp import format_compile_table
+
+    rows = [{"shape": "dense", "variants": {"torch eager": (10.0, 10.5, 1728.0), "torch.compile": (9.7, 9.9, 704.0),
+                                            "torch.compile max-autotune": "RuntimeError: boom",
+                                            "cute": (9.5, 9.6, 960.0)}},
+            {"shape": "E=8", "variants": {"torch eager": (2.0, 1.9, 450.0), "cute": "InputError: bad"}}]
+    lines = format_compile_table(rows).splitlines()
+    assert lines[2] == "| dense | torch eager | 10.00 | 10.50 | 1728 | 1.05x / 1.09x |"
+    assert lines[3] == "| dense | torch.compile | 9.70 | 9.90 | 704 | 1.02x / 1.03x |"
+    assert "| dense | torch.compile max-autotune | ERROR: RuntimeError: boom |" in lines[4]
+    assert lines[5] == "| dense | cute | 9.50 | 9.60 | 960 | 1.00x / 1.00x |"
+    assert lines[6] == "| E=8 | torch eager | 2.00 | 1.90 | 450 | - |"  # no cute time to compare with
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_compile_modes_argument():
+    from benchmarks.compiled_baseline import COMPILE_MODES, parse_modes
+
+    assert parse_modes(",".join(COMPILE_MODES)) == ("default", "max-autotune-no-cudagraphs")
+    assert parse_modes("none") == () and parse_modes("") == ()
+    with pytest.raises(ValueError, match="unknown torch.compile mode"):
+        parse_modes("default,fastest")
 
 
 def test_bench_host_path_rows():
