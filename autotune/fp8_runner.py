@@ -1,7 +1,7 @@
 """The GPU runner of the block-scaled FP8 kernels (fp8_fc1_srelu, fp8_fc2): operands drawn in
 bf16 and quantized by the recipe (x 1x128 along K with column-major scales, as the FP8 step
-passes them; weights 128x128 per expert), launched through the family kernel
-(cute_kernels/fp8/ops.py with kernel="family", grouped with `fp8_grouped`).
+passes them; weights 128x128 per expert), launched through the FP8 entry points
+(cute_kernels/fp8/ops.py; grouped: `fp8_grouped`).
 
 The check, on small random data (odd M, uneven experts with an empty one): the bf16 output
 (fp8_fc2's y, fp8_fc1_srelu's preact) against the float32 GEMM of the dequantized operands
@@ -57,10 +57,10 @@ class Fp8GpuRunner:
 
         if self.problem.kernel == "fp8_fc1_srelu":
             if splits is None:
-                return fp8_fc1_srelu(x, sx, w, sw, store_preact=True, config=cfg, kernel="family")
+                return fp8_fc1_srelu(x, sx, w, sw, store_preact=True, config=cfg)
             return fp8_grouped(x, sx, w, sw, splits, epilogue="act", store_preact=True, config=cfg)
         if splits is None:
-            return fp8_gemm(x, sx, w, sw, config=cfg, kernel="family")
+            return fp8_gemm(x, sx, w, sw, config=cfg)
         return fp8_grouped(x, sx, w, sw, splits, config=cfg)
 
     def prepare(self, cfg):

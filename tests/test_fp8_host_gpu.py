@@ -36,8 +36,7 @@ def test_every_fp8_selfcheck_variant_passes():
 
 
 @pytest.mark.parametrize("grouped", [False, True])
-def test_fp8_custom_ops_on_cuda_agree_with_their_cpu_math(grouped, monkeypatch):
-    monkeypatch.setenv("CUTE_KERNELS_FP8_KERNEL", "family")
+def test_fp8_custom_ops_on_cuda_agree_with_their_cpu_math(grouped):
     m, n, k = sum(SPLITS), 384, 1040
     x, sx, w, sw = _operands(m, n, k, len(SPLITS) if grouped else 0, seed=7)
     splits = SPLITS if grouped else None
@@ -72,8 +71,8 @@ def test_first_family_launch_is_self_checked_once(monkeypatch):
     for key in list(gemm_ops._selfchecked):
         if key.block_scaled:
             gemm_ops._selfchecked.discard(key)
-    fp8_gemm(x, sx, w, sw, kernel="family")
-    fp8_gemm(x, sx, w, sw, kernel="family")
+    fp8_gemm(x, sx, w, sw)
+    fp8_gemm(x, sx, w, sw)
     assert len(calls) == 1 and calls[0].block_scaled
 
 

@@ -123,9 +123,7 @@ def _family_launch_key(epi: Fp8Epilogue, m: int, n: int, k: int, num_experts: in
     name = family_kernel(epi)
     where = dict(arch=FAMILY_ARCH, grouped=grouped, majors=("k", "k"))
     if config is not None:
-        errors = block_scaled_errors(config, _codec_spec(epi), **where)
-        if errors:
-            raise InputError(f"config: {config} cannot run the FP8 kernel: " + "; ".join(errors))
+        _check_config_arg(config, epi, grouped)
     else:
         config = lookup_config(name, arch=FAMILY_ARCH, dtype=_dtype_of(a_format, b_format), m=m, n=n, k=k,
                                num_experts=num_experts, grouped=grouped)
