@@ -94,6 +94,69 @@ def cases(m, n, k):
     return out, checks
 
 
+GROUPED_SHAPES = [("E=8 16384x2688->1856", 16384, 2688, 1856, 8), ("E=128 32768x2688->1856", 32768, 2688, 1856, 128)]
+
+
+def grouped_rows(sustained: bool):
+    """Grouped FC1+SReLU with the router probability (MoE forward): FP8 (`fp8_grouped`, postact
+    written FP8 + 1x128 scales, 128x128 and 128x256 tiles) against our bf16 grouped kernel
+    (`fc1_srelu(..., store_preact=False)`), even splits, same run; outputs checked first."""
+    import cute_kernels as ck
+    from cute_kernels.config import GemmConfig
+    from cute_kernels.fp8.ops import fp8_grouped
+    from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
+
+    rows = []
+    for name, m, k, n, e in GROUPED_SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(1)
+        x = torch.randn(m, k, device="cuda", generator=g).bfloat16()
+        w = (torch.randn(e, n, k, device="cuda", generator=g) / k ** 0.5).bfloat16()
+        prob = torch.rand(m, device="cuda", generator=g)
+        splits = [m // e] * e
+        xq, xs = quantize_1x128(x)
+        parts = [quantize_128x128(w[i]) for i in range(e)]
+        wq, ws = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+        del parts
+        _, ref = ck.fc1_srelu(x, w, m_splits=splits, prob=prob, store_preact=False)
+        variants = {"bf16 (ours)": lambda: ck.fc1_srelu(x, w, m_splits=splits, prob=prob, store_preact=False)}
+        for tag, cfg in (("fp8 128x128 c1x2", None),
+                         ("fp8 128x256 c1x2", GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=1, cluster_n=2))):
+            _, q, qs = fp8_grouped(xq, xs, wq, ws, splits, epilogue="act", prob=prob, config=cfg)
+            err = _rel(dequantize(q, qs.contiguous()), ref)
+            variants[f"{tag} (rel err vs bf16 {err:.3f})"] = (
+                lambda cfg=cfg: fp8_grouped(xq, xs, wq, ws, splits, epilogue="act", prob=prob, config=cfg))
+        base = None
+        for label, fn in variants.items():
+            row = {"shape": name, "case": label}
+            try:
+                fn()
+                torch.cuda.synchronize()
+                row["burst_ms"] = time_ms(fn, warmup=5, iters=20, batch=4)
+                if sustained:
+                    row["sustained_ms"], row["power_w"], row["sm_mhz"] = sustained_ms(fn, seconds=1.0, warm_s=0.3)
+            except Exception as ex:  # noqa: BLE001 - one failing case must not lose the table
+                row["error"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:160]}"
+                traceback.print_exc(file=sys.stderr)
+            if label.startswith("bf16") and "error" not in row:
+                base = row
+            rows.append((row, base, 2.0 * m * n * k))
+        del x, w, xq, wq, ref
+        torch.cuda.empty_cache()
+    lines = ["", "## Grouped FC1+SReLU with router probability (ratios against our bf16 grouped kernel, same run)", "",
+             "| shape | case | burst ms | burst TFLOP/s | sustained ms | sustained TFLOP/s | x bf16 (sustained) | W |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r, b, fl in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['case']} | error: {r['error']} ||||||")
+            continue
+        sus = r.get("sustained_ms")
+        ratio = f"{b['sustained_ms'] / sus:.2f}" if sus and b and b.get("sustained_ms") else "-"
+        lines.append(f"| {r['shape']} | {r['case']} | {r['burst_ms']:.3f} | {tflops(fl, r['burst_ms']):.0f} | "
+                     f"{sus:.3f} | {tflops(fl, sus):.0f} | {ratio} | {r.get('power_w', 0):.0f} |" if sus else
+                     f"| {r['shape']} | {r['case']} | {r['burst_ms']:.3f} | {tflops(fl, r['burst_ms']):.0f} | - | - | - | - |")
+    return [r for r, _, _ in rows], lines
+
+
 STEP_SHAPES = [("dense 8192x4096->16384", 8192, 4096, 16384, 0), ("grouped E=8 16384x2688->1856", 16384, 2688, 1856, 8)]
 
 
@@ -174,6 +237,7 @@ def main(argv=None):
     p.add_argument("--shape", default="8192,16384,4096", help="M,N,K")
     p.add_argument("--no-sustained", action="store_true")
     p.add_argument("--no-step", action="store_true", help="skip the MLP step table")
+    p.add_argument("--no-grouped", action="store_true", help="skip the grouped FC1+SReLU table")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_fp8 needs a CUDA GPU", file=sys.stderr)
@@ -217,6 +281,10 @@ def main(argv=None):
         lines.append("| " + " | ".join(cells) + " |")
     del fns
     torch.cuda.empty_cache()
+    grouped = []
+    if not args.no_grouped:
+        grouped, grouped_lines = grouped_rows(not args.no_sustained)
+        lines += grouped_lines
     step = []
     if not args.no_step:
         step, step_lines = step_rows(not args.no_sustained)
@@ -225,7 +293,8 @@ def main(argv=None):
     with open(os.path.join(out_dir, "bench_fp8.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(out_dir, "bench_fp8.json"), "w") as f:
-        json.dump({"shape": [m, n, k], "checks": checks, "rows": rows, "step": step}, f, indent=1)
+        json.dump({"shape": [m, n, k], "checks": checks, "rows": rows, "grouped": grouped, "step": step}, f,
+                  indent=1)
     print(table)
 
 

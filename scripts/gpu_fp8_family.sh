@@ -3,7 +3,9 @@
 # processes), the family FP8 GPU tests, bench_fp8 (family vs fork vs torch._scaled_mm),
 # bench_quantize.  Logs go to $OUT (default ./gpu_out).  Run after the wheels are installed
 # (docs/gpu-staging.md): source .gpu/p2/setup.sh && bash scripts/gpu_fp8_family.sh
-# SKIP_SUITE=1 leaves the suite out; BENCH_ONLY=1 runs only the benchmarks.
+# SKIP_SUITE=1 leaves the suite out; BENCH_ONLY=1 runs only the benchmarks; NCU=1 adds ncu of the
+# FP8 GEMMs (scripts/ncu_fp8.py); EXTRA="cmd; cmd" runs more commands at the end (their output to
+# $out/extra.log).
 set -uo pipefail
 out="${OUT:-gpu_out}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -22,3 +24,14 @@ if [ "${BENCH_ONLY:-0}" != 1 ]; then
 fi
 timeout 150 python3 -m benchmarks.bench_fp8 --no-step 2>&1 | tee "$out/bench_fp8.log" | tail -40
 timeout 60 python3 -m benchmarks.bench_quantize 2>&1 | tee "$out/bench_quantize.log" | tail -12
+if [ "${NCU:-0}" = 1 ]; then
+  for c in 128x128 128x256 fc1; do
+    timeout 60 ncu --clock-control none --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+      --section WarpStateStats --section SchedulerStats python3 scripts/ncu_fp8.py $c > "$out/ncu_$c.txt" 2>&1
+    grep -E "Duration|SM Frequency|Compute \(SM\) Throughput|Memory Throughput|Warp Cycles Per Issued|Issue Slots Busy|No Eligible" "$out/ncu_$c.txt" | sed "s/^/[$c] /"
+  done
+fi
+if [ -n "${EXTRA:-}" ]; then
+  bash -c "$EXTRA" > "$out/extra.log" 2>&1
+  tail -40 "$out/extra.log"
+fi
