@@ -20,7 +20,8 @@ dense step against cuBLAS, and the grouped backward GEMMs against torch._grouped
 The "compile" table times, one after another per shape, torch eager, the same torch step
 compiled by torch.compile in each of `--compile-modes` (default: "default" and
 "max-autotune-no-cudagraphs"; Inductor's partitioner saves preact and recomputes relu^2), and
-the cute path with and without recompute_postact: step, back-to-back and peak memory.
+the cute path with and without recompute_postact and dpreact_over_preact (dpreact written over
+preact's storage): step, back-to-back and peak memory.
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def main(argv=None):
 def compile_steps(modes=COMPILE_MODES) -> list[str]:
     """Each shape's step, measured one variant after another in this run: torch eager, the torch
     step compiled in each mode (checked against eager first), the cute path, the cute path with
-    recompute_postact.  A variant that fails is reported in its row."""
+    recompute_postact and / or dpreact_over_preact.  A variant that fails is reported in its row."""
     rows = []
     for s in SHAPES:
         x, w1, w2, dy, splits = mlp_inputs(s["m"], s["h"], s["f"], s["e"])
@@ -159,7 +160,11 @@ def compile_steps(modes=COMPILE_MODES) -> list[str]:
                      for mode in modes]
         variants += [("cute", lambda: lambda a, b, c: srelu_mlp(a, b, c, m_splits=splits, backend="cute")),
                      ("cute recompute_postact", lambda: lambda a, b, c: srelu_mlp(
-                         a, b, c, m_splits=splits, backend="cute", recompute_postact=True))]
+                         a, b, c, m_splits=splits, backend="cute", recompute_postact=True)),
+                     ("cute dpreact_over_preact", lambda: lambda a, b, c: srelu_mlp(
+                         a, b, c, m_splits=splits, backend="cute", dpreact_over_preact=True)),
+                     ("cute recompute_postact + dpreact_over_preact", lambda: lambda a, b, c: srelu_mlp(
+                         a, b, c, m_splits=splits, backend="cute", recompute_postact=True, dpreact_over_preact=True))]
         row = {"shape": s["name"], "variants": {}}
         for name, make in variants:
             try:

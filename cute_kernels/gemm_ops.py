@@ -336,7 +336,8 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
 
 
 def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact: bool = False,
-                     prob_grad: bool | None = None, config: GemmConfig | None = None, activation=None):
+                     prob_grad: bool | None = None, config: GemmConfig | None = None, activation=None,
+                     out: torch.Tensor | None = None):
     """FC2 data gradient with the squared-ReLU derivative fused into its epilogue.
 
     With d = dy @ w2 (the gradient of postact) and p the router probability (1 when
@@ -349,11 +350,15 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     preact: (M, F) as saved by `fc1_srelu`; prob: (M,) or (M, 1).
     activation: the activation f of the forward (default relu^2): then dpreact =
     p * d * f'(preact), postact = p * f(preact), dprob = rowsum(d * f(preact)).
+    out: optional (M, F) buffer for dpreact; it may be `preact` itself (dpreact written over
+    preact: each tile's epilogue reads its preact elements before it stores their dpreact, and
+    no two tiles share elements), which saves an (M, F) allocation when preact is not needed
+    afterwards.
     Returns (dpreact, postact or None, dprob (M,) fp32 or None).
     """
     grouped = m_splits is not None
     signature = ("fc2_dgrad_dsrelu", tensor_meta(dy), tensor_meta(w2), tensor_meta(preact), grouped, prob is not None,
-                 store_postact, prob_grad, activation, config, tuned_root())
+                 store_postact, prob_grad, activation, config, tuned_root(), out is None, tensor_meta(out))
     plan = launch_plan.get(signature)
     if plan is None and (not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3)):
         raise checks.InputError(f"w2 must be a 2-D or 3-D torch.Tensor, got {getattr(w2, 'shape', type(w2).__name__)}")
@@ -375,9 +380,9 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     if prob_grad is None:
         prob_grad = prob is not None
     _check_config_type(config)
+    dpre = _output("out (dpreact)", out, m, n, dy)
     if plan is None:
         checks.check_cuda("dy", dy)
-    dpre = torch.empty((m, n), dtype=dy.dtype, device=dy.device)
     post = torch.empty((m, n), dtype=dy.dtype, device=dy.device) if store_postact else None
     if m == 0 or n == 0:  # (dprob: a row sum over no columns is 0)
         return dpre, post, (torch.zeros((m,), dtype=torch.float32, device=dy.device) if prob_grad else None)

@@ -141,7 +141,8 @@ class FC2DSReLUFunction(torch.autograd.Function):
     the router gradient and dw2."""
 
     @staticmethod
-    def forward(ctx, postact, preact, prob, w2, splits, recompute_postact, use_cute, fuse_wgrad, activation=SRELU):
+    def forward(ctx, postact, preact, prob, w2, splits, recompute_postact, use_cute, fuse_wgrad, activation=SRELU,
+                dpreact_over_preact=False):
         if use_cute:
             from .torch_ops import ops
 
@@ -153,6 +154,7 @@ class FC2DSReLUFunction(torch.autograd.Function):
         ctx.use_cute = use_cute
         ctx.fuse_wgrad = fuse_wgrad
         ctx.activation = activation
+        ctx.dpreact_over_preact = dpreact_over_preact
         ctx.save_for_backward(tag_role(preact, "preact"), None if recompute_postact else tag_role(postact, "postact"),
                               tag_role(prob, "prob") if prob is not None else None, w2)
         return y
@@ -163,17 +165,20 @@ class FC2DSReLUFunction(torch.autograd.Function):
         preact, postact, prob, w2 = ctx.saved_tensors
         splits = ctx.splits
         dy = dy.contiguous()
+        # dpreact written over preact (read for the last time here): eager only, torch.compile plans its own memory
+        over_preact = ctx.dpreact_over_preact and not torch.compiler.is_compiling()
         if ctx.use_cute and cute_backward_enabled():
-            from .torch_ops import activation_arg, ops
+            from .torch_ops import activation_arg, fc2_dgrad_dsrelu_over_preact, ops
 
             sl, st = _op_splits(splits)
-            dpre, post_re, dprob = ops().fc2_dgrad_dsrelu_op(dy, w2, preact, sl, prob, postact is None, splits_t=st,
-                                                             activation=activation_arg(ctx.activation))
+            dgrad = fc2_dgrad_dsrelu_over_preact if over_preact else ops().fc2_dgrad_dsrelu_op
+            dpre, post_re, dprob = dgrad(dy, w2, preact, sl, prob, postact is None, splits_t=st,
+                                         activation=activation_arg(ctx.activation))
             dw2 = None
             if ctx.needs_input_grad[3]:
                 dw2 = _cute_wgrad(ctx, dy, postact if postact is not None else post_re, splits, w2, "w2")
             dprob = dprob.to(prob.dtype).reshape(prob.shape) if prob is not None else None
-            return dpre, None, dprob, dw2, None, None, None, None, None
+            return dpre, None, dprob, dw2, None, None, None, None, None, None
         splits = splits_list(splits)  # torch math takes a list (a GPU tensor costs one sync here)
         grouped = splits is not None
         dpost = per_expert_mm(dy, w2, splits, transpose_w=False) if grouped else dy @ w2
@@ -184,9 +189,9 @@ class FC2DSReLUFunction(torch.autograd.Function):
             dw2 = per_expert_wgrad(dy, postact, splits, w2.size(0)) if grouped else dy.t() @ postact
             dw2 = _accumulate_main_grad(ctx, w2, "w2", dw2)
         del postact
-        dpre, dprob = act_backward(dpost, preact, prob, ctx.activation)
+        dpre, dprob = act_backward(dpost, preact, prob, ctx.activation, out=preact if over_preact else None)
         del dpost
-        return dpre, None, dprob, dw2, None, None, None, None, None
+        return dpre, None, dprob, dw2, None, None, None, None, None, None
 
 
 def _accumulate_main_grad(ctx, w, name, dw):
@@ -213,8 +218,15 @@ def _cute_wgrad(ctx, dy, x, splits, w, name):
 
 def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = False,
               fuse_wgrad_accumulation: bool = False, backend: str = "auto", offload=None, activation=None,
-              fp8=None):
+              fp8=None, dpreact_over_preact: bool = False):
     """y = (p * f(x @ w1^T)) @ w2^T; grouped when `m_splits` is given (w1 (E, F, H), w2 (E, H, F)).
+
+    dpreact_over_preact: the backward writes preact's gradient into preact's own storage (the
+    fused dgrad reads each preact element before it stores its gradient; the torch path copies
+    into it), one (M, ffn) allocation less at the step's peak (with recompute_postact too).  The
+    gradients are the same.  Off by default; eager only (under torch.compile it is ignored), and
+    the step's graph can then be run backward once only (retain_graph=True and a second backward
+    fail with autograd's in-place error).  The FP8 step ignores it.
 
     activation: f, default relu^2 (SReLU); `cute_kernels.activations.ScaledTanhSReLU(s)` or
     "tanh_srelu:<s>" for the soft-clamped (s * tanh(relu(x) / s))^2.  Both backends take it.
@@ -241,7 +253,7 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
             with offload.layer():
                 return srelu_mlp(x, w1, w2, m_splits=m_splits, prob=prob, recompute_postact=recompute_postact,
                                  fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend,
-                                 activation=activation, fp8=fp8)
+                                 activation=activation, fp8=fp8, dpreact_over_preact=dpreact_over_preact)
     if not recompute_postact:  # an offload plan may choose to recompute postact rather than save it
         from offload.scheduler import recompute_requested
 
@@ -266,4 +278,4 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
         splits = checked_host_splits(m_splits, num_experts=w1.size(0), m_total=x.size(0))
     postact, preact = FC1SReLUFunction.apply(x, w1, prob, splits, use_cute, fuse_wgrad_accumulation, activation)
     return FC2DSReLUFunction.apply(postact, preact, prob, w2, splits, recompute_postact, use_cute,
-                                   fuse_wgrad_accumulation, activation)
+                                   fuse_wgrad_accumulation, activation, bool(dpreact_over_preact))

@@ -34,7 +34,8 @@ def _module_activation(activation):
 
 class SReLUMLP(nn.Module):
     def __init__(self, hidden: int, ffn: int, *, recompute_postact: bool = False, backend: str = "auto",
-                 fuse_wgrad_accumulation: bool = False, offload=None, activation=None, fp8=None, device=None, dtype=None):
+                 fuse_wgrad_accumulation: bool = False, offload=None, activation=None, fp8=None, device=None, dtype=None,
+                 dpreact_over_preact: bool = False):
         super().__init__()
         check_module_dtype(dtype)
         self.activation = _module_activation(activation)
@@ -42,6 +43,7 @@ class SReLUMLP(nn.Module):
         self.fc1 = nn.Linear(hidden, ffn, bias=False, device=device, dtype=dtype)
         self.fc2 = nn.Linear(ffn, hidden, bias=False, device=device, dtype=dtype)
         self.recompute_postact = recompute_postact
+        self.dpreact_over_preact = dpreact_over_preact  # srelu_mlp's option: dpreact written over preact
         self.backend = backend
         self.fuse_wgrad_accumulation = fuse_wgrad_accumulation
         self.offload = offload
@@ -52,14 +54,14 @@ class SReLUMLP(nn.Module):
         y = srelu_mlp(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc2.weight, prob=prob,
                       recompute_postact=self.recompute_postact, backend=self.backend,
                       fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload,
-                      activation=self.activation, fp8=self.fp8)
+                      activation=self.activation, fp8=self.fp8, dpreact_over_preact=self.dpreact_over_preact)
         return y.reshape(shape)
 
 
 class GroupedSReLUMLP(nn.Module):
     def __init__(self, num_experts: int, hidden: int, ffn: int, *, recompute_postact: bool = False,
                  backend: str = "auto", fuse_wgrad_accumulation: bool = False, offload=None, activation=None, fp8=None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, dpreact_over_preact: bool = False):
         super().__init__()
         check_module_dtype(dtype)
         self.activation = _module_activation(activation)
@@ -68,6 +70,7 @@ class GroupedSReLUMLP(nn.Module):
         self.fc1_weight = nn.Parameter(torch.empty(num_experts, ffn, hidden, device=device, dtype=dtype))
         self.fc2_weight = nn.Parameter(torch.empty(num_experts, hidden, ffn, device=device, dtype=dtype))
         self.recompute_postact = recompute_postact
+        self.dpreact_over_preact = dpreact_over_preact  # srelu_mlp's option: dpreact written over preact
         self.backend = backend
         self.fuse_wgrad_accumulation = fuse_wgrad_accumulation
         self.offload = offload
@@ -84,7 +87,8 @@ class GroupedSReLUMLP(nn.Module):
         return srelu_mlp(x, self.fc1_weight, self.fc2_weight, m_splits=m_splits, prob=prob,
                          recompute_postact=self.recompute_postact, backend=self.backend,
                          fuse_wgrad_accumulation=self.fuse_wgrad_accumulation, offload=self.offload,
-                         activation=self.activation, fp8=self.fp8)
+                         activation=self.activation, fp8=self.fp8,
+                         dpreact_over_preact=self.dpreact_over_preact)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden={self.hidden}, ffn={self.ffn}, activation={self.activation.key()}"

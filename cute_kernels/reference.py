@@ -100,10 +100,11 @@ def act_forward(preact, prob, out_dtype, activation=None):
     return post.to(out_dtype)
 
 
-def act_backward(dpost, preact, prob, activation=None, *, want_prob_grad: bool = True):
+def act_backward(dpost, preact, prob, activation=None, *, want_prob_grad: bool = True, out=None):
     """(dpreact, dprob): dpreact = p * dpost * f'(preact) in dpost's dtype and, when `prob`
     is given, dprob = rowsum(dpost * f(preact)) in prob's dtype and shape.  fp32 math for
-    half inputs, at most two full-size fp32 temporaries alive at a time."""
+    half inputs, at most two full-size fp32 temporaries alive at a time.  `out`: a tensor of
+    dpost's shape and dtype to write dpreact into (it may be `preact`: written after the last read)."""
     act = resolve_activation(activation)
     f = elementwise_dtype(dpost)
     x = preact.to(f)
@@ -115,6 +116,8 @@ def act_backward(dpost, preact, prob, activation=None, *, want_prob_grad: bool =
     del x
     if prob is not None:
         dpre.mul_(prob.to(f).reshape(-1, 1))
+    if out is not None:
+        return out.copy_(dpre), dprob
     return dpre.to(dpost.dtype), dprob
 
 

@@ -238,6 +238,22 @@ def _(h, sh, w2, sw2, m_splits, splits_t=None):
     return h.new_empty((h.size(0), w2.size(-2)), dtype=torch.bfloat16)
 
 
+def fc2_dgrad_dsrelu_over_preact(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor,
+                                 m_splits: Optional[list[int]], prob: Optional[torch.Tensor], store_postact: bool,
+                                 splits_t: Optional[torch.Tensor] = None, activation: str = "srelu"):
+    """fc2_dgrad_dsrelu with dpreact written over `preact` (returned as dpreact): one (M, F)
+    allocation less.  Eager only, not a custom op (torch.compile plans its own memory; the
+    custom op declares no mutation): srelu_mlp's `dpreact_over_preact`."""
+    if _on_kernels(dy):
+        from .gemm_ops import fc2_dgrad_dsrelu
+
+        dpre, post, dprob = fc2_dgrad_dsrelu(dy, w2, preact, m_splits=_kernel_splits(m_splits, splits_t), prob=prob,
+                                             store_postact=store_postact, activation=activation, out=preact)
+        return dpre, (post if post is not None else _empty(dy)), (dprob if dprob is not None else _empty(preact).float())
+    dpre, post, dprob = _fc2_dgrad_dsrelu(dy, w2, preact, m_splits, prob, store_postact, splits_t, activation)
+    return preact.copy_(dpre), post, dprob
+
+
 class _Eager:
     """The same ops as plain Python calls, for eager mode: a custom op's dispatch
     costs more host time than the kernel launch itself (~60 us a call on the H100 host),
