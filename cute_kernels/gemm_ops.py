@@ -351,9 +351,11 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     activation: the activation f of the forward (default relu^2): then dpreact =
     p * d * f'(preact), postact = p * f(preact), dprob = rowsum(d * f(preact)).
     out: optional (M, F) buffer for dpreact; it may be `preact` itself (dpreact written over
-    preact: each tile's epilogue reads its preact elements before it stores their dpreact, and
-    no two tiles share elements), which saves an (M, F) allocation when preact is not needed
-    afterwards.
+    preact: each tile's epilogue reads its preact elements before it stores their dpreact and no
+    two tiles share elements; the sm90 epilogue's loads clamped past N may read an earlier
+    sub-tile's already written columns, but only next to a zero accumulator, whose outputs are
+    not stored and whose row-sum terms are 0 * f(finite)), which saves an (M, F) allocation when
+    preact is not needed afterwards.
     Returns (dpreact, postact or None, dprob (M,) fp32 or None).
     """
     grouped = m_splits is not None
