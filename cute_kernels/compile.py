@@ -170,6 +170,13 @@ def _fake_block_scaled_arguments(key: KernelKey) -> GemmArgs:
                                      (cute.sym_int64(divisibility=16 if q else 8), 1, cute.sym_int64()),
                                      assumed_align=16))
     scale = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if key.epi.row_scale else None
+    aux = rowsum = None
+    if key.epi.aux_input:  # dact: the saved preact, in the plain outputs' dtype
+        aux = make_fake_tensor(dd, (m, n, 1), (cute.sym_int64(divisibility=8), 1, cute.sym_int64(divisibility=8)),
+                               assumed_align=16)
+    if key.epi.row_sum:  # (M, N tiles) partials, column per N tile
+        rowsum = make_fake_tensor(cutlass.Float32, (m, cute.sym_int32(symbol="NT")), (1, cute.sym_int64()),
+                                  assumed_align=4)
     qs = None
     if key.epi.quantized:
         qs = make_fake_tensor(cutlass.Float32, (m, nb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
@@ -178,8 +185,8 @@ def _fake_block_scaled_arguments(key: KernelKey) -> GemmArgs:
         e1 = cute.sym_int32(symbol="E1")
         cu_rows = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
         cu_tiles = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
-    return GemmArgs(a, b, outs[0], outs[1] if len(outs) == 2 else None, scale=scale, cu_rows=cu_rows,
-                    cu_tiles=cu_tiles, sa=sa, sb=sb, qs=qs)
+    return GemmArgs(a, b, outs[0], outs[1] if len(outs) == 2 else None, scale=scale, aux=aux, rowsum=rowsum,
+                    cu_rows=cu_rows, cu_tiles=cu_tiles, sa=sa, sb=sb, qs=qs)
 
 
 def build_kernel(key: KernelKey):

@@ -249,8 +249,14 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool,
         errs.append(f"Hopper's FP8 WGMMA reads K-major A and B, got majorness {tuple(majors)}")
     if grouped_k:
         errs.append("the FP8 GEMM is not grouped along K yet (the weight gradients are torch)")
-    if epi.kind not in ("identity", "act") or epi.aux_input:
-        errs.append(f"the FP8 GEMM has the identity and activation epilogues, not {epi.key()}")
+    if epi.accumulate:
+        errs.append("the FP8 GEMM does not accumulate into its output (the weight gradients are not FP8 yet)")
+    elif epi.kind == "dact" and cfg.tile_n != FP8_BLOCK:
+        errs.append(f"the FP8 GEMM's activation-derivative epilogue runs {FP8_BLOCK}-wide tiles (its preact input "
+                    f"is read into registers before the mainloop)")
+    misfit = epilogue_misfit(cfg, epi)
+    if misfit:
+        errs.append(misfit)
     return errs
 
 
