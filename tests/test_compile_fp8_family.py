@@ -42,6 +42,11 @@ VARIANTS = {
     "wide-act-preact-q": _key(EpilogueSpec("act", store_preact=True, quantized="postact"), cfg=WIDE),
     "grouped-wide-act-scale-q": _key(EpilogueSpec("act", row_scale=True, quantized="postact"), grouped=True,
                                      cfg=dataclasses.replace(WIDE, cluster_m=1, cluster_n=2)),
+    # the FC2 data gradient with dSReLU, router gradient and postact recompute (preact read as input)
+    "dact-postact-scale-rowsum-e5m2": _key(EpilogueSpec("dact", store_postact=True, row_scale=True, row_sum=True),
+                                           a=E5M2, b=E4M3),
+    "grouped-dact-scale-rowsum": _key(EpilogueSpec("dact", row_scale=True, row_sum=True), grouped=True),
+    "dact-q-dpreact": _key(EpilogueSpec("dact", quantized="dpreact")),
 }
 
 
@@ -85,7 +90,8 @@ def test_family_fp8_variant_compiles_and_ptx_is_as_designed(name):
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=64, schedule="pingpong")), "cooperative"),
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, cluster_m=2, cluster_n=2)), "clusters"),
     (dict(majors=("m", "k")), "K-major"),
-    (dict(epi=EpilogueSpec("dact")), "epilogues"),
+    (dict(epi=EpilogueSpec("identity", accumulate=True)), "accumulate"),
+    (dict(epi=EpilogueSpec("dact"), cfg=WIDE), "activation-derivative"),
     (dict(arch="sm100"), "no block-scaled FP8"),
 ])
 def test_configs_the_fp8_mainloop_cannot_run_are_refused(change, reason):

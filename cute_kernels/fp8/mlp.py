@@ -13,14 +13,15 @@ on an sm_90a GPU; "torch" = the torch implementation of the same recipe in fp8/t
 | router prob p | folded into the postact scales (s * p: the FP8 values of p * v are those of v) | torch, (M, F/128) scales only |
 | FC2 | postact FP8, w2 FP8 | kernel |
 | FC2 dgrad | dy FP8 (grad_format, 1x128 along H), w2^T FP8 copy | kernel, bf16 dpost |
-| dSReLU, router gradient | dpost, preact | torch elementwise (not fused into the dgrad) |
-| FC2 wgrad | dy^T, postact^T recomputed from preact, 1x128 along tokens | torch implementation |
+| dSReLU, router gradient, postact recompute | dpost, preact, p | kernel: in the FC2 dgrad's epilogue (`fp8_dgrad_dact`; torch elementwise on the torch path) |
+| FC2 wgrad | dy^T, postact^T (the dgrad's recomputed postact), 1x128 along tokens | torch implementation |
 | FC1 dgrad | dpreact FP8 (grad_format, 1x128 along F), w1^T FP8 copy | kernel |
 | FC1 wgrad | dpreact^T, x^T (requantized from the saved FP8 x) along tokens | torch implementation |
 
-Grouped (m_splits): the same per expert, in a Python loop over the dense kernels (no grouped
-FP8 kernel yet), each expert's rows written into one output in place; empty experts skipped
-(zero weight gradient).
+Grouped (m_splits): on the kernel path every FP8 GEMM is one grouped launch for all experts
+(`fp8_grouped` / `fp8_dgrad_dact`: the family's tile walk, empty experts included); the torch
+implementation and the weight gradients still loop over experts in Python (empty experts give a
+zero weight gradient).
 
 Weights: master weights stay as given (bf16/fp32); each forward quantizes each weight once
 from its current values (`quantize_weight`, fp8/weight_cache.py: never a stale copy; reused
@@ -47,7 +48,7 @@ from ..checks import InputError
 from ..epilogue import EpilogueSpec
 from ..first_order import first_order_only
 from .epilogue import Fp8Epilogue
-from .ops import _launch, check_fp8_device, quantize_weight
+from .ops import _launch, check_fp8_device, fp8_dgrad_dact, fp8_grouped, quantize_weight
 from .recipe import FORMATS, Fp8Recipe, quantize_1x128
 from .torch_gemm import mm_dequant, wgrad
 from .weight_cache import transposed_copy
@@ -88,6 +89,30 @@ def _of(t, e):
 
 
 # ---------------------------------------------------------------- the GEMMs of the step
+def _fc1_step(xq, xs, w1q, w1s, splits, impl, recipe, pre, pq, ps):
+    """FC1 + SReLU of the whole step into (pre, pq, ps), returned: one grouped launch on the kernel
+    path (its own outputs returned instead), else per segment."""
+    if impl == "kernel" and splits is not None and xq.shape[0]:
+        return fp8_grouped(xq, xs, w1q, w1s, splits, epilogue="act", store_preact=True, recipe=recipe)
+    for e, start, n in _segments(splits, xq.shape[0]):
+        if n:
+            rows = slice(start, start + n)
+            _fc1(xq[rows], xs[rows], _of(w1q, e), _of(w1s, e), impl, recipe, pre[rows], pq[rows], ps[rows])
+    return pre, pq, ps
+
+
+def _mm_step(aq, sa, bq, sb, splits, impl, out):
+    """dequant(a) @ dequant(b)^T of the whole step (per expert when grouped) into `out`, returned:
+    one grouped launch on the kernel path (its own output returned instead), else per segment."""
+    if impl == "kernel" and splits is not None and aq.shape[0]:
+        return fp8_grouped(aq, sa, bq.contiguous(), sb.contiguous(), splits)
+    for e, start, n in _segments(splits, aq.shape[0]):
+        if n:
+            rows = slice(start, start + n)
+            _mm(aq[rows], sa[rows], _of(bq, e), _of(sb, e), impl, out[rows])
+    return out
+
+
 def _fc1(xq, xs, w1q, w1s, impl, recipe, pre, pq, ps):
     """FC1 + SReLU of one segment into pre (bf16), pq (FP8), ps (scales)."""
     if impl == "kernel":
@@ -139,10 +164,7 @@ class Fp8FC1SReLU(torch.autograd.Function):
         pre = torch.empty((m, f), dtype=torch.bfloat16, device=x.device)  # the kernel's preact is bf16
         pq = torch.empty((m, f), dtype=recipe.fwd_dtype, device=x.device)
         ps = torch.empty((_cdiv(f, BLOCK), m), dtype=torch.float32, device=x.device).t()
-        for e, start, n in _segments(splits, m):
-            if n:
-                rows = slice(start, start + n)
-                _fc1(xq[rows], xs[rows], _of(w1q, e), _of(w1s, e), impl, recipe, pre[rows], pq[rows], ps[rows])
+        pre, pq, ps = _fc1_step(xq, xs, w1q, w1s, splits, impl, recipe, pre, pq, ps)
         handoff.postact = (pq, ps)
         ctx.w1_copy = (w1q, w1s)  # the backward's W1^T copy is this one transposed
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
@@ -165,10 +187,7 @@ class Fp8FC1SReLU(torch.autograd.Function):
             dq, ds = quantize_rows(dpre, recipe.grad_format, recipe)
             w1tq, w1ts = transposed_copy(*ctx.w1_copy)
             dx = torch.empty((m, h), dtype=torch.bfloat16, device=dpre.device)
-            for e, start, n in _segments(ctx.splits, m):
-                if n:
-                    rows = slice(start, start + n)
-                    _mm(dq[rows], ds[rows], _of(w1tq, e), _of(w1ts, e), impl, dx[rows])
+            dx = _mm_step(dq, ds, w1tq, w1ts, ctx.splits, impl, dx)
             dx = dx.to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             from .recipe import dequantize
@@ -196,10 +215,7 @@ class Fp8FC2(torch.autograd.Function):
         w2q, w2s = quantize_weight(w2, recipe)
         m, h = preact.shape[0], w2.shape[-2]
         y = torch.empty((m, h), dtype=torch.bfloat16, device=preact.device)
-        for e, start, n in _segments(splits, m):
-            if n:
-                rows = slice(start, start + n)
-                _mm(pq[rows], ps[rows], _of(w2q, e), _of(w2s, e), impl, y[rows])
+        y = _mm_step(pq, ps, w2q, w2s, splits, impl, y)
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
         ctx.w2_copy = (w2q, w2s)
         ctx.save_for_backward(tag_role(preact, "preact"), tag_role(prob, "prob") if prob is not None else None, w2)
@@ -214,6 +230,8 @@ class Fp8FC2(torch.autograd.Function):
         dy = dy.contiguous()
         dyq, dys = quantize_rows(dy, recipe.grad_format, recipe)
         w2tq, w2ts = transposed_copy(*ctx.w2_copy)
+        if impl == "kernel":
+            return self_fused_backward(ctx, dy, dyq, dys, w2tq, w2ts, preact, prob, w2)
         dpost = torch.empty((m, f), dtype=torch.bfloat16, device=dy.device)
         for e, start, n in _segments(ctx.splits, m):
             if n:
@@ -243,6 +261,30 @@ class Fp8FC2(torch.autograd.Function):
             dpre.mul_(p)
         dpre.mul_(act).mul_(2.0)
         return dpre.to(preact.dtype), dprob, dw2, None, None, None, None, None
+
+
+def self_fused_backward(ctx, dy, dyq, dys, w2tq, w2ts, preact, prob, w2):
+    """Fp8FC2's backward on the kernel path: the FC2 data gradient with dSReLU, the router gradient
+    and the postact recompute in its epilogue (`fp8_dgrad_dact`, one launch for every expert), then
+    FC2's weight gradient from that postact."""
+    recipe, splits = ctx.recipe, ctx.splits
+    p32 = prob.float().reshape(-1) if prob is not None else None
+    want_dw2 = ctx.needs_input_grad[2]
+    dpre, post, dprob = fp8_dgrad_dact(dyq, dys, w2tq.contiguous(), w2ts.contiguous(), preact.contiguous(),
+                                       m_splits=splits, prob=p32, store_postact=want_dw2, recipe=recipe)
+    del dyq, dys
+    dw2 = None
+    if want_dw2:
+        dw2 = torch.zeros(w2.shape, dtype=torch.float32, device=dy.device)
+        for e, start, n in _segments(splits, dy.shape[0]):
+            if n:
+                rows = slice(start, start + n)
+                _of(dw2, e).copy_(wgrad(dy[rows], post[rows], recipe))
+        del post
+        dw2 = _add_wgrad(ctx, w2, "w2", dw2)
+    if dprob is not None:
+        dprob = dprob.to(prob.dtype).reshape(prob.shape)
+    return dpre.to(preact.dtype), dprob, dw2, None, None, None, None, None
 
 
 def _impl(x: torch.Tensor, backend: str) -> str:

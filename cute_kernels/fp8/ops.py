@@ -149,7 +149,7 @@ def _check_config_arg(config, epi: Fp8Epilogue | None = None, grouped: bool = Fa
             raise InputError(f"config: {config} cannot run the FP8 kernel: " + "; ".join(errors))
 
 
-def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None):
+def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None, d1=None, aux=None, rowsum=None):
     """One launch of the family's kernel `key` through gemm_ops._run (the first-use self-check
     gate): dense (b (N, K), sb (NB, KB)) or grouped along M (b (E, N, K), sb (E, NB, KB), the rows
     of a sorted by expert in `m_splits`: a list or a GPU int tensor, read on the GPU)."""
@@ -158,9 +158,9 @@ def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None):
     from ..host_args import splits_metadata as _splits_metadata
 
     u8 = torch.uint8
-    outs = []
+    outs, plain = [], [d, d1]  # the plain outputs in order, then the quantized one
     for name in key.epi.outputs:
-        outs.append(_as_mkl(q.view(u8)) if name == key.epi.quantized else _as_mkl(d))
+        outs.append(_as_mkl(q.view(u8)) if name == key.epi.quantized else _as_mkl(plain.pop(0)))
     cu_rows = cu_tiles = None
     if key.grouped:
         cu_rows, cu_tiles = _splits_metadata(m_splits, key.cfg.tile_m, a.device, key.cfg.cluster_m)
@@ -168,7 +168,8 @@ def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None):
     else:
         b3, sb3 = _as_mkl(b.view(u8)), sb.unsqueeze(-1)
     _run(key, GemmArgs(_as_mkl(a.view(u8)), b3, outs[0], outs[1] if len(outs) == 2 else None, scale=prob,
-                       cu_rows=cu_rows, cu_tiles=cu_tiles, sa=sa, sb=sb3, qs=qs))
+                       aux=None if aux is None else _as_mkl(aux), rowsum=rowsum, cu_rows=cu_rows, cu_tiles=cu_tiles,
+                       sa=sa, sb=sb3, qs=qs))
 
 
 def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None, store_preact: bool = False,
@@ -221,6 +222,67 @@ def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None
     key = _family_launch_key(epi, m, n, k, e, True, fa, fb, config, tuned_root())
     _launch_family(x, sx, w, sw, key, d, q, qs, m_splits=m_splits, prob=prob)
     return d if epilogue == "identity" else (d, q, qs)
+
+
+def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_postact: bool = False,
+                   activation=None, quantize_dpreact: bool = False, recipe: Fp8Recipe = Fp8Recipe(),
+                   config: GemmConfig | None = None):
+    """The FC2 data gradient with the activation derivative in its epilogue (one launch; grouped along
+    M with `m_splits`): dpost = dequant(dq) @ dequant(wt)^T in fp32, then dpreact = p * dpost * f'(preact),
+    optionally the recomputed postact p * f(preact) (`store_postact`, FC2's weight-gradient operand) and,
+    with `prob`, the router gradient dp = rowsum(dpost * f(preact)) (per-tile partials summed here: no
+    atomics).  dq (M, K) FP8 (dy) with 1x128 scales ds; wt (N, K) or (E, N, K) FP8 (W2^T's copy) with
+    128x128 scales wts; preact (M, N) bf16 as FC1 stored it; prob (M,) fp32 or None; activation an
+    `Activation` (default relu^2).  `quantize_dpreact` writes dpreact in FP8 (recipe.grad_format) with
+    its 1x128 scales instead (the FC1 data gradient's A operand; not with store_postact).
+    Returns (dpreact bf16 or (q, scales), postact or None, dprob or None)."""
+    from ..activations import SRELU
+
+    fa = _check_fp8_operand("dq", dq)
+    grouped = m_splits is not None
+    if not isinstance(wt, torch.Tensor) or wt.dim() != (3 if grouped else 2) or wt.dtype not in _FORMAT_OF:
+        raise InputError(f"wt must be an {'(E, N, K)' if grouped else '(N, K)'} float8 tensor")
+    if not wt.is_contiguous():
+        raise InputError("wt must be contiguous (K-major)")
+    fb = _FORMAT_OF[wt.dtype]
+    m, k = dq.shape
+    n = wt.shape[-2]
+    if wt.shape[-1] != k:
+        raise InputError(f"wt has K = {wt.shape[-1]}, dq has K = {k}")
+    _check_scales("ds", ds, (m, _cdiv(k, BLOCK)))
+    _check_scales("wts", wts, ((wt.shape[0],) if grouped else ()) + (_cdiv(n, BLOCK), _cdiv(k, BLOCK)))
+    if not isinstance(preact, torch.Tensor) or tuple(preact.shape) != (m, n) or preact.dtype != torch.bfloat16 \
+            or preact.stride(1) != 1:
+        raise InputError(f"preact must be a row-major bf16 ({m}, {n}) tensor")
+    if prob is not None and (not isinstance(prob, torch.Tensor) or prob.shape != (m,) or prob.dtype != torch.float32):
+        raise InputError("prob must be a float32 (M,) tensor")
+    if quantize_dpreact and store_postact:
+        raise InputError("quantize_dpreact and store_postact are exclusive (the quantized output is the last one)")
+    if n % 16:
+        raise InputError(f"N = {n} must be a multiple of 16")
+    _check_config_arg(config)
+    check_fp8_device("dq", dq)
+    spec = EpilogueSpec("dact", store_postact=store_postact, row_scale=prob is not None, row_sum=prob is not None,
+                        activation=activation if activation is not None else SRELU)
+    epi = Fp8Epilogue(spec, quantized="dpreact" if quantize_dpreact else "", q_format=recipe.grad_format,
+                      pow2_scales=recipe.pow2_scales)
+    dpre = None if quantize_dpreact else torch.empty((m, n), dtype=torch.bfloat16, device=dq.device)
+    q = qs = None
+    if quantize_dpreact:
+        q = torch.empty((m, n), dtype=FORMATS[recipe.grad_format], device=dq.device)
+        qs = _new_scales(m, _cdiv(n, BLOCK), dq.device)
+    post = torch.empty((m, n), dtype=torch.bfloat16, device=dq.device) if store_postact else None
+    out0 = (q, qs) if quantize_dpreact else dpre
+    if m == 0:
+        return out0, post, (torch.zeros(0, device=dq.device) if prob is not None else None)
+    num_experts = wt.shape[0] if grouped else 1
+    key = _family_launch_key(epi, m, n, k, num_experts, grouped, fa, fb, config, tuned_root())
+    partials = None
+    if prob is not None:
+        partials = torch.empty((_cdiv(n, key.cfg.tile_n), m), dtype=torch.float32, device=dq.device).t()
+    _launch_family(dq, ds, wt, wts, key, dpre, q, qs, m_splits=m_splits, prob=prob, d1=post, aux=preact,
+                   rowsum=partials)
+    return out0, post, (partials.sum(1) if prob is not None else None)
 
 
 def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None):
