@@ -22,7 +22,7 @@ if [ "${BENCH_ONLY:-0}" != 1 ]; then
     tail -25 "$out/gpu_tests.log"
   fi
 fi
-timeout 150 python3 -m benchmarks.bench_fp8 --no-step 2>&1 | tee "$out/bench_fp8.log" | tail -40
+timeout ${FP8_BENCH_S:-240} python3 -m benchmarks.bench_fp8 ${FP8_BENCH_ARGS:-} 2>&1 | tee "$out/bench_fp8.log" | tail -40
 timeout 60 python3 -m benchmarks.bench_quantize 2>&1 | tee "$out/bench_quantize.log" | tail -12
 if [ "${NCU:-0}" = 1 ]; then
   for c in 128x128 128x256 fc1; do
