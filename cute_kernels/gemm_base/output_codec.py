@@ -40,3 +40,13 @@ def block_scale(amax, fmax: float, pow2: bool):
         bits[0] = cutlass.select_((b & Int32(0x007FFFFF)) != 0, exp + Int32(0x00800000), exp)
         s = box[0]
     return cutlass.select_(amax > 0.0, s, Float32(1.0))
+
+
+FP8_TYPES = {"e4m3": cutlass.Float8E4M3FN, "e5m2": cutlass.Float8E5M2}
+
+
+def as_element_type(t, dtype):
+    """`t` read as `dtype` (FP8 tensors arrive as uint8: DLPack and TVM-FFI carry bytes)."""
+    if t.element_type == dtype:
+        return t
+    return cute.make_tensor(cute.recast_ptr(t.iterator, dtype=dtype), t.layout)

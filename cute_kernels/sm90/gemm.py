@@ -50,7 +50,7 @@ from ..epilogue import FP8_FMAX, EpilogueSpec
 from ..gemm_base.descriptors import DescriptorRing, desc_slots
 from ..gemm_base.epilogue_io import aux_depth, load_aux_fragment, visit_subtile
 from ..gemm_base.grouping import k_range, output_tile, ragged_store_view, whole_k_tiles
-from ..gemm_base.output_codec import block_scale, reduce_amax_across_quad, update_amax
+from ..gemm_base.output_codec import FP8_TYPES, as_element_type, block_scale, reduce_amax_across_quad, update_amax
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
 from .mainloop_fp8 import BlockScaledMainloop, accumulator_rows
 
@@ -72,7 +72,6 @@ AUX_INFLIGHT_BYTES = 32
 # (E=128 fp32 main_grad wgrad 0.94x) or with two outputs, 0.94-0.98x, so it is off there.
 AUX_L2_LEAD = 8
 AUX_L2_PREFETCH = True  # read at trace time (off only to measure what the prefetch is worth)
-FP8_TYPES = {"e4m3": cutlass.Float8E4M3FN, "e5m2": cutlass.Float8E5M2}
 def aux_in_registers_before_mainloop(cfg: GemmConfig, epi: EpilogueSpec) -> bool:
     """Whether a tile's first epilogue-input sub-tile is loaded into registers before its
     mainloop (cooperative tiles up to AUX_PREFETCH_MAX_TILE_N wide)."""
@@ -183,13 +182,6 @@ class Sm90Gemm:
     def pingpong_schedule(cfg: GemmConfig) -> bool:
         return cfg.schedule == "pingpong"
 
-    @staticmethod
-    def _as_type(t, dtype):
-        """`t` read as `dtype` (FP8 tensors arrive as uint8: DLPack and TVM-FFI carry bytes)."""
-        if t.element_type == dtype:
-            return t
-        return cute.make_tensor(cute.recast_ptr(t.iterator, dtype=dtype), t.layout)
-
     # ------------------------------------------------------------------ host side
     @cute.jit
     def __call__(
@@ -211,12 +203,12 @@ class Sm90Gemm:
         stream,
     ):
         if const_expr(self.block_scaled):
-            mA = self._as_type(mA, FP8_TYPES[self.formats[0]])
-            mB = self._as_type(mB, FP8_TYPES[self.formats[1]])
+            mA = as_element_type(mA, FP8_TYPES[self.formats[0]])
+            mB = as_element_type(mB, FP8_TYPES[self.formats[1]])
         if const_expr(self.q_index == 0):
-            mD0 = self._as_type(mD0, FP8_TYPES[self.epi.q_format])
+            mD0 = as_element_type(mD0, FP8_TYPES[self.epi.q_format])
         if const_expr(self.q_index == 1):
-            mD1 = self._as_type(mD1, FP8_TYPES[self.epi.q_format])
+            mD1 = as_element_type(mD1, FP8_TYPES[self.epi.q_format])
         self.ab_dtype = mA.element_type
         self.b_dtype = mB.element_type
         # the plain (not quantized) outputs' dtype: the forward activation reads preact rounded to it

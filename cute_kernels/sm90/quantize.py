@@ -32,7 +32,8 @@ import cutlass.cute as cute
 from cutlass import Float32, Int32, const_expr
 from cutlass.memory import SmemAllocator
 
-from ..fp8.epilogue import FMAX
+from ..epilogue import FP8_FMAX as FMAX
+from ..gemm_base.output_codec import FP8_TYPES, as_element_type, block_scale
 
 BLOCK = 128
 THREADS = 256
@@ -45,21 +46,6 @@ ROW_QUARTERS = THREADS // COL_PAIRS  # 4 groups of 32 rows in the column pass
 QUARTER = BLOCK // ROW_QUARTERS
 
 
-def scale_of(amax, fmax: float, pow2: bool):
-    """The recipe's fp32 scale of a block from its amax: amax * (1/fmax), rounded up to a power
-    of two with `pow2`, 1 for an all-zero block (fp8/recipe.py `_scale_from_amax`)."""
-    s = amax * Float32(1.0 / fmax)
-    if const_expr(pow2):
-        box = cute.make_rmem_tensor((1,), Float32)
-        box[0] = s
-        bits = cute.make_tensor(cute.recast_ptr(box.iterator, dtype=Int32), cute.make_layout(1))
-        b = bits[0]
-        exp = b & Int32(0x7F800000)
-        bits[0] = cutlass.select_((b & Int32(0x007FFFFF)) != 0, exp + Int32(0x00800000), exp)
-        s = box[0]
-    return cutlass.select_(amax > 0.0, s, Float32(1.0))
-
-
 class Sm90QuantizeBoth:
     """x (M, K) bf16 -> (q, scales) row-wise and (qt, scales_t) column-wise; see the module
     docstring.  K must be a multiple of 16; `fmt` "e4m3" or "e5m2"."""
@@ -68,20 +54,14 @@ class Sm90QuantizeBoth:
         if fmt not in FMAX:
             raise ValueError(f"fmt must be one of {tuple(FMAX)}, got {fmt!r}")
         self.fmt, self.pow2, self.fmax = fmt, pow2, FMAX[fmt]
-        self.q_type = {"e4m3": cutlass.Float8E4M3FN, "e5m2": cutlass.Float8E5M2}[fmt]
-
-    @staticmethod
-    def _as(t, dtype):
-        if t.element_type == dtype:
-            return t
-        return cute.make_tensor(cute.recast_ptr(t.iterator, dtype=dtype), t.layout)
+        self.q_type = FP8_TYPES[fmt]
 
     @cute.jit
     def __call__(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor,
                  stream):
         # FP8 outputs arrive as uint8 (byte views on the host); written as the recipe's format
-        mQ = self._as(mQ, self.q_type)
-        mQT = self._as(mQT, self.q_type)
+        mQ = as_element_type(mQ, self.q_type)
+        mQT = as_element_type(mQT, self.q_type)
         m_total = cute.size(mX, mode=[0])
         k_total = cute.size(mX, mode=[1])
         m_tiles = (m_total + BLOCK - 1) // BLOCK
@@ -129,7 +109,7 @@ class Sm90QuantizeBoth:
                 amax = cute.arch.fmax(amax, cute.math.abs(vals[j]))
             for off in cutlass.range_constexpr(4):
                 amax = cute.arch.fmax(amax, cute.arch.shuffle_sync_bfly(amax, offset=1 << off))
-            s = scale_of(amax, self.fmax, self.pow2)
+            s = block_scale(amax, self.fmax, self.pow2)
             inv = Float32(1.0) / s
             qf = cute.make_rmem_tensor((1, VEC), Float32)
             for j in cutlass.range_constexpr(VEC):
@@ -163,7 +143,7 @@ class Sm90QuantizeBoth:
             amax = sAmax[(0, col)]
             for qi in cutlass.range_constexpr(1, ROW_QUARTERS):
                 amax = cute.arch.fmax(amax, sAmax[(qi, col)])
-            s = scale_of(amax, self.fmax, self.pow2)
+            s = block_scale(amax, self.fmax, self.pow2)
             inv = Float32(1.0) / s
             qf = cute.make_rmem_tensor((1, QUARTER), Float32)
             for j in cutlass.range_constexpr(QUARTER):
