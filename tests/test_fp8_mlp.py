@@ -197,3 +197,26 @@ def test_fp8_step_on_a_gpu_without_the_kernels():
     x, w1, w2, _, _ = (t.cuda() if t is not None else None for t in _inputs(8, 128, 256))
     with pytest.raises(InputError, match="sm_90a"):
         srelu_mlp(x, w1, w2, fp8=R)
+
+
+@pytest.mark.parametrize("splits", [None, [40, 0, 37]])
+def test_bf16_weight_gradients_are_those_of_the_bf16_operands(splits):
+    """Fp8Recipe(wgrad="bf16"): dw1 = dpre^T x_deq and dw2 = dy^T postact from the step's own
+    (unquantized) operands; everything else is the "fp8" recipe's, bitwise."""
+    m, h, f = 77, 144, 272
+    e = len(splits) if splits else 0
+    x, w1, w2, dy, p = _inputs(m, h, f, e=e, seed=5, prob=True)
+    r8, r16 = Fp8Recipe(), Fp8Recipe(wgrad="bf16")
+    y8, g8 = _run(lambda x, w1, w2, p: srelu_mlp(x, w1, w2, m_splits=splits, prob=p, fp8=r8), x, w1, w2, dy, p)
+    y16, g16 = _run(lambda x, w1, w2, p: srelu_mlp(x, w1, w2, m_splits=splits, prob=p, fp8=r16), x, w1, w2, dy, p)
+    assert torch.equal(y8, y16) and torch.equal(g8[0], g16[0]) and torch.equal(g8[3], g16[3])
+    yr, gr = _run(lambda x, w1, w2, p: _ref(x, w1, w2, p, splits), *(t.double() for t in (x, w1, w2, dy)), p.double())
+    for i in (1, 2):  # the weight gradients: closer to float64 without the extra quantization
+        assert _rel(g16[i], gr[i]) < _rel(g8[i], gr[i]), (i, _rel(g16[i], gr[i]), _rel(g8[i], gr[i]))
+        assert _rel(g16[i], gr[i]) < FP8_TOL
+
+
+def test_recipe_wgrad_is_checked():
+    with pytest.raises(InputError, match="wgrad"):
+        Fp8Recipe(wgrad="fp16")
+    assert Fp8Recipe(wgrad="bf16").key().endswith("-wgrad-bf16") and Fp8Recipe().key() == "fp8-e4m3-e4m3-b128"

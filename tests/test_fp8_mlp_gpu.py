@@ -74,7 +74,8 @@ CASES = [  # (m, h, f, splits, prob)
 
 
 @pytest.mark.parametrize("m,h,f,splits,prob", CASES)
-def test_fp8_step_kernel_vs_recipe_and_float64(m, h, f, splits, prob):
+@pytest.mark.parametrize("wgrad", ["fp8", "bf16"])
+def test_fp8_step_kernel_vs_recipe_and_float64(m, h, f, splits, prob, wgrad):
     g = torch.Generator(device="cpu").manual_seed(m + h + f)
     e = len(splits) if splits else 0
     x = torch.randn(m, h, generator=g).bfloat16().cuda()
@@ -82,11 +83,12 @@ def test_fp8_step_kernel_vs_recipe_and_float64(m, h, f, splits, prob):
     w2 = (torch.randn(*((e, h, f) if e else (h, f)), generator=g) / f ** 0.5).bfloat16().cuda()
     dy = torch.randn(m, h, generator=g).bfloat16().cuda()
     p = torch.rand(m, generator=g).cuda() if prob else None
-    got = _step(x, w1, w2, dy, p, splits, fp8=R)
+    rec = Fp8Recipe(wgrad=wgrad)  # "bf16": the family's bf16 weight-gradient kernel on the kernel path
+    got = _step(x, w1, w2, dy, p, splits, fp8=rec)
     names = ["y", "dx", "dw1", "dw2", "dp"]
     for name, t in zip(names, got):
         assert torch.isfinite(t).all(), f"{name}: every element written and finite"
-    recipe = _step(x, w1, w2, dy, p, splits, fp8=R, backend="torch")
+    recipe = _step(x, w1, w2, dy, p, splits, fp8=rec, backend="torch")
     ref = _ref(x, w1, w2, dy, p, splits)
     for name, a, b, r in zip(names, got, recipe, ref):
         if splits is not None and name in ("dw1", "dw2"):

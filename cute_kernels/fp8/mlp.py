@@ -136,6 +136,31 @@ def _mm(aq, sa, bq, sb, impl, out):
         out.copy_(mm_dequant(aq, sa, bq, sb))
 
 
+def _weight_grad(ctx, w, name, g, act, impl):
+    """w's gradient g^T @ act (per expert when grouped) by the recipe's `wgrad`: "fp8" quantizes
+    both operands 1x128 along the tokens (torch implementation); "bf16" multiplies the bf16
+    operands, through the family's weight-gradient kernel on the kernel path (one launch for every
+    expert, written or added straight into main_grad with fuse_wgrad_accumulation)."""
+    recipe, splits = ctx.recipe, ctx.splits
+    if recipe.wgrad == "bf16" and impl == "kernel":
+        from ..gemm_ops import weight_grad
+
+        g, act = g.to(torch.bfloat16).contiguous(), act.to(torch.bfloat16).contiguous()
+        if ctx.fuse_wgrad:
+            weight_grad(g, act, m_splits=splits, out=main_grad(w, name), accumulate=True)
+            return None
+        return weight_grad(g, act, m_splits=splits, out_dtype=torch.float32).to(w.dtype)
+    dw = torch.zeros(w.shape, dtype=torch.float32, device=g.device)
+    for e, start, n in _segments(splits, g.shape[0]):
+        if n:
+            rows = slice(start, start + n)
+            if recipe.wgrad == "bf16":
+                _of(dw, e).copy_(g[rows].float().t() @ act[rows].float())
+            else:
+                _of(dw, e).copy_(wgrad(g[rows], act[rows], recipe))
+    return _add_wgrad(ctx, w, name, dw)
+
+
 def _add_wgrad(ctx, w, name, dw):
     """dw (fp32) as w's gradient, or added into w.main_grad (fuse_wgrad_accumulation)."""
     if not ctx.fuse_wgrad:
@@ -192,13 +217,8 @@ class Fp8FC1SReLU(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             from .recipe import dequantize
 
-            dw1 = torch.zeros(w1.shape, dtype=torch.float32, device=dpre.device)
-            for e, start, n in _segments(ctx.splits, m):
-                if n:
-                    rows = slice(start, start + n)
-                    x_e = dequantize(xq[rows], xs[rows].contiguous())  # x^T requantized along tokens
-                    _of(dw1, e).copy_(wgrad(dpre[rows], x_e, recipe))
-            dw1 = _add_wgrad(ctx, w1, "w1", dw1)
+            x_deq = dequantize(xq, xs.contiguous())  # x from its saved FP8 copy (requantized along tokens for "fp8")
+            dw1 = _weight_grad(ctx, w1, "w1", dpre, x_deq, impl)
         return (dx, dw1) + none
 
 
@@ -243,16 +263,11 @@ class Fp8FC2(torch.autograd.Function):
         p = prob.float().reshape(-1, 1) if prob is not None else None
         dw2 = None
         if ctx.needs_input_grad[2]:
-            dw2 = torch.zeros(w2.shape, dtype=torch.float32, device=dy.device)
-            for e, start, n in _segments(ctx.splits, m):
-                if n:
-                    rows = slice(start, start + n)
-                    post = act[rows].square()  # postact recomputed from preact
-                    if p is not None:
-                        post.mul_(p[rows])
-                    _of(dw2, e).copy_(wgrad(dy[rows], post, recipe))
-                    del post
-            dw2 = _add_wgrad(ctx, w2, "w2", dw2)
+            post = act.square()  # postact recomputed from preact
+            if p is not None:
+                post.mul_(p)
+            dw2 = _weight_grad(ctx, w2, "w2", dy, post, impl)
+            del post
         dpre = dpost.float()
         del dpost
         dprob = None
@@ -275,13 +290,8 @@ def self_fused_backward(ctx, dy, dyq, dys, w2tq, w2ts, preact, prob, w2):
     del dyq, dys
     dw2 = None
     if want_dw2:
-        dw2 = torch.zeros(w2.shape, dtype=torch.float32, device=dy.device)
-        for e, start, n in _segments(splits, dy.shape[0]):
-            if n:
-                rows = slice(start, start + n)
-                _of(dw2, e).copy_(wgrad(dy[rows], post[rows], recipe))
+        dw2 = _weight_grad(ctx, w2, "w2", dy, post, "kernel")
         del post
-        dw2 = _add_wgrad(ctx, w2, "w2", dw2)
     if dprob is not None:
         dprob = dprob.to(prob.dtype).reshape(prob.shape)
     return dpre.to(preact.dtype), dprob, dw2, None, None, None, None, None

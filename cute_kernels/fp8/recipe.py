@@ -25,6 +25,7 @@ from ..checks import InputError
 from .epilogue import FMAX
 
 FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+WGRAD_PRECISIONS = ("fp8", "bf16")
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,20 @@ class Fp8Recipe:
     the block size, and whether scales are powers of two.
 
     `fwd_format` is used for activations and weights; `grad_format` for the output
-    gradients (e4m3 as DeepSeek-V3, or e5m2 for more range)."""
+    gradients (e4m3 as DeepSeek-V3, or e5m2 for more range).
+
+    `wgrad`: the weight gradients' operands.  "fp8" (default): dy^T and the activation^T quantized
+    1x128 along the tokens, as DeepSeek-V3 (a torch implementation until the FP8 weight-gradient
+    kernel exists).  "bf16": the bf16 operands the step already has (dy, the recomputed postact,
+    x dequantized from its saved FP8 copy) through the family's bf16 weight-gradient kernel, one
+    launch for every expert, fp32 accumulation (more accurate than "fp8"; TransformerEngine's
+    Float8BlockScaling keeps its weight gradients in FP8)."""
 
     block: int = 128
     fwd_format: str = "e4m3"
     grad_format: str = "e4m3"
     pow2_scales: bool = False
+    wgrad: str = "fp8"
 
     def __post_init__(self):
         """Every field type-checked (an InputError naming it and showing the repr of what was
@@ -52,6 +61,8 @@ class Fp8Recipe:
             raise InputError(f"block must be the int 128 (the kernels' K tile), got {self.block!r}")
         if not isinstance(self.pow2_scales, bool):
             raise InputError(f"pow2_scales must be True or False, got {self.pow2_scales!r}")
+        if not isinstance(self.wgrad, str) or self.wgrad not in WGRAD_PRECISIONS:
+            raise InputError(f"wgrad must be one of {WGRAD_PRECISIONS}, got {self.wgrad!r}")
 
     @property
     def fwd_dtype(self) -> torch.dtype:
@@ -62,7 +73,8 @@ class Fp8Recipe:
         return FORMATS[self.grad_format]
 
     def key(self) -> str:
-        return f"fp8-{self.fwd_format}-{self.grad_format}-b{self.block}" + ("-pow2" if self.pow2_scales else "")
+        return (f"fp8-{self.fwd_format}-{self.grad_format}-b{self.block}" + ("-pow2" if self.pow2_scales else "")
+                + ("" if self.wgrad == "fp8" else f"-wgrad-{self.wgrad}"))
 
 
 def _scale_from_amax(amax: torch.Tensor, fmt: str, pow2: bool) -> torch.Tensor:
