@@ -8,8 +8,9 @@
   whole blocks for a later GEMM's TMA).
 
 Compiled once per (format, pow2) for sm_90a (`--gpu-arch`, no GPU needed to compile), M, K and
-the strides symbolic; launched through TVM-FFI on the current stream.  Not wired into the MLP
-step yet (fp8/mlp.py still quantizes with torch).
+the strides symbolic; launched through TVM-FFI on the current stream.  The FP8 MLP step's kernel
+path quantizes x, dy and dpreact with it (fp8/mlp.quantize_rows; the column-wise copies wait for
+the FP8 weight-gradient kernel).
 """
 from __future__ import annotations
 
