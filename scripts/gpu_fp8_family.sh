@@ -23,15 +23,18 @@ if [ "${BENCH_ONLY:-0}" != 1 ]; then
   fi
 fi
 timeout ${FP8_BENCH_S:-240} python3 -m benchmarks.bench_fp8 ${FP8_BENCH_ARGS:-} 2>&1 | tee "$out/bench_fp8.log" | tail -40
-timeout 60 python3 -m benchmarks.bench_quantize 2>&1 | tee "$out/bench_quantize.log" | tail -12
+if [ "${SKIP_QUANT:-0}" != 1 ]; then
+  timeout 60 python3 -m benchmarks.bench_quantize 2>&1 | tee "$out/bench_quantize.log" | tail -12
+fi
 if [ "${NCU:-0}" = 1 ]; then
   for c in 128x128 128x256 fc1; do
     timeout 60 ncu --clock-control none --launch-skip 2 --launch-count 1 --section SpeedOfLight \
-      --section WarpStateStats --section SchedulerStats python3 scripts/ncu_fp8.py $c > "$out/ncu_$c.txt" 2>&1
-    grep -E "Duration|SM Frequency|Compute \(SM\) Throughput|Memory Throughput|Warp Cycles Per Issued|Issue Slots Busy|No Eligible" "$out/ncu_$c.txt" | sed "s/^/[$c] /"
+      --section WarpStateStats --section SchedulerStats python3 scripts/ncu_fp8.py $c > /tmp/ncu_$c.txt 2>&1
+    grep -E "Duration|SM Frequency|Compute \(SM\) Throughput|Memory Throughput|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|Stall" /tmp/ncu_$c.txt | sed "s/^/[$c] /" | tee -a "$out/ncu_fp8.txt"
   done
 fi
 if [ -n "${EXTRA:-}" ]; then
   bash -c "$EXTRA" > "$out/extra.log" 2>&1
   tail -40 "$out/extra.log"
 fi
+rm -f "$out"/*.json  # at most 8 files come back from a call: the tables and logs
