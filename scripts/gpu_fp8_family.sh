@@ -28,7 +28,7 @@ if [ "${SKIP_QUANT:-0}" != 1 ]; then
 fi
 if [ "${NCU:-0}" = 1 ]; then
   for c in 128x128 128x256 fc1; do
-    timeout 60 ncu --clock-control none --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+    timeout 60 ncu --clock-control none --kernel-name regex:Sm90Gemm --launch-skip 2 --launch-count 1 --section SpeedOfLight \
       --section WarpStateStats --section SchedulerStats python3 scripts/ncu_fp8.py $c > /tmp/ncu_$c.txt 2>&1
     grep -E "Duration|SM Frequency|Compute \(SM\) Throughput|Memory Throughput|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|Stall" /tmp/ncu_$c.txt | sed "s/^/[$c] /" | tee -a "$out/ncu_fp8.txt"
   done
