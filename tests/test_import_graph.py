@@ -144,7 +144,7 @@ LAYERS = [
                                "cute_kernels.fp8", "cute_kernels.fp8.epilogue", "cute_kernels.fp8.recipe",
                                "cute_kernels.fp8.reference", "cute_kernels.reference"]),
     ("config, archs, checks", ["cute_kernels.config", "cute_kernels.archs", "cute_kernels.checks",
-                               "cute_kernels.first_order"]),
+                               "cute_kernels.first_order", "cute_kernels.wave_model"]),
 ]
 
 

@@ -214,6 +214,48 @@ def wgrad_default_config(n: int, k: int, tokens: int, num_experts: int = 1) -> G
 
 
 
+# ---------------------------------------------------------------- wave-aware lookup priors
+# What `cute_kernels.wave_model` needs of Hopper (docs/config-rules.md, "Wave-aware lookup").
+# H100 SXM and H200: 132 SMs; a cluster of two CTAs takes two of them.
+SM_COUNT = 132
+# Relative speed of a CTA tile per unit of area x K, wave quantization taken out (the model's
+# waves of each config divided out of the measured times): cooperative 128-row tiles on the dense
+# FC1 shapes 8192x16384x4096 and 16384x14848x2688, H100 2026-11-24 (benchmarks/results/
+# 2026-11-24-h100-sweep-run2.log): tile_n 192 ran at 0.92 and 128 at 0.85-0.87 of tile_n 256.
+TILE_N_EFFICIENCY = {256: 1.0, 192: 0.92, 128: 0.86, 64: 0.86}
+# One CTA per cluster (no multicast) against two, same waves: 0.92-0.95 (the same two shapes, 1x1 vs 1x2).
+SINGLE_CTA_EFFICIENCY = 0.93
+# 64-row ping-pong tiles: 431 against 722 TFLOP/s at 1.6 % fewer waves (8192x16384x4096, same log).
+TILE_M64_EFFICIENCY = 0.59
+
+
+def tile_efficiency(cfg: GemmConfig) -> float:
+    """The model's prior speed of `cfg`'s tile per unit of area x K (1.0: a 128x256 tile on a cluster
+    of two); tuned entries replace it by their measured speedup (config_lookup)."""
+    eff = TILE_N_EFFICIENCY.get(cfg.tile_n, min(TILE_N_EFFICIENCY.values()))
+    if cfg.tile_m == 64:
+        eff *= TILE_M64_EFFICIENCY
+    if cfg.cluster_size == 1:
+        eff *= SINGLE_CTA_EFFICIENCY
+    return eff
+
+
+def wave_default_candidates(default: GemmConfig) -> list[GemmConfig]:
+    """The heuristic default first, then its variants the wave-aware lookup also weighs: the
+    other 128-row tile widths (128, 192, 256), each on the default's cluster and on one CTA.
+    A default of 64-wide tiles (N <= 64) has none."""
+    out = [default]
+    if default.tile_n not in (128, 192, 256) or default.tile_m != 128:
+        return out
+    for tile_n in (256, 192, 128):
+        for cluster in ((default.cluster_m, default.cluster_n), (1, 1)):
+            cfg = dataclasses.replace(default, tile_n=tile_n, cluster_m=cluster[0], cluster_n=cluster[1])
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
+
 
 # ---------------------------------------------------------------- block-scaled FP8
 # The FP8 recipe's block (cute_kernels.fp8.recipe): 1x128 scales of A, 128x128 of B.  The
