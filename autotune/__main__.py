@@ -5,6 +5,7 @@
     python -m autotune sweep --kernel weight_grad --m 16384 --n 4096 --k 8192 [--experts 8]  # dW (M, N) over K tokens
     python -m autotune sweep --benchmark-shapes [--only fc2]
     python -m autotune sweep --preset moe-e8 | --hidden 2688 --ffn 1856 --experts 8 --tokens 16384,32768
+    python -m autotune sweep --model 2688,1856,128 [--tokens 4096,8192]   # a model's MLP GEMMs at the M buckets
     python -m autotune sweep ... --grid            # time the whole space (checks the sampler)
     python -m autotune sweep ... --try cluster=2x1 --trials 3   # the default, this override, one sampled
     python -m autotune sweep ... --workers 4 [--gpus 0,1,2,3]      # one process per GPU, one journal file
@@ -26,7 +27,7 @@ import sys
 
 from . import space, tuner
 from .problem import KERNELS, Problem
-from .shapes import GEMM_SHAPES, MODEL_PRESETS, model_shapes
+from .shapes import GEMM_SHAPES, MODEL_PRESETS, MODEL_TOKEN_BUCKETS, model_shapes
 from .storage import DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S, DEFAULT_SIMULATED_STORAGE, DEFAULT_STORAGE
 
 
@@ -123,6 +124,31 @@ def shape_error(s: dict) -> str | None:
     return None
 
 
+def model_spec(text: str) -> tuple[int, int, int]:
+    """argparse type of --model: "hidden,ffn,experts" (experts 0 or 1: a dense MLP)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected hidden,ffn,experts (e.g. 2688,1856,128), got {text!r}")
+    hidden, ffn = (positive_int(p) for p in parts[:2])
+    return hidden, ffn, nonnegative_int(parts[2])
+
+
+def token_list(text: str) -> list[int]:
+    """--tokens 4096,8192: token counts (M), each at least 1."""
+    try:
+        return [positive_int(t) for t in text.split(",")]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"argument --tokens: {e}") from None
+
+
+def model_problem_shapes(model: tuple[int, int, int], tokens: list[int] | None) -> list[dict]:
+    """The GEMMs an MLP step of `model` (hidden, ffn, experts) launches (FC1, FC2, FC2's data
+    gradient with dSReLU, both weight gradients; grouped when experts > 1) at each token count of
+    `tokens`, by default the M buckets (`shapes.MODEL_TOKEN_BUCKETS`: 1k to 64k tokens)."""
+    hidden, ffn, experts = model
+    return model_shapes(hidden, ffn, experts if experts > 1 else 0, tokens or MODEL_TOKEN_BUCKETS)
+
+
 def _usage_error(parser, msg: str):
     """Exit 2 with argparse's usage line and `msg` (no parser: exit with `msg`)."""
     if parser is not None:
@@ -144,7 +170,15 @@ def problems_from_args(args, parser=None) -> list[Problem]:
         shapes.append({"kernel": args.kernel, "m": args.m, "n": args.n, "k": args.k, "experts": args.experts or 0})
     if args.benchmark_shapes:
         shapes += GEMM_SHAPES
-    if args.preset or args.hidden:
+    if args.model:
+        if args.preset or args.hidden:
+            error("--model takes the place of --preset and --hidden/--ffn: give one of them")
+        try:
+            tokens = token_list(args.tokens) if args.tokens else None
+        except argparse.ArgumentTypeError as e:
+            error(str(e))
+        shapes += model_problem_shapes(args.model, tokens)
+    elif args.preset or args.hidden:
         if args.preset:
             if args.preset not in MODEL_PRESETS:
                 error(f"unknown preset {args.preset!r}; known: {sorted(MODEL_PRESETS)}")
@@ -153,13 +187,13 @@ def problems_from_args(args, parser=None) -> list[Problem]:
             if not (args.ffn and args.tokens):
                 error("--hidden needs --ffn and --tokens")
             try:
-                tokens = [positive_int(t) for t in args.tokens.split(",")]
+                tokens = token_list(args.tokens)
             except argparse.ArgumentTypeError as e:
-                error(f"argument --tokens: {e}")
+                error(str(e))
             p = {"hidden": args.hidden, "ffn": args.ffn, "experts": args.experts or 0, "tokens": tokens}
         shapes += model_shapes(**p)
     if not shapes:
-        error("no shapes: give --kernel/--m/--n/--k, --benchmark-shapes, --preset or --hidden/--ffn/--tokens")
+        error("no shapes: give --kernel/--m/--n/--k, --benchmark-shapes, --model, --preset or --hidden/--ffn/--tokens")
     out = []
     for s in shapes:
         if args.only and args.only not in s["kernel"]:
@@ -425,7 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", help=f"model preset: {', '.join(sorted(MODEL_PRESETS))}")
     s.add_argument("--hidden", type=positive_int)
     s.add_argument("--ffn", type=positive_int)
-    s.add_argument("--tokens", help="comma-separated token counts (M)")
+    s.add_argument("--model", type=model_spec, metavar="HIDDEN,FFN,EXPERTS",
+                   help="every GEMM of the model's MLP step (FC1, FC2, dgrad, both weight gradients; grouped when "
+                        f"EXPERTS > 1) at the M buckets {MODEL_TOKEN_BUCKETS[0]}..{MODEL_TOKEN_BUCKETS[-1]} "
+                        "tokens (powers of two and midpoints), or at --tokens")
+    s.add_argument("--tokens", help="comma-separated token counts (M) of --hidden, or of --model instead of its buckets")
     s.add_argument("--only", help="only kernels whose name contains this")
     s.add_argument("--dtype", default=None,
                    choices=["bfloat16", "float16", "float8_e4m3fn", "float8_e5m2", "float8_e5m2+float8_e4m3fn"],

@@ -38,13 +38,32 @@ MODEL_PRESETS = {
 }
 
 
+# Token counts per step (M) `sweep --model` tunes by default: powers of two from 1k to 64k tokens
+# and the midpoints between them (x1.5), so every M a user sees lies within one bucket's reach of
+# an entry for the nearest-M and wave-aware lookups (cute_kernels.config_lookup).  Grouped (MoE)
+# steps tune the total: grouped tiles walk all experts, so the total moves the waves, the split
+# across experts (even here) at most one rounded-up tile per expert.
+def model_token_buckets(lo: int = 1024, hi: int = 65536) -> list[int]:
+    """Powers of two from `lo` to `hi` and the midpoints (x1.5) between them."""
+    out, m = [], lo
+    while m <= hi:
+        out.append(m)
+        if m * 3 // 2 <= hi and m * 2 <= hi:
+            out.append(m * 3 // 2)
+        m *= 2
+    return out
+
+
+MODEL_TOKEN_BUCKETS = model_token_buckets()
+
+
 def model_shapes(hidden: int, ffn: int, experts: int, tokens: list[int]) -> list[dict]:
     """The GEMMs of an SReLU MLP step: FC1 (M=tokens, N=ffn, K=hidden), FC2 (N=hidden,
     K=ffn), FC2's data gradient with dSReLU (N=ffn, K=hidden), and the weight gradients
     dW1 (M=ffn, N=hidden) and dW2 (M=hidden, N=ffn), each summed over K=tokens.  (FC1's
     data gradient runs the fc2 kernel on FC2's shape and takes its config.)"""
     out = []
-    for m in tokens:
+    for m in dict.fromkeys(tokens):
         out.append({"kernel": "fc1_srelu", "m": m, "n": ffn, "k": hidden, "experts": experts})
         out.append({"kernel": "fc2", "m": m, "n": hidden, "k": ffn, "experts": experts})
         out.append({"kernel": "fc2_dgrad_dsrelu", "m": m, "n": ffn, "k": hidden, "experts": experts})
