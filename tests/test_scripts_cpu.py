@@ -25,6 +25,7 @@ REPORT_TESTED = {
     "benchmarks/bench_host_path.py": {"format_rows"},
     "benchmarks/bench_mlp.py": {"format_compile_table"},
     "benchmarks/bench_nemotron.py": {"report", "plot", "offload_summary"},
+    "benchmarks/bench_untuned_m.py": {"format_table", "summary_lines"},
     "benchmarks/bench_offload.py": {"render_timeline"},  # tests/test_bench_offload.py
     "benchmarks/snapshot_analysis.py": {"plot"},  # tests/test_snapshot_analysis.py
     "scripts/compare_sm100_cutlass.py": {"metrics"},
@@ -177,6 +178,78 @@ def test_compile_modes_argument():
     assert parse_modes("none") == () and parse_modes("") == ()
     with pytest.raises(ValueError, match="unknown torch.compile mode"):
         parse_modes("default,fastest")
+
+
+def _untuned_row(problem, m, base, nearest, wave=None, target=0.98):
+    from cute_kernels.config import GemmConfig
+
+    cfg = GemmConfig()
+    lookups = {"nearest": {"source": "default", "config": cfg, "ms": {"burst": nearest, "sustained": nearest * 1.1},
+                           "rel_err": 1e-3}}
+    if wave is not None:
+        lookups["wave"] = {"source": "wave default 128x192 c2x1", "config": GemmConfig(tile_n=192),
+                           "ms": {"burst": wave, "sustained": wave * 1.1}, "rel_err": 1e-3}
+    return {"problem": problem, "kernel": "fc2", "m": m, "n": 4096, "k": 16384, "baseline": "cuBLAS",
+            "target": target, "baseline_ms": {"burst": base, "sustained": base * 1.1}, "lookups": lookups}
+
+
+def test_bench_untuned_m_table_and_summary():
+    """Speedup = baseline ms / ours per lookup and mode; the summary names the least speedup, its
+    M and how many M values meet the target; an error row keeps the table's shape."""
+    from benchmarks.bench_untuned_m import UNTUNED_M, format_table, summary_lines
+
+    assert len(UNTUNED_M) == len(set(UNTUNED_M)) == 20 and all(1000 <= m <= 40000 for m in UNTUNED_M)
+    rows = [_untuned_row("fc2_down", 1000, 1.0, 1.0, 0.8), _untuned_row("fc2_down", 5000, 2.0, 2.5, 2.0),
+            {"problem": "fc2_down", "m": 7000, "n": 4096, "k": 16384, "baseline": "cuBLAS", "target": 0.98,
+             "error": "RuntimeError: boom"},
+            _untuned_row("fc1_srelu", 1337, 3.0, 2.0, target=1.15)]
+    lines = format_table(rows).splitlines()
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| burst base ms | burst nearest ms | burst wave ms | burst nearest x | burst wave x |" in lines[0]
+    assert "| 1.000 | 1.000 | 0.800 | 1.000x | 1.250x |" in lines[2]
+    assert "| 2.000 | 2.500 | 2.000 | 0.800x | 1.000x |" in lines[3]
+    assert "ERROR: RuntimeError: boom" in lines[4]
+    assert "| 3.000 | 2.000 | - | 1.500x | - |" in lines[5]
+    assert "128x192 c1x2 coop (wave default 128x192 c2x1)" in lines[2]
+    summary = summary_lines(rows)
+    assert "fc2_down nearest burst: least 0.800x at M=5000, 1/2 M values >= 0.98x vs cuBLAS (1 errors)" in summary
+    assert "fc2_down wave burst: least 1.000x at M=5000, 2/2 M values >= 0.98x vs cuBLAS (1 errors)" in summary
+    assert "fc1_srelu nearest sustained: least 1.500x at M=1337, 1/1 M values >= 1.15x vs cuBLAS" in summary
+    assert summary_lines([rows[2]]) == ["fc2_down: no result (1 errors)"]
+
+
+def test_bench_untuned_m_values_are_untuned_and_its_lookup_switch_works(monkeypatch):
+    from benchmarks import bench_untuned_m as b
+    from cute_kernels import config_lookup as cl
+
+    monkeypatch.delenv("CUTE_KERNELS_TUNED_CONFIGS", raising=False)
+    monkeypatch.setenv(cl.WAVE_LOOKUP_ENV, "0")
+    cl.clear_cache()
+    try:
+        for kernel, n, k, _, _ in b.PROBLEMS.values():
+            tuned = {m for m, _ in cl.tuned_entries("sm90", kernel).get(("bfloat16", n, k, 0), [])}
+            assert not tuned & set(b.UNTUNED_M)
+        b._use_lookup("wave")
+        assert cl.wave_lookup_enabled()
+        cfg, source = b.resolved_config("fc1_srelu", 12345, 16384, 4096, "wave")
+        assert source.startswith("wave") and cl.lookup_config("fc1_srelu", arch="sm90", dtype="bfloat16", m=12345,
+                                                               n=16384, k=4096) == cfg
+        b._use_lookup("nearest")
+        assert not cl.wave_lookup_enabled()
+    finally:
+        cl.clear_cache()
+
+
+def test_bench_untuned_m_without_a_gpu_says_so_in_one_line(monkeypatch, capsys):
+    from benchmarks import bench_untuned_m
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench_untuned_m.main(["--m", "1000"]) == 2  # (also in test_bench_no_gpu with no arguments)
+    err = capsys.readouterr().err
+    assert err.strip() == "bench_untuned_m needs a CUDA GPU"
+    with pytest.raises(SystemExit) as exc:
+        bench_untuned_m.main(["--kernels", "fc3"])
+    assert exc.value.code == 2 and "unknown ['fc3']" in capsys.readouterr().err
 
 
 def test_bench_host_path_rows():
