@@ -112,7 +112,8 @@ def resolve(kernel: str, *, arch: str, dtype: str, m: int, n: int, k: int, num_e
     """(config, source) where source is "tuned", "tuned-nearest m=<M>" or "default"; with `wave`,
     `resolve_wave`'s choice when no entry matches exactly."""
     experts = num_experts if grouped else 0
-    if wave and hasattr(arch_config(arch), "wave_default_candidates"):
+    # the efficiency priors are bf16 measurements: the block-scaled FP8 kernels keep the nearest-M rule
+    if wave and not get_kernel(kernel).block_scaled and hasattr(arch_config(arch), "wave_default_candidates"):
         return resolve_wave(kernel, arch=arch, dtype=dtype, m=m, n=n, k=k, experts=experts, root=root)
     cands = tuned_entries(arch, kernel, root).get((dtype, n, k, experts), [])
     for tm, cfg in cands:

@@ -175,6 +175,13 @@ def test_the_switch(root, monkeypatch):
     assert look() == TUNED_1X1
 
 
+def test_fp8_kernels_keep_the_nearest_m_rule(root):
+    """The priors are bf16 measurements: the block-scaled kernels resolve as without the switch."""
+    for kernel in ("fp8_fc1_srelu", "fp8_fc2"):
+        kw = dict(arch="sm90", dtype="float8_e4m3fn", m=2345, n=4096, k=16384)
+        assert cl.resolve(kernel, **kw, wave=True) == cl.resolve(kernel, **kw)
+
+
 @pytest.mark.parametrize("value,expected", [(1.25, 1.25), (7.0, 2.0), (0.1, 0.5), ("1.3", 1.0), (True, 1.0),
                                             (float("nan"), 1.0), (None, 1.0), (-1.0, 1.0)])
 def test_a_records_speedup_is_read_safely(value, expected):
