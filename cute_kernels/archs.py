@@ -31,11 +31,12 @@ class Arch:
     # a config's structural knobs in the self-check's variant names (str.format with cfg=)
     variant_shape: str = "{cfg.schedule}-c{cfg.cluster_m}x{cfg.cluster_n}"
     block_scaled_fp8: bool = False  # the kernel class takes FP8 operands with 1x128 / 128x128 block scales
+    gathers_a: bool = False  # the kernel class loads A's rows by index (gather_a: the fused dispatch gather)
 
 
 ARCHS = {
     "sm90": Arch("sm90", "sm_90a", 9, "cute_kernels.sm90.config", "cute_kernels.sm90.space",
-                 "cute_kernels.sm90.gemm:Sm90Gemm", block_scaled_fp8=True),
+                 "cute_kernels.sm90.gemm:Sm90Gemm", block_scaled_fp8=True, gathers_a=True),
     "sm100": Arch("sm100", "sm_100a", 10, "cute_kernels.sm100.config", "cute_kernels.sm100.space",
                   "cute_kernels.sm100.gemm:Sm100Gemm", config_class="cute_kernels.sm100.config:Sm100Config",
                   launch_config="cute_kernels.sm100.launch_config:launch_config",

@@ -143,6 +143,33 @@ _INT_ONLY = {int}
 _checked_splits: dict = {}  # splits tuple -> (num_experts, m_total) it passed with
 
 
+def check_row_index(name: str, rows, *, num_rows: int, source: str, device):
+    """(M,) int32/int64 row indices into `source` ((num_rows, K)), on `device`.  Their range is
+    read on the host for a CPU tensor; on a CUDA tensor it is a device-side assert (no host sync:
+    the next sync fails with "device-side assert triggered" and this message in the CUDA log)."""
+    if not isinstance(rows, torch.Tensor):
+        _fail(f"{name} must be a torch.Tensor of row indices, got {type(rows).__name__}")
+    if rows.dim() != 1:
+        _fail(f"{name} must be 1-D (one index per row), got shape {tuple(rows.shape)}")
+    if rows.dtype not in (torch.int32, torch.int64):
+        _fail(f"{name} dtype must be int32 or int64, got {rows.dtype}")
+    if rows.device != device:
+        _fail(f"{name} is on {rows.device}, expected {device} (the kernel reads it on the GPU)")
+    if num_rows >= 2 ** 31:
+        _fail(f"{name} indexes {source} of {num_rows} rows: at most 2**31 - 1 rows can be gathered")
+    if rows.numel() == 0:
+        return
+    if rows.is_cuda:
+        lo, hi = torch.aminmax(rows)
+        torch._assert_async((lo >= 0) & (hi < num_rows), f"{name} holds a row index outside [0, {num_rows}) of {source}")
+        return
+    bad = (rows < 0) | (rows >= num_rows)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        _fail(f"{name} holds row index {int(rows[i])} at [{i}], outside [0, {num_rows}) ({source} has {num_rows} "
+              f"rows; {int(bad.sum())} indices out of range)")
+
+
 def check_prob(prob, *, m_total: int, device):
     if not isinstance(prob, torch.Tensor):
         _fail(f"prob must be a torch.Tensor, got {type(prob).__name__}")

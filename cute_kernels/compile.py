@@ -40,6 +40,8 @@ class KernelKey:
     out_dtype: str = ""  # "" (the operands' dtype; bfloat16 for FP8 operands) | "float32" | "bfloat16"
     grouped_k: bool = False
     b_dtype: str = ""  # "" (A's) | B's own FP8 format (an e4m3 x e5m2 product)
+    # A's rows gathered by index (GemmArgs.a_rows): grouped along M, K-major bf16/fp16 A only
+    gather_a: bool = False
 
     @property
     def block_scaled(self) -> bool:
@@ -111,7 +113,9 @@ def fake_arguments(key: KernelKey) -> GemmArgs:
     lda, ldb, ldd = (cute.sym_int64(divisibility=8, symbol=s) for s in ("lda", "ldb", "ldd"))
     batch_a, batch_b = cute.sym_int64(divisibility=8), cute.sym_int64(divisibility=8)
     a_stride = (lda, 1, batch_a) if key.a_major == "k" else (1, lda, batch_a)
-    a = make_fake_tensor(dt, (m, k, 1), a_stride, assumed_align=16)
+    # gathered A: its own row count T (the un-permuted tokens), the problem's M rows index into it
+    a_rows_total = cute.sym_int32(symbol="T") if key.gather_a else m
+    a = make_fake_tensor(dt, (a_rows_total, k, 1), a_stride, assumed_align=16)
     lb = cute.sym_int32(symbol="L") if key.grouped else 1
     b_stride = (ldb, 1, batch_b) if key.b_major == "k" else (1, ldb, batch_b)
     b = make_fake_tensor(dt, (n, k, lb), b_stride, assumed_align=16)
@@ -140,7 +144,8 @@ def fake_arguments(key: KernelKey) -> GemmArgs:
     desc_ws = None
     if key.grouped_k:  # per-CTA TMA descriptors (desc_workspace_words)
         desc_ws = make_fake_tensor(cutlass.Int64, (cute.sym_int32(symbol="W"),), (1,), assumed_align=128)
-    return GemmArgs(a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws)
+    a_rows = make_fake_tensor(cutlass.Int32, (m,), (1,), assumed_align=4) if key.gather_a else None
+    return GemmArgs(a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws, a_rows=a_rows)
 
 
 def _fake_block_scaled_arguments(key: KernelKey) -> GemmArgs:
@@ -195,6 +200,8 @@ def build_kernel(key: KernelKey):
         raise ValueError("a kernel is grouped along M or along K, not both")
     if key.grouped_k and (key.a_major, key.b_major) != ("m", "n"):
         raise ValueError("the K-grouped GEMM takes tokens (K) as the strided dimension: A must be M-major and B N-major")
+    if key.gather_a:
+        _check_gather(key)
     if key.block_scaled:
         return _build_block_scaled_kernel(key)
     if key.epi.quantized:
@@ -205,7 +212,24 @@ def build_kernel(key: KernelKey):
     validate(key.cfg, arch=key.arch, num_outputs=key.epi.num_outputs, grouped=key.grouped, grouped_k=key.grouped_k,
              out_bytes=key.out_bytes)
     stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
+    if key.gather_a:
+        return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages,
+                                      gather_a=True)
     return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages)
+
+
+def _check_gather(key: KernelKey):
+    """A gathered A (rows by index, loaded by cp.async) exists for grouped-along-M problems with a
+    K-major bf16/fp16 A, on the arches that have the gathering producer."""
+    if not get_arch(key.arch).gathers_a:
+        raise ConfigError(f"{key.arch} has no gathered-A GEMM (gather_a runs on "
+                          f"{', '.join(n for n, a in ARCHS.items() if a.gathers_a) or 'no arch'})")
+    if not key.grouped or key.grouped_k:
+        raise ConfigError("gather_a needs a problem grouped along M (the dispatch gather of routed experts)")
+    if key.a_major != "k":
+        raise ConfigError("gather_a needs a K-major A (whole rows are gathered)")
+    if key.block_scaled:
+        raise ConfigError("gather_a takes bf16/fp16 operands (no block-scaled FP8 gather yet)")
 
 
 def _build_block_scaled_kernel(key: KernelKey):

@@ -88,11 +88,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _kernel_key(kernel_name: str, arch: str, dtype, m: int, n: int, k: int, num_experts: int, epi: EpilogueSpec,
-                grouped: bool, majors: tuple, config: GemmConfig | None, tuned_root: str | None) -> KernelKey:
+                grouped: bool, majors: tuple, config: GemmConfig | None, tuned_root: str | None,
+                gather_a: bool = False) -> KernelKey:
     """The compiled-kernel key of one M-grouped or dense launch: the config (given, else
     looked up), narrowed for the row-sum epilogue and validated.  Cached: the hot path
     (config_lookup.clear_cache clears it too; tuned_root is the tuned-configs directory
-    the lookup reads, part of the key)."""
+    the lookup reads, part of the key).  gather_a: A's rows by index (the same config as
+    the plain kernel's)."""
+    if gather_a and not archs.get_arch(arch).gathers_a:
+        raise checks.InputError(f"a_rows: the {arch} kernels cannot gather A's rows yet (use the gathered copy x[a_rows])")
     arch_launch_config = archs.launch_config_function(arch)
     if arch_launch_config is not None:  # an arch choosing its own configs (e.g. sm100: no tuned entries)
         config = arch_launch_config(m=m, n=n, k=k, num_experts=num_experts if grouped else 0, epi=epi, grouped=grouped,
@@ -109,7 +113,7 @@ def _kernel_key(kernel_name: str, arch: str, dtype, m: int, n: int, k: int, num_
         config = narrowed_for_epilogue(config, epi, arch=arch)
     _checked_config(config, arch, epi.num_outputs, grouped)
     return kernel_key(kernel_name, arch, config, _dtype_name(dtype), num_experts if grouped else 0, epi=epi,
-                      majors=majors)
+                      majors=majors, gather_a=gather_a)
 
 
 on_clear(_kernel_key.cache_clear)
@@ -126,24 +130,29 @@ def _checked_operands(plan: LaunchPlan | None, a_name: str, a, w_name: str, w, g
 
 
 def _new_plan(signature, kernel_name: str, a, w, epi: EpilogueSpec, grouped: bool, majors: tuple,
-              config) -> LaunchPlan:
-    """The plan of a checked M-grouped or dense call (its first call with this signature)."""
+              config, a_rows=None) -> LaunchPlan:
+    """The plan of a checked M-grouped or dense call (its first call with this signature);
+    `a_rows`: the gathered rows of A (the problem has their count of rows)."""
     m, k = a.shape
+    if a_rows is not None:
+        m = a_rows.numel()
     n = w.size(-2)
     arch = device_arch(a.device)
     checks.check_config(config)
     key = _kernel_key(kernel_name, arch, a.dtype, m, n, k, w.size(0) if grouped else 1, epi, grouped, majors, config,
-                      tuned_root())
+                      tuned_root(), a_rows is not None)
     return launch_plan.put(signature, LaunchPlan(key, majors))
 
 
-def _launch(plan: LaunchPlan, a, w, outs, *, m_splits, prob, aux=None):
-    """Launch one M-grouped or dense GEMM; returns the row sums (dsrelu row_sum) or None."""
+def _launch(plan: LaunchPlan, a, w, outs, *, m_splits, prob, aux=None, a_rows=None):
+    """Launch one M-grouped or dense GEMM; returns the row sums (dsrelu row_sum) or None.
+    a_rows: (M,) int32, row r of the problem is a[a_rows[r]] (a gathering kernel's plan)."""
     key = plan.key
     config = key.cfg
     rowsum = None
     if key.epi.row_sum:  # one fp32 partial per (row, N tile), summed here: no atomics, reproducible
-        partials = torch.empty((-(-w.size(-2) // config.tile_n), a.size(0)), dtype=torch.float32, device=a.device)
+        rows = a.size(0) if a_rows is None else a_rows.numel()
+        partials = torch.empty((-(-w.size(-2) // config.tile_n), rows), dtype=torch.float32, device=a.device)
         rowsum = partials.t()
 
     d1 = _as_mkl(outs[1]) if len(outs) > 1 else None
@@ -152,7 +161,7 @@ def _launch(plan: LaunchPlan, a, w, outs, *, m_splits, prob, aux=None):
     if m_splits is not None:
         cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device, config.cluster_m)
     _launch_planned(plan, GemmArgs(_as_mkl(a), _as_nkl(w), _as_mkl(outs[0]), d1, prob, aux3, rowsum, cu_rows,
-                                   cu_tiles))
+                                   cu_tiles, a_rows=a_rows))
     return rowsum.sum(1) if rowsum is not None else None
 
 
@@ -222,7 +231,7 @@ def _launch_dlpack(key, args: GemmArgs, max_clusters):
     def mat(t):  # leading (contiguous) dimension: 1 for K-major / row-major, 0 for M- or N-major
         return None if t is None else _to_cute(t, 1 if t.stride(1) == 1 else 0)
 
-    vectors = ("scale", "rowsum", "cu_rows", "cu_tiles")
+    vectors = ("scale", "rowsum", "cu_rows", "cu_tiles", "a_rows")
     cute_args = args.map(lambda name, t: vec(t) if name in vectors
                          else from_dlpack(t, assumed_align=128).mark_layout_dynamic() if name == "desc_ws" else mat(t))
     stream = cuda.CUstream(torch.cuda.current_stream(args.a.device).cuda_stream)
@@ -267,7 +276,7 @@ def _output(name: str, out, m: int, n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, config: GemmConfig | None = None,
-              out: tuple | None = None, activation=None):
+              out: tuple | None = None, activation=None, a_rows=None):
     """FC1 with squared ReLU fused: preact = x @ w1^T, postact = prob * relu(preact)^2.
 
     activation: the activation f in postact = prob * f(preact) (default relu^2; an
@@ -277,14 +286,23 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     counts: list of ints or int tensor on the GPU; tokens sorted by expert).
     prob: optional (M,) per-row scale (router probability).
     out: optional preallocated (preact or None, postact) to write into.
+    a_rows: the dispatch gather fused into the kernel's A loads (grouped only): an (M,) int32 or
+    int64 tensor on x's device, row r of the grouped problem is x[a_rows[r]], so x (T, K) holds
+    the tokens in their own order and no gathered (M, K) copy is made; m_splits, prob and the
+    outputs then count M = len(a_rows) rows.  x must be K-major.  Indices are checked to lie in
+    [0, T) (a device-side assert on the GPU, no host sync).
     Returns (preact or None, postact), both (M, N) in x's dtype.
     """
     grouped = m_splits is not None
+    gather = a_rows is not None
     signature = ("fc1_srelu", tensor_meta(x), tensor_meta(w1), grouped, prob is not None, store_preact, activation,
-                 config, tuned_root())
+                 config, tuned_root(), gather)
     plan = launch_plan.get(signature)
     majors = _checked_operands(plan, "x", x, "w1", w1, grouped)
     m = x.size(0)
+    if gather:
+        a_rows = _checked_rows(a_rows, x, majors, grouped, m_splits)
+        m = a_rows.numel()
     if grouped:
         checks.check_m_splits(m_splits, num_experts=w1.size(0), m_total=m, device=x.device)
     if prob is not None:
@@ -301,12 +319,27 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
             return preact, postact
         epi = EpilogueSpec("act", store_preact=store_preact, row_scale=prob is not None,
                            activation=_activation(activation))
-        plan = _new_plan(signature, "fc1_srelu", x, w1, epi, grouped, majors, config)
+        plan = _new_plan(signature, "fc1_srelu", x, w1, epi, grouped, majors, config, a_rows)
     else:
         checks.check_config(config)
     outs = [preact, postact] if store_preact else [postact]
-    _launch(plan, x, w1, outs, m_splits=m_splits, prob=prob)
+    _launch(plan, x, w1, outs, m_splits=m_splits, prob=prob, a_rows=a_rows)
     return preact, postact
+
+
+def _checked_rows(a_rows, x, majors: tuple, grouped: bool, m_splits) -> torch.Tensor:
+    """fc1_srelu's gather indices checked (InputError naming a_rows) and as the kernel takes them
+    (int32, contiguous)."""
+    if not grouped:
+        raise checks.InputError("a_rows (the fused dispatch gather) needs m_splits: only the grouped kernel gathers")
+    if majors[0] != "k":
+        raise checks.InputError(f"x must be row-major (contiguous along K) for a_rows to gather its rows, got strides "
+                                f"{x.stride()}")
+    checks.check_row_index("a_rows", a_rows, num_rows=x.size(0), source="x", device=x.device)
+    if isinstance(m_splits, (list, tuple)) and all(type(s) is int for s in m_splits) and sum(m_splits) != a_rows.numel():
+        raise checks.InputError(f"a_rows has {a_rows.numel()} entries but m_splits sum to {sum(m_splits)}: one row "
+                                f"index per row of the grouped problem")
+    return a_rows.to(torch.int32).contiguous()
 
 
 def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Tensor | None = None):

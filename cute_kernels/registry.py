@@ -135,10 +135,11 @@ def kernel_config_errors(kernel: str, cfg, num_experts: int = 0, *, arch: str = 
 
 
 def kernel_key(kernel: str, arch: str, cfg: GemmConfig, dtype: str, num_experts: int, *, epi: EpilogueSpec | None = None,
-               majors: tuple | None = None, out_dtype: str = ""):
+               majors: tuple | None = None, out_dtype: str = "", gather_a: bool = False):
     """The compiled-kernel key of `kernel` with `cfg` (epilogue and majorness default to the
     registered ones: what the tuner times; the op passes the ones of its call).  `dtype`: a
-    `dtype_key` (FP8 kernels: A's format, "+B's" when it differs)."""
+    `dtype_key` (FP8 kernels: A's format, "+B's" when it differs).  gather_a: A's rows by index
+    (the fused dispatch gather; grouped bf16/fp16 kernels with a K-major A)."""
     from .compile import KernelKey
 
     spec = get_kernel(kernel)
@@ -147,7 +148,7 @@ def kernel_key(kernel: str, arch: str, cfg: GemmConfig, dtype: str, num_experts:
     a_dtype, b_dtype = operand_dtypes(dtype)
     return KernelKey(arch, cfg, epi or spec.epilogue, grouped, a_dtype, a_major, b_major,
                      out_dtype=out_dtype or spec.out_dtype, grouped_k=grouped_k,
-                     b_dtype="" if b_dtype == a_dtype else b_dtype)
+                     b_dtype="" if b_dtype == a_dtype else b_dtype, gather_a=gather_a)
 
 
 def with_activation(epi: EpilogueSpec, activation) -> EpilogueSpec:

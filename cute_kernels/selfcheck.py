@@ -72,6 +72,8 @@ def variant_name(key) -> str:
     shape = variant_shape(key.arch, key.cfg)  # the arch's structural knobs (cute_kernels.archs)
     out = key.out_dtype or key.dtype
     operands = key.dtype + (f"x{key.b_dtype}" if key.b_dtype and key.b_dtype != key.dtype else "")
+    if key.gather_a:  # A's rows by index: its own evidence (a pattern for the plain
+        operands += "+gather"  # variant, "*/bfloat16->*", does not match it)
     return f"{grouping}/{key.epi.key()}/{shape}/{operands}->{out}/a{key.a_major}b{key.b_major}"
 
 
@@ -212,6 +214,11 @@ def run_variant(key, *, launch, device=None, seed: int = 0, time_it: bool = Fals
     else:
         a = _operand(m, SMALL_K, key.a_major == "m", dt, device, gen)
         b = _operand(n, SMALL_K, key.b_major == "n", dt, device, gen, batch=e_count if key.grouped else 0)
+    a_rows = x = None
+    if key.gather_a:  # A's rows gathered from x (more tokens than rows, some taken twice, some never)
+        x = _operand(m + 37, SMALL_K, False, dt, device, gen)
+        a_rows = torch.randint(0, x.size(0), (m,), generator=gen, device=device, dtype=torch.int32)
+        a = x.index_select(0, a_rows)
     out_shape = (e_count, m, n) if key.grouped_k else (m, n)
     outs = [torch.full(out_shape, float("nan"), dtype=ot, device=device) for _ in epi.outputs]
     aux = None
@@ -234,9 +241,9 @@ def run_variant(key, *, launch, device=None, seed: int = 0, time_it: bool = Fals
     def d3(t):
         return t.permute(1, 2, 0) if key.grouped_k else as_mkl(t)
 
-    args = GemmArgs(as_mkl(a), as_nkl(b), d3(outs[0]), d3(outs[1]) if len(outs) > 1 else None, prob,
-                    None if aux is None else (d3(outs[0]) if epi.accumulate else as_mkl(aux)),
-                    None if partials is None else partials.t(), cu_rows, cu_tiles)
+    args = GemmArgs(as_mkl(a if x is None else x), as_nkl(b), d3(outs[0]), d3(outs[1]) if len(outs) > 1 else None,
+                    prob, None if aux is None else (d3(outs[0]) if epi.accumulate else as_mkl(aux)),
+                    None if partials is None else partials.t(), cu_rows, cu_tiles, a_rows=a_rows)
     res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
     try:
         launch(key, args)

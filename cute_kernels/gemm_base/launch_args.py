@@ -20,6 +20,7 @@ class GemmArgs(NamedTuple):
     sa: Any = None  # block-scaled FP8: (M, ceil(K / 128)) fp32 scales of A (1x128 blocks), or None
     sb: Any = None  # block-scaled FP8: (ceil(N / 128), ceil(K / 128), L) fp32 scales of B (128x128 blocks), or None
     qs: Any = None  # the quantized output's (M, ceil(N / 128)) fp32 scales (EpilogueSpec.quantized), or None
+    a_rows: Any = None  # gathered A (KernelKey.gather_a): (M,) int32, row r of the problem is a[a_rows[r]] (a: (T, K, 1))
 
     def map(self, fn) -> "GemmArgs":
         """The record with `fn` applied to every argument that is not None."""

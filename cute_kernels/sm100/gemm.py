@@ -92,9 +92,10 @@ class Sm100Gemm:
     # ------------------------------------------------------------------ host side
     @cute.jit
     def __call__(self, mA: cute.Tensor, mB: cute.Tensor, mD0: cute.Tensor, mD1, mScale, mAux, mRowSum,
-                 mCuRows, mCuTiles, mDescWs, mSA, mSB, mQS, max_clusters: Int32, stream):
+                 mCuRows, mCuTiles, mDescWs, mSA, mSB, mQS, mARows, max_clusters: Int32, stream):
         # mSA, mSB, mQS (block-scaled FP8 operands' scales, a quantized output's scales) are None:
-        # sm100 has no block-scaled kernel yet (archs.Arch.block_scaled_fp8)
+        # sm100 has no block-scaled kernel yet (archs.Arch.block_scaled_fp8); mARows (gathered A
+        # rows) is None: no gathering producer yet (archs.Arch.gathers_a)
         cfg = self.cfg
         self.ab_dtype = mA.element_type
         self.d_dtype = mD0.element_type

@@ -52,6 +52,7 @@ from ..gemm_base.epilogue_io import aux_depth, load_aux_fragment, visit_subtile
 from ..gemm_base.grouping import k_range, output_tile, ragged_store_view, whole_k_tiles
 from ..gemm_base.output_codec import FP8_TYPES, as_element_type, block_scale, reduce_amax_across_quad, update_amax
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
+from .gather_producer import GatherProducer, stage_arrivals
 from .mainloop_fp8 import BlockScaledMainloop, accumulator_rows
 
 THREADS_PER_WG = 128
@@ -143,8 +144,12 @@ class Sm90Gemm:
     (the tensor arguments in the order of `cute_kernels.gemm_base.launch_args.GemmArgs`)."""
 
     def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False,
-                 formats: tuple[str, str] | None = None):
+                 formats: tuple[str, str] | None = None, gather_a: bool = False):
         self.cfg = cfg
+        # A's rows gathered by index (GemmArgs.a_rows) by the producer warpgroup (sm90/gather_producer.py)
+        self.gather_a = gather_a
+        if gather_a and (not grouped or grouped_k or formats is not None):
+            raise ValueError("gather_a: grouped-along-M bf16/fp16 problems only")
         self.epi = epi
         # None: bf16/fp16 operands, the WGMMA mainloop.  (A, B) FP8 formats: block-scaled operands,
         # the promoting mainloop of sm90/mainloop_fp8.py (config rules: sm90/config.block_scaled_errors).
@@ -199,6 +204,7 @@ class Sm90Gemm:
         mSA,  # block-scaled: (M, KB) fp32 scales of A, or None
         mSB,  # block-scaled: (NB, KB, L) fp32 scales of B, or None
         mQS,  # the quantized output's (M, NB) fp32 scales, or None
+        mARows,  # gather_a: (M,) int32, row r of the problem is mA's row mARows[r] (mA: (T, K, 1)); or None
         max_clusters: Int32,
         stream,
     ):
@@ -240,12 +246,17 @@ class Sm90Gemm:
 
         a_op = cpasync.CopyBulkTensorTileG2SOp() if self.cfg.cluster_n == 1 else cpasync.CopyBulkTensorTileG2SMulticastOp()
         b_op = cpasync.CopyBulkTensorTileG2SOp() if self.cfg.cluster_m == 1 else cpasync.CopyBulkTensorTileG2SMulticastOp()
-        tma_a, tma_mA = cpasync.make_tiled_tma_atom(
-            a_op, mA, cute.slice_(a_smem_staged, (None, None, 0)), (self.tile_m, self.tile_k), num_multicast=self.cfg.cluster_n
-        )
+        tma_a, tma_mA = None, mA  # gather_a: A is read row by row (cp.async), the kernel gets A itself
+        if const_expr(not self.gather_a):
+            tma_a, tma_mA = cpasync.make_tiled_tma_atom(
+                a_op, mA, cute.slice_(a_smem_staged, (None, None, 0)), (self.tile_m, self.tile_k),
+                num_multicast=self.cfg.cluster_n
+            )
         tma_b, tma_mB = cpasync.make_tiled_tma_atom(
             b_op, mB, cute.slice_(b_smem_staged, (None, None, 0)), (self.tile_n, self.tile_k), num_multicast=self.cfg.cluster_m
         )
+        if const_expr(self.gather_a):
+            tma_a = tma_b  # (stands in for A's atom, unused)
         epi_smem_one = cute.slice_(epi_smem_staged, (None, None, 0))
         tma_d0, tma_mD0 = cpasync.make_tiled_tma_atom(
             cpasync.CopyBulkTensorTileS2GOp(), ragged_store_view(mD0, self.grouped), epi_smem_one, self.epi_tile
@@ -267,10 +278,11 @@ class Sm90Gemm:
                 cpasync.CopyBulkTensorTileG2SOp(), mAux, epi_smem_one, self.epi_tile
             )
 
-        m_total = cute.size(mA, mode=[0])
+        m_rows = mD0 if const_expr(self.gather_a) else mA  # gather_a: A has T rows, the problem M
+        m_total = cute.size(m_rows, mode=[0])
         n_total = cute.size(mB, mode=[0])
         num_m_tiles, num_n_tiles, num_experts, num_clusters = launch_geometry(
-            self.cfg, mA, mB, mCuRows, grouped=self.grouped, grouped_k=self.grouped_k, max_clusters=max_clusters)
+            self.cfg, m_rows, mB, mCuRows, grouped=self.grouped, grouped_k=self.grouped_k, max_clusters=max_clusters)
 
         ab_bytes = self.ab_stages * 2
         epi_elems = cute.cosize(epi_smem_staged)
@@ -292,7 +304,7 @@ class Sm90Gemm:
             tma_a, tma_mA, tma_b, tma_mB, tma_d0, tma_mD0, tma_d1, tma_mD1, tma_aux, tma_mAux,
             mScale, mAux, mRowSum, mCuRows, mCuTiles,
             mA if const_expr(self.grouped_k) else None, mB if const_expr(self.grouped_k) else None, mDescWs,
-            mSA, mSB, mQS,
+            mSA, mSB, mQS, mARows,
             tiled_mma,
             cute.make_layout((*self.cluster_shape_mn, 1)),
             a_smem_staged, b_smem_staged, epi_smem_staged, epi_smem_staged1,
@@ -328,6 +340,7 @@ class Sm90Gemm:
         mScale, mAux, mRowSum, mCuRows, mCuTiles,
         mA_gmem, mB_gmem, mDescWs,  # grouped_k: raw operands and the descriptor workspace
         mSA, mSB, mQS,  # block-scaled: operand scales; the quantized output's scales
+        mARows,  # gather_a: the problem's rows in A, or None
         tiled_mma: cute.TiledMma,
         cta_layout_mnk: cute.Layout,
         a_smem_staged: cute.ComposedLayout,
@@ -343,7 +356,8 @@ class Sm90Gemm:
         two_outputs = const_expr(self.num_outputs == 2)
 
         if warp_idx == 0:
-            cpasync.prefetch_descriptor(tma_a)
+            if const_expr(not self.gather_a):
+                cpasync.prefetch_descriptor(tma_a)
             cpasync.prefetch_descriptor(tma_b)
             cpasync.prefetch_descriptor(tma_d0)
             if const_expr(two_outputs):
@@ -362,11 +376,15 @@ class Sm90Gemm:
         a_smem_one = cute.slice_(a_smem_staged, (None, None, 0))
         b_smem_one = cute.slice_(b_smem_staged, (None, None, 0))
         tx_bytes = cute.size_in_bytes(self.ab_dtype, a_smem_one) + cute.size_in_bytes(self.b_dtype, b_smem_one)
+        producer_arrivals = 1
+        if const_expr(self.gather_a):  # A lands by cp.async: B's bytes, one arrival per gathering thread
+            tx_bytes = cute.size_in_bytes(self.b_dtype, b_smem_one)
+            producer_arrivals = stage_arrivals()
         mcast_peers = cfg.cluster_m + cfg.cluster_n - 1
         ab_pipeline = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.ab_bars.data_ptr(),
             num_stages=self.ab_stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, producer_arrivals),
             consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, mcast_peers * self.consumer_warps_per_stage),
             tx_count=tx_bytes,
             cta_layout_vmnk=cute.make_layout((1, *cta_layout_mnk.shape)),
@@ -406,91 +424,98 @@ class Sm90Gemm:
         if wg_idx == 0:
             # ------------------------------------------------------------ producer
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
-            if warp_idx == 0:
-                a_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (0, None, 0)).shape)
-                b_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (None, 0, 0)).shape)
-                state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.ab_stages)
-                desc_slot = Int32(0)
-                prev_expert = Int32(-1)
-                desc_uses = Int32(0)
-                ring = DescriptorRing(mDescWs, self.desc_slots, cluster_id, cta_layout_mnk, cta_rank)
-                desc_read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
-                desc_free = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
-                t = cluster_id
-                while t < num_work:
-                    row_start, row_end, n_tile, expert = walk.coords(t, cluster_coord)
-                    tile_k_tiles = k_tiles
-                    full_k_tiles = k_tiles  # grouped_k: K blocks read through the launch's own descriptors
-                    if const_expr(self.grouped_k):
-                        k_start, _, tile_k_tiles = k_range(mCuRows, expert, self.tile_k)
-                        # Only a last K block that would run into the next expert's tokens (or the
-                        # all-out-of-bounds block of an empty expert) needs a descriptor whose K
-                        # extent ends at this expert; whole blocks read through the launch's own.
-                        full_k_tiles = whole_k_tiles(mCuRows, expert, self.tile_k)
-                        gA = cute.local_tile(cute.domain_offset((row_start, k_start), mA[None, None, 0]),
-                                             (self.tile_m, self.tile_k), (0, None))
-                        gB = cute.local_tile(cute.domain_offset((0, k_start), mB[None, None, 0]),
-                                             (self.tile_n, self.tile_k), (n_tile, None))
-                    else:
-                        gA = cute.local_tile(
-                            cute.domain_offset((row_start, 0), mA[None, None, 0]), (self.tile_m, self.tile_k), (0, None)
-                        )
-                        gB = cute.local_tile(mB[None, None, expert], (self.tile_n, self.tile_k), (n_tile, None))
-                    tAsA, tAgA = cpasync.tma_partition(
-                        tma_a, cluster_coord[1], a_cta_layout, cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2)
-                    )
-                    tBsB, tBgB = cpasync.tma_partition(
-                        tma_b, cluster_coord[0], b_cta_layout, cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
-                    )
-                    aux_l2_at = cutlass.max(tile_k_tiles - AUX_L2_LEAD, 0)
-                    for kt in range(tile_k_tiles):
-                        if const_expr(self.aux_l2):
-                            if kt == aux_l2_at:
-                                self._prefetch_aux_l2(tma_aux, mAuxTma, sD0, row_start, n_tile)
-                        new_desc = cutlass.Boolean(False)
+            if const_expr(self.gather_a):
+                # the whole warpgroup gathers A's rows (cp.async), warp 0 also loads B (TMA)
+                GatherProducer(self.tile_m, self.tile_n, self.tile_k, self.ab_stages).run(
+                    walk, ab_pipeline, mA, mARows, sA, tma_b, mB, sB,
+                    cute.make_layout(cute.slice_(cta_layout_mnk, (None, 0, 0)).shape), cluster_coord, b_mcast_mask,
+                    k_tiles, k_total, cluster_id, num_launched, tidx, warp_idx == 0)
+            else:
+                if warp_idx == 0:
+                    a_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (0, None, 0)).shape)
+                    b_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (None, 0, 0)).shape)
+                    state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.ab_stages)
+                    desc_slot = Int32(0)
+                    prev_expert = Int32(-1)
+                    desc_uses = Int32(0)
+                    ring = DescriptorRing(mDescWs, self.desc_slots, cluster_id, cta_layout_mnk, cta_rank)
+                    desc_read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
+                    desc_free = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
+                    t = cluster_id
+                    while t < num_work:
+                        row_start, row_end, n_tile, expert = walk.coords(t, cluster_coord)
+                        tile_k_tiles = k_tiles
+                        full_k_tiles = k_tiles  # grouped_k: K blocks read through the launch's own descriptors
                         if const_expr(self.grouped_k):
-                            if kt == full_k_tiles and expert != prev_expert:
-                                # The writer warp prepared this expert's cut descriptors (same
-                                # tile walk, same rule); wait for them.
-                                desc_pipeline.consumer_wait(desc_read)
-                                desc_slot = desc_read.index
-                                cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 0))
-                                cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 1))
-                                desc_read.advance()
-                                prev_expert = expert
-                                desc_uses += 1
-                                new_desc = cutlass.Boolean(True)
-                        ab_pipeline.producer_acquire(state)
-                        if const_expr(self.grouped_k):
-                            if new_desc:
-                                if desc_uses > self.ab_stages:
-                                    # Each use issues one load; with this stage acquired, every load
-                                    # ab_stages back has landed, so the slot of the use ab_stages
-                                    # back is no longer read: hand it back to the writer.
-                                    desc_pipeline.consumer_release(desc_free)
-                                    desc_free.advance()
-                        bar = ab_pipeline.producer_get_barrier(state)
-                        a_src, a_dst = tAgA[(None, kt)], tAsA[(None, state.index)]
-                        b_src, b_dst = tBgB[(None, kt)], tBsB[(None, state.index)]
-                        if const_expr(self.grouped_k):
-                            if kt < full_k_tiles:
-                                self._load_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
-                            else:
-                                self._load_stage(
-                                    tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar,
-                                    ring.ptr(desc_slot, 0, generic=True), ring.ptr(desc_slot, 1, generic=True))
+                            k_start, _, tile_k_tiles = k_range(mCuRows, expert, self.tile_k)
+                            # Only a last K block that would run into the next expert's tokens (or the
+                            # all-out-of-bounds block of an empty expert) needs a descriptor whose K
+                            # extent ends at this expert; whole blocks read through the launch's own.
+                            full_k_tiles = whole_k_tiles(mCuRows, expert, self.tile_k)
+                            gA = cute.local_tile(cute.domain_offset((row_start, k_start), mA[None, None, 0]),
+                                                 (self.tile_m, self.tile_k), (0, None))
+                            gB = cute.local_tile(cute.domain_offset((0, k_start), mB[None, None, 0]),
+                                                 (self.tile_n, self.tile_k), (n_tile, None))
                         else:
-                            self._load_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
-                        ab_pipeline.producer_commit(state)
-                        state.advance()
-                    t += num_launched
-                ab_pipeline.producer_tail(state)
-            if const_expr(self.grouped_k):
-                if warp_idx == 1:
-                    # Writer warp: prepares the cut descriptors the producer loads partial
-                    # K blocks through (gemm_base.descriptors).
-                    DescriptorRing(mDescWs, self.desc_slots, cluster_id, cta_layout_mnk, cta_rank).run_writer(
-                        desc_pipeline, walk, tma_a, tma_b, mA_gmem, mB_gmem, self.tile_k, cluster_id, num_launched)
+                            gA = cute.local_tile(
+                                cute.domain_offset((row_start, 0), mA[None, None, 0]), (self.tile_m, self.tile_k), (0, None)
+                            )
+                            gB = cute.local_tile(mB[None, None, expert], (self.tile_n, self.tile_k), (n_tile, None))
+                        tAsA, tAgA = cpasync.tma_partition(
+                            tma_a, cluster_coord[1], a_cta_layout, cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2)
+                        )
+                        tBsB, tBgB = cpasync.tma_partition(
+                            tma_b, cluster_coord[0], b_cta_layout, cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
+                        )
+                        aux_l2_at = cutlass.max(tile_k_tiles - AUX_L2_LEAD, 0)
+                        for kt in range(tile_k_tiles):
+                            if const_expr(self.aux_l2):
+                                if kt == aux_l2_at:
+                                    self._prefetch_aux_l2(tma_aux, mAuxTma, sD0, row_start, n_tile)
+                            new_desc = cutlass.Boolean(False)
+                            if const_expr(self.grouped_k):
+                                if kt == full_k_tiles and expert != prev_expert:
+                                    # The writer warp prepared this expert's cut descriptors (same
+                                    # tile walk, same rule); wait for them.
+                                    desc_pipeline.consumer_wait(desc_read)
+                                    desc_slot = desc_read.index
+                                    cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 0))
+                                    cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 1))
+                                    desc_read.advance()
+                                    prev_expert = expert
+                                    desc_uses += 1
+                                    new_desc = cutlass.Boolean(True)
+                            ab_pipeline.producer_acquire(state)
+                            if const_expr(self.grouped_k):
+                                if new_desc:
+                                    if desc_uses > self.ab_stages:
+                                        # Each use issues one load; with this stage acquired, every load
+                                        # ab_stages back has landed, so the slot of the use ab_stages
+                                        # back is no longer read: hand it back to the writer.
+                                        desc_pipeline.consumer_release(desc_free)
+                                        desc_free.advance()
+                            bar = ab_pipeline.producer_get_barrier(state)
+                            a_src, a_dst = tAgA[(None, kt)], tAsA[(None, state.index)]
+                            b_src, b_dst = tBgB[(None, kt)], tBsB[(None, state.index)]
+                            if const_expr(self.grouped_k):
+                                if kt < full_k_tiles:
+                                    self._load_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
+                                else:
+                                    self._load_stage(
+                                        tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar,
+                                        ring.ptr(desc_slot, 0, generic=True), ring.ptr(desc_slot, 1, generic=True))
+                            else:
+                                self._load_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
+                            ab_pipeline.producer_commit(state)
+                            state.advance()
+                        t += num_launched
+                    ab_pipeline.producer_tail(state)
+                if const_expr(self.grouped_k):
+                    if warp_idx == 1:
+                        # Writer warp: prepares the cut descriptors the producer loads partial
+                        # K blocks through (gemm_base.descriptors).
+                        DescriptorRing(mDescWs, self.desc_slots, cluster_id, cta_layout_mnk, cta_rank).run_writer(
+                            desc_pipeline, walk, tma_a, tma_b, mA_gmem, mB_gmem, self.tile_k, cluster_id, num_launched)
         else:
             # ------------------------------------------------------------ consumers
             cute.arch.setmaxregister_increase(CONSUMER_REGS)
@@ -635,6 +660,7 @@ class Sm90Gemm:
                     # The first k-block runs with accumulate off (no zero fill, so ptxas injects
                     # no extra warpgroup.arrive); a wgmma.fence per k-tile as in CUTLASS's mainloops.
                     ab_pipeline.consumer_wait(read_state)
+                    self._gathered_stage_fence()
                     warpgroup.fence()
                     for kb in cutlass.range_constexpr(num_k_blocks):
                         tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
@@ -644,6 +670,7 @@ class Sm90Gemm:
                     tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
                     for kt in range(1, tile_k_tiles):
                         ab_pipeline.consumer_wait(read_state)
+                        self._gathered_stage_fence()
                         warpgroup.fence()
                         for kb in cutlass.range_constexpr(num_k_blocks):
                             cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
@@ -783,6 +810,12 @@ class Sm90Gemm:
         if is_store_warp:
             cute.copy(tma, bSG_s[(None, buf)], bSG_g[(None, e)])
             store_pipeline.producer_commit()
+
+    def _gathered_stage_fence(self):
+        """gather_a: A's stage was written by cp.async (generic proxy) and WGMMA reads it through
+        the async proxy; after the full barrier, order the two (nothing for TMA-loaded stages)."""
+        if const_expr(self.gather_a):
+            cute.arch.fence_proxy("async.shared", space="cta")
 
     def _load_stage(self, tma_a, a_src, a_dst, a_mask, tma_b, b_src, b_dst, b_mask, bar, desc_a=None, desc_b=None):
         """TMA loads of one stage's A and B blocks (through the given descriptors if any,
