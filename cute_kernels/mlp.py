@@ -136,6 +136,69 @@ class FC1SReLUFunction(torch.autograd.Function):
         return dx, _accumulate_main_grad(ctx, w1, "w1", dw1), None, None, None, None, None
 
 
+class GatheredFC1SReLUFunction(torch.autograd.Function):
+    """FC1SReLUFunction of the rows x[rows] (the dispatch gather fused into FC1's A loads, cute
+    path only): (x (T, H), w1, prob) -> (postact, preact) of M = len(rows) rows, without the (M, H)
+    gathered copy; it saves x itself.  Backward: the rows' data gradient goes back to x through
+    `rows_adjoint` (the caller's deterministic sum over each token's rows), dw1 from the rows
+    gathered again for the weight-gradient kernel (a transient copy: the gathered weight gradient
+    is not built yet)."""
+
+    @staticmethod
+    def forward(ctx, x, w1, prob, splits, rows, rows_adjoint, fuse_wgrad, activation=SRELU):
+        from .gemm_ops import fc1_srelu
+
+        preact, postact = fc1_srelu(x, w1, m_splits=splits, prob=prob, store_preact=True, activation=activation,
+                                    a_rows=rows)
+        ctx.splits = splits
+        ctx.rows_adjoint = rows_adjoint
+        ctx.fuse_wgrad = fuse_wgrad
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(tag_role(x, "fc1_input"), w1, rows)
+        return postact, preact
+
+    @staticmethod
+    @first_order_only("routed_srelu_experts")
+    def backward(ctx, dpre, _no_grad_preact):
+        x, w1, rows = ctx.saved_tensors
+        if dpre is None:
+            return (None,) * 8
+        splits = ctx.splits
+        dpre = dpre.contiguous()
+        dx = dw1 = None
+        if cute_backward_enabled():
+            from .torch_ops import ops
+
+            sl, st = _op_splits(splits)
+            if ctx.needs_input_grad[0]:
+                dx = ctx.rows_adjoint(ops().fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st))
+            if ctx.needs_input_grad[1]:
+                dw1 = _cute_wgrad(ctx, dpre, x.index_select(0, rows), splits, w1, "w1")
+            return dx, dw1, None, None, None, None, None, None
+        splits = splits_list(splits)
+        if ctx.needs_input_grad[0]:
+            dx = ctx.rows_adjoint(per_expert_mm(dpre, w1, splits, transpose_w=False))
+        if ctx.needs_input_grad[1]:
+            dw1 = _accumulate_main_grad(ctx, w1, "w1", per_expert_wgrad(dpre, x.index_select(0, rows), splits,
+                                                                        w1.size(0)))
+        return dx, dw1, None, None, None, None, None, None
+
+
+def gathered_srelu_mlp(x, w1, w2, *, rows, rows_adjoint, m_splits, prob, recompute_postact: bool = False,
+                       fuse_wgrad_accumulation: bool = False):
+    """srelu_mlp of x[rows] on the cute path with the gather fused into FC1 (grouped, relu^2; the
+    caller checked the operands: routed_srelu_experts(fused_gather=True)).  rows: (M,) int32 on
+    x's device; rows_adjoint: (M, H) row gradients -> (T, H), the gather's adjoint."""
+    if not recompute_postact:  # an offload plan may choose to recompute postact rather than save it
+        from offload.scheduler import recompute_requested
+
+        recompute_postact = recompute_requested("postact")
+    postact, preact = GatheredFC1SReLUFunction.apply(x, w1, prob, m_splits, rows, rows_adjoint,
+                                                     fuse_wgrad_accumulation, SRELU)
+    return FC2DSReLUFunction.apply(postact, preact, prob, w2, m_splits, recompute_postact, True,
+                                   fuse_wgrad_accumulation, SRELU, False)
+
+
 class FC2DSReLUFunction(torch.autograd.Function):
     """(postact, preact, prob, w2) -> y; backward returns dpreact as postact's gradient,
     the router gradient and dw2."""

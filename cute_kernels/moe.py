@@ -18,15 +18,23 @@ Steps, each a plain torch op for now (no fused gather/scatter in the GEMMs yet):
 4. combine: y = y_perm[inverse order].view(T, k, H).sum(1) (one gather, a sum over
    k accumulated in fp32 by torch); its backward is one gather.
 Dispatch and combine are each other's adjoint, written as two small autograd nodes.
+
+`fused_gather=True` (cute path; off by default until an H200 run): step 2 is fused into FC1's A
+loads (`fc1_srelu(..., a_rows=token)`, the sm90 gathering producer), so x_perm is never made: FC1
+reads hidden's rows by index and saves hidden itself; its backward sums each token's k row
+gradients as the dispatch's backward does and gathers the rows again, transiently, for the FC1
+weight gradient.  Same bits as the x_perm path.  Eager only (the gathered FC1 is called
+directly, not through the custom ops torch.compile traces).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from .checks import InputError, check_float_dtype
-from .mlp import uses_cute_path, srelu_mlp
+from .mlp import gathered_srelu_mlp, uses_cute_path, srelu_mlp
 from .mlp_checks import check_backend, check_main_grad, check_mlp_operands, check_offload
 
 
@@ -67,8 +75,13 @@ class _Dispatch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_perm):
         (inverse,) = ctx.saved_tensors
-        d = d_perm.index_select(0, inverse)
-        return d.view(-1, ctx.top_k, d.size(-1)).sum(1), None, None, None
+        return _token_sums(d_perm, inverse, ctx.top_k), None, None, None
+
+
+def _token_sums(d_perm, inverse, top_k: int):
+    """The dispatch's adjoint: each token's k row gradients (sorted pair order) summed, no atomics."""
+    d = d_perm.index_select(0, inverse)
+    return d.view(-1, top_k, d.size(-1)).sum(1)
 
 
 class _Combine(torch.autograd.Function):
@@ -153,7 +166,8 @@ def _check_expert_ids(topk_idx, num_experts: int, *, on_device: bool):
 
 
 def routed_srelu_experts(hidden, topk_idx, topk_weight, w1, w2, *, recompute_postact: bool = False,
-                         fuse_wgrad_accumulation: bool = False, backend: str = "auto", offload=None):
+                         fuse_wgrad_accumulation: bool = False, backend: str = "auto", offload=None,
+                         fused_gather: bool = False):
     """y (T, H) = sum over each token's k routed experts of weight * expert(hidden); see the module doc.
 
     Every argument is checked first, also when there is nothing to compute (no tokens, or k = 0:
@@ -161,19 +175,29 @@ def routed_srelu_experts(hidden, topk_idx, topk_weight, w1, w2, *, recompute_pos
     InputError naming topk_idx on a CPU tensor and on the torch path; on the cute path they are
     checked on the GPU without a host sync (a device-side assert, see `_check_expert_ids`).
     offload: an OffloadScheduler; the whole routed layer (dispatch, op, combine) is the
-    step's next layer for it, or belongs to the enclosing `sched.layer(i)`."""
+    step's next layer for it, or belongs to the enclosing `sched.layer(i)`.
+    fused_gather: on the cute path, the dispatch gather runs inside FC1's operand loads (no x_perm
+    copy; see the module doc); ignored on the torch path."""
+    if not isinstance(fused_gather, bool):
+        raise InputError(f"fused_gather must be a bool, got {fused_gather!r}")
     _check(hidden, topk_idx, topk_weight, w1, w2, backend=backend, offload=offload,
            fuse_wgrad_accumulation=fuse_wgrad_accumulation)
     if offload is not None and offload.current_layer is None:
         with offload.layer():
             return routed_srelu_experts(hidden, topk_idx, topk_weight, w1, w2, recompute_postact=recompute_postact,
                                         fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend,
-                                        offload=offload)
+                                        offload=offload, fused_gather=fused_gather)
     if topk_idx.numel() == 0:
         return _NoPairs.apply(hidden, topk_weight, w1, w2, fuse_wgrad_accumulation)
     r = route(topk_idx, w1.size(0))
-    x_perm = _Dispatch.apply(hidden, r.token, r.inverse, r.top_k)
     prob = topk_weight.reshape(-1).index_select(0, r.order)
+    if fused_gather and uses_cute_path(hidden, backend) and w1.size(-2) > 0:
+        y_perm = gathered_srelu_mlp(hidden, w1, w2, rows=r.token.to(torch.int32),
+                                    rows_adjoint=functools.partial(_token_sums, inverse=r.inverse, top_k=r.top_k),
+                                    m_splits=r.counts, prob=prob, recompute_postact=recompute_postact,
+                                    fuse_wgrad_accumulation=fuse_wgrad_accumulation)
+        return _Combine.apply(y_perm, r.token, r.inverse, r.top_k)
+    x_perm = _Dispatch.apply(hidden, r.token, r.inverse, r.top_k)
     y_perm = srelu_mlp(x_perm, w1, w2, m_splits=r.counts, prob=prob, recompute_postact=recompute_postact,
                        fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend, offload=offload)
     return _Combine.apply(y_perm, r.token, r.inverse, r.top_k)

@@ -157,3 +157,67 @@ def test_valid_a_rows_reach_the_device_check():
     with pytest.raises(InputError, match="x is a CPU tensor"):
         fc1_srelu(x, w1, m_splits=[2, 0, 3], a_rows=torch.tensor([9, 9, 0, 4, 1]))
 
+
+
+def test_moe_fused_gather_option_is_checked():
+    from cute_kernels.moe import routed_srelu_experts
+
+    x, w1 = _operands(k=16, n=8)
+    w2 = torch.randn(3, 16, 8).to(torch.bfloat16)
+    idx = torch.zeros(10, 2, dtype=torch.int64)
+    with pytest.raises(InputError, match="fused_gather must be a bool"):
+        routed_srelu_experts(x, idx, torch.rand(10, 2), w1, w2, backend="torch", fused_gather="yes")
+
+
+@pytest.mark.parametrize("fuse_wgrad", [False, True])
+def test_moe_fused_gather_plumbing_gives_the_same_bits(fuse_wgrad):
+    """routed_srelu_experts(fused_gather=True) through the cute path's plumbing on CPU (the custom
+    ops run their torch math; the gathered FC1 stood in for by the same math on x[a_rows]): y and
+    every gradient bitwise those of the x_perm path."""
+    from unittest import mock
+
+    from cute_kernels import gemm_ops, mlp, moe, torch_ops
+    from cute_kernels.torch_ops import activation_arg
+
+    def gathered_fc1(x, w1, *, m_splits, prob, store_preact, activation, a_rows):
+        assert a_rows.dtype == torch.int32 and a_rows.numel() == int(m_splits.sum())
+        return torch_ops._fc1_srelu_fwd(x.index_select(0, a_rows.long()), w1, None, prob, store_preact,
+                                        splits_t=m_splits, activation=activation_arg(activation))
+
+    g = torch.Generator().manual_seed(3)
+    t, e, k, h, f = 37, 6, 3, 16, 24
+    hidden = torch.randn(t, h, generator=g).to(torch.bfloat16)
+    idx = torch.stack([torch.randperm(e - 1, generator=g)[:k] for _ in range(t)])  # expert 5 stays empty
+    weight = torch.rand(t, k, generator=g)
+    w1 = (torch.randn(e, f, h, generator=g) / h ** 0.5).to(torch.bfloat16)
+    w2 = (torch.randn(e, h, f, generator=g) / f ** 0.5).to(torch.bfloat16)
+    dy = torch.randn(t, h, generator=g).to(torch.bfloat16)
+
+    def run(fused):
+        leaves = [v.clone().requires_grad_() for v in (hidden, weight, w1, w2)]
+        if fuse_wgrad:
+            for w in leaves[2:]:
+                w.main_grad = torch.zeros(w.shape, dtype=torch.float32)
+        y = moe.routed_srelu_experts(leaves[0], idx, leaves[1], leaves[2], leaves[3], backend="cute",
+                                     fused_gather=fused, fuse_wgrad_accumulation=fuse_wgrad)
+        y.backward(dy)
+        grads = [v.grad for v in leaves[:2]]
+        grads += [w.main_grad if fuse_wgrad else w.grad for w in leaves[2:]]
+        return [y] + grads
+
+    calls = []
+
+    def spy(*a, **kw):
+        calls.append(kw["a_rows"].numel())
+        return gathered_fc1(*a, **kw)
+
+    with mock.patch.object(moe, "uses_cute_path", lambda x, backend: True), \
+            mock.patch.object(mlp, "uses_cute_path", lambda x, backend: True), \
+            mock.patch.object(moe, "_check_expert_ids", lambda *a, **kw: None), \
+            mock.patch.object(gemm_ops, "fc1_srelu", spy):
+        base = run(False)
+        assert calls == []
+        fused = run(True)
+    assert calls == [t * k]
+    for a, b in zip(fused, base):
+        assert a is not None and torch.equal(a, b)

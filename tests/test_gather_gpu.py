@@ -87,3 +87,28 @@ def test_gathered_fc1_float16_and_every_token_once():
     _same_bits(pre, pre_ref, "preact")
     _same_bits(post, post_ref, "postact")
 
+
+
+@pytest.mark.parametrize("t,e,k,h,f,unused", [(1000, 16, 4, 256, 384, (3, 11)), (8192, 128, 6, 2688, 1856, ())])
+def test_routed_experts_fused_gather_equals_the_x_perm_path(t, e, k, h, f, unused):
+    from cute_kernels.moe import routed_srelu_experts
+
+    gen = _gen()
+    allowed = torch.tensor([i for i in range(e) if i not in unused])
+    idx = torch.stack([allowed[torch.randperm(len(allowed), generator=gen)[:k]] for _ in range(t)]).cuda()
+    hidden = (torch.randn(t, h, generator=gen)).to(torch.bfloat16).cuda()
+    weight = torch.rand(t, k, generator=gen).cuda()
+    w1 = (torch.randn(e, f, h, generator=gen) / h ** 0.5).to(torch.bfloat16).cuda()
+    w2 = (torch.randn(e, h, f, generator=gen) / f ** 0.5).to(torch.bfloat16).cuda()
+    dy = torch.randn(t, h, generator=gen).to(torch.bfloat16).cuda()
+
+    def run(fused):
+        leaves = [v.clone().requires_grad_() for v in (hidden, weight, w1, w2)]
+        y = routed_srelu_experts(leaves[0], idx, leaves[1], leaves[2], leaves[3], backend="cute", fused_gather=fused)
+        y.backward(dy)
+        return [y] + [v.grad for v in leaves]
+
+    base, fused = run(False), run(True)
+    torch.cuda.synchronize()
+    for name, a, b in zip(("y", "hidden", "weight", "w1", "w2"), fused, base):
+        assert torch.equal(a, b), f"{name}: {int((a != b).sum())} elements differ"
