@@ -26,10 +26,12 @@ def _kernel_params(cls):
 
 
 def test_kernel_call_takes_the_launch_record_in_its_order():
+    from cute_kernels.sm100.gemm import Sm100Gemm
     from cute_kernels.sm90.gemm import Sm90Gemm
 
-    params = _kernel_params(Sm90Gemm)
-    assert [p.lower() for p in params] == ["m" + f.replace("_", "") for f in GemmArgs._fields]
+    for cls in (Sm90Gemm, Sm100Gemm):
+        params = _kernel_params(cls)
+        assert [p.lower() for p in params] == ["m" + f.replace("_", "") for f in GemmArgs._fields], cls.__name__
 
 
 @pytest.mark.parametrize("epi,grouped_k", [(EpilogueSpec("act", store_preact=True, row_scale=True), False),
