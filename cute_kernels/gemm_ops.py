@@ -498,9 +498,9 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
         x = x if x.stride(-1) == 1 else x.contiguous()
     # GEMM: A = dy^T (M=N_out, K=T), B = x^T (N=K_out, K=T); both contiguous along M / N
     a, b = dy.t(), x.t()
-    if dy.size(0) == 0 and plan is None:  # (a plan has tokens)
-        # no tokens: dw = 0 (out unchanged with accumulate); the operand checks of an empty
-        # reduction would refuse K = 0, so only what still matters is checked
+    if (dy.size(0) == 0 or dy.size(1) == 0 or x.size(1) == 0) and plan is None:  # (a plan's problem is not empty)
+        # no tokens: dw = 0 (out unchanged with accumulate); no output rows or columns: an empty
+        # dw.  The operand checks of an empty matrix would refuse it, so only what still matters is checked
         if x.dtype != dy.dtype or x.device != dy.device:
             raise checks.InputError(f"x must match dy's dtype and device, got {x.dtype} on {x.device} "
                                     f"and {dy.dtype} on {dy.device}")

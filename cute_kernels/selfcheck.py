@@ -102,6 +102,9 @@ def _capturing() -> bool:
         return False
 
 
+_failed: dict = {}  # kernel key -> the message of its failed self-check (this process)
+
+
 def before_first_launch(key, seen: set, *, launch=None, runner=None, table: dict | None = None, env=None,
                         capturing=_capturing) -> CheckResult | None:
     """Gate of a variant's first launch in this process (the caller keeps `seen`): returns None
@@ -109,10 +112,13 @@ def before_first_launch(key, seen: set, *, launch=None, runner=None, table: dict
     disagreement.  `runner(key) -> CheckResult` runs the check (default: `run_variant` launching
     through the caller's `launch(key, args)`, e.g. gemm_ops._run: the caller hands its launch
     down, so this module imports nothing of the entry points above it)."""
-    seen.add(key)  # before the run: the check's own launch of this key passes straight through
     env = os.environ if env is None else env
     if env.get(ENV_SWITCH, "1") == "0":
+        seen.add(key)
         return None
+    if key in _failed:  # a variant that disagreed once keeps refusing (it is not in `seen`)
+        raise SelfCheckError(_failed[key])
+    seen.add(key)  # before the run: the check's own launch of this key passes straight through
     variant = variant_name(key)
     if is_verified(key.arch, variant, verified_table() if table is None else table):
         return None
@@ -125,11 +131,13 @@ def before_first_launch(key, seen: set, *, launch=None, runner=None, table: dict
     res = runner(key) if runner is not None else run_variant(key, launch=launch)
     results[variant] = res
     if not res.ok:
-        raise SelfCheckError(
+        seen.discard(key)  # the next launch of this key meets the gate again (and the recorded failure)
+        _failed[key] = (
             f"{key.arch} kernel {variant} disagrees with torch on a small problem "
             f"(errors {res.errors}, tolerance {res.tolerance}{'; ' + res.message if res.message else ''}). "
             f"This variant has no hardware evidence yet: please run `python -m cute_kernels.selfcheck` and report "
             f"its table; meanwhile use backend='torch', or set {ENV_SWITCH}=0 to skip this check.")
+        raise SelfCheckError(_failed[key])
     log.warning("%s kernel %s has no recorded hardware evidence; its self-check passed (errors %s)", key.arch,
                 variant, {k: f"{v:.1e}" for k, v in res.errors.items()})
     return res
@@ -291,6 +299,11 @@ def _run_block_scaled_variant(key, launch, device, gen, time_it: bool) -> CheckR
             else torch.full((m, n), float("nan"), dtype=getattr(torch, key.d_dtype), device=device)
             for name in epi.outputs}
     qs = torch.full((nb, m), float("nan"), dtype=torch.float32, device=device).t() if epi.quantized else None
+    # dact: the saved preact as the epilogue input (the plain outputs' dtype); its row-sum partials
+    aux = torch.randn(m, n, generator=gen, device=device).to(getattr(torch, key.d_dtype)) if epi.aux_input else None
+    partials = None
+    if epi.row_sum:
+        partials = torch.full((-(-n // cfg.tile_n), m), float("nan"), dtype=torch.float32, device=device)
     cu_rows = cu_tiles = None
     if key.grouped:
         cu_rows, cu_tiles = splits_metadata(splits, cfg.tile_m, device, cfg.cluster_m)
@@ -298,8 +311,9 @@ def _run_block_scaled_variant(key, launch, device, gen, time_it: bool) -> CheckR
     else:
         b3, sb3 = as_mkl(bq[0].view(u8)), sb[0].unsqueeze(-1)
     d = [as_mkl(outs[name]) for name in epi.outputs]
-    args = GemmArgs(as_mkl(aq.view(u8)), b3, d[0], d[1] if len(d) > 1 else None, scale=prob, cu_rows=cu_rows,
-                    cu_tiles=cu_tiles, sa=sa, sb=sb3, qs=qs)
+    args = GemmArgs(as_mkl(aq.view(u8)), b3, d[0], d[1] if len(d) > 1 else None, scale=prob,
+                    aux=None if aux is None else as_mkl(aux), rowsum=None if partials is None else partials.t(),
+                    cu_rows=cu_rows, cu_tiles=cu_tiles, sa=sa, sb=sb3, qs=qs)
     res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
     if epi.quantized:
         res.tolerances[epi.quantized] = FP8_OUTPUT_TOLERANCE[epi.q_format]
@@ -310,7 +324,9 @@ def _run_block_scaled_variant(key, launch, device, gen, time_it: bool) -> CheckR
         res.message = f"{type(exc).__name__}: {exc}"[:300]
         return res
     b32 = torch.stack([dequantize(bq[e], sb[e]) for e in range(experts)])
-    ref = _reference(key, dequantize(aq, sa), b32 if key.grouped else b32[0], splits, None, prob)
+    ref = _reference(key, dequantize(aq, sa), b32 if key.grouped else b32[0], splits, aux, prob)
+    if epi.row_sum:
+        outs["row_sum"] = partials.sum(0)
     for name, r in ref.items():
         g = outs[name]
         g = dequantize(g.view(FORMATS[epi.q_format]), qs) if name == epi.quantized else g.float()

@@ -114,6 +114,7 @@ def gpu_as(monkeypatch):
     monkeypatch.setattr(launch_plan, "_plans", {})  # no plan kept from another test's mocks
     monkeypatch.setattr(selfcheck, "run_variant", run_variant)
     monkeypatch.setattr(selfcheck, "results", {})
+    monkeypatch.setattr(selfcheck, "_failed", {})
     monkeypatch.setattr(gemm_ops, "_max_clusters_arg", lambda *a: (1, 1))
     monkeypatch.setattr(gemm_ops, "use_tvm_ffi", lambda: True)
     monkeypatch.setattr(gemm_ops, "get_compiled", lambda key: (lambda *a: launched.append(key)))

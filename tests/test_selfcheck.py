@@ -14,6 +14,11 @@ SM100 = KernelKey("sm100", Sm100Config(cta_group=2, cluster_m=2), EpilogueSpec("
 SM90 = KernelKey("sm90", GemmConfig(), EpilogueSpec("identity"), True, "bfloat16", "k", "k")
 
 
+@pytest.fixture(autouse=True)
+def _no_recorded_failures(monkeypatch):
+    monkeypatch.setattr(selfcheck, "_failed", {})
+
+
 class FakeRunner:
     def __init__(self, error=1e-3):
         self.error, self.calls = error, []
@@ -92,3 +97,16 @@ def test_the_op_path_runs_the_gate_once_per_key(monkeypatch):
     for _ in range(2):
         gemm_ops._run(SM100, GemmArgs(T, None, None))
     assert calls == [(SM100, gemm_ops._run)]  # the op hands its own launch down for the check's run
+
+
+def test_a_failed_variant_keeps_refusing(monkeypatch):
+    """The gate's caller skips keys in `seen`: a failed check must leave its key out of it, or the
+    variant's second launch would run unchecked (seen on the H200: the FP8 step's second call ran a
+    variant whose self-check had failed).  Later launches raise again without re-running."""
+    monkeypatch.setattr(selfcheck, "_failed", {})
+    run, seen = FakeRunner(error=0.5), set()
+    for _ in range(3):
+        with pytest.raises(selfcheck.SelfCheckError, match="disagrees"):
+            gate(SM100, seen, run)
+        assert SM100 not in seen
+    assert run.calls == [SM100], "the failed check is not re-run"
