@@ -238,6 +238,7 @@ def main(argv=None):
     p.add_argument("--no-sustained", action="store_true")
     p.add_argument("--no-step", action="store_true", help="skip the MLP step table")
     p.add_argument("--no-grouped", action="store_true", help="skip the grouped FC1+SReLU table")
+    p.add_argument("--no-gemm", action="store_true", help="skip the dense GEMM table")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_fp8 needs a CUDA GPU", file=sys.stderr)
@@ -246,7 +247,7 @@ def main(argv=None):
     out_dir = os.environ.get("OUT", "gpu_out")
     os.makedirs(out_dir, exist_ok=True)
     flops = 2.0 * m * n * k
-    fns, checks = cases(m, n, k)
+    fns, checks = cases(m, n, k) if not args.no_gemm else ({}, {})
     rows = []
     for name, fn in fns.items():
         row = {"case": name}
