@@ -54,6 +54,7 @@ from ..gemm_base.output_codec import FP8_TYPES, as_element_type, block_scale, re
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
 from .gather_producer import GatherProducer, stage_arrivals
 from .mainloop_fp8 import BlockScaledMainloop, accumulator_rows
+from .mainloop_wgmma import WgmmaMainloop
 
 THREADS_PER_WG = 128
 PRODUCER_REGS = 40
@@ -563,6 +564,8 @@ class Sm90Gemm:
                                                    tCrB_blocks if const_expr(self.n_blocks > 1) else None)
                 thread_row0 = tCcTile[0][0] - acc_first_row  # the thread's first accumulator row in the tile
                 num_sb_blocks = cute.size(mSB, mode=[0])
+            else:
+                bf16_mainloop = WgmmaMainloop(tCrA, tCrB, num_k_blocks, self.gather_a)
 
             # Epilogue partitioning: registers -> smem (stmatrix) -> TMA store.
             r2s_atom = sm90_utils.get_smem_store_op(self.d_layout, elem_ty_d=self.d_dtype, elem_ty_acc=Float32)
@@ -657,36 +660,15 @@ class Sm90Gemm:
                             tiled_mma, acc, blk, sc, ab_pipeline, read_state, release_state, tile_k_tiles, mSA, mSB,
                             rows, n_tile * self.n_blocks, num_sb_blocks, expert, self.n_blocks)
                 else:
-                    # The first k-block runs with accumulate off (no zero fill, so ptxas injects
-                    # no extra warpgroup.arrive); a wgmma.fence per k-tile as in CUTLASS's mainloops.
-                    ab_pipeline.consumer_wait(read_state)
-                    self._gathered_stage_fence()
-                    warpgroup.fence()
-                    for kb in cutlass.range_constexpr(num_k_blocks):
-                        tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
-                        cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
-                    warpgroup.commit_group()
-                    read_state.advance()
-                    tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
-                    for kt in range(1, tile_k_tiles):
-                        ab_pipeline.consumer_wait(read_state)
-                        self._gathered_stage_fence()
-                        warpgroup.fence()
-                        for kb in cutlass.range_constexpr(num_k_blocks):
-                            cute.gemm(tiled_mma, acc, tCrA[(None, None, kb, read_state.index)], tCrB[(None, None, kb, read_state.index)], acc)
-                        warpgroup.commit_group()
-                        warpgroup.wait_group(1)
-                        ab_pipeline.consumer_release(release_state)
-                        release_state.advance()
-                        read_state.advance()
+                    tiled_mma, read_state, release_state = bf16_mainloop.run(
+                        tiled_mma, acc, ab_pipeline, read_state, release_state, tile_k_tiles)
                     if const_expr(self.epi.aux_input and not self.pingpong and not self._aux_before_mainloop()):
                         # a 128x256x64 k-block is ~2K tensor-core cycles: enough to cover an L2 hit
                         # (the producer prefetched the input into L2) for the first sub-tiles
                         aux_q = [self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, i,
                                                 n_total, expert)
                                  for i in range(min(self._aux_depth(mAux, frag_size), num_epi))]
-                    warpgroup.wait_group(0)
-                    ab_pipeline.consumer_release(release_state)
+                    bf16_mainloop.drain(ab_pipeline, release_state)
                     release_state.advance()
                 if const_expr(self.pingpong):
                     # Hand the tensor cores to the other warpgroup.
@@ -810,12 +792,6 @@ class Sm90Gemm:
         if is_store_warp:
             cute.copy(tma, bSG_s[(None, buf)], bSG_g[(None, e)])
             store_pipeline.producer_commit()
-
-    def _gathered_stage_fence(self):
-        """gather_a: A's stage was written by cp.async (generic proxy) and WGMMA reads it through
-        the async proxy; after the full barrier, order the two (nothing for TMA-loaded stages)."""
-        if const_expr(self.gather_a):
-            cute.arch.fence_proxy("async.shared", space="cta")
 
     def _load_stage(self, tma_a, a_src, a_dst, a_mask, tma_b, b_src, b_dst, b_mask, bar, desc_a=None, desc_b=None):
         """TMA loads of one stage's A and B blocks (through the given descriptors if any,
