@@ -12,7 +12,7 @@ from cute_kernels.compile import KernelKey, build_kernel, get_compiled
 from cute_kernels.config import ConfigError, GemmConfig, epilogue_misfit, narrowed_for_epilogue
 from cute_kernels.epilogue import EpilogueSpec
 from cute_kernels.inspect_ptx import find_ptxas, kernel_ptx, ptxas_info
-from cute_kernels.sm90.gemm import prefetches_aux_into_l2
+from cute_kernels.sm90.epilogue_aux import prefetches_aux_into_l2
 
 EPILOGUES = {
     "identity": EpilogueSpec("identity"),

@@ -46,98 +46,24 @@ from cutlass.pipeline import pipeline_init_arrive, pipeline_init_wait
 from cutlass.tensor_utils import LayoutEnum
 
 from ..config import GemmConfig
-from ..epilogue import FP8_FMAX, EpilogueSpec
+from ..epilogue import EpilogueSpec
 from ..gemm_base.descriptors import DescriptorRing, desc_slots
 from ..gemm_base.epilogue_io import aux_depth, load_aux_fragment, visit_subtile
-from ..gemm_base.grouping import k_range, output_tile, ragged_store_view, whole_k_tiles
-from ..gemm_base.output_codec import FP8_TYPES, as_element_type, block_scale, reduce_amax_across_quad, update_amax
+from ..gemm_base.grouping import k_range, output_tile, ragged_store_view
+from ..gemm_base.output_codec import FP8_TYPES, as_element_type
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
+from .epilogue_aux import (AUX_INFLIGHT_BYTES, aux_in_registers_before_mainloop, aux_loaded_during_last_k_tile,
+                           prefetches_aux_into_l2)
+from .epilogue_store import EpilogueStore
 from .gather_producer import GatherProducer, stage_arrivals
 from .mainloop_fp8 import BlockScaledMainloop, accumulator_rows
 from .mainloop_wgmma import WgmmaMainloop
+from .tma_producer import TmaProducer
 
 THREADS_PER_WG = 128
 PRODUCER_REGS = 40
 CONSUMER_REGS = 232
 EPI_BARRIER_ID = 1  # ping-pong uses ids 1 and 2, one per consumer warpgroup
-# Widest tile whose epilogue input is prefetched before the mainloop (register budget).
-AUX_PREFETCH_MAX_TILE_N = 192
-# Wider tiles keep two epilogue-input sub-tiles in flight when one takes at most this many
-# bytes per thread (epi_n 32 in bf16), else one.
-AUX_INFLIGHT_BYTES = 32
-# Dense one-output epilogues whose input is not prefetched into registers before the
-# mainloop (tiles wider than AUX_PREFETCH_MAX_TILE_N) prefetch it into L2 by TMA instead,
-# AUX_L2_LEAD K blocks before the producer's last load of the tile (so, with the operand ring
-# ahead of the consumers, about AUX_L2_LEAD + ab_stages K blocks before the epilogue reads
-# it).  Measured on the H100 (A/B in one process, 2026-11-25): the dense 128x256 dgrad+dSReLU
-# 1.037x faster; with it on where the inputs already are in registers, on grouped problems
-# (E=128 fp32 main_grad wgrad 0.94x) or with two outputs, 0.94-0.98x, so it is off there.
-AUX_L2_LEAD = 8
-AUX_L2_PREFETCH = True  # read at trace time (off only to measure what the prefetch is worth)
-def aux_in_registers_before_mainloop(cfg: GemmConfig, epi: EpilogueSpec) -> bool:
-    """Whether a tile's first epilogue-input sub-tile is loaded into registers before its
-    mainloop (cooperative tiles up to AUX_PREFETCH_MAX_TILE_N wide)."""
-    return epi.aux_input and cfg.tile_n <= AUX_PREFETCH_MAX_TILE_N and cfg.schedule != "pingpong"
-
-
-def prefetches_aux_into_l2(cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, grouped_k: bool) -> bool:
-    """Whether the producer TMA-prefetches each tile's epilogue input into L2 (see AUX_L2_LEAD;
-    the kernel also needs the input in the output's dtype)."""
-    return (AUX_L2_PREFETCH and epi.aux_input and not grouped and not grouped_k and epi.num_outputs == 1
-            and not aux_in_registers_before_mainloop(cfg, epi))
-
-
-def _fragment_row_offsets(coords, size: int) -> list:
-    """Static row offset of each epilogue fragment element from the thread's first row
-    (trace time).  The row sum keeps one partial per distinct offset and expects the
-    WGMMA accumulator layout: rows r0 and r0 + 8 of each 64-row MMA block a warpgroup
-    holds (r0, r0 + 8, r0 + 64, r0 + 72 for a 128-row ping-pong tile)."""
-    offsets = [int(coords.layout(v)[0]) for v in range(size)]
-    blocks = sorted({o - o % 64 for o in offsets})
-    if sorted(set(offsets)) != sorted(b + r for b in blocks for r in (0, 8)):
-        raise NotImplementedError(f"row_sum expects rows r0 and r0 + 8 per 64-row block, got offsets {offsets}")
-    return offsets
-
-
-def _permutation(coords_to, coords_from, size: int) -> list:
-    """perm[j]: the element of `coords_from` at the coordinate of element j of `coords_to`
-    (two partitions of one thread's epilogue sub-tile; trace time, fails if they differ)."""
-    where = {}
-    for v in range(size):
-        c = coords_from.layout(v)
-        where[(c[0], c[1])] = v
-    perm = []
-    for j in range(size):
-        c = coords_to.layout(j)
-        if (c[0], c[1]) not in where:
-            raise NotImplementedError(f"FP8 store fragment element {j} at {c} is not in the thread's sub-tile")
-        perm.append(where[(c[0], c[1])])
-    if sorted(perm) != list(range(size)):
-        raise NotImplementedError(f"FP8 store fragment is not a permutation of the stored one: {perm}")
-    return perm
-
-
-def _fragment_order(tRS_cTile, tRS_cEpi, frag_size: int, num_epi: int, epi_n: int) -> list:
-    """Which element of the retiled accumulator feeds element v of epilogue sub-tile e
-    (trace time): order[e][v] is the index whose tile coordinate is that of element v of a
-    sub-tile shifted by e * epi_n columns.  With one 64-row WGMMA block per warpgroup this is
-    e * frag_size + v; a 128-row ping-pong tile interleaves its two blocks differently.  A
-    coordinate the accumulator does not hold fails here, at compile time."""
-    where = {}
-    for i in range(frag_size * num_epi):
-        c = tRS_cTile.layout(i)
-        where[(c[0], c[1])] = i
-    order = []
-    for e in range(num_epi):
-        row = []
-        for v in range(frag_size):
-            c = tRS_cEpi.layout(v)
-            key = (c[0], c[1] + e * epi_n)
-            if key not in where:
-                raise NotImplementedError(f"epilogue sub-tile {e} element {v} at {key} is not in the accumulator")
-            row.append(where[key])
-        order.append(row)
-    return order
 
 
 class Sm90Gemm:
@@ -158,7 +84,6 @@ class Sm90Gemm:
         self.block_scaled = formats is not None
         # the output the quantizing codec stores in FP8 (always the last one), or -1
         self.q_index = epi.quantized_index
-        self.fmax = FP8_FMAX[epi.q_format]
         if self.q_index not in (-1, epi.num_outputs - 1):
             raise ValueError(f"the quantized output must be the epilogue's last, got {epi.quantized!r} of {epi.outputs}")
         if self.q_index >= 0 and (self.pingpong_schedule(cfg) or cfg.tile_n % 128):
@@ -433,84 +358,11 @@ class Sm90Gemm:
                     k_tiles, k_total, cluster_id, num_launched, tidx, warp_idx == 0)
             else:
                 if warp_idx == 0:
-                    a_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (0, None, 0)).shape)
-                    b_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (None, 0, 0)).shape)
-                    state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.ab_stages)
-                    desc_slot = Int32(0)
-                    prev_expert = Int32(-1)
-                    desc_uses = Int32(0)
-                    ring = DescriptorRing(mDescWs, self.desc_slots, cluster_id, cta_layout_mnk, cta_rank)
-                    desc_read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
-                    desc_free = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
-                    t = cluster_id
-                    while t < num_work:
-                        row_start, row_end, n_tile, expert = walk.coords(t, cluster_coord)
-                        tile_k_tiles = k_tiles
-                        full_k_tiles = k_tiles  # grouped_k: K blocks read through the launch's own descriptors
-                        if const_expr(self.grouped_k):
-                            k_start, _, tile_k_tiles = k_range(mCuRows, expert, self.tile_k)
-                            # Only a last K block that would run into the next expert's tokens (or the
-                            # all-out-of-bounds block of an empty expert) needs a descriptor whose K
-                            # extent ends at this expert; whole blocks read through the launch's own.
-                            full_k_tiles = whole_k_tiles(mCuRows, expert, self.tile_k)
-                            gA = cute.local_tile(cute.domain_offset((row_start, k_start), mA[None, None, 0]),
-                                                 (self.tile_m, self.tile_k), (0, None))
-                            gB = cute.local_tile(cute.domain_offset((0, k_start), mB[None, None, 0]),
-                                                 (self.tile_n, self.tile_k), (n_tile, None))
-                        else:
-                            gA = cute.local_tile(
-                                cute.domain_offset((row_start, 0), mA[None, None, 0]), (self.tile_m, self.tile_k), (0, None)
-                            )
-                            gB = cute.local_tile(mB[None, None, expert], (self.tile_n, self.tile_k), (n_tile, None))
-                        tAsA, tAgA = cpasync.tma_partition(
-                            tma_a, cluster_coord[1], a_cta_layout, cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2)
-                        )
-                        tBsB, tBgB = cpasync.tma_partition(
-                            tma_b, cluster_coord[0], b_cta_layout, cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
-                        )
-                        aux_l2_at = cutlass.max(tile_k_tiles - AUX_L2_LEAD, 0)
-                        for kt in range(tile_k_tiles):
-                            if const_expr(self.aux_l2):
-                                if kt == aux_l2_at:
-                                    self._prefetch_aux_l2(tma_aux, mAuxTma, sD0, row_start, n_tile)
-                            new_desc = cutlass.Boolean(False)
-                            if const_expr(self.grouped_k):
-                                if kt == full_k_tiles and expert != prev_expert:
-                                    # The writer warp prepared this expert's cut descriptors (same
-                                    # tile walk, same rule); wait for them.
-                                    desc_pipeline.consumer_wait(desc_read)
-                                    desc_slot = desc_read.index
-                                    cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 0))
-                                    cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 1))
-                                    desc_read.advance()
-                                    prev_expert = expert
-                                    desc_uses += 1
-                                    new_desc = cutlass.Boolean(True)
-                            ab_pipeline.producer_acquire(state)
-                            if const_expr(self.grouped_k):
-                                if new_desc:
-                                    if desc_uses > self.ab_stages:
-                                        # Each use issues one load; with this stage acquired, every load
-                                        # ab_stages back has landed, so the slot of the use ab_stages
-                                        # back is no longer read: hand it back to the writer.
-                                        desc_pipeline.consumer_release(desc_free)
-                                        desc_free.advance()
-                            bar = ab_pipeline.producer_get_barrier(state)
-                            a_src, a_dst = tAgA[(None, kt)], tAsA[(None, state.index)]
-                            b_src, b_dst = tBgB[(None, kt)], tBsB[(None, state.index)]
-                            if const_expr(self.grouped_k):
-                                if kt < full_k_tiles:
-                                    self._load_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
-                                else:
-                                    self._load_stage(
-                                        tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar,
-                                        ring.ptr(desc_slot, 0, generic=True), ring.ptr(desc_slot, 1, generic=True))
-                            else:
-                                self._load_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
-                            ab_pipeline.producer_commit(state)
-                            state.advance()
-                        t += num_launched
-                    ab_pipeline.producer_tail(state)
+                    TmaProducer(self.tile_m, self.tile_n, self.tile_k, self.ab_stages, self.desc_slots, self.epi_tile,
+                                grouped_k=self.grouped_k, aux_l2=self.aux_l2).run(
+                        walk, ab_pipeline, desc_pipeline, tma_a, mA, sA, a_mcast_mask, tma_b, mB, sB, b_mcast_mask,
+                        cta_layout_mnk, cluster_coord, cta_rank, mCuRows, mDescWs, k_tiles, cluster_id, num_launched,
+                        tma_aux, mAuxTma, sD0)
                 if const_expr(self.grouped_k):
                     if warp_idx == 1:
                         # Writer warp: prepares the cut descriptors the producer loads partial
@@ -568,43 +420,10 @@ class Sm90Gemm:
                 bf16_mainloop = WgmmaMainloop(tCrA, tCrB, num_k_blocks, self.gather_a)
 
             # Epilogue partitioning: registers -> smem (stmatrix) -> TMA store.
-            r2s_atom = sm90_utils.get_smem_store_op(self.d_layout, elem_ty_d=self.d_dtype, elem_ty_acc=Float32)
-            stmatrix_atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(False, 4), self.d_dtype)
-            c_atom = cute.make_tiled_copy_C_atom(stmatrix_atom, tiled_mma)
-            tiled_r2s = cute.make_tiled_copy_S(r2s_atom, c_atom)
-            thr_r2s = tiled_r2s.get_slice(mma_tid)
-            tRS_sD0 = thr_r2s.partition_D(sD0)
-            tRS_sD1 = thr_r2s.partition_D(sD1)
-            tRS_acc = tiled_r2s.retile(acc)
-            frag_shape = cute.shape(thr_r2s.partition_S(sD0))[:3]
-            frag_size = cute.size(frag_shape)
-            num_epi = self.tile_n // cfg.epi_n
-            # (row, col) inside the epilogue sub-tile of each register fragment element:
-            # where to read the auxiliary input.  The *source* partition: stmatrix moves
-            # values between threads, so the destination partition names other elements.
-            tRS_cEpi = thr_r2s.partition_S(cute.make_identity_tensor(self.epi_tile))
-            # The thread's distinct rows (offsets from its first), and which one each fragment
-            # element is on: one row scale, row-sum partial and quantization amax per row (2 or 4 rows).
-            quantizes = self.q_index >= 0
-            per_row = self.epi.row_sum or self.epi.row_scale or quantizes
-            row_offsets = _fragment_row_offsets(tRS_cEpi, frag_size) if const_expr(per_row) else []
-            frag_rows = sorted(set(row_offsets))
-            row_of = [frag_rows.index(o) for o in row_offsets]
-            acc_order = _fragment_order(tiled_r2s.retile(tCcTile), tRS_cEpi, frag_size, num_epi, cfg.epi_n)
-            # Outputs stored as they are (all but a quantized last one), and the store groups of a tile.
-            num_plain = self.num_outputs - (1 if quantizes else 0)
-            groups_per_tile = num_epi * ((1 if num_plain else 0) + (1 if quantizes else 0))
-            if const_expr(quantizes):
-                # the FP8 output: the same thread/value split as stmatrix's (so the same fragment
-                # order), stored by plain st.shared; q_perm[j]: its element j is stmatrix's q_perm[j]
-                tiled_r2s_q = cute.make_tiled_copy_S(cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), self.q_dtype),
-                                                     c_atom)
-                thr_r2s_q = tiled_r2s_q.get_slice(mma_tid)
-                sQ = sD1 if const_expr(self.q_index == 1) else sD0
-                tRS_sQ = thr_r2s_q.partition_D(sQ)
-                q_frag_shape = cute.shape(thr_r2s_q.partition_S(sQ))[:3]
-                q_perm = _permutation(thr_r2s_q.partition_S(cute.make_identity_tensor(self.epi_tile)), tRS_cEpi,
-                                      frag_size)
+            out = EpilogueStore(cfg, self.epi, d_layout=self.d_layout, d_dtype=self.d_dtype, q_dtype=self.q_dtype,
+                                epi_tile=self.epi_tile, tiled_mma=tiled_mma, acc=acc, tCcTile=tCcTile, sD0=sD0, sD1=sD1,
+                                mma_tid=mma_tid)
+            tRS_cEpi, frag_shape, frag_size, num_epi = out.tRS_cEpi, out.frag_shape, out.frag_size, out.num_epi
 
             store_pipeline = pipeline.PipelineTmaStore.create(
                 num_stages=cfg.epi_stages,
@@ -662,7 +481,7 @@ class Sm90Gemm:
                 else:
                     tiled_mma, read_state, release_state = bf16_mainloop.run(
                         tiled_mma, acc, ab_pipeline, read_state, release_state, tile_k_tiles)
-                    if const_expr(self.epi.aux_input and not self.pingpong and not self._aux_before_mainloop()):
+                    if const_expr(aux_loaded_during_last_k_tile(self.cfg, self.epi)):
                         # a 128x256x64 k-block is ~2K tensor-core cycles: enough to cover an L2 hit
                         # (the producer prefetched the input into L2) for the first sub-tiles
                         aux_q = [self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, i,
@@ -675,145 +494,42 @@ class Sm90Gemm:
                     cute.arch.mbarrier_arrive(order_bars + (1 - consumer_wg))
 
                 # ---- epilogue
-                first_row = row_start
-                if const_expr(per_row):
-                    first_row = row_start + tRS_cEpi[0][0] - row_offsets[0]  # the thread's first row
+                first_row = out.first_row(row_start)
                 if const_expr(self.epi.row_scale):
-                    row_scales = [Float32(mScale[cutlass.min(first_row + r, row_end - 1)]) for r in frag_rows]
+                    row_scales = [Float32(mScale[cutlass.min(first_row + r, row_end - 1)]) for r in out.frag_rows]
                 gD_tile0, gD_tile1 = self._output_tiles(mD0, mD1, row_start, row_end, n_tile, m_total, expert)
-                row_sums = [Float32(0.0) for _ in frag_rows]
-                if const_expr(quantizes):
-                    # the quantized output's values of the whole tile (its rows' 1x128 blocks), and
-                    # each row's amax: it is stored once every sub-tile is known
-                    qvals = cute.make_rmem_tensor((frag_size * num_epi,), Float32)
-                    amax = [Float32(0.0) for _ in range(len(frag_rows) * (self.tile_n // 128))]  # per (block, row)
-                bSG_sD0, bSG_gD0 = cpasync.tma_partition(
-                    tma_d0, 0, cute.make_layout(1), cute.group_modes(sD0, 0, 2), cute.zipped_divide(gD_tile0, self.epi_tile)
-                )
+                row_sums = [Float32(0.0) for _ in out.frag_rows]
+                if const_expr(out.quantizes):
+                    qvals, amax = out.begin_quantized()
+                bSG_sD0, bSG_gD0 = out.partition_output(tma_d0, sD0, gD_tile0, self.epi_tile)
                 bSG_sD1, bSG_gD1 = bSG_sD0, bSG_gD0
                 if const_expr(two_outputs):
-                    bSG_sD1, bSG_gD1 = cpasync.tma_partition(
-                        tma_d1, 0, cute.make_layout(1), cute.group_modes(sD1, 0, 2), cute.zipped_divide(gD_tile1, self.epi_tile)
-                    )
+                    bSG_sD1, bSG_gD1 = out.partition_output(tma_d1, sD1, gD_tile1, self.epi_tile)
                 for e in cutlass.range_constexpr(num_epi):
-                    frag = cute.make_rmem_tensor(frag_shape, Float32)
-                    for v in cutlass.range_constexpr(frag_size):
-                        frag[v] = tRS_acc[acc_order[e][v]]
-                    outs = visit_subtile(self.epi, frag, frag_shape, frag_size,
+                    outs = visit_subtile(self.epi, out.fragment(e), frag_shape, frag_size,
                                          row_scales=row_scales if const_expr(self.epi.row_scale) else None,
-                                         row_of=row_of, row_sums=row_sums, out_dtype=self.d_dtype,
+                                         row_of=out.row_of, row_sums=row_sums, out_dtype=self.d_dtype,
                                          aux=functools.partial(self._next_aux, aux_q, e, num_epi, mAux, tRS_cEpi,
                                                                frag_shape, frag_size, row_start, row_end, n_tile,
                                                                n_total, expert))
-                    if const_expr(quantizes):
-                        qf = cute.make_rmem_tensor(frag_shape, Float32)
-                        qf.store(outs[self.q_index])
-                        for v in cutlass.range_constexpr(frag_size):
-                            qvals[e * frag_size + v] = qf[v]
-                        update_amax(amax, row_of, qf, frag_size, base=len(frag_rows) * (e * cfg.epi_n // 128))
-                    if const_expr(num_plain > 0):
-                        buf = (local_tile_idx * groups_per_tile + e) % cfg.epi_stages + epi_slot * cfg.epi_stages
-                        # Wait for this buffer's previous store to have left shared memory only now,
-                        # just before it is rewritten (not right after each store is issued): when the
-                        # buffers hold a whole tile, the stores drain during the next tile's mainloop
-                        # and the epilogue never waits for them.
-                        if warp_idx == store_warp:
-                            store_pipeline.producer_acquire()
-                        epi_barrier.arrive_and_wait()
-                        out0 = cute.make_rmem_tensor(frag_shape, self.d_dtype)
-                        out0.store(outs[0].to(self.d_dtype))
-                        cute.copy(tiled_r2s, out0, tRS_sD0[(None, None, None, buf)])
-                        if const_expr(num_plain == 2):
-                            out1 = cute.make_rmem_tensor(frag_shape, self.d_dtype)
-                            out1.store(outs[1].to(self.d_dtype))
-                            cute.copy(tiled_r2s, out1, tRS_sD1[(None, None, None, buf)])
-                        cute.arch.fence_proxy("async.shared", space="cta")
-                        epi_barrier.arrive_and_wait()
-                        if warp_idx == store_warp:
-                            cute.copy(tma_d0, bSG_sD0[(None, buf)], bSG_gD0[(None, e)])
-                            if const_expr(num_plain == 2):
-                                cute.copy(tma_d1, bSG_sD1[(None, buf)], bSG_gD1[(None, e)])
-                            store_pipeline.producer_commit()
-
-                if const_expr(quantizes):
-                    # ---- the quantizing codec: each row's scale from its amax, then value / scale
-                    # in FP8 per sub-tile, then the scales (one per row of this 128-column block)
-                    reduce_amax_across_quad(amax)
-                    q_scales = [block_scale(a, self.fmax, self.epi.pow2_scales) for a in amax]
-                    inv = [Float32(1.0) / sc_ for sc_ in q_scales]
-                    tma_q = tma_d1 if const_expr(self.q_index == 1) else tma_d0
-                    bSG_sQ = bSG_sD1 if const_expr(self.q_index == 1) else bSG_sD0
-                    bSG_gQ = bSG_gD1 if const_expr(self.q_index == 1) else bSG_gD0
-                    for e in cutlass.range_constexpr(num_epi):
-                        qf = cute.make_rmem_tensor(q_frag_shape, Float32)
-                        for j in cutlass.range_constexpr(frag_size):
-                            qf[j] = qvals[e * frag_size + q_perm[j]] * inv[len(frag_rows) * (e * cfg.epi_n // 128)
-                                                                            + row_of[q_perm[j]]]
-                        qout = cute.make_rmem_tensor(q_frag_shape, self.q_dtype)
-                        qout.store(qf.load().to(self.q_dtype))
-                        buf = (local_tile_idx * groups_per_tile + groups_per_tile - num_epi + e) % cfg.epi_stages
-                        self._store_subtile(tiled_r2s_q, qout, tRS_sQ, tma_q, bSG_sQ, bSG_gQ, e, buf, store_pipeline,
-                                            epi_barrier, warp_idx == store_warp)
-                    # a block past N (a cluster's second CTA past the last N tile, or a wide tile's
-                    # second block): its TMA stores are clipped, its scale column does not exist
-                    if cute.arch.lane_idx() % 4 == 0:
-                        for b in cutlass.range_constexpr(self.tile_n // 128):
-                            if n_tile * (self.tile_n // 128) + b < cute.size(mQS, mode=[1]):
-                                for r in cutlass.range_constexpr(len(frag_rows)):
-                                    if first_row + frag_rows[r] < row_end:
-                                        mQS[(first_row + frag_rows[r], n_tile * (self.tile_n // 128) + b)] = \
-                                            q_scales[b * len(frag_rows) + r]
-
+                    if const_expr(out.quantizes):
+                        out.collect_quantized(outs, e, qvals, amax)
+                    if const_expr(out.num_plain > 0):
+                        buf = (local_tile_idx * out.groups_per_tile + e) % cfg.epi_stages + epi_slot * cfg.epi_stages
+                        out.store_plain(outs, e, buf, [tma_d0, tma_d1], [bSG_sD0, bSG_sD1], [bSG_gD0, bSG_gD1],
+                                        store_pipeline, epi_barrier, warp_idx == store_warp)
+                if const_expr(out.quantizes):
+                    tma_q, bSG_sQ, bSG_gQ = tma_d0, bSG_sD0, bSG_gD0
+                    if const_expr(self.q_index == 1):
+                        tma_q, bSG_sQ, bSG_gQ = tma_d1, bSG_sD1, bSG_gD1
+                    out.quantize_and_store(qvals, amax, tma_q, bSG_sQ, bSG_gQ, local_tile_idx, first_row, row_end,
+                                           n_tile, mQS, store_pipeline, epi_barrier, warp_idx, store_warp)
                 if const_expr(self.epi.row_sum):
-                    # Sum each row's partials over the 4 lanes that share it; one lane
-                    # stores the tile's partial of each of its rows (deterministic).
-                    for i in cutlass.range_constexpr(len(frag_rows)):
-                        for off in cutlass.range_constexpr(1, 3):
-                            row_sums[i] = row_sums[i] + cute.arch.shuffle_sync_bfly(row_sums[i], offset=off)
-                    if cute.arch.lane_idx() % 4 == 0:
-                        for i in cutlass.range_constexpr(len(frag_rows)):
-                            if first_row + frag_rows[i] < row_end:
-                                mRowSum[(first_row + frag_rows[i], n_tile)] = row_sums[i]
+                    out.store_row_sums(row_sums, first_row, row_end, n_tile, mRowSum)
                 local_tile_idx += 1
                 t += t_step
             if warp_idx == store_warp:
                 store_pipeline.producer_tail()
-
-    @cute.jit
-    def _store_subtile(self, tiled_r2s, frag, tRS_s, tma, bSG_s, bSG_g, e, buf, store_pipeline, epi_barrier,
-                       is_store_warp):
-        """Registers -> smem buffer `buf` -> TMA store of epilogue sub-tile `e` (one store group)."""
-        if is_store_warp:
-            store_pipeline.producer_acquire()
-        epi_barrier.arrive_and_wait()
-        cute.copy(tiled_r2s, frag, tRS_s[(None, None, None, buf)])
-        cute.arch.fence_proxy("async.shared", space="cta")
-        epi_barrier.arrive_and_wait()
-        if is_store_warp:
-            cute.copy(tma, bSG_s[(None, buf)], bSG_g[(None, e)])
-            store_pipeline.producer_commit()
-
-    def _load_stage(self, tma_a, a_src, a_dst, a_mask, tma_b, b_src, b_dst, b_mask, bar, desc_a=None, desc_b=None):
-        """TMA loads of one stage's A and B blocks (through the given descriptors if any,
-        else the launch's own), both completing on the stage barrier `bar`."""
-        if const_expr(desc_a is None):
-            cute.copy(tma_a, a_src, a_dst, tma_bar_ptr=bar, mcast_mask=a_mask)
-            cute.copy(tma_b, b_src, b_dst, tma_bar_ptr=bar, mcast_mask=b_mask)
-        else:
-            cute.copy(tma_a, a_src, a_dst, tma_bar_ptr=bar, mcast_mask=a_mask, tma_desc_ptr=desc_a)
-            cute.copy(tma_b, b_src, b_dst, tma_bar_ptr=bar, mcast_mask=b_mask, tma_desc_ptr=desc_b)
-
-    def _prefetch_aux_l2(self, tma_aux, mAuxTma, sD0, row_start, n_tile):
-        """TMA-prefetch this tile's (tile_m, tile_n) block of the epilogue input into L2, one
-        sub-tile box at a time (dense problems only: prefetches_aux_into_l2; boxes past M or N
-        are skipped by TMA).  The epilogue's loads of it then hit L2."""
-        g_tile = cute.local_tile(cute.domain_offset((row_start, n_tile * self.tile_n), mAuxTma[None, None, 0]),
-                                 (self.tile_m, self.tile_n), (0, 0))
-        _, tAux_g = cpasync.tma_partition(
-            tma_aux, 0, cute.make_layout(1), cute.group_modes(sD0, 0, 2), cute.zipped_divide(g_tile, self.epi_tile)
-        )
-        with cute.arch.elect_one():  # one lane issues them (TMA copies elect their lane themselves)
-            cute.prefetch(tma_aux, tAux_g)
 
     def _next_aux(self, aux_q, e, num_epi, mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, n_total,
                   expert):
