@@ -48,15 +48,14 @@ from cutlass.tensor_utils import LayoutEnum
 from ..config import GemmConfig
 from ..epilogue import EpilogueSpec
 from ..gemm_base.descriptors import DescriptorRing, desc_slots
-from ..gemm_base.epilogue_io import aux_depth, load_aux_fragment, visit_subtile
+from ..gemm_base.epilogue_io import visit_subtile
 from ..gemm_base.grouping import k_range, output_tile, ragged_store_view
 from ..gemm_base.output_codec import FP8_TYPES, as_element_type
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
-from .epilogue_aux import (AUX_INFLIGHT_BYTES, aux_in_registers_before_mainloop, aux_loaded_during_last_k_tile,
-                           prefetches_aux_into_l2)
+from .epilogue_aux import AuxLoader, aux_loaded_during_last_k_tile, prefetches_aux_into_l2
 from .epilogue_store import EpilogueStore
 from .gather_producer import GatherProducer, stage_arrivals
-from .mainloop_fp8 import BlockScaledMainloop, accumulator_rows
+from .mainloop_fp8 import BlockScaledMainloop
 from .mainloop_wgmma import WgmmaMainloop
 from .tma_producer import TmaProducer
 
@@ -398,32 +397,18 @@ class Sm90Gemm:
             acc = cute.make_rmem_tensor(tCcTile.shape, Float32)
             num_k_blocks = cute.size(tCrA, mode=[2])
             if const_expr(self.block_scaled):
-                if const_expr(self.n_blocks == 1):
-                    # two scratch accumulators the K tiles' WGMMAs alternate into, promoted into acc
-                    blk = cute.make_rmem_tensor(tCcTile.shape, Float32)
-                    blk2 = cute.make_rmem_tensor(tCcTile.shape, Float32)
-                else:
-                    # one N block's scratch accumulator (split-N mainloop), and B per N block
-                    blk = cute.make_rmem_tensor(thr_mma.partition_C(cute.make_identity_tensor((self.tile_m, 128))).shape,
-                                                Float32)
-                    blk2 = blk
-                    tCrB_blocks = [tiled_mma.make_fragment_B(thr_mma.partition_B(
-                        cute.local_tile(sB, (128, self.tile_k, self.ab_stages), (h, 0, 0))))
-                        for h in range(self.n_blocks)]
-                sc = cute.make_rmem_tensor((2 * max(2, self.n_blocks),), Float32)  # per block: two rows' scales
-                acc_row_of, acc_first_row = accumulator_rows(tCcTile, cute.size(acc))
-                fp8_mainloop = BlockScaledMainloop(tCrA, tCrB, num_k_blocks, acc_row_of, cute.size(acc),
-                                                   tCrB_blocks if const_expr(self.n_blocks > 1) else None)
-                thread_row0 = tCcTile[0][0] - acc_first_row  # the thread's first accumulator row in the tile
-                num_sb_blocks = cute.size(mSB, mode=[0])
+                mainloop = BlockScaledMainloop.build(tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB,
+                                                     tile_m=self.tile_m, tile_k=self.tile_k, ab_stages=self.ab_stages,
+                                                     n_blocks=self.n_blocks)
             else:
-                bf16_mainloop = WgmmaMainloop(tCrA, tCrB, num_k_blocks, self.gather_a)
+                mainloop = WgmmaMainloop(tCrA, tCrB, num_k_blocks, self.gather_a)
 
             # Epilogue partitioning: registers -> smem (stmatrix) -> TMA store.
             out = EpilogueStore(cfg, self.epi, d_layout=self.d_layout, d_dtype=self.d_dtype, q_dtype=self.q_dtype,
                                 epi_tile=self.epi_tile, tiled_mma=tiled_mma, acc=acc, tCcTile=tCcTile, sD0=sD0, sD1=sD1,
                                 mma_tid=mma_tid)
-            tRS_cEpi, frag_shape, frag_size, num_epi = out.tRS_cEpi, out.frag_shape, out.frag_size, out.num_epi
+            aux = AuxLoader(cfg, self.epi, grouped_k=self.grouped_k, mAux=mAux, n_total=n_total, coords=out.tRS_cEpi,
+                            frag_shape=out.frag_shape, frag_size=out.frag_size)
 
             store_pipeline = pipeline.PipelineTmaStore.create(
                 num_stages=cfg.epi_stages,
@@ -453,41 +438,22 @@ class Sm90Gemm:
                         cute.arch.mbarrier_wait(order_bars + consumer_wg, order_phase)
                         order_phase = order_phase ^ 1
 
-                # Epilogue-input fragments in flight, next sub-tile first (a trace-time list; raw
-                # values, converted at use).  Tiles up to AUX_PREFETCH_MAX_TILE_N wide load the
-                # first one now, so its latency hides behind the whole mainloop.  Wider tiles (128
-                # accumulator registers per thread) would spill holding it that long: they issue
-                # theirs while the last k-block's WGMMAs run, below.
-                aux_q = []
-                if const_expr(self._aux_before_mainloop()):
-                    aux_q = [self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, 0,
-                                            n_total, expert)]
+                # Epilogue-input fragments in flight, next sub-tile first (epilogue_aux: before
+                # the mainloop for narrow cooperative tiles, during the last K tile for wide ones).
+                tile = (row_start, row_end, n_tile, expert)
+                aux_q = aux.before_mainloop(tile)
 
                 # ---- mainloop
                 if const_expr(self.block_scaled):
-                    # the thread's two rows, clamped into A (rows past M are computed, never
-                    # stored), and the weight-scale block (an N tile past N: clamped, never stored)
-                    rows = (cutlass.min(row_start + thread_row0, m_total - 1),
-                            cutlass.min(row_start + thread_row0 + 8, m_total - 1))
-                    if const_expr(self.n_blocks == 1):
-                        sb_block = cutlass.min(n_tile, num_n_tiles - 1)
-                        tiled_mma, read_state, release_state = fp8_mainloop.run(
-                            tiled_mma, acc, blk, blk2, sc, ab_pipeline, read_state, release_state, tile_k_tiles, mSA,
-                            mSB, rows, sb_block, expert)
-                    else:
-                        tiled_mma, read_state, release_state = fp8_mainloop.run_split_n(
-                            tiled_mma, acc, blk, sc, ab_pipeline, read_state, release_state, tile_k_tiles, mSA, mSB,
-                            rows, n_tile * self.n_blocks, num_sb_blocks, expert, self.n_blocks)
+                    tiled_mma, read_state, release_state = mainloop.run_tile(
+                        tiled_mma, acc, ab_pipeline, read_state, release_state, tile_k_tiles, mSA, mSB, tile, m_total,
+                        num_n_tiles)
                 else:
-                    tiled_mma, read_state, release_state = bf16_mainloop.run(
+                    tiled_mma, read_state, release_state = mainloop.run(
                         tiled_mma, acc, ab_pipeline, read_state, release_state, tile_k_tiles)
                     if const_expr(aux_loaded_during_last_k_tile(self.cfg, self.epi)):
-                        # a 128x256x64 k-block is ~2K tensor-core cycles: enough to cover an L2 hit
-                        # (the producer prefetched the input into L2) for the first sub-tiles
-                        aux_q = [self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, i,
-                                                n_total, expert)
-                                 for i in range(min(self._aux_depth(mAux, frag_size), num_epi))]
-                    bf16_mainloop.drain(ab_pipeline, release_state)
+                        aux_q = aux.during_last_k_tile(tile)
+                    mainloop.drain(ab_pipeline, release_state)
                     release_state.advance()
                 if const_expr(self.pingpong):
                     # Hand the tensor cores to the other warpgroup.
@@ -505,13 +471,11 @@ class Sm90Gemm:
                 bSG_sD1, bSG_gD1 = bSG_sD0, bSG_gD0
                 if const_expr(two_outputs):
                     bSG_sD1, bSG_gD1 = out.partition_output(tma_d1, sD1, gD_tile1, self.epi_tile)
-                for e in cutlass.range_constexpr(num_epi):
-                    outs = visit_subtile(self.epi, out.fragment(e), frag_shape, frag_size,
+                for e in cutlass.range_constexpr(out.num_epi):
+                    outs = visit_subtile(self.epi, out.fragment(e), out.frag_shape, out.frag_size,
                                          row_scales=row_scales if const_expr(self.epi.row_scale) else None,
                                          row_of=out.row_of, row_sums=row_sums, out_dtype=self.d_dtype,
-                                         aux=functools.partial(self._next_aux, aux_q, e, num_epi, mAux, tRS_cEpi,
-                                                               frag_shape, frag_size, row_start, row_end, n_tile,
-                                                               n_total, expert))
+                                         aux=functools.partial(aux.next, aux_q, tile, e))
                     if const_expr(out.quantizes):
                         out.collect_quantized(outs, e, qvals, amax)
                     if const_expr(out.num_plain > 0):
@@ -530,35 +494,6 @@ class Sm90Gemm:
                 t += t_step
             if warp_idx == store_warp:
                 store_pipeline.producer_tail()
-
-    def _next_aux(self, aux_q, e, num_epi, mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, n_total,
-                  expert):
-        """The epilogue input of sub-tile `e` (called by the epilogue driver where it is first
-        needed).  Cooperative tiles keep as many sub-tiles in flight as were issued first
-        (`aux_q`): the one `depth` ahead is issued here, and loads while this one is computed
-        and stored.  Ping-pong loads it now: its epilogue overlaps the other warpgroup's
-        mainloop, and inputs in flight make ptxas spill there."""
-        if const_expr(self.pingpong):
-            return self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, e, n_total, expert)
-        depth = len(aux_q)
-        cur = aux_q.pop(0)
-        if const_expr(e + depth < num_epi):
-            aux_q.append(self._load_aux(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, e + depth,
-                                        n_total, expert))
-        return cur
-
-    def _aux_depth(self, mAux, frag_size: int) -> int:
-        """Epilogue-input sub-tiles in flight after a wide tile's mainloop (AUX_INFLIGHT_BYTES)."""
-        return aux_depth(mAux, frag_size, AUX_INFLIGHT_BYTES)
-
-    def _aux_before_mainloop(self) -> bool:
-        return aux_in_registers_before_mainloop(self.cfg, self.epi)
-
-    def _load_aux(self, mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, n_tile, e, n_total, expert):
-        """This thread's elements of the epilogue input for sub-tile `e` (gemm_base.epilogue_io)."""
-        layer = expert if const_expr(self.grouped_k) else 0
-        col0 = n_tile * self.tile_n + e * self.cfg.epi_n
-        return load_aux_fragment(mAux, tRS_cEpi, frag_shape, frag_size, row_start, row_end, col0, n_total, layer)
 
     def _output_tiles(self, mD0, mD1, row_start, row_end, n_tile, m_total, expert):
         """The (tile_m, tile_n) TMA-coordinate tiles of each output for this tile."""

@@ -47,7 +47,7 @@ class BlockScaledMainloop(TracedRecord):
 
     `row_of[v]`: which of the thread's two rows accumulator element v is on."""
 
-    _traced = ("tCrA", "tCrB", "tCrB_blocks")
+    _traced = ("tCrA", "tCrB", "tCrB_blocks", "blk", "blk2", "sc", "thread_row0", "num_sb_blocks")
 
     def __init__(self, tCrA, tCrB, num_k_blocks: int, row_of: list, acc_size: int, tCrB_blocks=None):
         self.tCrA, self.tCrB = tCrA, tCrB
@@ -56,6 +56,51 @@ class BlockScaledMainloop(TracedRecord):
         self.num_k_blocks = num_k_blocks
         self.row_of = row_of
         self.acc_size = acc_size
+        # set by `build`: the registers of a consumer warpgroup's mainloop
+        self.n_blocks = 1
+        self.blk = self.blk2 = self.sc = self.thread_row0 = self.num_sb_blocks = None
+
+    @classmethod
+    def build(cls, tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB, *, tile_m: int, tile_k: int, ab_stages: int,
+              n_blocks: int):
+        """The mainloop of a consumer warpgroup with its registers: the scratch accumulators, the
+        scale products, the thread's first accumulator row; `n_blocks` 128-column N blocks per
+        tile (more than one: the split-N loop, B's fragments per block)."""
+        tCrB_blocks = None
+        if n_blocks == 1:
+            # two scratch accumulators the K tiles' WGMMAs alternate into, promoted into acc
+            blk = cute.make_rmem_tensor(tCcTile.shape, Float32)
+            blk2 = cute.make_rmem_tensor(tCcTile.shape, Float32)
+        else:
+            # one N block's scratch accumulator (split-N mainloop), and B per N block
+            blk = cute.make_rmem_tensor(thr_mma.partition_C(cute.make_identity_tensor((tile_m, 128))).shape, Float32)
+            blk2 = blk
+            tCrB_blocks = [tiled_mma.make_fragment_B(thr_mma.partition_B(
+                cute.local_tile(sB, (128, tile_k, ab_stages), (h, 0, 0)))) for h in range(n_blocks)]
+        sc = cute.make_rmem_tensor((2 * max(2, n_blocks),), Float32)  # per block: two rows' scales
+        acc_row_of, acc_first_row = accumulator_rows(tCcTile, cute.size(acc))
+        mainloop = cls(tCrA, tCrB, cute.size(tCrA, mode=[2]), acc_row_of, cute.size(acc), tCrB_blocks)
+        mainloop.n_blocks = n_blocks
+        mainloop.blk, mainloop.blk2, mainloop.sc = blk, blk2, sc
+        mainloop.thread_row0 = tCcTile[0][0] - acc_first_row  # the thread's first accumulator row in the tile
+        mainloop.num_sb_blocks = cute.size(mSB, mode=[0])
+        return mainloop
+
+    def run_tile(self, tiled_mma, acc, ab_pipeline, read_state, release_state, k_tiles, mSA, mSB, tile, m_total,
+                 num_n_tiles):
+        """One tile's K loop (`run`, or `run_split_n` for a tile of several N blocks), `tile` =
+        (row_start, row_end, n_tile, expert).  Returns (tiled_mma, read_state, release_state)."""
+        row_start, _, n_tile, expert = tile
+        # the thread's two rows, clamped into A (rows past M are computed, never
+        # stored), and the weight-scale block (an N tile past N: clamped, never stored)
+        rows = (cutlass.min(row_start + self.thread_row0, m_total - 1),
+                cutlass.min(row_start + self.thread_row0 + 8, m_total - 1))
+        if const_expr(self.n_blocks == 1):
+            sb_block = cutlass.min(n_tile, num_n_tiles - 1)
+            return self.run(tiled_mma, acc, self.blk, self.blk2, self.sc, ab_pipeline, read_state, release_state,
+                            k_tiles, mSA, mSB, rows, sb_block, expert)
+        return self.run_split_n(tiled_mma, acc, self.blk, self.sc, ab_pipeline, read_state, release_state, k_tiles,
+                                mSA, mSB, rows, n_tile * self.n_blocks, self.num_sb_blocks, expert, self.n_blocks)
 
     def load_scales(self, sc, at: int, mSA, mSB, rows, sb_block, kt, expert):
         """SA[row, kt] * SB[sb_block, kt, expert] for the thread's two rows into sc[at], sc[at + 1]
