@@ -14,11 +14,18 @@ Structure of a CTA (384 threads, one CTA per SM, persistent):
   mbarrier pair orders their mainloops so one's epilogue overlaps the other's math.
 - epilogue: accumulator -> epilogue op (fp32) -> dtype -> stmatrix to smem -> TMA store.
 
-Grouped addressing (rows along M per expert, the ragged store view, the K-grouped
-per-expert K ranges and its descriptor ring written by warp 1), the persistent tile walk,
-the launch arguments and the epilogue's input loads and hooks are arch-neutral and live
-in `cute_kernels.gemm_base`; this module is what is Hopper: WGMMA, the warpgroup register
-split, the operand and epilogue pipelines, the WGMMA accumulator layout.
+This module is the skeleton: the host-side setup (TMA atoms, shared-memory layouts, launch),
+and the kernel's setup, warp roles and per-tile loop; each step is a hook in its own module:
+- `tma_producer.TmaProducer` / `gather_producer.GatherProducer`: the producer warp(s) over the
+  tile walk (K-grouped: through `gemm_base.descriptors.DescriptorRing`, written by warp 1);
+- `pipelines`: the operand ring and the descriptor ring;
+- `mainloop_wgmma.WgmmaMainloop` (bf16/fp16) / `mainloop_fp8.BlockScaledMainloop` (block-scaled
+  FP8): one tile's K loop into the WGMMA accumulator;
+- `epilogue_aux.AuxLoader`: where and when the epilogue input is loaded;
+- `epilogue_store.EpilogueStore`: the accumulator's sub-tiles, and after the epilogue's math
+  (`gemm_base.epilogue_io.visit_subtile`) the stores, the quantizing output codec and row sums.
+Grouped addressing, the persistent tile walk, the launch arguments, the epilogue's input loads
+and hooks and the codec's scale rule are arch-neutral and live in `cute_kernels.gemm_base`.
 
 Preconditions (checked on the host by `cute_kernels.checks`): bf16/fp16 A and B of
 the same dtype, 16-byte aligned base pointers and leading dimensions, D row-major
@@ -54,9 +61,10 @@ from ..gemm_base.output_codec import FP8_TYPES, as_element_type
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
 from .epilogue_aux import AuxLoader, aux_loaded_during_last_k_tile, prefetches_aux_into_l2
 from .epilogue_store import EpilogueStore
-from .gather_producer import GatherProducer, stage_arrivals
+from .gather_producer import GatherProducer
 from .mainloop_fp8 import BlockScaledMainloop
 from .mainloop_wgmma import WgmmaMainloop
+from .pipelines import descriptor_pipeline, operand_pipeline
 from .tma_producer import TmaProducer
 
 THREADS_PER_WG = 128
@@ -298,33 +306,11 @@ class Sm90Gemm:
         b_mcast_mask = b_mcast_mask if const_expr(cfg.cluster_m > 1) else 0
 
         storage = SmemAllocator().allocate(self.shared_storage)
-        a_smem_one = cute.slice_(a_smem_staged, (None, None, 0))
-        b_smem_one = cute.slice_(b_smem_staged, (None, None, 0))
-        tx_bytes = cute.size_in_bytes(self.ab_dtype, a_smem_one) + cute.size_in_bytes(self.b_dtype, b_smem_one)
-        producer_arrivals = 1
-        if const_expr(self.gather_a):  # A lands by cp.async: B's bytes, one arrival per gathering thread
-            tx_bytes = cute.size_in_bytes(self.b_dtype, b_smem_one)
-            producer_arrivals = stage_arrivals()
-        mcast_peers = cfg.cluster_m + cfg.cluster_n - 1
-        ab_pipeline = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.ab_bars.data_ptr(),
-            num_stages=self.ab_stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, producer_arrivals),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, mcast_peers * self.consumer_warps_per_stage),
-            tx_count=tx_bytes,
-            cta_layout_vmnk=cute.make_layout((1, *cta_layout_mnk.shape)),
-            defer_sync=True,
-        )
-        # grouped_k: the writer warp hands cut descriptors to the producer warp through these.
-        desc_pipeline = None
-        if const_expr(self.grouped_k):
-            desc_pipeline = pipeline.PipelineAsync.create(
-                barrier_storage=storage.desc_bars.data_ptr(),
-                num_stages=self.desc_slots,
-                producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 32),
-                consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 32),
-                defer_sync=True,
-            )
+        ab_pipeline = operand_pipeline(storage, cfg, ab_stages=self.ab_stages, a_smem_staged=a_smem_staged,
+                                       b_smem_staged=b_smem_staged, ab_dtype=self.ab_dtype, b_dtype=self.b_dtype,
+                                       cta_layout_mnk=cta_layout_mnk,
+                                       consumer_warps_per_stage=self.consumer_warps_per_stage, gathered=self.gather_a)
+        desc_pipeline = descriptor_pipeline(storage, self.desc_slots) if const_expr(self.grouped_k) else None
         order_bars = storage.order_bars.data_ptr()
         if const_expr(self.pingpong):
             if warp_idx == 0:
