@@ -71,8 +71,8 @@ def check_matrix(name: str, t, *, ndim: int, dtype=None, device=None, allow_tran
     if (shape[contiguous_dim] * elem) % 16:
         which = "last dimension" if major == "row" else "contiguous dimension (dim -2)"
         _fail(f"{name} {which} {shape[contiguous_dim]} must be a multiple of {16 // elem} elements (16-byte rows)")
-    for d in range(ndim):
-        if d != contiguous_dim and shape[d] > 1 and (strides[d] * elem) % 16:
+    for d in range(ndim):  # (an empty tensor is never read: its strides do not matter)
+        if numel and d != contiguous_dim and shape[d] > 1 and (strides[d] * elem) % 16:
             _fail(f"{name} stride {strides[d]} of dim {d} is not a multiple of 16 bytes")
     if numel:
         check_pointer(name, t)

@@ -120,3 +120,14 @@ def test_cpu_tensor_to_a_gemm_entry_point_names_what_to_call_instead():
     y = srelu_mlp(x.float(), w1.float(), w2.float(), backend="torch")
     ref = torch.relu(x.double() @ w1.double().t()) ** 2 @ w2.double().t()
     assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_an_empty_matrix_is_not_refused_for_its_strides():
+    """(m, 0) tensors get strides like (1, 1) from torch: the 16-byte stride rule must not refuse
+    a tensor nothing reads (the H200's zero-size fc2_dgrad_dsrelu with N = 0 failed on it)."""
+    from cute_kernels.checks import check_matrix
+
+    empty = torch.empty(40, 0, dtype=torch.bfloat16)
+    assert check_matrix("preact", empty, ndim=2) == "row"
+    with pytest.raises(InputError, match="stride"):
+        check_matrix("preact", torch.empty(40, 12, dtype=torch.bfloat16)[:, :8], ndim=2)

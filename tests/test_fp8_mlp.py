@@ -220,3 +220,13 @@ def test_recipe_wgrad_is_checked():
     with pytest.raises(InputError, match="wgrad"):
         Fp8Recipe(wgrad="fp16")
     assert Fp8Recipe(wgrad="bf16").key().endswith("-wgrad-bf16") and Fp8Recipe().key() == "fp8-e4m3-e4m3-b128"
+
+
+def test_fp8_dgrad_refuses_the_tanh_clamp():
+    from cute_kernels.activations import ScaledTanhSReLU
+    from cute_kernels.fp8.ops import fp8_dgrad_dact
+
+    dq, ds = quantize_1x128(torch.randn(8, 128))
+    wq, ws = quantize_128x128(torch.randn(128, 128))
+    with pytest.raises(InputError, match="activation"):
+        fp8_dgrad_dact(dq, ds, wq, ws, torch.zeros(8, 128, dtype=torch.bfloat16), activation=ScaledTanhSReLU(4.0))
