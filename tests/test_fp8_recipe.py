@@ -129,3 +129,19 @@ def test_good_fields_are_kept(kw):
     r = Fp8Recipe(**kw)
     for k, v in kw.items():
         assert getattr(r, k) == v and type(getattr(r, k)) is type(v)
+
+
+def test_a_stack_of_weights_is_quantized_as_each_weight():
+    """quantize_128x128 of (E, N, K) in one pass equals each expert's own quantization, bitwise
+    (N, K not block multiples: blocks never span two experts)."""
+    from cute_kernels.fp8.recipe import quantize_128x128
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(3, 200, 136, generator=g)
+    w[1] = 0.0  # an all-zero expert: scale 1
+    for pow2 in (False, True):
+        q, s = quantize_128x128(w, pow2=pow2)
+        assert q.shape == (3, 200, 136) and s.shape == (3, 2, 2)
+        for e in range(3):
+            qe, se = quantize_128x128(w[e], pow2=pow2)
+            assert torch.equal(q[e].view(torch.uint8), qe.view(torch.uint8)) and torch.equal(s[e], se)

@@ -117,16 +117,18 @@ def quantize_1x128(x: torch.Tensor, fmt: str = "e4m3", *, block: int = 128, pow2
 
 def quantize_128x128(w: torch.Tensor, fmt: str = "e4m3", *, block: int = 128, pow2: bool = False):
     """(R, C) -> (q (R, C) fp8, scales (ceil(R / block), ceil(C / block)) fp32): one scale
-    per block x block square.  Computed in fp32."""
-    if w.dim() != 2:
-        raise ValueError(f"quantize_128x128 takes a 2-D tensor, got shape {tuple(w.shape)}")
-    r, c = w.shape
-    wf = _pad_to(_pad_to(w.float(), 0, block), 1, block)
-    rb, cb = wf.shape[0] // block, wf.shape[1] // block
-    blocks = wf.reshape(rb, block, cb, block)
-    amax = blocks.abs().amax(dim=(1, 3))
+    per block x block square.  Computed in fp32.  A stack (E, R, C) (experts' weights) gives
+    (E, R, C) and (E, RB, CB) in the same passes (blocks never span two experts)."""
+    if w.dim() not in (2, 3):
+        raise ValueError(f"quantize_128x128 takes a 2-D tensor or a stack of them, got shape {tuple(w.shape)}")
+    lead = w.shape[:-2]
+    r, c = w.shape[-2:]
+    wf = _pad_to(_pad_to(w.float(), w.dim() - 2, block), w.dim() - 1, block)
+    rb, cb = wf.shape[-2] // block, wf.shape[-1] // block
+    blocks = wf.reshape(*lead, rb, block, cb, block)
+    amax = blocks.abs().amax(dim=(-3, -1))
     s = _scale_from_amax(amax, fmt, pow2)
-    q = _cast(blocks, s[:, None, :, None], fmt).view(rb * block, cb * block)[:r, :c]
+    q = _cast(blocks, s[..., :, None, :, None], fmt).view(*lead, rb * block, cb * block)[..., :r, :c]
     return q.contiguous(), s.contiguous()
 
 
