@@ -253,11 +253,7 @@ def run_variant(key, *, launch, device=None, seed: int = 0, time_it: bool = Fals
                     prob, None if aux is None else (d3(outs[0]) if epi.accumulate else as_mkl(aux)),
                     None if partials is None else partials.t(), cu_rows, cu_tiles, a_rows=a_rows)
     res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
-    try:
-        launch(key, args)
-        torch.cuda.synchronize(device)
-    except Exception as exc:  # a launch failure is a failed check, reported with the rest
-        res.message = f"{type(exc).__name__}: {exc}"[:300]
+    if not _launched(key, args, launch, device, res):
         return res
     ref = _reference(key, a, b, splits, aux, prob)
     got = dict(zip(epi.outputs, outs))
@@ -317,11 +313,7 @@ def _run_block_scaled_variant(key, launch, device, gen, time_it: bool) -> CheckR
     res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
     if epi.quantized:
         res.tolerances[epi.quantized] = FP8_OUTPUT_TOLERANCE[epi.q_format]
-    try:
-        launch(key, args)
-        torch.cuda.synchronize(device)
-    except Exception as exc:  # a launch failure is a failed check, reported with the rest
-        res.message = f"{type(exc).__name__}: {exc}"[:300]
+    if not _launched(key, args, launch, device, res):
         return res
     b32 = torch.stack([dequantize(bq[e], sb[e]) for e in range(experts)])
     ref = _reference(key, dequantize(aq, sa), b32 if key.grouped else b32[0], splits, aux, prob)
@@ -334,6 +326,20 @@ def _run_block_scaled_variant(key, launch, device, gen, time_it: bool) -> CheckR
     if time_it:
         res.time_ms = _median_ms(lambda: launch(key, args))
     return res
+
+
+def _launched(key, args, launch, device, res) -> bool:
+    """Launch the check's problem and wait for it; a launch failure is a failed check, reported with
+    the rest (its message on `res`)."""
+    import torch
+
+    try:
+        launch(key, args)
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        res.message = f"{type(exc).__name__}: {exc}"[:300]
+        return False
+    return True
 
 
 def _median_ms(fn, reps: int = 20) -> float:
