@@ -96,12 +96,16 @@ def _of(t, e):
 
 
 # ---------------------------------------------------------------- the GEMMs of the step
-def _fc1_step(xq, xs, w1q, w1s, splits, impl, recipe, pre, pq, ps):
-    """FC1 + SReLU of the whole step into (pre, pq, ps), returned: one grouped launch on the kernel
-    path (its own outputs returned instead), else per segment."""
+def _fc1_step(xq, xs, w1q, w1s, splits, impl, recipe):
+    """FC1 + SReLU of the whole step: (preact bf16, postact FP8, its column-major 1x128 scales), one
+    grouped launch on the kernel path, else per segment."""
     if impl == "kernel" and splits is not None and xq.shape[0]:
         return fp8_grouped(xq, xs, w1q, w1s, splits, epilogue="act", store_preact=True, recipe=recipe)
-    for e, start, n in _segments(splits, xq.shape[0]):
+    m, f = xq.shape[0], w1q.shape[-2]
+    pre = torch.empty((m, f), dtype=torch.bfloat16, device=xq.device)  # the kernel's preact is bf16
+    pq = torch.empty((m, f), dtype=recipe.fwd_dtype, device=xq.device)
+    ps = torch.empty((_cdiv(f, BLOCK), m), dtype=torch.float32, device=xq.device).t()
+    for e, start, n in _segments(splits, m):
         if n:
             rows = slice(start, start + n)
             _fc1(xq[rows], xs[rows], _of(w1q, e), _of(w1s, e), impl, recipe, pre[rows], pq[rows], ps[rows])
@@ -193,10 +197,7 @@ class Fp8FC1SReLU(torch.autograd.Function):
         m, f = x.shape[0], w1.shape[-2]
         xq, xs = quantize_rows(x, recipe.fwd_format, recipe, impl)
         w1q, w1s = quantize_weight(w1, recipe)
-        pre = torch.empty((m, f), dtype=torch.bfloat16, device=x.device)  # the kernel's preact is bf16
-        pq = torch.empty((m, f), dtype=recipe.fwd_dtype, device=x.device)
-        ps = torch.empty((_cdiv(f, BLOCK), m), dtype=torch.float32, device=x.device).t()
-        pre, pq, ps = _fc1_step(xq, xs, w1q, w1s, splits, impl, recipe, pre, pq, ps)
+        pre, pq, ps = _fc1_step(xq, xs, w1q, w1s, splits, impl, recipe)
         handoff.postact = (pq, ps)
         ctx.w1_copy = (w1q, w1s)  # the backward's W1^T copy is this one transposed
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
