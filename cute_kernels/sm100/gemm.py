@@ -501,8 +501,10 @@ class Sm100Gemm:
                         cute.copy(tma_d1, bSG_sD1[(None, buf)], bSG_gD1[(None, e)])
                     store_pipeline.producer_commit()
             if const_expr(epi.row_sum):
+                # a cluster's CTA past the last N tile (odd tile counts) has no partial column
                 if row < row_end:
-                    mRowSum[(row, n_tile)] = row_sum
+                    if n_tile < cute.size(mRowSum, mode=[1]):
+                        mRowSum[(row, n_tile)] = row_sum
             acc_state.advance()
             local_tile += 1
             t += num_launched

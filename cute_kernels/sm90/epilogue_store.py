@@ -234,7 +234,9 @@ class EpilogueStore(TracedRecord):
         for i in cutlass.range_constexpr(len(self.frag_rows)):
             for off in cutlass.range_constexpr(1, 3):
                 row_sums[i] = row_sums[i] + cute.arch.shuffle_sync_bfly(row_sums[i], offset=off)
+        # a cluster's CTA past the last N tile (odd tile counts) has no partial column
         if cute.arch.lane_idx() % 4 == 0:
-            for i in cutlass.range_constexpr(len(self.frag_rows)):
-                if first_row + self.frag_rows[i] < row_end:
-                    mRowSum[(first_row + self.frag_rows[i], n_tile)] = row_sums[i]
+            if n_tile < cute.size(mRowSum, mode=[1]):
+                for i in cutlass.range_constexpr(len(self.frag_rows)):
+                    if first_row + self.frag_rows[i] < row_end:
+                        mRowSum[(first_row + self.frag_rows[i], n_tile)] = row_sums[i]
