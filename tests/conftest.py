@@ -46,3 +46,15 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 _root_key = pytest.StashKey[set]()
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    """An empty tuned-configs directory for the test (CUTE_KERNELS_TUNED_CONFIGS), the lookup's caches
+    cleared before and after; yields its path as a str."""
+    from cute_kernels import config_lookup
+
+    monkeypatch.setenv("CUTE_KERNELS_TUNED_CONFIGS", str(tmp_path))
+    config_lookup.clear_cache()
+    yield str(tmp_path)
+    config_lookup.clear_cache()

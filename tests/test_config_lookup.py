@@ -10,12 +10,6 @@ from cute_kernels.tuned_store import ShapeKey, file_path, make_record, merge_wri
 TUNED = GemmConfig(tile_n=192, cluster_m=1, cluster_n=1, swizzle=4, raster="m", epi_stages=4)
 
 
-@pytest.fixture
-def root(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUTE_KERNELS_TUNED_CONFIGS", str(tmp_path))
-    cl.clear_cache()
-    yield str(tmp_path)
-    cl.clear_cache()
 
 
 def _write(root, kernel="fc2", sk=ShapeKey("bfloat16", 8192, 4096, 4096), cfg=TUNED):

@@ -27,12 +27,6 @@ FC2 = Fp8Epilogue(EpilogueSpec("identity"))
 FC1 = Fp8Epilogue(EpilogueSpec("act", store_preact=True), quantized="postact")
 
 
-@pytest.fixture
-def root(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUTE_KERNELS_TUNED_CONFIGS", str(tmp_path))
-    cl.clear_cache()
-    yield str(tmp_path)
-    cl.clear_cache()
 
 
 def _write(root, kernel, sk, cfg):
