@@ -167,7 +167,7 @@ def _check_expert_ids(topk_idx, num_experts: int, *, on_device: bool):
 
 def routed_srelu_experts(hidden, topk_idx, topk_weight, w1, w2, *, recompute_postact: bool = False,
                          fuse_wgrad_accumulation: bool = False, backend: str = "auto", offload=None,
-                         fused_gather: bool = False):
+                         fused_gather: bool = False, fp8=None):
     """y (T, H) = sum over each token's k routed experts of weight * expert(hidden); see the module doc.
 
     Every argument is checked first, also when there is nothing to compute (no tokens, or k = 0:
@@ -177,16 +177,20 @@ def routed_srelu_experts(hidden, topk_idx, topk_weight, w1, w2, *, recompute_pos
     offload: an OffloadScheduler; the whole routed layer (dispatch, op, combine) is the
     step's next layer for it, or belongs to the enclosing `sched.layer(i)`.
     fused_gather: on the cute path, the dispatch gather runs inside FC1's operand loads (no x_perm
-    copy; see the module doc); ignored on the torch path."""
+    copy; see the module doc); ignored on the torch path.
+    fp8: an `Fp8Recipe` runs the experts' MLP step in FP8 (`srelu_mlp(..., fp8=)`, cute_kernels/fp8/mlp.py;
+    not with fused_gather, whose gathered FC1 is bf16)."""
     if not isinstance(fused_gather, bool):
         raise InputError(f"fused_gather must be a bool, got {fused_gather!r}")
+    if fp8 is not None and fused_gather:
+        raise InputError("fp8 and fused_gather=True together are not supported yet (the gathered FC1 is bf16)")
     _check(hidden, topk_idx, topk_weight, w1, w2, backend=backend, offload=offload,
            fuse_wgrad_accumulation=fuse_wgrad_accumulation)
     if offload is not None and offload.current_layer is None:
         with offload.layer():
             return routed_srelu_experts(hidden, topk_idx, topk_weight, w1, w2, recompute_postact=recompute_postact,
                                         fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend,
-                                        offload=offload, fused_gather=fused_gather)
+                                        offload=offload, fused_gather=fused_gather, fp8=fp8)
     if topk_idx.numel() == 0:
         return _NoPairs.apply(hidden, topk_weight, w1, w2, fuse_wgrad_accumulation)
     r = route(topk_idx, w1.size(0))
@@ -199,5 +203,5 @@ def routed_srelu_experts(hidden, topk_idx, topk_weight, w1, w2, *, recompute_pos
         return _Combine.apply(y_perm, r.token, r.inverse, r.top_k)
     x_perm = _Dispatch.apply(hidden, r.token, r.inverse, r.top_k)
     y_perm = srelu_mlp(x_perm, w1, w2, m_splits=r.counts, prob=prob, recompute_postact=recompute_postact,
-                       fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend, offload=offload)
+                       fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend, offload=offload, fp8=fp8)
     return _Combine.apply(y_perm, r.token, r.inverse, r.top_k)
