@@ -46,8 +46,9 @@ _MARK = "_cute_kernels_patch"
 class NemotronHSReLUMLP(nn.Module):
     """NemotronHMLP on `srelu_mlp`: y = down_proj(relu(up_proj(x))^2)."""
 
-    def __init__(self, original: nn.Module, *, backend: str, offload, recompute_postact: bool):
+    def __init__(self, original: nn.Module, *, backend: str, offload, recompute_postact: bool, fp8=None):
         super().__init__()
+        self.fp8 = fp8
         self.up_proj = original.up_proj  # the same nn.Linear modules: same parameters, same keys
         self.down_proj = original.down_proj
         self.hidden_size = original.up_proj.in_features
@@ -59,7 +60,7 @@ class NemotronHSReLUMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         y = srelu_mlp(x.reshape(-1, x.size(-1)), self.up_proj.weight, self.down_proj.weight, backend=self.backend,
-                      offload=self.offload, recompute_postact=self.recompute_postact)
+                      offload=self.offload, recompute_postact=self.recompute_postact, fp8=self.fp8)
         return y.reshape(*lead, y.size(-1))
 
     def extra_repr(self) -> str:
@@ -69,8 +70,9 @@ class NemotronHSReLUMLP(nn.Module):
 class NemotronHRoutedExperts(nn.Module):
     """NemotronHExperts on `routed_srelu_experts`: same call, same (E, F, H) / (E, H, F) parameters."""
 
-    def __init__(self, original: nn.Module, *, backend: str, offload, recompute_postact: bool):
+    def __init__(self, original: nn.Module, *, backend: str, offload, recompute_postact: bool, fp8=None):
         super().__init__()
+        self.fp8 = fp8
         self.up_proj = original.up_proj  # the same nn.Parameter objects
         self.down_proj = original.down_proj
         self.num_experts = original.up_proj.size(0)
@@ -81,7 +83,7 @@ class NemotronHRoutedExperts(nn.Module):
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
         return routed_srelu_experts(hidden_states, top_k_index, top_k_weights, self.up_proj, self.down_proj,
                                     backend=self.backend, offload=self.offload,
-                                    recompute_postact=self.recompute_postact)
+                                    recompute_postact=self.recompute_postact, fp8=self.fp8)
 
     def extra_repr(self) -> str:
         e, f, h = self.up_proj.shape
@@ -192,10 +194,16 @@ def _make_scheduler(offload, num_layers: int):
 
 
 def patch_nemotron_h(model: nn.Module, *, offload=None, backend: str = "auto",
-                     recompute_postact: bool = False) -> NemotronHPatch:
+                     recompute_postact: bool = False, fp8=None) -> NemotronHPatch:
     """Run `model`'s Nemotron-H MLP and routed-expert layers on cute_kernels; returns the
     handle whose `restore()` undoes it.  backend: "auto" (CuTe kernels on a Hopper GPU
-    with bf16/fp16 weights, else torch), "cute" or "torch"."""
+    with bf16/fp16 weights, else torch), "cute" or "torch".  fp8: an `Fp8Recipe` runs every patched
+    MLP and routed-expert step in FP8 (cute_kernels/fp8/mlp.py)."""
+    if fp8 is not None:
+        from ..fp8 import Fp8Recipe
+
+        if not isinstance(fp8, Fp8Recipe):
+            raise InputError(f"fp8 must be a cute_kernels.fp8.Fp8Recipe or None, got {type(fp8).__name__}")
     m = _hf_classes()
     if backend not in ("auto", "cute", "torch"):
         raise InputError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
@@ -232,7 +240,7 @@ def patch_nemotron_h(model: nn.Module, *, offload=None, backend: str = "auto",
     sched = _make_scheduler(offload, num_layers=len(targets))
     handle = NemotronHPatch(model, sched)
     for _, parent, attr, child, cls in targets:
-        new = cls(child, backend=backend, offload=sched, recompute_postact=recompute_postact)
+        new = cls(child, backend=backend, offload=sched, recompute_postact=recompute_postact, fp8=fp8)
         new.train(child.training)
         setattr(parent, attr, new)
         handle.swaps.append(_Swap(parent, attr, child, new))
