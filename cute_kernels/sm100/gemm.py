@@ -18,7 +18,8 @@ A CTA (persistent, one per SM) is warp-specialised:
   cluster's N, B along its M; with cta_group 2 each CTA of a pair loads half of B).
 - warp 6 (K-grouped only): writes per-CTA TMA descriptors cut at an expert's last token
   ahead of the TMA warp (gemm_base.descriptors, the scheme sm90 uses; a K block wholly
-  inside an expert reads through the launch's own descriptors).
+  inside an expert reads through the launch's own descriptors; the TMA warp's side of the
+  protocol is gemm_base.descriptors.KGroupedLoads, shared with sm90).
 Tiles are walked by the static persistent walk of gemm_base.tile_walk (cluster c of G takes
 work c, c+G, ... in the banded order of cute_kernels.tile_scheduler), identically in every
 warp; the epilogue hooks run through gemm_base.epilogue_io.visit_subtile.
@@ -46,7 +47,8 @@ from cutlass.tensor_utils import LayoutEnum
 
 from ..epilogue import EpilogueSpec
 from ..gemm_base import grouping
-from ..gemm_base.descriptors import DescriptorRing, desc_slots
+from ..gemm_base.descriptors import (DescriptorCursor, DescriptorRing, KGroupedLoads, desc_slots, expert_k_blocks,
+                                     load_ab_stage)
 from ..gemm_base.epilogue_io import visit_subtile
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
 from .config import Sm100Config
@@ -305,11 +307,9 @@ class Sm100Gemm:
             a_mask = cpasync.create_tma_multicast_mask(cluster_layout_vmnk, coord_vmnk, mcast_mode=2)
             b_mask = cpasync.create_tma_multicast_mask(cluster_layout_vmnk, coord_vmnk, mcast_mode=1)
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.ab_stages)
-        desc_read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
-        desc_free = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
-        desc_slot = Int32(0)
-        desc_uses = Int32(0)
-        prev_expert = Int32(-1)
+        kg, cursor = None, None  # grouped_k: this CTA's side of the descriptor ring, and its cursor
+        if const_expr(self.grouped_k):
+            kg, cursor = KGroupedLoads(ring, desc_pipeline, self.ab_stages), DescriptorCursor.start()
         t = cluster_id
         while t < num_work:
             row_start, _, n_tile, expert = walk.coords(t, cta_mn)
@@ -317,8 +317,7 @@ class Sm100Gemm:
             tile_k_tiles = k_tiles
             full_k_tiles = k_tiles
             if const_expr(self.grouped_k):
-                k_start, _, tile_k_tiles = grouping.k_range(walk.mCuRows, expert, self.tile_k)
-                full_k_tiles = grouping.whole_k_tiles(walk.mCuRows, expert, self.tile_k)
+                k_start, tile_k_tiles, full_k_tiles = expert_k_blocks(walk.mCuRows, expert, self.tile_k)
                 gA = cute.local_tile(cute.domain_offset((mma_row_start, k_start), mA[None, None, 0]),
                                      (self.mma_tiler[0], self.tile_k), (0, None))
                 gB = cute.local_tile(cute.domain_offset((0, k_start), mB[None, None, 0]),
@@ -332,39 +331,16 @@ class Sm100Gemm:
             tBsB, tBgB = cpasync.tma_partition(tma_b, coord_vmnk[1], b_cta_layout, cute.group_modes(sB, 0, 3),
                                                cute.group_modes(thr_mma.partition_B(gB), 0, 3))
             for kt in cutlass.range(tile_k_tiles, unroll=1):
-                new_desc = cutlass.Boolean(False)
                 if const_expr(self.grouped_k):
-                    if kt == full_k_tiles and expert != prev_expert:
-                        # the writer warp prepared this expert's cut descriptors (same walk, same rule)
-                        desc_pipeline.consumer_wait(desc_read)
-                        desc_slot = desc_read.index
-                        cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 0))
-                        cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 1))
-                        desc_read.advance()
-                        prev_expert = expert
-                        desc_uses += 1
-                        new_desc = cutlass.Boolean(True)
-                ab_pipeline.producer_acquire(state)
-                if const_expr(self.grouped_k):
-                    if new_desc:
-                        if desc_uses > self.ab_stages:
-                            # this stage acquired: the load ab_stages back has landed, so the slot
-                            # of the use ab_stages back is no longer read
-                            desc_pipeline.consumer_release(desc_free)
-                            desc_free.advance()
+                    cursor = kg.acquire_stage(cursor, ab_pipeline, state, kt, full_k_tiles, expert)
+                else:
+                    ab_pipeline.producer_acquire(state)
                 bar = ab_pipeline.producer_get_barrier(state)
                 if const_expr(self.grouped_k):
-                    if kt < full_k_tiles:
-                        cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar, mcast_mask=a_mask)
-                        cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar, mcast_mask=b_mask)
-                    else:
-                        cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar, mcast_mask=a_mask,
-                                  tma_desc_ptr=ring.ptr(desc_slot, 0, generic=True))
-                        cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar, mcast_mask=b_mask,
-                                  tma_desc_ptr=ring.ptr(desc_slot, 1, generic=True))
+                    kg.load_stage(cursor, kt, full_k_tiles, tma_a, tAgA, tAsA, a_mask, tma_b, tBgB, tBsB, b_mask, bar,
+                                  (kt, state.index))
                 else:
-                    cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar, mcast_mask=a_mask)
-                    cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar, mcast_mask=b_mask)
+                    load_ab_stage(tma_a, tAgA, tAsA, a_mask, tma_b, tBgB, tBsB, b_mask, bar, (kt, state.index))
                 ab_pipeline.producer_commit(state)
                 state.advance()
             t += num_launched

@@ -8,7 +8,7 @@ barrier (multicast across the cluster: A along cluster N, B along cluster M).
 Grouped along K, an expert's whole K blocks load through the launch's own descriptors; its
 last partial block (or an empty expert's block) loads through the cut descriptors the writer
 warp prepared in this CTA's `gemm_base.descriptors.DescriptorRing` (the protocol is that
-module's docstring).  Dense problems whose epilogue input is not prefetched into registers
+module's docstring; its producer side, shared with sm100, is `KGroupedLoads`).  Dense problems whose epilogue input is not prefetched into registers
 TMA-prefetch it into L2 AUX_L2_LEAD K blocks before the tile's last load (`epilogue_aux`).
 
 The gathering producer (A's rows by index, cp.async) is `gather_producer.GatherProducer`.
@@ -18,11 +18,10 @@ from __future__ import annotations
 import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
-from cutlass import Int32, const_expr
+from cutlass import const_expr
 from cutlass.cute.nvgpu import cpasync
 
-from ..gemm_base.descriptors import DescriptorRing
-from ..gemm_base.grouping import k_range, whole_k_tiles
+from ..gemm_base.descriptors import DescriptorCursor, DescriptorRing, KGroupedLoads, expert_k_blocks, load_ab_stage
 from .epilogue_aux import AUX_L2_LEAD
 
 
@@ -45,23 +44,17 @@ class TmaProducer:
         a_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (0, None, 0)).shape)
         b_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (None, 0, 0)).shape)
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.ab_stages)
-        desc_slot = Int32(0)
-        prev_expert = Int32(-1)
-        desc_uses = Int32(0)
-        ring = DescriptorRing(mDescWs, self.desc_slots, start, cta_layout_mnk, cta_rank)
-        desc_read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
-        desc_free = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.desc_slots)
+        kg, cursor = None, None  # grouped_k: this CTA's side of the descriptor ring, and its cursor
+        if const_expr(self.grouped_k):
+            ring = DescriptorRing(mDescWs, self.desc_slots, start, cta_layout_mnk, cta_rank)
+            kg, cursor = KGroupedLoads(ring, desc_pipeline, self.ab_stages), DescriptorCursor.start()
         t = start
         while t < walk.num_work:
             row_start, row_end, n_tile, expert = walk.coords(t, cluster_coord)
             tile_k_tiles = k_tiles
             full_k_tiles = k_tiles  # grouped_k: K blocks read through the launch's own descriptors
             if const_expr(self.grouped_k):
-                k_start, _, tile_k_tiles = k_range(mCuRows, expert, self.tile_k)
-                # Only a last K block that would run into the next expert's tokens (or the
-                # all-out-of-bounds block of an empty expert) needs a descriptor whose K
-                # extent ends at this expert; whole blocks read through the launch's own.
-                full_k_tiles = whole_k_tiles(mCuRows, expert, self.tile_k)
+                k_start, tile_k_tiles, full_k_tiles = expert_k_blocks(mCuRows, expert, self.tile_k)
                 gA = cute.local_tile(cute.domain_offset((row_start, k_start), mA[None, None, 0]),
                                      (self.tile_m, self.tile_k), (0, None))
                 gB = cute.local_tile(cute.domain_offset((0, k_start), mB[None, None, 0]),
@@ -82,55 +75,22 @@ class TmaProducer:
                 if const_expr(self.aux_l2):
                     if kt == aux_l2_at:
                         self.prefetch_aux_l2(tma_aux, mAuxTma, sD0, row_start, n_tile)
-                new_desc = cutlass.Boolean(False)
                 if const_expr(self.grouped_k):
-                    if kt == full_k_tiles and expert != prev_expert:
-                        # The writer warp prepared this expert's cut descriptors (same
-                        # tile walk, same rule); wait for them.
-                        desc_pipeline.consumer_wait(desc_read)
-                        desc_slot = desc_read.index
-                        cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 0))
-                        cpasync.fence_tma_desc_acquire(ring.ptr(desc_slot, 1))
-                        desc_read.advance()
-                        prev_expert = expert
-                        desc_uses += 1
-                        new_desc = cutlass.Boolean(True)
-                ab_pipeline.producer_acquire(state)
-                if const_expr(self.grouped_k):
-                    if new_desc:
-                        if desc_uses > self.ab_stages:
-                            # Each use issues one load; with this stage acquired, every load
-                            # ab_stages back has landed, so the slot of the use ab_stages
-                            # back is no longer read: hand it back to the writer.
-                            desc_pipeline.consumer_release(desc_free)
-                            desc_free.advance()
+                    cursor = kg.acquire_stage(cursor, ab_pipeline, state, kt, full_k_tiles, expert)
+                else:
+                    ab_pipeline.producer_acquire(state)
                 bar = ab_pipeline.producer_get_barrier(state)
                 a_src, a_dst = tAgA[(None, kt)], tAsA[(None, state.index)]
                 b_src, b_dst = tBgB[(None, kt)], tBsB[(None, state.index)]
                 if const_expr(self.grouped_k):
-                    if kt < full_k_tiles:
-                        self.load_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
-                    else:
-                        self.load_stage(
-                            tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar,
-                            ring.ptr(desc_slot, 0, generic=True), ring.ptr(desc_slot, 1, generic=True))
+                    kg.load_stage(cursor, kt, full_k_tiles, tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst,
+                                  b_mcast_mask, bar)
                 else:
-                    self.load_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
+                    load_ab_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
                 ab_pipeline.producer_commit(state)
                 state.advance()
             t += step
         ab_pipeline.producer_tail(state)
-
-    @staticmethod
-    def load_stage(tma_a, a_src, a_dst, a_mask, tma_b, b_src, b_dst, b_mask, bar, desc_a=None, desc_b=None):
-        """TMA loads of one stage's A and B blocks (through the given descriptors if any,
-        else the launch's own), both completing on the stage barrier `bar`."""
-        if const_expr(desc_a is None):
-            cute.copy(tma_a, a_src, a_dst, tma_bar_ptr=bar, mcast_mask=a_mask)
-            cute.copy(tma_b, b_src, b_dst, tma_bar_ptr=bar, mcast_mask=b_mask)
-        else:
-            cute.copy(tma_a, a_src, a_dst, tma_bar_ptr=bar, mcast_mask=a_mask, tma_desc_ptr=desc_a)
-            cute.copy(tma_b, b_src, b_dst, tma_bar_ptr=bar, mcast_mask=b_mask, tma_desc_ptr=desc_b)
 
     def prefetch_aux_l2(self, tma_aux, mAuxTma, sD0, row_start, n_tile):
         """TMA-prefetch this tile's (tile_m, tile_n) block of the epilogue input into L2, one
