@@ -92,6 +92,7 @@ def test_family_fp8_variant_compiles_and_ptx_is_as_designed(name):
     (dict(majors=("m", "k")), "K-major"),
     (dict(epi=EpilogueSpec("identity", accumulate=True)), "accumulate"),
     (dict(epi=EpilogueSpec("dact"), cfg=WIDE), "activation-derivative"),
+    (dict(epi=EpilogueSpec("dact", activation="tanh_srelu:4.0")), "relu\\^2 only"),
     (dict(arch="sm100"), "no block-scaled FP8"),
 ])
 def test_configs_the_fp8_mainloop_cannot_run_are_refused(change, reason):

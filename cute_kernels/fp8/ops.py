@@ -236,7 +236,7 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
     `Activation` (default relu^2).  `quantize_dpreact` writes dpreact in FP8 (recipe.grad_format) with
     its 1x128 scales instead (the FC1 data gradient's A operand; not with store_postact).
     Returns (dpreact bf16 or (q, scales), postact or None, dprob or None)."""
-    from ..activations import SRELU, resolve_activation
+    from ..activations import SRELU
 
     fa = _check_fp8_operand("dq", dq)
     grouped = m_splits is not None
@@ -260,16 +260,16 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
         raise InputError("quantize_dpreact and store_postact are exclusive (the quantized output is the last one)")
     if n % 16:
         raise InputError(f"N = {n} must be a multiple of 16")
-    if activation is not None and resolve_activation(activation) != SRELU:
-        # the H200 run of 2026-12-03 measured wrong dpreact / router gradients with the tanh clamp on
-        # this path (0.5 relative; relu^2 within 3e-3): refused until that is understood
-        raise InputError(f"activation: the FP8 data-gradient epilogue runs relu^2 only so far, got {activation!r}")
-    _check_config_arg(config)
-    check_fp8_device("dq", dq)
     spec = EpilogueSpec("dact", store_postact=store_postact, row_scale=prob is not None, row_sum=prob is not None,
                         activation=activation if activation is not None else SRELU)
     epi = Fp8Epilogue(spec, quantized="dpreact" if quantize_dpreact else "", q_format=recipe.grad_format,
                       pow2_scales=recipe.pow2_scales)
+    num_experts = wt.shape[0] if grouped else 1
+    # the kernel's rules (sm90/config.block_scaled_errors) on the config it will run, before the device
+    _check_config_arg(config if config is not None else
+                      kernel_default_config(family_kernel(epi), m, n, k, num_experts if grouped else 0,
+                                            arch=FAMILY_ARCH), epi, grouped)
+    check_fp8_device("dq", dq)
     dpre = None if quantize_dpreact else torch.empty((m, n), dtype=torch.bfloat16, device=dq.device)
     q = qs = None
     if quantize_dpreact:
@@ -279,7 +279,6 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
     out0 = (q, qs) if quantize_dpreact else dpre
     if m == 0:
         return out0, post, (torch.zeros(0, device=dq.device) if prob is not None else None)
-    num_experts = wt.shape[0] if grouped else 1
     key = _family_launch_key(epi, m, n, k, num_experts, grouped, fa, fb, config, tuned_root())
     partials = None
     if prob is not None:
