@@ -27,6 +27,7 @@ import torch
 
 from .. import archs
 from ..checks import InputError
+from ..host_args import as_mkl, splits_metadata
 from ..compile import use_tvm_ffi
 from ..config import GemmConfig, block_scaled_errors
 from ..config_lookup import lookup_config, on_clear, tuned_root
@@ -76,11 +77,6 @@ def _check_scales(name: str, s, shape):
 
 def _cdiv(a, b):
     return -(-a // b)
-
-
-def _as_mkl(t):
-    r, c = t.shape
-    return t.as_strided((r, c, 1), (t.stride(0), 1, max(r * c, 16)))
 
 
 def _new_scales(m: int, nb: int, device) -> torch.Tensor:
@@ -155,20 +151,19 @@ def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None, d1=Non
     of a sorted by expert in `m_splits`: a list or a GPU int tensor, read on the GPU)."""
     from ..gemm_base.launch_args import GemmArgs
     from ..gemm_ops import _run
-    from ..host_args import splits_metadata as _splits_metadata
 
     u8 = torch.uint8
     outs, plain = [], [d, d1]  # the plain outputs in order, then the quantized one
     for name in key.epi.outputs:
-        outs.append(_as_mkl(q.view(u8)) if name == key.epi.quantized else _as_mkl(plain.pop(0)))
+        outs.append(as_mkl(q.view(u8)) if name == key.epi.quantized else as_mkl(plain.pop(0)))
     cu_rows = cu_tiles = None
     if key.grouped:
-        cu_rows, cu_tiles = _splits_metadata(m_splits, key.cfg.tile_m, a.device, key.cfg.cluster_m)
+        cu_rows, cu_tiles = splits_metadata(m_splits, key.cfg.tile_m, a.device, key.cfg.cluster_m)
         b3, sb3 = b.view(u8).permute(1, 2, 0), sb.permute(1, 2, 0)
     else:
-        b3, sb3 = _as_mkl(b.view(u8)), sb.unsqueeze(-1)
-    _run(key, GemmArgs(_as_mkl(a.view(u8)), b3, outs[0], outs[1] if len(outs) == 2 else None, scale=prob,
-                       aux=None if aux is None else _as_mkl(aux), rowsum=rowsum, cu_rows=cu_rows, cu_tiles=cu_tiles,
+        b3, sb3 = as_mkl(b.view(u8)), sb.unsqueeze(-1)
+    _run(key, GemmArgs(as_mkl(a.view(u8)), b3, outs[0], outs[1] if len(outs) == 2 else None, scale=prob,
+                       aux=None if aux is None else as_mkl(aux), rowsum=rowsum, cu_rows=cu_rows, cu_tiles=cu_tiles,
                        sa=sa, sb=sb3, qs=qs))
 
 
