@@ -126,26 +126,50 @@ def fake_arguments(key: KernelKey) -> GemmArgs:
 
     d0 = out_like(dd)
     d1 = out_like(dd) if key.epi.num_outputs == 2 else None
-    scale = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if key.epi.row_scale else None
-    aux = None
-    if key.epi.aux_input:  # accumulate: D's previous value; dsrelu: preact (operand dtype)
-        aux = make_fake_tensor(dd if key.epi.accumulate else dt, (m, n, ld_),
-                               (cute.sym_int64(divisibility=8), 1, cute.sym_int64(divisibility=8)), assumed_align=16)
-    rowsum = None
-    if key.epi.row_sum:  # (M, N tiles) partials, column per N tile
-        rowsum = make_fake_tensor(cutlass.Float32, (m, cute.sym_int32(symbol="NT")), (1, cute.sym_int64()),
-                                  assumed_align=4)
-    cu_rows = cu_tiles = None
-    if key.grouped or key.grouped_k:
-        e1 = cute.sym_int32(symbol="E1")
-        cu_rows = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
-    if key.grouped:
-        cu_tiles = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
+    # accumulate: D's previous value; dsrelu: preact (operand dtype)
+    scale, aux, rowsum = _fake_epilogue_inputs(key, m, n, ld_, dd if key.epi.accumulate else dt)
+    cu_rows, cu_tiles = _fake_grouping(key)
     desc_ws = None
     if key.grouped_k:  # per-CTA TMA descriptors (desc_workspace_words)
         desc_ws = make_fake_tensor(cutlass.Int64, (cute.sym_int32(symbol="W"),), (1,), assumed_align=128)
     a_rows = make_fake_tensor(cutlass.Int32, (m,), (1,), assumed_align=4) if key.gather_a else None
     return GemmArgs(a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws, a_rows=a_rows)
+
+
+def _fake_epilogue_inputs(key: KernelKey, m, n, layers, aux_dtype):
+    """(scale, aux, rowsum) stand-ins of what the epilogue declares it reads (None where it does not):
+    the (M,) row scale, the (M, N, layers) epilogue input in `aux_dtype`, the (M, N tiles) row-sum
+    partials (a column per N tile)."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_fake_tensor
+
+    epi = key.epi
+    scale = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if epi.row_scale else None
+    aux = rowsum = None
+    if epi.aux_input:
+        aux = make_fake_tensor(aux_dtype, (m, n, layers),
+                               (cute.sym_int64(divisibility=8), 1, cute.sym_int64(divisibility=8)), assumed_align=16)
+    if epi.row_sum:
+        rowsum = make_fake_tensor(cutlass.Float32, (m, cute.sym_int32(symbol="NT")), (1, cute.sym_int64()),
+                                  assumed_align=4)
+    return scale, aux, rowsum
+
+
+def _fake_grouping(key: KernelKey):
+    """(cu_rows, cu_tiles) stand-ins: (E+1,) int32 row offsets when grouped along M or K, tile offsets
+    when grouped along M."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_fake_tensor
+
+    cu_rows = cu_tiles = None
+    if key.grouped or key.grouped_k:
+        e1 = cute.sym_int32(symbol="E1")
+        cu_rows = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
+        if key.grouped:
+            cu_tiles = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
+    return cu_rows, cu_tiles
 
 
 def _fake_block_scaled_arguments(key: KernelKey) -> GemmArgs:
@@ -174,22 +198,11 @@ def _fake_block_scaled_arguments(key: KernelKey) -> GemmArgs:
         outs.append(make_fake_tensor(cutlass.Uint8 if q else dd, (m, n, 1),
                                      (cute.sym_int64(divisibility=16 if q else 8), 1, cute.sym_int64()),
                                      assumed_align=16))
-    scale = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if key.epi.row_scale else None
-    aux = rowsum = None
-    if key.epi.aux_input:  # dact: the saved preact, in the plain outputs' dtype
-        aux = make_fake_tensor(dd, (m, n, 1), (cute.sym_int64(divisibility=8), 1, cute.sym_int64(divisibility=8)),
-                               assumed_align=16)
-    if key.epi.row_sum:  # (M, N tiles) partials, column per N tile
-        rowsum = make_fake_tensor(cutlass.Float32, (m, cute.sym_int32(symbol="NT")), (1, cute.sym_int64()),
-                                  assumed_align=4)
+    scale, aux, rowsum = _fake_epilogue_inputs(key, m, n, 1, dd)  # dact: the saved preact, plain outputs' dtype
     qs = None
     if key.epi.quantized:
         qs = make_fake_tensor(cutlass.Float32, (m, nb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
-    cu_rows = cu_tiles = None
-    if key.grouped:
-        e1 = cute.sym_int32(symbol="E1")
-        cu_rows = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
-        cu_tiles = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
+    cu_rows, cu_tiles = _fake_grouping(key)
     return GemmArgs(a, b, outs[0], outs[1] if len(outs) == 2 else None, scale=scale, aux=aux, rowsum=rowsum,
                     cu_rows=cu_rows, cu_tiles=cu_tiles, sa=sa, sb=sb, qs=qs)
 
