@@ -29,8 +29,9 @@ fi
 if [ "${NCU:-0}" = 1 ]; then
   for c in 128x128 128x256 fc1; do
     timeout 60 ncu --clock-control none --kernel-name regex:Sm90Gemm --launch-skip 2 --launch-count 1 --section SpeedOfLight \
-      --section WarpStateStats --section SchedulerStats python3 scripts/ncu_fp8.py $c > /tmp/ncu_$c.txt 2>&1
-    grep -E "Duration|SM Frequency|Compute \(SM\) Throughput|Memory Throughput|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|Stall" /tmp/ncu_$c.txt | sed "s/^/[$c] /" | tee -a "$out/ncu_fp8.txt"
+      --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+      python3 scripts/ncu_fp8.py $c > /tmp/ncu_$c.txt 2>&1
+    grep -E "Duration|SM Frequency|Compute \(SM\) Throughput|Memory Throughput|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|Stall|Max Bandwidth|Mem Busy|Mem Pipes Busy|L2 Hit Rate|L1/TEX Hit Rate|SM Busy|Executed Ipc" /tmp/ncu_$c.txt | sed "s/^/[$c] /" | tee -a "$out/ncu_fp8.txt"
   done
 fi
 if [ -n "${EXTRA:-}" ]; then
