@@ -131,6 +131,7 @@ def bench_measured(model, batches, rows, budget):
         r["offloaded_gib"] = sched.offloaded_bytes() / 2**30
         r["predicted_peak_gib"] = (sched.plan.peak_before / 2**30, sched.plan.peak_after / 2**30)
         r["plan"] = sched.plan.describe()
+        r["exposed_ms"] = sched.exposed_ms()  # the compute stream's waits for reloads, last timed step
         print(r["plan"].split("\n")[0], flush=True)
     handle.restore()
 
@@ -230,7 +231,12 @@ def report(results, routed, device, tokens):
             before, after = meas["predicted_peak_gib"]
             lines.append(f"\noffload auto_measured: {meas['offloaded_gib']:.2f} GiB offloaded per step; its plan put the "
                          f"profiled peak at {before:.2f} GiB and predicted {after:.2f} GiB (measured here: "
-                         f"{meas['peak_gib']:.2f})\n\n{meas['plan']}")
+                         f"{meas['peak_gib']:.2f})")
+            patched = by.get("patched")
+            if patched and "ms" in patched and "exposed_ms" in meas:
+                lines.append(f"step {meas['ms'] / patched['ms']:.3f}x the patched step (target <= 1.03x); the compute "
+                             f"stream waited {meas['exposed_ms']:.2f} ms for reloads in the last step (measured)")
+            lines.append(f"\n{meas['plan']}")
         lines.append("")
     if routed and "ours" in routed:
         hf, ours, pre = (routed[k]["ms"] for k in ("hf grouped_mm experts", "ours", "our grouped op on pre-sorted tokens"))

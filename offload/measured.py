@@ -16,13 +16,19 @@ saved ("layer i" inside our op's layer i, "after layer i" between them), its rol
 occurrence there, so the next steps find it again.  Without `step()`, each `layer()` opens
 the capture itself and only our ops' tensors are seen.
 
-Profile (the first `calibration_steps` steps: nothing moves).  At every capture and every
-first use in backward of a captured tensor, the scheduler records the time (CUDA events)
-and the highest bytes allocated since the previous record (`torch.cuda.max_memory_allocated`,
-whose peak statistics it resets at each record while profiling); whether each tensor's
-memory is also held elsewhere (another tensor or the caller shares its storage) is checked
-when the backward starts.  From the last profiled step, offload/measured_planner.py plans
-keep / offload / recompute (`sched.plan`, `.describe()`).
+Profile (the first max(`calibration_steps`, 2) steps: nothing moves).  Memory steps (all but
+the last): at every capture and every first use in backward of a captured tensor, the highest
+bytes allocated since the previous record (`torch.cuda.max_memory_allocated`, whose peak
+statistics it resets at each record); whether each tensor's memory is also held elsewhere
+(another tensor or the caller shares its storage) is checked when the backward starts.  The
+last, a timing step, records only a CUDA event at the same points: the memory probes cost
+host time (each builds the allocator's statistics dict in Python; ~70 a step), which
+stretches the GPU timeline where the host is the bottleneck, so times taken in a memory step promise copy windows the
+real step does not have (on the H200 the dense Nemotron-H profile ran 28.3 ms for a 20.3 ms
+step, and its 577 MiB of copies, planned to overlap, added 10.9 ms).  The plan takes the
+memory of the last memory step and the times of the timing step (the two must capture the
+same tensors in the same order, else profiling starts again); offload/measured_planner.py
+plans keep / offload / recompute (`sched.plan`, `.describe()`).
 
 Planned steps.  A tensor planned for offload is copied to pinned memory as it is saved
 (OffloadScheduler's streams and pool); backward counts the first uses of captured tensors
@@ -31,6 +37,10 @@ issued is reloaded at once.  Our ops ask `recompute_requested` as before; a step
 tensors differ from the plan keeps what differs and profiles again.  Without CUDA (tests,
 `offload_cpu_tensors=True`) the clock is the host's and the memory is the bytes of the
 captured tensors alive, unless `memory_probe` is given.
+
+Exposed copy time.  On a GPU, each planned step records an event on the compute stream
+before and after it waits for a reload; `exposed_ms()` is the total wait of the latest step
+(what the copies actually cost the compute stream, against the plan's prediction).
 """
 from __future__ import annotations
 
@@ -98,11 +108,17 @@ class MeasuredOffloadScheduler(OffloadScheduler):
         self._forward_open = False
         self._hooks = None
         self._reloads: dict = {}  # backward event -> keys whose reload it issues
-        self._profiled = 0  # calibration steps profiled since the last plan
+        self._profiled = 0  # memory steps profiled since the last plan
+        self._memory_step: dict | None = None  # the last memory step's samples and tensors
+        self._waits_done: list = []  # (before, after) compute-stream events around reload waits, last step
         self._last_moved = 0
         self._new_measured_step()
 
     def _new_measured_step(self):
+        # profiling: this step records times only (its memory came from the step before)
+        self._timing_step = (self.plan is None and self._memory_step is not None
+                             and self._profiled >= max(self.policy.calibration_steps - 1, 1))
+        self._waits: list = []  # (before, after) events around the compute stream's reload waits
         self._origin = None  # the step's first mark
         self._where = "before the first layer"
         self._occ_at: dict = {}  # (where, role) -> tensors of it seen
@@ -110,7 +126,7 @@ class MeasuredOffloadScheduler(OffloadScheduler):
         self._seen = WeakIdKeyDictionary()  # tensor -> weakref to its handle, this step
         self._storages: dict = {}  # (device, storage address) -> (weakref to the storage, to the handle, dtype)
         self._captured: list = []  # per captured tensor: key, role, nbytes, ..., handle weakref
-        self._samples: list = []  # (mark, bytes)
+        self._samples: list = []  # (tag, mark, bytes or None in the timing step); tag ("start",), ("save", i), ("use", i)
         self._events: list = []  # marks of the backward events (profiling)
         self._event_count = 0
         self._moved = weakref.WeakValueDictionary()  # key -> _Moved, this step
@@ -146,7 +162,7 @@ class MeasuredOffloadScheduler(OffloadScheduler):
         if self._origin is None:
             self._origin = self._mark()
             if self.profiling:
-                self._sample()
+                self._sample(("start",))
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack_any, self._unpack_any)
         self._hooks.__enter__()
 
@@ -189,15 +205,20 @@ class MeasuredOffloadScheduler(OffloadScheduler):
     def _now_ms(self, mark) -> float:
         return self._ms(self._origin, mark)
 
-    def _sample(self):
-        if self.memory_probe is not None:
+    def _sample(self, tag: tuple):
+        """Record the time at `tag` and, in a memory step, the highest bytes allocated since
+        the previous sample (the timing step probes no memory: the probes cost host time)."""
+        nbytes = None
+        if self._timing_step:
+            pass
+        elif self.memory_probe is not None:
             nbytes = int(self.memory_probe())
         elif self._cuda_memory:
             nbytes = max(torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated())
             torch.cuda.reset_peak_memory_stats()
         else:
             nbytes = self._live_bytes
-        self._samples.append((self._mark(), nbytes))
+        self._samples.append((tag, self._mark(), nbytes))
 
     def _key(self, role: str) -> tuple:
         occ = self._occ_at.get((self._where, role), 0)
@@ -252,8 +273,8 @@ class MeasuredOffloadScheduler(OffloadScheduler):
                                   "mark": None, "used": None, "ref": weakref.ref(h)})
             self._live_bytes += nbytes
             weakref.finalize(h, self._freed, nbytes)
-            self._sample()
-            self._captured[-1]["mark"] = self._samples[-1][0]
+            self._sample(("save", index))
+            self._captured[-1]["mark"] = self._samples[-1][1]
         else:
             d = self.plan.decision(key)
             self._captured.append({"key": key})
@@ -305,15 +326,20 @@ class MeasuredOffloadScheduler(OffloadScheduler):
             self._backward_event(h)
         if isinstance(h, _Held):
             return h.tensor
+        if self._use_events and not h.off.assembled:  # the compute stream's wait for the reload, timed
+            before = self._mark()
+            out = self._materialize(h.off)
+            self._waits.append((before, self._mark()))
+            return out
         return self._materialize(h.off)
 
     def _backward_event(self, h):
         if self.plan is None:
-            if not self._checked_held:
+            if not self._checked_held and not self._timing_step:
                 self._check_held()
             rec = self._captured[h.index]
-            self._sample()
-            rec["used"] = self._samples[-1][0]
+            self._sample(("use", h.index))
+            rec["used"] = self._samples[-1][1]
             self._events.append(rec["used"])
             return
         k = self._event_count
@@ -344,35 +370,61 @@ class MeasuredOffloadScheduler(OffloadScheduler):
             if not used:
                 leftover[layer] = leftover.get(layer, 0) + 1
         if self._stale:
-            self.plan, self._stale, self._profiled = None, False, 0
+            self.plan, self._stale, self._profiled, self._memory_step = None, False, 0, None
         elif self.plan is None and self._captured and self._events:
-            self._profiled += 1
-            if self._profiled >= self.policy.calibration_steps:
-                self.profile = self._build_profile()
-                self.plan = self._make_measured_plan(self.profile)
-                self.plans_made += 1
-                self._profiled = 0
+            if not self._timing_step:
+                self._memory_step = self._memory_record()
+                self._profiled += 1
+            else:
+                self.profile = self._build_profile(self._memory_step)
+                self._memory_step, self._profiled = None, 0
+                if self.profile is not None:
+                    self.plan = self._make_measured_plan(self.profile)
+                    self.plans_made += 1
         self._next_layer = 0
         self._last_moved = self.moved_bytes
+        self._waits_done = self._waits
         self._new_measured_step()
         return leftover
 
-    def _build_profile(self) -> _mp.MemoryProfile:
+    def _memory_record(self) -> dict:
+        """What a memory step keeps for the plan: its samples' tags and bytes, and its tensors."""
+        keep = ("key", "role", "nbytes", "where", "held", "contiguous")
+        return {"samples": [(tag, b) for tag, _, b in self._samples], "asked": set(self._asked),
+                "tensors": [{k: rec[k] for k in keep} for rec in self._captured]}
+
+    def _build_profile(self, memory: dict) -> _mp.MemoryProfile | None:
+        """The memory step's bytes at the timing step's times (this step is the timing step);
+        None when the two steps did not capture the same tensors in the same order."""
+        tags = [tag for tag, _, _ in self._samples]
+        same = [(r["key"], r["nbytes"]) for r in memory["tensors"]] == [(r["key"], r["nbytes"]) for r in self._captured]
+        if not same or tags != [tag for tag, _ in memory["samples"]]:
+            return None
         end = self._mark()
         if not isinstance(end, float):
             end.synchronize()
+        at = {tag: self._now_ms(m) for tag, m, _ in self._samples}
         pol = self.policy
         tensors = []
-        for rec in self._captured:
+        for i, rec in enumerate(memory["tensors"]):
             rc = None
-            if rec["key"] in self._asked and rec["role"] in RECOMPUTABLE:
+            if rec["key"] in memory["asked"] and rec["role"] in RECOMPUTABLE:
                 rc = RECOMPUTABLE[rec["role"]] * rec["nbytes"] / (pol.device_gbps * 1e6)
-            used = self._now_ms(rec["used"]) if rec["used"] is not None else math.inf
-            tensors.append(_mp.SavedTensor(rec["key"], rec["role"], rec["nbytes"], self._now_ms(rec["mark"]), used,
-                                           rec["held"], rc, rec["contiguous"], rec["where"]))
-        samples = tuple((self._now_ms(m), b) for m, b in self._samples)
+            tensors.append(_mp.SavedTensor(rec["key"], rec["role"], rec["nbytes"], at[("save", i)],
+                                           at.get(("use", i), math.inf), rec["held"], rc, rec["contiguous"],
+                                           rec["where"]))
+        samples = tuple((at[tag], b) for tag, b in memory["samples"])
         return _mp.MemoryProfile(samples, tuple(tensors), self._now_ms(end),
-                                 tuple(self._now_ms(m) for m in self._events))
+                                 tuple(at[tag] for tag in tags if tag[0] == "use"))
+
+    def exposed_ms(self) -> float:
+        """How long the compute stream waited for reloads in the latest planned step with a
+        backward (0.0 without a GPU or before a plan); waits for that step's work to finish."""
+        total = 0.0
+        for before, after in self._waits or self._waits_done:
+            after.synchronize()
+            total += before.elapsed_time(after)
+        return total
 
     def _make_measured_plan(self, profile: _mp.MemoryProfile) -> _mp.MeasuredPlan:
         pol = self.policy

@@ -124,7 +124,9 @@ class OffloadPolicy:
     # auto: per-layer time estimates (forward ms, backward ms), one pair for every layer
     # or one per layer in forward order, used instead of timing the calibration steps
     layer_ms: tuple | None = None
-    calibration_steps: int = 2  # auto: steps profiled (no offload) before planning; the fastest counts
+    # auto: steps profiled (no offload) before planning; the fastest counts.  peak="measured":
+    # max(calibration_steps, 2) steps, the last timed without memory probes (offload/measured.py)
+    calibration_steps: int = 2
     # auto: where the plan puts the peak.  "assumed": at the backward start, and only the
     # tagged roles of our layers move (offload/planner.py, OffloadScheduler).  "measured":
     # from the profiled step's allocated bytes, and any saved tensor of at least

@@ -29,9 +29,11 @@ def test_measured_offload_on_the_patched_model():
                            capture_min_elements=64, calibration_steps=1)
     sched = MeasuredOffloadScheduler(policy, offload_cpu_tensors=True)
     handle = patch_nemotron_h(model, offload=sched, backend="torch")
-    step(model, ids)  # profiled
+    step(model, ids)  # memory step
     wheres = {r["where"] for r in sched._captured}
-    step(model, ids)  # its forward pre-hook ended the profiled step: planned from here
+    step(model, ids)  # timing step (its forward pre-hook ended the memory step)
+    assert sched.plan is None
+    step(model, ids)  # its forward pre-hook ended the timing step: planned from here
     assert sched.plan is not None and sched.plans_made == 1
     assert "before the first layer" in wheres and any(w.startswith("after layer") for w in wheres)
     assert any(w.startswith("layer ") for w in wheres)

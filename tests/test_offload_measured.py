@@ -4,11 +4,13 @@ tensors alive): the capture sees every large saved tensor of a plain torch atten
 (not only our ops' roles), once per tensor, never parameters; the plan moves the tensors live
 at the measured peak; gradients stay bitwise equal; new shapes replan."""
 import math
+import types
 
 import pytest
 import torch
 from torch import nn
 
+import offload.scheduler
 from cute_kernels.mlp import srelu_mlp
 from offload import MeasuredOffloadScheduler, OffloadArgumentError, OffloadPolicy, OffloadScheduler
 from offload.measured_planner import OFFLOAD
@@ -111,10 +113,13 @@ def test_plan_moves_tensors_live_at_the_peak_and_gradients_stay_bitwise():
     ref = _run(ref_blocks, x0, dy, None)
     sched = MeasuredOffloadScheduler(_policy(), offload_cpu_tensors=True)
     blocks, x0, dy = _setup(sched)
-    first = _run(blocks, x0, dy, sched)  # profiled
+    first = _run(blocks, x0, dy, sched)  # memory step
+    assert sched.plan is None, "the plan's times come from a second step without memory probes"
+    timed = _run(blocks, x0, dy, sched)  # timing step
     assert sched.plan is not None and sched.plans_made == 1
     plan, prof = sched.plan, sched.profile
     assert [torch.equal(a, b) for a, b in zip(first, ref)] == [True] * len(ref)
+    assert [torch.equal(a, b) for a, b in zip(timed, ref)] == [True] * len(ref)
     pj, peak = prof.peak
     assert peak == max(b for _, b in prof.samples) and plan.peak_before == peak
     moved = [d for d in plan.decisions.values() if d.action == OFFLOAD]
@@ -133,15 +138,88 @@ def test_plan_moves_tensors_live_at_the_peak_and_gradients_stay_bitwise():
     assert "measured-peak offload plan" in text and "| offload |" in text
 
 
+class Tick(torch.autograd.Function):
+    """Advances the fake clock: 1 ms in forward, 2 ms in backward (a layer's compute)."""
+
+    clock = [0.0]
+
+    @staticmethod
+    def forward(ctx, x):
+        Tick.clock[0] += 1e-3
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        Tick.clock[0] += 2e-3
+        return g
+
+
+def _run_ticking(blocks, x0, dy, sched):
+    with sched.step():
+        x = x0
+        for b in blocks:
+            x = Tick.apply(b(x))
+    x.backward(dy)
+    for p in [x0] + [p for b in blocks for p in b.parameters()]:
+        p.grad = None
+    assert sched.end_step() == {}
+
+
+def test_plan_times_come_from_a_step_without_memory_probes(monkeypatch):
+    """The memory probes cost host time, which stretches a host-bound step: the plan must not
+    see copy windows that only the probes opened.  On a fake clock that advances only in the
+    layers (1 ms forward, 2 ms backward each) and in the probe (10 ms a call), the profile's
+    times are the layers' alone."""
+    monkeypatch.setattr(offload.scheduler, "time", types.SimpleNamespace(perf_counter=lambda: Tick.clock[0]))
+    probes = []
+
+    def slow_probe():
+        probes.append(sched._live_bytes)
+        Tick.clock[0] += 10e-3
+        return sched._live_bytes
+
+    sched = MeasuredOffloadScheduler(_policy(), memory_probe=slow_probe, offload_cpu_tensors=True)
+    blocks, x0, dy = _setup(sched)
+    _run_ticking(blocks, x0, dy, sched)  # memory step
+    n_probes = len(probes)
+    assert n_probes > 10 and sched.plan is None
+    _run_ticking(blocks, x0, dy, sched)  # timing step
+    assert len(probes) == n_probes, "the timing step probes no memory"
+    assert sched.plan is not None
+    prof = sched.profile
+    assert prof.step_ms == pytest.approx(3 * 1.0 + 3 * 2.0), "3 layers: 1 ms forward and 2 ms backward each"
+    assert max(t for t, _ in prof.samples) <= prof.step_ms + 1e-9
+    assert [b for _, b in prof.samples] == probes, "the memory is the memory step's"
+    saved = sorted({round(t.saved_ms, 6) for t in prof.tensors})
+    assert saved == [0.0, 1.0, 2.0], "tensors are saved in the three layers' forwards, 1 ms apart"
+    used = [t.used_ms for t in prof.tensors if math.isfinite(t.used_ms)]
+    assert used and all(5.0 - 1e-9 <= u <= 9.0 + 1e-9 for u in used) and list(prof.bwd_events) == sorted(prof.bwd_events)
+
+
+def test_a_timing_step_that_differs_from_the_memory_step_profiles_again():
+    sched = MeasuredOffloadScheduler(_policy(), offload_cpu_tensors=True)
+    blocks, x0, dy = _setup(sched)
+    _run(blocks, x0, dy, sched)  # memory step, three blocks
+    _run(blocks[:2], x0, dy, sched)  # timing step with other tensors: no plan from the two
+    assert sched.plan is None and not sched._timing_step, "the next step probes memory again"
+    _run(blocks[:2], x0, dy, sched)
+    _run(blocks[:2], x0, dy, sched)
+    assert sched.plan is not None and sched.plans_made == 1
+    assert {t.where for t in sched.profile.tensors} == {"before the first layer", "layer 0", "after layer 0", "layer 1"}
+
+
 def test_new_shapes_profile_again():
     sched = MeasuredOffloadScheduler(_policy(), offload_cpu_tensors=True)
     blocks, x0, dy = _setup(sched, layers=2)
+    _run(blocks, x0, dy, sched)
     _run(blocks, x0, dy, sched)
     assert sched.plans_made == 1
     blocks2, x1, dy1 = _setup(sched, layers=3, seed=1)  # a third block: tensors the plan has not seen
     ref = _run(_setup(None, layers=3, seed=1)[0], x1, dy1, None)
     assert [torch.equal(a, b) for a, b in zip(_run(blocks2, x1, dy1, sched), ref)] == [True] * len(ref)
-    assert sched.plan is None  # stale: the next step profiles
+    assert sched.plan is None  # stale: the next two steps profile
+    _run(blocks2, x1, dy1, sched)
+    assert sched.plan is None
     _run(blocks2, x1, dy1, sched)
     assert sched.plans_made == 2 and sched.plan is not None
 

@@ -295,13 +295,14 @@ def test_bench_nemotron_report_and_plot_on_a_cpu_scheduler(tmp_path):
     row = lambda name, ms, **extra: dict(variant=name, ms=ms, peak_gib=10.0, act_gib=2.0, first_step_s=3.0, **extra)
     rows = [row("hf eager", 10.0), row("hf, MLP/MoE passed through", 6.0), row("patched", 8.0),
             row("patched, offload auto", 8.5, **summary),
-            row("patched, offload auto_measured", 9.0, offloaded_gib=1.0, predicted_peak_gib=(12.0, 9.5), plan="(plan)"),
+            row("patched, offload auto_measured", 9.0, offloaded_gib=1.0, predicted_peak_gib=(12.0, 9.5), plan="(plan)",
+                exposed_ms=0.25),
             {"variant": "hf torch.compile", "skipped": "time budget"}]
     routed = {"tokens": 8, "rows": 48, "experts_hit": 5,
               **{k: {"ms": ms, "act_gib": 0.5} for k, ms in (("hf grouped_mm experts", 3.0), ("ours", 2.0),
                                                            ("our grouped op on pre-sorted tokens", 1.5))}}
     text = bench_nemotron.report({"moe": rows, "dense": rows[:3]}, routed, "cpu", 8192)
-    assert "offload auto: " in text and "predicted 9.50 GiB" in text and "| patched | 8.00 | 1.25x |" in text and "skipped: time budget" in text
+    assert "offload auto: " in text and "predicted 9.50 GiB" in text and "1.125x the patched step" in text and "waited 0.25 ms" in text and "| patched | 8.00 | 1.25x |" in text and "skipped: time budget" in text
     pytest.importorskip("matplotlib")
     bench_nemotron.plot({"moe": rows}, str(tmp_path / "b.png"))
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
