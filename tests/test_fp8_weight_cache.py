@@ -175,3 +175,59 @@ def test_no_weakref_on_parameters_and_swapping_works_after_an_fp8_step():
         torch.__future__.set_swap_module_params_on_conversion(old)
     _loss(model, xb, target).backward()
     assert model.fc1.weight.grad is not None and model.fc1.weight.grad.dtype == torch.bfloat16
+
+
+def _stand_in_kernel(calls):
+    """quantize_weight_copies as the torch recipe computes it (the GPU test proves the kernel
+    bitwise equal to this), counting calls."""
+    def copies(w, recipe):
+        calls.append(w)
+        q, s = quantize_128x128(w.detach(), recipe.fwd_format, pow2=recipe.pow2_scales)
+        return (q, s), transposed_copy(q, s)
+    return copies
+
+
+def test_weight_copies_one_pass_scope_and_fallback():
+    from cute_kernels.fp8 import weight_cache
+
+    calls = []
+    kernel = _stand_in_kernel(calls)
+    w = torch.nn.Parameter(torch.randn(3, 256, 384))
+    plain, trans = weight_cache.weight_copies(w, R)  # not the kernel path: W's copy only
+    assert trans is None and calls == []
+    plain, trans = weight_cache.weight_copies(w, R, both=kernel)
+    assert len(calls) == 1 and trans is not None
+    want = quantize_weight(w, R, transposed=True)
+    assert torch.equal(trans[0].view(torch.uint8), want[0].view(torch.uint8)) and torch.equal(trans[1], want[1])
+    with reuse_weight_copies():
+        a = weight_cache.weight_copies(w, R, both=kernel)
+        again = weight_cache.weight_copies(w, R, both=kernel)
+        assert again[0] is a[0] and again[1] is a[1] and len(calls) == 2, "reused in the scope"
+        assert quantize_weight(w, R, transposed=True) is a[1], "both orientations cached from one pass"
+        with torch.no_grad():
+            w.mul_(2.0)
+        b = weight_cache.weight_copies(w, R, both=kernel)
+        assert b[0] is not a[0] and len(calls) == 3 and torch.equal(b[0][1], 2 * a[0][1])
+    plain, trans = weight_cache.weight_copies(w, R, both=lambda w, recipe: None)  # not applicable: recipe path
+    assert trans is None and torch.equal(plain[1], quantize_128x128(w.detach())[1])
+
+
+def test_kernel_switch_is_off_unless_asked(monkeypatch):
+    from cute_kernels.fp8 import quantize_ops
+
+    monkeypatch.delenv("CUTE_KERNELS_FP8_WEIGHT_KERNEL", raising=False)
+    assert not quantize_ops.one_pass_weight_kernel_enabled()
+    assert quantize_ops.kernel_weight_copies(torch.randn(256, 256).bfloat16(), R) is None
+    monkeypatch.setenv("CUTE_KERNELS_FP8_WEIGHT_KERNEL", "1")
+    assert quantize_ops.one_pass_weight_kernel_enabled()
+    assert quantize_ops.kernel_weight_copies(torch.randn(256, 256).bfloat16(), R) is None, "a CPU weight: recipe path"
+
+
+def test_dequantize_broadcast_equals_the_expanded_product():
+    from cute_kernels.fp8.recipe import dequantize, expand_scales, quantize_1x128
+
+    x = torch.randn(77, 384) * torch.logspace(-3, 3, 384)
+    q, s = quantize_1x128(x)
+    want = q.float() * expand_scales(s, q.shape, rows_per_scale=1, cols_per_scale=128)
+    assert torch.equal(dequantize(q, s), want)
+    assert torch.equal(dequantize(q, s.t().contiguous().t()), want), "column-major scales"

@@ -48,10 +48,10 @@ from ..checks import InputError
 from ..epilogue import EpilogueSpec
 from ..first_order import first_order_only
 from .epilogue import Fp8Epilogue
-from .ops import _launch, check_fp8_device, fp8_dgrad_dact, fp8_grouped, quantize_weight
+from .ops import _launch, check_fp8_device, fp8_dgrad_dact, fp8_grouped
 from .recipe import FORMATS, Fp8Recipe, quantize_1x128
 from .torch_gemm import mm_dequant, wgrad
-from .weight_cache import transposed_copy
+from .weight_cache import transposed_copy, weight_copies
 
 BLOCK = 128
 
@@ -79,6 +79,15 @@ def quantize_rows(t: torch.Tensor, fmt: str, recipe: Fp8Recipe, impl: str = "tor
                 torch.empty((t.shape[0], _cdiv(t.shape[1], BLOCK)), dtype=torch.float32, device=t.device))
     q, s = quantize_1x128(t, fmt, pow2=recipe.pow2_scales)
     return q, _col_major(s)
+
+
+def _one_pass(impl):
+    """The kernel path's maker of both weight copies in one pass (None on the torch path)."""
+    if impl != "kernel":
+        return None
+    from .quantize_ops import kernel_weight_copies
+
+    return kernel_weight_copies
 
 
 def _segments(splits, m):
@@ -196,10 +205,11 @@ class Fp8FC1SReLU(torch.autograd.Function):
     def forward(ctx, x, w1, splits, recipe, impl, fuse_wgrad, handoff):
         m, f = x.shape[0], w1.shape[-2]
         xq, xs = quantize_rows(x, recipe.fwd_format, recipe, impl)
-        w1q, w1s = quantize_weight(w1, recipe)
+        (w1q, w1s), w1t = weight_copies(w1, recipe, both=_one_pass(impl))
         pre, pq, ps = _fc1_step(xq, xs, w1q, w1s, splits, impl, recipe)
         handoff.postact = (pq, ps)
-        ctx.w1_copy = (w1q, w1s)  # the backward's W1^T copy is this one transposed
+        # the backward's W1^T copy: made with W1's by the one-pass kernel, else this one transposed then
+        ctx.w1_copy, ctx.w1t_copy = ((w1q, w1s) if w1t is None else None), w1t
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
         ctx.x_dtype = x.dtype
         ctx.save_for_backward(tag_role(xq, "fc1_input"), xs, w1)
@@ -218,7 +228,7 @@ class Fp8FC1SReLU(torch.autograd.Function):
         dx = dw1 = None
         if ctx.needs_input_grad[0]:
             dq, ds = quantize_rows(dpre, recipe.grad_format, recipe, impl)
-            w1tq, w1ts = transposed_copy(*ctx.w1_copy)
+            w1tq, w1ts = ctx.w1t_copy or transposed_copy(*ctx.w1_copy)
             dx = torch.empty((m, h), dtype=torch.bfloat16, device=dpre.device)
             dx = _mm_step(dq, ds, w1tq, w1ts, ctx.splits, impl, dx)
             dx = dx.to(ctx.x_dtype)
@@ -240,12 +250,12 @@ class Fp8FC2(torch.autograd.Function):
         handoff.postact = None
         if prob is not None:
             ps = ps * prob.reshape(-1, 1).float()  # p folded into the postact scales
-        w2q, w2s = quantize_weight(w2, recipe)
+        (w2q, w2s), w2t = weight_copies(w2, recipe, both=_one_pass(impl))
         m, h = preact.shape[0], w2.shape[-2]
         y = torch.empty((m, h), dtype=torch.bfloat16, device=preact.device)
         y = _mm_step(pq, ps, w2q, w2s, splits, impl, y)
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
-        ctx.w2_copy = (w2q, w2s)
+        ctx.w2_copy, ctx.w2t_copy = ((w2q, w2s) if w2t is None else None), w2t
         ctx.save_for_backward(tag_role(preact, "preact"), tag_role(prob, "prob") if prob is not None else None, w2)
         return y
 
@@ -257,7 +267,7 @@ class Fp8FC2(torch.autograd.Function):
         m, f = preact.shape
         dy = dy.contiguous()
         dyq, dys = quantize_rows(dy, recipe.grad_format, recipe, impl)
-        w2tq, w2ts = transposed_copy(*ctx.w2_copy)
+        w2tq, w2ts = ctx.w2t_copy or transposed_copy(*ctx.w2_copy)
         if impl == "kernel":
             return self_fused_backward(ctx, dy, dyq, dys, w2tq, w2ts, preact, prob, w2)
         dpost = torch.empty((m, f), dtype=torch.bfloat16, device=dy.device)

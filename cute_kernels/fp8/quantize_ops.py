@@ -1,5 +1,10 @@
 """Torch entry point of the one-pass dual quantization (kernel: cute_kernels/sm90/quantize.py).
 
+`quantize_weight_copies(w, fmt, pow2=)`: a weight (N, K) or a stack of expert weights (E, N, K),
+bf16 on an sm_90a GPU -> ((q, s), (qt, st)), the recipe's 128x128-block copies of W and of W^T in
+one pass (`quantize_128x128(w)` and its `transposed_copy`, bit for bit; kernel:
+cute_kernels/sm90/quantize_weight.py).
+
 `quantize_rows_and_cols(x, fmt, pow2=)`: x (M, K) bf16 on an sm_90a GPU ->
   (q (M, K), s (M, ceil(K/128)), qt (K, M), st (K, ceil(M/128))), the recipe's 1x128 copies of x
   and of x^T (`quantize_1x128(x)` and `quantize_1x128(x.t())`, bit for bit).  Scales are
@@ -14,6 +19,7 @@ the FP8 weight-gradient kernel).
 """
 from __future__ import annotations
 
+import os
 import tempfile
 
 import torch
@@ -29,6 +35,30 @@ _cache: dict = {}
 
 def _cdiv(a, b):
     return -(-a // b)
+
+
+def fake_weight_arguments():
+    """Stand-ins for the weight kernel's (w, q, s, qt, st) in (rows, cols, expert) order: N, K, E
+    and every stride symbolic but the unit ones; FP8 as uint8."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_fake_tensor
+
+    n, k, e = cute.sym_int32(symbol="N"), cute.sym_int32(symbol="K"), cute.sym_int32(symbol="E")
+    nb, kb = cute.sym_int32(symbol="NB"), cute.sym_int32(symbol="KB")
+
+    def rows(dtype, shape, align):
+        return make_fake_tensor(dtype, shape, (cute.sym_int64(divisibility=16), 1, cute.sym_int64(divisibility=16)),
+                                assumed_align=align)
+
+    w = rows(cutlass.BFloat16, (n, k, e), 16)
+    q = rows(cutlass.Uint8, (n, k, e), 16)
+    qt = rows(cutlass.Uint8, (k, n, e), 16)
+    s = make_fake_tensor(cutlass.Float32, (nb, kb, e), (cute.sym_int64(), cute.sym_int64(), cute.sym_int64()),
+                         assumed_align=4)
+    st = make_fake_tensor(cutlass.Float32, (kb, nb, e), (cute.sym_int64(), cute.sym_int64(), cute.sym_int64()),
+                          assumed_align=4)
+    return w, q, s, qt, st
 
 
 def fake_arguments():
@@ -47,38 +77,42 @@ def fake_arguments():
     return x, q, s, qt, st
 
 
-def compile_quantize(fmt: str = "e4m3", pow2: bool = False, *, options: str = "", tvm_ffi: bool = False):
-    """Compile the kernel for sm_90a (uncached); with `tvm_ffi` it takes torch tensors:
-    fn(x, q_u8, s, qt_u8, st) on the current torch stream."""
+def compile_quantize(fmt: str = "e4m3", pow2: bool = False, *, options: str = "", tvm_ffi: bool = False,
+                     weight: bool = False):
+    """Compile the kernel for sm_90a (uncached): the activation kernel, or with `weight` the
+    128x128-block weight kernel.  With `tvm_ffi` it takes torch tensors: fn(x, q_u8, s, qt_u8, st)
+    on the current torch stream."""
     import cutlass.cute as cute
 
     from ..sm90.quantize import Sm90QuantizeBoth
+    from ..sm90.quantize_weight import Sm90QuantizeWeight
 
     with dsl_lock:
-        kernel = Sm90QuantizeBoth(fmt, pow2)
+        kernel = (Sm90QuantizeWeight if weight else Sm90QuantizeBoth)(fmt, pow2)
         if tvm_ffi:
             stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
             options = (options + " --enable-tvm-ffi").strip()
         else:
             stream = cute.runtime.make_fake_stream()
-        return cute.compile(kernel, *fake_arguments(), stream, options=arch_options("sm90", options))
+        fakes = fake_weight_arguments() if weight else fake_arguments()
+        return cute.compile(kernel, *fakes, stream, options=arch_options("sm90", options))
 
 
-def get_compiled(fmt: str, pow2: bool):
-    key = (fmt, bool(pow2))
+def get_compiled(fmt: str, pow2: bool, weight: bool = False):
+    key = (fmt, bool(pow2), weight)
     fn = _cache.get(key)
     if fn is None:
         with dsl_lock:
             fn = _cache.get(key)
             if fn is None:
-                fn = _cache[key] = compile_quantize(fmt, pow2, tvm_ffi=use_tvm_ffi())
+                fn = _cache[key] = compile_quantize(fmt, pow2, tvm_ffi=use_tvm_ffi(), weight=weight)
     return fn
 
 
-def quantize_ptx(fmt: str = "e4m3", pow2: bool = False) -> str:
+def quantize_ptx(fmt: str = "e4m3", pow2: bool = False, weight: bool = False) -> str:
     """The kernel's PTX (compiled into a private dump directory, as inspect_ptx.kernel_ptx)."""
     with tempfile.TemporaryDirectory(prefix="cute_kernels_ptx_") as d:
-        return compile_quantize(fmt, pow2, options=f"--keep-ptx --dump-dir={d}").__ptx__
+        return compile_quantize(fmt, pow2, options=f"--keep-ptx --dump-dir={d}", weight=weight).__ptx__
 
 
 def _check_input(x, fmt):
@@ -121,3 +155,62 @@ def quantize_rows_and_cols(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = F
     u8 = torch.uint8
     get_compiled(fmt, pow2)(x, q.view(u8), s, qt_buf.view(u8), st)
     return q, s, qt_buf[:, :m], st
+
+
+def one_pass_weight_kernel_enabled() -> bool:
+    """Whether the FP8 step makes its weight copies with the one-pass kernel
+    (sm90/quantize_weight.py): CUTE_KERNELS_FP8_WEIGHT_KERNEL=1.  Off by default until the H200
+    run that shows it bitwise equal and faster is committed."""
+    return os.environ.get("CUTE_KERNELS_FP8_WEIGHT_KERNEL", "0") == "1"
+
+
+def kernel_weight_copies(w: torch.Tensor, recipe):
+    """(W's copy, W^T's copy) of a weight from the one-pass kernel for `recipe` (fp8.Fp8Recipe),
+    or None where it does not apply (switched off, not on CUDA, a weight it does not take):
+    `weight_cache.weight_copies(..., both=kernel_weight_copies)`."""
+    if not (one_pass_weight_kernel_enabled() and isinstance(w, torch.Tensor) and w.is_cuda):
+        return None
+    wd = w.detach()
+    if not weight_kernel_takes(wd):
+        return None
+    with torch.no_grad():
+        return quantize_weight_copies(wd, recipe.fwd_format, pow2=recipe.pow2_scales)
+
+
+def weight_kernel_takes(w: torch.Tensor) -> bool:
+    """Whether `quantize_weight_copies` takes this weight: bf16, (N, K) or (E, N, K) with N and K
+    multiples of 16 and neither zero, row-major contiguous."""
+    return (isinstance(w, torch.Tensor) and w.dtype == torch.bfloat16 and w.dim() in (2, 3) and w.numel() > 0
+            and w.shape[-1] % 16 == 0 and w.shape[-2] % 16 == 0 and w.is_contiguous() and w.data_ptr() % 16 == 0
+            and _cdiv(w.shape[-2], BLOCK) <= 65535 and (w.dim() == 2 or w.shape[0] <= 65535))
+
+
+def quantize_weight_copies(w: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = False):
+    """((q, s), (qt, st)): see the module docstring.  Shapes as quantize_128x128 and
+    weight_cache.transposed_copy give them."""
+    if fmt not in FMAX:
+        raise InputError(f"fmt must be one of {tuple(FMAX)}, got {fmt!r}")
+    if not weight_kernel_takes(w):
+        raise InputError("w must be a contiguous bf16 (N, K) or (E, N, K) tensor with N and K nonzero multiples "
+                         f"of 16, got {getattr(w, 'dtype', type(w).__name__)} of shape {tuple(getattr(w, 'shape', ()))}")
+    from .ops import check_fp8_device
+
+    check_fp8_device("w", w)
+    if not use_tvm_ffi():
+        raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi and leave "
+                         "CUTE_KERNELS_TVM_FFI unset")
+    stack = w if w.dim() == 3 else w.unsqueeze(0)
+    e, n, k = stack.shape
+    nb, kb = _cdiv(n, BLOCK), _cdiv(k, BLOCK)
+    dt = FORMATS[fmt]
+    q = torch.empty((e, n, k), dtype=dt, device=w.device)
+    qt = torch.empty((e, k, n), dtype=dt, device=w.device)
+    s = torch.empty((e, nb, kb), dtype=torch.float32, device=w.device)
+    st = torch.empty((e, kb, nb), dtype=torch.float32, device=w.device)
+    u8 = torch.uint8
+    order = (1, 2, 0)  # (rows, cols, expert), the kernel's mode order
+    get_compiled(fmt, pow2, weight=True)(stack.permute(order), q.view(u8).permute(order), s.permute(order),
+                                         qt.view(u8).permute(order), st.permute(order))
+    if w.dim() == 2:
+        q, s, qt, st = q[0], s[0], qt[0], st[0]
+    return (q, s), (qt, st)

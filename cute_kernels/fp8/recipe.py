@@ -150,4 +150,6 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, *, block: int = 128) -> to
     else:
         raise ValueError(f"scales of shape {tuple(scales.shape)} fit neither 1x{block} nor {block}x{block} "
                          f"blocks of a {tuple(q.shape)} tensor")
+    if rows == 1 and c == cb * block:  # whole 1 x block runs: the same products, broadcast (no expanded copy)
+        return (q.float().view(r, cb, block) * scales.float().unsqueeze(-1)).view(r, c)
     return q.float() * expand_scales(scales.float(), (r, c), rows_per_scale=rows, cols_per_scale=block)

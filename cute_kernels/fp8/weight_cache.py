@@ -138,6 +138,30 @@ def _cached_copies(w: torch.Tensor) -> dict:
     return entry[2]
 
 
+def weight_copies(w: torch.Tensor, recipe: Fp8Recipe = Fp8Recipe(), *, both=None):
+    """(W's copy, W^T's copy or None) for one forward.  `both(w, recipe)` makes the two copies in
+    one pass or returns None where it does not apply (the FP8 step's kernel path passes
+    fp8.quantize_ops.kernel_weight_copies); without it, or where it returns None: W's copy and
+    None (the caller derives W^T's with `transposed_copy` when it needs it).  Bitwise the same
+    copies either way; the same reuse rules as `weight_copy`."""
+    if both is None:
+        return weight_copy(w, recipe), None
+    make_both = both
+    if _scope.depth == 0:
+        both = make_both(w, recipe)
+        return both if both is not None else (weight_copy(w, recipe), None)
+    copies = _cached_copies(w)
+    fmt = (recipe.fwd_format, recipe.pow2_scales)
+    plain, trans = copies.get(fmt + (False,)), copies.get(fmt + (True,))
+    if plain is not None:
+        return plain, trans
+    both = make_both(w, recipe)
+    if both is None:
+        return weight_copy(w, recipe), None
+    copies[fmt + (False,)], copies[fmt + (True,)] = both
+    return both
+
+
 def weight_copy(w: torch.Tensor, recipe: Fp8Recipe = Fp8Recipe(), *, transposed: bool = False):
     """(q, scales) of an (N, K) weight (or an (E, N, K) stack) by 128x128 blocks, from its
     current values; with `transposed`, W^T's copy (see `transposed_copy`).  Made fresh on

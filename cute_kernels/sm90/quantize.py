@@ -29,39 +29,22 @@ from __future__ import annotations
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32, Int32, const_expr
+from cutlass import Float32, Int32
 from cutlass.memory import SmemAllocator
 
-from ..epilogue import FP8_FMAX as FMAX
-from ..gemm_base.output_codec import FP8_TYPES, as_element_type, block_scale
-
-BLOCK = 128
-THREADS = 256
-VEC = 8  # bf16 per 16-byte load
-ROW_LANES = BLOCK // VEC  # 16 threads share a row
-ROWS_PER_PASS = THREADS // ROW_LANES  # 16 rows per sweep of the CTA
-ROW_SWEEPS = BLOCK // ROWS_PER_PASS  # 8 rows per thread
-COL_PAIRS = BLOCK // 2  # 64 column pairs
-ROW_QUARTERS = THREADS // COL_PAIRS  # 4 groups of 32 rows in the column pass
-QUARTER = BLOCK // ROW_QUARTERS
+from ..gemm_base.output_codec import block_scale
+from .quantize_tile import (QuantizeKernel, BLOCK, COL_PAIRS, QUARTER, ROW_QUARTERS, ROW_SWEEPS, ROWS_PER_PASS, THREADS, VEC,
+                            abs_max, load_and_stage, register_tile, row_values, scaled_fp8)
 
 
-class Sm90QuantizeBoth:
+class Sm90QuantizeBoth(QuantizeKernel):
     """x (M, K) bf16 -> (q, scales) row-wise and (qt, scales_t) column-wise; see the module
     docstring.  K must be a multiple of 16; `fmt` "e4m3" or "e5m2"."""
-
-    def __init__(self, fmt: str = "e4m3", pow2: bool = False):
-        if fmt not in FMAX:
-            raise ValueError(f"fmt must be one of {tuple(FMAX)}, got {fmt!r}")
-        self.fmt, self.pow2, self.fmax = fmt, pow2, FMAX[fmt]
-        self.q_type = FP8_TYPES[fmt]
 
     @cute.jit
     def __call__(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor,
                  stream):
-        # FP8 outputs arrive as uint8 (byte views on the host); written as the recipe's format
-        mQ = as_element_type(mQ, self.q_type)
-        mQT = as_element_type(mQT, self.q_type)
+        mQ, mQT = self.fp8_views(mQ, mQT)
         m_total = cute.size(mX, mode=[0])
         k_total = cute.size(mX, mode=[1])
         m_tiles = (m_total + BLOCK - 1) // BLOCK
@@ -75,8 +58,7 @@ class Sm90QuantizeBoth:
         tidx, _, _ = cute.arch.thread_idx()
         k_tile, m_tile, _ = cute.arch.block_idx()
         smem = SmemAllocator()
-        sX = smem.allocate_tensor(cutlass.BFloat16, cute.make_layout((BLOCK, BLOCK), stride=(BLOCK, 1)),
-                                  byte_alignment=16)
+        sX = self.staging_tile(smem)
         sAmax = smem.allocate_tensor(Float32, cute.make_layout((ROW_QUARTERS, BLOCK), stride=(BLOCK, 1)),
                                      byte_alignment=16)
         gX = cute.local_tile(mX, (BLOCK, BLOCK), (m_tile, k_tile))
@@ -86,36 +68,17 @@ class Sm90QuantizeBoth:
         col0 = k_tile * BLOCK
 
         # ---- row pass: 1x128 blocks along K
-        vec = tidx % ROW_LANES
-        r_first = tidx // ROW_LANES
-        vec_in = col0 + VEC * vec < k_total  # K a multiple of 8: a vector is all in or all out
-        xv = cute.make_rmem_tensor(cute.make_layout((ROW_SWEEPS, VEC), stride=(VEC, 1)), cutlass.BFloat16)
-        xv.fill(0.0)
+        xv = register_tile()
+        vec, r_first, vec_in = load_and_stage(gX, sX, xv, tidx, row0, col0, m_total, k_total)
         for i in cutlass.range_constexpr(ROW_SWEEPS):
             r = r_first + ROWS_PER_PASS * i
-            if vec_in:
-                if row0 + r < m_total:
-                    cute.autovec_copy(cute.local_tile(gX, (1, VEC), (r, vec)), cute.local_tile(xv, (1, VEC), (i, 0)))
-        for i in cutlass.range_constexpr(ROW_SWEEPS):
-            r = r_first + ROWS_PER_PASS * i
-            cute.autovec_copy(cute.local_tile(xv, (1, VEC), (i, 0)), cute.local_tile(sX, (1, VEC), (r, vec)))
-        for i in cutlass.range_constexpr(ROW_SWEEPS):
-            r = r_first + ROWS_PER_PASS * i
-            vals = cute.make_rmem_tensor((VEC,), Float32)
-            vals.store(cute.local_tile(xv, (1, VEC), (i, 0)).load().reshape((VEC,)).to(Float32))
-            amax = Float32(0.0)
-            for j in cutlass.range_constexpr(VEC):
-                # max(amax, |v|), not fmax(abs=True) (the xorsign form; see gemm_base/output_codec.update_amax)
-                amax = cute.arch.fmax(amax, cute.math.abs(vals[j]))
+            vals = row_values(xv, i)
+            amax = abs_max(Float32(0.0), vals, VEC)
             for off in cutlass.range_constexpr(4):
                 amax = cute.arch.fmax(amax, cute.arch.shuffle_sync_bfly(amax, offset=1 << off))
             s = block_scale(amax, self.fmax, self.pow2)
             inv = Float32(1.0) / s
-            qf = cute.make_rmem_tensor((1, VEC), Float32)
-            for j in cutlass.range_constexpr(VEC):
-                qf[(0, j)] = vals[j] * inv
-            qv = cute.make_rmem_tensor((1, VEC), self.q_type)
-            qv.store(qf.load().to(self.q_type))
+            qv = scaled_fp8(lambda j: vals[j], VEC, inv, self.q_type)
             if row0 + r < m_total:
                 if vec_in:
                     cute.autovec_copy(qv, cute.local_tile(gQ, (1, VEC), (r, vec)))
@@ -145,11 +108,7 @@ class Sm90QuantizeBoth:
                 amax = cute.arch.fmax(amax, sAmax[(qi, col)])
             s = block_scale(amax, self.fmax, self.pow2)
             inv = Float32(1.0) / s
-            qf = cute.make_rmem_tensor((1, QUARTER), Float32)
-            for j in cutlass.range_constexpr(QUARTER):
-                qf[(0, j)] = cf[(j, c)] * inv
-            qv = cute.make_rmem_tensor((1, QUARTER), self.q_type)
-            qv.store(qf.load().to(self.q_type))
+            qv = scaled_fp8(lambda j: cf[(j, c)], QUARTER, inv, self.q_type)
             if col0 + col < k_total:  # qt has K rows
                 cute.autovec_copy(qv, cute.local_tile(gQT, (1, QUARTER), (col, quarter)))
                 if quarter == 0:

@@ -1,0 +1,97 @@
+"""What the two FP8 quantization kernels (sm90/quantize.py: activations, 1x128 blocks both ways;
+sm90/quantize_weight.py: weights, 128x128 blocks) share, traced inside their kernels: the CTA's
+read of a 128 x 128 bf16 tile into registers and shared memory, a register row's values in fp32,
+and the scaled FP8 conversion.
+
+Thread layout (256 threads): 16 threads share a row, each loading 16 bytes (8 bf16) per row for
+8 rows (rows r_first + 16 i); the staged tile is (128, 128) row-major in shared memory."""
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32
+
+from ..epilogue import FP8_FMAX as FMAX
+from ..gemm_base.output_codec import FP8_TYPES, as_element_type
+
+BLOCK = 128
+THREADS = 256
+VEC = 8  # bf16 per 16-byte load
+ROW_LANES = BLOCK // VEC  # 16 threads share a row
+ROWS_PER_PASS = THREADS // ROW_LANES  # 16 rows per sweep of the CTA
+ROW_SWEEPS = BLOCK // ROWS_PER_PASS  # 8 rows per thread
+COL_PAIRS = BLOCK // 2  # 64 column pairs
+ROW_QUARTERS = THREADS // COL_PAIRS  # 4 groups of 32 rows in the column pass
+QUARTER = BLOCK // ROW_QUARTERS
+
+
+def register_tile():
+    """The thread's 8 rows x 8 bf16 of the tile."""
+    return cute.make_rmem_tensor(cute.make_layout((ROW_SWEEPS, VEC), stride=(VEC, 1)), cutlass.BFloat16)
+
+
+@cute.jit
+def load_and_stage(gX, sX, xv, tidx, row0, col0, rows_total, cols_total):
+    """Load the thread's rows of tile gX (origin (row0, col0) of a rows_total x cols_total
+    tensor) into `xv` with 16-byte loads, zeros past the edges (cols_total a multiple of 8: a
+    vector is all in or all out), and stage them in sX with 16-byte stores.  Returns
+    (vec, r_first, vec_in): the thread's vector column, first row, and whether its vector is in."""
+    vec = tidx % ROW_LANES
+    r_first = tidx // ROW_LANES
+    vec_in = col0 + VEC * vec < cols_total
+    xv.fill(0.0)
+    for i in cutlass.range_constexpr(ROW_SWEEPS):
+        r = r_first + ROWS_PER_PASS * i
+        if vec_in:
+            if row0 + r < rows_total:
+                cute.autovec_copy(cute.local_tile(gX, (1, VEC), (r, vec)), cute.local_tile(xv, (1, VEC), (i, 0)))
+    for i in cutlass.range_constexpr(ROW_SWEEPS):
+        r = r_first + ROWS_PER_PASS * i
+        cute.autovec_copy(cute.local_tile(xv, (1, VEC), (i, 0)), cute.local_tile(sX, (1, VEC), (r, vec)))
+    return vec, r_first, vec_in
+
+
+def row_values(xv, i: int):
+    """Row i of the thread's register tile as VEC fp32 values."""
+    vals = cute.make_rmem_tensor((VEC,), Float32)
+    vals.store(cute.local_tile(xv, (1, VEC), (i, 0)).load().reshape((VEC,)).to(Float32))
+    return vals
+
+
+def abs_max(amax, vals, count: int):
+    """max(amax, |v|) over `count` values: max with |v|, not fmax(abs=True) (the xorsign form; see
+    gemm_base/output_codec.update_amax)."""
+    for j in range(count):  # plain Python: unrolled at trace time
+        amax = cute.arch.fmax(amax, cute.math.abs(vals[j]))
+    return amax
+
+
+def scaled_fp8(value_at, count: int, inv, q_type):
+    """(1, count) FP8 values value_at(j) * inv (satfinite, round to nearest even)."""
+    qf = cute.make_rmem_tensor((1, count), Float32)
+    for j in range(count):  # plain Python: unrolled at trace time
+        qf[(0, j)] = value_at(j) * inv
+    qv = cute.make_rmem_tensor((1, count), q_type)
+    qv.store(qf.load().to(q_type))
+    return qv
+
+
+class QuantizeKernel:
+    """The recipe parameters both quantization kernels hold: the FP8 format (its largest finite
+    value and DSL type) and whether scales are rounded up to powers of two."""
+
+    def __init__(self, fmt: str = "e4m3", pow2: bool = False):
+        if fmt not in FMAX:
+            raise ValueError(f"fmt must be one of {tuple(FMAX)}, got {fmt!r}")
+        self.fmt, self.pow2, self.fmax = fmt, pow2, FMAX[fmt]
+        self.q_type = FP8_TYPES[fmt]
+
+    def fp8_views(self, *tensors):
+        """The FP8 outputs, which arrive as uint8 (byte views on the host), as the recipe's format."""
+        return tuple(as_element_type(t, self.q_type) for t in tensors)
+
+    @staticmethod
+    def staging_tile(smem):
+        """The (128, 128) bf16 tile in shared memory, row-major, 16-byte aligned."""
+        return smem.allocate_tensor(cutlass.BFloat16, cute.make_layout((BLOCK, BLOCK), stride=(BLOCK, 1)),
+                                    byte_alignment=16)
