@@ -40,7 +40,11 @@ captured tensors alive, unless `memory_probe` is given.
 
 Exposed copy time.  On a GPU, each planned step records an event on the compute stream
 before and after it waits for a reload; `exposed_ms()` is the total wait of the latest step
-(what the copies actually cost the compute stream, against the plan's prediction).
+(what the copies actually cost the compute stream, against the plan's prediction).  When a
+planned step's waits (read one step later, once its events are done: no host sync) exceed
+the step-time limit the recompute left, the scheduler replans from the same profile with the
+link rates scaled down by planned copy time / (planned copy time + wait), at most
+`MAX_LINK_REPLANS` times (`link_replans`; the plan's `why` says so).
 """
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ from .roles import RECOMPUTABLE, is_protected, role_of
 from .scheduler import LayerStats, OffloadScheduler, _active
 
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
+MAX_LINK_REPLANS = 3
 
 
 @dataclass(eq=False)
@@ -111,6 +116,9 @@ class MeasuredOffloadScheduler(OffloadScheduler):
         self._profiled = 0  # memory steps profiled since the last plan
         self._memory_step: dict | None = None  # the last memory step's samples and tensors
         self._waits_done: list = []  # (before, after) compute-stream events around reload waits, last step
+        self._waits_unread: list = []  # the last planned step's waits, checked at the next end_step
+        self.link_scale = 1.0  # the link rates the plan uses, against the measured ones
+        self.link_replans = 0
         self._last_moved = 0
         self._new_measured_step()
 
@@ -371,6 +379,9 @@ class MeasuredOffloadScheduler(OffloadScheduler):
                 leftover[layer] = leftover.get(layer, 0) + 1
         if self._stale:
             self.plan, self._stale, self._profiled, self._memory_step = None, False, 0, None
+            self._waits_unread, self.link_scale, self.link_replans = [], 1.0, 0
+        elif self.plan is not None:
+            self._check_waits()
         elif self.plan is None and self._captured and self._events:
             if not self._timing_step:
                 self._memory_step = self._memory_record()
@@ -426,6 +437,24 @@ class MeasuredOffloadScheduler(OffloadScheduler):
             total += before.elapsed_time(after)
         return total
 
+    def _check_waits(self):
+        """The previous planned step's reload waits (its events are done by now, else not
+        checked: no host sync); past the limit the recompute left, replan on a slower link."""
+        unread, self._waits_unread = self._waits_unread, self._waits
+        if not unread or self.link_replans >= MAX_LINK_REPLANS or not all(a.query() for _, a in unread):
+            return
+        waited = sum(b.elapsed_time(a) for b, a in unread)
+        plan = self.plan
+        if waited <= max(plan.cost_limit_ms - plan.cost_ms, 0.0):
+            return
+        copy_ms = sum(d.d2h_end_ms - d.d2h_start_ms for d in plan.decisions.values() if d.action == _mp.OFFLOAD)
+        self.link_scale *= max(copy_ms / (copy_ms + waited), 0.25)
+        self.link_replans += 1
+        self.plan = self._make_measured_plan(self.profile)
+        self.plan.why += (f"; replanned with the link at {self.link_scale:.2f}x its measured rates: a planned step "
+                          f"waited {waited:.2f} ms for reloads (limit {plan.cost_limit_ms - plan.cost_ms:.2f} ms)")
+        self._waits_unread = []  # waits under the old plan
+
     def _make_measured_plan(self, profile: _mp.MemoryProfile) -> _mp.MeasuredPlan:
         pol = self.policy
         if pol.d2h_gbps is None or pol.h2d_gbps is None:
@@ -434,7 +463,8 @@ class MeasuredOffloadScheduler(OffloadScheduler):
             d2h, h2d = measure_link()
             pol.d2h_gbps = pol.d2h_gbps or d2h
             pol.h2d_gbps = pol.h2d_gbps or h2d
-        plan = _mp.plan_measured(profile, d2h_gbps=pol.d2h_gbps, h2d_gbps=pol.h2d_gbps,
+        plan = _mp.plan_measured(profile, d2h_gbps=pol.d2h_gbps * self.link_scale,
+                                 h2d_gbps=pol.h2d_gbps * self.link_scale,
                                  min_tensor_bytes=pol.min_tensor_bytes, max_step_cost=pol.max_step_cost,
                                  recompute=pol.recompute, overlap_fraction=pol.overlap_fraction, roles=pol.roles)
         plan = _mp.events_renumbered(plan, profile)

@@ -208,6 +208,64 @@ def test_a_timing_step_that_differs_from_the_memory_step_profiles_again():
     assert {t.where for t in sched.profile.tensors} == {"before the first layer", "layer 0", "after layer 0", "layer 1"}
 
 
+class _Done:
+    """A finished CUDA event of a fake timeline: `elapsed_time` to another is the other's ms."""
+
+    def __init__(self, ms=0.0, done=True):
+        self.ms, self.done = ms, done
+
+    def query(self):
+        return self.done
+
+    def elapsed_time(self, other):
+        return other.ms - self.ms
+
+    def synchronize(self):
+        raise AssertionError("the wait check must not synchronize the host")
+
+
+def _planned_step_waiting(blocks, x0, dy, sched, wait_ms, done=True):
+    """A planned step whose compute stream waited `wait_ms` for its reloads (as its events say)."""
+    with sched.step():
+        x = x0
+        for b in blocks:
+            x = b(x)
+    x.backward(dy)
+    for p in [x0] + [p for b in blocks for p in b.parameters()]:
+        p.grad = None
+    sched._waits.append((_Done(0.0), _Done(wait_ms, done)))
+    assert sched.end_step() == {}
+
+
+def test_planned_steps_that_wait_for_reloads_replan_on_a_slower_link():
+    sched = MeasuredOffloadScheduler(_policy(), offload_cpu_tensors=True)
+    blocks, x0, dy = _setup(sched)
+    _run(blocks, x0, dy, sched)
+    _run(blocks, x0, dy, sched)
+    first = sched.plan
+    assert first is not None and sched.link_scale == 1.0
+    allowance = first.cost_limit_ms - first.cost_ms
+    _planned_step_waiting(blocks, x0, dy, sched, allowance * 0.5)  # within the limit
+    _run(blocks, x0, dy, sched)  # reads the step before's waits: nothing to do
+    assert sched.plan is first and sched.link_replans == 0
+    _planned_step_waiting(blocks, x0, dy, sched, allowance + 5.0, done=False)  # not finished when read: not read
+    _run(blocks, x0, dy, sched)
+    assert sched.plan is first and sched.link_replans == 0
+    _planned_step_waiting(blocks, x0, dy, sched, allowance + 5.0)
+    assert sched.plan is first, "a step's waits are read one step later (its events are done by then)"
+    _run(blocks, x0, dy, sched)
+    assert sched.plan is not first and sched.link_replans == 1 and sched.plans_made == 1
+    copy_ms = sum(d.d2h_end_ms - d.d2h_start_ms for d in first.decisions.values() if d.action == OFFLOAD)
+    scale = max(copy_ms / (copy_ms + allowance + 5.0), 0.25)
+    assert sched.link_scale == pytest.approx(scale)
+    assert sched.plan.d2h_gbps == pytest.approx(first.d2h_gbps * scale) and "replanned with the link" in sched.plan.why
+    for _ in range(6):  # at most MAX_LINK_REPLANS
+        _planned_step_waiting(blocks, x0, dy, sched, 1e9)
+    assert sched.link_replans == 3 and sched.link_scale == pytest.approx(scale * 0.25 ** 2)
+    ref = _run(_setup(None)[0], x0, dy, None)
+    assert [torch.equal(a, b) for a, b in zip(_run(blocks, x0, dy, sched), ref)] == [True] * len(ref)
+
+
 def test_new_shapes_profile_again():
     sched = MeasuredOffloadScheduler(_policy(), offload_cpu_tensors=True)
     blocks, x0, dy = _setup(sched, layers=2)
