@@ -231,3 +231,8 @@ def test_dequantize_broadcast_equals_the_expanded_product():
     want = q.float() * expand_scales(s, q.shape, rows_per_scale=1, cols_per_scale=128)
     assert torch.equal(dequantize(q, s), want)
     assert torch.equal(dequantize(q, s.t().contiguous().t()), want), "column-major scales"
+    got = dequantize(q, s, out_dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want.bfloat16()), "rounded once into bf16"
+    q2, s2 = quantize_1x128(x[:, :200])  # a partial last block: the expanded product
+    assert torch.equal(dequantize(q2, s2, out_dtype=torch.bfloat16),
+                       (q2.float() * expand_scales(s2, q2.shape, rows_per_scale=1, cols_per_scale=128)).bfloat16())

@@ -169,7 +169,9 @@ def _weight_grad(ctx, w, name, g, act, impl):
         if ctx.fuse_wgrad:
             weight_grad(g, act, m_splits=splits, out=main_grad(w, name), accumulate=True)
             return None
-        return weight_grad(g, act, m_splits=splits, out_dtype=torch.float32).to(w.dtype)
+        # fp32 accumulation rounded once into the weight's dtype by the epilogue (as .to(w.dtype) would)
+        return weight_grad(g, act, m_splits=splits, out_dtype=w.dtype if w.dtype in _WGRAD_OUT else torch.float32
+                           ).to(w.dtype)
     dw = torch.zeros(w.shape, dtype=torch.float32, device=g.device)
     for e, start, n in _segments(splits, g.shape[0]):
         if n:
@@ -179,6 +181,9 @@ def _weight_grad(ctx, w, name, g, act, impl):
             else:
                 _of(dw, e).copy_(wgrad(g[rows], act[rows], recipe))
     return _add_wgrad(ctx, w, name, dw)
+
+
+_WGRAD_OUT = (torch.bfloat16, torch.float32)  # dtypes the weight-gradient kernel writes (else fp32, cast)
 
 
 def _add_wgrad(ctx, w, name, dw):
@@ -235,7 +240,10 @@ class Fp8FC1SReLU(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             from .recipe import dequantize
 
-            x_deq = dequantize(xq, xs.contiguous())  # x from its saved FP8 copy (requantized along tokens for "fp8")
+            # x from its saved FP8 copy (requantized along tokens for "fp8"); straight to bf16 for the
+            # bf16 weight-gradient kernel (the same values as the fp32 dequantization cast to bf16)
+            bf16_kernel = recipe.wgrad == "bf16" and impl == "kernel"
+            x_deq = dequantize(xq, xs.contiguous(), out_dtype=torch.bfloat16 if bf16_kernel else torch.float32)
             dw1 = _weight_grad(ctx, w1, "w1", dpre, x_deq, impl)
         return (dx, dw1) + none
 

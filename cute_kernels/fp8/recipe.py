@@ -138,9 +138,11 @@ def expand_scales(scales: torch.Tensor, shape, *, rows_per_scale: int, cols_per_
     return scales.repeat_interleave(rows_per_scale, 0)[:r].repeat_interleave(cols_per_scale, 1)[:, :c]
 
 
-def dequantize(q: torch.Tensor, scales: torch.Tensor, *, block: int = 128) -> torch.Tensor:
-    """fp32 value of a quantized (R, C) tensor; the block shape is read from the scales'
-    shape: (R, ceil(C / block)) for 1 x block, (ceil(R / block), ceil(C / block)) for squares."""
+def dequantize(q: torch.Tensor, scales: torch.Tensor, *, block: int = 128,
+               out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Value of a quantized (R, C) tensor, computed in fp32 and rounded once into `out_dtype`; the
+    block shape is read from the scales' shape: (R, ceil(C / block)) for 1 x block,
+    (ceil(R / block), ceil(C / block)) for squares."""
     r, c = q.shape
     cb = -(-c // block)
     if scales.shape == (r, cb):
@@ -151,5 +153,7 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, *, block: int = 128) -> to
         raise ValueError(f"scales of shape {tuple(scales.shape)} fit neither 1x{block} nor {block}x{block} "
                          f"blocks of a {tuple(q.shape)} tensor")
     if rows == 1 and c == cb * block:  # whole 1 x block runs: the same products, broadcast (no expanded copy)
-        return (q.float().view(r, cb, block) * scales.float().unsqueeze(-1)).view(r, c)
-    return q.float() * expand_scales(scales.float(), (r, c), rows_per_scale=rows, cols_per_scale=block)
+        out = torch.empty((r, cb, block), dtype=out_dtype, device=q.device)
+        # fp32 products rounded once into out_dtype on the store: bitwise the fp32 result .to(out_dtype)
+        return torch.mul(q.float().view(r, cb, block), scales.float().unsqueeze(-1), out=out).view(r, c)
+    return (q.float() * expand_scales(scales.float(), (r, c), rows_per_scale=rows, cols_per_scale=block)).to(out_dtype)
