@@ -1,6 +1,6 @@
 """Host time of one srelu_mlp forward+backward step on the cute path.
 
-    python -m benchmarks.bench_host_overhead [--profile N]
+    python -m benchmarks.bench_host_overhead [--profile N] [--profile-ops N]
 
 A long sleep kernel is queued first, so the host never waits for the GPU while it
 enqueues 10 steps: the wall time per step is the host's own cost (Python, dispatch,
@@ -10,6 +10,11 @@ host wait, e.g. a copy from pageable memory).  Then the E=8 step run eagerly aga
 the same step captured once in a CUDA graph and replayed (no host work per step):
 the difference is what host overhead costs that step.  `--profile N` instead prints
 cProfile's N most expensive functions (own time) over 20 enqueued E=8 steps.
+`--profile-ops N` instead runs 5 E=8 steps (list m_splits, then m_splits a CUDA tensor) under
+torch.profiler (benchmarks.op_profile: CPU activities, CUDA launches and kernels, Python
+stacks) and prints per step the torch ops dispatched, the CUDA launch calls, the kernels that
+ran, the N entries (ops, Python functions, CUDA API calls) with the most own host time and
+which of our functions issues each torch op.
 """
 import argparse
 import cProfile
@@ -90,14 +95,35 @@ def profile(top: int, m=16384, h=2688, f=1856, e=8):
     stats.sort_stats("cumulative").print_stats(top)
 
 
+def profile_ops(top: int, m=16384, h=2688, f=1856, e=8, steps=5):
+    """benchmarks.op_profile's per-step summary of the E=8 step, list and CUDA-tensor m_splits
+    (a sleep kernel queued first, as in main(): the host never waits for the GPU)."""
+    from benchmarks.op_profile import format_op_summary, profile_step_ops
+
+    x, w1, w2, dy, splits = mlp_inputs(m, h, f, e)
+    for label, m_splits in (("list", splits), ("a CUDA tensor", torch.tensor(splits, device="cuda"))):
+        def step():
+            srelu_mlp(x, w1, w2, m_splits=m_splits, backend="cute").backward(dy)
+            x.grad = w1.grad = w2.grad = None
+
+        summary = profile_step_ops(step, steps=steps, warmup=3, cuda=True,
+                                   before=lambda: torch.cuda._sleep(3_000_000_000))
+        print(f"E={e} step ({m} tokens, {h} -> {f}), m_splits {label}:\n{format_op_summary(summary, top)}\n", flush=True)
+
+
 def cli(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions instead")
+    ap.add_argument("--profile-ops", type=int, default=0, metavar="N",
+                    help="print the E=8 step's torch ops, CUDA launches and top N host-time entries per step "
+                         "(torch.profiler) instead")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_host_overhead needs a CUDA GPU", file=sys.stderr)
         return 2
-    if args.profile:
+    if args.profile_ops:
+        profile_ops(args.profile_ops)
+    elif args.profile:
         profile(args.profile)
     else:
         main()

@@ -1,6 +1,6 @@
 """Host (Python) time of the GEMM launch path, per GEMM call and per srelu_mlp step, on CPU.
 
-    python -m benchmarks.bench_host_path [--reps N] [--out FILE] [--profile N]
+    python -m benchmarks.bench_host_path [--reps N] [--out FILE] [--profile N] [--profile-ops N]
 
 No GPU is needed: `stubbed_kernels()` replaces what only a GPU has (the compile and the
 compiled kernel's call, the device's arch and cluster occupancy, the CUDA stream and
@@ -183,12 +183,26 @@ def profile(top: int, reps: int):
     stats.sort_stats("tottime").print_stats(top)
 
 
+def profile_ops(top: int, steps: int = 5) -> str:
+    """benchmarks.op_profile's per-step summary of the E=8 step (list splits) with stubbed kernels."""
+    from benchmarks.op_profile import format_op_summary, profile_step_ops
+
+    with stubbed_kernels():
+        summary = profile_step_ops(step_call(GROUPED), steps=steps, cuda=False)
+    return format_op_summary(summary, top)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=200, help="calls per timed batch (steps: a quarter of it)")
     ap.add_argument("--out", help="write the markdown table here too")
     ap.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions of the E=8 step instead")
+    ap.add_argument("--profile-ops", type=int, default=0, metavar="N",
+                    help="print the E=8 step's torch ops and top N host-time entries per step (torch.profiler) instead")
     args = ap.parse_args(argv)
+    if args.profile_ops:
+        print(profile_ops(args.profile_ops))
+        return 0
     if args.profile:
         profile(args.profile, args.reps)
         return 0

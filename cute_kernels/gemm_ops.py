@@ -24,7 +24,8 @@ from .config_lookup import lookup_config, on_clear, tuned_root
 from .epilogue import EpilogueSpec
 from .gemm_base.launch_args import GemmArgs
 from .launch_plan import LaunchPlan, tensor_meta
-from .host_args import as_mkl as _as_mkl, as_nkl as _as_nkl, splits_metadata as _splits_metadata
+from .host_args import (as_mkl as _as_mkl, as_mkl_t as _as_mkl_t, as_nkl as _as_nkl, as_nkl_t as _as_nkl_t,
+                        splits_metadata as _splits_metadata)
 from .activations import resolve_activation
 from .registry import kernel_key
 
@@ -144,15 +145,16 @@ def _new_plan(signature, kernel_name: str, a, w, epi: EpilogueSpec, grouped: boo
     return launch_plan.put(signature, LaunchPlan(key, majors))
 
 
-def _launch(plan: LaunchPlan, a, w, outs, *, m_splits, prob, aux=None, a_rows=None):
-    """Launch one M-grouped or dense GEMM; returns the row sums (dsrelu row_sum) or None.
+def _launch(plan: LaunchPlan, a, b3, outs, *, m_splits, prob, aux=None, a_rows=None):
+    """Launch one M-grouped or dense GEMM of B's (N, K, E) view `b3` (host_args.as_nkl of the
+    (N, K) / (E, N, K) operand); returns the row sums (dsrelu row_sum) or None.
     a_rows: (M,) int32, row r of the problem is a[a_rows[r]] (a gathering kernel's plan)."""
     key = plan.key
     config = key.cfg
     rowsum = None
     if key.epi.row_sum:  # one fp32 partial per (row, N tile), summed here: no atomics, reproducible
         rows = a.size(0) if a_rows is None else a_rows.numel()
-        partials = torch.empty((-(-w.size(-2) // config.tile_n), rows), dtype=torch.float32, device=a.device)
+        partials = torch.empty((-(-b3.size(0) // config.tile_n), rows), dtype=torch.float32, device=a.device)
         rowsum = partials.t()
 
     d1 = _as_mkl(outs[1]) if len(outs) > 1 else None
@@ -160,7 +162,7 @@ def _launch(plan: LaunchPlan, a, w, outs, *, m_splits, prob, aux=None, a_rows=No
     cu_rows = cu_tiles = None
     if m_splits is not None:
         cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device, config.cluster_m)
-    _launch_planned(plan, GemmArgs(_as_mkl(a), _as_nkl(w), _as_mkl(outs[0]), d1, prob, aux3, rowsum, cu_rows,
+    _launch_planned(plan, GemmArgs(_as_mkl(a), b3, _as_mkl(outs[0]), d1, prob, aux3, rowsum, cu_rows,
                                    cu_tiles, a_rows=a_rows))
     return rowsum.sum(1) if rowsum is not None else None
 
@@ -323,7 +325,7 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     else:
         checks.check_config(config)
     outs = [preact, postact] if store_preact else [postact]
-    _launch(plan, x, w1, outs, m_splits=m_splits, prob=prob, a_rows=a_rows)
+    _launch(plan, x, _as_nkl(w1), outs, m_splits=m_splits, prob=prob, a_rows=a_rows)
     return preact, postact
 
 
@@ -364,7 +366,7 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
         plan = _new_plan(signature, "fc2", h, w2, EpilogueSpec("identity"), grouped, majors, config)
     else:
         checks.check_config(config)
-    _launch(plan, h, w2, [y], m_splits=m_splits, prob=None)
+    _launch(plan, h, _as_nkl(w2), [y], m_splits=m_splits, prob=None)
     return y
 
 
@@ -397,10 +399,11 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     plan = launch_plan.get(signature)
     if plan is None and (not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3)):
         raise checks.InputError(f"w2 must be a 2-D or 3-D torch.Tensor, got {getattr(w2, 'shape', type(w2).__name__)}")
-    # the GEMM is dy (M, K=H) @ B^T with B = w2^T (N=F, K=H): a transposed (N-major) view
-    b = w2.transpose(-2, -1)
+    # the GEMM is dy (M, K=H) @ B^T with B = w2^T (N=F, K=H): a transposed (N-major) view, made
+    # for the checks of a new signature (a plan's call checks w2's pointer, which is B's)
+    b = w2.transpose(-2, -1) if plan is None else w2
     majors = _checked_operands(plan, "dy", dy, "w2 (as its transpose)", b, grouped)
-    m, n = dy.size(0), b.size(-2)
+    m, n = dy.size(0), w2.size(-1)
     if grouped:
         checks.check_m_splits(m_splits, num_experts=w2.size(0), m_total=m, device=dy.device)
     if plan is None:
@@ -428,7 +431,7 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
         plan = _new_plan(signature, "fc2_dgrad_dsrelu", dy, b, epi, grouped, majors, config)
     else:
         checks.check_config(config)
-    dprob = _launch(plan, dy, b, outs, m_splits=m_splits, prob=prob, aux=preact)
+    dprob = _launch(plan, dy, _as_nkl_t(w2), outs, m_splits=m_splits, prob=prob, aux=preact)
     return dpre, post, dprob
 
 
@@ -497,8 +500,9 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
         x = x if x.stride(-1) == 1 else x.contiguous()
     # GEMM: A = dy^T (M=N_out, K=T), B = x^T (N=K_out, K=T); both contiguous along M / N
-    a, b = dy.t(), x.t()
-    if (dy.size(0) == 0 or dy.size(1) == 0 or x.size(1) == 0) and plan is None:  # (a plan's problem is not empty)
+    if plan is not None:  # (a plan's problem is not empty; its call checks the pointers, the transposes' own)
+        majors = _checked_operands(plan, "dy (as its transpose)", dy, "x (as its transpose)", x, False)
+    elif dy.size(0) == 0 or dy.size(1) == 0 or x.size(1) == 0:
         # no tokens: dw = 0 (out unchanged with accumulate); no output rows or columns: an empty
         # dw.  The operand checks of an empty matrix would refuse it, so only what still matters is checked
         if x.dtype != dy.dtype or x.device != dy.device:
@@ -506,8 +510,8 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
                                     f"and {dy.dtype} on {dy.device}")
         majors = ("m", "n")
     else:
-        majors = _checked_operands(plan, "dy (as its transpose)", a, "x (as its transpose)", b, False)
-    n_out, k_out, tokens = a.size(0), b.size(0), a.size(1)
+        majors = _checked_operands(None, "dy (as its transpose)", dy.t(), "x (as its transpose)", x.t(), False)
+    n_out, k_out, tokens = dy.size(1), x.size(1), dy.size(0)
     num_experts = 1
     if grouped:
         num_experts = len(m_splits) if not isinstance(m_splits, torch.Tensor) else m_splits.numel()
@@ -556,5 +560,6 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
     else:
         d3 = _as_mkl(out)
         cu_rows = None
-    _launch_planned(plan, GemmArgs(_as_mkl(a), _as_mkl(b), d3, aux=d3 if accumulate else None, cu_rows=cu_rows))
+    _launch_planned(plan, GemmArgs(_as_mkl_t(dy), _as_mkl_t(x), d3, aux=d3 if accumulate else None,
+                                   cu_rows=cu_rows))
     return out

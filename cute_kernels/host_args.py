@@ -47,6 +47,20 @@ def as_nkl(w: torch.Tensor) -> torch.Tensor:
     return w.permute(1, 2, 0)
 
 
+def as_mkl_t(t: torch.Tensor) -> torch.Tensor:
+    """as_mkl(t.t()) in one torch op: (T, M) -> the (M, T, 1) view of t's transpose."""
+    r, c = t.shape
+    s0, s1 = t.stride()
+    return t.as_strided((c, r, 1), (s1, s0, max(r * c, 8)))
+
+
+def as_nkl_t(w: torch.Tensor) -> torch.Tensor:
+    """as_nkl(w.transpose(-2, -1)) in one torch op: (K, N) -> (N, K, 1); (E, K, N) -> (N, K, E)."""
+    if w.dim() == 2:
+        return as_mkl_t(w)
+    return w.permute(2, 1, 0)
+
+
 _META_CACHE_SIZE = 64
 _meta_cache: "collections.OrderedDict[tuple, torch.Tensor]" = collections.OrderedDict()
 
@@ -70,18 +84,24 @@ def splits_metadata(m_splits, tile_m: int, device, cluster_m: int = 1) -> tuple[
         # In a CUDA graph: computed inside the graph and not cached, so a replay reads
         # memory the graph owns (a cached tensor could be evicted and reused) and sees
         # the current values of an m_splits tensor changed in place between replays.
-        return _fresh_splits_metadata(m_splits, tile_m, device, cluster_m)
+        return _rows_and_tiles(_fresh_splits_metadata(m_splits, tile_m, device, cluster_m))
     if isinstance(m_splits, torch.Tensor):
         return _tensor_splits_metadata(m_splits, tile_m, device, cluster_m)
     key = (m_splits if isinstance(m_splits, tuple) else tuple(m_splits), tile_m, cluster_m, device.type, device.index)
-    meta = _meta_cache.get(key)
-    if meta is not None:
+    pair = _meta_cache.get(key)
+    if pair is not None:
         _meta_cache.move_to_end(key)
-        return meta[0], meta[1]
-    meta = _fresh_splits_metadata(m_splits, tile_m, device, cluster_m)
-    _meta_cache[key] = meta
+        return pair
+    pair = _rows_and_tiles(_fresh_splits_metadata(m_splits, tile_m, device, cluster_m))
+    _meta_cache[key] = pair
     if len(_meta_cache) > _META_CACHE_SIZE:
         _meta_cache.popitem(last=False)
+    return pair
+
+
+def _rows_and_tiles(meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cu_rows, cu_tiles): the two rows of a (2, E+1) metadata tensor, as views made once and
+    kept with it (indexing the kept tensor on every launch would cost two torch ops each time)."""
     return meta[0], meta[1]
 
 
@@ -109,9 +129,9 @@ def _tensor_splits_metadata(m_splits: torch.Tensor, tile_m: int, device, cluster
     hit = _tensor_meta_cache.get(key)
     if hit is not None and hit[0]() is m_splits:
         _tensor_meta_cache.move_to_end(key)
-        return hit[1][0], hit[1][1]
-    meta = _fresh_splits_metadata(m_splits, tile_m, device, cluster_m)
-    _tensor_meta_cache[key] = (weakref.ref(m_splits), meta)
+        return hit[1]
+    pair = _rows_and_tiles(_fresh_splits_metadata(m_splits, tile_m, device, cluster_m))
+    _tensor_meta_cache[key] = (weakref.ref(m_splits), pair)
     if len(_tensor_meta_cache) > _TENSOR_META_CACHE_SIZE:
         _tensor_meta_cache.popitem(last=False)
-    return meta[0], meta[1]
+    return pair

@@ -93,8 +93,16 @@ def _(h, w2, m_splits, splits_t=None):
     return h.new_empty((h.size(0), w2.size(-2)))
 
 
-def _empty(like):
-    return like.new_empty((0,))
+def _empty(like, dtype=None):
+    """The empty stand-in of an output a call does not produce (one torch op: no cast of it)."""
+    return like.new_empty((0,), dtype=dtype)
+
+
+def _dgrad_outputs(dy, preact, dpre, post, dprob):
+    """The fused dgrad's (dpreact, postact, dprob) as the op returns them: an empty tensor for
+    an output the call did not produce (postact in dy's dtype, dprob fp32)."""
+    return (dpre, post if post is not None else _empty(dy),
+            dprob if dprob is not None else _empty(preact, torch.float32))
 
 
 def _fc2_dgrad_dsrelu(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor, m_splits: Optional[list[int]],
@@ -106,15 +114,15 @@ def _fc2_dgrad_dsrelu(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor, 
     if _on_kernels(dy):
         from .gemm_ops import fc2_dgrad_dsrelu
 
-        dpre, post, dprob = fc2_dgrad_dsrelu(dy, w2, preact, m_splits=_kernel_splits(m_splits, splits_t), prob=prob,
-                                             store_postact=store_postact, activation=activation)
-        return dpre, (post if post is not None else _empty(dy)), (dprob if dprob is not None else _empty(preact).float())
+        return _dgrad_outputs(dy, preact, *fc2_dgrad_dsrelu(
+            dy, w2, preact, m_splits=_kernel_splits(m_splits, splits_t), prob=prob, store_postact=store_postact,
+            activation=activation))
     m_splits = _host_splits(m_splits, splits_t)
     dpost = reference.rows_mm(dy, w2, m_splits, transpose_w=False)
     prob32 = prob.float() if prob is not None else None
     dpre, dprob = reference.act_backward(dpost, preact, prob32, activation)
     post = reference.act_forward(preact, prob, dy.dtype, activation) if store_postact else _empty(dy)
-    return dpre, post, (dprob.reshape(-1) if dprob is not None else _empty(preact).float())
+    return dpre, post, (dprob.reshape(-1) if dprob is not None else _empty(preact, torch.float32))
 
 
 fc2_dgrad_dsrelu_op = torch.library.custom_op("cute_kernels::fc2_dgrad_dsrelu", _fc2_dgrad_dsrelu, mutates_args=())
@@ -247,9 +255,9 @@ def fc2_dgrad_dsrelu_over_preact(dy: torch.Tensor, w2: torch.Tensor, preact: tor
     if _on_kernels(dy):
         from .gemm_ops import fc2_dgrad_dsrelu
 
-        dpre, post, dprob = fc2_dgrad_dsrelu(dy, w2, preact, m_splits=_kernel_splits(m_splits, splits_t), prob=prob,
-                                             store_postact=store_postact, activation=activation, out=preact)
-        return dpre, (post if post is not None else _empty(dy)), (dprob if dprob is not None else _empty(preact).float())
+        return _dgrad_outputs(dy, preact, *fc2_dgrad_dsrelu(
+            dy, w2, preact, m_splits=_kernel_splits(m_splits, splits_t), prob=prob, store_postact=store_postact,
+            activation=activation, out=preact))
     dpre, post, dprob = _fc2_dgrad_dsrelu(dy, w2, preact, m_splits, prob, store_postact, splits_t, activation)
     return preact.copy_(dpre), post, dprob
 

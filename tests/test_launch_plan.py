@@ -164,3 +164,45 @@ def test_host_path_benchmark_runs_on_cpu(tmp_path, capsys):
     for what in ("fc1_srelu", "weight_grad", "srelu_mlp step", "tensor splits", "list splits", "dense 8192x4096"):
         assert what in text
     assert launch_plan.size() == 0  # the stubs' plans are dropped on exit
+
+
+@pytest.mark.parametrize("offset", [0, 3])
+def test_transposed_operand_views_are_the_views_of_the_transposes(offset):
+    """host_args.as_mkl_t / as_nkl_t (one torch op each) give the kernel exactly the view that
+    as_mkl / as_nkl of the transposed operand gave (two ops): sizes, strides, storage offset."""
+    from cute_kernels.host_args import as_mkl, as_mkl_t, as_nkl, as_nkl_t
+
+    def same(p, q):
+        return (p.shape, p.stride(), p.storage_offset(), p.data_ptr()) == \
+            (q.shape, q.stride(), q.storage_offset(), q.data_ptr()) and torch.equal(p, q)
+
+    base = torch.randn(3 * 37 * 24 + offset)[offset:]
+    row_major = base[:37 * 24].view(37, 24)[1:, :20]  # (36, 20), strides (24, 1), not at the storage start
+    col_major = base[:37 * 24].view(24, 37).t()[:, 2:]  # (37, 22), strides (1, 37)
+    grouped = base.view(3, 37, 24)[:, 1:, :16]  # (3, 36, 16)
+    for t in (row_major, col_major):
+        assert same(as_mkl_t(t), as_mkl(t.t()))
+        assert same(as_nkl_t(t), as_nkl(t.transpose(-2, -1)))
+    assert same(as_nkl_t(grouped), as_nkl(grouped.transpose(-2, -1)))
+    assert same(as_nkl_t(grouped.transpose(1, 2)), as_nkl(grouped))
+
+
+def test_the_grouped_step_issues_no_avoidable_torch_ops():
+    """The torch ops one grouped srelu_mlp step (forward and backward, stubbed kernels) dispatches,
+    counted by torch.profiler: the outputs, the kernels' operand views and autograd's own, and
+    nothing else (no per-launch indexing of the splits metadata, no transposes made only to view
+    them again, no casts of empty stand-ins)."""
+    from benchmarks.bench_host_path import step_call
+    from benchmarks.op_profile import profile_step_ops
+
+    shape = {"name": "small grouped", "m": M, "h": H, "f": F, "e": E}
+    with stubbed_kernels(), mock.patch.object(selfcheck, "is_verified", lambda arch, variant, table: True), \
+            mock.patch.object(gemm_ops, "_selfchecked", set()):
+        summary = profile_step_ops(step_call(shape), steps=2, warmup=2, cuda=False)
+    ops = {name: n for name, n, _, _ in summary["torch_ops"]}
+    assert not {"aten::select", "aten::to", "aten::_to_copy", "aten::t", "aten::copy_"} & set(ops), ops
+    # 7 outputs (preact, postact, y, dpreact, dx, dw1, dw2) and the dgrad's 2 empty stand-ins
+    assert ops["aten::empty"] + ops.get("aten::new_empty", 0) == 9
+    # the kernels' operand views: 14 (M, K, 1) views, 6 (N, K, E) weight / gradient views, w1^T for the FC1 dgrad
+    assert ops["aten::as_strided"] == 14 and ops["aten::permute"] == 6 and ops.get("aten::transpose", 0) == 1
+    assert summary["counts"]["torch_ops"] <= 33, ops

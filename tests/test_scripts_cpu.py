@@ -26,6 +26,7 @@ REPORT_TESTED = {
     "benchmarks/bench_mlp.py": {"format_compile_table"},
     "benchmarks/bench_nemotron.py": {"report", "plot", "offload_summary"},
     "benchmarks/bench_untuned_m.py": {"format_table", "summary_lines"},
+    "benchmarks/op_profile.py": {"format_op_summary"},
     "benchmarks/bench_offload.py": {"render_timeline"},  # tests/test_bench_offload.py
     "benchmarks/snapshot_analysis.py": {"plot"},  # tests/test_snapshot_analysis.py
     "scripts/compare_sm100_cutlass.py": {"metrics"},
@@ -257,6 +258,94 @@ def test_bench_host_path_rows():
 
     text = format_rows([("fc1_srelu", "dense M=64", 12.34), ("srelu_mlp step (fwd+bwd, 6 GEMMs)", "E=8, tensor splits", 99.0)])
     assert text.splitlines()[2] == "| fc1_srelu | dense M=64 | 12.3 |" and "| E=8, tensor splits | 99.0 |" in text
+
+
+def _fake_step_events():
+    """Two steps' worth of profiler events: per step a Python frame of ours issuing aten::select
+    (with its aten::as_strided inside) and aten::empty, a CUDA launch call and a kernel on the GPU;
+    and an op outside the steps."""
+    from types import SimpleNamespace as Ev
+
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    events = [Ev(name="aten::zeros", device_type=cpu, self_cpu_time_total=50.0, cpu_time_total=50.0, cpu_parent=None)]
+    for _ in range(2):
+        step = Ev(name="host_step", device_type=cpu, self_cpu_time_total=1.0, cpu_time_total=100.0, cpu_parent=None)
+        torch_frame = Ev(name="torch/autograd/function.py(609): apply", device_type=cpu, self_cpu_time_total=2.0,
+                         cpu_time_total=60.0, cpu_parent=step)
+        ours = Ev(name="cute_kernels/host_args.py(72): splits_metadata", device_type=cpu, self_cpu_time_total=4.0,
+                  cpu_time_total=50.0, cpu_parent=torch_frame)
+        select = Ev(name="aten::select", device_type=cpu, self_cpu_time_total=3.0, cpu_time_total=5.0, cpu_parent=ours)
+        inner = Ev(name="aten::as_strided", device_type=cpu, self_cpu_time_total=2.0, cpu_time_total=2.0,
+                   cpu_parent=select)
+        empty = Ev(name="aten::empty", device_type=cpu, self_cpu_time_total=6.0, cpu_time_total=6.0, cpu_parent=ours)
+        launch = Ev(name="cuLaunchKernelEx", device_type=cpu, self_cpu_time_total=8.0, cpu_time_total=8.0,
+                    cpu_parent=ours)
+        kernel = Ev(name="kernel_cutlass_gemm", device_type=cuda, self_cpu_time_total=0.0, cpu_time_total=0.0,
+                    cpu_parent=None)
+        events += [step, torch_frame, ours, select, inner, empty, launch, kernel]
+    return events
+
+
+def test_op_profile_summary_of_fake_events():
+    from benchmarks.op_profile import format_op_summary, summarize_events
+
+    summary = summarize_events(_fake_step_events(), steps=2)
+    assert summary["counts"] == {"aten_ops": 3.0, "torch_ops": 2.0, "launch_calls": 1.0, "gpu_kernels": 1.0}
+    assert summary["step_us"] == 100.0
+    ops = {name: (n, us, caller) for name, n, us, caller in summary["torch_ops"]}
+    assert ops == {"aten::select": (1.0, 5.0, "cute_kernels/host_args.py(72): splits_metadata"),
+                   "aten::empty": (1.0, 6.0, "cute_kernels/host_args.py(72): splits_metadata")}
+    assert summary["self_host"][0] == ("cuLaunchKernelEx", 1.0, 8.0)  # most own time first; aten::zeros is outside
+    text = format_op_summary(dict(summary, wall_us=120.0, gc_collections=[0]), top=3)
+    assert "host wall time 120 us (inside the step ranges 100 us)" in text
+    assert "torch ops dispatched: 2.0 top-level (3.0 aten ops in all)" in text
+    assert "CUDA launch calls: 1.0" in text and "on the GPU: 1.0 kernels" in text
+    assert "garbage collections during the steps: 1 (generations [0])" in text
+    assert "| aten::select | 1.0 | 5.0 | cute_kernels/host_args.py(72): splits_metadata |" in text
+    assert len([line for line in text.splitlines() if line.startswith("| ") and "us per step" not in line
+                and " op |" not in line]) == 3 + 2  # top 3 own-time rows, 2 torch op rows
+
+
+def test_op_profile_records_without_python_frames_when_the_tracer_fails(monkeypatch):
+    """torch's Python tracer sometimes records a name that is not UTF-8: after STACK_ATTEMPTS
+    failed recordings the steps are recorded without Python frames, and the counts still come."""
+    from benchmarks import op_profile
+    import torch.profiler as tp
+
+    real = tp.profile
+    tries = []
+
+    def flaky(*args, with_stack=False, **kw):
+        tries.append(with_stack)
+        if with_stack:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        return real(*args, with_stack=with_stack, **kw)
+
+    monkeypatch.setattr(tp, "profile", flaky)
+    a = torch.randn(8, 8)
+    summary = op_profile.profile_step_ops(lambda: a @ a, steps=2, warmup=1, cuda=False)
+    assert tries == [True] * op_profile.STACK_ATTEMPTS + [False]
+    assert summary["python_frames"] is False and summary["counts"]["torch_ops"] == 1.0
+    assert "recorded without Python frames" in op_profile.format_op_summary(summary)
+
+
+@pytest.mark.parametrize("path", ["benchmarks/bench_host_overhead.py", "benchmarks/bench_host_path.py"])
+def test_host_benchmarks_parse_profile_ops(path, monkeypatch):
+    with pytest.raises(_Parsed) as exc:
+        run_main(path, ["--profile-ops", "15"], monkeypatch)
+    assert exc.value.args[0].profile_ops == 15
+
+
+def test_bench_host_path_profile_ops_runs_on_cpu(monkeypatch):
+    """The same summary as the GPU's bench_host_overhead --profile-ops, of the stubbed E=8 step
+    (on small tensors: what is counted does not depend on the sizes)."""
+    from benchmarks import bench_host_path
+
+    monkeypatch.setitem(bench_host_path.GROUPED, "m", 272)
+    monkeypatch.setitem(bench_host_path.GROUPED, "h", 136)
+    monkeypatch.setitem(bench_host_path.GROUPED, "f", 200)
+    text = bench_host_path.profile_ops(5, steps=2)
+    assert "torch ops dispatched:" in text and "| aten::empty |" in text
 
 
 def _planned_cpu_scheduler():

@@ -74,3 +74,13 @@ def test_descriptor_workspace_is_kept_per_stream_and_fresh_in_a_capture(monkeypa
     assert c is not b
     capturing["on"] = True
     assert gemm_ops._desc_workspace(64, dev) is not c  # inside a capture: always fresh
+
+
+def test_a_repeated_call_returns_the_same_views():
+    """The kept metadata's two rows are views made once: a launch indexes nothing (each index
+    of the (2, E+1) tensor would be a torch op per launch)."""
+    for splits in ([5, 0, 300, 17], torch.tensor([5, 0, 300, 17])):
+        first = _splits_metadata(splits, 128, torch.device("cpu"), 2)
+        again = _splits_metadata(splits, 128, torch.device("cpu"), 2)
+        assert again[0] is first[0] and again[1] is first[1]
+        assert first[0].tolist() == [0, 5, 5, 305, 322] and first[1].tolist() == [0, 2, 2, 6, 8]
