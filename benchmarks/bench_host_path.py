@@ -1,6 +1,6 @@
 """Host (Python) time of the GEMM launch path, per GEMM call and per srelu_mlp step, on CPU.
 
-    python -m benchmarks.bench_host_path [--reps N] [--out FILE] [--profile N] [--profile-ops N]
+    python -m benchmarks.bench_host_path [--reps N] [--out FILE] [--small] [--profile N] [--profile-ops N]
 
 No GPU is needed: `stubbed_kernels()` replaces what only a GPU has (the compile and the
 compiled kernel's call, the device's arch and cluster occupancy, the CUDA stream and
@@ -17,6 +17,9 @@ also reads the splits in `check_mlp_inputs` (a CPU tensor is read there; a CUDA 
 Times are the calling thread's CPU time per call, the least over batches of calls (after
 warm-up: the first call of each shape builds and caches), in microseconds; they vary run to
 run on a shared CPU, so compare runs of one machine only.  `bench_host_overhead` measures the same on the GPU.
+`--small` divides M, H and F by 8 (E kept): the same launch path, with CPU allocations of ~1 MiB
+instead of ~100 MiB, whose cost (page faults, returning memory to the OS) varies with the load of
+a shared machine and otherwise dominates a step's figure.
 """
 from __future__ import annotations
 
@@ -33,6 +36,14 @@ import torch
 
 DENSE = {"name": "dense 8192x4096->16384", "m": 8192, "h": 4096, "f": 16384, "e": 0}
 GROUPED = {"name": "grouped E=8 16384x2688->1856", "m": 16384, "h": 2688, "f": 1856, "e": 8}
+
+
+def small(shape: dict, by: int = 8) -> dict:
+    """`shape` with M, H and F divided by `by` (E kept), named for it."""
+    m, h, f, e = (shape[k] for k in "mhfe")
+    m, h, f = m // by, h // by, f // by
+    name = f"grouped E={e} {m}x{h}->{f}" if e else f"dense {m}x{h}->{f}"
+    return {"name": name, "m": m, "h": h, "f": f, "e": e}
 
 
 @contextlib.contextmanager
@@ -143,15 +154,16 @@ def time_us(fn, *, reps: int, batches: int = 7, warmup: int = 3) -> float:
     return min(means)
 
 
-def measure(reps: int) -> list[tuple[str, str, float]]:
-    """(what, shape, microseconds per call) rows."""
+def measure(reps: int, shrink: bool = False) -> list[tuple[str, str, float]]:
+    """(what, shape, microseconds per call) rows (`shrink`: of the `small` shapes)."""
+    dense, grouped = (small(DENSE), small(GROUPED)) if shrink else (DENSE, GROUPED)
     rows = []
     with stubbed_kernels() as launches:
-        for shape in (DENSE, GROUPED):
+        for shape in (dense, grouped):
             for name, fn in gemm_calls(shape).items():
                 rows.append((name, shape["name"], time_us(fn, reps=reps)))
                 launches.clear()
-        for shape, tensor_splits in ((DENSE, False), (GROUPED, False), (GROUPED, True)):
+        for shape, tensor_splits in ((dense, False), (grouped, False), (grouped, True)):
             label = shape["name"] + (", tensor splits" if tensor_splits else ", list splits" if shape["e"] else "")
             with _keep_tensor_splits() if tensor_splits else contextlib.nullcontext():
                 rows.append(("srelu_mlp step (fwd+bwd, 6 GEMMs)", label,
@@ -196,6 +208,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=200, help="calls per timed batch (steps: a quarter of it)")
     ap.add_argument("--out", help="write the markdown table here too")
+    ap.add_argument("--small", action="store_true", help="M, H and F divided by 8 (see the module docstring)")
     ap.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions of the E=8 step instead")
     ap.add_argument("--profile-ops", type=int, default=0, metavar="N",
                     help="print the E=8 step's torch ops and top N host-time entries per step (torch.profiler) instead")
@@ -208,7 +221,7 @@ def main(argv=None) -> int:
         return 0
     from benchmarks.report import emit
 
-    rows = measure(args.reps)
+    rows = measure(args.reps, args.small)
     head = (f"Host time of the launch path with stubbed kernels (benchmarks.bench_host_path), "
             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
             f"{torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
