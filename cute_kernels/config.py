@@ -1,67 +1,36 @@
 """GEMM kernel configuration: the knobs the kernels take and the autotuner searches.
 
-`GemmConfig` is the one config type of the GEMM family (dense and grouped, every
-epilogue, every arch): its fields are neutral (tile shape, cluster, schedule, raster,
-pipelining).  What a field may be on an arch, why a config cannot run there, the default
-for a shape and the search grid belong to the arch (`cute_kernels/<arch>/config.py`,
-found through `cute_kernels.archs`); the functions below take `arch=` and dispatch.
+`GemmConfig` is the family's config type (dense and grouped, every epilogue; the one sm90
+takes): the fields every arch shares (`TileConfig`, cute_kernels/gemm_base/config_types.py:
+tile shape, cluster, raster, pipelining, epilogue sub-tiles, their dict form) plus the MMA
+threads' schedule.  An arch may take its own extension of `TileConfig` instead (sm100:
+`Sm100Config`; its `cute_kernels.archs` entry names it).  What a field may be on an arch, why a
+config cannot run there, the default for a shape and the search grid belong to the arch
+(`cute_kernels/<arch>/config.py`, found through `cute_kernels.archs`); the functions below take
+`arch=` and dispatch.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-
-class ConfigError(ValueError):
-    """A config that cannot run on the given problem or architecture."""
+# ConfigError is defined with the shared config fields (and stays importable from here)
+from .gemm_base.config_types import ConfigError, TileConfig, field_type_errors, raise_if_invalid
 
 
 @dataclass(frozen=True)
-class GemmConfig:
-    """Tile shape, cluster, schedule and pipelining of one GEMM launch (the values each
+class GemmConfig(TileConfig):
+    """Tile shape, cluster, schedule and pipelining of one GEMM launch: the shared fields of
+    `TileConfig` (gemm_base/config_types.py) plus the MMA threads' schedule (the values each
     field may take, and what they mean for the hardware, are the arch's: e.g.
     cute_kernels/sm90/config.py).
 
-    tile_m, tile_n: rows and columns of C per CTA tile; tile_k: depth of one pipeline stage.
-    cluster_m, cluster_n: CTAs per cluster; A is multicast along cluster_n, B along
-        cluster_m.  Grouped problems round each expert's M tiles up to a multiple of
-        cluster_m, so the CTAs sharing B always work on one expert.
     schedule: how the MMA threads share tiles: "cooperative" (they split one tile) or
         "pingpong" (two groups alternate tiles so one's epilogue overlaps the other's mainloop).
-    raster: "n" walks a band of `swizzle` M tiles along N; "m" walks a band of
-        `swizzle` N tiles along M.
-    ab_stages: operand pipeline depth; 0 takes as many as fit in shared memory.
-    epi_n: columns per epilogue sub-tile; epi_stages: epilogue smem buffers.
+    cluster_n defaults to 2 (A multicast over a pair of CTAs).
     """
 
-    tile_m: int = 128
-    tile_n: int = 256
-    tile_k: int = 64
-    cluster_m: int = 1
     cluster_n: int = 2
     schedule: str = "cooperative"
-    raster: str = "n"
-    swizzle: int = 8
-    ab_stages: int = 0
-    epi_n: int = 32
-    epi_stages: int = 2
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GemmConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"a GemmConfig is read from a mapping of its fields, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown GemmConfig fields: {sorted(unknown)}")
-        return cls(**d)
-
-    @property
-    def cluster_size(self) -> int:
-        return self.cluster_m * self.cluster_n
 
 
 def _arch(arch: str):
@@ -94,11 +63,7 @@ def type_errors(cfg, arch="sm90", **ints) -> list[str]:
     if not isinstance(cfg, config_classes()):
         return [f"expected a GemmConfig, got {type(cfg).__name__}"]
     errs = [] if isinstance(arch, str) else [f"arch must be a str, got {type(arch).__name__} {arch!r}"]
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        want = str if f.type in (str, "str") else int
-        if type(v) is not want:  # bool is an int subclass; 256.0 is not an int
-            errs.append(f"{f.name} must be {'a str' if want is str else 'an int'}, got {type(v).__name__} {v!r}")
+    errs += field_type_errors(cfg)
     for name, v in ints.items():
         if type(v) is not int:
             errs.append(f"{name} must be an int, got {type(v).__name__} {v!r}")
@@ -110,9 +75,7 @@ def validate(cfg: GemmConfig, *, arch: str = "sm90", num_outputs: int = 1, group
     """Return `cfg` if it can run, else raise ConfigError listing every reason."""
     errs = validation_errors(cfg, arch=arch, num_outputs=num_outputs, grouped=grouped, grouped_k=grouped_k,
                              out_bytes=out_bytes)
-    if errs:
-        raise ConfigError(f"invalid GemmConfig {cfg}: " + "; ".join(errs))
-    return cfg
+    return raise_if_invalid(cfg, errs)
 
 
 def epilogue_misfit(cfg: GemmConfig, epi, *, arch: str = "sm90", out_bytes: int = 2, grouped_k: bool = False):

@@ -143,12 +143,17 @@ LAYERS = [
     ("epilogues, torch math", ["cute_kernels.epilogue", "cute_kernels.activations", "cute_kernels.activations.*",
                                "cute_kernels.fp8", "cute_kernels.fp8.epilogue", "cute_kernels.fp8.recipe",
                                "cute_kernels.fp8.reference", "cute_kernels.reference"]),
-    ("config, archs, checks", ["cute_kernels.config", "cute_kernels.archs", "cute_kernels.checks",
-                               "cute_kernels.first_order", "cute_kernels.wave_model"]),
+    # the config types' shared part lives with gemm_base but is plain Python the config layer builds on
+    ("config, archs, checks", ["cute_kernels.config", "cute_kernels.gemm_base.config_types", "cute_kernels.archs",
+                               "cute_kernels.checks", "cute_kernels.first_order", "cute_kernels.wave_model"]),
 ]
 
 
 def layer_of(mod: str) -> int | None:
+    """The layer naming `mod` itself, else the first whose pattern matches it."""
+    for i, (_, patterns) in enumerate(LAYERS):
+        if mod in patterns:
+            return i
     for i, (_, patterns) in enumerate(LAYERS):
         if any(fnmatch.fnmatchcase(mod, p) for p in patterns):
             return i

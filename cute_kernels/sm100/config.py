@@ -1,8 +1,9 @@
 """The SM100 (Blackwell, sm_100a) GEMM config space: knobs, validation with reasons, defaults.
 
-`Sm100Config` is what the sm100 kernel takes; it shares the grouping-relevant names of
-`cute_kernels.GemmConfig` (tile_m = rows per CTA, tile_n, cluster_m, cluster_n), so the
-host-side grouping metadata (cu_tiles rounded to whole clusters) is the same as on sm90.
+`Sm100Config` is what the sm100 kernel takes: the fields every arch shares
+(`cute_kernels.gemm_base.config_types.TileConfig`, as `cute_kernels.GemmConfig` has them:
+tile_m = rows per CTA, tile_n, cluster_m, cluster_n, ...), so the host-side grouping metadata
+(cu_tiles rounded to whole clusters) is the same as on sm90, plus cta_group and acc_stages.
 
 Limits checked by `validation_errors` (every reason, before anything is compiled):
 - tile_m is 128 rows per CTA: one TMEM lane per row, so each of the 4 epilogue warps reads
@@ -20,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import ConfigError
+from ..gemm_base.config_types import SmemBudget, TileConfig, choice_errors, raise_if_invalid
 
 SMEM_CAPACITY = 232448  # 227 KiB of dynamic shared memory per CTA
 SMEM_RESERVED = 1024  # mbarriers, TMEM pointer, alignment slack
@@ -40,47 +41,21 @@ MAX_AB_STAGES = 8
 
 
 @dataclass(frozen=True)
-class Sm100Config:
-    """One SM100 GEMM configuration.
+class Sm100Config(TileConfig):
+    """One SM100 GEMM configuration: the shared fields of `TileConfig`
+    (gemm_base/config_types.py: tile, cluster, raster and swizzle, ab_stages, epi_n and
+    epi_stages) plus the UMMA's CTA group and the TMEM accumulator stages.
 
-    tile_m, tile_n, tile_k: the CTA tile (rows per CTA, columns, K block).
+    tile_m is the rows per CTA (128: one TMEM lane per row).
     cta_group: 1 (each CTA runs its own 128-row UMMA) or 2 (a CTA pair runs one 256-row
         UMMA, `tcgen05.mma.cta_group::2`, issued by the even CTA).
-    cluster_m, cluster_n: CTAs per cluster; A is multicast along N, B along M.
     acc_stages: accumulator buffers in TMEM (2: the epilogue of a tile overlaps the MMAs
         of the next).
-    raster, swizzle: the banded persistent tile order (cute_kernels.tile_scheduler).
-    ab_stages: operand pipeline depth; 0 takes as many as fit (at most MAX_AB_STAGES).
-    epi_n: columns per epilogue sub-tile; epi_stages: epilogue smem buffers.
+    ab_stages: 0 takes as many as fit (at most MAX_AB_STAGES).
     """
 
-    tile_m: int = 128
-    tile_n: int = 256
-    tile_k: int = 64
     cta_group: int = 1
-    cluster_m: int = 1
-    cluster_n: int = 1
     acc_stages: int = 2
-    raster: str = "n"
-    swizzle: int = 8
-    ab_stages: int = 0
-    epi_n: int = 32
-    epi_stages: int = 2
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Sm100Config":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown Sm100Config fields: {sorted(unknown)}")
-        return cls(**d)
-
-    @property
-    def cluster_size(self) -> int:
-        return self.cluster_m * self.cluster_n
 
     @property
     def mma_tile_m(self) -> int:
@@ -102,21 +77,11 @@ def epi_bytes(cfg: Sm100Config, *, num_outputs: int, out_bytes: int = 2) -> int:
     return num_outputs * cfg.epi_stages * cfg.tile_m * cfg.epi_n * out_bytes
 
 
-def max_ab_stages(cfg: Sm100Config, *, num_outputs: int, elem_bytes: int = 2, out_bytes: int = 2) -> int:
-    free = SMEM_CAPACITY - SMEM_RESERVED - epi_bytes(cfg, num_outputs=num_outputs, out_bytes=out_bytes)
-    return free // ab_stage_bytes(cfg, elem_bytes)
-
-
-def resolved_ab_stages(cfg: Sm100Config, *, num_outputs: int, out_bytes: int = 2) -> int:
-    """The pipeline depth a launch uses: cfg.ab_stages, or as many as fit (at most MAX_AB_STAGES)."""
-    if cfg.ab_stages:
-        return cfg.ab_stages
-    return min(MAX_AB_STAGES, max_ab_stages(cfg, num_outputs=num_outputs, out_bytes=out_bytes))
-
-
-def smem_bytes(cfg: Sm100Config, *, ab_stages: int, num_outputs: int, elem_bytes: int = 2, out_bytes: int = 2) -> int:
-    return (ab_stages * ab_stage_bytes(cfg, elem_bytes) + epi_bytes(cfg, num_outputs=num_outputs, out_bytes=out_bytes)
-            + SMEM_RESERVED)
+# what a launch's stages and epilogue buffers take of shared memory (gemm_base/config_types.py)
+SMEM = SmemBudget("sm100", SMEM_CAPACITY, SMEM_RESERVED, MAX_AB_STAGES, ab_stage_bytes, epi_bytes)
+smem_bytes = SMEM.smem_bytes
+max_ab_stages = SMEM.max_ab_stages
+resolved_ab_stages = SMEM.resolved_ab_stages
 
 
 def epilogue_misfit(cfg: Sm100Config, epi, *, out_bytes: int = 2, grouped_k: bool = False) -> str | None:
@@ -135,20 +100,12 @@ def validation_errors(cfg, *, num_outputs: int = 1, out_bytes: int = 2, grouped:
     change nothing today (grouped tiles are rounded up to whole clusters on the host)."""
     if not isinstance(cfg, Sm100Config):
         return [f"sm100 kernels take an Sm100Config, got {type(cfg).__name__}"]
-    errs: list[str] = []
-    for name, value, choices in (("tile_m", cfg.tile_m, TILE_M_CHOICES), ("tile_n", cfg.tile_n, TILE_N_CHOICES),
-                                 ("tile_k", cfg.tile_k, TILE_K_CHOICES), ("cta_group", cfg.cta_group, CTA_GROUPS),
-                                 ("cluster_m", cfg.cluster_m, CLUSTER_CHOICES),
-                                 ("cluster_n", cfg.cluster_n, CLUSTER_CHOICES),
-                                 ("acc_stages", cfg.acc_stages, ACC_STAGE_CHOICES), ("raster", cfg.raster, RASTERS),
-                                 ("swizzle", cfg.swizzle, SWIZZLES), ("epi_n", cfg.epi_n, EPI_N_CHOICES),
-                                 ("epi_stages", cfg.epi_stages, EPI_STAGE_CHOICES)):
-        if value not in choices:
-            errs.append(f"{name} must be one of {choices}, got {value!r}")
+    errs = choice_errors(cfg, {"tile_m": TILE_M_CHOICES, "tile_n": TILE_N_CHOICES, "tile_k": TILE_K_CHOICES,
+                               "cta_group": CTA_GROUPS, "acc_stages": ACC_STAGE_CHOICES, "raster": RASTERS,
+                               "swizzle": SWIZZLES, "epi_n": EPI_N_CHOICES, "epi_stages": EPI_STAGE_CHOICES},
+                         clusters=CLUSTER_CHOICES)
     if errs:
         return errs
-    if cfg.tile_n % cfg.epi_n:
-        errs.append(f"tile_n {cfg.tile_n} is not a multiple of epi_n {cfg.epi_n}")
     if cfg.cluster_size > MAX_CLUSTER_SIZE:
         errs.append(f"cluster of {cfg.cluster_size} CTAs exceeds the portable {MAX_CLUSTER_SIZE}")
     if cfg.cta_group == 2 and cfg.cluster_m % 2:
@@ -156,22 +113,14 @@ def validation_errors(cfg, *, num_outputs: int = 1, out_bytes: int = 2, grouped:
     if cfg.tmem_columns > TMEM_COLUMNS:
         errs.append(f"tensor memory: {cfg.acc_stages} accumulator stages x {cfg.tile_n} columns = "
                     f"{cfg.tmem_columns} > {TMEM_COLUMNS} columns")
-    if cfg.ab_stages and cfg.ab_stages < 2:
-        errs.append(f"ab_stages must be >= 2 (or 0 for automatic), got {cfg.ab_stages}")
-    fit = max_ab_stages(cfg, num_outputs=num_outputs, out_bytes=out_bytes)
-    if cfg.ab_stages > fit or fit < 2:
-        need = smem_bytes(cfg, ab_stages=max(cfg.ab_stages, 2), num_outputs=num_outputs, out_bytes=out_bytes)
-        errs.append(f"shared memory: {need} bytes needed, {SMEM_CAPACITY} available on sm100")
-    return errs
+    return errs + SMEM.stage_errors(cfg, num_outputs=num_outputs, out_bytes=out_bytes)
 
 
 def validate(cfg, *, num_outputs: int = 1, out_bytes: int = 2, grouped: bool = False,
              grouped_k: bool = False) -> Sm100Config:
     """Return `cfg` if it can run on sm100, else raise ConfigError listing every reason."""
     errs = validation_errors(cfg, num_outputs=num_outputs, out_bytes=out_bytes, grouped=grouped, grouped_k=grouped_k)
-    if errs:
-        raise ConfigError(f"invalid Sm100Config {cfg}: " + "; ".join(errs))
-    return cfg
+    return raise_if_invalid(cfg, errs, "Sm100Config")
 
 
 SM_COUNT = 148  # B200

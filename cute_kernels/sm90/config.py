@@ -9,6 +9,7 @@ import dataclasses
 
 from ..activations import SRELU
 from ..config import ConfigError, GemmConfig
+from ..gemm_base.config_types import SmemBudget, choice_errors
 
 ARCH = "sm90"
 # Hopper: 227 KiB of dynamic shared memory per CTA (232448 bytes).
@@ -32,7 +33,7 @@ RASTERS = ("n", "m")
 SWIZZLES = (1, 2, 4, 8)
 EPI_N_CHOICES = (32, 64)
 EPI_STAGE_CHOICES = (2, 3, 4)
-
+MAX_AB_STAGES = 8  # operand stages a launch takes when the config leaves it to the launch
 
 # Epilogues that keep per-row values next to the accumulator need headroom: above this many
 # accumulator registers per thread ptxas spills (sm_90a, checked by tests/test_compile_sm90.py).
@@ -96,26 +97,23 @@ def narrowed_for_epilogue(cfg: GemmConfig, epi, **where) -> GemmConfig:
     raise ConfigError(epilogue_misfit(cfg, epi, **where))
 
 
-def smem_bytes(cfg: GemmConfig, *, ab_stages: int, num_outputs: int, elem_bytes: int = 2, out_bytes: int = 2) -> int:
-    """Shared memory a launch needs: operand stages plus epilogue buffers plus reserve
-    (`elem_bytes`: operand element size; `out_bytes`: output element size)."""
-    ab = ab_stages * (cfg.tile_m + cfg.tile_n) * cfg.tile_k * elem_bytes
+def ab_stage_bytes(cfg: GemmConfig, elem_bytes: int = 2) -> int:
+    """Shared memory of one operand stage (an A and a B tile of `elem_bytes` elements)."""
+    return (cfg.tile_m + cfg.tile_n) * cfg.tile_k * elem_bytes
+
+
+def epi_bytes(cfg: GemmConfig, *, num_outputs: int, out_bytes: int = 2) -> int:
+    """Epilogue buffers: epi_stages sub-tiles per output (per warpgroup with ping-pong), each
+    spanning the tile's (or warpgroup's) rows."""
     epi_buffers = num_outputs * cfg.epi_stages * (2 if cfg.schedule == "pingpong" else 1)
-    epi = epi_buffers * cfg.tile_m * cfg.epi_n * out_bytes  # a sub-tile spans the tile's (or warpgroup's) rows
-    return ab + epi + SMEM_RESERVED
+    return epi_buffers * cfg.tile_m * cfg.epi_n * out_bytes
 
 
-def max_ab_stages(cfg: GemmConfig, *, num_outputs: int, elem_bytes: int = 2, out_bytes: int = 2) -> int:
-    per_stage = (cfg.tile_m + cfg.tile_n) * cfg.tile_k * elem_bytes
-    fixed = smem_bytes(cfg, ab_stages=0, num_outputs=num_outputs, elem_bytes=elem_bytes, out_bytes=out_bytes)
-    return (SMEM_CAPACITY - fixed) // per_stage
-
-
-def resolved_ab_stages(cfg: GemmConfig, *, num_outputs: int, out_bytes: int = 2) -> int:
-    """The pipeline depth a launch uses: cfg.ab_stages, or as many as fit (at most 8)."""
-    if cfg.ab_stages:
-        return cfg.ab_stages
-    return min(8, max_ab_stages(cfg, num_outputs=num_outputs, out_bytes=out_bytes))
+# what a launch's stages and epilogue buffers take of shared memory (gemm_base/config_types.py)
+SMEM = SmemBudget(ARCH, SMEM_CAPACITY, SMEM_RESERVED, MAX_AB_STAGES, ab_stage_bytes, epi_bytes)
+smem_bytes = SMEM.smem_bytes
+max_ab_stages = SMEM.max_ab_stages
+resolved_ab_stages = SMEM.resolved_ab_stages
 
 
 def validation_errors(cfg: GemmConfig, *, num_outputs: int = 1, grouped: bool = False, grouped_k: bool = False,
@@ -126,25 +124,9 @@ def validation_errors(cfg: GemmConfig, *, num_outputs: int = 1, grouped: bool = 
     is invalid for either grouping alone (grouped tiles are rounded up to whole clusters,
     and a K-grouped ping-pong warpgroup skips by the other tile's own K extent), so they
     change nothing here."""
-    errs: list[str] = []
-    if cfg.schedule not in SCHEDULES:
-        errs.append(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    if cfg.raster not in RASTERS:
-        errs.append(f"raster must be one of {RASTERS}, got {cfg.raster!r}")
-    if cfg.swizzle not in SWIZZLES:
-        errs.append(f"swizzle must be one of {SWIZZLES}, got {cfg.swizzle}")
-    if cfg.tile_n not in TILE_N_CHOICES:
-        errs.append(f"tile_n must be one of {TILE_N_CHOICES}, got {cfg.tile_n}")
-    if cfg.tile_k not in TILE_K_CHOICES:
-        errs.append(f"tile_k must be one of {TILE_K_CHOICES}, got {cfg.tile_k}")
-    if cfg.cluster_m not in CLUSTER_CHOICES or cfg.cluster_n not in CLUSTER_CHOICES:
-        errs.append(f"cluster_m and cluster_n must be in {CLUSTER_CHOICES}, got ({cfg.cluster_m}, {cfg.cluster_n})")
-    if cfg.epi_n not in EPI_N_CHOICES:
-        errs.append(f"epi_n must be one of {EPI_N_CHOICES}, got {cfg.epi_n}")
-    elif cfg.tile_n % cfg.epi_n:
-        errs.append(f"tile_n {cfg.tile_n} is not a multiple of epi_n {cfg.epi_n}")
-    if cfg.epi_stages not in EPI_STAGE_CHOICES:
-        errs.append(f"epi_stages must be one of {EPI_STAGE_CHOICES}, got {cfg.epi_stages}")
+    errs = choice_errors(cfg, {"schedule": SCHEDULES, "raster": RASTERS, "swizzle": SWIZZLES,
+                               "tile_n": TILE_N_CHOICES, "tile_k": TILE_K_CHOICES, "epi_n": EPI_N_CHOICES,
+                               "epi_stages": EPI_STAGE_CHOICES}, clusters=CLUSTER_CHOICES)
     # A consumer warpgroup holds whole 64-row WGMMA blocks: cooperative tiles split 128 rows
     # into two of them; a ping-pong warpgroup owns a whole tile of one or two blocks.
     if cfg.schedule == "cooperative" and cfg.tile_m != 128:
@@ -158,13 +140,7 @@ def validation_errors(cfg: GemmConfig, *, num_outputs: int = 1, grouped: bool = 
     elif acc_regs(cfg) > WIDE_EPI_MAX_ACC_REGS and cfg.epi_n > 32:
         errs.append(f"epi_n {cfg.epi_n} next to {acc_regs(cfg)} accumulator registers per thread spills (epi_n 32 only "
                     f"above {WIDE_EPI_MAX_ACC_REGS})")
-    max_stages = max_ab_stages(cfg, num_outputs=num_outputs, out_bytes=out_bytes)
-    if cfg.ab_stages and cfg.ab_stages < 2:
-        errs.append(f"ab_stages must be >= 2 (or 0 for automatic), got {cfg.ab_stages}")
-    if cfg.ab_stages > max_stages or max_stages < 2:
-        need = smem_bytes(cfg, ab_stages=max(cfg.ab_stages, 2), num_outputs=num_outputs, out_bytes=out_bytes)
-        errs.append(f"shared memory: {need} bytes needed, {SMEM_CAPACITY} available on {ARCH}")
-    return errs
+    return errs + SMEM.stage_errors(cfg, num_outputs=num_outputs, out_bytes=out_bytes)
 
 
 def _tile_n_for(n: int) -> int:
@@ -312,9 +288,9 @@ def block_scaled_smem_bytes(cfg: GemmConfig, epi, *, ab_stages: int, out_bytes: 
     """Shared memory of an FP8 launch: one-byte operand stages, epilogue buffers per output
     (the quantized one in one byte), reserve."""
     ab = ab_stages * (cfg.tile_m + cfg.tile_n) * cfg.tile_k
-    epi_bytes = sum(cfg.tile_m * cfg.epi_n * cfg.epi_stages * (1 if o == epi.quantized else out_bytes)
-                    for o in epi.outputs)
-    return ab + epi_bytes + SMEM_RESERVED + 2048  # + alignment of the four smem arrays
+    epi_buffers = sum(cfg.tile_m * cfg.epi_n * cfg.epi_stages * (1 if o == epi.quantized else out_bytes)
+                      for o in epi.outputs)
+    return ab + epi_buffers + SMEM_RESERVED + 2048  # + alignment of the four smem arrays
 
 
 def block_scaled_ab_stages(cfg: GemmConfig, epi, *, out_bytes: int = 2) -> int:
