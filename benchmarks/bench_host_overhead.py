@@ -95,9 +95,25 @@ def profile(top: int, m=16384, h=2688, f=1856, e=8):
     stats.sort_stats("cumulative").print_stats(top)
 
 
+def enqueue_ms(step, *, steps: int = 10, windows: int = 5) -> list[float]:
+    """Host time per step (ms) of `windows` windows of `steps` enqueued steps, each behind a
+    long sleep kernel (as main() measures one window), unprofiled."""
+    times = []
+    for _ in range(windows):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(1_000_000_000)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        times.append(1e3 * (time.perf_counter() - t0) / steps)
+    torch.cuda.synchronize()
+    return times
+
+
 def profile_ops(top: int, m=16384, h=2688, f=1856, e=8, steps=5):
     """benchmarks.op_profile's per-step summary of the E=8 step, list and CUDA-tensor m_splits
-    (a sleep kernel queued first, as in main(): the host never waits for the GPU)."""
+    (a sleep kernel queued first, as in main(): the host never waits for the GPU), after the
+    unprofiled host time per step of 5 windows of 10 steps."""
     from benchmarks.op_profile import format_op_summary, profile_step_ops
 
     x, w1, w2, dy, splits = mlp_inputs(m, h, f, e)
@@ -106,9 +122,15 @@ def profile_ops(top: int, m=16384, h=2688, f=1856, e=8, steps=5):
             srelu_mlp(x, w1, w2, m_splits=m_splits, backend="cute").backward(dy)
             x.grad = w1.grad = w2.grad = None
 
-        summary = profile_step_ops(step, steps=steps, warmup=3, cuda=True,
+        for _ in range(3):
+            step()
+        windows = enqueue_ms(step)
+        print(f"E={e} step, m_splits {label}: unprofiled host time per step, 5 windows of 10 steps: "
+              + " / ".join(f"{ms:.3f}" for ms in windows) + " ms", flush=True)
+        summary = profile_step_ops(step, steps=steps, warmup=1, cuda=True,
                                    before=lambda: torch.cuda._sleep(3_000_000_000))
-        print(f"E={e} step ({m} tokens, {h} -> {f}), m_splits {label}:\n{format_op_summary(summary, top)}\n", flush=True)
+        print(f"E={e} step ({m} tokens, {h} -> {f}), m_splits {label}:\n{format_op_summary(summary, top)}\n",
+              flush=True)
 
 
 def cli(argv=None) -> int:

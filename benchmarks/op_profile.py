@@ -5,7 +5,8 @@ a few times inside torch.profiler (CPU activities, CUDA too on a GPU, with Pytho
 step in a `host_step` range, and `summarize_events` reduces what was recorded to per-step
 figures: the torch ops the step dispatches (top-level aten ops: those not issued by another
 aten op; and all of them), the CUDA launch calls the host makes (runtime and driver
-`*LaunchKernel*` calls, memcpy/memset calls), the GPU kernels and copies that ran, Python's
+`*LaunchKernel*` calls, memcpy/memset calls), the GPU kernels and copies that ran and the sum of
+their durations (the step's GPU time: they run back to back behind a sleep kernel), Python's
 garbage collections during the steps, the functions and ops with the most own (self) host time,
 and for each kind of torch op the Python function of ours (not torch's) that issued it most
 often.  `format_op_summary` prints it.  Python tracing makes every function slower (about 2x),
@@ -50,11 +51,12 @@ def summarize_events(events, steps: int, step_range: str = STEP_RANGE) -> dict:
     op_us = collections.Counter()
     op_callers: dict = collections.defaultdict(collections.Counter)
     totals = collections.Counter()
-    step_us = 0.0
+    step_us = gpu_us = 0.0
     for ev in events:
         name = ev.name
         if getattr(ev, "device_type", None) == cuda:
             totals["gpu_copies" if any(w.lower() in name.lower() for w in _COPY_WORDS) else "gpu_kernels"] += 1
+            gpu_us += ev.time_range.elapsed_us()
             continue
         if name == step_range:
             step_us += getattr(ev, "cpu_time_total", 0.0)
@@ -90,6 +92,7 @@ def summarize_events(events, steps: int, step_range: str = STEP_RANGE) -> dict:
     return {
         "steps": steps,
         "step_us": step_us / per,
+        "gpu_us": gpu_us / per,
         "counts": {k: v / per for k, v in totals.items()},
         "self_host": [(name, own_n[name] / per, us / per) for name, us in own_us.most_common()],
         "torch_ops": [(name, op_n[name] / per, op_us[name] / per, op_callers[name].most_common(1)[0][0])
@@ -167,14 +170,17 @@ def format_op_summary(summary: dict, top: int = 25) -> str:
         f"(inside the step ranges {summary['step_us']:.0f} us)",
         f"  torch ops dispatched: {c.get('torch_ops', 0):.1f} top-level ({c.get('aten_ops', 0):.1f} aten ops in all)",
         f"  CUDA launch calls: {c.get('launch_calls', 0):.1f}; memcpy/memset calls: {c.get('copy_calls', 0):.1f}",
-        f"  on the GPU: {c.get('gpu_kernels', 0):.1f} kernels, {c.get('gpu_copies', 0):.1f} copies/memsets",
+        f"  on the GPU: {c.get('gpu_kernels', 0):.1f} kernels, {c.get('gpu_copies', 0):.1f} copies/memsets, "
+        f"busy {summary.get('gpu_us', 0.0):.0f} us (the sum of their durations)",
     ]
     if summary.get("python_frames") is False:
         lines.append("  (recorded without Python frames: torch's Python tracer failed; no functions, no callers)")
     if "gc_collections" in summary:
         gens = summary["gc_collections"]
-        lines.append(f"  Python garbage collections during the steps: {len(gens)}"
-                     + (f" (generations {sorted(gens)})" if gens else ""))
+        by_gen = collections.Counter(gens)
+        lines.append(f"  Python garbage collections during the steps (the tracer's own objects count): {len(gens)}"
+                     + (" (" + ", ".join(f"generation {g}: {n}" for g, n in sorted(by_gen.items())) + ")"
+                        if gens else ""))
     lines += ["", f"top {top} by own host time per step:", "| us per step | calls per step | function or op |",
               "|---|---|---|"]
     lines += [f"| {us:.1f} | {n:.1f} | {name} |" for name, n, us in summary["self_host"][:top]]

@@ -281,7 +281,7 @@ def _fake_step_events():
         launch = Ev(name="cuLaunchKernelEx", device_type=cpu, self_cpu_time_total=8.0, cpu_time_total=8.0,
                     cpu_parent=ours)
         kernel = Ev(name="kernel_cutlass_gemm", device_type=cuda, self_cpu_time_total=0.0, cpu_time_total=0.0,
-                    cpu_parent=None)
+                    cpu_parent=None, time_range=Ev(elapsed_us=lambda: 700.0))
         events += [step, torch_frame, ours, select, inner, empty, launch, kernel]
     return events
 
@@ -291,16 +291,16 @@ def test_op_profile_summary_of_fake_events():
 
     summary = summarize_events(_fake_step_events(), steps=2)
     assert summary["counts"] == {"aten_ops": 3.0, "torch_ops": 2.0, "launch_calls": 1.0, "gpu_kernels": 1.0}
-    assert summary["step_us"] == 100.0
+    assert summary["step_us"] == 100.0 and summary["gpu_us"] == 700.0
     ops = {name: (n, us, caller) for name, n, us, caller in summary["torch_ops"]}
     assert ops == {"aten::select": (1.0, 5.0, "cute_kernels/host_args.py(72): splits_metadata"),
                    "aten::empty": (1.0, 6.0, "cute_kernels/host_args.py(72): splits_metadata")}
     assert summary["self_host"][0] == ("cuLaunchKernelEx", 1.0, 8.0)  # most own time first; aten::zeros is outside
-    text = format_op_summary(dict(summary, wall_us=120.0, gc_collections=[0]), top=3)
+    text = format_op_summary(dict(summary, wall_us=120.0, gc_collections=[0, 2, 0]), top=3)
     assert "host wall time 120 us (inside the step ranges 100 us)" in text
     assert "torch ops dispatched: 2.0 top-level (3.0 aten ops in all)" in text
-    assert "CUDA launch calls: 1.0" in text and "on the GPU: 1.0 kernels" in text
-    assert "garbage collections during the steps: 1 (generations [0])" in text
+    assert "CUDA launch calls: 1.0" in text and "on the GPU: 1.0 kernels, 0.0 copies/memsets, busy 700 us" in text
+    assert "count): 3 (generation 0: 2, generation 2: 1)" in text
     assert "| aten::select | 1.0 | 5.0 | cute_kernels/host_args.py(72): splits_metadata |" in text
     assert len([line for line in text.splitlines() if line.startswith("| ") and "us per step" not in line
                 and " op |" not in line]) == 3 + 2  # top 3 own-time rows, 2 torch op rows
