@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from . import archs
 from .config import ConfigError, GemmConfig
 from .registry import get_kernel
 
@@ -140,8 +141,12 @@ def parse_entry(path: str, key, record, *, kernel: str = "fc2") -> tuple[ShapeKe
     config = record["config"]
     if not isinstance(config, dict):
         raise TunedConfigError(f"{where}: bad config: expected a mapping, got {type(config).__name__} {config!r}")
+    folder = os.path.basename(os.path.dirname(path))
+    arch = folder if folder.startswith("sm") else "sm90"
+    # the config type of the folder's arch (an unknown arch's rules say so below)
+    config_type = archs.config_class(arch) if arch in archs.ARCHS else GemmConfig
     try:
-        cfg = GemmConfig.from_dict({str(k): v for k, v in config.items()})
+        cfg = config_type.from_dict({str(k): v for k, v in config.items()})
     except (ConfigError, TypeError, ValueError) as e:
         raise TunedConfigError(f"{where}: bad config: {e}") from None
     spec = get_kernel(kernel)
@@ -149,8 +154,7 @@ def parse_entry(path: str, key, record, *, kernel: str = "fc2") -> tuple[ShapeKe
         spec.check_dtype(sk.dtype)
     except ValueError as e:
         raise TunedConfigError(f"{where}: {e}") from None
-    arch = os.path.basename(os.path.dirname(path)) or "sm90"
-    errs = spec.config_errors(cfg, sk.experts, arch=arch if arch.startswith("sm") else "sm90")
+    errs = spec.config_errors(cfg, sk.experts, arch=arch)
     if errs:
         raise TunedConfigError(f"{where}: config cannot run: {'; '.join(errs)}")
     return sk, cfg

@@ -83,3 +83,22 @@ def test_choice_errors_check_divisibility_only_of_an_allowed_epi_n():
     cfg = TileConfig(tile_n=96, epi_n=64)
     assert choice_errors(cfg, {"epi_n": (32, 64)}, clusters=(1, 2)) == ["tile_n 96 is not a multiple of epi_n 64"]
     assert choice_errors(cfg, {"epi_n": (32,)}, clusters=(1, 2)) == ["epi_n must be one of (32,), got 64"]
+
+
+def test_tuned_entries_are_read_as_their_folder_arch_config_type(tmp_path):
+    """tuned_configs/<arch>/ entries hold that arch's config type: an Sm100Config written by the
+    store's writer reads back as one; a Hopper config in the sm100 folder is refused by name."""
+    from cute_kernels.tuned_store import ShapeKey, TunedConfigError, file_path, make_record, merge_write, parse_entry
+
+    sk = ShapeKey("bfloat16", 8192, 4096, 4096)
+    for arch, cfg in (("sm100", Sm100Config(tile_n=192, cta_group=2, cluster_m=2, acc_stages=2, swizzle=4)),
+                      ("sm90", GemmConfig(tile_n=192, cluster_m=1, cluster_n=1, schedule="cooperative"))):
+        path = file_path(arch, "fc2", str(tmp_path))
+        rec = make_record(sk, cfg, time_ms=1.0, default_time_ms=1.1, device="test", dsl_version="4.8.1",
+                          date="2026-12-03", trials=1)
+        merge_write(path, {sk.key(): rec})
+        assert parse_entry(path, sk.key(), rec) == (sk, cfg)
+    wrong = make_record(sk, GemmConfig(), time_ms=1.0, default_time_ms=1.1, device="test", dsl_version="4.8.1",
+                        date="2026-12-03", trials=1)
+    with pytest.raises(TunedConfigError, match="unknown Sm100Config fields: \\['schedule'\\]"):
+        parse_entry(file_path("sm100", "fc2", str(tmp_path)), sk.key(), wrong)
