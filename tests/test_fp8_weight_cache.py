@@ -212,15 +212,14 @@ def test_weight_copies_one_pass_scope_and_fallback():
     assert trans is None and torch.equal(plain[1], quantize_128x128(w.detach())[1])
 
 
-def test_kernel_switch_is_off_unless_asked(monkeypatch):
+def test_kernel_switch_is_on_unless_switched_off(monkeypatch):
     from cute_kernels.fp8 import quantize_ops
 
     monkeypatch.delenv("CUTE_KERNELS_FP8_WEIGHT_KERNEL", raising=False)
-    assert not quantize_ops.one_pass_weight_kernel_enabled()
-    assert quantize_ops.kernel_weight_copies(torch.randn(256, 256).bfloat16(), R) is None
-    monkeypatch.setenv("CUTE_KERNELS_FP8_WEIGHT_KERNEL", "1")
     assert quantize_ops.one_pass_weight_kernel_enabled()
     assert quantize_ops.kernel_weight_copies(torch.randn(256, 256).bfloat16(), R) is None, "a CPU weight: recipe path"
+    monkeypatch.setenv("CUTE_KERNELS_FP8_WEIGHT_KERNEL", "0")
+    assert not quantize_ops.one_pass_weight_kernel_enabled()
 
 
 def test_dequantize_broadcast_equals_the_expanded_product():

@@ -159,9 +159,10 @@ def quantize_rows_and_cols(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = F
 
 def one_pass_weight_kernel_enabled() -> bool:
     """Whether the FP8 step makes its weight copies with the one-pass kernel
-    (sm90/quantize_weight.py): CUTE_KERNELS_FP8_WEIGHT_KERNEL=1.  Off by default until the H200
-    run that shows it bitwise equal and faster is committed."""
-    return os.environ.get("CUTE_KERNELS_FP8_WEIGHT_KERNEL", "0") == "1"
+    (sm90/quantize_weight.py): on unless CUTE_KERNELS_FP8_WEIGHT_KERNEL=0.  The H200 run of
+    2026-12-03 showed it bitwise equal to the recipe's copies and the FP8 step faster with it
+    (benchmarks/results/fp8/2026-12-03-h200-fp8-step-weight-kernel.md)."""
+    return os.environ.get("CUTE_KERNELS_FP8_WEIGHT_KERNEL", "1") != "0"
 
 
 def kernel_weight_copies(w: torch.Tensor, recipe):
