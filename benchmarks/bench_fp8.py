@@ -189,7 +189,8 @@ def step_rows(sustained: bool):
         dy = torch.randn(m, h, device="cuda").bfloat16()
         splits = [m // e] * e if e else None
         flops = 3 * 2 * 2.0 * m * h * f  # two GEMMs, forward + two backward GEMMs each
-        variants = [("bf16 (ours)", None), ("fp8", Fp8Recipe()), ("fp8, bf16 wgrad kernels", Fp8Recipe(wgrad="bf16"))]
+        variants = [("bf16 (ours)", None), ("fp8, fp8 wgrads (torch)", Fp8Recipe(wgrad="fp8")),
+                    ("fp8, bf16 wgrad kernels (default)", Fp8Recipe(wgrad="bf16"))]
         base = None
         for label, recipe in variants:
             row = {"shape": name, "case": label}

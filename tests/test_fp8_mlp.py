@@ -206,7 +206,7 @@ def test_bf16_weight_gradients_are_those_of_the_bf16_operands(splits):
     m, h, f = 77, 144, 272
     e = len(splits) if splits else 0
     x, w1, w2, dy, p = _inputs(m, h, f, e=e, seed=5, prob=True)
-    r8, r16 = Fp8Recipe(), Fp8Recipe(wgrad="bf16")
+    r8, r16 = Fp8Recipe(wgrad="fp8"), Fp8Recipe(wgrad="bf16")
     y8, g8 = _run(lambda x, w1, w2, p: srelu_mlp(x, w1, w2, m_splits=splits, prob=p, fp8=r8), x, w1, w2, dy, p)
     y16, g16 = _run(lambda x, w1, w2, p: srelu_mlp(x, w1, w2, m_splits=splits, prob=p, fp8=r16), x, w1, w2, dy, p)
     assert torch.equal(y8, y16) and torch.equal(g8[0], g16[0]) and torch.equal(g8[3], g16[3])
@@ -219,7 +219,8 @@ def test_bf16_weight_gradients_are_those_of_the_bf16_operands(splits):
 def test_recipe_wgrad_is_checked():
     with pytest.raises(InputError, match="wgrad"):
         Fp8Recipe(wgrad="fp16")
-    assert Fp8Recipe(wgrad="bf16").key().endswith("-wgrad-bf16") and Fp8Recipe().key() == "fp8-e4m3-e4m3-b128"
+    assert Fp8Recipe(wgrad="fp8").key().endswith("-wgrad-fp8") and Fp8Recipe().key() == "fp8-e4m3-e4m3-b128-wgrad-bf16"
+    assert Fp8Recipe().wgrad == "bf16", "the fast and more accurate weight gradients by default"
 
 
 def test_fp8_dgrad_refuses_the_tanh_clamp():
