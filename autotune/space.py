@@ -9,10 +9,9 @@ and `--grid` times their full product.
 """
 from __future__ import annotations
 
-import itertools
-
 from cute_kernels.archs import arch_space
 from cute_kernels.config import GemmConfig
+from cute_kernels.gemm_base import config_space
 
 
 def space_module(arch: str = "sm90", block_scaled: bool = False):
@@ -35,33 +34,18 @@ def to_params(cfg: GemmConfig, arch: str = "sm90", *, block_scaled: bool = False
 
 def parse_overrides(text: str, arch: str = "sm90", *, block_scaled: bool = False) -> dict:
     """'tile_n=256,cluster=2x1' -> parameters of the space (each name and value checked)."""
-    values = grid_values(arch, block_scaled=block_scaled)
-    out = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = item.partition("=")
-        if name not in values:
-            raise ValueError(f"unknown parameter {name!r} in {text!r}; known: {sorted(values)}")
-        choices = values[name]
-        typed = type(choices[0])(value)
-        if typed not in choices:
-            raise ValueError(f"{name}={value} is not in the space {choices}")
-        out[name] = typed
-    return out
+    return config_space.parse_overrides(text, grid_values(arch, block_scaled=block_scaled))
 
 
 def in_space(cfg: GemmConfig, arch: str = "sm90", *, block_scaled: bool = False) -> bool:
-    values = grid_values(arch, block_scaled=block_scaled)
-    p = to_params(cfg, arch, block_scaled=block_scaled)
-    return all(p[k] in values[k] for k in values) and to_config(p, arch, block_scaled=block_scaled) == cfg
+    space = space_module(arch, block_scaled)
+    return config_space.in_space(cfg, space.GRID, space.to_params, space.to_config)
 
 
 def suggest(trial, arch: str = "sm90", *, block_scaled: bool = False) -> GemmConfig:
-    values = grid_values(arch, block_scaled=block_scaled)
-    return to_config({name: trial.suggest_categorical(name, v) for name, v in values.items()}, arch,
-                     block_scaled=block_scaled)
+    space = space_module(arch, block_scaled)
+    return config_space.suggest(trial, space.GRID, space.to_config)
 
 
 def grid(arch: str = "sm90", *, block_scaled: bool = False) -> list[dict]:
-    values = grid_values(arch, block_scaled=block_scaled)
-    names = list(values)
-    return [dict(zip(names, vals)) for vals in itertools.product(*(values[n] for n in names))]
+    return config_space.grid(grid_values(arch, block_scaled=block_scaled))

@@ -22,6 +22,21 @@ def test_space_round_trips_and_covers_cta_groups_and_clusters():
     assert space_sm100.in_space(Sm100Config(tile_n=256, cta_group=2, cluster_m=2))
 
 
+def test_the_arch_space_and_the_tuner_space_answer_alike():
+    """sm100/space.py's own grid, membership and override parsing are the tuner's (gemm_base.config_space)."""
+    import pytest
+
+    assert space_sm100.grid() == space.grid("sm100")
+    cfgs = (Sm100Config(tile_n=256, cta_group=2, cluster_m=2), Sm100Config(tile_n=64), Sm100Config(swizzle=2))
+    for cfg in cfgs:
+        assert space_sm100.in_space(cfg) == space.in_space(cfg, "sm100")
+    assert not space_sm100.in_space(Sm100Config(tile_n=64)) and not space_sm100.in_space(Sm100Config(swizzle=2))
+    for text, needle in (("mma=3cta_c1x1", "mma=3cta_c1x1 is not in the space"), ("tile_q=1", "unknown parameter 'tile_q'")):
+        for parse in (space_sm100.parse_overrides, lambda t: space.parse_overrides(t, "sm100")):
+            with pytest.raises(ValueError, match=needle):
+                parse(text)
+
+
 def test_compile_classes_merge_runtime_only_knobs():
     classes = compile_only.compile_classes("sm100")
     assert sum(n for _, n in classes) == len(space_sm100.grid())

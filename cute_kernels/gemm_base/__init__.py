@@ -6,6 +6,10 @@
 - `grouping`: grouped addressing: the ragged store view of a grouped output, an expert's
   K range, the per-expert operand views.
 - `descriptors`: the K-grouped kernels' ring of per-CTA TMA descriptors and its writer.
+- `config_types`: the fields, dict form and arch-neutral rules every arch's config type shares
+  (`TileConfig`, `SmemBudget`, `ConfigError`; plain Python, the config layer builds on it).
+- `config_space`: what every arch's search space does with its grid (parse, membership,
+  sampling, the full product).
 - `epilogue_io`: loading an epilogue's declared inputs (aux tile) for a thread's fragment
   and calling the epilogue's hooks per sub-tile.
 

@@ -4,8 +4,7 @@ parse_overrides).  `mma` joins the UMMA shape and the cluster: "<1|2>cta_c<M>x<N
 needs an even cluster_m); everything else is a field of the config."""
 from __future__ import annotations
 
-import itertools
-
+from ..gemm_base import config_space
 from .config import Sm100Config
 
 GRID = {
@@ -44,31 +43,20 @@ def to_params(cfg: Sm100Config) -> dict:
 
 
 def in_space(cfg: Sm100Config) -> bool:
-    p = to_params(cfg)
-    return all(p[k] in GRID[k] for k in GRID) and to_config(p) == cfg
+    return config_space.in_space(cfg, GRID, to_params, to_config)
 
 
 def parse_overrides(text: str) -> dict:
     """'tile_n=256,mma=2cta_c2x1' -> parameters of the space (each name and value checked)."""
-    out = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = item.partition("=")
-        if name not in GRID:
-            raise ValueError(f"unknown parameter {name!r} in {text!r}; known: {sorted(GRID)}")
-        typed = type(GRID[name][0])(value)
-        if typed not in GRID[name]:
-            raise ValueError(f"{name}={value} is not in the space {GRID[name]}")
-        out[name] = typed
-    return out
+    return config_space.parse_overrides(text, GRID)
 
 
 def suggest(trial) -> Sm100Config:
-    return to_config({name: trial.suggest_categorical(name, values) for name, values in GRID.items()})
+    return config_space.suggest(trial, GRID, to_config)
 
 
 def grid() -> list[dict]:
-    names = list(GRID)
-    return [dict(zip(names, vals)) for vals in itertools.product(*(GRID[n] for n in names))]
+    return config_space.grid(GRID)
 
 
 def selfcheck_configs(quick: bool = False) -> list[Sm100Config]:
