@@ -18,8 +18,11 @@ patched with offload "auto_measured": planned from the measured peak, with its p
 MLP/MoE mixers replaced by a pass-through, from which the MLP/MoE share of the step is
 step minus that.  Then, for the MoE model, the routed experts alone (fwd+bwd, one
 layer): Hugging Face's grouped_mm experts, ours (sort, gather, grouped op, combine),
-and our grouped op on tokens already sorted, whose difference to ours is what fusing
-the permutation into the GEMMs' loads and stores could save at most.
+ours with the dispatch gather fused into FC1 (`fused_gather=True`, no x_perm copy), and
+our grouped op on tokens already sorted, whose difference to ours is what fusing the
+permutation into the GEMMs' loads and stores could save at most; for each, the bytes one
+forward saves for backward (distinct storages, parameters excluded: benchmarks/saved_storage.py),
+which "peak above weights" cannot show (it includes the weight gradients).
 
 CUDA events, 3 warm-up steps, median of 8, three input batches rotated.  Variants run
 in order of importance and are skipped once `--budget-s` is spent (torch.compile gets
@@ -39,6 +42,7 @@ from torch import nn
 from benchmarks import nemotron_common as common
 from benchmarks.nemotron_common import Budget, build_model, deadline, time_steps, transformers_version
 from benchmarks.report import emit
+from benchmarks.saved_storage import saved_storages
 
 COMMON = dict(vocab_size=16384, hidden_size=2688, num_attention_heads=32, num_key_value_heads=2, head_dim=128,
               max_position_embeddings=4096)
@@ -150,11 +154,15 @@ def bench_compile(model, batches, rows, budget):
     _measure(rows, "hf torch.compile", _step(compiled), batches, budget, need_s=20, alarm=True)
 
 
+ROUTED_ROWS = ("hf grouped_mm experts", "ours", "ours, fused gather", "our grouped op on pre-sorted tokens")
+
+
 def bench_routed(model, ids, budget):
-    """One MoE layer's routed experts alone, fwd+bwd, on that layer's real routing."""
+    """One MoE layer's routed experts alone, fwd+bwd, on that layer's real routing: time, peak,
+    and the bytes one forward saves for backward (distinct storages, parameters excluded)."""
     from cute_kernels.integrations.transformers import NemotronHRoutedExperts
     from cute_kernels.mlp import srelu_mlp
-    from cute_kernels.moe import route
+    from cute_kernels.moe import route, routed_srelu_experts
 
     if budget.left() < 10:
         return {"skipped": "time budget"}
@@ -167,6 +175,7 @@ def bench_routed(model, ids, budget):
     x = seen["x"].reshape(-1, seen["x"].size(-1)).detach()
     idx, w = seen["i"], seen["w"].detach()
     hf_experts = moe.experts
+    weights = (hf_experts.up_proj, hf_experts.down_proj)
     ours = NemotronHRoutedExperts(hf_experts, backend="auto", offload=None, recompute_postact=False)
     dy = torch.randn_like(x)
     r = route(idx, hf_experts.up_proj.size(0))
@@ -174,29 +183,38 @@ def bench_routed(model, ids, budget):
     prob_sorted = w.reshape(-1).index_select(0, r.order).detach()
     dy_sorted = torch.randn_like(x_sorted)
 
-    def no_grads():  # a .grad left from the last step would add an accumulation to this one
-        hf_experts.up_proj.grad = hf_experts.down_proj.grad = None
+    def experts_fwd(mod):  # fresh leaves each call: (output, its gradient)
+        return lambda: (mod(x.detach().requires_grad_(), idx, w.detach().requires_grad_()), dy)
 
-    def experts_step(mod):
+    def fused_gather(xx, ii, ww):
+        return routed_srelu_experts(xx, ii, ww, *weights, backend="auto", fused_gather=True)
+
+    def sorted_fwd():
+        pp = prob_sorted.detach().requires_grad_()
+        return srelu_mlp(x_sorted.detach().requires_grad_(), *weights, m_splits=r.counts, prob=pp), dy_sorted
+
+    def step(fwd):
         def run(_):
-            xx = x.detach().requires_grad_()
-            ww = w.detach().requires_grad_()
-            mod(xx, idx, ww).backward(dy)
-            no_grads()
+            y, dy_ = fwd()
+            y.backward(dy_)
+            hf_experts.up_proj.grad = hf_experts.down_proj.grad = None  # no accumulation into the last step's
         return run
 
-    def sorted_step(_):
-        xx = x_sorted.detach().requires_grad_()
-        pp = prob_sorted.detach().requires_grad_()
-        srelu_mlp(xx, hf_experts.up_proj, hf_experts.down_proj, m_splits=r.counts, prob=pp).backward(dy_sorted)
-        no_grads()
-
     out = {"tokens": x.size(0), "rows": idx.numel(), "experts_hit": int((r.counts > 0).sum())}
-    for name, fn in (("hf grouped_mm experts", experts_step(hf_experts)), ("ours", experts_step(ours)),
-                     ("our grouped op on pre-sorted tokens", sorted_step)):
-        ms, peak, resident, _ = time_steps(fn, [None], warmup=3, steps=10)
-        out[name] = {"ms": ms, "act_gib": (peak - resident) / 2**30}
-        print(f"  routed experts, {name}: {ms:.2f} ms", flush=True)
+    fwds = (experts_fwd(hf_experts), experts_fwd(ours), experts_fwd(fused_gather), sorted_fwd)
+    for name, fwd in zip(ROUTED_ROWS, fwds):
+        try:
+            ms, peak, resident, _ = time_steps(step(fwd), [None], warmup=3, steps=10)
+            (y, _), saved = saved_storages(fwd, exclude=weights)
+            del y
+        except Exception as e:  # a kernel that fails to build or run: recorded, the other rows go on
+            out[name] = {"skipped": f"{type(e).__name__}: {str(e).strip()[:160]}".replace("|", "/")}
+            print(f"  routed experts, {name}: skipped ({out[name]['skipped']})", flush=True)
+            torch.cuda.empty_cache()
+            continue
+        out[name] = {"ms": ms, "act_gib": (peak - resident) / 2**30, "saved_mib": saved.nbytes / 2**20,
+                     "saved_largest": saved.largest(6)}
+        print(f"  routed experts, {name}: {ms:.2f} ms, saves {saved.nbytes / 2**20:.1f} MiB", flush=True)
     return out
 
 
@@ -238,16 +256,45 @@ def report(results, routed, device, tokens):
                              f"stream waited {meas['exposed_ms']:.2f} ms for reloads in the last step (measured)")
             lines.append(f"\n{meas['plan']}")
         lines.append("")
-    if routed and "ours" in routed:
-        hf, ours, pre = (routed[k]["ms"] for k in ("hf grouped_mm experts", "ours", "our grouped op on pre-sorted tokens"))
-        lines += [f"Routed experts of one MoE layer alone, fwd+bwd, {routed['tokens']} tokens x top-6 = {routed['rows']} rows, "
-                  f"{routed['experts_hit']} experts hit (the model's own routing)", "",
-                  "| | ms | vs hf | peak above weights GiB |", "|---|---|---|---|"]
-        for k in ("hf grouped_mm experts", "ours", "our grouped op on pre-sorted tokens"):
-            lines.append(f"| {k} | {routed[k]['ms']:.2f} | {hf / routed[k]['ms']:.2f}x | {routed[k]['act_gib']:.2f} |")
-        lines.append(f"\nsort + gather + combine (fwd+bwd): {ours - pre:.2f} ms = {(ours - pre) / ours:.0%} of ours: the most "
-                     "fusing the permutation into the GEMMs could save")
+    if routed and "rows" in routed:
+        lines += routed_table(routed)
     return "\n".join(lines)
+
+
+def routed_table(routed) -> list:
+    """The routed-experts table: ms, speed vs HF's experts, peak above weights (gradient buffers
+    included), bytes one forward saves for backward and their ratio to HF's; then the targets
+    of issue 28 (fused gather no slower than the grouped op on pre-sorted tokens, saved <= 0.5x HF's)."""
+    ok = {k: routed[k] for k in ROUTED_ROWS if "ms" in routed.get(k, {})}
+    hf = ok.get("hf grouped_mm experts", {})
+    lines = [f"Routed experts of one MoE layer alone, fwd+bwd, {routed['tokens']} tokens x top-k = {routed['rows']} rows, "
+             f"{routed['experts_hit']} experts hit (the model's own routing); saved activations: bytes of the distinct "
+             "storages one forward saves for backward (saved_tensors_hooks), parameters excluded", "",
+             "| | ms | vs hf | peak above weights GiB | saved activations MiB | saved vs hf |", "|---|---|---|---|---|---|"]
+    for k in ROUTED_ROWS:
+        if k not in routed:
+            continue
+        if k not in ok:
+            lines.append(f"| {k} | skipped: {routed[k].get('skipped', '?')} | | | | |")
+            continue
+        r = ok[k]
+        speed = f"{hf['ms'] / r['ms']:.2f}x" if hf else "-"
+        saved = f"{r['saved_mib']:.1f}" if "saved_mib" in r else "-"
+        ratio = f"{r['saved_mib'] / hf['saved_mib']:.2f}x" if "saved_mib" in r and hf.get("saved_mib") else "-"
+        lines.append(f"| {k} | {r['ms']:.2f} | {speed} | {r['act_gib']:.2f} | {saved} | {ratio} |")
+    ours, pre, fused = (ok.get(k, {}).get("ms") for k in ("ours", "our grouped op on pre-sorted tokens",
+                                                          "ours, fused gather"))
+    lines.append("")
+    if ours and pre:
+        lines.append(f"sort + gather + combine (fwd+bwd): {ours - pre:.2f} ms = {(ours - pre) / ours:.0%} of ours: the most "
+                     "fusing the permutation into the GEMMs could save")
+    if fused and pre:
+        lines.append(f"fused gather: {fused:.2f} ms = {fused / pre:.3f}x the grouped op on pre-sorted tokens "
+                     f"(target <= 1x){f', {fused / ours:.3f}x ours' if ours else ''}")
+    saved_f = ok.get("ours, fused gather", {}).get("saved_mib")
+    if saved_f is not None and hf.get("saved_mib"):
+        lines.append(f"fused gather saves {saved_f / hf['saved_mib']:.2f}x HF's activations (target <= 0.5x)")
+    return lines
 
 
 def plot(results, path):

@@ -2,6 +2,7 @@
 the gathering variants compile for sm_90a and their PTX loads A by cp.async (no TMA load of A)
 without spills; the kernel key refuses what has no gathering kernel; fc1_srelu's a_rows checks
 name the argument.  The GPU comparisons are in tests/test_gather_gpu.py."""
+import contextlib
 import re
 
 import pytest
@@ -171,29 +172,51 @@ def test_moe_fused_gather_option_is_checked():
         routed_srelu_experts(x, idx, torch.rand(10, 2), w1, w2, backend="torch", fused_gather="yes")
 
 
-@pytest.mark.parametrize("fuse_wgrad", [False, True])
-def test_moe_fused_gather_plumbing_gives_the_same_bits(fuse_wgrad):
-    """routed_srelu_experts(fused_gather=True) through the cute path's plumbing on CPU (the custom
-    ops run their torch math; the gathered FC1 stood in for by the same math on x[a_rows]): y and
-    every gradient bitwise those of the x_perm path."""
+def _routed_operands(t, e, k, h, f):
+    """hidden (t, h) bf16, top-k expert ids (expert e-1 stays empty), fp32 router weights, w1, w2."""
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(t, h, generator=g).to(torch.bfloat16)
+    idx = torch.stack([torch.randperm(e - 1, generator=g)[:k] for _ in range(t)])
+    weight = torch.rand(t, k, generator=g)
+    w1 = (torch.randn(e, f, h, generator=g) / h ** 0.5).to(torch.bfloat16)
+    w2 = (torch.randn(e, h, f, generator=g) / f ** 0.5).to(torch.bfloat16)
+    return hidden, idx, weight, w1, w2
+
+
+@contextlib.contextmanager
+def _cute_plumbing_on_cpu():
+    """routed_srelu_experts(backend="cute") on CPU: the custom ops run their torch math and the
+    gathered FC1 is stood in for by the same math on x[a_rows]; yields the a_rows lengths it was called with."""
     from unittest import mock
 
     from cute_kernels import gemm_ops, mlp, moe, torch_ops
     from cute_kernels.torch_ops import activation_arg
 
+    calls = []
+
     def gathered_fc1(x, w1, *, m_splits, prob, store_preact, activation, a_rows):
         assert a_rows.dtype == torch.int32 and a_rows.numel() == int(m_splits.sum())
+        calls.append(a_rows.numel())
         return torch_ops._fc1_srelu_fwd(x.index_select(0, a_rows.long()), w1, None, prob, store_preact,
                                         splits_t=m_splits, activation=activation_arg(activation))
 
-    g = torch.Generator().manual_seed(3)
-    t, e, k, h, f = 37, 6, 3, 16, 24
-    hidden = torch.randn(t, h, generator=g).to(torch.bfloat16)
-    idx = torch.stack([torch.randperm(e - 1, generator=g)[:k] for _ in range(t)])  # expert 5 stays empty
-    weight = torch.rand(t, k, generator=g)
-    w1 = (torch.randn(e, f, h, generator=g) / h ** 0.5).to(torch.bfloat16)
-    w2 = (torch.randn(e, h, f, generator=g) / f ** 0.5).to(torch.bfloat16)
-    dy = torch.randn(t, h, generator=g).to(torch.bfloat16)
+    with mock.patch.object(moe, "uses_cute_path", lambda x, backend: True), \
+            mock.patch.object(mlp, "uses_cute_path", lambda x, backend: True), \
+            mock.patch.object(moe, "_check_expert_ids", lambda *a, **kw: None), \
+            mock.patch.object(gemm_ops, "fc1_srelu", gathered_fc1):
+        yield calls
+
+
+@pytest.mark.parametrize("fuse_wgrad", [False, True])
+def test_moe_fused_gather_plumbing_gives_the_same_bits(fuse_wgrad):
+    """routed_srelu_experts(fused_gather=True) through the cute path's plumbing on CPU (the custom
+    ops run their torch math; the gathered FC1 stood in for by the same math on x[a_rows]): y and
+    every gradient bitwise those of the x_perm path."""
+    from cute_kernels import moe
+
+    t, k, h = 37, 3, 16
+    hidden, idx, weight, w1, w2 = _routed_operands(t, e=6, k=k, h=h, f=24)
+    dy = torch.randn(t, h, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
 
     def run(fused):
         leaves = [v.clone().requires_grad_() for v in (hidden, weight, w1, w2)]
@@ -207,19 +230,47 @@ def test_moe_fused_gather_plumbing_gives_the_same_bits(fuse_wgrad):
         grads += [w.main_grad if fuse_wgrad else w.grad for w in leaves[2:]]
         return [y] + grads
 
-    calls = []
-
-    def spy(*a, **kw):
-        calls.append(kw["a_rows"].numel())
-        return gathered_fc1(*a, **kw)
-
-    with mock.patch.object(moe, "uses_cute_path", lambda x, backend: True), \
-            mock.patch.object(mlp, "uses_cute_path", lambda x, backend: True), \
-            mock.patch.object(moe, "_check_expert_ids", lambda *a, **kw: None), \
-            mock.patch.object(gemm_ops, "fc1_srelu", spy):
+    with _cute_plumbing_on_cpu() as calls:
         base = run(False)
         assert calls == []
         fused = run(True)
     assert calls == [t * k]
     for a, b in zip(fused, base):
         assert a is not None and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("recompute_postact", [False, True])
+def test_moe_fused_gather_saves_no_gathered_copy(recompute_postact):
+    """What one forward of routed_srelu_experts saves for backward (distinct storages, weights
+    excluded; benchmarks/saved_storage.py), on the cute path's plumbing: with fused_gather exactly
+    hidden (T, H), preact and postact (M = T*k rows of F; postact not with recompute_postact),
+    prob (M,) and three index vectors of M (the FC1 rows, the combine's token ids, the sorted
+    order for prob's gradient); never an (M, H) tensor.  The x_perm path saves x_perm (M, H) and
+    not hidden."""
+    from benchmarks.saved_storage import saved_storages
+    from cute_kernels import moe
+
+    t, e, k, h, f = 29, 5, 3, 40, 24
+    m = t * k
+    hidden, idx, weight, w1, w2 = _routed_operands(t, e, k, h, f)
+    for leaf in (hidden, weight, w1, w2):
+        leaf.requires_grad_()
+
+    def saved(fused):
+        with _cute_plumbing_on_cpu() as calls:
+            _, s = saved_storages(lambda: moe.routed_srelu_experts(hidden, idx, weight, w1, w2, backend="cute",
+                                                                   fused_gather=fused,
+                                                                   recompute_postact=recompute_postact),
+                                  exclude=(w1, w2))
+        assert calls == ([m] if fused else [])
+        return sorted((tuple(shape), dtype) for nb, views in s.largest(100) for shape, dtype in views[:1]), s.nbytes
+
+    postact = [((m, f), "bfloat16")] * (not recompute_postact)
+    fused, fused_bytes = saved(True)
+    want = sorted([((t, h), "bfloat16"), ((m, f), "bfloat16"), *postact, ((m,), "float32"), ((m,), "int32"),
+                   ((m,), "int64"), ((m,), "int64")])
+    assert fused == want
+    assert fused_bytes == t * h * 2 + m * f * 2 * (2 - recompute_postact) + m * (4 + 4 + 8 + 8)
+    xperm, xperm_bytes = saved(False)
+    assert ((m, h), "bfloat16") in xperm and ((t, h), "bfloat16") not in xperm
+    assert xperm_bytes - fused_bytes == m * h * 2 - t * h * 2 + m * (8 - 4)  # x_perm for hidden, int64 inverse for int32 rows

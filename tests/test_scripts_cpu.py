@@ -24,7 +24,7 @@ REPORT_TESTED = {
     "benchmarks/bench_gemm.py": {"format_table"},
     "benchmarks/bench_host_path.py": {"format_rows"},
     "benchmarks/bench_mlp.py": {"format_compile_table"},
-    "benchmarks/bench_nemotron.py": {"report", "plot", "offload_summary"},
+    "benchmarks/bench_nemotron.py": {"report", "plot", "offload_summary", "routed_table"},
     "benchmarks/bench_untuned_m.py": {"format_table", "summary_lines"},
     "benchmarks/op_profile.py": {"format_op_summary"},
     "benchmarks/bench_offload.py": {"render_timeline"},  # tests/test_bench_offload.py
@@ -387,14 +387,78 @@ def test_bench_nemotron_report_and_plot_on_a_cpu_scheduler(tmp_path):
             row("patched, offload auto_measured", 9.0, offloaded_gib=1.0, predicted_peak_gib=(12.0, 9.5), plan="(plan)",
                 exposed_ms=0.25),
             {"variant": "hf torch.compile", "skipped": "time budget"}]
-    routed = {"tokens": 8, "rows": 48, "experts_hit": 5,
-              **{k: {"ms": ms, "act_gib": 0.5} for k, ms in (("hf grouped_mm experts", 3.0), ("ours", 2.0),
-                                                           ("our grouped op on pre-sorted tokens", 1.5))}}
+    routed = _fake_routed()
     text = bench_nemotron.report({"moe": rows, "dense": rows[:3]}, routed, "cpu", 8192)
     assert "offload auto: " in text and "predicted 9.50 GiB" in text and "1.125x the patched step" in text and "waited 0.25 ms" in text and "| patched | 8.00 | 1.25x |" in text and "skipped: time budget" in text
+    assert "| ours, fused gather | 1.60 | 1.88x | 0.50 | 400.0 | 0.50x |" in text
     pytest.importorskip("matplotlib")
     bench_nemotron.plot({"moe": rows}, str(tmp_path / "b.png"))
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fake_routed(**rows):
+    """A bench_routed result: the four rows (ms, saved MiB), `rows` replacing some."""
+    out = {"tokens": 8, "rows": 48, "experts_hit": 5}
+    for k, ms, saved in (("hf grouped_mm experts", 3.0, 800.0), ("ours", 2.0, 600.0), ("ours, fused gather", 1.6, 400.0),
+                         ("our grouped op on pre-sorted tokens", 1.5, 590.0)):
+        out[k] = {"ms": ms, "act_gib": 0.5, "saved_mib": saved, "saved_largest": [(saved * 2**20, [([48, 16], "bfloat16")])]}
+    out.update(rows)
+    return out
+
+
+def test_bench_nemotron_routed_table():
+    """Every row's ms, speed and saved bytes against HF's; the issue-28 target lines; a skipped
+    row (the fused gather failing on the GPU) and a result without saved bytes (an older JSON)
+    still make a table."""
+    from benchmarks.bench_nemotron import ROUTED_ROWS, routed_table
+
+    text = "\n".join(routed_table(_fake_routed()))
+    assert "| saved activations MiB | saved vs hf |" in text
+    assert "| hf grouped_mm experts | 3.00 | 1.00x | 0.50 | 800.0 | 1.00x |" in text
+    assert "| ours | 2.00 | 1.50x | 0.50 | 600.0 | 0.75x |" in text
+    assert "| our grouped op on pre-sorted tokens | 1.50 | 2.00x | 0.50 | 590.0 | 0.74x |" in text
+    assert "sort + gather + combine (fwd+bwd): 0.50 ms = 25% of ours" in text
+    assert "fused gather: 1.60 ms = 1.067x the grouped op on pre-sorted tokens (target <= 1x), 0.800x ours" in text
+    assert "fused gather saves 0.50x HF's activations (target <= 0.5x)" in text
+    assert [l.split(" | ")[0][2:] for l in text.splitlines() if l.startswith("| ") and "---" not in l][1:] == \
+        list(ROUTED_ROWS)
+
+    skipped = "\n".join(routed_table(_fake_routed(**{"ours, fused gather": {"skipped": "RuntimeError: boom"}})))
+    assert "| ours, fused gather | skipped: RuntimeError: boom | | | | |" in skipped and "fused gather:" not in skipped
+    old = {k: ({kk: vv for kk, vv in v.items() if kk != "saved_mib"} if isinstance(v, dict) else v)
+           for k, v in _fake_routed().items() if k != "ours, fused gather"}
+    text = "\n".join(routed_table(old))
+    assert "| ours | 2.00 | 1.50x | 0.50 | - | - |" in text and "fused gather" not in text
+
+
+def test_bench_nemotron_routed_runs_every_row_on_cpu(monkeypatch):
+    """bench_routed on a small bf16 MoE model on CPU (torch path; the fused gather is the cute
+    path's, so on CPU its row equals ours): each row's fwd+bwd runs (time_steps faked: one
+    step, no CUDA) and its saved bytes are measured; the table renders the result."""
+    pytest.importorskip("transformers.models.nemotron_h")
+    from nemotron_h_models import small_config, small_model
+
+    from benchmarks import bench_nemotron
+    from benchmarks.nemotron_common import Budget
+
+    ran = []
+
+    def one_step(step_fn, batches, *, warmup, steps):
+        step_fn(batches[0])
+        ran.append(step_fn)
+        return 1.0 + len(ran), 2**30, 0, 0.0
+
+    monkeypatch.setattr(bench_nemotron, "time_steps", one_step)
+    model = small_model(small_config(), dtype=torch.bfloat16)
+    ids = torch.randint(0, 101, (2, 16), generator=torch.Generator().manual_seed(0))
+    out = bench_nemotron.bench_routed(model, ids, Budget(60))
+    assert len(ran) == 4 and out["rows"] == 32 * 2
+    for k in bench_nemotron.ROUTED_ROWS:
+        assert out[k]["saved_mib"] > 0 and out[k]["act_gib"] == 1.0, (k, out[k])
+    assert out["ours, fused gather"]["saved_mib"] == out["ours"]["saved_mib"]  # CPU: the same torch path
+    assert model.model.layers[1].mixer.experts.up_proj.grad is None  # no gradient left between steps
+    text = "\n".join(bench_nemotron.routed_table(out))
+    assert "| ours, fused gather | 4.00 | 0.50x | 1.00 |" in text and "skipped" not in text
 
 
 def test_compare_sm100_metrics_on_fake_ptx(monkeypatch):
