@@ -1,6 +1,6 @@
 """Host (Python) time of the GEMM launch path, per GEMM call and per srelu_mlp step, on CPU.
 
-    python -m benchmarks.bench_host_path [--reps N] [--out FILE] [--small] [--profile N] [--profile-ops N]
+    python -m benchmarks.bench_host_path [--reps N] [--out FILE] [--small] [--profile N] [--profile-ops N] [--fp8]
 
 No GPU is needed: `stubbed_kernels()` replaces what only a GPU has (the compile and the
 compiled kernel's call, the device's arch and cluster occupancy, the CUDA stream and
@@ -20,6 +20,15 @@ run on a shared CPU, so compare runs of one machine only.  `bench_host_overhead`
 `--small` divides M, H and F by 8 (E kept): the same launch path, with CPU allocations of ~1 MiB
 instead of ~100 MiB, whose cost (page faults, returning memory to the OS) varies with the load of
 a shared machine and otherwise dominates a step's figure.
+
+`--fp8` adds the grouped FP8 step, `srelu_mlp(..., fp8=Fp8Recipe(wgrad="bf16"), backend="cute")`
+(issue 26's E=8 step), with its FP8 GEMMs, its quantization kernels and its weight-gradient kernel
+stubbed the same way (`--profile-ops N --fp8`: its torch ops).  Its H and F rounded down to
+multiples of 16 (FP8 rows) under `--small`.  One part of that step is torch math that is
+asynchronous on a GPU but computed on CPU: x's dequantization from its FP8 copy for the bf16 weight
+gradient (6 torch ops; ~9 ms at the small shape, CPU FP8 conversion is slow).  The timed FP8 row
+replaces it by an empty bf16 tensor of its shape (`_dequantize_allocated`, one torch op);
+`--profile-ops` counts the step with the real one.
 """
 from __future__ import annotations
 
@@ -74,11 +83,31 @@ def stubbed_kernels():
         patch(mock.patch.object(torch_ops, "_on_kernels", lambda t: True))
         patch(mock.patch.object(torch.cuda, "is_current_stream_capturing", lambda: False))
         patch(mock.patch.object(torch.cuda, "current_stream", lambda device=None: fake_stream))
+        _stub_fp8(patch)
         clear_cache()  # cached launch state built outside the stubs (and, on exit, inside them)
         try:
             yield launches
         finally:
             clear_cache()
+
+
+def _stub_fp8(patch):
+    """The FP8 step's GPU-only parts (the stubbed_kernels of fp8_step_call): its kernel path chosen on
+    CPU tensors, the FP8 device and TVM-FFI checks passed, and the quantization kernels (activation
+    and one-pass weight copies) compiled as stand-ins that write nothing (the FP8 GEMMs launch
+    through gemm_ops, stubbed above).  The quantize functions' outputs are still allocated by the
+    real code (torch.empty), so what is counted and timed is their host work."""
+    from cute_kernels.fp8 import mlp as fp8_mlp, ops as fp8_ops, quantize_ops
+
+    def quantize_kernel(fmt, pow2, weight=False):
+        return lambda *args: None
+
+    patch(mock.patch.object(fp8_mlp, "_impl", lambda x, backend: "kernel"))
+    patch(mock.patch.object(fp8_ops, "check_fp8_device", lambda name, t: None))
+    patch(mock.patch.object(fp8_ops, "use_tvm_ffi", lambda: True))
+    patch(mock.patch.object(quantize_ops, "use_tvm_ffi", lambda: True))
+    patch(mock.patch.object(quantize_ops, "get_compiled", quantize_kernel))
+    patch(mock.patch.object(quantize_ops, "_on_gpu", lambda t: True))
 
 
 def step_inputs(shape: dict, *, tensor_splits: bool = False):
@@ -88,7 +117,7 @@ def step_inputs(shape: dict, *, tensor_splits: bool = False):
     w1 = torch.empty(*((e, f, h) if e else (f, h)), dtype=torch.bfloat16).requires_grad_()
     w2 = torch.empty(*((e, h, f) if e else (h, f)), dtype=torch.bfloat16).requires_grad_()
     dy = torch.empty(m, h, dtype=torch.bfloat16)
-    splits = [m // e] * e if e else None
+    splits = (list(shape["splits"]) if "splits" in shape else [m // e] * e) if e else None
     if splits is not None and tensor_splits:
         splits = torch.tensor(splits, dtype=torch.int64)
     return x, w1, w2, dy, splits
@@ -139,6 +168,23 @@ def step_call(shape: dict, *, tensor_splits: bool = False):
     return step
 
 
+def fp8_step_call(shape: dict, recipe=None):
+    """One srelu_mlp(fp8=recipe) forward+backward on the FP8 kernel path (stubbed FP8 GEMMs, quantization
+    kernels and weight-gradient kernel); default recipe: Fp8Recipe(wgrad="bf16"), the step the H200
+    profiles of issue 26 measure."""
+    from cute_kernels.fp8 import Fp8Recipe
+    from cute_kernels.mlp import srelu_mlp
+
+    recipe = Fp8Recipe(wgrad="bf16") if recipe is None else recipe
+    x, w1, w2, dy, splits = step_inputs(shape)
+
+    def step():
+        srelu_mlp(x, w1, w2, m_splits=splits, fp8=recipe, backend="cute").backward(dy)
+        x.grad = w1.grad = w2.grad = None
+
+    return step
+
+
 def time_us(fn, *, reps: int, batches: int = 7, warmup: int = 3) -> float:
     """The least, over `batches`, of the mean CPU time of this thread per call of `reps`
     calls, in microseconds (time.thread_time: what other processes take of a shared CPU
@@ -154,8 +200,30 @@ def time_us(fn, *, reps: int, batches: int = 7, warmup: int = 3) -> float:
     return min(means)
 
 
-def measure(reps: int, shrink: bool = False) -> list[tuple[str, str, float]]:
-    """(what, shape, microseconds per call) rows (`shrink`: of the `small` shapes)."""
+def fp8_shape(shape: dict) -> dict:
+    """`shape` with H and F rounded down to multiples of 16 (what the FP8 step takes)."""
+    h, f = shape["h"] // 16 * 16, shape["f"] // 16 * 16
+    if (h, f) == (shape["h"], shape["f"]):
+        return shape
+    return {**shape, "h": h, "f": f, "name": shape["name"].rsplit(" ", 1)[0] + f" {shape['m']}x{h}->{f}"}
+
+
+@contextlib.contextmanager
+def _dequantize_allocated():
+    """fp8.recipe.dequantize as an empty tensor of its result's shape and dtype (timing only: the
+    FP8 step's one piece of torch math, asynchronous on a GPU, is the CPU's to compute here)."""
+    from cute_kernels.fp8 import recipe
+
+    def allocated(q, scales, *, block=128, out_dtype=torch.float32):
+        return torch.empty(q.shape, dtype=out_dtype, device=q.device)
+
+    with mock.patch.object(recipe, "dequantize", allocated):
+        yield
+
+
+def measure(reps: int, shrink: bool = False, fp8: bool = False) -> list[tuple[str, str, float]]:
+    """(what, shape, microseconds per call) rows (`shrink`: of the `small` shapes; `fp8`: the grouped
+    FP8 step's row too)."""
     dense, grouped = (small(DENSE), small(GROUPED)) if shrink else (DENSE, GROUPED)
     rows = []
     with stubbed_kernels() as launches:
@@ -169,6 +237,13 @@ def measure(reps: int, shrink: bool = False) -> list[tuple[str, str, float]]:
                 rows.append(("srelu_mlp step (fwd+bwd, 6 GEMMs)", label,
                              time_us(step_call(shape, tensor_splits=tensor_splits), reps=max(1, reps // 4))))
                 launches.clear()
+        if fp8:
+            shape = fp8_shape(grouped)
+            with _dequantize_allocated():
+                rows.append(('srelu_mlp(fp8=Fp8Recipe(wgrad="bf16")) step (fwd+bwd, 6 GEMMs, 5 quantizations; '
+                             "x's dequantization allocated, not computed)", shape["name"] + ", list splits",
+                             time_us(fp8_step_call(shape), reps=max(1, reps // 4))))
+            launches.clear()
     return rows
 
 
@@ -195,12 +270,13 @@ def profile(top: int, reps: int):
     stats.sort_stats("tottime").print_stats(top)
 
 
-def profile_ops(top: int, steps: int = 5) -> str:
-    """benchmarks.op_profile's per-step summary of the E=8 step (list splits) with stubbed kernels."""
+def profile_ops(top: int, steps: int = 5, fp8: bool = False) -> str:
+    """benchmarks.op_profile's per-step summary of the E=8 step (list splits; `fp8`: the FP8 step)
+    with stubbed kernels."""
     from benchmarks.op_profile import format_op_summary, profile_step_ops
 
     with stubbed_kernels():
-        summary = profile_step_ops(step_call(GROUPED), steps=steps, cuda=False)
+        summary = profile_step_ops(fp8_step_call(fp8_shape(GROUPED)) if fp8 else step_call(GROUPED), steps=steps, cuda=False)
     return format_op_summary(summary, top)
 
 
@@ -212,16 +288,18 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions of the E=8 step instead")
     ap.add_argument("--profile-ops", type=int, default=0, metavar="N",
                     help="print the E=8 step's torch ops and top N host-time entries per step (torch.profiler) instead")
+    ap.add_argument("--fp8", action="store_true",
+                    help='the grouped srelu_mlp(fp8=Fp8Recipe(wgrad="bf16")) step too (--profile-ops: it alone)')
     args = ap.parse_args(argv)
     if args.profile_ops:
-        print(profile_ops(args.profile_ops))
+        print(profile_ops(args.profile_ops, fp8=args.fp8))
         return 0
     if args.profile:
         profile(args.profile, args.reps)
         return 0
     from benchmarks.report import emit
 
-    rows = measure(args.reps, args.small)
+    rows = measure(args.reps, args.small, args.fp8)
     head = (f"Host time of the launch path with stubbed kernels (benchmarks.bench_host_path), "
             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
             f"{torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "

@@ -165,11 +165,16 @@ def one_pass_weight_kernel_enabled() -> bool:
     return os.environ.get("CUTE_KERNELS_FP8_WEIGHT_KERNEL", "1") != "0"
 
 
+def _on_gpu(t: torch.Tensor) -> bool:
+    """Whether `t` is on a GPU (one place, so benchmarks.bench_host_path can run the kernel path on CPU)."""
+    return t.is_cuda
+
+
 def kernel_weight_copies(w: torch.Tensor, recipe):
     """(W's copy, W^T's copy) of a weight from the one-pass kernel for `recipe` (fp8.Fp8Recipe),
     or None where it does not apply (switched off, not on CUDA, a weight it does not take):
     `weight_cache.weight_copies(..., both=kernel_weight_copies)`."""
-    if not (one_pass_weight_kernel_enabled() and isinstance(w, torch.Tensor) and w.is_cuda):
+    if not (one_pass_weight_kernel_enabled() and isinstance(w, torch.Tensor) and _on_gpu(w)):
         return None
     wd = w.detach()
     if not weight_kernel_takes(wd):
