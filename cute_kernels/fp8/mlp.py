@@ -70,9 +70,9 @@ def quantize_rows(t: torch.Tensor, fmt: str, recipe: Fp8Recipe, impl: str = "tor
     tensor goes through the one-pass quantization kernel (sm90/quantize.py: the recipe's values and
     scales bit for bit, H200 2026-12-03; 25x the torch passes' speed on 8192x4096)."""
     if impl == "kernel" and t.dtype == torch.bfloat16 and t.shape[0] and t.shape[1] % 16 == 0:
-        from .quantize_ops import quantize_rows_and_cols
+        from .quantize_ops import quantize_both_padded
 
-        q, s, _, _ = quantize_rows_and_cols(t.contiguous(), fmt, pow2=recipe.pow2_scales)
+        q, s, _, _ = quantize_both_padded(t.contiguous(), fmt, pow2=recipe.pow2_scales)
         return q, s
     if t.shape[0] == 0:
         return (torch.empty(t.shape, dtype=FORMATS[fmt], device=t.device),
@@ -121,11 +121,12 @@ def _fc1_step(xq, xs, w1q, w1s, splits, impl, recipe):
     return pre, pq, ps
 
 
-def _mm_step(aq, sa, bq, sb, splits, impl, out):
-    """dequant(a) @ dequant(b)^T of the whole step (per expert when grouped) into `out`, returned:
-    one grouped launch on the kernel path (its own output returned instead), else per segment."""
+def _mm_step(aq, sa, bq, sb, splits, impl, shape):
+    """dequant(a) @ dequant(b)^T of the whole step (per expert when grouped), bf16 of `shape`: one
+    grouped launch on the kernel path (which allocates it), else per segment into a new tensor."""
     if impl == "kernel" and splits is not None and aq.shape[0]:
         return fp8_grouped(aq, sa, bq.contiguous(), sb.contiguous(), splits)
+    out = torch.empty(shape, dtype=torch.bfloat16, device=aq.device)
     for e, start, n in _segments(splits, aq.shape[0]):
         if n:
             rows = slice(start, start + n)
@@ -165,13 +166,13 @@ def _weight_grad(ctx, w, name, g, act, impl):
     if recipe.wgrad == "bf16" and impl == "kernel":
         from ..gemm_ops import weight_grad
 
-        g, act = g.to(torch.bfloat16).contiguous(), act.to(torch.bfloat16).contiguous()
+        g, act = _as_dtype(g, torch.bfloat16).contiguous(), _as_dtype(act, torch.bfloat16).contiguous()
         if ctx.fuse_wgrad:
             weight_grad(g, act, m_splits=splits, out=main_grad(w, name), accumulate=True)
             return None
         # fp32 accumulation rounded once into the weight's dtype by the epilogue (as .to(w.dtype) would)
-        return weight_grad(g, act, m_splits=splits, out_dtype=w.dtype if w.dtype in _WGRAD_OUT else torch.float32
-                           ).to(w.dtype)
+        return _as_dtype(weight_grad(g, act, m_splits=splits,
+                                     out_dtype=w.dtype if w.dtype in _WGRAD_OUT else torch.float32), w.dtype)
     dw = torch.zeros(w.shape, dtype=torch.float32, device=g.device)
     for e, start, n in _segments(splits, g.shape[0]):
         if n:
@@ -184,6 +185,11 @@ def _weight_grad(ctx, w, name, g, act, impl):
 
 
 _WGRAD_OUT = (torch.bfloat16, torch.float32)  # dtypes the weight-gradient kernel writes (else fp32, cast)
+
+
+def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t.to(dtype) without dispatching a torch op when t already has it (t itself either way)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _add_wgrad(ctx, w, name, dw):
@@ -234,16 +240,15 @@ class Fp8FC1SReLU(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dq, ds = quantize_rows(dpre, recipe.grad_format, recipe, impl)
             w1tq, w1ts = ctx.w1t_copy or transposed_copy(*ctx.w1_copy)
-            dx = torch.empty((m, h), dtype=torch.bfloat16, device=dpre.device)
-            dx = _mm_step(dq, ds, w1tq, w1ts, ctx.splits, impl, dx)
-            dx = dx.to(ctx.x_dtype)
+            dx = _as_dtype(_mm_step(dq, ds, w1tq, w1ts, ctx.splits, impl, (m, h)), ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             from .recipe import dequantize
 
             # x from its saved FP8 copy (requantized along tokens for "fp8"); straight to bf16 for the
             # bf16 weight-gradient kernel (the same values as the fp32 dequantization cast to bf16)
             bf16_kernel = recipe.wgrad == "bf16" and impl == "kernel"
-            x_deq = dequantize(xq, xs.contiguous(), out_dtype=torch.bfloat16 if bf16_kernel else torch.float32)
+            # (the column-major scales as they are: dequantize broadcasts them, the same products)
+            x_deq = dequantize(xq, xs, out_dtype=torch.bfloat16 if bf16_kernel else torch.float32)
             dw1 = _weight_grad(ctx, w1, "w1", dpre, x_deq, impl)
         return (dx, dw1) + none
 
@@ -259,9 +264,7 @@ class Fp8FC2(torch.autograd.Function):
         if prob is not None:
             ps = ps * prob.reshape(-1, 1).float()  # p folded into the postact scales
         (w2q, w2s), w2t = weight_copies(w2, recipe, both=_one_pass(impl))
-        m, h = preact.shape[0], w2.shape[-2]
-        y = torch.empty((m, h), dtype=torch.bfloat16, device=preact.device)
-        y = _mm_step(pq, ps, w2q, w2s, splits, impl, y)
+        y = _mm_step(pq, ps, w2q, w2s, splits, impl, (preact.shape[0], w2.shape[-2]))
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
         ctx.w2_copy, ctx.w2t_copy = ((w2q, w2s) if w2t is None else None), w2t
         ctx.save_for_backward(tag_role(preact, "preact"), tag_role(prob, "prob") if prob is not None else None, w2)
@@ -320,7 +323,7 @@ def self_fused_backward(ctx, dy, dyq, dys, w2tq, w2ts, preact, prob, w2):
         del post
     if dprob is not None:
         dprob = dprob.to(prob.dtype).reshape(prob.shape)
-    return dpre.to(preact.dtype), dprob, dw2, None, None, None, None, None
+    return _as_dtype(dpre, preact.dtype), dprob, dw2, None, None, None, None, None
 
 
 def _impl(x: torch.Tensor, backend: str) -> str:
@@ -374,4 +377,4 @@ def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fus
     impl = _impl(x, backend)
     handoff = _Handoff()
     pre = Fp8FC1SReLU.apply(x, w1, splits, recipe, impl, fuse_wgrad_accumulation, handoff)
-    return Fp8FC2.apply(pre, prob, w2, splits, recipe, impl, fuse_wgrad_accumulation, handoff).to(x.dtype)
+    return _as_dtype(Fp8FC2.apply(pre, prob, w2, splits, recipe, impl, fuse_wgrad_accumulation, handoff), x.dtype)

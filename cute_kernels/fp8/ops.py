@@ -80,8 +80,9 @@ def _cdiv(a, b):
 
 
 def _new_scales(m: int, nb: int, device) -> torch.Tensor:
-    """(M, NB) fp32, column-major: the kernel's store and a consumer's reads are coalesced."""
-    return torch.empty((nb, m), dtype=torch.float32, device=device).t()
+    """(M, NB) fp32, column-major: the kernel's store and a consumer's reads are coalesced.  Strides
+    (1, M), made in one torch op (torch.empty((NB, M)).t() gives the same view in two)."""
+    return torch.empty_strided((m, nb), (1, m), dtype=torch.float32, device=device)
 
 
 log = logging.getLogger("cute_kernels.fp8")

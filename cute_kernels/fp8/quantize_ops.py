@@ -136,8 +136,15 @@ def _check_input(x, fmt):
 
 def quantize_rows_and_cols(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = False):
     """(q, s, qt, st): see the module docstring."""
+    q, s, qt_buf, st = quantize_both_padded(x, fmt, pow2=pow2)
+    return q, s, qt_buf[:, :x.shape[0]], st
+
+
+def quantize_both_padded(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = False):
+    """quantize_rows_and_cols with qt's whole (K, 128 * ceil(M/128)) buffer (one view less, for a
+    caller that does not read qt)."""
     _check_input(x, fmt)
-    from .ops import check_fp8_device
+    from .ops import _new_scales, check_fp8_device
 
     check_fp8_device("x", x)
     if not use_tvm_ffi():
@@ -149,12 +156,12 @@ def quantize_rows_and_cols(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = F
     mb, kb = _cdiv(m, BLOCK), _cdiv(k, BLOCK)
     dt = FORMATS[fmt]
     q = torch.empty((m, k), dtype=dt, device=x.device)
-    s = torch.empty((kb, m), dtype=torch.float32, device=x.device).t()
+    s = _new_scales(m, kb, x.device)
     qt_buf = torch.empty((k, mb * BLOCK), dtype=dt, device=x.device)
-    st = torch.empty((mb, k), dtype=torch.float32, device=x.device).t()
+    st = _new_scales(k, mb, x.device)
     u8 = torch.uint8
     get_compiled(fmt, pow2)(x, q.view(u8), s, qt_buf.view(u8), st)
-    return q, s, qt_buf[:, :m], st
+    return q, s, qt_buf, st
 
 
 def one_pass_weight_kernel_enabled() -> bool:
@@ -176,11 +183,10 @@ def kernel_weight_copies(w: torch.Tensor, recipe):
     `weight_cache.weight_copies(..., both=kernel_weight_copies)`."""
     if not (one_pass_weight_kernel_enabled() and isinstance(w, torch.Tensor) and _on_gpu(w)):
         return None
-    wd = w.detach()
-    if not weight_kernel_takes(wd):
+    if not weight_kernel_takes(w):
         return None
-    with torch.no_grad():
-        return quantize_weight_copies(wd, recipe.fwd_format, pow2=recipe.pow2_scales)
+    with torch.no_grad():  # (no detach: the kernel's views of w made here do not require grad)
+        return quantize_weight_copies(w, recipe.fwd_format, pow2=recipe.pow2_scales)
 
 
 def weight_kernel_takes(w: torch.Tensor) -> bool:

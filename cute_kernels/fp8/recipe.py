@@ -156,5 +156,6 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, *, block: int = 128,
     if rows == 1 and c == cb * block:  # whole 1 x block runs: the same products, broadcast (no expanded copy)
         out = torch.empty((r, cb, block), dtype=out_dtype, device=q.device)
         # fp32 products rounded once into out_dtype on the store: bitwise the fp32 result .to(out_dtype)
-        return torch.mul(q.float().view(r, cb, block), scales.float().unsqueeze(-1), out=out).view(r, c)
+        s32 = scales if scales.dtype == torch.float32 else scales.float()  # (no torch op when already fp32)
+        return torch.mul(q.float().view(r, cb, block), s32.unsqueeze(-1), out=out).view(r, c)
     return (q.float() * expand_scales(scales.float(), (r, c), rows_per_scale=rows, cols_per_scale=block)).to(out_dtype)

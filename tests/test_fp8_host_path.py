@@ -1,0 +1,73 @@
+"""The FP8 step's host path on CPU with its kernels stubbed (benchmarks.bench_host_path.stubbed_kernels):
+how many torch ops one grouped srelu_mlp(fp8=...) step dispatches, and the views its launches take.
+
+The FP8 GEMMs, the quantization kernels and the weight-gradient kernel are stand-ins that write
+nothing; the rest of the kernel path (checks, allocations, views, launch keys) runs as on the GPU."""
+from unittest import mock
+
+import pytest
+import torch
+
+from benchmarks.bench_host_path import fp8_step_call, stubbed_kernels
+from cute_kernels import gemm_ops, selfcheck
+from cute_kernels.fp8 import quantize_ops
+
+# E=4 with an empty and a one-token expert; H a multiple of 128 as the issue's 2688 (x's dequantization
+# for the bf16 weight gradient then broadcasts its scales), F only of 16
+SHAPE = {"name": "small grouped fp8", "m": 272, "h": 256, "f": 208, "e": 4, "splits": [0, 130, 1, 141]}
+# top-level torch ops of one E=8-style FP8 step (wgrad="bf16"): 117 before issue 26's host cuts
+MAX_TORCH_OPS = 92
+
+
+@pytest.fixture
+def stubbed():
+    with stubbed_kernels() as launches, mock.patch.object(selfcheck, "is_verified", lambda *a: True), \
+            mock.patch.object(gemm_ops, "_selfchecked", set()):
+        yield launches
+
+
+def test_the_grouped_fp8_step_dispatches_at_most_its_counted_torch_ops(stubbed):
+    """Regression guard: a new per-launch view, cast or copy on the FP8 kernel path shows up here."""
+    from benchmarks.op_profile import profile_step_ops
+
+    summary = profile_step_ops(fp8_step_call(SHAPE), steps=2, warmup=2, cuda=False)
+    ops = {name: n for name, n, _, _ in summary["torch_ops"]}
+    # no same-dtype casts, no transposes made to be viewed again, no copies of scales, no unread slices
+    assert not {"aten::t", "aten::transpose", "aten::contiguous", "aten::clone", "aten::copy_", "aten::slice",
+                "aten::select", "aten::_to_copy"} & set(ops), ops
+    assert ops.get("aten::to", 0) == 1, ops  # x's FP8 copy to fp32 in its dequantization (bf16 weight gradient)
+    assert summary["counts"]["torch_ops"] <= MAX_TORCH_OPS, ops
+
+
+def test_the_stubbed_fp8_step_runs_every_kernel(stubbed):
+    """One step: 3 activation quantizations (x, dy, dpreact), 2 one-pass weight quantizations, 4 FP8
+    GEMMs (FC1, FC2, the fused FC2 dgrad, the FC1 dgrad) and 2 bf16 weight gradients."""
+    calls = []
+    with mock.patch.object(quantize_ops, "get_compiled",
+                           lambda fmt, pow2, weight=False: lambda *args: calls.append(weight)):
+        fp8_step_call(SHAPE)()
+    assert sorted(calls) == [False, False, False, True, True]
+    fp8_gemms = [key for key, _ in stubbed if key.dtype.startswith("float8")]
+    assert len(fp8_gemms) == 4 and len(stubbed) == 6, stubbed
+
+
+@pytest.mark.parametrize("m,nb", [(1, 1), (1, 5), (7, 1), (300, 3)])
+def test_new_scales_are_the_column_major_view_of_the_transpose(m, nb):
+    """fp8.ops._new_scales (one torch op) gives the kernels the view torch.empty((nb, m)).t() gave."""
+    from cute_kernels.fp8.ops import _new_scales
+
+    made, before = _new_scales(m, nb, "cpu"), torch.empty((nb, m), dtype=torch.float32).t()
+    assert (made.shape, made.stride(), made.storage_offset(), made.dtype) == \
+        (before.shape, before.stride(), before.storage_offset(), before.dtype)
+    assert made.untyped_storage().nbytes() == before.untyped_storage().nbytes()
+
+
+def test_host_path_benchmark_times_and_profiles_the_fp8_step(monkeypatch, tmp_path):
+    from benchmarks import bench_host_path
+
+    for key, value in (("m", 272), ("h", 256), ("f", 200)):  # F not a multiple of 16: rounded down for FP8
+        monkeypatch.setitem(bench_host_path.GROUPED, key, value)
+    rows = bench_host_path.measure(1, fp8=True)
+    assert rows[-1][0].startswith("srelu_mlp(fp8=") and rows[-1][1] == "grouped E=8 272x256->192, list splits"
+    text = bench_host_path.profile_ops(5, steps=1, fp8=True)
+    assert "torch ops dispatched:" in text and "quantize" in text
