@@ -42,6 +42,9 @@ class KernelKey:
     b_dtype: str = ""  # "" (A's) | B's own FP8 format (an e4m3 x e5m2 product)
     # A's rows gathered by index (GemmArgs.a_rows): grouped along M, K-major bf16/fp16 A only
     gather_a: bool = False
+    # block-scaled: B's scales by 128x128 blocks ("", a weight) or by 1x128 runs of each row along K
+    # ("row": an activation's or gradient's transpose, the weight gradient's B; DeepGEMM's 1D1D)
+    b_scale: str = ""
 
     @property
     def block_scaled(self) -> bool:
@@ -189,7 +192,8 @@ def _fake_block_scaled_arguments(key: KernelKey) -> GemmArgs:
     b = make_fake_tensor(cutlass.Uint8, (n, k, lb), (cute.sym_int64(divisibility=16), 1, cute.sym_int64()),
                          assumed_align=16)
     sa = make_fake_tensor(cutlass.Float32, (m, kb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
-    sb = make_fake_tensor(cutlass.Float32, (nb, kb, lb), (cute.sym_int64(), cute.sym_int64(), cute.sym_int64()),
+    sb_rows = n if key.b_scale == "row" else nb  # B's scales per row, or per 128-row block
+    sb = make_fake_tensor(cutlass.Float32, (sb_rows, kb, lb), (cute.sym_int64(), cute.sym_int64(), cute.sym_int64()),
                           assumed_align=4)
     dd = _cutlass_dtype(key.d_dtype)
     outs = []
@@ -249,12 +253,12 @@ def _build_block_scaled_kernel(key: KernelKey):
     """The block-scaled FP8 kernel of `key`: the arch's GEMM class with its FP8 mainloop
     (archs.Arch.block_scaled_fp8 says which arches have one)."""
     errors = block_scaled_errors(key.cfg, key.epi, arch=key.arch, grouped=key.grouped, grouped_k=key.grouped_k,
-                                 majors=(key.a_major, key.b_major), out_bytes=key.out_bytes)
+                                 majors=(key.a_major, key.b_major), out_bytes=key.out_bytes, b_scale=key.b_scale)
     if errors:
         raise ConfigError(f"invalid block-scaled FP8 GemmConfig {key.cfg}: " + "; ".join(errors))
     stages = arch_config_module(key.arch).block_scaled_ab_stages(key.cfg, key.epi, out_bytes=key.out_bytes)
     return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages,
-                                  formats=key.operand_formats)
+                                  formats=key.operand_formats, b_scale_rows=key.b_scale == "row")
 
 
 def arch_options(arch: str, options: str = "") -> str:

@@ -126,7 +126,7 @@ def _block_scaled_rules(arch: str):
 
 
 def block_scaled_errors(cfg: GemmConfig, epi, *, arch: str = "sm90", grouped: bool = False, grouped_k: bool = False,
-                        majors: tuple = ("k", "k"), out_bytes: int = 2) -> list[str]:
+                        majors: tuple = ("k", "k"), out_bytes: int = 2, b_scale: str = "") -> list[str]:
     """Every reason `cfg` cannot run the block-scaled FP8 kernel with epilogue `epi` on `arch`."""
     errs = type_errors(cfg, arch)
     if errs:
@@ -136,7 +136,7 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, arch: str = "sm90", grouped: bo
     except ConfigError as e:
         return [str(e)]
     return rules.block_scaled_errors(cfg, epi, grouped=grouped, grouped_k=grouped_k, majors=majors,
-                                     out_bytes=out_bytes)
+                                     out_bytes=out_bytes, b_scale=b_scale)
 
 
 def block_scaled_default_config(m: int, n: int, k: int, *, arch: str = "sm90", grouped: bool = False,

@@ -74,6 +74,8 @@ def variant_name(key) -> str:
     operands = key.dtype + (f"x{key.b_dtype}" if key.b_dtype and key.b_dtype != key.dtype else "")
     if key.gather_a:  # A's rows by index: its own evidence (a pattern for the plain
         operands += "+gather"  # variant, "*/bfloat16->*", does not match it)
+    if getattr(key, "b_scale", ""):  # B's scales per row (the 1D1D weight gradient): its own evidence
+        operands += f"+{key.b_scale}scaledB"
     return f"{grouping}/{key.epi.key()}/{shape}/{operands}->{out}/a{key.a_major}b{key.b_major}"
 
 
@@ -287,7 +289,9 @@ def _run_block_scaled_variant(key, launch, device, gen, time_it: bool) -> CheckR
     aq, sa = quantize_1x128(torch.randn(m, k, generator=gen, device=device), fa)
     sa = sa.t().contiguous().t()
     w = torch.randn(experts, n, k, generator=gen, device=device) * 0.1
-    parts = [quantize_128x128(w[e], fb) for e in range(experts)]
+    # B's scales by 128x128 blocks (a weight) or per row along K (b_scale "row": the 1D1D weight gradient)
+    quantize_b = quantize_1x128 if key.b_scale == "row" else quantize_128x128
+    parts = [quantize_b(w[e], fb) for e in range(experts)]
     bq, sb = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
     prob = torch.rand(m, generator=gen, device=device) if epi.row_scale else None
     u8, nb = torch.uint8, -(-n // 128)

@@ -133,7 +133,7 @@ LAYERS = [
     ("modules", ["cute_kernels.modules", "cute_kernels.moe"]),
     ("autograd op", ["cute_kernels.mlp", "cute_kernels.fp8.mlp", "cute_kernels.autograd_io"]),
     ("custom ops", ["cute_kernels.torch_ops"]),
-    ("entry points", ["cute_kernels.gemm_ops", "cute_kernels.fp8.ops", "cute_kernels.fp8.quantize_ops",
+    ("entry points", ["cute_kernels.gemm_ops", "cute_kernels.fp8.ops", "cute_kernels.fp8.quantize_ops", "cute_kernels.fp8.wgrad_ops",
                       "cute_kernels.fp8.weight_cache", "cute_kernels.fp8.torch_gemm", "cute_kernels.mlp_checks",
                       "cute_kernels.selfcheck", "cute_kernels.host_args", "cute_kernels.launch_plan"]),
     ("registry", ["cute_kernels.registry", "cute_kernels.config_lookup", "cute_kernels.tuned_store"]),

@@ -173,6 +173,11 @@ def _weight_grad(ctx, w, name, g, act, impl):
         # fp32 accumulation rounded once into the weight's dtype by the epilogue (as .to(w.dtype) would)
         return _as_dtype(weight_grad(g, act, m_splits=splits,
                                      out_dtype=w.dtype if w.dtype in _WGRAD_OUT else torch.float32), w.dtype)
+    if recipe.wgrad == "fp8" and impl == "kernel" and splits is None and g.shape[0]:
+        from .wgrad_ops import fp8_weight_grad_of, wgrad_kernel_enabled
+
+        if wgrad_kernel_enabled():  # the 1D1D kernel (CUTE_KERNELS_FP8_WGRAD_KERNEL=1 until an H200 run)
+            return _add_wgrad(ctx, w, name, fp8_weight_grad_of(g, act, recipe))
     dw = torch.zeros(w.shape, dtype=torch.float32, device=g.device)
     for e, start, n in _segments(splits, g.shape[0]):
         if n:

@@ -245,8 +245,9 @@ FP8_MAX_AB_STAGES = 8
 
 
 def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool, majors: tuple,
-                        out_bytes: int = 2) -> list[str]:
-    """Every reason `cfg` cannot run the block-scaled FP8 mainloop with `epi`; empty when it can."""
+                        out_bytes: int = 2, b_scale: str = "") -> list[str]:
+    """Every reason `cfg` cannot run the block-scaled FP8 mainloop with `epi`; empty when it can.
+    `b_scale`: "" (B's scales by 128x128 blocks) or "row" (1x128 runs of each B row along K)."""
     # the shared fields' rules; the operand stages are counted in one-byte elements below
     errs = validation_errors(dataclasses.replace(cfg, ab_stages=0), num_outputs=epi.num_outputs, grouped=grouped,
                              grouped_k=grouped_k, out_bytes=out_bytes)
@@ -278,6 +279,16 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool,
         # (0.5 relative; relu^2 within 3e-3): refused until that is understood
         errs.append(f"the FP8 GEMM's activation-derivative epilogue runs relu^2 only so far, got "
                     f"{epi.activation.key()}")
+    if b_scale not in ("", "row"):
+        errs.append(f"b_scale is '' (128x128 blocks) or 'row' (1x128 along K), got {b_scale!r}")
+    elif b_scale == "row":
+        # a scale per output column: promoted by the serial mainloop, one 128-column N block per tile
+        if cfg.tile_n != FP8_BLOCK:
+            errs.append(f"the FP8 GEMM with per-row B scales runs {FP8_BLOCK}-wide tiles")
+        if grouped or grouped_k:
+            errs.append("the FP8 GEMM with per-row B scales is dense only so far (the weight gradient of one weight)")
+        if epi.kind != "identity" or epi.num_outputs != 1 or epi.quantized:
+            errs.append("the FP8 GEMM with per-row B scales has the plain epilogue (one unquantized output)")
     misfit = epilogue_misfit(cfg, epi)
     if misfit:
         errs.append(misfit)

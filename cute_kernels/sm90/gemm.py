@@ -78,7 +78,7 @@ class Sm90Gemm:
     (the tensor arguments in the order of `cute_kernels.gemm_base.launch_args.GemmArgs`)."""
 
     def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False,
-                 formats: tuple[str, str] | None = None, gather_a: bool = False):
+                 formats: tuple[str, str] | None = None, gather_a: bool = False, b_scale_rows: bool = False):
         self.cfg = cfg
         # A's rows gathered by index (GemmArgs.a_rows) by the producer warpgroup (sm90/gather_producer.py)
         self.gather_a = gather_a
@@ -89,6 +89,11 @@ class Sm90Gemm:
         # the promoting mainloop of sm90/mainloop_fp8.py (config rules: sm90/config.block_scaled_errors).
         self.formats = formats
         self.block_scaled = formats is not None
+        # block-scaled with B's scales per row and K block (the weight gradient's 1D1D operands)
+        # instead of per 128x128 block: the mainloop promotes with a scale per output column
+        self.b_scale_rows = b_scale_rows
+        if b_scale_rows and (not self.block_scaled or cfg.tile_n != 128):
+            raise ValueError("b_scale_rows: block-scaled FP8 operands and 128-wide tiles only")
         # the output the quantizing codec stores in FP8 (always the last one), or -1
         self.q_index = epi.quantized_index
         if self.q_index not in (-1, epi.num_outputs - 1):
@@ -135,7 +140,7 @@ class Sm90Gemm:
         mCuTiles,  # (E+1,) int32 or None
         mDescWs,  # grouped_k: int64 workspace, per CTA 2 x desc_slots TMA descriptors (gemm_base.descriptors)
         mSA,  # block-scaled: (M, KB) fp32 scales of A, or None
-        mSB,  # block-scaled: (NB, KB, L) fp32 scales of B, or None
+        mSB,  # block-scaled: (NB, KB, L) fp32 scales of B (b_scale_rows: (N, KB, L)), or None
         mQS,  # the quantized output's (M, NB) fp32 scales, or None
         mARows,  # gather_a: (M,) int32, row r of the problem is mA's row mARows[r] (mA: (T, K, 1)); or None
         max_clusters: Int32,
@@ -385,7 +390,7 @@ class Sm90Gemm:
             if const_expr(self.block_scaled):
                 mainloop = BlockScaledMainloop.build(tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB,
                                                      tile_m=self.tile_m, tile_k=self.tile_k, ab_stages=self.ab_stages,
-                                                     n_blocks=self.n_blocks)
+                                                     n_blocks=self.n_blocks, b_scale_rows=self.b_scale_rows)
             else:
                 mainloop = WgmmaMainloop(tCrA, tCrB, num_k_blocks, self.gather_a)
 
@@ -433,7 +438,7 @@ class Sm90Gemm:
                 if const_expr(self.block_scaled):
                     tiled_mma, read_state, release_state = mainloop.run_tile(
                         tiled_mma, acc, ab_pipeline, read_state, release_state, tile_k_tiles, mSA, mSB, tile, m_total,
-                        num_n_tiles)
+                        num_n_tiles, n_total)
                 else:
                     tiled_mma, read_state, release_state = mainloop.run(
                         tiled_mma, acc, ab_pipeline, read_state, release_state, tile_k_tiles)

@@ -19,6 +19,14 @@ scale before the next block's, so a warpgroup's promotions leave the tensor core
 other warpgroup (DeepGEMM's scheme).  The tile then halves the L2 -> SM traffic per FLOP
 of A and the epilogues per FLOP.
 
+Per-row B scales (`b_scale_rows`, the weight gradient's operands quantized 1x128 along the
+tokens on both sides: DeepGEMM's 1D1D): B's scale is per output column and K tile, so a
+promotion multiplies each element by its row's and its column's scale.  A thread of an m64n128
+WGMMA holds 2 rows x 32 columns: `run_rows` loads the K tile's 2 row scales and 32 column
+scales before issuing its WGMMAs into one scratch accumulator, waits, and promotes (the serial
+form: the other warpgroup keeps the tensor core busy meanwhile; two scratch accumulators and
+two K tiles' column scales would not fit the register budget).
+
 The producer, the tile walk, the pipelines and the epilogue are the GEMM family's; this
 module is only what differs from the bf16 WGMMA mainloop.
 """
@@ -42,12 +50,22 @@ def accumulator_rows(tCcTile, size: int) -> tuple[list, int]:
     return [0 if o == r0 else 1 for o in offsets], offsets[0] - r0
 
 
+def accumulator_cols(tCcTile, size: int) -> tuple[list, list]:
+    """(col_offsets, col_of) at trace time: the thread's distinct accumulator columns relative to
+    its element 0's column, and col_of[v] the index in col_offsets of element v's column."""
+    offsets = [int(tCcTile.layout(v)[1]) for v in range(size)]
+    c0 = offsets[0]
+    distinct = sorted(set(o - c0 for o in offsets))
+    return distinct, [distinct.index(o - c0) for o in offsets]
+
+
 class BlockScaledMainloop(TracedRecord):
     """Trace-time helper: one tile's FP8 K loop with promotion (see the module docstring).
 
     `row_of[v]`: which of the thread's two rows accumulator element v is on."""
 
-    _traced = ("tCrA", "tCrB", "tCrB_blocks", "blk", "blk2", "sc", "thread_row0", "num_sb_blocks")
+    _traced = ("tCrA", "tCrB", "tCrB_blocks", "blk", "blk2", "sc", "sbc", "thread_row0", "thread_col0",
+               "num_sb_blocks")
 
     def __init__(self, tCrA, tCrB, num_k_blocks: int, row_of: list, acc_size: int, tCrB_blocks=None):
         self.tCrA, self.tCrB = tCrA, tCrB
@@ -59,15 +77,23 @@ class BlockScaledMainloop(TracedRecord):
         # set by `build`: the registers of a consumer warpgroup's mainloop
         self.n_blocks = 1
         self.blk = self.blk2 = self.sc = self.thread_row0 = self.num_sb_blocks = None
+        # per-row B scales: the thread's column scales of a K tile and its columns
+        self.b_scale_rows = False
+        self.sbc = self.thread_col0 = None
+        self.col_offsets, self.col_of = [], []
 
     @classmethod
     def build(cls, tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB, *, tile_m: int, tile_k: int, ab_stages: int,
-              n_blocks: int):
+              n_blocks: int, b_scale_rows: bool = False):
         """The mainloop of a consumer warpgroup with its registers: the scratch accumulators, the
         scale products, the thread's first accumulator row; `n_blocks` 128-column N blocks per
         tile (more than one: the split-N loop, B's fragments per block)."""
         tCrB_blocks = None
-        if n_blocks == 1:
+        if b_scale_rows:
+            # one scratch accumulator (the serial form; see the module docstring)
+            blk = cute.make_rmem_tensor(tCcTile.shape, Float32)
+            blk2 = blk
+        elif n_blocks == 1:
             # two scratch accumulators the K tiles' WGMMAs alternate into, promoted into acc
             blk = cute.make_rmem_tensor(tCcTile.shape, Float32)
             blk2 = cute.make_rmem_tensor(tCcTile.shape, Float32)
@@ -84,10 +110,15 @@ class BlockScaledMainloop(TracedRecord):
         mainloop.blk, mainloop.blk2, mainloop.sc = blk, blk2, sc
         mainloop.thread_row0 = tCcTile[0][0] - acc_first_row  # the thread's first accumulator row in the tile
         mainloop.num_sb_blocks = cute.size(mSB, mode=[0])
+        if b_scale_rows:
+            mainloop.b_scale_rows = True
+            mainloop.col_offsets, mainloop.col_of = accumulator_cols(tCcTile, cute.size(acc))
+            mainloop.sbc = cute.make_rmem_tensor((len(mainloop.col_offsets),), Float32)
+            mainloop.thread_col0 = tCcTile[0][1]  # element 0's column in the tile (col_offsets are from it)
         return mainloop
 
     def run_tile(self, tiled_mma, acc, ab_pipeline, read_state, release_state, k_tiles, mSA, mSB, tile, m_total,
-                 num_n_tiles):
+                 num_n_tiles, n_total):
         """One tile's K loop (`run`, or `run_split_n` for a tile of several N blocks), `tile` =
         (row_start, row_end, n_tile, expert).  Returns (tiled_mma, read_state, release_state)."""
         row_start, _, n_tile, expert = tile
@@ -95,6 +126,9 @@ class BlockScaledMainloop(TracedRecord):
         # stored), and the weight-scale block (an N tile past N: clamped, never stored)
         rows = (cutlass.min(row_start + self.thread_row0, m_total - 1),
                 cutlass.min(row_start + self.thread_row0 + 8, m_total - 1))
+        if const_expr(self.b_scale_rows):
+            return self.run_rows(tiled_mma, acc, self.blk, self.sc, self.sbc, ab_pipeline, read_state, release_state,
+                                 k_tiles, mSA, mSB, rows, n_tile * 128 + self.thread_col0, n_total, expert)
         if const_expr(self.n_blocks == 1):
             sb_block = cutlass.min(n_tile, num_n_tiles - 1)
             return self.run(tiled_mma, acc, self.blk, self.blk2, self.sc, ab_pipeline, read_state, release_state,
@@ -210,6 +244,36 @@ class BlockScaledMainloop(TracedRecord):
                 tiled_mma = self.issue_block(tiled_mma, blk, read_state, nb)
                 warpgroup.wait_group(0)
                 self.promote_block(acc, nb, blk, sc, 2 * nb)
+            ab_pipeline.consumer_release(release_state)
+            release_state.advance()
+            read_state.advance()
+        return tiled_mma, read_state, release_state
+
+    def load_row_scales(self, sc, sbc, mSA, mSB, rows, col0, n_total, kt, expert):
+        """The K tile's scales: SA of the thread's two rows into sc[0], sc[1], and B's per-row scale
+        of each of the thread's columns into sbc (a column past N reads the last one: computed,
+        never stored)."""
+        sc[0] = Float32(mSA[(rows[0], kt)])
+        sc[1] = Float32(mSA[(rows[1], kt)])
+        for j in range(len(self.col_offsets)):  # plain Python: unrolled at trace time
+            sbc[j] = Float32(mSB[(cutlass.min(col0 + self.col_offsets[j], n_total - 1), kt, expert)])
+
+    def promote_rows(self, acc, blk, sc, sbc):
+        """acc += blk * (its row's scale * its column's scale): one K tile's promotion."""
+        for v in range(self.acc_size):  # unrolled at trace time
+            acc[v] = acc[v] + blk[v] * (sc[self.row_of[v]] * sbc[self.col_of[v]])
+
+    @cute.jit
+    def run_rows(self, tiled_mma, acc, blk, sc, sbc, ab_pipeline, read_state, release_state, k_tiles, mSA, mSB, rows,
+                 col0, n_total, expert):
+        """The K loop with per-row B scales: per K tile, the scales, the WGMMAs into `blk`, wait,
+        promote.  Returns (tiled_mma, read_state, release_state)."""
+        acc.fill(0.0)
+        for kt in range(k_tiles):
+            self.load_row_scales(sc, sbc, mSA, mSB, rows, col0, n_total, kt, expert)
+            tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state)
+            warpgroup.wait_group(0)
+            self.promote_rows(acc, blk, sc, sbc)
             ab_pipeline.consumer_release(release_state)
             release_state.advance()
             read_state.advance()

@@ -1,0 +1,124 @@
+"""The FP8 weight gradient with 1x128 scales along the tokens on both operands (DeepGEMM's 1D1D):
+dW (N_out, K_out) = dequant(G^T) @ dequant(X^T)^T, fp32 accumulation, promoted once per 128
+tokens with the row scale of G^T and the per-column scale of X^T (sm90/mainloop_fp8.run_rows).
+
+    fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, out_dtype=torch.float32)
+
+gq_t (N_out, T) and xq_t (K_out, T): the column-wise FP8 copies of the output gradient G (T, N_out)
+and of the activation X (T, K_out) that the one-pass quantization kernel writes
+(fp8/quantize_ops.quantize_rows_and_cols: qt, its rows padded to whole 128-token blocks with
+zeros); gs_t (N_out, ceil(T/128)) and xs_t (K_out, ceil(T/128)) their fp32 scales.  T a multiple
+of 16 (pass the padded buffer, whose extra tokens are zeros).  Dense (one weight); the grouped
+form needs each expert's tokens to start a scale block (docs/fp8.md).
+
+The kernel is the GEMM family's Hopper kernel with `KernelKey.b_scale = "row"`: not yet run on
+a GPU (2026-12-03), so its first launch is self-checked against torch (selfcheck.py) and
+`Fp8Recipe(wgrad="fp8")` uses it only with CUTE_KERNELS_FP8_WGRAD_KERNEL=1 until the H200 says so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from ..checks import InputError
+from ..compile import use_tvm_ffi
+from ..config import GemmConfig, block_scaled_errors
+from ..epilogue import EpilogueSpec
+from ..host_args import as_mkl
+from .ops import FAMILY_ARCH, _cdiv, _check_fp8_operand, _check_scales, check_fp8_device, family_key
+from .epilogue import Fp8Epilogue
+
+BLOCK = 128
+WGRAD_OUT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+# 128x128 tiles (one scale per output column and K tile), cooperative, a 2-CTA cluster along N
+WGRAD_DEFAULT_CONFIG = GemmConfig(tile_m=128, tile_n=128, tile_k=128, cluster_m=1, cluster_n=2, epi_n=32, epi_stages=2)
+
+
+def wgrad_kernel_enabled() -> bool:
+    """Whether the FP8 step's weight gradients (Fp8Recipe(wgrad="fp8"), kernel path) use this
+    kernel: CUTE_KERNELS_FP8_WGRAD_KERNEL=1 (off until an H200 run shows it right and fast)."""
+    return os.environ.get("CUTE_KERNELS_FP8_WGRAD_KERNEL", "0") == "1"
+
+
+def wgrad_key(a_format: str, b_format: str, out_dtype: torch.dtype, config: GemmConfig = WGRAD_DEFAULT_CONFIG):
+    """The family's kernel key of the 1D1D weight gradient."""
+    epi = Fp8Epilogue(EpilogueSpec("identity"))
+    key = family_key(epi, config, a_format, b_format)
+    return dataclasses.replace(key, b_scale="row", out_dtype=WGRAD_OUT_DTYPES[out_dtype])
+
+
+def wgrad_config_errors(config: GemmConfig) -> list[str]:
+    return block_scaled_errors(config, EpilogueSpec("identity"), arch=FAMILY_ARCH, majors=("k", "k"), b_scale="row")
+
+
+def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype = torch.float32,
+                    config: GemmConfig | None = None) -> torch.Tensor:
+    """dW = dequant(gq_t) @ dequant(xq_t)^T (see the module docstring), a new (N_out, K_out)
+    tensor in `out_dtype` (float32 or bfloat16)."""
+    fa = _check_fp8_operand("gq_t", gq_t)
+    fb = _check_fp8_operand("xq_t", xq_t, gq_t.shape[1])
+    n_out, t = gq_t.shape
+    k_out = xq_t.shape[0]
+    for name, x in (("gs_t", gs_t), ("xq_t", xq_t), ("xs_t", xs_t)):
+        if isinstance(x, torch.Tensor) and x.device != gq_t.device:
+            raise InputError(f"{name} is on {x.device}, expected {gq_t.device}")
+    _check_scales("gs_t", gs_t, (n_out, _cdiv(t, BLOCK)))
+    _check_scales("xs_t", xs_t, (k_out, _cdiv(t, BLOCK)))
+    if out_dtype not in WGRAD_OUT_DTYPES:
+        raise InputError(f"out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
+    if n_out == 0 or k_out == 0 or t == 0:
+        raise InputError(f"empty problem (N_out = {n_out}, K_out = {k_out}, tokens = {t})")
+    if k_out % 8:
+        raise InputError(f"K_out = {k_out} must be a multiple of 8 (16-byte rows of the output)")
+    if config is not None:
+        if not isinstance(config, GemmConfig):
+            raise InputError(f"config must be a GemmConfig or None, got {type(config).__name__}")
+        errors = wgrad_config_errors(config)
+        if errors:
+            raise InputError(f"config: {config} cannot run the FP8 weight gradient: " + "; ".join(errors))
+    check_fp8_device("gq_t", gq_t)
+    if not use_tvm_ffi():
+        raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi and leave "
+                         "CUTE_KERNELS_TVM_FFI unset")
+    from ..gemm_base.launch_args import GemmArgs
+    from ..gemm_ops import _run
+
+    dw = torch.empty((n_out, k_out), dtype=out_dtype, device=gq_t.device)
+    u8 = torch.uint8
+    key = wgrad_key(fa, fb, out_dtype, config or WGRAD_DEFAULT_CONFIG)
+    _run(key, GemmArgs(as_mkl(gq_t.view(u8)), as_mkl(xq_t.view(u8)), as_mkl(dw), None, sa=gs_t,
+                       sb=xs_t.unsqueeze(-1)))
+    return dw
+
+
+def fp8_weight_grad_of(g: torch.Tensor, act: torch.Tensor, recipe) -> torch.Tensor:
+    """g^T @ act (fp32) of the FP8 step's weight gradient, Fp8Recipe(wgrad="fp8") on the kernel
+    path: g (T, N_out) and act (T, K_out) quantized 1x128 along the tokens by the one-pass kernel
+    (its column-wise copies; g in the recipe's grad format, act in its forward format), then this
+    module's kernel.  N_out and K_out multiples of 16, T > 0."""
+    from .quantize_ops import quantize_rows_and_cols
+
+    _, _, gq_t, gs_t = quantize_rows_and_cols(g.to(torch.bfloat16).contiguous(), recipe.grad_format,
+                                              pow2=recipe.pow2_scales)
+    _, _, xq_t, xs_t = quantize_rows_and_cols(act.to(torch.bfloat16).contiguous(), recipe.fwd_format,
+                                              pow2=recipe.pow2_scales)
+    return fp8_weight_grad(as_operand(gq_t), gs_t, as_operand(xq_t), xs_t)
+
+
+def padded_tokens(t: int) -> int:
+    """Tokens as the column-wise FP8 copies hold them: whole 128-token blocks."""
+    return _cdiv(t, BLOCK) * BLOCK
+
+
+def as_operand(qt: torch.Tensor) -> torch.Tensor:
+    """The (rows, T) view of a column-wise copy widened to its padded buffer's whole 128-token
+    blocks (zeros past T), a K the FP8 GEMM takes for any T."""
+    rows, t = qt.shape
+    width = padded_tokens(t)
+    if rows > 1 and qt.stride(0) < width:
+        raise InputError(f"a column-wise FP8 copy's rows must be padded to whole 128-token blocks, "
+                         f"row stride {qt.stride(0)} < {width}")
+    return qt.as_strided((rows, width), (qt.stride(0) if rows > 1 else width, 1))
+
