@@ -386,9 +386,15 @@ def test_bench_nemotron_report_and_plot_on_a_cpu_scheduler(tmp_path):
             row("patched, offload auto", 8.5, **summary),
             row("patched, offload auto_measured", 9.0, offloaded_gib=1.0, predicted_peak_gib=(12.0, 9.5), plan="(plan)",
                 exposed_ms=0.25),
+            row("patched, chunked loss", 8.1),
+            {**row("patched, chunked loss + offload auto_measured", 8.2, offloaded_gib=0.5,
+                   predicted_peak_gib=(7.5, 7.25), plan="(plan 2)", exposed_ms=0.0), "peak_gib": 7.0, "act_gib": 1.5},
             {"variant": "hf torch.compile", "skipped": "time budget"}]
     routed = _fake_routed()
     text = bench_nemotron.report({"moe": rows, "dense": rows[:3]}, routed, "cpu", 8192)
+    assert "chunked loss + offload auto_measured: 0.50 GiB offloaded" in text and "predicted 7.25 GiB" in text
+    assert "1.025x the patched step" in text and "peak 0.70x Hugging Face eager's, above the weights 0.75x" in text
+    assert "| patched, chunked loss + offload auto_measured | 8.20 | 1.22x | 7.00 | 0.70x |" in text
     assert "offload auto: " in text and "predicted 9.50 GiB" in text and "1.125x the patched step" in text and "waited 0.25 ms" in text and "| patched | 8.00 | 1.25x |" in text and "skipped: time budget" in text
     assert "| ours, fused gather | 1.60 | 1.88x | 0.50 | 400.0 | 0.50x |" in text
     pytest.importorskip("matplotlib")

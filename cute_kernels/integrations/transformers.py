@@ -25,7 +25,11 @@ step's next offload layer (an MoE layer is two: shared expert, routed experts); 
 scheduler's step ends when the next forward of the Nemotron-H model starts (a forward
 pre-hook calls `end_step`), so a training loop needs no extra call.
 
-transformers is imported by this module only (the `transformers` extra).  Tested with
+chunked_loss=True (or tokens per chunk): a forward with `labels` computes the same loss with
+the LM head and cross-entropy in token chunks (hf_chunked_loss.py, chunked_ce.py) and returns
+`logits=None`; without labels the forward is Hugging Face's.
+
+transformers is imported by this module and hf_chunked_loss.py only (the `transformers` extra).  Tested with
 transformers 5.17 and 5.24 (the experts are fused 3-D parameters there).  Models loaded
 with trust_remote_code (per-expert nn.Linear modules) are refused.
 """
@@ -39,6 +43,7 @@ from torch import nn
 from ..checks import InputError
 from ..mlp import srelu_mlp
 from ..moe import routed_srelu_experts
+from .hf_chunked_loss import ChunkedLossForward, check_causal_lm, check_chunk_argument
 
 _MARK = "_cute_kernels_patch"
 
@@ -194,11 +199,15 @@ def _make_scheduler(offload, num_layers: int):
 
 
 def patch_nemotron_h(model: nn.Module, *, offload=None, backend: str = "auto",
-                     recompute_postact: bool = False, fp8=None) -> NemotronHPatch:
+                     recompute_postact: bool = False, fp8=None, chunked_loss=False) -> NemotronHPatch:
     """Run `model`'s Nemotron-H MLP and routed-expert layers on cute_kernels; returns the
     handle whose `restore()` undoes it.  backend: "auto" (CuTe kernels on a Hopper GPU
     with bf16/fp16 weights, else torch), "cute" or "torch".  fp8: an `Fp8Recipe` runs every patched
-    MLP and routed-expert step in FP8 (cute_kernels/fp8/mlp.py)."""
+    MLP and routed-expert step in FP8 (cute_kernels/fp8/mlp.py).  chunked_loss: True (chunk size
+    from the vocabulary) or tokens per chunk computes a labelled forward's loss with the LM head
+    and cross-entropy in token chunks, never holding the logits (hf_chunked_loss.py): same
+    `outputs.loss`, but `outputs.logits` is None when `labels` are given."""
+    chunk_tokens = check_chunk_argument(chunked_loss)
     if fp8 is not None:
         from ..fp8 import Fp8Recipe
 
@@ -231,6 +240,8 @@ def patch_nemotron_h(model: nn.Module, *, offload=None, backend: str = "auto",
                          "(config.layers_block_type has no 'mlp' or 'moe' layer)")
     for qual, _, _, child, _ in targets:
         _check_module(qual, child)
+    if chunk_tokens is not None:
+        check_causal_lm(model)
     checkpointing = getattr(model, "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers before the rename
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
@@ -244,6 +255,8 @@ def patch_nemotron_h(model: nn.Module, *, offload=None, backend: str = "auto",
         new.train(child.training)
         setattr(parent, attr, new)
         handle.swaps.append(_Swap(parent, attr, child, new))
+    if chunk_tokens is not None:
+        handle.extra_hooks.append(ChunkedLossForward(model, chunk_tokens))
     if isinstance(sched, _measured_class()):
         _capture_whole_forward(model, sched, handle)
     elif sched is not None:
