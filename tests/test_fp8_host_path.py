@@ -11,12 +11,13 @@ import torch
 from benchmarks.bench_host_path import fp8_step_call, stubbed_kernels
 from cute_kernels import gemm_ops, selfcheck
 from cute_kernels.fp8 import quantize_ops
+from cute_kernels.gemm_base.launch_args import GemmArgs
 
 # E=4 with an empty and a one-token expert; H a multiple of 128 as the issue's 2688 (x's dequantization
 # for the bf16 weight gradient then broadcasts its scales), F only of 16
 SHAPE = {"name": "small grouped fp8", "m": 272, "h": 256, "f": 208, "e": 4, "splits": [0, 130, 1, 141]}
 # top-level torch ops of one E=8-style FP8 step (wgrad="bf16"): 117 before issue 26's host cuts
-MAX_TORCH_OPS = 92
+MAX_TORCH_OPS = 80
 
 
 @pytest.fixture
@@ -49,6 +50,39 @@ def test_the_stubbed_fp8_step_runs_every_kernel(stubbed):
     assert sorted(calls) == [False, False, False, True, True]
     fp8_gemms = [key for key, _ in stubbed if key.dtype.startswith("float8")]
     assert len(fp8_gemms) == 4 and len(stubbed) == 6, stubbed
+
+
+def test_grouped_launches_take_the_weight_copies_own_views(stubbed):
+    """The one-pass weight kernel's (N, K, E) uint8 views of each copy and (NB, KB, E) views of its
+    scales are the very tensors the grouped FP8 GEMMs get as B (made once per step, not per launch)."""
+    weight_args, gemm_args = [], []
+    with mock.patch.object(quantize_ops, "get_compiled", lambda fmt, pow2, weight=False:
+                           (lambda *args: weight_args.append(args)) if weight else (lambda *args: None)), \
+            mock.patch.object(gemm_ops, "get_compiled", lambda key: lambda *args: gemm_args.append((key, args))):
+        fp8_step_call(SHAPE)()
+    made = {id(t) for args in weight_args for t in args[1:]}  # q, s, qt, st of W1 and W2
+    fp8 = [args for key, args in gemm_args if key.dtype.startswith("float8")]
+    assert len(made) == 8 and len(fp8) == 4
+    for args in fp8:  # GemmArgs in order, then the max-clusters argument
+        b, sb = args[GemmArgs._fields.index("b")], args[GemmArgs._fields.index("sb")]
+        assert id(b) in made and id(sb) in made and b.dtype == torch.uint8
+
+
+def test_views_that_are_not_the_weights_are_refused():
+    from cute_kernels import InputError
+    from cute_kernels.fp8.ops import _grouped_b_views
+
+    w = torch.empty(3, 32, 48, dtype=torch.float8_e4m3fn)
+    sw = torch.empty(3, 2, 3)
+    b3, sb3 = _grouped_b_views(w, sw, None)
+    assert _grouped_b_views(w, sw, (b3, sb3)) == (b3, sb3)
+    other = torch.empty(3, 32, 48, dtype=torch.float8_e4m3fn)
+    with pytest.raises(InputError, match="w_views"):
+        _grouped_b_views(w, sw, _grouped_b_views(other, sw, None))
+    with pytest.raises(InputError, match="sw_views"):
+        _grouped_b_views(w, sw, (b3, sw.clone().permute(1, 2, 0)))  # another storage
+    with pytest.raises(InputError, match="sw_views"):
+        _grouped_b_views(w, sw, (b3, sw.transpose(1, 2)))  # sw's storage, another view
 
 
 @pytest.mark.parametrize("m,nb", [(1, 1), (1, 5), (7, 1), (300, 3)])

@@ -51,6 +51,7 @@ from .epilogue import Fp8Epilogue
 from .ops import _launch, check_fp8_device, fp8_dgrad_dact, fp8_grouped
 from .recipe import FORMATS, Fp8Recipe, quantize_1x128
 from .torch_gemm import mm_dequant, wgrad
+from .quantize_ops import weight_views
 from .weight_cache import transposed_copy, weight_copies
 
 BLOCK = 128
@@ -105,11 +106,13 @@ def _of(t, e):
 
 
 # ---------------------------------------------------------------- the GEMMs of the step
-def _fc1_step(xq, xs, w1q, w1s, splits, impl, recipe):
+def _fc1_step(xq, xs, w1_copy, splits, impl, recipe):
     """FC1 + SReLU of the whole step: (preact bf16, postact FP8, its column-major 1x128 scales), one
     grouped launch on the kernel path, else per segment."""
+    w1q, w1s = w1_copy
     if impl == "kernel" and splits is not None and xq.shape[0]:
-        return fp8_grouped(xq, xs, w1q, w1s, splits, epilogue="act", store_preact=True, recipe=recipe)
+        return fp8_grouped(xq, xs, w1q, w1s, splits, epilogue="act", store_preact=True, recipe=recipe,
+                           w_views=weight_views(w1_copy))
     m, f = xq.shape[0], w1q.shape[-2]
     pre = torch.empty((m, f), dtype=torch.bfloat16, device=xq.device)  # the kernel's preact is bf16
     pq = torch.empty((m, f), dtype=recipe.fwd_dtype, device=xq.device)
@@ -121,11 +124,12 @@ def _fc1_step(xq, xs, w1q, w1s, splits, impl, recipe):
     return pre, pq, ps
 
 
-def _mm_step(aq, sa, bq, sb, splits, impl, shape):
+def _mm_step(aq, sa, b_copy, splits, impl, shape):
     """dequant(a) @ dequant(b)^T of the whole step (per expert when grouped), bf16 of `shape`: one
     grouped launch on the kernel path (which allocates it), else per segment into a new tensor."""
+    bq, sb = b_copy
     if impl == "kernel" and splits is not None and aq.shape[0]:
-        return fp8_grouped(aq, sa, bq.contiguous(), sb.contiguous(), splits)
+        return fp8_grouped(aq, sa, bq.contiguous(), sb.contiguous(), splits, w_views=weight_views(b_copy))
     out = torch.empty(shape, dtype=torch.bfloat16, device=aq.device)
     for e, start, n in _segments(splits, aq.shape[0]):
         if n:
@@ -221,11 +225,11 @@ class Fp8FC1SReLU(torch.autograd.Function):
     def forward(ctx, x, w1, splits, recipe, impl, fuse_wgrad, handoff):
         m, f = x.shape[0], w1.shape[-2]
         xq, xs = quantize_rows(x, recipe.fwd_format, recipe, impl)
-        (w1q, w1s), w1t = weight_copies(w1, recipe, both=_one_pass(impl))
-        pre, pq, ps = _fc1_step(xq, xs, w1q, w1s, splits, impl, recipe)
+        w1c, w1t = weight_copies(w1, recipe, both=_one_pass(impl))
+        pre, pq, ps = _fc1_step(xq, xs, w1c, splits, impl, recipe)
         handoff.postact = (pq, ps)
         # the backward's W1^T copy: made with W1's by the one-pass kernel, else this one transposed then
-        ctx.w1_copy, ctx.w1t_copy = ((w1q, w1s) if w1t is None else None), w1t
+        ctx.w1_copy, ctx.w1t_copy = (w1c if w1t is None else None), w1t
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
         ctx.x_dtype = x.dtype
         ctx.save_for_backward(tag_role(xq, "fc1_input"), xs, w1)
@@ -244,8 +248,8 @@ class Fp8FC1SReLU(torch.autograd.Function):
         dx = dw1 = None
         if ctx.needs_input_grad[0]:
             dq, ds = quantize_rows(dpre, recipe.grad_format, recipe, impl)
-            w1tq, w1ts = ctx.w1t_copy or transposed_copy(*ctx.w1_copy)
-            dx = _as_dtype(_mm_step(dq, ds, w1tq, w1ts, ctx.splits, impl, (m, h)), ctx.x_dtype)
+            w1tc = ctx.w1t_copy or transposed_copy(*ctx.w1_copy)
+            dx = _as_dtype(_mm_step(dq, ds, w1tc, ctx.splits, impl, (m, h)), ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             from .recipe import dequantize
 
@@ -268,10 +272,10 @@ class Fp8FC2(torch.autograd.Function):
         handoff.postact = None
         if prob is not None:
             ps = ps * prob.reshape(-1, 1).float()  # p folded into the postact scales
-        (w2q, w2s), w2t = weight_copies(w2, recipe, both=_one_pass(impl))
-        y = _mm_step(pq, ps, w2q, w2s, splits, impl, (preact.shape[0], w2.shape[-2]))
+        w2c, w2t = weight_copies(w2, recipe, both=_one_pass(impl))
+        y = _mm_step(pq, ps, w2c, splits, impl, (preact.shape[0], w2.shape[-2]))
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
-        ctx.w2_copy, ctx.w2t_copy = ((w2q, w2s) if w2t is None else None), w2t
+        ctx.w2_copy, ctx.w2t_copy = (w2c if w2t is None else None), w2t
         ctx.save_for_backward(tag_role(preact, "preact"), tag_role(prob, "prob") if prob is not None else None, w2)
         return y
 
@@ -283,9 +287,10 @@ class Fp8FC2(torch.autograd.Function):
         m, f = preact.shape
         dy = dy.contiguous()
         dyq, dys = quantize_rows(dy, recipe.grad_format, recipe, impl)
-        w2tq, w2ts = ctx.w2t_copy or transposed_copy(*ctx.w2_copy)
+        w2tc = ctx.w2t_copy or transposed_copy(*ctx.w2_copy)
+        w2tq, w2ts = w2tc
         if impl == "kernel":
-            return self_fused_backward(ctx, dy, dyq, dys, w2tq, w2ts, preact, prob, w2)
+            return self_fused_backward(ctx, dy, dyq, dys, w2tc, preact, prob, w2)
         dpost = torch.empty((m, f), dtype=torch.bfloat16, device=dy.device)
         for e, start, n in _segments(ctx.splits, m):
             if n:
@@ -312,15 +317,17 @@ class Fp8FC2(torch.autograd.Function):
         return dpre.to(preact.dtype), dprob, dw2, None, None, None, None, None
 
 
-def self_fused_backward(ctx, dy, dyq, dys, w2tq, w2ts, preact, prob, w2):
+def self_fused_backward(ctx, dy, dyq, dys, w2t_copy, preact, prob, w2):
     """Fp8FC2's backward on the kernel path: the FC2 data gradient with dSReLU, the router gradient
     and the postact recompute in its epilogue (`fp8_dgrad_dact`, one launch for every expert), then
     FC2's weight gradient from that postact."""
     recipe, splits = ctx.recipe, ctx.splits
     p32 = prob.float().reshape(-1) if prob is not None else None
     want_dw2 = ctx.needs_input_grad[2]
+    w2tq, w2ts = w2t_copy
     dpre, post, dprob = fp8_dgrad_dact(dyq, dys, w2tq.contiguous(), w2ts.contiguous(), preact.contiguous(),
-                                       m_splits=splits, prob=p32, store_postact=want_dw2, recipe=recipe)
+                                       m_splits=splits, prob=p32, store_postact=want_dw2, recipe=recipe,
+                                       wt_views=weight_views(w2t_copy))
     del dyq, dys
     dw2 = None
     if want_dw2:

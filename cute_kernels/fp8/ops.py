@@ -146,10 +146,28 @@ def _check_config_arg(config, epi: Fp8Epilogue | None = None, grouped: bool = Fa
             raise InputError(f"config: {config} cannot run the FP8 kernel: " + "; ".join(errors))
 
 
-def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None, d1=None, aux=None, rowsum=None):
+def _grouped_b_views(b, sb, views):
+    """The grouped launch's (N, K, E) uint8 view of b and (NB, KB, E) view of sb: `views` when it holds
+    exactly those (fp8.quantize_ops.weight_views of a one-pass weight copy: made once with the copy,
+    no torch op here), else made now.  InputError for views that are not b's and sb's."""
+    if views is None:
+        return b.view(torch.uint8).permute(1, 2, 0), sb.permute(1, 2, 0)
+    b3, sb3 = views
+    for name, t, v, dtype in (("w", b, b3, torch.uint8), ("sw", sb, sb3, sb.dtype)):
+        e, r, c = t.shape
+        se, sr, sc = t.stride()
+        if not (isinstance(v, torch.Tensor) and v.dtype == dtype and v.data_ptr() == t.data_ptr()
+                and v.shape == (r, c, e) and v.stride() == (sr, sc, se) and v.device == t.device):
+            raise InputError(f"{name}_views: not the (rows, cols, experts) view of {name} a grouped launch takes")
+    return b3, sb3
+
+
+def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None, d1=None, aux=None, rowsum=None,
+                   b_views=None):
     """One launch of the family's kernel `key` through gemm_ops._run (the first-use self-check
     gate): dense (b (N, K), sb (NB, KB)) or grouped along M (b (E, N, K), sb (E, NB, KB), the rows
-    of a sorted by expert in `m_splits`: a list or a GPU int tensor, read on the GPU)."""
+    of a sorted by expert in `m_splits`: a list or a GPU int tensor, read on the GPU; `b_views`:
+    see `_grouped_b_views`)."""
     from ..gemm_base.launch_args import GemmArgs
     from ..gemm_ops import _run
 
@@ -160,7 +178,7 @@ def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None, d1=Non
     cu_rows = cu_tiles = None
     if key.grouped:
         cu_rows, cu_tiles = splits_metadata(m_splits, key.cfg.tile_m, a.device, key.cfg.cluster_m)
-        b3, sb3 = b.view(u8).permute(1, 2, 0), sb.permute(1, 2, 0)
+        b3, sb3 = _grouped_b_views(b, sb, b_views)
     else:
         b3, sb3 = as_mkl(b.view(u8)), sb.unsqueeze(-1)
     _run(key, GemmArgs(as_mkl(a.view(u8)), b3, outs[0], outs[1] if len(outs) == 2 else None, scale=prob,
@@ -169,13 +187,14 @@ def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None, d1=Non
 
 
 def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None, store_preact: bool = False,
-                recipe: Fp8Recipe = Fp8Recipe(), config: GemmConfig | None = None):
+                recipe: Fp8Recipe = Fp8Recipe(), config: GemmConfig | None = None, w_views=None):
     """Grouped FP8 GEMM of the family's kernel, one launch for every expert (no host loop, no host
     sync with a GPU `m_splits`): x (M, K) FP8 with rows sorted by expert and 1x128 scales sx (M, KB);
     w (E, N, K) FP8 with 128x128 scales sw (E, NB, KB); m_splits (E,) rows per expert (empty experts
     allowed).  `epilogue` "identity" returns y (M, N) bf16; "act" returns (preact bf16 or None,
     postact FP8, postact scales (M, NB)) with postact = prob * f(preact) quantized 1x128 (prob: (M,)
-    fp32 router probabilities or None)."""
+    fp32 router probabilities or None).  `w_views`: the launch's views of w and sw when the caller has
+    them (`quantize_ops.weight_views` of a one-pass weight copy), else None (made here)."""
     fa = _check_fp8_operand("x", x)
     if not isinstance(w, torch.Tensor) or w.dim() != 3 or w.dtype not in _FORMAT_OF:
         raise InputError("w must be an (E, N, K) float8 tensor")
@@ -216,13 +235,13 @@ def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None
     if m == 0:
         return d if epilogue == "identity" else (d, q, qs)
     key = _family_launch_key(epi, m, n, k, e, True, fa, fb, config, tuned_root())
-    _launch_family(x, sx, w, sw, key, d, q, qs, m_splits=m_splits, prob=prob)
+    _launch_family(x, sx, w, sw, key, d, q, qs, m_splits=m_splits, prob=prob, b_views=w_views)
     return d if epilogue == "identity" else (d, q, qs)
 
 
 def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_postact: bool = False,
                    activation=None, quantize_dpreact: bool = False, recipe: Fp8Recipe = Fp8Recipe(),
-                   config: GemmConfig | None = None):
+                   config: GemmConfig | None = None, wt_views=None):
     """The FC2 data gradient with the activation derivative in its epilogue (one launch; grouped along
     M with `m_splits`): dpost = dequant(dq) @ dequant(wt)^T in fp32, then dpreact = p * dpost * f'(preact),
     optionally the recomputed postact p * f(preact) (`store_postact`, FC2's weight-gradient operand) and,
@@ -231,6 +250,7 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
     128x128 scales wts; preact (M, N) bf16 as FC1 stored it; prob (M,) fp32 or None; activation an
     `Activation` (default relu^2).  `quantize_dpreact` writes dpreact in FP8 (recipe.grad_format) with
     its 1x128 scales instead (the FC1 data gradient's A operand; not with store_postact).
+    `wt_views` (grouped): as fp8_grouped's `w_views`, of wt and wts.
     Returns (dpreact bf16 or (q, scales), postact or None, dprob or None)."""
     from ..activations import SRELU
 
@@ -280,7 +300,7 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
     if prob is not None:
         partials = torch.empty((_cdiv(n, key.cfg.tile_n), m), dtype=torch.float32, device=dq.device).t()
     _launch_family(dq, ds, wt, wts, key, dpre, q, qs, m_splits=m_splits, prob=prob, d1=post, aux=preact,
-                   rowsum=partials)
+                   rowsum=partials, b_views=wt_views if grouped else None)
     return out0, post, (partials.sum(1) if prob is not None else None)
 
 

@@ -220,9 +220,25 @@ def quantize_weight_copies(w: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = F
     s = torch.empty((e, nb, kb), dtype=torch.float32, device=w.device)
     st = torch.empty((e, kb, nb), dtype=torch.float32, device=w.device)
     u8 = torch.uint8
-    order = (1, 2, 0)  # (rows, cols, expert), the kernel's mode order
-    get_compiled(fmt, pow2, weight=True)(stack.permute(order), q.view(u8).permute(order), s.permute(order),
-                                         qt.view(u8).permute(order), st.permute(order))
+    order = (1, 2, 0)  # (rows, cols, expert), the kernel's mode order: a grouped FP8 launch's too
+    q3, s3, qt3, st3 = q.view(u8).permute(order), s.permute(order), qt.view(u8).permute(order), st.permute(order)
+    get_compiled(fmt, pow2, weight=True)(stack.permute(order), q3, s3, qt3, st3)
     if w.dim() == 2:
-        q, s, qt, st = q[0], s[0], qt[0], st[0]
-    return (q, s), (qt, st)
+        return (q[0], s[0]), (qt[0], st[0])
+    return _WeightCopy(q, s, (q3, s3)), _WeightCopy(qt, st, (qt3, st3))
+
+
+class _WeightCopy(tuple):
+    """(q, scales) of a stack of expert weights' FP8 copy, holding the grouped launch's (N, K, E)
+    uint8 view of q and (NB, KB, E) view of the scales (`weight_views`), made once with the copy."""
+
+    def __new__(cls, q, scales, views):
+        copy = super().__new__(cls, (q, scales))
+        copy.views = views
+        return copy
+
+
+def weight_views(copy):
+    """The grouped launch's views of a weight copy made by `quantize_weight_copies` (fp8.ops's
+    `w_views` / `wt_views`), or None for any other (q, scales) pair (the launch makes them)."""
+    return copy.views if isinstance(copy, _WeightCopy) else None
