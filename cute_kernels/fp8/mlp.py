@@ -201,6 +201,20 @@ def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def _dequantize_saved_x(xq, xs, bf16_kernel: bool):
+    """x from its saved FP8 copy: straight to bf16 for the bf16 weight-gradient kernel (by the
+    dequantization kernel with CUTE_KERNELS_FP8_DEQUANT_KERNEL=1, bitwise the torch form), else
+    fp32 (requantized along the tokens for "fp8")."""
+    from .recipe import dequantize
+
+    if bf16_kernel and xq.shape[0] and xq.shape[1] % 16 == 0:
+        from .quantize_ops import dequantize_kernel_enabled, dequantize_to_bf16
+
+        if dequantize_kernel_enabled():
+            return dequantize_to_bf16(xq, xs)
+    return dequantize(xq, xs, out_dtype=torch.bfloat16 if bf16_kernel else torch.float32)
+
+
 def _add_wgrad(ctx, w, name, dw):
     """dw (fp32) as w's gradient, or added into w.main_grad (fuse_wgrad_accumulation)."""
     if not ctx.fuse_wgrad:
@@ -251,13 +265,8 @@ class Fp8FC1SReLU(torch.autograd.Function):
             w1tc = ctx.w1t_copy or transposed_copy(*ctx.w1_copy)
             dx = _as_dtype(_mm_step(dq, ds, w1tc, ctx.splits, impl, (m, h)), ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            from .recipe import dequantize
-
-            # x from its saved FP8 copy (requantized along tokens for "fp8"); straight to bf16 for the
-            # bf16 weight-gradient kernel (the same values as the fp32 dequantization cast to bf16)
-            bf16_kernel = recipe.wgrad == "bf16" and impl == "kernel"
-            # (the column-major scales as they are: dequantize broadcasts them, the same products)
-            x_deq = dequantize(xq, xs, out_dtype=torch.bfloat16 if bf16_kernel else torch.float32)
+            # x from its saved FP8 copy (the column-major scales as they are)
+            x_deq = _dequantize_saved_x(xq, xs, recipe.wgrad == "bf16" and impl == "kernel")
             dw1 = _weight_grad(ctx, w1, "w1", dpre, x_deq, impl)
         return (dx, dw1) + none
 

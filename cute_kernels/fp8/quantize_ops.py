@@ -189,6 +189,75 @@ def kernel_weight_copies(w: torch.Tensor, recipe):
         return quantize_weight_copies(w, recipe.fwd_format, pow2=recipe.pow2_scales)
 
 
+def fake_dequantize_arguments():
+    """Stand-ins for the dequantization kernel's (q, s, out): M, K and every stride symbolic."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_fake_tensor
+
+    m, k, kb = cute.sym_int32(symbol="M"), cute.sym_int32(symbol="K"), cute.sym_int32(symbol="KB")
+    q = make_fake_tensor(cutlass.Uint8, (m, k), (cute.sym_int64(divisibility=16), 1), assumed_align=16)
+    s = make_fake_tensor(cutlass.Float32, (m, kb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
+    out = make_fake_tensor(cutlass.BFloat16, (m, k), (cute.sym_int64(divisibility=8), 1), assumed_align=16)
+    return q, s, out
+
+
+def compile_dequantize(fmt: str = "e4m3", *, options: str = "", tvm_ffi: bool = False):
+    """Compile the dequantization kernel (sm90/dequantize.py) for sm_90a (uncached)."""
+    import cutlass.cute as cute
+
+    from ..sm90.dequantize import Sm90Dequantize
+
+    with dsl_lock:
+        if tvm_ffi:
+            stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
+            options = (options + " --enable-tvm-ffi").strip()
+        else:
+            stream = cute.runtime.make_fake_stream()
+        return cute.compile(Sm90Dequantize(fmt), *fake_dequantize_arguments(), stream,
+                            options=arch_options("sm90", options))
+
+
+def dequantize_ptx(fmt: str = "e4m3") -> str:
+    with tempfile.TemporaryDirectory(prefix="cute_kernels_ptx_") as d:
+        return compile_dequantize(fmt, options=f"--keep-ptx --dump-dir={d}").__ptx__
+
+
+def dequantize_kernel_enabled() -> bool:
+    """Whether the FP8 step dequantizes its saved x with the kernel (sm90/dequantize.py):
+    CUTE_KERNELS_FP8_DEQUANT_KERNEL=1 (off until an H200 run shows it bitwise the torch form)."""
+    return os.environ.get("CUTE_KERNELS_FP8_DEQUANT_KERNEL", "0") == "1"
+
+
+def dequantize_to_bf16(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """bf16(fp32(q) * s) of a 1x128-scaled FP8 (M, K) tensor by the kernel: bitwise
+    `recipe.dequantize(q, s, out_dtype=torch.bfloat16)`.  K a multiple of 16, M > 0."""
+    fmt = {v: k for k, v in FORMATS.items()}.get(q.dtype) if isinstance(q, torch.Tensor) else None
+    if fmt is None or q.dim() != 2:
+        raise InputError(f"q must be a 2-D float8_e4m3fn or float8_e5m2 tensor, got {getattr(q, 'dtype', q)}")
+    m, k = q.shape
+    if m == 0 or k % 16 or q.stride(1) != 1 or (m > 1 and q.stride(0) % 16) or q.data_ptr() % 16:
+        raise InputError(f"q must be row-major with K a multiple of 16 and 16-byte aligned rows, got shape "
+                         f"{tuple(q.shape)}, strides {q.stride()}")
+    if not isinstance(s, torch.Tensor) or s.dtype != torch.float32 or tuple(s.shape) != (m, _cdiv(k, BLOCK)):
+        raise InputError(f"s must be float32 of shape {(m, _cdiv(k, BLOCK))}, got {getattr(s, 'shape', s)}")
+    from .ops import check_fp8_device
+
+    check_fp8_device("q", q)
+    key = ("dequantize", fmt)
+    fn = _cache.get(key)
+    if fn is None:
+        with dsl_lock:
+            fn = _cache.get(key)
+            if fn is None:
+                fn = _cache[key] = compile_dequantize(fmt, tvm_ffi=use_tvm_ffi())
+    out = torch.empty((m, k), dtype=torch.bfloat16, device=q.device)
+    if m == 1 and q.stride(0) != k:
+        q = q.as_strided((1, k), (k, 1))
+    fn(q.view(torch.uint8), s, out)
+    return out
+
+
 def weight_kernel_takes(w: torch.Tensor) -> bool:
     """Whether `quantize_weight_copies` takes this weight: bf16, (N, K) or (E, N, K) with N and K
     multiples of 16 and neither zero, row-major contiguous."""
