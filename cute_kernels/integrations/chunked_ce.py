@@ -10,13 +10,16 @@ two fp32 gradients of the loss's backward are 512 MiB each, live together at the
 peak; docs/chunked_loss.md).  Here each chunk of `chunk_tokens` rows computes
 logits = hidden_chunk @ weight.T (+ bias) in the model's dtype, the loss in fp32
 (logsumexp minus the target's logit; fp64 inputs stay fp64) and, when a gradient is wanted,
-that chunk's gradients right away: softmax minus the one-hot target, scaled, cast to the
+that chunk's gradients right away: g = (softmax - one-hot target) x scale, cast to the
 model's dtype (where the unchunked head's backward casts it too), then
-d_hidden_chunk = g @ weight and d_weight += g.T @ hidden_chunk (accumulated in fp32 for
-bf16/fp16 weights).  The forward keeps d_hidden (N x H) and d_weight (V x H) for the
-backward, which only scales them by the incoming gradient: no second head GEMM.  Extra
-memory: those two, the fp32 accumulator during the forward, and about 12 bytes x chunk x
-vocabulary of chunk temporaries.
+d_hidden_chunk = g @ weight and d_weight += g.T @ hidden_chunk (in place, in the weight's
+dtype, one rounding per chunk; `fp32_weight_grad=True` accumulates in fp32).  The forward
+keeps d_hidden (N x H) and d_weight (V x H) for the backward, which only scales them by the
+incoming gradient: no second head GEMM.  Extra memory: those two and about 8 bytes x chunk x
+vocabulary of chunk temporaries (bf16 logits, their fp32 exponentials, the bf16 gradient);
+per chunk the elementwise work reads and writes about 28 bytes per logit (row max, exp,
+sum, one scaled cast), a little less than the unchunked log-softmax + NLL and their
+backward.
 
 Semantics are torch's: targets equal to `ignore_index` contribute nothing; "mean" divides
 by the number of the other targets (all ignored: NaN loss and zero gradients, as torch);
@@ -30,12 +33,12 @@ import torch.nn.functional as F
 
 from ..checks import InputError
 
-CHUNK_ELEMENTS = 1 << 24  # default chunk: about this many logits (64 MiB in fp32)
+CHUNK_ELEMENTS = 1 << 25  # default chunk: about this many logits (bf16 + fp32 temporaries: 192 MiB)
 
 
 def default_chunk_tokens(vocab_size: int) -> int:
     """Tokens per chunk when none is given: a chunk's logits hold about CHUNK_ELEMENTS
-    values (16384 vocabulary: 1024 tokens; 131072: 128), and at least 16 rows."""
+    values (16384 vocabulary: 2048 tokens; 131072: 256), and at least 16 rows."""
     return max(16, CHUNK_ELEMENTS // max(int(vocab_size), 1))
 
 
@@ -73,7 +76,7 @@ def _check(hidden, weight, targets, bias, ignore_index, chunk_tokens, reduction)
 
 
 def _loss_and_grads(hidden, weight, bias, targets, *, ignore_index, chunk_tokens, reduction,
-                    need_hidden, need_weight, need_bias):
+                    need_hidden, need_weight, need_bias, fp32_weight_grad=False):
     """(loss, d_hidden, d_weight, d_bias) for a loss gradient of 1; a gradient not needed is None."""
     tokens, dim = hidden.shape
     vocab = weight.size(0)
@@ -86,32 +89,39 @@ def _loss_and_grads(hidden, weight, bias, targets, *, ignore_index, chunk_tokens
     total = torch.zeros((), dtype=cdt, device=hidden.device)
     any_grad = need_hidden or need_weight or need_bias
     d_hidden = torch.empty_like(hidden) if need_hidden else None
-    acc_dtype = cdt if weight.dtype in (torch.bfloat16, torch.float16) else weight.dtype
+    acc_dtype = cdt if fp32_weight_grad else weight.dtype
     d_weight = torch.zeros(vocab, dim, dtype=acc_dtype, device=weight.device) if need_weight else None
     d_bias = torch.zeros(vocab, dtype=cdt, device=weight.device) if need_bias else None
     for start in range(0, tokens, chunk_tokens):
         stop = min(start + chunk_tokens, tokens)
         h = hidden[start:stop]
         rows_t = safe_targets[start:stop, None]
-        rows_valid = valid[start:stop]
-        x = F.linear(h, weight, bias).to(cdt)  # the model dtype's logits, then fp32 (a fresh tensor either way)
-        lse = torch.logsumexp(x, dim=1)
-        picked = x.gather(1, rows_t).squeeze(1)
-        total += torch.where(rows_valid, lse - picked, torch.zeros_like(lse)).sum()
+        rows_valid = valid[start:stop].to(cdt)
+        logits = F.linear(h, weight, bias)  # the model dtype's logits, as the unchunked head
+        picked = logits.gather(1, rows_t).squeeze(1).to(cdt)
+        row_max = logits.amax(dim=1).to(cdt)
+        x = torch.sub(logits, row_max[:, None])  # in cdt (the row max is a cdt tensor): exact differences
+        del logits
+        x.exp_()
+        sum_exp = x.sum(dim=1)
+        lse = row_max + sum_exp.log()
+        total += torch.where(rows_valid > 0, lse - picked, torch.zeros_like(lse)).sum()
         if not any_grad:
             continue
-        x.sub_(lse[:, None]).exp_()  # softmax, in place
-        x.scatter_add_(1, rows_t, -rows_valid.to(cdt)[:, None])  # minus the one-hot target (valid rows)
-        x.mul_((rows_valid.to(cdt) * scale)[:, None])  # ignored rows: no gradient
+        # gradient of the loss for the logits: (softmax - one_hot) * scale on valid rows, 0 on ignored ones;
+        # x holds exp(logit - max): subtract sum_exp at the target, then one multiply by scale / sum_exp
+        x.scatter_add_(1, rows_t, -(sum_exp * rows_valid)[:, None])
+        coef = rows_valid * scale / sum_exp
         if need_bias:
-            d_bias += x.sum(0)
-        g = x.to(weight.dtype)
+            d_bias += torch.mv(x.t(), coef)
+        g = torch.empty(x.shape, dtype=weight.dtype, device=x.device)
+        torch.mul(x, coef[:, None], out=g)  # cast to the model dtype, where the unchunked backward casts it too
         del x
         if need_hidden:
             torch.mm(g, weight, out=d_hidden[start:stop])
         if need_weight:
             if acc_dtype == weight.dtype:
-                d_weight.addmm_(g.t(), h)
+                d_weight.addmm_(g.t(), h)  # in place: the GEMM adds to what the earlier chunks left
             else:
                 d_weight += torch.mm(g.t(), h)
         del g
@@ -128,11 +138,12 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     saves only the gradients; the backward scales them by the loss's incoming gradient."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_tokens, reduction):
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_tokens, reduction, fp32_weight_grad):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         loss, dh, dw, db = _loss_and_grads(hidden, weight, bias, targets, ignore_index=ignore_index,
                                            chunk_tokens=chunk_tokens, reduction=reduction, need_hidden=need_h,
-                                           need_weight=need_w, need_bias=need_b and bias is not None)
+                                           need_weight=need_w, need_bias=need_b and bias is not None,
+                                           fp32_weight_grad=fp32_weight_grad)
         ctx.has = (dh is not None, dw is not None, db is not None)
         ctx.save_for_backward(*(t for t in (dh, dw, db) if t is not None))
         return loss
@@ -142,17 +153,21 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         saved = iter(ctx.saved_tensors)
         grads = [next(saved) * grad_loss if has else None for has in ctx.has]  # 0-dim: keeps their dtype
-        return grads[0], grads[1], grads[2], None, None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None, None
 
 
 def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                  bias: torch.Tensor | None = None, *, ignore_index: int = -100,
-                                 chunk_tokens: int | None = None, reduction: str = "mean") -> torch.Tensor:
+                                 chunk_tokens: int | None = None, reduction: str = "mean",
+                                 fp32_weight_grad: bool = False) -> torch.Tensor:
     """`F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, ignore_index=ignore_index,
     reduction=reduction)` in chunks of `chunk_tokens` rows (default: `default_chunk_tokens(vocab)`),
     never holding the whole logits.  hidden (N, H), weight (V, H), bias (V,) or None, all one
     dtype; targets (N,) int64.  Returns the fp32 (fp64 for fp64 inputs) scalar loss; the
-    gradients for hidden, weight and bias are computed in this call when autograd wants them."""
+    gradients for hidden, weight and bias are computed in this call when autograd wants them.
+    fp32_weight_grad: accumulate the weight's gradient over the chunks in fp32 (one more V x H
+    fp32 buffer and an add per chunk) instead of in place in the weight's dtype (one rounding
+    per chunk, as Liger-Kernel's default)."""
     if chunk_tokens is None and isinstance(weight, torch.Tensor) and weight.dim() == 2:
         chunk_tokens = default_chunk_tokens(weight.size(0))
     _check(hidden, weight, targets, bias, ignore_index, chunk_tokens, reduction)
@@ -161,4 +176,5 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     if not wants_grad:
         return _loss_and_grads(hidden, weight, bias, targets, ignore_index=ignore_index, chunk_tokens=chunk_tokens,
                                reduction=reduction, need_hidden=False, need_weight=False, need_bias=False)[0]
-    return ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index, chunk_tokens, reduction)
+    return ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index, chunk_tokens, reduction,
+                                           bool(fp32_weight_grad))
