@@ -508,3 +508,18 @@ def test_gpu_sweep_scaling_reads_a_sweep_recorded_by_the_autotuner(tmp_path, mon
     assert r1 and all(r is not None and r.best_ms for r in r1.values())
     table = mod.scaling_table(r1, r1, 10.0, 5.0, 2, 2, "cpu")
     assert f"winners within 1%: {len(r1)}/{len(r1)}" in table and "speedup 2.00x" in table
+
+
+def test_gpu_shell_scripts_name_files_and_modules_that_exist():
+    """The GPU call scripts (scripts/*.sh) run on a machine where a stale path costs device time:
+    every test file, script and benchmark module they name exists, and bash parses them."""
+    import re
+    import subprocess
+
+    for path in glob.glob(f"{ROOT}/scripts/*.sh"):
+        text = open(path).read()
+        assert subprocess.run(["bash", "-n", path]).returncode == 0, path
+        for name in re.findall(r"\b((?:tests|scripts)/[\w/]+\.py)\b", text):
+            assert os.path.exists(os.path.join(ROOT, name)), f"{os.path.basename(path)} names {name}"
+        for mod in re.findall(r"-m (benchmarks\.\w+)", text):
+            assert os.path.exists(os.path.join(ROOT, *mod.split(".")) + ".py"), f"{os.path.basename(path)} runs {mod}"
