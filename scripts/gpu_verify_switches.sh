@@ -24,6 +24,13 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     env $sw timeout 90 python3 -m benchmarks.bench_fp8 --no-gemm --no-grouped 2>&1 | grep -E "^\|" >> "$out/bench_fp8_step.log"
   done
   cat "$out/bench_fp8_step.log"
+  # is the FP8 GEMM's gap to torch._scaled_mm per tile (epilogue, tile changes: shrinks as K grows) or
+  # in the mainloop (stays)?  ncu (2026-12-03): not memory-bound (max bandwidth 65%, L2 hit 84%), SM busy 67%
+  for shape in 8192,16384,4096 8192,16384,8192 8192,16384,16384; do
+    timeout 60 python3 -m benchmarks.bench_fp8 --no-step --no-grouped --no-sustained --shape $shape 2>&1 \
+      | grep -E "^\|" | sed "s/^/[$shape] /" >> "$out/bench_fp8_k_sweep.log"
+  done
+  cat "$out/bench_fp8_k_sweep.log"
   timeout 200 python3 -m benchmarks.bench_nemotron --auto-measured --budget-s 190 > "$out/nemotron.log" 2>&1
   grep -E "^\| |target" "$out/bench_nemotron.md" 2>/dev/null | head -40
 fi
