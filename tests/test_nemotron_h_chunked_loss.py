@@ -118,3 +118,40 @@ def test_refused_uses():
         model(input_ids=ids, labels=ids, logits_to_keep=1)
     with pytest.raises(InputError, match="outside"):
         model(input_ids=ids, labels=ids + 200)
+
+
+def test_with_the_measured_offload_planner():
+    """chunked_loss with offload planned from the measured peak (CPU 'copies'): the capture sees the
+    chunked loss's saved gradients and no logits-sized tensor, a plan is made, and the planned
+    steps give the chunked patched model's gradients bitwise."""
+    from offload import MeasuredOffloadScheduler, OffloadPolicy
+
+    model = small_model(small_config())
+    ids = _ids(shape=(2, 16))
+    plain = patch_nemotron_h(model, backend="torch", chunked_loss=8)
+    _, ref_grads = _loss_and_grads(model, input_ids=ids, labels=ids)
+    plain.restore()
+    policy = OffloadPolicy(auto=True, peak="measured", d2h_gbps=1e6, h2d_gbps=1e6, min_tensor_bytes=0,
+                           capture_min_elements=64, calibration_steps=1)
+
+    def planned(chunked_loss):
+        sched = MeasuredOffloadScheduler(policy, offload_cpu_tensors=True)
+        handle = patch_nemotron_h(model, offload=sched, backend="torch", chunked_loss=chunked_loss)
+        for _ in range(3):  # memory step, timing step, then planned
+            _loss_and_grads(model, input_ids=ids, labels=ids)
+        assert sched.plan is not None
+        return handle, {t.nbytes for t in sched.profile.tensors}
+
+    vocab, hidden, tokens = 101, 64, ids.numel()
+    handle, sizes = planned(False)
+    assert tokens * vocab * 4 in sizes  # Hugging Face's loss saves its fp32 log-softmax output
+    handle.restore()
+    handle, sizes = planned(8)
+    assert tokens * hidden * 4 in sizes and vocab * hidden * 4 in sizes  # d_hidden and d_weight, saved by the loss
+    assert tokens * vocab * 4 not in sizes  # nothing logits-sized
+    for _ in range(2):
+        _, grads = _loss_and_grads(model, input_ids=ids, labels=ids)
+        for name in ref_grads:
+            assert torch.equal(grads[name], ref_grads[name]), name
+    handle.restore()
+    assert "forward" not in vars(model)
