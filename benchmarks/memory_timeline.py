@@ -3,11 +3,13 @@ the allocated-bytes timeline plotted with the peak marked, and the peak's phase 
 live blocks named.
 
     python -m benchmarks.memory_timeline [--out DIR] [--only moe,dense]
-        [--variants hf,patched,auto,auto_measured] [--tokens 8192] [--optimizer]
+        [--variants hf,patched,auto,auto_measured,chunked,chunked_measured] [--tokens 8192] [--optimizer]
 
 The models are bench_nemotron's (same config, random bf16 weights, fp32 routers).  Variants:
 "hf" (Hugging Face eager), "patched" (patch_nemotron_h), "auto" (patched, offload "auto"),
-"auto_measured" (patched, offload "auto_measured").  Each variant runs 3 warm-up steps (the
+"auto_measured" (patched, offload "auto_measured"), "chunked" and "chunked_measured" (the
+same with `chunked_loss=True`: the LM head + loss in token chunks, docs/chunked_loss.md).
+Each variant runs 3 warm-up steps (the
 offload variants profile and plan there), then one step under
 torch.cuda.memory._record_memory_history with phase marks: forward of decoder layer i (a
 forward pre-hook), the head and loss, backward of layer i (a hook on the layer's output
@@ -28,7 +30,10 @@ import torch
 
 from benchmarks import snapshot_analysis as sa
 
-VARIANTS = ("hf", "patched", "auto", "auto_measured")
+# variant -> patch_nemotron_h's (offload, chunked_loss); "hf" is not patched
+PATCHES = {"patched": (None, False), "auto": ("auto", False), "auto_measured": ("auto_measured", False),
+           "chunked": (None, True), "chunked_measured": ("auto_measured", True)}
+VARIANTS = ("hf",) + tuple(PATCHES)
 WARMUP = 3
 
 
@@ -107,8 +112,11 @@ def record_step(model, ids, optimizer=None):
 def run_variant(model, batches, variant, optimizer_cls=None):
     from cute_kernels.integrations.transformers import patch_nemotron_h
 
-    offload = {"hf": None, "patched": None, "auto": "auto", "auto_measured": "auto_measured"}[variant]
-    handle = None if variant == "hf" else patch_nemotron_h(model, offload=offload)
+    if variant == "hf":
+        handle = None
+    else:
+        offload, chunked = PATCHES[variant]
+        handle = patch_nemotron_h(model, offload=offload, chunked_loss=chunked)
     opt = optimizer_cls(model.parameters(), lr=1e-6) if optimizer_cls else None
     try:
         for i in range(WARMUP):
