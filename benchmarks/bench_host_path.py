@@ -276,7 +276,8 @@ def profile_ops(top: int, steps: int = 5, fp8: bool = False) -> str:
     from benchmarks.op_profile import format_op_summary, profile_step_ops
 
     with stubbed_kernels():
-        summary = profile_step_ops(fp8_step_call(fp8_shape(GROUPED)) if fp8 else step_call(GROUPED), steps=steps, cuda=False)
+        step = fp8_step_call(fp8_shape(GROUPED)) if fp8 else step_call(GROUPED)
+        summary = profile_step_ops(step, steps=steps, cuda=False)
     return format_op_summary(summary, top)
 
 

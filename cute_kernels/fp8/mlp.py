@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import gemm_ops
 from ..autograd_io import main_grad, tag_role
 from ..checks import InputError
 from ..epilogue import EpilogueSpec
@@ -51,6 +52,7 @@ from .epilogue import Fp8Epilogue
 from .ops import _launch, check_fp8_device, fp8_dgrad_dact, fp8_grouped
 from .recipe import FORMATS, Fp8Recipe, quantize_1x128
 from .torch_gemm import mm_dequant, wgrad
+from . import quantize_ops, recipe as recipe_math
 from .quantize_ops import weight_views
 from .weight_cache import transposed_copy, weight_copies
 
@@ -71,9 +73,7 @@ def quantize_rows(t: torch.Tensor, fmt: str, recipe: Fp8Recipe, impl: str = "tor
     tensor goes through the one-pass quantization kernel (sm90/quantize.py: the recipe's values and
     scales bit for bit, H200 2026-12-03; 25x the torch passes' speed on 8192x4096)."""
     if impl == "kernel" and t.dtype == torch.bfloat16 and t.shape[0] and t.shape[1] % 16 == 0:
-        from .quantize_ops import quantize_both_padded
-
-        q, s, _, _ = quantize_both_padded(t.contiguous(), fmt, pow2=recipe.pow2_scales)
+        q, s, _, _ = quantize_ops.quantize_both_padded(t.contiguous(), fmt, pow2=recipe.pow2_scales)
         return q, s
     if t.shape[0] == 0:
         return (torch.empty(t.shape, dtype=FORMATS[fmt], device=t.device),
@@ -86,9 +86,7 @@ def _one_pass(impl):
     """The kernel path's maker of both weight copies in one pass (None on the torch path)."""
     if impl != "kernel":
         return None
-    from .quantize_ops import kernel_weight_copies
-
-    return kernel_weight_copies
+    return quantize_ops.kernel_weight_copies
 
 
 def _segments(splits, m):
@@ -168,15 +166,13 @@ def _weight_grad(ctx, w, name, g, act, impl):
     expert, written or added straight into main_grad with fuse_wgrad_accumulation)."""
     recipe, splits = ctx.recipe, ctx.splits
     if recipe.wgrad == "bf16" and impl == "kernel":
-        from ..gemm_ops import weight_grad
-
         g, act = _as_dtype(g, torch.bfloat16).contiguous(), _as_dtype(act, torch.bfloat16).contiguous()
         if ctx.fuse_wgrad:
-            weight_grad(g, act, m_splits=splits, out=main_grad(w, name), accumulate=True)
+            gemm_ops.weight_grad(g, act, m_splits=splits, out=main_grad(w, name), accumulate=True)
             return None
         # fp32 accumulation rounded once into the weight's dtype by the epilogue (as .to(w.dtype) would)
-        return _as_dtype(weight_grad(g, act, m_splits=splits,
-                                     out_dtype=w.dtype if w.dtype in _WGRAD_OUT else torch.float32), w.dtype)
+        return _as_dtype(gemm_ops.weight_grad(g, act, m_splits=splits,
+                                              out_dtype=w.dtype if w.dtype in _WGRAD_OUT else torch.float32), w.dtype)
     if recipe.wgrad == "fp8" and impl == "kernel" and splits is None and g.shape[0]:
         from .wgrad_ops import fp8_weight_grad_of, wgrad_kernel_enabled
 
@@ -205,14 +201,9 @@ def _dequantize_saved_x(xq, xs, bf16_kernel: bool):
     """x from its saved FP8 copy: straight to bf16 for the bf16 weight-gradient kernel (by the
     dequantization kernel with CUTE_KERNELS_FP8_DEQUANT_KERNEL=1, bitwise the torch form), else
     fp32 (requantized along the tokens for "fp8")."""
-    from .recipe import dequantize
-
-    if bf16_kernel and xq.shape[0] and xq.shape[1] % 16 == 0:
-        from .quantize_ops import dequantize_kernel_enabled, dequantize_to_bf16
-
-        if dequantize_kernel_enabled():
-            return dequantize_to_bf16(xq, xs)
-    return dequantize(xq, xs, out_dtype=torch.bfloat16 if bf16_kernel else torch.float32)
+    if bf16_kernel and xq.shape[0] and xq.shape[1] % 16 == 0 and quantize_ops.dequantize_kernel_enabled():
+        return quantize_ops.dequantize_to_bf16(xq, xs)
+    return recipe_math.dequantize(xq, xs, out_dtype=torch.bfloat16 if bf16_kernel else torch.float32)
 
 
 def _add_wgrad(ctx, w, name, dw):

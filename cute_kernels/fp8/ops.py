@@ -25,13 +25,15 @@ import logging
 
 import torch
 
-from .. import archs
+from .. import archs, gemm_ops
 from ..checks import InputError
 from ..host_args import as_mkl, splits_metadata
 from ..compile import use_tvm_ffi
 from ..config import GemmConfig, block_scaled_errors
 from ..config_lookup import lookup_config, on_clear, tuned_root
+from ..activations import SRELU
 from ..epilogue import EpilogueSpec
+from ..gemm_base.launch_args import GemmArgs
 from ..registry import dtype_key, kernel_default_config, kernel_key
 from .epilogue import Fp8Epilogue
 from .recipe import FORMATS, Fp8Recipe
@@ -168,9 +170,6 @@ def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None, d1=Non
     gate): dense (b (N, K), sb (NB, KB)) or grouped along M (b (E, N, K), sb (E, NB, KB), the rows
     of a sorted by expert in `m_splits`: a list or a GPU int tensor, read on the GPU; `b_views`:
     see `_grouped_b_views`)."""
-    from ..gemm_base.launch_args import GemmArgs
-    from ..gemm_ops import _run
-
     u8 = torch.uint8
     outs, plain = [], [d, d1]  # the plain outputs in order, then the quantized one
     for name in key.epi.outputs:
@@ -181,9 +180,9 @@ def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None, d1=Non
         b3, sb3 = _grouped_b_views(b, sb, b_views)
     else:
         b3, sb3 = as_mkl(b.view(u8)), sb.unsqueeze(-1)
-    _run(key, GemmArgs(as_mkl(a.view(u8)), b3, outs[0], outs[1] if len(outs) == 2 else None, scale=prob,
-                       aux=None if aux is None else as_mkl(aux), rowsum=rowsum, cu_rows=cu_rows, cu_tiles=cu_tiles,
-                       sa=sa, sb=sb3, qs=qs))
+    gemm_ops._run(key, GemmArgs(as_mkl(a.view(u8)), b3, outs[0], outs[1] if len(outs) == 2 else None, scale=prob,
+                                aux=None if aux is None else as_mkl(aux), rowsum=rowsum, cu_rows=cu_rows,
+                                cu_tiles=cu_tiles, sa=sa, sb=sb3, qs=qs))
 
 
 def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None, store_preact: bool = False,
@@ -252,8 +251,6 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
     its 1x128 scales instead (the FC1 data gradient's A operand; not with store_postact).
     `wt_views` (grouped): as fp8_grouped's `w_views`, of wt and wts.
     Returns (dpreact bf16 or (q, scales), postact or None, dprob or None)."""
-    from ..activations import SRELU
-
     fa = _check_fp8_operand("dq", dq)
     grouped = m_splits is not None
     if not isinstance(wt, torch.Tensor) or wt.dim() != (3 if grouped else 2) or wt.dtype not in _FORMAT_OF:

@@ -26,6 +26,7 @@ import torch
 
 from ..checks import InputError
 from ..compile import arch_options, dsl_lock, use_tvm_ffi
+from . import ops
 from .epilogue import FMAX
 from .recipe import FORMATS
 
@@ -144,9 +145,7 @@ def quantize_both_padded(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = Fal
     """quantize_rows_and_cols with qt's whole (K, 128 * ceil(M/128)) buffer (one view less, for a
     caller that does not read qt)."""
     _check_input(x, fmt)
-    from .ops import _new_scales, check_fp8_device
-
-    check_fp8_device("x", x)
+    ops.check_fp8_device("x", x)
     if not use_tvm_ffi():
         raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi and leave "
                          "CUTE_KERNELS_TVM_FFI unset")
@@ -156,9 +155,9 @@ def quantize_both_padded(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = Fal
     mb, kb = _cdiv(m, BLOCK), _cdiv(k, BLOCK)
     dt = FORMATS[fmt]
     q = torch.empty((m, k), dtype=dt, device=x.device)
-    s = _new_scales(m, kb, x.device)
+    s = ops._new_scales(m, kb, x.device)
     qt_buf = torch.empty((k, mb * BLOCK), dtype=dt, device=x.device)
-    st = _new_scales(k, mb, x.device)
+    st = ops._new_scales(k, mb, x.device)
     u8 = torch.uint8
     get_compiled(fmt, pow2)(x, q.view(u8), s, qt_buf.view(u8), st)
     return q, s, qt_buf, st
@@ -241,9 +240,7 @@ def dequantize_to_bf16(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
                          f"{tuple(q.shape)}, strides {q.stride()}")
     if not isinstance(s, torch.Tensor) or s.dtype != torch.float32 or tuple(s.shape) != (m, _cdiv(k, BLOCK)):
         raise InputError(f"s must be float32 of shape {(m, _cdiv(k, BLOCK))}, got {getattr(s, 'shape', s)}")
-    from .ops import check_fp8_device
-
-    check_fp8_device("q", q)
+    ops.check_fp8_device("q", q)
     key = ("dequantize", fmt)
     fn = _cache.get(key)
     if fn is None:
@@ -274,9 +271,7 @@ def quantize_weight_copies(w: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = F
     if not weight_kernel_takes(w):
         raise InputError("w must be a contiguous bf16 (N, K) or (E, N, K) tensor with N and K nonzero multiples "
                          f"of 16, got {getattr(w, 'dtype', type(w).__name__)} of shape {tuple(getattr(w, 'shape', ()))}")
-    from .ops import check_fp8_device
-
-    check_fp8_device("w", w)
+    ops.check_fp8_device("w", w)
     if not use_tvm_ffi():
         raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi and leave "
                          "CUTE_KERNELS_TVM_FFI unset")
