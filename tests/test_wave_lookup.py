@@ -161,18 +161,18 @@ def test_every_candidate_can_run(root):
 
 
 def test_the_switch(root, monkeypatch):
-    """Off by default (the nearest-M rule); "1" turns it on after clear_cache(); the lookup's
-    cache keeps the two apart."""
+    """On by default (since the H200 run of bench_untuned_m, 2026-12-03); "0" turns it off after
+    clear_cache() (the nearest-M rule); the lookup's cache keeps the two apart."""
     _write(root, "fc2", ShapeKey("bfloat16", 4100, 2048, 4096), TUNED_1X1)
     look = lambda: cl.lookup_config("fc2", arch="sm90", dtype="torch.bfloat16", m=4300, n=2048, k=4096)
-    assert not cl.wave_lookup_enabled() and look() == TUNED_1X1
-    monkeypatch.setenv(cl.WAVE_LOOKUP_ENV, "1")
-    assert look() == TUNED_1X1  # read once
-    cl.clear_cache()
     assert cl.wave_lookup_enabled() and look() == _wave(4300)[0] != TUNED_1X1
     monkeypatch.setenv(cl.WAVE_LOOKUP_ENV, "0")
+    assert look() == _wave(4300)[0]  # read once
     cl.clear_cache()
-    assert look() == TUNED_1X1
+    assert not cl.wave_lookup_enabled() and look() == TUNED_1X1
+    monkeypatch.setenv(cl.WAVE_LOOKUP_ENV, "1")
+    cl.clear_cache()
+    assert look() == _wave(4300)[0]
 
 
 def test_fp8_kernels_keep_the_nearest_m_rule(root):
