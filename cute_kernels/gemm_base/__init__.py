@@ -1,5 +1,7 @@
 """The arch-neutral half of the GEMM family: what every arch's kernel shares.
 
+- `kernel_base`: what every arch's kernel class derives from its config, epilogue, grouping
+  and pipeline depth (`GemmKernelBase`: CTA tile, cluster shape, epilogue sub-tile, ...).
 - `launch_args`: the kernel's tensor arguments as one typed record (`GemmArgs`).
 - `tile_walk`: the persistent walk over cluster tiles (dense, grouped along M, grouped
   along K) and the coordinates of a work index.

@@ -47,9 +47,10 @@ from cutlass.tensor_utils import LayoutEnum
 
 from ..epilogue import EpilogueSpec
 from ..gemm_base import grouping
-from ..gemm_base.descriptors import (DescriptorCursor, DescriptorRing, KGroupedLoads, desc_slots, expert_k_blocks,
+from ..gemm_base.descriptors import (DescriptorCursor, DescriptorRing, KGroupedLoads, expert_k_blocks,
                                      load_ab_stage)
 from ..gemm_base.epilogue_io import visit_subtile
+from ..gemm_base.kernel_base import GemmKernelBase
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
 from .config import Sm100Config
 from .epilogue_io import load_row_chunks, thread_row_layout
@@ -71,23 +72,14 @@ def _transform_acc_layout(t: cute.Tensor) -> cute.Tensor:
     return cute.make_tensor(t.iterator, layout)
 
 
-class Sm100Gemm:
+class Sm100Gemm(GemmKernelBase):
     """`cute.compile(Sm100Gemm(...), a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws, max_clusters, stream)`
     (the sm90 kernel's signature)."""
 
     def __init__(self, cfg: Sm100Config, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False):
-        self.cfg = cfg
-        self.epi = epi
-        self.grouped = grouped
-        self.grouped_k = grouped_k
-        self.ab_stages = ab_stages
-        self.desc_slots = desc_slots(ab_stages)
-        self.tile_m, self.tile_n, self.tile_k = cfg.tile_m, cfg.tile_n, cfg.tile_k
+        super().__init__(cfg, epi, grouped=grouped, grouped_k=grouped_k, ab_stages=ab_stages)
         self.two_cta = cfg.cta_group == 2
         self.mma_tiler = (cfg.mma_tile_m, cfg.tile_n, cfg.tile_k)
-        self.cluster_shape_mn = (cfg.cluster_m, cfg.cluster_n)
-        self.epi_tile = (cfg.tile_m, cfg.epi_n)
-        self.num_outputs = epi.num_outputs
         self.num_warps = 7 if grouped_k else 6
         self.threads_per_cta = 32 * self.num_warps
 

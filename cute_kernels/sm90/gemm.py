@@ -54,9 +54,10 @@ from cutlass.tensor_utils import LayoutEnum
 
 from ..config import GemmConfig
 from ..epilogue import EpilogueSpec
-from ..gemm_base.descriptors import DescriptorRing, desc_slots
+from ..gemm_base.descriptors import DescriptorRing
 from ..gemm_base.epilogue_io import visit_subtile
 from ..gemm_base.grouping import k_range, output_tile, ragged_store_view
+from ..gemm_base.kernel_base import GemmKernelBase
 from ..gemm_base.output_codec import FP8_TYPES, as_element_type
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
 from .epilogue_aux import AuxLoader, aux_loaded_during_last_k_tile, prefetches_aux_into_l2
@@ -73,18 +74,17 @@ CONSUMER_REGS = 232
 EPI_BARRIER_ID = 1  # ping-pong uses ids 1 and 2, one per consumer warpgroup
 
 
-class Sm90Gemm:
+class Sm90Gemm(GemmKernelBase):
     """A compiled-once GEMM: `cute.compile(Sm90Gemm(...), *GemmArgs(...), max_clusters, stream)`
     (the tensor arguments in the order of `cute_kernels.gemm_base.launch_args.GemmArgs`)."""
 
     def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False,
                  formats: tuple[str, str] | None = None, gather_a: bool = False, b_scale_rows: bool = False):
-        self.cfg = cfg
+        super().__init__(cfg, epi, grouped=grouped, grouped_k=grouped_k, ab_stages=ab_stages)
         # A's rows gathered by index (GemmArgs.a_rows) by the producer warpgroup (sm90/gather_producer.py)
         self.gather_a = gather_a
         if gather_a and (not grouped or grouped_k or formats is not None):
             raise ValueError("gather_a: grouped-along-M bf16/fp16 problems only")
-        self.epi = epi
         # None: bf16/fp16 operands, the WGMMA mainloop.  (A, B) FP8 formats: block-scaled operands,
         # the promoting mainloop of sm90/mainloop_fp8.py (config rules: sm90/config.block_scaled_errors).
         self.formats = formats
@@ -103,21 +103,13 @@ class Sm90Gemm:
         # block-scaled: 128-column N blocks per tile (one weight scale each); more than one takes
         # the split-N mainloop (one scratch accumulator, promoted per block)
         self.n_blocks = cfg.tile_n // 128 if self.block_scaled else 1
-        self.grouped = grouped
-        self.grouped_k = grouped_k
-        self.desc_slots = desc_slots(ab_stages)
-        self.ab_stages = ab_stages
         self.pingpong = cfg.schedule == "pingpong"
-        self.tile_m, self.tile_n, self.tile_k = cfg.tile_m, cfg.tile_n, cfg.tile_k
-        self.cluster_shape_mn = (cfg.cluster_m, cfg.cluster_n)
         self.atom_layout_mnk = (1, 1, 1) if self.pingpong else (2, 1, 1)
         self.mma_threads = THREADS_PER_WG * (1 if self.pingpong else 2)  # threads sharing one tile
         self.threads_per_cta = 3 * THREADS_PER_WG
         # Each smem stage is read by one (ping-pong) or two (cooperative) warpgroups.
         self.consumer_warps_per_stage = self.mma_threads // 32
-        self.epi_tile = (cfg.tile_m, cfg.epi_n)
         self.epi_slots = 2 if self.pingpong else 1
-        self.num_outputs = epi.num_outputs
         # Set while tracing (__call__): the producer prefetches the epilogue input into L2.
         self.aux_l2 = False
 
