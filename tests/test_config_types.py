@@ -63,6 +63,16 @@ def test_neutral_rules_read_alike_on_both_arches(mod, cfg):
         validate(deep, arch=arch, num_outputs=2)
 
 
+def test_the_tile_order_values_are_the_shared_walk_s_on_every_arch():
+    from cute_kernels.gemm_base import config_types
+
+    assert c90.RASTERS is c100.RASTERS is config_types.RASTERS
+    assert c90.SWIZZLES is c100.SWIZZLES is config_types.SWIZZLES
+    for cfg in (GemmConfig(raster="z", swizzle=16), Sm100Config(raster="z", swizzle=16)):
+        errs = archs.arch_config("sm100" if isinstance(cfg, Sm100Config) else "sm90").validation_errors(cfg)
+        assert errs == ["raster must be one of ('n', 'm'), got 'z'", "swizzle must be one of (1, 2, 4, 8), got 16"]
+
+
 def test_smem_budget_arithmetic():
     budget = SmemBudget("toy", capacity=10_000, reserved=1_000, most_ab_stages=4,
                         stage_bytes=lambda cfg, elem_bytes: 1_000 * elem_bytes,

@@ -8,8 +8,9 @@ arch takes is its `cute_kernels.archs` entry).  The dict form is the `config:` m
 tuned_configs/ entry.
 
 The rules here hold on every arch; the values each field may take and the shared-memory
-figures are the arch's (its config module passes them in):
-- each field among the values the arch allows, the two cluster extents together;
+figures are the arch's (its config module passes them in), but for the tile order's:
+- each field among the values the arch allows (raster and swizzle: those of the shared tile
+  walk), the two cluster extents together;
 - the epilogue sub-tile dividing the tile (tile_n a multiple of epi_n);
 - ab_stages 0 (as many as fit) or at least 2, and the stages plus epilogue buffers within the
   arch's shared memory (`SmemBudget`).
@@ -21,6 +22,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Callable
+
+
+# The persistent tile order's values (cute_kernels.tile_scheduler, walked by gemm_base.tile_walk on
+# every arch): "n" or "m" bands of 1, 2, 4 or 8 tiles.
+RASTERS = ("n", "m")
+SWIZZLES = (1, 2, 4, 8)
 
 
 class ConfigError(ValueError):
@@ -84,10 +91,12 @@ def field_type_errors(cfg: TileConfig) -> list[str]:
 
 def choice_errors(cfg: TileConfig, choices: dict[str, tuple], *, clusters: tuple) -> list[str]:
     """Each field named in `choices` (field -> the values the arch allows) holding another value,
-    then the cluster extents (both in `clusters`), then whether epi_n divides tile_n (when both
-    are allowed values, or not checked here)."""
+    then the tile order (raster in RASTERS, swizzle in SWIZZLES: the same on every arch), then the
+    cluster extents (both in `clusters`), then whether epi_n divides tile_n (when epi_n is an
+    allowed value, or not checked here)."""
     errs = [f"{name} must be one of {values}, got {getattr(cfg, name)!r}"
-            for name, values in choices.items() if getattr(cfg, name) not in values]
+            for name, values in {**choices, "raster": RASTERS, "swizzle": SWIZZLES}.items()
+            if getattr(cfg, name) not in values]
     if cfg.cluster_m not in clusters or cfg.cluster_n not in clusters:
         errs.append(f"cluster_m and cluster_n must be in {clusters}, got ({cfg.cluster_m}, {cfg.cluster_n})")
     if cfg.epi_n in choices.get("epi_n", (cfg.epi_n,)) and cfg.tile_n % cfg.epi_n:

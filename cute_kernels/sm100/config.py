@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..gemm_base.config_types import SmemBudget, TileConfig, choice_errors, raise_if_invalid
+from ..gemm_base.config_types import RASTERS, SWIZZLES  # noqa: F401 (the shared tile order's values, as before)
 
 SMEM_CAPACITY = 232448  # 227 KiB of dynamic shared memory per CTA
 SMEM_RESERVED = 1024  # mbarriers, TMEM pointer, alignment slack
@@ -33,8 +34,6 @@ CTA_GROUPS = (1, 2)
 CLUSTER_CHOICES = (1, 2, 4)
 MAX_CLUSTER_SIZE = 8  # portable cluster size
 ACC_STAGE_CHOICES = (1, 2)
-RASTERS = ("n", "m")
-SWIZZLES = (1, 2, 4, 8)
 EPI_N_CHOICES = (32, 64)
 EPI_STAGE_CHOICES = (2, 3, 4)
 MAX_AB_STAGES = 8
@@ -101,9 +100,8 @@ def validation_errors(cfg, *, num_outputs: int = 1, out_bytes: int = 2, grouped:
     if not isinstance(cfg, Sm100Config):
         return [f"sm100 kernels take an Sm100Config, got {type(cfg).__name__}"]
     errs = choice_errors(cfg, {"tile_m": TILE_M_CHOICES, "tile_n": TILE_N_CHOICES, "tile_k": TILE_K_CHOICES,
-                               "cta_group": CTA_GROUPS, "acc_stages": ACC_STAGE_CHOICES, "raster": RASTERS,
-                               "swizzle": SWIZZLES, "epi_n": EPI_N_CHOICES, "epi_stages": EPI_STAGE_CHOICES},
-                         clusters=CLUSTER_CHOICES)
+                               "cta_group": CTA_GROUPS, "acc_stages": ACC_STAGE_CHOICES, "epi_n": EPI_N_CHOICES,
+                               "epi_stages": EPI_STAGE_CHOICES}, clusters=CLUSTER_CHOICES)
     if errs:
         return errs
     if cfg.cluster_size > MAX_CLUSTER_SIZE:

@@ -10,6 +10,7 @@ import dataclasses
 from ..activations import SRELU
 from ..config import ConfigError, GemmConfig
 from ..gemm_base.config_types import SmemBudget, choice_errors
+from ..gemm_base.config_types import RASTERS, SWIZZLES  # noqa: F401 (the shared tile order's values, as before)
 
 ARCH = "sm90"
 # Hopper: 227 KiB of dynamic shared memory per CTA (232448 bytes).
@@ -29,8 +30,6 @@ TILE_K_CHOICES = (64, 128)
 CLUSTER_CHOICES = (1, 2)
 SCHEDULES = ("cooperative", "pingpong")
 PINGPONG_TILE_M = (64, 128)
-RASTERS = ("n", "m")
-SWIZZLES = (1, 2, 4, 8)
 EPI_N_CHOICES = (32, 64)
 EPI_STAGE_CHOICES = (2, 3, 4)
 MAX_AB_STAGES = 8  # operand stages a launch takes when the config leaves it to the launch
@@ -124,9 +123,8 @@ def validation_errors(cfg: GemmConfig, *, num_outputs: int = 1, grouped: bool = 
     is invalid for either grouping alone (grouped tiles are rounded up to whole clusters,
     and a K-grouped ping-pong warpgroup skips by the other tile's own K extent), so they
     change nothing here."""
-    errs = choice_errors(cfg, {"schedule": SCHEDULES, "raster": RASTERS, "swizzle": SWIZZLES,
-                               "tile_n": TILE_N_CHOICES, "tile_k": TILE_K_CHOICES, "epi_n": EPI_N_CHOICES,
-                               "epi_stages": EPI_STAGE_CHOICES}, clusters=CLUSTER_CHOICES)
+    errs = choice_errors(cfg, {"schedule": SCHEDULES, "tile_n": TILE_N_CHOICES, "tile_k": TILE_K_CHOICES,
+                               "epi_n": EPI_N_CHOICES, "epi_stages": EPI_STAGE_CHOICES}, clusters=CLUSTER_CHOICES)
     # A consumer warpgroup holds whole 64-row WGMMA blocks: cooperative tiles split 128 rows
     # into two of them; a ping-pong warpgroup owns a whole tile of one or two blocks.
     if cfg.schedule == "cooperative" and cfg.tile_m != 128:
