@@ -16,8 +16,10 @@ from cute_kernels.gemm_base.launch_args import GemmArgs
 # E=4 with an empty and a one-token expert; H a multiple of 128 as the issue's 2688 (x's dequantization
 # for the bf16 weight gradient then broadcasts its scales), F only of 16
 SHAPE = {"name": "small grouped fp8", "m": 272, "h": 256, "f": 208, "e": 4, "splits": [0, 130, 1, 141]}
-# top-level torch ops of one E=8-style FP8 step (wgrad="bf16"): 117 before issue 26's host cuts
-MAX_TORCH_OPS = 80
+DENSE = {"name": "small dense fp8", "m": 272, "h": 256, "f": 208, "e": 0}
+# top-level torch ops of one FP8 step (wgrad="bf16") before / after issue 26's host cuts:
+# grouped (E=8-style) 117 -> 80, dense 142 -> 92
+MAX_TORCH_OPS = {"grouped": 80, "dense": 92}
 
 
 @pytest.fixture
@@ -27,17 +29,18 @@ def stubbed():
         yield launches
 
 
-def test_the_grouped_fp8_step_dispatches_at_most_its_counted_torch_ops(stubbed):
+@pytest.mark.parametrize("kind", ["grouped", "dense"])
+def test_the_fp8_step_dispatches_at_most_its_counted_torch_ops(stubbed, kind):
     """Regression guard: a new per-launch view, cast or copy on the FP8 kernel path shows up here."""
     from benchmarks.op_profile import profile_step_ops
 
-    summary = profile_step_ops(fp8_step_call(SHAPE), steps=2, warmup=2, cuda=False)
+    summary = profile_step_ops(fp8_step_call(SHAPE if kind == "grouped" else DENSE), steps=2, warmup=2, cuda=False)
     ops = {name: n for name, n, _, _ in summary["torch_ops"]}
     # no same-dtype casts, no transposes made to be viewed again, no copies of scales, no unread slices
     assert not {"aten::t", "aten::transpose", "aten::contiguous", "aten::clone", "aten::copy_", "aten::slice",
                 "aten::select", "aten::_to_copy"} & set(ops), ops
     assert ops.get("aten::to", 0) == 1, ops  # x's FP8 copy to fp32 in its dequantization (bf16 weight gradient)
-    assert summary["counts"]["torch_ops"] <= MAX_TORCH_OPS, ops
+    assert summary["counts"]["torch_ops"] <= MAX_TORCH_OPS[kind], ops
 
 
 def test_the_stubbed_fp8_step_runs_every_kernel(stubbed):
@@ -83,6 +86,18 @@ def test_views_that_are_not_the_weights_are_refused():
         _grouped_b_views(w, sw, (b3, sw.clone().permute(1, 2, 0)))  # another storage
     with pytest.raises(InputError, match="sw_views"):
         _grouped_b_views(w, sw, (b3, sw.transpose(1, 2)))  # sw's storage, another view
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (16, 48), (272, 400), (1, 1)])
+def test_one_expert_view_is_the_stacks_view(shape):
+    """quantize_ops._as_one_expert (one torch op) gives the weight kernel the view of a one-expert stack
+    that t.unsqueeze(0).permute(1, 2, 0) gave (two)."""
+    from cute_kernels.fp8.quantize_ops import _as_one_expert
+
+    t = torch.empty(shape)
+    made, before = _as_one_expert(t), t.unsqueeze(0).permute(1, 2, 0)
+    assert (made.shape, made.stride(), made.storage_offset()) == \
+        (before.shape, before.stride(), before.storage_offset())
 
 
 @pytest.mark.parametrize("m,nb", [(1, 1), (1, 5), (7, 1), (300, 3)])

@@ -49,7 +49,7 @@ from ..checks import InputError
 from ..epilogue import EpilogueSpec
 from ..first_order import first_order_only
 from .epilogue import Fp8Epilogue
-from .ops import _launch, check_fp8_device, fp8_dgrad_dact, fp8_grouped
+from .ops import _launch, _new_scales, check_fp8_device, fp8_dgrad_dact, fp8_grouped
 from .recipe import FORMATS, Fp8Recipe, quantize_1x128
 from .torch_gemm import mm_dequant, wgrad
 from . import quantize_ops, recipe as recipe_math
@@ -103,6 +103,12 @@ def _of(t, e):
     return t if e is None else t[e]
 
 
+def _rows(t, start, n, splits):
+    """Rows start..start+n of `t`; `t` itself when ungrouped (the one segment is all of it: the same
+    view, without a torch op)."""
+    return t if splits is None else t[start:start + n]
+
+
 # ---------------------------------------------------------------- the GEMMs of the step
 def _fc1_step(xq, xs, w1_copy, splits, impl, recipe):
     """FC1 + SReLU of the whole step: (preact bf16, postact FP8, its column-major 1x128 scales), one
@@ -114,11 +120,12 @@ def _fc1_step(xq, xs, w1_copy, splits, impl, recipe):
     m, f = xq.shape[0], w1q.shape[-2]
     pre = torch.empty((m, f), dtype=torch.bfloat16, device=xq.device)  # the kernel's preact is bf16
     pq = torch.empty((m, f), dtype=recipe.fwd_dtype, device=xq.device)
-    ps = torch.empty((_cdiv(f, BLOCK), m), dtype=torch.float32, device=xq.device).t()
+    ps = _new_scales(m, _cdiv(f, BLOCK), xq.device)
     for e, start, n in _segments(splits, m):
         if n:
-            rows = slice(start, start + n)
-            _fc1(xq[rows], xs[rows], _of(w1q, e), _of(w1s, e), impl, recipe, pre[rows], pq[rows], ps[rows])
+            pre_e, pq_e, ps_e = (_rows(t, start, n, splits) for t in (pre, pq, ps))
+            _fc1(_rows(xq, start, n, splits), _rows(xs, start, n, splits), _of(w1q, e), _of(w1s, e), impl, recipe,
+                 pre_e, pq_e, ps_e)
     return pre, pq, ps
 
 
@@ -131,8 +138,8 @@ def _mm_step(aq, sa, b_copy, splits, impl, shape):
     out = torch.empty(shape, dtype=torch.bfloat16, device=aq.device)
     for e, start, n in _segments(splits, aq.shape[0]):
         if n:
-            rows = slice(start, start + n)
-            _mm(aq[rows], sa[rows], _of(bq, e), _of(sb, e), impl, out[rows])
+            _mm(_rows(aq, start, n, splits), _rows(sa, start, n, splits), _of(bq, e), _of(sb, e), impl,
+                _rows(out, start, n, splits))
     return out
 
 
@@ -271,7 +278,7 @@ class Fp8FC2(torch.autograd.Function):
         pq, ps = handoff.postact
         handoff.postact = None
         if prob is not None:
-            ps = ps * prob.reshape(-1, 1).float()  # p folded into the postact scales
+            ps = ps * _as_dtype(prob.reshape(-1, 1), torch.float32)  # p folded into the postact scales
         w2c, w2t = weight_copies(w2, recipe, both=_one_pass(impl))
         y = _mm_step(pq, ps, w2c, splits, impl, (preact.shape[0], w2.shape[-2]))
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
@@ -322,7 +329,10 @@ def self_fused_backward(ctx, dy, dyq, dys, w2t_copy, preact, prob, w2):
     and the postact recompute in its epilogue (`fp8_dgrad_dact`, one launch for every expert), then
     FC2's weight gradient from that postact."""
     recipe, splits = ctx.recipe, ctx.splits
-    p32 = prob.float().reshape(-1) if prob is not None else None
+    p32 = None
+    if prob is not None:  # (no torch op for an fp32 (M,) prob)
+        p32 = _as_dtype(prob, torch.float32)
+        p32 = p32 if p32.dim() == 1 else p32.reshape(-1)
     want_dw2 = ctx.needs_input_grad[2]
     w2tq, w2ts = w2t_copy
     dpre, post, dprob = fp8_dgrad_dact(dyq, dys, w2tq.contiguous(), w2ts.contiguous(), preact.contiguous(),
@@ -334,7 +344,8 @@ def self_fused_backward(ctx, dy, dyq, dys, w2t_copy, preact, prob, w2):
         dw2 = _weight_grad(ctx, w2, "w2", dy, post, "kernel")
         del post
     if dprob is not None:
-        dprob = dprob.to(prob.dtype).reshape(prob.shape)
+        dprob = _as_dtype(dprob, prob.dtype)
+        dprob = dprob if dprob.shape == prob.shape else dprob.reshape(prob.shape)
     return _as_dtype(dpre, preact.dtype), dprob, dw2, None, None, None, None, None
 
 

@@ -295,7 +295,7 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
     key = _family_launch_key(epi, m, n, k, num_experts, grouped, fa, fb, config, tuned_root())
     partials = None
     if prob is not None:
-        partials = torch.empty((_cdiv(n, key.cfg.tile_n), m), dtype=torch.float32, device=dq.device).t()
+        partials = _new_scales(m, _cdiv(n, key.cfg.tile_n), dq.device)  # (M, N tiles), column-major
     _launch_family(dq, ds, wt, wts, key, dpre, q, qs, m_splits=m_splits, prob=prob, d1=post, aux=preact,
                    rowsum=partials, b_views=wt_views if grouped else None)
     return out0, post, (partials.sum(1) if prob is not None else None)
@@ -320,14 +320,13 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
         raise InputError(f"N = {n} must be a multiple of 8 (16-byte rows of the bf16 output)")
     _check_config_arg(config, epi)
     check_fp8_device("a", a)
-    d = q = qs = None
-    if epi.plain_outputs:
+    d, q, qs = outs if outs is not None else (None, None, None)  # allocated here where not given
+    if epi.plain_outputs and d is None:
         d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
-    if epi.quantized:
+    if epi.quantized and q is None:
         q = torch.empty((m, n), dtype=FORMATS[epi.q_format], device=a.device)
+    if epi.quantized and qs is None:
         qs = _new_scales(m, _cdiv(n, BLOCK), a.device)
-    if outs is not None:
-        d, q, qs = (o if o is not None else x for o, x in zip(outs, (d, q, qs)))
     if not use_tvm_ffi():
         raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi (a dependency of "
                          "cute_kernels) and leave CUTE_KERNELS_TVM_FFI unset")

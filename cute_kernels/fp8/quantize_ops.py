@@ -275,8 +275,9 @@ def quantize_weight_copies(w: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = F
     if not use_tvm_ffi():
         raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi and leave "
                          "CUTE_KERNELS_TVM_FFI unset")
-    stack = w if w.dim() == 3 else w.unsqueeze(0)
-    e, n, k = stack.shape
+    if w.dim() == 2:
+        return _quantize_one_weight(w, fmt, pow2)
+    e, n, k = w.shape
     nb, kb = _cdiv(n, BLOCK), _cdiv(k, BLOCK)
     dt = FORMATS[fmt]
     q = torch.empty((e, n, k), dtype=dt, device=w.device)
@@ -286,10 +287,31 @@ def quantize_weight_copies(w: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = F
     u8 = torch.uint8
     order = (1, 2, 0)  # (rows, cols, expert), the kernel's mode order: a grouped FP8 launch's too
     q3, s3, qt3, st3 = q.view(u8).permute(order), s.permute(order), qt.view(u8).permute(order), st.permute(order)
-    get_compiled(fmt, pow2, weight=True)(stack.permute(order), q3, s3, qt3, st3)
-    if w.dim() == 2:
-        return (q[0], s[0]), (qt[0], st[0])
+    get_compiled(fmt, pow2, weight=True)(w.permute(order), q3, s3, qt3, st3)
     return _WeightCopy(q, s, (q3, s3)), _WeightCopy(qt, st, (qt3, st3))
+
+
+def _as_one_expert(t: torch.Tensor) -> torch.Tensor:
+    """(R, C) -> (R, C, 1): the kernel's view of a one-expert stack, t.unsqueeze(0).permute(1, 2, 0)
+    in one torch op (the same sizes, strides and offset)."""
+    r, c = t.shape
+    s0, s1 = t.stride()
+    return t.as_strided((r, c, 1), (s0, s1, r * s0))
+
+
+def _quantize_one_weight(w: torch.Tensor, fmt: str, pow2: bool):
+    """quantize_weight_copies of an (N, K) weight: the copies allocated (N, K) and (K, N), each
+    handed to the kernel as the one-expert stack's view."""
+    n, k = w.shape
+    nb, kb = _cdiv(n, BLOCK), _cdiv(k, BLOCK)
+    dt, u8 = FORMATS[fmt], torch.uint8
+    q = torch.empty((n, k), dtype=dt, device=w.device)
+    qt = torch.empty((k, n), dtype=dt, device=w.device)
+    s = torch.empty((nb, kb), dtype=torch.float32, device=w.device)
+    st = torch.empty((kb, nb), dtype=torch.float32, device=w.device)
+    get_compiled(fmt, pow2, weight=True)(_as_one_expert(w), _as_one_expert(q.view(u8)), _as_one_expert(s),
+                                         _as_one_expert(qt.view(u8)), _as_one_expert(st))
+    return (q, s), (qt, st)
 
 
 class _WeightCopy(tuple):
