@@ -118,12 +118,7 @@ class Sm100Gemm(GemmKernelBase):
                          + cute.size_in_bytes(self.ab_dtype, b_smem_one)) * cute.size(tiled_mma.thr_id.shape)
 
         epi_smem_one = cute.slice_(epi_smem_staged, (None, None, 0))
-        tma_d0, tma_mD0 = cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileS2GOp(), self._store_view(mD0),
-                                                      epi_smem_one, self.epi_tile)
-        tma_d1, tma_mD1 = tma_d0, tma_mD0
-        if const_expr(mD1 is not None):
-            tma_d1, tma_mD1 = cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileS2GOp(), self._store_view(mD1),
-                                                          epi_smem_one, self.epi_tile)
+        tma_d0, tma_mD0, tma_d1, tma_mD1 = self.output_store_atoms(mD0, mD1, epi_smem_one, epi_smem_one)
 
         acc_shape = tiled_mma.partition_shape_C(self.mma_tiler[:2])
         acc_fake = tiled_mma.make_fragment_C(cute.append(acc_shape, cfg.acc_stages))
@@ -164,9 +159,6 @@ class Sm100Gemm(GemmKernelBase):
             min_blocks_per_mp=1,
             stream=stream,
         )
-
-    def _store_view(self, mD: cute.Tensor):
-        return grouping.ragged_store_view(mD, self.grouped)
 
     # ---------------------------------------------------------------- device side
     def _k_tiles(self, walk, expert, k_tiles):

@@ -56,7 +56,7 @@ from ..config import GemmConfig
 from ..epilogue import EpilogueSpec
 from ..gemm_base.descriptors import DescriptorRing
 from ..gemm_base.epilogue_io import visit_subtile
-from ..gemm_base.grouping import k_range, output_tile, ragged_store_view
+from ..gemm_base.grouping import k_range, output_tile
 from ..gemm_base.kernel_base import GemmKernelBase
 from ..gemm_base.output_codec import FP8_TYPES, as_element_type
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
@@ -188,15 +188,8 @@ class Sm90Gemm(GemmKernelBase):
         if const_expr(self.gather_a):
             tma_a = tma_b  # (stands in for A's atom, unused)
         epi_smem_one = cute.slice_(epi_smem_staged, (None, None, 0))
-        tma_d0, tma_mD0 = cpasync.make_tiled_tma_atom(
-            cpasync.CopyBulkTensorTileS2GOp(), ragged_store_view(mD0, self.grouped), epi_smem_one, self.epi_tile
-        )
-        tma_d1, tma_mD1 = tma_d0, tma_mD0
-        if const_expr(mD1 is not None):
-            tma_d1, tma_mD1 = cpasync.make_tiled_tma_atom(
-                cpasync.CopyBulkTensorTileS2GOp(), ragged_store_view(mD1, self.grouped),
-                cute.slice_(epi_smem_staged1, (None, None, 0)), self.epi_tile
-            )
+        tma_d0, tma_mD0, tma_d1, tma_mD1 = self.output_store_atoms(mD0, mD1, epi_smem_one,
+                                                                   cute.slice_(epi_smem_staged1, (None, None, 0)))
 
         # TMA atom for the epilogue input, used only to prefetch it into L2 (never into smem):
         # its box is one epilogue sub-tile, so the output's sub-tile smem layout describes it.
