@@ -182,10 +182,11 @@ def kernel_weight_copies(w: torch.Tensor, recipe):
     `weight_cache.weight_copies(..., both=kernel_weight_copies)`."""
     if not (one_pass_weight_kernel_enabled() and isinstance(w, torch.Tensor) and _on_gpu(w)):
         return None
-    if not weight_kernel_takes(w):
+    wd = w.detach()  # (so that the kernel's view of the weight does not require grad)
+    if not weight_kernel_takes(wd):
         return None
-    with torch.no_grad():  # (no detach: the kernel's views of w made here do not require grad)
-        return quantize_weight_copies(w, recipe.fwd_format, pow2=recipe.pow2_scales)
+    with torch.no_grad():
+        return quantize_weight_copies(wd, recipe.fwd_format, pow2=recipe.pow2_scales)
 
 
 def fake_dequantize_arguments():
