@@ -5,6 +5,7 @@
 #   source .gpu/p2/setup.sh && bash scripts/gpu_verify_switches.sh
 # - CUTE_KERNELS_FP8_WGRAD_KERNEL=1: the dense FP8 weight-gradient kernel (fp8/wgrad_ops.py)
 # - CUTE_KERNELS_FP8_DEQUANT_KERNEL=1: x back to bf16 for the bf16 weight gradient (sm90/dequantize.py)
+# - CUTE_KERNELS_FP8_ROWS_ONLY=1: x, dy, dpreact quantized without the unread column-wise copies
 # - routed_srelu_experts(fused_gather=True) and patch_nemotron_h(chunked_loss=True): bench_nemotron rows
 # SKIP_TESTS=1 / SKIP_BENCH=1 leave parts out.
 set -uo pipefail
@@ -13,13 +14,14 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw --format=csv > "$out/device.txt"; date -u >> "$out/device.txt"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout 240 python3 -m pytest -q --tb=short -p no:cacheprovider -n "${PYTEST_WORKERS:-14}" \
-    tests/test_fp8_wgrad_gpu.py tests/test_dequantize_gpu.py tests/test_quantize_weight_gpu.py \
+    tests/test_fp8_wgrad_gpu.py tests/test_dequantize_gpu.py tests/test_quantize_weight_gpu.py tests/test_quantize_gpu.py \
     tests/test_fp8_mlp_gpu.py tests/test_fp8_host_gpu.py tests/test_gather_gpu.py tests/test_chunked_ce_gpu.py \
     2>&1 | tail -40 > "$out/gpu_tests.log"
   tail -5 "$out/gpu_tests.log"
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  for sw in "" "CUTE_KERNELS_FP8_DEQUANT_KERNEL=1" "CUTE_KERNELS_FP8_DEQUANT_KERNEL=1 CUTE_KERNELS_FP8_WGRAD_KERNEL=1"; do
+  for sw in "" "CUTE_KERNELS_FP8_DEQUANT_KERNEL=1 CUTE_KERNELS_FP8_ROWS_ONLY=1" \
+            "CUTE_KERNELS_FP8_DEQUANT_KERNEL=1 CUTE_KERNELS_FP8_ROWS_ONLY=1 CUTE_KERNELS_FP8_WGRAD_KERNEL=1"; do
     echo "## switches: ${sw:-none}" >> "$out/bench_fp8_step.log"
     env $sw timeout 90 python3 -m benchmarks.bench_fp8 --no-gemm --no-grouped 2>&1 | grep -E "^\|" >> "$out/bench_fp8_step.log"
   done

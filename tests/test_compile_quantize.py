@@ -63,3 +63,27 @@ def test_quantize_kernel_rejects_unknown_format():
 def test_quantize_rows_and_cols_input_errors(x, fmt, match):
     with pytest.raises(InputError, match=match):
         quantize_rows_and_cols(x, fmt)
+
+
+@pytest.mark.parametrize("fmt,pow2", [("e4m3", False), ("e5m2", True)])
+def test_rows_only_form_has_no_column_pass(fmt, pow2):
+    """`cols=False`: the same row pass (16-byte loads, 8-byte FP8 stores, one scale per row), no
+    shared memory, no barrier, no column-wise stores."""
+    ptx = quantize_ptx(fmt, pow2, cols=False)
+    assert _ops(ptx, "ld.global") == ["ld.global.v4.b32"] * ROW_SWEEPS
+    stores = _ops(ptx, "st.global")
+    assert stores.count("st.global.v2.b32") == ROW_SWEEPS and "st.global.v4.b32" not in stores, sorted(set(stores))
+    assert not _ops(ptx, "st.shared") and not _ops(ptx, "ld.shared") and "bar.sync" not in ptx
+    assert f"cvt.rn.satfinite.{fmt}x2.f32" in ptx and "rcp.rn.f32" in ptx and ".ftz" not in ptx
+    if find_ptxas() is not None:
+        info = ptxas_info(ptx)
+        assert info.spill_store_bytes == 0 and info.spill_load_bytes == 0
+
+
+def test_rows_only_switch_is_off_by_default(monkeypatch):
+    from cute_kernels.fp8.quantize_ops import rows_only_kernel_enabled
+
+    monkeypatch.delenv("CUTE_KERNELS_FP8_ROWS_ONLY", raising=False)
+    assert not rows_only_kernel_enabled()
+    monkeypatch.setenv("CUTE_KERNELS_FP8_ROWS_ONLY", "1")
+    assert rows_only_kernel_enabled()

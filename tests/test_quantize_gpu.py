@@ -58,3 +58,15 @@ def test_strided_x_rows_past_m_are_not_read():
     big = torch.randn(1200, 640, device="cuda").bfloat16()
     big[1000:] = 3e4  # would dominate the last tile's column amax if read
     _check(big[:1000, 128:512])  # row stride 640, a column offset of 128 (16-byte aligned)
+
+
+@pytest.mark.parametrize("m,k", [(1, 128), (333, 2688), (1000, 144)])
+@pytest.mark.parametrize("fmt,pow2", [("e4m3", False), ("e5m2", True)])
+def test_rows_only_form_is_bitwise_the_full_kernels_row_copy(m, k, fmt, pow2):
+    from cute_kernels.fp8.quantize_ops import quantize_rows_only
+
+    torch.manual_seed(m + k)
+    x = (torch.randn(m, k, device="cuda") * torch.logspace(-4, 4, k, device="cuda")).bfloat16()
+    q, s = quantize_rows_only(x, fmt, pow2=pow2)
+    fq, fs, _, _ = quantize_rows_and_cols(x, fmt, pow2=pow2)
+    assert torch.equal(q.view(U8), fq.view(U8)) and torch.equal(s, fs) and s.stride() == fs.stride()

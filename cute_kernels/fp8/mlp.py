@@ -73,6 +73,8 @@ def quantize_rows(t: torch.Tensor, fmt: str, recipe: Fp8Recipe, impl: str = "tor
     tensor goes through the one-pass quantization kernel (sm90/quantize.py: the recipe's values and
     scales bit for bit, H200 2026-12-03; 25x the torch passes' speed on 8192x4096)."""
     if impl == "kernel" and t.dtype == torch.bfloat16 and t.shape[0] and t.shape[1] % 16 == 0:
+        if quantize_ops.rows_only_kernel_enabled():  # no column-wise copy: the step does not read it
+            return quantize_ops.quantize_rows_only(t.contiguous(), fmt, pow2=recipe.pow2_scales)
         q, s, _, _ = quantize_ops.quantize_both_padded(t.contiguous(), fmt, pow2=recipe.pow2_scales)
         return q, s
     if t.shape[0] == 0:

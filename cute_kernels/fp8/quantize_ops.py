@@ -79,17 +79,17 @@ def fake_arguments():
 
 
 def compile_quantize(fmt: str = "e4m3", pow2: bool = False, *, options: str = "", tvm_ffi: bool = False,
-                     weight: bool = False):
-    """Compile the kernel for sm_90a (uncached): the activation kernel, or with `weight` the
-    128x128-block weight kernel.  With `tvm_ffi` it takes torch tensors: fn(x, q_u8, s, qt_u8, st)
-    on the current torch stream."""
+                     weight: bool = False, cols: bool = True):
+    """Compile the kernel for sm_90a (uncached): the activation kernel (without its column pass
+    with `cols=False`), or with `weight` the 128x128-block weight kernel.  With `tvm_ffi` it takes
+    torch tensors: fn(x, q_u8, s, qt_u8, st) on the current torch stream."""
     import cutlass.cute as cute
 
     from ..sm90.quantize import Sm90QuantizeBoth
     from ..sm90.quantize_weight import Sm90QuantizeWeight
 
     with dsl_lock:
-        kernel = (Sm90QuantizeWeight if weight else Sm90QuantizeBoth)(fmt, pow2)
+        kernel = Sm90QuantizeWeight(fmt, pow2) if weight else Sm90QuantizeBoth(fmt, pow2, cols)
         if tvm_ffi:
             stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
             options = (options + " --enable-tvm-ffi").strip()
@@ -99,21 +99,21 @@ def compile_quantize(fmt: str = "e4m3", pow2: bool = False, *, options: str = ""
         return cute.compile(kernel, *fakes, stream, options=arch_options("sm90", options))
 
 
-def get_compiled(fmt: str, pow2: bool, weight: bool = False):
-    key = (fmt, bool(pow2), weight)
+def get_compiled(fmt: str, pow2: bool, weight: bool = False, cols: bool = True):
+    key = (fmt, bool(pow2), weight, cols)
     fn = _cache.get(key)
     if fn is None:
         with dsl_lock:
             fn = _cache.get(key)
             if fn is None:
-                fn = _cache[key] = compile_quantize(fmt, pow2, tvm_ffi=use_tvm_ffi(), weight=weight)
+                fn = _cache[key] = compile_quantize(fmt, pow2, tvm_ffi=use_tvm_ffi(), weight=weight, cols=cols)
     return fn
 
 
-def quantize_ptx(fmt: str = "e4m3", pow2: bool = False, weight: bool = False) -> str:
+def quantize_ptx(fmt: str = "e4m3", pow2: bool = False, weight: bool = False, cols: bool = True) -> str:
     """The kernel's PTX (compiled into a private dump directory, as inspect_ptx.kernel_ptx)."""
     with tempfile.TemporaryDirectory(prefix="cute_kernels_ptx_") as d:
-        return compile_quantize(fmt, pow2, options=f"--keep-ptx --dump-dir={d}", weight=weight).__ptx__
+        return compile_quantize(fmt, pow2, options=f"--keep-ptx --dump-dir={d}", weight=weight, cols=cols).__ptx__
 
 
 def _check_input(x, fmt):
@@ -329,3 +329,30 @@ def weight_views(copy):
     """The grouped launch's views of a weight copy made by `quantize_weight_copies` (fp8.ops's
     `w_views` / `wt_views`), or None for any other (q, scales) pair (the launch makes them)."""
     return copy.views if isinstance(copy, _WeightCopy) else None
+
+
+def rows_only_kernel_enabled() -> bool:
+    """Whether the FP8 step quantizes x, dy and dpreact without the column-wise copies it does not
+    read (the activation kernel's `cols=False` form): CUTE_KERNELS_FP8_ROWS_ONLY=1 (off until an
+    H200 run shows it bitwise the full kernel's row-wise copy)."""
+    return os.environ.get("CUTE_KERNELS_FP8_ROWS_ONLY", "0") == "1"
+
+
+def quantize_rows_only(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = False):
+    """(q, s): the row-wise 1x128 copy of x (M, K) bf16 and its column-major scales, bitwise the
+    first two outputs of `quantize_rows_and_cols` (the same row pass; no column pass, no qt)."""
+    _check_input(x, fmt)
+    ops.check_fp8_device("x", x)
+    if not use_tvm_ffi():
+        raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi and leave "
+                         "CUTE_KERNELS_TVM_FFI unset")
+    m, k = x.shape
+    if m == 1 and x.stride(0) != k:
+        x = x.as_strided((1, k), (k, 1))
+    q = torch.empty((m, k), dtype=FORMATS[fmt], device=x.device)
+    s = ops._new_scales(m, _cdiv(k, BLOCK), x.device)
+    # qt and st of the kernel's signature (K rows as its symbols say), never read or written
+    qt_unused = torch.empty((k, 16), dtype=torch.uint8, device=x.device)
+    st_unused = torch.empty((k, 1), dtype=torch.float32, device=x.device)
+    get_compiled(fmt, pow2, cols=False)(x, q.view(torch.uint8), s, qt_unused, st_unused)
+    return q, s

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32, Int32
+from cutlass import Float32, Int32, const_expr
 from cutlass.memory import SmemAllocator
 
 from ..gemm_base.output_codec import block_scale
@@ -69,7 +69,7 @@ class Sm90QuantizeBoth(QuantizeKernel):
 
         # ---- row pass: 1x128 blocks along K
         xv = register_tile()
-        vec, r_first, vec_in = load_and_stage(gX, sX, xv, tidx, row0, col0, m_total, k_total)
+        vec, r_first, vec_in = load_and_stage(gX, sX, xv, tidx, row0, col0, m_total, k_total, self.cols)
         for i in cutlass.range_constexpr(ROW_SWEEPS):
             r = r_first + ROWS_PER_PASS * i
             vals = row_values(xv, i)
@@ -84,32 +84,33 @@ class Sm90QuantizeBoth(QuantizeKernel):
                     cute.autovec_copy(qv, cute.local_tile(gQ, (1, VEC), (r, vec)))
                 if vec == 0:
                     mS[(row0 + r, k_tile)] = s
-        cute.arch.sync_threads()
+        if const_expr(self.cols):
+            cute.arch.sync_threads()
 
-        # ---- column pass: 1x128 blocks of x^T along M
-        pair = tidx % COL_PAIRS
-        quarter = tidx // COL_PAIRS
-        cv = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), cutlass.BFloat16)
-        cute.autovec_copy(cute.local_tile(sX, (QUARTER, 2), (quarter, pair)), cv)
-        # the values stay bf16 across the barrier (32 registers, not 64); converted where used
-        cf = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), Float32)
-        cf.store(cv.load().to(Float32))
-        for c in cutlass.range_constexpr(2):
-            amax = Float32(0.0)
-            for j in cutlass.range_constexpr(QUARTER):
-                amax = cute.arch.fmax(amax, cute.math.abs(cf[(j, c)]))
-            sAmax[(quarter, 2 * pair + c)] = amax
-        cute.arch.sync_threads()
-        cf.store(cv.load().to(Float32))
-        for c in cutlass.range_constexpr(2):
-            col = 2 * pair + c
-            amax = sAmax[(0, col)]
-            for qi in cutlass.range_constexpr(1, ROW_QUARTERS):
-                amax = cute.arch.fmax(amax, sAmax[(qi, col)])
-            s = block_scale(amax, self.fmax, self.pow2)
-            inv = Float32(1.0) / s
-            qv = scaled_fp8(lambda j: cf[(j, c)], QUARTER, inv, self.q_type)
-            if col0 + col < k_total:  # qt has K rows
-                cute.autovec_copy(qv, cute.local_tile(gQT, (1, QUARTER), (col, quarter)))
-                if quarter == 0:
-                    mST[(col0 + col, m_tile)] = s
+            # ---- column pass: 1x128 blocks of x^T along M
+            pair = tidx % COL_PAIRS
+            quarter = tidx // COL_PAIRS
+            cv = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), cutlass.BFloat16)
+            cute.autovec_copy(cute.local_tile(sX, (QUARTER, 2), (quarter, pair)), cv)
+            # the values stay bf16 across the barrier (32 registers, not 64); converted where used
+            cf = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), Float32)
+            cf.store(cv.load().to(Float32))
+            for c in cutlass.range_constexpr(2):
+                amax = Float32(0.0)
+                for j in cutlass.range_constexpr(QUARTER):
+                    amax = cute.arch.fmax(amax, cute.math.abs(cf[(j, c)]))
+                sAmax[(quarter, 2 * pair + c)] = amax
+            cute.arch.sync_threads()
+            cf.store(cv.load().to(Float32))
+            for c in cutlass.range_constexpr(2):
+                col = 2 * pair + c
+                amax = sAmax[(0, col)]
+                for qi in cutlass.range_constexpr(1, ROW_QUARTERS):
+                    amax = cute.arch.fmax(amax, sAmax[(qi, col)])
+                s = block_scale(amax, self.fmax, self.pow2)
+                inv = Float32(1.0) / s
+                qv = scaled_fp8(lambda j: cf[(j, c)], QUARTER, inv, self.q_type)
+                if col0 + col < k_total:  # qt has K rows
+                    cute.autovec_copy(qv, cute.local_tile(gQT, (1, QUARTER), (col, quarter)))
+                    if quarter == 0:
+                        mST[(col0 + col, m_tile)] = s

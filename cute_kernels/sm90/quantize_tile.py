@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32
+from cutlass import Float32, const_expr
 
 from ..epilogue import FP8_FMAX as FMAX
 from ..gemm_base.output_codec import FP8_TYPES, as_element_type
@@ -31,10 +31,10 @@ def register_tile():
 
 
 @cute.jit
-def load_and_stage(gX, sX, xv, tidx, row0, col0, rows_total, cols_total):
+def load_and_stage(gX, sX, xv, tidx, row0, col0, rows_total, cols_total, stage: cutlass.Constexpr = True):
     """Load the thread's rows of tile gX (origin (row0, col0) of a rows_total x cols_total
     tensor) into `xv` with 16-byte loads, zeros past the edges (cols_total a multiple of 8: a
-    vector is all in or all out), and stage them in sX with 16-byte stores.  Returns
+    vector is all in or all out), and (with `stage`) stage them in sX with 16-byte stores.  Returns
     (vec, r_first, vec_in): the thread's vector column, first row, and whether its vector is in."""
     vec = tidx % ROW_LANES
     r_first = tidx // ROW_LANES
@@ -45,9 +45,10 @@ def load_and_stage(gX, sX, xv, tidx, row0, col0, rows_total, cols_total):
         if vec_in:
             if row0 + r < rows_total:
                 cute.autovec_copy(cute.local_tile(gX, (1, VEC), (r, vec)), cute.local_tile(xv, (1, VEC), (i, 0)))
-    for i in cutlass.range_constexpr(ROW_SWEEPS):
-        r = r_first + ROWS_PER_PASS * i
-        cute.autovec_copy(cute.local_tile(xv, (1, VEC), (i, 0)), cute.local_tile(sX, (1, VEC), (r, vec)))
+    if const_expr(stage):
+        for i in cutlass.range_constexpr(ROW_SWEEPS):
+            r = r_first + ROWS_PER_PASS * i
+            cute.autovec_copy(cute.local_tile(xv, (1, VEC), (i, 0)), cute.local_tile(sX, (1, VEC), (r, vec)))
     return vec, r_first, vec_in
 
 
@@ -80,11 +81,13 @@ class QuantizeKernel:
     """The recipe parameters both quantization kernels hold: the FP8 format (its largest finite
     value and DSL type) and whether scales are rounded up to powers of two."""
 
-    def __init__(self, fmt: str = "e4m3", pow2: bool = False):
+    def __init__(self, fmt: str = "e4m3", pow2: bool = False, cols: bool = True):
         if fmt not in FMAX:
             raise ValueError(f"fmt must be one of {tuple(FMAX)}, got {fmt!r}")
         self.fmt, self.pow2, self.fmax = fmt, pow2, FMAX[fmt]
         self.q_type = FP8_TYPES[fmt]
+        # the activation kernel without its column pass (`cols=False`): the row-wise copy only
+        self.cols = cols
 
     def fp8_views(self, *tensors):
         """The FP8 outputs, which arrive as uint8 (byte views on the host), as the recipe's format."""
