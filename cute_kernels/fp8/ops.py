@@ -43,6 +43,15 @@ BLOCK = 128
 _FORMAT_OF = {v: k for k, v in FORMATS.items()}
 
 
+def check_fp8_launch(name: str, t: torch.Tensor):
+    """What every FP8 kernel launch needs beside its arguments: `t` on a GPU with the FP8 kernels
+    (check_fp8_device) and the TVM-FFI launch path (the FP8 kernels take torch tensors through it)."""
+    check_fp8_device(name, t)
+    if not use_tvm_ffi():
+        raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi (a dependency of "
+                         "cute_kernels) and leave CUTE_KERNELS_TVM_FFI unset")
+
+
 def check_fp8_device(name: str, t: torch.Tensor):
     """InputError unless `t` is on a GPU whose arch has the block-scaled FP8 kernels (cute_kernels.archs)."""
     if not t.is_cuda:
@@ -218,7 +227,7 @@ def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None
     if prob is not None and (not isinstance(prob, torch.Tensor) or prob.shape != (m,) or prob.dtype != torch.float32):
         raise InputError("prob must be a float32 (M,) tensor")
     _check_config_arg(config)
-    check_fp8_device("x", x)
+    check_fp8_launch("x", x)
     if epilogue == "identity":
         if prob is not None:
             raise InputError("prob belongs to the 'act' epilogue")
@@ -282,7 +291,7 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
     _check_config_arg(config if config is not None else
                       kernel_default_config(family_kernel(epi), m, n, k, num_experts if grouped else 0,
                                             arch=FAMILY_ARCH), epi, grouped)
-    check_fp8_device("dq", dq)
+    check_fp8_launch("dq", dq)
     dpre = None if quantize_dpreact else torch.empty((m, n), dtype=torch.bfloat16, device=dq.device)
     q = qs = None
     if quantize_dpreact:
@@ -319,7 +328,7 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
     if n % 8:
         raise InputError(f"N = {n} must be a multiple of 8 (16-byte rows of the bf16 output)")
     _check_config_arg(config, epi)
-    check_fp8_device("a", a)
+    check_fp8_launch("a", a)
     d, q, qs = outs if outs is not None else (None, None, None)  # allocated here where not given
     if epi.plain_outputs and d is None:
         d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
@@ -327,9 +336,6 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
         q = torch.empty((m, n), dtype=FORMATS[epi.q_format], device=a.device)
     if epi.quantized and qs is None:
         qs = _new_scales(m, _cdiv(n, BLOCK), a.device)
-    if not use_tvm_ffi():
-        raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi (a dependency of "
-                         "cute_kernels) and leave CUTE_KERNELS_TVM_FFI unset")
     _launch_family(a, sa, b, sb, _family_launch_key(epi, m, n, k, 0, False, fa, fb, config, tuned_root()), d, q, qs)
     return d, q, qs
 

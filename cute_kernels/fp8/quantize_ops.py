@@ -99,15 +99,27 @@ def compile_quantize(fmt: str = "e4m3", pow2: bool = False, *, options: str = ""
         return cute.compile(kernel, *fakes, stream, options=arch_options("sm90", options))
 
 
-def get_compiled(fmt: str, pow2: bool, weight: bool = False, cols: bool = True):
-    key = (fmt, bool(pow2), weight, cols)
+def _cached(key, compile_fn):
+    """The compiled kernel of `key` from this module's cache, compiled (once) by compile_fn()."""
     fn = _cache.get(key)
     if fn is None:
         with dsl_lock:
             fn = _cache.get(key)
             if fn is None:
-                fn = _cache[key] = compile_quantize(fmt, pow2, tvm_ffi=use_tvm_ffi(), weight=weight, cols=cols)
+                fn = _cache[key] = compile_fn()
     return fn
+
+
+def get_compiled(fmt: str, pow2: bool, weight: bool = False, cols: bool = True):
+    return _cached((fmt, bool(pow2), weight, cols),
+                   lambda: compile_quantize(fmt, pow2, tvm_ffi=use_tvm_ffi(), weight=weight, cols=cols))
+
+
+def _one_row_strides(x: torch.Tensor) -> torch.Tensor:
+    """x itself, or a one-row x with its row stride set to K (never used, but the kernels' row
+    strides are declared divisible by 8 or 16)."""
+    m, k = x.shape
+    return x.as_strided((1, k), (k, 1)) if m == 1 and x.stride(0) != k else x
 
 
 def quantize_ptx(fmt: str = "e4m3", pow2: bool = False, weight: bool = False, cols: bool = True) -> str:
@@ -145,13 +157,9 @@ def quantize_both_padded(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = Fal
     """quantize_rows_and_cols with qt's whole (K, 128 * ceil(M/128)) buffer (one view less, for a
     caller that does not read qt)."""
     _check_input(x, fmt)
-    ops.check_fp8_device("x", x)
-    if not use_tvm_ffi():
-        raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi and leave "
-                         "CUTE_KERNELS_TVM_FFI unset")
+    ops.check_fp8_launch("x", x)
+    x = _one_row_strides(x)
     m, k = x.shape
-    if m == 1 and x.stride(0) != k:  # one row: its row stride is never used, the kernel's must divide by 8
-        x = x.as_strided((1, k), (k, 1))
     mb, kb = _cdiv(m, BLOCK), _cdiv(k, BLOCK)
     dt = FORMATS[fmt]
     q = torch.empty((m, k), dtype=dt, device=x.device)
@@ -232,26 +240,15 @@ def dequantize_kernel_enabled() -> bool:
 def dequantize_to_bf16(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """bf16(fp32(q) * s) of a 1x128-scaled FP8 (M, K) tensor by the kernel: bitwise
     `recipe.dequantize(q, s, out_dtype=torch.bfloat16)`.  K a multiple of 16, M > 0."""
-    fmt = {v: k for k, v in FORMATS.items()}.get(q.dtype) if isinstance(q, torch.Tensor) else None
-    if fmt is None or q.dim() != 2:
-        raise InputError(f"q must be a 2-D float8_e4m3fn or float8_e5m2 tensor, got {getattr(q, 'dtype', q)}")
+    fmt = ops._check_fp8_operand("q", q)
     m, k = q.shape
-    if m == 0 or k % 16 or q.stride(1) != 1 or (m > 1 and q.stride(0) % 16) or q.data_ptr() % 16:
-        raise InputError(f"q must be row-major with K a multiple of 16 and 16-byte aligned rows, got shape "
-                         f"{tuple(q.shape)}, strides {q.stride()}")
-    if not isinstance(s, torch.Tensor) or s.dtype != torch.float32 or tuple(s.shape) != (m, _cdiv(k, BLOCK)):
-        raise InputError(f"s must be float32 of shape {(m, _cdiv(k, BLOCK))}, got {getattr(s, 'shape', s)}")
-    ops.check_fp8_device("q", q)
-    key = ("dequantize", fmt)
-    fn = _cache.get(key)
-    if fn is None:
-        with dsl_lock:
-            fn = _cache.get(key)
-            if fn is None:
-                fn = _cache[key] = compile_dequantize(fmt, tvm_ffi=use_tvm_ffi())
+    if m == 0:
+        raise InputError("q is empty (no rows)")
+    ops._check_scales("s", s, (m, _cdiv(k, BLOCK)))
+    ops.check_fp8_launch("q", q)
+    fn = _cached(("dequantize", fmt), lambda: compile_dequantize(fmt, tvm_ffi=use_tvm_ffi()))
     out = torch.empty((m, k), dtype=torch.bfloat16, device=q.device)
-    if m == 1 and q.stride(0) != k:
-        q = q.as_strided((1, k), (k, 1))
+    q = _one_row_strides(q)
     fn(q.view(torch.uint8), s, out)
     return out
 
@@ -272,10 +269,7 @@ def quantize_weight_copies(w: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = F
     if not weight_kernel_takes(w):
         raise InputError("w must be a contiguous bf16 (N, K) or (E, N, K) tensor with N and K nonzero multiples "
                          f"of 16, got {getattr(w, 'dtype', type(w).__name__)} of shape {tuple(getattr(w, 'shape', ()))}")
-    ops.check_fp8_device("w", w)
-    if not use_tvm_ffi():
-        raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi and leave "
-                         "CUTE_KERNELS_TVM_FFI unset")
+    ops.check_fp8_launch("w", w)
     if w.dim() == 2:
         return _quantize_one_weight(w, fmt, pow2)
     e, n, k = w.shape
@@ -342,13 +336,9 @@ def quantize_rows_only(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = False
     """(q, s): the row-wise 1x128 copy of x (M, K) bf16 and its column-major scales, bitwise the
     first two outputs of `quantize_rows_and_cols` (the same row pass; no column pass, no qt)."""
     _check_input(x, fmt)
-    ops.check_fp8_device("x", x)
-    if not use_tvm_ffi():
-        raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi and leave "
-                         "CUTE_KERNELS_TVM_FFI unset")
+    ops.check_fp8_launch("x", x)
+    x = _one_row_strides(x)
     m, k = x.shape
-    if m == 1 and x.stride(0) != k:
-        x = x.as_strided((1, k), (k, 1))
     q = torch.empty((m, k), dtype=FORMATS[fmt], device=x.device)
     s = ops._new_scales(m, _cdiv(k, BLOCK), x.device)
     # qt and st of the kernel's signature (K rows as its symbols say), never read or written

@@ -27,7 +27,7 @@ from ..compile import use_tvm_ffi
 from ..config import GemmConfig, block_scaled_errors
 from ..epilogue import EpilogueSpec
 from ..host_args import as_mkl
-from .ops import FAMILY_ARCH, _cdiv, _check_fp8_operand, _check_scales, check_fp8_device, family_key
+from .ops import FAMILY_ARCH, _cdiv, _check_fp8_operand, _check_scales, check_fp8_launch, family_key
 from .epilogue import Fp8Epilogue
 
 BLOCK = 128
@@ -78,10 +78,7 @@ def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype = torch.fl
         errors = wgrad_config_errors(config)
         if errors:
             raise InputError(f"config: {config} cannot run the FP8 weight gradient: " + "; ".join(errors))
-    check_fp8_device("gq_t", gq_t)
-    if not use_tvm_ffi():
-        raise InputError("the FP8 kernels launch through TVM-FFI: install apache-tvm-ffi and leave "
-                         "CUTE_KERNELS_TVM_FFI unset")
+    check_fp8_launch("gq_t", gq_t)
     from ..gemm_base.launch_args import GemmArgs
     from ..gemm_ops import _run
 
