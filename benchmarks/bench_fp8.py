@@ -160,6 +160,17 @@ def grouped_rows(sustained: bool):
 STEP_SHAPES = [("dense 8192x4096->16384", 8192, 4096, 16384, 0), ("grouped E=8 16384x2688->1856", 16384, 2688, 1856, 8)]
 
 
+def step_inputs(m: int, h: int, f: int, e: int, seed: int = 0):
+    """(x, w1, w2, dy, m_splits) of an MLP step shape: x and the weights leaves requiring grad,
+    bf16 on the GPU, weights scaled by 1/sqrt(fan-in); equal splits over e experts (None: dense)."""
+    torch.manual_seed(seed)
+    x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
+    w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
+    w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
+    dy = torch.randn(m, h, device="cuda").bfloat16()
+    return x, w1, w2, dy, ([m // e] * e if e else None)
+
+
 def saved_bytes(fn, exclude) -> int:
     """Bytes of the tensors autograd saves during fn() (tensors in `exclude`, the weights, left out)."""
     total = [0]
@@ -182,12 +193,7 @@ def step_rows(sustained: bool):
 
     rows = []
     for name, m, h, f, e in STEP_SHAPES:
-        torch.manual_seed(0)
-        x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
-        w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
-        w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
-        dy = torch.randn(m, h, device="cuda").bfloat16()
-        splits = [m // e] * e if e else None
+        x, w1, w2, dy, splits = step_inputs(m, h, f, e)
         flops = 3 * 2 * 2.0 * m * h * f  # two GEMMs, forward + two backward GEMMs each
         variants = [("bf16 (ours)", None), ("fp8, fp8 wgrads (torch)", Fp8Recipe(wgrad="fp8")),
                     ("fp8, bf16 wgrad kernels (default)", Fp8Recipe(wgrad="bf16"))]

@@ -13,8 +13,11 @@ host-bound; the host table says by what.  Needs a CUDA GPU with the FP8 kernels 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/ (its step inputs)
 
 SHAPES = {"dense": (8192, 4096, 16384, 0), "e8": (16384, 2688, 1856, 8)}
 
@@ -34,17 +37,10 @@ def parse_args(argv=None):
 
 
 def _make_step(shape: str, recipe):
-    import torch
-
+    from benchmarks.bench_fp8 import step_inputs
     from cute_kernels.mlp import srelu_mlp
 
-    m, h, f, e = SHAPES[shape]
-    torch.manual_seed(0)
-    x = torch.randn(m, h, device="cuda").bfloat16().requires_grad_()
-    w1 = (torch.randn(*((e, f, h) if e else (f, h)), device="cuda") / h ** 0.5).bfloat16().requires_grad_()
-    w2 = (torch.randn(*((e, h, f) if e else (h, f)), device="cuda") / f ** 0.5).bfloat16().requires_grad_()
-    dy = torch.randn(m, h, device="cuda").bfloat16()
-    splits = [m // e] * e if e else None
+    x, w1, w2, dy, splits = step_inputs(*SHAPES[shape])
 
     def step():
         x.grad = w1.grad = w2.grad = None
