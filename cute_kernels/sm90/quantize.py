@@ -33,8 +33,9 @@ from cutlass import Float32, Int32, const_expr
 from cutlass.memory import SmemAllocator
 
 from ..gemm_base.output_codec import block_scale
-from .quantize_tile import (QuantizeKernel, BLOCK, COL_PAIRS, QUARTER, ROW_QUARTERS, ROW_SWEEPS, ROWS_PER_PASS, THREADS, VEC,
-                            abs_max, load_and_stage, register_tile, row_values, scaled_fp8)
+from .quantize_tile import (QuantizeKernel, BLOCK, QUARTER, ROW_QUARTERS, ROW_SWEEPS, ROWS_PER_PASS, THREADS, VEC,
+                            abs_max, load_and_stage, register_tile, row_values, scaled_fp8,
+                            column_pairs, pair_values)
 
 
 class Sm90QuantizeBoth(QuantizeKernel):
@@ -88,20 +89,16 @@ class Sm90QuantizeBoth(QuantizeKernel):
             cute.arch.sync_threads()
 
             # ---- column pass: 1x128 blocks of x^T along M
-            pair = tidx % COL_PAIRS
-            quarter = tidx // COL_PAIRS
-            cv = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), cutlass.BFloat16)
-            cute.autovec_copy(cute.local_tile(sX, (QUARTER, 2), (quarter, pair)), cv)
+            pair, quarter, cv = column_pairs(sX, tidx)
             # the values stay bf16 across the barrier (32 registers, not 64); converted where used
-            cf = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), Float32)
-            cf.store(cv.load().to(Float32))
+            cf = pair_values(cv)
             for c in cutlass.range_constexpr(2):
                 amax = Float32(0.0)
                 for j in cutlass.range_constexpr(QUARTER):
                     amax = cute.arch.fmax(amax, cute.math.abs(cf[(j, c)]))
                 sAmax[(quarter, 2 * pair + c)] = amax
             cute.arch.sync_threads()
-            cf.store(cv.load().to(Float32))
+            cf = pair_values(cv)
             for c in cutlass.range_constexpr(2):
                 col = 2 * pair + c
                 amax = sAmax[(0, col)]

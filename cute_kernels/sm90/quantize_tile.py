@@ -52,6 +52,24 @@ def load_and_stage(gX, sX, xv, tidx, row0, col0, rows_total, cols_total, stage: 
     return vec, r_first, vec_in
 
 
+def column_pairs(sX, tidx):
+    """The column pass's read of the staged tile: the thread's pair of columns (2 * pair,
+    2 * pair + 1) over its quarter of the rows (32 rows), as (pair, quarter, bf16 values (32, 2)):
+    32-bit shared loads, a warp reading 128 contiguous bytes of one row (no bank conflicts)."""
+    pair = tidx % COL_PAIRS
+    quarter = tidx // COL_PAIRS
+    cv = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), cutlass.BFloat16)
+    cute.autovec_copy(cute.local_tile(sX, (QUARTER, 2), (quarter, pair)), cv)
+    return pair, quarter, cv
+
+
+def pair_values(cv):
+    """A column_pairs read in fp32 (32 x 2)."""
+    cf = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), Float32)
+    cf.store(cv.load().to(Float32))
+    return cf
+
+
 def row_values(xv, i: int):
     """Row i of the thread's register tile as VEC fp32 values."""
     vals = cute.make_rmem_tensor((VEC,), Float32)

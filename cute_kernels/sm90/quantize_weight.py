@@ -33,8 +33,9 @@ from cutlass import Float32, Int32
 from cutlass.memory import SmemAllocator
 
 from ..gemm_base.output_codec import block_scale
-from .quantize_tile import (QuantizeKernel, BLOCK, COL_PAIRS, QUARTER, ROW_SWEEPS, ROWS_PER_PASS, THREADS, VEC, abs_max,
-                            load_and_stage, register_tile, row_values, scaled_fp8)
+from .quantize_tile import (QuantizeKernel, BLOCK, QUARTER, ROW_SWEEPS, ROWS_PER_PASS, THREADS, VEC, abs_max,
+                            load_and_stage, register_tile, row_values, scaled_fp8,
+                            column_pairs, pair_values)
 
 WARPS = THREADS // 32
 HALF = QUARTER // 2  # 16 FP8 bytes: one store, all in or all out of N (N a multiple of 16)
@@ -102,12 +103,8 @@ class Sm90QuantizeWeight(QuantizeKernel):
                     cute.autovec_copy(qv, cute.local_tile(gQ, (1, VEC), (r, vec)))
 
         # ---- column pass: qt (the block transposed, same scale)
-        pair = tidx % COL_PAIRS
-        quarter = tidx // COL_PAIRS
-        cv = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), cutlass.BFloat16)
-        cute.autovec_copy(cute.local_tile(sX, (QUARTER, 2), (quarter, pair)), cv)
-        cf = cute.make_rmem_tensor(cute.make_layout((QUARTER, 2), stride=(2, 1)), Float32)
-        cf.store(cv.load().to(Float32))
+        pair, quarter, cv = column_pairs(sX, tidx)
+        cf = pair_values(cv)
         for c in cutlass.range_constexpr(2):
             col = 2 * pair + c
             for h in cutlass.range_constexpr(2):
