@@ -74,7 +74,7 @@ def variant_name(key) -> str:
     operands = key.dtype + (f"x{key.b_dtype}" if key.b_dtype and key.b_dtype != key.dtype else "")
     if key.gather_a:  # A's rows by index: its own evidence (a pattern for the plain
         operands += "+gather"  # variant, "*/bfloat16->*", does not match it)
-    if getattr(key, "b_scale", ""):  # B's scales per row (the 1D1D weight gradient): its own evidence
+    if key.b_scale:  # B's scales per row (the 1D1D weight gradient): its own evidence
         operands += f"+{key.b_scale}scaledB"
     return f"{grouping}/{key.epi.key()}/{shape}/{operands}->{out}/a{key.a_major}b{key.b_major}"
 

@@ -144,22 +144,16 @@ def weight_copies(w: torch.Tensor, recipe: Fp8Recipe = Fp8Recipe(), *, both=None
     fp8.quantize_ops.kernel_weight_copies); without it, or where it returns None: W's copy and
     None (the caller derives W^T's with `transposed_copy` when it needs it).  Bitwise the same
     copies either way; the same reuse rules as `weight_copy`."""
-    if both is None:
-        return weight_copy(w, recipe), None
-    make_both = both
-    if _scope.depth == 0:
-        both = make_both(w, recipe)
-        return both if both is not None else (weight_copy(w, recipe), None)
-    copies = _cached_copies(w)
+    copies = _cached_copies(w) if both is not None and _scope.depth else None
     fmt = (recipe.fwd_format, recipe.pow2_scales)
-    plain, trans = copies.get(fmt + (False,)), copies.get(fmt + (True,))
-    if plain is not None:
-        return plain, trans
-    both = make_both(w, recipe)
-    if both is None:
+    if copies and copies.get(fmt + (False,)) is not None:  # reused in the scope
+        return copies[fmt + (False,)], copies.get(fmt + (True,))
+    made = both(w, recipe) if both is not None else None
+    if made is None:
         return weight_copy(w, recipe), None
-    copies[fmt + (False,)], copies[fmt + (True,)] = both
-    return both
+    if copies is not None:
+        copies[fmt + (False,)], copies[fmt + (True,)] = made
+    return made
 
 
 def weight_copy(w: torch.Tensor, recipe: Fp8Recipe = Fp8Recipe(), *, transposed: bool = False):
