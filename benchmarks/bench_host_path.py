@@ -94,12 +94,12 @@ def stubbed_kernels():
 def _stub_fp8(patch):
     """The FP8 step's GPU-only parts (the stubbed_kernels of fp8_step_call): its kernel path chosen on
     CPU tensors, the FP8 device and TVM-FFI checks passed, and the quantization kernels (activation
-    and one-pass weight copies) compiled as stand-ins that write nothing (the FP8 GEMMs launch
+    and one-pass weight copies, the FP8 -> bf16 dequantization) compiled as stand-ins that write nothing (the FP8 GEMMs launch
     through gemm_ops, stubbed above).  The quantize functions' outputs are still allocated by the
     real code (torch.empty), so what is counted and timed is their host work."""
     from cute_kernels.fp8 import mlp as fp8_mlp, ops as fp8_ops, quantize_ops
 
-    def quantize_kernel(fmt, pow2, weight=False):
+    def quantize_kernel(fmt, pow2, weight=False, **kw):
         return lambda *args: None
 
     patch(mock.patch.object(fp8_mlp, "_impl", lambda x, backend: "kernel"))
@@ -107,6 +107,7 @@ def _stub_fp8(patch):
     patch(mock.patch.object(fp8_ops, "use_tvm_ffi", lambda: True))
     patch(mock.patch.object(quantize_ops, "use_tvm_ffi", lambda: True))
     patch(mock.patch.object(quantize_ops, "get_compiled", quantize_kernel))
+    patch(mock.patch.object(quantize_ops, "_cached", lambda key, compile_fn: lambda *args: None))  # dequantize
     patch(mock.patch.object(quantize_ops, "_on_gpu", lambda t: True))
 
 

@@ -35,11 +35,11 @@ def test_dequantize_kernel_ptx_is_as_designed(fmt):
         assert info.spill_store_bytes == 0 and info.spill_load_bytes == 0 and info.stack_bytes == 0
 
 
-def test_switched_off_by_default(monkeypatch):
+def test_switched_on_by_default(monkeypatch):
     monkeypatch.delenv("CUTE_KERNELS_FP8_DEQUANT_KERNEL", raising=False)
-    assert not dequantize_kernel_enabled()
-    monkeypatch.setenv("CUTE_KERNELS_FP8_DEQUANT_KERNEL", "1")
     assert dequantize_kernel_enabled()
+    monkeypatch.setenv("CUTE_KERNELS_FP8_DEQUANT_KERNEL", "0")
+    assert not dequantize_kernel_enabled()
 
 
 @pytest.mark.parametrize("change,match", [

@@ -80,10 +80,10 @@ def test_rows_only_form_has_no_column_pass(fmt, pow2):
         assert info.spill_store_bytes == 0 and info.spill_load_bytes == 0
 
 
-def test_rows_only_switch_is_off_by_default(monkeypatch):
+def test_rows_only_switch_is_on_by_default(monkeypatch):
     from cute_kernels.fp8.quantize_ops import rows_only_kernel_enabled
 
     monkeypatch.delenv("CUTE_KERNELS_FP8_ROWS_ONLY", raising=False)
-    assert not rows_only_kernel_enabled()
-    monkeypatch.setenv("CUTE_KERNELS_FP8_ROWS_ONLY", "1")
     assert rows_only_kernel_enabled()
+    monkeypatch.setenv("CUTE_KERNELS_FP8_ROWS_ONLY", "0")
+    assert not rows_only_kernel_enabled()

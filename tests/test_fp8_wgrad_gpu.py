@@ -14,7 +14,7 @@ from cute_kernels.fp8.quantize_ops import quantize_rows_and_cols
 from cute_kernels.fp8.recipe import dequantize
 from cute_kernels.fp8.wgrad_ops import as_operand, fp8_weight_grad
 from cute_kernels.mlp import srelu_mlp
-from test_fp8_gpu import _check_elementwise
+from test_fp8_gpu import ACC_BOUND, _check_elementwise
 
 pytestmark = pytest.mark.gpu
 
@@ -37,7 +37,11 @@ def test_fp8_weight_grad_against_float64(n_out, k_out, tokens, gfmt, out):
     assert dw.shape == (n_out, k_out) and dw.dtype == out
     a, b = dequantize(gq, gs).double(), dequantize(xq, xs).double()
     ref = a @ b.t()
-    _check_elementwise(dw.float(), ref, a.abs() @ b.abs().t())
+    # the token (reduction) dimension spans four decades here: the tensor core aligns each group of
+    # products to the group's largest before adding, so a group of terms can lose a few 2^-13 of its
+    # largest product, beyond ACC_BOUND's 2^-13 of sum |ab| (H200 2026-12-03: one element at 2^-12.7
+    # in e5m2); twice ACC_BOUND states that, the bf16 GEMMs' ACC_BOUND stays as it is
+    _check_elementwise(dw.float(), ref, a.abs() @ b.abs().t(), acc_bound=2 * ACC_BOUND)
 
 
 def test_fp8_step_with_the_wgrad_kernel(monkeypatch):

@@ -185,7 +185,7 @@ def _weight_grad(ctx, w, name, g, act, impl):
     if recipe.wgrad == "fp8" and impl == "kernel" and splits is None and g.shape[0]:
         from .wgrad_ops import fp8_weight_grad_of, wgrad_kernel_enabled
 
-        if wgrad_kernel_enabled():  # the 1D1D kernel (CUTE_KERNELS_FP8_WGRAD_KERNEL=1 until an H200 run)
+        if wgrad_kernel_enabled():  # the 1D1D kernel (CUTE_KERNELS_FP8_WGRAD_KERNEL=0: the torch emulation)
             return _add_wgrad(ctx, w, name, fp8_weight_grad_of(g, act, recipe))
     dw = torch.zeros(w.shape, dtype=torch.float32, device=g.device)
     for e, start, n in _segments(splits, g.shape[0]):
@@ -208,7 +208,7 @@ def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _dequantize_saved_x(xq, xs, bf16_kernel: bool):
     """x from its saved FP8 copy: straight to bf16 for the bf16 weight-gradient kernel (by the
-    dequantization kernel with CUTE_KERNELS_FP8_DEQUANT_KERNEL=1, bitwise the torch form), else
+    dequantization kernel unless CUTE_KERNELS_FP8_DEQUANT_KERNEL=0, bitwise the torch form), else
     fp32 (requantized along the tokens for "fp8")."""
     if bf16_kernel and xq.shape[0] and xq.shape[1] % 16 == 0 and quantize_ops.dequantize_kernel_enabled():
         return quantize_ops.dequantize_to_bf16(xq, xs)

@@ -233,8 +233,10 @@ def dequantize_ptx(fmt: str = "e4m3") -> str:
 
 def dequantize_kernel_enabled() -> bool:
     """Whether the FP8 step dequantizes its saved x with the kernel (sm90/dequantize.py):
-    CUTE_KERNELS_FP8_DEQUANT_KERNEL=1 (off until an H200 run shows it bitwise the torch form)."""
-    return os.environ.get("CUTE_KERNELS_FP8_DEQUANT_KERNEL", "0") == "1"
+    on by default since the H200 run of 2026-12-03 showed it bitwise the torch form (with the
+    rows-only quantizer: dense FP8 step 8.67 -> 8.36 ms, benchmarks/results/fp8/
+    2026-12-03-h200-fp8-step-switches.md); CUTE_KERNELS_FP8_DEQUANT_KERNEL=0 takes the torch form."""
+    return os.environ.get("CUTE_KERNELS_FP8_DEQUANT_KERNEL", "1") != "0"
 
 
 def dequantize_to_bf16(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -327,9 +329,9 @@ def weight_views(copy):
 
 def rows_only_kernel_enabled() -> bool:
     """Whether the FP8 step quantizes x, dy and dpreact without the column-wise copies it does not
-    read (the activation kernel's `cols=False` form): CUTE_KERNELS_FP8_ROWS_ONLY=1 (off until an
-    H200 run shows it bitwise the full kernel's row-wise copy)."""
-    return os.environ.get("CUTE_KERNELS_FP8_ROWS_ONLY", "0") == "1"
+    read (the activation kernel's `cols=False` form): on by default since the H200 run of 2026-12-03
+    (bitwise the full kernel's row-wise copy); CUTE_KERNELS_FP8_ROWS_ONLY=0 writes both copies."""
+    return os.environ.get("CUTE_KERNELS_FP8_ROWS_ONLY", "1") != "0"
 
 
 def quantize_rows_only(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = False):

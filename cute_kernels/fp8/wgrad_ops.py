@@ -13,7 +13,7 @@ form needs each expert's tokens to start a scale block (docs/fp8.md).
 
 The kernel is the GEMM family's Hopper kernel with `KernelKey.b_scale = "row"`: not yet run on
 a GPU (2026-12-03), so its first launch is self-checked against torch (selfcheck.py) and
-`Fp8Recipe(wgrad="fp8")` uses it only with CUTE_KERNELS_FP8_WGRAD_KERNEL=1 until the H200 says so.
+`Fp8Recipe(wgrad="fp8")` uses it by default (CUTE_KERNELS_FP8_WGRAD_KERNEL=0: the torch emulation).
 """
 from __future__ import annotations
 
@@ -38,8 +38,11 @@ WGRAD_DEFAULT_CONFIG = GemmConfig(tile_m=128, tile_n=128, tile_k=128, cluster_m=
 
 def wgrad_kernel_enabled() -> bool:
     """Whether the FP8 step's weight gradients (Fp8Recipe(wgrad="fp8"), kernel path) use this
-    kernel: CUTE_KERNELS_FP8_WGRAD_KERNEL=1 (off until an H200 run shows it right and fast)."""
-    return os.environ.get("CUTE_KERNELS_FP8_WGRAD_KERNEL", "0") == "1"
+    kernel: on by default since the H200 run of 2026-12-03 (GPU tests within the accumulation bound;
+    the dense FP8 step with wgrad="fp8" 19.86 -> 10.95 ms at the power limit,
+    benchmarks/results/fp8/2026-12-03-h200-fp8-step-switches.md); CUTE_KERNELS_FP8_WGRAD_KERNEL=0
+    takes the torch emulation."""
+    return os.environ.get("CUTE_KERNELS_FP8_WGRAD_KERNEL", "1") != "0"
 
 
 def wgrad_key(a_format: str, b_format: str, out_dtype: torch.dtype, config: GemmConfig = WGRAD_DEFAULT_CONFIG):
