@@ -1,5 +1,6 @@
 """The FP8 GEMMs ncu profiles (scripts/gpu_fp8_family.sh NCU=1): 8192x16384x4096, the plain GEMM
-at 128x128 (overlapped promotion) and 128x256 (split-N) and FC1 with FP8 postact at 128x128, each
+at 128x128 (overlapped promotion) and 128x256 (split-N), FC1 with FP8 postact at 128x128 and
+torch._scaled_mm rowwise (cuBLAS, the speed to reach), each
 called three times (profile the third: `ncu --launch-skip 2 --launch-count 1` per kernel name).
 
     ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \\
@@ -13,7 +14,7 @@ import torch
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="FP8 GEMMs for ncu to profile")
-    p.add_argument("case", nargs="?", default="128x128", choices=("128x128", "128x256", "fc1"))
+    p.add_argument("case", nargs="?", default="128x128", choices=("128x128", "128x256", "fc1", "scaled_mm"))
     which = p.parse_args(argv).case
     if not torch.cuda.is_available():
         print("ncu_fp8 needs a CUDA GPU", file=sys.stderr)
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
             fp8_gemm(xq, xs, wq, ws)
         elif which == "128x256":
             fp8_gemm(xq, xs, wq, ws, config=wide)
+        elif which == "scaled_mm":  # torch's rowwise FP8 GEMM (cuBLAS) on the same shape: the bar
+            torch._scaled_mm(xq, wq.t(), scale_a=torch.ones(m, 1, device="cuda"),
+                             scale_b=torch.ones(1, n, device="cuda"), out_dtype=torch.bfloat16)
         else:
             fp8_fc1_srelu(xq, xs, wq, ws, store_preact=False)
     torch.cuda.synchronize()
