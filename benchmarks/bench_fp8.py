@@ -11,8 +11,16 @@ bytes each step saves for backward (saved_tensors_hooks, weights excluded).  The
 weight gradients, dSReLU and grouped loop are torch (fp8/mlp.py).  The FP8 GEMM rows time both
 forms of the FP8 mainloop (128x128 overlapped promotion, 128x256 split-N) on both clusters.
 
+The weight-gradient table (`--no-wgrad` skips it) times the dense step's two weight gradients,
+dW1 (16384, 4096) and dW2 (4096, 16384) from 8192 tokens: our FP8 1D1D kernel
+(fp8/wgrad_ops.fp8_weight_grad, 1x128 scales along the tokens on both operands, fp32 and bf16
+out), our bf16 `weight_grad` and torch's bf16 mm on the bf16 operands, and torch._scaled_mm
+rowwise of the same M, N, K (the FP8 reference speed); TFLOP/s = 2*M*N*K / time, each output
+checked against its float32 reference first, and the issue-26 target (>= 900 TFLOP/s burst) stated.
+
     PYTHONPATH=$PWD OUT=gpu_out python benchmarks/bench_fp8.py [--shape 8192,16384,4096] [--no-sustained]
-        [--no-step]
+        [--no-step] [--no-grouped] [--no-gemm] [--no-wgrad]
+    PYTHONPATH=$PWD OUT=gpu_out python -m benchmarks.bench_fp8 --no-gemm --no-grouped --no-step  # wgrad only
 
 Writes $OUT/bench_fp8.md and $OUT/bench_fp8.json; prints the tables last.  About 3 minutes.
 """
@@ -31,6 +39,26 @@ from autotune.timing import sustained_ms, tflops, time_ms
 
 def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _error(ex: Exception) -> str:
+    return f"{type(ex).__name__}: {str(ex).splitlines()[0][:160]}"
+
+
+def measure(row: dict, fn, sustained: bool) -> dict:
+    """row with fn's burst time (L2 flushed, median; batches of 4) and, with `sustained`, its time,
+    board power and SM clock at the power limit; an exception becomes row["error"] (one failing
+    case must not lose the table)."""
+    try:
+        fn()
+        torch.cuda.synchronize()
+        row["burst_ms"] = time_ms(fn, warmup=5, iters=20, batch=4)
+        if sustained:
+            row["sustained_ms"], row["power_w"], row["sm_mhz"] = sustained_ms(fn, seconds=1.0, warm_s=0.3)
+    except Exception as ex:  # noqa: BLE001 - reported in the table
+        row["error"] = _error(ex)
+        traceback.print_exc(file=sys.stderr)
+    return row
 
 
 def cases(m, n, k):
@@ -127,16 +155,7 @@ def grouped_rows(sustained: bool):
                 lambda cfg=cfg: fp8_grouped(xq, xs, wq, ws, splits, epilogue="act", prob=prob, config=cfg))
         base = None
         for label, fn in variants.items():
-            row = {"shape": name, "case": label}
-            try:
-                fn()
-                torch.cuda.synchronize()
-                row["burst_ms"] = time_ms(fn, warmup=5, iters=20, batch=4)
-                if sustained:
-                    row["sustained_ms"], row["power_w"], row["sm_mhz"] = sustained_ms(fn, seconds=1.0, warm_s=0.3)
-            except Exception as ex:  # noqa: BLE001 - one failing case must not lose the table
-                row["error"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:160]}"
-                traceback.print_exc(file=sys.stderr)
+            row = measure({"shape": name, "case": label}, fn, sustained)
             if label.startswith("bf16") and "error" not in row:
                 base = row
             rows.append((row, base, 2.0 * m * n * k))
@@ -155,6 +174,113 @@ def grouped_rows(sustained: bool):
                      f"{sus:.3f} | {tflops(fl, sus):.0f} | {ratio} | {r.get('power_w', 0):.0f} |" if sus else
                      f"| {r['shape']} | {r['case']} | {r['burst_ms']:.3f} | {tflops(fl, r['burst_ms']):.0f} | - | - | - | - |")
     return [r for r, _, _ in rows], lines
+
+
+# the dense step 8192 x 4096 -> 16384's two weight gradients: dW1 = dpreact^T @ x, dW2 = dy^T @ postact
+# (name, tokens T, N_out, K_out)
+WGRAD_SHAPES = [("dW1 (16384, 4096) from 8192 tokens", 8192, 16384, 4096),
+                ("dW2 (4096, 16384) from 8192 tokens", 8192, 4096, 16384)]
+WGRAD_TARGET_TFLOPS = 900.0  # issue 26: burst, the dense step's wgrad shapes (DeepGEMM: 920-1,092 on the H800)
+ROWWISE_CASE = "torch._scaled_mm rowwise (same M,N,K)"
+
+
+def wgrad_cases(t: int, n_out: int, k_out: int):
+    """{case: fn} of one weight-gradient shape dW (n_out, k_out) = G^T X over t tokens, and
+    {case: rel err}: our FP8 1D1D kernel (fp8/wgrad_ops, both operands the column-wise FP8 copies
+    with 1x128 scales along the tokens, made by quantize_rows_and_cols as the step makes them;
+    fp32 and bf16 out) against a float32 product of its dequantized operands; our bf16 weight_grad
+    and torch's bf16 mm on the bf16 operands against their float32 product; torch._scaled_mm
+    rowwise on the same FP8 bytes (per-row/per-column scales: the FP8 reference speed) against
+    the float32 product of those operands with its scales."""
+    import cute_kernels as ck
+    from cute_kernels.fp8 import Fp8Recipe
+    from cute_kernels.fp8.quantize_ops import quantize_rows_and_cols
+    from cute_kernels.fp8.recipe import dequantize
+    from cute_kernels.fp8.wgrad_ops import as_operand, fp8_weight_grad
+
+    recipe = Fp8Recipe(wgrad="fp8")
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    g = (torch.randn(t, n_out, device="cuda", generator=gen) * 1e-3).bfloat16()
+    x = torch.randn(t, k_out, device="cuda", generator=gen).bfloat16()
+    _, _, gq, gs = quantize_rows_and_cols(g, recipe.grad_format, pow2=recipe.pow2_scales)
+    _, _, xq, xs = quantize_rows_and_cols(x, recipe.fwd_format, pow2=recipe.pow2_scales)
+    gq, xq = as_operand(gq), as_operand(xq)  # (rows, T padded to 128), zeros past T
+    sa = gs.amax(1, keepdim=True).contiguous()  # (N_out, 1)
+    sb = xs.amax(1).view(1, k_out).contiguous()  # (1, K_out)
+
+    fns = {"ours fp8 wgrad 1D1D (fp32 out)": lambda: fp8_weight_grad(gq, gs, xq, xs, out_dtype=torch.float32),
+           "ours fp8 wgrad 1D1D (bf16 out)": lambda: fp8_weight_grad(gq, gs, xq, xs, out_dtype=torch.bfloat16),
+           "ours bf16 weight_grad (bf16 out)": lambda: ck.weight_grad(g, x),
+           "torch bf16 mm (g^T @ x)": lambda: g.t() @ x,
+           # (N_out, T) row-major times (T, K_out) column-major, as _scaled_mm wants them
+           ROWWISE_CASE: lambda: torch._scaled_mm(gq, xq.t(), sa, sb, out_dtype=torch.bfloat16)}
+    errs = {}
+    ref = dequantize(gq, gs) @ dequantize(xq, xs).t()
+    for case in list(fns)[:2]:
+        errs[case] = _rel(fns[case](), ref)
+    ref = g.float().t() @ x.float()
+    for case in list(fns)[2:4]:
+        errs[case] = _rel(fns[case](), ref)
+    del ref
+    try:
+        errs[ROWWISE_CASE] = _rel(fns[ROWWISE_CASE](), (gq.float() * sa) @ (xq.float() * sb.t()).t())
+    except Exception as ex:  # noqa: BLE001 - this torch/GPU may lack rowwise scaling: its row says so
+        errs[ROWWISE_CASE] = _error(ex)
+    return fns, errs
+
+
+def wgrad_rows(sustained: bool):
+    """The weight-gradient table's rows (format_wgrad_table), outputs checked before timing."""
+    rows = []
+    for name, t, n_out, k_out in WGRAD_SHAPES:
+        fns, errs = wgrad_cases(t, n_out, k_out)
+        for case, fn in fns.items():
+            row = {"shape": name, "case": case, "flops": 2.0 * n_out * k_out * t}
+            if isinstance(errs[case], str):
+                row["error"] = errs[case]
+            else:
+                row["rel_err"] = errs[case]
+                measure(row, fn, sustained)
+            rows.append(row)
+        del fns
+        torch.cuda.empty_cache()
+    return rows
+
+
+def format_wgrad_table(rows) -> list[str]:
+    """Markdown lines of the weight-gradient table: TFLOP/s = 2*M*N*K / time, ratios against
+    torch._scaled_mm rowwise of the same shape, and whether our FP8 kernel's best burst rate per
+    shape reaches the issue's target."""
+    lines = ["", "## Weight gradients of the dense step 8192 x 4096 -> 16384 (TFLOP/s = 2*M*N*K/time; "
+             "ratios against torch._scaled_mm rowwise, same run)", "",
+             "| shape | case | rel err | burst ms | burst TFLOP/s | x rowwise | sustained ms | sustained TFLOP/s "
+             "| x rowwise | W |", "|---|---|---|---|---|---|---|---|---|---|"]
+    ref = {r["shape"]: r for r in rows if r["case"] == ROWWISE_CASE and "error" not in r}
+    best = {}
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['case']} | error: {r['error']} ||||||||")
+            continue
+        b = ref.get(r["shape"], {})
+        cells = [r["shape"], r["case"], f"{r['rel_err']:.2e}", f"{r['burst_ms']:.3f}",
+                 f"{tflops(r['flops'], r['burst_ms']):.0f}",
+                 f"{b['burst_ms'] / r['burst_ms']:.2f}" if "burst_ms" in b else "-"]
+        if "sustained_ms" in r:
+            cells += [f"{r['sustained_ms']:.3f}", f"{tflops(r['flops'], r['sustained_ms']):.0f}",
+                      f"{b['sustained_ms'] / r['sustained_ms']:.2f}" if "sustained_ms" in b else "-",
+                      f"{r['power_w']:.0f}"]
+        else:
+            cells += ["-"] * 4
+        lines.append("| " + " | ".join(cells) + " |")
+        if r["case"].startswith("ours fp8"):
+            best[r["shape"]] = max(best.get(r["shape"], 0.0), tflops(r["flops"], r["burst_ms"]))
+    lines.append("")
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        got = best.get(shape)
+        lines.append(f"- target >= {WGRAD_TARGET_TFLOPS:.0f} TFLOP/s burst, {shape}: " +
+                     ("no FP8 kernel time" if got is None else
+                      f"{got:.0f} ({'met' if got >= WGRAD_TARGET_TFLOPS else 'not met'})"))
+    return lines
 
 
 STEP_SHAPES = [("dense 8192x4096->16384", 8192, 4096, 16384, 0), ("grouped E=8 16384x2688->1856", 16384, 2688, 1856, 8)]
@@ -217,7 +343,7 @@ def step_rows(sustained: bool):
                     row["sustained_ms"], row["power_w"], row["sm_mhz"] = sustained_ms(step, seconds=1.0, warm_s=0.3)
                 row["tflops"] = flops / (row.get("sustained_ms", row["burst_ms"]) * 1e9)
             except Exception as ex:  # noqa: BLE001 - one failing case must not lose the table
-                row["error"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:160]}"
+                row["error"] = _error(ex)
                 traceback.print_exc(file=sys.stderr)
             if label.startswith("bf16") and "error" not in row:
                 base = row
@@ -246,6 +372,7 @@ def main(argv=None):
     p.add_argument("--no-step", action="store_true", help="skip the MLP step table")
     p.add_argument("--no-grouped", action="store_true", help="skip the grouped FC1+SReLU table")
     p.add_argument("--no-gemm", action="store_true", help="skip the dense GEMM table")
+    p.add_argument("--no-wgrad", action="store_true", help="skip the weight-gradient table (dense step's dW1, dW2)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_fp8 needs a CUDA GPU", file=sys.stderr)
@@ -257,17 +384,7 @@ def main(argv=None):
     fns, checks = cases(m, n, k) if not args.no_gemm else ({}, {})
     rows = []
     for name, fn in fns.items():
-        row = {"case": name}
-        try:
-            fn()
-            torch.cuda.synchronize()
-            row["burst_ms"] = time_ms(fn, warmup=5, iters=20, batch=4)
-            if not args.no_sustained:
-                row["sustained_ms"], row["power_w"], row["sm_mhz"] = sustained_ms(fn, seconds=1.0, warm_s=0.3)
-        except Exception as e:  # noqa: BLE001 - one failing case must not lose the table
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-            traceback.print_exc(file=sys.stderr)
-        rows.append(row)
+        rows.append(measure({"case": name}, fn, not args.no_sustained))
     base = {r["case"]: r for r in rows}
     ref_row = base.get("torch._scaled_mm rowwise", {})
     lines = [f"# FP8 GEMM {m}x{n}x{k} on {torch.cuda.get_device_name()} (torch {torch.__version__})", ""]
@@ -287,8 +404,14 @@ def main(argv=None):
         else:
             cells += ["-"] * 5
         lines.append("| " + " | ".join(cells) + " |")
+    if args.no_gemm:
+        lines = lines[:2]  # the title only
     del fns
     torch.cuda.empty_cache()
+    wgrad = []
+    if not args.no_wgrad:
+        wgrad = wgrad_rows(not args.no_sustained)
+        lines += format_wgrad_table(wgrad)
     grouped = []
     if not args.no_grouped:
         grouped, grouped_lines = grouped_rows(not args.no_sustained)
@@ -301,8 +424,8 @@ def main(argv=None):
     with open(os.path.join(out_dir, "bench_fp8.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(out_dir, "bench_fp8.json"), "w") as f:
-        json.dump({"shape": [m, n, k], "checks": checks, "rows": rows, "grouped": grouped, "step": step}, f,
-                  indent=1)
+        json.dump({"shape": [m, n, k], "checks": checks, "rows": rows, "wgrad": wgrad, "grouped": grouped,
+                   "step": step}, f, indent=1)
     print(table)
 
 

@@ -22,7 +22,7 @@ if [ "${BENCH_ONLY:-0}" != 1 ]; then
     tail -25 "$out/gpu_tests.log"
   fi
 fi
-timeout ${FP8_BENCH_S:-240} python3 -m benchmarks.bench_fp8 ${FP8_BENCH_ARGS:-} 2>&1 | tee "$out/bench_fp8.log" | tail -40
+timeout ${FP8_BENCH_S:-300} python3 -m benchmarks.bench_fp8 ${FP8_BENCH_ARGS:-} 2>&1 | tee "$out/bench_fp8.log" | tail -40
 if [ "${SKIP_QUANT:-0}" != 1 ]; then
   timeout 60 python3 -m benchmarks.bench_quantize 2>&1 | tee "$out/bench_quantize.log" | tail -12
 fi

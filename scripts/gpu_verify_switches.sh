@@ -23,7 +23,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   for sw in "" "CUTE_KERNELS_FP8_DEQUANT_KERNEL=1 CUTE_KERNELS_FP8_ROWS_ONLY=1" \
             "CUTE_KERNELS_FP8_DEQUANT_KERNEL=1 CUTE_KERNELS_FP8_ROWS_ONLY=1 CUTE_KERNELS_FP8_WGRAD_KERNEL=1"; do
     echo "## switches: ${sw:-none}" >> "$out/bench_fp8_step.log"
-    env $sw timeout 90 python3 -m benchmarks.bench_fp8 --no-gemm --no-grouped 2>&1 | grep -E "^\|" >> "$out/bench_fp8_step.log"
+    env $sw timeout 90 python3 -m benchmarks.bench_fp8 --no-gemm --no-grouped --no-wgrad 2>&1 | grep -E "^\|" >> "$out/bench_fp8_step.log"
   done
   cat "$out/bench_fp8_step.log"
   # the E=8 FP8 step's host ops and GPU busy time with every switch on (2026-12-03: 2.58 ms wall, 1.89 GPU, 195 aten ops)
@@ -33,7 +33,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   # is the FP8 GEMM's gap to torch._scaled_mm per tile (epilogue, tile changes: shrinks as K grows) or
   # in the mainloop (stays)?  ncu (2026-12-03): not memory-bound (max bandwidth 65%, L2 hit 84%), SM busy 67%
   for shape in 8192,16384,4096 8192,16384,8192 8192,16384,16384; do
-    timeout 60 python3 -m benchmarks.bench_fp8 --no-step --no-grouped --no-sustained --shape $shape 2>&1 \
+    timeout 60 python3 -m benchmarks.bench_fp8 --no-step --no-grouped --no-wgrad --no-sustained --shape $shape 2>&1 \
       | grep -E "^\|" | sed "s/^/[$shape] /" >> "$out/bench_fp8_k_sweep.log"
   done
   cat "$out/bench_fp8_k_sweep.log"

@@ -21,6 +21,7 @@ MODULES = sorted(os.path.relpath(p, ROOT) for d in ("benchmarks", "scripts") for
 # below that runs it on a fake result (REPORT_TESTED lists those that have one)
 REPORT_WORDS = ("report", "table", "summary", "render", "plot", "verdict", "format", "results", "metrics")
 REPORT_TESTED = {
+    "benchmarks/bench_fp8.py": {"format_wgrad_table"},
     "benchmarks/bench_gemm.py": {"format_table"},
     "benchmarks/bench_host_path.py": {"format_rows"},
     "benchmarks/bench_mlp.py": {"format_compile_table"},
@@ -154,6 +155,44 @@ def test_bench_gemm_compiled_baselines_report_failures(monkeypatch):
     assert got["right"] == 1.25
     assert got["wrong"].startswith("RuntimeError: compiled result off by")
     assert got["raises"] == "RuntimeError: no compiler"
+
+
+def test_bench_fp8_wgrad_table():
+    """TFLOP/s = 2*M*N*K / ms, ratios against torch._scaled_mm rowwise of the same shape, an error
+    row keeps the table's shape, and the 900 TFLOP/s target line per shape reads our best FP8 burst."""
+    from benchmarks.bench_fp8 import ROWWISE_CASE, WGRAD_SHAPES, format_wgrad_table
+
+    fl = 2.0 * 16384 * 4096 * 8192  # 1.0995e12 FLOP: 1 ms is 1100 TFLOP/s
+    a, b = WGRAD_SHAPES[0][0], WGRAD_SHAPES[1][0]
+    rows = [dict(shape=a, case="ours fp8 wgrad 1D1D (fp32 out)", flops=fl, rel_err=1e-3, burst_ms=1.25,
+                 sustained_ms=1.5, power_w=690.0),
+            dict(shape=a, case="ours fp8 wgrad 1D1D (bf16 out)", flops=fl, rel_err=2e-3, burst_ms=1.1,
+                 sustained_ms=1.4, power_w=690.0),
+            dict(shape=a, case=ROWWISE_CASE, flops=fl, rel_err=1e-3, burst_ms=1.375, sustained_ms=1.75, power_w=700.0),
+            dict(shape=b, case="ours fp8 wgrad 1D1D (fp32 out)", flops=fl, rel_err=1e-3, burst_ms=2.2),
+            dict(shape=b, case=ROWWISE_CASE, flops=fl, error="RuntimeError: no rowwise")]
+    lines = format_wgrad_table(rows)
+    table = [line for line in lines if line.startswith("|")]
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    assert table[2] == f"| {a} | ours fp8 wgrad 1D1D (fp32 out) | 1.00e-03 | 1.250 | 880 | 1.10 | 1.500 | 733 | 1.17 | 690 |"
+    assert table[3].startswith(f"| {a} | ours fp8 wgrad 1D1D (bf16 out) | 2.00e-03 | 1.100 | 1000 | 1.25 |")
+    assert table[5] == f"| {b} | ours fp8 wgrad 1D1D (fp32 out) | 1.00e-03 | 2.200 | 500 | - | - | - | - | - |"
+    assert "error: RuntimeError: no rowwise" in table[6]
+    assert f"- target >= 900 TFLOP/s burst, {a}: 1000 (met)" in lines
+    assert f"- target >= 900 TFLOP/s burst, {b}: 500 (not met)" in lines
+
+
+def test_bench_fp8_wgrad_shapes_are_the_dense_steps_and_selectable_alone(monkeypatch):
+    """dW1 = dpreact^T x is (F, H) and dW2 = dy^T postact is (H, F), both over the dense step's
+    tokens; `--no-gemm --no-grouped --no-step` leaves the weight-gradient table alone."""
+    from benchmarks.bench_fp8 import STEP_SHAPES, WGRAD_SHAPES
+
+    (_, m, h, f, e), = [s for s in STEP_SHAPES if s[4] == 0]
+    assert [s[1:] for s in WGRAD_SHAPES] == [(m, f, h), (m, h, f)]
+    with pytest.raises(_Parsed) as exc:
+        run_main("benchmarks/bench_fp8.py", ["--no-gemm", "--no-grouped", "--no-step"], monkeypatch)
+    ns = exc.value.args[0]
+    assert ns.no_gemm and ns.no_grouped and ns.no_step and not ns.no_wgrad and not ns.no_sustained
 
 
 def test_bench_mlp_compile_table():
