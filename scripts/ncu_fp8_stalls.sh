@@ -6,10 +6,10 @@
 #   source /tmp/gpu-stage/env.sh && bash scripts/ncu_fp8_stalls.sh
 set -uo pipefail
 out="${OUT:-gpu_out}"; mkdir -p "$out"; f="$out/ncu_stalls.txt"
-metrics=sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,launch__registers_per_thread,launch__grid_size,launch__block_size,launch__shared_mem_per_block_dynamic,launch__cluster_dim_x,launch__cluster_dim_y,sm__cycles_elapsed.avg.per_second
+metrics=sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_tensor_op_gmma.sum,smsp__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,launch__registers_per_thread,launch__grid_size,launch__block_size,launch__shared_mem_per_block_dynamic,launch__cluster_dim_x,launch__cluster_dim_y,sm__cycles_elapsed.avg.per_second
 for c in 128x128 scaled_mm 128x256; do
   echo "## $c: kernels and metrics" >> "$f"
-  timeout 90 ncu --clock-control none --launch-skip 2 --launch-count 1 --metrics "$metrics" \
+  timeout 90 ncu --clock-control none --kernel-name regex:gemm --launch-skip 2 --launch-count 1 --metrics "$metrics" \
     python3 scripts/ncu_fp8.py $c 2>&1 | grep -vE "^==PROF==|^\s*$" | tail -20 >> "$f"
 done
 echo "## 128x128: stall samples per SASS instruction (top 45 by samples)" >> "$f"
@@ -22,8 +22,10 @@ head -c 600 /tmp/ncu_page.err >> "$f"
 python3 - /tmp/fp8_sass.csv >> "$f" <<'PY'
 import csv, sys
 rows = list(csv.reader(open(sys.argv[1], newline="")))
-if not rows:
+start = next((i for i, r in enumerate(rows) if "Source" in [c.strip() for c in r]), None)
+if start is None:
     print("no source page"); sys.exit()
+rows = rows[start:]
 hdr = rows[0]
 print("columns:", hdr[:40])
 def col(name):
@@ -45,14 +47,21 @@ def num(x):
         return 0.0
 tot = sum(num(r[smp]) for r in body) or 1
 print(f"total samples {tot:.0f} over {len(body)} SASS lines")
-for idx, r in sorted(enumerate(body), key=lambda t: -num(t[1][smp]))[:45]:
+for idx, r in sorted(enumerate(body), key=lambda t: -num(t[1][smp]))[:45]:  # idx: SASS line number
     reasons = sorted(((num(r[i]), hdr[i]) for i in stall_cols if i != smp), reverse=True)[:3]
     print(f"{idx:5d} {100 * num(r[smp]) / tot:5.1f}% {r[src][:70]:70s} " + " ".join(f"{n}={v:.0f}" for v, n in reasons if v))
 PY
-echo "## SASS around the hottest lines is in the report; the first 400 SASS lines:" >> "$f"
-python3 -c "
-import csv,sys
-rows=list(csv.reader(open('/tmp/fp8_sass.csv',newline='')))
-h=rows[0] if rows else []
-i=[k for k,x in enumerate(h) if x.strip()=='Source'] or [1]
-[print(n, r[i[0]][:90]) for n,r in enumerate(rows[1:400])]" >> "$out/sass_head.txt" 2>&1
+# the whole SASS with each line's share of the samples, in program order (the loop structure)
+python3 - /tmp/fp8_sass.csv > "$out/sass_samples.txt" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1], newline="")))
+start = next((i for i, r in enumerate(rows) if "Source" in [c.strip() for c in r]), 0)
+hdr, body = rows[start], [r for r in rows[start + 1:] if len(r) == len(rows[start])]
+src = [c.strip() for c in hdr].index("Source")
+smp = next((i for i, h in enumerate(hdr) if "Sampling (All" in h), None)
+num = lambda x: float(x.replace(",", "") or 0) if x.replace(",", "").replace(".", "").isdigit() else 0.0
+tot = sum(num(r[smp]) for r in body) if smp is not None else 0
+for n, r in enumerate(body):
+    share = 100 * num(r[smp]) / tot if tot else 0
+    print(f"{n:5d} {share:5.2f} {r[src][:100]}")
+PY
