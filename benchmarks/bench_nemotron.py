@@ -2,7 +2,7 @@
 `patch_nemotron_h`, in one run on one GPU.
 
     python -m benchmarks.bench_nemotron [--out DIR] [--budget-s 110] [--tokens 8192] [--only moe,dense]
-                                        [--auto-measured]
+                                        [--auto-measured] [--ce-kernel]
 
 Models (random weights, bf16, routers fp32): "moe", a Nemotron-3-Nano-shaped MoE stack
 (hidden 2688, 128 routed experts top-6, moe_intermediate 1856, shared expert 3712,
@@ -14,7 +14,9 @@ backward of the next-token loss (no optimizer), `--tokens` tokens in sequences o
 
 Variants: Hugging Face eager (its default experts implementation, grouped_mm), the same
 under torch.compile, patched, patched with the chunked LM head + loss (`chunked_loss=True`:
-no tokens x vocab logits, docs/chunked_loss.md), patched with offload "auto" (and with
+no tokens x vocab logits, docs/chunked_loss.md; always with CUTE_KERNELS_CE_KERNEL=0, and with
+`--ce-kernel` once more with =1: each chunk's loss and gradient by the row kernel,
+sm90/softmax_xent.py), patched with offload "auto" (and with
 `--auto-measured`, patched with offload "auto_measured", planned from the measured peak, with
 its plan, without and with the chunked loss); and Hugging Face with the
 MLP/MoE mixers replaced by a pass-through, from which the MLP/MoE share of the step is
@@ -96,7 +98,24 @@ def _measure(rows, name, fn, batches, budget, *, need_s=5.0, alarm=False):
     return rows[-1]
 
 
-def bench_model(kind, tokens, budget):
+CE_KERNEL_ENV = "CUTE_KERNELS_CE_KERNEL"
+
+
+def _measure_with_env(rows, name, fn, batches, budget, env: dict):
+    """_measure with the environment variables `env` set for it (restored after)."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return _measure(rows, name, fn, batches, budget)
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def bench_model(kind, tokens, budget, ce_kernel=False):
     from cute_kernels.integrations.transformers import patch_nemotron_h
 
     rows = []
@@ -117,7 +136,10 @@ def bench_model(kind, tokens, budget):
     _measure(rows, "patched", _step(model), batches, budget)
     handle.restore()
     handle = patch_nemotron_h(model, chunked_loss=True)
-    _measure(rows, "patched, chunked loss", _step(model), batches, budget)
+    _measure_with_env(rows, "patched, chunked loss", _step(model), batches, budget, {CE_KERNEL_ENV: "0"})
+    if ce_kernel:
+        _measure_with_env(rows, "patched, chunked loss, CE kernel", _step(model), batches, budget,
+                          {CE_KERNEL_ENV: "1"})
     handle.restore()
     handle = patch_nemotron_h(model, offload="auto")
     r = _measure(rows, "patched, offload auto", _step(model), batches, budget)
@@ -356,6 +378,9 @@ def main(argv=None):
     ap.add_argument("--only", default="moe,dense")
     ap.add_argument("--auto-measured", action="store_true",
                     help='also run the patched model with offload "auto_measured" (planned from the measured peak)')
+    ap.add_argument("--ce-kernel", action="store_true",
+                    help="also run the chunked loss with its row kernel (CUTE_KERNELS_CE_KERNEL=1; the plain "
+                         "chunked-loss variant runs with =0)")
     args = ap.parse_args(argv)
     if common.DEVICE == "cuda" and not torch.cuda.is_available():
         print("bench_nemotron needs a CUDA GPU", file=sys.stderr)
@@ -367,7 +392,7 @@ def main(argv=None):
         if budget.left() < 15:
             results[kind] = [{"variant": "all", "skipped": "time budget"}]
             continue
-        model, batches, rows, extra = bench_model(kind, args.tokens, budget)
+        model, batches, rows, extra = bench_model(kind, args.tokens, budget, args.ce_kernel)
         if args.auto_measured:
             bench_measured(model, batches, rows, budget)
         results[kind], routed = rows, routed or extra

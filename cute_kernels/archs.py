@@ -32,11 +32,14 @@ class Arch:
     variant_shape: str = "{cfg.schedule}-c{cfg.cluster_m}x{cfg.cluster_n}"
     block_scaled_fp8: bool = False  # the kernel class takes FP8 operands with 1x128 / 128x128 block scales
     gathers_a: bool = False  # the kernel class loads A's rows by index (gather_a: the fused dispatch gather)
+    # "module:Class" of the row softmax cross-entropy kernel (the chunked loss's per-chunk core), "" for none
+    softmax_xent: str = ""
 
 
 ARCHS = {
     "sm90": Arch("sm90", "sm_90a", 9, "cute_kernels.sm90.config", "cute_kernels.sm90.space",
-                 "cute_kernels.sm90.gemm:Sm90Gemm", block_scaled_fp8=True, gathers_a=True),
+                 "cute_kernels.sm90.gemm:Sm90Gemm", block_scaled_fp8=True, gathers_a=True,
+                 softmax_xent="cute_kernels.sm90.softmax_xent:Sm90SoftmaxXent"),
     "sm100": Arch("sm100", "sm_100a", 10, "cute_kernels.sm100.config", "cute_kernels.sm100.space",
                   "cute_kernels.sm100.gemm:Sm100Gemm", config_class="cute_kernels.sm100.config:Sm100Config",
                   launch_config="cute_kernels.sm100.launch_config:launch_config",
@@ -75,6 +78,12 @@ def arch_space(arch: str, *, block_scaled: bool = False):
 
 def kernel_class(arch: str):
     return _resolve(get_arch(arch).kernel)
+
+
+def softmax_xent_class(arch: str):
+    """`arch`'s row softmax cross-entropy kernel class, or None where it has none."""
+    ref = get_arch(arch).softmax_xent
+    return _resolve(ref) if ref else None
 
 
 def config_class(arch: str) -> type:

@@ -268,6 +268,16 @@ def arch_options(arch: str, options: str = "") -> str:
     return (options + f" --gpu-arch {get_arch(arch).dsl_target}").strip()
 
 
+def launch_stream(options: str, tvm_ffi: bool):
+    """(the fake stream a compile takes, its options): with `tvm_ffi` the stream is the one TVM-FFI
+    hands the launch (the current torch stream) and the options ask for the TVM-FFI entry."""
+    import cutlass.cute as cute
+
+    if tvm_ffi:
+        return cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True), (options + " --enable-tvm-ffi").strip()
+    return cute.runtime.make_fake_stream(), options
+
+
 def compile_kernel(key: KernelKey, *, options: str = "", tvm_ffi: bool = False):
     """Compile `key` (uncached).  Returns the DSL's compiled callable.
 

@@ -19,7 +19,9 @@ incoming gradient: no second head GEMM.  Extra memory: those two and about 8 byt
 vocabulary of chunk temporaries (bf16 logits, their fp32 exponentials, the bf16 gradient);
 per chunk the elementwise work reads and writes about 28 bytes per logit (row max, exp,
 sum, one scaled cast), a little less than the unchunked log-softmax + NLL and their
-backward.
+backward.  With CUTE_KERNELS_CE_KERNEL=1 a chunk's loss terms and gradient come instead from the
+sm90 row kernel (softmax_xent_ops; bf16/fp16 on the GPU, a gradient wanted, vocabulary a multiple
+of 8): 6 bytes per logit in two passes, the gradient written over the logits (no fp32 temporaries).
 
 Semantics are torch's: targets equal to `ignore_index` contribute nothing; "mean" divides
 by the number of the other targets (all ignored: NaN loss and zero gradients, as torch);
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import InputError
+from . import softmax_xent_ops
 
 CHUNK_ELEMENTS = 1 << 25  # default chunk: about this many logits (bf16 + fp32 temporaries: 192 MiB)
 
@@ -75,9 +78,38 @@ def _check(hidden, weight, targets, bias, ignore_index, chunk_tokens, reduction)
         raise InputError(f"targets hold {first}, outside [0, {vocab}) and not ignore_index={ignore_index}")
 
 
+def _chunk_torch(h, weight, bias, rows_t, rows_valid, scale, cdt, want_grad, d_bias):
+    """The torch form of one chunk of rows `h`: (the sum of its rows' loss terms in cdt, the
+    gradient for its logits in the model's dtype, or None without `want_grad`); adds the chunk's
+    bias gradient to d_bias when that is not None."""
+    logits = F.linear(h, weight, bias)  # the model dtype's logits, as the unchunked head
+    picked = logits.gather(1, rows_t).squeeze(1).to(cdt)
+    row_max = logits.amax(dim=1).to(cdt)
+    x = torch.sub(logits, row_max[:, None])  # in cdt (the row max is a cdt tensor): exact differences
+    del logits
+    x.exp_()
+    sum_exp = x.sum(dim=1)
+    lse = row_max + sum_exp.log()
+    part = torch.where(rows_valid > 0, lse - picked, torch.zeros_like(lse)).sum()
+    if not want_grad:
+        return part, None
+    # gradient of the loss for the logits: (softmax - one_hot) * scale on valid rows, 0 on ignored ones;
+    # x holds exp(logit - max): subtract sum_exp at the target, then one multiply by scale / sum_exp
+    x.scatter_add_(1, rows_t, -(sum_exp * rows_valid)[:, None])
+    coef = rows_valid * scale / sum_exp
+    if d_bias is not None:
+        d_bias += torch.mv(x.t(), coef)
+    g = torch.empty(x.shape, dtype=weight.dtype, device=x.device)
+    torch.mul(x, coef[:, None], out=g)  # cast to the model dtype, where the unchunked backward casts it too
+    return part, g
+
+
 def _loss_and_grads(hidden, weight, bias, targets, *, ignore_index, chunk_tokens, reduction,
                     need_hidden, need_weight, need_bias, fp32_weight_grad=False):
-    """(loss, d_hidden, d_weight, d_bias) for a loss gradient of 1; a gradient not needed is None."""
+    """(loss, d_hidden, d_weight, d_bias) for a loss gradient of 1; a gradient not needed is None.
+    With CUTE_KERNELS_CE_KERNEL=1 and a gradient wanted, each chunk's loss terms and logits
+    gradient come from the row kernel (softmax_xent_ops) where it takes the logits (bf16/fp16 on
+    a GPU with the kernel, vocab a multiple of 8); else from the torch form (_chunk_torch)."""
     tokens, dim = hidden.shape
     vocab = weight.size(0)
     cdt = torch.promote_types(hidden.dtype, torch.float32)  # the loss's dtype: fp32, or fp64 for fp64 inputs
@@ -92,31 +124,26 @@ def _loss_and_grads(hidden, weight, bias, targets, *, ignore_index, chunk_tokens
     acc_dtype = cdt if fp32_weight_grad else weight.dtype
     d_weight = torch.zeros(vocab, dim, dtype=acc_dtype, device=weight.device) if need_weight else None
     d_bias = torch.zeros(vocab, dtype=cdt, device=weight.device) if need_bias else None
+    kernel = None  # the row kernel's inputs: an ignored row's target is -1, the loss terms land in loss_rows
+    if any_grad and softmax_xent_ops.ce_kernel_enabled() and softmax_xent_ops.kernel_takes_logits(
+            weight.dtype, vocab, hidden.device):
+        kernel = (torch.where(valid, targets, -1), scale.reshape(1).to(torch.float32),
+                  torch.empty(tokens, dtype=torch.float32, device=hidden.device))
     for start in range(0, tokens, chunk_tokens):
         stop = min(start + chunk_tokens, tokens)
         h = hidden[start:stop]
-        rows_t = safe_targets[start:stop, None]
-        rows_valid = valid[start:stop].to(cdt)
-        logits = F.linear(h, weight, bias)  # the model dtype's logits, as the unchunked head
-        picked = logits.gather(1, rows_t).squeeze(1).to(cdt)
-        row_max = logits.amax(dim=1).to(cdt)
-        x = torch.sub(logits, row_max[:, None])  # in cdt (the row max is a cdt tensor): exact differences
-        del logits
-        x.exp_()
-        sum_exp = x.sum(dim=1)
-        lse = row_max + sum_exp.log()
-        total += torch.where(rows_valid > 0, lse - picked, torch.zeros_like(lse)).sum()
-        if not any_grad:
-            continue
-        # gradient of the loss for the logits: (softmax - one_hot) * scale on valid rows, 0 on ignored ones;
-        # x holds exp(logit - max): subtract sum_exp at the target, then one multiply by scale / sum_exp
-        x.scatter_add_(1, rows_t, -(sum_exp * rows_valid)[:, None])
-        coef = rows_valid * scale / sum_exp
-        if need_bias:
-            d_bias += torch.mv(x.t(), coef)
-        g = torch.empty(x.shape, dtype=weight.dtype, device=x.device)
-        torch.mul(x, coef[:, None], out=g)  # cast to the model dtype, where the unchunked backward casts it too
-        del x
+        if kernel is not None:
+            kernel_targets, scale32, loss_rows = kernel
+            g = softmax_xent_ops.softmax_xent_(F.linear(h, weight, bias), kernel_targets[start:stop], scale32,
+                                               loss_rows[start:stop])
+            if need_bias:
+                d_bias += g.sum(dim=0, dtype=cdt)
+        else:
+            part, g = _chunk_torch(h, weight, bias, safe_targets[start:stop, None], valid[start:stop].to(cdt),
+                                   scale, cdt, any_grad, d_bias)
+            total += part
+            if g is None:
+                continue
         if need_hidden:
             torch.mm(g, weight, out=d_hidden[start:stop])
         if need_weight:
@@ -125,6 +152,8 @@ def _loss_and_grads(hidden, weight, bias, targets, *, ignore_index, chunk_tokens
             else:
                 d_weight += torch.mm(g.t(), h)
         del g
+    if kernel is not None:
+        total = kernel[2].sum(dtype=cdt)  # the kernel's per-row loss terms (0 on ignored rows)
     loss = total / count if reduction == "mean" else total  # all ignored: 0/0 = NaN, as torch's mean
     if d_weight is not None:
         d_weight = d_weight.to(weight.dtype)
