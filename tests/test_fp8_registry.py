@@ -14,6 +14,7 @@ from cute_kernels.checks import InputError
 from cute_kernels.config import GemmConfig
 from cute_kernels.epilogue import EpilogueSpec
 from cute_kernels.fp8.epilogue import Fp8Epilogue
+from cute_kernels.gemm_base.launch_args import GemmArgs
 from cute_kernels.fp8.ops import _family_launch_key
 from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
 from cute_kernels.reference import rel_err
@@ -159,14 +160,19 @@ def test_quantized_output_has_its_own_tolerance():
 
 @pytest.mark.parametrize("grouped", [False, True])
 def test_family_launch_passes_the_self_check_gate_with_the_registry_key(grouped, monkeypatch):
-    """fp8/ops._launch_family launches through gemm_ops._run (whose first launch of a key runs the
-    self-check), with the registry's key and the launch record the kernel takes (CPU tensors, the
-    launch recorded instead of run)."""
-    from cute_kernels import gemm_ops
-    from cute_kernels.fp8.ops import _launch_family, _new_scales
+    """fp8/ops._launch_family launches its plan through gemm_ops._launch_planned (whose first launch
+    of a plan runs the self-check gate for its key, once), with the registry's key and the launch
+    record the kernel takes (CPU tensors, the launch recorded instead of run)."""
+    from cute_kernels import gemm_ops, selfcheck
+    from cute_kernels.fp8.ops import Fp8Plan, _dense_b_views, _grouped_b_views, _launch_family, _new_scales
+    from cute_kernels.host_args import splits_metadata
 
-    seen = []
-    monkeypatch.setattr(gemm_ops, "_run", lambda key, args: seen.append((key, args)))
+    gated, seen = [], []
+    monkeypatch.setattr(gemm_ops, "_selfchecked", set())
+    monkeypatch.setattr(selfcheck, "before_first_launch", lambda key, checked, launch: gated.append(key))
+    monkeypatch.setattr(gemm_ops, "_max_clusters_arg", lambda index, size: (132, 132))
+    monkeypatch.setattr(gemm_ops, "use_tvm_ffi", lambda: True)
+    monkeypatch.setattr(gemm_ops, "get_compiled", lambda key: lambda *args: seen.append((key, GemmArgs(*args[:-1]))))
     g = torch.Generator().manual_seed(1)
     m, n, k, e = 200, 272, 272, 3
     xq, sx = quantize_1x128(torch.randn(m, k, generator=g))
@@ -176,11 +182,16 @@ def test_family_launch_passes_the_self_check_gate_with_the_registry_key(grouped,
     if not grouped:
         wq, ws = wq[0], ws[0]
     key = _family_launch_key(FC1, m, n, k, e if grouped else 0, grouped, "e4m3", "e4m3", None, None)
+    plan = Fp8Plan(key, FC1)
     pre = torch.empty(m, n, dtype=torch.bfloat16)
     q = torch.empty(m, n, dtype=torch.float8_e4m3fn)
     qs = _new_scales(m, 3, "cpu")
-    _launch_family(xq, sx, wq, ws, key, pre, q, qs, m_splits=[70, 0, 130] if grouped else None)
-    (run_key, args), = seen
+    b3, sb3 = _grouped_b_views(wq, ws, None) if grouped else _dense_b_views(wq, ws)
+    cu = splits_metadata([70, 0, 130], key.cfg.tile_m, xq.device, key.cfg.cluster_m) if grouped else (None, None)
+    for _ in range(2):
+        _launch_family(plan, xq, sx, b3, sb3, pre, q, qs, cu)
+    assert gated == [key]  # the gate once, before the plan's first launch
+    (run_key, args), _ = seen
     assert run_key == key == registry.kernel_key("fp8_fc1_srelu", "sm90", key.cfg, E4M3, e if grouped else 0)
     assert args.sa is sx and args.qs is qs and args.a.dtype == torch.uint8 and args.d1.dtype == torch.uint8
     assert args.d0.dtype == torch.bfloat16 and tuple(args.b.shape) == (n, k, e if grouped else 1)

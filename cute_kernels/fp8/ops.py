@@ -25,7 +25,7 @@ import logging
 
 import torch
 
-from .. import archs, gemm_ops
+from .. import archs, gemm_ops, launch_plan
 from ..checks import InputError
 from ..host_args import as_mkl, splits_metadata
 from ..compile import use_tvm_ffi
@@ -34,6 +34,7 @@ from ..config_lookup import lookup_config, on_clear, tuned_root
 from ..activations import SRELU
 from ..epilogue import EpilogueSpec
 from ..gemm_base.launch_args import GemmArgs
+from ..launch_plan import LaunchPlan, tensor_meta
 from ..registry import dtype_key, kernel_default_config, kernel_key
 from .epilogue import Fp8Epilogue
 from .recipe import FORMATS, Fp8Recipe
@@ -173,25 +174,53 @@ def _grouped_b_views(b, sb, views):
     return b3, sb3
 
 
-def _launch_family(a, sa, b, sb, key, d, q, qs, m_splits=None, prob=None, d1=None, aux=None, rowsum=None,
-                   b_views=None):
-    """One launch of the family's kernel `key` through gemm_ops._run (the first-use self-check
-    gate): dense (b (N, K), sb (NB, KB)) or grouped along M (b (E, N, K), sb (E, NB, KB), the rows
-    of a sorted by expert in `m_splits`: a list or a GPU int tensor, read on the GPU; `b_views`:
-    see `_grouped_b_views`)."""
+class Fp8Plan(LaunchPlan):
+    """The plan of one FP8 entry point's call signature (cute_kernels.launch_plan: resolved on its
+    first call, then one dict lookup): the family kernel's key and, after the first launch, its
+    compiled kernel (gemm_ops._launch_planned), plus the outputs the entry point allocates per call."""
+
+    __slots__ = ("plain", "q_dtype")
+
+    def __init__(self, key, epi: Fp8Epilogue):
+        super().__init__(key)  # (None for a call that launches nothing: not kept)
+        if epi.quantized and epi.outputs[-1] != epi.quantized:
+            raise ValueError(f"the quantized output of {epi.key()} is not its last")  # (_launch_family's order)
+        self.plain = len(epi.plain_outputs)  # bf16 outputs
+        self.q_dtype = FORMATS[epi.q_format] if epi.quantized else None  # the quantized output's, None without
+
+
+def _planned(signature, plan: Fp8Plan) -> Fp8Plan:
+    """`plan` kept for `signature` (not kept when the signature is unhashable: its calls check again)."""
+    try:
+        return launch_plan.put(signature, plan)
+    except TypeError:
+        return plan
+
+
+def _aligned(name: str, t: torch.Tensor):
+    """What a plan's call still checks of an FP8 operand its signature fixed: the data pointer."""
+    if t.data_ptr() % 16:
+        raise InputError(f"{name} data pointer is not 16-byte aligned")
+
+
+def _launch_family(plan: Fp8Plan, a, sa, b3, sb3, d, q, qs, cu=(None, None), prob=None, d1=None, aux=None,
+                   rowsum=None):
+    """One launch of the family's kernel of `plan` (the first-use self-check gate and the compile
+    on its first launch, gemm_ops._launch_planned): b3, sb3 the launch's views of B and its scales
+    (`_dense_b_views` / `_grouped_b_views`); cu the grouped launch's (cu_rows, cu_tiles).  Outputs
+    in the kernel's order: the plain ones (d, d1), then the quantized one (q), last (Fp8Plan)."""
     u8 = torch.uint8
-    outs, plain = [], [d, d1]  # the plain outputs in order, then the quantized one
-    for name in key.epi.outputs:
-        outs.append(as_mkl(q.view(u8)) if name == key.epi.quantized else as_mkl(plain.pop(0)))
-    cu_rows = cu_tiles = None
-    if key.grouped:
-        cu_rows, cu_tiles = splits_metadata(m_splits, key.cfg.tile_m, a.device, key.cfg.cluster_m)
-        b3, sb3 = _grouped_b_views(b, sb, b_views)
-    else:
-        b3, sb3 = as_mkl(b.view(u8)), sb.unsqueeze(-1)
-    gemm_ops._run(key, GemmArgs(as_mkl(a.view(u8)), b3, outs[0], outs[1] if len(outs) == 2 else None, scale=prob,
-                                aux=None if aux is None else as_mkl(aux), rowsum=rowsum, cu_rows=cu_rows,
-                                cu_tiles=cu_tiles, sa=sa, sb=sb3, qs=qs))
+    outs = [as_mkl(t) for t in (d, d1) if t is not None]
+    if q is not None:
+        outs.append(as_mkl(q.view(u8)))
+    gemm_ops._launch_planned(plan, GemmArgs(as_mkl(a.view(u8)), b3, outs[0], outs[1] if len(outs) == 2 else None,
+                                            scale=prob, aux=None if aux is None else as_mkl(aux), rowsum=rowsum,
+                                            cu_rows=cu[0], cu_tiles=cu[1], sa=sa, sb=sb3, qs=qs))
+
+
+def _dense_b_views(b, sb):
+    """The dense launch's (N, K, 1) uint8 view of b and (NB, KB, 1) view of sb."""
+    return as_mkl(b.view(torch.uint8)), sb.unsqueeze(-1)
 
 
 def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None, store_preact: bool = False,
@@ -202,7 +231,42 @@ def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None
     allowed).  `epilogue` "identity" returns y (M, N) bf16; "act" returns (preact bf16 or None,
     postact FP8, postact scales (M, NB)) with postact = prob * f(preact) quantized 1x128 (prob: (M,)
     fp32 router probabilities or None).  `w_views`: the launch's views of w and sw when the caller has
-    them (`quantize_ops.weight_views` of a one-pass weight copy), else None (made here)."""
+    them (`quantize_ops.weight_views` of a one-pass weight copy), else None (made here).
+    The checks and the kernel key of a call signature (the operands' metadata and the arguments) are
+    resolved on its first call (an `Fp8Plan`); a repeated call checks x's data pointer and the
+    splits' values, allocates and launches."""
+    splits_meta = tensor_meta(m_splits)
+    signature = ("fp8_grouped", tensor_meta(x), tensor_meta(sx), tensor_meta(w), tensor_meta(sw), splits_meta,
+                 epilogue, tensor_meta(prob), store_preact, recipe, config, tuned_root())
+    plan = launch_plan.get(signature)
+    if plan is None:
+        plan = _grouped_plan(signature, x, sx, w, sw, m_splits, epilogue, prob, store_preact, recipe, config)
+    else:
+        _aligned("x", x)
+        if splits_meta is None:
+            _check_list_splits(m_splits, w.shape[0], x.shape[0])
+    m, n = x.shape[0], w.shape[1]
+    d = torch.empty((m, n), dtype=torch.bfloat16, device=x.device) if plan.plain else None
+    q = qs = None
+    if plan.q_dtype is not None:
+        q = torch.empty((m, n), dtype=plan.q_dtype, device=x.device)
+        qs = _new_scales(m, _cdiv(n, BLOCK), x.device)
+    if m:
+        cfg = plan.key.cfg
+        b3, sb3 = _grouped_b_views(w, sw, w_views)
+        _launch_family(plan, x, sx, b3, sb3, d, q, qs, splits_metadata(m_splits, cfg.tile_m, x.device, cfg.cluster_m),
+                       prob=prob)
+    return d if epilogue == "identity" else (d, q, qs)
+
+
+def _check_list_splits(m_splits, e: int, m: int):
+    if len(m_splits) != e or sum(m_splits) != m or min(m_splits, default=0) < 0:
+        raise InputError(f"m_splits must hold {e} non-negative counts summing to M = {m}, got {list(m_splits)}")
+
+
+def _grouped_plan(signature, x, sx, w, sw, m_splits, epilogue, prob, store_preact, recipe, config) -> Fp8Plan:
+    """fp8_grouped's checks of a new call signature (InputError naming the argument) and its plan
+    (kept, except for M = 0: a call with no rows launches nothing)."""
     fa = _check_fp8_operand("x", x)
     if not isinstance(w, torch.Tensor) or w.dim() != 3 or w.dtype not in _FORMAT_OF:
         raise InputError("w must be an (E, N, K) float8 tensor")
@@ -218,8 +282,8 @@ def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None
     if isinstance(m_splits, torch.Tensor):
         if m_splits.numel() != e:
             raise InputError(f"m_splits has {m_splits.numel()} entries for {e} experts")
-    elif len(m_splits) != e or sum(m_splits) != m or min(m_splits, default=0) < 0:
-        raise InputError(f"m_splits must hold {e} non-negative counts summing to M = {m}, got {list(m_splits)}")
+    else:
+        _check_list_splits(m_splits, e, m)
     if epilogue not in ("identity", "act"):
         raise InputError(f"epilogue must be 'identity' or 'act', got {epilogue!r}")
     if n % 16:
@@ -235,16 +299,9 @@ def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None
     else:
         epi = Fp8Epilogue(EpilogueSpec("act", store_preact=store_preact, row_scale=prob is not None),
                           quantized="postact", q_format=recipe.fwd_format, pow2_scales=recipe.pow2_scales)
-    d = torch.empty((m, n), dtype=torch.bfloat16, device=x.device) if epi.plain_outputs else None
-    q = qs = None
-    if epi.quantized:
-        q = torch.empty((m, n), dtype=FORMATS[epi.q_format], device=x.device)
-        qs = _new_scales(m, _cdiv(n, BLOCK), x.device)
     if m == 0:
-        return d if epilogue == "identity" else (d, q, qs)
-    key = _family_launch_key(epi, m, n, k, e, True, fa, fb, config, tuned_root())
-    _launch_family(x, sx, w, sw, key, d, q, qs, m_splits=m_splits, prob=prob, b_views=w_views)
-    return d if epilogue == "identity" else (d, q, qs)
+        return Fp8Plan(None, epi)
+    return _planned(signature, Fp8Plan(_family_launch_key(epi, m, n, k, e, True, fa, fb, config, tuned_root()), epi))
 
 
 def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_postact: bool = False,
@@ -259,7 +316,51 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
     `Activation` (default relu^2).  `quantize_dpreact` writes dpreact in FP8 (recipe.grad_format) with
     its 1x128 scales instead (the FC1 data gradient's A operand; not with store_postact).
     `wt_views` (grouped): as fp8_grouped's `w_views`, of wt and wts.
-    Returns (dpreact bf16 or (q, scales), postact or None, dprob or None)."""
+    Returns (dpreact bf16 or (q, scales), postact or None, dprob or None).
+    The checks and the kernel key of a call signature are resolved on its first call (an `Fp8Plan`);
+    a repeated call checks dq's data pointer and list splits' values, allocates and launches."""
+    grouped = m_splits is not None
+    splits_meta = tensor_meta(m_splits)
+    signature = ("fp8_dgrad_dact", tensor_meta(dq), tensor_meta(ds), tensor_meta(wt), tensor_meta(wts),
+                 tensor_meta(preact), grouped, splits_meta, tensor_meta(prob), store_postact, activation,
+                 quantize_dpreact, recipe, config, tuned_root())
+    plan = launch_plan.get(signature)
+    if plan is None:
+        plan = _dgrad_dact_plan(signature, dq, ds, wt, wts, preact, m_splits, prob, store_postact, activation,
+                                quantize_dpreact, recipe, config)
+    else:
+        _aligned("dq", dq)
+    m, n = dq.shape[0], wt.shape[-2]
+    if grouped and splits_meta is None:
+        _check_list_splits(m_splits, wt.shape[0], m)
+    device = dq.device
+    dpre = q = qs = None
+    if plan.q_dtype is not None:
+        q = torch.empty((m, n), dtype=plan.q_dtype, device=device)
+        qs = _new_scales(m, _cdiv(n, BLOCK), device)
+    else:
+        dpre = torch.empty((m, n), dtype=torch.bfloat16, device=device)
+    post = torch.empty((m, n), dtype=torch.bfloat16, device=device) if store_postact else None
+    out0 = (q, qs) if quantize_dpreact else dpre
+    if m == 0:
+        return out0, post, (torch.zeros(0, device=device) if prob is not None else None)
+    cfg = plan.key.cfg
+    partials = None
+    if prob is not None:
+        partials = _new_scales(m, _cdiv(n, cfg.tile_n), device)  # (M, N tiles), column-major
+    if grouped:
+        b3, sb3 = _grouped_b_views(wt, wts, wt_views)
+        cu = splits_metadata(m_splits, cfg.tile_m, device, cfg.cluster_m)
+    else:
+        (b3, sb3), cu = _dense_b_views(wt, wts), (None, None)
+    _launch_family(plan, dq, ds, b3, sb3, dpre, q, qs, cu, prob=prob, d1=post, aux=preact, rowsum=partials)
+    return out0, post, (partials.sum(1) if prob is not None else None)
+
+
+def _dgrad_dact_plan(signature, dq, ds, wt, wts, preact, m_splits, prob, store_postact, activation,
+                     quantize_dpreact, recipe, config) -> Fp8Plan:
+    """fp8_dgrad_dact's checks of a new call signature (InputError naming the argument) and its plan
+    (kept, except for M = 0: a call with no rows launches nothing)."""
     fa = _check_fp8_operand("dq", dq)
     grouped = m_splits is not None
     if not isinstance(wt, torch.Tensor) or wt.dim() != (3 if grouped else 2) or wt.dtype not in _FORMAT_OF:
@@ -273,6 +374,8 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
         raise InputError(f"wt has K = {wt.shape[-1]}, dq has K = {k}")
     _check_scales("ds", ds, (m, _cdiv(k, BLOCK)))
     _check_scales("wts", wts, ((wt.shape[0],) if grouped else ()) + (_cdiv(n, BLOCK), _cdiv(k, BLOCK)))
+    if isinstance(m_splits, torch.Tensor) and m_splits.numel() != wt.shape[0]:
+        raise InputError(f"m_splits has {m_splits.numel()} entries for {wt.shape[0]} experts")
     if not isinstance(preact, torch.Tensor) or tuple(preact.shape) != (m, n) or preact.dtype != torch.bfloat16 \
             or preact.stride(1) != 1:
         raise InputError(f"preact must be a row-major bf16 ({m}, {n}) tensor")
@@ -292,26 +395,39 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
                       kernel_default_config(family_kernel(epi), m, n, k, num_experts if grouped else 0,
                                             arch=FAMILY_ARCH), epi, grouped)
     check_fp8_launch("dq", dq)
-    dpre = None if quantize_dpreact else torch.empty((m, n), dtype=torch.bfloat16, device=dq.device)
-    q = qs = None
-    if quantize_dpreact:
-        q = torch.empty((m, n), dtype=FORMATS[recipe.grad_format], device=dq.device)
-        qs = _new_scales(m, _cdiv(n, BLOCK), dq.device)
-    post = torch.empty((m, n), dtype=torch.bfloat16, device=dq.device) if store_postact else None
-    out0 = (q, qs) if quantize_dpreact else dpre
     if m == 0:
-        return out0, post, (torch.zeros(0, device=dq.device) if prob is not None else None)
+        return Fp8Plan(None, epi)
     key = _family_launch_key(epi, m, n, k, num_experts, grouped, fa, fb, config, tuned_root())
-    partials = None
-    if prob is not None:
-        partials = _new_scales(m, _cdiv(n, key.cfg.tile_n), dq.device)  # (M, N tiles), column-major
-    _launch_family(dq, ds, wt, wts, key, dpre, q, qs, m_splits=m_splits, prob=prob, d1=post, aux=preact,
-                   rowsum=partials, b_views=wt_views if grouped else None)
-    return out0, post, (partials.sum(1) if prob is not None else None)
+    return _planned(signature, Fp8Plan(key, epi))
 
 
 def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None):
-    """Check, allocate (or take `outs` = (d, q, qs), for tests that poison them) and launch."""
+    """Check, allocate (or take `outs` = (d, q, qs), for tests that poison them) and launch: the
+    checks and the key resolved on a call signature's first call (an `Fp8Plan`), a repeated call
+    checks the operands' data pointers."""
+    signature = ("fp8_dense", tensor_meta(a), tensor_meta(sa), tensor_meta(b), tensor_meta(sb), epi, config,
+                 tuned_root())
+    plan = launch_plan.get(signature)
+    if plan is None:
+        plan = _dense_plan(signature, a, sa, b, sb, epi, config)
+    else:
+        _aligned("a", a)
+        _aligned("b", b)
+    m, n = a.shape[0], b.shape[0]
+    d, q, qs = outs if outs is not None else (None, None, None)  # allocated here where not given
+    if plan.plain and d is None:
+        d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
+    if plan.q_dtype is not None and q is None:
+        q = torch.empty((m, n), dtype=plan.q_dtype, device=a.device)
+    if plan.q_dtype is not None and qs is None:
+        qs = _new_scales(m, _cdiv(n, BLOCK), a.device)
+    b3, sb3 = _dense_b_views(b, sb)
+    _launch_family(plan, a, sa, b3, sb3, d, q, qs)
+    return d, q, qs
+
+
+def _dense_plan(signature, a, sa, b, sb, epi: Fp8Epilogue, config) -> Fp8Plan:
+    """_launch's checks of a new call signature (InputError naming the argument) and its kept plan."""
     fa = _check_fp8_operand("a", a)
     fb = _check_fp8_operand("b", b, a.shape[1])
     m, k = a.shape
@@ -329,15 +445,7 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
         raise InputError(f"N = {n} must be a multiple of 8 (16-byte rows of the bf16 output)")
     _check_config_arg(config, epi)
     check_fp8_launch("a", a)
-    d, q, qs = outs if outs is not None else (None, None, None)  # allocated here where not given
-    if epi.plain_outputs and d is None:
-        d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
-    if epi.quantized and q is None:
-        q = torch.empty((m, n), dtype=FORMATS[epi.q_format], device=a.device)
-    if epi.quantized and qs is None:
-        qs = _new_scales(m, _cdiv(n, BLOCK), a.device)
-    _launch_family(a, sa, b, sb, _family_launch_key(epi, m, n, k, 0, False, fa, fb, config, tuned_root()), d, q, qs)
-    return d, q, qs
+    return _planned(signature, Fp8Plan(_family_launch_key(epi, m, n, k, 0, False, fa, fb, config, tuned_root()), epi))
 
 
 def fp8_gemm(a, sa, b, sb, *, quantize_out: bool = False, out_format: str = "e4m3", config: GemmConfig | None = None):
