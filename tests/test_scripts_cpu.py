@@ -530,6 +530,51 @@ def test_fp8_training_check_verdict():
     assert not mod.verdict(bf16, [x * 1.5 for x in bf16])["pass"]
 
 
+def _tiny_training_check(monkeypatch, tmp_path):
+    mod = load("scripts/fp8_training_check.py")
+    for name, value in dict(DIM=128, FFN=128, LAYERS=1, CLASSES=8, BATCH=256, EXPERTS=2).items():
+        monkeypatch.setattr(mod, name, value)
+    monkeypatch.setenv("OUT", str(tmp_path))
+    return mod
+
+
+def test_fp8_training_check_runs_both_optimizers_on_cpu(monkeypatch, tmp_path):
+    """The whole check at a tiny size on CPU (FP8 through the torch implementation), 60 steps:
+    dense and MoE, AdamW and AdamW(fused=True), each FP8 curve within the stated tolerance of
+    its bf16 curve; the table, the json and the plot written; exit status 0."""
+    import json
+
+    mod = _tiny_training_check(monkeypatch, tmp_path)
+    assert mod.main(["--steps", "60", "--device", "cpu"]) == 0
+    results = json.load(open(tmp_path / "fp8_training_check.json"))
+    assert sorted(results) == sorted(f"{m}, {o}" for m in ("dense", "moe E=2") for o in mod.OPTIMIZERS.values())
+    for r in results.values():
+        assert len(r["bf16"]) == len(r["fp8"]) == 60 and r["verdict"]["pass"], r.get("verdict")
+    table = (tmp_path / "fp8_training_check.md").read_text()
+    assert table.count("| PASS |") == 4 and (tmp_path / "fp8_training_check.png").exists()
+
+
+def test_fp8_training_check_catches_weight_copies_that_miss_fused_optimizer_steps(monkeypatch, tmp_path):
+    """The check can fail: FP8 weight copies cached on `w._version` (issue 26's stale cache) train
+    on the initial weights under AdamW(fused=True), which writes the parameters without bumping
+    it; the fused rows fail, the for-each AdamW rows (which bump it) still pass."""
+    import cute_kernels.fp8.mlp as fp8_mlp
+
+    mod = _tiny_training_check(monkeypatch, tmp_path)
+    fresh, cache = fp8_mlp.weight_copies, {}
+
+    def cached_on_version(w, recipe, both=None):
+        if cache.get(id(w), (None,))[0] != w._version:
+            cache[id(w)] = (w._version, fresh(w, recipe, both=both))
+        return cache[id(w)][1]
+
+    monkeypatch.setattr(fp8_mlp, "weight_copies", cached_on_version)
+    assert mod.main(["--steps", "60", "--device", "cpu"]) == 1
+    rows = [line for line in (tmp_path / "fp8_training_check.md").read_text().splitlines() if "AdamW" in line]
+    assert len(rows) == 4
+    assert all(row.endswith("| FAIL |") == ("fused=True" in row) for row in rows), rows
+
+
 def test_gpu_sweep_scaling_reads_a_sweep_recorded_by_the_autotuner(tmp_path, monkeypatch):
     """results() reads the studies through the autotuner's API: run a sweep on the CPU (the cost
     model, under the real studies' names) into a journal and read it back as the script does."""
