@@ -530,6 +530,16 @@ def test_fp8_training_check_verdict():
     assert not mod.verdict(bf16, [x * 1.5 for x in bf16])["pass"]
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny CPU training runs in one intra-op thread: on a shared 2-core machine, torch's thread pool
+    waiting on busy cores made them 10x slower (3 s -> 45 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny_training_check(monkeypatch, tmp_path):
     mod = load("scripts/fp8_training_check.py")
     for name, value in dict(DIM=128, FFN=128, LAYERS=1, CLASSES=8, BATCH=256, EXPERTS=2).items():
@@ -538,7 +548,7 @@ def _tiny_training_check(monkeypatch, tmp_path):
     return mod
 
 
-def test_fp8_training_check_runs_both_optimizers_on_cpu(monkeypatch, tmp_path):
+def test_fp8_training_check_runs_both_optimizers_on_cpu(monkeypatch, tmp_path, one_thread):
     """The whole check at a tiny size on CPU (FP8 through the torch implementation), 60 steps:
     dense and MoE, AdamW and AdamW(fused=True), each FP8 curve within the stated tolerance of
     its bf16 curve; the table, the json and the plot written; exit status 0."""
@@ -554,7 +564,7 @@ def test_fp8_training_check_runs_both_optimizers_on_cpu(monkeypatch, tmp_path):
     assert table.count("| PASS |") == 4 and (tmp_path / "fp8_training_check.png").exists()
 
 
-def test_fp8_training_check_catches_weight_copies_that_miss_fused_optimizer_steps(monkeypatch, tmp_path):
+def test_fp8_training_check_catches_weight_copies_that_miss_fused_optimizer_steps(monkeypatch, tmp_path, one_thread):
     """The check can fail: FP8 weight copies cached on `w._version` (issue 26's stale cache) train
     on the initial weights under AdamW(fused=True), which writes the parameters without bumping
     it; the fused rows fail, the for-each AdamW rows (which bump it) still pass."""
