@@ -15,8 +15,8 @@ backward of the next-token loss (no optimizer), `--tokens` tokens in sequences o
 Variants: Hugging Face eager (its default experts implementation, grouped_mm), the same
 under torch.compile, patched, patched with the chunked LM head + loss (`chunked_loss=True`:
 no tokens x vocab logits, docs/chunked_loss.md; always with CUTE_KERNELS_CE_KERNEL=0, and with
-`--ce-kernel` once more with =1: each chunk's loss and gradient by the row kernel,
-sm90/softmax_xent.py), patched with offload "auto" (and with
+`--ce-kernel` twice more with =1, each chunk's loss and gradient by the row kernel,
+sm90/softmax_xent.py: at the default chunk and at twice it), patched with offload "auto" (and with
 `--auto-measured`, patched with offload "auto_measured", planned from the measured peak, with
 its plan, without and with the chunked loss); and Hugging Face with the
 MLP/MoE mixers replaced by a pass-through, from which the MLP/MoE share of the step is
@@ -141,6 +141,13 @@ def bench_model(kind, tokens, budget, ce_kernel=False):
         _measure_with_env(rows, "patched, chunked loss, CE kernel", _step(model), batches, budget,
                           {CE_KERNEL_ENV: "1"})
     handle.restore()
+    if ce_kernel:  # the kernel's chunk temporaries are the bf16 logits alone: twice the chunk in less memory
+        from cute_kernels.integrations.chunked_ce import default_chunk_tokens
+
+        handle = patch_nemotron_h(model, chunked_loss=2 * default_chunk_tokens(COMMON["vocab_size"]))
+        _measure_with_env(rows, "patched, chunked loss 2x chunk, CE kernel", _step(model), batches, budget,
+                          {CE_KERNEL_ENV: "1"})
+        handle.restore()
     handle = patch_nemotron_h(model, offload="auto")
     r = _measure(rows, "patched, offload auto", _step(model), batches, budget)
     if r is not None:

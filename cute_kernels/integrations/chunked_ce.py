@@ -122,7 +122,9 @@ def _loss_and_grads(hidden, weight, bias, targets, *, ignore_index, chunk_tokens
     any_grad = need_hidden or need_weight or need_bias
     d_hidden = torch.empty_like(hidden) if need_hidden else None
     acc_dtype = cdt if fp32_weight_grad else weight.dtype
-    d_weight = torch.zeros(vocab, dim, dtype=acc_dtype, device=weight.device) if need_weight else None
+    # d_weight: the first chunk's GEMM writes it (no zero fill to add to), the others add to it
+    d_weight = (torch.empty if tokens else torch.zeros)(vocab, dim, dtype=acc_dtype, device=weight.device) \
+        if need_weight else None
     d_bias = torch.zeros(vocab, dtype=cdt, device=weight.device) if need_bias else None
     kernel = None  # the row kernel's inputs: an ignored row's target is -1, the loss terms land in loss_rows
     if any_grad and softmax_xent_ops.ce_kernel_enabled() and softmax_xent_ops.kernel_takes_logits(
@@ -148,7 +150,12 @@ def _loss_and_grads(hidden, weight, bias, targets, *, ignore_index, chunk_tokens
             torch.mm(g, weight, out=d_hidden[start:stop])
         if need_weight:
             if acc_dtype == weight.dtype:
-                d_weight.addmm_(g.t(), h)  # in place: the GEMM adds to what the earlier chunks left
+                if start == 0:
+                    torch.mm(g.t(), h, out=d_weight)
+                else:
+                    d_weight.addmm_(g.t(), h)  # in place: the GEMM adds to what the earlier chunks left
+            elif start == 0:
+                d_weight.copy_(torch.mm(g.t(), h))
             else:
                 d_weight += torch.mm(g.t(), h)
         del g
