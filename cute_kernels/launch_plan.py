@@ -62,8 +62,30 @@ def put(signature, plan: LaunchPlan) -> LaunchPlan:
     return plan
 
 
+_passed: set = set()  # signatures of calls whose metadata checks passed (check_once)
+
+
+def check_once(signature, check) -> None:
+    """check() on the first call of a `signature` (a hashable tuple of what the checks read: the
+    arguments' tensor_meta and flags), remembered when it passes; nothing on a repeated one.  For
+    entry points that have no GEMM plan to keep (the FP8 quantizers, the FP8 step's input checks):
+    what the checks read of the call must be in the signature, what they do not (data pointers,
+    values) checked by the caller on every call.  An unhashable signature is checked every call."""
+    try:
+        if signature in _passed:
+            return
+    except TypeError:
+        check()
+        return
+    check()
+    if len(_passed) >= MAX_PLANS:
+        _passed.clear()
+    _passed.add(signature)
+
+
 def clear():
     _plans.clear()
+    _passed.clear()
 
 
 def size() -> int:

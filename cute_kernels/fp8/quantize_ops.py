@@ -26,12 +26,18 @@ import torch
 
 from ..checks import InputError
 from ..compile import arch_options, dsl_lock, use_tvm_ffi
+from ..launch_plan import check_once, tensor_meta
 from . import ops
 from .epilogue import FMAX
 from .recipe import FORMATS
 
 BLOCK = 128
 _cache: dict = {}
+
+
+def _check_aligned(name: str, t: torch.Tensor):
+    if t.data_ptr() % 16:
+        raise InputError(f"{name} data pointer is not 16-byte aligned (rows must be 16-byte aligned)")
 
 
 def _cdiv(a, b):
@@ -190,11 +196,29 @@ def kernel_weight_copies(w: torch.Tensor, recipe):
     `weight_cache.weight_copies(..., both=kernel_weight_copies)`."""
     if not (one_pass_weight_kernel_enabled() and isinstance(w, torch.Tensor) and _on_gpu(w)):
         return None
-    wd = w.detach()  # (so that the kernel's view of the weight does not require grad)
-    if not weight_kernel_takes(wd):
+    if not _weight_taken(w):
         return None
-    with torch.no_grad():
-        return quantize_weight_copies(wd, recipe.fwd_format, pow2=recipe.pow2_scales)
+    with torch.no_grad():  # (the kernel's view of the weight, w.detach()'s, does not require grad)
+        return _weight_copies(w.detach(), recipe.fwd_format, recipe.pow2_scales)
+
+
+def _weight_taken(w: torch.Tensor) -> bool:
+    """weight_kernel_takes(w), its metadata part decided once per weight signature."""
+    try:
+        check_once(("weight", tensor_meta(w)), lambda: _check_weight_taken(w))
+    except _NotTaken:
+        return False
+    return w.data_ptr() % 16 == 0
+
+
+class _NotTaken(Exception):
+    pass
+
+
+def _check_weight_taken(w: torch.Tensor):
+    if not weight_kernel_takes(w):
+        raise _NotTaken
+    ops.check_fp8_launch("w", w)
 
 
 def fake_dequantize_arguments():
@@ -242,17 +266,23 @@ def dequantize_kernel_enabled() -> bool:
 def dequantize_to_bf16(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """bf16(fp32(q) * s) of a 1x128-scaled FP8 (M, K) tensor by the kernel: bitwise
     `recipe.dequantize(q, s, out_dtype=torch.bfloat16)`.  K a multiple of 16, M > 0."""
-    fmt = ops._check_fp8_operand("q", q)
+    check_once(("dequantize", tensor_meta(q), tensor_meta(s)), lambda: _check_dequantize(q, s))
+    _check_aligned("q", q)
+    fmt = ops._FORMAT_OF[q.dtype]
+    fn = _cached(("dequantize", fmt), lambda: compile_dequantize(fmt, tvm_ffi=use_tvm_ffi()))
+    out = torch.empty(q.shape, dtype=torch.bfloat16, device=q.device)
+    q = _one_row_strides(q)
+    fn(q.view(torch.uint8), s, out)
+    return out
+
+
+def _check_dequantize(q, s):
+    ops._check_fp8_operand("q", q)
     m, k = q.shape
     if m == 0:
         raise InputError("q is empty (no rows)")
     ops._check_scales("s", s, (m, _cdiv(k, BLOCK)))
     ops.check_fp8_launch("q", q)
-    fn = _cached(("dequantize", fmt), lambda: compile_dequantize(fmt, tvm_ffi=use_tvm_ffi()))
-    out = torch.empty((m, k), dtype=torch.bfloat16, device=q.device)
-    q = _one_row_strides(q)
-    fn(q.view(torch.uint8), s, out)
-    return out
 
 
 def weight_kernel_takes(w: torch.Tensor) -> bool:
@@ -272,6 +302,11 @@ def quantize_weight_copies(w: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = F
         raise InputError("w must be a contiguous bf16 (N, K) or (E, N, K) tensor with N and K nonzero multiples "
                          f"of 16, got {getattr(w, 'dtype', type(w).__name__)} of shape {tuple(getattr(w, 'shape', ()))}")
     ops.check_fp8_launch("w", w)
+    return _weight_copies(w, fmt, pow2)
+
+
+def _weight_copies(w: torch.Tensor, fmt: str, pow2: bool):
+    """quantize_weight_copies of a weight its checks took."""
     if w.dim() == 2:
         return _quantize_one_weight(w, fmt, pow2)
     e, n, k = w.shape
@@ -337,14 +372,27 @@ def rows_only_kernel_enabled() -> bool:
 def quantize_rows_only(x: torch.Tensor, fmt: str = "e4m3", *, pow2: bool = False):
     """(q, s): the row-wise 1x128 copy of x (M, K) bf16 and its column-major scales, bitwise the
     first two outputs of `quantize_rows_and_cols` (the same row pass; no column pass, no qt)."""
-    _check_input(x, fmt)
-    ops.check_fp8_launch("x", x)
+    check_once(("rows", tensor_meta(x), fmt), lambda: (_check_input(x, fmt), ops.check_fp8_launch("x", x)))
+    _check_aligned("x", x)
     x = _one_row_strides(x)
     m, k = x.shape
-    q = torch.empty((m, k), dtype=FORMATS[fmt], device=x.device)
-    s = ops._new_scales(m, _cdiv(k, BLOCK), x.device)
-    # qt and st of the kernel's signature (K rows as its symbols say), never read or written
-    qt_unused = torch.empty((k, 16), dtype=torch.uint8, device=x.device)
-    st_unused = torch.empty((k, 1), dtype=torch.float32, device=x.device)
+    device = x.device
+    q = torch.empty((m, k), dtype=FORMATS[fmt], device=device)
+    s = ops._new_scales(m, _cdiv(k, BLOCK), device)
+    qt_unused, st_unused = _unused_columns(k, device)
     get_compiled(fmt, pow2, cols=False)(x, q.view(torch.uint8), s, qt_unused, st_unused)
     return q, s
+
+
+_unused: dict = {}
+
+
+def _unused_columns(k: int, device) -> tuple:
+    """The rows-only kernel's qt (K, 16) uint8 and st (K, 1) fp32 arguments (K rows as its
+    symbols say), never read or written: made once per (K, device) and kept (a few bytes per row)."""
+    key = (k, device)
+    pair = _unused.get(key)
+    if pair is None:
+        pair = _unused[key] = (torch.empty((k, 16), dtype=torch.uint8, device=device),
+                               torch.empty((k, 1), dtype=torch.float32, device=device))
+    return pair
