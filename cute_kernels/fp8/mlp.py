@@ -46,8 +46,10 @@ import torch
 from .. import gemm_ops
 from ..autograd_io import main_grad, tag_role
 from ..checks import InputError
+from ..config_lookup import on_clear
 from ..epilogue import EpilogueSpec
 from ..first_order import first_order_only
+from ..launch_plan import MAX_PLANS, tensor_meta
 from .epilogue import Fp8Epilogue
 from .ops import _launch, _new_scales, check_fp8_device, fp8_dgrad_dact, fp8_grouped
 from .recipe import FORMATS, Fp8Recipe, quantize_1x128
@@ -369,7 +371,50 @@ def _impl(x: torch.Tensor, backend: str) -> str:
 @torch.compiler.disable(reason="the FP8 MLP step runs eagerly under torch.compile (docs/fp8.md)")
 def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fuse_wgrad_accumulation: bool = False,
                   backend: str = "auto"):
-    """The FP8 step (see the module docstring); `srelu_mlp(..., fp8=recipe)` calls this."""
+    """The FP8 step (see the module docstring); `srelu_mlp(..., fp8=recipe)` calls this.  Its argument
+    checks and its implementation (kernel or torch) are resolved once per call signature (the
+    arguments' metadata, recipe, backend); a repeated call checks the splits' values (and main_grad
+    with fuse_wgrad_accumulation)."""
+    grouped = m_splits is not None
+    signature = ("fp8_srelu_mlp", tensor_meta(x), tensor_meta(w1), tensor_meta(w2), grouped, tensor_meta(m_splits),
+                 prob is not None, tensor_meta(prob), recipe, backend)
+    try:
+        impl = _impls.get(signature)
+    except TypeError:  # an unhashable argument: checked (and named) by the checks
+        impl = signature = None
+    if impl is None:
+        impl = _checked_step(x, w1, w2, recipe, grouped, prob, backend)
+        if signature is not None:
+            if len(_impls) >= MAX_PLANS:
+                _impls.clear()
+            _impls[signature] = impl
+    splits = _checked_splits(m_splits, w1.shape[0], x.shape[0]) if grouped else None
+    if fuse_wgrad_accumulation:
+        for w, name in ((w1, "w1"), (w2, "w2")):
+            main_grad(w, name)
+    handoff = _Handoff()
+    pre = Fp8FC1SReLU.apply(x, w1, splits, recipe, impl, fuse_wgrad_accumulation, handoff)
+    return _as_dtype(Fp8FC2.apply(pre, prob, w2, splits, recipe, impl, fuse_wgrad_accumulation, handoff), x.dtype)
+
+
+_impls: dict = {}  # fp8_srelu_mlp's call signatures whose checks passed -> the implementation ("kernel"/"torch")
+on_clear(_impls.clear)
+
+
+def _checked_splits(m_splits, num_experts: int, m: int) -> tuple:
+    """m_splits as a tuple of ints (a tensor read to the host), checked: one non-negative count per
+    expert, summing to M.  The same tuple reaches every launch of the step (their metadata caches
+    take it as it is)."""
+    raw = tuple(m_splits.tolist() if isinstance(m_splits, torch.Tensor) else m_splits)
+    splits = raw if all(type(n) is int for n in raw) else tuple(int(v) for v in raw)
+    if len(splits) != num_experts or min(splits, default=0) < 0 or sum(splits) != m:
+        raise InputError(f"m_splits must be {num_experts} non-negative counts summing to {m}, got {list(splits)}")
+    return splits
+
+
+def _checked_step(x, w1, w2, recipe, grouped: bool, prob, backend: str) -> str:
+    """fp8_srelu_mlp's checks of a new call signature (InputError naming the argument); returns the
+    implementation that runs it."""
     if not isinstance(recipe, Fp8Recipe):
         raise InputError(f"fp8 must be a cute_kernels.fp8.Fp8Recipe or None, got {type(recipe).__name__}")
     if backend not in ("auto", "cute", "torch"):
@@ -378,7 +423,6 @@ def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fus
         raise InputError("x must be a 2-D torch.Tensor (tokens, hidden)")
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise InputError(f"x must be bf16, fp16 or fp32, got {x.dtype}")
-    grouped = m_splits is not None
     wdim = 3 if grouped else 2
     for name, w in (("w1", w1), ("w2", w2)):
         if not isinstance(w, torch.Tensor) or w.dim() != wdim:
@@ -394,17 +438,6 @@ def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fus
             raise InputError(f"{name} = {d} must be a multiple of 16 for FP8 (16-byte rows of FP8 operands)")
         if d == 0:
             raise InputError(f"{name} = 0: the FP8 step needs {name} > 0")
-    splits = None
-    if grouped:
-        splits = [int(v) for v in (m_splits.tolist() if isinstance(m_splits, torch.Tensor) else m_splits)]
-        if len(splits) != w1.shape[0] or any(n < 0 for n in splits) or sum(splits) != m:
-            raise InputError(f"m_splits must be {w1.shape[0]} non-negative counts summing to {m}, got {splits}")
     if prob is not None and (not isinstance(prob, torch.Tensor) or prob.numel() != m):
         raise InputError(f"prob must have one value per token ({m}), got {getattr(prob, 'shape', prob)}")
-    if fuse_wgrad_accumulation:
-        for w, name in ((w1, "w1"), (w2, "w2")):
-            main_grad(w, name)
-    impl = _impl(x, backend)
-    handoff = _Handoff()
-    pre = Fp8FC1SReLU.apply(x, w1, splits, recipe, impl, fuse_wgrad_accumulation, handoff)
-    return _as_dtype(Fp8FC2.apply(pre, prob, w2, splits, recipe, impl, fuse_wgrad_accumulation, handoff), x.dtype)
+    return _impl(x, backend)
