@@ -90,6 +90,22 @@ def test_views_that_are_not_the_weights_are_refused():
         _grouped_b_views(w, sw, (b3, sw.transpose(1, 2)))  # sw's storage, another view
 
 
+def test_a_weight_copys_own_views_are_taken_as_made_and_others_checked():
+    """LaunchViews made with (q, scales) are taken for that q and scales without the layout
+    comparison; given with any other pair they are checked as any views (and refused)."""
+    from cute_kernels import InputError
+    from cute_kernels.fp8.ops import LaunchViews, _grouped_b_views
+
+    w, other = (torch.empty(3, 32, 48, dtype=torch.float8_e4m3fn) for _ in range(2))
+    sw = torch.empty(3, 2, 3)
+    own = LaunchViews(*_grouped_b_views(w, sw, None), of=(w, sw))
+    assert _grouped_b_views(w, sw, own) is own
+    with pytest.raises(InputError, match="w_views"):
+        _grouped_b_views(other, sw, own)
+    with pytest.raises(InputError, match="w_views"):  # made for another weight, labelled as w's: still checked
+        _grouped_b_views(w, sw, LaunchViews(*_grouped_b_views(other, sw, None), of=(other, sw)))
+
+
 @pytest.mark.parametrize("shape", [(16, 16), (16, 48), (272, 400), (1, 1)])
 def test_one_expert_view_is_the_stacks_view(shape):
     """quantize_ops._as_one_expert (one torch op) gives the weight kernel the view of a one-expert stack

@@ -158,12 +158,25 @@ def _check_config_arg(config, epi: Fp8Epilogue | None = None, grouped: bool = Fa
             raise InputError(f"config: {config} cannot run the FP8 kernel: " + "; ".join(errors))
 
 
+class LaunchViews(tuple):
+    """(b3, sb3), a grouped launch's views of a weight copy (q, scales) made with the copy by its maker
+    (quantize_ops.quantize_weight_copies), holding `of` = (q, scales): a launch given the very q and
+    scales takes them without comparing their layout again."""
+
+    def __new__(cls, b3, sb3, *, of):
+        views = super().__new__(cls, (b3, sb3))
+        views.of = of
+        return views
+
+
 def _grouped_b_views(b, sb, views):
     """The grouped launch's (N, K, E) uint8 view of b and (NB, KB, E) view of sb: `views` when it holds
     exactly those (fp8.quantize_ops.weight_views of a one-pass weight copy: made once with the copy,
     no torch op here), else made now.  InputError for views that are not b's and sb's."""
     if views is None:
         return b.view(torch.uint8).permute(1, 2, 0), sb.permute(1, 2, 0)
+    if type(views) is LaunchViews and views.of[0] is b and views.of[1] is sb:
+        return views  # made with b and sb, as their maker made them
     b3, sb3 = views
     for name, t, v, dtype in (("w", b, b3, torch.uint8), ("sw", sb, sb3, sb.dtype)):
         e, r, c = t.shape

@@ -198,8 +198,8 @@ def kernel_weight_copies(w: torch.Tensor, recipe):
         return None
     if not _weight_taken(w):
         return None
-    with torch.no_grad():  # (the kernel's view of the weight, w.detach()'s, does not require grad)
-        return _weight_copies(w.detach(), recipe.fwd_format, recipe.pow2_scales)
+    # (w.detach(): the kernel's view of the weight does not require grad; nothing else here is autograd's)
+    return _weight_copies(w.detach(), recipe.fwd_format, recipe.pow2_scales)
 
 
 def _weight_taken(w: torch.Tensor) -> bool:
@@ -320,7 +320,8 @@ def _weight_copies(w: torch.Tensor, fmt: str, pow2: bool):
     order = (1, 2, 0)  # (rows, cols, expert), the kernel's mode order: a grouped FP8 launch's too
     q3, s3, qt3, st3 = q.view(u8).permute(order), s.permute(order), qt.view(u8).permute(order), st.permute(order)
     get_compiled(fmt, pow2, weight=True)(w.permute(order), q3, s3, qt3, st3)
-    return _WeightCopy(q, s, (q3, s3)), _WeightCopy(qt, st, (qt3, st3))
+    return (_WeightCopy(q, s, ops.LaunchViews(q3, s3, of=(q, s))),
+            _WeightCopy(qt, st, ops.LaunchViews(qt3, st3, of=(qt, st))))
 
 
 def _as_one_expert(t: torch.Tensor) -> torch.Tensor:
