@@ -21,7 +21,7 @@ run on a shared CPU, so compare runs of one machine only.  `bench_host_overhead`
 instead of ~100 MiB, whose cost (page faults, returning memory to the OS) varies with the load of
 a shared machine and otherwise dominates a step's figure.
 
-`--fp8` adds the grouped FP8 step, `srelu_mlp(..., fp8=Fp8Recipe(wgrad="bf16"), backend="cute")`
+`--fp8` adds the grouped FP8 step (`--fp8-only`: times it alone), `srelu_mlp(..., fp8=Fp8Recipe(wgrad="bf16"), backend="cute")`
 (issue 26's E=8 step), with its FP8 GEMMs, its quantization kernels and its weight-gradient kernel
 stubbed the same way (`--profile-ops N --fp8`: its torch ops).  Its H and F rounded down to
 multiples of 16 (FP8 rows) under `--small`.  One part of that step is torch math that is
@@ -222,17 +222,18 @@ def _dequantize_allocated():
         yield
 
 
-def measure(reps: int, shrink: bool = False, fp8: bool = False) -> list[tuple[str, str, float]]:
+def measure(reps: int, shrink: bool = False, fp8: bool = False, fp8_only: bool = False) -> list[tuple[str, str, float]]:
     """(what, shape, microseconds per call) rows (`shrink`: of the `small` shapes; `fp8`: the grouped
-    FP8 step's row too)."""
+    FP8 step's row too; `fp8_only`: that row alone)."""
     dense, grouped = (small(DENSE), small(GROUPED)) if shrink else (DENSE, GROUPED)
     rows = []
+    fp8 = fp8 or fp8_only
     with stubbed_kernels() as launches:
-        for shape in (dense, grouped):
+        for shape in () if fp8_only else (dense, grouped):
             for name, fn in gemm_calls(shape).items():
                 rows.append((name, shape["name"], time_us(fn, reps=reps)))
                 launches.clear()
-        for shape, tensor_splits in ((dense, False), (grouped, False), (grouped, True)):
+        for shape, tensor_splits in () if fp8_only else ((dense, False), (grouped, False), (grouped, True)):
             label = shape["name"] + (", tensor splits" if tensor_splits else ", list splits" if shape["e"] else "")
             with _keep_tensor_splits() if tensor_splits else contextlib.nullcontext():
                 rows.append(("srelu_mlp step (fwd+bwd, 6 GEMMs)", label,
@@ -292,6 +293,7 @@ def main(argv=None) -> int:
                     help="print the E=8 step's torch ops and top N host-time entries per step (torch.profiler) instead")
     ap.add_argument("--fp8", action="store_true",
                     help='the grouped srelu_mlp(fp8=Fp8Recipe(wgrad="bf16")) step too (--profile-ops: it alone)')
+    ap.add_argument("--fp8-only", action="store_true", help="time the grouped FP8 step alone (no bf16 rows)")
     args = ap.parse_args(argv)
     if args.profile_ops:
         print(profile_ops(args.profile_ops, fp8=args.fp8))
@@ -301,7 +303,7 @@ def main(argv=None) -> int:
         return 0
     from benchmarks.report import emit
 
-    rows = measure(args.reps, args.small, args.fp8)
+    rows = measure(args.reps, args.small, args.fp8, args.fp8_only)
     head = (f"Host time of the launch path with stubbed kernels (benchmarks.bench_host_path), "
             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
             f"{torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
