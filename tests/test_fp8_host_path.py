@@ -140,3 +140,34 @@ def test_host_path_benchmark_times_and_profiles_the_fp8_step(monkeypatch, tmp_pa
     assert only[:2] == rows[-1][:2] and only[2] > 0
     text = bench_host_path.profile_ops(5, steps=1, fp8=True)
     assert "torch ops dispatched:" in text and "quantize" in text
+
+
+def test_a_planned_fp8_launch_still_checks_what_its_metadata_does_not_fix(stubbed):
+    """fp8_grouped / fp8_dgrad_dact keep one plan per call signature (operand metadata, flags); a
+    repeated call still refuses what that signature does not fix: the splits' values, a data pointer
+    that is not 16-byte aligned, a prob that is not a tensor where the plan's call had none."""
+    from cute_kernels import InputError, launch_plan
+    from cute_kernels.fp8.ops import _new_scales, fp8_dgrad_dact, fp8_grouped
+
+    m, k, n, splits = 272, 256, 208, [0, 130, 1, 141]
+    x = torch.empty(m, k, dtype=torch.float8_e4m3fn)
+    sx = _new_scales(m, 2, "cpu")
+    w = torch.empty(4, n, k, dtype=torch.float8_e4m3fn)
+    sw = torch.empty(4, 2, 2)
+    before = launch_plan.size()
+    fp8_grouped(x, sx, w, sw, splits)
+    fp8_grouped(x, sx, w, sw, list(splits))
+    assert launch_plan.size() == before + 1  # one plan for both calls
+    with pytest.raises(InputError, match="m_splits"):
+        fp8_grouped(x, sx, w, sw, [0, 130, 1, 140])
+    shifted = torch.empty(m * k + 16, dtype=torch.float8_e4m3fn)[1:1 + m * k].view(m, k)  # x's metadata, offset 1
+    with pytest.raises(InputError, match="aligned"):
+        fp8_grouped(shifted, sx, w, sw, splits)
+    fp8_grouped(x, sx, w, sw, splits, epilogue="act")
+    with pytest.raises(InputError, match="prob"):
+        fp8_grouped(x, sx, w, sw, splits, epilogue="act", prob=[1.0] * m)
+    wt = torch.empty(4, n, k, dtype=torch.float8_e4m3fn)
+    preact = torch.empty(m, n, dtype=torch.bfloat16)
+    fp8_dgrad_dact(x, sx, wt, sw, preact, m_splits=splits)
+    with pytest.raises(InputError, match="m_splits"):
+        fp8_dgrad_dact(x, sx, wt, sw, preact, m_splits=[0, 130, 1, 142])

@@ -250,7 +250,7 @@ def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None
     splits' values, allocates and launches."""
     splits_meta = tensor_meta(m_splits)
     signature = ("fp8_grouped", tensor_meta(x), tensor_meta(sx), tensor_meta(w), tensor_meta(sw), splits_meta,
-                 epilogue, tensor_meta(prob), store_preact, recipe, config, tuned_root())
+                 epilogue, prob is not None, tensor_meta(prob), store_preact, recipe, config, tuned_root())
     plan = launch_plan.get(signature)
     if plan is None:
         plan = _grouped_plan(signature, x, sx, w, sw, m_splits, epilogue, prob, store_preact, recipe, config)
@@ -335,8 +335,8 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
     grouped = m_splits is not None
     splits_meta = tensor_meta(m_splits)
     signature = ("fp8_dgrad_dact", tensor_meta(dq), tensor_meta(ds), tensor_meta(wt), tensor_meta(wts),
-                 tensor_meta(preact), grouped, splits_meta, tensor_meta(prob), store_postact, activation,
-                 quantize_dpreact, recipe, config, tuned_root())
+                 tensor_meta(preact), grouped, splits_meta, prob is not None, tensor_meta(prob), store_postact,
+                 activation, quantize_dpreact, recipe, config, tuned_root())
     plan = launch_plan.get(signature)
     if plan is None:
         plan = _dgrad_dact_plan(signature, dq, ds, wt, wts, preact, m_splits, prob, store_postact, activation,
