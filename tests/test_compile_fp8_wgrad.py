@@ -33,7 +33,9 @@ def test_wgrad_kernel_compiles_and_ptx_is_as_designed(fmt, out):
     ops = _ops(ptx)
     assert ops.count(f"wgmma.mma_async.sync.aligned.m64n128k32.f32.{fmt}.e4m3") == 4, "4 x k32 per 128-K tile"
     assert re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+);", ptx) == ["0"], "one wait for all, per K tile"
-    assert ops.count("ld.global.b32") == 34, "2 row scales of A and 32 column scales of B per K tile"
+    # 2 row scales of A and 32 column scales of B per K tile: the first tile's before the K loop,
+    # the next one's inside it (a tile ahead of their use)
+    assert ops.count("ld.global.b32") == 2 * 34, "2 row scales of A and 32 column scales of B per K tile"
     assert ops.count("mul.f32") == 64 and ops.count("fma.rn.f32") == 64, "row x column scale, then the FMA"
     assert ".local" not in ptx
     if find_ptxas() is not None:

@@ -23,9 +23,14 @@ Per-row B scales (`b_scale_rows`, the weight gradient's operands quantized 1x128
 tokens on both sides: DeepGEMM's 1D1D): B's scale is per output column and K tile, so a
 promotion multiplies each element by its row's and its column's scale.  A thread of an m64n128
 WGMMA holds 2 rows x 32 columns: `run_rows` loads the K tile's 2 row scales and 32 column
-scales before issuing its WGMMAs into one scratch accumulator, waits, and promotes (the serial
+scales an iteration ahead, issues its WGMMAs into one scratch accumulator, waits, and promotes (the serial
 form: the other warpgroup keeps the tensor core busy meanwhile; two scratch accumulators and
 two K tiles' column scales would not fit the register budget).
+
+Scales are read from global memory by the consumer threads, a K tile (or, in `run`, a pair
+of K tiles) ahead of their promotion: ptxas schedules a load's first use as early as the loop
+body allows, and with the use in the same iteration the warp waited for the load before its
+next WGMMAs (the 128x128 kernel's largest stall by ncu's samples, H200 2026-12-03).
 
 The producer, the tile walk, the pipelines and the epilogue are the GEMM family's; this
 module is only what differs from the bf16 WGMMA mainloop.
@@ -103,7 +108,9 @@ class BlockScaledMainloop(TracedRecord):
             blk2 = blk
             tCrB_blocks = [tiled_mma.make_fragment_B(thr_mma.partition_B(
                 cute.local_tile(sB, (128, tile_k, ab_stages), (h, 0, 0)))) for h in range(n_blocks)]
-        sc = cute.make_rmem_tensor((2 * max(2, n_blocks),), Float32)  # per block: two rows' scales
+        # per K tile (or N block): two rows' scales and B's; `run` holds two pairs of K tiles' (12),
+        # `run_split_n` this and the next K tile's
+        sc = cute.make_rmem_tensor((6 * max(2, n_blocks),), Float32)
         acc_row_of, acc_first_row = accumulator_rows(tCcTile, cute.size(acc))
         mainloop = cls(tCrA, tCrB, cute.size(tCrA, mode=[2]), acc_row_of, cute.size(acc), tCrB_blocks)
         mainloop.n_blocks = n_blocks
@@ -113,7 +120,7 @@ class BlockScaledMainloop(TracedRecord):
         if b_scale_rows:
             mainloop.b_scale_rows = True
             mainloop.col_offsets, mainloop.col_of = accumulator_cols(tCcTile, cute.size(acc))
-            mainloop.sbc = cute.make_rmem_tensor((len(mainloop.col_offsets),), Float32)
+            mainloop.sbc = cute.make_rmem_tensor((2 * len(mainloop.col_offsets),), Float32)  # this K tile's, the next
             mainloop.thread_col0 = tCcTile[0][1]  # element 0's column in the tile (col_offsets are from it)
         return mainloop
 
@@ -137,11 +144,16 @@ class BlockScaledMainloop(TracedRecord):
                                 mSA, mSB, rows, n_tile * self.n_blocks, self.num_sb_blocks, expert, self.n_blocks)
 
     def load_scales(self, sc, at: int, mSA, mSB, rows, sb_block, kt, expert):
-        """SA[row, kt] * SB[sb_block, kt, expert] for the thread's two rows into sc[at], sc[at + 1]
-        (issued before the K tile's WGMMAs, so the loads' latency hides behind them)."""
-        sb = Float32(mSB[(sb_block, kt, expert)])
-        sc[at] = Float32(mSA[(rows[0], kt)]) * sb
-        sc[at + 1] = Float32(mSA[(rows[1], kt)]) * sb
+        """SA[row, kt] of the thread's two rows into sc[at], sc[at + 1] and SB[sb_block, kt, expert]
+        into sc[at + 2], as loaded: issued before the K tile's WGMMAs, multiplied only in its
+        promotion (a product here made the warp wait for the loads before its next WGMMAs:
+        ncu on the H200, 2026-12-03, the largest stall of the 128x128 mainloop)."""
+        sc[at] = Float32(mSA[(rows[0], kt)])
+        sc[at + 1] = Float32(mSA[(rows[1], kt)])
+        # rows[0] >> 31 is 0 (rows are clamped into A), but not warp-uniform to ptxas: B's scale stays
+        # in a vector register, where ptxas would otherwise move it to a uniform one right after its
+        # load (R2UR) and the warp would wait for the load there, before its next WGMMAs
+        sc[at + 2] = Float32(mSB[(sb_block + (rows[0] >> 31), kt, expert)])
 
     def issue(self, tiled_mma, blk, ab_pipeline, read_state):
         """Wait for the K tile's operands and issue its WGMMAs (one commit group) into `blk`, the
@@ -157,9 +169,11 @@ class BlockScaledMainloop(TracedRecord):
         return tiled_mma
 
     def promote(self, acc, blk, sc, at: int):
-        """acc += blk * (the row's scale product): one K tile's promotion."""
+        """acc += blk * (the row's scale product): one K tile's promotion (scales as load_scales
+        left them at sc[at:at + 3])."""
+        row_scale = (sc[at] * sc[at + 2], sc[at + 1] * sc[at + 2])
         for v in range(self.acc_size):  # unrolled at trace time
-            acc[v] = acc[v] + blk[v] * sc[at + self.row_of[v]]
+            acc[v] = acc[v] + blk[v] * row_scale[self.row_of[v]]
 
     @staticmethod
     def retire(ab_pipeline, release_state, depth: int):
@@ -175,28 +189,39 @@ class BlockScaledMainloop(TracedRecord):
         """The tile's K loop: acc = sum over K tiles of promote(WGMMA(tile)).  The loop runs
         whole pairs of K tiles so that each iteration starts and ends with `blk` in flight (a
         branch inside would leave ptxas unsure which accumulator is in flight, and it
-        serializes the WGMMAs: C7514).  Returns (tiled_mma, read_state, release_state) for the
-        caller to rebind (traced values its own loop carries)."""
+        serializes the WGMMAs: C7514).
+
+        Scales: an iteration promotes K tiles kp - 1 and kp with the scales in sc[0:6] (even
+        tile at 0, odd at 3) and, first thing, loads those of the next iteration's two into
+        sc[6:12], moved down at its end.  ptxas places a load's first use as early as the
+        load allows within the loop body, so only a loop iteration between load and use
+        keeps the warp from waiting for it before its next WGMMAs (ncu, H200 2026-12-03: a
+        use right after the load was the mainloop's largest stall).  Returns (tiled_mma,
+        read_state, release_state) for the caller to rebind (traced values its own loop
+        carries)."""
         acc.fill(0.0)
         self.load_scales(sc, 0, mSA, mSB, rows, sb_block, 0, expert)
+        self.load_scales(sc, 3, mSA, mSB, rows, sb_block, cutlass.min(1, k_tiles - 1), expert)
         tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state)
         read_state.advance()
         for kp in range(1, k_tiles - 1, 2):
-            self.load_scales(sc, 2, mSA, mSB, rows, sb_block, kp, expert)
+            # the next iteration's K tiles kp + 1 and kp + 2 (past the last: the last one's, never promoted)
+            self.load_scales(sc, 6, mSA, mSB, rows, sb_block, kp + 1, expert)
+            self.load_scales(sc, 9, mSA, mSB, rows, sb_block, cutlass.min(kp + 2, k_tiles - 1), expert)
             tiled_mma = self.issue(tiled_mma, blk2, ab_pipeline, read_state)
             read_state.advance()
             self.retire(ab_pipeline, release_state, 1)
             release_state.advance()
             self.promote(acc, blk, sc, 0)
-            self.load_scales(sc, 0, mSA, mSB, rows, sb_block, kp + 1, expert)
             tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state)
             read_state.advance()
             self.retire(ab_pipeline, release_state, 1)
             release_state.advance()
-            self.promote(acc, blk2, sc, 2)
+            self.promote(acc, blk2, sc, 3)
+            for v in range(6):  # plain Python: unrolled at trace time
+                sc[v] = sc[v + 6]
         if k_tiles % 2 == 0:
             # one K tile left to issue: into blk2 while blk is promoted
-            self.load_scales(sc, 2, mSA, mSB, rows, sb_block, k_tiles - 1, expert)
             tiled_mma = self.issue(tiled_mma, blk2, ab_pipeline, read_state)
             read_state.advance()
             self.retire(ab_pipeline, release_state, 1)
@@ -204,7 +229,7 @@ class BlockScaledMainloop(TracedRecord):
             self.promote(acc, blk, sc, 0)
             self.retire(ab_pipeline, release_state, 0)
             release_state.advance()
-            self.promote(acc, blk2, sc, 2)
+            self.promote(acc, blk2, sc, 3)
         else:
             self.retire(ab_pipeline, release_state, 0)
             release_state.advance()
@@ -223,40 +248,49 @@ class BlockScaledMainloop(TracedRecord):
         return tiled_mma
 
     def promote_block(self, acc, n_block: int, blk, sc, at: int):
-        """acc[N block] += blk * (the row's scale product)."""
+        """acc[N block] += blk * (the row's scale product; scales as load_scales left them)."""
         acc_b = acc[(None, 0, n_block)]
+        row_scale = (sc[at] * sc[at + 2], sc[at + 1] * sc[at + 2])
         for v in range(cute.size(blk)):  # unrolled at trace time
-            acc_b[v] = acc_b[v] + blk[v] * sc[at + self.row_of[v]]
+            acc_b[v] = acc_b[v] + blk[v] * row_scale[self.row_of[v]]
 
     @cute.jit
     def run_split_n(self, tiled_mma, acc, blk, sc, ab_pipeline, read_state, release_state, k_tiles, mSA, mSB,
                     rows, sb_block0, num_sb_blocks, expert, n_blocks: cutlass.Constexpr):
         """The K loop of an `n_blocks`-block-wide tile: per K tile and N block, WGMMAs into `blk`,
-        wait, promote with the block's scale.  Returns (tiled_mma, read_state, release_state)."""
+        wait, promote with the block's scale.  A K tile's scales are loaded at the top of the
+        iteration before (into sc[3 n_blocks:], moved down at its end; see `run` for why).
+        Returns (tiled_mma, read_state, release_state)."""
         acc.fill(0.0)
+        nxt = 3 * n_blocks
+        for nb in cutlass.range_constexpr(n_blocks):
+            # a block past N reads the last block's scale: computed, never stored
+            self.load_scales(sc, 3 * nb, mSA, mSB, rows, cutlass.min(sb_block0 + nb, num_sb_blocks - 1), 0, expert)
         for kt in range(k_tiles):
-            for nb in cutlass.range_constexpr(n_blocks):
-                # a block past N reads the last block's scale: computed, never stored
-                self.load_scales(sc, 2 * nb, mSA, mSB, rows, cutlass.min(sb_block0 + nb, num_sb_blocks - 1), kt,
-                                 expert)
+            for nb in cutlass.range_constexpr(n_blocks):  # the next K tile's (past the last: the last one's)
+                self.load_scales(sc, nxt + 3 * nb, mSA, mSB, rows, cutlass.min(sb_block0 + nb, num_sb_blocks - 1),
+                                 cutlass.min(kt + 1, k_tiles - 1), expert)
             ab_pipeline.consumer_wait(read_state)
             for nb in cutlass.range_constexpr(n_blocks):
                 tiled_mma = self.issue_block(tiled_mma, blk, read_state, nb)
                 warpgroup.wait_group(0)
-                self.promote_block(acc, nb, blk, sc, 2 * nb)
+                self.promote_block(acc, nb, blk, sc, 3 * nb)
             ab_pipeline.consumer_release(release_state)
             release_state.advance()
             read_state.advance()
+            for v in range(nxt):  # plain Python: unrolled at trace time
+                sc[v] = sc[v + nxt]
         return tiled_mma, read_state, release_state
 
-    def load_row_scales(self, sc, sbc, mSA, mSB, rows, col0, n_total, kt, expert):
-        """The K tile's scales: SA of the thread's two rows into sc[0], sc[1], and B's per-row scale
-        of each of the thread's columns into sbc (a column past N reads the last one: computed,
-        never stored)."""
-        sc[0] = Float32(mSA[(rows[0], kt)])
-        sc[1] = Float32(mSA[(rows[1], kt)])
-        for j in range(len(self.col_offsets)):  # plain Python: unrolled at trace time
-            sbc[j] = Float32(mSB[(cutlass.min(col0 + self.col_offsets[j], n_total - 1), kt, expert)])
+    def load_row_scales(self, sc, sbc, at: int, mSA, mSB, rows, col0, n_total, kt, expert):
+        """K tile kt's scales: SA of the thread's two rows into sc[at], sc[at + 1], and B's per-row
+        scale of each of the thread's columns into sbc[at * ncols / 2 ...] (a column past N reads
+        the last one: computed, never stored)."""
+        ncols = len(self.col_offsets)
+        sc[at] = Float32(mSA[(rows[0], kt)])
+        sc[at + 1] = Float32(mSA[(rows[1], kt)])
+        for j in range(ncols):  # plain Python: unrolled at trace time
+            sbc[at // 2 * ncols + j] = Float32(mSB[(cutlass.min(col0 + self.col_offsets[j], n_total - 1), kt, expert)])
 
     def promote_rows(self, acc, blk, sc, sbc):
         """acc += blk * (its row's scale * its column's scale): one K tile's promotion."""
@@ -266,15 +300,23 @@ class BlockScaledMainloop(TracedRecord):
     @cute.jit
     def run_rows(self, tiled_mma, acc, blk, sc, sbc, ab_pipeline, read_state, release_state, k_tiles, mSA, mSB, rows,
                  col0, n_total, expert):
-        """The K loop with per-row B scales: per K tile, the scales, the WGMMAs into `blk`, wait,
-        promote.  Returns (tiled_mma, read_state, release_state)."""
+        """The K loop with per-row B scales: per K tile, the WGMMAs into `blk`, wait, promote.  A K
+        tile's scales are loaded at the top of the iteration before (sc[2:4] and the second half of
+        sbc, moved down at its end; see `run` for why).  Returns (tiled_mma, read_state,
+        release_state)."""
         acc.fill(0.0)
+        ncols = len(self.col_offsets)
+        self.load_row_scales(sc, sbc, 0, mSA, mSB, rows, col0, n_total, 0, expert)
         for kt in range(k_tiles):
-            self.load_row_scales(sc, sbc, mSA, mSB, rows, col0, n_total, kt, expert)
+            # the next K tile's (past the last: the last one's, never promoted)
+            self.load_row_scales(sc, sbc, 2, mSA, mSB, rows, col0, n_total, cutlass.min(kt + 1, k_tiles - 1), expert)
             tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state)
             warpgroup.wait_group(0)
             self.promote_rows(acc, blk, sc, sbc)
             ab_pipeline.consumer_release(release_state)
             release_state.advance()
             read_state.advance()
+            sc[0], sc[1] = sc[2], sc[3]
+            for j in range(ncols):  # plain Python: unrolled at trace time
+                sbc[j] = sbc[ncols + j]
         return tiled_mma, read_state, release_state
