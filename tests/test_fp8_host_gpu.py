@@ -97,3 +97,34 @@ def test_autotune_fp8_runner(kernel, experts):
         checked += 1
     torch.cuda.synchronize()
     assert checked >= 3
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_the_fp8_step_is_bitwise_the_same_on_planned_calls(grouped):
+    """The FP8 step's first call (checks run, kernel keys resolved, self-check gate passed) and its
+    repeated calls (launch plans and checked signatures, issue 26's host cuts) give bitwise the same
+    output and gradients, the router probability's included."""
+    from cute_kernels.config_lookup import clear_cache
+    from cute_kernels.fp8 import Fp8Recipe
+    from cute_kernels.mlp import srelu_mlp
+
+    g = torch.Generator().manual_seed(5)
+    m, h, f, e = sum(SPLITS), 256, 384, len(SPLITS)
+    x = torch.randn(m, h, generator=g).bfloat16().cuda()
+    w1 = (torch.randn(*((e, f, h) if grouped else (f, h)), generator=g) * 0.05).bfloat16().cuda()
+    w2 = (torch.randn(*((e, h, f) if grouped else (h, f)), generator=g) * 0.05).bfloat16().cuda()
+    prob = torch.rand(m, generator=g).cuda() if grouped else None
+    dy = torch.randn(m, h, generator=g).bfloat16().cuda()
+
+    def step():
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w1, w2) + ((prob,) if grouped else ())]
+        y = srelu_mlp(*leaves[:3], m_splits=list(SPLITS) if grouped else None, prob=leaves[3] if grouped else None,
+                      fp8=Fp8Recipe(), backend="cute")
+        y.backward(dy)
+        return [y] + [t.grad for t in leaves]
+
+    clear_cache()  # the first call resolves everything again
+    first = step()
+    for _ in range(2):
+        for a, b in zip(first, step()):
+            assert torch.equal(a, b)
