@@ -11,6 +11,8 @@ activations, so there is no import circle.
   `cute_kernels.activations`).
 - Float32 references of the four GEMM kernels (`fc1_act_ref`, `fc2_ref`, `dgrad_act_ref`,
   `weight_grad_ref`) and test helpers (`rel_err`, `random_splits`, `grouped_ref`).
+- `softmax_xent_ref`: the row softmax cross-entropy kernel's (sm90/softmax_xent.py) loss terms and
+  logits gradient in float64.
 """
 from __future__ import annotations
 
@@ -190,3 +192,18 @@ def random_splits(m_total: int, num_experts: int, gen: torch.Generator, *, empty
 __all__ = ["SRELU", "splits_list", "per_expert_mm", "per_expert_wgrad", "rows_mm", "wgrad", "elementwise_dtype",
            "act_forward", "act_backward", "grouped_ref", "fc2_ref", "fc1_act_ref", "dgrad_act_ref", "weight_grad_ref",
            "rel_err", "random_splits"]
+
+
+def softmax_xent_ref(logits: torch.Tensor, targets: torch.Tensor, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss rows, g) in float64 of what the row softmax cross-entropy kernel computes from `logits`
+    (R, V): per row lse - logit[target] and (softmax - onehot(target)) * scale; a target outside
+    [0, V) marks an ignored row (0 loss, 0 gradient, its logits never looked at)."""
+    x = logits.double()
+    rows, vocab = x.shape
+    valid = (targets >= 0) & (targets < vocab)
+    safe = torch.where(valid, targets, torch.zeros_like(targets))
+    x = torch.where(valid[:, None], x, torch.zeros_like(x))
+    loss = torch.where(valid, torch.logsumexp(x, 1) - x.gather(1, safe[:, None]).squeeze(1), torch.zeros_like(x[:, 0]))
+    g = torch.softmax(x, 1)
+    g[torch.arange(rows, device=x.device), safe] -= 1.0
+    return loss, g * (scale * valid[:, None])

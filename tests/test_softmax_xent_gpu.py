@@ -15,28 +15,15 @@ form (bitwise the switch off); all targets ignored: NaN loss and zero gradients;
 (allocator counts) at least 3 bytes per chunk logit below the torch form's (its fp32 copy)."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from reference import rel_err
 
 from cute_kernels import InputError
 from cute_kernels.integrations.chunked_ce import chunked_linear_cross_entropy
 from cute_kernels.integrations.softmax_xent_ops import softmax_xent_
+from cute_kernels.reference import softmax_xent_ref
 
 pytestmark = pytest.mark.gpu
-
-
-def _reference(logits, targets, scale):
-    """(loss rows, g) in float64 of the same logits; targets outside [0, V) mark ignored rows."""
-    x = logits.double()
-    rows, vocab = x.shape
-    valid = (targets >= 0) & (targets < vocab)
-    safe = torch.where(valid, targets, 0)
-    x = torch.where(valid[:, None], x, 0.0)  # the ignored rows' NaN logits
-    loss = torch.where(valid, torch.logsumexp(x, 1) - x.gather(1, safe[:, None]).squeeze(1), 0.0)
-    g = torch.softmax(x, 1)
-    g[torch.arange(rows, device=x.device), safe] -= 1.0
-    return loss, g * (scale * valid[:, None])
 
 
 @pytest.mark.parametrize("rows,vocab", [(1, 16384), (64, 8), (77, 1000), (33, 8200), (300, 16384), (3, 131072)])
@@ -52,7 +39,7 @@ def test_kernel_matches_float64(rows, vocab, dtype):
         targets[2::7] = -1  # ignored rows: their logits are never read
         logits[2::7] = float("nan")
     scale = torch.tensor([1.0 / rows], device="cuda")
-    want_loss, want_g = _reference(logits, targets, scale.double())
+    want_loss, want_g = softmax_xent_ref(logits, targets, scale.double())
     loss_rows = torch.full((rows,), float("nan"), device="cuda")
     x = logits.clone()
     assert softmax_xent_(x, targets, scale, loss_rows) is x

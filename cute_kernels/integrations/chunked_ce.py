@@ -104,6 +104,20 @@ def _chunk_torch(h, weight, bias, rows_t, rows_valid, scale, cdt, want_grad, d_b
     return part, g
 
 
+def _bias_grad_of_kernel_chunk(g, kernel_targets, loss_rows, scale32):
+    """The bias gradient of a chunk the row kernel did, in fp32: the column sums of its bf16 g with
+    each target's element taken in fp32 instead, (p_t - 1) x scale = expm1(-loss_row) x scale (the
+    kernel's loss term is -log p_t).  Without that, every row's target element, about -scale for a
+    large vocabulary, rounds to bf16 the same way: a bias of up to 2^-9 relative in each column
+    that holds targets (the torch form takes d_bias from its fp32 exponentials before the cast)."""
+    valid = kernel_targets >= 0
+    t = kernel_targets.clamp_min(0)
+    rounded = g.gather(1, t[:, None]).squeeze(1).float()
+    exact = torch.expm1(-loss_rows) * scale32
+    col = g.sum(dim=0, dtype=torch.float32)
+    return col.index_add_(0, t, torch.where(valid, exact - rounded, torch.zeros_like(exact)))
+
+
 def _loss_and_grads(hidden, weight, bias, targets, *, ignore_index, chunk_tokens, reduction,
                     need_hidden, need_weight, need_bias, fp32_weight_grad=False):
     """(loss, d_hidden, d_weight, d_bias) for a loss gradient of 1; a gradient not needed is None.
@@ -139,7 +153,7 @@ def _loss_and_grads(hidden, weight, bias, targets, *, ignore_index, chunk_tokens
             g = softmax_xent_ops.softmax_xent_(F.linear(h, weight, bias), kernel_targets[start:stop], scale32,
                                                loss_rows[start:stop])
             if need_bias:
-                d_bias += g.sum(dim=0, dtype=cdt)
+                d_bias += _bias_grad_of_kernel_chunk(g, kernel_targets[start:stop], loss_rows[start:stop], scale32)
         else:
             part, g = _chunk_torch(h, weight, bias, safe_targets[start:stop, None], valid[start:stop].to(cdt),
                                    scale, cdt, any_grad, d_bias)
