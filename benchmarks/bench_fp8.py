@@ -14,7 +14,7 @@ forms of the FP8 mainloop (128x128 overlapped promotion, 128x256 split-N) on bot
 The weight-gradient table (`--no-wgrad` skips it) times the dense step's two weight gradients,
 dW1 (16384, 4096) and dW2 (4096, 16384) from 8192 tokens: our FP8 1D1D kernel
 (fp8/wgrad_ops.fp8_weight_grad, 1x128 scales along the tokens on both operands, fp32 and bf16
-out), our bf16 `weight_grad` and torch's bf16 mm on the bf16 operands, and torch._scaled_mm
+out; both mainloops: the serial "row" and the overlapped "staged", b_scale "rows_staged"), our bf16 `weight_grad` and torch's bf16 mm on the bf16 operands, and torch._scaled_mm
 rowwise of the same M, N, K (the FP8 reference speed); TFLOP/s = 2*M*N*K / time, each output
 checked against its float32 reference first, and the issue-26 target (>= 900 TFLOP/s burst) stated.
 
@@ -27,6 +27,7 @@ Writes $OUT/bench_fp8.md and $OUT/bench_fp8.json; prints the tables last.  About
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -182,6 +183,9 @@ WGRAD_SHAPES = [("dW1 (16384, 4096) from 8192 tokens", 8192, 16384, 4096),
                 ("dW2 (4096, 16384) from 8192 tokens", 8192, 4096, 16384)]
 WGRAD_TARGET_TFLOPS = 900.0  # issue 26: burst, the dense step's wgrad shapes (DeepGEMM: 920-1,092 on the H800)
 ROWWISE_CASE = "torch._scaled_mm rowwise (same M,N,K)"
+# the FP8 weight gradient's mainloops side by side (fp8/wgrad_ops.WGRAD_B_SCALES): the serial "row"
+# (the default) and the overlapped "rows_staged" (CUTE_KERNELS_FP8_WGRAD_STAGED=1), so one run A/Bs them
+WGRAD_MAINLOOPS = (("row", "row"), ("staged", "rows_staged"))
 
 
 def wgrad_cases(t: int, n_out: int, k_out: int):
@@ -208,18 +212,22 @@ def wgrad_cases(t: int, n_out: int, k_out: int):
     sa = gs.amax(1, keepdim=True).contiguous()  # (N_out, 1)
     sb = xs.amax(1).view(1, k_out).contiguous()  # (1, K_out)
 
-    fns = {"ours fp8 wgrad 1D1D (fp32 out)": lambda: fp8_weight_grad(gq, gs, xq, xs, out_dtype=torch.float32),
-           "ours fp8 wgrad 1D1D (bf16 out)": lambda: fp8_weight_grad(gq, gs, xq, xs, out_dtype=torch.bfloat16),
-           "ours bf16 weight_grad (bf16 out)": lambda: ck.weight_grad(g, x),
-           "torch bf16 mm (g^T @ x)": lambda: g.t() @ x,
-           # (N_out, T) row-major times (T, K_out) column-major, as _scaled_mm wants them
-           ROWWISE_CASE: lambda: torch._scaled_mm(gq, xq.t(), sa, sb, out_dtype=torch.bfloat16)}
+    fns = {}
+    for label, b_scale in WGRAD_MAINLOOPS:
+        for out, out_name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            fns[f"ours fp8 wgrad 1D1D {label} ({out_name} out)"] = functools.partial(
+                fp8_weight_grad, gq, gs, xq, xs, out_dtype=out, b_scale=b_scale)
+    ours = len(fns)
+    fns |= {"ours bf16 weight_grad (bf16 out)": lambda: ck.weight_grad(g, x),
+            "torch bf16 mm (g^T @ x)": lambda: g.t() @ x,
+            # (N_out, T) row-major times (T, K_out) column-major, as _scaled_mm wants them
+            ROWWISE_CASE: lambda: torch._scaled_mm(gq, xq.t(), sa, sb, out_dtype=torch.bfloat16)}
     errs = {}
     ref = dequantize(gq, gs) @ dequantize(xq, xs).t()
-    for case in list(fns)[:2]:
+    for case in list(fns)[:ours]:
         errs[case] = _rel(fns[case](), ref)
     ref = g.float().t() @ x.float()
-    for case in list(fns)[2:4]:
+    for case in list(fns)[ours:ours + 2]:
         errs[case] = _rel(fns[case](), ref)
     del ref
     try:

@@ -43,7 +43,9 @@ class KernelKey:
     # A's rows gathered by index (GemmArgs.a_rows): grouped along M, K-major bf16/fp16 A only
     gather_a: bool = False
     # block-scaled: B's scales by 128x128 blocks ("", a weight) or by 1x128 runs of each row along K
-    # ("row": an activation's or gradient's transpose, the weight gradient's B; DeepGEMM's 1D1D)
+    # ("row": an activation's or gradient's transpose, the weight gradient's B; DeepGEMM's 1D1D;
+    # "rows_staged": the same scales through the overlapped mainloop, B's column scales staged in
+    # shared memory: sm90/mainloop_fp8.run_rows_staged)
     b_scale: str = ""
 
     @property
@@ -192,7 +194,7 @@ def _fake_block_scaled_arguments(key: KernelKey) -> GemmArgs:
     b = make_fake_tensor(cutlass.Uint8, (n, k, lb), (cute.sym_int64(divisibility=16), 1, cute.sym_int64()),
                          assumed_align=16)
     sa = make_fake_tensor(cutlass.Float32, (m, kb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
-    sb_rows = n if key.b_scale == "row" else nb  # B's scales per row, or per 128-row block
+    sb_rows = n if key.b_scale else nb  # B's scales per row ("row", "rows_staged"), or per 128-row block
     sb = make_fake_tensor(cutlass.Float32, (sb_rows, kb, lb), (cute.sym_int64(), cute.sym_int64(), cute.sym_int64()),
                           assumed_align=4)
     dd = _cutlass_dtype(key.d_dtype)
@@ -256,9 +258,11 @@ def _build_block_scaled_kernel(key: KernelKey):
                                  majors=(key.a_major, key.b_major), out_bytes=key.out_bytes, b_scale=key.b_scale)
     if errors:
         raise ConfigError(f"invalid block-scaled FP8 GemmConfig {key.cfg}: " + "; ".join(errors))
-    stages = arch_config_module(key.arch).block_scaled_ab_stages(key.cfg, key.epi, out_bytes=key.out_bytes)
+    stages = arch_config_module(key.arch).block_scaled_ab_stages(key.cfg, key.epi, out_bytes=key.out_bytes,
+                                                                 b_scale=key.b_scale)
     return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages,
-                                  formats=key.operand_formats, b_scale_rows=key.b_scale == "row")
+                                  formats=key.operand_formats, b_scale_rows=bool(key.b_scale),
+                                  b_scale_staged=key.b_scale == "rows_staged")
 
 
 def arch_options(arch: str, options: str = "") -> str:

@@ -289,8 +289,9 @@ def _run_block_scaled_variant(key, launch, device, gen, time_it: bool) -> CheckR
     aq, sa = quantize_1x128(torch.randn(m, k, generator=gen, device=device), fa)
     sa = sa.t().contiguous().t()
     w = torch.randn(experts, n, k, generator=gen, device=device) * 0.1
-    # B's scales by 128x128 blocks (a weight) or per row along K (b_scale "row": the 1D1D weight gradient)
-    quantize_b = quantize_1x128 if key.b_scale == "row" else quantize_128x128
+    # B's scales by 128x128 blocks (a weight) or per row along K (b_scale "row" or "rows_staged": the 1D1D
+    # weight gradient)
+    quantize_b = quantize_1x128 if key.b_scale else quantize_128x128
     parts = [quantize_b(w[e], fb) for e in range(experts)]
     bq, sb = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
     prob = torch.rand(m, generator=gen, device=device) if epi.row_scale else None

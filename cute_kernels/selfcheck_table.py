@@ -50,7 +50,7 @@ def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
     """The block-scaled FP8 kernels' keys (arches that have them): each registered FP8 kernel
     dense and grouped (grouped FC1 with the router probability, as the MoE step launches it)
     per FP8 self-check config, the gradient GEMM's e5m2 x e4m3 operands, and on 128-wide tiles the
-    weight gradient with per-row B scales (b_scale "row", fp32 out: fp8/wgrad_ops.py)."""
+    weight gradient with per-row B scales (b_scale "row" and "rows_staged", fp32 out: fp8/wgrad_ops.py)."""
     from .registry import KERNELS, kernel_key
 
     if not get_arch(arch).block_scaled_fp8:
@@ -63,8 +63,9 @@ def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
                 keys.append(kernel_key(spec.name, arch, cfg, spec.default_dtype, experts, epi=epi))
         keys.append(kernel_key("fp8_fc2", arch, cfg, "float8_e5m2+float8_e4m3fn", 0))
         if cfg.tile_n == 128:
-            keys.append(dataclasses.replace(kernel_key("fp8_fc2", arch, cfg, "float8_e4m3fn", 0), b_scale="row",
-                                            out_dtype="float32"))
+            for b_scale in ("row", "rows_staged"):
+                keys.append(dataclasses.replace(kernel_key("fp8_fc2", arch, cfg, "float8_e4m3fn", 0), b_scale=b_scale,
+                                                out_dtype="float32"))
     return keys
 
 

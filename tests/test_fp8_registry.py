@@ -135,10 +135,12 @@ def test_fp8_variants_have_their_h200_evidence_and_bf16_keep_theirs():
     fp8 = fp8_variant_keys("sm90")
     assert fp8 and all(k.block_scaled for k in fp8) and fp8_variant_keys("sm100") == []
     # the H200 runs of 2026-12-03 (hardware_verified.yaml) cover every sm90 FP8 variant the table builds
-    # but the weight gradient with per-row B scales (not run on a GPU yet: self-checked on first use)
-    rows = [k for k in fp8 if k.b_scale == "row"]
-    assert rows and all(k.cfg.tile_n == 128 and k.out_dtype == "float32" for k in rows)
-    assert all(selfcheck.is_verified("sm90", selfcheck.variant_name(k), table) for k in fp8 if k.b_scale != "row")
+    # but the weight gradient with per-row B scales, both mainloops (not run on a GPU yet: self-checked on
+    # first use)
+    rows = [k for k in fp8 if k.b_scale]
+    assert sorted({k.b_scale for k in rows}) == ["row", "rows_staged"]
+    assert all(k.cfg.tile_n == 128 and k.out_dtype == "float32" for k in rows)
+    assert all(selfcheck.is_verified("sm90", selfcheck.variant_name(k), table) for k in fp8 if not k.b_scale)
     assert not any(selfcheck.is_verified("sm90", selfcheck.variant_name(k), table) for k in rows)
     # a pattern of one operand format does not cover another's
     assert not selfcheck.is_verified("sm90", "dense/identity/cooperative-c1x2/float8_e5m2->bfloat16/akbk", table)

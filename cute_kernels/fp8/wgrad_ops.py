@@ -11,9 +11,12 @@ zeros); gs_t (N_out, ceil(T/128)) and xs_t (K_out, ceil(T/128)) their fp32 scale
 of 16 (pass the padded buffer, whose extra tokens are zeros).  Dense (one weight); the grouped
 form needs each expert's tokens to start a scale block (docs/fp8.md).
 
-The kernel is the GEMM family's Hopper kernel with `KernelKey.b_scale = "row"`: not yet run on
-a GPU (2026-12-03), so its first launch is self-checked against torch (selfcheck.py) and
-`Fp8Recipe(wgrad="fp8")` uses it by default (CUTE_KERNELS_FP8_WGRAD_KERNEL=0: the torch emulation).
+The kernel is the GEMM family's Hopper kernel with `KernelKey.b_scale = "row"` (the serial
+mainloop, `run_rows`), or with CUTE_KERNELS_FP8_WGRAD_STAGED=1 `b_scale = "rows_staged"` (the
+overlapped mainloop with B's column scales staged in shared memory, `run_rows_staged`: not yet run
+on a GPU, off until the H200 A/B); each variant's first launch is self-checked against torch
+(selfcheck.py: its own evidence name) and `Fp8Recipe(wgrad="fp8")` uses it by default
+(CUTE_KERNELS_FP8_WGRAD_KERNEL=0: the torch emulation).
 """
 from __future__ import annotations
 
@@ -45,21 +48,36 @@ def wgrad_kernel_enabled() -> bool:
     return os.environ.get("CUTE_KERNELS_FP8_WGRAD_KERNEL", "1") != "0"
 
 
-def wgrad_key(a_format: str, b_format: str, out_dtype: torch.dtype, config: GemmConfig = WGRAD_DEFAULT_CONFIG):
-    """The family's kernel key of the 1D1D weight gradient."""
+# KernelKey.b_scale of the two mainloops: serial ("row", the default) and overlapped with B's column
+# scales staged in shared memory ("rows_staged")
+WGRAD_B_SCALES = ("row", "rows_staged")
+
+
+def wgrad_b_scale() -> str:
+    """The mainloop the weight gradient runs unless the caller names one: "row" (the serial form,
+    H200 2026-12-03: ~430 TFLOP/s), or "rows_staged" with CUTE_KERNELS_FP8_WGRAD_STAGED=1 (the
+    overlapped form; default "0" until the H200 A/B of the two, benchmarks/bench_fp8.py)."""
+    return "rows_staged" if os.environ.get("CUTE_KERNELS_FP8_WGRAD_STAGED", "0") == "1" else "row"
+
+
+def wgrad_key(a_format: str, b_format: str, out_dtype: torch.dtype, config: GemmConfig = WGRAD_DEFAULT_CONFIG,
+              b_scale: str | None = None):
+    """The family's kernel key of the 1D1D weight gradient (`b_scale`: one of WGRAD_B_SCALES, None:
+    wgrad_b_scale())."""
     epi = Fp8Epilogue(EpilogueSpec("identity"))
     key = family_key(epi, config, a_format, b_format)
-    return dataclasses.replace(key, b_scale="row", out_dtype=WGRAD_OUT_DTYPES[out_dtype])
+    return dataclasses.replace(key, b_scale=b_scale or wgrad_b_scale(), out_dtype=WGRAD_OUT_DTYPES[out_dtype])
 
 
-def wgrad_config_errors(config: GemmConfig) -> list[str]:
-    return block_scaled_errors(config, EpilogueSpec("identity"), arch=FAMILY_ARCH, majors=("k", "k"), b_scale="row")
+def wgrad_config_errors(config: GemmConfig, b_scale: str = "row") -> list[str]:
+    return block_scaled_errors(config, EpilogueSpec("identity"), arch=FAMILY_ARCH, majors=("k", "k"), b_scale=b_scale)
 
 
 def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype = torch.float32,
-                    config: GemmConfig | None = None) -> torch.Tensor:
+                    config: GemmConfig | None = None, b_scale: str | None = None) -> torch.Tensor:
     """dW = dequant(gq_t) @ dequant(xq_t)^T (see the module docstring), a new (N_out, K_out)
-    tensor in `out_dtype` (float32 or bfloat16)."""
+    tensor in `out_dtype` (float32 or bfloat16); `b_scale` picks the mainloop (WGRAD_B_SCALES;
+    None: wgrad_b_scale(), the environment's)."""
     fa = _check_fp8_operand("gq_t", gq_t)
     fb = _check_fp8_operand("xq_t", xq_t, gq_t.shape[1])
     n_out, t = gq_t.shape
@@ -71,6 +89,9 @@ def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype = torch.fl
     _check_scales("xs_t", xs_t, (k_out, _cdiv(t, BLOCK)))
     if out_dtype not in WGRAD_OUT_DTYPES:
         raise InputError(f"out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
+    if b_scale is not None and b_scale not in WGRAD_B_SCALES:
+        raise InputError(f"b_scale must be one of {WGRAD_B_SCALES} or None, got {b_scale!r}")
+    b_scale = b_scale or wgrad_b_scale()
     if n_out == 0 or k_out == 0 or t == 0:
         raise InputError(f"empty problem (N_out = {n_out}, K_out = {k_out}, tokens = {t})")
     if k_out % 8:
@@ -78,7 +99,7 @@ def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype = torch.fl
     if config is not None:
         if not isinstance(config, GemmConfig):
             raise InputError(f"config must be a GemmConfig or None, got {type(config).__name__}")
-        errors = wgrad_config_errors(config)
+        errors = wgrad_config_errors(config, b_scale)
         if errors:
             raise InputError(f"config: {config} cannot run the FP8 weight gradient: " + "; ".join(errors))
     check_fp8_launch("gq_t", gq_t)
@@ -87,7 +108,7 @@ def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype = torch.fl
 
     dw = torch.empty((n_out, k_out), dtype=out_dtype, device=gq_t.device)
     u8 = torch.uint8
-    key = wgrad_key(fa, fb, out_dtype, config or WGRAD_DEFAULT_CONFIG)
+    key = wgrad_key(fa, fb, out_dtype, config or WGRAD_DEFAULT_CONFIG, b_scale)
     _run(key, GemmArgs(as_mkl(gq_t.view(u8)), as_mkl(xq_t.view(u8)), as_mkl(dw), None, sa=gs_t,
                        sb=xs_t.unsqueeze(-1)))
     return dw

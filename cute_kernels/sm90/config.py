@@ -240,20 +240,28 @@ def wave_default_candidates(default: GemmConfig) -> list[GemmConfig]:
 FP8_BLOCK = 128
 FP8_DEFAULT_CONFIG = GemmConfig(tile_m=128, tile_n=128, tile_k=128, cluster_m=1, cluster_n=2, epi_n=32, epi_stages=2)
 FP8_MAX_AB_STAGES = 8
+# B's scales per row ("row" and "rows_staged": the 1D1D weight gradient).  "rows_staged" keeps a K
+# tile's 128 column scales in a shared-memory ring per consumer warpgroup (sm90/scale_ring.py):
+# 128 columns x 2 K tiles (a pair) x SCALE_RING_PAIRS pair slots x 2 warpgroups, fp32.
+ROW_B_SCALES = ("row", "rows_staged")
+SCALE_RING_PAIRS = 3
+SCALE_RING_BYTES = FP8_BLOCK * 2 * SCALE_RING_PAIRS * 2 * 4
 
 
 def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool, majors: tuple,
                         out_bytes: int = 2, b_scale: str = "") -> list[str]:
     """Every reason `cfg` cannot run the block-scaled FP8 mainloop with `epi`; empty when it can.
-    `b_scale`: "" (B's scales by 128x128 blocks) or "row" (1x128 runs of each B row along K)."""
+    `b_scale`: "" (B's scales by 128x128 blocks), "row" (1x128 runs of each B row along K) or
+    "rows_staged" (the same scales, the overlapped mainloop with B's column scales in shared memory)."""
     # the shared fields' rules; the operand stages are counted in one-byte elements below
     errs = validation_errors(dataclasses.replace(cfg, ab_stages=0), num_outputs=epi.num_outputs, grouped=grouped,
                              grouped_k=grouped_k, out_bytes=out_bytes)
     if cfg.ab_stages and not 2 <= cfg.ab_stages <= FP8_MAX_AB_STAGES:
         errs.append(f"ab_stages must be in 2..{FP8_MAX_AB_STAGES} (or 0 for automatic), got {cfg.ab_stages}")
-    elif cfg.ab_stages and block_scaled_smem_bytes(cfg, epi, ab_stages=cfg.ab_stages, out_bytes=out_bytes) > SMEM_CAPACITY:
-        errs.append(f"shared memory: {block_scaled_smem_bytes(cfg, epi, ab_stages=cfg.ab_stages, out_bytes=out_bytes)} "
-                    f"bytes needed, {SMEM_CAPACITY} available on {ARCH}")
+    elif cfg.ab_stages and block_scaled_smem_bytes(cfg, epi, ab_stages=cfg.ab_stages, out_bytes=out_bytes,
+                                                   b_scale=b_scale) > SMEM_CAPACITY:
+        need = block_scaled_smem_bytes(cfg, epi, ab_stages=cfg.ab_stages, out_bytes=out_bytes, b_scale=b_scale)
+        errs.append(f"shared memory: {need} bytes needed, {SMEM_CAPACITY} available on {ARCH}")
     if cfg.schedule != "cooperative" or cfg.tile_m != 128:
         errs.append("the FP8 GEMM runs cooperative 128-row tiles")
     if cfg.tile_n not in (FP8_BLOCK, 2 * FP8_BLOCK):
@@ -277,10 +285,10 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool,
         # (0.5 relative; relu^2 within 3e-3): refused until that is understood
         errs.append(f"the FP8 GEMM's activation-derivative epilogue runs relu^2 only so far, got "
                     f"{epi.activation.key()}")
-    if b_scale not in ("", "row"):
-        errs.append(f"b_scale is '' (128x128 blocks) or 'row' (1x128 along K), got {b_scale!r}")
-    elif b_scale == "row":
-        # a scale per output column: promoted by the serial mainloop, one 128-column N block per tile
+    if b_scale not in ("", *ROW_B_SCALES):
+        errs.append(f"b_scale is '' (128x128 blocks), 'row' or 'rows_staged' (1x128 along K), got {b_scale!r}")
+    elif b_scale in ROW_B_SCALES:
+        # a scale per output column: one 128-column N block per tile
         if cfg.tile_n != FP8_BLOCK:
             errs.append(f"the FP8 GEMM with per-row B scales runs {FP8_BLOCK}-wide tiles")
         if grouped or grouped_k:
@@ -293,19 +301,20 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool,
     return errs
 
 
-def block_scaled_smem_bytes(cfg: GemmConfig, epi, *, ab_stages: int, out_bytes: int = 2) -> int:
+def block_scaled_smem_bytes(cfg: GemmConfig, epi, *, ab_stages: int, out_bytes: int = 2, b_scale: str = "") -> int:
     """Shared memory of an FP8 launch: one-byte operand stages, epilogue buffers per output
-    (the quantized one in one byte), reserve."""
+    (the quantized one in one byte), B's column-scale ring ("rows_staged"), reserve."""
     ab = ab_stages * (cfg.tile_m + cfg.tile_n) * cfg.tile_k
     epi_buffers = sum(cfg.tile_m * cfg.epi_n * cfg.epi_stages * (1 if o == epi.quantized else out_bytes)
                       for o in epi.outputs)
-    return ab + epi_buffers + SMEM_RESERVED + 2048  # + alignment of the four smem arrays
+    ring = SCALE_RING_BYTES if b_scale == "rows_staged" else 0
+    return ab + epi_buffers + ring + SMEM_RESERVED + 2048  # + alignment of the four smem arrays
 
 
-def block_scaled_ab_stages(cfg: GemmConfig, epi, *, out_bytes: int = 2) -> int:
+def block_scaled_ab_stages(cfg: GemmConfig, epi, *, out_bytes: int = 2, b_scale: str = "") -> int:
     """Operand stages of an FP8 launch: cfg.ab_stages, or as many as fit (at most FP8_MAX_AB_STAGES)."""
     if cfg.ab_stages:
         return cfg.ab_stages
     stage = (cfg.tile_m + cfg.tile_n) * cfg.tile_k
-    fixed = block_scaled_smem_bytes(cfg, epi, ab_stages=0, out_bytes=out_bytes)
+    fixed = block_scaled_smem_bytes(cfg, epi, ab_stages=0, out_bytes=out_bytes, b_scale=b_scale)
     return max(2, min(FP8_MAX_AB_STAGES, (SMEM_CAPACITY - fixed) // stage))

@@ -66,6 +66,7 @@ from .gather_producer import GatherProducer
 from .mainloop_fp8 import BlockScaledMainloop
 from .mainloop_wgmma import WgmmaMainloop
 from .pipelines import descriptor_pipeline, operand_pipeline
+from .scale_ring import RING_FLOATS, ColumnScaleRing, ring_layout
 from .tma_producer import TmaProducer
 
 THREADS_PER_WG = 128
@@ -79,7 +80,8 @@ class Sm90Gemm(GemmKernelBase):
     (the tensor arguments in the order of `cute_kernels.gemm_base.launch_args.GemmArgs`)."""
 
     def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False,
-                 formats: tuple[str, str] | None = None, gather_a: bool = False, b_scale_rows: bool = False):
+                 formats: tuple[str, str] | None = None, gather_a: bool = False, b_scale_rows: bool = False,
+                 b_scale_staged: bool = False):
         super().__init__(cfg, epi, grouped=grouped, grouped_k=grouped_k, ab_stages=ab_stages)
         # A's rows gathered by index (GemmArgs.a_rows) by the producer warpgroup (sm90/gather_producer.py)
         self.gather_a = gather_a
@@ -94,6 +96,11 @@ class Sm90Gemm(GemmKernelBase):
         self.b_scale_rows = b_scale_rows
         if b_scale_rows and (not self.block_scaled or cfg.tile_n != 128):
             raise ValueError("b_scale_rows: block-scaled FP8 operands and 128-wide tiles only")
+        # per-row B scales through the overlapped mainloop, B's column scales staged in a shared-memory
+        # ring per consumer warpgroup (KernelKey.b_scale "rows_staged": sm90/scale_ring.py)
+        self.b_scale_staged = b_scale_staged
+        if b_scale_staged and (not b_scale_rows or cfg.schedule != "cooperative"):
+            raise ValueError("b_scale_staged: per-row B scales (b_scale_rows) on cooperative tiles only")
         # the output the quantizing codec stores in FP8 (always the last one), or -1
         self.q_index = epi.quantized_index
         if self.q_index not in (-1, epi.num_outputs - 1):
@@ -211,7 +218,6 @@ class Sm90Gemm(GemmKernelBase):
         epi_elems = cute.cosize(epi_smem_staged)
         epi_elems1 = cute.cosize(epi_smem_staged1) if const_expr(self.num_outputs == 2) else 8
 
-        @cute.struct
         class SharedStorage:
             ab_bars: cute.struct.MemRange[cutlass.Int64, ab_bytes]
             order_bars: cute.struct.MemRange[cutlass.Int64, 2]
@@ -221,7 +227,7 @@ class Sm90Gemm(GemmKernelBase):
             sD0: cute.struct.Align[cute.struct.MemRange[self.out_dtypes[0], epi_elems], 1024]
             sD1: cute.struct.Align[cute.struct.MemRange[self.out_dtypes[1], epi_elems1], 1024]
 
-        self.shared_storage = SharedStorage
+        self.shared_storage = self._shared_storage_struct(SharedStorage)
 
         self.kernel(
             tma_a, tma_mA, tma_b, tma_mB, tma_d0, tma_mD0, tma_d1, tma_mD1, tma_aux, tma_mAux,
@@ -239,6 +245,15 @@ class Sm90Gemm(GemmKernelBase):
             min_blocks_per_mp=1,
             stream=stream,
         )
+
+    def _shared_storage_struct(self, fields):
+        """The kernel's shared-memory struct: the fields of class `fields`, and B's column-scale
+        ring last when the mainloop stages it (b_scale "rows_staged")."""
+        if self.b_scale_staged:
+            annotations = dict(fields.__annotations__,
+                               sSBRing=cute.struct.Align[cute.struct.MemRange[Float32, RING_FLOATS], 16])
+            fields = type(fields.__name__, (), {"__annotations__": annotations})
+        return cute.struct(fields)
 
     def _operand_smem_layout(self, layout: LayoutEnum, shape_mn_k, dtype):
         k_major = layout.sm90_mma_major_mode() == cute.nvgpu.OperandMajorMode.K
@@ -373,9 +388,11 @@ class Sm90Gemm(GemmKernelBase):
             acc = cute.make_rmem_tensor(tCcTile.shape, Float32)
             num_k_blocks = cute.size(tCrA, mode=[2])
             if const_expr(self.block_scaled):
+                scale_ring = self._scale_ring(storage, consumer_wg, tidx)
                 mainloop = BlockScaledMainloop.build(tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB,
                                                      tile_m=self.tile_m, tile_k=self.tile_k, ab_stages=self.ab_stages,
-                                                     n_blocks=self.n_blocks, b_scale_rows=self.b_scale_rows)
+                                                     n_blocks=self.n_blocks, b_scale_rows=self.b_scale_rows,
+                                                     scale_ring=scale_ring)
             else:
                 mainloop = WgmmaMainloop(tCrA, tCrB, num_k_blocks, self.gather_a)
 
@@ -470,6 +487,12 @@ class Sm90Gemm(GemmKernelBase):
                 t += t_step
             if warp_idx == store_warp:
                 store_pipeline.producer_tail()
+
+    def _scale_ring(self, storage, consumer_wg, tidx):
+        """The consumer warpgroup's ring of B's column scales (b_scale "rows_staged"), else None."""
+        if not self.b_scale_staged:
+            return None
+        return ColumnScaleRing.build(storage.sSBRing.get_tensor(ring_layout()), consumer_wg, tidx)
 
     def _output_tiles(self, mD0, mD1, row_start, row_end, n_tile, m_total, expert):
         """The (tile_m, tile_n) TMA-coordinate tiles of each output for this tile."""

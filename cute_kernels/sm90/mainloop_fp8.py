@@ -25,7 +25,9 @@ promotion multiplies each element by its row's and its column's scale.  A thread
 WGMMA holds 2 rows x 32 columns: `run_rows` loads the K tile's 2 row scales and 32 column
 scales an iteration ahead, issues its WGMMAs into one scratch accumulator, waits, and promotes (the serial
 form: the other warpgroup keeps the tensor core busy meanwhile; two scratch accumulators and
-two K tiles' column scales would not fit the register budget).
+two K tiles' column scales would not fit the register budget).  `run_rows_staged` (b_scale
+"rows_staged") is `run`'s overlapped loop with the column scales staged in shared memory instead
+(sm90/scale_ring.py: cp.async a pair of K tiles ahead, read at promotion).
 
 Scales are read from global memory by the consumer threads, a K tile (or, in `run`, a pair
 of K tiles) ahead of their promotion: ptxas schedules a load's first use as early as the loop
@@ -43,6 +45,7 @@ from cutlass import Float32, const_expr
 from cutlass.cute.nvgpu import warpgroup
 
 from ..gemm_base.traced import TracedRecord
+from .scale_ring import pair_slot
 
 
 def accumulator_rows(tCcTile, size: int) -> tuple[list, int]:
@@ -70,7 +73,7 @@ class BlockScaledMainloop(TracedRecord):
     `row_of[v]`: which of the thread's two rows accumulator element v is on."""
 
     _traced = ("tCrA", "tCrB", "tCrB_blocks", "blk", "blk2", "sc", "sbc", "thread_row0", "thread_col0",
-               "num_sb_blocks")
+               "num_sb_blocks", "scale_ring")
 
     def __init__(self, tCrA, tCrB, num_k_blocks: int, row_of: list, acc_size: int, tCrB_blocks=None):
         self.tCrA, self.tCrB = tCrA, tCrB
@@ -86,15 +89,18 @@ class BlockScaledMainloop(TracedRecord):
         self.b_scale_rows = False
         self.sbc = self.thread_col0 = None
         self.col_offsets, self.col_of = [], []
+        # "rows_staged": the warpgroup's ring of B's column scales in shared memory (sm90/scale_ring.py)
+        self.scale_ring = None
 
     @classmethod
     def build(cls, tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB, *, tile_m: int, tile_k: int, ab_stages: int,
-              n_blocks: int, b_scale_rows: bool = False):
+              n_blocks: int, b_scale_rows: bool = False, scale_ring=None):
         """The mainloop of a consumer warpgroup with its registers: the scratch accumulators, the
         scale products, the thread's first accumulator row; `n_blocks` 128-column N blocks per
-        tile (more than one: the split-N loop, B's fragments per block)."""
+        tile (more than one: the split-N loop, B's fragments per block).  `scale_ring` (per-row B
+        scales only): B's column scales staged in shared memory, the overlapped loop."""
         tCrB_blocks = None
-        if b_scale_rows:
+        if b_scale_rows and scale_ring is None:
             # one scratch accumulator (the serial form; see the module docstring)
             blk = cute.make_rmem_tensor(tCcTile.shape, Float32)
             blk2 = blk
@@ -120,7 +126,9 @@ class BlockScaledMainloop(TracedRecord):
         if b_scale_rows:
             mainloop.b_scale_rows = True
             mainloop.col_offsets, mainloop.col_of = accumulator_cols(tCcTile, cute.size(acc))
-            mainloop.sbc = cute.make_rmem_tensor((2 * len(mainloop.col_offsets),), Float32)  # this K tile's, the next
+            if scale_ring is None:  # this K tile's column scales and the next one's, in registers
+                mainloop.sbc = cute.make_rmem_tensor((2 * len(mainloop.col_offsets),), Float32)
+            mainloop.scale_ring = scale_ring
             mainloop.thread_col0 = tCcTile[0][1]  # element 0's column in the tile (col_offsets are from it)
         return mainloop
 
@@ -133,6 +141,11 @@ class BlockScaledMainloop(TracedRecord):
         # stored), and the weight-scale block (an N tile past N: clamped, never stored)
         rows = (cutlass.min(row_start + self.thread_row0, m_total - 1),
                 cutlass.min(row_start + self.thread_row0 + 8, m_total - 1))
+        if const_expr(self.scale_ring is not None):
+            # the column this thread copies into the ring (past N: the last one's, never stored)
+            col_src = cutlass.min(n_tile * 128 + self.scale_ring.col, n_total - 1)
+            return self.run_rows_staged(tiled_mma, acc, self.blk, self.blk2, self.sc, self.scale_ring, ab_pipeline,
+                                        read_state, release_state, k_tiles, mSA, mSB, rows, col_src, expert)
         if const_expr(self.b_scale_rows):
             return self.run_rows(tiled_mma, acc, self.blk, self.sc, self.sbc, ab_pipeline, read_state, release_state,
                                  k_tiles, mSA, mSB, rows, n_tile * 128 + self.thread_col0, n_total, expert)
@@ -319,4 +332,74 @@ class BlockScaledMainloop(TracedRecord):
             sc[0], sc[1] = sc[2], sc[3]
             for j in range(ncols):  # plain Python: unrolled at trace time
                 sbc[j] = sbc[ncols + j]
+        return tiled_mma, read_state, release_state
+
+    @staticmethod
+    def load_row_pair(sc, at: int, mSA, rows, kt0, kt1):
+        """SA of the thread's two rows for K tiles kt0 (into sc[at], sc[at + 1]) and kt1 (sc[at + 2],
+        sc[at + 3])."""
+        for j, kt in enumerate((kt0, kt1)):  # plain Python: unrolled at trace time
+            sc[at + 2 * j] = Float32(mSA[(rows[0], kt)])
+            sc[at + 2 * j + 1] = Float32(mSA[(rows[1], kt)])
+
+    def promote_staged(self, acc, blk, sc, at: int, ring, j: int, slot):
+        """acc += blk * (its row's scale * its column's scale): the promotion of the pair's K tile j,
+        row scales at sc[at:at + 2], column scales read from the ring's `slot`."""
+        col_scale = ring.scales(self.thread_col0, self.col_offsets, j, slot)
+        for v in range(self.acc_size):  # unrolled at trace time
+            acc[v] = acc[v] + blk[v] * (sc[at + self.row_of[v]] * col_scale[self.col_of[v]])
+
+    @cute.jit
+    def run_rows_staged(self, tiled_mma, acc, blk, blk2, sc, ring, ab_pipeline, read_state, release_state, k_tiles,
+                        mSA, mSB, rows, col_src, expert):
+        """`run`'s overlapped K loop with per-row B scales: whole pairs of K tiles per iteration, K
+        tile kt + 1's WGMMAs issued before tile kt is promoted (wait_group 1), `blk` and `blk2`
+        alternating.  Iteration i (K tiles kp - 1 and kp, kp = 2 i + 1) first loads the next
+        pair's row scales of A into sc[4:8] (registers, a loop iteration ahead: see `run`) and
+        copies its column scales of B into the ring's pair slot i + 1 (cp.async), and promotes
+        with sc[0:4] and slot i once the warpgroup's copies of slot i have landed
+        (sm90/scale_ring.py).  Returns (tiled_mma, read_state, release_state)."""
+        acc.fill(0.0)
+        ring.barrier()  # the previous tile's reads of the ring are done before slot 0 is rewritten
+        kt1 = cutlass.min(1, k_tiles - 1)
+        self.load_row_pair(sc, 0, mSA, rows, 0, kt1)
+        ring.load_pair(mSB, col_src, 0, kt1, expert, 0)
+        tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state)
+        read_state.advance()
+        for kp in range(1, k_tiles - 1, 2):
+            slot = pair_slot(kp // 2)
+            # the next iteration's K tiles kp + 1 and kp + 2 (past the last: the last one's, never promoted)
+            kt_next = cutlass.min(kp + 2, k_tiles - 1)
+            self.load_row_pair(sc, 4, mSA, rows, kp + 1, kt_next)
+            ring.load_pair(mSB, col_src, kp + 1, kt_next, expert, pair_slot(kp // 2 + 1))
+            tiled_mma = self.issue(tiled_mma, blk2, ab_pipeline, read_state)
+            read_state.advance()
+            self.retire(ab_pipeline, release_state, 1)
+            release_state.advance()
+            ring.sync(1)
+            self.promote_staged(acc, blk, sc, 0, ring, 0, slot)
+            tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state)
+            read_state.advance()
+            self.retire(ab_pipeline, release_state, 1)
+            release_state.advance()
+            self.promote_staged(acc, blk2, sc, 2, ring, 1, slot)
+            for v in range(4):  # plain Python: unrolled at trace time
+                sc[v] = sc[v + 4]
+        # the last one or two K tiles: their scales are in the slot of the loop's iteration count
+        last_slot = pair_slot((k_tiles - 1) // 2)
+        ring.sync(0)
+        if k_tiles % 2 == 0:
+            # one K tile left to issue: into blk2 while blk is promoted
+            tiled_mma = self.issue(tiled_mma, blk2, ab_pipeline, read_state)
+            read_state.advance()
+            self.retire(ab_pipeline, release_state, 1)
+            release_state.advance()
+            self.promote_staged(acc, blk, sc, 0, ring, 0, last_slot)
+            self.retire(ab_pipeline, release_state, 0)
+            release_state.advance()
+            self.promote_staged(acc, blk2, sc, 2, ring, 1, last_slot)
+        else:
+            self.retire(ab_pipeline, release_state, 0)
+            release_state.advance()
+            self.promote_staged(acc, blk, sc, 0, ring, 0, last_slot)
         return tiled_mma, read_state, release_state
