@@ -3,16 +3,19 @@
 product of its dequantized operands, elementwise within the bound the FP8 tensor core's
 accumulation implies (tests/test_fp8_gpu._check_elementwise): token counts that are not
 multiples of 128 (the column-wise copies' zero padding), N_out and K_out not multiples of 128,
-e5m2 gradients, fp32 and bf16 outputs, an output poisoned with NaN; and the FP8 step with
-Fp8Recipe(wgrad="fp8") through it (CUTE_KERNELS_FP8_WGRAD_KERNEL=1) within the recipe's bound
-of float64 and close to the torch emulation."""
+e5m2 gradients, fp32 and bf16 outputs, an output poisoned with NaN; both mainloops (b_scale
+"row", the serial one, and "rows_staged", the overlapped one with B's column scales staged in
+shared memory), which promote with the same fp32 operations in the same order and so agree bit
+for bit; and the FP8 step with Fp8Recipe(wgrad="fp8") through it (CUTE_KERNELS_FP8_WGRAD_KERNEL=1,
+and CUTE_KERNELS_FP8_WGRAD_STAGED=0 / 1) within the recipe's bound of float64 and close to the
+torch emulation."""
 import pytest
 import torch
 
 from cute_kernels.fp8 import Fp8Recipe
 from cute_kernels.fp8.quantize_ops import quantize_rows_and_cols
 from cute_kernels.fp8.recipe import dequantize
-from cute_kernels.fp8.wgrad_ops import as_operand, fp8_weight_grad
+from cute_kernels.fp8.wgrad_ops import WGRAD_B_SCALES, as_operand, fp8_weight_grad
 from cute_kernels.mlp import srelu_mlp
 from test_fp8_gpu import ACC_BOUND, _check_elementwise
 
@@ -24,16 +27,22 @@ def _column_copy(t, fmt):
     return as_operand(qt), st
 
 
-@pytest.mark.parametrize("n_out,k_out,tokens", [(256, 256, 256), (272, 400, 1000), (128, 128, 16), (1856, 2688, 4096),
-                                                (144, 1856, 333)])
+# token counts: 2 K tiles (no loop iteration of the overlapped form), 8 (three iterations: its ring
+# of column scales wraps), 1, 32, 3 (one iteration and a single K tile left); 1856 x 2688: more
+# tiles than SMs (a CTA's ring reused across its tiles)
+SHAPES = [(256, 256, 256), (272, 400, 1000), (128, 128, 16), (1856, 2688, 4096), (144, 1856, 333)]
+
+
+@pytest.mark.parametrize("n_out,k_out,tokens", SHAPES)
 @pytest.mark.parametrize("gfmt,out", [("e4m3", torch.float32), ("e5m2", torch.bfloat16)])
-def test_fp8_weight_grad_against_float64(n_out, k_out, tokens, gfmt, out):
+@pytest.mark.parametrize("b_scale", WGRAD_B_SCALES)
+def test_fp8_weight_grad_against_float64(n_out, k_out, tokens, gfmt, out, b_scale):
     torch.manual_seed(n_out + k_out + tokens)
     g = (torch.randn(tokens, n_out, device="cuda") * torch.logspace(-2, 2, tokens, device="cuda")[:, None]).bfloat16()
     x = torch.randn(tokens, k_out, device="cuda").bfloat16()
     gq, gs = _column_copy(g, gfmt)
     xq, xs = _column_copy(x, "e4m3")
-    dw = fp8_weight_grad(gq, gs, xq, xs, out_dtype=out)
+    dw = fp8_weight_grad(gq, gs, xq, xs, out_dtype=out, b_scale=b_scale)
     assert dw.shape == (n_out, k_out) and dw.dtype == out
     a, b = dequantize(gq, gs).double(), dequantize(xq, xs).double()
     ref = a @ b.t()
@@ -44,7 +53,20 @@ def test_fp8_weight_grad_against_float64(n_out, k_out, tokens, gfmt, out):
     _check_elementwise(dw.float(), ref, a.abs() @ b.abs().t(), acc_bound=2 * ACC_BOUND)
 
 
-def test_fp8_step_with_the_wgrad_kernel(monkeypatch):
+@pytest.mark.parametrize("n_out,k_out,tokens", SHAPES)
+def test_the_two_mainloops_agree_bitwise(n_out, k_out, tokens):
+    torch.manual_seed(n_out * k_out + tokens)
+    g = (torch.randn(tokens, n_out, device="cuda") * torch.logspace(-3, 1, tokens, device="cuda")[:, None]).bfloat16()
+    x = torch.randn(tokens, k_out, device="cuda").bfloat16()
+    gq, gs = _column_copy(g, "e5m2")
+    xq, xs = _column_copy(x, "e4m3")
+    row, staged = (fp8_weight_grad(gq, gs, xq, xs, b_scale=b) for b in ("row", "rows_staged"))
+    assert torch.equal(row, staged), (row - staged).abs().max().item()
+
+
+@pytest.mark.parametrize("staged", ["0", "1"])
+def test_fp8_step_with_the_wgrad_kernel(monkeypatch, staged):
+    monkeypatch.setenv("CUTE_KERNELS_FP8_WGRAD_STAGED", staged)
     torch.manual_seed(7)
     m, h, f = 1000, 384, 528
     x = torch.randn(m, h, device="cuda").bfloat16()
