@@ -316,7 +316,8 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     if prob is not None:
         checks.check_prob(prob, m_total=m, device=x.device)
         prob = prob.reshape(-1).to(torch.float32).contiguous()
-    _check_config_type(config)
+    if config is not None:  # (the usual call: looked-up configs, nothing to check)
+        _check_config_type(config)
     n = w1.size(-2)
     out_pre, out_post = out if out is not None else (None, None)
     postact = _output("out[1] (postact)", out_post, m, n, x)
@@ -328,7 +329,7 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
         epi = EpilogueSpec("act", store_preact=store_preact, row_scale=prob is not None,
                            activation=_activation(activation))
         plan = _new_plan(signature, "fc1_srelu", x, w1, epi, grouped, majors, config, a_rows)
-    else:
+    elif config is not None:
         checks.check_config(config)
     outs = [preact, postact] if store_preact else [postact]
     _launch(plan, x, _as_nkl(w1), outs, m_splits=m_splits, prob=prob, a_rows=a_rows)
@@ -362,7 +363,8 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
     m = h.size(0)
     if grouped:
         checks.check_m_splits(m_splits, num_experts=w2.size(0), m_total=m, device=h.device)
-    _check_config_type(config)
+    if config is not None:  # (the usual call: looked-up configs, nothing to check)
+        _check_config_type(config)
     n = w2.size(-2)
     y = _output("out", out, m, n, h)
     if plan is None:
@@ -370,7 +372,7 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
         if m == 0 or n == 0:
             return y
         plan = _new_plan(signature, "fc2", h, w2, EpilogueSpec("identity"), grouped, majors, config)
-    else:
+    elif config is not None:
         checks.check_config(config)
     _launch(plan, h, _as_nkl(w2), [y], m_splits=m_splits, prob=None)
     return y
@@ -423,7 +425,8 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
         prob = prob.reshape(-1).to(torch.float32).contiguous()
     if prob_grad is None:
         prob_grad = prob is not None
-    _check_config_type(config)
+    if config is not None:  # (the usual call: looked-up configs, nothing to check)
+        _check_config_type(config)
     dpre = _output("out (dpreact)", out, m, n, dy)
     if plan is None:
         checks.check_cuda("dy", dy)
@@ -435,7 +438,7 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
         epi = EpilogueSpec("dact", store_postact=store_postact, row_scale=prob is not None, row_sum=prob_grad,
                            activation=_activation(activation))
         plan = _new_plan(signature, "fc2_dgrad_dsrelu", dy, b, epi, grouped, majors, config)
-    else:
+    elif config is not None:
         checks.check_config(config)
     dprob = _launch(plan, dy, _as_nkl_t(w2), outs, m_splits=m_splits, prob=prob, aux=preact)
     return dpre, post, dprob
@@ -522,7 +525,8 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
     if grouped:
         num_experts = len(m_splits) if not isinstance(m_splits, torch.Tensor) else m_splits.numel()
         checks.check_m_splits(m_splits, num_experts=num_experts, m_total=tokens, device=dy.device)
-    _check_config_type(config)
+    if config is not None:  # (the usual call: looked-up configs, nothing to check)
+        _check_config_type(config)
     shape = (num_experts, n_out, k_out) if grouped else (n_out, k_out)
     if out is None:
         dt = out_dtype or dy.dtype
@@ -557,7 +561,7 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
         key = _wgrad_key(device_arch(dy.device), dy.dtype, n_out, k_out, tokens, num_experts, grouped, out.dtype,
                          accumulate, majors, config, tuned_root())
         plan = launch_plan.put(signature, LaunchPlan(key, majors))
-    else:
+    elif config is not None:
         checks.check_config(config)
     tile_m = plan.key.cfg.tile_m
     if grouped:

@@ -28,12 +28,13 @@ import logging
 
 import torch
 
-from . import archs
+from . import archs, launch_plan, torch_ops
 from .activations import SRELU, resolve_activation
 from .autograd_io import main_grad, tag_role
 from .checks import InputError
 from .first_order import first_order_only
-from .mlp_checks import check_backend, check_mlp_inputs, check_offload, checked_host_splits
+from .mlp_checks import (check_backend, check_mlp_inputs, check_mlp_tensors, check_offload, checked_host_splits,
+                         mlp_inputs_signature)
 from .reference import act_backward, act_forward, per_expert_mm, per_expert_wgrad, splits_list
 
 log = logging.getLogger("cute_kernels")
@@ -91,11 +92,9 @@ class FC1SReLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, prob, splits, use_cute, fuse_wgrad, activation=SRELU):
         if use_cute:
-            from .torch_ops import activation_arg, ops
-
-            sl, st = _op_splits(splits)
-            preact, postact = ops().fc1_srelu_fwd(x, w1, sl, prob, True, splits_t=st,
-                                                  activation=activation_arg(activation))
+            ctx.op_splits = sl, st = _op_splits(splits)  # (the backward's launches take them too)
+            preact, postact = torch_ops.ops().fc1_srelu_fwd(x, w1, sl, prob, True, splits_t=st,
+                                                            activation=torch_ops.activation_arg(activation))
         else:
             preact = per_expert_mm(x, w1, splits, transpose_w=True) if splits is not None else x @ w1.t()
             postact = srelu_torch(preact, prob, x.dtype, activation)
@@ -119,11 +118,10 @@ class FC1SReLUFunction(torch.autograd.Function):
         splits = ctx.splits
         dpre = dpre.contiguous()
         if ctx.use_cute and cute_backward_enabled():
-            from .torch_ops import ops
-
-            sl, st = _op_splits(splits)
-            dx = ops().fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st) if ctx.needs_input_grad[0] else None
-            dw1 = _cute_wgrad(ctx, dpre, x, splits, w1, "w1") if ctx.needs_input_grad[1] else None
+            ops = torch_ops.ops()
+            sl, st = ctx.op_splits
+            dx = ops.fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st) if ctx.needs_input_grad[0] else None
+            dw1 = _cute_wgrad(ctx, ops, dpre, x, w1, "w1") if ctx.needs_input_grad[1] else None
             return dx, dw1, None, None, None, None, None
         splits = splits_list(splits)
         grouped = splits is not None
@@ -151,6 +149,7 @@ class GatheredFC1SReLUFunction(torch.autograd.Function):
         preact, postact = fc1_srelu(x, w1, m_splits=splits, prob=prob, store_preact=True, activation=activation,
                                     a_rows=rows)
         ctx.splits = splits
+        ctx.op_splits = _op_splits(splits)
         ctx.rows_adjoint = rows_adjoint
         ctx.fuse_wgrad = fuse_wgrad
         ctx.set_materialize_grads(False)
@@ -167,13 +166,12 @@ class GatheredFC1SReLUFunction(torch.autograd.Function):
         dpre = dpre.contiguous()
         dx = dw1 = None
         if cute_backward_enabled():
-            from .torch_ops import ops
-
-            sl, st = _op_splits(splits)
+            ops = torch_ops.ops()
+            sl, st = ctx.op_splits
             if ctx.needs_input_grad[0]:
-                dx = ctx.rows_adjoint(ops().fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st))
+                dx = ctx.rows_adjoint(ops.fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st))
             if ctx.needs_input_grad[1]:
-                dw1 = _cute_wgrad(ctx, dpre, x.index_select(0, rows), splits, w1, "w1")
+                dw1 = _cute_wgrad(ctx, ops, dpre, x.index_select(0, rows), w1, "w1")
             return dx, dw1, None, None, None, None, None, None
         splits = splits_list(splits)
         if ctx.needs_input_grad[0]:
@@ -207,10 +205,8 @@ class FC2DSReLUFunction(torch.autograd.Function):
     def forward(ctx, postact, preact, prob, w2, splits, recompute_postact, use_cute, fuse_wgrad, activation=SRELU,
                 dpreact_over_preact=False):
         if use_cute:
-            from .torch_ops import ops
-
-            sl, st = _op_splits(splits)
-            y = ops().fc2_fwd(postact, w2, sl, splits_t=st)
+            ctx.op_splits = sl, st = _op_splits(splits)
+            y = torch_ops.ops().fc2_fwd(postact, w2, sl, splits_t=st)
         else:
             y = per_expert_mm(postact, w2, splits, transpose_w=True) if splits is not None else postact @ w2.t()
         ctx.splits = splits
@@ -231,15 +227,14 @@ class FC2DSReLUFunction(torch.autograd.Function):
         # dpreact written over preact (read for the last time here): eager only, torch.compile plans its own memory
         over_preact = ctx.dpreact_over_preact and not torch.compiler.is_compiling()
         if ctx.use_cute and cute_backward_enabled():
-            from .torch_ops import activation_arg, fc2_dgrad_dsrelu_over_preact, ops
-
-            sl, st = _op_splits(splits)
-            dgrad = fc2_dgrad_dsrelu_over_preact if over_preact else ops().fc2_dgrad_dsrelu_op
+            ops = torch_ops.ops()
+            sl, st = ctx.op_splits
+            dgrad = torch_ops.fc2_dgrad_dsrelu_over_preact if over_preact else ops.fc2_dgrad_dsrelu_op
             dpre, post_re, dprob = dgrad(dy, w2, preact, sl, prob, postact is None, splits_t=st,
-                                         activation=activation_arg(ctx.activation))
+                                         activation=torch_ops.activation_arg(ctx.activation))
             dw2 = None
             if ctx.needs_input_grad[3]:
-                dw2 = _cute_wgrad(ctx, dy, postact if postact is not None else post_re, splits, w2, "w2")
+                dw2 = _cute_wgrad(ctx, ops, dy, postact if postact is not None else post_re, w2, "w2")
             dprob = dprob.to(prob.dtype).reshape(prob.shape) if prob is not None else None
             return dpre, None, dprob, dw2, None, None, None, None, None, None
         splits = splits_list(splits)  # torch math takes a list (a GPU tensor costs one sync here)
@@ -266,17 +261,15 @@ def _accumulate_main_grad(ctx, w, name, dw):
     return None
 
 
-def _cute_wgrad(ctx, dy, x, splits, w, name):
+def _cute_wgrad(ctx, ops, dy, x, w, name):
     """cute path: dw = dy^T x (per expert when grouped: the K-grouped kernel), or added
-    into w.main_grad in the GEMM's epilogue."""
-    from .torch_ops import ops
-
-    sl, st = _op_splits(splits)
-    torch_ops = ops()
+    into w.main_grad in the GEMM's epilogue.  ops: torch_ops.ops() of the calling backward;
+    the splits are the forward's (ctx.op_splits)."""
+    sl, st = ctx.op_splits
     if ctx.fuse_wgrad:
-        torch_ops.weight_grad_accumulate_op(dy, x, sl, main_grad(w, name), splits_t=st)
+        ops.weight_grad_accumulate_op(dy, x, sl, main_grad(w, name), splits_t=st)
         return None
-    return torch_ops.weight_grad_op(dy, x, sl, splits_t=st)
+    return ops.weight_grad_op(dy, x, sl, splits_t=st)
 
 
 def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = False,
@@ -303,9 +296,16 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     torch.compile the op tags no roles (see `autograd_io.tag_role`), so a role policy offloads nothing there.
     fp8: an `Fp8Recipe` runs the FP8 step (cute_kernels/fp8/mlp.py, which says what is a kernel there)."""
     check_backend(backend)
-    # the same errors on both paths, before the call counts as a layer for `offload`
+    # the same errors on both paths, before the call counts as a layer for `offload`; the tensors'
+    # metadata checks once per call signature (launch_plan.check_once), the splits every call
+    grouped = m_splits is not None
+    signature = mlp_inputs_signature(x, w1, w2, grouped, prob)
+    if signature is None:
+        check_mlp_tensors(x, w1, w2, grouped=grouped, prob=prob)
+    else:
+        launch_plan.check_once(signature, lambda: check_mlp_tensors(x, w1, w2, grouped=grouped, prob=prob))
     m_splits = check_mlp_inputs(x, w1, w2, m_splits=m_splits, prob=prob,
-                                fuse_wgrad_accumulation=fuse_wgrad_accumulation)
+                                fuse_wgrad_accumulation=fuse_wgrad_accumulation, tensors_checked=True)
     try:
         activation = resolve_activation(activation)
     except (TypeError, ValueError) as e:

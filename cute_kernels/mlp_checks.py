@@ -84,15 +84,42 @@ def check_mlp_operands(x, w1, w2, *, grouped: bool, x_name: str = "x"):
         raise InputError("w1 has 0 experts")
 
 
-def check_mlp_inputs(x, w1, w2, *, m_splits=None, prob=None, fuse_wgrad_accumulation: bool = False):
+def check_mlp_tensors(x, w1, w2, *, grouped: bool, prob=None):
+    """What check_mlp_inputs checks that depends on the tensors' metadata alone (x, w1, w2 and
+    prob: `mlp_inputs_signature` holds all of it)."""
+    check_mlp_operands(x, w1, w2, grouped=grouped)
+    if prob is not None:
+        check_prob(prob, m_total=x.size(0), device=x.device)
+
+
+def mlp_inputs_signature(x, w1, w2, grouped: bool, prob):
+    """What check_mlp_tensors reads of its arguments (shapes, strides, dtypes, devices), as a
+    hashable tuple; None when an argument is not a strided tensor (such a call is checked every
+    time, so that its error names it)."""
+    try:
+        if not (isinstance(x, torch.Tensor) and isinstance(w1, torch.Tensor) and isinstance(w2, torch.Tensor)):
+            return None
+        p = None
+        if prob is not None:
+            if not isinstance(prob, torch.Tensor):
+                return None
+            p = (prob.shape, prob.dtype, prob.device)
+        return ("srelu_mlp", x.shape, x.stride(), x.dtype, x.device, w1.shape, w1.stride(), w1.dtype, w1.device,
+                w2.shape, w2.stride(), w2.dtype, w2.device, grouped, p)
+    except (RuntimeError, NotImplementedError):  # no strides (a sparse or other non-strided layout)
+        return None
+
+
+def check_mlp_inputs(x, w1, w2, *, m_splits=None, prob=None, fuse_wgrad_accumulation: bool = False,
+                     tensors_checked: bool = False):
     """Check the arguments of srelu_mlp; returns m_splits as the op takes it: None, a list
     (a list, tuple or CPU tensor, values checked) or the CUDA tensor itself (shape, dtype
-    and device checked)."""
+    and device checked).  tensors_checked: the caller ran check_mlp_tensors for this call's
+    signature already (srelu_mlp: once per signature); the splits and main_grad are checked anyway."""
     grouped = m_splits is not None
-    check_mlp_operands(x, w1, w2, grouped=grouped)
+    if not tensors_checked:
+        check_mlp_tensors(x, w1, w2, grouped=grouped, prob=prob)
     m = x.size(0)
-    if prob is not None:
-        check_prob(prob, m_total=m, device=x.device)
     if fuse_wgrad_accumulation:
         for name, w in (("w1", w1), ("w2", w2)):
             check_main_grad(name, w)

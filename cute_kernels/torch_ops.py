@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from . import reference
+from . import gemm_ops, reference
 from .activations import resolve_activation
 
 
@@ -44,7 +44,8 @@ def _on_kernels(t: torch.Tensor) -> bool:
 
 
 def _kernel_splits(m_splits, splits_t):
-    """What the CUDA kernels take: the GPU tensor when given, else the list (or None)."""
+    """What the CUDA kernels take: the GPU tensor when given, else the list (or None).  (The bf16
+    ops spell this out inline: a call less per launch on the eager step's host path.)"""
     return splits_t if splits_t is not None else m_splits
 
 
@@ -57,10 +58,8 @@ def _fc1_srelu_fwd(x: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[in
                   store_preact: bool, splits_t: Optional[torch.Tensor] = None,
                   activation: str = "srelu") -> tuple[torch.Tensor, torch.Tensor]:
     if _on_kernels(x):
-        from .gemm_ops import fc1_srelu
-
-        pre, post = fc1_srelu(x, w1, m_splits=_kernel_splits(m_splits, splits_t), prob=prob, store_preact=store_preact,
-                              activation=activation)
+        pre, post = gemm_ops.fc1_srelu(x, w1, m_splits=splits_t if splits_t is not None else m_splits, prob=prob,
+                                       store_preact=store_preact, activation=activation)
         return (pre if pre is not None else x.new_empty((0,))), post
     pre = reference.rows_mm(x, w1, _host_splits(m_splits, splits_t))
     return (pre if store_preact else x.new_empty((0,))), reference.act_forward(pre, prob, x.dtype, activation)
@@ -79,9 +78,7 @@ def _(x, w1, m_splits, prob, store_preact, splits_t=None, activation="srelu"):
 def _fc2_fwd(h: torch.Tensor, w2: torch.Tensor, m_splits: Optional[list[int]],
             splits_t: Optional[torch.Tensor] = None) -> torch.Tensor:
     if _on_kernels(h):
-        from .gemm_ops import fc2
-
-        return fc2(h, w2, m_splits=_kernel_splits(m_splits, splits_t))
+        return gemm_ops.fc2(h, w2, m_splits=splits_t if splits_t is not None else m_splits)
     return reference.rows_mm(h, w2, _host_splits(m_splits, splits_t))
 
 
@@ -112,10 +109,8 @@ def _fc2_dgrad_dsrelu(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor, 
     """(dpreact, postact or empty, dprob or empty) with d = dy @ w2 and p = prob (or 1):
     dpreact = p d f'(preact); postact = p f(preact); dprob = rowsum(d f(preact)) (fp32)."""
     if _on_kernels(dy):
-        from .gemm_ops import fc2_dgrad_dsrelu
-
-        return _dgrad_outputs(dy, preact, *fc2_dgrad_dsrelu(
-            dy, w2, preact, m_splits=_kernel_splits(m_splits, splits_t), prob=prob, store_postact=store_postact,
+        return _dgrad_outputs(dy, preact, *gemm_ops.fc2_dgrad_dsrelu(
+            dy, w2, preact, m_splits=splits_t if splits_t is not None else m_splits, prob=prob, store_postact=store_postact,
             activation=activation))
     m_splits = _host_splits(m_splits, splits_t)
     dpost = reference.rows_mm(dy, w2, m_splits, transpose_w=False)
@@ -139,9 +134,7 @@ def _weight_grad(dy: torch.Tensor, x: torch.Tensor, m_splits: Optional[list[int]
                    splits_t: Optional[torch.Tensor] = None) -> torch.Tensor:
     """dw = dy^T x (dense (N, K)) or per expert (E, N, K), in dy's dtype."""
     if _on_kernels(dy):
-        from .gemm_ops import weight_grad
-
-        return weight_grad(dy, x, m_splits=_kernel_splits(m_splits, splits_t))
+        return gemm_ops.weight_grad(dy, x, m_splits=splits_t if splits_t is not None else m_splits)
     m_splits = _host_splits(m_splits, splits_t)
     return reference.wgrad(dy, x, m_splits, len(m_splits) if m_splits is not None else 1)
 
@@ -161,9 +154,8 @@ def _weight_grad_accumulate(dy: torch.Tensor, x: torch.Tensor, m_splits: Optiona
                               main_grad: torch.Tensor, splits_t: Optional[torch.Tensor] = None) -> None:
     """main_grad += dy^T x (per expert when grouped), in main_grad's precision (fp32)."""
     if _on_kernels(dy):
-        from .gemm_ops import weight_grad
-
-        weight_grad(dy, x, m_splits=_kernel_splits(m_splits, splits_t), out=main_grad, accumulate=True)
+        gemm_ops.weight_grad(dy, x, m_splits=splits_t if splits_t is not None else m_splits, out=main_grad,
+                             accumulate=True)
         return
     m_splits = _host_splits(m_splits, splits_t)
     main_grad.add_(reference.wgrad(dy.to(main_grad.dtype), x.to(main_grad.dtype), m_splits, main_grad.size(0)))
@@ -253,10 +245,8 @@ def fc2_dgrad_dsrelu_over_preact(dy: torch.Tensor, w2: torch.Tensor, preact: tor
     allocation less.  Eager only, not a custom op (torch.compile plans its own memory; the
     custom op declares no mutation): srelu_mlp's `dpreact_over_preact`."""
     if _on_kernels(dy):
-        from .gemm_ops import fc2_dgrad_dsrelu
-
-        return _dgrad_outputs(dy, preact, *fc2_dgrad_dsrelu(
-            dy, w2, preact, m_splits=_kernel_splits(m_splits, splits_t), prob=prob, store_postact=store_postact,
+        return _dgrad_outputs(dy, preact, *gemm_ops.fc2_dgrad_dsrelu(
+            dy, w2, preact, m_splits=splits_t if splits_t is not None else m_splits, prob=prob, store_postact=store_postact,
             activation=activation, out=preact))
     dpre, post, dprob = _fc2_dgrad_dsrelu(dy, w2, preact, m_splits, prob, store_postact, splits_t, activation)
     return preact.copy_(dpre), post, dprob
