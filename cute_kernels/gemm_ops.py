@@ -125,8 +125,9 @@ def _checked_operands(plan: LaunchPlan | None, a_name: str, a, w_name: str, w, g
     signature fixed their metadata when they passed) only the data pointers' alignment."""
     if plan is None:
         return checks.check_gemm_operands(a_name, a, w_name, w, grouped=grouped)
-    checks.check_pointer(a_name, a)
-    checks.check_pointer(w_name, w)
+    if (a.data_ptr() % 16 and a.numel()) or (w.data_ptr() % 16 and w.numel()):  # (inline: the usual call passes)
+        checks.check_pointer(a_name, a)  # the error naming the misaligned one
+        checks.check_pointer(w_name, w)
     return plan.majors
 
 
@@ -304,7 +305,7 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     grouped = m_splits is not None
     gather = a_rows is not None
     signature = ("fc1_srelu", tensor_meta(x), tensor_meta(w1), grouped, prob is not None, store_preact, activation,
-                 config, tuned_root(), gather)
+                 config, gather)
     plan = launch_plan.get(signature)
     majors = _checked_operands(plan, "x", x, "w1", w1, grouped)
     m = x.size(0)
@@ -357,7 +358,7 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
     Operands may be transposed views (h contiguous along M, w2 along N): the kernel
     takes either majorness, so no copy is made.  The output is row-major."""
     grouped = m_splits is not None
-    signature = ("fc2", tensor_meta(h), tensor_meta(w2), grouped, config, tuned_root())
+    signature = ("fc2", tensor_meta(h), tensor_meta(w2), grouped, config)
     plan = launch_plan.get(signature)
     majors = _checked_operands(plan, "h", h, "w2", w2, grouped)
     m = h.size(0)
@@ -403,7 +404,7 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     """
     grouped = m_splits is not None
     signature = ("fc2_dgrad_dsrelu", tensor_meta(dy), tensor_meta(w2), tensor_meta(preact), grouped, prob is not None,
-                 store_postact, prob_grad, activation, config, tuned_root(), out is None, tensor_meta(out))
+                 store_postact, prob_grad, activation, config, out is None, tensor_meta(out))
     plan = launch_plan.get(signature)
     if plan is None and (not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3)):
         raise checks.InputError(f"w2 must be a 2-D or 3-D torch.Tensor, got {getattr(w2, 'shape', type(w2).__name__)}")
@@ -494,7 +495,7 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
     experts = (m_splits.numel() if isinstance(m_splits, torch.Tensor)
                else len(m_splits) if isinstance(m_splits, (list, tuple)) else None)
     signature = ("weight_grad", tensor_meta(dy), tensor_meta(x), grouped, experts, out is None, tensor_meta(out),
-                 accumulate, out_dtype, config, tuned_root())
+                 accumulate, out_dtype, config)
     plan = launch_plan.get(signature)
     if plan is None:
         for name, t in (("dy", dy), ("x", x)):

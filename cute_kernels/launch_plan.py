@@ -2,8 +2,9 @@
 
 A call signature is an entry point of `cute_kernels.gemm_ops` with its operands' metadata
 (`tensor_meta`: shape, strides, dtype, device), its epilogue flags, the activation and
-config arguments and the tuned-configs directory.  Its `LaunchPlan` holds what follows from
-that alone: the operand majorness the checks found, the compiled-kernel key (config looked
+config arguments (the FP8 entry points add the tuned-configs directory; the bf16 ones leave it
+out: `config_lookup.tuned_root` changes only in `clear_cache`, which drops every plan).  Its
+`LaunchPlan` holds what follows from that alone: the operand majorness the checks found, the compiled-kernel key (config looked
 up, narrowed and validated) and, once the first launch has passed the self-check gate, the
 compiled kernel, the cluster-count argument and the descriptor workspace size.  A repeated
 call is then one dict lookup instead of the operand checks, the key build, the config lookup,

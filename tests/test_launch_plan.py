@@ -119,6 +119,9 @@ def test_what_metadata_does_not_fix_is_checked_on_every_call(stubbed):
     shifted.copy_(x)
     with pytest.raises(InputError, match="x data pointer is not 16-byte aligned"):
         gemm_ops.fc1_srelu(shifted, w1, m_splits=list(SPLITS))
+    w1_shifted = torch.empty(w1.numel() + 8).bfloat16()[1:w1.numel() + 1].view(w1.shape)  # the second operand's
+    with pytest.raises(InputError, match="w1 data pointer is not 16-byte aligned"):
+        gemm_ops.fc1_srelu(x, w1_shifted, m_splits=list(SPLITS))
     with pytest.raises(InputError, match="m_splits sum to"):
         gemm_ops.fc1_srelu(x, w1, m_splits=[1, 2, 3, 4])
     with pytest.raises(InputError, match="prob must have shape"):
