@@ -83,6 +83,7 @@ def stubbed_kernels():
         patch(mock.patch.object(torch_ops, "_on_kernels", lambda t: True))
         patch(mock.patch.object(torch.cuda, "is_current_stream_capturing", lambda: False))
         patch(mock.patch.object(torch.cuda, "current_stream", lambda device=None: fake_stream))
+        patch(mock.patch.object(gemm_ops, "_current_stream_key", lambda device: (0, 0, 1)))
         _stub_fp8(patch)
         clear_cache()  # cached launch state built outside the stubs (and, on exit, inside them)
         try:

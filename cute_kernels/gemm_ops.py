@@ -179,12 +179,19 @@ def _desc_workspace(words: int, device: torch.device) -> torch.Tensor:
     capture a fresh one (from the graph's pool), so no replay shares it."""
     if torch.cuda.is_current_stream_capturing():
         return torch.empty(words, dtype=torch.int64, device=device)
-    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    key = _current_stream_key(device)
     buf = _desc_ws_cache.get(key)
     if buf is None or buf.numel() < words:
         buf = torch.empty(words, dtype=torch.int64, device=device)
         _desc_ws_cache[key] = buf
     return buf
+
+
+def _current_stream_key(device: torch.device) -> tuple:
+    """The current stream of CUDA `device` (a tensor's: its index is set) as a hashable key: the
+    (stream id, device index, device type) that torch.cuda.current_stream reads, without the
+    Stream object it builds from them (a few Python calls a launch)."""
+    return torch._C._cuda_getCurrentStream(device.index)
 
 
 def _run(key: KernelKey, args: GemmArgs):

@@ -99,3 +99,20 @@ def test_the_stubbed_grouped_step_stays_within_its_python_call_bound():
     ours = {f: v[1] for f, v in stats.items() if package in f[0]}
     total = sum(ours.values())
     assert total <= MAX_PACKAGE_CALLS, sorted(ours.items(), key=lambda kv: -kv[1])[:15]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_descriptor_workspace_stream_key_is_the_current_stream():
+    """gemm_ops._current_stream_key reads torch._C's current stream without building a Stream:
+    the same stream as torch.cuda.current_stream, another key on another stream."""
+    from cute_kernels import gemm_ops
+
+    dev = torch.device("cuda", torch.cuda.current_device())
+    s = torch.cuda.current_stream(dev)
+    assert gemm_ops._current_stream_key(dev) == (s.stream_id, s.device_index, s.device_type)
+    side = torch.cuda.Stream(dev)
+    with torch.cuda.stream(side):
+        assert gemm_ops._current_stream_key(dev) == (side.stream_id, side.device_index, side.device_type)
+    assert gemm_ops._current_stream_key(dev) != (side.stream_id, side.device_index, side.device_type)
+

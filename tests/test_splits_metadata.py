@@ -54,13 +54,11 @@ def test_descriptor_workspace_is_kept_per_stream_and_fresh_in_a_capture(monkeypa
     """The K-grouped kernel's descriptor scratch: one buffer per (device, stream), reused by
     the launches of that stream (they run in order) and grown when a launch needs more; a
     fresh one while a CUDA graph is captured (no replay may share it)."""
-    from types import SimpleNamespace
-
     from cute_kernels import gemm_ops
 
     stream = {"id": 1}
     capturing = {"on": False}
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: SimpleNamespace(cuda_stream=stream["id"]))
+    monkeypatch.setattr(gemm_ops, "_current_stream_key", lambda device: (stream["id"], device.index, 1))
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing["on"])
     monkeypatch.setattr(gemm_ops, "_desc_ws_cache", {})
     dev = torch.device("cpu")
