@@ -299,7 +299,8 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     # the same errors on both paths, before the call counts as a layer for `offload`; the tensors'
     # metadata checks once per call signature (launch_plan.check_once), the splits every call
     grouped = m_splits is not None
-    signature = mlp_inputs_signature(x, w1, w2, grouped, prob)
+    # (under torch.compile every check is traced as before: no signature table in the graph)
+    signature = None if torch.compiler.is_compiling() else mlp_inputs_signature(x, w1, w2, grouped, prob)
     if signature is None:
         check_mlp_tensors(x, w1, w2, grouped=grouped, prob=prob)
     else:

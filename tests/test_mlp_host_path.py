@@ -82,6 +82,18 @@ def test_dense_and_grouped_signatures_are_apart():
         srelu_mlp(x, w1, w2, m_splits=SPLITS, backend="torch")
 
 
+def test_srelu_mlp_compiles_fullgraph_with_dynamic_shapes():
+    """Under torch.compile the checks are traced as before (no signature table in the graph), also
+    with symbolic shapes (unhashable): fullgraph, and the same result as eager for two M."""
+    torch._dynamo.reset()
+    f = torch.compile(lambda a, b, c, s: srelu_mlp(a, b, c, m_splits=s, backend="torch"), fullgraph=True,
+                      backend="eager", dynamic=True)
+    for m in (12, 20):
+        x, w1, w2 = torch.randn(m, H, dtype=torch.float64), *_inputs(dtype=torch.float64)[1:]
+        splits = [5, 0, m - 5]
+        assert torch.allclose(f(x, w1, w2, splits), srelu_mlp(x, w1, w2, m_splits=splits, backend="torch"))
+
+
 def test_the_stubbed_grouped_step_stays_within_its_python_call_bound():
     """Counts the calls of functions defined under cute_kernels/ in one stubbed step (after
     warm-up: plans made), so a per-call cost that creeps back into the bf16 step's host path
