@@ -411,7 +411,7 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     """
     grouped = m_splits is not None
     signature = ("fc2_dgrad_dsrelu", tensor_meta(dy), tensor_meta(w2), tensor_meta(preact), grouped, prob is not None,
-                 store_postact, prob_grad, activation, config, out is None, tensor_meta(out))
+                 store_postact, prob_grad, activation, config, out is None, out is not None and tensor_meta(out))
     plan = launch_plan.get(signature)
     if plan is None and (not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3)):
         raise checks.InputError(f"w2 must be a 2-D or 3-D torch.Tensor, got {getattr(w2, 'shape', type(w2).__name__)}")
@@ -501,8 +501,8 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
     grouped = m_splits is not None
     experts = (m_splits.numel() if isinstance(m_splits, torch.Tensor)
                else len(m_splits) if isinstance(m_splits, (list, tuple)) else None)
-    signature = ("weight_grad", tensor_meta(dy), tensor_meta(x), grouped, experts, out is None, tensor_meta(out),
-                 accumulate, out_dtype, config)
+    signature = ("weight_grad", tensor_meta(dy), tensor_meta(x), grouped, experts, out is None,
+                 out is not None and tensor_meta(out), accumulate, out_dtype, config)
     plan = launch_plan.get(signature)
     if plan is None:
         for name, t in (("dy", dy), ("x", x)):
