@@ -16,7 +16,7 @@ git log --oneline -1 >> "$out/device.txt" 2>/dev/null
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout 120 python3 -m pytest -q --tb=short -p no:cacheprovider -n "${PYTEST_WORKERS:-14}" \
     tests/test_softmax_xent_gpu.py tests/test_chunked_ce_gpu.py tests/test_fp8_host_gpu.py tests/test_fp8_mlp_gpu.py \
-    tests/test_fp8_wgrad_gpu.py \
+    tests/test_fp8_wgrad_gpu.py tests/test_mlp_gpu.py tests/test_launch_plan.py tests/test_mlp_host_path.py \
     2>&1 | tail -30 > "$out/gpu_tests.log"
   tail -3 "$out/gpu_tests.log"
 fi
