@@ -7,14 +7,14 @@
 # - bench_host_overhead --profile-ops 30 (the bf16 E=8 step's host ops and launches, issue 27)
 # Logs to $OUT (default ./gpu_out), at most 8 files.  After the wheels are installed (docs/gpu-staging.md):
 #   source .gpu/p2/setup.sh && bash scripts/gpu_verify_switches.sh
-# SKIP_TESTS=1 / SKIP_TRAIN=1 leave parts out.
+# SKIP_TESTS=1 / SKIP_STEP=1 / SKIP_TRAIN=1 leave parts out.
 set -uo pipefail
 out="${OUT:-gpu_out}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw --format=csv > "$out/device.txt"; date -u >> "$out/device.txt"
 git log --oneline -1 >> "$out/device.txt" 2>/dev/null
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  timeout 120 python3 -m pytest -q --tb=short -p no:cacheprovider -n "${PYTEST_WORKERS:-14}" \
+  timeout "${TEST_TIMEOUT:-120}" python3 -m pytest -q --tb=short -p no:cacheprovider -n "${PYTEST_WORKERS:-14}" \
     tests/test_softmax_xent_gpu.py tests/test_chunked_ce_gpu.py tests/test_fp8_host_gpu.py tests/test_fp8_mlp_gpu.py \
     tests/test_fp8_wgrad_gpu.py tests/test_mlp_gpu.py tests/test_launch_plan.py tests/test_mlp_host_path.py \
     2>&1 | tail -30 > "$out/gpu_tests.log"
@@ -24,8 +24,10 @@ timeout 70 python3 -m benchmarks.bench_fp8 --no-gemm --no-grouped --no-step --no
 cat "$out/bench_fp8_wgrad.md"
 timeout 60 python3 scripts/profile_fp8_step.py --shape e8 --steps 4 > "$out/profile_fp8_e8.txt" 2>&1
 grep "^## " "$out/profile_fp8_e8.txt"
-timeout 70 python3 -m benchmarks.bench_fp8 --no-gemm --no-grouped --no-wgrad 2>&1 | grep -E "^\|" > "$out/bench_fp8_step.md"
-cat "$out/bench_fp8_step.md"
+if [ "${SKIP_STEP:-0}" != 1 ]; then
+  timeout 70 python3 -m benchmarks.bench_fp8 --no-gemm --no-grouped --no-wgrad 2>&1 | grep -E "^\|" > "$out/bench_fp8_step.md"
+  cat "$out/bench_fp8_step.md"
+fi
 timeout 40 python3 -m benchmarks.bench_host_overhead --profile-ops 30 > "$out/host_ops.txt" 2>&1
 grep -E "^#|per step|ms" "$out/host_ops.txt" | head -12
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
