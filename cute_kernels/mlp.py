@@ -285,7 +285,7 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     fail with autograd's in-place error).  The FP8 step ignores it.
 
     activation: f, default relu^2 (SReLU); `cute_kernels.activations.ScaledTanhSReLU(s)` or
-    "tanh_srelu:<s>" for the soft-clamped (s * tanh(relu(x) / s))^2.  Both backends take it.
+    "tanh_srelu:<s>" for the soft-clamped (s * tanh(relu(x) / s))^2.  Both backends and the FP8 step take it.
 
     m_splits: per-expert token counts (tokens sorted by expert), a list of ints or an
     integer tensor; on the cute path a CUDA tensor is read by the kernels on the GPU, so
@@ -325,10 +325,8 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     if fp8 is not None:
         from .fp8.mlp import fp8_srelu_mlp
 
-        if activation != SRELU:
-            raise InputError(f"fp8: the FP8 step takes the srelu activation only, got {activation.key()}")
         return fp8_srelu_mlp(x, w1, w2, recipe=fp8, m_splits=m_splits, prob=prob,
-                             fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend)
+                             fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend, activation=activation)
     # ffn = 0: nothing for a kernel to do (and fc2 refuses K = 0): the torch path gives y = 0
     use_cute = uses_cute_path(x, backend) and w1.size(-2) > 0
     if not torch.compiler.is_compiling():

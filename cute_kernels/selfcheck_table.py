@@ -46,12 +46,16 @@ def variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
     return keys + fp8_variant_keys(arch, quick)
 
 
+FP8_TABLE_TANH = "tanh_srelu:4.0"  # the tanh clamp of the FP8 variants in the table
+
+
 def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
     """The block-scaled FP8 kernels' keys (arches that have them): each registered FP8 kernel
     dense and grouped (grouped FC1 with the router probability, as the MoE step launches it)
     per FP8 self-check config, the gradient GEMM's e5m2 x e4m3 operands, and on 128-wide tiles the
-    weight gradient with per-row B scales (b_scale "row" and "rows_staged", fp32 out: fp8/wgrad_ops.py)."""
-    from .registry import KERNELS, kernel_key
+    weight gradient with per-row B scales (b_scale "row" and "rows_staged", fp32 out: fp8/wgrad_ops.py), and
+    the FC1 with the tanh clamp (dense and grouped: the FP8 step's other activation)."""
+    from .registry import KERNELS, kernel_key, with_activation
 
     if not get_arch(arch).block_scaled_fp8:
         return []
@@ -61,6 +65,9 @@ def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
             for experts in (0, 4):
                 epi = dataclasses.replace(spec.epilogue, row_scale=bool(experts) and spec.epilogue.kind == "act")
                 keys.append(kernel_key(spec.name, arch, cfg, spec.default_dtype, experts, epi=epi))
+                if epi.kind == "act":
+                    keys.append(kernel_key(spec.name, arch, cfg, spec.default_dtype, experts,
+                                           epi=with_activation(epi, FP8_TABLE_TANH)))
         keys.append(kernel_key("fp8_fc2", arch, cfg, "float8_e5m2+float8_e4m3fn", 0))
         if cfg.tile_n == 128:
             for b_scale in ("row", "rows_staged"):

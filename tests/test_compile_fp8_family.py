@@ -4,7 +4,7 @@ sm_90a without a GPU, dense and grouped, and its PTX holds what the design says:
 WGMMA, TMA loads and one TMA store per output and epilogue sub-tile, the overlapped
 promotion (wait_group 1 and a drain with wait_group 0), saturating FP8 converts and the lane
 reduction of the amax for a quantized output, no local memory; ptxas (where installed)
-reports no spills.  Configs the FP8 mainloop cannot run are refused with every reason."""
+reports no spills (the FC1 with the tanh clamp as well; the fused dgrad refuses that activation).  Configs the FP8 mainloop cannot run are refused with every reason."""
 import dataclasses
 import re
 
@@ -18,6 +18,7 @@ from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
 
 E4M3, E5M2 = "float8_e4m3fn", "float8_e5m2"
 WIDE = dataclasses.replace(FP8_DEFAULT_CONFIG, tile_n=256, cluster_m=2, cluster_n=1)
+TANH = "tanh_srelu:4.0"
 
 
 def _key(epi, *, grouped=False, cfg=FP8_DEFAULT_CONFIG, a=E4M3, b="", majors=("k", "k"), arch="sm90", **kw):
@@ -42,6 +43,13 @@ VARIANTS = {
     "wide-act-preact-q": _key(EpilogueSpec("act", store_preact=True, quantized="postact"), cfg=WIDE),
     "grouped-wide-act-scale-q": _key(EpilogueSpec("act", row_scale=True, quantized="postact"), grouped=True,
                                      cfg=dataclasses.replace(WIDE, cluster_m=1, cluster_n=2)),
+    # FC1 with the tanh clamp (the FP8 step's other activation; tanh.approx in the epilogue, 128
+    # accumulator registers per thread at most: the 128x256 tile is its widest)
+    "act-tanh-preact-q-c1x2": _key(EpilogueSpec("act", store_preact=True, quantized="postact", activation=TANH)),
+    "grouped-act-tanh-scale-q": _key(EpilogueSpec("act", row_scale=True, quantized="postact", activation=TANH),
+                                     grouped=True),
+    "wide-act-tanh-preact-q-pow2": _key(EpilogueSpec("act", store_preact=True, quantized="postact", pow2_scales=True,
+                                                     activation=TANH), cfg=WIDE),
     # the FC2 data gradient with dSReLU, router gradient and postact recompute (preact read as input)
     "dact-postact-scale-rowsum-e5m2": _key(EpilogueSpec("dact", store_postact=True, row_scale=True, row_sum=True),
                                            a=E5M2, b=E4M3),
@@ -75,6 +83,8 @@ def test_family_fp8_variant_compiles_and_ptx_is_as_designed(name):
         assert "xorsign" not in ptx, "xorsign max in the quantized output's amax (loses signed maxima)"
     if epi.plain_outputs:
         assert "stmatrix.sync.aligned" in ptx
+    if epi.kind == "act":  # the activation's own math: tanh.approx for the clamp, none for relu^2
+        assert ("tanh.approx.f32" in ptx) == (epi.activation.name == "tanh_srelu")
     assert ".local" not in ptx
     if find_ptxas() is not None:
         info = ptxas_info(ptx)

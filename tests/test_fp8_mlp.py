@@ -12,6 +12,8 @@ from cute_kernels.fp8 import Fp8Recipe
 from cute_kernels.fp8.ops import quantize_weight
 from cute_kernels.fp8.weight_cache import reuse_weight_copies
 from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
+from cute_kernels.activations import SRELU, ScaledTanhSReLU
+from cute_kernels.epilogue import EpilogueSpec
 
 R = Fp8Recipe()
 # FP8 (e4m3) error of the whole step against float64 on random normal data (measured on these
@@ -34,17 +36,18 @@ def _inputs(m, h, f, e=0, seed=0, prob=False):
     return x, w1, w2, dy, p
 
 
-def _ref(x, w1, w2, p, splits=None):
-    """float64 autograd reference, unquantized."""
+def _ref(x, w1, w2, p, splits=None, act=None):
+    """float64 autograd reference, unquantized (act: an Activation, by its torch form; None: relu^2)."""
     if splits is None:
-        post = torch.relu(x @ w1.t()) ** 2
+        pre = x @ w1.t()
+        post = torch.relu(pre) ** 2 if act is None else act.torch_forward(pre)
         if p is not None:
             post = post * p[:, None]
         return post @ w2.t()
     outs, s = [], 0
     for e, n in enumerate(splits):
         sl = slice(s, s + n)
-        outs.append(_ref(x[sl], w1[e], w2[e], None if p is None else p[sl]))
+        outs.append(_ref(x[sl], w1[e], w2[e], None if p is None else p[sl], act=act))
         s += n
     return torch.cat(outs)
 
@@ -231,3 +234,107 @@ def test_fp8_dgrad_refuses_the_tanh_clamp():
     wq, ws = quantize_128x128(torch.randn(128, 128))
     with pytest.raises(InputError, match="activation"):
         fp8_dgrad_dact(dq, ds, wq, ws, torch.zeros(8, 128, dtype=torch.bfloat16), activation=ScaledTanhSReLU(4.0))
+
+
+# ---------------------------------------------------------------- other activations: the tanh clamp
+TANH = ScaledTanhSReLU(1.0)  # s = 1: preacts of about N(0, 1) land where the clamp bends (f far from relu^2)
+
+
+@pytest.mark.parametrize("m,h,f,splits", [(77, 144, 272, None), (130, 256, 128, None), (1, 128, 256, None),
+                                          (279, 128, 256, [0, 129, 140, 10]), (57, 128, 144, [50, 0, 0, 7])])
+def test_tanh_clamp_step_close_to_float64_of_the_tanh_clamp(m, h, f, splits):
+    """Forward and every gradient (dx, dw1, dw2, dp) of the FP8 step with the tanh clamp, dense and grouped
+    with prob and empty experts, against float64 of the tanh clamp (unquantized) within the FP8 bound, and
+    further from float64 of relu^2 than that bound (the step applies the clamp, not relu^2)."""
+    e = len(splits) if splits else 0
+    x, w1, w2, dy, p = _inputs(m, h, f, e=e, seed=m + h, prob=True)
+    for act in (TANH, "tanh_srelu:1.0"):  # the Activation and its name give the same step
+        y, grads = _run(lambda x, w1, w2, p: srelu_mlp(x, w1, w2, m_splits=splits, prob=p, fp8=R, activation=act),
+                        x, w1, w2, dy, p)
+        if act is TANH:
+            first = [y] + grads
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(first, [y] + grads))
+    as64 = [t.double() for t in (x, w1, w2, dy)]
+    yr, gr = _run(lambda x, w1, w2, p: _ref(x, w1, w2, p, splits, act=TANH), *as64, p.double())
+    ys, gs = _run(lambda x, w1, w2, p: _ref(x, w1, w2, p, splits), *as64, p.double())
+    errs = [_rel(y, yr)] + [_rel(a, b) for a, b in zip(grads, gr)]
+    assert all(5e-3 < err < FP8_TOL for err in errs[:4]), errs
+    assert 5e-3 < errs[4] < (0.25 if m == 1 else FP8_TOL), errs  # dp: one signed sum per token
+    assert all(_rel(a, b) > 2 * FP8_TOL for a, b in zip([y] + grads, [ys] + gs)), "relu^2, not the clamp"
+    if splits:
+        for i, n in enumerate(splits):
+            if n == 0:
+                assert (grads[1][i] == 0).all() and (grads[2][i] == 0).all(), "empty expert: zero weight gradient"
+
+
+@pytest.mark.parametrize("wgrad", ["fp8", "bf16"])
+def test_tanh_clamp_step_is_the_recipe_composed_by_hand(wgrad):
+    """y = dequant(q(f(dq(x) dq(w1)^T)) * p) @ dq(w2)^T and the backward's dpreact = p * dpost * f'(preact),
+    dp = rowsum(dpost * f(preact)), dpost = dq(dy) dq(w2^T)^T, with f the tanh clamp and the recipe's
+    quantizers (the plumbing: the activation reaches every piece of the step)."""
+    m, h, f = 200, 256, 384
+    rec = Fp8Recipe(wgrad=wgrad)
+    x, w1, w2, dy, p = _inputs(m, h, f, seed=4, prob=True)
+    pre_seen = []
+    a, b, c = (t.clone().requires_grad_() for t in (x, w1, w2))
+    pl = p.clone().requires_grad_()
+    from cute_kernels.fp8 import mlp as fp8_mlp
+
+    real_fc2 = fp8_mlp.Fp8FC2.apply
+
+    def spy(pre, *args):  # the preact (bf16) the FC1 node hands to the FC2 node, and its gradient
+        pre.register_hook(lambda g: pre_seen.append(g))
+        pre_seen.append(pre.detach())
+        return real_fc2(pre, *args)
+
+    fp8_mlp.Fp8FC2.apply = spy
+    try:
+        y = srelu_mlp(a, b, c, prob=pl, fp8=rec, activation=TANH)
+        y.backward(dy)
+    finally:
+        fp8_mlp.Fp8FC2.apply = real_fc2
+    pre, dpre = pre_seen
+    xq, xs = quantize_1x128(x)
+    w1q, w1s = quantize_128x128(w1)
+    w2q, w2s = quantize_128x128(w2)
+    acc = dequantize(xq, xs) @ dequantize(w1q, w1s).t()
+    assert torch.equal(pre, acc.bfloat16())
+    pq, ps = quantize_1x128(TANH.torch_forward(acc))
+    want = dequantize(pq, ps * p[:, None]) @ dequantize(w2q, w2s).t()
+    assert _rel(y, want) < 4e-3  # y is stored in bf16
+    dy16 = dy.bfloat16().float()  # y leaves the FC2 node in bf16: its gradient arrives in bf16
+    dyq, dys = quantize_1x128(dy16)
+    w2tq, w2ts = quantize_128x128(w2.t().contiguous())
+    dpost = (dequantize(dyq, dys) @ dequantize(w2tq, w2ts).t()).bfloat16().float()
+    pre32 = pre.float()
+    assert _rel(dpre, p[:, None] * dpost * TANH.torch_grad(pre32)) < 4e-3  # dpreact stored in bf16
+    assert _rel(pl.grad, (dpost * TANH.torch_forward(pre32)).sum(1)) < 1e-5
+    post = p[:, None] * TANH.torch_forward(pre32)
+    want_dw2 = wgrad_ref(dy16, post, rec)
+    assert _rel(c.grad, want_dw2) < 1e-5
+
+
+def wgrad_ref(g, act, rec):
+    """The recipe's weight gradient g^T act of fp32 operands."""
+    from cute_kernels.fp8.torch_gemm import wgrad
+
+    return g.t() @ act if rec.wgrad == "bf16" else wgrad(g, act, rec)
+
+
+def test_tanh_clamp_fc1_epilogue_key_and_srelu_keys_unchanged():
+    """The FC1 epilogue the step builds: relu^2's is the EpilogueSpec it always was (same kernel key,
+    the same compiled kernel); the tanh clamp's names its activation (its own variant, self-checked)."""
+    srelu = EpilogueSpec("act", store_preact=True, activation=SRELU)
+    assert srelu == EpilogueSpec("srelu", store_preact=True) and srelu.key() == "srelu+preact"
+    assert EpilogueSpec("act", store_preact=True, activation=TANH).key() == "act[tanh_srelu(s=1.0)]+preact"
+
+
+def test_bad_activation_with_fp8():
+    x, w1, w2, _, _ = _inputs(8, 128, 256)
+    with pytest.raises(InputError, match="activation"):
+        srelu_mlp(x, w1, w2, fp8=R, activation="gelu")
+    from cute_kernels.fp8.mlp import fp8_srelu_mlp
+
+    with pytest.raises(InputError, match="activation"):
+        fp8_srelu_mlp(x, w1, w2, recipe=R, activation=3)

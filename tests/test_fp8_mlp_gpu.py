@@ -1,6 +1,7 @@
 """The FP8 MLP step on the GPU (sm_90a): the kernel path against the torch implementation of
 the same recipe (backend="torch", tight) and against a float64 unquantized reference (the FP8
-error), dense and grouped, odd M, M not a multiple of 128, one token, empty experts.
+error), dense and grouped, odd M, M not a multiple of 128, one token, empty experts; relu^2 and the
+tanh clamp.
 
 Tolerances: kernel vs torch implementation of the recipe: rel. Frobenius < 2e-2 (both
 quantize the same way; the kernel's FP8 tensor-core sums and its fp32-from-accumulator amax
@@ -14,6 +15,8 @@ over one row of 256 it is a ratio of a few flips: a CPU model of the two paths (
 truncation) gives a median 7.7e-3 and a max 2.5e-2 over 40 seeds (7.5% of seeds above 2e-2) at
 M = 1, H = F = 256, against max 1.6e-2 at M = 77; the first H200 run measured 2.8e-2 for y.
 """
+import os
+
 import pytest
 import torch
 
@@ -44,17 +47,19 @@ def _step(x, w1, w2, dy, p, splits, **kw):
     return [y.detach()] + [t.grad for t in leaves] + ([pl.grad] if pl is not None else [])
 
 
-def _ref(x, w1, w2, dy, p, splits):
+def _ref(x, w1, w2, dy, p, splits, act=None):
+    """float64 autograd reference, unquantized (act: an Activation by its torch form; None: relu^2)."""
+    f = (lambda t: torch.relu(t) ** 2) if act is None else act.torch_forward
     leaves = [t.detach().double().requires_grad_() for t in (x, w1, w2)]
     pl = p.detach().double().requires_grad_() if p is not None else None
     xs, a, b = leaves
     if splits is None:
-        post = torch.relu(xs @ a.t()) ** 2
+        post = f(xs @ a.t())
         y = (post * pl[:, None] if pl is not None else post) @ b.t()
     else:
         outs, s = [], 0
         for e, n in enumerate(splits):
-            post = torch.relu(xs[s:s + n] @ a[e].t()) ** 2
+            post = f(xs[s:s + n] @ a[e].t())
             if pl is not None:
                 post = post * pl[s:s + n, None]
             outs.append(post @ b[e].t())
@@ -73,9 +78,7 @@ CASES = [  # (m, h, f, splits, prob)
 ]
 
 
-@pytest.mark.parametrize("m,h,f,splits,prob", CASES)
-@pytest.mark.parametrize("wgrad", ["fp8", "bf16"])
-def test_fp8_step_kernel_vs_recipe_and_float64(m, h, f, splits, prob, wgrad):
+def _case_inputs(m, h, f, splits, prob):
     g = torch.Generator(device="cpu").manual_seed(m + h + f)
     e = len(splits) if splits else 0
     x = torch.randn(m, h, generator=g).bfloat16().cuda()
@@ -83,13 +86,43 @@ def test_fp8_step_kernel_vs_recipe_and_float64(m, h, f, splits, prob, wgrad):
     w2 = (torch.randn(*((e, h, f) if e else (h, f)), generator=g) / f ** 0.5).bfloat16().cuda()
     dy = torch.randn(m, h, generator=g).bfloat16().cuda()
     p = torch.rand(m, generator=g).cuda() if prob else None
-    rec = Fp8Recipe(wgrad=wgrad)  # "bf16": the family's bf16 weight-gradient kernel on the kernel path
-    got = _step(x, w1, w2, dy, p, splits, fp8=rec)
+    return x, w1, w2, dy, p
+
+
+@pytest.mark.parametrize("m,h,f,splits,prob", CASES)
+@pytest.mark.parametrize("wgrad", ["fp8", "bf16"])
+def test_fp8_step_kernel_vs_recipe_and_float64(m, h, f, splits, prob, wgrad):
+    _check_kernel_vs_recipe(m, splits, _case_inputs(m, h, f, splits, prob), Fp8Recipe(wgrad=wgrad), None)
+
+
+@pytest.mark.parametrize("m,h,f,splits,prob", CASES)
+@pytest.mark.parametrize("wgrad", ["fp8", "bf16"])
+def test_fp8_step_tanh_clamp_kernel_vs_recipe_and_float64(m, h, f, splits, prob, wgrad):
+    """The tanh clamp (s = 1: preacts of about N(0, 1) where it bends): FC1's epilogue applies it
+    (tanh.approx, ~2^-11 relative: under the postact's e4m3 step), the backward takes the plain FP8
+    dgrad and the torch derivative (the fused dgrad refuses the clamp); its FC1 variants have no
+    hardware evidence, so their first launch ran the self-check against torch, and it passed."""
+    from cute_kernels import selfcheck
+    from cute_kernels.activations import ScaledTanhSReLU
+
+    act = ScaledTanhSReLU(1.0)
+    _check_kernel_vs_recipe(m, splits, _case_inputs(m, h, f, splits, prob), Fp8Recipe(wgrad=wgrad), act)
+    if os.environ.get(selfcheck.ENV_SWITCH, "1") != "0":  # (CUTE_KERNELS_SELFCHECK=0 turns the gate off)
+        checked = [r for v, r in selfcheck.results.items() if "act[tanh_srelu(s=1.0)]" in v and "float8" in v]
+        assert checked and all(r.ok for r in checked), checked
+
+
+def _check_kernel_vs_recipe(m, splits, inputs, rec, act):
+    """The kernel path (rec: "bf16" wgrad: the family's bf16 weight-gradient kernel) against the torch
+    implementation of the recipe and float64 unquantized, every output and gradient."""
+    x, w1, w2, dy, p = inputs
+    kw = {} if act is None else dict(activation=act)
+    got = _step(x, w1, w2, dy, p, splits, fp8=rec, **kw)
     names = ["y", "dx", "dw1", "dw2", "dp"]
     for name, t in zip(names, got):
         assert torch.isfinite(t).all(), f"{name}: every element written and finite"
-    recipe = _step(x, w1, w2, dy, p, splits, fp8=rec, backend="torch")
-    ref = _ref(x, w1, w2, dy, p, splits)
+    recipe = _step(x, w1, w2, dy, p, splits, fp8=rec, backend="torch", **kw)
+    ref = _ref(x, w1, w2, dy, p, splits, act)
     for name, a, b, r in zip(names, got, recipe, ref):
         if splits is not None and name in ("dw1", "dw2"):
             for i, n in enumerate(splits):

@@ -1,6 +1,7 @@
 """The FP8 squared-ReLU MLP step: `srelu_mlp(..., fp8=Fp8Recipe())` lands here.
 
-y = (p * relu(x @ w1^T)^2) @ w2^T with every GEMM operand quantized by the recipe
+y = (p * f(x @ w1^T)) @ w2^T, f the activation (default relu^2; any of cute_kernels.activations,
+e.g. the tanh clamp "tanh_srelu:<s>"), with every GEMM operand quantized by the recipe
 (`Fp8Recipe`: 1x128 activation / gradient blocks along each GEMM's K, 128x128 weight blocks).
 
 What runs where (kernel = the GEMM family's block-scaled FP8 kernel, cute_kernels/sm90/mainloop_fp8.py,
@@ -9,11 +10,11 @@ on an sm_90a GPU; "torch" = the torch implementation of the same recipe in fp8/t
 | piece | operands | implementation |
 |---|---|---|
 | quantize x, dy, dpreact 1x128 | bf16 -> FP8 + scales | kernel (sm90/quantize.py, bitwise the recipe's) |
-| FC1 + SReLU | x FP8, w1 FP8 | kernel: preact bf16 + postact FP8 with its 1x128 scales from the epilogue |
+| FC1 + activation | x FP8, w1 FP8 | kernel: preact bf16 + postact FP8 with its 1x128 scales from the epilogue |
 | router prob p | folded into the postact scales (s * p: the FP8 values of p * v are those of v) | torch, (M, F/128) scales only |
 | FC2 | postact FP8, w2 FP8 | kernel |
 | FC2 dgrad | dy FP8 (grad_format, 1x128 along H), w2^T FP8 copy | kernel, bf16 dpost |
-| dSReLU, router gradient, postact recompute | dpost, preact, p | kernel: in the FC2 dgrad's epilogue (`fp8_dgrad_dact`; torch elementwise on the torch path) |
+| dSReLU, router gradient, postact recompute | dpost, preact, p | kernel: in the FC2 dgrad's epilogue (`fp8_dgrad_dact`; torch elementwise on the torch path and for every activation but relu^2, see `_fused_dact`) |
 | FC2 wgrad | dy^T, postact^T (the dgrad's recomputed postact), 1x128 along tokens | torch implementation |
 | FC1 dgrad | dpreact FP8 (grad_format, 1x128 along F), w1^T FP8 copy | kernel |
 | FC1 wgrad | dpreact^T, x^T (requantized from the saved FP8 x) along tokens | torch implementation |
@@ -44,6 +45,7 @@ from __future__ import annotations
 import torch
 
 from .. import gemm_ops
+from ..activations import SRELU, Activation, resolve_activation
 from ..autograd_io import main_grad, tag_role
 from ..checks import InputError
 from ..config_lookup import on_clear
@@ -114,13 +116,13 @@ def _rows(t, start, n, splits):
 
 
 # ---------------------------------------------------------------- the GEMMs of the step
-def _fc1_step(xq, xs, w1_copy, splits, impl, recipe):
-    """FC1 + SReLU of the whole step: (preact bf16, postact FP8, its column-major 1x128 scales), one
-    grouped launch on the kernel path, else per segment."""
+def _fc1_step(xq, xs, w1_copy, splits, impl, recipe, activation: Activation):
+    """FC1 + activation of the whole step: (preact bf16, postact FP8, its column-major 1x128 scales),
+    one grouped launch on the kernel path, else per segment."""
     w1q, w1s = w1_copy
     if impl == "kernel" and splits is not None and xq.shape[0]:
         return fp8_grouped(xq, xs, w1q, w1s, splits, epilogue="act", store_preact=True, recipe=recipe,
-                           w_views=weight_views(w1_copy))
+                           w_views=weight_views(w1_copy), activation=activation)
     m, f = xq.shape[0], w1q.shape[-2]
     pre = torch.empty((m, f), dtype=torch.bfloat16, device=xq.device)  # the kernel's preact is bf16
     pq = torch.empty((m, f), dtype=recipe.fwd_dtype, device=xq.device)
@@ -129,7 +131,7 @@ def _fc1_step(xq, xs, w1_copy, splits, impl, recipe):
         if n:
             pre_e, pq_e, ps_e = (_rows(t, start, n, splits) for t in (pre, pq, ps))
             _fc1(_rows(xq, start, n, splits), _rows(xs, start, n, splits), _of(w1q, e), _of(w1s, e), impl, recipe,
-                 pre_e, pq_e, ps_e)
+                 activation, pre_e, pq_e, ps_e)
     return pre, pq, ps
 
 
@@ -147,16 +149,17 @@ def _mm_step(aq, sa, b_copy, splits, impl, shape):
     return out
 
 
-def _fc1(xq, xs, w1q, w1s, impl, recipe, pre, pq, ps):
-    """FC1 + SReLU of one segment into pre (bf16), pq (FP8), ps (scales)."""
+def _fc1(xq, xs, w1q, w1s, impl, recipe, activation, pre, pq, ps):
+    """FC1 + activation of one segment into pre (bf16), pq (FP8), ps (scales)."""
     if impl == "kernel":
-        epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=True), quantized="postact", q_format=recipe.fwd_format,
-                          pow2_scales=recipe.pow2_scales)
+        epi = Fp8Epilogue(EpilogueSpec("act", store_preact=True, activation=activation), quantized="postact",
+                          q_format=recipe.fwd_format, pow2_scales=recipe.pow2_scales)
         _launch(xq, xs, w1q, w1s, epi, None, outs=(pre, pq, ps))
         return
     acc = mm_dequant(xq, xs, w1q, w1s)  # torch implementation
     pre.copy_(acc)
-    post = torch.relu(acc).square_()
+    # relu^2 as it always was (bitwise); any other activation by its torch form
+    post = torch.relu(acc).square_() if activation == SRELU else activation.torch_forward(acc)
     q, s = quantize_1x128(post, recipe.fwd_format, pow2=recipe.pow2_scales)
     pq.copy_(q)
     ps.copy_(s)
@@ -238,11 +241,11 @@ class Fp8FC1SReLU(torch.autograd.Function):
     Backward receives dpreact (from the FC2 node) and returns dx, dw1."""
 
     @staticmethod
-    def forward(ctx, x, w1, splits, recipe, impl, fuse_wgrad, handoff):
+    def forward(ctx, x, w1, splits, recipe, impl, fuse_wgrad, handoff, activation):
         m, f = x.shape[0], w1.shape[-2]
         xq, xs = quantize_rows(x, recipe.fwd_format, recipe, impl)
         w1c, w1t = weight_copies(w1, recipe, both=_one_pass(impl))
-        pre, pq, ps = _fc1_step(xq, xs, w1c, splits, impl, recipe)
+        pre, pq, ps = _fc1_step(xq, xs, w1c, splits, impl, recipe, activation)
         handoff.postact = (pq, ps)
         # the backward's W1^T copy: made with W1's by the one-pass kernel, else this one transposed then
         ctx.w1_copy, ctx.w1t_copy = (w1c if w1t is None else None), w1t
@@ -255,7 +258,7 @@ class Fp8FC1SReLU(torch.autograd.Function):
     @first_order_only("srelu_mlp(fp8=...)")
     def backward(ctx, dpre):
         xq, xs, w1 = ctx.saved_tensors
-        none = (None,) * 5
+        none = (None,) * 6
         if dpre is None:
             return (None, None) + none
         recipe, impl = ctx.recipe, ctx.impl
@@ -275,10 +278,10 @@ class Fp8FC1SReLU(torch.autograd.Function):
 
 class Fp8FC2(torch.autograd.Function):
     """(preact, p, w2) -> y from the FP8 postact; backward returns dpreact as preact's
-    gradient (dSReLU applied), dp and dw2."""
+    gradient (the activation's derivative applied), dp and dw2."""
 
     @staticmethod
-    def forward(ctx, preact, prob, w2, splits, recipe, impl, fuse_wgrad, handoff):
+    def forward(ctx, preact, prob, w2, splits, recipe, impl, fuse_wgrad, handoff, activation):
         pq, ps = handoff.postact
         handoff.postact = None
         if prob is not None:
@@ -286,6 +289,7 @@ class Fp8FC2(torch.autograd.Function):
         w2c, w2t = weight_copies(w2, recipe, both=_one_pass(impl))
         y = _mm_step(pq, ps, w2c, splits, impl, (preact.shape[0], w2.shape[-2]))
         ctx.splits, ctx.recipe, ctx.impl, ctx.fuse_wgrad = splits, recipe, impl, fuse_wgrad
+        ctx.activation = activation
         ctx.w2_copy, ctx.w2t_copy = (w2c if w2t is None else None), w2t
         ctx.save_for_backward(tag_role(preact, "preact"), tag_role(prob, "prob") if prob is not None else None, w2)
         return y
@@ -299,16 +303,14 @@ class Fp8FC2(torch.autograd.Function):
         dy = dy.contiguous()
         dyq, dys = quantize_rows(dy, recipe.grad_format, recipe, impl)
         w2tc = ctx.w2t_copy or transposed_copy(*ctx.w2_copy)
-        w2tq, w2ts = w2tc
-        if impl == "kernel":
+        if impl == "kernel" and _fused_dact(ctx.activation):
             return self_fused_backward(ctx, dy, dyq, dys, w2tc, preact, prob, w2)
-        dpost = torch.empty((m, f), dtype=torch.bfloat16, device=dy.device)
-        for e, start, n in _segments(ctx.splits, m):
-            if n:
-                rows = slice(start, start + n)
-                _mm(dyq[rows], dys[rows], _of(w2tq, e), _of(w2ts, e), impl, dpost[rows])
+        # the FC2 data gradient alone (one grouped launch on the kernel path), then the activation's
+        # derivative and the router gradient in torch, fp32 (not fused into the dgrad)
+        dpost = _mm_step(dyq, dys, w2tc, ctx.splits, impl, (m, f))
         del dyq, dys
-        # dSReLU and the router gradient: torch elementwise in fp32 (not fused into the dgrad)
+        if ctx.activation != SRELU:
+            return _torch_dact(ctx, dy, dpost, preact, prob, w2, impl)
         act = torch.relu(preact.float())
         p = prob.float().reshape(-1, 1) if prob is not None else None
         dw2 = None
@@ -325,7 +327,36 @@ class Fp8FC2(torch.autograd.Function):
             dprob = torch.einsum("ij,ij,ij->i", dpre, act, act).to(prob.dtype).reshape(prob.shape)
             dpre.mul_(p)
         dpre.mul_(act).mul_(2.0)
-        return dpre.to(preact.dtype), dprob, dw2, None, None, None, None, None
+        return dpre.to(preact.dtype), dprob, dw2, None, None, None, None, None, None
+
+
+def _fused_dact(activation: Activation) -> bool:
+    """Whether the kernel path's FC2 backward runs the activation's derivative in the dgrad's epilogue
+    (`fp8_dgrad_dact`): relu^2 only.  The kernel's config rules refuse that epilogue with any other
+    activation (sm90/config.block_scaled_errors: the tanh clamp measured wrong there on the H200,
+    2026-12-03), so those take the plain FP8 dgrad and the torch elementwise derivative."""
+    return activation == SRELU
+
+
+def _torch_dact(ctx, dy, dpost, preact, prob, w2, impl):
+    """Fp8FC2's backward after the FC2 data gradient dpost (bf16), for an activation f other than
+    relu^2, in fp32 torch: dpreact = p * dpost * f'(preact), dp = rowsum(dpost * f(preact)), and FC2's
+    weight gradient from the recomputed postact p * f(preact)."""
+    activation = ctx.activation
+    x = preact.float()
+    p = prob.float().reshape(-1, 1) if prob is not None else None
+    fx = activation.torch_forward(x) if (ctx.needs_input_grad[2] or p is not None) else None
+    dw2 = None
+    if ctx.needs_input_grad[2]:
+        dw2 = _weight_grad(ctx, w2, "w2", dy, fx * p if p is not None else fx, impl)
+    dpre = dpost.float()
+    del dpost
+    dprob = None
+    if p is not None:
+        dprob = torch.einsum("ij,ij->i", dpre, fx).to(prob.dtype).reshape(prob.shape)
+        dpre.mul_(p)
+    dpre.mul_(activation.torch_grad(x))
+    return dpre.to(preact.dtype), dprob, dw2, None, None, None, None, None, None
 
 
 def self_fused_backward(ctx, dy, dyq, dys, w2t_copy, preact, prob, w2):
@@ -350,7 +381,7 @@ def self_fused_backward(ctx, dy, dyq, dys, w2t_copy, preact, prob, w2):
     if dprob is not None:
         dprob = _as_dtype(dprob, prob.dtype)
         dprob = dprob if dprob.shape == prob.shape else dprob.reshape(prob.shape)
-    return _as_dtype(dpre, preact.dtype), dprob, dw2, None, None, None, None, None
+    return _as_dtype(dpre, preact.dtype), dprob, dw2, None, None, None, None, None, None
 
 
 def _impl(x: torch.Tensor, backend: str) -> str:
@@ -370,11 +401,17 @@ def _impl(x: torch.Tensor, backend: str) -> str:
 # fullgraph=True is therefore refused by torch with the graph-break error.
 @torch.compiler.disable(reason="the FP8 MLP step runs eagerly under torch.compile (docs/fp8.md)")
 def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fuse_wgrad_accumulation: bool = False,
-                  backend: str = "auto"):
-    """The FP8 step (see the module docstring); `srelu_mlp(..., fp8=recipe)` calls this.  Its argument
+                  backend: str = "auto", activation=SRELU):
+    """The FP8 step (see the module docstring); `srelu_mlp(..., fp8=recipe)` calls this.  `activation`:
+    an Activation or its name (cute_kernels.activations; default relu^2).  Its argument
     checks and its implementation (kernel or torch) are resolved once per call signature (the
     arguments' metadata, recipe, backend); a repeated call checks the splits' values (and main_grad
     with fuse_wgrad_accumulation)."""
+    if activation is not SRELU:
+        try:
+            activation = resolve_activation(activation)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"activation: {e}") from None
     grouped = m_splits is not None
     signature = ("fp8_srelu_mlp", tensor_meta(x), tensor_meta(w1), tensor_meta(w2), grouped, tensor_meta(m_splits),
                  prob is not None, tensor_meta(prob), recipe, backend)
@@ -393,8 +430,9 @@ def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fus
         for w, name in ((w1, "w1"), (w2, "w2")):
             main_grad(w, name)
     handoff = _Handoff()
-    pre = Fp8FC1SReLU.apply(x, w1, splits, recipe, impl, fuse_wgrad_accumulation, handoff)
-    return _as_dtype(Fp8FC2.apply(pre, prob, w2, splits, recipe, impl, fuse_wgrad_accumulation, handoff), x.dtype)
+    pre = Fp8FC1SReLU.apply(x, w1, splits, recipe, impl, fuse_wgrad_accumulation, handoff, activation)
+    return _as_dtype(Fp8FC2.apply(pre, prob, w2, splits, recipe, impl, fuse_wgrad_accumulation, handoff, activation),
+                     x.dtype)
 
 
 _impls: dict = {}  # fp8_srelu_mlp's call signatures whose checks passed -> the implementation ("kernel"/"torch")

@@ -4,7 +4,7 @@ sm_90a only, `archs.Arch.block_scaled_fp8`).
 
 - `fp8_gemm(a, sa, b, sb)`: D = dequant(a) @ dequant(b)^T in bf16 (FC2 forward, plain GEMM);
   `quantize_out=True` returns D quantized 1x128 instead, (q, scales), computed in the epilogue.
-- `fp8_fc1_srelu(x, sx, w, sw)`: FC1 + squared ReLU with postact written in FP8 with its 1x128
+- `fp8_fc1_srelu(x, sx, w, sw)`: FC1 + activation (squared ReLU by default, `activation=`) with postact written in FP8 with its 1x128
   scales by the epilogue (ready to be FC2's A operand), optionally preact in bf16.
 - `fp8_grouped(x, sx, w, sw, m_splits)`: the grouped-along-M forms (one launch for every expert).
 - `quantize_weight(w, recipe)`: the weight's FP8 copy and 128x128 scales (fp8/weight_cache.py).
@@ -31,7 +31,7 @@ from ..host_args import as_mkl, splits_metadata
 from ..compile import use_tvm_ffi
 from ..config import GemmConfig, block_scaled_errors
 from ..config_lookup import lookup_config, on_clear, tuned_root
-from ..activations import SRELU
+from ..activations import SRELU, resolve_activation
 from ..epilogue import EpilogueSpec
 from ..gemm_base.launch_args import GemmArgs
 from ..launch_plan import LaunchPlan, tensor_meta
@@ -237,23 +237,25 @@ def _dense_b_views(b, sb):
 
 
 def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None, store_preact: bool = False,
-                recipe: Fp8Recipe = Fp8Recipe(), config: GemmConfig | None = None, w_views=None):
+                recipe: Fp8Recipe = Fp8Recipe(), config: GemmConfig | None = None, w_views=None, activation=SRELU):
     """Grouped FP8 GEMM of the family's kernel, one launch for every expert (no host loop, no host
     sync with a GPU `m_splits`): x (M, K) FP8 with rows sorted by expert and 1x128 scales sx (M, KB);
     w (E, N, K) FP8 with 128x128 scales sw (E, NB, KB); m_splits (E,) rows per expert (empty experts
     allowed).  `epilogue` "identity" returns y (M, N) bf16; "act" returns (preact bf16 or None,
     postact FP8, postact scales (M, NB)) with postact = prob * f(preact) quantized 1x128 (prob: (M,)
-    fp32 router probabilities or None).  `w_views`: the launch's views of w and sw when the caller has
+    fp32 router probabilities or None), f the `activation` (an Activation or its name; default relu^2).
+    `w_views`: the launch's views of w and sw when the caller has
     them (`quantize_ops.weight_views` of a one-pass weight copy), else None (made here).
     The checks and the kernel key of a call signature (the operands' metadata and the arguments) are
     resolved on its first call (an `Fp8Plan`); a repeated call checks x's data pointer and the
     splits' values, allocates and launches."""
     splits_meta = tensor_meta(m_splits)
     signature = ("fp8_grouped", tensor_meta(x), tensor_meta(sx), tensor_meta(w), tensor_meta(sw), splits_meta,
-                 epilogue, prob is not None, tensor_meta(prob), store_preact, recipe, config, tuned_root())
+                 epilogue, prob is not None, tensor_meta(prob), store_preact, recipe, config, tuned_root(), activation)
     plan = launch_plan.get(signature)
     if plan is None:
-        plan = _grouped_plan(signature, x, sx, w, sw, m_splits, epilogue, prob, store_preact, recipe, config)
+        plan = _grouped_plan(signature, x, sx, w, sw, m_splits, epilogue, prob, store_preact, recipe, config,
+                             activation)
     else:
         _aligned("x", x)
         if splits_meta is None:
@@ -277,7 +279,8 @@ def _check_list_splits(m_splits, e: int, m: int):
         raise InputError(f"m_splits must hold {e} non-negative counts summing to M = {m}, got {list(m_splits)}")
 
 
-def _grouped_plan(signature, x, sx, w, sw, m_splits, epilogue, prob, store_preact, recipe, config) -> Fp8Plan:
+def _grouped_plan(signature, x, sx, w, sw, m_splits, epilogue, prob, store_preact, recipe, config,
+                  activation) -> Fp8Plan:
     """fp8_grouped's checks of a new call signature (InputError naming the argument) and its plan
     (kept, except for M = 0: a call with no rows launches nothing)."""
     fa = _check_fp8_operand("x", x)
@@ -305,16 +308,28 @@ def _grouped_plan(signature, x, sx, w, sw, m_splits, epilogue, prob, store_preac
         raise InputError("prob must be a float32 (M,) tensor")
     _check_config_arg(config)
     check_fp8_launch("x", x)
+    activation = _checked_activation(activation)
     if epilogue == "identity":
         if prob is not None:
             raise InputError("prob belongs to the 'act' epilogue")
+        if activation != SRELU:
+            raise InputError("activation belongs to the 'act' epilogue")
         epi = Fp8Epilogue(EpilogueSpec("identity"))
     else:
-        epi = Fp8Epilogue(EpilogueSpec("act", store_preact=store_preact, row_scale=prob is not None),
+        epi = Fp8Epilogue(EpilogueSpec("act", store_preact=store_preact, row_scale=prob is not None,
+                                       activation=activation),
                           quantized="postact", q_format=recipe.fwd_format, pow2_scales=recipe.pow2_scales)
     if m == 0:
         return Fp8Plan(None, epi)
     return _planned(signature, Fp8Plan(_family_launch_key(epi, m, n, k, e, True, fa, fb, config, tuned_root()), epi))
+
+
+def _checked_activation(activation):
+    """`activation` resolved (an Activation, its name or None: relu^2), InputError naming it otherwise."""
+    try:
+        return resolve_activation(activation)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"activation: {e}") from None
 
 
 def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_postact: bool = False,
@@ -399,7 +414,7 @@ def _dgrad_dact_plan(signature, dq, ds, wt, wts, preact, m_splits, prob, store_p
     if n % 16:
         raise InputError(f"N = {n} must be a multiple of 16")
     spec = EpilogueSpec("dact", store_postact=store_postact, row_scale=prob is not None, row_sum=prob is not None,
-                        activation=activation if activation is not None else SRELU)
+                        activation=_checked_activation(activation))
     epi = Fp8Epilogue(spec, quantized="dpreact" if quantize_dpreact else "", q_format=recipe.grad_format,
                       pow2_scales=recipe.pow2_scales)
     num_experts = wt.shape[0] if grouped else 1
@@ -472,10 +487,11 @@ def fp8_gemm(a, sa, b, sb, *, quantize_out: bool = False, out_format: str = "e4m
 
 
 def fp8_fc1_srelu(x, sx, w, sw, *, store_preact: bool = True, recipe: Fp8Recipe = Fp8Recipe(),
-                  config: GemmConfig | None = None):
-    """(preact bf16 or None, postact q (M, N) fp8, postact scales (M, ceil(N/128)) fp32)."""
-    epi = Fp8Epilogue(EpilogueSpec("srelu", store_preact=store_preact), quantized="postact",
-                      q_format=recipe.fwd_format, pow2_scales=recipe.pow2_scales)
+                  config: GemmConfig | None = None, activation=SRELU):
+    """(preact bf16 or None, postact q (M, N) fp8, postact scales (M, ceil(N/128)) fp32); postact =
+    f(preact), f the `activation` (an Activation or its name; default relu^2)."""
+    epi = Fp8Epilogue(EpilogueSpec("act", store_preact=store_preact, activation=_checked_activation(activation)),
+                      quantized="postact", q_format=recipe.fwd_format, pow2_scales=recipe.pow2_scales)
     return _launch(x, sx, w, sw, epi, config)
 
 
