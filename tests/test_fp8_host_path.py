@@ -21,6 +21,7 @@ DENSE = {"name": "small dense fp8", "m": 272, "h": 256, "f": 208, "e": 0}
 # grouped (E=8-style) 117 -> 82, dense 142 -> 94; with the dequantization kernel and the rows-only
 # quantizer on by default (2026-12-03): 75 and 87; the rows-only kernel's unused arguments kept: 69 and 81
 MAX_TORCH_OPS = {"grouped": 69, "dense": 81}
+IS_VERIFIED = selfcheck.is_verified  # the real evidence lookup (the `stubbed` fixture replaces it)
 
 
 @pytest.fixture
@@ -171,3 +172,29 @@ def test_a_planned_fp8_launch_still_checks_what_its_metadata_does_not_fix(stubbe
     fp8_dgrad_dact(x, sx, wt, sw, preact, m_splits=splits)
     with pytest.raises(InputError, match="m_splits"):
         fp8_dgrad_dact(x, sx, wt, sw, preact, m_splits=[0, 130, 1, 142])
+
+
+@pytest.mark.parametrize("shape", [SHAPE, DENSE], ids=["grouped", "dense"])
+def test_the_stubbed_fp8_step_with_the_tanh_clamp_launches_its_own_fc1_and_the_plain_dgrad(stubbed, shape):
+    """activation="tanh_srelu:2.0" on the kernel path: FC1 with the clamp in its epilogue (a variant of
+    its own, not covered by the FP8 hardware evidence: self-checked on first launch), FC2, the plain FC2
+    dgrad (the fused one refuses the clamp; the derivative is torch) and the FC1 dgrad; relu^2 keeps its
+    keys (srelu FC1, fused dsrelu dgrad), which the evidence covers."""
+    from benchmarks.bench_host_path import step_inputs
+    from cute_kernels.activations import SRELU, ScaledTanhSReLU
+    from cute_kernels.fp8 import Fp8Recipe
+    from cute_kernels.mlp import srelu_mlp
+
+    x, w1, w2, dy, splits = step_inputs(shape)
+    table = selfcheck.verified_table()
+    for act, fc1_name, dgrad_kind in (("tanh_srelu:2.0", "act[tanh_srelu(s=2.0)]", "identity"),
+                                      (None, "srelu", "dact")):
+        del stubbed[:]
+        srelu_mlp(x, w1, w2, m_splits=splits, fp8=Fp8Recipe(), backend="cute", activation=act).backward(dy)
+        fp8 = [key for key, _ in stubbed if key.dtype.startswith("float8")]
+        assert [k.epi.kind for k in fp8] == ["act", "identity", dgrad_kind, "identity"], fp8
+        fc1 = fp8[0]
+        assert fc1.epi.activation == (ScaledTanhSReLU(2.0) if act else SRELU)
+        assert fc1.epi.key().startswith(fc1_name + "+preact") and fc1.grouped == (splits is not None)
+        assert IS_VERIFIED("sm90", selfcheck.variant_name(fc1), table) == (act is None)
+        assert all(IS_VERIFIED("sm90", selfcheck.variant_name(k), table) for k in fp8[1:])
