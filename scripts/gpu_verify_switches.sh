@@ -20,13 +20,13 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
     2>&1 | tail -30 > "$out/gpu_tests.log"
   tail -3 "$out/gpu_tests.log"
 fi
-timeout 70 python3 -m benchmarks.bench_fp8 --no-gemm --no-grouped --no-step --no-sustained 2>&1 | grep -E "^\||target" > "$out/bench_fp8_wgrad.md"
-cat "$out/bench_fp8_wgrad.md"
+timeout 70 python3 -m benchmarks.bench_fp8 --no-gemm --no-grouped --no-step --no-sustained 2>&1 | grep -E "^\||target" > "$out/bench_fp8_tables.md"
+cat "$out/bench_fp8_tables.md"
 timeout 60 python3 scripts/profile_fp8_step.py --shape e8 --steps 4 > "$out/profile_fp8_e8.txt" 2>&1
 grep "^## " "$out/profile_fp8_e8.txt"
 if [ "${SKIP_STEP:-0}" != 1 ]; then
-  timeout 70 python3 -m benchmarks.bench_fp8 --no-gemm --no-grouped --no-wgrad 2>&1 | grep -E "^\|" > "$out/bench_fp8_step.md"
-  cat "$out/bench_fp8_step.md"
+  timeout 70 python3 -m benchmarks.bench_fp8 --no-gemm --no-grouped --no-wgrad 2>&1 | grep -E "^\|" >> "$out/bench_fp8_tables.md"
+  cat "$out/bench_fp8_tables.md"
 fi
 timeout 40 python3 -m benchmarks.bench_host_overhead --profile-ops 30 > "$out/host_ops.txt" 2>&1
 grep -E "^#|per step|ms" "$out/host_ops.txt" | head -12
