@@ -95,7 +95,8 @@ def check_mlp_tensors(x, w1, w2, *, grouped: bool, prob=None):
 def mlp_inputs_signature(x, w1, w2, grouped: bool, prob):
     """What check_mlp_tensors reads of its arguments (shapes, strides, dtypes, devices), as a
     hashable tuple; None when an argument is not a strided tensor (such a call is checked every
-    time, so that its error names it)."""
+    time, so that its error names it).  Not launch_plan.tensor_meta: its (is_cuda, device index)
+    does not tell the CPU from the meta device, and four calls of it cost the step's host path."""
     try:
         if not (isinstance(x, torch.Tensor) and isinstance(w1, torch.Tensor) and isinstance(w2, torch.Tensor)):
             return None
