@@ -48,8 +48,10 @@ def test_arch_table_names_the_kernel():
     assert softmax_xent_class("sm100") is None
 
 
-def test_switched_off_by_default(monkeypatch):
+def test_switched_on_by_default(monkeypatch):
     monkeypatch.delenv("CUTE_KERNELS_CE_KERNEL", raising=False)
+    assert softmax_xent_ops.ce_kernel_enabled()
+    monkeypatch.setenv("CUTE_KERNELS_CE_KERNEL", "0")
     assert not softmax_xent_ops.ce_kernel_enabled()
     monkeypatch.setenv("CUTE_KERNELS_CE_KERNEL", "1")
     assert softmax_xent_ops.ce_kernel_enabled()

@@ -17,7 +17,7 @@ on an sm_90a GPU; "torch" = the torch implementation of the same recipe in fp8/t
 | dSReLU, router gradient, postact recompute | dpost, preact, p | kernel: in the FC2 dgrad's epilogue (`fp8_dgrad_dact`; torch elementwise on the torch path and for every activation but relu^2, see `_fused_dact`) |
 | FC2 wgrad | dy^T, postact^T (the dgrad's recomputed postact), 1x128 along tokens | torch implementation |
 | FC1 dgrad | dpreact FP8 (grad_format, 1x128 along F), w1^T FP8 copy | kernel |
-| FC1 wgrad | dpreact^T, x^T (requantized from the saved FP8 x) along tokens | torch implementation |
+| FC1 wgrad | dpreact^T, x^T (requantized from the bf16 dequantization of the saved FP8 x) along tokens | torch implementation |
 
 Grouped (m_splits): on the kernel path every FP8 GEMM is one grouped launch for all experts
 (`fp8_grouped` / `fp8_dgrad_dact`: the family's tile walk, empty experts included); the torch
@@ -211,13 +211,19 @@ def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _dequantize_saved_x(xq, xs, bf16_kernel: bool):
-    """x from its saved FP8 copy: straight to bf16 for the bf16 weight-gradient kernel (by the
-    dequantization kernel unless CUTE_KERNELS_FP8_DEQUANT_KERNEL=0, bitwise the torch form), else
-    fp32 (requantized along the tokens for "fp8")."""
-    if bf16_kernel and xq.shape[0] and xq.shape[1] % 16 == 0 and quantize_ops.dequantize_kernel_enabled():
+def _dequantize_saved_x(xq, xs, recipe, impl):
+    """x from its saved FP8 copy for FC1's weight gradient: in bf16 for the bf16 weight-gradient
+    kernel and for wgrad="fp8" on either path (requantized along the tokens from that bf16 tensor,
+    which is what the FP8 weight-gradient kernel's quantizer reads: the torch implementation takes
+    the same rounding, so the two paths agree to the accumulation order; from fp32 they differed
+    by ~2% relative in dW1, H200 2026-12-03), fp32 for the torch path's wgrad="bf16".  On the kernel
+    path by the dequantization kernel unless CUTE_KERNELS_FP8_DEQUANT_KERNEL=0 (bitwise the torch
+    form)."""
+    to_bf16 = recipe.wgrad == "fp8" or impl == "kernel"
+    if (to_bf16 and impl == "kernel" and xq.shape[0] and xq.shape[1] % 16 == 0
+            and quantize_ops.dequantize_kernel_enabled()):
         return quantize_ops.dequantize_to_bf16(xq, xs)
-    return recipe_math.dequantize(xq, xs, out_dtype=torch.bfloat16 if bf16_kernel else torch.float32)
+    return recipe_math.dequantize(xq, xs, out_dtype=torch.bfloat16 if to_bf16 else torch.float32)
 
 
 def _add_wgrad(ctx, w, name, dw):
@@ -271,7 +277,7 @@ class Fp8FC1SReLU(torch.autograd.Function):
             dx = _as_dtype(_mm_step(dq, ds, w1tc, ctx.splits, impl, (m, h)), ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             # x from its saved FP8 copy (the column-major scales as they are)
-            x_deq = _dequantize_saved_x(xq, xs, recipe.wgrad == "bf16" and impl == "kernel")
+            x_deq = _dequantize_saved_x(xq, xs, recipe, impl)
             dw1 = _weight_grad(ctx, w1, "w1", dpre, x_deq, impl)
         return (dx, dw1) + none
 

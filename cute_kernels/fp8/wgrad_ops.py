@@ -11,10 +11,10 @@ zeros); gs_t (N_out, ceil(T/128)) and xs_t (K_out, ceil(T/128)) their fp32 scale
 of 16 (pass the padded buffer, whose extra tokens are zeros).  Dense (one weight); the grouped
 form needs each expert's tokens to start a scale block (docs/fp8.md).
 
-The kernel is the GEMM family's Hopper kernel with `KernelKey.b_scale = "row"` (the serial
-mainloop, `run_rows`), or with CUTE_KERNELS_FP8_WGRAD_STAGED=1 `b_scale = "rows_staged"` (the
-overlapped mainloop with B's column scales staged in shared memory, `run_rows_staged`: not yet run
-on a GPU, off until the H200 A/B); each variant's first launch is self-checked against torch
+The kernel is the GEMM family's Hopper kernel with `KernelKey.b_scale = "rows_staged"` (the
+overlapped mainloop with B's column scales staged in shared memory, `run_rows_staged`; ~830
+TFLOP/s on the H200) or, with CUTE_KERNELS_FP8_WGRAD_STAGED=0, `b_scale = "row"` (the serial
+mainloop, `run_rows`, ~430); each variant's first launch is self-checked against torch
 (selfcheck.py: its own evidence name) and `Fp8Recipe(wgrad="fp8")` uses it by default
 (CUTE_KERNELS_FP8_WGRAD_KERNEL=0: the torch emulation).
 """
@@ -54,10 +54,12 @@ WGRAD_B_SCALES = ("row", "rows_staged")
 
 
 def wgrad_b_scale() -> str:
-    """The mainloop the weight gradient runs unless the caller names one: "row" (the serial form,
-    H200 2026-12-03: ~430 TFLOP/s), or "rows_staged" with CUTE_KERNELS_FP8_WGRAD_STAGED=1 (the
-    overlapped form; default "0" until the H200 A/B of the two, benchmarks/bench_fp8.py)."""
-    return "rows_staged" if os.environ.get("CUTE_KERNELS_FP8_WGRAD_STAGED", "0") == "1" else "row"
+    """The mainloop the weight gradient runs unless the caller names one: "rows_staged" (the
+    overlapped form, the default since the H200 A/B of 2026-12-03 19:06 UTC: 823-838 TFLOP/s on the
+    dense step's dW1/dW2 against 431-435 for "row", bitwise equal,
+    benchmarks/results/fp8/2026-12-03-h200-verify-switches-2.md), or "row" (the serial form) with
+    CUTE_KERNELS_FP8_WGRAD_STAGED=0."""
+    return "row" if os.environ.get("CUTE_KERNELS_FP8_WGRAD_STAGED", "1") == "0" else "rows_staged"
 
 
 def wgrad_key(a_format: str, b_format: str, out_dtype: torch.dtype, config: GemmConfig = WGRAD_DEFAULT_CONFIG,
