@@ -102,6 +102,16 @@ def cases(m, n, k):
         out[f"ours fp8 FC1+SReLU (postact fp8+scales) {tag}"] = (
             lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=cfg))
         out[f"ours fp8 FC1+SReLU (+preact bf16) {tag}"] = lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, config=cfg)
+    # ping-pong 64-row tiles: one warpgroup's epilogue under the other's mainloop (plain outputs only)
+    for tn, cm, cn in ((128, 1, 2), (256, 2, 1)):
+        cfg = GemmConfig(tile_m=64, tile_n=tn, tile_k=128, cluster_m=cm, cluster_n=cn, schedule="pingpong")
+        tag = f"[64x{tn} pingpong c{cm}x{cn}]"
+        try:
+            checks[f"{tag} == 128x128 (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
+                fp8_gemm(xq, xs_col, wq, ws, config=cfg), fp8_gemm(xq, xs_col, wq, ws)))
+            out[f"ours fp8 GEMM (bf16 out) {tag}"] = lambda cfg=cfg: fp8_gemm(xq, xs_col, wq, ws, config=cfg)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            checks[f"{tag} failed"] = _error(e)
     one = torch.ones((), device="cuda")
     wq_t = wq.t()  # (K, N) column-major, as _scaled_mm wants its second operand
     out["torch._scaled_mm tensorwise"] = lambda: torch._scaled_mm(xq, wq_t, one, one, out_dtype=torch.bfloat16)
@@ -154,6 +164,16 @@ def grouped_rows(sustained: bool):
             err = _rel(dequantize(q, qs.contiguous()), ref)
             variants[f"{tag} (rel err vs bf16 {err:.3f})"] = (
                 lambda cfg=cfg: fp8_grouped(xq, xs, wq, ws, splits, epilogue="act", prob=prob, config=cfg))
+        # the plain grouped GEMM (the step's FC2 / FC1 data gradient form) on cooperative 128x128 tiles
+        # and ping-pong 64-row ones (one warpgroup's epilogue under the other's mainloop)
+        pp = GemmConfig(tile_m=64, tile_n=128, tile_k=128, cluster_m=1, cluster_n=2, schedule="pingpong")
+        for tag, cfg in (("fp8 plain bf16 out 128x128 c1x2", None), ("fp8 plain bf16 out 64x128 pingpong c1x2", pp)):
+            try:
+                same = torch.equal(fp8_grouped(xq, xs, wq, ws, splits, config=cfg), fp8_grouped(xq, xs, wq, ws, splits))
+                variants[f"{tag} (bitwise = 128x128: {same})"] = (
+                    lambda cfg=cfg: fp8_grouped(xq, xs, wq, ws, splits, config=cfg))
+            except Exception as e:  # noqa: BLE001 - report and go on
+                rows.append({"shape": name, "case": tag, "error": _error(e)})
         base = None
         for label, fn in variants.items():
             row = measure({"shape": name, "case": label}, fn, sustained)

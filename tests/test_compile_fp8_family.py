@@ -97,7 +97,10 @@ def test_family_fp8_variant_compiles_and_ptx_is_as_designed(name):
 @pytest.mark.parametrize("change,reason", [
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_n=192)), "tile_n"),
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_k=64)), "tile_k"),
-    (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=64, schedule="pingpong")), "cooperative"),
+    (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=64)), "cooperative 128-row"),
+    (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=128, schedule="pingpong")), "ping-pong 64-row"),
+    (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=64, schedule="pingpong"),
+          epi=EpilogueSpec("act", quantized="postact")), "unquantized outputs"),
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, cluster_m=2, cluster_n=2)), "clusters"),
     (dict(majors=("m", "k")), "K-major"),
     (dict(epi=EpilogueSpec("identity", accumulate=True)), "accumulate"),

@@ -262,8 +262,10 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool,
                                                    b_scale=b_scale) > SMEM_CAPACITY:
         need = block_scaled_smem_bytes(cfg, epi, ab_stages=cfg.ab_stages, out_bytes=out_bytes, b_scale=b_scale)
         errs.append(f"shared memory: {need} bytes needed, {SMEM_CAPACITY} available on {ARCH}")
-    if cfg.schedule != "cooperative" or cfg.tile_m != 128:
-        errs.append("the FP8 GEMM runs cooperative 128-row tiles")
+    if not ((cfg.schedule == "cooperative" and cfg.tile_m == 128) or (cfg.schedule == "pingpong" and cfg.tile_m == 64)):
+        errs.append("the FP8 GEMM runs cooperative 128-row tiles or ping-pong 64-row ones")
+    elif cfg.schedule == "pingpong" and (epi.quantized or b_scale):
+        errs.append("the FP8 GEMM's ping-pong tiles take unquantized outputs and 128x128 weight scale blocks")
     if cfg.tile_n not in (FP8_BLOCK, 2 * FP8_BLOCK):
         errs.append(f"the FP8 GEMM's tile_n is {FP8_BLOCK} or {2 * FP8_BLOCK} (whole weight scale blocks; "
                     f"256: the split-N mainloop)")

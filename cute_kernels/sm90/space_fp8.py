@@ -1,7 +1,7 @@
 """The Hopper search space of the block-scaled FP8 kernel (Sm90Gemm with sm90/mainloop_fp8.py):
 what its config may vary today.  Fixed by the recipe and the mainloop: cooperative 128-row
-tiles, tile_k 128 (one promotion per scale block); searched: tile_n 128 or 256 (256: the
-split-N mainloop), the cluster (at most 2 CTAs), raster and swizzle, the epilogue sub-tile
+tiles or ping-pong 64-row ones (unquantized outputs), tile_k 128 (one promotion per scale block);
+searched: the schedule, tile_n 128 or 256 (256: the split-N mainloop), the cluster (at most 2 CTAs), raster and swizzle, the epilogue sub-tile
 width and buffers, and the operand pipeline depth (0: as many as fit).  A point the kernel
 cannot run with the problem's epilogue is pruned by `config.block_scaled_errors`.
 `autotune.space` samples from it (`block_scaled=True`)."""
@@ -14,6 +14,8 @@ from .config import FP8_BLOCK, FP8_DEFAULT_CONFIG
 
 GRID = {
     "tile_n": [FP8_BLOCK, 2 * FP8_BLOCK],
+    # cooperative 128-row tiles, or ping-pong 64-row ones (one warpgroup per tile, unquantized outputs)
+    "schedule": ["cooperative", "pingpong"],
     "cluster": ["1x1", "1x2", "2x1"],
     "raster": ["n", "m"],
     "swizzle": [1, 4, 8],
@@ -35,13 +37,14 @@ def selfcheck_configs(quick: bool = False) -> list[GemmConfig]:
 
 def to_config(params: dict) -> GemmConfig:
     cm, cn = (int(v) for v in params["cluster"].split("x"))
-    return GemmConfig(tile_m=128, tile_n=int(params["tile_n"]), tile_k=FP8_BLOCK, cluster_m=cm, cluster_n=cn,
-                      schedule="cooperative", raster=params["raster"], swizzle=int(params["swizzle"]),
+    schedule = params.get("schedule", "cooperative")
+    return GemmConfig(tile_m=64 if schedule == "pingpong" else 128, tile_n=int(params["tile_n"]), tile_k=FP8_BLOCK,
+                      cluster_m=cm, cluster_n=cn, schedule=schedule, raster=params["raster"], swizzle=int(params["swizzle"]),
                       epi_n=int(params["epi_n"]), epi_stages=int(params["epi_stages"]),
                       ab_stages=int(params["ab_stages"]))
 
 
 def to_params(cfg: GemmConfig) -> dict:
     """The parameters of `cfg` (`to_config` of them gives `cfg` back only for configs of this space)."""
-    return {"tile_n": cfg.tile_n, "cluster": f"{cfg.cluster_m}x{cfg.cluster_n}", "raster": cfg.raster,
+    return {"tile_n": cfg.tile_n, "schedule": cfg.schedule, "cluster": f"{cfg.cluster_m}x{cfg.cluster_n}", "raster": cfg.raster,
             "swizzle": cfg.swizzle, "epi_n": cfg.epi_n, "epi_stages": cfg.epi_stages, "ab_stages": cfg.ab_stages}

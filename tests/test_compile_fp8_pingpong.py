@@ -1,0 +1,69 @@
+"""The block-scaled FP8 kernel on ping-pong 64-row tiles (each consumer warpgroup its own 64 x N tile,
+the two warpgroups' mainloops in turn so that one's epilogue runs under the other's WGMMAs: the
+cooperative kernel's tensor pipe idles through each tile's epilogue) compiles for sm_90a without a
+GPU, dense and grouped, 128- and 256-wide, plain and the fused FC2 data gradient; PTX as designed
+(one warpgroup per tile: m64 WGMMAs, the overlapped promotion for 128-wide tiles, the split-N one for
+256-wide), ptxas without spills or serialized WGMMAs.  Unquantized outputs only (the quantizing
+codec's amax reduction spans the cooperative tile's two warpgroups' rows).  Not yet run on a GPU:
+tests/test_fp8_pingpong_gpu.py; the default config stays cooperative."""
+import dataclasses
+import re
+
+import pytest
+
+from cute_kernels.compile import build_kernel
+from cute_kernels.config import ConfigError
+from cute_kernels.epilogue import EpilogueSpec
+from cute_kernels.inspect_ptx import find_ptxas, kernel_ptx, ptxas_info
+from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
+from test_compile_fp8_family import E4M3, E5M2, _key
+
+PP = dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=64, schedule="pingpong")
+PP_WIDE = dataclasses.replace(PP, tile_n=256, cluster_m=2, cluster_n=1)
+
+VARIANTS = {
+    "pp-identity-c1x2": _key(EpilogueSpec("identity"), cfg=PP),
+    "pp-wide-identity-c2x1": _key(EpilogueSpec("identity"), cfg=PP_WIDE),
+    "pp-grouped-identity": _key(EpilogueSpec("identity"), grouped=True, cfg=PP),
+    "pp-dact-postact-scale-rowsum-e5m2": _key(EpilogueSpec("dact", store_postact=True, row_scale=True, row_sum=True),
+                                              a=E5M2, b=E4M3, cfg=PP),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_pingpong_fp8_variant_compiles_and_ptx_is_as_designed(name):
+    key = VARIANTS[name]
+    fa, fb = key.operand_formats
+    ptx = kernel_ptx(key)
+    cfg = key.cfg
+    n_blocks = cfg.tile_n // 128
+    wgmma = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n128k32\.f32\.{fa}\.{fb}", ptx)
+    # 4 k32 steps per 128-K tile; the overlapped loop traces its pair body, the odd tail and the drain
+    assert len(wgmma) % 4 == 0 and len(wgmma) >= 4 * n_blocks
+    assert bool(re.search(r"wgmma\.wait_group\.sync\.aligned\s+1;", ptx)) == (n_blocks == 1)
+    assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+232;", ptx)
+    assert "mbarrier.arrive" in ptx  # the order barrier handing the tensor pipe over
+    assert ".local" not in ptx
+    if find_ptxas() is not None:
+        info = ptxas_info(ptx)
+        assert info.spill_store_bytes == 0 and info.spill_load_bytes == 0, info.raw[-600:]
+        assert "C7519" not in info.raw, "ptxas injected warpgroup.arrive (accumulator touched between WGMMAs)"
+        assert "C7514" not in info.raw, "ptxas serialized the WGMMAs (accumulator read while its group is in flight)"
+
+
+@pytest.mark.parametrize("epi,match", [
+    (EpilogueSpec("act", store_preact=True, quantized="postact"), "unquantized outputs"),
+    (EpilogueSpec("dact", quantized="dpreact"), "unquantized outputs"),
+])
+def test_pingpong_refuses_the_quantizing_codec(epi, match):
+    with pytest.raises(ConfigError, match=match):
+        build_kernel(_key(epi, cfg=PP))
+
+
+def test_pingpong_tiles_in_the_fp8_search_space():
+    from cute_kernels.sm90 import space_fp8
+
+    assert "pingpong" in space_fp8.GRID["schedule"]
+    cfg = space_fp8.to_config({**{k: v[0] for k, v in space_fp8.GRID.items()}, "schedule": "pingpong"})
+    assert cfg.schedule == "pingpong" and cfg.tile_m == 64
+    assert space_fp8.to_params(cfg)["schedule"] == "pingpong"
