@@ -67,3 +67,15 @@ def test_pingpong_tiles_in_the_fp8_search_space():
     cfg = space_fp8.to_config({**{k: v[0] for k, v in space_fp8.GRID.items()}, "schedule": "pingpong"})
     assert cfg.schedule == "pingpong" and cfg.tile_m == 64
     assert space_fp8.to_params(cfg)["schedule"] == "pingpong"
+
+
+def test_pingpong_variants_are_self_checked_until_a_hardware_run():
+    """No hardware run had FP8 ping-pong tiles: the evidence table's FP8 patterns name the
+    cooperative schedule, so these variants take the first-use self-check."""
+    from cute_kernels.selfcheck import is_verified, variant_name, verified_table
+
+    table = verified_table()
+    for key in VARIANTS.values():
+        assert "/pingpong-" in variant_name(key) and not is_verified("sm90", variant_name(key), table)
+        coop = dataclasses.replace(key, cfg=dataclasses.replace(key.cfg, tile_m=128, schedule="cooperative"))
+        assert is_verified("sm90", variant_name(coop), table)
