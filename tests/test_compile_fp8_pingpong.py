@@ -4,8 +4,9 @@ cooperative kernel's tensor pipe idles through each tile's epilogue) compiles fo
 GPU, dense and grouped, 128- and 256-wide, plain and the fused FC2 data gradient; PTX as designed
 (one warpgroup per tile: m64 WGMMAs, the overlapped promotion for 128-wide tiles, the split-N one for
 256-wide), ptxas without spills or serialized WGMMAs.  Unquantized outputs only (the quantizing
-codec's amax reduction spans the cooperative tile's two warpgroups' rows).  Not yet run on a GPU:
-tests/test_fp8_pingpong_gpu.py; the default config stays cooperative."""
+codec's amax reduction spans the cooperative tile's two warpgroups' rows).  On the H200 (2026-12-03
+19:27) they are bitwise equal to the cooperative tile and slower (dense 828 vs 1132 TFLOP/s, grouped
+E=8 624 vs 871): not searched, not the default."""
 import dataclasses
 import re
 
@@ -60,10 +61,12 @@ def test_pingpong_refuses_the_quantizing_codec(epi, match):
         build_kernel(_key(epi, cfg=PP))
 
 
-def test_pingpong_tiles_in_the_fp8_search_space():
+def test_pingpong_tiles_run_when_named_but_are_not_searched():
+    """H200 2026-12-03: 0.73x the cooperative tile (dense and grouped), so the tuner does not spend
+    trials on them; a config naming them round-trips through the space's parameters."""
     from cute_kernels.sm90 import space_fp8
 
-    assert "pingpong" in space_fp8.GRID["schedule"]
+    assert space_fp8.GRID["schedule"] == ["cooperative"]
     cfg = space_fp8.to_config({**{k: v[0] for k, v in space_fp8.GRID.items()}, "schedule": "pingpong"})
     assert cfg.schedule == "pingpong" and cfg.tile_m == 64
     assert space_fp8.to_params(cfg)["schedule"] == "pingpong"
