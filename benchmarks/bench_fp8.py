@@ -8,8 +8,9 @@ A second table times the whole MLP step fwd+bwd (`srelu_mlp(..., fp8=Fp8Recipe()
 bf16 step `srelu_mlp(...)`, both on the cute path) at the power limit (sustained) on the dense
 8192 x 4096 -> 16384 and grouped E=8 (16384 tokens, 2688 -> 1856, even splits) shapes, with the
 bytes each step saves for backward (saved_tensors_hooks, weights excluded).  The FP8 step's
-weight gradients, dSReLU and grouped loop are torch (fp8/mlp.py).  The FP8 GEMM rows time both
-forms of the FP8 mainloop (128x128 overlapped promotion, 128x256 split-N) on both clusters.
+weight gradients, dSReLU and grouped loop are torch (fp8/mlp.py).  The FP8 GEMM rows time the
+forms of the FP8 mainloop (128x128 overlapped promotion, 128x256 split-N, 256x128 split-M) on both
+clusters, and ping-pong 64-row tiles.
 
 The weight-gradient table (`--no-wgrad` skips it) times the dense step's two weight gradients,
 dW1 (16384, 4096) and dW2 (4096, 16384) from 8192 tokens: our FP8 1D1D kernel
@@ -102,6 +103,19 @@ def cases(m, n, k):
         out[f"ours fp8 FC1+SReLU (postact fp8+scales) {tag}"] = (
             lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=cfg))
         out[f"ours fp8 FC1+SReLU (+preact bf16) {tag}"] = lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, config=cfg)
+    # 256x128 tiles (DeepGEMM's shape): each warpgroup two 64-row waves through one scratch accumulator
+    # (the split-M mainloop); FC1 writes the FP8 postact alone there (preact too spills: refused)
+    for cm, cn in ((1, 2), (2, 1)):
+        cfg = GemmConfig(tile_m=256, tile_n=128, tile_k=128, cluster_m=cm, cluster_n=cn)
+        tag = f"[256x128 c{cm}x{cn}]"
+        try:
+            checks[f"{tag} == 128x128 (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
+                fp8_gemm(xq, xs_col, wq, ws, config=cfg), fp8_gemm(xq, xs_col, wq, ws)))
+            out[f"ours fp8 GEMM (bf16 out) {tag}"] = lambda cfg=cfg: fp8_gemm(xq, xs_col, wq, ws, config=cfg)
+            out[f"ours fp8 FC1+SReLU (postact fp8+scales) {tag}"] = (
+                lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=cfg))
+        except Exception as e:  # noqa: BLE001 - report and go on
+            checks[f"{tag} failed"] = _error(e)
     # ping-pong 64-row tiles: one warpgroup's epilogue under the other's mainloop (plain outputs only)
     for tn, cm, cn in ((128, 1, 2), (256, 2, 1)):
         cfg = GemmConfig(tile_m=64, tile_n=tn, tile_k=128, cluster_m=cm, cluster_n=cn, schedule="pingpong")

@@ -28,8 +28,11 @@ class Arch:
     # "module:function" that picks a launch's config itself (the caller's, checked, else the arch's
     # default: an arch without tuned entries); "" takes the family's tuned lookup (gemm_ops)
     launch_config: str = ""
-    # a config's structural knobs in the self-check's variant names (str.format with cfg=)
+    # a config's structural knobs in the self-check's variant names (str.format with cfg= and tall=)
     variant_shape: str = "{cfg.schedule}-c{cfg.cluster_m}x{cfg.cluster_n}"
+    # tile_m of the FP8 tile whose warpgroups run two 64-row waves each (its own mainloop, so its own
+    # self-check variant: `tall` is then its tile_m, else ""); 0 for none
+    wave_tile_m: int = 0
     block_scaled_fp8: bool = False  # the kernel class takes FP8 operands with 1x128 / 128x128 block scales
     gathers_a: bool = False  # the kernel class loads A's rows by index (gather_a: the fused dispatch gather)
     # "module:Class" of the row softmax cross-entropy kernel (the chunked loss's per-chunk core), "" for none
@@ -39,6 +42,7 @@ class Arch:
 ARCHS = {
     "sm90": Arch("sm90", "sm_90a", 9, "cute_kernels.sm90.config", "cute_kernels.sm90.space",
                  "cute_kernels.sm90.gemm:Sm90Gemm", block_scaled_fp8=True, gathers_a=True,
+                 variant_shape="{cfg.schedule}{tall}-c{cfg.cluster_m}x{cfg.cluster_n}", wave_tile_m=256,
                  softmax_xent="cute_kernels.sm90.softmax_xent:Sm90SoftmaxXent"),
     "sm100": Arch("sm100", "sm_100a", 10, "cute_kernels.sm100.config", "cute_kernels.sm100.space",
                   "cute_kernels.sm100.gemm:Sm100Gemm", config_class="cute_kernels.sm100.config:Sm100Config",
@@ -104,8 +108,11 @@ def launch_config_function(arch: str):
 
 
 def variant_shape(arch: str, cfg) -> str:
-    """The structural knobs of `cfg` as the self-check's variant names spell them."""
-    return get_arch(arch).variant_shape.format(cfg=cfg)
+    """The structural knobs of `cfg` as the self-check's variant names spell them (the 256-row
+    FP8 tile: "cooperative256-c1x2", which no "cooperative-*" pattern of evidence matches)."""
+    entry = get_arch(arch)
+    tall = str(cfg.tile_m) if entry.wave_tile_m and getattr(cfg, "tile_m", 0) == entry.wave_tile_m else ""
+    return entry.variant_shape.format(cfg=cfg, tall=tall)
 
 
 def block_scaled_fp8_arches() -> list[str]:

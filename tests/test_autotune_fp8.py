@@ -42,11 +42,12 @@ def cost(cfg) -> float:  # 256-wide tiles on a 2x1 cluster with explicit 4 stage
 
 def test_fp8_space_round_trip_and_its_own_grid():
     g = space.grid(block_scaled=True)
-    assert space.grid_values(block_scaled=True) is space_fp8.GRID and len(g) == 2 * 1 * 3 * 2 * 3 * 2 * 3 * 4
+    assert space.grid_values(block_scaled=True) is space_fp8.GRID and len(g) == 2 * 2 * 1 * 3 * 2 * 3 * 2 * 3 * 4
     for params in g[::37]:
         cfg = space.to_config(params, block_scaled=True)
         assert space.to_params(cfg, block_scaled=True) == params
-        assert cfg.tile_k == 128 and (cfg.tile_m, cfg.schedule) in ((128, "cooperative"), (64, "pingpong"))
+        assert cfg.tile_k == 128 and (cfg.tile_m, cfg.schedule) in ((128, "cooperative"), (256, "cooperative"),
+                                                                    (64, "pingpong"), (128, "pingpong"))
     assert space.in_space(FP8_DEFAULT_CONFIG, block_scaled=True) and not space.in_space(FP8_DEFAULT_CONFIG)
     assert FC1.space_kw == {"block_scaled": True} and Problem("fc2", ShapeKey("bfloat16", 8, 8, 8)).space_kw == {}
     # some points cannot run: the rules say why

@@ -18,6 +18,8 @@ from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
 
 E4M3, E5M2 = "float8_e4m3fn", "float8_e5m2"
 WIDE = dataclasses.replace(FP8_DEFAULT_CONFIG, tile_n=256, cluster_m=2, cluster_n=1)
+# 256x128 tiles: each warpgroup two 64-row waves, promoted one after the other (split-M mainloop)
+TALL = dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=256)
 TANH = "tanh_srelu:4.0"
 
 
@@ -43,6 +45,13 @@ VARIANTS = {
     "wide-act-preact-q": _key(EpilogueSpec("act", store_preact=True, quantized="postact"), cfg=WIDE),
     "grouped-wide-act-scale-q": _key(EpilogueSpec("act", row_scale=True, quantized="postact"), grouped=True,
                                      cfg=dataclasses.replace(WIDE, cluster_m=1, cluster_n=2)),
+    # 256x128 tiles: the split-M mainloop (each warpgroup's two 64-row waves through one scratch accumulator)
+    "tall-identity-c1x2": _key(EpilogueSpec("identity"), cfg=TALL),
+    "tall-act-q-c2x1": _key(EpilogueSpec("act", quantized="postact"),
+                            cfg=dataclasses.replace(TALL, cluster_m=2, cluster_n=1)),
+    "grouped-tall-identity": _key(EpilogueSpec("identity"), grouped=True, cfg=TALL),
+    "grouped-tall-act-scale-q": _key(EpilogueSpec("act", row_scale=True, quantized="postact"), grouped=True, cfg=TALL),
+    "tall-act-preact-epi64": _key(EpilogueSpec("act", store_preact=True), cfg=dataclasses.replace(TALL, epi_n=64)),
     # FC1 with the tanh clamp (the FP8 step's other activation; tanh.approx in the epilogue, 128
     # accumulator registers per thread at most: the 128x256 tile is its widest)
     "act-tanh-preact-q-c1x2": _key(EpilogueSpec("act", store_preact=True, quantized="postact", activation=TANH)),
@@ -73,9 +82,12 @@ def test_family_fp8_variant_compiles_and_ptx_is_as_designed(name):
     assert ("multicast::cluster" in ptx) == (cfg.cluster_size > 1)
     assert re.search(r"setmaxnreg\.dec\.sync\.aligned\.u32\s+40;", ptx)
     assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+232;", ptx)
-    # 128-wide: overlapped promotion (the older of two K tiles' groups waited for, a drain at the
-    # end); 256-wide: split-N, each block's group waited for before its promotion
-    assert bool(re.search(r"wgmma\.wait_group\.sync\.aligned\s+1;", ptx)) == (cfg.tile_n == 128)
+    # 128x128: overlapped promotion (the older of two K tiles' groups waited for, a drain at the
+    # end); 128x256: split-N, each block's group waited for before its promotion; 256x128: split-M,
+    # each wave's group waited for before its promotion (a K tile: 2 waves x 4 k blocks of WGMMAs)
+    assert bool(re.search(r"wgmma\.wait_group\.sync\.aligned\s+1;", ptx)) == (cfg.tile_n == 128 and cfg.tile_m == 128)
+    if cfg.tile_m == 256:
+        assert len(re.findall(r"wgmma\.mma_async\.", ptx)) == 8, "one K tile's WGMMAs: two waves of four k blocks"
     assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+0;", ptx)
     if epi.quantized:
         assert f"cvt.rn.satfinite.{epi.q_format}x2.f32" in ptx, "saturating FP8 convert of the quantized output"
@@ -97,7 +109,12 @@ def test_family_fp8_variant_compiles_and_ptx_is_as_designed(name):
 @pytest.mark.parametrize("change,reason", [
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_n=192)), "tile_n"),
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_k=64)), "tile_k"),
-    (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=64)), "cooperative 128-row"),
+    (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=64)), "cooperative 128- or 256-row"),
+    (dict(cfg=dataclasses.replace(TALL, tile_n=256)), "256-row tiles are 128 wide"),
+    (dict(cfg=TALL, epi=EpilogueSpec("dact")), "activation-derivative epilogue runs 128-row"),
+    (dict(cfg=TALL, epi=EpilogueSpec("act", store_preact=True, quantized="postact")), "quantize a single output"),
+    (dict(cfg=dataclasses.replace(TALL, epi_n=64), epi=EpilogueSpec("act", quantized="postact")),
+     "32-column sub-tiles"),
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=128, schedule="pingpong")), "ping-pong 64-row"),
     (dict(cfg=dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=64, schedule="pingpong"),
           epi=EpilogueSpec("act", quantized="postact")), "unquantized outputs"),

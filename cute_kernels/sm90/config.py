@@ -116,8 +116,12 @@ resolved_ab_stages = SMEM.resolved_ab_stages
 
 
 def validation_errors(cfg: GemmConfig, *, num_outputs: int = 1, grouped: bool = False, grouped_k: bool = False,
-                      out_bytes: int = 2) -> list[str]:
+                      out_bytes: int = 2, cooperative_tile_m: tuple = (128,), check_smem: bool = True) -> list[str]:
     """Every reason `cfg` cannot run; empty when it can.
+
+    `cooperative_tile_m` / `check_smem`: what the block-scaled FP8 kernel relaxes (its 256-row
+    cooperative tiles, two 64-row waves per warpgroup; shared memory counted in one-byte
+    operands by `block_scaled_errors`).
 
     `grouped` / `grouped_k` describe the launch (see `kernel_constraints`); today no config
     is invalid for either grouping alone (grouped tiles are rounded up to whole clusters,
@@ -127,8 +131,10 @@ def validation_errors(cfg: GemmConfig, *, num_outputs: int = 1, grouped: bool = 
                                "epi_n": EPI_N_CHOICES, "epi_stages": EPI_STAGE_CHOICES}, clusters=CLUSTER_CHOICES)
     # A consumer warpgroup holds whole 64-row WGMMA blocks: cooperative tiles split 128 rows
     # into two of them; a ping-pong warpgroup owns a whole tile of one or two blocks.
-    if cfg.schedule == "cooperative" and cfg.tile_m != 128:
-        errs.append(f"cooperative schedule needs tile_m == 128 (two warpgroups of 64 rows), got {cfg.tile_m}")
+    if cfg.schedule == "cooperative" and cfg.tile_m not in cooperative_tile_m:
+        allowed = f"== {cooperative_tile_m[0]}" if len(cooperative_tile_m) == 1 else f"in {cooperative_tile_m}"
+        errs.append(f"cooperative schedule needs tile_m {allowed} (two warpgroups of 64-row WGMMA blocks), "
+                    f"got {cfg.tile_m}")
     if cfg.schedule == "pingpong" and cfg.tile_m not in PINGPONG_TILE_M:
         errs.append(f"ping-pong schedule needs tile_m in {PINGPONG_TILE_M} (one warpgroup per tile), got {cfg.tile_m}")
     if errs:
@@ -138,7 +144,7 @@ def validation_errors(cfg: GemmConfig, *, num_outputs: int = 1, grouped: bool = 
     elif acc_regs(cfg) > WIDE_EPI_MAX_ACC_REGS and cfg.epi_n > 32:
         errs.append(f"epi_n {cfg.epi_n} next to {acc_regs(cfg)} accumulator registers per thread spills (epi_n 32 only "
                     f"above {WIDE_EPI_MAX_ACC_REGS})")
-    return errs + SMEM.stage_errors(cfg, num_outputs=num_outputs, out_bytes=out_bytes)
+    return errs + (SMEM.stage_errors(cfg, num_outputs=num_outputs, out_bytes=out_bytes) if check_smem else [])
 
 
 def _tile_n_for(n: int) -> int:
@@ -240,6 +246,12 @@ def wave_default_candidates(default: GemmConfig) -> list[GemmConfig]:
 FP8_BLOCK = 128
 FP8_DEFAULT_CONFIG = GemmConfig(tile_m=128, tile_n=128, tile_k=128, cluster_m=1, cluster_n=2, epi_n=32, epi_stages=2)
 FP8_MAX_AB_STAGES = 8
+# 256-row cooperative tiles (DeepGEMM's shape): each consumer warpgroup owns two 64-row waves
+# (rows w * 128 + its 64), promoted one after the other through one scratch accumulator
+# (sm90/mainloop_fp8.py `run_split_m`); B's shared-memory tile then serves 256 rows.
+# Stage: (256 + 128) x 128 bytes = 48 KiB; 4 fit next to a plain bf16 output's 32-column
+# buffers, 3 next to FC1's preact + FP8 postact (block_scaled_ab_stages).
+FP8_WAVE_TILE_M = 256
 # B's scales per row ("row" and "rows_staged": the 1D1D weight gradient).  "rows_staged" keeps a K
 # tile's 128 column scales in a shared-memory ring per consumer warpgroup (sm90/scale_ring.py):
 # 128 columns x 2 K tiles (a pair) x SCALE_RING_PAIRS pair slots x 2 warpgroups, fp32.
@@ -254,18 +266,24 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool,
     `b_scale`: "" (B's scales by 128x128 blocks), "row" (1x128 runs of each B row along K) or
     "rows_staged" (the same scales, the overlapped mainloop with B's column scales in shared memory)."""
     # the shared fields' rules; the operand stages are counted in one-byte elements below
+    # (256-row tiles: the bf16 rule counts two-byte operand stages, so shared memory only here)
+    waves = cfg.schedule == "cooperative" and cfg.tile_m == FP8_WAVE_TILE_M
     errs = validation_errors(dataclasses.replace(cfg, ab_stages=0), num_outputs=epi.num_outputs, grouped=grouped,
-                             grouped_k=grouped_k, out_bytes=out_bytes)
+                             grouped_k=grouped_k, out_bytes=out_bytes, cooperative_tile_m=(128, FP8_WAVE_TILE_M),
+                             check_smem=not waves)
     if cfg.ab_stages and not 2 <= cfg.ab_stages <= FP8_MAX_AB_STAGES:
         errs.append(f"ab_stages must be in 2..{FP8_MAX_AB_STAGES} (or 0 for automatic), got {cfg.ab_stages}")
-    elif cfg.ab_stages and block_scaled_smem_bytes(cfg, epi, ab_stages=cfg.ab_stages, out_bytes=out_bytes,
-                                                   b_scale=b_scale) > SMEM_CAPACITY:
-        need = block_scaled_smem_bytes(cfg, epi, ab_stages=cfg.ab_stages, out_bytes=out_bytes, b_scale=b_scale)
+    elif (cfg.ab_stages or waves) and block_scaled_smem_bytes(cfg, epi, ab_stages=cfg.ab_stages or 2,
+                                                              out_bytes=out_bytes, b_scale=b_scale) > SMEM_CAPACITY:
+        need = block_scaled_smem_bytes(cfg, epi, ab_stages=cfg.ab_stages or 2, out_bytes=out_bytes, b_scale=b_scale)
         errs.append(f"shared memory: {need} bytes needed, {SMEM_CAPACITY} available on {ARCH}")
-    if not ((cfg.schedule == "cooperative" and cfg.tile_m == 128) or (cfg.schedule == "pingpong" and cfg.tile_m == 64)):
-        errs.append("the FP8 GEMM runs cooperative 128-row tiles or ping-pong 64-row ones")
+    if not ((cfg.schedule == "cooperative" and cfg.tile_m in (128, FP8_WAVE_TILE_M))
+            or (cfg.schedule == "pingpong" and cfg.tile_m == 64)):
+        errs.append(f"the FP8 GEMM runs cooperative 128- or {FP8_WAVE_TILE_M}-row tiles or ping-pong 64-row ones")
     elif cfg.schedule == "pingpong" and (epi.quantized or b_scale):
         errs.append("the FP8 GEMM's ping-pong tiles take unquantized outputs and 128x128 weight scale blocks")
+    elif waves:
+        errs += _wave_tile_errors(cfg, epi, b_scale)
     if cfg.tile_n not in (FP8_BLOCK, 2 * FP8_BLOCK):
         errs.append(f"the FP8 GEMM's tile_n is {FP8_BLOCK} or {2 * FP8_BLOCK} (whole weight scale blocks; "
                     f"256: the split-N mainloop)")
@@ -300,6 +318,28 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool,
     misfit = epilogue_misfit(cfg, epi)
     if misfit:
         errs.append(misfit)
+    return errs
+
+
+def _wave_tile_errors(cfg: GemmConfig, epi, b_scale: str) -> list[str]:
+    """What the 256-row FP8 tile (two 64-row waves per consumer warpgroup, sm90/mainloop_fp8.py
+    `run_split_m`) cannot run: its 128 promoted + 64 scratch accumulator registers per thread
+    leave no room for a second N block, for B's per-column scales, or for the activation
+    derivative's preact read into registers next to them."""
+    errs = []
+    if cfg.tile_n != FP8_BLOCK:
+        errs.append(f"the FP8 GEMM's {FP8_WAVE_TILE_M}-row tiles are {FP8_BLOCK} wide (two waves of one N block)")
+    if b_scale:
+        errs.append(f"the FP8 GEMM's {FP8_WAVE_TILE_M}-row tiles take 128x128 weight scale blocks (no per-row B scales)")
+    if epi.quantized and (epi.num_outputs > 1 or cfg.epi_n > 32):
+        # ptxas, sm_90a (2026-12-03): FC1 with preact + FP8 postact spills 16 bytes at epi_n 32, FP8
+        # postact alone 64 bytes at epi_n 64 (the codec keeps the tile's values and 4 rows' amax)
+        errs.append(f"the FP8 GEMM's {FP8_WAVE_TILE_M}-row tiles quantize a single output in 32-column sub-tiles "
+                    f"(a second output or epi_n 64 next to the codec's values of the whole tile spills), "
+                    f"got {epi.num_outputs} outputs at epi_n {cfg.epi_n}")
+    if epi.kind == "dact":
+        errs.append(f"the FP8 GEMM's activation-derivative epilogue runs 128-row tiles (its preact input is read "
+                    f"into registers before the mainloop; a {FP8_WAVE_TILE_M}-row tile has no registers left for it)")
     return errs
 
 

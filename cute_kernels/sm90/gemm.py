@@ -10,7 +10,7 @@ Structure of a CTA (384 threads, one CTA per SM, persistent):
   the warpgroup gives its registers away (setmaxnreg 40).  K-grouped problems: warp 1
   writes per-expert TMA descriptors ahead of warp 0 (below).
 - warpgroups 1-2: WGMMA consumers (setmaxnreg 232).  Cooperative: both split one
-  128-row tile.  Ping-pong: each owns a 64-row tile, they alternate tiles, and an
+  128-row tile (block-scaled FP8 also 256 rows: each warpgroup two 64-row waves).  Ping-pong: each owns a 64-row tile, they alternate tiles, and an
   mbarrier pair orders their mainloops so one's epilogue overlaps the other's math.
 - epilogue: accumulator -> epilogue op (fp32) -> dtype -> stmatrix to smem -> TMA store.
 
@@ -392,7 +392,7 @@ class Sm90Gemm(GemmKernelBase):
                 mainloop = BlockScaledMainloop.build(tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB,
                                                      tile_m=self.tile_m, tile_k=self.tile_k, ab_stages=self.ab_stages,
                                                      n_blocks=self.n_blocks, b_scale_rows=self.b_scale_rows,
-                                                     scale_ring=scale_ring)
+                                                     scale_ring=scale_ring, sA=sA)
             else:
                 mainloop = WgmmaMainloop(tCrA, tCrB, num_k_blocks, self.gather_a)
 

@@ -19,6 +19,13 @@ scale before the next block's, so a warpgroup's promotions leave the tensor core
 other warpgroup (DeepGEMM's scheme).  The tile then halves the L2 -> SM traffic per FLOP
 of A and the epilogues per FLOP.
 
+Tall tiles (tile_m = 256, DeepGEMM's shape): each consumer warpgroup owns two 64-row waves
+(the tiled MMA's two 64-row atoms repeat down the tile: warpgroup g's waves are rows g * 64 +
+[0, 64) and 128 + g * 64 + [0, 64)).  `run_split_m` issues each wave's WGMMAs (m64n128, A's
+fragments per wave) into one scratch accumulator and promotes it with the wave's two row
+scales before the next wave's, so a warpgroup holds 128 promoted + 64 scratch registers and
+B's shared-memory tile serves 256 rows (half the B traffic per FLOP of a 128-row tile).
+
 Per-row B scales (`b_scale_rows`, the weight gradient's operands quantized 1x128 along the
 tokens on both sides: DeepGEMM's 1D1D): B's scale is per output column and K tile, so a
 promotion multiplies each element by its row's and its column's scale.  A thread of an m64n128
@@ -67,18 +74,44 @@ def accumulator_cols(tCcTile, size: int) -> tuple[list, list]:
     return distinct, [distinct.index(o - c0) for o in offsets]
 
 
+def wave_elements(tCcTile, tCcWave, size: int, waves: int) -> list:
+    """At trace time: index[w][v] is the accumulator element of wave w at the coordinate of
+    element v of one wave's partition `tCcWave` (a 128-row slice of the tile, the same for
+    every wave) shifted down by 128 w rows; fails where the tile's partition lacks one."""
+    where = {}
+    for i in range(cute.size(tCcTile)):
+        c = tCcTile.layout(i)
+        where[(int(c[0]), int(c[1]))] = i
+    index = []
+    for w in range(waves):
+        row = []
+        for v in range(size):
+            c = tCcWave.layout(v)
+            key = (int(c[0]) + 128 * w, int(c[1]))
+            if key not in where:
+                raise NotImplementedError(f"wave {w} element {v} at {key} is not in the thread's accumulator")
+            row.append(where[key])
+        index.append(row)
+    return index
+
+
 class BlockScaledMainloop(TracedRecord):
     """Trace-time helper: one tile's FP8 K loop with promotion (see the module docstring).
 
     `row_of[v]`: which of the thread's two rows accumulator element v is on."""
 
-    _traced = ("tCrA", "tCrB", "tCrB_blocks", "blk", "blk2", "sc", "sbc", "thread_row0", "thread_col0",
+    _traced = ("tCrA", "tCrB", "tCrB_blocks", "tCrA_waves", "blk", "blk2", "sc", "sbc", "thread_row0", "thread_col0",
                "num_sb_blocks", "scale_ring")
 
     def __init__(self, tCrA, tCrB, num_k_blocks: int, row_of: list, acc_size: int, tCrB_blocks=None):
         self.tCrA, self.tCrB = tCrA, tCrB
         # split-N: B's fragments per 128-column N block (each partitioned from that block's rows)
         self.tCrB_blocks = tCrB_blocks or []
+        # split-M: A's fragments per 128-row wave pair (each warpgroup's 64 rows of it), and
+        # wave_index[w][v]: the accumulator element of wave w's scratch element v
+        self.tCrA_waves = []
+        self.m_waves = 1
+        self.wave_index = []
         self.num_k_blocks = num_k_blocks
         self.row_of = row_of
         self.acc_size = acc_size
@@ -94,11 +127,15 @@ class BlockScaledMainloop(TracedRecord):
 
     @classmethod
     def build(cls, tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB, *, tile_m: int, tile_k: int, ab_stages: int,
-              n_blocks: int, b_scale_rows: bool = False, scale_ring=None):
+              n_blocks: int, b_scale_rows: bool = False, scale_ring=None, sA=None):
         """The mainloop of a consumer warpgroup with its registers: the scratch accumulators, the
         scale products, the thread's first accumulator row; `n_blocks` 128-column N blocks per
         tile (more than one: the split-N loop, B's fragments per block).  `scale_ring` (per-row B
-        scales only): B's column scales staged in shared memory, the overlapped loop."""
+        scales only): B's column scales staged in shared memory, the overlapped loop.  A 256-row
+        tile (cooperative) takes the split-M loop: A's fragments per wave from `sA`."""
+        if tile_m == 256:
+            return cls._build_split_m(tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sA, mSB, tile_k=tile_k,
+                                      ab_stages=ab_stages)
         tCrB_blocks = None
         if b_scale_rows and scale_ring is None:
             # one scratch accumulator (the serial form; see the module docstring)
@@ -132,15 +169,42 @@ class BlockScaledMainloop(TracedRecord):
             mainloop.thread_col0 = tCcTile[0][1]  # element 0's column in the tile (col_offsets are from it)
         return mainloop
 
+    @classmethod
+    def _build_split_m(cls, tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sA, mSB, *, tile_k: int, ab_stages: int):
+        """`build` of a 256-row tile: one wave's scratch accumulator (64 registers), A's fragments
+        per wave (the 128-row slice both warpgroups' waves w are in), each thread's rows."""
+        m_waves = 2
+        tCcWave = thr_mma.partition_C(cute.make_identity_tensor((128, 128)))
+        wave_size = cute.size(tCcWave)
+        blk = cute.make_rmem_tensor(tCcWave.shape, Float32)
+        tCrA_waves = [tiled_mma.make_fragment_A(thr_mma.partition_A(
+            cute.local_tile(sA, (128, tile_k, ab_stages), (w, 0, 0)))) for w in range(m_waves)]
+        row_of, first_row = accumulator_rows(tCcWave, wave_size)
+        mainloop = cls(tCrA, tCrB, cute.size(tCrA, mode=[2]), row_of, cute.size(acc))
+        mainloop.m_waves = m_waves
+        mainloop.tCrA_waves = tCrA_waves
+        mainloop.wave_index = wave_elements(tCcTile, tCcWave, wave_size, m_waves)
+        mainloop.blk = mainloop.blk2 = blk
+        # per K tile: each wave's two row scales and B's block scale (5), this K tile's and the next one's
+        mainloop.sc = cute.make_rmem_tensor((2 * (2 * m_waves + 1),), Float32)
+        mainloop.thread_row0 = tCcWave[0][0] - first_row  # the thread's first row of wave 0 (wave w: + 128 w)
+        mainloop.num_sb_blocks = cute.size(mSB, mode=[0])
+        return mainloop
+
     def run_tile(self, tiled_mma, acc, ab_pipeline, read_state, release_state, k_tiles, mSA, mSB, tile, m_total,
                  num_n_tiles, n_total):
-        """One tile's K loop (`run`, or `run_split_n` for a tile of several N blocks), `tile` =
-        (row_start, row_end, n_tile, expert).  Returns (tiled_mma, read_state, release_state)."""
+        """One tile's K loop (`run`, `run_split_n` for a tile of several N blocks, `run_split_m` for
+        a 256-row tile), `tile` = (row_start, row_end, n_tile, expert).  Returns (tiled_mma, read_state, release_state)."""
         row_start, _, n_tile, expert = tile
         # the thread's two rows, clamped into A (rows past M are computed, never
         # stored), and the weight-scale block (an N tile past N: clamped, never stored)
         rows = (cutlass.min(row_start + self.thread_row0, m_total - 1),
                 cutlass.min(row_start + self.thread_row0 + 8, m_total - 1))
+        if const_expr(self.m_waves > 1):
+            wave_rows = [cutlass.min(row_start + self.thread_row0 + 128 * w + r, m_total - 1)
+                         for w in range(self.m_waves) for r in (0, 8)]
+            return self.run_split_m(tiled_mma, acc, self.blk, self.sc, ab_pipeline, read_state, release_state, k_tiles,
+                                    mSA, mSB, wave_rows, cutlass.min(n_tile, num_n_tiles - 1), expert)
         if const_expr(self.scale_ring is not None):
             # the column this thread copies into the ring (past N: the last one's, never stored)
             col_src = cutlass.min(n_tile * 128 + self.scale_ring.col, n_total - 1)
@@ -289,6 +353,59 @@ class BlockScaledMainloop(TracedRecord):
                 warpgroup.wait_group(0)
                 self.promote_block(acc, nb, blk, sc, 3 * nb)
             ab_pipeline.consumer_release(release_state)
+            release_state.advance()
+            read_state.advance()
+            for v in range(nxt):  # plain Python: unrolled at trace time
+                sc[v] = sc[v + nxt]
+        return tiled_mma, read_state, release_state
+
+    def load_wave_scales(self, sc, at: int, mSA, mSB, wave_rows, sb_block, kt, expert):
+        """K tile kt's scales of a split-M tile: SA of each wave's two rows into sc[at + 2 w],
+        sc[at + 2 w + 1] and B's block scale into sc[at + 2 m_waves] (as `load_scales`)."""
+        for i in range(len(wave_rows)):  # plain Python: unrolled at trace time
+            sc[at + i] = Float32(mSA[(wave_rows[i], kt)])
+        # not warp-uniform to ptxas (see load_scales)
+        sc[at + len(wave_rows)] = Float32(mSB[(sb_block + (wave_rows[0] >> 31), kt, expert)])
+
+    def issue_wave(self, tiled_mma, blk, read_state, wave: int):
+        """Issue one wave's WGMMAs of the current K tile (one commit group) into the scratch
+        `blk` (the operands' stage must have landed).  Returns `tiled_mma` (rebound)."""
+        warpgroup.fence()
+        for kb in range(self.num_k_blocks):  # plain Python: unrolled at trace time
+            tiled_mma.set(warpgroup.Field.ACCUMULATE, kb != 0)
+            cute.gemm(tiled_mma, blk, self.tCrA_waves[wave][(None, None, kb, read_state.index)],
+                      self.tCrB[(None, None, kb, read_state.index)], blk)
+        warpgroup.commit_group()
+        return tiled_mma
+
+    def promote_wave(self, acc, wave: int, blk, sc, at: int):
+        """acc[wave] += blk * (the row's scale product), the wave's scales at sc[at + 2 wave:]."""
+        sb = sc[at + 2 * self.m_waves]
+        row_scale = (sc[at + 2 * wave] * sb, sc[at + 2 * wave + 1] * sb)
+        index = self.wave_index[wave]
+        for v in range(cute.size(blk)):  # unrolled at trace time
+            acc[index[v]] = acc[index[v]] + blk[v] * row_scale[self.row_of[v]]
+
+    @cute.jit
+    def run_split_m(self, tiled_mma, acc, blk, sc, ab_pipeline, read_state, release_state, k_tiles, mSA, mSB,
+                    wave_rows, sb_block, expert):
+        """The K loop of a 256-row tile: per K tile and wave, WGMMAs into `blk`, wait, promote with
+        the wave's row scales; the stage is released once the last wave's WGMMAs are done.  A K
+        tile's scales are loaded at the top of the iteration before (into sc[nxt:], moved down at
+        its end; see `run` for why).  Returns (tiled_mma, read_state, release_state)."""
+        acc.fill(0.0)
+        nxt = 2 * self.m_waves + 1
+        self.load_wave_scales(sc, 0, mSA, mSB, wave_rows, sb_block, 0, expert)
+        for kt in range(k_tiles):
+            # the next K tile's (past the last: the last one's, never promoted)
+            self.load_wave_scales(sc, nxt, mSA, mSB, wave_rows, sb_block, cutlass.min(kt + 1, k_tiles - 1), expert)
+            ab_pipeline.consumer_wait(read_state)
+            for w in cutlass.range_constexpr(self.m_waves):
+                tiled_mma = self.issue_wave(tiled_mma, blk, read_state, w)
+                warpgroup.wait_group(0)
+                if const_expr(w == self.m_waves - 1):
+                    ab_pipeline.consumer_release(release_state)
+                self.promote_wave(acc, w, blk, sc, 0)
             release_state.advance()
             read_state.advance()
             for v in range(nxt):  # plain Python: unrolled at trace time

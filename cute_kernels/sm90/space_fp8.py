@@ -1,7 +1,8 @@
 """The Hopper search space of the block-scaled FP8 kernel (Sm90Gemm with sm90/mainloop_fp8.py):
-what its config may vary today.  Fixed by the recipe and the mainloop: cooperative 128-row
-tiles (ping-pong 64-row ones run when a config names them, measured slower: not searched), tile_k
-128 (one promotion per scale block); searched: tile_n 128 or 256 (256: the split-N mainloop), the cluster (at most 2 CTAs), raster and swizzle, the epilogue sub-tile
+what its config may vary today.  Fixed by the recipe and the mainloop: tile_k 128 (one promotion
+per scale block), the cooperative schedule (ping-pong 64-row tiles run when a config names them,
+measured slower: not searched); searched: the tile's rows (128, or 256: the split-M mainloop,
+256x128 only), tile_n 128 or 256 (256: the split-N mainloop), the cluster (at most 2 CTAs), raster and swizzle, the epilogue sub-tile
 width and buffers, and the operand pipeline depth (0: as many as fit).  A point the kernel
 cannot run with the problem's epilogue is pruned by `config.block_scaled_errors`.
 `autotune.space` samples from it (`block_scaled=True`)."""
@@ -13,6 +14,9 @@ from ..config import GemmConfig
 from .config import FP8_BLOCK, FP8_DEFAULT_CONFIG
 
 GRID = {
+    # rows in flight across the two consumer warpgroups: a cooperative tile of that height (256: two
+    # 64-row waves per warpgroup, the split-M mainloop), or ping-pong tiles of half of it each
+    "tile_m": [128, 256],
     "tile_n": [FP8_BLOCK, 2 * FP8_BLOCK],
     # cooperative 128-row tiles; ping-pong 64-row ones (one warpgroup per tile, unquantized outputs) run
     # when named but are not searched: 0.73x the cooperative 128x128 tile on the H200 (2026-12-03 19:27,
@@ -40,7 +44,8 @@ def selfcheck_configs(quick: bool = False) -> list[GemmConfig]:
 def to_config(params: dict) -> GemmConfig:
     cm, cn = (int(v) for v in params["cluster"].split("x"))
     schedule = params.get("schedule", "cooperative")
-    return GemmConfig(tile_m=64 if schedule == "pingpong" else 128, tile_n=int(params["tile_n"]), tile_k=FP8_BLOCK,
+    rows = int(params.get("tile_m", 128))
+    return GemmConfig(tile_m=rows // 2 if schedule == "pingpong" else rows, tile_n=int(params["tile_n"]), tile_k=FP8_BLOCK,
                       cluster_m=cm, cluster_n=cn, schedule=schedule, raster=params["raster"], swizzle=int(params["swizzle"]),
                       epi_n=int(params["epi_n"]), epi_stages=int(params["epi_stages"]),
                       ab_stages=int(params["ab_stages"]))
@@ -48,5 +53,6 @@ def to_config(params: dict) -> GemmConfig:
 
 def to_params(cfg: GemmConfig) -> dict:
     """The parameters of `cfg` (`to_config` of them gives `cfg` back only for configs of this space)."""
-    return {"tile_n": cfg.tile_n, "schedule": cfg.schedule, "cluster": f"{cfg.cluster_m}x{cfg.cluster_n}", "raster": cfg.raster,
+    rows = 2 * cfg.tile_m if cfg.schedule == "pingpong" else cfg.tile_m
+    return {"tile_m": rows, "tile_n": cfg.tile_n, "schedule": cfg.schedule, "cluster": f"{cfg.cluster_m}x{cfg.cluster_n}", "raster": cfg.raster,
             "swizzle": cfg.swizzle, "epi_n": cfg.epi_n, "epi_stages": cfg.epi_stages, "ab_stages": cfg.ab_stages}
