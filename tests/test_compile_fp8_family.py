@@ -145,3 +145,16 @@ def test_quantized_output_must_be_an_output_of_the_epilogue():
         EpilogueSpec("act", quantized="preact")
     with pytest.raises(ValueError, match="q_format"):
         EpilogueSpec("identity", quantized="out", q_format="e3m4")
+
+
+def test_256_row_tiles_are_their_own_unverified_variant():
+    """The 256x128 tile runs its own mainloop (split-M): no hardware evidence of the 128-row tiles
+    covers it, so its first launch is self-checked (cute_kernels/selfcheck.py)."""
+    from cute_kernels.selfcheck import is_verified, variant_name, verified_table
+
+    table = verified_table()
+    for name in ("tall-identity-c1x2", "tall-act-q-c2x1", "grouped-tall-identity"):
+        tall = VARIANTS[name]
+        assert "/cooperative256-" in variant_name(tall) and not is_verified("sm90", variant_name(tall), table)
+        short = dataclasses.replace(tall, cfg=dataclasses.replace(tall.cfg, tile_m=128))
+        assert "/cooperative-" in variant_name(short) and is_verified("sm90", variant_name(short), table)
