@@ -6,6 +6,8 @@
     python -m autotune sweep --benchmark-shapes [--only fc2]
     python -m autotune sweep --preset moe-e8 | --hidden 2688 --ffn 1856 --experts 8 --tokens 16384,32768
     python -m autotune sweep --model 2688,1856,128 [--tokens 4096,8192]   # a model's MLP GEMMs at the M buckets
+    python -m autotune sweep --preset dense-4096x16384,moe-e8 --fp8 --candidates 6 --timing sustained
+                                                   # the FP8 step's GEMMs: the default and 6 fixed candidates each
     python -m autotune sweep ... --grid            # time the whole space (checks the sampler)
     python -m autotune sweep ... --try cluster=2x1 --trials 3   # the default, this override, one sampled
     python -m autotune sweep ... --workers 4 [--gpus 0,1,2,3]      # one process per GPU, one journal file
@@ -27,7 +29,7 @@ import sys
 
 from . import space, tuner
 from .problem import KERNELS, Problem
-from .shapes import GEMM_SHAPES, MODEL_PRESETS, MODEL_TOKEN_BUCKETS, model_shapes
+from .shapes import GEMM_SHAPES, MODEL_PRESETS, MODEL_TOKEN_BUCKETS, fp8_step_shapes, model_shapes
 from .storage import DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S, DEFAULT_SIMULATED_STORAGE, DEFAULT_STORAGE
 
 
@@ -108,7 +110,7 @@ def gpu_list(text: str) -> list[str]:
 # The FP8 kernels (fp8_fc1_srelu, fp8_fc2): x (M, K) and w (N, K) FP8 contiguous along K, the
 # outputs along N; 16-byte rows of one-byte elements (the FP8 postact too): multiples of 16.
 ALIGNED_DIMS = {"fc1_srelu": ("n", "k"), "fc2": ("n", "k"), "fc2_dgrad_dsrelu": ("n", "k"), "weight_grad": ("m", "n"),
-                "fp8_fc1_srelu": ("n", "k"), "fp8_fc2": ("n", "k")}
+                "fp8_fc1_srelu": ("n", "k"), "fp8_fc2": ("n", "k"), "fp8_dgrad_dact": ("n", "k")}
 
 
 def shape_error(s: dict) -> str | None:
@@ -141,12 +143,14 @@ def token_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"argument --tokens: {e}") from None
 
 
-def model_problem_shapes(model: tuple[int, int, int], tokens: list[int] | None) -> list[dict]:
+def model_problem_shapes(model: tuple[int, int, int], tokens: list[int] | None, fp8: bool = False) -> list[dict]:
     """The GEMMs an MLP step of `model` (hidden, ffn, experts) launches (FC1, FC2, FC2's data
     gradient with dSReLU, both weight gradients; grouped when experts > 1) at each token count of
-    `tokens`, by default the M buckets (`shapes.MODEL_TOKEN_BUCKETS`: 1k to 64k tokens)."""
+    `tokens`, by default the M buckets (`shapes.MODEL_TOKEN_BUCKETS`: 1k to 64k tokens); with
+    `fp8`, the FP8 step's GEMM lookups instead (`shapes.fp8_step_shapes`)."""
     hidden, ffn, experts = model
-    return model_shapes(hidden, ffn, experts if experts > 1 else 0, tokens or MODEL_TOKEN_BUCKETS)
+    return (fp8_step_shapes if fp8 else model_shapes)(hidden, ffn, experts if experts > 1 else 0,
+                                                      tokens or MODEL_TOKEN_BUCKETS)
 
 
 def _usage_error(parser, msg: str):
@@ -177,12 +181,14 @@ def problems_from_args(args, parser=None) -> list[Problem]:
             tokens = token_list(args.tokens) if args.tokens else None
         except argparse.ArgumentTypeError as e:
             error(str(e))
-        shapes += model_problem_shapes(args.model, tokens)
+        shapes += model_problem_shapes(args.model, tokens, args.fp8)
     elif args.preset or args.hidden:
+        step_shapes = fp8_step_shapes if args.fp8 else model_shapes
         if args.preset:
-            if args.preset not in MODEL_PRESETS:
-                error(f"unknown preset {args.preset!r}; known: {sorted(MODEL_PRESETS)}")
-            p = MODEL_PRESETS[args.preset]
+            for name in args.preset.split(","):
+                if name not in MODEL_PRESETS:
+                    error(f"unknown preset {name!r}; known: {sorted(MODEL_PRESETS)}")
+                shapes += step_shapes(**MODEL_PRESETS[name])
         else:
             if not (args.ffn and args.tokens):
                 error("--hidden needs --ffn and --tokens")
@@ -190,8 +196,9 @@ def problems_from_args(args, parser=None) -> list[Problem]:
                 tokens = token_list(args.tokens)
             except argparse.ArgumentTypeError as e:
                 error(str(e))
-            p = {"hidden": args.hidden, "ffn": args.ffn, "experts": args.experts or 0, "tokens": tokens}
-        shapes += model_shapes(**p)
+            shapes += step_shapes(hidden=args.hidden, ffn=args.ffn, experts=args.experts or 0, tokens=tokens)
+    if args.fp8 and not (args.model or args.preset or args.hidden):
+        error("--fp8 takes the FP8 step's GEMMs of --model, --preset or --hidden/--ffn/--tokens")
     if not shapes:
         error("no shapes: give --kernel/--m/--n/--k, --benchmark-shapes, --model, --preset or --hidden/--ffn/--tokens")
     out = []
@@ -225,6 +232,8 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
         tries = [[space.parse_overrides(t, **kw) for kw in spaces][0] for t in args.tries]
     except ValueError as exc:
         _usage_error(parser, f"argument --try: {exc}")
+    if args.candidates and spaces != [{"block_scaled": True}]:
+        _usage_error(parser, "--candidates is the FP8 kernels' fixed list: every problem must be an fp8_* kernel")
     workers = args.workers or (len(args.gpus) if args.gpus else 1)
     simulated = args.simulate and runner_factory is None
     if simulated:
@@ -269,7 +278,7 @@ def cmd_sweep(args, runner_factory=None, timer=None, arch=None, device="", dsl_v
     spec = SweepSpec(arch=arch, trials=args.trials, grid=args.grid, seed=args.seed, tries=tries, simulated=simulated,
                      write=not args.no_write, root=args.root, device=device, dsl_version=dsl_version,
                      compile_workers=args.compile_ahead, progress=not args.quiet and not args.worker,
-                     constant_liar=args.workers_total > 1 or workers > 1)
+                     constant_liar=args.workers_total > 1 or workers > 1, candidates=args.candidates)
     worker = Worker(store, spec, runner_factory, timer, index=max(0, args.worker - 1))
     tag = f"worker {args.worker} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}): " \
         if args.worker else ""
@@ -303,6 +312,9 @@ def _report(args, results, problems, store, simulated: bool):
     if missing:
         table += "\n\nnot finished: " + "; ".join(missing)
     print(table)
+    if done and all(r.problem.spec.block_scaled for r in done):
+        table += "\n\n" + tuner.format_tflops(done)
+        print("\n" + tuner.format_tflops(done))
     if simulated:
         n = sum(r.trials for r in done)
         print(f"simulated sweep (cost-model times, not hardware): {n} trials in studies named 'simulated/...' "
@@ -456,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=positive_int, help="a multiple of 8 (not for weight_grad, where K is tokens)")
     s.add_argument("--experts", type=nonnegative_int, default=0)
     s.add_argument("--benchmark-shapes", action="store_true", help="the shapes of benchmarks/bench_gemm.py")
-    s.add_argument("--preset", help=f"model preset: {', '.join(sorted(MODEL_PRESETS))}")
+    s.add_argument("--preset", help=f"model preset(s), comma-separated: {', '.join(sorted(MODEL_PRESETS))}")
     s.add_argument("--hidden", type=positive_int)
     s.add_argument("--ffn", type=positive_int)
     s.add_argument("--model", type=model_spec, metavar="HIDDEN,FFN,EXPERTS",
@@ -465,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokens (powers of two and midpoints), or at --tokens")
     s.add_argument("--tokens", help="comma-separated token counts (M) of --hidden, or of --model instead of its buckets")
     s.add_argument("--only", help="only kernels whose name contains this")
+    s.add_argument("--fp8", action="store_true",
+                   help="with --model, --preset or --hidden: the FP8 step's GEMMs (fp8_fc1_srelu, fp8_fc2, "
+                        "fp8_dgrad_dact) instead of the bf16 ones")
+    s.add_argument("--candidates", type=nonnegative_int, default=0, metavar="N",
+                   help="FP8 kernels: time the default and the first N of the fixed candidate list "
+                        "(cute_kernels/sm90/space_fp8.CANDIDATES) instead of sampling; --trials defaults to 1 + N")
     s.add_argument("--dtype", default=None,
                    choices=["bfloat16", "float16", "float8_e4m3fn", "float8_e5m2", "float8_e5m2+float8_e4m3fn"],
                    help="operand precision (default: bfloat16, for the fp8_* kernels float8_e4m3fn; "
@@ -524,8 +542,12 @@ def main(argv=None, **inject) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     if args.cmd == "sweep":
+        from cute_kernels.sm90.space_fp8 import CANDIDATES
+
+        if args.candidates > len(CANDIDATES):
+            args.subparser.error(f"argument --candidates: the list holds {len(CANDIDATES)}, got {args.candidates}")
         if args.trials is None:
-            args.trials = tuner.DEFAULT_TRIALS
+            args.trials = 1 + args.candidates if args.candidates else tuner.DEFAULT_TRIALS
         if args.simulate_delay < 0:
             args.subparser.error(f"argument --simulate-delay: must be 0 or more, got {args.simulate_delay}")
         if not args.grace > args.heartbeat:

@@ -46,7 +46,7 @@ class Verdict:
 
 # The block-scaled FP8 kernels: the registry's key (its epilogue; grouped FC1 with the router
 # probability as the MoE step launches it), their own search space and config rules.
-FP8_KERNELS = ("fp8_fc1_srelu", "fp8_fc2")
+FP8_KERNELS = ("fp8_fc1_srelu", "fp8_fc2", "fp8_dgrad_dact")
 
 
 def _is_fp8(kernel: str) -> bool:

@@ -1,13 +1,17 @@
-"""The GPU runner of the block-scaled FP8 kernels (fp8_fc1_srelu, fp8_fc2): operands drawn in
-bf16 and quantized by the recipe (x 1x128 along K with column-major scales, as the FP8 step
+"""The GPU runner of the block-scaled FP8 kernels (fp8_fc1_srelu, fp8_fc2, fp8_dgrad_dact): operands
+drawn in bf16 and quantized by the recipe (x 1x128 along K with column-major scales, as the FP8 step
 passes them; weights 128x128 per expert), launched through the FP8 entry points
-(cute_kernels/fp8/ops.py; grouped: `fp8_grouped`).
+(cute_kernels/fp8/ops.py; grouped: `fp8_grouped`; the FC2 data gradient with the activation
+derivative: `fp8_dgrad_dact` with the postact recompute, as the training step calls it, on a
+random bf16 preact).
 
 The check, on small random data (odd M, uneven experts with an empty one): the bf16 output
 (fp8_fc2's y, fp8_fc1_srelu's preact) against the float32 GEMM of the dequantized operands
 (the registry's reference); fp8_fc1_srelu's FP8 postact against the recipe's quantization of
 f(preact as stored), which the epilogue reproduces to within one FP8 step on a few elements
-(tests/test_fp8_family_gpu.py).  The larger of the relative errors is returned.
+(tests/test_fp8_family_gpu.py); fp8_dgrad_dact's dpreact against the float32 reference of the
+dequantized operands (registry), its postact against f(preact).  The larger of the relative
+errors is returned.
 """
 from __future__ import annotations
 
@@ -37,6 +41,9 @@ class Fp8GpuRunner:
         self.xs, self.sxs, self.ws, self.sws = self._operands(m_small, s, g)
         self.splits_small = random_splits(m_small, s.experts, g, empty=1 if s.experts > 1 else 0) if s.experts \
             else None
+        if problem.kernel == "fp8_dgrad_dact":  # FC1's preact as stored (bf16), full size and small
+            self.pre = torch.randn(s.m, s.n, device="cuda", generator=g).to(torch.bfloat16)
+            self.pre_small = torch.randn(m_small, s.n, device="cuda", generator=g).to(torch.bfloat16)
 
     def _operands(self, m, s, g):
         import torch
@@ -53,8 +60,11 @@ class Fp8GpuRunner:
         return xq, sx, wq, sw
 
     def _call(self, x, sx, w, sw, splits, cfg):
-        from cute_kernels.fp8.ops import fp8_fc1_srelu, fp8_gemm, fp8_grouped
+        from cute_kernels.fp8.ops import fp8_dgrad_dact, fp8_fc1_srelu, fp8_gemm, fp8_grouped
 
+        if self.problem.kernel == "fp8_dgrad_dact":
+            pre = self.pre_small if x is self.xs else self.pre
+            return fp8_dgrad_dact(x, sx, w, sw, pre, m_splits=splits, store_postact=True, config=cfg)
         if self.problem.kernel == "fp8_fc1_srelu":
             if splits is None:
                 return fp8_fc1_srelu(x, sx, w, sw, store_preact=True, config=cfg)
@@ -80,6 +90,8 @@ class Fp8GpuRunner:
         from cute_kernels.reference import rel_err
 
         out = self._call(self.xs, self.sxs, self.ws, self.sws, self.splits_small, cfg)
+        if self.problem.kernel == "fp8_dgrad_dact":
+            return self._check_dgrad_dact(out)
         gemm_ref = fp8_fc2_ref(self.xs, self.sxs, self.ws, self.sws, self.splits_small)
         if self.problem.kernel != "fp8_fc1_srelu":
             return rel_err(out, gemm_ref) if torch.isfinite(out).all() else float("inf")
@@ -90,6 +102,18 @@ class Fp8GpuRunner:
         act = self.problem.spec.epilogue.activation
         rq, rs = quantize_1x128(act.torch_forward(pre.float()), self.problem.spec.epilogue.q_format)
         return max(rel_err(pre, gemm_ref), rel_err(post, dequantize(rq, rs)))
+
+    def _check_dgrad_dact(self, out) -> float:
+        import torch
+
+        from cute_kernels.reference import rel_err
+
+        (dpre, post, _) = out
+        if not (torch.isfinite(dpre).all() and torch.isfinite(post).all()):
+            return float("inf")
+        act = self.problem.spec.epilogue.activation
+        ref = self.problem.spec.reference(self.xs, self.sxs, self.ws, self.sws, self.pre_small, self.splits_small)
+        return max(rel_err(dpre, ref), rel_err(post, act.torch_forward(self.pre_small.float())))
 
     def timed(self, cfg):
         return lambda: self._call(self.x, self.sx, self.w, self.sw, self.splits, cfg)

@@ -3,9 +3,11 @@
 Shapes: fc1_srelu / fc2 are (M tokens, N out, K in[, E]); fc2_dgrad_dsrelu is FC2's
 data gradient (M tokens, N = ffn, K = hidden), timed in its plain form (no router
 probability, no postact recompute); weight_grad is the gradient (M, N) summed over K
-tokens (per expert with E: M, N = one expert's gradient).  fp8_fc1_srelu / fp8_fc2 are
-the block-scaled FP8 kernels on (M, N, K[, E]) with FP8 operands (`ShapeKey.dtype` a
-`registry.dtype_key`), quantized by the recipe (autotune/fp8_runner.py).
+tokens (per expert with E: M, N = one expert's gradient).  fp8_fc1_srelu / fp8_fc2 /
+fp8_dgrad_dact are the block-scaled FP8 kernels on (M, N, K[, E]) with FP8 operands
+(`ShapeKey.dtype` a `registry.dtype_key`), quantized by the recipe (autotune/fp8_runner.py);
+fp8_dgrad_dact is FC2's data gradient (N = ffn, K = hidden) with dSReLU and the postact
+recompute, as the FP8 step runs it (no router probability).
 
 The tuner only needs three things of a runner: `prepare(cfg)` (compile; raises on
 failure), `check(cfg)` (rel. error vs a float32 torch reference on small random data)

@@ -70,3 +70,17 @@ def model_shapes(hidden: int, ffn: int, experts: int, tokens: list[int]) -> list
         out.append({"kernel": "weight_grad", "m": ffn, "n": hidden, "k": m, "experts": experts})
         out.append({"kernel": "weight_grad", "m": hidden, "n": ffn, "k": m, "experts": experts})
     return out
+
+
+def fp8_step_shapes(hidden: int, ffn: int, experts: int, tokens: list[int]) -> list[dict]:
+    """The tuned-config lookups of the FP8 training step's GEMMs (cute_kernels/fp8/ops.py,
+    `family_kernel`): FC1 + activation (fp8_fc1_srelu: M=tokens, N=ffn, K=hidden), FC2
+    (fp8_fc2: N=hidden, K=ffn; FC1's data gradient is the same plain GEMM on the same shape and
+    takes its entry) and FC2's data gradient with the activation derivative (fp8_dgrad_dact:
+    N=ffn, K=hidden).  The FP8 weight gradients have their own kernel (not tuned here)."""
+    out = []
+    for m in dict.fromkeys(tokens):
+        out.append({"kernel": "fp8_fc1_srelu", "m": m, "n": ffn, "k": hidden, "experts": experts})
+        out.append({"kernel": "fp8_fc2", "m": m, "n": hidden, "k": ffn, "experts": experts})
+        out.append({"kernel": "fp8_dgrad_dact", "m": m, "n": ffn, "k": hidden, "experts": experts})
+    return out

@@ -114,6 +114,27 @@ def study_budget(n_trials: int, grid: bool = False, *, space_kw: dict | None = N
     return size if covers_space(n_trials, grid, space_kw=space_kw) else n_trials
 
 
+def candidate_tries(problem: Problem, n: int, arch: str = "sm90") -> list[dict]:
+    """The overrides of the first `n` entries of the FP8 kernels' fixed candidate list
+    (sm90/space_fp8.CANDIDATES) that `problem`'s kernel can run with its registered epilogue:
+    `n` distinct configs other than the default when the list holds that many (fewer otherwise;
+    the sampler then fills the budget)."""
+    from cute_kernels.sm90.space_fp8 import CANDIDATES
+
+    sk = problem.space_kw
+    base = space.to_params(problem.default_config(), **sk)
+    out, seen = [], {_params_key(base)}
+    for overrides in CANDIDATES:
+        params = {**base, **overrides}
+        if len(out) == n:
+            break
+        if _params_key(params) in seen or problem.config_errors(space.to_config(params, **sk), arch=arch):
+            continue
+        seen.add(_params_key(params))
+        out.append(dict(overrides))
+    return out
+
+
 def open_study(problem: Problem, arch: str, storage, *, grid: bool, seed: int, tries=(), simulated: bool = False,
                constant_liar: bool = False, n_trials: int = 0):
     """Create or load the problem's study.  A new one gets the default config as its
@@ -406,6 +427,30 @@ def format_results(results: list[SweepResult]) -> str:
         failed = f", {r.failed} failed" if r.failed else ""
         lines.append(f"| {r.problem.label()} | {r.trials} ({r.complete}/{r.pruned}{failed}) | {best} | {dflt} | {sp} | "
                      f"{stored_text(r)} | {r.wall_s:.1f} | {r.best_params} |")
+    return "\n".join(lines)
+
+
+# which launches of the FP8 training step read each FP8 kernel's entries (cute_kernels/fp8/ops.family_kernel)
+FP8_STEP_LAUNCHES = {"fp8_fc1_srelu": "FC1 + activation", "fp8_fc2": "FC2 and the FC1 data gradient",
+                     "fp8_dgrad_dact": "FC2 data gradient + activation derivative"}
+
+
+def format_tflops(results: list[SweepResult]) -> str:
+    """Per problem: the default config's and the winner's TFLOP/s (2 M N K per launch, the
+    re-measured times of `finish`), what the step launches with it, and whether it was stored."""
+    lines = ["| launch | problem | default TFLOP/s | winner TFLOP/s | winner/default | stored | winner |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r.problem.shape
+        flops = 2.0 * s.m * s.n * s.k
+
+        def rate(ms):
+            return f"{flops / (ms * 1e-3) / 1e12:.0f}" if ms else "-"
+
+        what = FP8_STEP_LAUNCHES.get(r.problem.kernel, r.problem.kernel)
+        sp = f"{r.speedup:.3f}x" if r.speedup else "-"
+        lines.append(f"| {what} | {r.problem.label()} | {rate(r.default_ms)} | "
+                     f"{rate(r.best_ms)} | {sp} | {stored_text(r)} | {r.best_params} |")
     return "\n".join(lines)
 
 

@@ -62,6 +62,11 @@ class SweepSpec:
     compile_workers: int = 1
     progress: bool = False
     constant_liar: bool = False
+    candidates: int = 0  # FP8 kernels: also enqueue this many of the fixed candidates (tuner.candidate_tries)
+
+    def tries_of(self, prob: Problem) -> list:
+        """The overrides enqueued after `prob`'s default: --try's, then its fixed candidates."""
+        return list(self.tries) + (tuner.candidate_tries(prob, self.candidates, self.arch) if self.candidates else [])
 
     def budget(self, prob: Problem) -> int:
         """Trials a finished study of `prob` holds (its space's size when --trials covers it)."""
@@ -90,7 +95,7 @@ class Worker:
             with self.store.claim():  # creating the study and enqueuing its first trials happen once
                 self._studies[prob] = tuner.open_study(
                     prob, self.spec.arch, self.store, grid=self.spec.grid, seed=self.spec.seed + self.index,
-                    tries=self.spec.tries, simulated=self.spec.simulated, constant_liar=self.spec.constant_liar,
+                    tries=self.spec.tries_of(prob), simulated=self.spec.simulated, constant_liar=self.spec.constant_liar,
                     n_trials=self.spec.trials)
         return self._studies[prob]
 

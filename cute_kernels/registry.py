@@ -1,7 +1,7 @@
 """One registry of the GEMM kernels the op launches and the autotuner tunes.
 
 For each kernel (fc1_srelu, fc2, fc2_dgrad_dsrelu, weight_grad; the block-scaled FP8
-fp8_fc1_srelu and fp8_fc2): how it groups experts ("m": row ranges of A and D, one B per
+fp8_fc1_srelu, fp8_fc2 and fp8_dgrad_dact): how it groups experts ("m": row ranges of A and D, one B per
 expert; "k": token ranges along the reduction, one D per expert), the operand majorness the
 MLP step launches it with, the epilogue it is tuned with (its outputs follow), its float32
 torch reference (FP8: of the dequantized operands), its untuned default config and which
@@ -101,6 +101,12 @@ KERNELS = {
     "fp8_fc2": KernelSpec("fp8_fc2", "m", ("k", "k"), EpilogueSpec("identity"), fp8_reference.fp8_fc2_ref,
                           "y = dequant(h) @ dequant(w2)^T in bf16 (FC2, and the FP8 step's data gradients)",
                           block_scaled=True, out_dtype="bfloat16"),
+    # the FC2 data gradient with the activation derivative (fp8_dgrad_dact): its own tuned entries,
+    # timed with the epilogue the training step runs (postact recompute for FC2's weight gradient)
+    "fp8_dgrad_dact": KernelSpec("fp8_dgrad_dact", "m", ("k", "k"), EpilogueSpec("dact", store_postact=True),
+                                 fp8_reference.fp8_dgrad_dact_ref,
+                                 "dpreact = (dequant(dy) @ dequant(w2^T)^T) * f'(preact) in bf16, postact recompute",
+                                 block_scaled=True, out_dtype="bfloat16"),
 }
 
 

@@ -120,3 +120,133 @@ def test_compile_only_sweeps_the_fp8_space(capsys):
     rc = main(["compile-only", "--arch", "sm90", "--kernel", "fp8_fc2", "--limit", "1", "--quiet"])
     out = capsys.readouterr().out
     assert rc == 0 and "fp8_fc2: 6 configs left of 6" in out, out
+
+
+# ---------------------------------------------------------------- the FP8 step's launches, fixed candidates
+DGRAD = Problem("fp8_dgrad_dact", ShapeKey("float8_e4m3fn", 8192, 16384, 4096))
+
+
+def _step_problems():
+    from autotune.shapes import MODEL_PRESETS, fp8_step_shapes
+
+    shapes = [s for name in ("dense-4096x16384", "moe-e8") for s in fp8_step_shapes(**MODEL_PRESETS[name])]
+    return [Problem(s["kernel"], ShapeKey("float8_e4m3fn", s["m"], s["n"], s["k"], s["experts"])) for s in shapes]
+
+
+def test_fp8_step_shapes_are_the_lookups_of_the_step():
+    """Dense 8192 x 4096 -> 16384 and E=8 16384 tokens 2688 -> 1856: FC1 (M, F, H), FC2 and the
+    FC1 data gradient (M, H, F), the FC2 data gradient with the activation derivative (M, F, H)."""
+    got = {(p.kernel, p.shape.m, p.shape.n, p.shape.k, p.shape.experts) for p in _step_problems()}
+    assert got == {("fp8_fc1_srelu", 8192, 16384, 4096, 0), ("fp8_fc2", 8192, 4096, 16384, 0),
+                   ("fp8_dgrad_dact", 8192, 16384, 4096, 0), ("fp8_fc1_srelu", 16384, 1856, 2688, 8),
+                   ("fp8_fc2", 16384, 2688, 1856, 8), ("fp8_dgrad_dact", 16384, 1856, 2688, 8)}
+
+
+def test_candidate_list_builds_configs_every_step_launch_can_run():
+    """Each candidate the tuner enqueues is a distinct non-default config the FP8 kernel's rules
+    (config.block_scaled_errors with the launch's epilogue, dense or grouped) accept; the list is
+    long enough that every launch gets 8 (the activation derivative: no 256-wide tiles)."""
+    from cute_kernels.config import block_scaled_errors
+
+    for problem in _step_problems():
+        tries = tuner.candidate_tries(problem, len(space_fp8.CANDIDATES))
+        base = space.to_params(problem.default_config(), block_scaled=True)
+        cfgs = [space.to_config({**base, **t}, block_scaled=True) for t in tries]
+        assert len(cfgs) >= 8 and len(set(cfgs)) == len(cfgs) and problem.default_config() not in cfgs
+        for cfg in cfgs:
+            assert block_scaled_errors(cfg, problem.spec.epilogue, arch="sm90", grouped=bool(problem.shape.experts),
+                                       majors=("k", "k")) == [], (problem.label(), cfg)
+        if problem.kernel == "fp8_dgrad_dact":
+            assert all(c.tile_n == 128 for c in cfgs) and len(cfgs) < len(space_fp8.CANDIDATES)
+        else:
+            assert len(cfgs) == len(space_fp8.CANDIDATES)
+        assert tuner.candidate_tries(problem, 6) == tries[:6]
+
+
+def test_cli_fp8_step_with_candidates_times_the_default_and_n_candidates(capsys, tmp_path):
+    rc = main(["sweep", "--preset", "dense-4096x16384,moe-e8", "--fp8", "--candidates", "3", "--simulate", "--quiet",
+               "--root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "| 4 (4/0) |" in out and "FC2 data gradient + activation derivative" in out
+    rows = [line for line in out.splitlines() if line.startswith("| fp8_")]
+    assert len(set(rows)) == 6 and all("| 4 (4/0) |" in r for r in rows), rows  # (each also printed when done)
+    assert "winner TFLOP/s" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--kernel", "fc2", "--m", "64", "--n", "2688", "--k", "1856", "--candidates", "2"], "fp8_* kernel"),
+    (["--kernel", "fp8_fc2", "--m", "64", "--n", "2688", "--k", "1856", "--fp8"], "--fp8 takes"),
+    (["--preset", "moe-e8", "--fp8", "--candidates", "99"], "the list holds"),
+    (["--preset", "moe-e8,nope", "--fp8"], "unknown preset 'nope'"),
+])
+def test_cli_refuses_bad_fp8_step_arguments(argv, needle, capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", *argv, "--simulate"])
+    assert needle in capsys.readouterr().err
+
+
+def test_dgrad_dact_entry_is_read_by_its_launch_and_keyed_by_dtype(tmp_path, monkeypatch):
+    """A tuned fp8_dgrad_dact entry, written by the sweep's storage code, is what the FP8 dgrad
+    launch (the epilogue `fp8_dgrad_dact` builds) looks up; an fp8_fc2 entry of the same shape
+    (timed with the plain epilogue) is not, nor one of another FP8 format, and bf16 lookups never
+    see FP8 entries."""
+    from cute_kernels.epilogue import EpilogueSpec
+    from cute_kernels.fp8.epilogue import Fp8Epilogue
+    from cute_kernels.fp8.ops import _family_launch_key, family_kernel
+    from cute_kernels.fp8.recipe import Fp8Recipe
+    from cute_kernels.tuned_store import make_record, merge_write
+
+    root = str(tmp_path)
+    recipe = Fp8Recipe()
+    # the epilogue fp8_dgrad_dact builds for the training step's call (relu^2, postact recompute)
+    epi = Fp8Epilogue(EpilogueSpec("dact", store_postact=True), quantized="", q_format=recipe.grad_format,
+                      pow2_scales=recipe.pow2_scales)
+    assert family_kernel(epi) == "fp8_dgrad_dact"
+    tuned = dataclasses.replace(FP8_DEFAULT_CONFIG, cluster_m=2, cluster_n=1, epi_n=64)
+    other = dataclasses.replace(FP8_DEFAULT_CONFIG, cluster_m=1, cluster_n=1)
+    s = DGRAD.shape
+
+    def write(kernel, dtype, cfg):
+        sk = ShapeKey(dtype, s.m, s.n, s.k)
+        rec = make_record(sk, cfg, time_ms=1.0, default_time_ms=1.2, device="H200", dsl_version="4.8.1",
+                          date="2026-12-03", trials=7, timing="sustained")
+        merge_write(file_path("sm90", kernel, root), {sk.key(): rec})
+
+    write("fp8_fc2", "float8_e4m3fn", other)  # the plain GEMM's entry at the dgrad's shape
+    write("fp8_dgrad_dact", "float8_e5m2+float8_e4m3fn", other)
+    monkeypatch.setenv("CUTE_KERNELS_TUNED_CONFIGS", root)
+    cl.clear_cache()
+    try:
+        def launch(fa="e4m3"):
+            return _family_launch_key(epi, s.m, s.n, s.k, 1, False, fa, "e4m3", None, cl.tuned_root()).cfg
+
+        assert launch() == FP8_DEFAULT_CONFIG and launch("e5m2") == other
+        write("fp8_dgrad_dact", "float8_e4m3fn", tuned)
+        cl.clear_cache()
+        assert launch() == tuned and launch("e5m2") == other
+        assert cl.lookup_config("fc2_dgrad_dsrelu", arch="sm90", dtype="bfloat16", m=s.m, n=s.n, k=s.k) \
+            != tuned  # the bf16 kernel's lookup never takes an FP8 entry
+    finally:
+        cl.clear_cache()
+
+
+def test_sweep_of_the_dgrad_writes_an_entry_its_launch_reads(tmp_path, monkeypatch):
+    root = str(tmp_path)
+    runner = FakeRunner(DGRAD)
+    res = tuner.sweep(DGRAD, runner, cost, arch="sm90", storage=None, n_trials=1 + 6, root=root,
+                      device="FakeGPU", progress=False, tries=tuner.candidate_tries(DGRAD, 6))
+    assert res.trials == 7 and res.pruned == 0 and len(set(runner.prepared)) == 7
+    assert res.accepted and res.written == file_path("sm90", "fp8_dgrad_dact", root)
+    best = space.to_config(res.best_params, block_scaled=True)
+    assert (best.cluster_m, best.cluster_n) == (2, 1)  # the cost model's favourite among 128-wide tiles
+    monkeypatch.setenv("CUTE_KERNELS_TUNED_CONFIGS", root)
+    cl.clear_cache()
+    try:
+        from cute_kernels.fp8.epilogue import Fp8Epilogue
+        from cute_kernels.fp8.ops import _family_launch_key
+
+        epi = Fp8Epilogue(DGRAD.spec.epilogue)
+        s = DGRAD.shape
+        assert _family_launch_key(epi, s.m, s.n, s.k, 1, False, "e4m3", "e4m3", None, cl.tuned_root()).cfg == best
+    finally:
+        cl.clear_cache()

@@ -99,6 +99,28 @@ def test_autotune_fp8_runner(kernel, experts):
     assert checked >= 3
 
 
+@pytest.mark.parametrize("experts", [0, 8])
+def test_autotune_fp8_runner_on_the_dgrad_with_the_activation_derivative(experts):
+    """The runner of fp8_dgrad_dact (the FC2 data gradient with dSReLU and the postact recompute, as
+    the step calls it) on the default and the first fixed candidates (`sweep --candidates`): each
+    compiles the key the op launches, checks against the float32 reference and times."""
+    from autotune import space, tuner
+    from autotune.problem import Problem, make_runner
+    from cute_kernels.tuned_store import ShapeKey
+
+    prob = Problem("fp8_dgrad_dact", ShapeKey("float8_e4m3fn", 2048, 1856, 2688, experts))
+    runner = make_runner(prob)
+    base = space.to_params(prob.default_config(), block_scaled=True)
+    cfgs = [prob.default_config()] + [space.to_config({**base, **t}, block_scaled=True)
+                                      for t in tuner.candidate_tries(prob, 3)]
+    for cfg in cfgs:
+        runner.prepare(cfg)
+        assert runner.check(cfg) < 1e-2, cfg
+        dpre, post, dprob = runner.timed(cfg)()
+        assert dpre.shape == post.shape == (2048, 1856) and dprob is None
+    torch.cuda.synchronize()
+
+
 @pytest.mark.parametrize("grouped", [False, True])
 def test_the_fp8_step_is_bitwise_the_same_on_planned_calls(grouped):
     """The FP8 step's first call (checks run, kernel keys resolved, self-check gate passed) and its

@@ -83,6 +83,12 @@ def test_fp8_references_are_the_bf16_ones_of_the_dequantized_operands():
     assert rel_err(fc2, registry.get_kernel("fc2").reference(x, w, splits)) > 1e-3  # the quantization is in it
     dense = registry.get_kernel("fp8_fc2").reference(xq, xs, wq[0], ws[0])
     assert rel_err(dense, xd @ dequantize(wq[0], ws[0]).t()) < 1e-6
+    # the dgrad with the activation derivative: w the (N, K) copy of W2^T, preact (M, N)
+    pre = torch.randn(200, 144, generator=g)
+    dgrad = registry.get_kernel("fp8_dgrad_dact").reference(xq, xs, wq, ws, pre, splits)
+    assert rel_err(dgrad, want * 2 * torch.relu(pre)) < 1e-6
+    dense = registry.get_kernel("fp8_dgrad_dact").reference(xq, xs, wq[0], ws[0], pre)
+    assert rel_err(dense, (xd @ dequantize(wq[0], ws[0]).t()) * 2 * torch.relu(pre)) < 1e-6
 
 
 def test_tuned_fp8_entries_are_keyed_by_formats(root):

@@ -617,3 +617,35 @@ def test_gpu_shell_scripts_name_files_and_modules_that_exist():
             assert os.path.exists(os.path.join(ROOT, name)), f"{os.path.basename(path)} names {name}"
         for mod in re.findall(r"-m (benchmarks\.\w+)", text):
             assert os.path.exists(os.path.join(ROOT, *mod.split(".")) + ".py"), f"{os.path.basename(path)} runs {mod}"
+
+
+def test_gpu_tune_fp8_script_runs_its_sweep_on_cpu(tmp_path):
+    """scripts/gpu_tune_fp8.sh end to end without a GPU: nvidia-smi stubbed and the autotuner's
+    sweep run with --simulate (cost-model times, nothing written), so its command line, knobs and
+    outputs are those the GPU call gets: the six FP8 step launches, each the default plus
+    FP8_TUNE_CANDIDATES fixed candidates, and the TFLOP/s table."""
+    import stat
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shims = {"nvidia-smi": "#!/bin/sh\necho 'name, driver_version'\n",
+             # the sweep on the cost model; every other python3 call as it is
+             "python3": f"#!/bin/sh\nif [ \"$3\" = sweep ]; then exec {sys.executable} \"$@\" --simulate; fi\n"
+                        f"exec {sys.executable} \"$@\"\n"}
+    for name, text in shims.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    out = tmp_path / "out"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", OUT=str(out), FP8_TUNE_CANDIDATES="2",
+               CUTE_KERNELS_TUNED_CONFIGS=str(tmp_path / "tuned"))
+    run = subprocess.run(["bash", "scripts/gpu_tune_fp8.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    log = (out / "fp8_tune.log").read_text()
+    assert "autotune sweep exit code 0" in log, log[-3000:]
+    table = (out / "fp8_tune_table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| fp8_")]
+    assert len(rows) == 6 and all("| 3 (3/0) |" in r for r in rows), table
+    assert "winner TFLOP/s" in table and "FC2 data gradient + activation derivative" in table
+    assert len(os.listdir(out)) <= 8

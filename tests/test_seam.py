@@ -97,7 +97,9 @@ def test_weight_grad_key_matches_the_registry():
 @pytest.mark.parametrize("kernel,experts,formats", [("fp8_fc1_srelu", 0, ("e4m3", "e4m3")),
                                                      ("fp8_fc1_srelu", 8, ("e4m3", "e4m3")),
                                                      ("fp8_fc2", 0, ("e4m3", "e4m3")),
-                                                     ("fp8_fc2", 128, ("e5m2", "e4m3"))])
+                                                     ("fp8_fc2", 128, ("e5m2", "e4m3")),
+                                                     ("fp8_dgrad_dact", 0, ("e4m3", "e4m3")),
+                                                     ("fp8_dgrad_dact", 8, ("e4m3", "e4m3"))])
 def test_tuner_compiles_the_fp8_kernel_the_op_launches(kernel, experts, formats):
     """The FP8 op's key (fp8/ops.py: tuned lookup keyed by the formats, the registered epilogue)
     equals the registry's key for the looked-up config; one key per kernel (B's format folded

@@ -102,8 +102,10 @@ FAMILY_ARCH = "sm90"  # the arch of the family's FP8 launches (check_fp8_device 
 
 
 def family_kernel(epi: Fp8Epilogue) -> str:
-    """The registry kernel of a family FP8 launch: fp8_fc1_srelu (activation epilogue) or fp8_fc2."""
-    return "fp8_fc1_srelu" if epi.spec.kind == "act" else "fp8_fc2"
+    """The registry kernel of a family FP8 launch, the name its tuned configs are looked up under:
+    fp8_fc1_srelu (activation epilogue), fp8_dgrad_dact (activation derivative: the FC2 data
+    gradient) or fp8_fc2 (plain: FC2 and the FC1 data gradient, which share FC2's shape)."""
+    return {"act": "fp8_fc1_srelu", "dact": "fp8_dgrad_dact"}.get(epi.spec.kind, "fp8_fc2")
 
 
 def _codec_spec(epi: Fp8Epilogue) -> EpilogueSpec:

@@ -27,6 +27,13 @@ def fp8_fc2_ref(aq, sa, bq, sb, splits=None):
     return reference.fc2_ref(dequantize(aq, sa), dequantize_weights(bq, sb), splits)
 
 
+def fp8_dgrad_dact_ref(dq, ds, wtq, wts, preact, splits=None, prob=None, activation=None):
+    """fp32 dpreact = p * (dequant(dq) @ dequant(wt)^T) * f'(preact), wt (N, K) or (E, N, K) the copy of
+    W2^T the FP8 data gradient takes (before the output's own quantization, if any)."""
+    w2 = dequantize_weights(wtq, wts).transpose(-2, -1)  # nn.Linear layout ([E,] K, N)
+    return reference.dgrad_act_ref(dequantize(dq, ds), w2, preact, splits, prob, activation)
+
+
 def fp8_fc1_act_ref(xq, sx, wq, sw, splits=None, prob=None, activation=None):
     """fp32 postact = prob * f(dequant(x) @ dequant(w)^T) (before the output's own quantization)."""
     return reference.fc1_act_ref(dequantize(xq, sx), dequantize_weights(wq, sw), splits, prob, activation)

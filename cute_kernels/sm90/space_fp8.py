@@ -30,6 +30,30 @@ GRID = {
     "ab_stages": [0, 3, 4, 5],
 }
 
+# A short fixed list to time instead of sampling (`autotune sweep --candidates N`: the default, then
+# the first N of these that the problem's kernel can run, each an override of the default), most
+# promising first: the 128x256 split-N tile on a 2x1 cluster beat the default 128x128 1x2 on the
+# dense FC1 shape at the power limit (H200, 2026-12-03); then the other clusters of both tile
+# widths, the wider epilogue sub-tile, the tile order, the operand pipeline depth.  The
+# activation-derivative epilogue (fp8_dgrad_dact) runs 128-wide tiles only: it skips the 256 ones.
+# Every entry differs from the default and runs FC1 + activation and the plain GEMM, dense and
+# grouped; at least 8 run the dgrad (tests/test_autotune_fp8.py checks both against
+# `config.block_scaled_errors`).
+CANDIDATES = [
+    {"tile_n": 2 * FP8_BLOCK, "cluster": "2x1"},
+    {"cluster": "2x1"},
+    {"tile_n": 2 * FP8_BLOCK, "cluster": "1x2"},
+    {"cluster": "1x1"},
+    {"tile_n": 2 * FP8_BLOCK, "cluster": "1x1"},
+    {"epi_n": 64},
+    {"cluster": "2x1", "epi_n": 64},
+    {"raster": "m"},
+    {"swizzle": 4},
+    {"ab_stages": 4},
+    {"epi_stages": 3},
+    {"tile_n": 2 * FP8_BLOCK, "cluster": "2x1", "raster": "m"},
+]
+
 # knobs that change no resource of the compiled kernel (autotune compile-only compiles one per class)
 RUNTIME_ONLY = ("raster", "swizzle")
 
