@@ -157,9 +157,12 @@ def test_candidate_list_builds_configs_every_step_launch_can_run():
             assert block_scaled_errors(cfg, problem.spec.epilogue, arch="sm90", grouped=bool(problem.shape.experts),
                                        majors=("k", "k")) == [], (problem.label(), cfg)
         if problem.kernel == "fp8_dgrad_dact":
-            assert all(c.tile_n == 128 for c in cfgs) and len(cfgs) < len(space_fp8.CANDIDATES)
+            assert all(c.tile_n == 128 and c.tile_m == 128 for c in cfgs)
         else:
-            assert len(cfgs) == len(space_fp8.CANDIDATES)
+            assert len(cfgs) >= 12 and cfgs[:8] == [space.to_config({**base, **t}, block_scaled=True)
+                                                     for t in space_fp8.CANDIDATES[:8]]
+        if problem.kernel == "fp8_fc2":  # the 256x128 tile: plain outputs only
+            assert any(c.tile_m == 256 for c in cfgs)
         assert tuner.candidate_tries(problem, 6) == tries[:6]
 
 

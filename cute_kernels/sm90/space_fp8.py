@@ -35,10 +35,10 @@ GRID = {
 # promising first: the 128x256 split-N tile on a 2x1 cluster beat the default 128x128 1x2 on the
 # dense FC1 shape at the power limit (H200, 2026-12-03); then the other clusters of both tile
 # widths, the wider epilogue sub-tile, the tile order, the operand pipeline depth.  The
-# activation-derivative epilogue (fp8_dgrad_dact) runs 128-wide tiles only: it skips the 256 ones.
-# Every entry differs from the default and runs FC1 + activation and the plain GEMM, dense and
-# grouped; at least 8 run the dgrad (tests/test_autotune_fp8.py checks both against
-# `config.block_scaled_errors`).
+# activation-derivative epilogue (fp8_dgrad_dact) runs 128-wide tiles only: it skips the 256 ones;
+# the 256-row tiles run plain outputs only.  Every entry differs from the default; the first 12 run
+# FC1 + activation and the plain GEMM, dense and grouped, and at least 8 run the dgrad
+# (tests/test_autotune_fp8.py checks them against `config.block_scaled_errors`).
 CANDIDATES = [
     {"tile_n": 2 * FP8_BLOCK, "cluster": "2x1"},
     {"cluster": "2x1"},
@@ -52,6 +52,9 @@ CANDIDATES = [
     {"ab_stages": 4},
     {"epi_stages": 3},
     {"tile_n": 2 * FP8_BLOCK, "cluster": "2x1", "raster": "m"},
+    # the 256x128 two-wave tile (plain outputs only: FC2 / FC1 dgrad), last until the H200 has run it
+    {"tile_m": 256},
+    {"tile_m": 256, "cluster": "2x1"},
 ]
 
 # knobs that change no resource of the compiled kernel (autotune compile-only compiles one per class)
