@@ -37,6 +37,7 @@ import traceback
 import torch
 
 from autotune.timing import sustained_ms, tflops, time_ms
+from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
 
 
 def _rel(a, b):
@@ -75,9 +76,10 @@ def cases(m, n, k):
     wq, ws = quantize_128x128(w)
     xs_col = xs.t().contiguous().t()  # column-major activation scales (coalesced reads)
 
+    base = FP8_DEFAULT_CONFIG  # named: the rows say their config (a shape's tuned entry would be another)
     # correctness first (float32 reference of the dequantized inputs)
     ref = dequantize(xq, xs) @ dequantize(wq, ws).T
-    checks = {"fp8_gemm rel err vs dequantized fp32": _rel(fp8_gemm(xq, xs_col, wq, ws), ref)}
+    checks = {"fp8_gemm rel err vs dequantized fp32": _rel(fp8_gemm(xq, xs_col, wq, ws, config=base), ref)}
     pre, q, qs = fp8_fc1_srelu(xq, xs_col, wq, ws)
     checks["fp8_fc1_srelu preact rel err"] = _rel(pre, ref)
     checks["fp8_fc1_srelu postact rel err (incl. e4m3 rounding)"] = _rel(dequantize(q, qs.contiguous()),
@@ -90,12 +92,12 @@ def cases(m, n, k):
 
     wide = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=2, cluster_n=1)
     checks["128x256 == 128x128 (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
-        fp8_gemm(xq, xs_col, wq, ws, config=wide), fp8_gemm(xq, xs_col, wq, ws)))
+        fp8_gemm(xq, xs_col, wq, ws, config=wide), fp8_gemm(xq, xs_col, wq, ws, config=base)))
     out = {}
-    out["ours fp8 GEMM (bf16 out) [128x128 c1x2]"] = lambda: fp8_gemm(xq, xs_col, wq, ws)
+    out["ours fp8 GEMM (bf16 out) [128x128 c1x2]"] = lambda: fp8_gemm(xq, xs_col, wq, ws, config=base)
     out["ours fp8 FC1+SReLU (postact fp8+scales) [128x128 c1x2]"] = (
-        lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False))
-    out["ours fp8 FC1+SReLU (+preact bf16) [128x128 c1x2]"] = lambda: fp8_fc1_srelu(xq, xs_col, wq, ws)
+        lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=base))
+    out["ours fp8 FC1+SReLU (+preact bf16) [128x128 c1x2]"] = lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, config=base)
     for cm, cn in ((2, 1), (1, 2)):
         cfg = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=cm, cluster_n=cn)
         tag = f"[128x256 c{cm}x{cn}]"
@@ -110,7 +112,7 @@ def cases(m, n, k):
         tag = f"[256x128 c{cm}x{cn}]"
         try:
             checks[f"{tag} == 128x128 (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
-                fp8_gemm(xq, xs_col, wq, ws, config=cfg), fp8_gemm(xq, xs_col, wq, ws)))
+                fp8_gemm(xq, xs_col, wq, ws, config=cfg), fp8_gemm(xq, xs_col, wq, ws, config=base)))
             out[f"ours fp8 GEMM (bf16 out) {tag}"] = lambda cfg=cfg: fp8_gemm(xq, xs_col, wq, ws, config=cfg)
             out[f"ours fp8 FC1+SReLU (postact fp8+scales) {tag}"] = (
                 lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=cfg))
@@ -122,7 +124,7 @@ def cases(m, n, k):
         tag = f"[64x{tn} pingpong c{cm}x{cn}]"
         try:
             checks[f"{tag} == 128x128 (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
-                fp8_gemm(xq, xs_col, wq, ws, config=cfg), fp8_gemm(xq, xs_col, wq, ws)))
+                fp8_gemm(xq, xs_col, wq, ws, config=cfg), fp8_gemm(xq, xs_col, wq, ws, config=base)))
             out[f"ours fp8 GEMM (bf16 out) {tag}"] = lambda cfg=cfg: fp8_gemm(xq, xs_col, wq, ws, config=cfg)
         except Exception as e:  # noqa: BLE001 - report and go on
             checks[f"{tag} failed"] = _error(e)
@@ -172,7 +174,7 @@ def grouped_rows(sustained: bool):
         del parts
         _, ref = ck.fc1_srelu(x, w, m_splits=splits, prob=prob, store_preact=False)
         variants = {"bf16 (ours)": lambda: ck.fc1_srelu(x, w, m_splits=splits, prob=prob, store_preact=False)}
-        for tag, cfg in (("fp8 128x128 c1x2", None),
+        for tag, cfg in (("fp8 128x128 c1x2", FP8_DEFAULT_CONFIG),
                          ("fp8 128x256 c1x2", GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=1, cluster_n=2))):
             _, q, qs = fp8_grouped(xq, xs, wq, ws, splits, epilogue="act", prob=prob, config=cfg)
             err = _rel(dequantize(q, qs.contiguous()), ref)
@@ -181,9 +183,9 @@ def grouped_rows(sustained: bool):
         # the plain grouped GEMM (the step's FC2 / FC1 data gradient form) on cooperative 128x128 tiles
         # and ping-pong 64-row ones (one warpgroup's epilogue under the other's mainloop)
         pp = GemmConfig(tile_m=64, tile_n=128, tile_k=128, cluster_m=1, cluster_n=2, schedule="pingpong")
-        for tag, cfg in (("fp8 plain bf16 out 128x128 c1x2", None), ("fp8 plain bf16 out 64x128 pingpong c1x2", pp)):
+        for tag, cfg in (("fp8 plain bf16 out 128x128 c1x2", FP8_DEFAULT_CONFIG), ("fp8 plain bf16 out 64x128 pingpong c1x2", pp)):
             try:
-                same = torch.equal(fp8_grouped(xq, xs, wq, ws, splits, config=cfg), fp8_grouped(xq, xs, wq, ws, splits))
+                same = torch.equal(fp8_grouped(xq, xs, wq, ws, splits, config=cfg), fp8_grouped(xq, xs, wq, ws, splits, config=FP8_DEFAULT_CONFIG))
                 variants[f"{tag} (bitwise = 128x128: {same})"] = (
                     lambda cfg=cfg: fp8_grouped(xq, xs, wq, ws, splits, config=cfg))
             except Exception as e:  # noqa: BLE001 - report and go on
