@@ -8,11 +8,7 @@
 # Logs to $OUT (default ./gpu_out), at most 8 files.  After the wheels are installed (docs/gpu-staging.md):
 #   source .gpu/p2/setup.sh && bash scripts/gpu_fp8_schedule_check.sh
 # SKIP_TESTS=1 / SKIP_GEMM=1 / SKIP_STEP=1 / SKIP_HOST=1 leave parts out.
-set -uo pipefail
-out="${OUT:-gpu_out}"; mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw --format=csv > "$out/device.txt"; date -u >> "$out/device.txt"
-git log --oneline -1 >> "$out/device.txt" 2>/dev/null
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_preamble.sh"  # $out, PYTHONPATH, $out/device.txt
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q --tb=short -p no:cacheprovider -n "${PYTEST_WORKERS:-14}" \
     tests/test_fp8_pingpong_gpu.py tests/test_fp8_mlp_gpu.py tests/test_fp8_wgrad_gpu.py \

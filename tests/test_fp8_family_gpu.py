@@ -13,8 +13,8 @@ from cute_kernels.config import GemmConfig
 from cute_kernels.epilogue import EpilogueSpec
 from cute_kernels.fp8.epilogue import Fp8Epilogue
 from cute_kernels.fp8.ops import _launch, fp8_gemm, fp8_grouped
-from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
-from test_fp8_gpu import SHAPES, _check_elementwise, _operands, _poisoned
+from cute_kernels.fp8.recipe import dequantize, quantize_1x128
+from test_fp8_gpu import SHAPES, _check_elementwise, _operands, _poisoned, grouped_operands
 
 gpu = pytest.mark.gpu
 WIDE = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=2, cluster_n=1)  # the split-N mainloop
@@ -68,16 +68,7 @@ def _splits_cases():
 @pytest.mark.parametrize("with_prob", [False, True])
 @pytest.mark.parametrize("cfg", list(CONFIGS))
 def test_family_grouped_fp8_equals_dense_per_expert(splits, as_tensor, with_prob, cfg):
-    e, n, k = len(splits), 384, 1040
-    m = sum(splits)
-    g = torch.Generator(device="cpu").manual_seed(sum(splits) + e + int(as_tensor))
-    x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
-    w = (torch.randn(e, n, k, generator=g) * 0.05).to(torch.bfloat16).cuda()
-    xq, xs = quantize_1x128(x)
-    parts = [quantize_128x128(w[i]) for i in range(e)]
-    wq = torch.stack([p[0] for p in parts]).contiguous()
-    ws = torch.stack([p[1] for p in parts]).contiguous()
-    prob = torch.rand(m, generator=g).cuda() if with_prob else None
+    xq, xs, wq, ws, prob = grouped_operands(splits, 384, 1040, sum(splits) + len(splits) + int(as_tensor), with_prob)
     sp = torch.tensor(splits, dtype=torch.int32, device="cuda") if as_tensor else splits
     config = CONFIGS[cfg] and GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=1, cluster_n=2)
     y = fp8_grouped(xq, xs, wq, ws, sp, config=config)

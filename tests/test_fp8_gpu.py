@@ -90,6 +90,36 @@ def _check_elementwise(d, ref, abs_sum, acc_bound=ACC_BOUND):
                              f"(first {cols[:8].tolist()}); worst (row, col): {where}")
 
 
+def check_config_against_reference_and_default(m, n, k, config, seed, what):
+    """The plain FP8 GEMM with `config` (poisoned output) against the float64 product of the
+    dequantized inputs, elementwise, and bitwise equal to the default 128x128 tile (the tile shapes
+    promote each element's K tiles in the same order by the same instructions)."""
+    from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
+
+    x, w, xq, xs, wq, ws = _operands(m, n, k, seed=seed)
+    d, _, _ = _launch(xq, xs, wq, ws, Fp8Epilogue(EpilogueSpec("identity")), config, outs=_poisoned(m, n, False, True))
+    assert not d.isnan().any(), "unwritten output elements"
+    ref = dequantize(xq, xs).double() @ dequantize(wq, ws).double().T
+    abs_sum = dequantize(xq, xs).double().abs() @ dequantize(wq, ws).double().abs().T
+    _check_elementwise(d, ref, abs_sum)
+    assert torch.equal(d, fp8_gemm(xq, xs, wq, ws, config=FP8_DEFAULT_CONFIG)), f"{what} differs from the 128x128 tile"
+
+
+def grouped_operands(splits, n, k, seed, with_prob=False):
+    """x (sum(splits), K) quantized 1x128 and E = len(splits) weights (N, K) quantized 128x128 each,
+    on the GPU, and optionally a router probability per row: (xq, xs, wq, ws, prob)."""
+    e, m = len(splits), sum(splits)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
+    w = (torch.randn(e, n, k, generator=g) * 0.05).to(torch.bfloat16).cuda()
+    xq, xs = quantize_1x128(x)
+    parts = [quantize_128x128(w[i]) for i in range(e)]
+    wq = torch.stack([p[0] for p in parts]).contiguous()
+    ws = torch.stack([p[1] for p in parts]).contiguous()
+    prob = torch.rand(m, generator=g).cuda() if with_prob else None
+    return xq, xs, wq, ws, prob
+
+
 @gpu
 @pytest.mark.parametrize("m,n,k", SHAPES)
 @pytest.mark.parametrize("cfg", list(CONFIGS))

@@ -9,14 +9,11 @@ import dataclasses
 import pytest
 import torch
 
-from cute_kernels.epilogue import EpilogueSpec
 from cute_kernels.fp8 import Fp8Recipe
-from cute_kernels.fp8.epilogue import Fp8Epilogue
-from cute_kernels.fp8.ops import _launch, fp8_dgrad_dact, fp8_gemm, fp8_grouped
-from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
+from cute_kernels.fp8.ops import fp8_dgrad_dact, fp8_gemm, fp8_grouped
 from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
 from test_fp8_dgrad_gpu import _inputs
-from test_fp8_gpu import SHAPES, _check_elementwise, _operands, _poisoned
+from test_fp8_gpu import SHAPES, check_config_against_reference_and_default, grouped_operands
 
 gpu = pytest.mark.gpu
 PP = dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=64, schedule="pingpong")
@@ -28,14 +25,7 @@ CONFIGS = {"64x128-c1x2": PP, "64x128-c1x1": dataclasses.replace(PP, cluster_n=1
 @pytest.mark.parametrize("m,n,k", SHAPES)
 @pytest.mark.parametrize("cfg", list(CONFIGS))
 def test_pingpong_fp8_gemm_against_reference_and_the_default_tile(m, n, k, cfg):
-    x, w, xq, xs, wq, ws = _operands(m, n, k, seed=5 * m + n + k + 1)
-    d, _, _ = _launch(xq, xs, wq, ws, Fp8Epilogue(EpilogueSpec("identity")), CONFIGS[cfg],
-                      outs=_poisoned(m, n, False, True))
-    assert not d.isnan().any(), "unwritten output elements"
-    ref = dequantize(xq, xs).double() @ dequantize(wq, ws).double().T
-    abs_sum = dequantize(xq, xs).double().abs() @ dequantize(wq, ws).double().abs().T
-    _check_elementwise(d, ref, abs_sum)
-    assert torch.equal(d, fp8_gemm(xq, xs, wq, ws)), "ping-pong differs from the cooperative 128x128 tile"
+    check_config_against_reference_and_default(m, n, k, CONFIGS[cfg], 5 * m + n + k + 1, "ping-pong")
 
 
 @gpu
@@ -43,22 +33,15 @@ def test_pingpong_fp8_gemm_against_reference_and_the_default_tile(m, n, k, cfg):
 @pytest.mark.parametrize("as_tensor", [False, True])
 @pytest.mark.parametrize("cfg", ["64x128-c1x2", "64x256-c2x1"])
 def test_pingpong_grouped_fp8_equals_dense_per_expert(splits, as_tensor, cfg):
-    e, n, k = len(splits), 384, 1040
-    m = sum(splits)
-    g = torch.Generator(device="cpu").manual_seed(m + 7 * e + int(as_tensor))
-    x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
-    w = (torch.randn(e, n, k, generator=g) * 0.05).to(torch.bfloat16).cuda()
-    xq, xs = quantize_1x128(x)
-    parts = [quantize_128x128(w[i]) for i in range(e)]
-    wq = torch.stack([p[0] for p in parts]).contiguous()
-    ws = torch.stack([p[1] for p in parts]).contiguous()
+    xq, xs, wq, ws, _ = grouped_operands(splits, 384, 1040, sum(splits) + 7 * len(splits) + int(as_tensor))
     sp = torch.tensor(splits, dtype=torch.int32, device="cuda") if as_tensor else splits
     y = fp8_grouped(xq, xs, wq, ws, sp, config=CONFIGS[cfg])
     start = 0
     for i, s in enumerate(splits):
         rows = slice(start, start + s)
         if s:
-            assert torch.equal(y[rows], fp8_gemm(xq[rows], xs[rows], wq[i], ws[i])), f"expert {i} differs"
+            assert torch.equal(y[rows], fp8_gemm(xq[rows], xs[rows], wq[i], ws[i], config=FP8_DEFAULT_CONFIG)), \
+                f"expert {i} differs"
         start += s
 
 

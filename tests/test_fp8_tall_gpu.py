@@ -15,9 +15,10 @@ import torch
 from cute_kernels.epilogue import EpilogueSpec
 from cute_kernels.fp8.epilogue import Fp8Epilogue
 from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, fp8_grouped
-from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
+from cute_kernels.fp8.recipe import dequantize, quantize_1x128
 from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
-from test_fp8_gpu import SHAPES, _check_elementwise, _operands, _poisoned
+from test_fp8_gpu import (SHAPES, _operands, _poisoned, check_config_against_reference_and_default,
+                         grouped_operands)
 
 gpu = pytest.mark.gpu
 TALL = dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=256)
@@ -29,14 +30,7 @@ CONFIGS = {"256x128-c1x2": TALL, "256x128-c2x1": dataclasses.replace(TALL, clust
 @pytest.mark.parametrize("m,n,k", SHAPES + [(1000, 384, 4096)])
 @pytest.mark.parametrize("cfg", list(CONFIGS))
 def test_256x128_fp8_gemm_against_reference_and_the_default_tile(m, n, k, cfg):
-    x, w, xq, xs, wq, ws = _operands(m, n, k, seed=11 * m + n + k)
-    d, _, _ = _launch(xq, xs, wq, ws, Fp8Epilogue(EpilogueSpec("identity")), CONFIGS[cfg],
-                      outs=_poisoned(m, n, False, True))
-    assert not d.isnan().any(), "unwritten output elements"
-    ref = dequantize(xq, xs).double() @ dequantize(wq, ws).double().T
-    abs_sum = dequantize(xq, xs).double().abs() @ dequantize(wq, ws).double().abs().T
-    _check_elementwise(d, ref, abs_sum)
-    assert torch.equal(d, fp8_gemm(xq, xs, wq, ws)), "the 256x128 tile differs from the 128x128 one"
+    check_config_against_reference_and_default(m, n, k, CONFIGS[cfg], 11 * m + n + k, "the 256x128 tile")
 
 
 @gpu
@@ -64,16 +58,8 @@ def test_256x128_fc1_quantized_postact(m, n, k, cfg):
 @pytest.mark.parametrize("as_tensor", [False, True])
 @pytest.mark.parametrize("with_prob", [False, True])
 def test_256x128_grouped_fp8_equals_dense_per_expert(splits, as_tensor, with_prob):
-    e, n, k = len(splits), 384, 1040
-    m = sum(splits)
-    g = torch.Generator(device="cpu").manual_seed(m + 17 * e + int(as_tensor))
-    x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
-    w = (torch.randn(e, n, k, generator=g) * 0.05).to(torch.bfloat16).cuda()
-    xq, xs = quantize_1x128(x)
-    parts = [quantize_128x128(w[i]) for i in range(e)]
-    wq = torch.stack([p[0] for p in parts]).contiguous()
-    ws = torch.stack([p[1] for p in parts]).contiguous()
-    prob = torch.rand(m, generator=g).cuda() if with_prob else None
+    xq, xs, wq, ws, prob = grouped_operands(splits, 384, 1040, sum(splits) + 17 * len(splits) + int(as_tensor),
+                                            with_prob)
     sp = torch.tensor(splits, dtype=torch.int32, device="cuda") if as_tensor else splits
     y = fp8_grouped(xq, xs, wq, ws, sp, config=TALL)
     _, q, qs = fp8_grouped(xq, xs, wq, ws, sp, epilogue="act", prob=prob, config=TALL)
