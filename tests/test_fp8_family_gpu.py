@@ -14,7 +14,7 @@ from cute_kernels.epilogue import EpilogueSpec
 from cute_kernels.fp8.epilogue import Fp8Epilogue
 from cute_kernels.fp8.ops import _launch, fp8_gemm, fp8_grouped
 from cute_kernels.fp8.recipe import dequantize, quantize_1x128
-from test_fp8_gpu import SHAPES, _check_elementwise, _operands, _poisoned, grouped_operands
+from test_fp8_gpu import SHAPES, _check_elementwise, _operands, _poisoned, check_postact_against_recipe, grouped_operands
 
 gpu = pytest.mark.gpu
 WIDE = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=2, cluster_n=1)  # the split-N mainloop
@@ -81,11 +81,5 @@ def test_family_grouped_fp8_equals_dense_per_expert(splits, as_tensor, with_prob
         dense = fp8_gemm(xq[rows], xs[rows], wq[i], ws[i])
         assert torch.equal(y[rows], dense), f"expert {i}: grouped output differs from the dense kernel's"
         assert torch.equal(pre[rows], dense), f"expert {i}: grouped preact differs"
-        post = torch.relu(dense.float()) ** 2
-        if prob is not None:
-            post = post * prob[rows, None]
-        rq, rs = quantize_1x128(post)
-        assert torch.equal(qs[rows], rs), f"expert {i}: postact scales differ from the recipe's"
-        got, want = dequantize(q[rows], qs[rows].contiguous()), dequantize(rq, rs)
-        assert ((got - want).norm() / want.norm().clamp_min(1e-30)).item() < 1e-3
+        check_postact_against_recipe(dense, None if prob is None else prob[rows], q[rows], qs[rows], f"expert {i}")
         start += s

@@ -105,6 +105,19 @@ def check_config_against_reference_and_default(m, n, k, config, seed, what):
     assert torch.equal(d, fp8_gemm(xq, xs, wq, ws, config=FP8_DEFAULT_CONFIG)), f"{what} differs from the 128x128 tile"
 
 
+def check_postact_against_recipe(dense, prob, q, qs, what):
+    """FP8 postact (q, its 1x128 scales qs) of the rows whose plain GEMM output is `dense`: scales
+    bitwise the recipe's on prob * relu(dense)^2 (prob: those rows' router probability or None),
+    values within 1e-3 of the recipe's dequantized."""
+    post = torch.relu(dense.float()) ** 2
+    if prob is not None:
+        post = post * prob[:, None]
+    rq, rs = quantize_1x128(post)
+    assert torch.equal(qs, rs), f"{what}: postact scales differ from the recipe's"
+    got, want = dequantize(q, qs.contiguous()), dequantize(rq, rs)
+    assert ((got - want).norm() / want.norm().clamp_min(1e-30)).item() < 1e-3, what
+
+
 def grouped_operands(splits, n, k, seed, with_prob=False):
     """x (sum(splits), K) quantized 1x128 and E = len(splits) weights (N, K) quantized 128x128 each,
     on the GPU, and optionally a router probability per row: (xq, xs, wq, ws, prob)."""

@@ -18,7 +18,7 @@ from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, fp8_grouped
 from cute_kernels.fp8.recipe import dequantize, quantize_1x128
 from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
 from test_fp8_gpu import (SHAPES, _operands, _poisoned, check_config_against_reference_and_default,
-                         grouped_operands)
+                         check_postact_against_recipe, grouped_operands)
 
 gpu = pytest.mark.gpu
 TALL = dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=256)
@@ -71,10 +71,4 @@ def test_256x128_grouped_fp8_equals_dense_per_expert(splits, as_tensor, with_pro
             continue
         dense = fp8_gemm(xq[rows], xs[rows], wq[i], ws[i])
         assert torch.equal(y[rows], dense), f"expert {i}: grouped output differs from the dense kernel's"
-        post = torch.relu(dense.float()) ** 2
-        if prob is not None:
-            post = post * prob[rows, None]
-        rq, rs = quantize_1x128(post)
-        assert torch.equal(qs[rows], rs), f"expert {i}: postact scales differ from the recipe's"
-        got, want = dequantize(q[rows], qs[rows].contiguous()), dequantize(rq, rs)
-        assert ((got - want).norm() / want.norm().clamp_min(1e-30)).item() < 1e-3
+        check_postact_against_recipe(dense, None if prob is None else prob[rows], q[rows], qs[rows], f"expert {i}")
