@@ -141,7 +141,7 @@ LAYERS = [
     ("arch kernels", [p + s for p in ARCH_PACKAGES for s in ("", ".*")]),
     ("GEMM base", ["cute_kernels.gemm_base", "cute_kernels.gemm_base.*", "cute_kernels.tile_scheduler"]),
     ("epilogues, torch math", ["cute_kernels.epilogue", "cute_kernels.activations", "cute_kernels.activations.*",
-                               "cute_kernels.fp8", "cute_kernels.fp8.epilogue", "cute_kernels.fp8.recipe",
+                               "cute_kernels.fp8", "cute_kernels.fp8.epilogue", "cute_kernels.fp8.recipe", "cute_kernels.fp8.grouped_tokens",
                                "cute_kernels.fp8.reference", "cute_kernels.reference"]),
     # the config types' shared part lives with gemm_base but is plain Python the config layer builds on
     ("config, archs, checks", ["cute_kernels.config", "cute_kernels.gemm_base.config_types", "cute_kernels.archs",

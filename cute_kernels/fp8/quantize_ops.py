@@ -397,3 +397,50 @@ def _unused_columns(k: int, device) -> tuple:
         pair = _unused[key] = (torch.empty((k, 16), dtype=torch.uint8, device=device),
                                torch.empty((k, 1), dtype=torch.float32, device=device))
     return pair
+
+
+def compile_quantize_cols_grouped(fmt: str = "e4m3", pow2: bool = False, *, options: str = "",
+                                  tvm_ffi: bool = False):
+    """Compile the per-expert padded column-wise kernel (sm90/quantize_grouped.py) for sm_90a
+    (uncached): fn(x, blocks, qt_u8, st)."""
+    import cutlass.cute as cute
+
+    from ..sm90.quantize_grouped import Sm90QuantizeColsGrouped, fake_arguments as fake_grouped_arguments
+
+    with dsl_lock:
+        if tvm_ffi:
+            stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
+            options = (options + " --enable-tvm-ffi").strip()
+        else:
+            stream = cute.runtime.make_fake_stream()
+        return cute.compile(Sm90QuantizeColsGrouped(fmt, pow2), *fake_grouped_arguments(), stream,
+                            options=arch_options("sm90", options))
+
+
+def quantize_cols_grouped_ptx(fmt: str = "e4m3", pow2: bool = False) -> str:
+    with tempfile.TemporaryDirectory(prefix="cute_kernels_ptx_") as d:
+        return compile_quantize_cols_grouped(fmt, pow2, options=f"--keep-ptx --dump-dir={d}").__ptx__
+
+
+def quantize_cols_grouped(x: torch.Tensor, m_splits, fmt: str = "e4m3", *, pow2: bool = False):
+    """(qt, st, cu_padded): the column-wise 1x128 copy of x (T, K) bf16 (tokens sorted by expert,
+    `m_splits` tokens each: a list of ints or a GPU int tensor, read without a host sync) with
+    every expert's tokens starting a 128-token block: qt (K, 128 * blocks) FP8, st (K, blocks) fp32
+    column-major, cu_padded (E+1,) int32 the experts' token offsets in qt; bitwise
+    grouped_tokens.quantize_cols_grouped_reference.  One launch for all experts."""
+    from .grouped_tokens import check_splits, padded_layout
+
+    _check_input(x, fmt)
+    check_splits(m_splits, x.shape[0], x.device)
+    ops.check_fp8_launch("x", x)
+    _check_aligned("x", x)
+    x = _one_row_strides(x)
+    t, k = x.shape
+    layout = padded_layout(m_splits, t, x.device)
+    qt = torch.empty((k, layout.num_blocks * BLOCK), dtype=FORMATS[fmt], device=x.device)
+    st = ops._new_scales(k, layout.num_blocks, x.device)
+    if layout.num_blocks:
+        fn = _cached(("cols_grouped", fmt, bool(pow2)),
+                     lambda: compile_quantize_cols_grouped(fmt, pow2, tvm_ffi=use_tvm_ffi()))
+        fn(x, layout.blocks, qt.view(torch.uint8), st)
+    return qt, st, layout.cu_padded

@@ -33,9 +33,8 @@ from cutlass import Float32, Int32, const_expr
 from cutlass.memory import SmemAllocator
 
 from ..gemm_base.output_codec import block_scale
-from .quantize_tile import (QuantizeKernel, BLOCK, QUARTER, ROW_QUARTERS, ROW_SWEEPS, ROWS_PER_PASS, THREADS, VEC,
-                            abs_max, load_and_stage, register_tile, row_values, scaled_fp8,
-                            column_pairs, pair_values)
+from .quantize_tile import (QuantizeKernel, BLOCK, ROW_SWEEPS, ROWS_PER_PASS, THREADS, VEC, abs_max, load_and_stage,
+                            register_tile, row_values, scaled_fp8)
 
 
 class Sm90QuantizeBoth(QuantizeKernel):
@@ -60,8 +59,7 @@ class Sm90QuantizeBoth(QuantizeKernel):
         k_tile, m_tile, _ = cute.arch.block_idx()
         smem = SmemAllocator()
         sX = self.staging_tile(smem)
-        sAmax = smem.allocate_tensor(Float32, cute.make_layout((ROW_QUARTERS, BLOCK), stride=(BLOCK, 1)),
-                                     byte_alignment=16)
+        sAmax = self.column_amax_tile(smem)
         gX = cute.local_tile(mX, (BLOCK, BLOCK), (m_tile, k_tile))
         gQ = cute.local_tile(mQ, (BLOCK, BLOCK), (m_tile, k_tile))
         gQT = cute.local_tile(mQT, (BLOCK, BLOCK), (k_tile, m_tile))
@@ -89,25 +87,4 @@ class Sm90QuantizeBoth(QuantizeKernel):
             cute.arch.sync_threads()
 
             # ---- column pass: 1x128 blocks of x^T along M
-            pair, quarter, cv = column_pairs(sX, tidx)
-            # the values stay bf16 across the barrier (32 registers, not 64); converted where used
-            cf = pair_values(cv)
-            for c in cutlass.range_constexpr(2):
-                amax = Float32(0.0)
-                for j in cutlass.range_constexpr(QUARTER):
-                    amax = cute.arch.fmax(amax, cute.math.abs(cf[(j, c)]))
-                sAmax[(quarter, 2 * pair + c)] = amax
-            cute.arch.sync_threads()
-            cf = pair_values(cv)
-            for c in cutlass.range_constexpr(2):
-                col = 2 * pair + c
-                amax = sAmax[(0, col)]
-                for qi in cutlass.range_constexpr(1, ROW_QUARTERS):
-                    amax = cute.arch.fmax(amax, sAmax[(qi, col)])
-                s = block_scale(amax, self.fmax, self.pow2)
-                inv = Float32(1.0) / s
-                qv = scaled_fp8(lambda j: cf[(j, c)], QUARTER, inv, self.q_type)
-                if col0 + col < k_total:  # qt has K rows
-                    cute.autovec_copy(qv, cute.local_tile(gQT, (1, QUARTER), (col, quarter)))
-                    if quarter == 0:
-                        mST[(col0 + col, m_tile)] = s
+            self.column_pass(sX, sAmax, gQT, mST, tidx, col0, k_total, m_tile)

@@ -12,7 +12,7 @@ import cutlass.cute as cute
 from cutlass import Float32, const_expr
 
 from ..epilogue import FP8_FMAX as FMAX
-from ..gemm_base.output_codec import FP8_TYPES, as_element_type
+from ..gemm_base.output_codec import FP8_TYPES, as_element_type, block_scale
 
 BLOCK = 128
 THREADS = 256
@@ -116,3 +116,40 @@ class QuantizeKernel:
         """The (128, 128) bf16 tile in shared memory, row-major, 16-byte aligned."""
         return smem.allocate_tensor(cutlass.BFloat16, cute.make_layout((BLOCK, BLOCK), stride=(BLOCK, 1)),
                                     byte_alignment=16)
+
+    @staticmethod
+    def column_amax_tile(smem):
+        """The column pass's (4, 128) fp32 partial column amaxes (one row per quarter of the rows)."""
+        return smem.allocate_tensor(Float32, cute.make_layout((ROW_QUARTERS, BLOCK), stride=(BLOCK, 1)),
+                                    byte_alignment=16)
+
+    @cute.jit
+    def column_pass(self, sX, sAmax, gQT, mST, tidx, col0, cols_total, t_block):
+        """The 1x128 blocks of the staged tile's transpose along its rows (the tokens): each
+        thread's pair of columns over a quarter of the rows (column_pairs), the column amax
+        combined over the quarters through sAmax, and the FP8 values written to the
+        (128, 128) tile gQT of the transposed copy (16-byte stores) with their scales at
+        mST[col, t_block]; columns at or past cols_total (qt's rows) are not written.  The
+        caller has staged sX and passed a barrier."""
+        pair, quarter, cv = column_pairs(sX, tidx)
+        # the values stay bf16 across the barrier (32 registers, not 64); converted where used
+        cf = pair_values(cv)
+        for c in cutlass.range_constexpr(2):
+            amax = Float32(0.0)
+            for j in cutlass.range_constexpr(QUARTER):
+                amax = cute.arch.fmax(amax, cute.math.abs(cf[(j, c)]))
+            sAmax[(quarter, 2 * pair + c)] = amax
+        cute.arch.sync_threads()
+        cf = pair_values(cv)
+        for c in cutlass.range_constexpr(2):
+            col = 2 * pair + c
+            amax = sAmax[(0, col)]
+            for qi in cutlass.range_constexpr(1, ROW_QUARTERS):
+                amax = cute.arch.fmax(amax, sAmax[(qi, col)])
+            s = block_scale(amax, self.fmax, self.pow2)
+            inv = Float32(1.0) / s
+            qv = scaled_fp8(lambda j: cf[(j, c)], QUARTER, inv, self.q_type)
+            if col0 + col < cols_total:  # qt has cols_total rows
+                cute.autovec_copy(qv, cute.local_tile(gQT, (1, QUARTER), (col, quarter)))
+                if quarter == 0:
+                    mST[(col0 + col, t_block)] = s
