@@ -174,8 +174,11 @@ def grouped_rows(sustained: bool):
         del parts
         _, ref = ck.fc1_srelu(x, w, m_splits=splits, prob=prob, store_preact=False)
         variants = {"bf16 (ours)": lambda: ck.fc1_srelu(x, w, m_splits=splits, prob=prob, store_preact=False)}
+        wide = functools.partial(GemmConfig, tile_m=128, tile_n=256, tile_k=128)
         for tag, cfg in (("fp8 128x128 c1x2", FP8_DEFAULT_CONFIG),
-                         ("fp8 128x256 c1x2", GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=1, cluster_n=2))):
+                         ("fp8 128x128 c2x1", GemmConfig(tile_m=128, tile_n=128, tile_k=128, cluster_m=2, cluster_n=1)),
+                         ("fp8 128x256 c1x2", wide(cluster_m=1, cluster_n=2)),
+                         ("fp8 128x256 c2x1", wide(cluster_m=2, cluster_n=1))):
             _, q, qs = fp8_grouped(xq, xs, wq, ws, splits, epilogue="act", prob=prob, config=cfg)
             err = _rel(dequantize(q, qs.contiguous()), ref)
             variants[f"{tag} (rel err vs bf16 {err:.3f})"] = (
