@@ -75,8 +75,15 @@ def desc_workspace_words(key: "KernelKey", max_clusters: int) -> int:
     `max_clusters` clusters: per CTA, A and B descriptors (128 B each) in every slot."""
     from .gemm_base.descriptors import workspace_words
 
-    stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
-    return workspace_words(max_clusters * key.cfg.cluster_size, stages)
+    return workspace_words(max_clusters * key.cfg.cluster_size, kernel_ab_stages(key))
+
+
+def kernel_ab_stages(key: "KernelKey") -> int:
+    """The operand stages the kernel of `key` is built with (block-scaled FP8: one-byte stages)."""
+    if key.block_scaled:
+        return arch_config_module(key.arch).block_scaled_ab_stages(key.cfg, key.epi, out_bytes=key.out_bytes,
+                                                                   b_scale=key.b_scale)
+    return resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
 
 
 _cache: dict[KernelKey, object] = {}
@@ -198,26 +205,32 @@ def _fake_block_scaled_arguments(key: KernelKey) -> GemmArgs:
     sb = make_fake_tensor(cutlass.Float32, (sb_rows, kb, lb), (cute.sym_int64(), cute.sym_int64(), cute.sym_int64()),
                           assumed_align=4)
     dd = _cutlass_dtype(key.d_dtype)
+    ld_ = cute.sym_int32(symbol="E") if key.grouped_k else 1  # grouped along K: one output per expert
     outs = []
     for name in key.epi.outputs:
         q = name == key.epi.quantized
-        outs.append(make_fake_tensor(cutlass.Uint8 if q else dd, (m, n, 1),
-                                     (cute.sym_int64(divisibility=16 if q else 8), 1, cute.sym_int64()),
+        outs.append(make_fake_tensor(cutlass.Uint8 if q else dd, (m, n, ld_),
+                                     (cute.sym_int64(divisibility=16 if q else 8), 1,
+                                      cute.sym_int64(divisibility=16 if q else 8) if key.grouped_k else cute.sym_int64()),
                                      assumed_align=16))
     scale, aux, rowsum = _fake_epilogue_inputs(key, m, n, 1, dd)  # dact: the saved preact, plain outputs' dtype
     qs = None
     if key.epi.quantized:
         qs = make_fake_tensor(cutlass.Float32, (m, nb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
     cu_rows, cu_tiles = _fake_grouping(key)
+    desc_ws = None
+    if key.grouped_k:  # per-CTA TMA descriptors (desc_workspace_words)
+        desc_ws = make_fake_tensor(cutlass.Int64, (cute.sym_int32(symbol="W"),), (1,), assumed_align=128)
     return GemmArgs(a, b, outs[0], outs[1] if len(outs) == 2 else None, scale=scale, aux=aux, rowsum=rowsum,
-                    cu_rows=cu_rows, cu_tiles=cu_tiles, sa=sa, sb=sb, qs=qs)
+                    cu_rows=cu_rows, cu_tiles=cu_tiles, desc_ws=desc_ws, sa=sa, sb=sb, qs=qs)
 
 
 def build_kernel(key: KernelKey):
     """The kernel object for `key` (config validated first)."""
     if key.grouped and key.grouped_k:
         raise ValueError("a kernel is grouped along M or along K, not both")
-    if key.grouped_k and (key.a_major, key.b_major) != ("m", "n"):
+    if key.grouped_k and not key.block_scaled and (key.a_major, key.b_major) != ("m", "n"):
+        # (block-scaled FP8: K-major operands, the tokens of the padded column-wise copies; block_scaled_errors)
         raise ValueError("the K-grouped GEMM takes tokens (K) as the strided dimension: A must be M-major and B N-major")
     if key.gather_a:
         _check_gather(key)
@@ -258,9 +271,8 @@ def _build_block_scaled_kernel(key: KernelKey):
                                  majors=(key.a_major, key.b_major), out_bytes=key.out_bytes, b_scale=key.b_scale)
     if errors:
         raise ConfigError(f"invalid block-scaled FP8 GemmConfig {key.cfg}: " + "; ".join(errors))
-    stages = arch_config_module(key.arch).block_scaled_ab_stages(key.cfg, key.epi, out_bytes=key.out_bytes,
-                                                                 b_scale=key.b_scale)
-    return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages,
+    return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k,
+                                  ab_stages=kernel_ab_stages(key),
                                   formats=key.operand_formats, b_scale_rows=bool(key.b_scale),
                                   b_scale_staged=key.b_scale == "rows_staged")
 

@@ -281,6 +281,8 @@ def _run_block_scaled_variant(key, launch, device, gen, time_it: bool) -> CheckR
     from .gemm_base.launch_args import GemmArgs
     from .host_args import as_mkl, splits_metadata
 
+    if key.grouped_k:
+        return _run_k_grouped_fp8_variant(key, launch, device, gen, time_it)
     fa, fb = key.operand_formats
     cfg, epi = key.cfg, key.epi
     m, k, n = SMALL_M, FP8_SMALL_K, cfg.tile_n + 144  # one whole N tile and a partial one
@@ -328,6 +330,41 @@ def _run_block_scaled_variant(key, launch, device, gen, time_it: bool) -> CheckR
         g = outs[name]
         g = dequantize(g.view(FORMATS[epi.q_format]), qs) if name == epi.quantized else g.float()
         res.errors[name] = float(((g - r).abs().max() / r.abs().max().clamp_min(1e-6)).item())
+    if time_it:
+        res.time_ms = _median_ms(lambda: launch(key, args))
+    return res
+
+
+def _run_k_grouped_fp8_variant(key, launch, device, gen, time_it: bool) -> CheckResult:
+    """run_variant of the grouped FP8 weight gradient: dy (T, M) and x (T, N) drawn in fp32, their
+    tokens split by SMALL_SPLITS (an empty and a one-token expert), quantized into the per-expert
+    padded column-wise copies by the torch reference (fp8/grouped_tokens.py), the output poisoned
+    (NaN); the reference per expert the fp32 GEMM of the dequantized copies."""
+    import torch
+
+    from .fp8.grouped_tokens import quantize_cols_grouped_reference
+    from .fp8.recipe import dequantize
+    from .gemm_base.launch_args import GemmArgs
+    from .host_args import as_mkl
+
+    fa, fb = key.operand_formats
+    m, n = SMALL_M, key.cfg.tile_n + 144  # one whole N tile and a partial one
+    splits = list(SMALL_SPLITS)
+    dy = torch.randn(sum(splits), m, generator=gen, device=device)
+    x = torch.randn(sum(splits), n, generator=gen, device=device)
+    aq, sa, cu_padded = quantize_cols_grouped_reference(dy, splits, fa)
+    bq, sb, _ = quantize_cols_grouped_reference(x, splits, fb)
+    sa, sb = sa.t().contiguous().t(), sb.t().contiguous().t()  # column-major, as the quantizer writes them
+    out = torch.full((len(splits), m, n), float("nan"), dtype=getattr(torch, key.d_dtype), device=device)
+    u8 = torch.uint8
+    args = GemmArgs(as_mkl(aq.view(u8)), as_mkl(bq.view(u8)), out.permute(1, 2, 0), None, cu_rows=cu_padded,
+                    sa=sa, sb=sb.unsqueeze(-1))
+    res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
+    if not _launched(key, args, launch, device, res):
+        return res
+    padded_splits = torch.diff(cu_padded).tolist()  # the padding tokens are zeros
+    r = _reference(key, dequantize(aq, sa), dequantize(bq, sb), padded_splits, None, None)["out"]
+    res.errors["out"] = float(((out.float() - r).abs().max() / r.abs().max().clamp_min(1e-6)).item())
     if time_it:
         res.time_ms = _median_ms(lambda: launch(key, args))
     return res

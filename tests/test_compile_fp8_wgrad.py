@@ -55,7 +55,8 @@ def test_the_variant_has_its_own_evidence_name():
 
 @pytest.mark.parametrize("change,match", [
     (dict(cfg=dataclasses.replace(WGRAD_DEFAULT_CONFIG, tile_n=256, cluster_m=2, cluster_n=1)), "128-wide"),
-    (dict(grouped=True), "dense only"),
+    (dict(grouped=True), "not grouped along M"),
+    (dict(grouped_k=True), "overlapped mainloop only"),  # "row" spills grouped along K
     (dict(epi=EpilogueSpec("act", store_preact=True)), "plain epilogue"),
     (dict(b_scale="col"), "b_scale"),
 ])

@@ -84,7 +84,7 @@ def test_the_ring_takes_one_operand_stage():
 
 @pytest.mark.parametrize("change,match", [
     (dict(cfg=dataclasses.replace(WGRAD_DEFAULT_CONFIG, tile_n=256, cluster_m=2, cluster_n=1)), "128-wide"),
-    (dict(grouped=True), "dense only"),
+    (dict(grouped=True), "not grouped along M"),
     (dict(epi=EpilogueSpec("act", store_preact=True)), "plain epilogue"),
 ])
 def test_configs_the_staged_variant_cannot_run_are_refused(change, match):

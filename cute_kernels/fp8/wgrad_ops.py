@@ -8,8 +8,13 @@ gq_t (N_out, T) and xq_t (K_out, T): the column-wise FP8 copies of the output gr
 and of the activation X (T, K_out) that the one-pass quantization kernel writes
 (fp8/quantize_ops.quantize_rows_and_cols: qt, its rows padded to whole 128-token blocks with
 zeros); gs_t (N_out, ceil(T/128)) and xs_t (K_out, ceil(T/128)) their fp32 scales.  T a multiple
-of 16 (pass the padded buffer, whose extra tokens are zeros).  Dense (one weight); the grouped
-form needs each expert's tokens to start a scale block (docs/fp8.md).
+of 16 (pass the padded buffer, whose extra tokens are zeros).
+
+Grouped (MoE): `fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded)` -> (E, N_out, K_out),
+every expert in one launch over the per-expert padded copies (quantize_ops.quantize_cols_grouped:
+each expert's tokens start a 128-token scale block), the same kernel grouped along K
+(KernelKey.grouped_k, b_scale "rows_staged"); `fp8_grouped_weight_grad_of(g, act, m_splits,
+recipe)` quantizes and launches (the FP8 step with CUTE_KERNELS_FP8_GROUPED_WGRAD=1).
 
 The kernel is the GEMM family's Hopper kernel with `KernelKey.b_scale = "rows_staged"` (the
 overlapped mainloop with B's column scales staged in shared memory, `run_rows_staged`; ~830
@@ -26,7 +31,6 @@ import os
 import torch
 
 from ..checks import InputError
-from ..compile import use_tvm_ffi
 from ..config import GemmConfig, block_scaled_errors
 from ..epilogue import EpilogueSpec
 from ..host_args import as_mkl
@@ -128,6 +132,104 @@ def fp8_weight_grad_of(g: torch.Tensor, act: torch.Tensor, recipe) -> torch.Tens
     _, _, xq_t, xs_t = quantize_rows_and_cols(act.to(torch.bfloat16).contiguous(), recipe.fwd_format,
                                               pow2=recipe.pow2_scales)
     return fp8_weight_grad(as_operand(gq_t), gs_t, as_operand(xq_t), xs_t)
+
+
+# the grouped form's mainloop: the overlapped one only ("row", the serial one, spills 220 bytes
+# when grouped along K: ptxas, 2026-12-03)
+GROUPED_WGRAD_B_SCALES = ("rows_staged",)
+
+
+def grouped_wgrad_key(a_format: str, b_format: str, out_dtype: torch.dtype,
+                      config: GemmConfig = WGRAD_DEFAULT_CONFIG):
+    """The family's kernel key of the grouped 1D1D weight gradient (grouped along K, b_scale
+    "rows_staged")."""
+    return dataclasses.replace(wgrad_key(a_format, b_format, out_dtype, config, "rows_staged"), grouped_k=True)
+
+
+def fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded, *, out_dtype: torch.dtype = torch.float32,
+                            config: GemmConfig | None = None) -> torch.Tensor:
+    """dW[e] = dequant(gq_t[:, experts e's tokens]) @ dequant(xq_t[:, its tokens])^T for every
+    expert in one launch, a new (E, N_out, K_out) tensor in `out_dtype` (float32 or bfloat16),
+    zeros for an empty expert.  gq_t (N_out, Tp), xq_t (K_out, Tp): the per-expert padded
+    column-wise FP8 copies of G (T, N_out) and X (T, K_out) (quantize_ops.quantize_cols_grouped:
+    every expert's tokens start a 128-token block, zeros after its last); gs_t (N_out, Tp/128) and
+    xs_t (K_out, Tp/128) their fp32 scales; cu_padded (E+1,) int32 on the GPU, expert e's tokens
+    start at cu_padded[e] (a multiple of 128; read by the kernel, never on the host).  The kernel:
+    the family's Hopper kernel grouped along K (the bf16 grouped weight gradient's tile walk and
+    descriptor ring) with the overlapped 1D1D mainloop, each expert's scales read from its own
+    first block (gemm_base.grouping.expert_block_scales)."""
+    fa = _check_fp8_operand("gq_t", _token_free_view(gq_t))
+    fb = _check_fp8_operand("xq_t", _token_free_view(xq_t), gq_t.shape[1])
+    n_out, tp = gq_t.shape
+    k_out = xq_t.shape[0]
+    for name, x in (("gs_t", gs_t), ("xq_t", xq_t), ("xs_t", xs_t), ("cu_padded", cu_padded)):
+        if isinstance(x, torch.Tensor) and x.device != gq_t.device:
+            raise InputError(f"{name} is on {x.device}, expected {gq_t.device}")
+    if tp % BLOCK:
+        raise InputError(f"gq_t has {tp} tokens; the padded copies hold whole 128-token blocks")
+    _check_scales("gs_t", gs_t, (n_out, tp // BLOCK))
+    _check_scales("xs_t", xs_t, (k_out, tp // BLOCK))
+    if not isinstance(cu_padded, torch.Tensor) or cu_padded.dim() != 1 or cu_padded.numel() < 2 \
+            or cu_padded.dtype != torch.int32:
+        raise InputError("cu_padded must be a 1-D int32 tensor of E+1 >= 2 token offsets, got "
+                         f"{getattr(cu_padded, 'dtype', type(cu_padded).__name__)} of shape "
+                         f"{tuple(getattr(cu_padded, 'shape', ()))}")
+    if out_dtype not in WGRAD_OUT_DTYPES:
+        raise InputError(f"out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
+    if n_out == 0 or k_out == 0:
+        raise InputError(f"empty problem (N_out = {n_out}, K_out = {k_out})")
+    if k_out % 8:
+        raise InputError(f"K_out = {k_out} must be a multiple of 8 (16-byte rows of the output)")
+    if config is not None:
+        if not isinstance(config, GemmConfig):
+            raise InputError(f"config must be a GemmConfig or None, got {type(config).__name__}")
+        errors = block_scaled_errors(config, EpilogueSpec("identity"), arch=FAMILY_ARCH, majors=("k", "k"),
+                                     grouped_k=True, b_scale="rows_staged")
+        if errors:
+            raise InputError(f"config: {config} cannot run the grouped FP8 weight gradient: " + "; ".join(errors))
+    experts = cu_padded.numel() - 1
+    dw = torch.empty((experts, n_out, k_out), dtype=out_dtype, device=gq_t.device)
+    if tp == 0:  # every expert empty (list splits): no launch
+        return dw.zero_()
+    check_fp8_launch("gq_t", gq_t)
+    from ..gemm_base.launch_args import GemmArgs
+    from ..gemm_ops import _run
+
+    u8 = torch.uint8
+    key = grouped_wgrad_key(fa, fb, out_dtype, config or WGRAD_DEFAULT_CONFIG)
+    _run(key, GemmArgs(as_mkl(gq_t.view(u8)), as_mkl(xq_t.view(u8)), dw.permute(1, 2, 0), None, cu_rows=cu_padded,
+                       sa=gs_t, sb=xs_t.unsqueeze(-1)))
+    return dw
+
+
+def _token_free_view(t):
+    """A copy holding no token (every expert empty) as a row-major (rows, 0) view, for the operand
+    checks (torch gives an empty tensor any strides); anything else as it is."""
+    if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[1] == 0:
+        return t.as_strided(t.shape, (BLOCK, 1))
+    return t
+
+
+def fp8_grouped_weight_grad_of(g: torch.Tensor, act: torch.Tensor, m_splits, recipe) -> torch.Tensor:
+    """(E, N_out, K_out) fp32, dW[e] = g_e^T @ act_e of the FP8 step's grouped weight gradient
+    (Fp8Recipe(wgrad="fp8"), kernel path, CUTE_KERNELS_FP8_GROUPED_WGRAD=1): g (T, N_out) and act
+    (T, K_out), tokens sorted by expert (`m_splits`: a list of ints or a GPU int tensor, no host
+    sync), each quantized 1x128 along its expert's tokens into the per-expert padded column-wise
+    copy (one launch each), then one launch of fp8_grouped_weight_grad."""
+    from .quantize_ops import quantize_cols_grouped
+
+    gq_t, gs_t, cu_padded = quantize_cols_grouped(g.to(torch.bfloat16).contiguous(), m_splits, recipe.grad_format,
+                                                  pow2=recipe.pow2_scales)
+    xq_t, xs_t, _ = quantize_cols_grouped(act.to(torch.bfloat16).contiguous(), m_splits, recipe.fwd_format,
+                                          pow2=recipe.pow2_scales)
+    return fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded)
+
+
+def grouped_wgrad_kernel_enabled() -> bool:
+    """Whether the FP8 step's grouped weight gradients (Fp8Recipe(wgrad="fp8") with m_splits,
+    kernel path) use fp8_grouped_weight_grad_of instead of the per-expert loop: off until an H200
+    run has checked it (CUTE_KERNELS_FP8_GROUPED_WGRAD=1 turns it on)."""
+    return os.environ.get("CUTE_KERNELS_FP8_GROUPED_WGRAD", "0") == "1"
 
 
 def padded_tokens(t: int) -> int:

@@ -80,3 +80,13 @@ def expert_k_view(mX: cute.Tensor, k_extent):
     """(R, K, 1) operand with its K extent cut to `k_extent` (same base address)."""
     layout = cute.make_layout((cute.size(mX, mode=[0]), k_extent, 1), stride=mX.stride)
     return cute.make_tensor(mX.iterator, layout)
+
+
+def expert_block_scales(mSA: cute.Tensor, mSB: cute.Tensor, mCuRows, expert, tile_k: int):
+    """Grouped along K with block-scaled operands (the FP8 weight gradient over per-expert token
+    ranges padded to whole 128-token scale blocks, fp8/grouped_tokens.py): A's (M, KB) and B's
+    (N, KB, 1) scales offset to the expert's first K block, so the mainloop's K tile kt of this
+    expert reads scale block kb0 + kt (and B's expert mode 0).  An empty expert's one all-zero K
+    tile reads block min(kb0, KB - 1): any finite scale gives its zeros."""
+    kb0 = cutlass.min(mCuRows[expert] // tile_k, cute.size(mSA, mode=[1]) - 1)
+    return cute.domain_offset((0, kb0), mSA), cute.domain_offset((0, kb0, 0), mSB)

@@ -293,8 +293,12 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool,
         errs.append("the FP8 GEMM takes clusters of at most 2 CTAs")
     if tuple(majors) != ("k", "k"):
         errs.append(f"Hopper's FP8 WGMMA reads K-major A and B, got majorness {tuple(majors)}")
-    if grouped_k:
-        errs.append("the FP8 GEMM is not grouped along K yet (the weight gradients are torch)")
+    if grouped_k and b_scale != "rows_staged":
+        # grouped along K: the 1D1D weight gradient over per-expert token ranges padded to whole
+        # 128-token scale blocks (fp8/grouped_tokens.py), B's scales per row, the overlapped mainloop
+        # (the serial "row" one spills 220 bytes grouped: ptxas, 2026-12-03)
+        errs.append("the FP8 GEMM grouped along K runs per-row B scales through the overlapped mainloop only "
+                    f"(b_scale 'rows_staged': the grouped weight gradient), got {b_scale!r}")
     if epi.accumulate:
         errs.append("the FP8 GEMM does not accumulate into its output (the weight gradients are not FP8 yet)")
     elif epi.kind == "dact" and cfg.tile_n != FP8_BLOCK:
@@ -311,8 +315,9 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool,
         # a scale per output column: one 128-column N block per tile
         if cfg.tile_n != FP8_BLOCK:
             errs.append(f"the FP8 GEMM with per-row B scales runs {FP8_BLOCK}-wide tiles")
-        if grouped or grouped_k:
-            errs.append("the FP8 GEMM with per-row B scales is dense only so far (the weight gradient of one weight)")
+        if grouped:
+            errs.append("the FP8 GEMM with per-row B scales is dense or grouped along K (weight gradients), "
+                        "not grouped along M")
         if epi.kind != "identity" or epi.num_outputs != 1 or epi.quantized:
             errs.append("the FP8 GEMM with per-row B scales has the plain epilogue (one unquantized output)")
     misfit = epilogue_misfit(cfg, epi)

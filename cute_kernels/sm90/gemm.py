@@ -56,7 +56,7 @@ from ..config import GemmConfig
 from ..epilogue import EpilogueSpec
 from ..gemm_base.descriptors import DescriptorRing
 from ..gemm_base.epilogue_io import visit_subtile
-from ..gemm_base.grouping import k_range, output_tile
+from ..gemm_base.grouping import expert_block_scales, k_range, output_tile
 from ..gemm_base.kernel_base import GemmKernelBase
 from ..gemm_base.output_codec import FP8_TYPES, as_element_type
 from ..gemm_base.tile_walk import TileWalk, launch_geometry
@@ -438,9 +438,13 @@ class Sm90Gemm(GemmKernelBase):
 
                 # ---- mainloop
                 if const_expr(self.block_scaled):
+                    sa, sb, scale_tile = mSA, mSB, tile
+                    if const_expr(self.grouped_k):  # the expert's scale blocks; B's scales have one expert mode
+                        sa, sb = expert_block_scales(mSA, mSB, mCuRows, expert, self.tile_k)
+                        scale_tile = (row_start, row_end, n_tile, Int32(0))
                     tiled_mma, read_state, release_state = mainloop.run_tile(
-                        tiled_mma, acc, ab_pipeline, read_state, release_state, tile_k_tiles, mSA, mSB, tile, m_total,
-                        num_n_tiles, n_total)
+                        tiled_mma, acc, ab_pipeline, read_state, release_state, tile_k_tiles, sa, sb, scale_tile,
+                        m_total, num_n_tiles, n_total)
                 else:
                     tiled_mma, read_state, release_state = mainloop.run(
                         tiled_mma, acc, ab_pipeline, read_state, release_state, tile_k_tiles)
