@@ -5,8 +5,6 @@ list and tensor splits (empty, one-token, 128 and 129-token experts, odd sizes);
 and padded offsets; the kernel compiles for sm_90a with the PTX the design says (16-byte loads of
 x, 16-byte FP8 stores, the recipe's rounding, no local memory, no spills under ptxas); the host
 wrapper's input checks name the argument."""
-import re
-
 import pytest
 import torch
 
@@ -16,6 +14,7 @@ from cute_kernels.fp8.quantize_ops import quantize_cols_grouped, quantize_cols_g
 from cute_kernels.fp8.recipe import quantize_1x128
 from cute_kernels.inspect_ptx import find_ptxas, ptxas_info
 from cute_kernels.sm90.quantize_tile import ROW_SWEEPS
+from test_compile_quantize import _ops
 
 U8 = torch.uint8
 SPLITS = [[0, 1, 127, 128, 129, 0, 300], [5], [0, 0, 256], [1, 1, 1], [200, 0]]
@@ -88,10 +87,6 @@ def test_upper_bound_holds_for_any_splits():
         e = int(torch.randint(1, 20, (1,), generator=g))
         splits = torch.randint(0, 400, (e,), generator=g).tolist()
         assert num_padded_blocks(torch.tensor(splits), sum(splits)) >= num_padded_blocks(splits, sum(splits))
-
-
-def _ops(ptx: str, prefix: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(rf"^\s*(?:@%p\d+\s+)?({re.escape(prefix)}[\w.]*)\s", ptx, re.M)]
 
 
 @pytest.mark.parametrize("fmt,pow2", [("e4m3", False), ("e5m2", True)])

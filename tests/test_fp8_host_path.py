@@ -202,3 +202,42 @@ def test_the_stubbed_fp8_step_with_the_tanh_clamp_launches_its_own_fc1_and_the_p
         relu2_only = {"sm90": [p for p in table["sm90"] if "tanh" not in p]}
         assert IS_VERIFIED("sm90", selfcheck.variant_name(fc1), relu2_only) == (act is None)
         assert all(IS_VERIFIED("sm90", selfcheck.variant_name(k), table) for k in fp8[1:])
+
+
+@pytest.mark.parametrize("switch", [None, "0", "1"])
+def test_the_grouped_fp8_wgrad_switch_routes_to_the_grouped_kernel(stubbed, monkeypatch, switch):
+    """Fp8Recipe(wgrad="fp8") with m_splits: CUTE_KERNELS_FP8_GROUPED_WGRAD=1 takes the grouped FP8
+    weight gradient (per weight: two per-expert padded column-wise quantizations and one K-grouped
+    FP8 launch, b_scale "rows_staged"); unset or 0, the per-expert torch loop (no such launch)."""
+    from cute_kernels.fp8 import Fp8Recipe, wgrad_ops
+
+    if switch is None:
+        monkeypatch.delenv("CUTE_KERNELS_FP8_GROUPED_WGRAD", raising=False)
+    else:
+        monkeypatch.setenv("CUTE_KERNELS_FP8_GROUPED_WGRAD", switch)
+    grouped_quantize = []
+    real_cached = quantize_ops._cached
+
+    def cached(key, compile_fn):
+        if key[0] == "cols_grouped":
+            return lambda *args: grouped_quantize.append(args)
+        return real_cached(key, compile_fn)
+
+    loop = []
+    real_wgrad = wgrad_ops.fp8_weight_grad_of
+    with mock.patch.object(quantize_ops, "_cached", cached), \
+            mock.patch("cute_kernels.fp8.mlp.wgrad", lambda g, a, r: loop.append(1) or g.float().t() @ a.float()), \
+            mock.patch.object(wgrad_ops, "fp8_weight_grad_of", real_wgrad):
+        fp8_step_call(SHAPE, Fp8Recipe(wgrad="fp8"))()
+    grouped_k = [key for key, _ in stubbed if key.grouped_k]
+    if switch == "1":
+        assert len(grouped_k) == 2 and all(k.block_scaled and k.b_scale == "rows_staged" for k in grouped_k)
+        assert len(grouped_quantize) == 4 and not loop
+        # the block table and padded offsets the quantizer and the GEMM read
+        x, blocks, qt, st = grouped_quantize[0]
+        # splits 0, 130, 1, 141: blocks of 128 + 2, 1, 128 + 13 tokens, each expert starting its own
+        assert st.shape[1] * 128 == qt.shape[1] == 128 * 5
+        assert blocks.view(-1, 2).tolist() == [[0, 128], [128, 2], [130, 1], [131, 128], [259, 13]]
+    else:
+        assert not grouped_k and not grouped_quantize
+        assert len(loop) == 2 * 3, "dW1 and dW2 of the three non-empty experts by the torch loop"

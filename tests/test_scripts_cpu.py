@@ -195,6 +195,25 @@ def test_bench_fp8_wgrad_shapes_are_the_dense_steps_and_selectable_alone(monkeyp
     assert ns.no_gemm and ns.no_grouped and ns.no_step and not ns.no_wgrad and not ns.no_sustained
 
 
+def test_bench_fp8_grouped_wgrad_rows_are_the_grouped_steps_shapes():
+    """The grouped E=8 step's dW1 (E, F, H) and dW2 (E, H, F) over its tokens; their rows have no
+    rowwise ratio and no dense target line; the step table's grouped shape has the grouped-kernel
+    variant behind its switch."""
+    import inspect
+
+    from benchmarks import bench_fp8
+    from benchmarks.bench_fp8 import GROUPED_WGRAD_SHAPES, STEP_SHAPES, format_wgrad_table
+
+    (_, m, h, f, e), = [s for s in STEP_SHAPES if s[4]]
+    assert [s[1:] for s in GROUPED_WGRAD_SHAPES] == [(m, e, f, h), (m, e, h, f)]
+    name = GROUPED_WGRAD_SHAPES[0][0]
+    lines = format_wgrad_table([dict(shape=name, case="ours fp8 grouped wgrad 1D1D staged (fp32 out)",
+                                     flops=2.0 * m * f * h, rel_err=1e-3, burst_ms=0.25)])
+    assert lines[5].startswith(f"| {name} | ours fp8 grouped wgrad 1D1D staged (fp32 out) | 1.00e-03 | 0.250 | 654 | - |")
+    assert not [line for line in lines if line.startswith("- target")]
+    assert "CUTE_KERNELS_FP8_GROUPED_WGRAD" in inspect.getsource(bench_fp8.step_rows)
+
+
 def test_bench_mlp_compile_table():
     from benchmarks.bench_mlp import format_compile_table
 

@@ -15,14 +15,14 @@ on an sm_90a GPU; "torch" = the torch implementation of the same recipe in fp8/t
 | FC2 | postact FP8, w2 FP8 | kernel |
 | FC2 dgrad | dy FP8 (grad_format, 1x128 along H), w2^T FP8 copy | kernel, bf16 dpost |
 | dSReLU, router gradient, postact recompute | dpost, preact, p | kernel: in the FC2 dgrad's epilogue (`fp8_dgrad_dact`; torch elementwise on the torch path and for every activation but relu^2, see `_fused_dact`) |
-| FC2 wgrad | dy^T, postact^T (the dgrad's recomputed postact), 1x128 along tokens | torch implementation |
+| FC2 wgrad | dy^T, postact^T (the dgrad's recomputed postact), 1x128 along tokens | wgrad="fp8": kernel (wgrad_ops; grouped only with CUTE_KERNELS_FP8_GROUPED_WGRAD=1, else a torch loop over experts) |
 | FC1 dgrad | dpreact FP8 (grad_format, 1x128 along F), w1^T FP8 copy | kernel |
-| FC1 wgrad | dpreact^T, x^T (requantized from the bf16 dequantization of the saved FP8 x) along tokens | torch implementation |
+| FC1 wgrad | dpreact^T, x^T (requantized from the bf16 dequantization of the saved FP8 x) along tokens | as FC2's |
 
 Grouped (m_splits): on the kernel path every FP8 GEMM is one grouped launch for all experts
 (`fp8_grouped` / `fp8_dgrad_dact`: the family's tile walk, empty experts included); the torch
-implementation and the weight gradients still loop over experts in Python (empty experts give a
-zero weight gradient).
+implementation and wgrad="fp8"'s weight gradients without CUTE_KERNELS_FP8_GROUPED_WGRAD=1 still
+loop over experts in Python (empty experts give a zero weight gradient).
 
 Weights: master weights stay as given (bf16/fp32); each forward quantizes each weight once
 from its current values (`quantize_weight`, fp8/weight_cache.py: never a stale copy; reused
@@ -175,7 +175,8 @@ def _mm(aq, sa, bq, sb, impl, out):
 
 def _weight_grad(ctx, w, name, g, act, impl):
     """w's gradient g^T @ act (per expert when grouped) by the recipe's `wgrad`: "fp8" quantizes
-    both operands 1x128 along the tokens (torch implementation); "bf16" multiplies the bf16
+    both operands 1x128 along the tokens (the 1D1D kernel on the kernel path, dense; grouped with
+    CUTE_KERNELS_FP8_GROUPED_WGRAD=1; else the torch implementation); "bf16" multiplies the bf16
     operands, through the family's weight-gradient kernel on the kernel path (one launch for every
     expert, written or added straight into main_grad with fuse_wgrad_accumulation)."""
     recipe, splits = ctx.recipe, ctx.splits
@@ -187,11 +188,16 @@ def _weight_grad(ctx, w, name, g, act, impl):
         # fp32 accumulation rounded once into the weight's dtype by the epilogue (as .to(w.dtype) would)
         return _as_dtype(gemm_ops.weight_grad(g, act, m_splits=splits,
                                               out_dtype=w.dtype if w.dtype in _WGRAD_OUT else torch.float32), w.dtype)
-    if recipe.wgrad == "fp8" and impl == "kernel" and splits is None and g.shape[0]:
-        from .wgrad_ops import fp8_weight_grad_of, wgrad_kernel_enabled
+    if recipe.wgrad == "fp8" and impl == "kernel" and g.shape[0]:
+        from .wgrad_ops import (fp8_grouped_weight_grad_of, fp8_weight_grad_of, grouped_wgrad_kernel_enabled,
+                                wgrad_kernel_enabled)
 
-        if wgrad_kernel_enabled():  # the 1D1D kernel (CUTE_KERNELS_FP8_WGRAD_KERNEL=0: the torch emulation)
+        if splits is None and wgrad_kernel_enabled():  # the 1D1D kernel (CUTE_KERNELS_FP8_WGRAD_KERNEL=0: torch)
             return _add_wgrad(ctx, w, name, fp8_weight_grad_of(g, act, recipe))
+        if splits is not None and grouped_wgrad_kernel_enabled():
+            # every expert in one launch over per-expert padded copies (CUTE_KERNELS_FP8_GROUPED_WGRAD=1;
+            # off until an H200 run has checked it: the per-expert torch loop below)
+            return _add_wgrad(ctx, w, name, fp8_grouped_weight_grad_of(g, act, splits, recipe))
     dw = torch.zeros(w.shape, dtype=torch.float32, device=g.device)
     for e, start, n in _segments(splits, g.shape[0]):
         if n:

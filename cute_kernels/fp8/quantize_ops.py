@@ -89,20 +89,11 @@ def compile_quantize(fmt: str = "e4m3", pow2: bool = False, *, options: str = ""
     """Compile the kernel for sm_90a (uncached): the activation kernel (without its column pass
     with `cols=False`), or with `weight` the 128x128-block weight kernel.  With `tvm_ffi` it takes
     torch tensors: fn(x, q_u8, s, qt_u8, st) on the current torch stream."""
-    import cutlass.cute as cute
-
     from ..sm90.quantize import Sm90QuantizeBoth
     from ..sm90.quantize_weight import Sm90QuantizeWeight
 
-    with dsl_lock:
-        kernel = Sm90QuantizeWeight(fmt, pow2) if weight else Sm90QuantizeBoth(fmt, pow2, cols)
-        if tvm_ffi:
-            stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
-            options = (options + " --enable-tvm-ffi").strip()
-        else:
-            stream = cute.runtime.make_fake_stream()
-        fakes = fake_weight_arguments() if weight else fake_arguments()
-        return cute.compile(kernel, *fakes, stream, options=arch_options("sm90", options))
+    return _compile_sm90(lambda: Sm90QuantizeWeight(fmt, pow2) if weight else Sm90QuantizeBoth(fmt, pow2, cols),
+                         fake_weight_arguments if weight else fake_arguments, options, tvm_ffi)
 
 
 def _cached(key, compile_fn):
@@ -236,18 +227,9 @@ def fake_dequantize_arguments():
 
 def compile_dequantize(fmt: str = "e4m3", *, options: str = "", tvm_ffi: bool = False):
     """Compile the dequantization kernel (sm90/dequantize.py) for sm_90a (uncached)."""
-    import cutlass.cute as cute
-
     from ..sm90.dequantize import Sm90Dequantize
 
-    with dsl_lock:
-        if tvm_ffi:
-            stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
-            options = (options + " --enable-tvm-ffi").strip()
-        else:
-            stream = cute.runtime.make_fake_stream()
-        return cute.compile(Sm90Dequantize(fmt), *fake_dequantize_arguments(), stream,
-                            options=arch_options("sm90", options))
+    return _compile_sm90(lambda: Sm90Dequantize(fmt), fake_dequantize_arguments, options, tvm_ffi)
 
 
 def dequantize_ptx(fmt: str = "e4m3") -> str:
@@ -403,9 +385,15 @@ def compile_quantize_cols_grouped(fmt: str = "e4m3", pow2: bool = False, *, opti
                                   tvm_ffi: bool = False):
     """Compile the per-expert padded column-wise kernel (sm90/quantize_grouped.py) for sm_90a
     (uncached): fn(x, blocks, qt_u8, st)."""
-    import cutlass.cute as cute
-
     from ..sm90.quantize_grouped import Sm90QuantizeColsGrouped, fake_arguments as fake_grouped_arguments
+
+    return _compile_sm90(lambda: Sm90QuantizeColsGrouped(fmt, pow2), fake_grouped_arguments, options, tvm_ffi)
+
+
+def _compile_sm90(make_kernel, fake_args, options: str, tvm_ffi: bool):
+    """cute.compile of make_kernel() on fake_args() for sm_90a under the DSL lock (with `tvm_ffi`:
+    taking torch tensors on the current torch stream)."""
+    import cutlass.cute as cute
 
     with dsl_lock:
         if tvm_ffi:
@@ -413,8 +401,7 @@ def compile_quantize_cols_grouped(fmt: str = "e4m3", pow2: bool = False, *, opti
             options = (options + " --enable-tvm-ffi").strip()
         else:
             stream = cute.runtime.make_fake_stream()
-        return cute.compile(Sm90QuantizeColsGrouped(fmt, pow2), *fake_grouped_arguments(), stream,
-                            options=arch_options("sm90", options))
+        return cute.compile(make_kernel(), *fake_args(), stream, options=arch_options("sm90", options))
 
 
 def quantize_cols_grouped_ptx(fmt: str = "e4m3", pow2: bool = False) -> str:

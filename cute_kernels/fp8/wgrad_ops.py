@@ -79,6 +79,23 @@ def wgrad_config_errors(config: GemmConfig, b_scale: str = "row") -> list[str]:
     return block_scaled_errors(config, EpilogueSpec("identity"), arch=FAMILY_ARCH, majors=("k", "k"), b_scale=b_scale)
 
 
+def _check_problem(n_out: int, k_out: int, out_dtype, config, what: str, config_errors):
+    """The output's and the config's checks of both host ops (`config_errors()`: the config's
+    errors for this kernel, called only for a config given)."""
+    if out_dtype not in WGRAD_OUT_DTYPES:
+        raise InputError(f"out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
+    if n_out == 0 or k_out == 0:
+        raise InputError(f"empty problem (N_out = {n_out}, K_out = {k_out})")
+    if k_out % 8:
+        raise InputError(f"K_out = {k_out} must be a multiple of 8 (16-byte rows of the output)")
+    if config is not None:
+        if not isinstance(config, GemmConfig):
+            raise InputError(f"config must be a GemmConfig or None, got {type(config).__name__}")
+        errors = config_errors()
+        if errors:
+            raise InputError(f"config: {config} cannot run {what}: " + "; ".join(errors))
+
+
 def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype = torch.float32,
                     config: GemmConfig | None = None, b_scale: str | None = None) -> torch.Tensor:
     """dW = dequant(gq_t) @ dequant(xq_t)^T (see the module docstring), a new (N_out, K_out)
@@ -93,21 +110,13 @@ def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype = torch.fl
             raise InputError(f"{name} is on {x.device}, expected {gq_t.device}")
     _check_scales("gs_t", gs_t, (n_out, _cdiv(t, BLOCK)))
     _check_scales("xs_t", xs_t, (k_out, _cdiv(t, BLOCK)))
-    if out_dtype not in WGRAD_OUT_DTYPES:
-        raise InputError(f"out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
     if b_scale is not None and b_scale not in WGRAD_B_SCALES:
         raise InputError(f"b_scale must be one of {WGRAD_B_SCALES} or None, got {b_scale!r}")
     b_scale = b_scale or wgrad_b_scale()
-    if n_out == 0 or k_out == 0 or t == 0:
+    if t == 0:
         raise InputError(f"empty problem (N_out = {n_out}, K_out = {k_out}, tokens = {t})")
-    if k_out % 8:
-        raise InputError(f"K_out = {k_out} must be a multiple of 8 (16-byte rows of the output)")
-    if config is not None:
-        if not isinstance(config, GemmConfig):
-            raise InputError(f"config must be a GemmConfig or None, got {type(config).__name__}")
-        errors = wgrad_config_errors(config, b_scale)
-        if errors:
-            raise InputError(f"config: {config} cannot run the FP8 weight gradient: " + "; ".join(errors))
+    _check_problem(n_out, k_out, out_dtype, config, "the FP8 weight gradient",
+                   lambda: wgrad_config_errors(config, b_scale))
     check_fp8_launch("gq_t", gq_t)
     from ..gemm_base.launch_args import GemmArgs
     from ..gemm_ops import _run
@@ -174,19 +183,9 @@ def fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded, *, out_dtype: tor
         raise InputError("cu_padded must be a 1-D int32 tensor of E+1 >= 2 token offsets, got "
                          f"{getattr(cu_padded, 'dtype', type(cu_padded).__name__)} of shape "
                          f"{tuple(getattr(cu_padded, 'shape', ()))}")
-    if out_dtype not in WGRAD_OUT_DTYPES:
-        raise InputError(f"out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
-    if n_out == 0 or k_out == 0:
-        raise InputError(f"empty problem (N_out = {n_out}, K_out = {k_out})")
-    if k_out % 8:
-        raise InputError(f"K_out = {k_out} must be a multiple of 8 (16-byte rows of the output)")
-    if config is not None:
-        if not isinstance(config, GemmConfig):
-            raise InputError(f"config must be a GemmConfig or None, got {type(config).__name__}")
-        errors = block_scaled_errors(config, EpilogueSpec("identity"), arch=FAMILY_ARCH, majors=("k", "k"),
-                                     grouped_k=True, b_scale="rows_staged")
-        if errors:
-            raise InputError(f"config: {config} cannot run the grouped FP8 weight gradient: " + "; ".join(errors))
+    _check_problem(n_out, k_out, out_dtype, config, "the grouped FP8 weight gradient",
+                   lambda: block_scaled_errors(config, EpilogueSpec("identity"), arch=FAMILY_ARCH, majors=("k", "k"),
+                                               grouped_k=True, b_scale="rows_staged"))
     experts = cu_padded.numel() - 1
     dw = torch.empty((experts, n_out, k_out), dtype=out_dtype, device=gq_t.device)
     if tp == 0:  # every expert empty (list splits): no launch
