@@ -122,3 +122,11 @@ def test_kernel_compiles_and_ptx_is_as_designed(fmt, pow2):
 def test_input_errors_name_the_argument(x, splits, match):
     with pytest.raises(InputError, match=match):
         quantize_cols_grouped(x, splits)
+
+
+def test_a_lists_layout_is_kept_and_a_tensors_is_not():
+    a = padded_layout([3, 0, 200], 203, "cpu")
+    assert padded_layout((3, 0, 200), 203, "cpu") is a, "one layout per splits values"
+    assert padded_layout([3, 1, 199], 203, "cpu") is not a
+    t = torch.tensor([3, 0, 200])
+    assert padded_layout(t, 203, "cpu") is not padded_layout(t, 203, "cpu"), "a tensor's values may change"

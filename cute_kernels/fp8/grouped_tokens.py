@@ -21,6 +21,7 @@ blocks)), the padded copy by the recipe (`quantize_1x128` of the padded x^T): wh
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
@@ -70,9 +71,30 @@ def num_padded_blocks(m_splits, tokens: int) -> int:
     return sum(_cdiv(s, BLOCK) for s in m_splits)
 
 
+_LAYOUT_CACHE_SIZE = 64
+_layouts: OrderedDict = OrderedDict()  # (splits tuple, tokens, device) -> PaddedLayout of a list's splits
+
+
 def padded_layout(m_splits, tokens: int, device) -> PaddedLayout:
     """The block table and padded offsets of `m_splits` (see the module docstring), computed by
-    torch ops on `device` (a list is uploaded once)."""
+    torch ops on `device`.  A list's is kept per (values, tokens, device) (LRU; the step's two
+    weight gradients and their two quantizations share one), except inside a CUDA graph capture
+    (computed in the graph: a kept tensor could be evicted and its memory reused under the graph)."""
+    device = torch.device(device)
+    if isinstance(m_splits, torch.Tensor) or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return _padded_layout(m_splits, tokens, device)
+    key = (tuple(m_splits), tokens, device)
+    layout = _layouts.get(key)
+    if layout is None:
+        layout = _layouts[key] = _padded_layout(m_splits, tokens, device)
+        if len(_layouts) > _LAYOUT_CACHE_SIZE:
+            _layouts.popitem(last=False)
+    else:
+        _layouts.move_to_end(key)
+    return layout
+
+
+def _padded_layout(m_splits, tokens: int, device) -> PaddedLayout:
     num_blocks = num_padded_blocks(m_splits, tokens)
     splits = (m_splits.to(device=device, dtype=torch.int64) if isinstance(m_splits, torch.Tensor)
               else torch.tensor(list(m_splits), dtype=torch.int64, device=device))
