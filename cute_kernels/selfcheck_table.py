@@ -53,7 +53,8 @@ def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
     """The block-scaled FP8 kernels' keys (arches that have them): each registered FP8 kernel
     dense and grouped (grouped FC1 with the router probability, as the MoE step launches it)
     per FP8 self-check config, the gradient GEMM's e5m2 x e4m3 operands, and on 128-wide tiles the
-    weight gradient with per-row B scales (b_scale "row" and "rows_staged", fp32 out: fp8/wgrad_ops.py), and
+    weight gradient with per-row B scales (b_scale "row" and "rows_staged", fp32 out: fp8/wgrad_ops.py; and
+    "rows_staged" grouped along K, the grouped weight gradient), and
     the FC1 with the tanh clamp (dense and grouped: the FP8 step's other activation)."""
     from .registry import KERNELS, kernel_key, with_activation
 
@@ -73,6 +74,9 @@ def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
             for b_scale in ("row", "rows_staged"):
                 keys.append(dataclasses.replace(kernel_key("fp8_fc2", arch, cfg, "float8_e4m3fn", 0), b_scale=b_scale,
                                                 out_dtype="float32"))
+            # the grouped weight gradient (grouped along K over per-expert padded copies, "rows_staged" only)
+            keys.append(dataclasses.replace(kernel_key("fp8_fc2", arch, cfg, "float8_e4m3fn", 0), b_scale="rows_staged",
+                                            out_dtype="float32", grouped_k=True))
     return keys
 
 

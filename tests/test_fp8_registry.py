@@ -147,6 +147,13 @@ def test_fp8_variants_have_their_h200_evidence_and_bf16_keep_theirs():
     rows = [k for k in fp8 if k.b_scale]
     assert sorted({k.b_scale for k in rows}) == ["row", "rows_staged"]
     assert all(k.cfg.tile_n == 128 and k.out_dtype == "float32" for k in rows)
+    # the grouped weight gradient (grouped along K, "rows_staged"): in the table, no H200 evidence yet
+    # (its first launch self-checks it; `python -m cute_kernels.selfcheck` records it)
+    grouped_k = [k for k in rows if k.grouped_k]
+    assert grouped_k and all(k.b_scale == "rows_staged" for k in grouped_k)
+    assert not any(selfcheck.is_verified("sm90", selfcheck.variant_name(k), table) for k in grouped_k)
+    fp8 = [k for k in fp8 if not k.grouped_k]
+    rows = [k for k in rows if not k.grouped_k]
     # and the FP8 FC1 with the tanh clamp
     tanh = [k for k in fp8 if k.epi.activation != SRELU]
     assert {k.grouped for k in tanh} == {False, True} and all(k.epi.kind == "act" for k in tanh)
