@@ -71,9 +71,19 @@ def measure(row: dict, fn, sustained: bool) -> dict:
     return row
 
 
+def _staged_scales(fn):
+    """`fn` run with the FP8 kernel's scales staged in shared memory (fp8.ops.smem_scales)."""
+    from cute_kernels.fp8.ops import smem_scales
+
+    def run():
+        with smem_scales(True):
+            return fn()
+    return run
+
+
 def cases(m, n, k):
     import cute_kernels as ck
-    from cute_kernels.fp8.ops import fp8_fc1_srelu, fp8_gemm
+    from cute_kernels.fp8.ops import fp8_fc1_srelu, fp8_gemm, smem_scales
     from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
 
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -105,6 +115,20 @@ def cases(m, n, k):
     out["ours fp8 FC1+SReLU (postact fp8+scales) [128x128 c1x2]"] = (
         lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=base))
     out["ours fp8 FC1+SReLU (+preact bf16) [128x128 c1x2]"] = lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, config=base)
+    # the same tile with the K tiles' scales staged in shared memory by the producer (KernelKey.scales_smem,
+    # opt-in: CUTE_KERNELS_FP8_SMEM_SCALES=1), no global scale loads in the consumers' K loop; bitwise equal
+    try:
+        with smem_scales(True):
+            staged = fp8_gemm(xq, xs_col, wq, ws, config=base)
+        checks["128x128 smem scales == 128x128 (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
+            staged, fp8_gemm(xq, xs_col, wq, ws, config=base)))
+        del staged
+        out["ours fp8 GEMM (bf16 out) [128x128 c1x2 smem scales]"] = _staged_scales(
+            lambda: fp8_gemm(xq, xs_col, wq, ws, config=base))
+        out["ours fp8 FC1+SReLU (postact fp8+scales) [128x128 c1x2 smem scales]"] = _staged_scales(
+            lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=base))
+    except Exception as e:  # noqa: BLE001 - report and go on
+        checks["[128x128 smem scales] failed"] = _error(e)
     for cm, cn in ((2, 1), (1, 2)):
         cfg = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=cm, cluster_n=cn)
         tag = f"[128x256 c{cm}x{cn}]"

@@ -47,6 +47,11 @@ class KernelKey:
     # "rows_staged": the same scales through the overlapped mainloop, B's column scales staged in
     # shared memory: sm90/mainloop_fp8.run_rows_staged)
     b_scale: str = ""
+    # block-scaled with B's 128x128 blocks on cooperative 128-row tiles: the producer stages each K
+    # tile's scales in shared memory with its operands and the consumers read them there instead of
+    # loading them from global memory in the K loop (sm90/scale_stage.py; opt-in:
+    # CUTE_KERNELS_FP8_SMEM_SCALES=1 in the FP8 launch path, fp8/ops.py)
+    scales_smem: bool = False
 
     @property
     def block_scaled(self) -> bool:
@@ -82,7 +87,7 @@ def kernel_ab_stages(key: "KernelKey") -> int:
     """The operand stages the kernel of `key` is built with (block-scaled FP8: one-byte stages)."""
     if key.block_scaled:
         return arch_config_module(key.arch).block_scaled_ab_stages(key.cfg, key.epi, out_bytes=key.out_bytes,
-                                                                   b_scale=key.b_scale)
+                                                                   b_scale=key.b_scale, scales_smem=key.scales_smem)
     return resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
 
 
@@ -269,12 +274,22 @@ def _build_block_scaled_kernel(key: KernelKey):
     (archs.Arch.block_scaled_fp8 says which arches have one)."""
     errors = block_scaled_errors(key.cfg, key.epi, arch=key.arch, grouped=key.grouped, grouped_k=key.grouped_k,
                                  majors=(key.a_major, key.b_major), out_bytes=key.out_bytes, b_scale=key.b_scale)
+    if key.scales_smem and (key.b_scale or key.grouped_k or key.cfg.schedule != "cooperative" or key.cfg.tile_m != 128):
+        errors.append("scales_smem: the scales staged in shared memory serve cooperative 128-row tiles with "
+                      "128x128 B scale blocks (not grouped along K)")
     if errors:
         raise ConfigError(f"invalid block-scaled FP8 GemmConfig {key.cfg}: " + "; ".join(errors))
-    return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k,
-                                  ab_stages=kernel_ab_stages(key),
+    stages = kernel_ab_stages(key)
+    if key.scales_smem:
+        arch_cfg = arch_config_module(key.arch)
+        need = arch_cfg.block_scaled_smem_bytes(key.cfg, key.epi, ab_stages=stages, out_bytes=key.out_bytes,
+                                                scales_smem=True)
+        if need > arch_cfg.SMEM_CAPACITY:
+            raise ConfigError(f"scales_smem: {need} bytes of shared memory needed with {stages} operand stages and "
+                              f"their scale slots, {arch_cfg.SMEM_CAPACITY} available")
+    return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages,
                                   formats=key.operand_formats, b_scale_rows=bool(key.b_scale),
-                                  b_scale_staged=key.b_scale == "rows_staged")
+                                  b_scale_staged=key.b_scale == "rows_staged", scales_smem=key.scales_smem)
 
 
 def arch_options(arch: str, options: str = "") -> str:

@@ -76,6 +76,8 @@ def variant_name(key) -> str:
         operands += "+gather"  # variant, "*/bfloat16->*", does not match it)
     if key.b_scale:  # B's scales per row (the 1D1D weight gradient): its own evidence
         operands += f"+{key.b_scale}scaledB"
+    if key.scales_smem:  # the FP8 scales staged in shared memory: its own evidence
+        operands += "+smemscales"  # (the patterns "*/float8_e4m3fn->*" do not match it)
     return f"{grouping}/{key.epi.key()}/{shape}/{operands}->{out}/a{key.a_major}b{key.b_major}"
 
 

@@ -64,6 +64,11 @@ VARIANTS = {
                                            a=E5M2, b=E4M3),
     "grouped-dact-scale-rowsum": _key(EpilogueSpec("dact", row_scale=True, row_sum=True), grouped=True),
     "dact-q-dpreact": _key(EpilogueSpec("dact", quantized="dpreact")),
+    # the K tiles' scales staged in shared memory with the operands (KernelKey.scales_smem: sm90/scale_stage.py)
+    "smem-scales-identity-c1x2": _key(EpilogueSpec("identity"), scales_smem=True),
+    "smem-scales-wide-identity-c2x1": _key(EpilogueSpec("identity"), cfg=WIDE, scales_smem=True),
+    "grouped-smem-scales-act-scale-q": _key(EpilogueSpec("act", row_scale=True, quantized="postact"), grouped=True,
+                                            scales_smem=True),
 }
 
 

@@ -11,6 +11,8 @@ sm_90a only, `archs.Arch.block_scaled_fp8`).
 - `config=`: a `GemmConfig` the FP8 mainloop runs (sm90/config.block_scaled_errors): 128x128
   tiles take the overlapped promotion, 128x256 tiles the split-N one; default: the tuned entry or
   the kernel's default (sm90/config.FP8_DEFAULT_CONFIG).
+- `CUTE_KERNELS_FP8_SMEM_SCALES=1` / `smem_scales(True)`: cooperative 128-row tiles take the kernel
+  whose producer stages the K tiles' scales in shared memory (KernelKey.scales_smem; opt-in).
 
 Operands: a (M, K) / x, b (N, K) / w FP8 (e4m3 or e5m2), K-major (row-major), K a multiple of 16
 (16-byte TMA rows); activation scales (M, ceil(K/128)) fp32, weight scales (ceil(N/128),
@@ -20,8 +22,10 @@ writes its own output scales column-major).  Bad inputs raise `cute_kernels.Inpu
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import functools
 import logging
+import os
 
 import torch
 
@@ -124,13 +128,45 @@ def family_key(epi: Fp8Epilogue, cfg: GemmConfig, a_format: str, b_format: str, 
                       epi=_codec_spec(epi))
 
 
-@functools.lru_cache(maxsize=1024)
+SMEM_SCALES_ENV = "CUTE_KERNELS_FP8_SMEM_SCALES"
+# the switch of the kernel reading the scales from shared memory: [on], set from the environment at import
+_smem_scales = [os.environ.get(SMEM_SCALES_ENV, "0") == "1"]
+
+
+def smem_scales_switch() -> bool:
+    """Whether the family's FP8 launches on cooperative 128-row tiles take the kernel with the
+    scales staged in shared memory (KernelKey.scales_smem, sm90/scale_stage.py): off by default
+    until an H200 run measures it; CUTE_KERNELS_FP8_SMEM_SCALES=1 at import, or `smem_scales(True)`
+    around calls.  Part of every FP8 entry point's call signature (its launch plan)."""
+    return _smem_scales[0]
+
+
+@contextlib.contextmanager
+def smem_scales(on: bool):
+    """Within: smem_scales_switch() is `on` (tests and benchmarks A/B the two kernels in one process)."""
+    before = _smem_scales[0]
+    _smem_scales[0] = bool(on)
+    try:
+        yield
+    finally:
+        _smem_scales[0] = before
+
+
 def _family_launch_key(epi: Fp8Epilogue, m: int, n: int, k: int, num_experts: int, grouped: bool, a_format: str,
                        b_format: str, config: GemmConfig | None, root: str | None):
+    """The key of one family launch (`_chosen_launch_key`) with the environment's smem_scales_switch()."""
+    return _chosen_launch_key(epi, m, n, k, num_experts, grouped, a_format, b_format, config, root,
+                              smem_scales_switch())
+
+
+@functools.lru_cache(maxsize=1024)
+def _chosen_launch_key(epi: Fp8Epilogue, m: int, n: int, k: int, num_experts: int, grouped: bool, a_format: str,
+                       b_format: str, config: GemmConfig | None, root: str | None, smem_scales: bool):
     """The key of one family launch: `config` checked (InputError naming it), or the tuned entry
     for this (kernel, formats, shape), or the kernel's default when none is stored or the stored
-    one cannot run this call's epilogue.  Cached (config_lookup.clear_cache clears it; `root`:
-    the tuned-configs directory the lookup reads)."""
+    one cannot run this call's epilogue; with `smem_scales` the kernel reading the scales from
+    shared memory where the config's tile has it (cooperative 128 rows).  Cached
+    (config_lookup.clear_cache clears it; `root`: the tuned-configs directory the lookup reads)."""
     name = family_kernel(epi)
     where = dict(arch=FAMILY_ARCH, grouped=grouped, majors=("k", "k"))
     if config is not None:
@@ -143,10 +179,13 @@ def _family_launch_key(epi: Fp8Epilogue, m: int, n: int, k: int, num_experts: in
             log.warning("tuned %s config %s cannot run epilogue %s (%s): the default config instead", name, config,
                         _codec_spec(epi).key(), "; ".join(errors))
             config = kernel_default_config(name, m, n, k, num_experts if grouped else 0, arch=FAMILY_ARCH)
-    return family_key(epi, config, a_format, b_format, grouped=grouped)
+    key = family_key(epi, config, a_format, b_format, grouped=grouped)
+    if smem_scales and config.schedule == "cooperative" and config.tile_m == BLOCK:
+        key = dataclasses.replace(key, scales_smem=True)
+    return key
 
 
-on_clear(_family_launch_key.cache_clear)
+on_clear(_chosen_launch_key.cache_clear)
 
 
 def _check_config_arg(config, epi: Fp8Epilogue | None = None, grouped: bool = False):
@@ -253,7 +292,8 @@ def fp8_grouped(x, sx, w, sw, m_splits, *, epilogue: str = "identity", prob=None
     splits' values, allocates and launches."""
     splits_meta = tensor_meta(m_splits)
     signature = ("fp8_grouped", tensor_meta(x), tensor_meta(sx), tensor_meta(w), tensor_meta(sw), splits_meta,
-                 epilogue, prob is not None, tensor_meta(prob), store_preact, recipe, config, tuned_root(), activation)
+                 epilogue, prob is not None, tensor_meta(prob), store_preact, recipe, config, tuned_root(), activation,
+                 _smem_scales[0])
     plan = launch_plan.get(signature)
     if plan is None:
         plan = _grouped_plan(signature, x, sx, w, sw, m_splits, epilogue, prob, store_preact, recipe, config,
@@ -353,7 +393,7 @@ def fp8_dgrad_dact(dq, ds, wt, wts, preact, *, m_splits=None, prob=None, store_p
     splits_meta = tensor_meta(m_splits)
     signature = ("fp8_dgrad_dact", tensor_meta(dq), tensor_meta(ds), tensor_meta(wt), tensor_meta(wts),
                  tensor_meta(preact), grouped, splits_meta, prob is not None, tensor_meta(prob), store_postact,
-                 activation, quantize_dpreact, recipe, config, tuned_root())
+                 activation, quantize_dpreact, recipe, config, tuned_root(), _smem_scales[0])
     plan = launch_plan.get(signature)
     if plan is None:
         plan = _dgrad_dact_plan(signature, dq, ds, wt, wts, preact, m_splits, prob, store_postact, activation,
@@ -436,7 +476,7 @@ def _launch(a, sa, b, sb, epi: Fp8Epilogue, config: GemmConfig | None, outs=None
     checks and the key resolved on a call signature's first call (an `Fp8Plan`), a repeated call
     checks the operands' data pointers."""
     signature = ("fp8_dense", tensor_meta(a), tensor_meta(sa), tensor_meta(b), tensor_meta(sb), epi, config,
-                 tuned_root())
+                 tuned_root(), _smem_scales[0])
     plan = launch_plan.get(signature)
     if plan is None:
         plan = _dense_plan(signature, a, sa, b, sb, epi, config)

@@ -258,6 +258,9 @@ FP8_WAVE_TILE_M = 256
 ROW_B_SCALES = ("row", "rows_staged")
 SCALE_RING_PAIRS = 3
 SCALE_RING_BYTES = FP8_BLOCK * 2 * SCALE_RING_PAIRS * 2 * 4
+# KernelKey.scales_smem: per operand stage, A's scales of the K tile's 128 rows and B's block
+# scales (up to 2, padded to 16 bytes), fp32 (sm90/scale_stage.py)
+FP8_SCALE_SLOT_BYTES = (FP8_BLOCK + 4) * 4
 
 
 def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool, majors: tuple,
@@ -348,20 +351,28 @@ def _wave_tile_errors(cfg: GemmConfig, epi, b_scale: str) -> list[str]:
     return errs
 
 
-def block_scaled_smem_bytes(cfg: GemmConfig, epi, *, ab_stages: int, out_bytes: int = 2, b_scale: str = "") -> int:
-    """Shared memory of an FP8 launch: one-byte operand stages, epilogue buffers per output
-    (the quantized one in one byte), B's column-scale ring ("rows_staged"), reserve."""
-    ab = ab_stages * (cfg.tile_m + cfg.tile_n) * cfg.tile_k
+def block_scaled_smem_bytes(cfg: GemmConfig, epi, *, ab_stages: int, out_bytes: int = 2, b_scale: str = "",
+                            scales_smem: bool = False) -> int:
+    """Shared memory of an FP8 launch: one-byte operand stages (with `scales_smem`, each with its
+    scale slot), epilogue buffers per output (the quantized one in one byte), B's column-scale
+    ring ("rows_staged"), reserve."""
+    ab = ab_stages * _fp8_stage_bytes(cfg, scales_smem)
     epi_buffers = sum(cfg.tile_m * cfg.epi_n * cfg.epi_stages * (1 if o == epi.quantized else out_bytes)
                       for o in epi.outputs)
     ring = SCALE_RING_BYTES if b_scale == "rows_staged" else 0
     return ab + epi_buffers + ring + SMEM_RESERVED + 2048  # + alignment of the four smem arrays
 
 
-def block_scaled_ab_stages(cfg: GemmConfig, epi, *, out_bytes: int = 2, b_scale: str = "") -> int:
+def block_scaled_ab_stages(cfg: GemmConfig, epi, *, out_bytes: int = 2, b_scale: str = "",
+                           scales_smem: bool = False) -> int:
     """Operand stages of an FP8 launch: cfg.ab_stages, or as many as fit (at most FP8_MAX_AB_STAGES)."""
     if cfg.ab_stages:
         return cfg.ab_stages
-    stage = (cfg.tile_m + cfg.tile_n) * cfg.tile_k
     fixed = block_scaled_smem_bytes(cfg, epi, ab_stages=0, out_bytes=out_bytes, b_scale=b_scale)
-    return max(2, min(FP8_MAX_AB_STAGES, (SMEM_CAPACITY - fixed) // stage))
+    return max(2, min(FP8_MAX_AB_STAGES, (SMEM_CAPACITY - fixed) // _fp8_stage_bytes(cfg, scales_smem)))
+
+
+def _fp8_stage_bytes(cfg: GemmConfig, scales_smem: bool) -> int:
+    """One FP8 operand stage: A's and B's one-byte blocks, and with `scales_smem` the stage's scale
+    slot (the K tile's 128 row scales of A and B's block scales, 528 bytes: sm90/scale_stage.py)."""
+    return (cfg.tile_m + cfg.tile_n) * cfg.tile_k + (FP8_SCALE_SLOT_BYTES if scales_smem else 0)

@@ -6,7 +6,8 @@ majorness (A: (M, K) with K or M contiguous; B: (N, K, L) with K or N contiguous
 
 Structure of a CTA (384 threads, one CTA per SM, persistent):
 - warpgroup 0: warp 0 issues TMA loads of A and B tiles into a ring of shared-memory
-  stages (multicast across the cluster: A along cluster N, B along cluster M);
+  stages (multicast across the cluster: A along cluster N, B along cluster M; block-scaled FP8
+  with `scales_smem`: the warp's lanes also copy the K tile's scales into the stage, scale_stage.py);
   the warpgroup gives its registers away (setmaxnreg 40).  K-grouped problems: warp 1
   writes per-expert TMA descriptors ahead of warp 0 (below).
 - warpgroups 1-2: WGMMA consumers (setmaxnreg 232).  Cooperative: both split one
@@ -67,6 +68,7 @@ from .mainloop_fp8 import BlockScaledMainloop
 from .mainloop_wgmma import WgmmaMainloop
 from .pipelines import descriptor_pipeline, operand_pipeline
 from .scale_ring import RING_FLOATS, ColumnScaleRing, ring_layout
+from .scale_stage import SLOT_FLOATS, StageScaleCopier, slot_layout
 from .tma_producer import TmaProducer
 
 THREADS_PER_WG = 128
@@ -81,7 +83,7 @@ class Sm90Gemm(GemmKernelBase):
 
     def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False,
                  formats: tuple[str, str] | None = None, gather_a: bool = False, b_scale_rows: bool = False,
-                 b_scale_staged: bool = False):
+                 b_scale_staged: bool = False, scales_smem: bool = False):
         super().__init__(cfg, epi, grouped=grouped, grouped_k=grouped_k, ab_stages=ab_stages)
         # A's rows gathered by index (GemmArgs.a_rows) by the producer warpgroup (sm90/gather_producer.py)
         self.gather_a = gather_a
@@ -101,6 +103,12 @@ class Sm90Gemm(GemmKernelBase):
         self.b_scale_staged = b_scale_staged
         if b_scale_staged and (not b_scale_rows or cfg.schedule != "cooperative"):
             raise ValueError("b_scale_staged: per-row B scales (b_scale_rows) on cooperative tiles only")
+        # block-scaled: the producer stages each K tile's scales with its operands, the consumers
+        # read them from shared memory (KernelKey.scales_smem: sm90/scale_stage.py)
+        self.scales_smem = scales_smem
+        if scales_smem and (not self.block_scaled or b_scale_rows or cfg.schedule != "cooperative"
+                            or cfg.tile_m != 128 or gather_a or grouped_k):
+            raise ValueError("scales_smem: block-scaled FP8 with 128x128 B scale blocks on cooperative 128-row tiles only")
         # the output the quantizing codec stores in FP8 (always the last one), or -1
         self.q_index = epi.quantized_index
         if self.q_index not in (-1, epi.num_outputs - 1):
@@ -248,11 +256,15 @@ class Sm90Gemm(GemmKernelBase):
 
     def _shared_storage_struct(self, fields):
         """The kernel's shared-memory struct: the fields of class `fields`, and B's column-scale
-        ring last when the mainloop stages it (b_scale "rows_staged")."""
+        ring last when the mainloop stages it (b_scale "rows_staged"), or the operand stages'
+        scale slots (scales_smem)."""
+        extra = {}
         if self.b_scale_staged:
-            annotations = dict(fields.__annotations__,
-                               sSBRing=cute.struct.Align[cute.struct.MemRange[Float32, RING_FLOATS], 16])
-            fields = type(fields.__name__, (), {"__annotations__": annotations})
+            extra["sSBRing"] = cute.struct.Align[cute.struct.MemRange[Float32, RING_FLOATS], 16]
+        if self.scales_smem:
+            extra["sScales"] = cute.struct.Align[cute.struct.MemRange[Float32, SLOT_FLOATS * self.ab_stages], 16]
+        if extra:
+            fields = type(fields.__name__, (), {"__annotations__": dict(fields.__annotations__, **extra)})
         return cute.struct(fields)
 
     def _operand_smem_layout(self, layout: LayoutEnum, shape_mn_k, dtype):
@@ -314,7 +326,8 @@ class Sm90Gemm(GemmKernelBase):
         ab_pipeline = operand_pipeline(storage, cfg, ab_stages=self.ab_stages, a_smem_staged=a_smem_staged,
                                        b_smem_staged=b_smem_staged, ab_dtype=self.ab_dtype, b_dtype=self.b_dtype,
                                        cta_layout_mnk=cta_layout_mnk,
-                                       consumer_warps_per_stage=self.consumer_warps_per_stage, gathered=self.gather_a)
+                                       consumer_warps_per_stage=self.consumer_warps_per_stage, gathered=self.gather_a,
+                                       staged_scales=self.scales_smem)
         desc_pipeline = descriptor_pipeline(storage, self.desc_slots) if const_expr(self.grouped_k) else None
         order_bars = storage.order_bars.data_ptr()
         if const_expr(self.pingpong):
@@ -327,6 +340,7 @@ class Sm90Gemm(GemmKernelBase):
         sB = storage.sB.get_tensor(b_smem_staged.outer, swizzle=b_smem_staged.inner)
         sD0 = storage.sD0.get_tensor(epi_smem_staged.outer, swizzle=epi_smem_staged.inner)
         sD1 = storage.sD1.get_tensor(epi_smem_staged1.outer, swizzle=epi_smem_staged1.inner) if const_expr(two_outputs) else sD0
+        sScales = storage.sScales.get_tensor(slot_layout(self.ab_stages)) if const_expr(self.scales_smem) else None
 
         k_tiles = (k_total + self.tile_k - 1) // self.tile_k
         walk = TileWalk(cfg, grouped=self.grouped, grouped_k=self.grouped_k, m_total=m_total, num_m_tiles=num_m_tiles,
@@ -349,10 +363,11 @@ class Sm90Gemm(GemmKernelBase):
             else:
                 if warp_idx == 0:
                     TmaProducer(self.tile_m, self.tile_n, self.tile_k, self.ab_stages, self.desc_slots, self.epi_tile,
-                                grouped_k=self.grouped_k, aux_l2=self.aux_l2).run(
+                                grouped_k=self.grouped_k, aux_l2=self.aux_l2,
+                                scale_copier=StageScaleCopier(self.n_blocks) if self.scales_smem else None).run(
                         walk, ab_pipeline, desc_pipeline, tma_a, mA, sA, a_mcast_mask, tma_b, mB, sB, b_mcast_mask,
                         cta_layout_mnk, cluster_coord, cta_rank, mCuRows, mDescWs, k_tiles, cluster_id, num_launched,
-                        tma_aux, mAuxTma, sD0)
+                        tma_aux, mAuxTma, sD0, scales=(sScales, mSA, mSB, m_total) if const_expr(self.scales_smem) else None)
                 if const_expr(self.grouped_k):
                     if warp_idx == 1:
                         # Writer warp: prepares the cut descriptors the producer loads partial
@@ -392,7 +407,7 @@ class Sm90Gemm(GemmKernelBase):
                 mainloop = BlockScaledMainloop.build(tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB,
                                                      tile_m=self.tile_m, tile_k=self.tile_k, ab_stages=self.ab_stages,
                                                      n_blocks=self.n_blocks, b_scale_rows=self.b_scale_rows,
-                                                     scale_ring=scale_ring, sA=sA)
+                                                     scale_ring=scale_ring, sA=sA, scale_stages=sScales)
             else:
                 mainloop = WgmmaMainloop(tCrA, tCrB, num_k_blocks, self.gather_a)
 

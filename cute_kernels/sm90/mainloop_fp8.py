@@ -39,7 +39,10 @@ two K tiles' column scales would not fit the register budget).  `run_rows_staged
 Scales are read from global memory by the consumer threads, a K tile (or, in `run`, a pair
 of K tiles) ahead of their promotion: ptxas schedules a load's first use as early as the loop
 body allows, and with the use in the same iteration the warp waited for the load before its
-next WGMMAs (the 128x128 kernel's largest stall by ncu's samples, H200 2026-12-03).
+next WGMMAs (the 128x128 kernel's largest stall by ncu's samples, H200 2026-12-03).  With
+`KernelKey.scales_smem` (128-row tiles, 128x128 B blocks) the producer stages each K tile's scales
+in shared memory with its operands instead and `run` / `run_split_n` read them from the stage
+after its wait (sm90/scale_stage.py).
 
 The producer, the tile walk, the pipelines and the epilogue are the GEMM family's; this
 module is only what differs from the bf16 WGMMA mainloop.
@@ -53,6 +56,7 @@ from cutlass.cute.nvgpu import warpgroup
 
 from ..gemm_base.traced import TracedRecord
 from .scale_ring import pair_slot
+from .scale_stage import read_stage_scales
 
 
 def accumulator_rows(tCcTile, size: int) -> tuple[list, int]:
@@ -101,7 +105,7 @@ class BlockScaledMainloop(TracedRecord):
     `row_of[v]`: which of the thread's two rows accumulator element v is on."""
 
     _traced = ("tCrA", "tCrB", "tCrB_blocks", "tCrA_waves", "blk", "blk2", "sc", "sbc", "thread_row0", "thread_col0",
-               "num_sb_blocks", "scale_ring")
+               "num_sb_blocks", "scale_ring", "scale_stages")
 
     def __init__(self, tCrA, tCrB, num_k_blocks: int, row_of: list, acc_size: int, tCrB_blocks=None):
         self.tCrA, self.tCrB = tCrA, tCrB
@@ -124,15 +128,19 @@ class BlockScaledMainloop(TracedRecord):
         self.col_offsets, self.col_of = [], []
         # "rows_staged": the warpgroup's ring of B's column scales in shared memory (sm90/scale_ring.py)
         self.scale_ring = None
+        # KernelKey.scales_smem: the operand stages' scale slots (sm90/scale_stage.py), else None
+        self.scale_stages = None
 
     @classmethod
     def build(cls, tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB, *, tile_m: int, tile_k: int, ab_stages: int,
-              n_blocks: int, b_scale_rows: bool = False, scale_ring=None, sA=None):
+              n_blocks: int, b_scale_rows: bool = False, scale_ring=None, sA=None, scale_stages=None):
         """The mainloop of a consumer warpgroup with its registers: the scratch accumulators, the
         scale products, the thread's first accumulator row; `n_blocks` 128-column N blocks per
         tile (more than one: the split-N loop, B's fragments per block).  `scale_ring` (per-row B
         scales only): B's column scales staged in shared memory, the overlapped loop.  A 256-row
-        tile (cooperative) takes the split-M loop: A's fragments per wave from `sA`."""
+        tile (cooperative) takes the split-M loop: A's fragments per wave from `sA`.  `scale_stages`
+        (128-row tiles with 128x128 B scale blocks): the K tiles' scales are read from the operand
+        stages' scale slots (sm90/scale_stage.py) instead of loaded from global memory."""
         if tile_m == 256:
             return cls._build_split_m(tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sA, mSB, tile_k=tile_k,
                                       ab_stages=ab_stages)
@@ -160,6 +168,7 @@ class BlockScaledMainloop(TracedRecord):
         mainloop.blk, mainloop.blk2, mainloop.sc = blk, blk2, sc
         mainloop.thread_row0 = tCcTile[0][0] - acc_first_row  # the thread's first accumulator row in the tile
         mainloop.num_sb_blocks = cute.size(mSB, mode=[0])
+        mainloop.scale_stages = scale_stages
         if b_scale_rows:
             mainloop.b_scale_rows = True
             mainloop.col_offsets, mainloop.col_of = accumulator_cols(tCcTile, cute.size(acc))
@@ -232,10 +241,12 @@ class BlockScaledMainloop(TracedRecord):
         # load (R2UR) and the warp would wait for the load there, before its next WGMMAs
         sc[at + 2] = Float32(mSB[(sb_block + (rows[0] >> 31), kt, expert)])
 
-    def issue(self, tiled_mma, blk, ab_pipeline, read_state):
+    def issue(self, tiled_mma, blk, ab_pipeline, read_state, sc=None, at: int = 0):
         """Wait for the K tile's operands and issue its WGMMAs (one commit group) into `blk`, the
-        first k block overwriting it.  Returns `tiled_mma`, which the caller rebinds: its
-        ACCUMULATE field is a traced value that loops must carry."""
+        first k block overwriting it; with scales in shared memory (`scale_stages`) then read the
+        K tile's scales from its stage's slot into sc[at:at + 3] (before the stage is released).
+        Returns `tiled_mma`, which the caller rebinds: its ACCUMULATE field is a traced value that
+        loops must carry."""
         ab_pipeline.consumer_wait(read_state)
         warpgroup.fence()
         for kb in range(self.num_k_blocks):  # plain Python: unrolled at trace time
@@ -243,6 +254,8 @@ class BlockScaledMainloop(TracedRecord):
             cute.gemm(tiled_mma, blk, self.tCrA[(None, None, kb, read_state.index)],
                       self.tCrB[(None, None, kb, read_state.index)], blk)
         warpgroup.commit_group()
+        if self.scale_stages is not None and sc is not None:
+            read_stage_scales(sc, at, self.scale_stages, read_state.index, self.thread_row0, 1)
         return tiled_mma
 
     def promote(self, acc, blk, sc, at: int):
@@ -273,33 +286,39 @@ class BlockScaledMainloop(TracedRecord):
         sc[6:12], moved down at its end.  ptxas places a load's first use as early as the
         load allows within the loop body, so only a loop iteration between load and use
         keeps the warp from waiting for it before its next WGMMAs (ncu, H200 2026-12-03: a
-        use right after the load was the mainloop's largest stall).  Returns (tiled_mma,
-        read_state, release_state) for the caller to rebind (traced values its own loop
-        carries)."""
+        use right after the load was the mainloop's largest stall).  With scales in shared
+        memory (`scale_stages`, sm90/scale_stage.py) each `issue` reads its K tile's scales from
+        the stage's slot instead (the even tile's into sc[0:3], the odd one's into sc[3:6]), no
+        global loads in the loop.  Returns (tiled_mma, read_state, release_state) for the
+        caller to rebind (traced values its own loop carries)."""
         acc.fill(0.0)
-        self.load_scales(sc, 0, mSA, mSB, rows, sb_block, 0, expert)
-        self.load_scales(sc, 3, mSA, mSB, rows, sb_block, cutlass.min(1, k_tiles - 1), expert)
-        tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state)
+        global_scales = self.scale_stages is None
+        if const_expr(global_scales):
+            self.load_scales(sc, 0, mSA, mSB, rows, sb_block, 0, expert)
+            self.load_scales(sc, 3, mSA, mSB, rows, sb_block, cutlass.min(1, k_tiles - 1), expert)
+        tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state, sc, 0)
         read_state.advance()
         for kp in range(1, k_tiles - 1, 2):
-            # the next iteration's K tiles kp + 1 and kp + 2 (past the last: the last one's, never promoted)
-            self.load_scales(sc, 6, mSA, mSB, rows, sb_block, kp + 1, expert)
-            self.load_scales(sc, 9, mSA, mSB, rows, sb_block, cutlass.min(kp + 2, k_tiles - 1), expert)
-            tiled_mma = self.issue(tiled_mma, blk2, ab_pipeline, read_state)
+            if const_expr(global_scales):
+                # the next iteration's K tiles kp + 1 and kp + 2 (past the last: the last one's, never promoted)
+                self.load_scales(sc, 6, mSA, mSB, rows, sb_block, kp + 1, expert)
+                self.load_scales(sc, 9, mSA, mSB, rows, sb_block, cutlass.min(kp + 2, k_tiles - 1), expert)
+            tiled_mma = self.issue(tiled_mma, blk2, ab_pipeline, read_state, sc, 3)
             read_state.advance()
             self.retire(ab_pipeline, release_state, 1)
             release_state.advance()
             self.promote(acc, blk, sc, 0)
-            tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state)
+            tiled_mma = self.issue(tiled_mma, blk, ab_pipeline, read_state, sc, 0)
             read_state.advance()
             self.retire(ab_pipeline, release_state, 1)
             release_state.advance()
             self.promote(acc, blk2, sc, 3)
-            for v in range(6):  # plain Python: unrolled at trace time
-                sc[v] = sc[v + 6]
+            if const_expr(global_scales):
+                for v in range(6):  # plain Python: unrolled at trace time
+                    sc[v] = sc[v + 6]
         if k_tiles % 2 == 0:
             # one K tile left to issue: into blk2 while blk is promoted
-            tiled_mma = self.issue(tiled_mma, blk2, ab_pipeline, read_state)
+            tiled_mma = self.issue(tiled_mma, blk2, ab_pipeline, read_state, sc, 3)
             read_state.advance()
             self.retire(ab_pipeline, release_state, 1)
             release_state.advance()
@@ -337,17 +356,25 @@ class BlockScaledMainloop(TracedRecord):
         """The K loop of an `n_blocks`-block-wide tile: per K tile and N block, WGMMAs into `blk`,
         wait, promote with the block's scale.  A K tile's scales are loaded at the top of the
         iteration before (into sc[3 n_blocks:], moved down at its end; see `run` for why).
-        Returns (tiled_mma, read_state, release_state)."""
+        With scales in shared memory (`scale_stages`) they are read from the K tile's stage slot
+        after its wait instead.  Returns (tiled_mma, read_state, release_state)."""
         acc.fill(0.0)
         nxt = 3 * n_blocks
-        for nb in cutlass.range_constexpr(n_blocks):
-            # a block past N reads the last block's scale: computed, never stored
-            self.load_scales(sc, 3 * nb, mSA, mSB, rows, cutlass.min(sb_block0 + nb, num_sb_blocks - 1), 0, expert)
+        global_scales = self.scale_stages is None
+        if const_expr(global_scales):
+            for nb in cutlass.range_constexpr(n_blocks):
+                # a block past N reads the last block's scale: computed, never stored
+                self.load_scales(sc, 3 * nb, mSA, mSB, rows, cutlass.min(sb_block0 + nb, num_sb_blocks - 1), 0,
+                                 expert)
         for kt in range(k_tiles):
-            for nb in cutlass.range_constexpr(n_blocks):  # the next K tile's (past the last: the last one's)
-                self.load_scales(sc, nxt + 3 * nb, mSA, mSB, rows, cutlass.min(sb_block0 + nb, num_sb_blocks - 1),
-                                 cutlass.min(kt + 1, k_tiles - 1), expert)
+            if const_expr(global_scales):
+                for nb in cutlass.range_constexpr(n_blocks):  # the next K tile's (past the last: the last one's)
+                    self.load_scales(sc, nxt + 3 * nb, mSA, mSB, rows,
+                                     cutlass.min(sb_block0 + nb, num_sb_blocks - 1), cutlass.min(kt + 1, k_tiles - 1),
+                                     expert)
             ab_pipeline.consumer_wait(read_state)
+            if const_expr(not global_scales):
+                read_stage_scales(sc, 0, self.scale_stages, read_state.index, self.thread_row0, n_blocks)
             for nb in cutlass.range_constexpr(n_blocks):
                 tiled_mma = self.issue_block(tiled_mma, blk, read_state, nb)
                 warpgroup.wait_group(0)
@@ -355,8 +382,9 @@ class BlockScaledMainloop(TracedRecord):
             ab_pipeline.consumer_release(release_state)
             release_state.advance()
             read_state.advance()
-            for v in range(nxt):  # plain Python: unrolled at trace time
-                sc[v] = sc[v + nxt]
+            if const_expr(global_scales):
+                for v in range(nxt):  # plain Python: unrolled at trace time
+                    sc[v] = sc[v + nxt]
         return tiled_mma, read_state, release_state
 
     def load_wave_scales(self, sc, at: int, mSA, mSB, wave_rows, sb_block, kt, expert):

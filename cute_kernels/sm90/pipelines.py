@@ -4,7 +4,8 @@
 - The operand ring: ab_stages stages of A and B blocks.  A stage is full when its TMA loads
   have landed (their transaction bytes) and every producer arrival is in: one for a TMA
   producer, 1 + 128 for the gathering producer (`gather_producer.stage_arrivals`; A's bytes
-  then arrive by cp.async, not as transaction bytes).  It is empty again when every consumer
+  then arrive by cp.async, not as transaction bytes), plus one per producer lane when the FP8
+  scales are staged with the operands (`scale_stage.stage_scale_arrivals`).  It is empty again when every consumer
   warp reading it, in this CTA and in the cluster peers its loads were multicast to, has
   released it.
 - The descriptor ring (K-grouped problems): the writer warp hands the cut TMA descriptors of
@@ -17,10 +18,11 @@ import cutlass.pipeline as pipeline
 from cutlass import const_expr
 
 from .gather_producer import stage_arrivals
+from .scale_stage import stage_scale_arrivals
 
 
 def operand_pipeline(storage, cfg, *, ab_stages: int, a_smem_staged, b_smem_staged, ab_dtype, b_dtype,
-                     cta_layout_mnk, consumer_warps_per_stage: int, gathered: bool):
+                     cta_layout_mnk, consumer_warps_per_stage: int, gathered: bool, staged_scales: bool = False):
     """The operand ring's full/empty barriers in `storage.ab_bars` (see the module docstring)."""
     a_smem_one = cute.slice_(a_smem_staged, (None, None, 0))
     b_smem_one = cute.slice_(b_smem_staged, (None, None, 0))
@@ -29,6 +31,8 @@ def operand_pipeline(storage, cfg, *, ab_stages: int, a_smem_staged, b_smem_stag
     if const_expr(gathered):  # A lands by cp.async: B's bytes, one arrival per gathering thread
         tx_bytes = cute.size_in_bytes(b_dtype, b_smem_one)
         producer_arrivals = stage_arrivals()
+    if const_expr(staged_scales):  # the producer lanes' scale copies (cp.async.mbarrier.arrive.noinc)
+        producer_arrivals += stage_scale_arrivals()
     mcast_peers = cfg.cluster_m + cfg.cluster_n - 1
     return pipeline.PipelineTmaAsync.create(
         barrier_storage=storage.ab_bars.data_ptr(),

@@ -10,6 +10,8 @@ last partial block (or an empty expert's block) loads through the cut descriptor
 warp prepared in this CTA's `gemm_base.descriptors.DescriptorRing` (the protocol is that
 module's docstring; its producer side, shared with sm100, is `KGroupedLoads`).  Dense problems whose epilogue input is not prefetched into registers
 TMA-prefetch it into L2 AUX_L2_LEAD K blocks before the tile's last load (`epilogue_aux`).
+Block-scaled FP8 with its scales in shared memory (`KernelKey.scales_smem`): the warp's lanes
+also copy each K tile's scales into the stage's scale slot (`scale_stage.StageScaleCopier`).
 
 The gathering producer (A's rows by index, cp.async) is `gather_producer.GatherProducer`.
 """
@@ -29,18 +31,21 @@ class TmaProducer:
     """Trace-time helper of the TMA producer warp (see the module docstring)."""
 
     def __init__(self, tile_m: int, tile_n: int, tile_k: int, ab_stages: int, desc_slots: int, epi_tile, *,
-                 grouped_k: bool, aux_l2: bool):
+                 grouped_k: bool, aux_l2: bool, scale_copier=None):
         self.tile_m, self.tile_n, self.tile_k = tile_m, tile_n, tile_k
         self.ab_stages = ab_stages
         self.desc_slots = desc_slots
         self.epi_tile = epi_tile
         self.grouped_k = grouped_k
         self.aux_l2 = aux_l2
+        self.scale_copier = scale_copier  # a scale_stage.StageScaleCopier, or None
 
     @cute.jit
     def run(self, walk, ab_pipeline, desc_pipeline, tma_a, mA, sA, a_mcast_mask, tma_b, mB, sB, b_mcast_mask,
-            cta_layout_mnk, cluster_coord, cta_rank, mCuRows, mDescWs, k_tiles, start, step, tma_aux, mAuxTma, sD0):
-        """Walk this CTA's tiles and load every K tile's A and B blocks into the operand ring."""
+            cta_layout_mnk, cluster_coord, cta_rank, mCuRows, mDescWs, k_tiles, start, step, tma_aux, mAuxTma, sD0,
+            scales=None):
+        """Walk this CTA's tiles and load every K tile's A and B blocks into the operand ring;
+        `scales` = (sScales, mSA, mSB, m_total) with a `scale_copier`: the K tile's scales too."""
         a_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (0, None, 0)).shape)
         b_cta_layout = cute.make_layout(cute.slice_(cta_layout_mnk, (None, 0, 0)).shape)
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.ab_stages)
@@ -87,6 +92,9 @@ class TmaProducer:
                                   b_mcast_mask, bar)
                 else:
                     load_ab_stage(tma_a, a_src, a_dst, a_mcast_mask, tma_b, b_src, b_dst, b_mcast_mask, bar)
+                if const_expr(self.scale_copier is not None):
+                    sScales, mSA, mSB, m_total = scales
+                    self.scale_copier.load(sScales, mSA, mSB, row_start, m_total, n_tile, expert, kt, state.index, bar)
                 ab_pipeline.producer_commit(state)
                 state.advance()
             t += step
