@@ -241,3 +241,35 @@ def test_the_grouped_fp8_wgrad_switch_routes_to_the_grouped_kernel(stubbed, monk
     else:
         assert not grouped_k and not grouped_quantize
         assert len(loop) == 2 * 3, "dW1 and dW2 of the three non-empty experts by the torch loop"
+
+
+@pytest.mark.parametrize("wgrad,switch,on_device", [("bf16", None, True), ("fp8", "1", True), ("fp8", "0", False)])
+def test_tensor_splits_stay_on_the_device_where_every_launch_takes_them(stubbed, monkeypatch, wgrad, switch,
+                                                                         on_device):
+    """An integer m_splits tensor reaches the FP8 step's launches as it is (no host read, no sync: the
+    step can be captured in a CUDA graph) on the kernel path with wgrad="bf16", or "fp8" with the
+    grouped FP8 weight-gradient kernel; with the torch loop over experts (wgrad="fp8", switch off)
+    it is read to a tuple of ints once per step.  Bad shapes and dtypes are still named."""
+    from cute_kernels import InputError
+    from cute_kernels.fp8 import Fp8Recipe, mlp as fp8_mlp
+    from cute_kernels.mlp import srelu_mlp
+    from benchmarks.bench_host_path import _keep_tensor_splits, step_inputs
+
+    if switch is None:
+        monkeypatch.delenv("CUTE_KERNELS_FP8_GROUPED_WGRAD", raising=False)
+    else:
+        monkeypatch.setenv("CUTE_KERNELS_FP8_GROUPED_WGRAD", switch)
+    x, w1, w2, dy, _ = step_inputs(SHAPE)
+    splits = torch.tensor(SHAPE["splits"], dtype=torch.int32)
+    reads = []
+    real = fp8_mlp._checked_splits
+    # (_keep_tensor_splits: srelu_mlp's checks hand a CUDA tensor on as it is, the stand-in does so for this CPU one)
+    with mock.patch.object(fp8_mlp, "_checked_splits", lambda *a: reads.append(a) or real(*a)), \
+            mock.patch("cute_kernels.fp8.mlp.wgrad", lambda g, a, r: g.float().t() @ a.float()), _keep_tensor_splits():
+        srelu_mlp(x, w1, w2, m_splits=splits, fp8=Fp8Recipe(wgrad=wgrad), backend="cute").backward(dy)
+        assert (not reads) == on_device, reads
+        for bad, match in ((splits.float(), "m_splits"), (splits[:3], "m_splits")):
+            with pytest.raises(InputError, match=match):
+                srelu_mlp(x, w1, w2, m_splits=bad, fp8=Fp8Recipe(wgrad=wgrad), backend="cute")
+    grouped = [key for key, _ in stubbed if key.grouped and key.block_scaled]
+    assert len(grouped) == 4, stubbed  # FC1, FC2, the fused dgrad, the FC1 dgrad: grouped launches

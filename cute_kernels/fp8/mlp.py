@@ -47,7 +47,7 @@ import torch
 from .. import gemm_ops
 from ..activations import SRELU, Activation, resolve_activation
 from ..autograd_io import main_grad, tag_role
-from ..checks import InputError
+from ..checks import InputError, check_m_splits
 from ..config_lookup import on_clear
 from ..epilogue import EpilogueSpec
 from ..first_order import first_order_only
@@ -437,7 +437,7 @@ def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fus
             if len(_impls) >= MAX_PLANS:
                 _impls.clear()
             _impls[signature] = impl
-    splits = _checked_splits(m_splits, w1.shape[0], x.shape[0]) if grouped else None
+    splits = _step_splits(m_splits, w1.shape[0], x, impl, recipe) if grouped else None
     if fuse_wgrad_accumulation:
         for w, name in ((w1, "w1"), (w2, "w2")):
             main_grad(w, name)
@@ -449,6 +449,22 @@ def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fus
 
 _impls: dict = {}  # fp8_srelu_mlp's call signatures whose checks passed -> the implementation ("kernel"/"torch")
 on_clear(_impls.clear)
+
+
+def _step_splits(m_splits, num_experts: int, x: torch.Tensor, impl: str, recipe: Fp8Recipe):
+    """The splits every launch of the step takes.  An integer tensor stays on the device, its shape,
+    dtype and device checked and its values not (reading them is a host sync; like the bf16 step,
+    checks.check_m_splits), where every launch takes it: the kernel path with wgrad="bf16", or
+    wgrad="fp8" with the grouped FP8 weight-gradient kernel (CUTE_KERNELS_FP8_GROUPED_WGRAD=1).
+    Otherwise (a list, the torch implementation, the torch loop over experts of wgrad="fp8") a
+    tuple of ints, read and checked by `_checked_splits`."""
+    if isinstance(m_splits, torch.Tensor) and impl == "kernel":
+        from .wgrad_ops import grouped_wgrad_kernel_enabled
+
+        if recipe.wgrad == "bf16" or grouped_wgrad_kernel_enabled():
+            check_m_splits(m_splits, num_experts=num_experts, m_total=x.shape[0], device=x.device)
+            return m_splits
+    return _checked_splits(m_splits, num_experts, x.shape[0])
 
 
 def _checked_splits(m_splits, num_experts: int, m: int) -> tuple:
