@@ -394,8 +394,14 @@ class Sm90Gemm(GemmKernelBase):
             epi_barrier = pipeline.NamedBarrier(barrier_id=epi_barrier_id, num_threads=self.mma_threads)
 
             thr_mma = tiled_mma.get_slice(mma_tid)
-            tCsA = thr_mma.partition_A(sA)
-            tCsB = thr_mma.partition_B(sB)
+            # the WGMMA operand fragments (shared-memory descriptors) are the warpgroup's; with scales_smem
+            # they are partitioned by the warpgroup's first thread, a warp-uniform index, so ptxas builds
+            # the descriptors in uniform registers (no R2UR per WGMMA in the K loop)
+            thr_ops = thr_mma
+            if const_expr(self.scales_smem):
+                thr_ops = tiled_mma.get_slice(consumer_wg * THREADS_PER_WG)
+            tCsA = thr_ops.partition_A(sA)
+            tCsB = thr_ops.partition_B(sB)
             tCrA = tiled_mma.make_fragment_A(tCsA)
             tCrB = tiled_mma.make_fragment_B(tCsB)
             cTile = cute.make_identity_tensor((self.tile_m, self.tile_n))
@@ -407,7 +413,8 @@ class Sm90Gemm(GemmKernelBase):
                 mainloop = BlockScaledMainloop.build(tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB,
                                                      tile_m=self.tile_m, tile_k=self.tile_k, ab_stages=self.ab_stages,
                                                      n_blocks=self.n_blocks, b_scale_rows=self.b_scale_rows,
-                                                     scale_ring=scale_ring, sA=sA, scale_stages=sScales)
+                                                     scale_ring=scale_ring, sA=sA, scale_stages=sScales,
+                                                     thr_ops=thr_ops)
             else:
                 mainloop = WgmmaMainloop(tCrA, tCrB, num_k_blocks, self.gather_a)
 

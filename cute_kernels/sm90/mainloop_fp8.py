@@ -133,14 +133,16 @@ class BlockScaledMainloop(TracedRecord):
 
     @classmethod
     def build(cls, tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sB, mSB, *, tile_m: int, tile_k: int, ab_stages: int,
-              n_blocks: int, b_scale_rows: bool = False, scale_ring=None, sA=None, scale_stages=None):
+              n_blocks: int, b_scale_rows: bool = False, scale_ring=None, sA=None, scale_stages=None, thr_ops=None):
         """The mainloop of a consumer warpgroup with its registers: the scratch accumulators, the
         scale products, the thread's first accumulator row; `n_blocks` 128-column N blocks per
         tile (more than one: the split-N loop, B's fragments per block).  `scale_ring` (per-row B
         scales only): B's column scales staged in shared memory, the overlapped loop.  A 256-row
         tile (cooperative) takes the split-M loop: A's fragments per wave from `sA`.  `scale_stages`
         (128-row tiles with 128x128 B scale blocks): the K tiles' scales are read from the operand
-        stages' scale slots (sm90/scale_stage.py) instead of loaded from global memory."""
+        stages' scale slots (sm90/scale_stage.py) instead of loaded from global memory.  `thr_ops`:
+        the slice that partitions the shared-memory operands (default `thr_mma`)."""
+        thr_ops = thr_mma if thr_ops is None else thr_ops
         if tile_m == 256:
             return cls._build_split_m(tiled_mma, thr_mma, tCrA, tCrB, tCcTile, acc, sA, mSB, tile_k=tile_k,
                                       ab_stages=ab_stages)
@@ -157,7 +159,7 @@ class BlockScaledMainloop(TracedRecord):
             # one N block's scratch accumulator (split-N mainloop), and B per N block
             blk = cute.make_rmem_tensor(thr_mma.partition_C(cute.make_identity_tensor((tile_m, 128))).shape, Float32)
             blk2 = blk
-            tCrB_blocks = [tiled_mma.make_fragment_B(thr_mma.partition_B(
+            tCrB_blocks = [tiled_mma.make_fragment_B(thr_ops.partition_B(
                 cute.local_tile(sB, (128, tile_k, ab_stages), (h, 0, 0)))) for h in range(n_blocks)]
         # per K tile (or N block): two rows' scales and B's; `run` holds two pairs of K tiles' (12),
         # `run_split_n` this and the next K tile's
