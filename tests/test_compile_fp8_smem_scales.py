@@ -93,3 +93,32 @@ def test_staged_scales_are_their_own_unverified_variant():
         staged = variant_name(VARIANTS[name])
         assert "+smemscales" in staged and not is_verified("sm90", staged, table)
         assert is_verified("sm90", variant_name(VARIANTS[default]), table)
+
+
+def _fake_sass(body: list[str]) -> str:
+    lines = ["        /*0000*/                   MOV R1, c[0x0][0x28] ;", ".L_x_7:"]
+    lines += [f"        /*{16 * (i + 1):04x}*/                   {ins} ;" for i, ins in enumerate(body)]
+    lines.append(f"        /*{16 * (len(body) + 1):04x}*/               @P0 BRA `(.L_x_7) ;")
+    lines.append(f"        /*{16 * (len(body) + 2):04x}*/                   EXIT ;")
+    return "\n".join(lines)
+
+
+def test_sass_k_loop_counter_counts_per_k_tile():
+    """scripts/sass_fp8_kloop.py (the SASS figures of docs/fp8.md): a loop of two K tiles' QGMMAs,
+    promotions and scale loads counted per K tile; a loop without them is not the K loop."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "sass_fp8_kloop.py")
+    spec = importlib.util.spec_from_file_location("sass_fp8_kloop", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    body = (["QGMMA.64x128x32.F32.E4M3.E4M3 R88, gdesc[UR16], R88"] * 8 + ["FFMA R1, R2, R3, R1"] * 128
+            + ["LDG.E R4, desc[UR4][R6.64]"] * 6 + ["@!P0 SYNCS.ARRIVE.TRANS64.RED.A1T0 RZ, [R7+URZ], RZ"] * 2)
+    c = mod.k_loop_counts(_fake_sass(body))
+    assert c["k_tiles"] == 2 and c["ffma"] == 64 and c["ops"] == {"LDG": 6, "SYNCS": 2, "BRA": 1}
+    assert c["other"] == 4.5 and c["total"] == (len(body) + 1) / 2
+    wide = mod.k_loop_counts(_fake_sass(body), n_blocks=2)
+    assert wide["k_tiles"] == 1 and wide["ffma"] == 128
+    with pytest.raises(ValueError, match="no loop"):
+        mod.k_loop_counts(_fake_sass(["QGMMA.64x128x32.F32.E4M3.E4M3 R88, gdesc[UR16], R88"] * 4))
