@@ -136,6 +136,9 @@ def cases(m, n, k):
         out[f"ours fp8 FC1+SReLU (postact fp8+scales) {tag}"] = (
             lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=cfg))
         out[f"ours fp8 FC1+SReLU (+preact bf16) {tag}"] = lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, config=cfg)
+        if (cm, cn) == (2, 1):  # the split-N tile (the fastest at the power limit) with the scales in shared memory
+            out["ours fp8 GEMM (bf16 out) [128x256 c2x1 smem scales]"] = _staged_scales(
+                lambda cfg=cfg: fp8_gemm(xq, xs_col, wq, ws, config=cfg))
     # 256x128 tiles (DeepGEMM's shape): each warpgroup two 64-row waves through one scratch accumulator
     # (the split-M mainloop); FC1 writes the FP8 postact alone there (preact too spills: refused)
     for cm, cn in ((1, 2), (2, 1)):
