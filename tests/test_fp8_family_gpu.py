@@ -14,7 +14,7 @@ from cute_kernels.epilogue import EpilogueSpec
 from cute_kernels.fp8.epilogue import Fp8Epilogue
 from cute_kernels.fp8.ops import _launch, fp8_gemm, fp8_grouped
 from cute_kernels.fp8.recipe import dequantize, quantize_1x128
-from test_fp8_gpu import SHAPES, _check_elementwise, _operands, _poisoned, check_postact_against_recipe, grouped_operands
+from test_fp8_gpu import SHAPES, _check_elementwise, _operands, _poisoned, check_postact_against_recipe, grouped_case
 
 gpu = pytest.mark.gpu
 WIDE = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=2, cluster_n=1)  # the split-N mainloop
@@ -68,8 +68,7 @@ def _splits_cases():
 @pytest.mark.parametrize("with_prob", [False, True])
 @pytest.mark.parametrize("cfg", list(CONFIGS))
 def test_family_grouped_fp8_equals_dense_per_expert(splits, as_tensor, with_prob, cfg):
-    xq, xs, wq, ws, prob = grouped_operands(splits, 384, 1040, sum(splits) + len(splits) + int(as_tensor), with_prob)
-    sp = torch.tensor(splits, dtype=torch.int32, device="cuda") if as_tensor else splits
+    xq, xs, wq, ws, prob, sp = grouped_case(splits, as_tensor, with_prob, 1)
     config = CONFIGS[cfg] and GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=1, cluster_n=2)
     y = fp8_grouped(xq, xs, wq, ws, sp, config=config)
     pre, q, qs = fp8_grouped(xq, xs, wq, ws, sp, epilogue="act", prob=prob, store_preact=True, config=config)

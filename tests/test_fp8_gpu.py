@@ -118,6 +118,19 @@ def check_postact_against_recipe(dense, prob, q, qs, what):
     assert ((got - want).norm() / want.norm().clamp_min(1e-30)).item() < 1e-3, what
 
 
+# grouped splits of the GPU tests: empty and one-row experts, an expert of whole tiles, M split unevenly
+GROUPED_SPLITS = [[256, 0, 129, 1, 383], [0, 0, 77], [128] * 8, [1000, 0], [300, 700]]
+
+
+def grouped_case(splits, as_tensor, with_prob, salt):
+    """grouped_operands for N = 384, K = 1040 (seeded by the case), and m_splits as the launch takes
+    it (a GPU int32 tensor or the list): (xq, xs, wq, ws, prob, m_splits)."""
+    xq, xs, wq, ws, prob = grouped_operands(splits, 384, 1040, sum(splits) + salt * len(splits) + int(as_tensor),
+                                            with_prob)
+    sp = torch.tensor(splits, dtype=torch.int32, device="cuda") if as_tensor else splits
+    return xq, xs, wq, ws, prob, sp
+
+
 def grouped_operands(splits, n, k, seed, with_prob=False):
     """x (sum(splits), K) quantized 1x128 and E = len(splits) weights (N, K) quantized 128x128 each,
     on the GPU, and optionally a router probability per row: (xq, xs, wq, ws, prob)."""

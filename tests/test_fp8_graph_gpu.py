@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cute_kernels.fp8 import Fp8Recipe
-from cute_kernels.mlp import srelu_mlp
+from graph_replay import check_step_replays_bitwise
 
 pytestmark = pytest.mark.gpu
 
@@ -35,41 +35,5 @@ def test_fp8_step_replays_in_a_cuda_graph(splits_kind, wgrad):
     ms = torch.tensor(splits, device="cuda") if splits_kind == "tensor" else splits
     sx = torch.randn(m, h, device="cuda", generator=g).bfloat16().requires_grad_()
     sdy = torch.randn(m, h, device="cuda", generator=g).bfloat16()
-    recipe = Fp8Recipe(wgrad=wgrad)
-
-    def step():
-        y = srelu_mlp(sx, w1, w2, m_splits=ms, prob=prob, fp8=recipe, backend="cute")
-        y.backward(sdy)
-        return y
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up (compiles, launch plans) off the default stream
-        for _ in range(2):
-            step()
-            sx.grad = w1.grad = w2.grad = None
-            if prob is not None:
-                prob.grad = None
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        sy = step()
-    new_splits = [[384, 0, 512, 128], [0, 640, 128, 256]]
-    for trial in range(2):
-        with torch.no_grad():
-            sx.copy_(torch.randn(m, h, device="cuda", generator=g).bfloat16())
-            sdy.copy_(torch.randn(m, h, device="cuda", generator=g).bfloat16())
-            if splits_kind == "tensor":
-                ms.copy_(torch.tensor(new_splits[trial], device="cuda"))
-        graph.replay()
-        torch.cuda.synchronize()
-        leaves = [t.detach().clone().requires_grad_() for t in (sx, w1, w2)]
-        p_ref = prob.detach().clone().requires_grad_() if prob is not None else None
-        ref_splits = new_splits[trial] if splits_kind == "tensor" else splits
-        y_ref = srelu_mlp(*leaves, m_splits=ref_splits, prob=p_ref, fp8=recipe, backend="cute")
-        y_ref.backward(sdy)
-        got = [sy, sx.grad, w1.grad, w2.grad] + ([prob.grad] if prob is not None else [])
-        want = [y_ref] + [t.grad for t in leaves] + ([p_ref.grad] if p_ref is not None else [])
-        for name, a, b in zip(("y", "dx", "dw1", "dw2", "dprob"), got, want):
-            assert torch.isfinite(b).all(), f"{name}: eager result not finite"
-            assert torch.equal(a, b), f"{name} differs after replay {trial} ({splits_kind}, wgrad={wgrad})"
+    check_step_replays_bitwise(sx, w1, w2, sdy, prob, ms, [[384, 0, 512, 128], [0, 640, 128, 256]], g,
+                               f"{splits_kind}, wgrad={wgrad}", fp8=Fp8Recipe(wgrad=wgrad))

@@ -13,7 +13,7 @@ from cute_kernels.fp8 import Fp8Recipe
 from cute_kernels.fp8.ops import fp8_dgrad_dact, fp8_gemm, fp8_grouped
 from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
 from test_fp8_dgrad_gpu import _inputs
-from test_fp8_gpu import SHAPES, check_config_against_reference_and_default, grouped_operands
+from test_fp8_gpu import SHAPES, check_config_against_reference_and_default, grouped_case
 
 gpu = pytest.mark.gpu
 PP = dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=64, schedule="pingpong")
@@ -33,8 +33,7 @@ def test_pingpong_fp8_gemm_against_reference_and_the_default_tile(m, n, k, cfg):
 @pytest.mark.parametrize("as_tensor", [False, True])
 @pytest.mark.parametrize("cfg", ["64x128-c1x2", "64x256-c2x1"])
 def test_pingpong_grouped_fp8_equals_dense_per_expert(splits, as_tensor, cfg):
-    xq, xs, wq, ws, _ = grouped_operands(splits, 384, 1040, sum(splits) + 7 * len(splits) + int(as_tensor))
-    sp = torch.tensor(splits, dtype=torch.int32, device="cuda") if as_tensor else splits
+    xq, xs, wq, ws, _, sp = grouped_case(splits, as_tensor, False, 7)
     y = fp8_grouped(xq, xs, wq, ws, sp, config=CONFIGS[cfg])
     start = 0
     for i, s in enumerate(splits):

@@ -23,7 +23,7 @@ from cute_kernels.fp8.epilogue import Fp8Epilogue
 from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, fp8_grouped, smem_scales
 from cute_kernels.fp8.recipe import dequantize
 from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
-from test_fp8_gpu import SHAPES, _check_elementwise, _operands, _poisoned, grouped_operands
+from test_fp8_gpu import GROUPED_SPLITS, SHAPES, _check_elementwise, _operands, _poisoned, grouped_case
 
 gpu = pytest.mark.gpu
 WIDE = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=2, cluster_n=1)
@@ -76,13 +76,11 @@ def test_staged_scales_fc1_quantized_postact_bitwise_the_default(m, n, k, cfg):
 
 
 @gpu
-@pytest.mark.parametrize("splits", [[256, 0, 129, 1, 383], [0, 0, 77], [128] * 8, [1000, 0], [300, 700]])
+@pytest.mark.parametrize("splits", GROUPED_SPLITS)
 @pytest.mark.parametrize("as_tensor", [False, True])
 @pytest.mark.parametrize("with_prob", [False, True])
 def test_staged_scales_grouped_bitwise_the_default(splits, as_tensor, with_prob):
-    xq, xs, wq, ws, prob = grouped_operands(splits, 384, 1040, sum(splits) + 17 * len(splits) + int(as_tensor),
-                                            with_prob)
-    sp = torch.tensor(splits, dtype=torch.int32, device="cuda") if as_tensor else splits
+    xq, xs, wq, ws, prob, sp = grouped_case(splits, as_tensor, with_prob, 17)
     outs = {}
     for on in (True, False):
         with smem_scales(on):

@@ -18,7 +18,7 @@ from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, fp8_grouped
 from cute_kernels.fp8.recipe import dequantize, quantize_1x128
 from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
 from test_fp8_gpu import (SHAPES, _operands, _poisoned, check_config_against_reference_and_default,
-                         check_postact_against_recipe, grouped_operands)
+                         check_postact_against_recipe, GROUPED_SPLITS, grouped_case)
 
 gpu = pytest.mark.gpu
 TALL = dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=256)
@@ -54,13 +54,11 @@ def test_256x128_fc1_quantized_postact(m, n, k, cfg):
 
 
 @gpu
-@pytest.mark.parametrize("splits", [[256, 0, 129, 1, 383], [0, 0, 77], [128] * 8, [1000, 0], [300, 700]])
+@pytest.mark.parametrize("splits", GROUPED_SPLITS)
 @pytest.mark.parametrize("as_tensor", [False, True])
 @pytest.mark.parametrize("with_prob", [False, True])
 def test_256x128_grouped_fp8_equals_dense_per_expert(splits, as_tensor, with_prob):
-    xq, xs, wq, ws, prob = grouped_operands(splits, 384, 1040, sum(splits) + 17 * len(splits) + int(as_tensor),
-                                            with_prob)
-    sp = torch.tensor(splits, dtype=torch.int32, device="cuda") if as_tensor else splits
+    xq, xs, wq, ws, prob, sp = grouped_case(splits, as_tensor, with_prob, 17)
     y = fp8_grouped(xq, xs, wq, ws, sp, config=TALL)
     _, q, qs = fp8_grouped(xq, xs, wq, ws, sp, epilogue="act", prob=prob, config=TALL)
     start = 0

@@ -3,6 +3,8 @@ torch path, and a short training run on each path from the same seed."""
 import pytest
 import torch
 
+from graph_replay import check_step_replays_bitwise
+
 from cute_kernels import GroupedSReLUMLP, SReLUMLP, srelu_mlp
 
 pytestmark = pytest.mark.gpu
@@ -239,42 +241,7 @@ def test_step_replays_in_a_cuda_graph(splits_kind):
     ms = torch.tensor(splits, device="cuda") if splits_kind == "tensor" else splits
     sx = x.clone().requires_grad_()
     sdy = torch.randn(m, h, device="cuda", generator=g).bfloat16()
-
-    def step():
-        y = srelu_mlp(sx, w1, w2, m_splits=ms, prob=prob, backend="cute")
-        y.backward(sdy)
-        return y
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the default stream, as torch.cuda.graphs asks
-        for _ in range(2):
-            step()
-            sx.grad = w1.grad = w2.grad = None
-            if prob is not None:
-                prob.grad = None
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        sy = step()
-    new_splits = [[300, 0, 524, 200], [0, 700, 24, 300]]
-    for trial in range(2):
-        with torch.no_grad():
-            sx.copy_(torch.randn(m, h, device="cuda", generator=g).bfloat16())
-            sdy.copy_(torch.randn(m, h, device="cuda", generator=g).bfloat16())
-            if splits_kind == "tensor":
-                ms.copy_(torch.tensor(new_splits[trial], device="cuda"))
-        graph.replay()
-        torch.cuda.synchronize()
-        leaves = [t.detach().clone().requires_grad_() for t in (sx, w1, w2)]
-        p_ref = prob.detach().clone().requires_grad_() if prob is not None else None
-        ref_splits = new_splits[trial] if splits_kind == "tensor" else splits
-        y_ref = srelu_mlp(*leaves, m_splits=ref_splits, prob=p_ref, backend="cute")
-        y_ref.backward(sdy)
-        got = [sy, sx.grad, w1.grad, w2.grad] + ([prob.grad] if prob is not None else [])
-        want = [y_ref] + [t.grad for t in leaves] + ([p_ref.grad] if p_ref is not None else [])
-        for name, a, b in zip(("y", "dx", "dw1", "dw2", "dprob"), got, want):
-            assert torch.equal(a, b), f"{name} differs after replay {trial} ({splits_kind})"
+    check_step_replays_bitwise(sx, w1, w2, sdy, prob, ms, [[300, 0, 524, 200], [0, 700, 24, 300]], g, splits_kind)
 
 
 @pytest.mark.parametrize("grouped", [False, True])
