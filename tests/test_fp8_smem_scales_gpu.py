@@ -23,7 +23,7 @@ from cute_kernels.fp8.epilogue import Fp8Epilogue
 from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, fp8_grouped, smem_scales
 from cute_kernels.fp8.recipe import dequantize
 from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
-from test_fp8_gpu import GROUPED_SPLITS, SHAPES, _check_elementwise, _operands, _poisoned, grouped_case
+from test_fp8_gpu import GROUPED_SPLITS, Q_SHAPES, SHAPES, _check_elementwise, _operands, _poisoned, grouped_case
 
 gpu = pytest.mark.gpu
 WIDE = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=2, cluster_n=1)
@@ -61,8 +61,7 @@ def test_staged_scales_gemm_bitwise_the_default_and_the_reference(m, n, k, cfg, 
 
 
 @gpu
-@pytest.mark.parametrize("m,n,k", [(256, 256, 256), (1, 128, 128), (77, 144, 272), (1000, 384, 1040),
-                                   (513, 1024, 4096)])
+@pytest.mark.parametrize("m,n,k", Q_SHAPES)
 @pytest.mark.parametrize("cfg", ["128x128-c1x2", "128x256-c2x1"])
 def test_staged_scales_fc1_quantized_postact_bitwise_the_default(m, n, k, cfg):
     x, w, xq, xs, wq, ws = _operands(m, n, k, seed=m + 13 * n + k)

@@ -17,7 +17,7 @@ from cute_kernels.fp8.epilogue import Fp8Epilogue
 from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, fp8_grouped
 from cute_kernels.fp8.recipe import dequantize, quantize_1x128
 from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
-from test_fp8_gpu import (SHAPES, _operands, _poisoned, check_config_against_reference_and_default,
+from test_fp8_gpu import (Q_SHAPES, SHAPES, _operands, _poisoned, check_config_against_reference_and_default,
                          check_postact_against_recipe, GROUPED_SPLITS, grouped_case)
 
 gpu = pytest.mark.gpu
@@ -34,8 +34,7 @@ def test_256x128_fp8_gemm_against_reference_and_the_default_tile(m, n, k, cfg):
 
 
 @gpu
-@pytest.mark.parametrize("m,n,k", [(256, 256, 256), (1, 128, 128), (77, 144, 272), (1000, 384, 1040),
-                                   (513, 1024, 4096)])
+@pytest.mark.parametrize("m,n,k", Q_SHAPES)
 @pytest.mark.parametrize("cfg", ["256x128-c1x2", "256x128-c2x1"])
 def test_256x128_fc1_quantized_postact(m, n, k, cfg):
     x, w, xq, xs, wq, ws = _operands(m, n, k, seed=m + 13 * n + k)
