@@ -120,6 +120,8 @@ def check_postact_against_recipe(dense, prob, q, qs, what):
 
 # grouped splits of the GPU tests: empty and one-row experts, an expert of whole tiles, M split unevenly
 GROUPED_SPLITS = [[256, 0, 129, 1, 383], [0, 0, 77], [128] * 8, [1000, 0], [300, 700]]
+# (splits, as_tensor, with_prob): each split list as a list and as a GPU tensor, with and without router probabilities
+GROUPED_CASES = [(s, t, p) for s in GROUPED_SPLITS for t in (False, True) for p in (False, True)]
 
 
 def grouped_case(splits, as_tensor, with_prob, salt):

@@ -23,7 +23,7 @@ from cute_kernels.fp8.epilogue import Fp8Epilogue
 from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, fp8_grouped, smem_scales
 from cute_kernels.fp8.recipe import dequantize
 from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
-from test_fp8_gpu import GROUPED_SPLITS, Q_SHAPES, SHAPES, _check_elementwise, _operands, _poisoned, grouped_case
+from test_fp8_gpu import GROUPED_CASES, Q_SHAPES, SHAPES, _check_elementwise, _operands, _poisoned, grouped_case
 
 gpu = pytest.mark.gpu
 WIDE = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=2, cluster_n=1)
@@ -75,9 +75,7 @@ def test_staged_scales_fc1_quantized_postact_bitwise_the_default(m, n, k, cfg):
 
 
 @gpu
-@pytest.mark.parametrize("splits", GROUPED_SPLITS)
-@pytest.mark.parametrize("as_tensor", [False, True])
-@pytest.mark.parametrize("with_prob", [False, True])
+@pytest.mark.parametrize("splits,as_tensor,with_prob", GROUPED_CASES)
 def test_staged_scales_grouped_bitwise_the_default(splits, as_tensor, with_prob):
     xq, xs, wq, ws, prob, sp = grouped_case(splits, as_tensor, with_prob, 17)
     outs = {}

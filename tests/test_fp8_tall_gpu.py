@@ -18,7 +18,7 @@ from cute_kernels.fp8.ops import _launch, fp8_fc1_srelu, fp8_gemm, fp8_grouped
 from cute_kernels.fp8.recipe import dequantize, quantize_1x128
 from cute_kernels.sm90.config import FP8_DEFAULT_CONFIG
 from test_fp8_gpu import (Q_SHAPES, SHAPES, _operands, _poisoned, check_config_against_reference_and_default,
-                         check_postact_against_recipe, GROUPED_SPLITS, grouped_case)
+                         check_postact_against_recipe, GROUPED_CASES, grouped_case)
 
 gpu = pytest.mark.gpu
 TALL = dataclasses.replace(FP8_DEFAULT_CONFIG, tile_m=256)
@@ -53,9 +53,7 @@ def test_256x128_fc1_quantized_postact(m, n, k, cfg):
 
 
 @gpu
-@pytest.mark.parametrize("splits", GROUPED_SPLITS)
-@pytest.mark.parametrize("as_tensor", [False, True])
-@pytest.mark.parametrize("with_prob", [False, True])
+@pytest.mark.parametrize("splits,as_tensor,with_prob", GROUPED_CASES)
 def test_256x128_grouped_fp8_equals_dense_per_expert(splits, as_tensor, with_prob):
     xq, xs, wq, ws, prob, sp = grouped_case(splits, as_tensor, with_prob, 17)
     y = fp8_grouped(xq, xs, wq, ws, sp, config=TALL)
