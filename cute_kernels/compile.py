@@ -218,7 +218,7 @@ def _fake_block_scaled_arguments(key: KernelKey) -> GemmArgs:
                                      (cute.sym_int64(divisibility=16 if q else 8), 1,
                                       cute.sym_int64(divisibility=16 if q else 8) if key.grouped_k else cute.sym_int64()),
                                      assumed_align=16))
-    scale, aux, rowsum = _fake_epilogue_inputs(key, m, n, 1, dd)  # dact: the saved preact, plain outputs' dtype
+    scale, aux, rowsum = _fake_epilogue_inputs(key, m, n, ld_, dd)  # dact: the saved preact, plain outputs' dtype
     qs = None
     if key.epi.quantized:
         qs = make_fake_tensor(cutlass.Float32, (m, nb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)

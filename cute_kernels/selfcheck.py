@@ -316,8 +316,10 @@ def _run_block_scaled_variant(key, launch, device, gen, time_it: bool) -> CheckR
     else:
         b3, sb3 = as_mkl(bq[0].view(u8)), sb[0].unsqueeze(-1)
     d = [as_mkl(outs[name]) for name in epi.outputs]
+    if epi.accumulate:  # the weight gradient into main_grad: the output holds its previous value, read in place
+        outs["out"].copy_(aux)
     args = GemmArgs(as_mkl(aq.view(u8)), b3, d[0], d[1] if len(d) > 1 else None, scale=prob,
-                    aux=None if aux is None else as_mkl(aux), rowsum=None if partials is None else partials.t(),
+                    aux=None if aux is None else (d[0] if epi.accumulate else as_mkl(aux)), rowsum=None if partials is None else partials.t(),
                     cu_rows=cu_rows, cu_tiles=cu_tiles, sa=sa, sb=sb3, qs=qs)
     res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
     if epi.quantized:
@@ -358,14 +360,18 @@ def _run_k_grouped_fp8_variant(key, launch, device, gen, time_it: bool) -> Check
     bq, sb, _ = quantize_cols_grouped_reference(x, splits, fb)
     sa, sb = sa.t().contiguous().t(), sb.t().contiguous().t()  # column-major, as the quantizer writes them
     out = torch.full((len(splits), m, n), float("nan"), dtype=getattr(torch, key.d_dtype), device=device)
+    before = None
+    if key.epi.accumulate:  # the experts' main_grad: its previous values (an empty expert's kept), read in place
+        out.copy_(torch.randn(out.shape, generator=gen, device=device))
+        before = out.clone()
     u8 = torch.uint8
     args = GemmArgs(as_mkl(aq.view(u8)), as_mkl(bq.view(u8)), out.permute(1, 2, 0), None, cu_rows=cu_padded,
-                    sa=sa, sb=sb.unsqueeze(-1))
+                    aux=out.permute(1, 2, 0) if before is not None else None, sa=sa, sb=sb.unsqueeze(-1))
     res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
     if not _launched(key, args, launch, device, res):
         return res
     padded_splits = torch.diff(cu_padded).tolist()  # the padding tokens are zeros
-    r = _reference(key, dequantize(aq, sa), dequantize(bq, sb), padded_splits, None, None)["out"]
+    r = _reference(key, dequantize(aq, sa), dequantize(bq, sb), padded_splits, before, None)["out"]
     res.errors["out"] = float(((out.float() - r).abs().max() / r.abs().max().clamp_min(1e-6)).item())
     if time_it:
         res.time_ms = _median_ms(lambda: launch(key, args))

@@ -17,8 +17,10 @@ import time
 
 from .archs import arch_space, get_arch
 from .compile import KernelKey
+from .config import block_scaled_errors
 from .epilogue import EpilogueSpec
 
+ACCUMULATE = EpilogueSpec("identity", accumulate=True)  # the weight gradient added into main_grad
 EPILOGUES = [
     EpilogueSpec("identity"), EpilogueSpec("identity", accumulate=True), EpilogueSpec("srelu"),
     EpilogueSpec("srelu", store_preact=True), EpilogueSpec("srelu", store_preact=True, row_scale=True),
@@ -54,7 +56,7 @@ def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
     dense and grouped (grouped FC1 with the router probability, as the MoE step launches it)
     per FP8 self-check config, the gradient GEMM's e5m2 x e4m3 operands, and on 128-wide tiles the
     weight gradient with per-row B scales (b_scale "row" and "rows_staged", fp32 out: fp8/wgrad_ops.py; and
-    "rows_staged" grouped along K, the grouped weight gradient), and
+    "rows_staged" grouped along K, the grouped weight gradient; each also accumulating into an fp32 main_grad), and
     the FC1 with the tanh clamp (dense and grouped: the FP8 step's other activation)."""
     from .registry import KERNELS, kernel_key, with_activation
 
@@ -71,12 +73,17 @@ def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
                                            epi=with_activation(epi, FP8_TABLE_TANH)))
         keys.append(kernel_key("fp8_fc2", arch, cfg, "float8_e5m2+float8_e4m3fn", 0))
         if cfg.tile_n == 128:
+            wgrad = []
             for b_scale in ("row", "rows_staged"):
-                keys.append(dataclasses.replace(kernel_key("fp8_fc2", arch, cfg, "float8_e4m3fn", 0), b_scale=b_scale,
-                                                out_dtype="float32"))
+                wgrad.append(dataclasses.replace(kernel_key("fp8_fc2", arch, cfg, "float8_e4m3fn", 0), b_scale=b_scale,
+                                                 out_dtype="float32"))
             # the grouped weight gradient (grouped along K over per-expert padded copies, "rows_staged" only)
-            keys.append(dataclasses.replace(kernel_key("fp8_fc2", arch, cfg, "float8_e4m3fn", 0), b_scale="rows_staged",
-                                            out_dtype="float32", grouped_k=True))
+            wgrad.append(dataclasses.replace(kernel_key("fp8_fc2", arch, cfg, "float8_e4m3fn", 0), b_scale="rows_staged",
+                                             out_dtype="float32", grouped_k=True))
+            keys += wgrad
+            # each added into an fp32 main_grad by its epilogue, where the config takes it
+            keys += [k for k in (dataclasses.replace(k, epi=ACCUMULATE) for k in wgrad) if not block_scaled_errors(
+                k.cfg, k.epi, arch=arch, grouped_k=k.grouped_k, out_bytes=4, b_scale=k.b_scale)]
     return keys
 
 

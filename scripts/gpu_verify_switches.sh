@@ -5,7 +5,8 @@
 #   (CUTE_KERNELS_FP8_GROUPED_WGRAD), FP8 scales in shared memory (CUTE_KERNELS_FP8_SMEM_SCALES), the FP8 step
 #   in a CUDA graph (GPU-tensor splits kept on the device), the FP8 tests refactored into shared helpers
 #   (ping-pong, 256x128, family), the FP8 step tests (tanh GPU test no longer needs a self-check), the
-#   FP8 self-check of every variant (the grouped FP8 wgrad's first evidence)
+#   FP8 self-check of every variant (the grouped FP8 wgrad's first evidence); the FP8 weight gradients
+#   added into an fp32 main_grad by the epilogue (CUTE_KERNELS_FP8_WGRAD_ACCUMULATE, issue 26, 20:55 UTC)
 # - bench_fp8: GEMM table (scales-in-smem row vs 128x128; 256x128 / ping-pong rows), grouped table (c2x1
 #   rows: the grouped >= 1.5x bf16 target), wgrad table (grouped E=8 rows), step table (the grouped
 #   FP8 wgrad switch row; tuned FP8 entries)
@@ -19,6 +20,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
     tests/test_fp8_grouped_quantize_gpu.py tests/test_fp8_grouped_wgrad_gpu.py tests/test_fp8_smem_scales_gpu.py \
     tests/test_fp8_graph_gpu.py tests/test_fp8_pingpong_gpu.py tests/test_fp8_tall_gpu.py tests/test_fp8_family_gpu.py \
     tests/test_fp8_gpu.py tests/test_fp8_mlp_gpu.py tests/test_fp8_host_gpu.py \
+    tests/test_fp8_wgrad_gpu.py tests/test_fp8_wgrad_accumulate_gpu.py \
     2>&1 | tail -40 > "$out/gpu_tests.log"
   tail -3 "$out/gpu_tests.log"
 fi

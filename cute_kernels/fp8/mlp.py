@@ -15,7 +15,7 @@ on an sm_90a GPU; "torch" = the torch implementation of the same recipe in fp8/t
 | FC2 | postact FP8, w2 FP8 | kernel |
 | FC2 dgrad | dy FP8 (grad_format, 1x128 along H), w2^T FP8 copy | kernel, bf16 dpost |
 | dSReLU, router gradient, postact recompute | dpost, preact, p | kernel: in the FC2 dgrad's epilogue (`fp8_dgrad_dact`; torch elementwise on the torch path and for every activation but relu^2, see `_fused_dact`) |
-| FC2 wgrad | dy^T, postact^T (the dgrad's recomputed postact), 1x128 along tokens | wgrad="fp8": kernel (wgrad_ops; grouped only with CUTE_KERNELS_FP8_GROUPED_WGRAD=1, else a torch loop over experts) |
+| FC2 wgrad | dy^T, postact^T (the dgrad's recomputed postact), 1x128 along tokens | wgrad="fp8": kernel (wgrad_ops; grouped only with CUTE_KERNELS_FP8_GROUPED_WGRAD=1, else a torch loop over experts); fuse_wgrad_accumulation: added into an fp32 main_grad by the kernel's epilogue with CUTE_KERNELS_FP8_WGRAD_ACCUMULATE=1, else by a torch add |
 | FC1 dgrad | dpreact FP8 (grad_format, 1x128 along F), w1^T FP8 copy | kernel |
 | FC1 wgrad | dpreact^T, x^T (requantized from the bf16 dequantization of the saved FP8 x) along tokens | as FC2's |
 
@@ -192,12 +192,17 @@ def _weight_grad(ctx, w, name, g, act, impl):
         from .wgrad_ops import (fp8_grouped_weight_grad_of, fp8_weight_grad_of, grouped_wgrad_kernel_enabled,
                                 wgrad_kernel_enabled)
 
+        # with fuse_wgrad_accumulation, added into main_grad by the kernel's epilogue where it can
+        # (CUTE_KERNELS_FP8_WGRAD_ACCUMULATE=1, an fp32 contiguous main_grad), else by _add_wgrad
+        into = _fused_main_grad(ctx, w, name)
         if splits is None and wgrad_kernel_enabled():  # the 1D1D kernel (CUTE_KERNELS_FP8_WGRAD_KERNEL=0: torch)
-            return _add_wgrad(ctx, w, name, fp8_weight_grad_of(g, act, recipe))
+            dw = fp8_weight_grad_of(g, act, recipe, out=into)
+            return None if into is not None else _add_wgrad(ctx, w, name, dw)
         if splits is not None and grouped_wgrad_kernel_enabled():
             # every expert in one launch over per-expert padded copies (CUTE_KERNELS_FP8_GROUPED_WGRAD=1;
             # off until an H200 run has checked it: the per-expert torch loop below)
-            return _add_wgrad(ctx, w, name, fp8_grouped_weight_grad_of(g, act, splits, recipe))
+            dw = fp8_grouped_weight_grad_of(g, act, splits, recipe, out=into)
+            return None if into is not None else _add_wgrad(ctx, w, name, dw)
     dw = torch.zeros(w.shape, dtype=torch.float32, device=g.device)
     for e, start, n in _segments(splits, g.shape[0]):
         if n:
@@ -230,6 +235,20 @@ def _dequantize_saved_x(xq, xs, recipe, impl):
             and quantize_ops.dequantize_kernel_enabled()):
         return quantize_ops.dequantize_to_bf16(xq, xs)
     return recipe_math.dequantize(xq, xs, out_dtype=torch.bfloat16 if to_bf16 else torch.float32)
+
+
+def _fused_main_grad(ctx, w, name):
+    """w.main_grad when the FP8 weight-gradient kernel adds into it in its epilogue: with
+    fuse_wgrad_accumulation and CUTE_KERNELS_FP8_WGRAD_ACCUMULATE=1, a float32 main_grad that is
+    contiguous and 16-byte aligned (the kernel's output); else None (the torch add of _add_wgrad)."""
+    from .wgrad_ops import wgrad_accumulate_enabled
+
+    if not ctx.fuse_wgrad or not wgrad_accumulate_enabled():
+        return None
+    mg = main_grad(w, name)
+    if mg.dtype != torch.float32 or not mg.is_contiguous() or mg.data_ptr() % 16:
+        return None
+    return mg
 
 
 def _add_wgrad(ctx, w, name, dw):

@@ -3,6 +3,7 @@ dW (N_out, K_out) = dequant(G^T) @ dequant(X^T)^T, fp32 accumulation, promoted o
 tokens with the row scale of G^T and the per-column scale of X^T (sm90/mainloop_fp8.run_rows).
 
     fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, out_dtype=torch.float32)
+    fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, out=main_grad, accumulate=True)   (main_grad += dW)
 
 gq_t (N_out, T) and xq_t (K_out, T): the column-wise FP8 copies of the output gradient G (T, N_out)
 and of the activation X (T, K_out) that the one-pass quantization kernel writes
@@ -22,6 +23,13 @@ TFLOP/s on the H200) or, with CUTE_KERNELS_FP8_WGRAD_STAGED=0, `b_scale = "row"`
 mainloop, `run_rows`, ~430); each variant's first launch is self-checked against torch
 (selfcheck.py: its own evidence name) and `Fp8Recipe(wgrad="fp8")` uses it by default
 (CUTE_KERNELS_FP8_WGRAD_KERNEL=0: the torch emulation).
+
+`out=` / `accumulate=True` (both host ops): dW added into an fp32 `main_grad` in the kernel's
+epilogue (Megatron's fuse_wgrad_accumulation: out = out + dW, one read and one write of out, no
+separate add pass).  The epilogue reads out's previous value right after the mainloop
+(sm90/epilogue_aux.py; KernelKey.epi "identity+acc", its own self-check name); the FP8 step
+takes it with CUTE_KERNELS_FP8_WGRAD_ACCUMULATE=1 (`wgrad_accumulate_enabled`, off until an
+H200 run has checked it: the step then adds dW into main_grad in torch).
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ from .epilogue import Fp8Epilogue
 
 BLOCK = 128
 WGRAD_OUT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+_OUT_BYTES = {torch.float32: 4, torch.bfloat16: 2}
 # 128x128 tiles (one scale per output column and K tile), cooperative, a 2-CTA cluster along N
 WGRAD_DEFAULT_CONFIG = GemmConfig(tile_m=128, tile_n=128, tile_k=128, cluster_m=1, cluster_n=2, epi_n=32, epi_stages=2)
 
@@ -67,16 +76,42 @@ def wgrad_b_scale() -> str:
 
 
 def wgrad_key(a_format: str, b_format: str, out_dtype: torch.dtype, config: GemmConfig = WGRAD_DEFAULT_CONFIG,
-              b_scale: str | None = None):
+              b_scale: str | None = None, accumulate: bool = False):
     """The family's kernel key of the 1D1D weight gradient (`b_scale`: one of WGRAD_B_SCALES, None:
-    wgrad_b_scale())."""
-    epi = Fp8Epilogue(EpilogueSpec("identity"))
+    wgrad_b_scale(); `accumulate`: out = out + dW, an fp32 out)."""
+    epi = Fp8Epilogue(EpilogueSpec("identity", accumulate=accumulate))
     key = family_key(epi, config, a_format, b_format)
     return dataclasses.replace(key, b_scale=b_scale or wgrad_b_scale(), out_dtype=WGRAD_OUT_DTYPES[out_dtype])
 
 
-def wgrad_config_errors(config: GemmConfig, b_scale: str = "row") -> list[str]:
-    return block_scaled_errors(config, EpilogueSpec("identity"), arch=FAMILY_ARCH, majors=("k", "k"), b_scale=b_scale)
+def wgrad_config_errors(config: GemmConfig, b_scale: str = "row", *, accumulate: bool = False,
+                        out_bytes: int = 4, grouped_k: bool = False) -> list[str]:
+    """Why `config` cannot run the (grouped, `grouped_k`) weight gradient; empty when it can."""
+    return block_scaled_errors(config, EpilogueSpec("identity", accumulate=accumulate), arch=FAMILY_ARCH,
+                               majors=("k", "k"), grouped_k=grouped_k, out_bytes=out_bytes, b_scale=b_scale)
+
+
+def _output(out, out_dtype, accumulate: bool, shape: tuple, device) -> tuple[torch.Tensor | None, torch.dtype]:
+    """(out, the output's dtype) after the checks of `out=` / `out_dtype=` / `accumulate=` (None: a
+    new output of out_dtype, float32 by default); InputError naming the argument."""
+    if out is None:
+        if accumulate:
+            raise InputError("accumulate=True needs out= (the fp32 main_grad to add the gradient into)")
+        return None, out_dtype or torch.float32
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
+    if out_dtype is not None and out_dtype != out.dtype:
+        raise InputError(f"out_dtype {out_dtype} disagrees with out's dtype {out.dtype} (give one of them)")
+    if accumulate and out.dtype != torch.float32:
+        raise InputError(f"accumulate=True adds into an fp32 out (main_grad), got out of dtype {out.dtype}")
+    if tuple(out.shape) != shape:
+        raise InputError(f"out must have shape {shape}, got {tuple(out.shape)}")
+    if out.device != device:
+        raise InputError(f"out is on {out.device}, expected {device}")
+    if not out.is_contiguous() or out.data_ptr() % 16:
+        raise InputError(f"out must be contiguous with a 16-byte aligned data pointer, got strides {out.stride()} "
+                         f"at offset {out.data_ptr() % 16} bytes from 16")
+    return out, out.dtype
 
 
 def _check_problem(n_out: int, k_out: int, out_dtype, config, what: str, config_errors):
@@ -96,11 +131,14 @@ def _check_problem(n_out: int, k_out: int, out_dtype, config, what: str, config_
             raise InputError(f"config: {config} cannot run {what}: " + "; ".join(errors))
 
 
-def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype = torch.float32,
-                    config: GemmConfig | None = None, b_scale: str | None = None) -> torch.Tensor:
+def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype | None = None,
+                    config: GemmConfig | None = None, b_scale: str | None = None, out: torch.Tensor | None = None,
+                    accumulate: bool = False) -> torch.Tensor:
     """dW = dequant(gq_t) @ dequant(xq_t)^T (see the module docstring), a new (N_out, K_out)
-    tensor in `out_dtype` (float32 or bfloat16); `b_scale` picks the mainloop (WGRAD_B_SCALES;
-    None: wgrad_b_scale(), the environment's)."""
+    tensor in `out_dtype` (float32, the default, or bfloat16), or written into `out` (contiguous,
+    float32 or bfloat16, 16-byte aligned); with `accumulate`, added to out's values in the epilogue
+    (out = out + dW, out float32: a parameter's main_grad).  Returns the output.  `b_scale` picks
+    the mainloop (WGRAD_B_SCALES; None: wgrad_b_scale(), the environment's)."""
     fa = _check_fp8_operand("gq_t", gq_t)
     fb = _check_fp8_operand("xq_t", xq_t, gq_t.shape[1])
     n_out, t = gq_t.shape
@@ -115,32 +153,35 @@ def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype = torch.fl
     b_scale = b_scale or wgrad_b_scale()
     if t == 0:
         raise InputError(f"empty problem (N_out = {n_out}, K_out = {k_out}, tokens = {t})")
+    out, out_dtype = _output(out, out_dtype, accumulate, (n_out, k_out), gq_t.device)
     _check_problem(n_out, k_out, out_dtype, config, "the FP8 weight gradient",
-                   lambda: wgrad_config_errors(config, b_scale))
+                   lambda: wgrad_config_errors(config, b_scale, accumulate=accumulate,
+                                               out_bytes=_OUT_BYTES[out_dtype]))
     check_fp8_launch("gq_t", gq_t)
     from ..gemm_base.launch_args import GemmArgs
     from ..gemm_ops import _run
 
-    dw = torch.empty((n_out, k_out), dtype=out_dtype, device=gq_t.device)
+    dw = torch.empty((n_out, k_out), dtype=out_dtype, device=gq_t.device) if out is None else out
     u8 = torch.uint8
-    key = wgrad_key(fa, fb, out_dtype, config or WGRAD_DEFAULT_CONFIG, b_scale)
-    _run(key, GemmArgs(as_mkl(gq_t.view(u8)), as_mkl(xq_t.view(u8)), as_mkl(dw), None, sa=gs_t,
-                       sb=xs_t.unsqueeze(-1)))
+    key = wgrad_key(fa, fb, out_dtype, config or WGRAD_DEFAULT_CONFIG, b_scale, accumulate)
+    _run(key, GemmArgs(as_mkl(gq_t.view(u8)), as_mkl(xq_t.view(u8)), as_mkl(dw), None,
+                       aux=as_mkl(dw) if accumulate else None, sa=gs_t, sb=xs_t.unsqueeze(-1)))
     return dw
 
 
-def fp8_weight_grad_of(g: torch.Tensor, act: torch.Tensor, recipe) -> torch.Tensor:
+def fp8_weight_grad_of(g: torch.Tensor, act: torch.Tensor, recipe, out: torch.Tensor | None = None) -> torch.Tensor:
     """g^T @ act (fp32) of the FP8 step's weight gradient, Fp8Recipe(wgrad="fp8") on the kernel
     path: g (T, N_out) and act (T, K_out) quantized 1x128 along the tokens by the one-pass kernel
     (its column-wise copies; g in the recipe's grad format, act in its forward format), then this
-    module's kernel.  N_out and K_out multiples of 16, T > 0."""
+    module's kernel.  N_out and K_out multiples of 16, T > 0.  `out`: an fp32 main_grad the
+    gradient is added into by the kernel's epilogue (returned)."""
     from .quantize_ops import quantize_rows_and_cols
 
     _, _, gq_t, gs_t = quantize_rows_and_cols(g.to(torch.bfloat16).contiguous(), recipe.grad_format,
                                               pow2=recipe.pow2_scales)
     _, _, xq_t, xs_t = quantize_rows_and_cols(act.to(torch.bfloat16).contiguous(), recipe.fwd_format,
                                               pow2=recipe.pow2_scales)
-    return fp8_weight_grad(as_operand(gq_t), gs_t, as_operand(xq_t), xs_t)
+    return fp8_weight_grad(as_operand(gq_t), gs_t, as_operand(xq_t), xs_t, out=out, accumulate=out is not None)
 
 
 # the grouped form's mainloop: the overlapped one only ("row", the serial one, spills 220 bytes
@@ -149,17 +190,21 @@ GROUPED_WGRAD_B_SCALES = ("rows_staged",)
 
 
 def grouped_wgrad_key(a_format: str, b_format: str, out_dtype: torch.dtype,
-                      config: GemmConfig = WGRAD_DEFAULT_CONFIG):
+                      config: GemmConfig = WGRAD_DEFAULT_CONFIG, accumulate: bool = False):
     """The family's kernel key of the grouped 1D1D weight gradient (grouped along K, b_scale
-    "rows_staged")."""
-    return dataclasses.replace(wgrad_key(a_format, b_format, out_dtype, config, "rows_staged"), grouped_k=True)
+    "rows_staged"; `accumulate`: out = out + dW, an fp32 out)."""
+    return dataclasses.replace(wgrad_key(a_format, b_format, out_dtype, config, "rows_staged", accumulate),
+                               grouped_k=True)
 
 
-def fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded, *, out_dtype: torch.dtype = torch.float32,
-                            config: GemmConfig | None = None) -> torch.Tensor:
+def fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded, *, out_dtype: torch.dtype | None = None,
+                            config: GemmConfig | None = None, out: torch.Tensor | None = None,
+                            accumulate: bool = False) -> torch.Tensor:
     """dW[e] = dequant(gq_t[:, experts e's tokens]) @ dequant(xq_t[:, its tokens])^T for every
-    expert in one launch, a new (E, N_out, K_out) tensor in `out_dtype` (float32 or bfloat16),
-    zeros for an empty expert.  gq_t (N_out, Tp), xq_t (K_out, Tp): the per-expert padded
+    expert in one launch, a new (E, N_out, K_out) tensor in `out_dtype` (float32, the default, or
+    bfloat16), zeros for an empty expert; or written into `out` (contiguous, 16-byte aligned), with
+    `accumulate` added to its values (out[e] += dW[e], out float32: the experts' main_grad; an
+    empty expert's left as it was).  gq_t (N_out, Tp), xq_t (K_out, Tp): the per-expert padded
     column-wise FP8 copies of G (T, N_out) and X (T, K_out) (quantize_ops.quantize_cols_grouped:
     every expert's tokens start a 128-token block, zeros after its last); gs_t (N_out, Tp/128) and
     xs_t (K_out, Tp/128) their fp32 scales; cu_padded (E+1,) int32 on the GPU, expert e's tokens
@@ -183,21 +228,23 @@ def fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded, *, out_dtype: tor
         raise InputError("cu_padded must be a 1-D int32 tensor of E+1 >= 2 token offsets, got "
                          f"{getattr(cu_padded, 'dtype', type(cu_padded).__name__)} of shape "
                          f"{tuple(getattr(cu_padded, 'shape', ()))}")
-    _check_problem(n_out, k_out, out_dtype, config, "the grouped FP8 weight gradient",
-                   lambda: block_scaled_errors(config, EpilogueSpec("identity"), arch=FAMILY_ARCH, majors=("k", "k"),
-                                               grouped_k=True, b_scale="rows_staged"))
     experts = cu_padded.numel() - 1
-    dw = torch.empty((experts, n_out, k_out), dtype=out_dtype, device=gq_t.device)
+    out, out_dtype = _output(out, out_dtype, accumulate, (experts, n_out, k_out), gq_t.device)
+    _check_problem(n_out, k_out, out_dtype, config, "the grouped FP8 weight gradient",
+                   lambda: wgrad_config_errors(config, "rows_staged", accumulate=accumulate, grouped_k=True,
+                                               out_bytes=_OUT_BYTES[out_dtype]))
+    dw = torch.empty((experts, n_out, k_out), dtype=out_dtype, device=gq_t.device) if out is None else out
     if tp == 0:  # every expert empty (list splits): no launch
-        return dw.zero_()
+        return dw if accumulate else dw.zero_()
     check_fp8_launch("gq_t", gq_t)
     from ..gemm_base.launch_args import GemmArgs
     from ..gemm_ops import _run
 
     u8 = torch.uint8
-    key = grouped_wgrad_key(fa, fb, out_dtype, config or WGRAD_DEFAULT_CONFIG)
-    _run(key, GemmArgs(as_mkl(gq_t.view(u8)), as_mkl(xq_t.view(u8)), dw.permute(1, 2, 0), None, cu_rows=cu_padded,
-                       sa=gs_t, sb=xs_t.unsqueeze(-1)))
+    key = grouped_wgrad_key(fa, fb, out_dtype, config or WGRAD_DEFAULT_CONFIG, accumulate)
+    d3 = dw.permute(1, 2, 0)
+    _run(key, GemmArgs(as_mkl(gq_t.view(u8)), as_mkl(xq_t.view(u8)), d3, None, aux=d3 if accumulate else None,
+                       cu_rows=cu_padded, sa=gs_t, sb=xs_t.unsqueeze(-1)))
     return dw
 
 
@@ -209,19 +256,21 @@ def _token_free_view(t):
     return t
 
 
-def fp8_grouped_weight_grad_of(g: torch.Tensor, act: torch.Tensor, m_splits, recipe) -> torch.Tensor:
+def fp8_grouped_weight_grad_of(g: torch.Tensor, act: torch.Tensor, m_splits, recipe,
+                               out: torch.Tensor | None = None) -> torch.Tensor:
     """(E, N_out, K_out) fp32, dW[e] = g_e^T @ act_e of the FP8 step's grouped weight gradient
     (Fp8Recipe(wgrad="fp8"), kernel path, CUTE_KERNELS_FP8_GROUPED_WGRAD=1): g (T, N_out) and act
     (T, K_out), tokens sorted by expert (`m_splits`: a list of ints or a GPU int tensor, no host
     sync), each quantized 1x128 along its expert's tokens into the per-expert padded column-wise
-    copy (one launch each), then one launch of fp8_grouped_weight_grad."""
+    copy (one launch each), then one launch of fp8_grouped_weight_grad (`out`: the experts' fp32
+    main_grad (E, N_out, K_out), the gradient added into it by the epilogue; returned)."""
     from .quantize_ops import quantize_cols_grouped
 
     gq_t, gs_t, cu_padded = quantize_cols_grouped(g.to(torch.bfloat16).contiguous(), m_splits, recipe.grad_format,
                                                   pow2=recipe.pow2_scales)
     xq_t, xs_t, _ = quantize_cols_grouped(act.to(torch.bfloat16).contiguous(), m_splits, recipe.fwd_format,
                                           pow2=recipe.pow2_scales)
-    return fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded)
+    return fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded, out=out, accumulate=out is not None)
 
 
 def grouped_wgrad_kernel_enabled() -> bool:
@@ -229,6 +278,14 @@ def grouped_wgrad_kernel_enabled() -> bool:
     kernel path) use fp8_grouped_weight_grad_of instead of the per-expert loop: off until an H200
     run has checked it (CUTE_KERNELS_FP8_GROUPED_WGRAD=1 turns it on)."""
     return os.environ.get("CUTE_KERNELS_FP8_GROUPED_WGRAD", "0") == "1"
+
+
+def wgrad_accumulate_enabled() -> bool:
+    """Whether the FP8 step with fuse_wgrad_accumulation adds its FP8 weight gradients into an fp32
+    main_grad in the kernel's epilogue (`out=main_grad, accumulate=True`: no dW tensor, no torch add
+    pass) where the kernel computes them (dense; grouped with CUTE_KERNELS_FP8_GROUPED_WGRAD=1):
+    off until an H200 run has checked it (CUTE_KERNELS_FP8_WGRAD_ACCUMULATE=1 turns it on)."""
+    return os.environ.get("CUTE_KERNELS_FP8_WGRAD_ACCUMULATE", "0") == "1"
 
 
 def padded_tokens(t: int) -> int:

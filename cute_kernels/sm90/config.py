@@ -302,8 +302,19 @@ def block_scaled_errors(cfg: GemmConfig, epi, *, grouped: bool, grouped_k: bool,
         # (the serial "row" one spills 220 bytes grouped: ptxas, 2026-12-03)
         errs.append("the FP8 GEMM grouped along K runs per-row B scales through the overlapped mainloop only "
                     f"(b_scale 'rows_staged': the grouped weight gradient), got {b_scale!r}")
-    if epi.accumulate:
-        errs.append("the FP8 GEMM does not accumulate into its output (the weight gradients are not FP8 yet)")
+    if epi.accumulate and (b_scale not in ROW_B_SCALES or out_bytes != 4):
+        # the weight gradient added into an fp32 main_grad: its epilogue reads the output's previous
+        # value after the mainloop (sm90/epilogue_aux.py), spill-free with per-row B scales (ptxas sm_90a,
+        # 2026-12-03: "row", "rows_staged" and grouped "rows_staged", clusters 1x1, 1x2 and 2x1, 168
+        # registers, no spills, no WGMMA serialization)
+        errs.append("the FP8 GEMM accumulates into its output only as the weight gradient: per-row B scales "
+                    f"(b_scale 'row' or 'rows_staged') and an fp32 output (main_grad), got b_scale {b_scale!r} "
+                    f"and a {out_bytes}-byte output")
+    elif epi.accumulate and b_scale == "rows_staged" and cfg.epi_n > 32:
+        # next to the overlapped mainloop's state a 64-column fp32 sub-tile of main_grad spills (60 bytes
+        # dense, 64 grouped: ptxas sm_90a, 2026-12-03; the serial "row" mainloop takes it spill-free)
+        errs.append(f"the FP8 weight gradient accumulating into fp32 through the overlapped mainloop takes epi_n 32 "
+                    f"(it spills at epi_n {cfg.epi_n})")
     elif epi.kind == "dact" and cfg.tile_n != FP8_BLOCK:
         errs.append(f"the FP8 GEMM's activation-derivative epilogue runs {FP8_BLOCK}-wide tiles (its preact input "
                     f"is read into registers before the mainloop)")

@@ -6,6 +6,10 @@ accumulate's previous D) is brought in, and when (trace-time policy of `Sm90Gemm
 - Wider tiles (128 accumulator registers per thread) would spill holding it that long: they
   issue theirs while the last K tile's WGMMAs run, AUX_INFLIGHT_BYTES deciding how many
   sub-tiles stay in flight.
+- The FP8 weight gradient (block-scaled, B's scales per row: `rows_scaled`) adding into an fp32
+  main_grad has no registers to hold an input through its mainloop (its column scales are live
+  there: 76 bytes of spills with the first sub-tile prefetched, ptxas sm_90a 2026-12-03): it issues
+  its first sub-tiles right after the mainloop, as many in flight as AUX_INFLIGHT_BYTES allows.
 - Dense one-output epilogues whose input is not prefetched into registers have the producer
   TMA-prefetch it into L2 (AUX_L2_LEAD, `tma_producer.TmaProducer.prefetch_aux_l2`).
 
@@ -36,10 +40,12 @@ AUX_L2_LEAD = 8
 AUX_L2_PREFETCH = True  # read at trace time (off only to measure what the prefetch is worth)
 
 
-def aux_in_registers_before_mainloop(cfg: GemmConfig, epi: EpilogueSpec) -> bool:
+def aux_in_registers_before_mainloop(cfg: GemmConfig, epi: EpilogueSpec, *, rows_scaled: bool = False) -> bool:
     """Whether a tile's first epilogue-input sub-tile is loaded into registers before its
-    mainloop (cooperative tiles up to AUX_PREFETCH_MAX_TILE_N wide)."""
-    return epi.aux_input and cfg.tile_n <= AUX_PREFETCH_MAX_TILE_N and cfg.schedule != "pingpong"
+    mainloop (cooperative tiles up to AUX_PREFETCH_MAX_TILE_N wide, not the FP8 mainloop with
+    B's scales per row: `rows_scaled`)."""
+    return (epi.aux_input and cfg.tile_n <= AUX_PREFETCH_MAX_TILE_N and cfg.schedule != "pingpong"
+            and not rows_scaled)
 
 
 def aux_loaded_during_last_k_tile(cfg: GemmConfig, epi: EpilogueSpec) -> bool:
@@ -48,11 +54,19 @@ def aux_loaded_during_last_k_tile(cfg: GemmConfig, epi: EpilogueSpec) -> bool:
     return epi.aux_input and cfg.schedule != "pingpong" and not aux_in_registers_before_mainloop(cfg, epi)
 
 
-def prefetches_aux_into_l2(cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, grouped_k: bool) -> bool:
+def aux_loaded_after_mainloop(cfg: GemmConfig, epi: EpilogueSpec, *, rows_scaled: bool) -> bool:
+    """Whether a tile's first epilogue-input sub-tiles are issued right after its mainloop (the FP8
+    mainloop with B's scales per row, whose K loop drains inside it: the weight gradient into an
+    fp32 main_grad)."""
+    return epi.aux_input and rows_scaled and cfg.schedule != "pingpong"
+
+
+def prefetches_aux_into_l2(cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, grouped_k: bool,
+                           rows_scaled: bool = False) -> bool:
     """Whether the producer TMA-prefetches each tile's epilogue input into L2 (see AUX_L2_LEAD;
     the kernel also needs the input in the output's dtype)."""
     return (AUX_L2_PREFETCH and epi.aux_input and not grouped and not grouped_k and epi.num_outputs == 1
-            and not aux_in_registers_before_mainloop(cfg, epi))
+            and not aux_in_registers_before_mainloop(cfg, epi, rows_scaled=rows_scaled))
 
 
 class AuxLoader(TracedRecord):
@@ -66,8 +80,9 @@ class AuxLoader(TracedRecord):
     _traced = ()
 
     def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped_k: bool, mAux, n_total, coords, frag_shape,
-                 frag_size: int):
+                 frag_size: int, rows_scaled: bool = False):
         self.cfg, self.epi = cfg, epi
+        self.rows_scaled = rows_scaled
         self.grouped_k = grouped_k
         self.pingpong = cfg.schedule == "pingpong"
         self.mAux, self.n_total = mAux, n_total
@@ -84,8 +99,14 @@ class AuxLoader(TracedRecord):
 
     def before_mainloop(self, tile) -> list:
         """The sub-tiles issued before the tile's mainloop (aux_in_registers_before_mainloop: the first)."""
-        if const_expr(aux_in_registers_before_mainloop(self.cfg, self.epi)):
+        if const_expr(aux_in_registers_before_mainloop(self.cfg, self.epi, rows_scaled=self.rows_scaled)):
             return [self.load(tile, 0)]
+        return []
+
+    def after_mainloop(self, tile) -> list:
+        """The sub-tiles issued right after the mainloop (aux_loaded_after_mainloop), else none."""
+        if const_expr(aux_loaded_after_mainloop(self.cfg, self.epi, rows_scaled=self.rows_scaled)):
+            return self.during_last_k_tile(tile)
         return []
 
     def during_last_k_tile(self, tile) -> list:

@@ -208,7 +208,8 @@ class Sm90Gemm(GemmKernelBase):
 
         # TMA atom for the epilogue input, used only to prefetch it into L2 (never into smem):
         # its box is one epilogue sub-tile, so the output's sub-tile smem layout describes it.
-        self.aux_l2 = (prefetches_aux_into_l2(self.cfg, self.epi, grouped=self.grouped, grouped_k=self.grouped_k)
+        self.aux_l2 = (prefetches_aux_into_l2(self.cfg, self.epi, grouped=self.grouped, grouped_k=self.grouped_k,
+                                              rows_scaled=self.b_scale_rows)
                        and mAux is not None and mAux.element_type == mD0.element_type)
         tma_aux, tma_mAux = tma_d0, tma_mD0
         if const_expr(self.aux_l2):
@@ -423,7 +424,7 @@ class Sm90Gemm(GemmKernelBase):
                                 epi_tile=self.epi_tile, tiled_mma=tiled_mma, acc=acc, tCcTile=tCcTile, sD0=sD0, sD1=sD1,
                                 mma_tid=mma_tid)
             aux = AuxLoader(cfg, self.epi, grouped_k=self.grouped_k, mAux=mAux, n_total=n_total, coords=out.tRS_cEpi,
-                            frag_shape=out.frag_shape, frag_size=out.frag_size)
+                            frag_shape=out.frag_shape, frag_size=out.frag_size, rows_scaled=self.b_scale_rows)
 
             store_pipeline = pipeline.PipelineTmaStore.create(
                 num_stages=cfg.epi_stages,
@@ -467,6 +468,8 @@ class Sm90Gemm(GemmKernelBase):
                     tiled_mma, read_state, release_state = mainloop.run_tile(
                         tiled_mma, acc, ab_pipeline, read_state, release_state, tile_k_tiles, sa, sb, scale_tile,
                         m_total, num_n_tiles, n_total)
+                    if const_expr(self.b_scale_rows):  # (the FP8 weight gradient into main_grad: epilogue_aux)
+                        aux_q = aux.after_mainloop(tile)
                 else:
                     tiled_mma, read_state, release_state = mainloop.run(
                         tiled_mma, acc, ab_pipeline, read_state, release_state, tile_k_tiles)
