@@ -31,10 +31,10 @@ from cute_kernels.selfcheck import is_verified, run_variant, variant_name, verif
 from test_compile_fp8_grouped_wgrad import Launched, assert_spill_free, stub_wgrad_launch
 
 VARIANTS = {
-    "row": lambda acc, **kw: wgrad_key("e4m3", "e4m3", torch.float32, b_scale="row", accumulate=acc, **kw),
-    "rows_staged": lambda acc, **kw: wgrad_key("e4m3", "e4m3", torch.float32, b_scale="rows_staged", accumulate=acc,
-                                               **kw),
-    "grouped": lambda acc, **kw: grouped_wgrad_key("e4m3", "e4m3", torch.float32, accumulate=acc, **kw),
+    "row": lambda acc, fmt="e4m3", **kw: wgrad_key(fmt, "e4m3", torch.float32, b_scale="row", accumulate=acc, **kw),
+    "rows_staged": lambda acc, fmt="e4m3", **kw: wgrad_key(fmt, "e4m3", torch.float32, b_scale="rows_staged",
+                                                           accumulate=acc, **kw),
+    "grouped": lambda acc, fmt="e4m3", **kw: grouped_wgrad_key(fmt, "e4m3", torch.float32, accumulate=acc, **kw),
 }
 # a 128x128 cooperative tile: 64 fp32 accumulator elements per consumer thread, read as 32 pairs
 OUTPUT_PAIR_LOADS = 128 * 128 // 256 // 2
@@ -45,12 +45,13 @@ def _ops(ptx: str) -> list[str]:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_the_accumulating_kernel_compiles_reads_its_output_and_does_not_spill(variant):
-    key, plain = VARIANTS[variant](True), VARIANTS[variant](False)
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])  # the gradient's format (Fp8Recipe.grad_format)
+def test_the_accumulating_kernel_compiles_reads_its_output_and_does_not_spill(variant, fmt):
+    key, plain = VARIANTS[variant](True, fmt), VARIANTS[variant](False, fmt)
     assert key.epi.accumulate and key.d_dtype == "float32"
     ptx, plain_ptx = kernel_ptx(key), kernel_ptx(plain)
     ops, plain_ops = _ops(ptx), _ops(plain_ptx)
-    wgmma = "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3"
+    wgmma = f"wgmma.mma_async.sync.aligned.m64n128k32.f32.{fmt}.e4m3"
     assert ops.count(wgmma) == plain_ops.count(wgmma) > 0, "the same mainloop"
     # the output's previous value: one 64-bit load per pair of fp32 columns, each element once; the
     # plain kernel reads no output
