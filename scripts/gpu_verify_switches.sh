@@ -16,7 +16,7 @@
 # SKIP_TESTS=1 / SKIP_GEMM=1 / SKIP_STEP=1 / SKIP_HOST=1 leave parts out.
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_preamble.sh"  # $out, PYTHONPATH, $out/device.txt
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  timeout "${TEST_TIMEOUT:-180}" python3 -m pytest -q --tb=short -p no:cacheprovider -n "${PYTEST_WORKERS:-14}" \
+  timeout "${TEST_TIMEOUT:-210}" python3 -m pytest -q --tb=short -p no:cacheprovider -n "${PYTEST_WORKERS:-14}" \
     tests/test_fp8_grouped_quantize_gpu.py tests/test_fp8_grouped_wgrad_gpu.py tests/test_fp8_smem_scales_gpu.py \
     tests/test_fp8_graph_gpu.py tests/test_fp8_pingpong_gpu.py tests/test_fp8_tall_gpu.py tests/test_fp8_family_gpu.py \
     tests/test_fp8_gpu.py tests/test_fp8_mlp_gpu.py tests/test_fp8_host_gpu.py \
