@@ -56,7 +56,7 @@ from .epilogue import Fp8Epilogue
 from .ops import _launch, _new_scales, check_fp8_device, fp8_dgrad_dact, fp8_grouped
 from .recipe import FORMATS, Fp8Recipe, quantize_1x128
 from .torch_gemm import mm_dequant, wgrad
-from . import quantize_ops, recipe as recipe_math
+from . import quantize_ops, recipe as recipe_math, wgrad_ops
 from .quantize_ops import weight_views
 from .weight_cache import transposed_copy, weight_copies
 
@@ -189,19 +189,17 @@ def _weight_grad(ctx, w, name, g, act, impl):
         return _as_dtype(gemm_ops.weight_grad(g, act, m_splits=splits,
                                               out_dtype=w.dtype if w.dtype in _WGRAD_OUT else torch.float32), w.dtype)
     if recipe.wgrad == "fp8" and impl == "kernel" and g.shape[0]:
-        from .wgrad_ops import (fp8_grouped_weight_grad_of, fp8_weight_grad_of, grouped_wgrad_kernel_enabled,
-                                wgrad_kernel_enabled)
-
         # with fuse_wgrad_accumulation, added into main_grad by the kernel's epilogue where it can
         # (CUTE_KERNELS_FP8_WGRAD_ACCUMULATE=1, an fp32 contiguous main_grad), else by _add_wgrad
         into = _fused_main_grad(ctx, w, name)
-        if splits is None and wgrad_kernel_enabled():  # the 1D1D kernel (CUTE_KERNELS_FP8_WGRAD_KERNEL=0: torch)
-            dw = fp8_weight_grad_of(g, act, recipe, out=into)
+        # the 1D1D kernel (CUTE_KERNELS_FP8_WGRAD_KERNEL=0: torch)
+        if splits is None and wgrad_ops.wgrad_kernel_enabled():
+            dw = wgrad_ops.fp8_weight_grad_of(g, act, recipe, out=into)
             return None if into is not None else _add_wgrad(ctx, w, name, dw)
-        if splits is not None and grouped_wgrad_kernel_enabled():
+        if splits is not None and wgrad_ops.grouped_wgrad_kernel_enabled():
             # every expert in one launch over per-expert padded copies (CUTE_KERNELS_FP8_GROUPED_WGRAD=1;
             # off until an H200 run has checked it: the per-expert torch loop below)
-            dw = fp8_grouped_weight_grad_of(g, act, splits, recipe, out=into)
+            dw = wgrad_ops.fp8_grouped_weight_grad_of(g, act, splits, recipe, out=into)
             return None if into is not None else _add_wgrad(ctx, w, name, dw)
     dw = torch.zeros(w.shape, dtype=torch.float32, device=g.device)
     for e, start, n in _segments(splits, g.shape[0]):
@@ -241,9 +239,7 @@ def _fused_main_grad(ctx, w, name):
     """w.main_grad when the FP8 weight-gradient kernel adds into it in its epilogue: with
     fuse_wgrad_accumulation and CUTE_KERNELS_FP8_WGRAD_ACCUMULATE=1, a float32 main_grad that is
     contiguous and 16-byte aligned (the kernel's output); else None (the torch add of _add_wgrad)."""
-    from .wgrad_ops import wgrad_accumulate_enabled
-
-    if not ctx.fuse_wgrad or not wgrad_accumulate_enabled():
+    if not ctx.fuse_wgrad or not wgrad_ops.wgrad_accumulate_enabled():
         return None
     mg = main_grad(w, name)
     if mg.dtype != torch.float32 or not mg.is_contiguous() or mg.data_ptr() % 16:
@@ -478,9 +474,7 @@ def _step_splits(m_splits, num_experts: int, x: torch.Tensor, impl: str, recipe:
     Otherwise (a list, the torch implementation, the torch loop over experts of wgrad="fp8") a
     tuple of ints, read and checked by `_checked_splits`."""
     if isinstance(m_splits, torch.Tensor) and impl == "kernel":
-        from .wgrad_ops import grouped_wgrad_kernel_enabled
-
-        if recipe.wgrad == "bf16" or grouped_wgrad_kernel_enabled():
+        if recipe.wgrad == "bf16" or wgrad_ops.grouped_wgrad_kernel_enabled():
             check_m_splits(m_splits, num_experts=num_experts, m_total=x.shape[0], device=x.device)
             return m_splits
     return _checked_splits(m_splits, num_experts, x.shape[0])
