@@ -59,13 +59,19 @@ def output_tile(mD, row_start, row_end, n_tile, m_total, expert, tile_mn, *, gro
 def k_range(mCuRows, expert, tile_k: int):
     """Grouped along K: (first K coordinate, K extent of the expert's descriptor, number
     of K tiles).  The extent ends at the expert's last token (at least 1: TMA dims are
-    >= 1); an empty expert starts at the extent, so its single K tile is all out of
-    bounds and reads as zeros."""
+    >= 1); an empty expert starts at or past the extent, so its single K tile is all out
+    of bounds and reads as zeros.
+
+    Every start is the expert's first token or a whole K tile, never 1: TMA requires the
+    innermost box coordinate to be a multiple of 16 bytes, and with K-major operands (the
+    FP8 weight gradient's padded column-wise copies) K is the innermost dimension.  An
+    empty first expert started at K = 1 (one byte in) and faulted with an illegal
+    instruction on the H200 (2026-12-03); M-/N-major operands (bf16) take any start."""
     k_lo = mCuRows[expert]
     k_hi = mCuRows[expert + 1]
     k_extent = cutlass.max(k_hi, 1)
-    # empty experts: k_lo == k_hi == k_extent, except k_hi == 0, which starts at 1
-    k_start = k_lo + cutlass.max(1 - k_hi, 0)
+    # empty experts: k_lo == k_hi == k_extent, except k_hi == 0 (extent 1), which starts at tile_k
+    k_start = k_lo + cutlass.max(1 - k_hi, 0) * tile_k
     k_tiles = cutlass.max((k_hi - k_lo + tile_k - 1) // tile_k, 1)
     return k_start, k_extent, k_tiles
 
