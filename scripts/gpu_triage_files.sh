@@ -2,7 +2,7 @@
 # Runs each GPU test file in its own pytest process (in parallel, -x), so one kernel's illegal
 # instruction (which poisons its CUDA context) shows as that file's first failure instead of a
 # cascade through an xdist worker. One summary line per file into $out/triage.log.
-#   source .gpu/p2/setup.sh && bash scripts/gpu_triage_files.sh tests/test_a_gpu.py tests/test_b_gpu.py
+#   source .gpu/p2/setup.sh && bash scripts/gpu_triage_files.sh tests/test_fp8_wgrad_gpu.py tests/test_fp8_grouped_wgrad_gpu.py
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_preamble.sh"
 mkdir -p "$out/triage"
 for f in "$@"; do
