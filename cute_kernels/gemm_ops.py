@@ -24,8 +24,7 @@ from .config_lookup import lookup_config, on_clear, tuned_root
 from .epilogue import EpilogueSpec
 from .gemm_base.launch_args import GemmArgs
 from .launch_plan import LaunchPlan, tensor_meta
-from .host_args import (as_mkl as _as_mkl, as_mkl_t as _as_mkl_t, as_nkl as _as_nkl, as_nkl_t as _as_nkl_t,
-                        splits_metadata as _splits_metadata)
+from .host_args import as_mkl as _as_mkl, as_mkl_t as _as_mkl_t, kept_nkl, splits_metadata as _splits_metadata
 from .activations import resolve_activation
 from .registry import kernel_key
 
@@ -311,8 +310,9 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     """
     grouped = m_splits is not None
     gather = a_rows is not None
-    signature = ("fc1_srelu", tensor_meta(x), tensor_meta(w1), grouped, prob is not None, store_preact, activation,
-                 config, gather)
+    w_meta = tensor_meta(w1)
+    signature = ("fc1_srelu", tensor_meta(x), w_meta, grouped, prob is not None, store_preact, activation, config,
+                 gather)
     plan = launch_plan.get(signature)
     majors = _checked_operands(plan, "x", x, "w1", w1, grouped)
     m = x.size(0)
@@ -340,7 +340,7 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     elif config is not None:
         checks.check_config(config)
     outs = [preact, postact] if store_preact else [postact]
-    _launch(plan, x, _as_nkl(w1), outs, m_splits=m_splits, prob=prob, a_rows=a_rows)
+    _launch(plan, x, kept_nkl(w1, w_meta), outs, m_splits=m_splits, prob=prob, a_rows=a_rows)
     return preact, postact
 
 
@@ -359,30 +359,39 @@ def _checked_rows(a_rows, x, majors: tuple, grouped: bool, m_splits) -> torch.Te
     return a_rows.to(torch.int32).contiguous()
 
 
-def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Tensor | None = None):
+def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Tensor | None = None,
+        transpose_w: bool = False):
     """FC2: y = h @ w2^T.  h: (M, K); w2: (N, K) or (E, N, K) with `m_splits`.
 
     Operands may be transposed views (h contiguous along M, w2 along N): the kernel
-    takes either majorness, so no copy is made.  The output is row-major."""
+    takes either majorness, so no copy is made.  The output is row-major.
+    transpose_w: w2 is given as its transpose, (K, N) or (E, K, N), and y = h @ w2 (FC1's data
+    gradient of w1 as it is: the same launch as fc2(h, w2.transpose(-2, -1)) without that view)."""
     grouped = m_splits is not None
-    signature = ("fc2", tensor_meta(h), tensor_meta(w2), grouped, config)
+    w_meta = tensor_meta(w2)
+    signature = ("fc2", tensor_meta(h), w_meta, grouped, config, transpose_w)
     plan = launch_plan.get(signature)
-    majors = _checked_operands(plan, "h", h, "w2", w2, grouped)
+    if transpose_w and plan is None and (not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3)):
+        raise checks.InputError(f"w2 must be a 2-D or 3-D torch.Tensor, got {getattr(w2, 'shape', type(w2).__name__)}")
+    # B (N, K) is w2 or, transpose_w, its transposed view (made for the checks of a new signature;
+    # a plan's call checks w2's pointer, which is B's)
+    b = w2.transpose(-2, -1) if transpose_w and plan is None else w2
+    majors = _checked_operands(plan, "h", h, "w2 (as its transpose)" if transpose_w else "w2", b, grouped)
     m = h.size(0)
     if grouped:
         checks.check_m_splits(m_splits, num_experts=w2.size(0), m_total=m, device=h.device)
     if config is not None:  # (the usual call: looked-up configs, nothing to check)
         _check_config_type(config)
-    n = w2.size(-2)
+    n = w2.size(-1 if transpose_w else -2)
     y = _output("out", out, m, n, h)
     if plan is None:
         checks.check_cuda("h", h)
         if m == 0 or n == 0:
             return y
-        plan = _new_plan(signature, "fc2", h, w2, EpilogueSpec("identity"), grouped, majors, config)
+        plan = _new_plan(signature, "fc2", h, b, EpilogueSpec("identity"), grouped, majors, config)
     elif config is not None:
         checks.check_config(config)
-    _launch(plan, h, _as_nkl(w2), [y], m_splits=m_splits, prob=None)
+    _launch(plan, h, kept_nkl(w2, w_meta, transpose_w), [y], m_splits=m_splits, prob=None)
     return y
 
 
@@ -410,7 +419,8 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     Returns (dpreact, postact or None, dprob (M,) fp32 or None).
     """
     grouped = m_splits is not None
-    signature = ("fc2_dgrad_dsrelu", tensor_meta(dy), tensor_meta(w2), tensor_meta(preact), grouped, prob is not None,
+    w_meta = tensor_meta(w2)
+    signature = ("fc2_dgrad_dsrelu", tensor_meta(dy), w_meta, tensor_meta(preact), grouped, prob is not None,
                  store_postact, prob_grad, activation, config, out is None, out is not None and tensor_meta(out))
     plan = launch_plan.get(signature)
     if plan is None and (not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3)):
@@ -448,7 +458,7 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
         plan = _new_plan(signature, "fc2_dgrad_dsrelu", dy, b, epi, grouped, majors, config)
     elif config is not None:
         checks.check_config(config)
-    dprob = _launch(plan, dy, _as_nkl_t(w2), outs, m_splits=m_splits, prob=prob, aux=preact)
+    dprob = _launch(plan, dy, kept_nkl(w2, w_meta, True), outs, m_splits=m_splits, prob=prob, aux=preact)
     return dpre, post, dprob
 
 

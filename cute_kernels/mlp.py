@@ -120,7 +120,7 @@ class FC1SReLUFunction(torch.autograd.Function):
         if ctx.use_cute and cute_backward_enabled():
             ops = torch_ops.ops()
             sl, st = ctx.op_splits
-            dx = ops.fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st) if ctx.needs_input_grad[0] else None
+            dx = ops.fc1_dgrad(dpre, w1, sl, splits_t=st) if ctx.needs_input_grad[0] else None
             dw1 = _cute_wgrad(ctx, ops, dpre, x, w1, "w1") if ctx.needs_input_grad[1] else None
             return dx, dw1, None, None, None, None, None
         splits = splits_list(splits)
@@ -169,7 +169,7 @@ class GatheredFC1SReLUFunction(torch.autograd.Function):
             ops = torch_ops.ops()
             sl, st = ctx.op_splits
             if ctx.needs_input_grad[0]:
-                dx = ctx.rows_adjoint(ops.fc2_fwd(dpre, w1.transpose(-2, -1), sl, splits_t=st))
+                dx = ctx.rows_adjoint(ops.fc1_dgrad(dpre, w1, sl, splits_t=st))
             if ctx.needs_input_grad[1]:
                 dw1 = _cute_wgrad(ctx, ops, dpre, x.index_select(0, rows), w1, "w1")
             return dx, dw1, None, None, None, None, None, None

@@ -85,6 +85,22 @@ def _fc2_fwd(h: torch.Tensor, w2: torch.Tensor, m_splits: Optional[list[int]],
 fc2_fwd = torch.library.custom_op("cute_kernels::fc2_fwd", _fc2_fwd, mutates_args=())
 
 
+def fc1_dgrad(dpre: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[int]],
+              splits_t: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """FC1's data gradient dx = dpre @ w1 (per expert): fc2_fwd of w1's transpose (what the graph
+    holds under torch.compile; the eager step's `_fc1_dgrad` makes no transposed view)."""
+    return fc2_fwd(dpre, w1.transpose(-2, -1), m_splits, splits_t=splits_t)
+
+
+def _fc1_dgrad(dpre: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[int]],
+               splits_t: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """fc1_dgrad for eager callers: the kernel reads w1 as its transpose in place (gemm_ops.fc2's
+    transpose_w), the same launch without the transposed view."""
+    if _on_kernels(dpre):
+        return gemm_ops.fc2(dpre, w1, m_splits=splits_t if splits_t is not None else m_splits, transpose_w=True)
+    return reference.rows_mm(dpre, w1, _host_splits(m_splits, splits_t), transpose_w=False)
+
+
 @fc2_fwd.register_fake
 def _(h, w2, m_splits, splits_t=None):
     return h.new_empty((h.size(0), w2.size(-2)))
@@ -121,6 +137,16 @@ def _fc2_dgrad_dsrelu(dy: torch.Tensor, w2: torch.Tensor, preact: torch.Tensor, 
 
 
 fc2_dgrad_dsrelu_op = torch.library.custom_op("cute_kernels::fc2_dgrad_dsrelu", _fc2_dgrad_dsrelu, mutates_args=())
+
+
+def _fc2_dgrad_dsrelu_eager(dy, w2, preact, m_splits, prob, store_postact, splits_t=None, activation="srelu"):
+    """fc2_dgrad_dsrelu for eager callers: on the kernels, None (no empty stand-in: two torch ops
+    less per step) for postact without store_postact and for dprob without prob; the caller reads
+    only the outputs it asked for."""
+    if _on_kernels(dy):
+        return gemm_ops.fc2_dgrad_dsrelu(dy, w2, preact, m_splits=splits_t if splits_t is not None else m_splits,
+                                         prob=prob, store_postact=store_postact, activation=activation)
+    return _fc2_dgrad_dsrelu(dy, w2, preact, m_splits, prob, store_postact, splits_t, activation)
 
 
 @fc2_dgrad_dsrelu_op.register_fake
@@ -243,11 +269,11 @@ def fc2_dgrad_dsrelu_over_preact(dy: torch.Tensor, w2: torch.Tensor, preact: tor
                                  splits_t: Optional[torch.Tensor] = None, activation: str = "srelu"):
     """fc2_dgrad_dsrelu with dpreact written over `preact` (returned as dpreact): one (M, F)
     allocation less.  Eager only, not a custom op (torch.compile plans its own memory; the
-    custom op declares no mutation): srelu_mlp's `dpreact_over_preact`."""
+    custom op declares no mutation): srelu_mlp's `dpreact_over_preact`.  On the kernels, None
+    for an output the call does not produce (as `_fc2_dgrad_dsrelu_eager`)."""
     if _on_kernels(dy):
-        return _dgrad_outputs(dy, preact, *gemm_ops.fc2_dgrad_dsrelu(
-            dy, w2, preact, m_splits=splits_t if splits_t is not None else m_splits, prob=prob, store_postact=store_postact,
-            activation=activation, out=preact))
+        return gemm_ops.fc2_dgrad_dsrelu(dy, w2, preact, m_splits=splits_t if splits_t is not None else m_splits,
+                                         prob=prob, store_postact=store_postact, activation=activation, out=preact)
     dpre, post, dprob = _fc2_dgrad_dsrelu(dy, w2, preact, m_splits, prob, store_postact, splits_t, activation)
     return preact.copy_(dpre), post, dprob
 
@@ -255,10 +281,13 @@ def fc2_dgrad_dsrelu_over_preact(dy: torch.Tensor, w2: torch.Tensor, preact: tor
 class _Eager:
     """The same ops as plain Python calls, for eager mode: a custom op's dispatch
     costs more host time than the kernel launch itself (~60 us a call on the H100 host),
-    which made small grouped steps host-bound.  Same signatures, same code."""
+    which made small grouped steps host-bound.  Same signatures, same code (the fused dgrad returns
+None for an output not asked for, where the op returns an empty tensor; fc1_dgrad makes no
+transposed view of w1)."""
     fc1_srelu_fwd = staticmethod(_fc1_srelu_fwd)
     fc2_fwd = staticmethod(_fc2_fwd)
-    fc2_dgrad_dsrelu_op = staticmethod(_fc2_dgrad_dsrelu)
+    fc1_dgrad = staticmethod(_fc1_dgrad)
+    fc2_dgrad_dsrelu_op = staticmethod(_fc2_dgrad_dsrelu_eager)
     weight_grad_op = staticmethod(_weight_grad)
     weight_grad_accumulate_op = staticmethod(_weight_grad_accumulate)
     fp8_fc1_srelu_fwd = staticmethod(_fp8_fc1_srelu_fwd)

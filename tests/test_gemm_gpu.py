@@ -174,6 +174,23 @@ def test_grouped_transposed_weights():
     _check(y, grouped_ref(x, w, splits), torch.bfloat16, "grouped fc2 with N-major weights")
 
 
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_fc2_transpose_w_is_bitwise_fc2_of_the_transpose(grouped):
+    """fc2(h, w1, transpose_w=True) (the FC1 data gradient reading w1 in place, its kernel view of
+    w1 kept from call to call: host_args.kept_nkl) gives exactly fc2(h, w1^T), also after w1 is
+    updated in place."""
+    gen = _gen()
+    experts, m, f, h = 5, 1333, 328, 264
+    _, w1 = _inputs(m, f, h, torch.bfloat16, gen, experts if grouped else None)  # (E, F, H) / (F, H): FC1's weight
+    hin = (torch.randn(m, f, generator=gen) / f ** 0.25).to("cuda", torch.bfloat16)  # dpreact
+    splits = random_splits(m, experts, gen, empty=1) if grouped else None
+    for _ in range(2):
+        ref = fc2(hin, w1.transpose(-2, -1), m_splits=splits)
+        got = fc2(hin, w1, m_splits=splits, transpose_w=True)
+        assert torch.equal(got, ref)
+        w1.mul_(0.5)
+
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("store_postact", [False, True])
 @pytest.mark.parametrize("with_prob", [False, True])

@@ -190,22 +190,32 @@ def test_transposed_operand_views_are_the_views_of_the_transposes(offset):
     assert same(as_nkl_t(grouped.transpose(1, 2)), as_nkl(grouped))
 
 
-def test_the_grouped_step_issues_no_avoidable_torch_ops():
-    """The torch ops one grouped srelu_mlp step (forward and backward, stubbed kernels) dispatches,
-    counted by torch.profiler: the outputs, the kernels' operand views and autograd's own, and
-    nothing else (no per-launch indexing of the splits metadata, no transposes made only to view
-    them again, no casts of empty stand-ins)."""
+# The torch ops one srelu_mlp step (forward and backward, stubbed kernels) dispatches, pinned:
+# 7 outputs (preact, postact, y, dpreact, dx, dw1, dw2), autograd's 3 detaches (the leaves' gradients),
+# the kernels' (M, K, 1) views of the activations (14) and the kernel views of the two weight
+# gradients (grouped: (N, K, E) permutes, dense: (N, K, 1) as_strided); the weights' own kernel
+# views are kept from step to step (host_args.kept_nkl).
+# Issue 27: 33 ops per step before (the weights' 4 views each step, w1's transpose for the FC1
+# dgrad, the fused dgrad's 2 empty stand-ins), 26 after.  Lower these when the step makes fewer.
+STEP_OPS = {
+    "grouped": {"aten::empty": 7, "aten::as_strided": 14, "aten::permute": 2, "aten::detach": 3},
+    "dense": {"aten::empty": 7, "aten::as_strided": 16, "aten::detach": 3},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(STEP_OPS))
+def test_the_step_issues_no_avoidable_torch_ops(kind):
+    """The torch ops of one srelu_mlp step, counted by torch.profiler (exact on any machine): the
+    outputs, the activations' kernel views and autograd's own, nothing else (no per-launch
+    indexing of the splits metadata, no weight views made again, no transposes made only to view
+    them again, no empty stand-ins)."""
     from benchmarks.bench_host_path import step_call
     from benchmarks.op_profile import profile_step_ops
 
-    shape = {"name": "small grouped", "m": M, "h": H, "f": F, "e": E}
+    shape = {"name": f"small {kind}", "m": M, "h": H, "f": F, "e": E if kind == "grouped" else 0}
     with stubbed_kernels(), mock.patch.object(selfcheck, "is_verified", lambda arch, variant, table: True), \
             mock.patch.object(gemm_ops, "_selfchecked", set()):
         summary = profile_step_ops(step_call(shape), steps=2, warmup=2, cuda=False)
     ops = {name: n for name, n, _, _ in summary["torch_ops"]}
-    assert not {"aten::select", "aten::to", "aten::_to_copy", "aten::t", "aten::copy_"} & set(ops), ops
-    # 7 outputs (preact, postact, y, dpreact, dx, dw1, dw2) and the dgrad's 2 empty stand-ins
-    assert ops["aten::empty"] + ops.get("aten::new_empty", 0) == 9
-    # the kernels' operand views: 14 (M, K, 1) views, 6 (N, K, E) weight / gradient views, w1^T for the FC1 dgrad
-    assert ops["aten::as_strided"] == 14 and ops["aten::permute"] == 6 and ops.get("aten::transpose", 0) == 1
-    assert summary["counts"]["torch_ops"] <= 33, ops
+    assert ops == STEP_OPS[kind]
+    assert summary["counts"]["torch_ops"] == sum(STEP_OPS[kind].values())
