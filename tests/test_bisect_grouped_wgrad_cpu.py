@@ -1,0 +1,124 @@
+"""The grouped FP8 weight gradient's GPU bisect (scripts/gpu_bisect_grouped_wgrad.sh and its per-process
+worker scripts/bisect_grouped_wgrad_case.py) on CPU: the variants the bisect needs exist and only
+those that may fault run alone; the worker's check passes an emulated correct kernel and fails a
+wrong one (each expert's scales read from block 0, or main_grad overwritten instead of added to);
+without CUDA it prints one ERROR line; and the shell script, with the worker and nvidia-smi
+stubbed, writes one line per variant into $OUT/bisect.log, a hang and a death without a result
+line included, and leaves nothing else behind but the device line."""
+import importlib.util
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cute_kernels.fp8.recipe import FORMATS, dequantize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _worker():
+    spec = importlib.util.spec_from_file_location("bisect_case", os.path.join(ROOT, "scripts/bisect_grouped_wgrad_case.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_variants_the_bisect_needs():
+    w = _worker()
+    v = w.VARIANTS
+    assert v["selfcheck"][0] == "selfcheck" and v["selfcheck-acc"][3], "the failing keys themselves"
+    assert v["one-expert"][1] == (300,) and 0 not in v["all-nonempty"][1]
+    assert v["first-empty"][1][0] == 0 and 0 in v["middle-empty"][1][1:]
+    assert v["e5m2"][2] == "e5m2" and v["acc-first-empty"][3] and v["acc-first-empty"][1][0] == 0
+    assert v["dense"][0] == "dense" and v["bf16-first-empty"][0] == "bf16"
+    alone = [n for n, x in v.items() if x[4]]
+    assert alone == ["old-start-all-nonempty", "old-start-first-empty"], "only the old K start may fault"
+
+
+def test_list_prints_batch_and_alone():
+    run = lambda which: subprocess.run([sys.executable, "scripts/bisect_grouped_wgrad_case.py", "--list", which],
+                                       cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    batch, alone = run("batch"), run("alone")
+    assert set(batch) | set(alone) == set(_worker().VARIANTS) and not set(batch) & set(alone)
+
+
+def _emulated_launch(scale_block_of_expert=None, overwrite=False):
+    """A torch stand-in for the grouped kernel (GemmArgs -> D[:, :, e] = dequant(A_e) @ dequant(B_e)^T,
+    added to D with an accumulating key); `scale_block_of_expert` reads every expert's scales from that
+    block, `overwrite` ignores accumulation (two wrong kernels)."""
+
+    def launch(key, args):
+        fa, fb = (FORMATS[f] for f in key.operand_formats)
+        a, b = args.a[:, :, 0].view(fa), args.b[:, :, 0].view(fb)
+        sa, sb = args.sa, args.sb[:, :, 0]
+        cu = args.cu_rows.tolist()
+        for e in range(len(cu) - 1):
+            lo, hi = cu[e], cu[e + 1]
+            kb0 = lo // 128 if scale_block_of_expert is None else scale_block_of_expert
+            kb = (hi - lo) // 128
+            dw = dequantize(a[:, lo:hi].contiguous(), sa[:, kb0:kb0 + kb].contiguous()) @ \
+                dequantize(b[:, lo:hi].contiguous(), sb[:, kb0:kb0 + kb].contiguous()).t()
+            if key.epi.accumulate and not overwrite:
+                args.d0[:, :, e].add_(dw)
+            else:
+                args.d0[:, :, e].copy_(dw)
+    return launch
+
+
+@pytest.mark.parametrize("name", ["first-empty", "middle-empty", "e5m2", "acc-first-empty"])
+def test_the_check_passes_a_correct_kernel_and_fails_wrong_ones(monkeypatch, name):
+    import cute_kernels.gemm_ops as gemm_ops
+    from cute_kernels.fp8 import wgrad_ops
+
+    w = _worker()
+    monkeypatch.setattr(wgrad_ops, "check_fp8_launch", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(gemm_ops, "_run", _emulated_launch())
+    torch.manual_seed(0)
+    assert w.run_case(name, device="cpu") < 1e-6
+    monkeypatch.setattr(gemm_ops, "_run", _emulated_launch(scale_block_of_expert=0))
+    assert w.run_case(name, device="cpu") > w.TOLERANCE
+    if w.VARIANTS[name][3]:
+        monkeypatch.setattr(gemm_ops, "_run", _emulated_launch(overwrite=True))
+        assert w.run_case(name, device="cpu") > w.TOLERANCE
+
+
+def test_without_cuda_the_worker_prints_one_error_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUTE_KERNELS_SELFCHECK", "1")  # main() turns the gate off: restored after the test
+    assert _worker().main(["first-empty"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("first-empty: ERROR RuntimeError: no CUDA device"), out
+
+
+def test_the_shell_script_writes_one_line_per_variant(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shims = {
+        "nvidia-smi": "#!/bin/sh\necho 'name, driver_version'\n",
+        # the worker's --list as it is; each variant a line, except one that hangs and one that dies
+        "python3": "#!/bin/sh\n"
+                   f"case \"$2\" in --list) exec {sys.executable} \"$@\";;\n"
+                   "  old-start-first-empty) sleep 5;;\n"
+                   "  dense) echo 'Traceback: boom' >&2; exit 1;;\n"
+                   "  *) echo \"$2: ok (stub)\";;\nesac\n",
+    }
+    for name, text in shims.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    out = tmp_path / "out"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", OUT=str(out), BISECT_ALONE_TIMEOUT="1")
+    run = subprocess.run(["bash", "scripts/gpu_bisect_grouped_wgrad.sh"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = (out / "bisect.log").read_text().splitlines()
+    variants = list(_worker().VARIANTS)
+    assert [ln.split(":")[0] for ln in lines] == variants, lines
+    by = dict(zip(variants, lines))
+    assert by["selfcheck"] == "selfcheck: ok (stub)"
+    assert by["old-start-first-empty"] == "old-start-first-empty: ERROR timed out after 1 s (a hang)"
+    assert by["dense"] == "dense: ERROR no result line; last output: Traceback: boom"
+    assert sorted(os.listdir(out)) == ["bisect.log", "device.txt"]
