@@ -58,12 +58,14 @@ def kernel_key(arch: str, kernel: str, cfg, experts: int):
     from cute_kernels.epilogue import EpilogueSpec
 
     if _is_fp8(kernel):
+        from cute_kernels.fp8.ops import with_staged_scales
         from cute_kernels.registry import get_kernel, kernel_key as registry_key
 
         spec = get_kernel(kernel)
         epi = dataclasses.replace(spec.epilogue, row_scale=True) if experts and spec.epilogue.kind == "act" \
             else spec.epilogue
-        return registry_key(kernel, arch, cfg, spec.default_dtype, experts, epi=epi)
+        # the kernel the FP8 ops launch (scales staged in shared memory on cooperative 128-row tiles)
+        return with_staged_scales(registry_key(kernel, arch, cfg, spec.default_dtype, experts, epi=epi))
 
     dense, grouped, majors, out_dtype = KERNEL_EPILOGUES[kernel]
     epi = EpilogueSpec(**(grouped if experts else dense))

@@ -74,13 +74,16 @@ class Fp8GpuRunner:
         return fp8_grouped(x, sx, w, sw, splits, config=cfg)
 
     def prepare(self, cfg):
-        """Compile the kernel the op launches for this problem with `cfg` (the registry's key)."""
+        """Compile the kernel the op launches for this problem with `cfg` (the registry's key, with the
+        scales staged in shared memory where the FP8 ops take them)."""
         import cute_kernels.compile as cc
+        from cute_kernels.fp8.ops import with_staged_scales
         from cute_kernels.gemm_ops import device_arch
         from cute_kernels.registry import kernel_key
 
         s = self.problem.shape
-        cc.get_compiled(kernel_key(self.problem.kernel, device_arch(self.x.device), cfg, s.dtype, s.experts))
+        cc.get_compiled(with_staged_scales(kernel_key(self.problem.kernel, device_arch(self.x.device), cfg, s.dtype,
+                                                      s.experts)))
 
     def check(self, cfg) -> float:
         import torch

@@ -54,7 +54,8 @@ FP8_TABLE_TANH = "tanh_srelu:4.0"  # the tanh clamp of the FP8 variants in the t
 def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
     """The block-scaled FP8 kernels' keys (arches that have them): each registered FP8 kernel
     dense and grouped (grouped FC1 with the router probability, as the MoE step launches it)
-    per FP8 self-check config, the gradient GEMM's e5m2 x e4m3 operands, and on 128-wide tiles the
+    per FP8 self-check config, the gradient GEMM's e5m2 x e4m3 operands, each also with its scales
+    staged in shared memory on cooperative 128-row tiles (KernelKey.scales_smem), and on 128-wide tiles the
     weight gradient with per-row B scales (b_scale "row" and "rows_staged", fp32 out: fp8/wgrad_ops.py; and
     "rows_staged" grouped along K, the grouped weight gradient; each also accumulating into an fp32 main_grad), and
     the FC1 with the tanh clamp (dense and grouped: the FP8 step's other activation)."""
@@ -64,6 +65,7 @@ def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
         return []
     keys = []
     for cfg in arch_space(arch, block_scaled=True).selfcheck_configs(quick):
+        first = len(keys)
         for spec in (s for s in KERNELS.values() if s.block_scaled):
             for experts in (0, 4):
                 epi = dataclasses.replace(spec.epilogue, row_scale=bool(experts) and spec.epilogue.kind == "act")
@@ -72,6 +74,8 @@ def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
                     keys.append(kernel_key(spec.name, arch, cfg, spec.default_dtype, experts,
                                            epi=with_activation(epi, FP8_TABLE_TANH)))
         keys.append(kernel_key("fp8_fc2", arch, cfg, "float8_e5m2+float8_e4m3fn", 0))
+        if cfg.schedule == "cooperative" and cfg.tile_m == 128:  # the scales staged in shared memory (the
+            keys += [dataclasses.replace(k, scales_smem=True) for k in keys[first:]]  # FP8 ops' default there)
         if cfg.tile_n == 128:
             wgrad = []
             for b_scale in ("row", "rows_staged"):

@@ -102,10 +102,11 @@ def test_weight_grad_key_matches_the_registry():
                                                      ("fp8_dgrad_dact", 8, ("e4m3", "e4m3"))])
 def test_tuner_compiles_the_fp8_kernel_the_op_launches(kernel, experts, formats):
     """The FP8 op's key (fp8/ops.py: tuned lookup keyed by the formats, the registered epilogue)
-    equals the registry's key for the looked-up config; one key per kernel (B's format folded
+    equals the registry's key for the looked-up config (with the scales staged in shared memory where
+    the switch takes them: `with_staged_scales`, which the tuner's prepare applies too); one key per kernel (B's format folded
     into A's when equal, so the compile cache holds one entry)."""
     from cute_kernels.fp8.epilogue import Fp8Epilogue
-    from cute_kernels.fp8.ops import _family_launch_key, family_kernel
+    from cute_kernels.fp8.ops import _family_launch_key, family_kernel, with_staged_scales
 
     m, n, k = 16384, 1856, 2688
     spec = registry.get_kernel(kernel).epilogue
@@ -114,7 +115,7 @@ def test_tuner_compiles_the_fp8_kernel_the_op_launches(kernel, experts, formats)
     assert family_kernel(epi) == kernel
     op_key = _family_launch_key(epi, m, n, k, max(experts, 1), bool(experts), *formats, None, tuned_root())
     dtype = registry.dtype_key(*(f"float8_{f}fn" if f == "e4m3" else f"float8_{f}" for f in formats))
-    assert op_key == registry.kernel_key(kernel, "sm90", op_key.cfg, dtype, experts)
+    assert op_key == with_staged_scales(registry.kernel_key(kernel, "sm90", op_key.cfg, dtype, experts))
     assert op_key.block_scaled and op_key.operand_formats == formats and op_key.d_dtype == "bfloat16"
     assert op_key.b_dtype == ("" if formats[0] == formats[1] else "float8_e4m3fn")
     assert registry.get_kernel(kernel).config_errors(op_key.cfg, experts) == []

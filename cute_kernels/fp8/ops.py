@@ -11,8 +11,10 @@ sm_90a only, `archs.Arch.block_scaled_fp8`).
 - `config=`: a `GemmConfig` the FP8 mainloop runs (sm90/config.block_scaled_errors): 128x128
   tiles take the overlapped promotion, 128x256 tiles the split-N one; default: the tuned entry or
   the kernel's default (sm90/config.FP8_DEFAULT_CONFIG).
-- `CUTE_KERNELS_FP8_SMEM_SCALES=1` / `smem_scales(True)`: cooperative 128-row tiles take the kernel
-  whose producer stages the K tiles' scales in shared memory (KernelKey.scales_smem; opt-in).
+- Cooperative 128-row tiles take the kernel whose producer stages the K tiles' scales in shared
+  memory (KernelKey.scales_smem; on by default since its H200 run, 2026-12-03 22:10 UTC: bitwise the
+  other kernel, 1.05-1.08x at the power limit); `CUTE_KERNELS_FP8_SMEM_SCALES=0` / `smem_scales(False)`
+  takes the kernel loading them from global memory in the consumers' K loop.
 
 Operands: a (M, K) / x, b (N, K) / w FP8 (e4m3 or e5m2), K-major (row-major), K a multiple of 16
 (16-byte TMA rows); activation scales (M, ceil(K/128)) fp32, weight scales (ceil(N/128),
@@ -130,14 +132,15 @@ def family_key(epi: Fp8Epilogue, cfg: GemmConfig, a_format: str, b_format: str, 
 
 SMEM_SCALES_ENV = "CUTE_KERNELS_FP8_SMEM_SCALES"
 # the switch of the kernel reading the scales from shared memory: [on], set from the environment at import
-_smem_scales = [os.environ.get(SMEM_SCALES_ENV, "0") == "1"]
+_smem_scales = [os.environ.get(SMEM_SCALES_ENV, "1") != "0"]
 
 
 def smem_scales_switch() -> bool:
     """Whether the family's FP8 launches on cooperative 128-row tiles take the kernel with the
-    scales staged in shared memory (KernelKey.scales_smem, sm90/scale_stage.py): off by default
-    until an H200 run measures it; CUTE_KERNELS_FP8_SMEM_SCALES=1 at import, or `smem_scales(True)`
-    around calls.  Part of every FP8 entry point's call signature (its launch plan)."""
+    scales staged in shared memory (KernelKey.scales_smem, sm90/scale_stage.py): on by default
+    (H200 2026-12-03: bitwise the global-load kernel and faster); CUTE_KERNELS_FP8_SMEM_SCALES=0 at
+    import, or `smem_scales(False)` around calls, turns it off.  Part of every FP8 entry point's
+    call signature (its launch plan)."""
     return _smem_scales[0]
 
 
@@ -179,9 +182,16 @@ def _chosen_launch_key(epi: Fp8Epilogue, m: int, n: int, k: int, num_experts: in
             log.warning("tuned %s config %s cannot run epilogue %s (%s): the default config instead", name, config,
                         _codec_spec(epi).key(), "; ".join(errors))
             config = kernel_default_config(name, m, n, k, num_experts if grouped else 0, arch=FAMILY_ARCH)
-    key = family_key(epi, config, a_format, b_format, grouped=grouped)
-    if smem_scales and config.schedule == "cooperative" and config.tile_m == BLOCK:
-        key = dataclasses.replace(key, scales_smem=True)
+    return with_staged_scales(family_key(epi, config, a_format, b_format, grouped=grouped), smem_scales)
+
+
+def with_staged_scales(key, on: bool | None = None):
+    """`key` (a registry key of an FP8 kernel) as the FP8 ops launch it: with its scales staged in
+    shared memory where the config's tile has them (cooperative 128 rows) and the switch is `on`
+    (default: smem_scales_switch()).  The autotuner compiles this key too (autotune/fp8_runner.py)."""
+    on = smem_scales_switch() if on is None else on
+    if on and key.cfg.schedule == "cooperative" and key.cfg.tile_m == BLOCK:
+        return dataclasses.replace(key, scales_smem=True)
     return key
 
 
