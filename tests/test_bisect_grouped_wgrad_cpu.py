@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from cute_kernels.fp8.recipe import FORMATS, dequantize
+from test_compile_fp8_grouped_wgrad import _emulated_launch  # the kernel's torch stand-in
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,29 +43,6 @@ def test_list_prints_batch_and_alone():
                                        cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     batch, alone = run("batch"), run("alone")
     assert set(batch) | set(alone) == set(_worker().VARIANTS) and not set(batch) & set(alone)
-
-
-def _emulated_launch(scale_block_of_expert=None, overwrite=False):
-    """A torch stand-in for the grouped kernel (GemmArgs -> D[:, :, e] = dequant(A_e) @ dequant(B_e)^T,
-    added to D with an accumulating key); `scale_block_of_expert` reads every expert's scales from that
-    block, `overwrite` ignores accumulation (two wrong kernels)."""
-
-    def launch(key, args):
-        fa, fb = (FORMATS[f] for f in key.operand_formats)
-        a, b = args.a[:, :, 0].view(fa), args.b[:, :, 0].view(fb)
-        sa, sb = args.sa, args.sb[:, :, 0]
-        cu = args.cu_rows.tolist()
-        for e in range(len(cu) - 1):
-            lo, hi = cu[e], cu[e + 1]
-            kb0 = lo // 128 if scale_block_of_expert is None else scale_block_of_expert
-            kb = (hi - lo) // 128
-            dw = dequantize(a[:, lo:hi].contiguous(), sa[:, kb0:kb0 + kb].contiguous()) @ \
-                dequantize(b[:, lo:hi].contiguous(), sb[:, kb0:kb0 + kb].contiguous()).t()
-            if key.epi.accumulate and not overwrite:
-                args.d0[:, :, e].add_(dw)
-            else:
-                args.d0[:, :, e].copy_(dw)
-    return launch
 
 
 @pytest.mark.parametrize("name", ["first-empty", "middle-empty", "e5m2", "acc-first-empty"])

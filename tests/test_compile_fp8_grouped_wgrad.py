@@ -89,10 +89,11 @@ def test_the_grouped_variant_is_self_checked_on_first_launch():
     assert not is_verified("sm90", name, verified_table()), "no hardware evidence yet: the first launch checks it"
 
 
-def _emulated_launch(scale_block_of_expert=None):
+def _emulated_launch(scale_block_of_expert=None, overwrite=False):
     """A torch stand-in for the kernel: GemmArgs -> D[:, :, e] = dequant(A_e) @ dequant(B_e)^T over
-    expert e's padded token range cu_rows[e]..cu_rows[e+1]; `scale_block_of_expert` overrides the
-    first scale block an expert reads (a wrong kernel)."""
+    expert e's padded token range cu_rows[e]..cu_rows[e+1], added to D with an accumulating key;
+    `scale_block_of_expert` overrides the first scale block an expert reads, `overwrite` ignores the
+    accumulation (two wrong kernels)."""
 
     def launch(key, args):
         fa, fb = (FORMATS[f] for f in key.operand_formats)
@@ -105,7 +106,10 @@ def _emulated_launch(scale_block_of_expert=None):
             kb = (hi - lo) // 128
             ga = dequantize(a[:, lo:hi].contiguous(), sa[:, kb0:kb0 + kb].contiguous())
             gb = dequantize(b[:, lo:hi].contiguous(), sb[:, kb0:kb0 + kb].contiguous())
-            args.d0[:, :, e].copy_(ga @ gb.t())
+            if key.epi.accumulate and not overwrite:
+                args.d0[:, :, e].add_(ga @ gb.t())
+            else:
+                args.d0[:, :, e].copy_(ga @ gb.t())
     return launch
 
 
