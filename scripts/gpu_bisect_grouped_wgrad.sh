@@ -15,9 +15,9 @@ run_case() {  # variant, time limit (s): its output into $logs/<variant>.log
   [ $? -eq 124 ] && echo "$1: ERROR timed out after $2 s (a hang)" >> "$logs/$1.log"
 }
 
-case_line() {  # the variant's result line, or its last output line when it died without one
+case_line() {  # the variant's result line (its own before a timeout's), or its last output when it died without one
   local line
-  line=$(grep -E "^$1: " "$logs/$1.log" | tail -1)
+  line=$(grep -E "^$1: " "$logs/$1.log" | head -1)
   echo "${line:-$1: ERROR no result line; last output: $(tail -1 "$logs/$1.log")}"
 }
 

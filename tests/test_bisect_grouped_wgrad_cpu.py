@@ -3,8 +3,8 @@ worker scripts/bisect_grouped_wgrad_case.py) on CPU: the variants the bisect nee
 those that may fault run alone; the worker's check passes an emulated correct kernel and fails a
 wrong one (each expert's scales read from block 0, or main_grad overwritten instead of added to);
 without CUDA it prints one ERROR line; and the shell script, with the worker and nvidia-smi
-stubbed, writes one line per variant into $OUT/bisect.log, a hang and a death without a result
-line included, and leaves nothing else behind but the device line."""
+stubbed, writes one line per variant into $OUT/bisect.log, a hang, a hang after its result line and a
+death without one included, and leaves nothing else behind but the device line."""
 import importlib.util
 import os
 import stat
@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _worker():
-    spec = importlib.util.spec_from_file_location("bisect_case", os.path.join(ROOT, "scripts/bisect_grouped_wgrad_case.py"))
+    path = os.path.join(ROOT, "scripts/bisect_grouped_wgrad_case.py")
+    spec = importlib.util.spec_from_file_location("bisect_case", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -80,6 +81,7 @@ def test_the_shell_script_writes_one_line_per_variant(tmp_path):
         "python3": "#!/bin/sh\n"
                    f"case \"$2\" in --list) exec {sys.executable} \"$@\";;\n"
                    "  old-start-first-empty) sleep 5;;\n"
+                   "  old-start-all-nonempty) echo \"$2: ERROR faulted\"; sleep 5;;\n"
                    "  dense) echo 'Traceback: boom' >&2; exit 1;;\n"
                    "  *) echo \"$2: ok (stub)\";;\nesac\n",
     }
@@ -97,5 +99,6 @@ def test_the_shell_script_writes_one_line_per_variant(tmp_path):
     by = dict(zip(variants, lines))
     assert by["selfcheck"] == "selfcheck: ok (stub)"
     assert by["old-start-first-empty"] == "old-start-first-empty: ERROR timed out after 1 s (a hang)"
+    assert by["old-start-all-nonempty"] == "old-start-all-nonempty: ERROR faulted", "its own line, not the timeout's"
     assert by["dense"] == "dense: ERROR no result line; last output: Traceback: boom"
     assert sorted(os.listdir(out)) == ["bisect.log", "device.txt"]
