@@ -4,7 +4,8 @@ those that may fault run alone; the worker's check passes an emulated correct ke
 wrong one (each expert's scales read from block 0, or main_grad overwritten instead of added to);
 without CUDA it prints one ERROR line; and the shell script, with the worker and nvidia-smi
 stubbed, writes one line per variant into $OUT/bisect.log, a hang, a hang after its result line and a
-death without one included, and leaves nothing else behind but the device line."""
+death without one included, and leaves nothing else behind but the device line; the `old-start`
+variants' patch reaches the compiled kernel."""
 import importlib.util
 import os
 import stat
@@ -102,3 +103,23 @@ def test_the_shell_script_writes_one_line_per_variant(tmp_path):
     assert by["old-start-all-nonempty"] == "old-start-all-nonempty: ERROR faulted", "its own line, not the timeout's"
     assert by["dense"] == "dense: ERROR no result line; last output: Traceback: boom"
     assert sorted(os.listdir(out)) == ["bisect.log", "device.txt"]
+
+
+def test_old_start_variants_compile_the_kernel_with_the_old_k_start(monkeypatch):
+    """put_back_old_k_start reaches the traced kernel: the grouped key's PTX changes (the bisect's
+    `old-start` variants would otherwise pass without testing anything; on 2026-12-03 the PTX with the
+    old start was byte-identical to that of the kernel that faulted)."""
+    import importlib
+
+    from cute_kernels.fp8.wgrad_ops import grouped_wgrad_key
+    from cute_kernels.inspect_ptx import kernel_ptx
+
+    key = grouped_wgrad_key("e4m3", "e4m3", torch.float32)
+    fixed = kernel_ptx(key)
+    for name in ("cute_kernels.gemm_base.grouping", "cute_kernels.gemm_base.descriptors", "cute_kernels.sm90.gemm"):
+        mod = importlib.import_module(name)
+        monkeypatch.setattr(mod, "k_range", mod.k_range)  # restored after the test
+    w = _worker()
+    w.put_back_old_k_start()
+    assert w.old_k_range([0, 0, 256], 0, 128)[0] == 1
+    assert kernel_ptx(key) != fixed
