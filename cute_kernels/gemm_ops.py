@@ -17,7 +17,8 @@ import os
 import torch
 
 from . import archs, checks, launch_plan
-from .compile import KernelKey, arch_options, build_kernel, desc_workspace_words, dsl_lock, get_compiled, use_tvm_ffi
+from .compile import (KernelKey, arch_options, build_kernel, desc_workspace_words, direct_launcher, dsl_lock,
+                      get_compiled, use_tvm_ffi)
 from .config import (ConfigError, GemmConfig, epilogue_misfit, narrowed_for_epilogue, validate, validation_errors,
                      wgrad_default_config)
 from .config_lookup import lookup_config, on_clear, tuned_root
@@ -226,7 +227,7 @@ def _first_launch(plan: LaunchPlan, device):
     if key.grouped_k:
         plan.desc_words = desc_workspace_words(key, plan.n_clusters)
     if use_tvm_ffi():
-        fn = get_compiled(key)
+        fn = direct_launcher(get_compiled(key))
     else:
         def fn(*args):
             _launch_dlpack(key, GemmArgs(*args[:-1]), args[-1])

@@ -1,7 +1,8 @@
 """The host side of a GEMM launch's tensor arguments: the (M, K, 1) / (N, K, E) views the
 kernels take (a weight's kept from step to step: `kept_nkl`), and the grouped launches'
-per-expert metadata (cu_rows, cu_tiles) made without a host sync and kept for the GEMMs of one step.  Shared by the entry points (gemm_ops, fp8/ops)
-and the self-check's own launch (selfcheck), below all of them."""
+per-expert metadata (cu_rows, cu_tiles) made without a host sync and kept for the GEMMs of one
+step.  Shared by the entry points (gemm_ops, fp8/ops) and the self-check's own launch
+(selfcheck), below all of them."""
 from __future__ import annotations
 
 import collections

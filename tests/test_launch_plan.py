@@ -219,3 +219,48 @@ def test_the_step_issues_no_avoidable_torch_ops(kind):
     ops = {name: n for name, n, _, _ in summary["torch_ops"]}
     assert ops == STEP_OPS[kind]
     assert summary["counts"]["torch_ops"] == sum(STEP_OPS[kind].values())
+
+
+def _tvm_ffi_compiled(calls, fn, pointer_args=False):
+    """A stand-in of the DSL's TVM-FFI compiled kernel: a tvm_ffi.Function subclass whose Python
+    __call__ checks per call what is fixed once compiled, then calls the base function."""
+    tvm_ffi = pytest.importorskip("tvm_ffi")
+    from types import SimpleNamespace
+
+    class Compiled(tvm_ffi.Function):
+        def __init__(self, inner):
+            self.__move_handle_from__(inner)
+            self.execution_args = SimpleNamespace(has_pointer_address_arg_specs=pointer_args)
+
+        def __call__(self, *args):
+            calls.append("wrapper")
+            return tvm_ffi.Function.__call__(self, *args)
+
+    return Compiled(tvm_ffi.convert(fn))
+
+
+def test_direct_launcher_skips_only_the_python_wrapper():
+    from cute_kernels.compile import direct_launcher
+
+    calls = []
+    compiled = _tvm_ffi_compiled(calls, lambda *a: sum(a))
+    direct = direct_launcher(compiled)
+    assert direct(1, 2, 3) == 6 and calls == []  # the same function, without its Python frame
+    assert compiled(1, 2) == 3 and calls == ["wrapper"]
+    converting = _tvm_ffi_compiled(calls, lambda *a: 0, pointer_args=True)  # its wrapper converts arguments
+    assert direct_launcher(converting) is converting
+
+    def plain(*args):
+        return None
+
+    assert direct_launcher(plain) is plain
+
+
+def test_a_plan_launches_a_tvm_ffi_kernel_through_the_base_call(stubbed, patches):
+    calls, launched = [], []
+    compiled = _tvm_ffi_compiled(calls, lambda *args: launched.append(len(args)))
+    patches.enter_context(mock.patch.object(gemm_ops, "get_compiled", lambda key: compiled))
+    x, w1, *_ = _operands(True)
+    for _ in range(2):
+        gemm_ops.fc1_srelu(x, w1, m_splits=list(SPLITS))
+    assert calls == [] and launched == [len(GemmArgs._fields) + 1] * 2
