@@ -110,6 +110,10 @@ def check_gemm_operands(a_name: str, a, w_name: str, w, *, grouped: bool) -> tup
 def check_m_splits(m_splits, *, num_experts: int, m_total: int, device):
     """list/tuple of ints (checked fully) or a 1-D integer tensor on `device` (shape and
     dtype only: its sum would need a host sync)."""
+    global _last_tuple
+    last = _last_tuple
+    if m_splits is last[0] and last[1] == num_experts and last[2] == m_total:
+        return  # the tuple that passed last (srelu_mlp hands its GEMMs one): immutable, its ints too
     if isinstance(m_splits, torch.Tensor):
         if m_splits.dim() != 1 or m_splits.numel() != num_experts:
             _fail(f"m_splits must have one entry per expert ({num_experts}), got shape {tuple(m_splits.shape)}")
@@ -123,21 +127,24 @@ def check_m_splits(m_splits, *, num_experts: int, m_total: int, device):
     # The same splits reach every GEMM of an MoE step (six per step): remember the ones
     # already checked instead of walking E entries in Python each time.
     key = m_splits if isinstance(m_splits, tuple) else tuple(m_splits)
-    if set(map(type, key)) == _INT_ONLY and _checked_splits.get(key) == (num_experts, m_total):
-        return  # (the type test first: equal tuples may hold bools or numpy ints, which the walk
-        # rejects, and unhashable entries such as lists, which the walk names)
-    if len(m_splits) != num_experts:
-        _fail(f"m_splits has {len(m_splits)} entries but the weights have {num_experts} experts")
-    for i, s in enumerate(m_splits):
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            _fail(f"m_splits[{i}] must be a non-negative int, got {s!r}")
-    if sum(m_splits) != m_total:
-        _fail(f"m_splits sum to {sum(m_splits)} but the input has M={m_total} rows")
-    if len(_checked_splits) >= _CHECKED_SPLITS_SIZE:
-        _checked_splits.pop(next(iter(_checked_splits)))
-    _checked_splits[key] = (num_experts, m_total)
+    # (the type test first: equal tuples may hold bools or numpy ints, which the walk rejects, and
+    # unhashable entries such as lists, which the walk names)
+    if set(map(type, key)) != _INT_ONLY or _checked_splits.get(key) != (num_experts, m_total):
+        if len(m_splits) != num_experts:
+            _fail(f"m_splits has {len(m_splits)} entries but the weights have {num_experts} experts")
+        for i, s in enumerate(m_splits):
+            if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+                _fail(f"m_splits[{i}] must be a non-negative int, got {s!r}")
+        if sum(m_splits) != m_total:
+            _fail(f"m_splits sum to {sum(m_splits)} but the input has M={m_total} rows")
+        if len(_checked_splits) >= _CHECKED_SPLITS_SIZE:
+            _checked_splits.pop(next(iter(_checked_splits)))
+        _checked_splits[key] = (num_experts, m_total)
+    if type(m_splits) is tuple:  # known by identity next time (a tuple of ints cannot change)
+        _last_tuple = (m_splits, num_experts, m_total)
 
 
+_last_tuple = (object(), -1, -1)  # (splits tuple, num_experts, m_total) that passed last
 _CHECKED_SPLITS_SIZE = 64
 _INT_ONLY = {int}
 _checked_splits: dict = {}  # splits tuple -> (num_experts, m_total) it passed with

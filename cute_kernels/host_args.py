@@ -121,6 +121,9 @@ _META_CACHE_SIZE = 64
 _meta_cache: "collections.OrderedDict[tuple, torch.Tensor]" = collections.OrderedDict()
 
 
+_TUPLE_META_SIZE = 16
+_tuple_meta: dict = {}  # (id(splits tuple), tile_m, cluster_m) -> (the tuple, device, (cu_rows, cu_tiles))
+
 _TENSOR_META_CACHE_SIZE = 16
 _tensor_meta_cache: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 
@@ -133,7 +136,8 @@ def splits_metadata(m_splits, tile_m: int, device, cluster_m: int = 1) -> tuple[
     a rounded-up tile lies past its expert's rows and stores nothing.
 
     Kept per splits and tile_m, so the GEMMs of one MoE layer's step (FC1, FC2 and their
-    gradients) share one upload or one computation: a list's by its values (LRU); a GPU
+    gradients) share one upload or one computation: a list's by its values (LRU; a tuple's found
+    by its identity first, without hashing its values); a GPU
     tensor's by identity and version (its values are not read on the host), so an
     in-place change of the tensor computes it again."""
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -143,15 +147,25 @@ def splits_metadata(m_splits, tile_m: int, device, cluster_m: int = 1) -> tuple[
         return _rows_and_tiles(_fresh_splits_metadata(m_splits, tile_m, device, cluster_m))
     if isinstance(m_splits, torch.Tensor):
         return _tensor_splits_metadata(m_splits, tile_m, device, cluster_m)
+    is_tuple = type(m_splits) is tuple
+    if is_tuple:  # the step's own tuple (srelu_mlp hands its GEMMs one): known by identity
+        hit = _tuple_meta.get((id(m_splits), tile_m, cluster_m))
+        if hit is not None and hit[0] is m_splits and hit[1] == device:
+            return hit[2]
     key = (m_splits if isinstance(m_splits, tuple) else tuple(m_splits), tile_m, cluster_m, device.type, device.index)
     pair = _meta_cache.get(key)
     if pair is not None:
         _meta_cache.move_to_end(key)
-        return pair
-    pair = _rows_and_tiles(_fresh_splits_metadata(m_splits, tile_m, device, cluster_m))
-    _meta_cache[key] = pair
-    if len(_meta_cache) > _META_CACHE_SIZE:
-        _meta_cache.popitem(last=False)
+    else:
+        pair = _rows_and_tiles(_fresh_splits_metadata(m_splits, tile_m, device, cluster_m))
+        _meta_cache[key] = pair
+        if len(_meta_cache) > _META_CACHE_SIZE:
+            _meta_cache.popitem(last=False)
+    if is_tuple:
+        if len(_tuple_meta) >= _TUPLE_META_SIZE:
+            _tuple_meta.clear()
+        # (the entry holds the tuple, so no other object gets its id while the entry is there)
+        _tuple_meta[(id(m_splits), tile_m, cluster_m)] = (m_splits, device, pair)
     return pair
 
 

@@ -334,7 +334,11 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
         if path not in _announced:
             _announced.add(path)
             log.info("srelu_mlp: using the %s path", path)
-    if use_cute or not isinstance(m_splits, torch.Tensor):
+    if use_cute and type(m_splits) is list and not torch.compiler.is_compiling():
+        # (checked above, a copy of the caller's): one tuple for the step's GEMMs, whose splits
+        # checks and metadata lookups then know it by identity (checks.check_m_splits) or hash it as is
+        splits = tuple(m_splits)
+    elif use_cute or not isinstance(m_splits, torch.Tensor):
         splits = m_splits  # a CUDA tensor is read on the GPU by the kernels: no host sync
     else:  # the torch path reads a CUDA tensor on the host: one sync, so its values are checked
         splits = checked_host_splits(m_splits, num_experts=w1.size(0), m_total=x.size(0))

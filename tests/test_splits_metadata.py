@@ -23,7 +23,7 @@ def test_list_and_tensor_give_the_same_metadata():
     for tile_m in (64, 128):
         for cluster_m in (1, 2):
             want = _expected(splits.tolist(), tile_m, cluster_m)
-            for given in (splits.tolist(), splits, splits.to(torch.int32)):
+            for given in (splits.tolist(), tuple(splits.tolist()), splits, splits.to(torch.int32)):
                 rows, tiles = _splits_metadata(given, tile_m, torch.device("cpu"), cluster_m)
                 assert (rows.tolist(), tiles.tolist()) == want, (type(given), tile_m, cluster_m)
 
@@ -82,3 +82,18 @@ def test_a_repeated_call_returns_the_same_views():
         again = _splits_metadata(splits, 128, torch.device("cpu"), 2)
         assert again[0] is first[0] and again[1] is first[1]
         assert first[0].tolist() == [0, 5, 5, 305, 322] and first[1].tolist() == [0, 2, 2, 6, 8]
+
+
+def test_a_tuple_is_known_by_identity_and_its_metadata_follows_the_tile():
+    """srelu_mlp hands its GEMMs one tuple: its metadata is found by identity, per (tile_m,
+    cluster_m, device), and equals what its values (a list) give."""
+    cpu = torch.device("cpu")
+    splits = (5, 0, 130, 17)
+    first = _splits_metadata(splits, 64, cpu)
+    assert _splits_metadata(splits, 64, cpu) is first
+    assert [t.tolist() for t in first] == [t.tolist() for t in _splits_metadata(list(splits), 64, cpu)]
+    for tile_m, cluster_m in ((128, 1), (64, 2)):
+        rows, tiles = _splits_metadata(splits, tile_m, cpu, cluster_m)
+        assert (rows.tolist(), tiles.tolist()) == _expected(splits, tile_m, cluster_m)
+    other = tuple(list(splits))  # equal values, another object: the same values' metadata
+    assert [t.tolist() for t in _splits_metadata(other, 64, cpu)] == [t.tolist() for t in first]
