@@ -25,7 +25,8 @@ from .config_lookup import lookup_config, on_clear, tuned_root
 from .epilogue import EpilogueSpec
 from .gemm_base.launch_args import GemmArgs
 from .launch_plan import LaunchPlan, tensor_meta
-from .host_args import as_mkl as _as_mkl, as_mkl_t as _as_mkl_t, kept_nkl, splits_metadata as _splits_metadata
+from .host_args import (as_mkl as _as_mkl, as_mkl_t as _as_mkl_t, as_nkl as _as_nkl, as_nkl_t as _as_nkl_t,
+                        splits_metadata as _splits_metadata)
 from .activations import resolve_activation
 from .registry import kernel_key
 
@@ -311,9 +312,8 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     """
     grouped = m_splits is not None
     gather = a_rows is not None
-    w_meta = tensor_meta(w1)
-    signature = ("fc1_srelu", tensor_meta(x), w_meta, grouped, prob is not None, store_preact, activation, config,
-                 gather)
+    signature = ("fc1_srelu", tensor_meta(x), tensor_meta(w1), grouped, prob is not None, store_preact, activation,
+                 config, gather)
     plan = launch_plan.get(signature)
     majors = _checked_operands(plan, "x", x, "w1", w1, grouped)
     m = x.size(0)
@@ -341,7 +341,7 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     elif config is not None:
         checks.check_config(config)
     outs = [preact, postact] if store_preact else [postact]
-    _launch(plan, x, kept_nkl(w1, w_meta), outs, m_splits=m_splits, prob=prob, a_rows=a_rows)
+    _launch(plan, x, _as_nkl(w1), outs, m_splits=m_splits, prob=prob, a_rows=a_rows)
     return preact, postact
 
 
@@ -367,10 +367,10 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
     Operands may be transposed views (h contiguous along M, w2 along N): the kernel
     takes either majorness, so no copy is made.  The output is row-major.
     transpose_w: w2 is given as its transpose, (K, N) or (E, K, N), and y = h @ w2 (FC1's data
-    gradient of w1 as it is: the same launch as fc2(h, w2.transpose(-2, -1)) without that view)."""
+    gradient of w1 as it is: the same launch as fc2(h, w2.transpose(-2, -1)), its kernel view made
+    in one op, without the transposed view first)."""
     grouped = m_splits is not None
-    w_meta = tensor_meta(w2)
-    signature = ("fc2", tensor_meta(h), w_meta, grouped, config, transpose_w)
+    signature = ("fc2", tensor_meta(h), tensor_meta(w2), grouped, config, transpose_w)
     plan = launch_plan.get(signature)
     if transpose_w and plan is None and (not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3)):
         raise checks.InputError(f"w2 must be a 2-D or 3-D torch.Tensor, got {getattr(w2, 'shape', type(w2).__name__)}")
@@ -392,7 +392,7 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
         plan = _new_plan(signature, "fc2", h, b, EpilogueSpec("identity"), grouped, majors, config)
     elif config is not None:
         checks.check_config(config)
-    _launch(plan, h, kept_nkl(w2, w_meta, transpose_w), [y], m_splits=m_splits, prob=None)
+    _launch(plan, h, _as_nkl_t(w2) if transpose_w else _as_nkl(w2), [y], m_splits=m_splits, prob=None)
     return y
 
 
@@ -420,8 +420,7 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
     Returns (dpreact, postact or None, dprob (M,) fp32 or None).
     """
     grouped = m_splits is not None
-    w_meta = tensor_meta(w2)
-    signature = ("fc2_dgrad_dsrelu", tensor_meta(dy), w_meta, tensor_meta(preact), grouped, prob is not None,
+    signature = ("fc2_dgrad_dsrelu", tensor_meta(dy), tensor_meta(w2), tensor_meta(preact), grouped, prob is not None,
                  store_postact, prob_grad, activation, config, out is None, out is not None and tensor_meta(out))
     plan = launch_plan.get(signature)
     if plan is None and (not isinstance(w2, torch.Tensor) or w2.dim() not in (2, 3)):
@@ -459,7 +458,7 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
         plan = _new_plan(signature, "fc2_dgrad_dsrelu", dy, b, epi, grouped, majors, config)
     elif config is not None:
         checks.check_config(config)
-    dprob = _launch(plan, dy, kept_nkl(w2, w_meta, True), outs, m_splits=m_splits, prob=prob, aux=preact)
+    dprob = _launch(plan, dy, _as_nkl_t(w2), outs, m_splits=m_splits, prob=prob, aux=preact)
     return dpre, post, dprob
 
 

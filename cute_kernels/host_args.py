@@ -1,6 +1,5 @@
 """The host side of a GEMM launch's tensor arguments: the (M, K, 1) / (N, K, E) views the
-kernels take (a weight's kept from step to step: `kept_nkl`), and the grouped launches'
-per-expert metadata (cu_rows, cu_tiles) made without a host sync and kept for the GEMMs of one
+kernels take, and the grouped launches' per-expert metadata (cu_rows, cu_tiles) made without a host sync and kept for the GEMMs of one
 step.  Shared by the entry points (gemm_ops, fp8/ops) and the self-check's own launch
 (selfcheck), below all of them."""
 from __future__ import annotations
@@ -62,61 +61,6 @@ def as_nkl_t(w: torch.Tensor) -> torch.Tensor:
     if w.dim() == 2:
         return as_mkl_t(w)
     return w.permute(2, 1, 0)
-
-
-class _KeptViews:
-    """A tensor's kernel views, valid while its data pointer and metadata are these."""
-
-    __slots__ = ("ref", "ptr", "meta", "nkl", "nkl_t")
-
-    def __init__(self, ref, ptr, meta):
-        self.ref, self.ptr, self.meta = ref, ptr, meta
-        self.nkl = self.nkl_t = None
-
-
-_kept: dict = {}  # id(tensor) -> _KeptViews, dropped when the tensor's Python object dies
-
-
-def kept_nkl(w: torch.Tensor, meta, transposed: bool = False) -> torch.Tensor:
-    """as_nkl(w) (`transposed`: as_nkl_t(w)), made once per tensor and kept while it lives: a
-    weight is the B operand of the same GEMMs every step, so its views cost no torch op after the
-    first step.  `meta`: launch_plan.tensor_meta(w) (None: not kept).  A view is reused only while
-    w's data pointer and metadata are those it was made from (the view then addresses exactly w's
-    elements; `w.data = ...` or a resize makes a new one).  It is made from w.detach(), so it holds
-    w's storage but not w itself: the entry goes when w's Python object does (a weakref callback),
-    and the storage is freed no later than before."""
-    entry = _kept.get(id(w))
-    ptr = w.data_ptr()
-    if entry is None or entry.ptr != ptr or entry.meta != meta or entry.ref() is not w:
-        if meta is None:
-            return as_nkl_t(w) if transposed else as_nkl(w)
-        entry = _keep(w, ptr, meta)
-    view = entry.nkl_t if transposed else entry.nkl
-    if view is None:
-        base = w.detach()
-        view = as_nkl_t(base) if transposed else as_nkl(base)
-        if transposed:
-            entry.nkl_t = view
-        else:
-            entry.nkl = view
-    return view
-
-
-def _keep(w: torch.Tensor, ptr: int, meta) -> _KeptViews:
-    key = id(w)
-
-    def drop(ref, key=key):
-        if (e := _kept.get(key)) is not None and e.ref is ref:
-            del _kept[key]
-
-    entry = _KeptViews(weakref.ref(w, drop), ptr, meta)
-    _kept[key] = entry
-    return entry
-
-
-def kept_count() -> int:
-    """Tensors whose kernel views are kept now (tests)."""
-    return len(_kept)
 
 
 _META_CACHE_SIZE = 64

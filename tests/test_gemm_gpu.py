@@ -177,9 +177,8 @@ def test_grouped_transposed_weights():
 
 @pytest.mark.parametrize("grouped", [False, True])
 def test_fc2_transpose_w_is_bitwise_fc2_of_the_transpose(grouped):
-    """fc2(h, w1, transpose_w=True) (the FC1 data gradient reading w1 in place, its kernel view of
-    w1 kept from call to call: host_args.kept_nkl) gives exactly fc2(h, w1^T), also after w1 is
-    updated in place."""
+    """fc2(h, w1, transpose_w=True) (the FC1 data gradient reading w1 in place: its kernel view made
+    in one op) gives exactly fc2(h, w1^T), also after w1 is updated in place."""
     gen = _gen()
     experts, m, f, h = 5, 1333, 328, 264
     _, w1 = _inputs(m, f, h, torch.bfloat16, gen, experts if grouped else None)  # (E, F, H) / (F, H): FC1's weight
