@@ -4,6 +4,9 @@ gradient is added into under fuse_wgrad_accumulation.  Below both steps, so neit
 the other for these."""
 from __future__ import annotations
 
+import functools
+from typing import Callable, NamedTuple
+
 import torch
 
 from .mlp_checks import check_main_grad
@@ -14,9 +17,22 @@ def tag_role(t, role):
     torch.compile the compiled graph owns its saved tensors and nothing is tagged)."""
     if torch.compiler.is_compiling():
         return t
-    from offload.roles import tag
+    return offload_hooks().tag(t, role)
 
-    return tag(t, role)
+
+class OffloadHooks(NamedTuple):
+    tag: Callable  # offload.roles.tag
+    recompute_requested: Callable  # offload.scheduler.recompute_requested
+
+
+@functools.cache
+def offload_hooks() -> OffloadHooks:
+    """What the MLP ops call of offload, imported on first use (importing cute_kernels does not
+    import offload) and kept: an import statement per call cost ~0.5 us, three or four a step."""
+    from offload.roles import tag
+    from offload.scheduler import recompute_requested
+
+    return OffloadHooks(tag, recompute_requested)
 
 
 def main_grad(w, name: str) -> torch.Tensor:

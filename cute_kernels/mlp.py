@@ -30,7 +30,7 @@ import torch
 
 from . import archs, launch_plan, torch_ops
 from .activations import SRELU, resolve_activation
-from .autograd_io import main_grad, tag_role
+from .autograd_io import main_grad, offload_hooks, tag_role
 from .checks import InputError
 from .first_order import first_order_only
 from .mlp_checks import (check_backend, check_mlp_inputs, check_mlp_tensors, check_offload, checked_host_splits,
@@ -187,10 +187,8 @@ def gathered_srelu_mlp(x, w1, w2, *, rows, rows_adjoint, m_splits, prob, recompu
     """srelu_mlp of x[rows] on the cute path with the gather fused into FC1 (grouped, relu^2; the
     caller checked the operands: routed_srelu_experts(fused_gather=True)).  rows: (M,) int32 on
     x's device; rows_adjoint: (M, H) row gradients -> (T, H), the gather's adjoint."""
-    if not recompute_postact:  # an offload plan may choose to recompute postact rather than save it
-        from offload.scheduler import recompute_requested
-
-        recompute_postact = recompute_requested("postact")
+    if not recompute_postact and not torch.compiler.is_compiling():  # an offload plan may choose to recompute
+        recompute_postact = offload_hooks().recompute_requested("postact")  # postact rather than save it
     postact, preact = GatheredFC1SReLUFunction.apply(x, w1, prob, m_splits, rows, rows_adjoint,
                                                      fuse_wgrad_accumulation, SRELU)
     return FC2DSReLUFunction.apply(postact, preact, prob, w2, m_splits, recompute_postact, True,
@@ -318,10 +316,8 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
                 return srelu_mlp(x, w1, w2, m_splits=m_splits, prob=prob, recompute_postact=recompute_postact,
                                  fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend,
                                  activation=activation, fp8=fp8, dpreact_over_preact=dpreact_over_preact)
-    if not recompute_postact:  # an offload plan may choose to recompute postact rather than save it
-        from offload.scheduler import recompute_requested
-
-        recompute_postact = recompute_requested("postact")
+    if not recompute_postact and not torch.compiler.is_compiling():  # an offload plan may choose to recompute
+        recompute_postact = offload_hooks().recompute_requested("postact")  # postact rather than save it
     if fp8 is not None:
         from .fp8.mlp import fp8_srelu_mlp
 
