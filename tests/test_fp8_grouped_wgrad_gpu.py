@@ -51,7 +51,7 @@ def _poisoned_empty(monkeypatch):
 
 
 @pytest.mark.parametrize("splits", SPLITS)
-@pytest.mark.parametrize("n_out,k_out", [(256, 128), (200, 272)])
+@pytest.mark.parametrize("n_out,k_out", [(256, 128), (208, 272)])
 @pytest.mark.parametrize("gfmt,out,as_tensor", [("e4m3", torch.float32, None), ("e5m2", torch.bfloat16, torch.int32),
                                                 ("e4m3", torch.float32, torch.int64)])
 def test_grouped_fp8_weight_grad_against_float64(monkeypatch, splits, n_out, k_out, gfmt, out, as_tensor):

@@ -234,3 +234,16 @@ def test_family_launch_passes_the_self_check_gate_with_the_registry_key(grouped,
     assert args.sa is sx and args.qs is qs and args.a.dtype == torch.uint8 and args.d1.dtype == torch.uint8
     assert args.d0.dtype == torch.bfloat16 and tuple(args.b.shape) == (n, k, e if grouped else 1)
     assert (args.cu_rows is not None) == grouped
+
+
+def test_every_fp8_selfcheck_variant_is_one_its_config_can_run():
+    """The self-check table builds only kernels their configs can run (H200 2026-12-03 22:33: the
+    table's dsrelu dgrad on 128x256 tiles raised ConfigError inside `python -m cute_kernels.selfcheck`)."""
+    from cute_kernels.compile import build_kernel
+    from cute_kernels.selfcheck_table import fp8_variant_keys
+
+    keys = fp8_variant_keys("sm90")
+    assert any(k.cfg.tile_n == 256 for k in keys) and any(k.epi.kind == "dact" for k in keys)
+    assert not any(k.epi.kind == "dact" and k.cfg.tile_n == 256 for k in keys)
+    for key in keys:
+        build_kernel(key)  # raises ConfigError for a config that cannot run the key's epilogue
