@@ -93,13 +93,15 @@ def test_upper_bound_holds_for_any_splits():
 def test_kernel_compiles_and_ptx_is_as_designed(fmt, pow2):
     ptx = quantize_cols_grouped_ptx(fmt, pow2)
     loads = _ops(ptx, "ld.global")
-    # x as 16-byte vectors; the block's two table entries as 32-bit loads
+    # x as 16-byte vectors; six 32-bit loads of the experts' offsets (cu_rows, cu_blocks: the block's
+    # expert found in the kernel, cu_padded written from cu_blocks), no block table
     assert loads.count("ld.global.v4.b32") == ROW_SWEEPS, sorted(loads)
     assert set(loads) <= {"ld.global.v4.b32", "ld.global.b32", "ld.global.s32", "ld.global.u32"}, sorted(set(loads))
-    assert len(loads) == ROW_SWEEPS + 2, sorted(loads)
+    assert len(loads) == ROW_SWEEPS + 6, sorted(loads)
     stores = _ops(ptx, "st.global")
-    # per thread: 2 columns x 32 FP8 bytes (column-wise), 2 scales; no row-wise copy
+    # per thread: 2 columns x 32 FP8 bytes (column-wise), 2 scales, a cu_padded entry; no row-wise copy
     assert stores.count("st.global.v4.b32") == 4 and "st.global.v2.b32" not in stores, sorted(set(stores))
+    assert len(stores) == 4 + 3, sorted(stores)
     assert _ops(ptx, "st.shared").count("st.shared.v4.b32") == ROW_SWEEPS
     assert f"cvt.rn.satfinite.{fmt}x2.f32" in ptx
     assert "rcp.rn.f32" in ptx and "rcp.approx" not in ptx and ".ftz" not in ptx and "xorsign" not in ptx

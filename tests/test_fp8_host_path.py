@@ -243,11 +243,13 @@ def test_the_grouped_fp8_wgrad_switch_routes_to_the_grouped_kernel(stubbed, monk
     if switch == "1":
         assert len(grouped_k) == 2 and all(k.block_scaled and k.b_scale == "rows_staged" for k in grouped_k)
         assert len(grouped_quantize) == 4 and not loop
-        # the block table and padded offsets the quantizer and the GEMM read
-        x, blocks, qt, st = grouped_quantize[0]
+        # the experts' row and 128-token block offsets the quantizer reads (its kernel finds each
+        # block's expert), and the padded token offsets it writes for the GEMM
+        x, cu_rows, cu_blocks, qt, st, cu_padded = grouped_quantize[0]
         # splits 0, 130, 1, 141: blocks of 128 + 2, 1, 128 + 13 tokens, each expert starting its own
         assert st.shape[1] * 128 == qt.shape[1] == 128 * 5
-        assert blocks.view(-1, 2).tolist() == [[0, 128], [128, 2], [130, 1], [131, 128], [259, 13]]
+        assert cu_rows.tolist() == [0, 0, 130, 131, 272] and cu_blocks.tolist() == [0, 0, 2, 3, 5]
+        assert cu_padded.shape == (5,) and cu_padded.dtype == torch.int32
     else:
         assert not grouped_k and not grouped_quantize
         assert len(loop) == 2 * 3, "dW1 and dW2 of the three non-empty experts by the torch loop"

@@ -13,7 +13,9 @@ for a GPU-tensor m_splits), the block table of the copy's 128-token blocks (per 
 source row and the number of source rows, 0..128) and cu_padded (E+1, int32: the GEMM's
 K-grouped token offsets).  The copy's block count: the exact sum of ceil(m_splits[e] / 128) for
 a list; for a tensor an upper bound computed on the host, floor((T + 127 E) / 128), whose
-trailing blocks hold no tokens (zeros, scale 1, never read by the GEMM).
+trailing blocks hold no tokens (zeros, scale 1, never read by the GEMM).  The reference's layout,
+~30 torch ops: the kernel finds each block's source itself from the experts' offsets
+(sm90/quantize_grouped.py), with no torch op on the host.
 
 `quantize_cols_grouped_reference(x, m_splits, fmt, pow2=)`: (qt (K, 128 * blocks), st (K,
 blocks)), the padded copy by the recipe (`quantize_1x128` of the padded x^T): what the kernel
@@ -77,8 +79,8 @@ _layouts: OrderedDict = OrderedDict()  # (splits tuple, tokens, device) -> Padde
 
 def padded_layout(m_splits, tokens: int, device) -> PaddedLayout:
     """The block table and padded offsets of `m_splits` (see the module docstring), computed by
-    torch ops on `device`.  A list's is kept per (values, tokens, device) (LRU; the step's two
-    weight gradients and their two quantizations share one), except inside a CUDA graph capture
+    torch ops on `device`.  A list's is kept per (values, tokens, device) (LRU: repeated
+    reference quantizations share one), except inside a CUDA graph capture
     (computed in the graph: a kept tensor could be evicted and its memory reused under the graph)."""
     device = torch.device(device)
     if isinstance(m_splits, torch.Tensor) or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):

@@ -26,6 +26,7 @@ import torch
 
 from ..checks import InputError
 from ..compile import arch_options, dsl_lock, use_tvm_ffi
+from ..host_args import splits_metadata
 from ..launch_plan import check_once, tensor_meta
 from . import ops
 from .epilogue import FMAX
@@ -384,7 +385,7 @@ def _unused_columns(k: int, device) -> tuple:
 def compile_quantize_cols_grouped(fmt: str = "e4m3", pow2: bool = False, *, options: str = "",
                                   tvm_ffi: bool = False):
     """Compile the per-expert padded column-wise kernel (sm90/quantize_grouped.py) for sm_90a
-    (uncached): fn(x, blocks, qt_u8, st)."""
+    (uncached): fn(x, cu_rows, cu_blocks, qt_u8, st, cu_padded)."""
     from ..sm90.quantize_grouped import Sm90QuantizeColsGrouped, fake_arguments as fake_grouped_arguments
 
     return _compile_sm90(lambda: Sm90QuantizeColsGrouped(fmt, pow2), fake_grouped_arguments, options, tvm_ffi)
@@ -414,20 +415,26 @@ def quantize_cols_grouped(x: torch.Tensor, m_splits, fmt: str = "e4m3", *, pow2:
     `m_splits` tokens each: a list of ints or a GPU int tensor, read without a host sync) with
     every expert's tokens starting a 128-token block: qt (K, 128 * blocks) FP8, st (K, blocks) fp32
     column-major, cu_padded (E+1,) int32 the experts' token offsets in qt; bitwise
-    grouped_tokens.quantize_cols_grouped_reference.  One launch for all experts."""
-    from .grouped_tokens import check_splits, padded_layout
+    grouped_tokens.quantize_cols_grouped_reference.  One launch for all experts, and no torch op
+    but the three outputs' allocations: the kernel finds each block's expert from the experts' row
+    and 128-token block offsets (host_args.splits_metadata, kept per splits for the step's grouped
+    GEMMs) and writes cu_padded itself."""
+    from .grouped_tokens import check_splits, num_padded_blocks
 
-    _check_input(x, fmt)
+    meta = tensor_meta(x)
+    check_once(("cols_grouped", meta, fmt), lambda: _check_input(x, fmt))
     check_splits(m_splits, x.shape[0], x.device)
-    ops.check_fp8_launch("x", x)
+    check_once(("cols_grouped launch", meta), lambda: ops.check_fp8_launch("x", x))
     _check_aligned("x", x)
     x = _one_row_strides(x)
     t, k = x.shape
-    layout = padded_layout(m_splits, t, x.device)
-    qt = torch.empty((k, layout.num_blocks * BLOCK), dtype=FORMATS[fmt], device=x.device)
-    st = ops._new_scales(k, layout.num_blocks, x.device)
-    if layout.num_blocks:
-        fn = _cached(("cols_grouped", fmt, bool(pow2)),
-                     lambda: compile_quantize_cols_grouped(fmt, pow2, tvm_ffi=use_tvm_ffi()))
-        fn(x, layout.blocks, qt.view(torch.uint8), st)
-    return qt, st, layout.cu_padded
+    device = x.device
+    num_blocks = num_padded_blocks(m_splits, t)  # > 0: T > 0
+    cu_rows, cu_blocks = splits_metadata(m_splits, BLOCK, device)
+    qt = torch.empty((k, num_blocks * BLOCK), dtype=FORMATS[fmt], device=device)
+    st = ops._new_scales(k, num_blocks, device)
+    cu_padded = torch.empty(cu_rows.shape, dtype=torch.int32, device=device)
+    fn = _cached(("cols_grouped", fmt, bool(pow2)),
+                 lambda: compile_quantize_cols_grouped(fmt, pow2, tvm_ffi=use_tvm_ffi()))
+    fn(x, cu_rows, cu_blocks, qt.view(torch.uint8), st, cu_padded)
+    return qt, st, cu_padded

@@ -6,10 +6,18 @@ x (T, K) bf16, tokens sorted by expert -> qt (K, Tp) FP8 and scales (K, Tp/128) 
 (its range in qt starts at a multiple of 128; the columns past its last token up to the next
 multiple hold zeros).  So a K-grouped GEMM over qt reads whole scale blocks per expert.
 
-The block table (fp8/grouped_tokens.py, made on the device by torch ops) gives, for each
-128-token block b of qt, the first source row of x and how many rows (0..128) of x it holds:
-blocks[2 b], blocks[2 b + 1].  A block with 0 rows (an upper bound of the block count, when
-the splits are a GPU tensor) is written as zeros with scale 1.
+The experts' offsets cu_rows (E+1: first token of each expert in x) and cu_blocks (E+1: first
+128-token block of each expert in qt), int32 on the device (host_args.splits_metadata with 128-row
+tiles: made without a host sync and kept per splits for the step's grouped GEMMs), give each CTA
+its block's source: thread e < E tests whether block b lies in [cu_blocks[e], cu_blocks[e+1])
+(an empty expert's range is empty) and, if so, stages the first source row
+cu_rows[e] + 128 (b - cu_blocks[e]) and the row count min(cu_rows[e+1] - that row, 128) in shared
+memory (E / 256 loads per thread, none dependent on another).  A block at or past cu_blocks[E]
+(the trailing blocks of the upper bound on the block count when the splits are a GPU tensor)
+holds no row: written as zeros with scale 1.  The CTA (0, 0) also writes the GEMM's padded token
+offsets cu_padded = 128 cu_blocks.  So the host issues no torch op for the layout (the block table
+of fp8/grouped_tokens.py, ~30 torch ops per call, cost ~0.2 ms of host time per quantization on
+the H200, 2026-12-03 22:33).
 
 One CTA per (128 columns of x, token block), 256 threads: the rows of the block loaded
 (16-byte loads, zeros past the block's rows and past K) and staged in shared memory as the
@@ -27,27 +35,49 @@ from .quantize_tile import BLOCK, THREADS, QuantizeKernel, load_and_stage, regis
 
 
 class Sm90QuantizeColsGrouped(QuantizeKernel):
-    """x (T, K) bf16 and the block table -> (qt, scales_t) with every expert's tokens starting a
-    128-token block; see the module docstring.  K must be a multiple of 16."""
+    """x (T, K) bf16 and the experts' offsets -> (qt, scales_t, cu_padded) with every expert's tokens
+    starting a 128-token block; see the module docstring.  K must be a multiple of 16."""
 
     @cute.jit
-    def __call__(self, mX: cute.Tensor, mBlocks: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor, stream):
+    def __call__(self, mX: cute.Tensor, mCuRows: cute.Tensor, mCuBlocks: cute.Tensor, mQT: cute.Tensor,
+                 mST: cute.Tensor, mCuPadded: cute.Tensor, stream):
         (mQT,) = self.fp8_views(mQT)
         k_total = cute.size(mX, mode=[1])
         k_tiles = (k_total + BLOCK - 1) // BLOCK
         t_blocks = cute.size(mST, mode=[1])
-        self.kernel(mX, mBlocks, mQT, mST, k_total).launch(grid=(k_tiles, t_blocks, 1), block=[THREADS, 1, 1],
-                                                           stream=stream)
+        self.kernel(mX, mCuRows, mCuBlocks, mQT, mST, mCuPadded, k_total).launch(
+            grid=(k_tiles, t_blocks, 1), block=[THREADS, 1, 1], stream=stream)
 
     @cute.kernel
-    def kernel(self, mX: cute.Tensor, mBlocks: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor, k_total: Int32):
+    def kernel(self, mX: cute.Tensor, mCuRows: cute.Tensor, mCuBlocks: cute.Tensor, mQT: cute.Tensor,
+               mST: cute.Tensor, mCuPadded: cute.Tensor, k_total: Int32):
         tidx, _, _ = cute.arch.thread_idx()
         k_tile, t_block, _ = cute.arch.block_idx()
         smem = SmemAllocator()
         sX = self.staging_tile(smem)
         sAmax = self.column_amax_tile(smem)
-        src_row0 = mBlocks[2 * t_block]
-        rows = mBlocks[2 * t_block + 1]
+        sSource = smem.allocate_tensor(Int32, cute.make_layout((2,)), byte_alignment=8)
+        experts = cute.size(mCuRows) - 1
+        if k_tile == 0:
+            if t_block == 0:  # the GEMM's padded token offsets, written once
+                for e in cutlass.range(tidx, experts + 1, THREADS, unroll=1):
+                    mCuPadded[e] = mCuBlocks[e] * BLOCK
+        # the expert holding block t_block: a thread per expert tests its block range (an empty
+        # expert's is empty; a block past the last expert's is held by none and holds no rows)
+        for e in cutlass.range(tidx, experts, THREADS, unroll=1):
+            first_block = mCuBlocks[e]
+            if first_block <= t_block:
+                if t_block < mCuBlocks[e + 1]:
+                    row0 = mCuRows[e] + (t_block - first_block) * BLOCK
+                    sSource[0] = row0
+                    sSource[1] = cutlass.min(mCuRows[e + 1] - row0, BLOCK)
+        held = t_block < mCuBlocks[experts]
+        cute.arch.sync_threads()
+        src_row0 = Int32(0)
+        rows = Int32(0)
+        if held:
+            src_row0 = sSource[0]
+            rows = sSource[1]
         col0 = k_tile * BLOCK
         gX = cute.local_tile(cute.domain_offset((src_row0, 0), mX), (BLOCK, BLOCK), (0, k_tile))
         gQT = cute.local_tile(mQT, (BLOCK, BLOCK), (k_tile, t_block))
@@ -58,14 +88,16 @@ class Sm90QuantizeColsGrouped(QuantizeKernel):
 
 
 def fake_arguments():
-    """Stand-ins for (x, blocks, qt, st): T, K, Tp, the block count and every stride symbolic but
-    the unit ones; FP8 as uint8."""
+    """Stand-ins for (x, cu_rows, cu_blocks, qt, st, cu_padded): T, K, Tp, E, the block count and
+    every stride symbolic but the unit ones; FP8 as uint8."""
     from cutlass.cute.runtime import make_fake_tensor
 
     t, k, tp = cute.sym_int32(symbol="T"), cute.sym_int32(symbol="K"), cute.sym_int32(symbol="Tp")
-    nb, nb2 = cute.sym_int32(symbol="TB"), cute.sym_int32(symbol="TB2")
+    nb, e1 = cute.sym_int32(symbol="TB"), cute.sym_int32(symbol="E1")
     x = make_fake_tensor(cutlass.BFloat16, (t, k), (cute.sym_int64(divisibility=8), 1), assumed_align=16)
-    blocks = make_fake_tensor(cutlass.Int32, (nb2,), (1,), assumed_align=4)
+    cu_rows = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
+    cu_blocks = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
     qt = make_fake_tensor(cutlass.Uint8, (k, tp), (cute.sym_int64(divisibility=16), 1), assumed_align=16)
     st = make_fake_tensor(cutlass.Float32, (k, nb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
-    return x, blocks, qt, st
+    cu_padded = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
+    return x, cu_rows, cu_blocks, qt, st, cu_padded
