@@ -86,8 +86,9 @@ def test_switch_picks_the_staged_scales_where_the_tile_has_them():
 
 def test_staged_scales_are_their_own_variant_with_their_own_evidence():
     """The staged variants are named apart (`+smemscales`): the global-load kernel's patterns do not
-    vouch for them; their own patterns name the epilogues their H200 tests ran (plain GEMM, FC1 with
-    FP8 postact), so the dgrad's dsrelu with staged scales is still self-checked on first use."""
+    vouch for them; their own patterns name the epilogue kinds their H200 runs passed (2026-12-03:
+    plain GEMM, FC1 with FP8 postact, the dsrelu dgrad), so an epilogue kind of its own added later
+    (here a made-up "newkind" key) is self-checked on first use."""
     from cute_kernels.selfcheck import is_verified, variant_name, verified_table
 
     table = verified_table()
@@ -99,8 +100,9 @@ def test_staged_scales_are_their_own_variant_with_their_own_evidence():
         assert "+smemscales" in staged and not is_verified("sm90", staged, without_own)
         assert is_verified("sm90", staged, table)
         assert is_verified("sm90", variant_name(VARIANTS[default]), table)
-    dgrad = dataclasses.replace(VARIANTS["grouped-dact-scale-rowsum"], scales_smem=True)
-    assert not is_verified("sm90", variant_name(dgrad), table)
+    dgrad = variant_name(dataclasses.replace(VARIANTS["grouped-dact-scale-rowsum"], scales_smem=True))
+    assert is_verified("sm90", dgrad, table) and not is_verified("sm90", dgrad, without_own)
+    assert not is_verified("sm90", dgrad.replace("/dsrelu", "/newkind"), table)
 
 
 def _fake_sass(body: list[str]) -> str:

@@ -147,25 +147,29 @@ def test_fp8_variants_have_their_h200_evidence_and_bf16_keep_theirs():
     rows = [k for k in fp8 if k.b_scale]
     assert sorted({k.b_scale for k in rows}) == ["row", "rows_staged"]
     assert all(k.cfg.tile_n == 128 and k.out_dtype == "float32" for k in rows)
-    # the grouped weight gradient (grouped along K, "rows_staged"): in the table, no H200 evidence yet
-    # (its first launch self-checks it; `python -m cute_kernels.selfcheck` records it)
+    # the grouped weight gradient (grouped along K, "rows_staged"): its own evidence (H200 23:05 UTC,
+    # after the empty first expert's K-start fix); the dense patterns do not cover it
     grouped_k = [k for k in rows if k.grouped_k]
     assert grouped_k and all(k.b_scale == "rows_staged" for k in grouped_k)
-    assert not any(selfcheck.is_verified("sm90", selfcheck.variant_name(k), table) for k in grouped_k)
-    # the weight gradients adding into main_grad (epilogue "identity+acc", dense and grouped): the dense
-    # ones have their own H200 evidence (22:10 UTC run), the grouped one not (its kernel faulted)
+    assert all(selfcheck.is_verified("sm90", selfcheck.variant_name(k), table) for k in grouped_k)
+    dense_rows = {"sm90": [p for p in table["sm90"] if not p.startswith("grouped_k/")]}
+    assert not any(selfcheck.is_verified("sm90", selfcheck.variant_name(k), dense_rows) for k in grouped_k)
+    # the weight gradients adding into main_grad (epilogue "identity+acc", dense and grouped): evidence of
+    # their own (dense 22:10, grouped 23:05 UTC); the plain weight gradient's patterns do not cover them
     accumulate = [k for k in rows if k.epi.accumulate]
     assert sorted({(k.b_scale, k.grouped_k) for k in accumulate}) == [("row", False), ("rows_staged", False),
                                                                        ("rows_staged", True)]
-    assert all(selfcheck.is_verified("sm90", selfcheck.variant_name(k), table) != k.grouped_k for k in accumulate)
-    plain_rows = {"sm90": [p for p in table["sm90"] if "+acc" not in p]}
+    assert all(selfcheck.is_verified("sm90", selfcheck.variant_name(k), table) for k in accumulate)
+    plain_rows = {"sm90": [p for p in table["sm90"] if "+acc" not in p and not p.startswith("grouped_k/")]}
     assert not any(selfcheck.is_verified("sm90", selfcheck.variant_name(k), plain_rows) for k in accumulate)
-    # the scales staged in shared memory (the default on cooperative 128-row tiles): in the table; the
-    # plain GEMM and FC1 with FP8 postact have H200 evidence (22:10 UTC), the dgrad and e5m2 not yet
+    # the scales staged in shared memory (the default on cooperative 128-row tiles): every epilogue kind
+    # of the table has H200 evidence of its own (23:05 UTC); the global-load patterns do not cover them
     staged = [k for k in fp8 if k.scales_smem]
     assert staged and all(k.cfg.tile_m == 128 and k.cfg.schedule == "cooperative" and not k.b_scale for k in staged)
-    verified = {k.epi.kind for k in staged if selfcheck.is_verified("sm90", selfcheck.variant_name(k), table)}
-    assert verified == {"identity", "act"}
+    assert {k.epi.kind for k in staged} == {"identity", "act", "dact"}
+    assert all(selfcheck.is_verified("sm90", selfcheck.variant_name(k), table) for k in staged)
+    global_loads = {"sm90": [p for p in table["sm90"] if "smemscales" not in p]}
+    assert not any(selfcheck.is_verified("sm90", selfcheck.variant_name(k), global_loads) for k in staged)
     fp8 = [k for k in fp8 if not k.grouped_k and not k.epi.accumulate and not k.scales_smem]
     rows = [k for k in rows if not k.grouped_k and not k.epi.accumulate]
     # and the FP8 FC1 with the tanh clamp
