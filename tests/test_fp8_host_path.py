@@ -201,7 +201,7 @@ def test_the_stubbed_fp8_step_with_the_tanh_clamp_launches_its_own_fc1_and_the_p
         assert fc1.epi.activation == (ScaledTanhSReLU(2.0) if act else SRELU)
         assert fc1.epi.key().startswith(fc1_name + "+preact") and fc1.grouped == (splits is not None)
         # every FP8 variant of the step has H200 evidence: the step launches them with the scales staged
-        # in shared memory (the default since 2026-12-03 22:10; their evidence 23:05), and so do the
+        # in shared memory (the default since 2026-12-03 22:10; their evidence 22:53), and so do the
         # twins loading them from global memory (the tanh FC1: 19:06); the tanh clamp's evidence entry is
         # its own (the relu^2 patterns do not cover it)
         assert all(k.scales_smem for k in fp8)

@@ -147,7 +147,7 @@ def test_fp8_variants_have_their_h200_evidence_and_bf16_keep_theirs():
     rows = [k for k in fp8 if k.b_scale]
     assert sorted({k.b_scale for k in rows}) == ["row", "rows_staged"]
     assert all(k.cfg.tile_n == 128 and k.out_dtype == "float32" for k in rows)
-    # the grouped weight gradient (grouped along K, "rows_staged"): its own evidence (H200 23:05 UTC,
+    # the grouped weight gradient (grouped along K, "rows_staged"): its own evidence (H200 22:53 UTC,
     # after the empty first expert's K-start fix); the dense patterns do not cover it
     grouped_k = [k for k in rows if k.grouped_k]
     assert grouped_k and all(k.b_scale == "rows_staged" for k in grouped_k)
@@ -155,7 +155,7 @@ def test_fp8_variants_have_their_h200_evidence_and_bf16_keep_theirs():
     dense_rows = {"sm90": [p for p in table["sm90"] if not p.startswith("grouped_k/")]}
     assert not any(selfcheck.is_verified("sm90", selfcheck.variant_name(k), dense_rows) for k in grouped_k)
     # the weight gradients adding into main_grad (epilogue "identity+acc", dense and grouped): evidence of
-    # their own (dense 22:10, grouped 23:05 UTC); the plain weight gradient's patterns do not cover them
+    # their own (dense 22:10, grouped 22:53 UTC); the plain weight gradient's patterns do not cover them
     accumulate = [k for k in rows if k.epi.accumulate]
     assert sorted({(k.b_scale, k.grouped_k) for k in accumulate}) == [("row", False), ("rows_staged", False),
                                                                        ("rows_staged", True)]
@@ -163,7 +163,7 @@ def test_fp8_variants_have_their_h200_evidence_and_bf16_keep_theirs():
     plain_rows = {"sm90": [p for p in table["sm90"] if "+acc" not in p and not p.startswith("grouped_k/")]}
     assert not any(selfcheck.is_verified("sm90", selfcheck.variant_name(k), plain_rows) for k in accumulate)
     # the scales staged in shared memory (the default on cooperative 128-row tiles): every epilogue kind
-    # of the table has H200 evidence of its own (23:05 UTC); the global-load patterns do not cover them
+    # of the table has H200 evidence of its own (22:53 UTC); the global-load patterns do not cover them
     staged = [k for k in fp8 if k.scales_smem]
     assert staged and all(k.cfg.tile_m == 128 and k.cfg.schedule == "cooperative" and not k.b_scale for k in staged)
     assert {k.epi.kind for k in staged} == {"identity", "act", "dact"}
