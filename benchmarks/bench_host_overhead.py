@@ -1,10 +1,11 @@
 """Host time of one srelu_mlp forward+backward step on the cute path.
 
-    python -m benchmarks.bench_host_overhead [--profile N] [--profile-ops N]
+    python -m benchmarks.bench_host_overhead [--no-ab] [--profile N] [--profile-ops N]
 
 A long sleep kernel is queued first, so the host never waits for the GPU while it
 enqueues 10 steps: the wall time per step is the host's own cost (Python, dispatch,
-launches).  If it exceeds the step's kernel time, the step is host-bound.  Also reports
+launches); the median of 6 such windows, and (unless --no-ab) as many with the DSL's own
+kernel callables (CUTE_KERNELS_DIRECT_LAUNCH=0) alternated with them in the same process.  If it exceeds the step's kernel time, the step is host-bound.  Also reports
 whether the GPU was still busy when the host finished (False means something made the
 host wait, e.g. a copy from pageable memory).  Then the E=8 step run eagerly against
 the same step captured once in a CUDA graph and replayed (no host work per step):
@@ -18,7 +19,9 @@ which of our functions issues each torch op.
 """
 import argparse
 import cProfile
+import os
 import pstats
+import statistics
 import sys
 import time
 
@@ -29,9 +32,19 @@ from benchmarks.bench_mlp import mlp_inputs
 from cute_kernels.mlp import srelu_mlp
 
 
-def main():
-    for (m, h, f, e, as_tensor) in [(16384, 2688, 1856, 8, False), (16384, 2688, 1856, 8, True),
-                                    (8192, 4096, 16384, 0, False)]:
+CASES = [(16384, 2688, 1856, 8, False), (16384, 2688, 1856, 8, True), (8192, 4096, 16384, 0, False)]
+
+
+def main(ab: bool = True) -> dict:
+    """Host time per step (median of 5 windows of 10 enqueued steps) of each case; with `ab` also
+    with the DSL's own kernel callables (CUTE_KERNELS_DIRECT_LAUNCH=0), the two settings measured
+    alternately in this process (fresh launch plans each time).  Returns {(e, as_tensor): ms}."""
+    from cute_kernels import launch_plan
+    from cute_kernels.compile import DIRECT_LAUNCH_ENV
+
+    settings = ["1", "0", "1", "0"] if ab else ["1"]
+    host = {}
+    for (m, h, f, e, as_tensor) in CASES:
         x, w1, w2, dy, splits = mlp_inputs(m, h, f, e)
         if as_tensor:
             splits = torch.tensor(splits, device="cuda")
@@ -39,15 +52,30 @@ def main():
             y = srelu_mlp(x, w1, w2, m_splits=splits, backend="cute")
             y.backward(dy)
             x.grad = w1.grad = w2.grad = None
-        for _ in range(3): step()
+        per_setting = {}
+        before = os.environ.get(DIRECT_LAUNCH_ENV)
+        for setting in settings:
+            os.environ[DIRECT_LAUNCH_ENV] = setting
+            launch_plan.clear()
+            for _ in range(3): step()
+            per_setting.setdefault(setting, []).extend(enqueue_ms(step, windows=3))
+        if before is None:
+            os.environ.pop(DIRECT_LAUNCH_ENV, None)
+        else:
+            os.environ[DIRECT_LAUNCH_ENV] = before
+        launch_plan.clear()
         torch.cuda.synchronize()
         torch.cuda._sleep(3_000_000_000)  # ~1.5 s of GPU work queued ahead
-        t0 = time.perf_counter()
         for _ in range(10): step()
-        t1 = time.perf_counter()
         busy = not torch.cuda.current_stream().query()
         torch.cuda.synchronize()
-        print(f"E={e}{' (m_splits a CUDA tensor)' if as_tensor else ''}: host time per step {1e3 * (t1 - t0) / 10:.3f} ms; GPU still busy after enqueue: {busy}", flush=True)
+        label = f"E={e}{' (m_splits a CUDA tensor)' if as_tensor else ''}"
+        host[(e, as_tensor)] = statistics.median(per_setting["1"])
+        line = f"{label}: host time per step {host[(e, as_tensor)]:.3f} ms (median of {len(per_setting['1'])} windows"
+        if ab:
+            line += f"; DSL callables, {DIRECT_LAUNCH_ENV}=0: {statistics.median(per_setting['0']):.3f} ms"
+        print(line + f"); GPU still busy after enqueue: {busy}", flush=True)
+    return host
 
 
 def graph_vs_eager(m=16384, h=2688, f=1856, e=8, iters=20):
@@ -72,6 +100,19 @@ def graph_vs_eager(m=16384, h=2688, f=1856, e=8, iters=20):
         step()
     graph_ms = step_ms(graph.replay, iters=iters)
     print(f"E={e} step, eager: {eager_ms:.3f} ms; the same step replayed from a CUDA graph: {graph_ms:.3f} ms", flush=True)
+    return eager_ms, graph_ms
+
+
+def verdicts(host: dict, eager_ms: float, graph_ms: float) -> list[str]:
+    """Issue 27's targets from one run: the E=8 eager step within 1.1x of its graph replay, host time
+    per step <= 0.5x of the step's GPU time (the replay's)."""
+    lines = [f"- target E=8 eager <= 1.1x graph replay: {eager_ms / graph_ms:.2f}x "
+             f"({'met' if eager_ms <= 1.1 * graph_ms else 'not met'})"]
+    for (e, as_tensor), ms in host.items():
+        if e == 8:
+            lines.append(f"- target host <= 0.5x GPU, E=8 {'tensor' if as_tensor else 'list'} splits: "
+                         f"{ms / graph_ms:.2f}x ({'met' if ms <= 0.5 * graph_ms else 'not met'})")
+    return lines
 
 
 def profile(top: int, m=16384, h=2688, f=1856, e=8):
@@ -139,6 +180,8 @@ def cli(argv=None) -> int:
     ap.add_argument("--profile-ops", type=int, default=0, metavar="N",
                     help="print the E=8 step's torch ops, CUDA launches and top N host-time entries per step "
                          "(torch.profiler) instead")
+    ap.add_argument("--no-ab", action="store_true",
+                    help="measure only the default launch path (no CUTE_KERNELS_DIRECT_LAUNCH=0 windows)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_host_overhead needs a CUDA GPU", file=sys.stderr)
@@ -148,8 +191,9 @@ def cli(argv=None) -> int:
     elif args.profile:
         profile(args.profile)
     else:
-        main()
-        graph_vs_eager()
+        host = main(ab=not args.no_ab)
+        eager_ms, graph_ms = graph_vs_eager()
+        print("\n".join(verdicts(host, eager_ms, graph_ms)), flush=True)
     return 0
 
 

@@ -342,13 +342,19 @@ def get_compiled(key: KernelKey):
     return fn
 
 
+DIRECT_LAUNCH_ENV = "CUTE_KERNELS_DIRECT_LAUNCH"  # "0": plans keep the DSL's own callable (A/B of the host path)
+
+
 def direct_launcher(fn):
     """The callable a launch plan keeps for the compiled kernel `fn`: the DSL's TVM-FFI function is a
     tvm_ffi.Function whose Python __call__ re-checks, every call, what is fixed once it is compiled
     (its handle is set; it has no pointer-address arguments to convert) and then calls
     tvm_ffi.Function.__call__ with the same arguments.  Where those checks pass here, that base call
     is what the plan keeps (one Python frame, two attribute chains and an argument repack less per
-    launch); anything else (the DLPack path, a kwargs wrapper, a test's stand-in) as it is."""
+    launch); anything else (the DLPack path, a kwargs wrapper, a test's stand-in) as it is.
+    CUTE_KERNELS_DIRECT_LAUNCH=0 (read when a plan first launches) keeps the DSL's callable."""
+    if os.environ.get(DIRECT_LAUNCH_ENV, "1") == "0":
+        return fn
     try:
         import tvm_ffi
     except ImportError:

@@ -255,6 +255,19 @@ def test_direct_launcher_skips_only_the_python_wrapper():
     assert direct_launcher(plain) is plain
 
 
+def test_direct_launch_switch_keeps_the_dsl_callable(monkeypatch):
+    """CUTE_KERNELS_DIRECT_LAUNCH=0 (bench_host_overhead's in-process A/B): the DSL's own callable."""
+    from cute_kernels.compile import DIRECT_LAUNCH_ENV, direct_launcher
+
+    calls = []
+    compiled = _tvm_ffi_compiled(calls, lambda *a: sum(a))
+    monkeypatch.setenv(DIRECT_LAUNCH_ENV, "0")
+    kept = direct_launcher(compiled)
+    assert kept is compiled and kept(1, 2) == 3 and calls == ["wrapper"]
+    monkeypatch.setenv(DIRECT_LAUNCH_ENV, "1")
+    assert direct_launcher(compiled) is not compiled
+
+
 def test_a_plan_launches_a_tvm_ffi_kernel_through_the_base_call(stubbed, patches):
     calls, launched = [], []
     compiled = _tvm_ffi_compiled(calls, lambda *args: launched.append(len(args)))

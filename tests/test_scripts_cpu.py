@@ -24,6 +24,7 @@ REPORT_TESTED = {
     "benchmarks/bench_fp8.py": {"format_wgrad_table"},
     "benchmarks/bench_gemm.py": {"format_table"},
     "benchmarks/bench_host_path.py": {"format_rows"},
+    "benchmarks/bench_host_overhead.py": {"verdicts"},
     "benchmarks/bench_mlp.py": {"format_compile_table"},
     "benchmarks/bench_nemotron.py": {"report", "plot", "offload_summary", "routed_table"},
     "benchmarks/bench_untuned_m.py": {"format_table", "summary_lines"},
@@ -106,6 +107,16 @@ def test_report_code_has_a_fake_result_test(path):
 
 
 # ---------------------------------------------------------------- report code on fake results
+def test_host_overhead_verdicts_compare_within_one_run():
+    from benchmarks.bench_host_overhead import verdicts
+
+    lines = verdicts({(8, False): 0.80, (8, True): 0.70, (0, False): 0.75}, eager_ms=1.60, graph_ms=1.45)
+    assert lines == ["- target E=8 eager <= 1.1x graph replay: 1.10x (not met)",
+                     "- target host <= 0.5x GPU, E=8 list splits: 0.55x (not met)",
+                     "- target host <= 0.5x GPU, E=8 tensor splits: 0.48x (met)"]
+    assert verdicts({}, eager_ms=1.5, graph_ms=1.45)[0].endswith("1.03x (met)")
+
+
 def test_bench_gemm_table():
     from benchmarks.bench_gemm import format_table
 
