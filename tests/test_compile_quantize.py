@@ -12,7 +12,8 @@ import torch
 from cute_kernels import InputError
 from cute_kernels.fp8.quantize_ops import quantize_ptx, quantize_rows_and_cols
 from cute_kernels.inspect_ptx import find_ptxas, ptxas_info
-from cute_kernels.sm90.quantize import ROW_SWEEPS, Sm90QuantizeBoth
+from cute_kernels.sm90.quantize import Sm90QuantizeBoth
+from cute_kernels.sm90.quantize_tile import ROW_SWEEPS
 
 
 def _ops(ptx: str, prefix: str) -> list[str]:

@@ -132,3 +132,21 @@ def test_a_lists_layout_is_kept_and_a_tensors_is_not():
     assert padded_layout([3, 1, 199], 203, "cpu") is not a
     t = torch.tensor([3, 0, 200])
     assert padded_layout(t, 203, "cpu") is not padded_layout(t, 203, "cpu"), "a tensor's values may change"
+
+
+@pytest.mark.parametrize("fmt,pow2", [("e4m3", False), ("e5m2", True)])
+def test_dual_kernel_ptx_adds_the_row_pass_only(fmt, pow2):
+    """The dual form (quantize_rows_and_cols_grouped): the same loads as the column-only kernel (x read
+    once), plus the dense kernel's row pass: 8 FP8 bytes and a scale per row of the thread's 8, the
+    row amax over its half-warp by shuffles."""
+    ptx = quantize_cols_grouped_ptx(fmt, pow2, rows=True)
+    loads = _ops(ptx, "ld.global")
+    assert loads.count("ld.global.v4.b32") == ROW_SWEEPS and len(loads) == ROW_SWEEPS + 6, sorted(loads)
+    stores = _ops(ptx, "st.global")
+    assert stores.count("st.global.v4.b32") == 4 and stores.count("st.global.v2.b32") == ROW_SWEEPS, sorted(stores)
+    assert len(stores) == 4 + ROW_SWEEPS + ROW_SWEEPS + 3, sorted(stores)
+    assert ptx.count("shfl.sync.bfly") == 4 * ROW_SWEEPS
+    assert f"cvt.rn.satfinite.{fmt}x2.f32" in ptx and ".local" not in ptx and "rcp.approx" not in ptx
+    if find_ptxas() is not None:
+        info = ptxas_info(ptx)
+        assert info.spill_store_bytes == 0 and info.spill_load_bytes == 0 and info.stack_bytes == 0, info.raw[-600:]

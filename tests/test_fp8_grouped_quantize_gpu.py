@@ -51,3 +51,27 @@ def test_strided_x_rows_past_t_are_not_read():
     big = torch.randn(1200, 640, device="cuda").bfloat16()
     big[1000:] = 3e4
     _check(big[:1000, 128:512], [500, 1, 499])
+
+
+@pytest.mark.parametrize("splits", [[0, 1, 127, 128, 129, 0, 300], [3, 0, 0, 5], [1000]])
+@pytest.mark.parametrize("k,fmt,pow2", [(144, "e4m3", False), (1856, "e5m2", False), (2688, "e4m3", True)])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_dual_kernel_equals_the_row_and_column_quantizers(splits, k, fmt, pow2, as_tensor):
+    """quantize_rows_and_cols_grouped: (q, s) bitwise quantize_rows_only's (and the recipe's), (qt, st,
+    cu_padded) bitwise quantize_cols_grouped's reference."""
+    from cute_kernels.fp8.quantize_ops import quantize_rows_and_cols_grouped, quantize_rows_only
+    from cute_kernels.fp8.recipe import quantize_1x128
+
+    torch.manual_seed(len(splits) + k)
+    t = sum(splits)
+    x = (torch.randn(t, k, device="cuda") * torch.logspace(-4, 4, k, device="cuda")
+         * torch.logspace(-2, 2, t, device="cuda")[:, None]).bfloat16()
+    ms = torch.tensor(splits, dtype=torch.int64, device="cuda") if as_tensor else splits
+    q, s, qt, st, cu = quantize_rows_and_cols_grouped(x, ms, fmt, pow2=pow2)
+    rq, rs = quantize_rows_only(x, fmt, pow2=pow2)
+    tq, ts = quantize_1x128(x, fmt, pow2=pow2)
+    assert s.stride() == rs.stride() and torch.equal(q.view(U8), rq.view(U8)) and torch.equal(s, rs)
+    assert torch.equal(q.view(U8), tq.view(U8)) and torch.equal(s, ts)
+    rqt, rst, rcu = quantize_cols_grouped_reference(x, ms, fmt, pow2=pow2)
+    assert qt.shape == rqt.shape and torch.equal(cu, rcu)
+    assert torch.equal(qt.view(U8), rqt.view(U8)) and torch.equal(st, rst)

@@ -125,3 +125,21 @@ def test_grouped_fp8_weight_gradient_dispatches_only_its_allocations(launches):
     assert not set(SYNCING_OPS) & set(ops.names), ops.names
     assert len(ops.names) <= 15, ops.names  # (each quantization's block table alone was ~30 before)
     assert len(launches) == 4 and runs[-1].cu_rows is launches[-2][5]
+
+
+def test_the_dual_quantization_issues_no_torch_op_but_its_outputs(launches):
+    """quantize_rows_and_cols_grouped: the row-wise copy and the padded column-wise copy from one
+    launch (one read of x); five allocations and the two byte views, no host read."""
+    splits = torch.tensor(SPLITS, dtype=torch.int64)
+    x = _x(272, 144)
+    with _no_host_reads():
+        quantize_ops.quantize_rows_and_cols_grouped(x, splits)
+        with _Ops() as ops:
+            q, s, qt, st, cu_padded = quantize_ops.quantize_rows_and_cols_grouped(x, splits)
+    assert sorted(ops.names) == sorted(["aten.empty.memory_format"] * 3 + ["aten.empty_strided.default"] * 2
+                                       + ["aten.view.dtype"] * 2), ops.names
+    assert q.shape == (272, 144) and s.shape == (272, 2) and s.stride() == (1, 272)
+    assert qt.shape == (144, 128 * 6) and st.shape == (144, 6) and cu_padded.shape == (5,)
+    x_arg, cu_rows, cu_blocks, q_arg, s_arg, qt_arg, st_arg, cu_arg = launches[-1]
+    assert (cu_rows, cu_blocks) == host_args.splits_metadata(splits, 128, x.device)
+    assert q_arg.data_ptr() == q.data_ptr() and s_arg is s and qt_arg.data_ptr() == qt.data_ptr() and st_arg is st

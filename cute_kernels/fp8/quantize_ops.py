@@ -383,12 +383,16 @@ def _unused_columns(k: int, device) -> tuple:
 
 
 def compile_quantize_cols_grouped(fmt: str = "e4m3", pow2: bool = False, *, options: str = "",
-                                  tvm_ffi: bool = False):
+                                  tvm_ffi: bool = False, rows: bool = False):
     """Compile the per-expert padded column-wise kernel (sm90/quantize_grouped.py) for sm_90a
-    (uncached): fn(x, cu_rows, cu_blocks, qt_u8, st, cu_padded)."""
-    from ..sm90.quantize_grouped import Sm90QuantizeColsGrouped, fake_arguments as fake_grouped_arguments
+    (uncached): fn(x, cu_rows, cu_blocks, qt_u8, st, cu_padded); with `rows` the dual form that also
+    writes the row-wise copy, fn(x, cu_rows, cu_blocks, q_u8, s, qt_u8, st, cu_padded)."""
+    from ..sm90 import quantize_grouped as kernel
 
-    return _compile_sm90(lambda: Sm90QuantizeColsGrouped(fmt, pow2), fake_grouped_arguments, options, tvm_ffi)
+    if rows:
+        return _compile_sm90(lambda: kernel.Sm90QuantizeRowsColsGrouped(fmt, pow2), kernel.fake_rows_arguments,
+                             options, tvm_ffi)
+    return _compile_sm90(lambda: kernel.Sm90QuantizeColsGrouped(fmt, pow2), kernel.fake_arguments, options, tvm_ffi)
 
 
 def _compile_sm90(make_kernel, fake_args, options: str, tvm_ffi: bool):
@@ -405,9 +409,9 @@ def _compile_sm90(make_kernel, fake_args, options: str, tvm_ffi: bool):
         return cute.compile(make_kernel(), *fake_args(), stream, options=arch_options("sm90", options))
 
 
-def quantize_cols_grouped_ptx(fmt: str = "e4m3", pow2: bool = False) -> str:
+def quantize_cols_grouped_ptx(fmt: str = "e4m3", pow2: bool = False, rows: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="cute_kernels_ptx_") as d:
-        return compile_quantize_cols_grouped(fmt, pow2, options=f"--keep-ptx --dump-dir={d}").__ptx__
+        return compile_quantize_cols_grouped(fmt, pow2, options=f"--keep-ptx --dump-dir={d}", rows=rows).__ptx__
 
 
 def quantize_cols_grouped(x: torch.Tensor, m_splits, fmt: str = "e4m3", *, pow2: bool = False):
@@ -419,6 +423,18 @@ def quantize_cols_grouped(x: torch.Tensor, m_splits, fmt: str = "e4m3", *, pow2:
     but the three outputs' allocations: the kernel finds each block's expert from the experts' row
     and 128-token block offsets (host_args.splits_metadata, kept per splits for the step's grouped
     GEMMs) and writes cu_padded itself."""
+    return _quantize_grouped(x, m_splits, fmt, pow2, rows=False)
+
+
+def quantize_rows_and_cols_grouped(x: torch.Tensor, m_splits, fmt: str = "e4m3", *, pow2: bool = False):
+    """(q, s, qt, st, cu_padded): quantize_rows_only(x) (the row-wise 1x128 copy, column-major
+    scales) and quantize_cols_grouped(x, m_splits) from one read of x, one launch, bit for bit both
+    (the FP8 step's output gradients: the row copy for the data gradient, the padded column copy
+    for the grouped weight gradient)."""
+    return _quantize_grouped(x, m_splits, fmt, pow2, rows=True)
+
+
+def _quantize_grouped(x, m_splits, fmt: str, pow2: bool, rows: bool):
     from .grouped_tokens import check_splits, num_padded_blocks
 
     meta = tensor_meta(x)
@@ -428,13 +444,18 @@ def quantize_cols_grouped(x: torch.Tensor, m_splits, fmt: str = "e4m3", *, pow2:
     _check_aligned("x", x)
     x = _one_row_strides(x)
     t, k = x.shape
-    device = x.device
+    device, dt, u8 = x.device, FORMATS[fmt], torch.uint8
     num_blocks = num_padded_blocks(m_splits, t)  # > 0: T > 0
     cu_rows, cu_blocks = splits_metadata(m_splits, BLOCK, device)
-    qt = torch.empty((k, num_blocks * BLOCK), dtype=FORMATS[fmt], device=device)
+    qt = torch.empty((k, num_blocks * BLOCK), dtype=dt, device=device)
     st = ops._new_scales(k, num_blocks, device)
     cu_padded = torch.empty(cu_rows.shape, dtype=torch.int32, device=device)
-    fn = _cached(("cols_grouped", fmt, bool(pow2)),
-                 lambda: compile_quantize_cols_grouped(fmt, pow2, tvm_ffi=use_tvm_ffi()))
-    fn(x, cu_rows, cu_blocks, qt.view(torch.uint8), st, cu_padded)
-    return qt, st, cu_padded
+    fn = _cached(("cols_grouped", fmt, bool(pow2), rows),
+                 lambda: compile_quantize_cols_grouped(fmt, pow2, tvm_ffi=use_tvm_ffi(), rows=rows))
+    if not rows:
+        fn(x, cu_rows, cu_blocks, qt.view(u8), st, cu_padded)
+        return qt, st, cu_padded
+    q = torch.empty((t, k), dtype=dt, device=device)
+    s = ops._new_scales(t, _cdiv(k, BLOCK), device)
+    fn(x, cu_rows, cu_blocks, q.view(u8), s, qt.view(u8), st, cu_padded)
+    return q, s, qt, st, cu_padded

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32, Int32, const_expr
+from cutlass import Int32, const_expr
 from cutlass.memory import SmemAllocator
 
-from ..gemm_base.output_codec import block_scale
-from .quantize_tile import (QuantizeKernel, BLOCK, ROW_SWEEPS, ROWS_PER_PASS, THREADS, VEC, abs_max, load_and_stage,
-                            register_tile, row_values, scaled_fp8)
+from .quantize_tile import QuantizeKernel, BLOCK, THREADS, load_and_stage, register_tile
 
 
 class Sm90QuantizeBoth(QuantizeKernel):
@@ -69,20 +67,7 @@ class Sm90QuantizeBoth(QuantizeKernel):
         # ---- row pass: 1x128 blocks along K
         xv = register_tile()
         vec, r_first, vec_in = load_and_stage(gX, sX, xv, tidx, row0, col0, m_total, k_total, self.cols)
-        for i in cutlass.range_constexpr(ROW_SWEEPS):
-            r = r_first + ROWS_PER_PASS * i
-            vals = row_values(xv, i)
-            amax = abs_max(Float32(0.0), vals, VEC)
-            for off in cutlass.range_constexpr(4):
-                amax = cute.arch.fmax(amax, cute.arch.shuffle_sync_bfly(amax, offset=1 << off))
-            s = block_scale(amax, self.fmax, self.pow2)
-            inv = Float32(1.0) / s
-            qv = scaled_fp8(lambda j: vals[j], VEC, inv, self.q_type)
-            if row0 + r < m_total:
-                if vec_in:
-                    cute.autovec_copy(qv, cute.local_tile(gQ, (1, VEC), (r, vec)))
-                if vec == 0:
-                    mS[(row0 + r, k_tile)] = s
+        self.row_pass(xv, gQ, mS, vec, r_first, vec_in, row0, m_total, k_tile)
         if const_expr(self.cols):
             cute.arch.sync_threads()
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import Int32
+from cutlass import Int32, const_expr
 from cutlass.memory import SmemAllocator
 
 from .quantize_tile import BLOCK, THREADS, QuantizeKernel, load_and_stage, register_tile
@@ -38,19 +38,28 @@ class Sm90QuantizeColsGrouped(QuantizeKernel):
     """x (T, K) bf16 and the experts' offsets -> (qt, scales_t, cu_padded) with every expert's tokens
     starting a 128-token block; see the module docstring.  K must be a multiple of 16."""
 
+    rows = False  # also the row-wise copy (Sm90QuantizeRowsColsGrouped)
+
     @cute.jit
     def __call__(self, mX: cute.Tensor, mCuRows: cute.Tensor, mCuBlocks: cute.Tensor, mQT: cute.Tensor,
                  mST: cute.Tensor, mCuPadded: cute.Tensor, stream):
+        # (no row-wise copy: x and the column scales stand in for its arguments, never used)
+        self.launch(mX, mCuRows, mCuBlocks, mX, mST, mQT, mST, mCuPadded, stream)
+
+    @cute.jit
+    def launch(self, mX, mCuRows, mCuBlocks, mQ, mS, mQT, mST, mCuPadded, stream):
         (mQT,) = self.fp8_views(mQT)
+        if const_expr(self.rows):
+            (mQ,) = self.fp8_views(mQ)
         k_total = cute.size(mX, mode=[1])
         k_tiles = (k_total + BLOCK - 1) // BLOCK
         t_blocks = cute.size(mST, mode=[1])
-        self.kernel(mX, mCuRows, mCuBlocks, mQT, mST, mCuPadded, k_total).launch(
+        self.kernel(mX, mCuRows, mCuBlocks, mQ, mS, mQT, mST, mCuPadded, k_total).launch(
             grid=(k_tiles, t_blocks, 1), block=[THREADS, 1, 1], stream=stream)
 
     @cute.kernel
-    def kernel(self, mX: cute.Tensor, mCuRows: cute.Tensor, mCuBlocks: cute.Tensor, mQT: cute.Tensor,
-               mST: cute.Tensor, mCuPadded: cute.Tensor, k_total: Int32):
+    def kernel(self, mX: cute.Tensor, mCuRows: cute.Tensor, mCuBlocks: cute.Tensor, mQ: cute.Tensor,
+               mS: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor, mCuPadded: cute.Tensor, k_total: Int32):
         tidx, _, _ = cute.arch.thread_idx()
         k_tile, t_block, _ = cute.arch.block_idx()
         smem = SmemAllocator()
@@ -82,22 +91,47 @@ class Sm90QuantizeColsGrouped(QuantizeKernel):
         gX = cute.local_tile(cute.domain_offset((src_row0, 0), mX), (BLOCK, BLOCK), (0, k_tile))
         gQT = cute.local_tile(mQT, (BLOCK, BLOCK), (k_tile, t_block))
         xv = register_tile()
-        load_and_stage(gX, sX, xv, tidx, Int32(0), col0, rows, k_total, True)
+        vec, r_first, vec_in = load_and_stage(gX, sX, xv, tidx, Int32(0), col0, rows, k_total, True)
+        if const_expr(self.rows):  # the block's rows of the row-wise copy (each token in one block)
+            gQ = cute.local_tile(cute.domain_offset((src_row0, 0), mQ), (BLOCK, BLOCK), (0, k_tile))
+            self.row_pass(xv, gQ, mS, vec, r_first, vec_in, src_row0, src_row0 + rows, k_tile)
         cute.arch.sync_threads()
         self.column_pass(sX, sAmax, gQT, mST, tidx, col0, k_total, t_block)
 
 
-def fake_arguments():
-    """Stand-ins for (x, cu_rows, cu_blocks, qt, st, cu_padded): T, K, Tp, E, the block count and
-    every stride symbolic but the unit ones; FP8 as uint8."""
+class Sm90QuantizeRowsColsGrouped(Sm90QuantizeColsGrouped):
+    """Sm90QuantizeColsGrouped that also writes the row-wise copy from the same read of x: q (T, K)
+    FP8 and scales (T, ceil(K/128)) fp32, bitwise the dense kernel's row pass (`quantize_1x128(x)`)."""
+
+    rows = True
+
+    @cute.jit
+    def __call__(self, mX: cute.Tensor, mCuRows: cute.Tensor, mCuBlocks: cute.Tensor, mQ: cute.Tensor,
+                 mS: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor, mCuPadded: cute.Tensor, stream):
+        self.launch(mX, mCuRows, mCuBlocks, mQ, mS, mQT, mST, mCuPadded, stream)
+
+
+def fake_arguments(rows: bool = False):
+    """Stand-ins for (x, cu_rows, cu_blocks, qt, st, cu_padded), with `rows` (x, cu_rows, cu_blocks,
+    q, s, qt, st, cu_padded): T, K, Tp, E, the block counts and every stride symbolic but the unit
+    ones; FP8 as uint8."""
     from cutlass.cute.runtime import make_fake_tensor
 
     t, k, tp = cute.sym_int32(symbol="T"), cute.sym_int32(symbol="K"), cute.sym_int32(symbol="Tp")
-    nb, e1 = cute.sym_int32(symbol="TB"), cute.sym_int32(symbol="E1")
+    nb, kb, e1 = cute.sym_int32(symbol="TB"), cute.sym_int32(symbol="KB"), cute.sym_int32(symbol="E1")
     x = make_fake_tensor(cutlass.BFloat16, (t, k), (cute.sym_int64(divisibility=8), 1), assumed_align=16)
     cu_rows = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
     cu_blocks = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
     qt = make_fake_tensor(cutlass.Uint8, (k, tp), (cute.sym_int64(divisibility=16), 1), assumed_align=16)
     st = make_fake_tensor(cutlass.Float32, (k, nb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
     cu_padded = make_fake_tensor(cutlass.Int32, (e1,), (1,), assumed_align=4)
-    return x, cu_rows, cu_blocks, qt, st, cu_padded
+    if not rows:
+        return x, cu_rows, cu_blocks, qt, st, cu_padded
+    q = make_fake_tensor(cutlass.Uint8, (t, k), (cute.sym_int64(divisibility=16), 1), assumed_align=16)
+    s = make_fake_tensor(cutlass.Float32, (t, kb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
+    return x, cu_rows, cu_blocks, q, s, qt, st, cu_padded
+
+
+def fake_rows_arguments():
+    """fake_arguments(rows=True): the dual kernel's stand-ins."""
+    return fake_arguments(rows=True)

@@ -124,6 +124,27 @@ class QuantizeKernel:
                                     byte_alignment=16)
 
     @cute.jit
+    def row_pass(self, xv, gQ, mS, vec, r_first, vec_in, row0, rows_end, k_tile):
+        """The 1x128 blocks of the thread's register rows along K (load_and_stage's `xv`, `vec`,
+        `r_first`, `vec_in`): each row's amax over the 16 lanes of its half-warp (shuffles), its
+        8 FP8 bytes written to tile gQ (whose row r is row row0 + r of q) and, by the row's first
+        lane, its scale at mS[row0 + r, k_tile]; rows at or past rows_end are not written."""
+        for i in cutlass.range_constexpr(ROW_SWEEPS):
+            r = r_first + ROWS_PER_PASS * i
+            vals = row_values(xv, i)
+            amax = abs_max(Float32(0.0), vals, VEC)
+            for off in cutlass.range_constexpr(4):
+                amax = cute.arch.fmax(amax, cute.arch.shuffle_sync_bfly(amax, offset=1 << off))
+            s = block_scale(amax, self.fmax, self.pow2)
+            inv = Float32(1.0) / s
+            qv = scaled_fp8(lambda j: vals[j], VEC, inv, self.q_type)
+            if row0 + r < rows_end:
+                if vec_in:
+                    cute.autovec_copy(qv, cute.local_tile(gQ, (1, VEC), (r, vec)))
+                if vec == 0:
+                    mS[(row0 + r, k_tile)] = s
+
+    @cute.jit
     def column_pass(self, sX, sAmax, gQT, mST, tidx, col0, cols_total, t_block):
         """The 1x128 blocks of the staged tile's transpose along its rows (the tokens): each
         thread's pair of columns over a quarter of the rows (column_pairs), the column amax
