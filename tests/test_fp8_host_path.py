@@ -229,7 +229,7 @@ def test_the_grouped_fp8_wgrad_switch_routes_to_the_grouped_kernel(stubbed, monk
 
     def cached(key, compile_fn):
         if key[0] == "cols_grouped":
-            return lambda *args: grouped_quantize.append(args)
+            return lambda *args: grouped_quantize.append((key[-1], args))
         return real_cached(key, compile_fn)
 
     loop = []
@@ -241,10 +241,13 @@ def test_the_grouped_fp8_wgrad_switch_routes_to_the_grouped_kernel(stubbed, monk
     grouped_k = [key for key, _ in stubbed if key.grouped_k]
     if switch == "1":
         assert len(grouped_k) == 2 and all(k.block_scaled and k.b_scale == "rows_staged" for k in grouped_k)
-        assert len(grouped_quantize) == 4 and not loop
+        # per weight: the output gradient (dy, dpreact) by the dual kernel (its row-wise copy for the data
+        # gradient from the same read), the activation (postact, x) by the column-only one
+        assert [rows for rows, _ in grouped_quantize] == [True, False, True, False] and not loop
         # the experts' row and 128-token block offsets the quantizer reads (its kernel finds each
         # block's expert), and the padded token offsets it writes for the GEMM
-        x, cu_rows, cu_blocks, qt, st, cu_padded = grouped_quantize[0]
+        x, cu_rows, cu_blocks, q, s, qt, st, cu_padded = grouped_quantize[0][1]
+        assert x.shape == q.shape == (272, 256) and s.shape == (272, 2)  # dy (M, H)
         # splits 0, 130, 1, 141: blocks of 128 + 2, 1, 128 + 13 tokens, each expert starting its own
         assert st.shape[1] * 128 == qt.shape[1] == 128 * 5
         assert cu_rows.tolist() == [0, 0, 130, 131, 272] and cu_blocks.tolist() == [0, 0, 2, 3, 5]

@@ -173,12 +173,34 @@ def _mm(aq, sa, bq, sb, impl, out):
         out.copy_(mm_dequant(aq, sa, bq, sb))
 
 
-def _weight_grad(ctx, w, name, g, act, impl):
+def _grouped_fp8_wgrad(ctx, impl: str) -> bool:
+    """Whether the step's weight gradients take the grouped FP8 kernel (fp8_grouped_weight_grad_of:
+    wgrad="fp8" with m_splits on the kernel path, CUTE_KERNELS_FP8_GROUPED_WGRAD=1)."""
+    return (ctx.recipe.wgrad == "fp8" and impl == "kernel" and ctx.splits is not None
+            and wgrad_ops.grouped_wgrad_kernel_enabled())
+
+
+def quantize_grad(ctx, g: torch.Tensor, impl: str, wgrad_reads_it: bool):
+    """((q, s), cols): an output gradient g's row-wise copy (quantize_rows, the data gradient's
+    operand) and, where the grouped FP8 weight gradient will read g (`wgrad_reads_it`), its per-expert
+    padded column-wise copy (qt, st, cu_padded) from the same read of g (the dual grouped kernel,
+    quantize_rows_and_cols_grouped: both bitwise the separate quantizers'); else cols is None."""
+    recipe = ctx.recipe
+    if (wgrad_reads_it and _grouped_fp8_wgrad(ctx, impl) and g.dtype == torch.bfloat16 and g.shape[0]
+            and g.shape[1] % 16 == 0):
+        q, s, qt, st, cu_padded = quantize_ops.quantize_rows_and_cols_grouped(
+            g.contiguous(), ctx.splits, recipe.grad_format, pow2=recipe.pow2_scales)
+        return (q, s), (qt, st, cu_padded)
+    return quantize_rows(g, recipe.grad_format, recipe, impl), None
+
+
+def _weight_grad(ctx, w, name, g, act, impl, g_cols=None):
     """w's gradient g^T @ act (per expert when grouped) by the recipe's `wgrad`: "fp8" quantizes
     both operands 1x128 along the tokens (the 1D1D kernel on the kernel path, dense; grouped with
     CUTE_KERNELS_FP8_GROUPED_WGRAD=1; else the torch implementation); "bf16" multiplies the bf16
     operands, through the family's weight-gradient kernel on the kernel path (one launch for every
-    expert, written or added straight into main_grad with fuse_wgrad_accumulation)."""
+    expert, written or added straight into main_grad with fuse_wgrad_accumulation).  `g_cols`: g's
+    padded column-wise copy where quantize_grad made it (the grouped FP8 kernel then reads it)."""
     recipe, splits = ctx.recipe, ctx.splits
     if recipe.wgrad == "bf16" and impl == "kernel":
         g, act = _as_dtype(g, torch.bfloat16).contiguous(), _as_dtype(act, torch.bfloat16).contiguous()
@@ -199,7 +221,7 @@ def _weight_grad(ctx, w, name, g, act, impl):
         if splits is not None and wgrad_ops.grouped_wgrad_kernel_enabled():
             # every expert in one launch over per-expert padded copies (CUTE_KERNELS_FP8_GROUPED_WGRAD=1;
             # off until an H200 run has checked it: the per-expert torch loop below)
-            dw = wgrad_ops.fp8_grouped_weight_grad_of(g, act, splits, recipe, out=into)
+            dw = wgrad_ops.fp8_grouped_weight_grad_of(g, act, splits, recipe, out=into, g_cols=g_cols)
             return None if into is not None else _add_wgrad(ctx, w, name, dw)
     dw = torch.zeros(w.shape, dtype=torch.float32, device=g.device)
     for e, start, n in _segments(splits, g.shape[0]):
@@ -292,14 +314,15 @@ class Fp8FC1SReLU(torch.autograd.Function):
         m, h = xq.shape
         dpre = dpre.contiguous()
         dx = dw1 = None
+        dpre_cols = None
         if ctx.needs_input_grad[0]:
-            dq, ds = quantize_rows(dpre, recipe.grad_format, recipe, impl)
+            (dq, ds), dpre_cols = quantize_grad(ctx, dpre, impl, ctx.needs_input_grad[1])
             w1tc = ctx.w1t_copy or transposed_copy(*ctx.w1_copy)
             dx = _as_dtype(_mm_step(dq, ds, w1tc, ctx.splits, impl, (m, h)), ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             # x from its saved FP8 copy (the column-major scales as they are)
             x_deq = _dequantize_saved_x(xq, xs, recipe, impl)
-            dw1 = _weight_grad(ctx, w1, "w1", dpre, x_deq, impl)
+            dw1 = _weight_grad(ctx, w1, "w1", dpre, x_deq, impl, dpre_cols)
         return (dx, dw1) + none
 
 
@@ -328,16 +351,16 @@ class Fp8FC2(torch.autograd.Function):
         recipe, impl = ctx.recipe, ctx.impl
         m, f = preact.shape
         dy = dy.contiguous()
-        dyq, dys = quantize_rows(dy, recipe.grad_format, recipe, impl)
+        (dyq, dys), dy_cols = quantize_grad(ctx, dy, impl, ctx.needs_input_grad[2])
         w2tc = ctx.w2t_copy or transposed_copy(*ctx.w2_copy)
         if impl == "kernel" and _fused_dact(ctx.activation):
-            return self_fused_backward(ctx, dy, dyq, dys, w2tc, preact, prob, w2)
+            return self_fused_backward(ctx, dy, dyq, dys, w2tc, preact, prob, w2, dy_cols)
         # the FC2 data gradient alone (one grouped launch on the kernel path), then the activation's
         # derivative and the router gradient in torch, fp32 (not fused into the dgrad)
         dpost = _mm_step(dyq, dys, w2tc, ctx.splits, impl, (m, f))
         del dyq, dys
         if ctx.activation != SRELU:
-            return _torch_dact(ctx, dy, dpost, preact, prob, w2, impl)
+            return _torch_dact(ctx, dy, dpost, preact, prob, w2, impl, dy_cols)
         act = torch.relu(preact.float())
         p = prob.float().reshape(-1, 1) if prob is not None else None
         dw2 = None
@@ -345,7 +368,7 @@ class Fp8FC2(torch.autograd.Function):
             post = act.square()  # postact recomputed from preact
             if p is not None:
                 post.mul_(p)
-            dw2 = _weight_grad(ctx, w2, "w2", dy, post, impl)
+            dw2 = _weight_grad(ctx, w2, "w2", dy, post, impl, dy_cols)
             del post
         dpre = dpost.float()
         del dpost
@@ -365,17 +388,18 @@ def _fused_dact(activation: Activation) -> bool:
     return activation == SRELU
 
 
-def _torch_dact(ctx, dy, dpost, preact, prob, w2, impl):
+def _torch_dact(ctx, dy, dpost, preact, prob, w2, impl, dy_cols=None):
     """Fp8FC2's backward after the FC2 data gradient dpost (bf16), for an activation f other than
     relu^2, in fp32 torch: dpreact = p * dpost * f'(preact), dp = rowsum(dpost * f(preact)), and FC2's
-    weight gradient from the recomputed postact p * f(preact)."""
+    weight gradient from the recomputed postact p * f(preact) (`dy_cols`: dy's padded column-wise copy,
+    quantize_grad's)."""
     activation = ctx.activation
     x = preact.float()
     p = prob.float().reshape(-1, 1) if prob is not None else None
     fx = activation.torch_forward(x) if (ctx.needs_input_grad[2] or p is not None) else None
     dw2 = None
     if ctx.needs_input_grad[2]:
-        dw2 = _weight_grad(ctx, w2, "w2", dy, fx * p if p is not None else fx, impl)
+        dw2 = _weight_grad(ctx, w2, "w2", dy, fx * p if p is not None else fx, impl, dy_cols)
     dpre = dpost.float()
     del dpost
     dprob = None
@@ -386,10 +410,10 @@ def _torch_dact(ctx, dy, dpost, preact, prob, w2, impl):
     return dpre.to(preact.dtype), dprob, dw2, None, None, None, None, None, None
 
 
-def self_fused_backward(ctx, dy, dyq, dys, w2t_copy, preact, prob, w2):
+def self_fused_backward(ctx, dy, dyq, dys, w2t_copy, preact, prob, w2, dy_cols=None):
     """Fp8FC2's backward on the kernel path: the FC2 data gradient with dSReLU, the router gradient
     and the postact recompute in its epilogue (`fp8_dgrad_dact`, one launch for every expert), then
-    FC2's weight gradient from that postact."""
+    FC2's weight gradient from that postact (`dy_cols`: dy's padded column-wise copy, quantize_grad's)."""
     recipe, splits = ctx.recipe, ctx.splits
     p32 = None
     if prob is not None:  # (no torch op for an fp32 (M,) prob)
@@ -403,7 +427,7 @@ def self_fused_backward(ctx, dy, dyq, dys, w2t_copy, preact, prob, w2):
     del dyq, dys
     dw2 = None
     if want_dw2:
-        dw2 = _weight_grad(ctx, w2, "w2", dy, post, "kernel")
+        dw2 = _weight_grad(ctx, w2, "w2", dy, post, "kernel", dy_cols)
         del post
     if dprob is not None:
         dprob = _as_dtype(dprob, prob.dtype)
