@@ -150,3 +150,36 @@ def test_dual_kernel_ptx_adds_the_row_pass_only(fmt, pow2):
     if find_ptxas() is not None:
         info = ptxas_info(ptx)
         assert info.spill_store_bytes == 0 and info.spill_load_bytes == 0 and info.stack_bytes == 0, info.raw[-600:]
+
+
+@pytest.mark.parametrize("in_fmt", ["e4m3", "e5m2"])
+def test_requantizing_kernel_ptx_reads_the_fp8_copy(in_fmt):
+    """requantize_cols_grouped: x read as its FP8 copy (8-byte loads, one row scale per row of the
+    thread's 8) and dequantized by the dequantization kernel's arithmetic (FP8 -> f16 -> f32, an fp32
+    multiply, a round to bf16), then the column pass as the bf16 kernel's."""
+    ptx = quantize_cols_grouped_ptx("e4m3", False, in_fmt=in_fmt)
+    loads = _ops(ptx, "ld.global")
+    assert loads.count("ld.global.v2.b32") == ROW_SWEEPS and "ld.global.v4.b32" not in loads, sorted(loads)
+    assert len(loads) == ROW_SWEEPS + ROW_SWEEPS + 6, sorted(loads)
+    stores = _ops(ptx, "st.global")
+    assert stores.count("st.global.v4.b32") == 4 and len(stores) == 4 + 3, sorted(stores)
+    for op in (f"cvt.rn.f16x2.{in_fmt}x2", "cvt.f32.f16", "cvt.rn.bf16x2.f32", "cvt.rn.satfinite.e4m3x2.f32"):
+        assert op in ptx, op
+    assert ".local" not in ptx and ".ftz" not in ptx and "fma.rn.f32" not in ptx
+    if find_ptxas() is not None:
+        info = ptxas_info(ptx)
+        assert info.spill_store_bytes == 0 and info.spill_load_bytes == 0 and info.stack_bytes == 0, info.raw[-600:]
+
+
+@pytest.mark.parametrize("args,match", [
+    ((torch.zeros(4, 128, dtype=torch.bfloat16), torch.ones(4, 1), [4]), "xq"),
+    ((torch.zeros(4, 100, dtype=torch.float8_e4m3fn), torch.ones(4, 1), [4]), "multiple of 16"),
+    ((torch.zeros(4, 128, dtype=torch.float8_e4m3fn), torch.ones(4, 2), [4]), "xs"),
+    ((torch.zeros(0, 128, dtype=torch.float8_e4m3fn), torch.ones(0, 1), [0]), "empty"),
+    ((torch.zeros(4, 128, dtype=torch.float8_e4m3fn), torch.ones(4, 1), [4]), "CUDA"),
+])
+def test_requantize_input_errors_name_the_argument(args, match):
+    from cute_kernels.fp8.quantize_ops import requantize_cols_grouped
+
+    with pytest.raises(InputError, match=match):
+        requantize_cols_grouped(*args)

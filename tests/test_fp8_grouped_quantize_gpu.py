@@ -75,3 +75,30 @@ def test_dual_kernel_equals_the_row_and_column_quantizers(splits, k, fmt, pow2, 
     rqt, rst, rcu = quantize_cols_grouped_reference(x, ms, fmt, pow2=pow2)
     assert qt.shape == rqt.shape and torch.equal(cu, rcu)
     assert torch.equal(qt.view(U8), rqt.view(U8)) and torch.equal(st, rst)
+
+
+@pytest.mark.parametrize("splits", [[0, 1, 127, 128, 129, 0, 300], [3, 0, 0, 5], [1000]])
+@pytest.mark.parametrize("k,in_fmt,fmt,pow2", [(144, "e4m3", "e4m3", False), (1856, "e4m3", "e4m3", True),
+                                               (2688, "e5m2", "e4m3", False)])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_requantize_equals_quantizing_the_dequantized_copy(splits, k, in_fmt, fmt, pow2, as_tensor):
+    """requantize_cols_grouped(xq, xs): bitwise quantize_cols_grouped of dequantize_to_bf16(xq, xs) (the
+    FP8 step's x, saved as its row-wise FP8 copy with column-major scales) and of the recipe's
+    dequantization."""
+    from cute_kernels.fp8.quantize_ops import dequantize_to_bf16, quantize_rows_only, requantize_cols_grouped
+    from cute_kernels.fp8.recipe import dequantize
+
+    torch.manual_seed(len(splits) + k)
+    t = sum(splits)
+    x = (torch.randn(t, k, device="cuda") * torch.logspace(-4, 4, k, device="cuda")
+         * torch.logspace(-2, 2, t, device="cuda")[:, None]).bfloat16()
+    xq, xs = quantize_rows_only(x, in_fmt)
+    ms = torch.tensor(splits, dtype=torch.int32, device="cuda") if as_tensor else splits
+    qt, st, cu = requantize_cols_grouped(xq, xs, ms, fmt, pow2=pow2)
+    x_deq = dequantize_to_bf16(xq, xs)
+    assert torch.equal(x_deq, dequantize(xq, xs, out_dtype=torch.bfloat16))
+    rqt, rst, rcu = quantize_cols_grouped(x_deq, ms, fmt, pow2=pow2)
+    assert qt.shape == rqt.shape and torch.equal(cu, rcu)
+    assert torch.equal(qt.view(U8), rqt.view(U8)) and torch.equal(st, rst)
+    tqt, tst, _ = quantize_cols_grouped_reference(x_deq, ms, fmt, pow2=pow2)
+    assert torch.equal(qt.view(U8), tqt.view(U8)) and torch.equal(st, tst)

@@ -143,3 +143,21 @@ def test_the_dual_quantization_issues_no_torch_op_but_its_outputs(launches):
     x_arg, cu_rows, cu_blocks, q_arg, s_arg, qt_arg, st_arg, cu_arg = launches[-1]
     assert (cu_rows, cu_blocks) == host_args.splits_metadata(splits, 128, x.device)
     assert q_arg.data_ptr() == q.data_ptr() and s_arg is s and qt_arg.data_ptr() == qt.data_ptr() and st_arg is st
+
+
+def test_the_requantization_issues_no_torch_op_but_its_outputs(launches):
+    """requantize_cols_grouped (x's padded column-wise copy from its saved FP8 copy): three allocations
+    and the two byte views, the FP8 copy and its scales handed to the kernel as they are."""
+    splits = torch.tensor(SPLITS, dtype=torch.int32)
+    xq = torch.empty(272, 144, dtype=torch.float8_e4m3fn)
+    xs = torch.empty_strided((272, 2), (1, 272), dtype=torch.float32)  # column-major, as the step saves it
+    with _no_host_reads():
+        quantize_ops.requantize_cols_grouped(xq, xs, splits)
+        with _Ops() as ops:
+            qt, st, cu_padded = quantize_ops.requantize_cols_grouped(xq, xs, splits)
+    assert sorted(ops.names) == sorted(["aten.empty.memory_format"] * 2 + ["aten.empty_strided.default"]
+                                       + ["aten.view.dtype"] * 2), ops.names
+    assert qt.shape == (144, 128 * 6) and st.shape == (144, 6) and cu_padded.shape == (5,)
+    xq_arg, xs_arg, cu_rows, cu_blocks, qt_arg, st_arg, cu_arg = launches[-1]
+    assert xq_arg.dtype == torch.uint8 and xq_arg.data_ptr() == xq.data_ptr() and xs_arg is xs
+    assert (cu_rows, cu_blocks) == host_args.splits_metadata(splits, 128, xq.device)

@@ -229,7 +229,7 @@ def test_the_grouped_fp8_wgrad_switch_routes_to_the_grouped_kernel(stubbed, monk
 
     def cached(key, compile_fn):
         if key[0] == "cols_grouped":
-            return lambda *args: grouped_quantize.append((key[-1], args))
+            return lambda *args: grouped_quantize.append((key[3:], args))  # (rows, in_fmt)
         return real_cached(key, compile_fn)
 
     loop = []
@@ -242,8 +242,12 @@ def test_the_grouped_fp8_wgrad_switch_routes_to_the_grouped_kernel(stubbed, monk
     if switch == "1":
         assert len(grouped_k) == 2 and all(k.block_scaled and k.b_scale == "rows_staged" for k in grouped_k)
         # per weight: the output gradient (dy, dpreact) by the dual kernel (its row-wise copy for the data
-        # gradient from the same read), the activation (postact, x) by the column-only one
-        assert [rows for rows, _ in grouped_quantize] == [True, False, True, False] and not loop
+        # gradient from the same read), the activation by the column-only one: the postact from its bf16,
+        # x from its saved FP8 copy (requantized: no bf16 x made)
+        assert [kind for kind, _ in grouped_quantize] == [(True, None), (False, None), (True, None),
+                                                          (False, "e4m3")] and not loop
+        xq, xs = grouped_quantize[3][1][:2]
+        assert xq.dtype == torch.uint8 and xq.shape == (272, 256) and xs.shape == (272, 2)
         # the experts' row and 128-token block offsets the quantizer reads (its kernel finds each
         # block's expert), and the padded token offsets it writes for the GEMM
         x, cu_rows, cu_blocks, q, s, qt, st, cu_padded = grouped_quantize[0][1]

@@ -194,13 +194,14 @@ def quantize_grad(ctx, g: torch.Tensor, impl: str, wgrad_reads_it: bool):
     return quantize_rows(g, recipe.grad_format, recipe, impl), None
 
 
-def _weight_grad(ctx, w, name, g, act, impl, g_cols=None):
+def _weight_grad(ctx, w, name, g, act, impl, g_cols=None, act_cols=None):
     """w's gradient g^T @ act (per expert when grouped) by the recipe's `wgrad`: "fp8" quantizes
     both operands 1x128 along the tokens (the 1D1D kernel on the kernel path, dense; grouped with
     CUTE_KERNELS_FP8_GROUPED_WGRAD=1; else the torch implementation); "bf16" multiplies the bf16
     operands, through the family's weight-gradient kernel on the kernel path (one launch for every
     expert, written or added straight into main_grad with fuse_wgrad_accumulation).  `g_cols`: g's
-    padded column-wise copy where quantize_grad made it (the grouped FP8 kernel then reads it)."""
+    padded column-wise copy where quantize_grad made it (the grouped FP8 kernel then reads it);
+    `act_cols`: act's (act None: only where the grouped FP8 kernel is taken, _grouped_fp8_wgrad)."""
     recipe, splits = ctx.recipe, ctx.splits
     if recipe.wgrad == "bf16" and impl == "kernel":
         g, act = _as_dtype(g, torch.bfloat16).contiguous(), _as_dtype(act, torch.bfloat16).contiguous()
@@ -221,7 +222,8 @@ def _weight_grad(ctx, w, name, g, act, impl, g_cols=None):
         if splits is not None and wgrad_ops.grouped_wgrad_kernel_enabled():
             # every expert in one launch over per-expert padded copies (CUTE_KERNELS_FP8_GROUPED_WGRAD=1;
             # off until an H200 run has checked it: the per-expert torch loop below)
-            dw = wgrad_ops.fp8_grouped_weight_grad_of(g, act, splits, recipe, out=into, g_cols=g_cols)
+            dw = wgrad_ops.fp8_grouped_weight_grad_of(g, act, splits, recipe, out=into, g_cols=g_cols,
+                                                      act_cols=act_cols)
             return None if into is not None else _add_wgrad(ctx, w, name, dw)
     dw = torch.zeros(w.shape, dtype=torch.float32, device=g.device)
     for e, start, n in _segments(splits, g.shape[0]):
@@ -320,9 +322,16 @@ class Fp8FC1SReLU(torch.autograd.Function):
             w1tc = ctx.w1t_copy or transposed_copy(*ctx.w1_copy)
             dx = _as_dtype(_mm_step(dq, ds, w1tc, ctx.splits, impl, (m, h)), ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            # x from its saved FP8 copy (the column-major scales as they are)
-            x_deq = _dequantize_saved_x(xq, xs, recipe, impl)
-            dw1 = _weight_grad(ctx, w1, "w1", dpre, x_deq, impl, dpre_cols)
+            if _grouped_fp8_wgrad(ctx, impl) and dpre.shape[0] and h % 16 == 0:
+                # the grouped FP8 kernel: x's padded column-wise copy straight from its saved FP8 copy
+                # (bitwise the copy of its bf16 dequantization, which is neither written nor read)
+                x_cols = quantize_ops.requantize_cols_grouped(xq, xs, ctx.splits, recipe.fwd_format,
+                                                              pow2=recipe.pow2_scales)
+                dw1 = _weight_grad(ctx, w1, "w1", dpre, None, impl, dpre_cols, x_cols)
+            else:
+                # x from its saved FP8 copy (the column-major scales as they are)
+                x_deq = _dequantize_saved_x(xq, xs, recipe, impl)
+                dw1 = _weight_grad(ctx, w1, "w1", dpre, x_deq, impl, dpre_cols)
         return (dx, dw1) + none
 
 

@@ -383,12 +383,17 @@ def _unused_columns(k: int, device) -> tuple:
 
 
 def compile_quantize_cols_grouped(fmt: str = "e4m3", pow2: bool = False, *, options: str = "",
-                                  tvm_ffi: bool = False, rows: bool = False):
+                                  tvm_ffi: bool = False, rows: bool = False, in_fmt: str | None = None):
     """Compile the per-expert padded column-wise kernel (sm90/quantize_grouped.py) for sm_90a
     (uncached): fn(x, cu_rows, cu_blocks, qt_u8, st, cu_padded); with `rows` the dual form that also
-    writes the row-wise copy, fn(x, cu_rows, cu_blocks, q_u8, s, qt_u8, st, cu_padded)."""
+    writes the row-wise copy, fn(x, cu_rows, cu_blocks, q_u8, s, qt_u8, st, cu_padded); with `in_fmt`
+    the form reading x as an FP8 copy of that format, fn(xq_u8, xs, cu_rows, cu_blocks, qt_u8, st,
+    cu_padded)."""
     from ..sm90 import quantize_grouped as kernel
 
+    if in_fmt is not None:
+        return _compile_sm90(lambda: kernel.Sm90RequantizeColsGrouped(fmt, pow2, in_fmt),
+                             kernel.fake_requantize_arguments, options, tvm_ffi)
     if rows:
         return _compile_sm90(lambda: kernel.Sm90QuantizeRowsColsGrouped(fmt, pow2), kernel.fake_rows_arguments,
                              options, tvm_ffi)
@@ -409,9 +414,11 @@ def _compile_sm90(make_kernel, fake_args, options: str, tvm_ffi: bool):
         return cute.compile(make_kernel(), *fake_args(), stream, options=arch_options("sm90", options))
 
 
-def quantize_cols_grouped_ptx(fmt: str = "e4m3", pow2: bool = False, rows: bool = False) -> str:
+def quantize_cols_grouped_ptx(fmt: str = "e4m3", pow2: bool = False, rows: bool = False,
+                              in_fmt: str | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="cute_kernels_ptx_") as d:
-        return compile_quantize_cols_grouped(fmt, pow2, options=f"--keep-ptx --dump-dir={d}", rows=rows).__ptx__
+        return compile_quantize_cols_grouped(fmt, pow2, options=f"--keep-ptx --dump-dir={d}", rows=rows,
+                                             in_fmt=in_fmt).__ptx__
 
 
 def quantize_cols_grouped(x: torch.Tensor, m_splits, fmt: str = "e4m3", *, pow2: bool = False):
@@ -434,8 +441,57 @@ def quantize_rows_and_cols_grouped(x: torch.Tensor, m_splits, fmt: str = "e4m3",
     return _quantize_grouped(x, m_splits, fmt, pow2, rows=True)
 
 
+def requantize_cols_grouped(xq: torch.Tensor, xs: torch.Tensor, m_splits, fmt: str = "e4m3", *,
+                            pow2: bool = False):
+    """(qt, st, cu_padded): quantize_cols_grouped(dequantize_to_bf16(xq, xs), m_splits, fmt) bit for
+    bit, from x's 1x128-scaled FP8 copy xq (T, K) (row-major, K a multiple of 16) and its scales xs
+    (T, ceil(K/128)) fp32 in one launch: the bf16 x is neither written nor read (the FP8 step's x,
+    saved as its FP8 copy, for the grouped FP8 weight gradient of W1)."""
+    from .grouped_tokens import check_splits
+
+    check_once(("requantize_cols_grouped", tensor_meta(xq), tensor_meta(xs), fmt),
+               lambda: _check_requantize(xq, xs, fmt))
+    check_splits(m_splits, xq.shape[0], xq.device)
+    _check_aligned("xq", xq)
+    in_fmt = ops._FORMAT_OF[xq.dtype]
+    xq = _one_row_strides(xq)
+    qt, st, cu_padded, fn, cu_rows, cu_blocks = _grouped_outputs(xq, m_splits, fmt, pow2, False, in_fmt)
+    fn(xq.view(torch.uint8), xs, cu_rows, cu_blocks, qt.view(torch.uint8), st, cu_padded)
+    return qt, st, cu_padded
+
+
+def _check_requantize(xq, xs, fmt):
+    if fmt not in FMAX:
+        raise InputError(f"fmt must be one of {tuple(FMAX)}, got {fmt!r}")
+    ops._check_fp8_operand("xq", xq)
+    t, k = xq.shape
+    if t == 0:
+        raise InputError("xq is empty (no rows)")
+    if k % 16:
+        raise InputError(f"xq has K = {k} columns; the kernel needs a multiple of 16")
+    ops._check_scales("xs", xs, (t, _cdiv(k, BLOCK)))
+    ops.check_fp8_launch("xq", xq)
+
+
+def _grouped_outputs(x, m_splits, fmt: str, pow2: bool, rows: bool, in_fmt: str | None = None):
+    """The grouped kernels' common host part: (qt, st, cu_padded, the compiled kernel, cu_rows,
+    cu_blocks) for x (T, K) and m_splits (checked)."""
+    from .grouped_tokens import num_padded_blocks
+
+    t, k = x.shape
+    device = x.device
+    num_blocks = num_padded_blocks(m_splits, t)  # > 0: T > 0
+    cu_rows, cu_blocks = splits_metadata(m_splits, BLOCK, device)
+    qt = torch.empty((k, num_blocks * BLOCK), dtype=FORMATS[fmt], device=device)
+    st = ops._new_scales(k, num_blocks, device)
+    cu_padded = torch.empty(cu_rows.shape, dtype=torch.int32, device=device)
+    fn = _cached(("cols_grouped", fmt, bool(pow2), rows, in_fmt),
+                 lambda: compile_quantize_cols_grouped(fmt, pow2, tvm_ffi=use_tvm_ffi(), rows=rows, in_fmt=in_fmt))
+    return qt, st, cu_padded, fn, cu_rows, cu_blocks
+
+
 def _quantize_grouped(x, m_splits, fmt: str, pow2: bool, rows: bool):
-    from .grouped_tokens import check_splits, num_padded_blocks
+    from .grouped_tokens import check_splits
 
     meta = tensor_meta(x)
     check_once(("cols_grouped", meta, fmt), lambda: _check_input(x, fmt))
@@ -445,13 +501,7 @@ def _quantize_grouped(x, m_splits, fmt: str, pow2: bool, rows: bool):
     x = _one_row_strides(x)
     t, k = x.shape
     device, dt, u8 = x.device, FORMATS[fmt], torch.uint8
-    num_blocks = num_padded_blocks(m_splits, t)  # > 0: T > 0
-    cu_rows, cu_blocks = splits_metadata(m_splits, BLOCK, device)
-    qt = torch.empty((k, num_blocks * BLOCK), dtype=dt, device=device)
-    st = ops._new_scales(k, num_blocks, device)
-    cu_padded = torch.empty(cu_rows.shape, dtype=torch.int32, device=device)
-    fn = _cached(("cols_grouped", fmt, bool(pow2), rows),
-                 lambda: compile_quantize_cols_grouped(fmt, pow2, tvm_ffi=use_tvm_ffi(), rows=rows))
+    qt, st, cu_padded, fn, cu_rows, cu_blocks = _grouped_outputs(x, m_splits, fmt, pow2, rows)
     if not rows:
         fn(x, cu_rows, cu_blocks, qt.view(u8), st, cu_padded)
         return qt, st, cu_padded

@@ -257,7 +257,7 @@ def _token_free_view(t):
 
 
 def fp8_grouped_weight_grad_of(g: torch.Tensor, act: torch.Tensor, m_splits, recipe,
-                               out: torch.Tensor | None = None, g_cols=None) -> torch.Tensor:
+                               out: torch.Tensor | None = None, g_cols=None, act_cols=None) -> torch.Tensor:
     """(E, N_out, K_out) fp32, dW[e] = g_e^T @ act_e of the FP8 step's grouped weight gradient
     (Fp8Recipe(wgrad="fp8"), kernel path, CUTE_KERNELS_FP8_GROUPED_WGRAD=1): g (T, N_out) and act
     (T, K_out), tokens sorted by expert (`m_splits`: a list of ints or a GPU int tensor, no host
@@ -265,15 +265,18 @@ def fp8_grouped_weight_grad_of(g: torch.Tensor, act: torch.Tensor, m_splits, rec
     copy (one launch each), then one launch of fp8_grouped_weight_grad (`out`: the experts' fp32
     main_grad (E, N_out, K_out), the gradient added into it by the epilogue; returned).  `g_cols`:
     g's copy (qt, st, cu_padded) already made (the step's quantize_grad, with g's row-wise copy from
-    one read of g), not made again."""
+    one read of g), not made again; `act_cols` likewise act's (the step's x, requantized from its
+    saved FP8 copy: quantize_ops.requantize_cols_grouped; act may then be None)."""
     from .quantize_ops import quantize_cols_grouped
 
     if g_cols is None:
         g_cols = quantize_cols_grouped(g.to(torch.bfloat16).contiguous(), m_splits, recipe.grad_format,
                                        pow2=recipe.pow2_scales)
     gq_t, gs_t, cu_padded = g_cols
-    xq_t, xs_t, _ = quantize_cols_grouped(act.to(torch.bfloat16).contiguous(), m_splits, recipe.fwd_format,
-                                          pow2=recipe.pow2_scales)
+    if act_cols is None:
+        act_cols = quantize_cols_grouped(act.to(torch.bfloat16).contiguous(), m_splits, recipe.fwd_format,
+                                         pow2=recipe.pow2_scales)
+    xq_t, xs_t, _ = act_cols
     return fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded, out=out, accumulate=out is not None)
 
 

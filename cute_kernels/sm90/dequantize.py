@@ -17,7 +17,7 @@ import cutlass.cute as cute
 from cutlass import Float32, Int32
 
 from ..gemm_base.output_codec import FP8_TYPES, as_element_type
-from .quantize_tile import BLOCK, ROW_LANES, ROW_SWEEPS, ROWS_PER_PASS, THREADS, VEC
+from .quantize_tile import BLOCK, ROW_LANES, ROW_SWEEPS, ROWS_PER_PASS, THREADS, VEC, dequantized_vector
 
 
 class Sm90Dequantize:
@@ -53,12 +53,6 @@ class Sm90Dequantize:
             if vec_in:
                 if row0 + r < m_total:
                     s = Float32(mS[(row0 + r, k_tile)])
-                    qv = cute.make_rmem_tensor((1, VEC), self.q_type)
-                    cute.autovec_copy(cute.local_tile(gQ, (1, VEC), (r, vec)), qv)
-                    vals = cute.make_rmem_tensor((1, VEC), Float32)
-                    vals.store(qv.load().to(Float32))
-                    for j in cutlass.range_constexpr(VEC):
-                        vals[(0, j)] = vals[(0, j)] * s
                     ov = cute.make_rmem_tensor((1, VEC), cutlass.BFloat16)
-                    ov.store(vals.load().to(cutlass.BFloat16))
+                    ov.store(dequantized_vector(gQ, r, vec, s, self.q_type))
                     cute.autovec_copy(ov, cute.local_tile(gOut, (1, VEC), (r, vec)))

@@ -31,6 +31,7 @@ import cutlass.cute as cute
 from cutlass import Int32, const_expr
 from cutlass.memory import SmemAllocator
 
+from ..gemm_base.output_codec import FP8_TYPES, as_element_type
 from .quantize_tile import BLOCK, THREADS, QuantizeKernel, load_and_stage, register_tile
 
 
@@ -39,27 +40,31 @@ class Sm90QuantizeColsGrouped(QuantizeKernel):
     starting a 128-token block; see the module docstring.  K must be a multiple of 16."""
 
     rows = False  # also the row-wise copy (Sm90QuantizeRowsColsGrouped)
+    in_type = None  # x given as a 1x128-scaled FP8 copy of this type (Sm90RequantizeColsGrouped)
 
     @cute.jit
     def __call__(self, mX: cute.Tensor, mCuRows: cute.Tensor, mCuBlocks: cute.Tensor, mQT: cute.Tensor,
                  mST: cute.Tensor, mCuPadded: cute.Tensor, stream):
-        # (no row-wise copy: x and the column scales stand in for its arguments, never used)
-        self.launch(mX, mCuRows, mCuBlocks, mX, mST, mQT, mST, mCuPadded, stream)
+        # (no row-wise copy, bf16 x: x and the column scales stand in for those arguments, never used)
+        self.launch(mX, mST, mCuRows, mCuBlocks, mX, mST, mQT, mST, mCuPadded, stream)
 
     @cute.jit
-    def launch(self, mX, mCuRows, mCuBlocks, mQ, mS, mQT, mST, mCuPadded, stream):
+    def launch(self, mX, mXS, mCuRows, mCuBlocks, mQ, mS, mQT, mST, mCuPadded, stream):
         (mQT,) = self.fp8_views(mQT)
         if const_expr(self.rows):
             (mQ,) = self.fp8_views(mQ)
+        if const_expr(self.in_type is not None):
+            mX = as_element_type(mX, self.in_type)
         k_total = cute.size(mX, mode=[1])
         k_tiles = (k_total + BLOCK - 1) // BLOCK
         t_blocks = cute.size(mST, mode=[1])
-        self.kernel(mX, mCuRows, mCuBlocks, mQ, mS, mQT, mST, mCuPadded, k_total).launch(
+        self.kernel(mX, mXS, mCuRows, mCuBlocks, mQ, mS, mQT, mST, mCuPadded, k_total).launch(
             grid=(k_tiles, t_blocks, 1), block=[THREADS, 1, 1], stream=stream)
 
     @cute.kernel
-    def kernel(self, mX: cute.Tensor, mCuRows: cute.Tensor, mCuBlocks: cute.Tensor, mQ: cute.Tensor,
-               mS: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor, mCuPadded: cute.Tensor, k_total: Int32):
+    def kernel(self, mX: cute.Tensor, mXS: cute.Tensor, mCuRows: cute.Tensor, mCuBlocks: cute.Tensor,
+               mQ: cute.Tensor, mS: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor, mCuPadded: cute.Tensor,
+               k_total: Int32):
         tidx, _, _ = cute.arch.thread_idx()
         k_tile, t_block, _ = cute.arch.block_idx()
         smem = SmemAllocator()
@@ -91,7 +96,9 @@ class Sm90QuantizeColsGrouped(QuantizeKernel):
         gX = cute.local_tile(cute.domain_offset((src_row0, 0), mX), (BLOCK, BLOCK), (0, k_tile))
         gQT = cute.local_tile(mQT, (BLOCK, BLOCK), (k_tile, t_block))
         xv = register_tile()
-        vec, r_first, vec_in = load_and_stage(gX, sX, xv, tidx, Int32(0), col0, rows, k_total, True)
+        # (an FP8 x: dequantized as loaded, its row scales at mXS[src_row0 + r, k_tile])
+        vec, r_first, vec_in = load_and_stage(gX, sX, xv, tidx, Int32(0), col0, rows, k_total, True, mXS, src_row0,
+                                              k_tile, self.in_type)
         if const_expr(self.rows):  # the block's rows of the row-wise copy (each token in one block)
             gQ = cute.local_tile(cute.domain_offset((src_row0, 0), mQ), (BLOCK, BLOCK), (0, k_tile))
             self.row_pass(xv, gQ, mS, vec, r_first, vec_in, src_row0, src_row0 + rows, k_tile)
@@ -108,7 +115,22 @@ class Sm90QuantizeRowsColsGrouped(Sm90QuantizeColsGrouped):
     @cute.jit
     def __call__(self, mX: cute.Tensor, mCuRows: cute.Tensor, mCuBlocks: cute.Tensor, mQ: cute.Tensor,
                  mS: cute.Tensor, mQT: cute.Tensor, mST: cute.Tensor, mCuPadded: cute.Tensor, stream):
-        self.launch(mX, mCuRows, mCuBlocks, mQ, mS, mQT, mST, mCuPadded, stream)
+        self.launch(mX, mST, mCuRows, mCuBlocks, mQ, mS, mQT, mST, mCuPadded, stream)
+
+
+class Sm90RequantizeColsGrouped(Sm90QuantizeColsGrouped):
+    """Sm90QuantizeColsGrouped of x given as its 1x128-scaled FP8 copy (xq (T, K) of format `in_fmt`,
+    scales xs (T, ceil(K/128))): the padded column-wise copy of bf16(fp32(xq) * xs) (what the
+    dequantization kernel writes) without writing or reading that bf16 tensor."""
+
+    def __init__(self, fmt: str = "e4m3", pow2: bool = False, in_fmt: str = "e4m3"):
+        super().__init__(fmt, pow2)
+        self.in_type = FP8_TYPES[in_fmt]
+
+    @cute.jit
+    def __call__(self, mXQ: cute.Tensor, mXS: cute.Tensor, mCuRows: cute.Tensor, mCuBlocks: cute.Tensor,
+                 mQT: cute.Tensor, mST: cute.Tensor, mCuPadded: cute.Tensor, stream):
+        self.launch(mXQ, mXS, mCuRows, mCuBlocks, mXQ, mST, mQT, mST, mCuPadded, stream)
 
 
 def fake_arguments(rows: bool = False):
@@ -135,3 +157,15 @@ def fake_arguments(rows: bool = False):
 def fake_rows_arguments():
     """fake_arguments(rows=True): the dual kernel's stand-ins."""
     return fake_arguments(rows=True)
+
+
+def fake_requantize_arguments():
+    """Stand-ins for the requantizing kernel's (xq, xs, cu_rows, cu_blocks, qt, st, cu_padded): xq
+    (T, K) uint8 and its scales (T, KB), the rest as fake_arguments."""
+    from cutlass.cute.runtime import make_fake_tensor
+
+    _, cu_rows, cu_blocks, qt, st, cu_padded = fake_arguments()
+    t, k, kb = cute.sym_int32(symbol="T"), cute.sym_int32(symbol="K"), cute.sym_int32(symbol="KB")
+    xq = make_fake_tensor(cutlass.Uint8, (t, k), (cute.sym_int64(divisibility=16), 1), assumed_align=16)
+    xs = make_fake_tensor(cutlass.Float32, (t, kb), (cute.sym_int64(), cute.sym_int64()), assumed_align=4)
+    return xq, xs, cu_rows, cu_blocks, qt, st, cu_padded

@@ -31,11 +31,14 @@ def register_tile():
 
 
 @cute.jit
-def load_and_stage(gX, sX, xv, tidx, row0, col0, rows_total, cols_total, stage: cutlass.Constexpr = True):
+def load_and_stage(gX, sX, xv, tidx, row0, col0, rows_total, cols_total, stage: cutlass.Constexpr = True,
+                   mXS=None, scale_row0=0, k_tile=0, in_type: cutlass.Constexpr = None):
     """Load the thread's rows of tile gX (origin (row0, col0) of a rows_total x cols_total
     tensor) into `xv` with 16-byte loads, zeros past the edges (cols_total a multiple of 8: a
     vector is all in or all out), and (with `stage`) stage them in sX with 16-byte stores.  Returns
-    (vec, r_first, vec_in): the thread's vector column, first row, and whether its vector is in."""
+    (vec, r_first, vec_in): the thread's vector column, first row, and whether its vector is in.
+    With `in_type`, gX is a 1x128-scaled FP8 copy of that type: 8-byte loads, each row's values
+    dequantized (dequantized_vector) with its scale mXS[scale_row0 + r, k_tile]."""
     vec = tidx % ROW_LANES
     r_first = tidx // ROW_LANES
     vec_in = col0 + VEC * vec < cols_total
@@ -44,12 +47,35 @@ def load_and_stage(gX, sX, xv, tidx, row0, col0, rows_total, cols_total, stage: 
         r = r_first + ROWS_PER_PASS * i
         if vec_in:
             if row0 + r < rows_total:
-                cute.autovec_copy(cute.local_tile(gX, (1, VEC), (r, vec)), cute.local_tile(xv, (1, VEC), (i, 0)))
+                if const_expr(in_type is None):
+                    cute.autovec_copy(cute.local_tile(gX, (1, VEC), (r, vec)), cute.local_tile(xv, (1, VEC), (i, 0)))
+                else:
+                    s = Float32(mXS[(scale_row0 + r, k_tile)])
+                    cute.local_tile(xv, (1, VEC), (i, 0)).store(dequantized_vector(gX, r, vec, s, in_type))
     if const_expr(stage):
-        for i in cutlass.range_constexpr(ROW_SWEEPS):
-            r = r_first + ROWS_PER_PASS * i
-            cute.autovec_copy(cute.local_tile(xv, (1, VEC), (i, 0)), cute.local_tile(sX, (1, VEC), (r, vec)))
+        stage_rows(sX, xv, vec, r_first)
     return vec, r_first, vec_in
+
+
+@cute.jit
+def stage_rows(sX, xv, vec, r_first):
+    """The thread's register rows `xv` into the staged tile sX (16-byte shared stores)."""
+    for i in cutlass.range_constexpr(ROW_SWEEPS):
+        r = r_first + ROWS_PER_PASS * i
+        cute.autovec_copy(cute.local_tile(xv, (1, VEC), (i, 0)), cute.local_tile(sX, (1, VEC), (r, vec)))
+
+
+@cute.jit
+def dequantized_vector(gQ, r, vec, s, q_type: cutlass.Constexpr):
+    """bf16(fp32(q) * s) of the 8 FP8 values at (r, vec) of tile gQ (an 8-byte load): the recipe's
+    dequantization (fp8/recipe.dequantize to bf16), as a (1, 8) bf16 value."""
+    qv = cute.make_rmem_tensor((1, VEC), q_type)
+    cute.autovec_copy(cute.local_tile(gQ, (1, VEC), (r, vec)), qv)
+    vals = cute.make_rmem_tensor((1, VEC), Float32)
+    vals.store(qv.load().to(Float32))
+    for j in cutlass.range_constexpr(VEC):
+        vals[(0, j)] = vals[(0, j)] * s
+    return vals.load().to(cutlass.BFloat16)
 
 
 def column_pairs(sX, tidx):
