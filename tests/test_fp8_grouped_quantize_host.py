@@ -161,3 +161,34 @@ def test_the_requantization_issues_no_torch_op_but_its_outputs(launches):
     xq_arg, xs_arg, cu_rows, cu_blocks, qt_arg, st_arg, cu_arg = launches[-1]
     assert xq_arg.dtype == torch.uint8 and xq_arg.data_ptr() == xq.data_ptr() and xs_arg is xs
     assert (cu_rows, cu_blocks) == host_args.splits_metadata(splits, 128, xq.device)
+
+
+def test_the_grouped_fp8_wgrad_step_reads_nothing_on_the_host(monkeypatch):
+    """The FP8 step (fp8_srelu_mlp, kernel path stubbed) with CUTE_KERNELS_FP8_GROUPED_WGRAD=1 and GPU-tensor
+    splits: no tensor value read on the host in forward and backward (no sync: the step runs ahead of
+    the GPU), four grouped quantizations (dy and dpreact by the dual kernel, the postact from bf16, x
+    from its saved FP8 copy), no dequantized x, and dW1/dW2 written in the weights' bf16 by the
+    K-grouped kernel's epilogue (no fp32 dW cast by torch)."""
+    from benchmarks.bench_host_path import step_inputs
+    from cute_kernels.fp8.mlp import fp8_srelu_mlp
+
+    monkeypatch.setenv("CUTE_KERNELS_FP8_GROUPED_WGRAD", "1")
+    shape = {"name": "small grouped fp8", "m": 272, "h": 256, "f": 208, "e": 4, "splits": SPLITS}
+    kernels = []
+
+    def cached(key, compile_fn):
+        return lambda *args: kernels.append(key[0] if key[0] != "cols_grouped" else key[3:])
+
+    with stubbed_kernels() as launches, mock.patch.object(selfcheck, "is_verified", lambda *a: True), \
+            mock.patch.object(gemm_ops, "_selfchecked", set()), mock.patch.object(quantize_ops, "_cached", cached):
+        x, w1, w2, dy, _ = step_inputs(shape)
+        splits = torch.tensor(SPLITS, dtype=torch.int32)
+        for _ in range(2):
+            kernels.clear()
+            with _no_host_reads(), _Ops() as ops:
+                fp8_srelu_mlp(x, w1, w2, m_splits=splits, recipe=Fp8Recipe(wgrad="fp8"), backend="cute").backward(dy)
+            assert not set(SYNCING_OPS) & set(ops.names), ops.names
+            assert "aten._to_copy.default" not in ops.names, "no dtype cast (of dW or anything else)"
+            assert kernels == [(True, None), (False, None), (True, None), (False, "e4m3")], kernels
+    grouped_k = [key for key, _ in launches if key.grouped_k]
+    assert len(grouped_k) == 4 and {k.out_dtype for k in grouped_k} == {"bfloat16"}, grouped_k

@@ -257,8 +257,9 @@ def _token_free_view(t):
 
 
 def fp8_grouped_weight_grad_of(g: torch.Tensor, act: torch.Tensor, m_splits, recipe,
-                               out: torch.Tensor | None = None, g_cols=None, act_cols=None) -> torch.Tensor:
-    """(E, N_out, K_out) fp32, dW[e] = g_e^T @ act_e of the FP8 step's grouped weight gradient
+                               out: torch.Tensor | None = None, g_cols=None, act_cols=None,
+                               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(E, N_out, K_out) fp32 (or `out_dtype`), dW[e] = g_e^T @ act_e of the FP8 step's grouped weight gradient
     (Fp8Recipe(wgrad="fp8"), kernel path, CUTE_KERNELS_FP8_GROUPED_WGRAD=1): g (T, N_out) and act
     (T, K_out), tokens sorted by expert (`m_splits`: a list of ints or a GPU int tensor, no host
     sync), each quantized 1x128 along its expert's tokens into the per-expert padded column-wise
@@ -266,7 +267,8 @@ def fp8_grouped_weight_grad_of(g: torch.Tensor, act: torch.Tensor, m_splits, rec
     main_grad (E, N_out, K_out), the gradient added into it by the epilogue; returned).  `g_cols`:
     g's copy (qt, st, cu_padded) already made (the step's quantize_grad, with g's row-wise copy from
     one read of g), not made again; `act_cols` likewise act's (the step's x, requantized from its
-    saved FP8 copy: quantize_ops.requantize_cols_grouped; act may then be None)."""
+    saved FP8 copy: quantize_ops.requantize_cols_grouped; act may then be None).  `out_dtype`: a new
+    output's dtype (float32, the default, or bfloat16: the accumulation rounded once by the epilogue)."""
     from .quantize_ops import quantize_cols_grouped
 
     if g_cols is None:
@@ -277,7 +279,8 @@ def fp8_grouped_weight_grad_of(g: torch.Tensor, act: torch.Tensor, m_splits, rec
         act_cols = quantize_cols_grouped(act.to(torch.bfloat16).contiguous(), m_splits, recipe.fwd_format,
                                          pow2=recipe.pow2_scales)
     xq_t, xs_t, _ = act_cols
-    return fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded, out=out, accumulate=out is not None)
+    return fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded, out=out, accumulate=out is not None,
+                                   out_dtype=out_dtype)
 
 
 def grouped_wgrad_kernel_enabled() -> bool:
