@@ -291,3 +291,20 @@ def test_tensor_splits_stay_on_the_device_where_every_launch_takes_them(stubbed,
                 srelu_mlp(x, w1, w2, m_splits=bad, fp8=Fp8Recipe(wgrad=wgrad), backend="cute")
     grouped = [key for key, _ in stubbed if key.grouped and key.block_scaled]
     assert len(grouped) == 4, stubbed  # FC1, FC2, the fused dgrad, the FC1 dgrad: grouped launches
+
+
+@pytest.mark.parametrize("kind", ["dense", "grouped"])
+def test_fp8_wgrads_are_written_in_the_weights_dtype(stubbed, monkeypatch, kind):
+    """Fp8Recipe(wgrad="fp8") on the kernel path without fuse_wgrad_accumulation: the FP8 weight-gradient
+    kernels (dense; grouped with CUTE_KERNELS_FP8_GROUPED_WGRAD=1) write dW in the weights' bf16 from
+    their epilogue; no fp32 dW is cast by torch (aten._to_copy)."""
+    from benchmarks.op_profile import profile_step_ops
+    from cute_kernels.fp8 import Fp8Recipe
+
+    monkeypatch.setenv("CUTE_KERNELS_FP8_GROUPED_WGRAD", "1")
+    summary = profile_step_ops(fp8_step_call(SHAPE if kind == "grouped" else DENSE, Fp8Recipe(wgrad="fp8")),
+                               steps=1, warmup=1, cuda=False)
+    ops = {name: n for name, n, _, _ in summary["torch_ops"]}
+    assert "aten::_to_copy" not in ops and "aten::to" not in ops, ops
+    wgrads = [key for key, _ in stubbed if key.block_scaled and key.b_scale in ("row", "rows_staged")]
+    assert len(wgrads) == 2 * 2 and {k.out_dtype for k in wgrads} == {"bfloat16"}, wgrads

@@ -216,17 +216,18 @@ def _weight_grad(ctx, w, name, g, act, impl, g_cols=None, act_cols=None):
         # (CUTE_KERNELS_FP8_WGRAD_ACCUMULATE=1, an fp32 contiguous main_grad), else by _add_wgrad
         into = _fused_main_grad(ctx, w, name)
         # the 1D1D kernel (CUTE_KERNELS_FP8_WGRAD_KERNEL=0: torch)
+        # without main_grad, dW in w's dtype from the epilogue (fp32 accumulation rounded once, as
+        # .to(w.dtype) would: no fp32 dW written, read back and cast)
+        direct = into is None and not ctx.fuse_wgrad and w.dtype in _WGRAD_OUT
+        out_dtype = w.dtype if direct else None
         if splits is None and wgrad_ops.wgrad_kernel_enabled():
-            dw = wgrad_ops.fp8_weight_grad_of(g, act, recipe, out=into)
-            return None if into is not None else _add_wgrad(ctx, w, name, dw)
+            dw = wgrad_ops.fp8_weight_grad_of(g, act, recipe, out=into, out_dtype=out_dtype)
+            return dw if direct else None if into is not None else _add_wgrad(ctx, w, name, dw)
         if splits is not None and wgrad_ops.grouped_wgrad_kernel_enabled():
             # every expert in one launch over per-expert padded copies (CUTE_KERNELS_FP8_GROUPED_WGRAD=1;
             # off until an H200 run has checked it: the per-expert torch loop below)
-            # without main_grad, dW in w's dtype from the epilogue (fp32 accumulation rounded once, as
-            # .to(w.dtype) would: no fp32 (E, N, K) tensor written, read back and cast)
-            direct = into is None and not ctx.fuse_wgrad and w.dtype in _WGRAD_OUT
             dw = wgrad_ops.fp8_grouped_weight_grad_of(g, act, splits, recipe, out=into, g_cols=g_cols,
-                                                      act_cols=act_cols, out_dtype=w.dtype if direct else None)
+                                                      act_cols=act_cols, out_dtype=out_dtype)
             return dw if direct else None if into is not None else _add_wgrad(ctx, w, name, dw)
     dw = torch.zeros(w.shape, dtype=torch.float32, device=g.device)
     for e, start, n in _segments(splits, g.shape[0]):

@@ -169,19 +169,28 @@ def fp8_weight_grad(gq_t, gs_t, xq_t, xs_t, *, out_dtype: torch.dtype | None = N
     return dw
 
 
-def fp8_weight_grad_of(g: torch.Tensor, act: torch.Tensor, recipe, out: torch.Tensor | None = None) -> torch.Tensor:
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    """t as a contiguous bf16 tensor: t itself, without dispatching a torch op, when it is one."""
+    t = t if t.dtype == torch.bfloat16 else t.to(torch.bfloat16)
+    return t.contiguous()
+
+
+def fp8_weight_grad_of(g: torch.Tensor, act: torch.Tensor, recipe, out: torch.Tensor | None = None,
+                       out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """g^T @ act (fp32) of the FP8 step's weight gradient, Fp8Recipe(wgrad="fp8") on the kernel
     path: g (T, N_out) and act (T, K_out) quantized 1x128 along the tokens by the one-pass kernel
     (its column-wise copies; g in the recipe's grad format, act in its forward format), then this
     module's kernel.  N_out and K_out multiples of 16, T > 0.  `out`: an fp32 main_grad the
-    gradient is added into by the kernel's epilogue (returned)."""
+    gradient is added into by the kernel's epilogue (returned); `out_dtype`: a new output's dtype
+    (float32, the default, or bfloat16: the accumulation rounded once by the epilogue)."""
     from .quantize_ops import quantize_rows_and_cols
 
-    _, _, gq_t, gs_t = quantize_rows_and_cols(g.to(torch.bfloat16).contiguous(), recipe.grad_format,
+    _, _, gq_t, gs_t = quantize_rows_and_cols(_bf16(g), recipe.grad_format,
                                               pow2=recipe.pow2_scales)
-    _, _, xq_t, xs_t = quantize_rows_and_cols(act.to(torch.bfloat16).contiguous(), recipe.fwd_format,
+    _, _, xq_t, xs_t = quantize_rows_and_cols(_bf16(act), recipe.fwd_format,
                                               pow2=recipe.pow2_scales)
-    return fp8_weight_grad(as_operand(gq_t), gs_t, as_operand(xq_t), xs_t, out=out, accumulate=out is not None)
+    return fp8_weight_grad(as_operand(gq_t), gs_t, as_operand(xq_t), xs_t, out=out, accumulate=out is not None,
+                           out_dtype=out_dtype)
 
 
 # the grouped form's mainloop: the overlapped one only ("row", the serial one, spills 220 bytes
@@ -272,11 +281,11 @@ def fp8_grouped_weight_grad_of(g: torch.Tensor, act: torch.Tensor, m_splits, rec
     from .quantize_ops import quantize_cols_grouped
 
     if g_cols is None:
-        g_cols = quantize_cols_grouped(g.to(torch.bfloat16).contiguous(), m_splits, recipe.grad_format,
+        g_cols = quantize_cols_grouped(_bf16(g), m_splits, recipe.grad_format,
                                        pow2=recipe.pow2_scales)
     gq_t, gs_t, cu_padded = g_cols
     if act_cols is None:
-        act_cols = quantize_cols_grouped(act.to(torch.bfloat16).contiguous(), m_splits, recipe.fwd_format,
+        act_cols = quantize_cols_grouped(_bf16(act), m_splits, recipe.fwd_format,
                                          pow2=recipe.pow2_scales)
     xq_t, xs_t, _ = act_cols
     return fp8_grouped_weight_grad(gq_t, gs_t, xq_t, xs_t, cu_padded, out=out, accumulate=out is not None,
