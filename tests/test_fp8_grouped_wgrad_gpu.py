@@ -134,3 +134,24 @@ def test_grouped_fp8_step_with_the_switch(monkeypatch, as_tensor):
             assert abs(rel(grads["1"][i]) - rel(grads["0"][i])) < 0.02, (ex, name, rel(grads["1"][i]),
                                                                           rel(grads["0"][i]))
         row += s
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_bf16_out_is_the_fp32_out_rounded_once(grouped):
+    """The FP8 step writes its FP8 weight gradients in the weights' bf16 from the epilogue
+    (fp8_weight_grad_of / fp8_grouped_weight_grad_of(out_dtype=torch.bfloat16)): bitwise the fp32
+    output cast by torch, as the step did before."""
+    from cute_kernels.fp8.wgrad_ops import fp8_weight_grad_of
+
+    splits = [0, 300, 1, 211]
+    torch.manual_seed(5)
+    g = torch.randn(sum(splits), 208, device="cuda").bfloat16()
+    x = torch.randn(sum(splits), 272, device="cuda").bfloat16()
+    recipe = Fp8Recipe(wgrad="fp8")
+    if grouped:
+        ms = torch.tensor(splits, device="cuda")
+        f32, b16 = (fp8_grouped_weight_grad_of(g, x, ms, recipe, out_dtype=dt) for dt in (None, torch.bfloat16))
+    else:
+        f32, b16 = (fp8_weight_grad_of(g, x, recipe, out_dtype=dt) for dt in (None, torch.bfloat16))
+    assert f32.dtype == torch.float32 and b16.dtype == torch.bfloat16
+    assert torch.equal(b16, f32.to(torch.bfloat16))
