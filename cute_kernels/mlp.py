@@ -319,10 +319,10 @@ def srelu_mlp(x, w1, w2, *, m_splits=None, prob=None, recompute_postact: bool = 
     if not recompute_postact and not torch.compiler.is_compiling():  # an offload plan may choose to recompute
         recompute_postact = offload_hooks().recompute_requested("postact")  # postact rather than save it
     if fp8 is not None:
-        from .fp8.mlp import fp8_srelu_mlp
+        from .fp8.step_ops import fp8_step
 
-        return fp8_srelu_mlp(x, w1, w2, recipe=fp8, m_splits=m_splits, prob=prob,
-                             fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend, activation=activation)
+        return fp8_step(x, w1, w2, recipe=fp8, m_splits=m_splits, prob=prob,
+                        fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend, activation=activation)
     # ffn = 0: nothing for a kernel to do (and fc2 refuses K = 0): the torch path gives y = 0
     use_cute = uses_cute_path(x, backend) and w1.size(-2) > 0
     if not torch.compiler.is_compiling():

@@ -1,7 +1,8 @@
 """The FP8 step under torch.compile (CPU, torch path): a compiled function or module that calls
-srelu_mlp(..., fp8=...) runs (the FP8 step eagerly, a graph break around it) and gives bitwise
-the eager output and gradients, dense and grouped with a router probability; fullgraph=True is
-refused with torch's graph-break error, not a wrong answer.  Before, compiling it crashed inside
+srelu_mlp(..., fp8=...) runs and gives bitwise the eager output and gradients, dense and grouped
+with a router probability (through the step's custom ops by default, tests/test_fp8_compile_ops.py);
+with CUTE_KERNELS_FP8_COMPILE_OPS=0 (the FP8 step eagerly, a graph break around it) fullgraph=True
+is refused with torch's graph-break error, not a wrong answer.  Before, compiling it crashed inside
 Dynamo ("an intermediate tensor ... aliases an input or output")."""
 import pytest
 import torch
@@ -52,7 +53,9 @@ def test_compiled_module_trains():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_fullgraph_is_refused_not_wrong():
+def test_fullgraph_is_refused_not_wrong(monkeypatch):
+    """With CUTE_KERNELS_FP8_COMPILE_OPS=0 (the step's custom ops, tests/test_fp8_compile_ops.py, off)."""
+    monkeypatch.setenv("CUTE_KERNELS_FP8_COMPILE_OPS", "0")
     leaves = _leaves(1)
     f = torch.compile(lambda x, w1, w2: srelu_mlp(x, w1, w2, fp8=Fp8Recipe(), backend="torch"), fullgraph=True)
     with pytest.raises(Exception, match="(?i)skip|disable|graph break"):

@@ -38,7 +38,9 @@ recompute_postact=True (2 * (4096 + 16384)).
 
 Devices: kernels on sm_90a; the torch implementation on the CPU or with backend="torch"; a
 CUDA GPU that is not sm_90a raises InputError (use backend="torch" or the bf16 step there).
-Eager only (a Python hand-off passes the FP8 postact from the FC1 node to the FC2 node).
+Eager: a Python hand-off passes the FP8 postact from the FC1 node to the FC2 node.  Under
+torch.compile the same code runs inside custom ops instead (fp8/step_ops.py, docs/fp8.md "Under
+torch.compile"), which pass it as an op output.
 """
 from __future__ import annotations
 
@@ -459,10 +461,11 @@ def _impl(x: torch.Tensor, backend: str) -> str:
     return "kernel"
 
 
-# Under torch.compile the FP8 step runs eagerly between compiled regions (one graph break per call):
-# its two autograd nodes hand the FP8 postact from one forward to the other outside the graph, which
-# Dynamo cannot trace (it failed with "an intermediate tensor ... aliases an input or output").
-# fullgraph=True is therefore refused by torch with the graph-break error.
+# Where torch.compile does not take the step's custom ops (fp8/step_ops.py: fuse_wgrad_accumulation,
+# the kernel path without CUTE_KERNELS_FP8_COMPILE_OPS=1, or =0) this eager step runs between compiled
+# regions (one graph break per call): its two autograd nodes hand the FP8 postact from one forward to
+# the other outside the graph, which Dynamo cannot trace (it failed with "an intermediate tensor ...
+# aliases an input or output"); fullgraph=True is then refused by torch with the graph-break error.
 @torch.compiler.disable(reason="the FP8 MLP step runs eagerly under torch.compile (docs/fp8.md)")
 def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fuse_wgrad_accumulation: bool = False,
                   backend: str = "auto", activation=SRELU):
