@@ -162,6 +162,17 @@ def test_switch_off_and_fuse_wgrad_keep_the_eager_step(monkeypatch):
                       fullgraph=True, backend="aot_eager")
     with pytest.raises(Exception, match="(?i)skip|disable|graph break"):
         g(x, w1, w2)
+    # without fullgraph: the eager step between compiled regions, main_grad as eager's
+    dy = torch.randn(M, H)
+    got = []
+    for fn in (lambda *a: srelu_mlp(*a, fp8=Fp8Recipe(), fuse_wgrad_accumulation=True),
+               torch.compile(lambda *a: srelu_mlp(*a, fp8=Fp8Recipe(), fuse_wgrad_accumulation=True),
+                             backend="aot_eager")):
+        for w in (w1, w2):
+            w.main_grad = torch.zeros(w.shape)
+        fn(x, w1, w2).backward(dy)
+        got.append([w1.main_grad, w2.main_grad])
+    assert all(torch.equal(a, b) and a.abs().sum() > 0 for a, b in zip(*got))
 
 
 def test_kernel_path_needs_the_switch(monkeypatch):
@@ -212,3 +223,22 @@ def test_opcheck(grouped, with_prob, m):
         torch.library.opcheck(op, _detached(args), test_utils=OPCHECK_UTILS[2:])
     for name, args in (("fp8_mlp_fc2_bwd", fc2_bwd), ("fp8_mlp_fc1_bwd", fc1_bwd)):
         torch.library.opcheck(getattr(torch.ops.cute_kernels, name).default, args, test_utils=OPCHECK_UTILS)
+
+
+def test_dynamic_shapes_and_zero_tokens():
+    """One graph with symbolic M (dynamic=True) serves M = 200, 77 and 0 (grouped, new splits each call),
+    each bitwise the eager step."""
+    def step(x, w1, w2, prob, splits):
+        return srelu_mlp(x, w1, w2, m_splits=splits, prob=prob, fp8=Fp8Recipe(), backend="torch")
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=True, backend="aot_eager")
+    for m, splits in ((M, SPLITS), (77, [0, 50, 27]), (0, [0, 0, 0])):
+        results = []
+        for fn in (step, compiled):
+            x, w1, w2, prob = _leaves(6, True, True)
+            leaves = [x.detach()[:m].requires_grad_(), w1, w2, prob.detach()[:m].requires_grad_()]
+            y = fn(*leaves, list(splits))
+            y.backward(torch.ones_like(y))
+            results.append([y.detach()] + [t.grad for t in leaves])
+        for name, a, b in zip(("y", "dx", "dw1", "dw2", "dprob"), *results):
+            assert torch.equal(a, b), f"{name} (M = {m})"
