@@ -5,6 +5,8 @@ expert, M = 200 not a multiple of 128), list or tensor splits, other recipes and
 compiled step quantizes the weights' current values on every call (no copy baked into the graph);
 torch.library.opcheck on the four ops; CUTE_KERNELS_FP8_COMPILE_OPS=0 and fuse_wgrad_accumulation
 keep the eager step with its graph break."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -180,8 +182,12 @@ def test_kernel_path_needs_the_switch(monkeypatch):
     x = torch.empty(4, H)
     assert step_ops._takes_route(x, "auto", False) and step_ops._takes_route(x, "torch", False)
     assert not step_ops._takes_route(x, "torch", True)
+    on_gpu = SimpleNamespace(is_cuda=True, device="cuda:0")  # what the decision reads of x
+    assert not step_ops._takes_route(on_gpu, "auto", False) and step_ops._takes_route(on_gpu, "torch", False)
+    monkeypatch.setenv("CUTE_KERNELS_FP8_COMPILE_OPS", "1")
+    assert step_ops._takes_route(on_gpu, "auto", False) and not step_ops._takes_route(on_gpu, "auto", True)
     monkeypatch.setenv("CUTE_KERNELS_FP8_COMPILE_OPS", "0")
-    assert not step_ops._takes_route(x, "torch", False)
+    assert not step_ops._takes_route(x, "torch", False) and not step_ops._takes_route(on_gpu, "auto", False)
 
 
 # ---------------------------------------------------------------- opcheck

@@ -77,3 +77,40 @@ def test_cuda_graph_replays_bitwise(splits_kind):
         eager = _run(step, _leaves(seed, grouped), dy)
         for name, a, b in zip(("y", "dx", "dw1", "dw2", "dprob"), eager, traced):
             assert torch.equal(a, b), f"{name} ({splits_kind}, call {seed})"
+
+
+OPCHECK_UTILS = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def _detached(args):
+    return tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+@pytest.mark.parametrize("splits_kind", ["dense", "list", "tensor"])
+def test_opcheck_on_the_kernels(splits_kind):
+    """The fake implementations against the kernels' real outputs (shapes, dtypes, strides: the
+    column-major scales, the one-pass kernel's W^T copies), every op (the forward ops' AOT check without
+    requires_grad: it would sum their FP8 outputs)."""
+    import cute_kernels.fp8.step_ops  # noqa: F401  (registers the ops)
+
+    grouped = splits_kind != "dense"
+    x, w1, w2, *p = _leaves(3, grouped)
+    prob = p[0] if grouped else None
+    sl = SPLITS if splits_kind == "list" else None
+    st = torch.tensor(SPLITS, device="cuda") if splits_kind == "tensor" else None
+    recipe = ("e4m3", "e4m3", False, "bf16")
+    ops = torch.ops.cute_kernels
+    fc1 = (x, w1, sl, st, *recipe, "srelu", "kernel")
+    pre, pq, ps, xq, xs, w1tq, w1ts = ops.fp8_mlp_fc1(*_detached(fc1))
+    fc2 = (pre.requires_grad_(), pq, ps, prob, w2, sl, st, *recipe, "srelu", "kernel")
+    _, w2tq, w2ts = ops.fp8_mlp_fc2(*_detached(fc2))
+    dy = torch.randn(M, H, device="cuda").bfloat16()
+    fc2_bwd = (dy, pre.detach(), prob.detach() if prob is not None else None, w2.detach(), w2tq, w2ts, sl, st,
+               *recipe, "srelu", "kernel", True)
+    fc1_bwd = (pre.detach(), xq, xs, w1.detach(), w1tq, w1ts, sl, st, *recipe, "srelu", "kernel", torch.bfloat16,
+               True, True)
+    for op, args in ((ops.fp8_mlp_fc1, fc1), (ops.fp8_mlp_fc2, fc2)):
+        torch.library.opcheck(op.default, args, test_utils=OPCHECK_UTILS[:2])
+        torch.library.opcheck(op.default, _detached(args), test_utils=OPCHECK_UTILS[2:])
+    for op, args in ((ops.fp8_mlp_fc2_bwd, fc2_bwd), (ops.fp8_mlp_fc1_bwd, fc1_bwd)):
+        torch.library.opcheck(op.default, args, test_utils=OPCHECK_UTILS)

@@ -47,7 +47,7 @@ import torch
 from ..activations import SRELU, resolve_activation
 from ..checks import InputError
 from .mlp import Fp8FC1SReLU, Fp8FC2, _as_dtype, _Handoff, _checked_step, _step_splits, fp8_srelu_mlp
-from .ops import _new_scales
+from .ops import _new_scales, check_fp8_device
 from .recipe import FORMATS, Fp8Recipe
 from .weight_cache import transposed_copy
 
@@ -101,6 +101,8 @@ def _empty(like: torch.Tensor, dtype=None) -> torch.Tensor:
 def _fc1(x: torch.Tensor, w1: torch.Tensor, m_splits: Optional[list[int]], splits_t: Optional[torch.Tensor],
          fwd_format: str, grad_format: str, pow2_scales: bool, wgrad: str, activation: str, impl: str
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if impl == "kernel":
+        check_fp8_device("x", x)  # (fp8.mlp._impl's check, at run time: the trace does not query devices)
     recipe = _recipe(fwd_format, grad_format, pow2_scales, wgrad)
     splits = _splits(m_splits, splits_t, w1.shape[0], x, impl, recipe)
     ctx = _Ctx()
@@ -248,7 +250,7 @@ def _(dy, pre, prob, w2, w2tq, w2ts, m_splits, splits_t, fwd_format, grad_format
 
 # ---------------------------------------------------------------- the step
 def _traced_impl(x: torch.Tensor, backend: str) -> str:
-    """fp8.mlp._impl without the device query (the kernel launches check the device at run time)."""
+    """fp8.mlp._impl without the device query (fp8_mlp_fc1's body makes it at run time)."""
     if backend == "torch" or not x.is_cuda:
         if backend == "cute" and not x.is_cuda:
             raise InputError(f"fp8 with backend='cute' needs CUDA tensors on an sm_90a GPU, x is on {x.device}")
