@@ -57,16 +57,16 @@ def _error(ex: Exception) -> str:
     return f"{type(ex).__name__}: {str(ex).splitlines()[0][:160]}"
 
 
-def measure(row: dict, fn, sustained: bool) -> dict:
+def measure(row: dict, fn, sustained: bool, seconds: float = 1.0, warm_s: float = 0.3) -> dict:
     """row with fn's burst time (L2 flushed, median; batches of 4) and, with `sustained`, its time,
-    board power and SM clock at the power limit; an exception becomes row["error"] (one failing
-    case must not lose the table)."""
+    board power and SM clock at the power limit (`seconds` back to back after `warm_s` of the same);
+    an exception becomes row["error"] (one failing case must not lose the table)."""
     try:
         fn()
         torch.cuda.synchronize()
         row["burst_ms"] = time_ms(fn, warmup=5, iters=20, batch=4)
         if sustained:
-            row["sustained_ms"], row["power_w"], row["sm_mhz"] = sustained_ms(fn, seconds=1.0, warm_s=0.3)
+            row["sustained_ms"], row["power_w"], row["sm_mhz"] = sustained_ms(fn, seconds=seconds, warm_s=warm_s)
     except Exception as ex:  # noqa: BLE001 - reported in the table
         row["error"] = _error(ex)
         traceback.print_exc(file=sys.stderr)
@@ -83,16 +83,35 @@ def _staged_scales(fn):
     return run
 
 
-def cases(m, n, k):
-    import cute_kernels as ck
-    from cute_kernels.fp8.ops import fp8_fc1_srelu, fp8_gemm, smem_scales
-    from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
+def fp8_operands(m: int, n: int, k: int, seed: int = 0):
+    """(x, w, xq, xs, wq, ws) on the GPU: x (M, K) ~ N(0, 1) and w (N, K) ~ N(0, 0.02^2) in bf16, and
+    their FP8 forms with the recipe's scales (x 1x128 runs, w 128x128 blocks; scales row-major)."""
+    from cute_kernels.fp8.recipe import quantize_1x128, quantize_128x128
 
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
     w = (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
     xq, xs = quantize_1x128(x)
     wq, ws = quantize_128x128(w)
+    return x, w, xq, xs, wq, ws
+
+
+def scaled_mm_rowwise(xq, xs, wq, ws):
+    """A call of torch._scaled_mm rowwise on the same FP8 bytes (the FP8 reference speed): x's rows
+    scaled by the largest of their 1x128 scales, w's rows by their 128x128 blocks' largest."""
+    n = wq.shape[0]
+    wq_t = wq.t()  # (K, N) column-major, as _scaled_mm wants its second operand
+    sa_row = xs.amax(1, keepdim=True).contiguous()
+    sb_row = ws.amax(1).repeat_interleave(128)[:n].view(1, n).contiguous()
+    return lambda: torch._scaled_mm(xq, wq_t, sa_row, sb_row, out_dtype=torch.bfloat16)
+
+
+def cases(m, n, k):
+    import cute_kernels as ck
+    from cute_kernels.fp8.ops import fp8_fc1_srelu, fp8_gemm, smem_scales
+    from cute_kernels.fp8.recipe import dequantize
+
+    x, w, xq, xs, wq, ws = fp8_operands(m, n, k)
     xs_col = xs.t().contiguous().t()  # column-major activation scales (coalesced reads)
 
     base = FP8_DEFAULT_CONFIG  # named: the rows say their config (a shape's tuned entry would be another)
@@ -167,9 +186,7 @@ def cases(m, n, k):
     one = torch.ones((), device="cuda")
     wq_t = wq.t()  # (K, N) column-major, as _scaled_mm wants its second operand
     out["torch._scaled_mm tensorwise"] = lambda: torch._scaled_mm(xq, wq_t, one, one, out_dtype=torch.bfloat16)
-    sa_row = xs.amax(1, keepdim=True).contiguous()
-    sb_row = ws.amax(1).repeat_interleave(128)[:n].view(1, n).contiguous()
-    out["torch._scaled_mm rowwise"] = lambda: torch._scaled_mm(xq, wq_t, sa_row, sb_row, out_dtype=torch.bfloat16)
+    out["torch._scaled_mm rowwise"] = scaled_mm_rowwise(xq, xs, wq, ws)
     # blockwise (1x128 x 128x128): torch >= 2.9 with CUDA >= 12.9 on sm_90; try the layouts it may want
     for name, sa, sb in (("blockwise", xs_col, ws.t().contiguous()), ("blockwise", xs_col, ws)):
         try:

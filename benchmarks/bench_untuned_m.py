@@ -41,11 +41,22 @@ def _csv(text: str, convert=str) -> list:
     return [convert(t.strip()) for t in text.split(",") if t.strip()]
 
 
-def resolved_config(kernel: str, m: int, n: int, k: int, lookup: str):
+def resolved_config(kernel: str, m: int, n: int, k: int, lookup: str, dtype: str = "bfloat16"):
     """(config, source) the lookup picks for this shape on sm90 (what the launch will use)."""
     from cute_kernels.config_lookup import resolve, tuned_root
 
-    return resolve(kernel, arch="sm90", dtype="bfloat16", m=m, n=n, k=k, root=tuned_root(), wave=lookup == "wave")
+    return resolve(kernel, arch="sm90", dtype=dtype, m=m, n=n, k=k, root=tuned_root(), wave=lookup == "wave")
+
+
+def m_values(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    """--m's comma-separated M values (each at least 1), else the parser's error naming --m."""
+    try:
+        ms = _csv(text, int)
+    except ValueError:
+        parser.error(f"argument --m: expected comma-separated whole numbers, got {text!r}")
+    if not ms or min(ms) < 1:
+        parser.error("argument --m: give M values of at least 1")
+    return ms
 
 
 def _use_lookup(lookup: str):
@@ -93,6 +104,20 @@ def bench_problem(name: str, m: int, lookups, sustained_s: float) -> dict:
         row["lookups"][lookup] = entry
     _use_lookup("nearest")
     return row
+
+
+def sweep_rows(names, ms, bench, failed, format_table) -> list[dict]:
+    """bench(name, m) for every problem name and M value; one that raises becomes failed(name, m,
+    exception) and the rest still run; each row printed as it lands (its line of format_table)."""
+    rows = []
+    for name in names:
+        for m in ms:
+            try:
+                rows.append(bench(name, m))
+            except Exception as e:  # a failing shape is reported, the rest still run
+                rows.append(failed(name, m, e))
+            print(format_table(rows[-1:]).splitlines()[2], flush=True)
+    return rows
 
 
 def _short(cfg) -> str:
@@ -145,47 +170,57 @@ def summary_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def sweep_parser(doc: str, problems_flag: str, problems, default_m, m_help: str, sustained_s: float,
+                 out_name: str) -> argparse.ArgumentParser:
+    """The arguments of a sweep over problems and M values: `problems_flag` (comma-separated names of
+    `problems`), --m, --sustained-s (positive) and --out (default $OUT/`out_name`)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(problems_flag, default=",".join(problems), help=f"comma-separated, of {', '.join(problems)}")
+    p.add_argument("--m", default=",".join(map(str, default_m)), help=f"comma-separated M values (default: {m_help})")
+    p.add_argument("--sustained-s", type=positive_seconds, default=sustained_s,
+                   help="seconds of back-to-back calls per sustained time")
+    p.add_argument("--out", help=f"markdown file (default: $OUT/{out_name} when $OUT is set)")
+    return p
+
+
+def out_path(args, out_name: str) -> str | None:
+    """--out, else $OUT/`out_name` when $OUT is set, else None (printed only)."""
+    return args.out or (os.path.join(os.environ["OUT"], out_name) if os.environ.get("OUT") else None)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kernels", default=",".join(PROBLEMS), help=f"comma-separated, of {', '.join(PROBLEMS)}")
-    p.add_argument("--m", default=",".join(map(str, UNTUNED_M)), help="comma-separated M values (default: UNTUNED_M)")
+    p = sweep_parser(__doc__, "--kernels", PROBLEMS, UNTUNED_M, "UNTUNED_M", 0.5, "bench_untuned_m.md")
     p.add_argument("--lookups", default=",".join(LOOKUPS), help="nearest (the default rule), wave, or both")
-    p.add_argument("--sustained-s", type=float, default=0.5, help="seconds of back-to-back calls per sustained time")
-    p.add_argument("--out", help="markdown file (default: $OUT/bench_untuned_m.md when $OUT is set)")
     args = p.parse_args(argv)
-    names, lookups = _csv(args.kernels), _csv(args.lookups)
-    try:
-        ms = _csv(args.m, int)
-    except ValueError:
-        p.error(f"argument --m: expected comma-separated whole numbers, got {args.m!r}")
+    names, lookups, ms = _csv(args.kernels), _csv(args.lookups), m_values(p, args.m)
     if bad := [n for n in names if n not in PROBLEMS]:
         p.error(f"argument --kernels: unknown {bad}; known: {list(PROBLEMS)}")
     if bad := [lk for lk in lookups if lk not in LOOKUPS] or ([] if lookups else ["(none)"]):
         p.error(f"argument --lookups: unknown {bad}; known: {list(LOOKUPS)}")
-    if not ms or min(ms) < 1:
-        p.error("argument --m: give M values of at least 1")
-    if not args.sustained_s > 0:
-        p.error(f"argument --sustained-s: must be positive, got {args.sustained_s}")
     if not torch.cuda.is_available():
         print("bench_untuned_m needs a CUDA GPU", file=sys.stderr)
         return 2
     from benchmarks.report import emit
 
-    rows = []
-    for name in names:
-        for m in ms:
-            try:
-                rows.append(bench_problem(name, m, lookups, args.sustained_s))
-            except Exception as e:  # a failing shape is reported, the rest still run
-                kernel, n, k, baseline, target = PROBLEMS[name]
-                rows.append({"problem": name, "m": m, "n": n, "k": k, "baseline": baseline, "target": target,
-                             "error": f"{type(e).__name__}: {e}"[:300]})
-            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    def failed(name, m, e):
+        kernel, n, k, baseline, target = PROBLEMS[name]
+        return {"problem": name, "m": m, "n": n, "k": k, "baseline": baseline, "target": target,
+                "error": f"{type(e).__name__}: {e}"[:300]}
+
+    rows = sweep_rows(names, ms, lambda name, m: bench_problem(name, m, lookups, args.sustained_s), failed,
+                      format_table)
     head = (f"Untuned M, {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, bf16; burst: L2 flushed, median "
             f"of 20 batches; sustained: {args.sustained_s} s back to back; x = baseline ms / ours")
-    out = args.out or (os.path.join(os.environ["OUT"], "bench_untuned_m.md") if os.environ.get("OUT") else None)
-    emit(head + "\n\n" + format_table(rows) + "\n\n" + "\n".join(f"- {s}" for s in summary_lines(rows)), out)
+    emit(head + "\n\n" + format_table(rows) + "\n\n" + "\n".join(f"- {s}" for s in summary_lines(rows)),
+         out_path(args, "bench_untuned_m.md"))
     return 0
 
 

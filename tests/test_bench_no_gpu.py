@@ -8,7 +8,7 @@ import torch
 ENTRY = {"bench_gemm": "main", "bench_mlp": "main", "bench_offload": "main", "bench_dense_configs": "main",
          "bench_grouped_configs": "main", "bench_host_overhead": "cli", "bench_quantize": "main",
          "memory_timeline": "main", "bench_nemotron": "main", "train_nemotron": "main", "bench_fp8": "main",
-         "bench_untuned_m": "main"}
+         "bench_untuned_m": "main", "bench_fp8_untuned_m": "main"}
 
 
 @pytest.mark.parametrize("name", sorted(ENTRY))

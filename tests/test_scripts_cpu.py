@@ -28,6 +28,7 @@ REPORT_TESTED = {
     "benchmarks/bench_mlp.py": {"format_compile_table"},
     "benchmarks/bench_nemotron.py": {"report", "plot", "offload_summary", "routed_table"},
     "benchmarks/bench_untuned_m.py": {"format_table", "summary_lines"},
+    "benchmarks/bench_fp8_untuned_m.py": {"format_table", "summary_lines"},
     "benchmarks/op_profile.py": {"format_op_summary"},
     "benchmarks/bench_offload.py": {"render_timeline"},  # tests/test_bench_offload.py
     "benchmarks/snapshot_analysis.py": {"plot"},  # tests/test_snapshot_analysis.py
@@ -320,6 +321,154 @@ def test_bench_untuned_m_without_a_gpu_says_so_in_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         bench_untuned_m.main(["--kernels", "fc3"])
     assert exc.value.code == 2 and "unknown ['fc3']" in capsys.readouterr().err
+
+
+def _fp8_untuned_row(problem, m, picked, rowwise, **ours):
+    """A fake bench_fp8_untuned_m row: burst ms per case, sustained = 1.1 x burst."""
+    label = {"default": "default", "wide": "128x256 c2x1", "c2x1": "128x128 c2x1"}
+    cases = {"rowwise": rowwise} | {label[k]: v for k, v in ours.items()}
+    cases = {lb: (dict(v) if isinstance(v, dict) else {"burst_ms": v, "sustained_ms": v * 1.1, "power_w": 650.0})
+             for lb, v in cases.items()}
+    return {"problem": problem, "m": m, "n": 16384, "k": 4096, "default": picked, "cases": cases,
+            "rel_err": {lb: 2e-3 for lb in cases if lb != "rowwise"},
+            "bitwise": {lb: True for lb in cases if lb not in ("rowwise", "default")}}
+
+
+def test_bench_fp8_untuned_m_table_and_summary():
+    """TFLOP/s = 2MNK / time and x rowwise = rowwise ms / ours per config and mode; the summary's
+    geometric mean, least x rowwise (its M) and wins (ties count for each: the default running
+    128x256 c2x1 wins where that config wins); an error row and a failed config keep the table's shape."""
+    from benchmarks.bench_fp8_untuned_m import format_table, summary_lines
+
+    same = {"burst_ms": 0.5, "sustained_ms": 0.55, "same_as": "128x256 c2x1"}
+    rows = [_fp8_untuned_row("fc2_up", 1000, ("128x128 c1x2", "default"), 1.0, default=1.25, wide=1.0, c2x1=0.8),
+            _fp8_untuned_row("fc2_up", 4321, ("128x256 c2x1", "tuned-nearest m=8192"), 0.5, default=same,
+                             wide=0.5, c2x1={"error": "InputError: bad"}),
+            {"problem": "fc2_up", "m": 9999, "n": 16384, "k": 4096, "error": "RuntimeError: boom"},
+            _fp8_untuned_row("fc2_down", 2900, ("128x128 c1x2", "default"), 2.0, default=2.5, wide=2.0, c2x1=4.0)]
+    rows[1]["bitwise"]["128x256 c2x1"] = False
+    lines = format_table(rows).splitlines()
+    assert all(line.count("|") == lines[0].count("|") for line in lines[:6])
+    assert lines[0].startswith("| problem | M | N | K | default config | rel err | bitwise | burst rowwise TFLOP/s | "
+                               "burst default TFLOP/s | burst 128x256 c2x1 TFLOP/s | burst 128x128 c2x1 TFLOP/s | "
+                               "burst default x | burst 128x256 c2x1 x | burst 128x128 c2x1 x | sustained rowwise")
+    flops = 2.0 * 1000 * 16384 * 4096
+    assert (f"| 128x128 c1x2 (default) | 2.00e-03 | yes | {flops / 1e9:.0f} | {flops / 1.25e9:.0f} | "
+            f"{flops / 1e9:.0f} | {flops / 0.8e9:.0f} | 0.800x | 1.000x | 1.250x |") in lines[2]
+    assert "| 128x256 c2x1 (tuned-nearest m=8192) | 2.00e-03 | no: 128x256 c2x1 |" in lines[3]
+    assert "| ERR | 1.000x | 1.000x | - |" in lines[3]
+    assert "ERROR: RuntimeError: boom" in lines[4]
+    assert "- error: fc2_up M=4321 128x128 c2x1: InputError: bad" in lines
+    summary = summary_lines(rows)
+    assert ("fc2_up burst default (ran 128x128 c1x2 at 1 M, 128x256 c2x1 at 1 M): geomean 0.894x rowwise, "
+            "least 0.800x at M=1000, fastest of ours at 1/2 M (1 errors)") in summary
+    assert "fc2_up burst 128x256 c2x1: geomean 1.000x rowwise, least 1.000x at M=1000, fastest of ours at 1/2 M (1 errors)" \
+        in summary
+    assert "fc2_up sustained 128x128 c2x1: geomean 1.250x rowwise, least 1.250x at M=1000, fastest of ours at 1/2 M " \
+        "(1 errors)" in summary
+    assert "fc2_down burst 128x256 c2x1: geomean 1.000x rowwise, least 1.000x at M=2900, fastest of ours at 1/1 M" \
+        in summary
+    assert "fc2_down burst 128x128 c2x1: geomean 0.500x rowwise, least 0.500x at M=2900, fastest of ours at 0/1 M" \
+        in summary
+    assert summary_lines([rows[2]]) == ["fc2_up: no result (1 errors)"]
+    burst_only = [dict(r, cases={lb: {"burst_ms": c["burst_ms"]} for lb, c in r["cases"].items()}) for r in rows[:1]]
+    assert "sustained" not in format_table(burst_only) and all("sustained" not in s for s in summary_lines(burst_only))
+
+
+def test_bench_fp8_untuned_m_default_is_what_fp8_gemm_launches(monkeypatch):
+    """The table's default config is the one fp8_gemm's launch key takes at each M (the tuned entry
+    near 8192 for 16384 -> 4096, the kernel's default elsewhere), and the timed configs can run."""
+    from benchmarks import bench_fp8_untuned_m as b
+    from cute_kernels import config_lookup as cl
+    from cute_kernels.epilogue import EpilogueSpec
+    from cute_kernels.fp8.epilogue import Fp8Epilogue
+    from cute_kernels.fp8.ops import _check_config_arg, _family_launch_key, family_kernel
+
+    monkeypatch.delenv("CUTE_KERNELS_TUNED_CONFIGS", raising=False)
+    cl.clear_cache()
+    epi = Fp8Epilogue(EpilogueSpec("identity"))
+    assert family_kernel(epi) == b.KERNEL
+    sources = set()
+    try:
+        for n, k in b.PROBLEMS.values():
+            for m in b.DEFAULT_M:
+                cfg, source = b.default_config(m, n, k)
+                assert _family_launch_key(epi, m, n, k, 1, False, "e4m3", "e4m3", None, cl.tuned_root()).cfg == cfg
+                assert source != "tuned"  # untuned M values
+                sources.add(source)
+    finally:
+        cl.clear_cache()
+    assert "default" in sources and any(s.startswith("tuned-nearest") for s in sources)
+    for cfg in b.CONFIGS.values():
+        _check_config_arg(cfg, epi)  # InputError if the FP8 mainloop cannot run it
+    assert len(b.DEFAULT_M) == 10 and set(b.DEFAULT_M) <= set(b.UNTUNED_M)
+
+
+def test_bench_fp8_untuned_m_problem_on_cpu_fakes(monkeypatch):
+    """bench_problem's flow with CPU stand-ins for the GPU calls: every config's output checked
+    against the dequantized product (rel err) and the first (bitwise), a config that raises is
+    reported and not timed, and the default is timed only when it runs none of the timed configs."""
+    from benchmarks import bench_fp8_untuned_m as b
+    from cute_kernels import config_lookup as cl
+    from cute_kernels.fp8 import ops
+    from cute_kernels.fp8.recipe import dequantize, quantize_1x128, quantize_128x128
+
+    def operands(m, n, k, seed=0):  # small CPU operands whatever the shape
+        g = torch.Generator().manual_seed(seed)
+        x, w = torch.randn(72, 256, generator=g).bfloat16(), (torch.randn(256, 256, generator=g) * 0.02).bfloat16()
+        return (x, w, *quantize_1x128(x), *quantize_128x128(w))
+
+    calls, timed = [], []
+
+    def fake_gemm(a, sa, b_, sb, config=None):
+        calls.append(config)
+        if config == b.CONFIGS["128x128 c2x1"]:
+            raise RuntimeError("no kernel")
+        out = (dequantize(a, sa.contiguous()) @ dequantize(b_, sb).t()).bfloat16()
+        return out + 1 if config is None and bump else out
+
+    def fake_measure(row, fn, sustained, seconds, warm_s):
+        timed.append(fn)
+        return dict(row, burst_ms=1.0, sustained_ms=1.1)
+
+    monkeypatch.setattr(b, "fp8_operands", operands)
+    monkeypatch.setattr(b, "measure", fake_measure)
+    monkeypatch.setattr(b, "scaled_mm_rowwise", lambda *a: "rowwise fn")
+    monkeypatch.setattr(ops, "fp8_gemm", fake_gemm)
+    monkeypatch.delenv("CUTE_KERNELS_TUNED_CONFIGS", raising=False)
+    cl.clear_cache()
+    try:
+        bump = False
+        row = b.bench_problem("fc2_up", 1000, b.CONFIGS, True, 0.25)
+        assert row["default"] == ("128x128 c1x2", "default") and calls[0] is None
+        assert row["rel_err"].keys() == {"default", "128x256 c2x1"} and max(row["rel_err"].values()) < 1e-2
+        assert row["bitwise"] == {"128x256 c2x1": True}
+        assert row["cases"]["128x128 c2x1"] == {"error": "RuntimeError: no kernel"}
+        assert list(row["cases"]) == ["128x128 c2x1", "rowwise", "default", "128x256 c2x1"] and len(timed) == 3
+        assert timed[0] == "rowwise fn"
+        timed.clear()
+        bump = True  # the default's output differs from the others: said, not hidden
+        row = b.bench_problem("fc2_down", 4321, b.CONFIGS, True, 0.25)
+        assert row["default"] == ("128x256 c2x1", "tuned-nearest m=8192")
+        assert row["bitwise"] == {"128x256 c2x1": False} and row["rel_err"]["default"] > 1e-1
+        assert len(timed) == 2 and row["cases"]["default"] == dict(row["cases"]["128x256 c2x1"],
+                                                                    same_as="128x256 c2x1")
+    finally:
+        cl.clear_cache()
+
+
+def test_bench_fp8_untuned_m_arguments(monkeypatch, capsys):
+    from benchmarks import bench_fp8_untuned_m as b
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert b.main(["--m", "1000", "--configs", "128x256c2x1", "--no-sustained"]) == 2
+    assert capsys.readouterr().err.strip() == "bench_fp8_untuned_m needs a CUDA GPU"
+    for argv, says in ((["--problems", "fc1_srelu"], "unknown ['fc1_srelu']"), (["--configs", "64x64c1x1"], "64x64c1x1"),
+                       (["--m", "0"], "at least 1"), (["--m", "1e3"], "whole numbers"),
+                       (["--sustained-s", "0"], "positive")):
+        with pytest.raises(SystemExit) as exc:
+            b.main(argv)
+        assert exc.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_bench_host_path_rows():
