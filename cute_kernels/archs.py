@@ -35,13 +35,16 @@ class Arch:
     wave_tile_m: int = 0
     block_scaled_fp8: bool = False  # the kernel class takes FP8 operands with 1x128 / 128x128 block scales
     gathers_a: bool = False  # the kernel class loads A's rows by index (gather_a: the fused dispatch gather)
+    # the kernel class takes 2-D A / outputs (and a dense B) and builds their (rows, cols, 1) views itself
+    # (KernelKey.flat_args, gemm_base/flat_args.py)
+    flat_args: bool = False
     # "module:Class" of the row softmax cross-entropy kernel (the chunked loss's per-chunk core), "" for none
     softmax_xent: str = ""
 
 
 ARCHS = {
     "sm90": Arch("sm90", "sm_90a", 9, "cute_kernels.sm90.config", "cute_kernels.sm90.space",
-                 "cute_kernels.sm90.gemm:Sm90Gemm", block_scaled_fp8=True, gathers_a=True,
+                 "cute_kernels.sm90.gemm:Sm90Gemm", block_scaled_fp8=True, gathers_a=True, flat_args=True,
                  variant_shape="{cfg.schedule}{tall}-c{cfg.cluster_m}x{cfg.cluster_n}", wave_tile_m=256,
                  softmax_xent="cute_kernels.sm90.softmax_xent:Sm90SoftmaxXent"),
     "sm100": Arch("sm100", "sm_100a", 10, "cute_kernels.sm100.config", "cute_kernels.sm100.space",

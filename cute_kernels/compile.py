@@ -52,6 +52,11 @@ class KernelKey:
     # loading them from global memory in the K loop (sm90/scale_stage.py; opt-in:
     # CUTE_KERNELS_FP8_SMEM_SCALES=1 in the FP8 launch path, fp8/ops.py)
     scales_smem: bool = False
+    # the kernel takes the 2-D torch tensors of A, the outputs and the epilogue input (and of B when
+    # not grouped along M) as they are and makes their (rows, cols, 1) views itself
+    # (gemm_base/flat_args.py; bf16/fp16 on the arches with Arch.flat_args; opt-in:
+    # CUTE_KERNELS_FLAT_ARGS=1, read by gemm_ops when a launch plan is made)
+    flat_args: bool = False
 
     @property
     def block_scaled(self) -> bool:
@@ -132,19 +137,29 @@ def fake_arguments(key: KernelKey) -> GemmArgs:
     a_stride = (lda, 1, batch_a) if key.a_major == "k" else (1, lda, batch_a)
     # gathered A: its own row count T (the un-permuted tokens), the problem's M rows index into it
     a_rows_total = cute.sym_int32(symbol="T") if key.gather_a else m
-    a = make_fake_tensor(dt, (a_rows_total, k, 1), a_stride, assumed_align=16)
+    if key.flat_args:  # 2-D, row-major as stored (gemm_base/flat_args.py)
+        a = make_fake_tensor(dt, (a_rows_total, k) if key.a_major == "k" else (k, a_rows_total), (lda, 1),
+                             assumed_align=16)
+    else:
+        a = make_fake_tensor(dt, (a_rows_total, k, 1), a_stride, assumed_align=16)
     lb = cute.sym_int32(symbol="L") if key.grouped else 1
     b_stride = (ldb, 1, batch_b) if key.b_major == "k" else (1, ldb, batch_b)
-    b = make_fake_tensor(dt, (n, k, lb), b_stride, assumed_align=16)
+    if key.flat_args and not key.grouped:
+        b = make_fake_tensor(dt, (n, k) if key.b_major == "k" else (k, n), (ldb, 1), assumed_align=16)
+    else:
+        b = make_fake_tensor(dt, (n, k, lb), b_stride, assumed_align=16)
     ld_ = cute.sym_int32(symbol="E") if key.grouped_k else 1  # one output per expert
+    flat_out = key.flat_args and not key.grouped_k
 
     def out_like(dtype):
+        if flat_out:
+            return make_fake_tensor(dtype, (m, n), (ldd, 1), assumed_align=16)
         return make_fake_tensor(dtype, (m, n, ld_), (ldd, 1, cute.sym_int64(divisibility=8)), assumed_align=16)
 
     d0 = out_like(dd)
     d1 = out_like(dd) if key.epi.num_outputs == 2 else None
     # accumulate: D's previous value; dsrelu: preact (operand dtype)
-    scale, aux, rowsum = _fake_epilogue_inputs(key, m, n, ld_, dd if key.epi.accumulate else dt)
+    scale, aux, rowsum = _fake_epilogue_inputs(key, m, n, ld_, dd if key.epi.accumulate else dt, flat=flat_out)
     cu_rows, cu_tiles = _fake_grouping(key)
     desc_ws = None
     if key.grouped_k:  # per-CTA TMA descriptors (desc_workspace_words)
@@ -153,10 +168,10 @@ def fake_arguments(key: KernelKey) -> GemmArgs:
     return GemmArgs(a, b, d0, d1, scale, aux, rowsum, cu_rows, cu_tiles, desc_ws, a_rows=a_rows)
 
 
-def _fake_epilogue_inputs(key: KernelKey, m, n, layers, aux_dtype):
+def _fake_epilogue_inputs(key: KernelKey, m, n, layers, aux_dtype, flat: bool = False):
     """(scale, aux, rowsum) stand-ins of what the epilogue declares it reads (None where it does not):
-    the (M,) row scale, the (M, N, layers) epilogue input in `aux_dtype`, the (M, N tiles) row-sum
-    partials (a column per N tile)."""
+    the (M,) row scale, the (M, N, layers) epilogue input in `aux_dtype` (`flat`: (M, N) row-major),
+    the (M, N tiles) row-sum partials (a column per N tile)."""
     import cutlass
     import cutlass.cute as cute
     from cutlass.cute.runtime import make_fake_tensor
@@ -164,7 +179,9 @@ def _fake_epilogue_inputs(key: KernelKey, m, n, layers, aux_dtype):
     epi = key.epi
     scale = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if epi.row_scale else None
     aux = rowsum = None
-    if epi.aux_input:
+    if epi.aux_input and flat:
+        aux = make_fake_tensor(aux_dtype, (m, n), (cute.sym_int64(divisibility=8), 1), assumed_align=16)
+    elif epi.aux_input:
         aux = make_fake_tensor(aux_dtype, (m, n, layers),
                                (cute.sym_int64(divisibility=8), 1, cute.sym_int64(divisibility=8)), assumed_align=16)
     if epi.row_sum:
@@ -239,6 +256,8 @@ def build_kernel(key: KernelKey):
         raise ValueError("the K-grouped GEMM takes tokens (K) as the strided dimension: A must be M-major and B N-major")
     if key.gather_a:
         _check_gather(key)
+    if key.flat_args:
+        _check_flat_args(key)
     if key.block_scaled:
         return _build_block_scaled_kernel(key)
     if key.epi.quantized:
@@ -249,9 +268,14 @@ def build_kernel(key: KernelKey):
     validate(key.cfg, arch=key.arch, num_outputs=key.epi.num_outputs, grouped=key.grouped, grouped_k=key.grouped_k,
              out_bytes=key.out_bytes)
     stages = resolved_ab_stages(key.cfg, num_outputs=key.epi.num_outputs, arch=key.arch, out_bytes=key.out_bytes)
+    extra = {}
     if key.gather_a:
+        extra["gather_a"] = True
+    if key.flat_args:
+        extra["flat_args"] = (key.a_major, key.b_major)
+    if extra:
         return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages,
-                                      gather_a=True)
+                                      **extra)
     return kernel_class(key.arch)(key.cfg, key.epi, grouped=key.grouped, grouped_k=key.grouped_k, ab_stages=stages)
 
 
@@ -267,6 +291,16 @@ def _check_gather(key: KernelKey):
         raise ConfigError("gather_a needs a K-major A (whole rows are gathered)")
     if key.block_scaled:
         raise ConfigError("gather_a takes bf16/fp16 operands (no block-scaled FP8 gather yet)")
+
+
+def _check_flat_args(key: KernelKey):
+    """Flat tensor arguments exist for the bf16/fp16 kernels of the arches that build the views
+    themselves (archs.Arch.flat_args)."""
+    if not get_arch(key.arch).flat_args:
+        raise ConfigError(f"{key.arch} kernels take 3-D tensors only (flat_args runs on "
+                          f"{', '.join(n for n, a in ARCHS.items() if a.flat_args) or 'no arch'})")
+    if key.block_scaled:
+        raise ConfigError("flat_args: bf16/fp16 operands only (the block-scaled FP8 launch keeps its 3-D views)")
 
 
 def _build_block_scaled_kernel(key: KernelKey):

@@ -10,6 +10,7 @@ kernel key, self-check gate, compiled kernel) is resolved on its first call and 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -26,7 +27,7 @@ from .epilogue import EpilogueSpec
 from .gemm_base.launch_args import GemmArgs
 from .launch_plan import LaunchPlan, tensor_meta
 from .host_args import (as_mkl as _as_mkl, as_mkl_t as _as_mkl_t, as_nkl as _as_nkl, as_nkl_t as _as_nkl_t,
-                        splits_metadata as _splits_metadata)
+                        flat_operand as _flat_operand, splits_metadata as _splits_metadata)
 from .activations import resolve_activation
 from .registry import kernel_key
 
@@ -144,28 +145,48 @@ def _new_plan(signature, kernel_name: str, a, w, epi: EpilogueSpec, grouped: boo
     checks.check_config(config)
     key = _kernel_key(kernel_name, arch, a.dtype, m, n, k, w.size(0) if grouped else 1, epi, grouped, majors, config,
                       tuned_root(), a_rows is not None)
-    return launch_plan.put(signature, LaunchPlan(key, majors))
+    return launch_plan.put(signature, LaunchPlan(_planned_key(key), majors))
 
 
-def _launch(plan: LaunchPlan, a, b3, outs, *, m_splits, prob, aux=None, a_rows=None):
-    """Launch one M-grouped or dense GEMM of B's (N, K, E) view `b3` (host_args.as_nkl of the
-    (N, K) / (E, N, K) operand); returns the row sums (dsrelu row_sum) or None.
-    a_rows: (M,) int32, row r of the problem is a[a_rows[r]] (a gathering kernel's plan)."""
+FLAT_ARGS_ENV = "CUTE_KERNELS_FLAT_ARGS"  # "1": plans made from then on take the flat-argument kernels
+
+
+def _planned_key(key: KernelKey) -> KernelKey:
+    """The key a new plan launches: `key`, or with CUTE_KERNELS_FLAT_ARGS=1 (read here, as each plan
+    is made; default off) its flat-argument kernel (KernelKey.flat_args: the launch hands the 2-D
+    tensors as they are) where its arch has one (archs.Arch.flat_args) and its operands are bf16/fp16."""
+    if os.environ.get(FLAT_ARGS_ENV, "0") == "1" and archs.get_arch(key.arch).flat_args and not key.block_scaled:
+        return dataclasses.replace(key, flat_args=True)
+    return key
+
+
+def _launch(plan: LaunchPlan, a, w, outs, *, m_splits, prob, aux=None, a_rows=None, transpose_w: bool = False):
+    """Launch one M-grouped or dense GEMM of B = w ((N, K) / (E, N, K); `transpose_w`: w is B's
+    transpose, (K, N) / (E, K, N)); returns the row sums (dsrelu row_sum) or None.
+    a_rows: (M,) int32, row r of the problem is a[a_rows[r]] (a gathering kernel's plan).
+    The kernel takes (M, K, 1) / (N, K, E) views (host_args), or with KernelKey.flat_args the
+    2-D tensors as stored (host_args.flat_operand)."""
     key = plan.key
     config = key.cfg
     rowsum = None
     if key.epi.row_sum:  # one fp32 partial per (row, N tile), summed here: no atomics, reproducible
         rows = a.size(0) if a_rows is None else a_rows.numel()
-        partials = torch.empty((-(-b3.size(0) // config.tile_n), rows), dtype=torch.float32, device=a.device)
+        partials = torch.empty((-(-w.size(-1 if transpose_w else -2) // config.tile_n), rows), dtype=torch.float32,
+                               device=a.device)
         rowsum = partials.t()
-
-    d1 = _as_mkl(outs[1]) if len(outs) > 1 else None
-    aux3 = _as_mkl(aux) if aux is not None else None
     cu_rows = cu_tiles = None
     if m_splits is not None:
         cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device, config.cluster_m)
-    _launch_planned(plan, GemmArgs(_as_mkl(a), b3, _as_mkl(outs[0]), d1, prob, aux3, rowsum, cu_rows,
-                                   cu_tiles, a_rows=a_rows))
+    if key.flat_args:
+        b = (_as_nkl_t(w) if transpose_w else _as_nkl(w)) if key.grouped else _flat_operand(w, key.b_major, transpose_w)
+        args = GemmArgs(_flat_operand(a, key.a_major, False), b, outs[0], outs[1] if len(outs) > 1 else None, prob,
+                        aux, rowsum, cu_rows, cu_tiles, a_rows=a_rows)
+    else:
+        d1 = _as_mkl(outs[1]) if len(outs) > 1 else None
+        aux3 = _as_mkl(aux) if aux is not None else None
+        args = GemmArgs(_as_mkl(a), _as_nkl_t(w) if transpose_w else _as_nkl(w), _as_mkl(outs[0]), d1, prob, aux3,
+                        rowsum, cu_rows, cu_tiles, a_rows=a_rows)
+    _launch_planned(plan, args)
     return rowsum.sum(1) if rowsum is not None else None
 
 
@@ -341,7 +362,7 @@ def fc1_srelu(x, w1, *, m_splits=None, prob=None, store_preact: bool = True, con
     elif config is not None:
         checks.check_config(config)
     outs = [preact, postact] if store_preact else [postact]
-    _launch(plan, x, _as_nkl(w1), outs, m_splits=m_splits, prob=prob, a_rows=a_rows)
+    _launch(plan, x, w1, outs, m_splits=m_splits, prob=prob, a_rows=a_rows)
     return preact, postact
 
 
@@ -392,7 +413,7 @@ def fc2(h, w2, *, m_splits=None, config: GemmConfig | None = None, out: torch.Te
         plan = _new_plan(signature, "fc2", h, b, EpilogueSpec("identity"), grouped, majors, config)
     elif config is not None:
         checks.check_config(config)
-    _launch(plan, h, _as_nkl_t(w2) if transpose_w else _as_nkl(w2), [y], m_splits=m_splits, prob=None)
+    _launch(plan, h, w2, [y], m_splits=m_splits, prob=None, transpose_w=transpose_w)
     return y
 
 
@@ -458,7 +479,7 @@ def fc2_dgrad_dsrelu(dy, w2, preact, *, m_splits=None, prob=None, store_postact:
         plan = _new_plan(signature, "fc2_dgrad_dsrelu", dy, b, epi, grouped, majors, config)
     elif config is not None:
         checks.check_config(config)
-    dprob = _launch(plan, dy, _as_nkl_t(w2), outs, m_splits=m_splits, prob=prob, aux=preact)
+    dprob = _launch(plan, dy, w2, outs, m_splits=m_splits, prob=prob, aux=preact, transpose_w=True)
     return dpre, post, dprob
 
 
@@ -578,16 +599,20 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
         checks.check_config(config)
         key = _wgrad_key(device_arch(dy.device), dy.dtype, n_out, k_out, tokens, num_experts, grouped, out.dtype,
                          accumulate, majors, config, tuned_root())
-        plan = launch_plan.put(signature, LaunchPlan(key, majors))
+        plan = launch_plan.put(signature, LaunchPlan(_planned_key(key), majors))
     elif config is not None:
         checks.check_config(config)
     tile_m = plan.key.cfg.tile_m
+    flat = plan.key.flat_args  # the kernel takes dy, x and a dense out as stored (host_args.flat_operand)
     if grouped:
         d3 = out.permute(1, 2, 0)
         cu_rows, _ = _splits_metadata(m_splits, tile_m, dy.device)
     else:
-        d3 = _as_mkl(out)
+        d3 = out if flat else _as_mkl(out)
         cu_rows = None
-    _launch_planned(plan, GemmArgs(_as_mkl_t(dy), _as_mkl_t(x), d3, aux=d3 if accumulate else None,
-                                   cu_rows=cu_rows))
+    if flat:  # A = dy^T, B = x^T
+        a3, b3 = _flat_operand(dy, plan.key.a_major, True), _flat_operand(x, plan.key.b_major, True)
+    else:
+        a3, b3 = _as_mkl_t(dy), _as_mkl_t(x)
+    _launch_planned(plan, GemmArgs(a3, b3, d3, aux=d3 if accumulate else None, cu_rows=cu_rows))
     return out

@@ -1,5 +1,5 @@
 """The host side of a GEMM launch's tensor arguments: the (M, K, 1) / (N, K, E) views the
-kernels take, and the grouped launches' per-expert metadata (cu_rows, cu_tiles) made without a host sync and kept for the GEMMs of one
+kernels take (or, flat-argument kernels, the 2-D operands as stored), and the grouped launches' per-expert metadata (cu_rows, cu_tiles) made without a host sync and kept for the GEMMs of one
 step.  Shared by the entry points (gemm_ops, fp8/ops) and the self-check's own launch
 (selfcheck), below all of them."""
 from __future__ import annotations
@@ -61,6 +61,15 @@ def as_nkl_t(w: torch.Tensor) -> torch.Tensor:
     if w.dim() == 2:
         return as_mkl_t(w)
     return w.permute(2, 1, 0)
+
+
+def flat_operand(t: torch.Tensor, major: str, transposed: bool) -> torch.Tensor:
+    """An operand as a flat-argument kernel takes it (KernelKey.flat_args, gemm_base/flat_args.py):
+    row-major as stored, the kernel's own (rows, K) when it is K-major, its transpose (K, rows) when it
+    is M-/N-major.  `t` is the operand (rows, K), or with `transposed` its transpose (K, rows) (the
+    weight gradient's dy and x, a weight read as its transpose); no torch op where `t` already is
+    what the kernel takes (the step's every operand)."""
+    return t if (major == "k") != transposed else t.t()
 
 
 _META_CACHE_SIZE = 64

@@ -78,6 +78,8 @@ def variant_name(key) -> str:
         operands += f"+{key.b_scale}scaledB"
     if key.scales_smem:  # the FP8 scales staged in shared memory: its own evidence
         operands += "+smemscales"  # (the patterns "*/float8_e4m3fn->*" do not match it)
+    if key.flat_args:  # 2-D arguments, the kernel's own 3-D views: its own evidence
+        operands += "+flat"
     return f"{grouping}/{key.epi.key()}/{shape}/{operands}->{out}/a{key.a_major}b{key.b_major}"
 
 
@@ -207,7 +209,7 @@ def run_variant(key, *, launch, device=None, seed: int = 0, time_it: bool = Fals
     import torch
 
     from .gemm_base.launch_args import GemmArgs
-    from .host_args import as_mkl, as_nkl, splits_metadata
+    from .host_args import as_mkl, as_nkl, flat_operand, splits_metadata
 
     device = torch.device(device or "cuda")
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -250,11 +252,19 @@ def run_variant(key, *, launch, device=None, seed: int = 0, time_it: bool = Fals
         if key.grouped_k:
             cu_tiles = None
 
-    def d3(t):
-        return t.permute(1, 2, 0) if key.grouped_k else as_mkl(t)
+    flat = key.flat_args  # 2-D arguments as stored (host_args.flat_operand)
 
-    args = GemmArgs(as_mkl(a if x is None else x), as_nkl(b), d3(outs[0]), d3(outs[1]) if len(outs) > 1 else None,
-                    prob, None if aux is None else (d3(outs[0]) if epi.accumulate else as_mkl(aux)),
+    def d3(t):
+        return t.permute(1, 2, 0) if key.grouped_k else t if flat else as_mkl(t)
+
+    a_arg = a if x is None else x
+    if flat:
+        a_arg = flat_operand(a_arg, key.a_major, False)
+        b_arg = as_nkl(b) if key.grouped else flat_operand(b, key.b_major, False)
+    else:
+        a_arg, b_arg = as_mkl(a_arg), as_nkl(b)
+    args = GemmArgs(a_arg, b_arg, d3(outs[0]), d3(outs[1]) if len(outs) > 1 else None,
+                    prob, None if aux is None else (d3(outs[0]) if epi.accumulate else d3(aux)),
                     None if partials is None else partials.t(), cu_rows, cu_tiles, a_rows=a_rows)
     res = CheckResult(key.arch, variant_name(key), tolerance=TOLERANCE[key.d_dtype])
     if not _launched(key, args, launch, device, res):

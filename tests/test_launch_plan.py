@@ -196,22 +196,30 @@ def test_transposed_operand_views_are_the_views_of_the_transposes(offset):
 # weight gradients (grouped: (N, K, E) permutes, dense: (N, K, 1) as_strided).  Issue 27: 33 ops per
 # step before (also w1's transpose for the FC1 dgrad, the fused dgrad's 2 empty stand-ins), 30 after.
 # Lower these when the step makes fewer.
+# With CUTE_KERNELS_FLAT_ARGS=1 the kernels take the 2-D tensors as they are (KernelKey.flat_args):
+# no (M, K, 1) / (N, K, 1) view at all; the grouped step keeps its 6 (N, K, E) / (M, N, E) permutes.
 STEP_OPS = {
     "grouped": {"aten::empty": 7, "aten::as_strided": 14, "aten::permute": 6, "aten::detach": 3},
     "dense": {"aten::empty": 7, "aten::as_strided": 20, "aten::detach": 3},
+    "grouped-flat": {"aten::empty": 7, "aten::permute": 6, "aten::detach": 3},
+    "dense-flat": {"aten::empty": 7, "aten::detach": 3},
 }
 
 
 @pytest.mark.parametrize("kind", sorted(STEP_OPS))
-def test_the_step_issues_no_avoidable_torch_ops(kind):
+def test_the_step_issues_no_avoidable_torch_ops(kind, monkeypatch):
     """The torch ops of one srelu_mlp step, counted by torch.profiler (exact on any machine): the
     outputs, the activations' kernel views and autograd's own, nothing else (no per-launch
     indexing of the splits metadata, no transposes made only to view them again, no empty
-    stand-ins)."""
+    stand-ins).  "-flat": the flat-argument kernels (CUTE_KERNELS_FLAT_ARGS=1), no views."""
     from benchmarks.bench_host_path import step_call
     from benchmarks.op_profile import profile_step_ops
 
-    shape = {"name": f"small {kind}", "m": M, "h": H, "f": F, "e": E if kind == "grouped" else 0}
+    if kind.endswith("-flat"):
+        monkeypatch.setenv(gemm_ops.FLAT_ARGS_ENV, "1")
+    else:
+        monkeypatch.delenv(gemm_ops.FLAT_ARGS_ENV, raising=False)
+    shape = {"name": f"small {kind}", "m": M, "h": H, "f": F, "e": E if kind.startswith("grouped") else 0}
     with stubbed_kernels(), mock.patch.object(selfcheck, "is_verified", lambda arch, variant, table: True), \
             mock.patch.object(gemm_ops, "_selfchecked", set()):
         summary = profile_step_ops(step_call(shape), steps=2, warmup=2, cuda=False)

@@ -57,6 +57,7 @@ from ..config import GemmConfig
 from ..epilogue import EpilogueSpec
 from ..gemm_base.descriptors import DescriptorRing
 from ..gemm_base.epilogue_io import visit_subtile
+from ..gemm_base.flat_args import flat_args_views
 from ..gemm_base.grouping import expert_block_scales, k_range, output_tile
 from ..gemm_base.kernel_base import GemmKernelBase
 from ..gemm_base.output_codec import FP8_TYPES, as_element_type
@@ -83,12 +84,17 @@ class Sm90Gemm(GemmKernelBase):
 
     def __init__(self, cfg: GemmConfig, epi: EpilogueSpec, *, grouped: bool, ab_stages: int, grouped_k: bool = False,
                  formats: tuple[str, str] | None = None, gather_a: bool = False, b_scale_rows: bool = False,
-                 b_scale_staged: bool = False, scales_smem: bool = False):
+                 b_scale_staged: bool = False, scales_smem: bool = False, flat_args: tuple[str, str] | None = None):
         super().__init__(cfg, epi, grouped=grouped, grouped_k=grouped_k, ab_stages=ab_stages)
         # A's rows gathered by index (GemmArgs.a_rows) by the producer warpgroup (sm90/gather_producer.py)
         self.gather_a = gather_a
         if gather_a and (not grouped or grouped_k or formats is not None):
             raise ValueError("gather_a: grouped-along-M bf16/fp16 problems only")
+        # (A, B) majorness: A, the outputs, the epilogue input and a dense B arrive as 2-D row-major
+        # tensors and __call__ builds their 3-D views (KernelKey.flat_args, gemm_base/flat_args.py)
+        self.flat_args = flat_args
+        if flat_args is not None and formats is not None:
+            raise ValueError("flat_args: bf16/fp16 operands only")
         # None: bf16/fp16 operands, the WGMMA mainloop.  (A, B) FP8 formats: block-scaled operands,
         # the promoting mainloop of sm90/mainloop_fp8.py (config rules: sm90/config.block_scaled_errors).
         self.formats = formats
@@ -153,6 +159,10 @@ class Sm90Gemm(GemmKernelBase):
         max_clusters: Int32,
         stream,
     ):
+        if const_expr(self.flat_args is not None):  # 2-D arguments: their 3-D views, before anything reads them
+            mA, mB, mD0, mD1, mAux = flat_args_views(mA, mB, mD0, mD1, mAux, a_major=self.flat_args[0],
+                                                     b_major=self.flat_args[1], b_flat=not self.grouped,
+                                                     d_flat=not self.grouped_k)
         if const_expr(self.block_scaled):
             mA = as_element_type(mA, FP8_TYPES[self.formats[0]])
             mB = as_element_type(mB, FP8_TYPES[self.formats[1]])
