@@ -73,12 +73,13 @@ def measure(row: dict, fn, sustained: bool, seconds: float = 1.0, warm_s: float 
     return row
 
 
-def _staged_scales(fn):
-    """`fn` run with the FP8 kernel's scales staged in shared memory (fp8.ops.smem_scales)."""
+def _global_scales(fn):
+    """`fn` run with the FP8 kernel loading its scales from global memory in the consumers' K loop
+    (fp8.ops.smem_scales(False); the default stages them in shared memory since 2026-12-03)."""
     from cute_kernels.fp8.ops import smem_scales
 
     def run():
-        with smem_scales(True):
+        with smem_scales(False):
             return fn()
     return run
 
@@ -136,20 +137,21 @@ def cases(m, n, k):
     out["ours fp8 FC1+SReLU (postact fp8+scales) [128x128 c1x2]"] = (
         lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=base))
     out["ours fp8 FC1+SReLU (+preact bf16) [128x128 c1x2]"] = lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, config=base)
-    # the same tile with the K tiles' scales staged in shared memory by the producer (KernelKey.scales_smem,
-    # opt-in: CUTE_KERNELS_FP8_SMEM_SCALES=1), no global scale loads in the consumers' K loop; bitwise equal
+    # the same tile loading the K tiles' scales from global memory in the consumers' K loop (the kernel
+    # before the scales were staged in shared memory by the producer, KernelKey.scales_smem: the default
+    # since 2026-12-03; CUTE_KERNELS_FP8_SMEM_SCALES=0 takes it); bitwise equal
     try:
-        with smem_scales(True):
-            staged = fp8_gemm(xq, xs_col, wq, ws, config=base)
-        checks["128x128 smem scales == 128x128 (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
-            staged, fp8_gemm(xq, xs_col, wq, ws, config=base)))
-        del staged
-        out["ours fp8 GEMM (bf16 out) [128x128 c1x2 smem scales]"] = _staged_scales(
+        with smem_scales(False):
+            loaded = fp8_gemm(xq, xs_col, wq, ws, config=base)
+        checks["128x128 global scales == 128x128 (fp8_gemm bf16 out, bitwise)"] = float(torch.equal(
+            loaded, fp8_gemm(xq, xs_col, wq, ws, config=base)))
+        del loaded
+        out["ours fp8 GEMM (bf16 out) [128x128 c1x2 global scales]"] = _global_scales(
             lambda: fp8_gemm(xq, xs_col, wq, ws, config=base))
-        out["ours fp8 FC1+SReLU (postact fp8+scales) [128x128 c1x2 smem scales]"] = _staged_scales(
+        out["ours fp8 FC1+SReLU (postact fp8+scales) [128x128 c1x2 global scales]"] = _global_scales(
             lambda: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=base))
     except Exception as e:  # noqa: BLE001 - report and go on
-        checks["[128x128 smem scales] failed"] = _error(e)
+        checks["[128x128 global scales] failed"] = _error(e)
     for cm, cn in ((2, 1), (1, 2)):
         cfg = GemmConfig(tile_m=128, tile_n=256, tile_k=128, cluster_m=cm, cluster_n=cn)
         tag = f"[128x256 c{cm}x{cn}]"
@@ -157,8 +159,8 @@ def cases(m, n, k):
         out[f"ours fp8 FC1+SReLU (postact fp8+scales) {tag}"] = (
             lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, store_preact=False, config=cfg))
         out[f"ours fp8 FC1+SReLU (+preact bf16) {tag}"] = lambda cfg=cfg: fp8_fc1_srelu(xq, xs_col, wq, ws, config=cfg)
-        if (cm, cn) == (2, 1):  # the split-N tile (the fastest at the power limit) with the scales in shared memory
-            out["ours fp8 GEMM (bf16 out) [128x256 c2x1 smem scales]"] = _staged_scales(
+        if (cm, cn) == (2, 1):  # the split-N tile (the fastest at the power limit) loading its scales globally
+            out["ours fp8 GEMM (bf16 out) [128x256 c2x1 global scales]"] = _global_scales(
                 lambda cfg=cfg: fp8_gemm(xq, xs_col, wq, ws, config=cfg))
     # 256x128 tiles (DeepGEMM's shape): each warpgroup two 64-row waves through one scratch accumulator
     # (the split-M mainloop); FC1 writes the FP8 postact alone there (preact too spills: refused)
