@@ -35,8 +35,8 @@ class Arch:
     wave_tile_m: int = 0
     block_scaled_fp8: bool = False  # the kernel class takes FP8 operands with 1x128 / 128x128 block scales
     gathers_a: bool = False  # the kernel class loads A's rows by index (gather_a: the fused dispatch gather)
-    # the kernel class takes 2-D A / outputs (and a dense B) and builds their (rows, cols, 1) views itself
-    # (KernelKey.flat_args, gemm_base/flat_args.py)
+    # the kernel class takes its tensors as stored (2-D, or (E, rows, cols) per expert) and builds their
+    # (rows, cols, L) views itself (KernelKey.flat_args, gemm_base/flat_args.py)
     flat_args: bool = False
     # "module:Class" of the row softmax cross-entropy kernel (the chunked loss's per-chunk core), "" for none
     softmax_xent: str = ""

@@ -52,8 +52,8 @@ class KernelKey:
     # loading them from global memory in the K loop (sm90/scale_stage.py; opt-in:
     # CUTE_KERNELS_FP8_SMEM_SCALES=1 in the FP8 launch path, fp8/ops.py)
     scales_smem: bool = False
-    # the kernel takes the 2-D torch tensors of A, the outputs and the epilogue input (and of B when
-    # not grouped along M) as they are and makes their (rows, cols, 1) views itself
+    # the kernel takes the torch tensors of A, B, the outputs and the epilogue input as stored (2-D, or
+    # (E, rows, cols) per expert) and makes their (rows, cols, L) views itself
     # (gemm_base/flat_args.py; bf16/fp16 on the arches with Arch.flat_args; opt-in:
     # CUTE_KERNELS_FLAT_ARGS=1, read by gemm_ops when a launch plan is made)
     flat_args: bool = False
@@ -144,22 +144,25 @@ def fake_arguments(key: KernelKey) -> GemmArgs:
         a = make_fake_tensor(dt, (a_rows_total, k, 1), a_stride, assumed_align=16)
     lb = cute.sym_int32(symbol="L") if key.grouped else 1
     b_stride = (ldb, 1, batch_b) if key.b_major == "k" else (1, ldb, batch_b)
-    if key.flat_args and not key.grouped:
-        b = make_fake_tensor(dt, (n, k) if key.b_major == "k" else (k, n), (ldb, 1), assumed_align=16)
+    if key.flat_args:  # (L, rows, cols) when grouped along M
+        rows_cols = (n, k) if key.b_major == "k" else (k, n)
+        b = make_fake_tensor(dt, (lb, *rows_cols) if key.grouped else rows_cols,
+                             (batch_b, ldb, 1) if key.grouped else (ldb, 1), assumed_align=16)
     else:
         b = make_fake_tensor(dt, (n, k, lb), b_stride, assumed_align=16)
     ld_ = cute.sym_int32(symbol="E") if key.grouped_k else 1  # one output per expert
-    flat_out = key.flat_args and not key.grouped_k
 
     def out_like(dtype):
-        if flat_out:
+        if key.flat_args:  # (E, M, N) when grouped along K
+            if key.grouped_k:
+                return make_fake_tensor(dtype, (ld_, m, n), (cute.sym_int64(divisibility=8), ldd, 1), assumed_align=16)
             return make_fake_tensor(dtype, (m, n), (ldd, 1), assumed_align=16)
         return make_fake_tensor(dtype, (m, n, ld_), (ldd, 1, cute.sym_int64(divisibility=8)), assumed_align=16)
 
     d0 = out_like(dd)
     d1 = out_like(dd) if key.epi.num_outputs == 2 else None
     # accumulate: D's previous value; dsrelu: preact (operand dtype)
-    scale, aux, rowsum = _fake_epilogue_inputs(key, m, n, ld_, dd if key.epi.accumulate else dt, flat=flat_out)
+    scale, aux, rowsum = _fake_epilogue_inputs(key, m, n, ld_, dd if key.epi.accumulate else dt, flat=key.flat_args)
     cu_rows, cu_tiles = _fake_grouping(key)
     desc_ws = None
     if key.grouped_k:  # per-CTA TMA descriptors (desc_workspace_words)
@@ -170,8 +173,8 @@ def fake_arguments(key: KernelKey) -> GemmArgs:
 
 def _fake_epilogue_inputs(key: KernelKey, m, n, layers, aux_dtype, flat: bool = False):
     """(scale, aux, rowsum) stand-ins of what the epilogue declares it reads (None where it does not):
-    the (M,) row scale, the (M, N, layers) epilogue input in `aux_dtype` (`flat`: (M, N) row-major),
-    the (M, N tiles) row-sum partials (a column per N tile)."""
+    the (M,) row scale, the (M, N, layers) epilogue input in `aux_dtype` (`flat`: as stored, (M, N) or
+    (layers, M, N)), the (M, N tiles) row-sum partials (a column per N tile)."""
     import cutlass
     import cutlass.cute as cute
     from cutlass.cute.runtime import make_fake_tensor
@@ -179,8 +182,10 @@ def _fake_epilogue_inputs(key: KernelKey, m, n, layers, aux_dtype, flat: bool = 
     epi = key.epi
     scale = make_fake_tensor(cutlass.Float32, (m,), (1,), assumed_align=4) if epi.row_scale else None
     aux = rowsum = None
-    if epi.aux_input and flat:
-        aux = make_fake_tensor(aux_dtype, (m, n), (cute.sym_int64(divisibility=8), 1), assumed_align=16)
+    if epi.aux_input and flat:  # (E, M, N) when grouped along K
+        ld = cute.sym_int64(divisibility=8)
+        aux = (make_fake_tensor(aux_dtype, (layers, m, n), (cute.sym_int64(divisibility=8), ld, 1), assumed_align=16)
+               if key.grouped_k else make_fake_tensor(aux_dtype, (m, n), (ld, 1), assumed_align=16))
     elif epi.aux_input:
         aux = make_fake_tensor(aux_dtype, (m, n, layers),
                                (cute.sym_int64(divisibility=8), 1, cute.sym_int64(divisibility=8)), assumed_align=16)

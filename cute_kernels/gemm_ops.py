@@ -165,7 +165,7 @@ def _launch(plan: LaunchPlan, a, w, outs, *, m_splits, prob, aux=None, a_rows=No
     transpose, (K, N) / (E, K, N)); returns the row sums (dsrelu row_sum) or None.
     a_rows: (M,) int32, row r of the problem is a[a_rows[r]] (a gathering kernel's plan).
     The kernel takes (M, K, 1) / (N, K, E) views (host_args), or with KernelKey.flat_args the
-    2-D tensors as stored (host_args.flat_operand)."""
+    tensors as stored (host_args.flat_operand)."""
     key = plan.key
     config = key.cfg
     rowsum = None
@@ -178,8 +178,7 @@ def _launch(plan: LaunchPlan, a, w, outs, *, m_splits, prob, aux=None, a_rows=No
     if m_splits is not None:
         cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device, config.cluster_m)
     if key.flat_args:
-        b = (_as_nkl_t(w) if transpose_w else _as_nkl(w)) if key.grouped else _flat_operand(w, key.b_major, transpose_w)
-        args = GemmArgs(_flat_operand(a, key.a_major, False), b, outs[0], outs[1] if len(outs) > 1 else None, prob,
+        args = GemmArgs(_flat_operand(a, key.a_major, False), _flat_operand(w, key.b_major, transpose_w), outs[0], outs[1] if len(outs) > 1 else None, prob,
                         aux, rowsum, cu_rows, cu_tiles, a_rows=a_rows)
     else:
         d1 = _as_mkl(outs[1]) if len(outs) > 1 else None
@@ -603,13 +602,9 @@ def weight_grad(dy, x, *, m_splits=None, out: torch.Tensor | None = None, accumu
     elif config is not None:
         checks.check_config(config)
     tile_m = plan.key.cfg.tile_m
-    flat = plan.key.flat_args  # the kernel takes dy, x and a dense out as stored (host_args.flat_operand)
-    if grouped:
-        d3 = out.permute(1, 2, 0)
-        cu_rows, _ = _splits_metadata(m_splits, tile_m, dy.device)
-    else:
-        d3 = out if flat else _as_mkl(out)
-        cu_rows = None
+    flat = plan.key.flat_args  # the kernel takes dy, x and out as stored (host_args.flat_operand)
+    cu_rows = _splits_metadata(m_splits, tile_m, dy.device)[0] if grouped else None
+    d3 = out if flat else out.permute(1, 2, 0) if grouped else _as_mkl(out)
     if flat:  # A = dy^T, B = x^T
         a3, b3 = _flat_operand(dy, plan.key.a_major, True), _flat_operand(x, plan.key.b_major, True)
     else:

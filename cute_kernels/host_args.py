@@ -65,11 +65,11 @@ def as_nkl_t(w: torch.Tensor) -> torch.Tensor:
 
 def flat_operand(t: torch.Tensor, major: str, transposed: bool) -> torch.Tensor:
     """An operand as a flat-argument kernel takes it (KernelKey.flat_args, gemm_base/flat_args.py):
-    row-major as stored, the kernel's own (rows, K) when it is K-major, its transpose (K, rows) when it
-    is M-/N-major.  `t` is the operand (rows, K), or with `transposed` its transpose (K, rows) (the
+    as stored, the kernel's own (rows, K) (per expert (E, rows, K)) when it is K-major, its transpose
+    (K, rows) when it is M-/N-major.  `t` is the operand, or with `transposed` its transpose (the
     weight gradient's dy and x, a weight read as its transpose); no torch op where `t` already is
     what the kernel takes (the step's every operand)."""
-    return t if (major == "k") != transposed else t.t()
+    return t if (major == "k") != transposed else t.transpose(-2, -1)
 
 
 _META_CACHE_SIZE = 64

@@ -255,12 +255,11 @@ def run_variant(key, *, launch, device=None, seed: int = 0, time_it: bool = Fals
     flat = key.flat_args  # 2-D arguments as stored (host_args.flat_operand)
 
     def d3(t):
-        return t.permute(1, 2, 0) if key.grouped_k else t if flat else as_mkl(t)
+        return t if flat else t.permute(1, 2, 0) if key.grouped_k else as_mkl(t)
 
     a_arg = a if x is None else x
     if flat:
-        a_arg = flat_operand(a_arg, key.a_major, False)
-        b_arg = as_nkl(b) if key.grouped else flat_operand(b, key.b_major, False)
+        a_arg, b_arg = flat_operand(a_arg, key.a_major, False), flat_operand(b, key.b_major, False)
     else:
         a_arg, b_arg = as_mkl(a_arg), as_nkl(b)
     args = GemmArgs(a_arg, b_arg, d3(outs[0]), d3(outs[1]) if len(outs) > 1 else None,

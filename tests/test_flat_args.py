@@ -39,6 +39,9 @@ STEP_VARIANTS = {
                                              False, "bfloat16", "m", "n", out_dtype="float32"),
     "wgrad_grouped_k": KernelKey("sm90", GemmConfig(cluster_m=2, cluster_n=1), EpilogueSpec("identity"), False,
                                  "bfloat16", "m", "n", out_dtype="float32", grouped_k=True),
+    "wgrad_grouped_k_fp16_accumulate": KernelKey("sm90", GemmConfig(tile_n=128, cluster_n=1),
+                                                 EpilogueSpec("identity", accumulate=True), False, "float16", "m", "n",
+                                                 grouped_k=True),
     "fc1_grouped_gather": KernelKey("sm90", GemmConfig(tile_n=256), EpilogueSpec("srelu", store_preact=True), True,
                                     "bfloat16", "k", "k", gather_a=True),
     "fp16_a_m_major": KernelKey("sm90", GemmConfig(tile_n=256, cluster_m=1, cluster_n=2),
@@ -77,28 +80,27 @@ def test_a_wrong_view_changes_the_ptx(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["fc1_dense", "fc2_grouped", "dgrad_grouped_prob_rowsum", "wgrad_dense",
-                                  "wgrad_grouped_k", "fc1_grouped_gather"])
+                                  "wgrad_dense_fp32_accumulate", "wgrad_grouped_k", "wgrad_grouped_k_fp16_accumulate",
+                                  "fc1_grouped_gather"])
 def test_flat_fakes_are_the_tensors_as_stored(name):
-    """2-D row-major stand-ins for A, the outputs, the epilogue input and a dense B (an M-/N-major
-    operand as its (K, rows) storage); B grouped along M and outputs grouped along K stay 3-D."""
+    """Row-major stand-ins as stored: 2-D for A, the outputs, the epilogue input and a dense B, (E, rows,
+    cols) for B grouped along M and the outputs grouped along K; an M-/N-major operand as its
+    (K, rows) storage.  The vectors keep their stand-ins."""
     key = STEP_VARIANTS[name]
     flat, full = fake_arguments(_flat(key)), fake_arguments(key)
-
-    def dims(t):
-        return len(t.shape)
-
     for field in ("a", "b", "d0", "d1", "aux"):
         f, t = getattr(flat, field), getattr(full, field)
         assert (f is None) == (t is None), field
         if f is None:
             continue
-        stays_3d = (field == "b" and key.grouped) or (field in ("d0", "d1", "aux") and key.grouped_k)
-        assert dims(t) == 3 and dims(f) == (3 if stays_3d else 2), field
-        if not stays_3d:
-            assert f.stride[1] == 1, f"{field}: row-major as stored"
-            major = {"a": key.a_major, "b": key.b_major}.get(field, "k")
-            rows, cols = (t.shape[0], t.shape[1]) if major == "k" else (t.shape[1], t.shape[0])
-            assert (str(f.shape[0]), str(f.shape[1])) == (str(rows), str(cols)), field
+        per_expert = (field == "b" and key.grouped) or (field in ("d0", "d1", "aux") and key.grouped_k)
+        assert len(t.shape) == 3 and len(f.shape) == (3 if per_expert else 2), field
+        assert f.stride[-1] == 1, f"{field}: row-major as stored"
+        major = {"a": key.a_major, "b": key.b_major}.get(field, "k")
+        rows, cols = (t.shape[0], t.shape[1]) if major == "k" else (t.shape[1], t.shape[0])
+        assert [str(d) for d in f.shape[-2:]] == [str(rows), str(cols)], field
+        if per_expert:
+            assert str(f.shape[0]) == str(t.shape[2]), field
     for field in ("scale", "rowsum", "cu_rows", "cu_tiles", "desc_ws", "a_rows"):
         assert (getattr(flat, field) is None) == (getattr(full, field) is None), field
 
@@ -131,6 +133,27 @@ def test_flat_variants_have_their_own_self_check_evidence():
     key = STEP_VARIANTS["fc1_dense"]
     assert selfcheck.variant_name(_flat(key)) == selfcheck.variant_name(key).replace("bfloat16->", "bfloat16+flat->")
     assert not selfcheck.is_verified("sm90", selfcheck.variant_name(_flat(key)), selfcheck.verified_table())
+
+
+@pytest.mark.parametrize("name", ["fc1_grouped_prob", "dgrad_dense_postact", "wgrad_dense_fp32_accumulate",
+                                  "wgrad_grouped_k_fp16_accumulate", "fc1_grouped_gather", "fp16_a_m_major"])
+def test_the_self_check_hands_a_flat_kernel_the_tensors_as_stored(name, monkeypatch):
+    """selfcheck.run_variant (a flat variant's first launch on a GPU) launches it with the tensors as
+    stored, as the entry points do (on CPU: the launch recorded, not run)."""
+    key = _flat(STEP_VARIANTS[name])
+    handed = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    selfcheck.run_variant(key, launch=lambda k, args: handed.append(args), device="cpu")
+    (args,) = handed
+    per_expert = 3 if key.grouped_k else 2
+    assert args.a.dim() == 2 and args.a.stride(-1) == 1
+    assert args.b.dim() == (3 if key.grouped else 2) and args.b.stride(-1) == 1
+    for t in (args.d0, args.d1, args.aux):
+        assert t is None or (t.dim() == per_expert and t.stride(-1) == 1)
+    if key.epi.accumulate:
+        assert args.aux is args.d0
+    if key.gather_a:
+        assert args.a.size(0) > args.a_rows.numel()  # the un-gathered rows
 
 
 M, H, F, E = 272, 136, 200, 4  # not tile multiples
@@ -185,12 +208,10 @@ def test_flat_plans_hand_the_kernels_the_tensors_as_they_are(grouped, monkeypatc
             assert _same(fc1_dgrad[0], dpre) and _same(fc1_dgrad[2], dx)
             # the weight gradients: A = dy^T and B = x^T as dy and x themselves
             assert _same(wgrad2[0], dy) and _same(wgrad2[1], post2) and _same(wgrad1[0], dpre) and _same(wgrad1[1], x)
-            if grouped:  # B (N, K, E) and the K-grouped dW (M, N, E) stay views
-                assert fc1[1].shape == (F, H, E) and fc1_dgrad[1].shape == (H, F, E)
-                assert wgrad2[2].shape == (H, F, E) and wgrad2[2].data_ptr() == dw2.data_ptr()
-            else:  # dense: the weights and weight gradients as they are too (FC1's dgrad: w1 as stored)
-                assert _same(fc1[1], w1) and _same(fc2[1], w2) and _same(dgrad[1], w2) and _same(fc1_dgrad[1], w1)
-                assert _same(wgrad2[2], dw2) and _same(wgrad1[2], dw1)
+            # the weights (FC2's dgrad and FC1's: w2 and w1 as stored, read as their transposes) and the
+            # weight gradients ((E, N, K) per expert) as they are too
+            assert _same(fc1[1], w1) and _same(fc2[1], w2) and _same(dgrad[1], w2) and _same(fc1_dgrad[1], w1)
+            assert _same(wgrad2[2], dw2) and _same(wgrad1[2], dw1)
 
 
 def test_plans_made_before_the_switch_keep_their_kernels(monkeypatch):

@@ -13,7 +13,7 @@
 - `config_space`: what every arch's search space does with its grid (parse, membership,
   sampling, the full product).
 - `flat_args`: the 3-D views a flat-argument kernel (KernelKey.flat_args) builds in its host code
-  from the 2-D tensors it takes.
+  from the tensors it takes as stored.
 - `epilogue_io`: loading an epilogue's declared inputs (aux tile) for a thread's fragment
   and calling the epilogue's hooks per sub-tile.
 

@@ -90,8 +90,8 @@ class Sm90Gemm(GemmKernelBase):
         self.gather_a = gather_a
         if gather_a and (not grouped or grouped_k or formats is not None):
             raise ValueError("gather_a: grouped-along-M bf16/fp16 problems only")
-        # (A, B) majorness: A, the outputs, the epilogue input and a dense B arrive as 2-D row-major
-        # tensors and __call__ builds their 3-D views (KernelKey.flat_args, gemm_base/flat_args.py)
+        # (A, B) majorness: A, B, the outputs and the epilogue input arrive as stored (2-D, or (E, rows,
+        # cols) per expert) and __call__ builds their 3-D views (KernelKey.flat_args, gemm_base/flat_args.py)
         self.flat_args = flat_args
         if flat_args is not None and formats is not None:
             raise ValueError("flat_args: bf16/fp16 operands only")
@@ -161,8 +161,7 @@ class Sm90Gemm(GemmKernelBase):
     ):
         if const_expr(self.flat_args is not None):  # 2-D arguments: their 3-D views, before anything reads them
             mA, mB, mD0, mD1, mAux = flat_args_views(mA, mB, mD0, mD1, mAux, a_major=self.flat_args[0],
-                                                     b_major=self.flat_args[1], b_flat=not self.grouped,
-                                                     d_flat=not self.grouped_k)
+                                                     b_major=self.flat_args[1])
         if const_expr(self.block_scaled):
             mA = as_element_type(mA, FP8_TYPES[self.formats[0]])
             mB = as_element_type(mB, FP8_TYPES[self.formats[1]])
