@@ -1,11 +1,13 @@
 """Host time of one srelu_mlp forward+backward step on the cute path.
 
-    python -m benchmarks.bench_host_overhead [--no-ab] [--profile N] [--profile-ops N]
+    python -m benchmarks.bench_host_overhead [--no-ab | --flat-ab] [--profile N] [--profile-ops N]
 
 A long sleep kernel is queued first, so the host never waits for the GPU while it
 enqueues 10 steps: the wall time per step is the host's own cost (Python, dispatch,
 launches); the median of 6 such windows, and (unless --no-ab) as many with the DSL's own
-kernel callables (CUTE_KERNELS_DIRECT_LAUNCH=0) alternated with them in the same process.  If it exceeds the step's kernel time, the step is host-bound.  Also reports
+kernel callables (CUTE_KERNELS_DIRECT_LAUNCH=0) alternated with them in the same process (`--flat-ab`:
+instead the kernels taking the tensors as stored, CUTE_KERNELS_FLAT_ARGS=1, alternated with the 3-D
+views).  If it exceeds the step's kernel time, the step is host-bound.  Also reports
 whether the GPU was still busy when the host finished (False means something made the
 host wait, e.g. a copy from pageable memory).  Then the E=8 step run eagerly against
 the same step captured once in a CUDA graph and replayed (no host work per step):
@@ -35,14 +37,20 @@ from cute_kernels.mlp import srelu_mlp
 CASES = [(16384, 2688, 1856, 8, False), (16384, 2688, 1856, 8, True), (8192, 4096, 16384, 0, False)]
 
 
-def main(ab: bool = True) -> dict:
+def main(ab: bool = True, flat_ab: bool = False) -> dict:
     """Host time per step (median of 5 windows of 10 enqueued steps) of each case; with `ab` also
-    with the DSL's own kernel callables (CUTE_KERNELS_DIRECT_LAUNCH=0), the two settings measured
-    alternately in this process (fresh launch plans each time).  Returns {(e, as_tensor): ms}."""
+    with the DSL's own kernel callables (CUTE_KERNELS_DIRECT_LAUNCH=0), with `flat_ab` instead with
+    the flat-argument kernels (CUTE_KERNELS_FLAT_ARGS=1, against 0), the two settings measured
+    alternately in this process (fresh launch plans each time).  Returns {(e, as_tensor): ms} of the
+    first setting (the direct launch; `flat_ab`: the 3-D views)."""
     from cute_kernels import launch_plan
     from cute_kernels.compile import DIRECT_LAUNCH_ENV
+    from cute_kernels.gemm_ops import FLAT_ARGS_ENV
 
-    settings = ["1", "0", "1", "0"] if ab else ["1"]
+    env, base, other, what = DIRECT_LAUNCH_ENV, "1", "0", "DSL callables"
+    if flat_ab:
+        env, base, other, what = FLAT_ARGS_ENV, "0", "1", "flat tensor arguments"
+    settings = [base, other, base, other] if ab or flat_ab else [base]
     host = {}
     for (m, h, f, e, as_tensor) in CASES:
         x, w1, w2, dy, splits = mlp_inputs(m, h, f, e)
@@ -53,16 +61,16 @@ def main(ab: bool = True) -> dict:
             y.backward(dy)
             x.grad = w1.grad = w2.grad = None
         per_setting = {}
-        before = os.environ.get(DIRECT_LAUNCH_ENV)
+        before = os.environ.get(env)
         for setting in settings:
-            os.environ[DIRECT_LAUNCH_ENV] = setting
+            os.environ[env] = setting
             launch_plan.clear()
             for _ in range(3): step()
             per_setting.setdefault(setting, []).extend(enqueue_ms(step, windows=3))
         if before is None:
-            os.environ.pop(DIRECT_LAUNCH_ENV, None)
+            os.environ.pop(env, None)
         else:
-            os.environ[DIRECT_LAUNCH_ENV] = before
+            os.environ[env] = before
         launch_plan.clear()
         torch.cuda.synchronize()
         torch.cuda._sleep(3_000_000_000)  # ~1.5 s of GPU work queued ahead
@@ -70,10 +78,10 @@ def main(ab: bool = True) -> dict:
         busy = not torch.cuda.current_stream().query()
         torch.cuda.synchronize()
         label = f"E={e}{' (m_splits a CUDA tensor)' if as_tensor else ''}"
-        host[(e, as_tensor)] = statistics.median(per_setting["1"])
-        line = f"{label}: host time per step {host[(e, as_tensor)]:.3f} ms (median of {len(per_setting['1'])} windows"
-        if ab:
-            line += f"; DSL callables, {DIRECT_LAUNCH_ENV}=0: {statistics.median(per_setting['0']):.3f} ms"
+        host[(e, as_tensor)] = statistics.median(per_setting[base])
+        line = f"{label}: host time per step {host[(e, as_tensor)]:.3f} ms (median of {len(per_setting[base])} windows"
+        if other in per_setting:
+            line += f"; {what}, {env}={other}: {statistics.median(per_setting[other]):.3f} ms"
         print(line + f"); GPU still busy after enqueue: {busy}", flush=True)
     return host
 
@@ -182,6 +190,8 @@ def cli(argv=None) -> int:
                          "(torch.profiler) instead")
     ap.add_argument("--no-ab", action="store_true",
                     help="measure only the default launch path (no CUTE_KERNELS_DIRECT_LAUNCH=0 windows)")
+    ap.add_argument("--flat-ab", action="store_true",
+                    help="alternate CUTE_KERNELS_FLAT_ARGS=0 and =1 windows instead (the verdicts judge the 0 ones)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_host_overhead needs a CUDA GPU", file=sys.stderr)
@@ -191,7 +201,7 @@ def cli(argv=None) -> int:
     elif args.profile:
         profile(args.profile)
     else:
-        host = main(ab=not args.no_ab)
+        host = main(ab=not args.no_ab, flat_ab=args.flat_ab)
         eager_ms, graph_ms = graph_vs_eager()
         print("\n".join(verdicts(host, eager_ms, graph_ms)), flush=True)
     return 0

@@ -5,8 +5,8 @@
 No GPU is needed: `stubbed_kernels()` replaces what only a GPU has (the compile and the
 compiled kernel's call, the device's arch and cluster occupancy, the CUDA stream and
 capture queries, the "is a CUDA tensor" checks) by stand-ins that do nothing, and runs the
-rest of the launch path as it is: input checks, config lookup, kernel key, self-check gate,
-splits metadata, output allocation, views and the launch record.  The tensors are CPU
+rest of the launch path as it is: input checks, config lookup, kernel key, self-check gate
+(every variant counted as verified: its run needs a GPU), splits metadata, output allocation, views and the launch record.  The tensors are CPU
 tensors of the issue's shapes (dense 8192 x 4096 -> 16384; grouped E=8, 16384 tokens,
 2688 -> 1856), allocated with torch.empty and never written, so what is timed is the host's
 work per call.  What the stubs leave out on a GPU: the kernel launch itself (TVM-FFI, a few
@@ -17,6 +17,7 @@ also reads the splits in `check_mlp_inputs` (a CPU tensor is read there; a CUDA 
 Times are the calling thread's CPU time per call, the least over batches of calls (after
 warm-up: the first call of each shape builds and caches), in microseconds; they vary run to
 run on a shared CPU, so compare runs of one machine only.  `bench_host_overhead` measures the same on the GPU.
+CUTE_KERNELS_FLAT_ARGS=1 times the flat-argument kernels' launch path (no kernel views).
 `--small` divides M, H and F by 8 (E kept): the same launch path, with CPU allocations of ~1 MiB
 instead of ~100 MiB, whose cost (page faults, returning memory to the OS) varies with the load of
 a shared machine and otherwise dominates a step's figure.
@@ -60,7 +61,7 @@ def stubbed_kernels():
     """The launch path on CPU tensors with every GPU-only step stubbed (see the module
     docstring).  Yields the list of (kernel key, number of arguments) of each stubbed
     kernel call, in order."""
-    from cute_kernels import checks, compile as ck_compile, gemm_ops, mlp, torch_ops
+    from cute_kernels import checks, compile as ck_compile, gemm_ops, mlp, selfcheck, torch_ops
     from cute_kernels.config_lookup import clear_cache
 
     launches = []
@@ -79,6 +80,9 @@ def stubbed_kernels():
         patch(mock.patch.object(gemm_ops, "get_compiled", compiled))
         patch(mock.patch.object(ck_compile, "get_compiled", compiled))
         patch(mock.patch.object(checks, "check_cuda", lambda name, t: None))
+        # every variant counts as hardware-verified (a variant without evidence, e.g. a flat-argument
+        # kernel of CUTE_KERNELS_FLAT_ARGS=1, would be self-checked on a GPU before its first launch)
+        patch(mock.patch.object(selfcheck, "is_verified", lambda arch, variant, table: True))
         patch(mock.patch.object(mlp, "uses_cute_path", lambda x, backend: True))
         patch(mock.patch.object(torch_ops, "_on_kernels", lambda t: True))
         patch(mock.patch.object(torch.cuda, "is_current_stream_capturing", lambda: False))
