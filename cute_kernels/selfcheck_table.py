@@ -3,7 +3,8 @@
 Prints one row per variant (normalised max error of each output, pass/fail, the small
 problem's kernel time) and writes the rows as JSON to $OUT/selfcheck_<arch>.json (default
 ./gpu_out).  Exit status 1 when any variant fails.  --quick runs one cluster shape per
-(grouping, epilogue) instead of all of them.
+(grouping, epilogue) instead of all of them.  --flat runs the bf16 variants' flat-argument kernels
+(KernelKey.flat_args, CUTE_KERNELS_FLAT_ARGS=1) instead, on the arches that have them.
 """
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ def variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
             keys.append(KernelKey(arch, cfg, epi, grouping == "grouped", "bfloat16", *majors,
                                   out_dtype="float32" if epi.accumulate else "", grouped_k=grouping == "grouped_k"))
     return keys + fp8_variant_keys(arch, quick)
+
+
+def flat_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
+    """The bf16 variants' flat-argument kernels (KernelKey.flat_args): their tensors handed as stored
+    (`--flat`); none on an arch without them (archs.Arch.flat_args)."""
+    if not get_arch(arch).flat_args:
+        return []
+    return [dataclasses.replace(k, flat_args=True) for k in variant_keys(arch, quick) if not k.block_scaled]
 
 
 FP8_TABLE_TANH = "tanh_srelu:4.0"  # the tanh clamp of the FP8 variants in the table
@@ -107,6 +116,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m cute_kernels.selfcheck", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one or two cluster shapes instead of all")
+    p.add_argument("--flat", action="store_true",
+                   help="the bf16 variants' flat-argument kernels (CUTE_KERNELS_FLAT_ARGS=1) instead")
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
     args = p.parse_args(argv)
     import torch
@@ -119,7 +130,7 @@ def main(argv=None) -> int:
 
     arch = device_arch(torch.device("cuda"))
     rows = []
-    for key in variant_keys(arch, args.quick):
+    for key in (flat_variant_keys if args.flat else variant_keys)(arch, args.quick):
         _selfchecked.add(key)  # run the kernel itself here, not through the first-launch gate
         t0 = time.time()
         res = selfcheck.run_variant(key, launch=_run, time_it=True)
@@ -127,7 +138,7 @@ def main(argv=None) -> int:
         print(f"{res.variant}: {'ok' if res.ok else 'FAIL'} ({time.time() - t0:.1f} s with compile)", file=sys.stderr,
               flush=True)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"selfcheck_{arch}.json")
+    path = os.path.join(args.out, f"selfcheck_{arch}{'_flat' if args.flat else ''}.json")
     with open(path, "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "arch": arch,
                    "rows": [dict(variant=r.variant, ok=r.ok, errors=r.errors, tolerance=r.tolerance,

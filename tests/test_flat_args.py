@@ -156,6 +156,17 @@ def test_the_self_check_hands_a_flat_kernel_the_tensors_as_stored(name, monkeypa
         assert args.a.size(0) > args.a_rows.numel()  # the un-gathered rows
 
 
+def test_the_self_check_table_lists_the_flat_variants():
+    """`python -m cute_kernels.selfcheck --flat`: every bf16 variant's flat kernel on sm90, none on sm100."""
+    from cute_kernels.selfcheck_table import flat_variant_keys, variant_keys
+
+    bf16 = [k for k in variant_keys("sm90", quick=True) if not k.block_scaled]
+    flat = flat_variant_keys("sm90", quick=True)
+    assert flat == [_flat(k) for k in bf16] and len({selfcheck.variant_name(k) for k in flat}) == len(flat)
+    assert all("+flat->" in selfcheck.variant_name(k) for k in flat)
+    assert flat_variant_keys("sm100") == []
+
+
 M, H, F, E = 272, 136, 200, 4  # not tile multiples
 SPLITS = [0, 130, 1, 141]
 

@@ -6,7 +6,8 @@ The CPU side (PTX byte-identical to the 3-D kernels, the tensors handed): tests/
 import pytest
 import torch
 
-from cute_kernels import config_lookup, gemm_ops, launch_plan, srelu_mlp
+from cute_kernels import config_lookup, gemm_ops, launch_plan, selfcheck, srelu_mlp
+from cute_kernels.selfcheck_table import flat_variant_keys
 
 pytestmark = pytest.mark.gpu
 
@@ -37,6 +38,8 @@ def _step(x, w1, w2, dy, splits, prob, **kw):
 @pytest.mark.parametrize("experts", [0, 8])
 @pytest.mark.parametrize("variant", ["plain", "recompute", "dpreact_over_preact", "tensor_splits"])
 def test_flat_step_is_bitwise_the_3d_step(experts, variant, monkeypatch):
+    if variant == "tensor_splits" and not experts:
+        pytest.skip("dense: no splits")
     g = torch.Generator(device="cuda").manual_seed(7)
     m, h, f = 3001, 704, 1856  # M no tile multiple
     grouped = experts > 0
@@ -82,3 +85,17 @@ def test_flat_launches_through_a_transpose_are_bitwise(monkeypatch):
     for i, (a, b) in enumerate(zip(on, off)):
         assert torch.isfinite(b).all(), i
         assert torch.equal(a, b), (i, (a.float() - b.float()).abs().max().item())
+
+
+def test_every_flat_variant_passes_the_self_check():
+    """Each bf16 variant's flat kernel (every grouping and epilogue, one or two cluster shapes) against
+    torch on the self-check's small problem (`python -m cute_kernels.selfcheck --quick --flat`)."""
+    keys = flat_variant_keys("sm90", quick=True)
+    assert keys
+    failed = []
+    for key in keys:
+        gemm_ops._selfchecked.add(key)  # run it here, not through the first-launch gate
+        res = selfcheck.run_variant(key, launch=gemm_ops._run)
+        if not res.ok:
+            failed.append((res.variant, res.errors, res.message))
+    assert not failed, failed
