@@ -94,10 +94,10 @@ def fp8_variant_keys(arch: str, quick: bool = False) -> list[KernelKey]:
             wgrad.append(dataclasses.replace(kernel_key("fp8_fc2", arch, cfg, "float8_e4m3fn", 0), b_scale="rows_staged",
                                              out_dtype="float32", grouped_k=True))
             keys += wgrad
-            # each added into an fp32 main_grad by its epilogue, where the config takes it
-            keys += [k for k in (dataclasses.replace(k, epi=ACCUMULATE) for k in wgrad) if not block_scaled_errors(
-                k.cfg, k.epi, arch=arch, grouped_k=k.grouped_k, out_bytes=4, b_scale=k.b_scale)]
-    # only what its config can run (the dgrad's dsrelu epilogue takes 128-wide tiles: 128x256 has none)
+            # each added into an fp32 main_grad by its epilogue, where the config takes it (the filter below)
+            keys += [dataclasses.replace(k, epi=ACCUMULATE) for k in wgrad]
+    # only what its config can run (the dgrad's dsrelu epilogue takes 128-wide tiles: 128x256 has none;
+    # an accumulating weight gradient needs room for its epilogue input)
     return [k for k in keys if not block_scaled_errors(k.cfg, k.epi, arch=arch, grouped=k.grouped, grouped_k=k.grouped_k,
                                                        majors=(k.a_major, k.b_major), out_bytes=4 if k.out_dtype ==
                                                        "float32" else 2, b_scale=k.b_scale)]

@@ -47,7 +47,7 @@ from __future__ import annotations
 import torch
 
 from .. import gemm_ops
-from ..activations import SRELU, Activation, resolve_activation
+from ..activations import SRELU, Activation
 from ..autograd_io import main_grad, tag_role
 from ..checks import InputError, check_m_splits
 from ..config_lookup import on_clear
@@ -55,7 +55,7 @@ from ..epilogue import EpilogueSpec
 from ..first_order import first_order_only
 from ..launch_plan import MAX_PLANS, tensor_meta
 from .epilogue import Fp8Epilogue
-from .ops import _launch, _new_scales, check_fp8_device, fp8_dgrad_dact, fp8_grouped
+from .ops import _checked_activation, _launch, _new_scales, check_fp8_device, fp8_dgrad_dact, fp8_grouped
 from .recipe import FORMATS, Fp8Recipe, quantize_1x128
 from .torch_gemm import mm_dequant, wgrad
 from . import quantize_ops, recipe as recipe_math, wgrad_ops
@@ -450,15 +450,23 @@ def self_fused_backward(ctx, dy, dyq, dys, w2t_copy, preact, prob, w2, dy_cols=N
     return _as_dtype(dpre, preact.dtype), dprob, dw2, None, None, None, None, None, None
 
 
-def _impl(x: torch.Tensor, backend: str) -> str:
+def implementation(x: torch.Tensor, backend: str) -> str:
+    """The step's implementation for x and `backend` ("kernel" or "torch"), without querying the
+    device (the custom ops of fp8/step_ops.py query it at run time, where _impl does it here)."""
     if backend == "torch":
         return "torch"
     if not x.is_cuda:
         if backend == "cute":
             raise InputError(f"fp8 with backend='cute' needs CUDA tensors on an sm_90a GPU, x is on {x.device}")
         return "torch"
-    check_fp8_device("x", x)  # InputError on a GPU without the FP8 kernels
     return "kernel"
+
+
+def _impl(x: torch.Tensor, backend: str) -> str:
+    impl = implementation(x, backend)
+    if impl == "kernel":
+        check_fp8_device("x", x)  # InputError on a GPU without the FP8 kernels
+    return impl
 
 
 # Where torch.compile does not take the step's custom ops (fp8/step_ops.py: fuse_wgrad_accumulation,
@@ -475,10 +483,7 @@ def fp8_srelu_mlp(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fus
     arguments' metadata, recipe, backend); a repeated call checks the splits' values (and main_grad
     with fuse_wgrad_accumulation)."""
     if activation is not SRELU:
-        try:
-            activation = resolve_activation(activation)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"activation: {e}") from None
+        activation = _checked_activation(activation)
     grouped = m_splits is not None
     signature = ("fp8_srelu_mlp", tensor_meta(x), tensor_meta(w1), tensor_meta(w2), grouped, tensor_meta(m_splits),
                  prob is not None, tensor_meta(prob), recipe, backend)
@@ -531,9 +536,10 @@ def _checked_splits(m_splits, num_experts: int, m: int) -> tuple:
     return splits
 
 
-def _checked_step(x, w1, w2, recipe, grouped: bool, prob, backend: str) -> str:
+def _checked_step(x, w1, w2, recipe, grouped: bool, prob, backend: str, query_device: bool = True) -> str:
     """fp8_srelu_mlp's checks of a new call signature (InputError naming the argument); returns the
-    implementation that runs it."""
+    implementation that runs it (`query_device=False`: without checking the GPU has the FP8 kernels,
+    `implementation`)."""
     if not isinstance(recipe, Fp8Recipe):
         raise InputError(f"fp8 must be a cute_kernels.fp8.Fp8Recipe or None, got {type(recipe).__name__}")
     if backend not in ("auto", "cute", "torch"):
@@ -559,4 +565,4 @@ def _checked_step(x, w1, w2, recipe, grouped: bool, prob, backend: str) -> str:
             raise InputError(f"{name} = 0: the FP8 step needs {name} > 0")
     if prob is not None and (not isinstance(prob, torch.Tensor) or prob.numel() != m):
         raise InputError(f"prob must have one value per token ({m}), got {getattr(prob, 'shape', prob)}")
-    return _impl(x, backend)
+    return _impl(x, backend) if query_device else implementation(x, backend)

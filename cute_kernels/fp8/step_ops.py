@@ -45,9 +45,8 @@ from typing import Optional
 import torch
 
 from ..activations import SRELU, resolve_activation
-from ..checks import InputError
-from .mlp import Fp8FC1SReLU, Fp8FC2, _as_dtype, _Handoff, _checked_step, _step_splits, fp8_srelu_mlp
-from .ops import _new_scales, check_fp8_device
+from .mlp import Fp8FC1SReLU, Fp8FC2, _as_dtype, _Handoff, _checked_step, _step_splits, fp8_srelu_mlp, implementation
+from .ops import _checked_activation, _new_scales, check_fp8_device
 from .recipe import FORMATS, Fp8Recipe
 from .weight_cache import transposed_copy
 
@@ -249,20 +248,11 @@ def _(dy, pre, prob, w2, w2tq, w2ts, m_splits, splits_t, fwd_format, grad_format
 
 
 # ---------------------------------------------------------------- the step
-def _traced_impl(x: torch.Tensor, backend: str) -> str:
-    """fp8.mlp._impl without the device query (fp8_mlp_fc1's body makes it at run time)."""
-    if backend == "torch" or not x.is_cuda:
-        if backend == "cute" and not x.is_cuda:
-            raise InputError(f"fp8 with backend='cute' needs CUDA tensors on an sm_90a GPU, x is on {x.device}")
-        return "torch"
-    return "kernel"
-
-
 def _takes_route(x: torch.Tensor, backend: str, fuse_wgrad_accumulation: bool) -> bool:
     setting = compile_ops_setting()
     if setting == "0" or fuse_wgrad_accumulation:
         return False
-    return setting == "1" or _traced_impl(x, backend) == "torch"
+    return setting == "1" or implementation(x, backend) == "torch"
 
 
 def fp8_step(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fuse_wgrad_accumulation: bool = False,
@@ -273,20 +263,15 @@ def fp8_step(x, w1, w2, *, recipe: Fp8Recipe, m_splits=None, prob=None, fuse_wgr
         return fp8_srelu_mlp(x, w1, w2, recipe=recipe, m_splits=m_splits, prob=prob,
                              fuse_wgrad_accumulation=fuse_wgrad_accumulation, backend=backend, activation=activation)
     if activation is not SRELU:
-        try:
-            activation = resolve_activation(activation)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"activation: {e}") from None
-    if backend not in ("auto", "cute", "torch"):
-        raise InputError(f"backend must be 'auto', 'cute' or 'torch', got {backend!r}")
+        activation = _checked_activation(activation)
     grouped = m_splits is not None
-    _checked_step(x, w1, w2, recipe, grouped, prob, "torch")  # the checks, without fp8.mlp._impl's device query
-    impl = _traced_impl(x, backend)
+    # the eager step's checks, without its device query (fp8_mlp_fc1's body makes it at run time)
+    impl = _checked_step(x, w1, w2, recipe, grouped, prob, backend, query_device=False)
     if isinstance(m_splits, torch.Tensor):
         splits_list, splits_t = None, m_splits
     else:
         splits_list, splits_t = (list(m_splits) if grouped else None), None
-    spec = resolve_activation(activation).spec()
+    spec = activation.spec()
     recipe_args = _recipe_args(recipe)
     pre, pq, ps, _, _, _, _ = fp8_mlp_fc1(x, w1, splits_list, splits_t, *recipe_args, spec, impl)
     y, _, _ = fp8_mlp_fc2(pre, pq, ps, prob, w2, splits_list, splits_t, *recipe_args, spec, impl)
