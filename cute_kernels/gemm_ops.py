@@ -178,8 +178,8 @@ def _launch(plan: LaunchPlan, a, w, outs, *, m_splits, prob, aux=None, a_rows=No
     if m_splits is not None:
         cu_rows, cu_tiles = _splits_metadata(m_splits, config.tile_m, a.device, config.cluster_m)
     if key.flat_args:
-        args = GemmArgs(_flat_operand(a, key.a_major, False), _flat_operand(w, key.b_major, transpose_w), outs[0], outs[1] if len(outs) > 1 else None, prob,
-                        aux, rowsum, cu_rows, cu_tiles, a_rows=a_rows)
+        args = GemmArgs(_flat_operand(a, key.a_major, False), _flat_operand(w, key.b_major, transpose_w), outs[0],
+                        outs[1] if len(outs) > 1 else None, prob, aux, rowsum, cu_rows, cu_tiles, a_rows=a_rows)
     else:
         d1 = _as_mkl(outs[1]) if len(outs) > 1 else None
         aux3 = _as_mkl(aux) if aux is not None else None

@@ -1,5 +1,6 @@
 """The host side of a GEMM launch's tensor arguments: the (M, K, 1) / (N, K, E) views the
-kernels take (or, flat-argument kernels, the 2-D operands as stored), and the grouped launches' per-expert metadata (cu_rows, cu_tiles) made without a host sync and kept for the GEMMs of one
+kernels take (or, flat-argument kernels, the 2-D operands as stored), and the grouped launches'
+per-expert metadata (cu_rows, cu_tiles) made without a host sync and kept for the GEMMs of one
 step.  Shared by the entry points (gemm_ops, fp8/ops) and the self-check's own launch
 (selfcheck), below all of them."""
 from __future__ import annotations
